@@ -1,0 +1,64 @@
+"""The ketapump exception hierarchy, organised by the phase in which a failure happens.
+
+Every error ketapump raises, whether from Python or from the Rust core, is one of these. The Rust core
+maps its errors through one function (``rust/src/errors.rs``) onto this module's classes.
+
+::
+
+    KetapumpError (Exception)
+    ├── ConfigurationError (+ ValueError)        bad configuration, program or rate; names the field
+    ├── StateTransitionError (+ RuntimeError)     operator command not valid in the current state
+    ├── InterlockError (+ RuntimeError)           a command was refused and latched a safety alarm
+    └── TransportError (+ OSError)                the pump could not be reached or answered wrongly
+        └── PumpTimeoutError (+ TimeoutError)     no answer within the timeout; names the endpoint
+"""
+
+from __future__ import annotations
+
+
+class KetapumpError(Exception):
+    """Base class of every ketapump error."""
+
+
+class ConfigurationError(KetapumpError, ValueError):
+    """A configuration value, program or rate was refused.
+
+    ``field`` names the offending setting exactly as it is spelled in the configuration;
+    ``problem`` says why (``"must be a finite number"``, ``"is above the hard limit max_rate_ml_h"``…).
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class StateTransitionError(KetapumpError, RuntimeError):
+    """An operator command is not valid in the kernel's current state; nothing changed."""
+
+    def __init__(self, state: str, command: str) -> None:
+        super().__init__(f"cannot {command} while {state}")
+        self.state = state
+        self.command = command
+
+
+class InterlockError(KetapumpError, RuntimeError):
+    """A command was refused and latched a safety alarm; the pump is stopped until acknowledged."""
+
+    def __init__(self, alarm: str, detail: str) -> None:
+        super().__init__(f"interlock {alarm}: {detail}")
+        self.alarm = alarm
+        self.detail = detail
+
+
+class TransportError(KetapumpError, OSError):
+    """The pump could not be reached, or answered with something that is not a valid reply."""
+
+    def __init__(self, endpoint: str, detail: str) -> None:
+        super().__init__(f"{endpoint}: {detail}")
+        self.endpoint = endpoint
+        self.detail = detail
+
+
+class PumpTimeoutError(TransportError, TimeoutError):
+    """The pump did not answer within the timeout."""

@@ -1,0 +1,124 @@
+//! Alarm and warning codes, and a small bit set of them (no allocation).
+
+/// A latched alarm. Each has its own code, its own detector in the kernel and its own test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Alarm {
+    /// Delivered volume above programmed × (1 + tolerance).
+    Overdose = 0,
+    /// Cumulative drug above the hard cap.
+    CumulativeCap = 1,
+    /// A commanded rate was NaN, infinite, ≤ 0 or above the ceiling.
+    RateCommandInvalid = 2,
+    /// A telemetry sample was non-finite, implausible, from the future or out of order.
+    TelemetryInvalid = 3,
+    /// No fresh telemetry within `stale_after_s`.
+    TelemetryStale = 4,
+    /// Line pressure above the occlusion threshold.
+    OcclusionPressure = 5,
+    /// Line pressure rising as an occlusion would make it (slope detector).
+    OcclusionSlope = 6,
+    /// Motor commanded but the plunger did not move.
+    Stall = 7,
+    /// Measured flow off by more than the tolerance over the window (over/under-infusion, siphon, slip).
+    FlowDeviation = 8,
+    /// Syringe empty or plunger at end of travel.
+    SyringeEmpty = 9,
+    AirInLine = 10,
+    SyringeMissing = 11,
+    /// The plunger advanced while no forward motion was commanded (free flow, siphon).
+    UncommandedDelivery = 12,
+    /// The plunger moved backwards while infusing.
+    ReverseMotion = 13,
+    /// The kernel's clock was non-finite or went backwards.
+    ClockInvalid = 14,
+}
+
+impl Alarm {
+    pub const ALL: [Alarm; 15] = [
+        Alarm::Overdose,
+        Alarm::CumulativeCap,
+        Alarm::RateCommandInvalid,
+        Alarm::TelemetryInvalid,
+        Alarm::TelemetryStale,
+        Alarm::OcclusionPressure,
+        Alarm::OcclusionSlope,
+        Alarm::Stall,
+        Alarm::FlowDeviation,
+        Alarm::SyringeEmpty,
+        Alarm::AirInLine,
+        Alarm::SyringeMissing,
+        Alarm::UncommandedDelivery,
+        Alarm::ReverseMotion,
+        Alarm::ClockInvalid,
+    ];
+
+    /// Stable name used in logs and in Python.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Alarm::Overdose => "overdose",
+            Alarm::CumulativeCap => "cumulative_cap",
+            Alarm::RateCommandInvalid => "rate_command_invalid",
+            Alarm::TelemetryInvalid => "telemetry_invalid",
+            Alarm::TelemetryStale => "telemetry_stale",
+            Alarm::OcclusionPressure => "occlusion_pressure",
+            Alarm::OcclusionSlope => "occlusion_slope",
+            Alarm::Stall => "stall",
+            Alarm::FlowDeviation => "flow_deviation",
+            Alarm::SyringeEmpty => "syringe_empty",
+            Alarm::AirInLine => "air_in_line",
+            Alarm::SyringeMissing => "syringe_missing",
+            Alarm::UncommandedDelivery => "uncommanded_delivery",
+            Alarm::ReverseMotion => "reverse_motion",
+            Alarm::ClockInvalid => "clock_invalid",
+        }
+    }
+
+    pub const fn bit(self) -> u32 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of alarms as bits (`1 << code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct AlarmSet(pub u32);
+
+impl AlarmSet {
+    pub const EMPTY: AlarmSet = AlarmSet(0);
+
+    pub fn insert(&mut self, alarm: Alarm) {
+        self.0 |= alarm.bit();
+    }
+    pub const fn contains(self, alarm: Alarm) -> bool {
+        self.0 & alarm.bit() != 0
+    }
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub const fn union(self, other: AlarmSet) -> AlarmSet {
+        AlarmSet(self.0 | other.0)
+    }
+    /// Members of `self` not in `other`.
+    pub const fn difference(self, other: AlarmSet) -> AlarmSet {
+        AlarmSet(self.0 & !other.0)
+    }
+    pub fn iter(self) -> impl Iterator<Item = Alarm> {
+        Alarm::ALL.into_iter().filter(move |a| self.contains(*a))
+    }
+}
+
+/// Non-latching advisories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Warning {
+    /// Less than `near_empty_ml` or `near_empty_s` of drug left in the syringe.
+    NearEmpty = 0,
+}
+
+impl Warning {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Warning::NearEmpty => "near_empty",
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Kernel configuration and the infusion program, validated field by field.
+//!
+//! [`RawKernelConfig`] is the plain, unvalidated form (what a binding or a data file hands over);
+//! [`KernelConfig::from_raw`] turns it into the validated form or returns a [`ConfigError`] naming the
+//! first offending field. The field names in errors are exactly the names of the raw struct's fields,
+//! so a user can find the line to fix. Every default lives in a data file outside this crate: the core
+//! holds no clinical number.
+
+use crate::units::{
+    check_range, MgPerMl, Milligrams, Millilitres, Millimetres, MlPerHour, Mmhg, Seconds, UnitProblem,
+};
+use core::fmt;
+
+/// Why a configuration or program was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigProblem {
+    /// The value itself is out of its physical range.
+    Value(UnitProblem),
+    /// A configured limit is above the hard limit it must stay under (`other` names that limit).
+    AboveHardLimit { other: &'static str },
+    /// A value does not fit with another field (`other` names it).
+    Inconsistent { other: &'static str },
+}
+
+/// A refused configuration: which field and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: ConfigProblem,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problem {
+            ConfigProblem::Value(p) => write!(f, "{} {}", self.field, p),
+            ConfigProblem::AboveHardLimit { other } => {
+                write!(f, "{} is above the hard limit {}", self.field, other)
+            }
+            ConfigProblem::Inconsistent { other } => {
+                write!(f, "{} is inconsistent with {}", self.field, other)
+            }
+        }
+    }
+}
+
+fn value_error(field: &'static str) -> impl Fn(UnitProblem) -> ConfigError {
+    move |p| ConfigError { field, problem: ConfigProblem::Value(p) }
+}
+
+fn above_hard(field: &'static str, other: &'static str) -> ConfigError {
+    ConfigError { field, problem: ConfigProblem::AboveHardLimit { other } }
+}
+
+fn inconsistent(field: &'static str, other: &'static str) -> ConfigError {
+    ConfigError { field, problem: ConfigProblem::Inconsistent { other } }
+}
+
+/// A dimensionless or compound-unit field: finite and inside `[min, max]` (min exclusive if `strict`).
+fn scalar(field: &'static str, v: f64, min: f64, strict: bool, max: f64) -> Result<f64, ConfigError> {
+    check_range(v, min, strict, max).map_err(value_error(field))
+}
+
+/// Every kernel setting as plain numbers. Field names are the public names used in errors, the Python
+/// keyword arguments and the defaults file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawKernelConfig {
+    // Syringe and drug.
+    pub syringe_diameter_mm: f64,
+    pub syringe_capacity_ml: f64,
+    pub syringe_fill_ml: f64,
+    pub encoder_counts_per_mm: f64,
+    pub concentration_mg_per_ml: f64,
+    // Rate limits: configured ≤ hard; the effective ceiling is min(configured, hard, pump).
+    pub max_rate_ml_h: f64,
+    pub hard_max_rate_ml_h: f64,
+    pub pump_max_rate_ml_h: f64,
+    // Dose limits.
+    pub dose_tolerance: f64,
+    pub hard_cap_mg: f64,
+    pub prior_delivered_mg: f64,
+    // Occlusion.
+    pub has_pressure_sensor: bool,
+    pub occlusion_threshold_mmhg: f64,
+    pub hard_max_occlusion_threshold_mmhg: f64,
+    pub slope_detector: bool,
+    pub slope_rise_mmhg: f64,
+    pub slope_fraction: f64,
+    pub slope_arm_delay_s: f64,
+    pub pressure_filter_s: f64,
+    pub pressure_baseline_s: f64,
+    pub compliance_ml_per_mmhg: f64,
+    pub backoff: bool,
+    pub backoff_margin_mmhg: f64,
+    pub backoff_rate_ml_h: f64,
+    // Stall, flow and uncommanded motion.
+    pub stall_volume_ml: f64,
+    pub flow_window_s: f64,
+    pub flow_tolerance: f64,
+    pub flow_min_volume_ml: f64,
+    pub uncommanded_volume_ml: f64,
+    // Syringe level.
+    pub near_empty_ml: f64,
+    pub near_empty_s: f64,
+    // Telemetry and timing.
+    pub stale_after_s: f64,
+    pub control_period_s: f64,
+    // Start-up take-up.
+    pub take_up_rate_ml_h: f64,
+    pub take_up_max_ml: f64,
+    pub take_up_detect_ml: f64,
+    // Controller.
+    pub kp_per_s: f64,
+    pub ki_per_s2: f64,
+    pub integral_limit_ml_s: f64,
+    pub slew_ml_h_per_s: f64,
+    // Alarm annunciation.
+    pub silence_s: f64,
+}
+
+/// The longest an alarm may be silenced before it annunciates again (S7: 2 min).
+pub const MAX_SILENCE_S: f64 = 120.0;
+
+/// Validated configuration. Rates are held in mL/s, the unit the kernel integrates in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KernelConfig {
+    pub raw: RawKernelConfig,
+    /// Volume of one encoder count (mL): the measurement quantum.
+    pub volume_quantum_ml: f64,
+    /// min(configured, hard, pump) maximum rate in mL/s.
+    pub max_rate_ml_s: f64,
+    pub take_up_rate_ml_s: f64,
+    pub backoff_rate_ml_s: f64,
+    pub slew_ml_s_per_s: f64,
+}
+
+impl KernelConfig {
+    /// Validates every field, then the relations between fields.
+    pub fn from_raw(raw: RawKernelConfig) -> Result<Self, ConfigError> {
+        let r = &raw;
+        let diameter = Millimetres::new(r.syringe_diameter_mm).map_err(value_error("syringe_diameter_mm"))?;
+        let capacity = Millilitres::new(r.syringe_capacity_ml).map_err(value_error("syringe_capacity_ml"))?;
+        if capacity.get() <= 0.0 {
+            return Err(value_error("syringe_capacity_ml")(UnitProblem::BelowMinimum));
+        }
+        let fill = Millilitres::new(r.syringe_fill_ml).map_err(value_error("syringe_fill_ml"))?;
+        if fill > capacity {
+            return Err(inconsistent("syringe_fill_ml", "syringe_capacity_ml"));
+        }
+        let counts = scalar("encoder_counts_per_mm", r.encoder_counts_per_mm, 0.0, true, 1.0e6)?;
+        MgPerMl::new(r.concentration_mg_per_ml).map_err(value_error("concentration_mg_per_ml"))?;
+
+        let max_rate = MlPerHour::new(r.max_rate_ml_h).map_err(value_error("max_rate_ml_h"))?;
+        let hard_rate = MlPerHour::new(r.hard_max_rate_ml_h).map_err(value_error("hard_max_rate_ml_h"))?;
+        let pump_rate = MlPerHour::new(r.pump_max_rate_ml_h).map_err(value_error("pump_max_rate_ml_h"))?;
+        if max_rate.get() <= 0.0 {
+            return Err(value_error("max_rate_ml_h")(UnitProblem::BelowMinimum));
+        }
+        if max_rate > hard_rate {
+            return Err(above_hard("max_rate_ml_h", "hard_max_rate_ml_h"));
+        }
+        if pump_rate.get() <= 0.0 {
+            return Err(value_error("pump_max_rate_ml_h")(UnitProblem::BelowMinimum));
+        }
+
+        scalar("dose_tolerance", r.dose_tolerance, 0.0, false, 0.10)?;
+        let cap = Milligrams::new(r.hard_cap_mg).map_err(value_error("hard_cap_mg"))?;
+        let prior = Milligrams::new(r.prior_delivered_mg).map_err(value_error("prior_delivered_mg"))?;
+        if prior > cap {
+            return Err(inconsistent("prior_delivered_mg", "hard_cap_mg"));
+        }
+
+        let threshold =
+            Mmhg::new(r.occlusion_threshold_mmhg).map_err(value_error("occlusion_threshold_mmhg"))?;
+        let hard_threshold = Mmhg::new(r.hard_max_occlusion_threshold_mmhg)
+            .map_err(value_error("hard_max_occlusion_threshold_mmhg"))?;
+        if threshold.get() <= 0.0 {
+            return Err(value_error("occlusion_threshold_mmhg")(UnitProblem::BelowMinimum));
+        }
+        if threshold > hard_threshold {
+            return Err(above_hard("occlusion_threshold_mmhg", "hard_max_occlusion_threshold_mmhg"));
+        }
+        scalar("slope_rise_mmhg", r.slope_rise_mmhg, 0.0, true, Mmhg::MAX)?;
+        scalar("slope_fraction", r.slope_fraction, 0.0, true, 1.0)?;
+        Seconds::new(r.slope_arm_delay_s).map_err(value_error("slope_arm_delay_s"))?;
+        scalar("pressure_filter_s", r.pressure_filter_s, 0.0, true, 3_600.0)?;
+        scalar("pressure_baseline_s", r.pressure_baseline_s, 0.0, true, 36_000.0)?;
+        scalar("compliance_ml_per_mmhg", r.compliance_ml_per_mmhg, 0.0, true, 0.1)?;
+        Mmhg::new(r.backoff_margin_mmhg).map_err(value_error("backoff_margin_mmhg"))?;
+        let backoff_rate = MlPerHour::new(r.backoff_rate_ml_h).map_err(value_error("backoff_rate_ml_h"))?;
+        if r.backoff && backoff_rate.get() <= 0.0 {
+            return Err(value_error("backoff_rate_ml_h")(UnitProblem::BelowMinimum));
+        }
+
+        scalar("stall_volume_ml", r.stall_volume_ml, 0.0, true, Millilitres::MAX)?;
+        scalar("flow_window_s", r.flow_window_s, 0.0, true, 3_600.0)?;
+        scalar("flow_tolerance", r.flow_tolerance, 0.0, true, 1.0)?;
+        Millilitres::new(r.flow_min_volume_ml).map_err(value_error("flow_min_volume_ml"))?;
+        scalar("uncommanded_volume_ml", r.uncommanded_volume_ml, 0.0, true, Millilitres::MAX)?;
+        Millilitres::new(r.near_empty_ml).map_err(value_error("near_empty_ml"))?;
+        Seconds::new(r.near_empty_s).map_err(value_error("near_empty_s"))?;
+        scalar("stale_after_s", r.stale_after_s, 0.0, true, 3_600.0)?;
+        let period = scalar("control_period_s", r.control_period_s, 0.0, true, 60.0)?;
+        if r.stale_after_s < period {
+            return Err(inconsistent("stale_after_s", "control_period_s"));
+        }
+
+        let take_up_rate = MlPerHour::new(r.take_up_rate_ml_h).map_err(value_error("take_up_rate_ml_h"))?;
+        let take_up_max = Millilitres::new(r.take_up_max_ml).map_err(value_error("take_up_max_ml"))?;
+        Millilitres::new(r.take_up_detect_ml).map_err(value_error("take_up_detect_ml"))?;
+        if take_up_max.get() > 0.0 && take_up_rate.get() <= 0.0 {
+            return Err(value_error("take_up_rate_ml_h")(UnitProblem::BelowMinimum));
+        }
+
+        scalar("kp_per_s", r.kp_per_s, 0.0, false, 1_000.0)?;
+        scalar("ki_per_s2", r.ki_per_s2, 0.0, false, 1_000.0)?;
+        scalar("integral_limit_ml_s", r.integral_limit_ml_s, 0.0, false, 1_000.0)?;
+        let slew = scalar("slew_ml_h_per_s", r.slew_ml_h_per_s, 0.0, true, 1.0e9)?;
+        scalar("silence_s", r.silence_s, 0.0, false, MAX_SILENCE_S)?;
+
+        let area_ml_per_mm = core::f64::consts::PI * diameter.get() * diameter.get() / 4.0 / 1_000.0;
+        let ceiling = max_rate.get().min(hard_rate.get()).min(pump_rate.get());
+        Ok(Self {
+            raw,
+            volume_quantum_ml: area_ml_per_mm / counts,
+            max_rate_ml_s: MlPerHour::new(ceiling).map_err(value_error("max_rate_ml_h"))?.per_second(),
+            take_up_rate_ml_s: take_up_rate.per_second().min(ceiling / crate::units::S_PER_H),
+            backoff_rate_ml_s: backoff_rate.per_second(),
+            slew_ml_s_per_s: slew / crate::units::S_PER_H,
+        })
+    }
+
+    /// Drug (mg) per mL at the configured concentration.
+    pub fn mg_per_ml(&self) -> f64 {
+        self.raw.concentration_mg_per_ml
+    }
+}
+
+/// What to infuse: a rate and a volume to be infused (VTBI).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Program {
+    pub rate_ml_s: f64,
+    pub vtbi_ml: f64,
+    /// Run the bounded fast take-up of slack before the programmed rate.
+    pub take_up: bool,
+}
+
+impl Program {
+    /// Validates a program against a configuration: the rate within the effective ceiling, the
+    /// volume within the syringe fill, the drug within the cumulative cap.
+    pub fn new(
+        config: &KernelConfig,
+        rate_ml_h: f64,
+        vtbi_ml: f64,
+        take_up: bool,
+        delivered_before_mg: f64,
+    ) -> Result<Self, ConfigError> {
+        let rate_ml_s = validate_rate(config, rate_ml_h)?;
+        let vtbi = Millilitres::new(vtbi_ml).map_err(value_error("vtbi_ml"))?;
+        if vtbi.get() <= 0.0 {
+            return Err(value_error("vtbi_ml")(UnitProblem::BelowMinimum));
+        }
+        if vtbi.get() > config.raw.syringe_fill_ml {
+            return Err(inconsistent("vtbi_ml", "syringe_fill_ml"));
+        }
+        if delivered_before_mg + vtbi.get() * config.mg_per_ml() > config.raw.hard_cap_mg {
+            return Err(above_hard("vtbi_ml", "hard_cap_mg"));
+        }
+        Ok(Self { rate_ml_s, vtbi_ml: vtbi.get(), take_up })
+    }
+}
+
+/// A programmed rate must be a positive finite number no higher than the effective ceiling; a unit
+/// slip (×60, ×1000) is refused, never clamped. Returns mL/s.
+pub fn validate_rate(config: &KernelConfig, rate_ml_h: f64) -> Result<f64, ConfigError> {
+    let rate = MlPerHour::new(rate_ml_h).map_err(value_error("rate_ml_h"))?;
+    if rate.get() <= 0.0 {
+        return Err(value_error("rate_ml_h")(UnitProblem::BelowMinimum));
+    }
+    if rate.per_second() > config.max_rate_ml_s {
+        return Err(above_hard("rate_ml_h", "max_rate_ml_h"));
+    }
+    Ok(rate.per_second())
+}

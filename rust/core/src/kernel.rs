@@ -1,0 +1,913 @@
+//! The safety kernel: the only way to obtain a motor command.
+//!
+//! Each tick the caller hands over a telemetry sample and the current time; the kernel validates the
+//! sample, runs every interlock, advances the state machine and returns the command with the alarms.
+//!
+//! ```text
+//!              load                 start                    dose delivered
+//!     Idle ──────────▶ Armed ──────────────▶ Running ─────────────────────────▶ Complete
+//!      ▲ ▲               │                   │  ▲  ↺ take-up done, rate change   │  │
+//!      │ └─── unload ────┘            pause  │  │ resume                         │  │
+//!      │                                     ▼  │                                │  │
+//!      │                                    Paused                              │  │
+//!      │                   stop (Running/Paused)│                                │  │
+//!      │  unload                                ▼          load (new program)    │  │
+//!      ├─────────────────────────────────── Stopped ──────────────▶ Armed ◀──────┘  │
+//!      │                                     ▲  │ start                              │
+//!      │                         acknowledge │  └──────▶ Running                     │
+//!      │                                     │                                       │
+//!      │     any alarm in Armed, Running,    │                                       │
+//!      │     Paused or Stopped ──────────▶ Alarm ↺ more alarms latch, silence        │
+//!      └──────────────────────────────────────────────────────────── unload ────────┘
+//! ```
+//!
+//! Rules the diagram encodes:
+//! - Alarms **latch**: the only way out of `Alarm` is `acknowledge`, which leads to `Stopped`; from
+//!   there only an explicit `start` runs the motor again. Nothing restarts by itself.
+//! - In every state but `Running` the forward command is zero. In `Alarm` after an occlusion, an
+//!   optional back-off retracts the plunger until the line pressure is back near its baseline, never
+//!   more than the volume the line's compliance stored.
+//! - `Idle` and `Complete` are not monitored (no program is in force); every other state is.
+//! - Every transition, and every alarm raised while already in `Alarm`, is recorded in the trace ring.
+//!
+//! Every forward (and back-off) rate passes [`clamp_rate`], the single choke point.
+
+use crate::alarm::{Alarm, AlarmSet};
+use crate::clamp::{clamp_rate, ClampReason, RateLimits};
+use crate::config::{validate_rate, ConfigError, KernelConfig, Program};
+use crate::controller::{ControlStatus, Gains, RateController};
+use crate::trace::{Cause, TraceRing};
+
+/// The state without its data: what the trace records and Python sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    Idle,
+    Armed,
+    Running,
+    Paused,
+    Alarm,
+    Stopped,
+    Complete,
+}
+
+impl StateKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StateKind::Idle => "idle",
+            StateKind::Armed => "armed",
+            StateKind::Running => "running",
+            StateKind::Paused => "paused",
+            StateKind::Alarm => "alarm",
+            StateKind::Stopped => "stopped",
+            StateKind::Complete => "complete",
+        }
+    }
+
+    /// Whether interlocks are evaluated in this state.
+    pub const fn is_monitored(self) -> bool {
+        !matches!(self, StateKind::Idle | StateKind::Complete)
+    }
+}
+
+/// The sub-phase of `Running`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    /// Fast bounded take-up of lead-screw slack; `commanded_ml` counts what it has commanded so far.
+    TakeUp { commanded_ml: f64, origin_ml: f64 },
+    /// Closed-loop delivery at the programmed rate.
+    Infusing,
+}
+
+/// The post-occlusion back-off in progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// Volume the retract may still take (mL): starts at compliance × (pressure − baseline).
+    pub remaining_ml: f64,
+    /// Back-off ends once the pressure is at or below this (mmHg).
+    pub target_mmhg: f64,
+}
+
+/// States, each owning the data only it needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum State {
+    Idle,
+    Armed,
+    Running(Phase),
+    Paused,
+    Alarm(Option<Backoff>),
+    Stopped,
+    Complete,
+}
+
+impl State {
+    pub const fn kind(&self) -> StateKind {
+        match self {
+            State::Idle => StateKind::Idle,
+            State::Armed => StateKind::Armed,
+            State::Running(_) => StateKind::Running,
+            State::Paused => StateKind::Paused,
+            State::Alarm(_) => StateKind::Alarm,
+            State::Stopped => StateKind::Stopped,
+            State::Complete => StateKind::Complete,
+        }
+    }
+}
+
+/// One telemetry sample as the pump reported it. Any field may be garbage; the kernel checks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Telemetry {
+    /// When the sample was taken (s, same clock as `now`).
+    pub t_s: f64,
+    /// Plunger-encoder volume counter (mL), monotonic while infusing.
+    pub volume_ml: f64,
+    /// Downstream line pressure (mmHg); ignored when the pump has no pressure sensor.
+    pub pressure_mmhg: f64,
+    /// The pump reports its motor turning (informative; logged).
+    pub motor_running: bool,
+    pub air_in_line: bool,
+    pub syringe_present: bool,
+    pub end_of_travel: bool,
+}
+
+/// Direction of the motor command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Hold,
+    /// Toward the patient.
+    Forward,
+    /// Away from the patient (occlusion back-off only).
+    Retract,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Hold => "hold",
+            Direction::Forward => "forward",
+            Direction::Retract => "retract",
+        }
+    }
+}
+
+/// The motor command: a direction and a finite, non-negative rate (mL/s; zero exactly when `Hold`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MotorCommand {
+    pub direction: Direction,
+    pub rate_ml_s: f64,
+}
+
+impl MotorCommand {
+    pub const HOLD: MotorCommand = MotorCommand { direction: Direction::Hold, rate_ml_s: 0.0 };
+
+    fn forward(rate_ml_s: f64) -> Self {
+        if rate_ml_s > 0.0 {
+            MotorCommand { direction: Direction::Forward, rate_ml_s }
+        } else {
+            Self::HOLD
+        }
+    }
+
+    fn retract(rate_ml_s: f64) -> Self {
+        if rate_ml_s > 0.0 {
+            MotorCommand { direction: Direction::Retract, rate_ml_s }
+        } else {
+            Self::HOLD
+        }
+    }
+}
+
+/// Operator commands, named in refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Load,
+    Start,
+    Pause,
+    Resume,
+    Stop,
+    Acknowledge,
+    Silence,
+    Unload,
+    SetRate,
+}
+
+impl Command {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Command::Load => "load",
+            Command::Start => "start",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Stop => "stop",
+            Command::Acknowledge => "acknowledge",
+            Command::Silence => "silence",
+            Command::Unload => "unload",
+            Command::SetRate => "set_rate",
+        }
+    }
+}
+
+/// Why an operator command was refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KernelError {
+    /// The command is not valid in the current state; nothing changed.
+    InvalidTransition { from: StateKind, command: Command },
+    /// The program or rate was refused; nothing changed (`load`).
+    Config(ConfigError),
+    /// The command was refused and latched an alarm (`set_rate` with an invalid rate while a program
+    /// is in force): the kernel is now in `Alarm`.
+    Interlock { alarm: Alarm, cause: ConfigError },
+}
+
+/// What one tick returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutput {
+    pub command: MotorCommand,
+    pub state: StateKind,
+    /// All latched alarms.
+    pub alarms: AlarmSet,
+    /// Alarms first raised on this tick.
+    pub raised: AlarmSet,
+    pub near_empty: bool,
+    /// An alarm is latched and not silenced.
+    pub annunciate: bool,
+    /// Measured volume delivered by the current program (mL).
+    pub delivered_ml: f64,
+    /// Programmed volume still to deliver (mL).
+    pub remaining_ml: f64,
+    /// Which clamp branch decided the forward rate.
+    pub clamp: ClampReason,
+    /// The controller's per-term breakdown (zero when it did not run).
+    pub control: ControlStatus,
+}
+
+/// Number of checkpoints in the flow-deviation window (one every window/12).
+const FLOW_POINTS: usize = 13;
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct FlowPoint {
+    t_s: f64,
+    target_ml: f64,
+    commanded_ml: f64,
+    measured_ml: f64,
+}
+
+/// Line-pressure estimator behind the slope detector and the back-off target.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct PressureTrack {
+    initialised: bool,
+    filtered_mmhg: f64,
+    slope_mmhg_s: f64,
+    baseline_mmhg: f64,
+    last_raw_mmhg: f64,
+    /// Kernel time from which the slope detector may fire (re-armed on start, resume, rate change).
+    armed_at_s: f64,
+}
+
+/// The safety kernel. See the module documentation for the state machine.
+#[derive(Debug, Clone)]
+pub struct SafetyKernel {
+    cfg: KernelConfig,
+    state: State,
+    program: Option<Program>,
+    controller: RateController,
+    trace: TraceRing,
+    latched: AlarmSet,
+    /// Kernel time of the last step (None before the first).
+    now_s: Option<f64>,
+    /// Kernel time from which staleness is counted when no sample has arrived yet.
+    monitored_since_s: Option<f64>,
+    last_sample_t_s: Option<f64>,
+    last_volume_ml: Option<f64>,
+    /// Encoder volume at the start of the current program.
+    origin_ml: Option<f64>,
+    /// Volume and drug delivered by earlier programs on this kernel.
+    completed_ml: f64,
+    completed_mg: f64,
+    /// Forward motor volume commanded while infusing (integral of the held command).
+    commanded_ml: f64,
+    last_command: MotorCommand,
+    /// Volume where forward motion last stopped (for uncommanded delivery).
+    hold_origin_ml: Option<f64>,
+    /// Stall detection: forward volume commanded since the plunger last moved, and where it was.
+    since_motion_ml: f64,
+    motion_ref_ml: f64,
+    moved_since_start: bool,
+    /// Highest volume seen since (re)start, for reverse-motion detection.
+    peak_ml: f64,
+    flow: [FlowPoint; FLOW_POINTS],
+    flow_len: usize,
+    pressure: PressureTrack,
+    silenced_until_s: f64,
+}
+
+impl SafetyKernel {
+    pub fn new(cfg: KernelConfig) -> Self {
+        let gains = Gains {
+            kp_per_s: cfg.raw.kp_per_s,
+            ki_per_s2: cfg.raw.ki_per_s2,
+            integral_limit_ml_s: cfg.raw.integral_limit_ml_s,
+            slew_ml_s_per_s: cfg.slew_ml_s_per_s,
+            max_ml_s: cfg.max_rate_ml_s,
+        };
+        Self {
+            cfg,
+            state: State::Idle,
+            program: None,
+            controller: RateController::new(gains),
+            trace: TraceRing::new(),
+            latched: AlarmSet::EMPTY,
+            now_s: None,
+            monitored_since_s: None,
+            last_sample_t_s: None,
+            last_volume_ml: None,
+            origin_ml: None,
+            completed_ml: 0.0,
+            completed_mg: 0.0,
+            commanded_ml: 0.0,
+            last_command: MotorCommand::HOLD,
+            hold_origin_ml: None,
+            since_motion_ml: 0.0,
+            motion_ref_ml: 0.0,
+            moved_since_start: false,
+            peak_ml: 0.0,
+            flow: [FlowPoint::default(); FLOW_POINTS],
+            flow_len: 0,
+            pressure: PressureTrack::default(),
+            silenced_until_s: f64::NEG_INFINITY,
+        }
+    }
+
+    // ----- read-only views -------------------------------------------------------------------
+
+    pub const fn config(&self) -> &KernelConfig {
+        &self.cfg
+    }
+    pub const fn state(&self) -> State {
+        self.state
+    }
+    pub const fn state_kind(&self) -> StateKind {
+        self.state.kind()
+    }
+    pub const fn alarms(&self) -> AlarmSet {
+        self.latched
+    }
+    pub const fn program(&self) -> Option<Program> {
+        self.program
+    }
+    pub fn trace_mut(&mut self) -> &mut TraceRing {
+        &mut self.trace
+    }
+    pub const fn trace(&self) -> &TraceRing {
+        &self.trace
+    }
+    /// Forward motor volume commanded by the current program while infusing (mL).
+    pub const fn commanded_ml(&self) -> f64 {
+        self.commanded_ml
+    }
+
+    /// Measured volume delivered by the current program (mL).
+    pub fn delivered_ml(&self) -> f64 {
+        match (self.origin_ml, self.last_volume_ml) {
+            (Some(origin), Some(volume)) => volume - origin,
+            _ => 0.0,
+        }
+    }
+
+    /// Drug delivered over the kernel's life plus what was delivered before it (mg).
+    pub fn cumulative_mg(&self) -> f64 {
+        self.cfg.raw.prior_delivered_mg + self.completed_mg + self.delivered_ml() * self.cfg.mg_per_ml()
+    }
+
+    fn remaining_ml(&self) -> f64 {
+        self.program.map_or(0.0, |p| (p.vtbi_ml - self.delivered_ml()).max(0.0))
+    }
+
+    fn syringe_left_ml(&self) -> f64 {
+        self.cfg.raw.syringe_fill_ml - self.completed_ml - self.delivered_ml()
+    }
+
+    // ----- operator commands -----------------------------------------------------------------
+
+    fn refuse(&self, command: Command) -> KernelError {
+        KernelError::InvalidTransition { from: self.state.kind(), command }
+    }
+
+    fn transition(&mut self, to: State, cause: Cause) {
+        let from = self.state.kind();
+        self.state = to;
+        let t = self.now_s.unwrap_or(0.0);
+        let delivered = self.delivered_ml();
+        self.trace.push(t, from, to.kind(), cause, delivered);
+    }
+
+    /// Loads a program (`Idle`, `Stopped` or `Complete` → `Armed`). A program in force is closed and
+    /// its delivered drug carried into the cumulative total.
+    pub fn load(&mut self, rate_ml_h: f64, vtbi_ml: f64, take_up: bool) -> Result<(), KernelError> {
+        if !matches!(self.state, State::Idle | State::Stopped | State::Complete) {
+            return Err(self.refuse(Command::Load));
+        }
+        let delivered = self.delivered_ml();
+        let completed_mg = self.completed_mg + delivered * self.cfg.mg_per_ml();
+        let available = KernelConfig {
+            raw: crate::config::RawKernelConfig {
+                syringe_fill_ml: self.cfg.raw.syringe_fill_ml - self.completed_ml - delivered,
+                ..self.cfg.raw
+            },
+            ..self.cfg
+        };
+        let program =
+            Program::new(&available, rate_ml_h, vtbi_ml, take_up, self.cfg.raw.prior_delivered_mg + completed_mg)
+                .map_err(KernelError::Config)?;
+        self.completed_ml += delivered;
+        self.completed_mg = completed_mg;
+        self.program = Some(program);
+        self.origin_ml = self.last_volume_ml;
+        self.commanded_ml = 0.0;
+        self.monitored_since_s = self.now_s;
+        self.transition(State::Armed, Cause::Load);
+        Ok(())
+    }
+
+    /// Starts delivery (`Armed` → `Running`, with take-up if the program asks for it; `Stopped` →
+    /// `Running` at the programmed rate).
+    pub fn start(&mut self) -> Result<(), KernelError> {
+        let phase = match (self.state, self.program) {
+            (State::Armed, Some(p)) if p.take_up && self.cfg.raw.take_up_max_ml > 0.0 => {
+                Phase::TakeUp { commanded_ml: 0.0, origin_ml: self.last_volume_ml.unwrap_or(0.0) }
+            }
+            (State::Armed | State::Stopped, Some(_)) => Phase::Infusing,
+            _ => return Err(self.refuse(Command::Start)),
+        };
+        self.begin_motion();
+        self.transition(State::Running(phase), Cause::Start);
+        Ok(())
+    }
+
+    /// `Running` → `Paused`.
+    pub fn pause(&mut self) -> Result<(), KernelError> {
+        if !matches!(self.state, State::Running(_)) {
+            return Err(self.refuse(Command::Pause));
+        }
+        self.transition(State::Paused, Cause::Pause);
+        Ok(())
+    }
+
+    /// `Paused` → `Running` at the programmed rate, tracking from the current volume (no catch-up).
+    pub fn resume(&mut self) -> Result<(), KernelError> {
+        if self.state != State::Paused {
+            return Err(self.refuse(Command::Resume));
+        }
+        self.begin_motion();
+        self.transition(State::Running(Phase::Infusing), Cause::Resume);
+        Ok(())
+    }
+
+    /// `Running` or `Paused` → `Stopped`.
+    pub fn stop(&mut self) -> Result<(), KernelError> {
+        if !matches!(self.state, State::Running(_) | State::Paused) {
+            return Err(self.refuse(Command::Stop));
+        }
+        self.transition(State::Stopped, Cause::Stop);
+        Ok(())
+    }
+
+    /// `Alarm` → `Stopped`, clearing the latch. A condition that persists is raised again on the
+    /// next tick.
+    pub fn acknowledge(&mut self) -> Result<(), KernelError> {
+        if !matches!(self.state, State::Alarm(_)) {
+            return Err(self.refuse(Command::Acknowledge));
+        }
+        self.latched = AlarmSet::EMPTY;
+        self.transition(State::Stopped, Cause::Acknowledge);
+        Ok(())
+    }
+
+    /// Silences the annunciation of the latched alarms for `silence_s` (at most 2 min). The alarms
+    /// stay latched and the motor stays stopped.
+    pub fn silence(&mut self) -> Result<(), KernelError> {
+        if !matches!(self.state, State::Alarm(_)) {
+            return Err(self.refuse(Command::Silence));
+        }
+        self.silenced_until_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.silence_s;
+        self.transition(self.state, Cause::Silence);
+        Ok(())
+    }
+
+    /// `Armed`, `Stopped` or `Complete` → `Idle`, closing the program.
+    pub fn unload(&mut self) -> Result<(), KernelError> {
+        if !matches!(self.state, State::Armed | State::Stopped | State::Complete) {
+            return Err(self.refuse(Command::Unload));
+        }
+        let delivered = self.delivered_ml();
+        self.completed_ml += delivered;
+        self.completed_mg += delivered * self.cfg.mg_per_ml();
+        self.program = None;
+        self.origin_ml = None;
+        self.transition(State::Idle, Cause::Unload);
+        Ok(())
+    }
+
+    /// Changes the programmed rate (`Armed`, `Running`, `Paused`, `Stopped`). An invalid rate — NaN,
+    /// infinite, ≤ 0, above the ceiling (a unit slip) — is refused *and* latches
+    /// [`Alarm::RateCommandInvalid`]: a bad command while a program is in force is a safety event.
+    pub fn set_rate(&mut self, rate_ml_h: f64) -> Result<(), KernelError> {
+        let Some(program) = self.program else {
+            return Err(self.refuse(Command::SetRate));
+        };
+        if !matches!(self.state, State::Armed | State::Running(_) | State::Paused | State::Stopped) {
+            return Err(self.refuse(Command::SetRate));
+        }
+        match validate_rate(&self.cfg, rate_ml_h) {
+            Ok(rate_ml_s) => {
+                self.program = Some(Program { rate_ml_s, ..program });
+                self.pressure.armed_at_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.slope_arm_delay_s;
+                self.transition(self.state, Cause::RateChange);
+                Ok(())
+            }
+            Err(cause) => {
+                let mut alarm = AlarmSet::EMPTY;
+                alarm.insert(Alarm::RateCommandInvalid);
+                self.raise(alarm);
+                Err(KernelError::Interlock { alarm: Alarm::RateCommandInvalid, cause })
+            }
+        }
+    }
+
+    /// Resets the per-run trackers on every start and resume.
+    fn begin_motion(&mut self) {
+        let volume = self.last_volume_ml.unwrap_or(0.0);
+        self.controller.reset(volume);
+        self.since_motion_ml = 0.0;
+        self.motion_ref_ml = volume;
+        self.moved_since_start = false;
+        self.peak_ml = volume;
+        self.flow_len = 0;
+        self.pressure.armed_at_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.slope_arm_delay_s;
+    }
+
+    /// Latches `alarms`; enters `Alarm` (starting a back-off after an occlusion while running).
+    fn raise(&mut self, alarms: AlarmSet) {
+        let fresh = alarms.difference(self.latched);
+        if fresh.is_empty() {
+            return;
+        }
+        self.latched = self.latched.union(fresh);
+        self.silenced_until_s = f64::NEG_INFINITY;
+        let occlusion = fresh.contains(Alarm::OcclusionPressure) || fresh.contains(Alarm::OcclusionSlope);
+        for alarm in fresh.iter() {
+            let next = match self.state {
+                State::Alarm(backoff) => State::Alarm(backoff),
+                State::Running(_) if occlusion => State::Alarm(self.backoff_plan()),
+                _ => State::Alarm(None),
+            };
+            self.transition(next, Cause::Alarm(alarm));
+        }
+    }
+
+    fn backoff_plan(&self) -> Option<Backoff> {
+        let r = &self.cfg.raw;
+        if !(r.backoff && r.has_pressure_sensor && self.pressure.initialised) {
+            return None;
+        }
+        let stored_ml = r.compliance_ml_per_mmhg * (self.pressure.last_raw_mmhg - self.pressure.baseline_mmhg);
+        Some(Backoff {
+            remaining_ml: stored_ml.max(0.0),
+            target_mmhg: self.pressure.baseline_mmhg + r.backoff_margin_mmhg,
+        })
+    }
+
+    // ----- the tick --------------------------------------------------------------------------
+
+    /// One control tick at kernel time `now_s` with the latest telemetry sample.
+    pub fn step(&mut self, now_s: f64, sample: &Telemetry) -> StepOutput {
+        let latched_before = self.latched;
+        let mut raised = AlarmSet::EMPTY;
+        let monitored = self.state.kind().is_monitored();
+        let dt_s = match self.now_s {
+            _ if !now_s.is_finite() => None,
+            Some(prev) if now_s < prev => None,
+            Some(prev) => Some(now_s - prev),
+            None => Some(0.0),
+        };
+        let Some(dt_s) = dt_s else {
+            if monitored {
+                raised.insert(Alarm::ClockInvalid);
+                self.raise(raised);
+            }
+            return self.finish(MotorCommand::HOLD, ClampReason::Unchanged, ControlStatus::default(), latched_before);
+        };
+        self.now_s = Some(now_s);
+        if self.monitored_since_s.is_none() {
+            self.monitored_since_s = Some(now_s);
+        }
+        // Account the command held since the previous tick.
+        if self.last_command.direction == Direction::Forward && matches!(self.state, State::Running(Phase::Infusing)) {
+            self.commanded_ml += self.last_command.rate_ml_s * dt_s;
+        }
+
+        let fresh = self.accept_sample(now_s, sample, &mut raised);
+        if monitored {
+            let since = self.last_sample_t_s.into_iter().chain(self.monitored_since_s).fold(f64::MIN, f64::max);
+            if now_s - since > self.cfg.raw.stale_after_s {
+                raised.insert(Alarm::TelemetryStale);
+            }
+            if let Some(prev_t) = fresh {
+                let _ = prev_t;
+                self.check_sample(sample, dt_s, &mut raised);
+            }
+            self.raise(raised);
+        }
+
+        let (command, clamp, control) = self.command(now_s, dt_s);
+        self.finish(command, clamp, control, latched_before)
+    }
+
+    /// Validates the sample; on a fresh valid one, records it and returns the previous sample time.
+    fn accept_sample(&mut self, now_s: f64, s: &Telemetry, raised: &mut AlarmSet) -> Option<f64> {
+        let pressure_ok = !self.cfg.raw.has_pressure_sensor || (s.pressure_mmhg.is_finite() && (-300.0..=5_000.0).contains(&s.pressure_mmhg));
+        let plausible = s.t_s.is_finite()
+            && s.volume_ml.is_finite()
+            && (-1_000.0..=10_000.0).contains(&s.volume_ml)
+            && pressure_ok
+            && s.t_s <= now_s
+            && self.last_sample_t_s.is_none_or(|prev| s.t_s >= prev);
+        let jump_ok = match (self.last_volume_ml, self.last_sample_t_s) {
+            (Some(v), Some(t)) => {
+                let bound = 2.0 * self.cfg.raw.pump_max_rate_ml_h / crate::units::S_PER_H * (s.t_s - t).max(0.0) + 1.0;
+                (s.volume_ml - v).abs() <= bound
+            }
+            _ => true,
+        };
+        if !(plausible && jump_ok) {
+            raised.insert(Alarm::TelemetryInvalid);
+            return None;
+        }
+        let prev_t = self.last_sample_t_s;
+        if prev_t == Some(s.t_s) {
+            return None; // the same sample again: not fresh
+        }
+        if self.origin_ml.is_none() && self.program.is_some() {
+            self.origin_ml = Some(s.volume_ml);
+        }
+        self.last_sample_t_s = Some(s.t_s);
+        self.last_volume_ml = Some(s.volume_ml);
+        if self.cfg.raw.has_pressure_sensor {
+            self.track_pressure(s.pressure_mmhg, prev_t.map_or(0.0, |p| s.t_s - p));
+        }
+        Some(prev_t.unwrap_or(s.t_s))
+    }
+
+    fn track_pressure(&mut self, raw_mmhg: f64, dt_s: f64) {
+        let r = &self.cfg.raw;
+        let p = &mut self.pressure;
+        p.last_raw_mmhg = raw_mmhg;
+        if !p.initialised {
+            *p = PressureTrack { initialised: true, filtered_mmhg: raw_mmhg, baseline_mmhg: raw_mmhg, last_raw_mmhg: raw_mmhg, ..*p };
+            return;
+        }
+        if dt_s <= 0.0 {
+            return;
+        }
+        let a = dt_s / (r.pressure_filter_s + dt_s);
+        let previous = p.filtered_mmhg;
+        p.filtered_mmhg += a * (raw_mmhg - p.filtered_mmhg);
+        p.slope_mmhg_s += a * ((p.filtered_mmhg - previous) / dt_s - p.slope_mmhg_s);
+    }
+
+    /// Interlocks that read a fresh, valid sample.
+    fn check_sample(&mut self, s: &Telemetry, dt_s: f64, raised: &mut AlarmSet) {
+        let r = self.cfg.raw;
+        let q = self.cfg.volume_quantum_ml;
+        let running = matches!(self.state, State::Running(_));
+        let dose_done = self.program.is_some_and(|p| self.delivered_ml() >= p.vtbi_ml - q / 2.0);
+
+        if !s.syringe_present {
+            raised.insert(Alarm::SyringeMissing);
+        }
+        if s.air_in_line {
+            raised.insert(Alarm::AirInLine);
+        }
+        if s.end_of_travel || (running && !dose_done && self.syringe_left_ml() <= 0.0) {
+            raised.insert(Alarm::SyringeEmpty);
+        }
+
+        if r.has_pressure_sensor {
+            if s.pressure_mmhg > r.occlusion_threshold_mmhg {
+                raised.insert(Alarm::OcclusionPressure);
+            }
+            self.check_slope(raised);
+        }
+
+        if let Some(program) = self.program {
+            let delivered = self.delivered_ml();
+            if delivered > program.vtbi_ml * (1.0 + r.dose_tolerance) + q {
+                raised.insert(Alarm::Overdose);
+            }
+            if self.cumulative_mg() > r.hard_cap_mg + q * self.cfg.mg_per_ml() {
+                raised.insert(Alarm::CumulativeCap);
+            }
+        }
+
+        if running {
+            self.peak_ml = self.peak_ml.max(s.volume_ml);
+            if s.volume_ml < self.peak_ml - 2.0 * q {
+                raised.insert(Alarm::ReverseMotion);
+            }
+            self.check_stall(s.volume_ml, dt_s, raised);
+            if matches!(self.state, State::Running(Phase::Infusing)) {
+                self.check_flow(s, raised);
+            }
+        } else if self.last_command.direction != Direction::Retract {
+            match self.hold_origin_ml {
+                Some(origin) if s.volume_ml - origin > r.uncommanded_volume_ml => {
+                    raised.insert(Alarm::UncommandedDelivery);
+                }
+                Some(_) => {}
+                None => self.hold_origin_ml = Some(s.volume_ml),
+            }
+        }
+    }
+
+    /// Slope/model detector: in an occlusion all flow goes into the compliance, so the pressure rises
+    /// at Q/C. Fires when the filtered slope exceeds `slope_fraction`·Q/C *and* the pressure has risen
+    /// `slope_rise_mmhg` above its baseline. The baseline follows the filtered pressure until the
+    /// detector is armed, and afterwards only while the pressure is not rising, so a slow occlusion
+    /// cannot drag the baseline up with it.
+    fn check_slope(&mut self, raised: &mut AlarmSet) {
+        let r = self.cfg.raw;
+        let now = self.now_s.unwrap_or(0.0);
+        let infusing = matches!(self.state, State::Running(Phase::Infusing));
+        let setpoint = self.program.map_or(0.0, |p| p.rate_ml_s);
+        let p = &mut self.pressure;
+        let expected_slope = setpoint / r.compliance_ml_per_mmhg;
+        let rising = infusing && p.slope_mmhg_s >= r.slope_fraction * expected_slope;
+        let armed = infusing && now >= p.armed_at_s;
+        if !armed {
+            p.baseline_mmhg = p.filtered_mmhg;
+        } else if !rising {
+            let a = r.control_period_s / (r.pressure_baseline_s + r.control_period_s);
+            p.baseline_mmhg += a * (p.filtered_mmhg - p.baseline_mmhg);
+        }
+        if r.slope_detector && armed && rising && p.filtered_mmhg - p.baseline_mmhg >= r.slope_rise_mmhg {
+            raised.insert(Alarm::OcclusionSlope);
+        }
+    }
+
+    /// Commanded forward motion with no plunger motion. Until the plunger has moved once since the
+    /// start, the allowance is the larger of the stall volume and the take-up bound (lead-screw slack).
+    fn check_stall(&mut self, volume_ml: f64, dt_s: f64, raised: &mut AlarmSet) {
+        let r = self.cfg.raw;
+        if self.last_command.direction == Direction::Forward {
+            self.since_motion_ml += self.last_command.rate_ml_s * dt_s;
+        }
+        if volume_ml - self.motion_ref_ml >= self.cfg.volume_quantum_ml / 2.0 {
+            self.since_motion_ml = 0.0;
+            self.motion_ref_ml = volume_ml;
+            self.moved_since_start = true;
+        }
+        let allowance =
+            if self.moved_since_start { r.stall_volume_ml } else { r.stall_volume_ml.max(r.take_up_max_ml) };
+        if self.since_motion_ml > allowance {
+            raised.insert(Alarm::Stall);
+        }
+    }
+
+    /// Over the flow window, the measured volume must follow both the target (set rate) and the
+    /// commanded motor volume within `flow_tolerance`: catches under-infusion, over-infusion,
+    /// siphoning and a slipping drive.
+    fn check_flow(&mut self, s: &Telemetry, raised: &mut AlarmSet) {
+        let r = self.cfg.raw;
+        let point = FlowPoint {
+            t_s: s.t_s,
+            target_ml: self.controller.target_ml(),
+            commanded_ml: self.commanded_ml,
+            measured_ml: s.volume_ml,
+        };
+        let interval = r.flow_window_s / (FLOW_POINTS - 1) as f64;
+        let newest = if self.flow_len == 0 { None } else { Some(self.flow[self.flow_len - 1]) };
+        if newest.is_none_or(|n| point.t_s - n.t_s >= interval) {
+            if self.flow_len == FLOW_POINTS {
+                self.flow.copy_within(1.., 0);
+                self.flow_len -= 1;
+            }
+            self.flow[self.flow_len] = point;
+            self.flow_len += 1;
+        }
+        let oldest = self.flow[0];
+        if self.flow_len < 2 || point.t_s - oldest.t_s < r.flow_window_s {
+            return;
+        }
+        let measured = point.measured_ml - oldest.measured_ml;
+        let off = |expected: f64| expected >= r.flow_min_volume_ml && (measured - expected).abs() > r.flow_tolerance * expected;
+        if off(point.target_ml - oldest.target_ml) || off(point.commanded_ml - oldest.commanded_ml) {
+            raised.insert(Alarm::FlowDeviation);
+        }
+    }
+
+    /// The command for this tick, after the interlocks have run.
+    fn command(&mut self, now_s: f64, dt_s: f64) -> (MotorCommand, ClampReason, ControlStatus) {
+        let period = self.cfg.raw.control_period_s;
+        let q = self.cfg.volume_quantum_ml;
+        match self.state {
+            State::Running(phase) => {
+                let Some(program) = self.program else {
+                    return (MotorCommand::HOLD, ClampReason::NoLimit, ControlStatus::default());
+                };
+                let delivered = self.delivered_ml();
+                if delivered >= program.vtbi_ml - q / 2.0 {
+                    self.transition(State::Complete, Cause::DoseComplete);
+                    return (MotorCommand::HOLD, ClampReason::DoseExhausted, ControlStatus::default());
+                }
+                let volume = self.last_volume_ml.unwrap_or(0.0);
+                let cap_ml = (self.cfg.raw.hard_cap_mg - self.cumulative_mg()) / self.cfg.mg_per_ml();
+                let dose_headroom = (program.vtbi_ml - delivered).min(cap_ml);
+                match phase {
+                    Phase::TakeUp { commanded_ml, origin_ml } => {
+                        let take_up_left = self.cfg.raw.take_up_max_ml - commanded_ml;
+                        if volume - origin_ml >= self.cfg.raw.take_up_detect_ml || take_up_left <= 0.0 {
+                            self.controller.reset(volume);
+                            self.flow_len = 0;
+                            self.pressure.armed_at_s = now_s + self.cfg.raw.slope_arm_delay_s;
+                            self.transition(State::Running(Phase::Infusing), Cause::TakeUpDone);
+                            return self.infuse(program, volume, 0.0, dose_headroom);
+                        }
+                        let limits = RateLimits {
+                            max_ml_s: self.cfg.max_rate_ml_s,
+                            headroom_ml: take_up_left.min(dose_headroom),
+                            period_s: period,
+                        };
+                        let (rate, reason) = clamp_rate(self.cfg.take_up_rate_ml_s, limits);
+                        self.state = State::Running(Phase::TakeUp { commanded_ml: commanded_ml + rate * period, origin_ml });
+                        (MotorCommand::forward(rate), reason, ControlStatus::default())
+                    }
+                    Phase::Infusing => self.infuse(program, volume, dt_s, dose_headroom),
+                }
+            }
+            State::Alarm(Some(backoff)) => {
+                let pressure = self.pressure.last_raw_mmhg;
+                if pressure <= backoff.target_mmhg || backoff.remaining_ml <= 0.0 {
+                    self.state = State::Alarm(None);
+                    return (MotorCommand::HOLD, ClampReason::Unchanged, ControlStatus::default());
+                }
+                let limits = RateLimits {
+                    max_ml_s: self.cfg.backoff_rate_ml_s,
+                    headroom_ml: backoff.remaining_ml,
+                    period_s: period,
+                };
+                let (rate, reason) = clamp_rate(self.cfg.backoff_rate_ml_s, limits);
+                self.state = State::Alarm(Some(Backoff { remaining_ml: backoff.remaining_ml - rate * period, ..backoff }));
+                (MotorCommand::retract(rate), reason, ControlStatus::default())
+            }
+            _ => (MotorCommand::HOLD, ClampReason::Unchanged, ControlStatus::default()),
+        }
+    }
+
+    /// Closed-loop delivery: controller, then the choke point. The headroom is the smaller of the
+    /// measured dose left and the commanded motor volume left, so a plunger that stops reporting motion
+    /// can never make the kernel command more than the program's tolerance.
+    fn infuse(&mut self, program: Program, volume: f64, dt_s: f64, dose_headroom: f64) -> (MotorCommand, ClampReason, ControlStatus) {
+        let commanded_left = program.vtbi_ml * (1.0 + self.cfg.raw.dose_tolerance) - self.commanded_ml;
+        if commanded_left <= 0.0 {
+            let mut alarm = AlarmSet::EMPTY;
+            alarm.insert(Alarm::FlowDeviation);
+            self.raise(alarm);
+            return (MotorCommand::HOLD, ClampReason::DoseExhausted, ControlStatus::default());
+        }
+        let control = match self.controller.step(program.rate_ml_s, volume, dt_s) {
+            Ok(status) => status,
+            Err(_) => return (MotorCommand::HOLD, ClampReason::NonFinite, ControlStatus::default()),
+        };
+        let limits = RateLimits {
+            max_ml_s: self.cfg.max_rate_ml_s,
+            headroom_ml: dose_headroom.min(commanded_left),
+            period_s: self.cfg.raw.control_period_s,
+        };
+        let (rate, reason) = clamp_rate(control.output_ml_s, limits);
+        (MotorCommand::forward(rate), reason, control)
+    }
+
+    fn finish(&mut self, command: MotorCommand, clamp: ClampReason, control: ControlStatus, latched_before: AlarmSet) -> StepOutput {
+        if command.direction != Direction::Hold {
+            self.hold_origin_ml = None;
+        }
+        self.last_command = command;
+        let now = self.now_s.unwrap_or(0.0);
+        let near_empty = self.program.is_some() && self.state.kind().is_monitored() && {
+            let left = self.syringe_left_ml();
+            let rate = self.program.map_or(0.0, |p| p.rate_ml_s);
+            left <= self.cfg.raw.near_empty_ml || (rate > 0.0 && left / rate <= self.cfg.raw.near_empty_s)
+        };
+        StepOutput {
+            command,
+            state: self.state.kind(),
+            alarms: self.latched,
+            raised: self.latched.difference(latched_before),
+            near_empty,
+            annunciate: !self.latched.is_empty() && now >= self.silenced_until_s,
+            delivered_ml: self.delivered_ml(),
+            remaining_ml: self.remaining_ml(),
+            clamp,
+            control,
+        }
+    }
+}
