@@ -224,7 +224,8 @@ impl KernelConfig {
             volume_quantum_ml: area_ml_per_mm / counts,
             max_rate_ml_s: MlPerHour::new(ceiling).map_err(value_error("max_rate_ml_h"))?.per_second(),
             take_up_rate_ml_s: take_up_rate.per_second().min(ceiling / crate::units::S_PER_H),
-            backoff_rate_ml_s: backoff_rate.per_second(),
+            // Every commanded magnitude, retract included, stays under the ceiling.
+            backoff_rate_ml_s: backoff_rate.per_second().min(ceiling / crate::units::S_PER_H),
             slew_ml_s_per_s: slew / crate::units::S_PER_H,
         })
     }

@@ -1,0 +1,319 @@
+"""Rust core of ketapump: the safety kernel, its rate controller and the rate clamp.
+
+Everything here is implemented in Rust (``rust/core``) and exposed through pyo3. Rates cross this
+boundary in mL/h (the unit is in every name); the controller works in mL and seconds. Errors are
+raised as the classes of :mod:`ketapump.errors`:
+
+- :class:`~ketapump.errors.ConfigurationError` (a ``ValueError``) for a refused setting, program or
+  rate, with ``field`` naming it;
+- :class:`~ketapump.errors.StateTransitionError` for an operator command not valid in the current state;
+- :class:`~ketapump.errors.InterlockError` for a command that was refused *and* latched an alarm.
+
+Bad telemetry never raises: it ends in an alarm and a zero command.
+"""
+
+from typing import Final, Literal, final
+
+__all__ = [
+    "ALARMS",
+    "ControlStatus",
+    "KernelConfig",
+    "RateController",
+    "SafetyKernel",
+    "StepOutput",
+    "TraceEvent",
+    "__version__",
+    "clamp_rate",
+]
+
+__version__: Final[str]
+
+ALARMS: Final[list[str]]
+"""Every alarm name, in code order."""
+
+_Direction = Literal["hold", "forward", "retract"]
+_StateName = Literal["idle", "armed", "running", "paused", "alarm", "stopped", "complete"]
+
+@final
+class KernelConfig:
+    """Validated kernel configuration.
+
+    Every setting is a required keyword argument; :func:`ketapump.config.kernel_config` fills them
+    from the shipped defaults file. A value out of range raises
+    :class:`~ketapump.errors.ConfigurationError` naming the field, e.g.
+    ``syringe_diameter_mm is below the allowed minimum`` or
+    ``max_rate_ml_h is above the hard limit hard_max_rate_ml_h``.
+
+    Settings:
+
+    - ``syringe_diameter_mm``: Syringe inner diameter (mm, > 0).
+    - ``syringe_capacity_ml``: Syringe nominal capacity (mL, > 0).
+    - ``syringe_fill_ml``: Volume loaded in the syringe (mL, ≤ capacity).
+    - ``encoder_counts_per_mm``: Plunger encoder resolution (counts per mm of travel).
+    - ``concentration_mg_per_ml``: Drug concentration (mg/mL, > 0).
+    - ``max_rate_ml_h``: Configured rate ceiling (mL/h, ≤ hard_max_rate_ml_h).
+    - ``hard_max_rate_ml_h``: Absolute rate ceiling (mL/h).
+    - ``pump_max_rate_ml_h``: The pump's own maximum rate (mL/h).
+    - ``dose_tolerance``: Allowed over-delivery as a fraction of the programmed volume (0–0.10).
+    - ``hard_cap_mg``: Hard cumulative drug cap (mg), including prior_delivered_mg.
+    - ``prior_delivered_mg``: Drug already delivered before this kernel (mg), counted against the cap.
+    - ``has_pressure_sensor``: Whether telemetry carries a line pressure (New Era pumps do not).
+    - ``occlusion_threshold_mmhg``: Absolute occlusion alarm threshold (mmHg).
+    - ``hard_max_occlusion_threshold_mmhg``: Highest threshold that may be configured (mmHg).
+    - ``slope_detector``: Enable the slope/model-based occlusion detector.
+    - ``slope_rise_mmhg``: Rise above baseline the slope detector needs before it fires (mmHg).
+    - ``slope_fraction``: Fraction of the occluded slope Q/C that counts as rising (0–1].
+    - ``slope_arm_delay_s``: Settling time after start, resume or rate change before the slope detector arms.
+    - ``pressure_filter_s``: Time constant of the pressure and slope filters (s).
+    - ``pressure_baseline_s``: Time constant of the baseline tracker (s).
+    - ``compliance_ml_per_mmhg``: Syringe + line compliance C (mL/mmHg); worst case 0.0028.
+    - ``backoff``: Retract after an occlusion alarm to reduce the released bolus.
+    - ``backoff_margin_mmhg``: Back-off ends at baseline + this pressure (mmHg).
+    - ``backoff_rate_ml_h``: Retract rate during back-off (mL/h).
+    - ``stall_volume_ml``: Forward volume commanded with no plunger motion before a stall alarm (mL).
+    - ``flow_window_s``: Window of the flow-deviation check (s).
+    - ``flow_tolerance``: Allowed flow deviation over the window (fraction).
+    - ``flow_min_volume_ml``: Smallest expected window volume for which the flow check applies (mL).
+    - ``uncommanded_volume_ml``: Plunger advance allowed while not infusing before an alarm (mL).
+    - ``near_empty_ml``: Near-empty warning when less than this is left in the syringe (mL).
+    - ``near_empty_s``: Near-empty warning when less than this much time is left at the set rate (s).
+    - ``stale_after_s``: Telemetry older than this is stale (s, ≥ control_period_s).
+    - ``control_period_s``: Nominal tick period (s): one command may deliver at most rate × period.
+    - ``take_up_rate_ml_h``: Rate of the start-up take-up of slack (mL/h).
+    - ``take_up_max_ml``: Most volume the take-up may command (mL).
+    - ``take_up_detect_ml``: Plunger motion that ends the take-up (mL).
+    - ``kp_per_s``: Proportional gain on the volume error (1/s).
+    - ``ki_per_s2``: Integral gain (1/s²).
+    - ``integral_limit_ml_s``: Bound of the error integral (mL·s).
+    - ``slew_ml_h_per_s``: Largest change of the commanded rate per second (mL/h per s).
+    - ``silence_s``: How long silence() mutes annunciation (s, ≤ 120).
+    """
+
+    def __new__(
+        cls,
+        *,
+        syringe_diameter_mm: float,
+        syringe_capacity_ml: float,
+        syringe_fill_ml: float,
+        encoder_counts_per_mm: float,
+        concentration_mg_per_ml: float,
+        max_rate_ml_h: float,
+        hard_max_rate_ml_h: float,
+        pump_max_rate_ml_h: float,
+        dose_tolerance: float,
+        hard_cap_mg: float,
+        prior_delivered_mg: float,
+        has_pressure_sensor: bool,
+        occlusion_threshold_mmhg: float,
+        hard_max_occlusion_threshold_mmhg: float,
+        slope_detector: bool,
+        slope_rise_mmhg: float,
+        slope_fraction: float,
+        slope_arm_delay_s: float,
+        pressure_filter_s: float,
+        pressure_baseline_s: float,
+        compliance_ml_per_mmhg: float,
+        backoff: bool,
+        backoff_margin_mmhg: float,
+        backoff_rate_ml_h: float,
+        stall_volume_ml: float,
+        flow_window_s: float,
+        flow_tolerance: float,
+        flow_min_volume_ml: float,
+        uncommanded_volume_ml: float,
+        near_empty_ml: float,
+        near_empty_s: float,
+        stale_after_s: float,
+        control_period_s: float,
+        take_up_rate_ml_h: float,
+        take_up_max_ml: float,
+        take_up_detect_ml: float,
+        kp_per_s: float,
+        ki_per_s2: float,
+        integral_limit_ml_s: float,
+        slew_ml_h_per_s: float,
+        silence_s: float,
+    ) -> KernelConfig: ...
+    def as_dict(self) -> dict[str, float | bool]:
+        """Every setting as given, keyed by its keyword name."""
+    @property
+    def volume_quantum_ml(self) -> float:
+        """Volume of one encoder count (mL): the measurement quantum."""
+    @property
+    def ceiling_ml_h(self) -> float:
+        """Effective rate ceiling: min(max, hard max, pump max) (mL/h)."""
+
+@final
+class ControlStatus:
+    """The rate controller's per-term breakdown of one step (mL, mL/s)."""
+
+    @property
+    def target_ml(self) -> float:
+        """Integrated setpoint volume."""
+    @property
+    def error_ml(self) -> float:
+        """Target minus measured volume."""
+    @property
+    def feed_forward_ml_s(self) -> float: ...
+    @property
+    def proportional_ml_s(self) -> float: ...
+    @property
+    def integral_ml_s(self) -> float: ...
+    @property
+    def output_ml_s(self) -> float:
+        """Controller output before the kernel's clamp."""
+    @property
+    def saturated(self) -> bool:
+        """The unsaturated sum was below 0 or above the maximum."""
+    @property
+    def slew_limited(self) -> bool: ...
+    @property
+    def integrating(self) -> bool:
+        """False when anti-windup held the integral on this step."""
+
+@final
+class StepOutput:
+    """The result of one :meth:`SafetyKernel.step`."""
+
+    @property
+    def direction(self) -> _Direction:
+        """``hold``, ``forward`` (toward the patient) or ``retract`` (occlusion back-off only)."""
+    @property
+    def rate_ml_h(self) -> float:
+        """Commanded rate (mL/h): finite, ≥ 0, ≤ the ceiling; 0 exactly when ``hold``."""
+    @property
+    def state(self) -> _StateName: ...
+    @property
+    def alarms(self) -> tuple[str, ...]:
+        """Every latched alarm, in code order (see :data:`ALARMS`)."""
+    @property
+    def raised(self) -> tuple[str, ...]:
+        """Alarms first latched on this tick."""
+    @property
+    def alarm_bits(self) -> int:
+        """Latched alarms as bits, ``1 << code``."""
+    @property
+    def near_empty(self) -> bool:
+        """Less than ``near_empty_ml`` or ``near_empty_s`` of drug left in the syringe."""
+    @property
+    def annunciate(self) -> bool:
+        """An alarm is latched and not silenced."""
+    @property
+    def delivered_ml(self) -> float:
+        """Measured volume delivered by the current program."""
+    @property
+    def remaining_ml(self) -> float:
+        """Programmed volume still to deliver."""
+    @property
+    def clamp(self) -> str:
+        """The clamp branch that decided the forward rate (``unchanged``, ``above_max``…)."""
+    @property
+    def control(self) -> ControlStatus: ...
+
+@final
+class TraceEvent:
+    """One state-machine event from the kernel's trace ring."""
+
+    @property
+    def seq(self) -> int:
+        """Sequence number; a gap means events were overwritten before being drained."""
+    @property
+    def t_s(self) -> float: ...
+    @property
+    def from_state(self) -> _StateName: ...
+    @property
+    def to_state(self) -> _StateName: ...
+    @property
+    def cause(self) -> str:
+        """An operator command (``load``, ``start``…), ``take_up_done``, ``dose_complete`` or an alarm."""
+    @property
+    def delivered_ml(self) -> float: ...
+
+@final
+class SafetyKernel:
+    """The interlock state machine: the only way to obtain a motor command.
+
+    ``idle →load→ armed →start→ running ⇄ paused``, ``running →dose delivered→ complete``,
+    any monitored state ``→ alarm``, ``alarm →acknowledge→ stopped →start→ running``. Alarms latch
+    until acknowledged; nothing restarts by itself. Operator commands raise
+    :class:`~ketapump.errors.StateTransitionError` when not valid in the current state.
+    """
+
+    def __new__(cls, config: KernelConfig) -> SafetyKernel: ...
+    def load(self, rate_ml_h: float, vtbi_ml: float, take_up: bool = True) -> None:
+        """Load a program (from idle, stopped or complete): a rate and a volume to be infused."""
+    def start(self) -> None:
+        """Start delivery (armed, with take-up if requested; or stopped)."""
+    def pause(self) -> None: ...
+    def resume(self) -> None:
+        """Resume from paused, tracking from the current volume (no catch-up bolus)."""
+    def stop(self) -> None: ...
+    def acknowledge(self) -> None:
+        """Clear latched alarms (alarm → stopped). A persisting condition re-raises on the next tick."""
+    def silence(self) -> None:
+        """Mute annunciation for ``silence_s`` (at most 2 min); alarms stay latched."""
+    def unload(self) -> None:
+        """Close the program (armed, stopped or complete → idle)."""
+    def set_rate(self, rate_ml_h: float) -> None:
+        """Change the programmed rate. An invalid rate raises InterlockError and latches an alarm."""
+    def step(
+        self,
+        now_s: float,
+        t_s: float,
+        volume_ml: float,
+        pressure_mmhg: float,
+        motor_running: bool = False,
+        air_in_line: bool = False,
+        syringe_present: bool = True,
+        end_of_travel: bool = False,
+    ) -> StepOutput:
+        """One control tick at kernel time ``now_s`` with the latest telemetry sample.
+
+        ``t_s`` is when the sample was taken, ``volume_ml`` the plunger-encoder volume counter,
+        ``pressure_mmhg`` the line pressure (ignored without a pressure sensor). Any value may be
+        garbage (NaN, ∞, out of order): the kernel turns it into an alarm, never an exception.
+        """
+    def drain_trace(self) -> list[TraceEvent]:
+        """Remove and return every recorded event, oldest first."""
+    @property
+    def trace_dropped(self) -> int:
+        """Events overwritten before they were drained."""
+    @property
+    def state(self) -> _StateName: ...
+    @property
+    def alarms(self) -> tuple[str, ...]: ...
+    @property
+    def delivered_ml(self) -> float: ...
+    @property
+    def commanded_ml(self) -> float:
+        """Forward motor volume commanded by the current program while infusing."""
+    @property
+    def cumulative_mg(self) -> float:
+        """Drug delivered including prior_delivered_mg and earlier programs."""
+
+@final
+class RateController:
+    """Feed-forward + PI controller on the volume error, with anti-windup and a slew limit."""
+
+    def __new__(
+        cls,
+        *,
+        kp_per_s: float,
+        ki_per_s2: float,
+        integral_limit_ml_s: float,
+        slew_ml_s_per_s: float,
+        max_ml_s: float,
+    ) -> RateController: ...
+    def reset(self, measured_ml: float) -> None:
+        """Track from ``measured_ml`` with no integral and a stopped motor."""
+    def step(self, setpoint_ml_s: float, measured_ml: float, dt_s: float) -> ControlStatus:
+        """One step. Non-finite or negative input raises ConfigurationError and changes nothing."""
+
+def clamp_rate(
+    requested_ml_s: float, max_ml_s: float, headroom_ml: float, period_s: float
+) -> tuple[float, str]:
+    """The single choke point: clamp a requested forward rate (mL/s) to [0, min(max, headroom/period)].
+
+    Returns the rate and the branch that decided it: ``unchanged``, ``non_finite``, ``negative``,
+    ``no_limit``, ``dose_exhausted``, ``above_max`` or ``dose_headroom``.
+    """
