@@ -74,6 +74,11 @@ impl Alarm {
         }
     }
 
+    /// The two occlusion detectors (the only alarms that may start a back-off).
+    pub const fn is_occlusion(self) -> bool {
+        matches!(self, Alarm::OcclusionPressure | Alarm::OcclusionSlope)
+    }
+
     pub const fn bit(self) -> u32 {
         1 << (self as u8)
     }

@@ -298,6 +298,9 @@ pub struct SafetyKernel {
     flow_len: usize,
     pressure: PressureTrack,
     silenced_until_s: f64,
+    /// Set on start, resume and the end of take-up: the next infusing tick restarts the controller
+    /// on target at the volume measured then (no catch-up for the time the motor was held).
+    restart_controller: bool,
 }
 
 impl SafetyKernel {
@@ -334,6 +337,7 @@ impl SafetyKernel {
             flow_len: 0,
             pressure: PressureTrack::default(),
             silenced_until_s: f64::NEG_INFINITY,
+            restart_controller: false,
         }
     }
 
@@ -537,6 +541,7 @@ impl SafetyKernel {
     fn begin_motion(&mut self) {
         let volume = self.last_volume_ml.unwrap_or(0.0);
         self.controller.reset(volume);
+        self.restart_controller = true;
         self.since_motion_ml = 0.0;
         self.motion_ref_ml = volume;
         self.moved_since_start = false;
@@ -553,10 +558,11 @@ impl SafetyKernel {
         }
         self.latched = self.latched.union(fresh);
         self.silenced_until_s = f64::NEG_INFINITY;
-        let occlusion = fresh.contains(Alarm::OcclusionPressure) || fresh.contains(Alarm::OcclusionSlope);
+        let occlusion = fresh.iter().any(Alarm::is_occlusion);
         for alarm in fresh.iter() {
             let next = match self.state {
-                State::Alarm(backoff) => State::Alarm(backoff),
+                State::Alarm(backoff) if alarm.is_occlusion() => State::Alarm(backoff),
+                State::Alarm(_) => State::Alarm(None),
                 State::Running(_) if occlusion => State::Alarm(self.backoff_plan()),
                 _ => State::Alarm(None),
             };
@@ -604,6 +610,10 @@ impl SafetyKernel {
         if self.last_command.direction == Direction::Forward && matches!(self.state, State::Running(Phase::Infusing)) {
             self.commanded_ml += self.last_command.rate_ml_s * dt_s;
         }
+        // Every tick, fresh sample or not, so slower telemetry cannot stretch the stall allowance.
+        if self.last_command.direction == Direction::Forward && matches!(self.state, State::Running(_)) {
+            self.since_motion_ml += self.last_command.rate_ml_s * dt_s;
+        }
 
         let fresh = self.accept_sample(now_s, sample, &mut raised);
         if monitored {
@@ -611,9 +621,8 @@ impl SafetyKernel {
             if now_s - since > self.cfg.raw.stale_after_s {
                 raised.insert(Alarm::TelemetryStale);
             }
-            if let Some(prev_t) = fresh {
-                let _ = prev_t;
-                self.check_sample(sample, dt_s, &mut raised);
+            if fresh {
+                self.check_sample(sample, &mut raised);
             }
             self.raise(raised);
         }
@@ -622,8 +631,8 @@ impl SafetyKernel {
         self.finish(command, clamp, control, latched_before)
     }
 
-    /// Validates the sample; on a fresh valid one, records it and returns the previous sample time.
-    fn accept_sample(&mut self, now_s: f64, s: &Telemetry, raised: &mut AlarmSet) -> Option<f64> {
+    /// Validates the sample; records it and returns true when it is valid and fresh.
+    fn accept_sample(&mut self, now_s: f64, s: &Telemetry, raised: &mut AlarmSet) -> bool {
         let pressure_ok = !self.cfg.raw.has_pressure_sensor || (s.pressure_mmhg.is_finite() && (-300.0..=5_000.0).contains(&s.pressure_mmhg));
         let plausible = s.t_s.is_finite()
             && s.volume_ml.is_finite()
@@ -640,11 +649,11 @@ impl SafetyKernel {
         };
         if !(plausible && jump_ok) {
             raised.insert(Alarm::TelemetryInvalid);
-            return None;
+            return false;
         }
         let prev_t = self.last_sample_t_s;
         if prev_t == Some(s.t_s) {
-            return None; // the same sample again: not fresh
+            return false; // the same sample again: not fresh
         }
         if self.origin_ml.is_none() && self.program.is_some() {
             self.origin_ml = Some(s.volume_ml);
@@ -654,7 +663,7 @@ impl SafetyKernel {
         if self.cfg.raw.has_pressure_sensor {
             self.track_pressure(s.pressure_mmhg, prev_t.map_or(0.0, |p| s.t_s - p));
         }
-        Some(prev_t.unwrap_or(s.t_s))
+        true
     }
 
     fn track_pressure(&mut self, raw_mmhg: f64, dt_s: f64) {
@@ -675,11 +684,10 @@ impl SafetyKernel {
     }
 
     /// Interlocks that read a fresh, valid sample.
-    fn check_sample(&mut self, s: &Telemetry, dt_s: f64, raised: &mut AlarmSet) {
+    fn check_sample(&mut self, s: &Telemetry, raised: &mut AlarmSet) {
         let r = self.cfg.raw;
         let q = self.cfg.volume_quantum_ml;
         let running = matches!(self.state, State::Running(_));
-        let dose_done = self.program.is_some_and(|p| self.delivered_ml() >= p.vtbi_ml - q / 2.0);
 
         if !s.syringe_present {
             raised.insert(Alarm::SyringeMissing);
@@ -687,7 +695,8 @@ impl SafetyKernel {
         if s.air_in_line {
             raised.insert(Alarm::AirInLine);
         }
-        if s.end_of_travel || (running && !dose_done && self.syringe_left_ml() <= 0.0) {
+        // Only the plunger's end of travel: `load` already bounds the volume by what the syringe holds.
+        if s.end_of_travel {
             raised.insert(Alarm::SyringeEmpty);
         }
 
@@ -713,7 +722,7 @@ impl SafetyKernel {
             if s.volume_ml < self.peak_ml - 2.0 * q {
                 raised.insert(Alarm::ReverseMotion);
             }
-            self.check_stall(s.volume_ml, dt_s, raised);
+            self.check_stall(s.volume_ml, raised);
             if matches!(self.state, State::Running(Phase::Infusing)) {
                 self.check_flow(s, raised);
             }
@@ -755,11 +764,8 @@ impl SafetyKernel {
 
     /// Commanded forward motion with no plunger motion. Until the plunger has moved once since the
     /// start, the allowance is the larger of the stall volume and the take-up bound (lead-screw slack).
-    fn check_stall(&mut self, volume_ml: f64, dt_s: f64, raised: &mut AlarmSet) {
+    fn check_stall(&mut self, volume_ml: f64, raised: &mut AlarmSet) {
         let r = self.cfg.raw;
-        if self.last_command.direction == Direction::Forward {
-            self.since_motion_ml += self.last_command.rate_ml_s * dt_s;
-        }
         if volume_ml - self.motion_ref_ml >= self.cfg.volume_quantum_ml / 2.0 {
             self.since_motion_ml = 0.0;
             self.motion_ref_ml = volume_ml;
@@ -825,11 +831,11 @@ impl SafetyKernel {
                     Phase::TakeUp { commanded_ml, origin_ml } => {
                         let take_up_left = self.cfg.raw.take_up_max_ml - commanded_ml;
                         if volume - origin_ml >= self.cfg.raw.take_up_detect_ml || take_up_left <= 0.0 {
-                            self.controller.reset(volume);
+                            self.restart_controller = true;
                             self.flow_len = 0;
                             self.pressure.armed_at_s = now_s + self.cfg.raw.slope_arm_delay_s;
                             self.transition(State::Running(Phase::Infusing), Cause::TakeUpDone);
-                            return self.infuse(program, volume, 0.0, dose_headroom);
+                            return self.infuse(program, volume, dt_s, dose_headroom);
                         }
                         let limits = RateLimits {
                             max_ml_s: self.cfg.max_rate_ml_s,
@@ -872,6 +878,11 @@ impl SafetyKernel {
             alarm.insert(Alarm::FlowDeviation);
             self.raise(alarm);
             return (MotorCommand::HOLD, ClampReason::DoseExhausted, ControlStatus::default());
+        }
+        if core::mem::take(&mut self.restart_controller) {
+            // On target now: this step's target advance lands exactly on the measured volume, so the
+            // first command is the feed-forward rate, not a catch-up for the held interval.
+            self.controller.reset(volume - program.rate_ml_s * dt_s);
         }
         let control = match self.controller.step(program.rate_ml_s, volume, dt_s) {
             Ok(status) => status,

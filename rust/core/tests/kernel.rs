@@ -1,0 +1,1437 @@
+//! Integration tests of the safety kernel through its public API.
+//!
+//! A tiny ideal plant stands in for the pump: the plunger advances by the commanded rate × dt while the
+//! command is `Forward` (and goes back while it is `Retract`), the encoder reports that position
+//! quantised to `cfg.volume_quantum_ml`, and the line pressure is a value the test controls (or, for an
+//! occluded line, follows the volume pushed into the compliance).
+
+use ketapump_core::kernel::{Backoff, Phase};
+use ketapump_core::{
+    Alarm, AlarmSet, Cause, Command, Direction, KernelConfig, KernelError, MotorCommand, RawKernelConfig, SafetyKernel,
+    State, StateKind, StepOutput, Telemetry, TraceEvent,
+};
+use std::collections::VecDeque;
+
+// ----- configuration (values of python/ketapump/data/kernel_defaults.toml) ---------------------------
+
+fn raw() -> RawKernelConfig {
+    RawKernelConfig {
+        // [syringe]
+        syringe_diameter_mm: 26.59,
+        syringe_capacity_ml: 60.0,
+        syringe_fill_ml: 50.0,
+        encoder_counts_per_mm: 3200.0,
+        concentration_mg_per_ml: 1.0,
+        // [rate]
+        max_rate_ml_h: 120.0,
+        hard_max_rate_ml_h: 200.0,
+        pump_max_rate_ml_h: 1200.0,
+        // [dose]
+        dose_tolerance: 0.02,
+        hard_cap_mg: 120.0,
+        prior_delivered_mg: 0.0,
+        // [occlusion]
+        has_pressure_sensor: true,
+        occlusion_threshold_mmhg: 300.0,
+        hard_max_occlusion_threshold_mmhg: 1034.0,
+        slope_detector: true,
+        slope_rise_mmhg: 40.0,
+        slope_fraction: 0.5,
+        slope_arm_delay_s: 60.0,
+        pressure_filter_s: 5.0,
+        pressure_baseline_s: 120.0,
+        compliance_ml_per_mmhg: 0.0028,
+        backoff: true,
+        backoff_margin_mmhg: 20.0,
+        backoff_rate_ml_h: 300.0,
+        // [flow]
+        stall_volume_ml: 0.05,
+        flow_window_s: 120.0,
+        flow_tolerance: 0.10,
+        flow_min_volume_ml: 0.02,
+        uncommanded_volume_ml: 0.1,
+        // [level]
+        near_empty_ml: 1.0,
+        near_empty_s: 180.0,
+        // [timing]
+        stale_after_s: 1.0,
+        control_period_s: 0.1,
+        // [take_up]
+        take_up_rate_ml_h: 120.0,
+        take_up_max_ml: 0.5,
+        take_up_detect_ml: 0.005,
+        // [controller]
+        kp_per_s: 2.0,
+        ki_per_s2: 0.5,
+        integral_limit_ml_s: 0.01,
+        slew_ml_h_per_s: 1_000_000.0,
+        // [alarm]
+        silence_s: 120.0,
+    }
+}
+
+fn config() -> KernelConfig {
+    KernelConfig::from_raw(raw()).expect("the default configuration is valid")
+}
+
+fn config_with(change: impl FnOnce(&mut RawKernelConfig)) -> KernelConfig {
+    let mut r = raw();
+    change(&mut r);
+    KernelConfig::from_raw(r).expect("test configuration is valid")
+}
+
+/// mL/h → mL/s.
+fn per_s(rate_ml_h: f64) -> f64 {
+    rate_ml_h / 3600.0
+}
+
+fn set(alarms: &[Alarm]) -> AlarmSet {
+    let mut s = AlarmSet::EMPTY;
+    for a in alarms {
+        s.insert(*a);
+    }
+    s
+}
+
+/// A clean telemetry sample.
+fn telemetry(t_s: f64, volume_ml: f64, pressure_mmhg: f64) -> Telemetry {
+    Telemetry {
+        t_s,
+        volume_ml,
+        pressure_mmhg,
+        motor_running: false,
+        air_in_line: false,
+        syringe_present: true,
+        end_of_travel: false,
+    }
+}
+
+// ----- the simulated pump --------------------------------------------------------------------------
+
+const BASELINE_MMHG: f64 = 10.0;
+const START_VOLUME_ML: f64 = 5.0;
+
+/// Kernel plus ideal plant, stepped every `control_period_s`.
+#[derive(Debug, Clone)]
+struct Sim {
+    k: SafetyKernel,
+    cfg: KernelConfig,
+    /// Ticks taken; the kernel time is `n × period`.
+    n: u64,
+    t: f64,
+    /// True plunger position (mL), before encoder quantisation.
+    pos_ml: f64,
+    /// Lead-screw slack still to be taken up before forward commands move the plunger (mL).
+    slack_ml: f64,
+    /// Fraction of the commanded forward motion that reaches the plunger (1 ideal, <1 slip, 0 jam).
+    gain: f64,
+    /// Uncommanded plunger motion (mL/s), e.g. a siphon.
+    creep_ml_s: f64,
+    pressure_mmhg: f64,
+    /// `Some((position, pressure))`: occluded line; pressure = p0 + (pos − pos0) / compliance.
+    occlusion: Option<(f64, f64)>,
+    air: bool,
+    present: bool,
+    eot: bool,
+    /// The command the pump is executing (the last one the kernel returned).
+    cmd: MotorCommand,
+    /// Volume moved by retract commands (mL).
+    retracted_ml: f64,
+    /// A sample repeated verbatim instead of a fresh one (telemetry stopped).
+    frozen: Option<Telemetry>,
+    /// The pump reports a fresh sample every this many ticks and repeats the last one in between.
+    sample_every: u64,
+    last_fresh: Option<Telemetry>,
+}
+
+impl Sim {
+    fn new(cfg: KernelConfig) -> Self {
+        let mut sim = Sim {
+            k: SafetyKernel::new(cfg),
+            cfg,
+            n: 0,
+            t: 0.0,
+            pos_ml: START_VOLUME_ML,
+            slack_ml: 0.0,
+            gain: 1.0,
+            creep_ml_s: 0.0,
+            pressure_mmhg: BASELINE_MMHG,
+            occlusion: None,
+            air: false,
+            present: true,
+            eot: false,
+            cmd: MotorCommand::HOLD,
+            retracted_ml: 0.0,
+            frozen: None,
+            sample_every: 1,
+            last_fresh: None,
+        };
+        // A first tick in Idle so the kernel has a clock and a sample.
+        sim.k.step(0.0, &sim.sample());
+        sim
+    }
+
+    fn period(&self) -> f64 {
+        self.cfg.raw.control_period_s
+    }
+
+    fn q(&self) -> f64 {
+        self.cfg.volume_quantum_ml
+    }
+
+    /// Encoder reading: the true position truncated to whole counts.
+    fn measured(&self) -> f64 {
+        let q = self.q();
+        (self.pos_ml / q + 1e-9).floor() * q
+    }
+
+    fn pressure(&self) -> f64 {
+        match self.occlusion {
+            Some((pos0, p0)) => p0 + (self.pos_ml - pos0) / self.cfg.raw.compliance_ml_per_mmhg,
+            None => self.pressure_mmhg,
+        }
+    }
+
+    fn sample(&self) -> Telemetry {
+        Telemetry {
+            t_s: self.t,
+            volume_ml: self.measured(),
+            pressure_mmhg: self.pressure(),
+            motor_running: self.cmd.direction != Direction::Hold,
+            air_in_line: self.air,
+            syringe_present: self.present,
+            end_of_travel: self.eot,
+        }
+    }
+
+    /// The plant over `dt` under the held command.
+    fn advance(&mut self, dt: f64) {
+        let d = self.cmd.rate_ml_s * dt;
+        match self.cmd.direction {
+            Direction::Forward => {
+                let taken = d.min(self.slack_ml);
+                self.slack_ml -= taken;
+                self.pos_ml += (d - taken) * self.gain;
+            }
+            Direction::Retract => {
+                self.pos_ml -= d;
+                self.retracted_ml += d;
+            }
+            Direction::Hold => {}
+        }
+        self.pos_ml += self.creep_ml_s * dt;
+    }
+
+    fn tick(&mut self) -> StepOutput {
+        self.tick_with(|_| {})
+    }
+
+    /// One period: the plant runs the held command, then the kernel steps on a (possibly altered) sample.
+    fn tick_with(&mut self, alter: impl FnOnce(&mut Telemetry)) -> StepOutput {
+        let dt = self.period();
+        self.advance(dt);
+        self.n += 1;
+        self.t = self.n as f64 * dt;
+        let mut s = match (self.frozen, self.last_fresh) {
+            (Some(frozen), _) => frozen,
+            (None, Some(last)) if self.n % self.sample_every != 0 => last,
+            _ => {
+                let fresh = self.sample();
+                self.last_fresh = Some(fresh);
+                fresh
+            }
+        };
+        alter(&mut s);
+        let out = self.k.step(self.t, &s);
+        check_output_invariants(&out);
+        self.cmd = out.command;
+        out
+    }
+
+    fn ticks_for(&self, seconds: f64) -> u64 {
+        (seconds / self.period()).round() as u64
+    }
+
+    fn run(&mut self, seconds: f64) -> Vec<StepOutput> {
+        (0..self.ticks_for(seconds)).map(|_| self.tick()).collect()
+    }
+
+    /// Ticks until `pred` holds (returns that output) or `max_s` elapses (None).
+    fn run_until(&mut self, max_s: f64, mut pred: impl FnMut(&Sim, &StepOutput) -> bool) -> Option<StepOutput> {
+        for _ in 0..self.ticks_for(max_s) {
+            let out = self.tick();
+            if pred(self, &out) {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    fn run_until_alarm(&mut self, max_s: f64) -> Option<StepOutput> {
+        self.run_until(max_s, |_, o| !o.raised.is_empty())
+    }
+
+    fn drain(&mut self) -> Vec<TraceEvent> {
+        core::iter::from_fn(|| self.k.trace_mut().pop()).collect()
+    }
+
+    fn state(&self) -> StateKind {
+        self.k.state_kind()
+    }
+}
+
+/// What every step output must satisfy, whatever the scenario.
+fn check_output_invariants(out: &StepOutput) {
+    let c = out.command;
+    assert!(c.rate_ml_s.is_finite() && c.rate_ml_s >= 0.0, "{c:?}");
+    assert_eq!(c.direction == Direction::Hold, c.rate_ml_s == 0.0, "{c:?}");
+    if out.state != StateKind::Running {
+        assert_ne!(c.direction, Direction::Forward, "forward command in {:?}", out.state);
+    }
+    if c.direction == Direction::Retract {
+        assert_eq!(out.state, StateKind::Alarm, "retract outside Alarm");
+    }
+}
+
+// ----- reaching each state -------------------------------------------------------------------------
+
+fn idle() -> Sim {
+    let mut sim = Sim::new(config());
+    sim.tick();
+    sim
+}
+
+fn armed_with(cfg: KernelConfig, rate_ml_h: f64, vtbi_ml: f64, take_up: bool) -> Sim {
+    let mut sim = Sim::new(cfg);
+    sim.tick();
+    sim.k.load(rate_ml_h, vtbi_ml, take_up).expect("load");
+    sim.tick();
+    sim.drain();
+    assert_eq!(sim.state(), StateKind::Armed);
+    sim
+}
+
+fn armed() -> Sim {
+    armed_with(config(), 60.0, 10.0, false)
+}
+
+fn running_with(cfg: KernelConfig, rate_ml_h: f64, vtbi_ml: f64) -> Sim {
+    let mut sim = armed_with(cfg, rate_ml_h, vtbi_ml, false);
+    sim.k.start().expect("start");
+    sim.run(2.0);
+    sim.drain();
+    assert_eq!(sim.k.state(), State::Running(Phase::Infusing));
+    assert!(sim.k.alarms().is_empty());
+    sim
+}
+
+fn running() -> Sim {
+    running_with(config(), 60.0, 10.0)
+}
+
+fn paused() -> Sim {
+    let mut sim = running();
+    sim.k.pause().expect("pause");
+    sim.run(1.0);
+    sim.drain();
+    assert_eq!(sim.state(), StateKind::Paused);
+    sim
+}
+
+fn stopped() -> Sim {
+    let mut sim = running();
+    sim.k.stop().expect("stop");
+    sim.run(1.0);
+    sim.drain();
+    assert_eq!(sim.state(), StateKind::Stopped);
+    sim
+}
+
+/// Running, then one tick of air in line (the condition then clears; the alarm stays latched).
+fn in_alarm() -> Sim {
+    let mut sim = running();
+    sim.air = true;
+    sim.tick();
+    sim.air = false;
+    sim.run(0.5);
+    sim.drain();
+    assert_eq!(sim.state(), StateKind::Alarm);
+    sim
+}
+
+fn complete() -> Sim {
+    let mut sim = armed_with(config(), 120.0, 0.2, false);
+    sim.k.start().expect("start");
+    sim.run_until(30.0, |s, _| s.state() == StateKind::Complete).expect("dose completes");
+    sim.run(0.5);
+    sim.drain();
+    assert_eq!(sim.state(), StateKind::Complete);
+    sim
+}
+
+// ----- trace assertions ----------------------------------------------------------------------------
+
+/// The drained trace is exactly one event `from → to` for `cause`, stamped with the kernel time.
+fn assert_only_event(sim: &mut Sim, from: StateKind, to: StateKind, cause: Cause) {
+    let events = sim.drain();
+    assert_eq!(events.len(), 1, "expected one trace event, got {events:?}");
+    let e = events[0];
+    assert_eq!((e.from, e.to, e.cause), (from, to, cause), "{e:?}");
+    assert_eq!(e.t_s, sim.t, "{e:?}");
+}
+
+/// The drained trace contains `from → to` for `cause`.
+fn assert_has_event(events: &[TraceEvent], from: StateKind, to: StateKind, cause: Cause) {
+    assert!(
+        events.iter().any(|e| (e.from, e.to, e.cause) == (from, to, cause)),
+        "no {from:?} -> {to:?} ({cause:?}) in {events:?}"
+    );
+}
+
+// ===== one test per arrow of the state machine =====================================================
+
+#[test]
+fn idle_load_to_armed() {
+    let mut sim = idle();
+    sim.drain();
+    sim.k.load(60.0, 10.0, false).unwrap();
+    assert_eq!(sim.k.state(), State::Armed);
+    let p = sim.k.program().unwrap();
+    assert_eq!((p.rate_ml_s, p.vtbi_ml, p.take_up), (per_s(60.0), 10.0, false));
+    assert_only_event(&mut sim, StateKind::Idle, StateKind::Armed, Cause::Load);
+    // Armed holds the motor.
+    assert_eq!(sim.tick().command, MotorCommand::HOLD);
+}
+
+#[test]
+fn armed_start_to_running_take_up() {
+    let mut sim = armed_with(config(), 60.0, 10.0, true);
+    sim.slack_ml = 0.2;
+    sim.k.start().unwrap();
+    assert!(matches!(sim.k.state(), State::Running(Phase::TakeUp { commanded_ml, .. }) if commanded_ml == 0.0));
+    assert_only_event(&mut sim, StateKind::Armed, StateKind::Running, Cause::Start);
+    // Take-up runs at the take-up rate.
+    let out = sim.tick();
+    assert_eq!(out.command.direction, Direction::Forward);
+    assert_eq!(out.command.rate_ml_s, sim.cfg.take_up_rate_ml_s);
+    assert!(matches!(sim.k.state(), State::Running(Phase::TakeUp { .. })));
+    // Without take-up in the program, start goes straight to infusing.
+    let mut sim = armed();
+    sim.k.start().unwrap();
+    assert_eq!(sim.k.state(), State::Running(Phase::Infusing));
+    assert_only_event(&mut sim, StateKind::Armed, StateKind::Running, Cause::Start);
+}
+
+#[test]
+fn take_up_done_to_infusing() {
+    let mut sim = armed_with(config(), 10.0, 10.0, true);
+    sim.slack_ml = 0.2; // the plunger moves only once 0.2 mL of slack is taken up
+    sim.k.start().unwrap();
+    sim.drain();
+    let mut take_up_commanded = 0.0;
+    let out = sim
+        .run_until(30.0, |s, o| {
+            if matches!(s.k.state(), State::Running(Phase::TakeUp { .. })) {
+                take_up_commanded += o.command.rate_ml_s * s.period();
+            }
+            s.k.state() == State::Running(Phase::Infusing)
+        })
+        .expect("take-up ends");
+    assert_eq!(out.state, StateKind::Running);
+    assert_only_event(&mut sim, StateKind::Running, StateKind::Running, Cause::TakeUpDone);
+    // Ended by plunger motion, not by the bound, and did not overshoot the slack by much.
+    assert!(take_up_commanded < sim.cfg.raw.take_up_max_ml);
+    assert!(sim.pos_ml - START_VOLUME_ML < 0.02, "take-up pushed {} mL", sim.pos_ml - START_VOLUME_ML);
+    // Now at the programmed rate, not the take-up rate.
+    let outs = sim.run(20.0);
+    assert!(outs.iter().all(|o| o.command.rate_ml_s < 1.5 * per_s(10.0)));
+    assert!(sim.k.alarms().is_empty(), "{:?}", sim.k.alarms());
+}
+
+#[test]
+fn take_up_is_bounded_by_take_up_max() {
+    let mut sim = armed_with(config(), 10.0, 10.0, true);
+    sim.slack_ml = 10.0; // the plunger never engages
+    sim.k.start().unwrap();
+    let mut take_up_commanded = 0.0;
+    sim.run_until(60.0, |s, o| {
+        let in_take_up = matches!(s.k.state(), State::Running(Phase::TakeUp { .. }));
+        if in_take_up {
+            take_up_commanded += o.command.rate_ml_s * s.period();
+        }
+        !in_take_up
+    })
+    .expect("take-up ends");
+    assert!(take_up_commanded <= sim.cfg.raw.take_up_max_ml + 1e-12, "{take_up_commanded}");
+    assert_has_event(&sim.drain(), StateKind::Running, StateKind::Running, Cause::TakeUpDone);
+}
+
+#[test]
+fn running_pause_to_paused() {
+    let mut sim = running();
+    sim.k.pause().unwrap();
+    assert_eq!(sim.k.state(), State::Paused);
+    assert_only_event(&mut sim, StateKind::Running, StateKind::Paused, Cause::Pause);
+    assert_eq!(sim.tick().command, MotorCommand::HOLD);
+}
+
+#[test]
+fn paused_resume_to_running() {
+    let mut sim = paused();
+    sim.k.resume().unwrap();
+    assert_eq!(sim.k.state(), State::Running(Phase::Infusing));
+    assert_only_event(&mut sim, StateKind::Paused, StateKind::Running, Cause::Resume);
+    assert_eq!(sim.tick().command.direction, Direction::Forward);
+}
+
+#[test]
+fn running_stop_to_stopped() {
+    let mut sim = running();
+    sim.k.stop().unwrap();
+    assert_eq!(sim.k.state(), State::Stopped);
+    assert_only_event(&mut sim, StateKind::Running, StateKind::Stopped, Cause::Stop);
+    assert_eq!(sim.tick().command, MotorCommand::HOLD);
+}
+
+#[test]
+fn paused_stop_to_stopped() {
+    let mut sim = paused();
+    sim.k.stop().unwrap();
+    assert_eq!(sim.k.state(), State::Stopped);
+    assert_only_event(&mut sim, StateKind::Paused, StateKind::Stopped, Cause::Stop);
+    assert_eq!(sim.tick().command, MotorCommand::HOLD);
+}
+
+#[test]
+fn running_dose_complete_to_complete() {
+    let mut sim = armed_with(config(), 120.0, 0.5, false);
+    sim.k.start().unwrap();
+    sim.drain();
+    let out = sim.run_until(60.0, |_, o| o.state != StateKind::Running).expect("dose completes");
+    assert_eq!(out.state, StateKind::Complete);
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_eq!(sim.k.state(), State::Complete);
+    assert_only_event(&mut sim, StateKind::Running, StateKind::Complete, Cause::DoseComplete);
+    assert!(sim.k.alarms().is_empty());
+}
+
+#[test]
+fn armed_alarm_to_alarm() {
+    let mut sim = armed();
+    sim.present = false;
+    let out = sim.tick();
+    assert_eq!(out.state, StateKind::Alarm);
+    assert_eq!(out.raised, set(&[Alarm::SyringeMissing]));
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    assert_only_event(&mut sim, StateKind::Armed, StateKind::Alarm, Cause::Alarm(Alarm::SyringeMissing));
+}
+
+#[test]
+fn running_alarm_to_alarm() {
+    let mut sim = running();
+    sim.air = true;
+    let out = sim.tick();
+    assert_eq!(out.state, StateKind::Alarm);
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_eq!(out.raised, set(&[Alarm::AirInLine]));
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    assert_only_event(&mut sim, StateKind::Running, StateKind::Alarm, Cause::Alarm(Alarm::AirInLine));
+}
+
+#[test]
+fn paused_alarm_to_alarm() {
+    let mut sim = paused();
+    sim.eot = true;
+    let out = sim.tick();
+    assert_eq!(out.state, StateKind::Alarm);
+    assert_eq!(out.raised, set(&[Alarm::SyringeEmpty]));
+    assert_only_event(&mut sim, StateKind::Paused, StateKind::Alarm, Cause::Alarm(Alarm::SyringeEmpty));
+}
+
+#[test]
+fn stopped_alarm_to_alarm() {
+    let mut sim = stopped();
+    sim.air = true;
+    let out = sim.tick();
+    assert_eq!(out.state, StateKind::Alarm);
+    assert_eq!(out.raised, set(&[Alarm::AirInLine]));
+    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Alarm, Cause::Alarm(Alarm::AirInLine));
+}
+
+#[test]
+fn alarm_more_alarms_latch() {
+    let mut sim = in_alarm();
+    sim.present = false;
+    let out = sim.tick();
+    assert_eq!(out.state, StateKind::Alarm);
+    assert_eq!(out.raised, set(&[Alarm::SyringeMissing]));
+    assert_eq!(out.alarms, set(&[Alarm::AirInLine, Alarm::SyringeMissing]));
+    assert_only_event(&mut sim, StateKind::Alarm, StateKind::Alarm, Cause::Alarm(Alarm::SyringeMissing));
+    // Two more at once: two more events, both Alarm → Alarm.
+    sim.air = true;
+    sim.eot = true;
+    let out = sim.tick();
+    assert_eq!(out.raised, set(&[Alarm::SyringeEmpty]), "air is already latched: not raised again");
+    let events = sim.drain();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_has_event(&events, StateKind::Alarm, StateKind::Alarm, Cause::Alarm(Alarm::SyringeEmpty));
+}
+
+#[test]
+fn alarm_silence_stays_alarm() {
+    let mut sim = in_alarm();
+    assert!(sim.tick().annunciate);
+    let before = sim.k.state();
+    sim.k.silence().unwrap();
+    assert_eq!(sim.k.state(), before);
+    assert_only_event(&mut sim, StateKind::Alarm, StateKind::Alarm, Cause::Silence);
+    let out = sim.tick();
+    assert_eq!(out.state, StateKind::Alarm);
+    assert!(!out.annunciate);
+    assert_eq!(out.alarms, set(&[Alarm::AirInLine]), "silence does not clear the latch");
+    assert_eq!(out.command, MotorCommand::HOLD);
+}
+
+#[test]
+fn alarm_acknowledge_to_stopped() {
+    let mut sim = in_alarm();
+    sim.k.acknowledge().unwrap();
+    assert_eq!(sim.k.state(), State::Stopped);
+    assert!(sim.k.alarms().is_empty());
+    assert_only_event(&mut sim, StateKind::Alarm, StateKind::Stopped, Cause::Acknowledge);
+    // Nothing restarts by itself.
+    for out in sim.run(5.0) {
+        assert_eq!(out.state, StateKind::Stopped);
+        assert_eq!(out.command, MotorCommand::HOLD);
+        assert!(out.alarms.is_empty());
+    }
+}
+
+#[test]
+fn stopped_start_to_running() {
+    // A take-up program: a restart from Stopped goes straight to the programmed rate.
+    let mut sim = armed_with(config(), 60.0, 10.0, true);
+    sim.k.start().unwrap();
+    sim.run(3.0);
+    sim.k.stop().unwrap();
+    sim.run(1.0);
+    sim.drain();
+    sim.k.start().unwrap();
+    assert_eq!(sim.k.state(), State::Running(Phase::Infusing));
+    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Running, Cause::Start);
+    assert_eq!(sim.tick().command.direction, Direction::Forward);
+}
+
+#[test]
+fn stopped_load_to_armed() {
+    let mut sim = stopped();
+    let delivered = sim.k.delivered_ml();
+    assert!(delivered > 0.0);
+    sim.k.load(30.0, 5.0, false).unwrap();
+    assert_eq!(sim.k.state(), State::Armed);
+    assert_eq!(sim.k.program().unwrap().rate_ml_s, per_s(30.0));
+    assert_eq!(sim.k.delivered_ml(), 0.0, "a new program starts from zero");
+    assert!((sim.k.cumulative_mg() - delivered).abs() < 1e-12, "earlier drug is carried over");
+    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Armed, Cause::Load);
+}
+
+#[test]
+fn stopped_unload_to_idle() {
+    let mut sim = stopped();
+    sim.k.unload().unwrap();
+    assert_eq!(sim.k.state(), State::Idle);
+    assert!(sim.k.program().is_none());
+    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Idle, Cause::Unload);
+}
+
+#[test]
+fn armed_unload_to_idle() {
+    let mut sim = armed();
+    sim.k.unload().unwrap();
+    assert_eq!(sim.k.state(), State::Idle);
+    assert!(sim.k.program().is_none());
+    assert_only_event(&mut sim, StateKind::Armed, StateKind::Idle, Cause::Unload);
+}
+
+#[test]
+fn complete_load_to_armed() {
+    let mut sim = complete();
+    sim.k.load(30.0, 1.0, false).unwrap();
+    assert_eq!(sim.k.state(), State::Armed);
+    assert_eq!(sim.k.program().unwrap().vtbi_ml, 1.0);
+    assert_only_event(&mut sim, StateKind::Complete, StateKind::Armed, Cause::Load);
+}
+
+#[test]
+fn complete_unload_to_idle() {
+    let mut sim = complete();
+    sim.k.unload().unwrap();
+    assert_eq!(sim.k.state(), State::Idle);
+    assert!(sim.k.program().is_none());
+    assert_only_event(&mut sim, StateKind::Complete, StateKind::Idle, Cause::Unload);
+}
+
+#[test]
+fn rate_change_keeps_state() {
+    for (name, mut sim) in [("armed", armed()), ("running", running()), ("paused", paused()), ("stopped", stopped())] {
+        let before = sim.k.state();
+        let kind = sim.state();
+        sim.k.set_rate(30.0).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(sim.k.state(), before, "{name}");
+        assert_eq!(sim.k.program().unwrap().rate_ml_s, per_s(30.0), "{name}");
+        assert_only_event(&mut sim, kind, kind, Cause::RateChange);
+    }
+    // Running at the new rate.
+    let mut sim = running();
+    sim.k.set_rate(30.0).unwrap();
+    let outs = sim.run(20.0);
+    let last = outs.last().unwrap().command.rate_ml_s;
+    assert!((last - per_s(30.0)).abs() < 0.05 * per_s(30.0), "{last}");
+}
+
+// ===== refused commands ============================================================================
+
+const COMMANDS: [Command; 9] = [
+    Command::Load,
+    Command::Start,
+    Command::Pause,
+    Command::Resume,
+    Command::Stop,
+    Command::Acknowledge,
+    Command::Silence,
+    Command::Unload,
+    Command::SetRate,
+];
+
+/// Issues an operator command with valid arguments, so a refusal can only come from the state.
+fn issue(k: &mut SafetyKernel, command: Command) -> Result<(), KernelError> {
+    match command {
+        Command::Load => k.load(30.0, 5.0, false),
+        Command::Start => k.start(),
+        Command::Pause => k.pause(),
+        Command::Resume => k.resume(),
+        Command::Stop => k.stop(),
+        Command::Acknowledge => k.acknowledge(),
+        Command::Silence => k.silence(),
+        Command::Unload => k.unload(),
+        Command::SetRate => k.set_rate(30.0),
+    }
+}
+
+#[test]
+fn commands_not_allowed_in_a_state_are_refused_and_change_nothing() {
+    use Command::*;
+    let table: [(StateKind, Sim, &[Command]); 7] = [
+        (StateKind::Idle, idle(), &[Load]),
+        (StateKind::Armed, armed(), &[Start, Unload, SetRate]),
+        (StateKind::Running, running(), &[Pause, Stop, SetRate]),
+        (StateKind::Paused, paused(), &[Resume, Stop, SetRate]),
+        (StateKind::Alarm, in_alarm(), &[Acknowledge, Silence]),
+        (StateKind::Stopped, stopped(), &[Start, Load, Unload, SetRate]),
+        (StateKind::Complete, complete(), &[Load, Unload]),
+    ];
+    for (kind, sim, allowed) in table {
+        assert_eq!(sim.state(), kind);
+        for command in COMMANDS {
+            let mut k = sim.k.clone();
+            let before = format!("{k:?}");
+            let result = issue(&mut k, command);
+            if allowed.contains(&command) {
+                assert_eq!(result, Ok(()), "{kind:?} {command:?} should be accepted");
+            } else {
+                assert_eq!(
+                    result,
+                    Err(KernelError::InvalidTransition { from: kind, command }),
+                    "{kind:?} {command:?} should be refused"
+                );
+                assert_eq!(format!("{k:?}"), before, "{kind:?} {command:?} changed the kernel");
+            }
+        }
+    }
+}
+
+// ===== exhaustive searches =========================================================================
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Command(Command),
+    LoadTakeUp,
+    SetRateNan,
+    /// A tick with a valid sample, the fault conditions cleared.
+    StepClean,
+    /// A tick with a valid sample, the fault conditions as they are.
+    StepAsIs,
+}
+
+const ACTIONS: [Action; 13] = [
+    Action::Command(Command::Load),
+    Action::LoadTakeUp,
+    Action::Command(Command::Start),
+    Action::Command(Command::Pause),
+    Action::Command(Command::Resume),
+    Action::Command(Command::Stop),
+    Action::Command(Command::Acknowledge),
+    Action::Command(Command::Silence),
+    Action::Command(Command::Unload),
+    Action::Command(Command::SetRate),
+    Action::SetRateNan,
+    Action::StepClean,
+    Action::StepAsIs,
+];
+
+fn is_step(action: Action) -> bool {
+    matches!(action, Action::StepClean | Action::StepAsIs)
+}
+
+/// Applies `action`; returns false if it was refused as an invalid transition (nothing changed).
+fn apply(sim: &mut Sim, action: Action) -> bool {
+    let result = match action {
+        Action::Command(c) => issue(&mut sim.k, c),
+        Action::LoadTakeUp => sim.k.load(60.0, 10.0, true),
+        Action::SetRateNan => sim.k.set_rate(f64::NAN),
+        Action::StepClean => {
+            sim.air = false;
+            sim.present = true;
+            sim.eot = false;
+            sim.occlusion = None;
+            sim.pressure_mmhg = BASELINE_MMHG;
+            sim.tick();
+            Ok(())
+        }
+        Action::StepAsIs => {
+            sim.tick();
+            Ok(())
+        }
+    };
+    !matches!(result, Err(KernelError::InvalidTransition { .. }))
+}
+
+/// Breadth-first over kernel clones; calls `visit` on every node reached (after each action).
+fn search(start: Sim, actions: &[Action], depth: usize, mut visit: impl FnMut(&Sim, Action)) -> usize {
+    let mut frontier = VecDeque::from([(start, 0usize)]);
+    let mut visited = 0;
+    while let Some((sim, d)) = frontier.pop_front() {
+        if d == depth {
+            continue;
+        }
+        for &action in actions {
+            let mut next = sim.clone();
+            if !apply(&mut next, action) {
+                // Refused: nothing changed, so this node is `sim` again, already explored.
+                assert_eq!(format!("{:?}", next.k), format!("{:?}", sim.k), "refused {action:?} changed the kernel");
+                continue;
+            }
+            visited += 1;
+            visit(&next, action);
+            frontier.push_back((next, d + 1));
+        }
+    }
+    visited
+}
+
+/// Alarm states reached in different ways: from Armed, Running (with and without an occlusion
+/// back-off in progress), Paused and Stopped, and by an invalid rate command.
+fn alarm_starts() -> Vec<Sim> {
+    let mut starts = vec![in_alarm()];
+    let mut s = armed();
+    s.present = false;
+    s.tick();
+    starts.push(s);
+    let mut s = paused();
+    s.creep_ml_s = 0.05;
+    s.run_until_alarm(10.0).unwrap();
+    starts.push(s);
+    let mut s = stopped();
+    s.eot = true;
+    s.tick();
+    starts.push(s);
+    let mut s = running();
+    let _ = s.k.set_rate(6000.0);
+    starts.push(s);
+    let mut s = running();
+    s.pressure_mmhg = 400.0; // occlusion: back-off in progress, pressure stays high (condition persists)
+    s.tick();
+    assert!(matches!(s.k.state(), State::Alarm(Some(_))));
+    starts.push(s);
+    for s in &starts {
+        assert_eq!(s.state(), StateKind::Alarm);
+    }
+    starts
+}
+
+#[test]
+fn no_path_from_alarm_to_running_without_acknowledge() {
+    let actions: Vec<Action> =
+        ACTIONS.iter().copied().filter(|a| !matches!(a, Action::Command(Command::Acknowledge))).collect();
+    for start in alarm_starts() {
+        let visited = search(start, &actions, 6, |sim, action| {
+            assert_ne!(sim.state(), StateKind::Running, "reached Running via {action:?}");
+            assert_eq!(sim.state(), StateKind::Alarm, "left Alarm via {action:?}");
+            if is_step(action) {
+                // `sim.cmd` is the command the kernel just returned.
+                assert_ne!(sim.cmd.direction, Direction::Forward, "forward command in {:?}", sim.state());
+            }
+            assert!(!sim.k.alarms().is_empty());
+        });
+        assert!(visited > 6, "search explored {visited} nodes");
+    }
+}
+
+#[test]
+fn forward_command_is_zero_outside_running() {
+    // All commands (acknowledge included), clean and faulty samples, from Idle and from Armed.
+    let mut faulty = armed();
+    faulty.air = true;
+    let mut states_seen = std::collections::HashSet::new();
+    for start in [idle(), armed(), faulty] {
+        search(start, &ACTIONS, 6, |sim, action| {
+            states_seen.insert(sim.state());
+            // Only a step returns a command: between an operator command and the next step the pump
+            // still runs the previous one.
+            if !is_step(action) {
+                return;
+            }
+            if sim.state() != StateKind::Running {
+                assert_ne!(sim.cmd.direction, Direction::Forward, "forward command in {:?}", sim.state());
+            }
+            if sim.cmd.direction == Direction::Retract {
+                assert_eq!(sim.state(), StateKind::Alarm);
+            }
+        });
+    }
+    for kind in
+        [StateKind::Idle, StateKind::Armed, StateKind::Running, StateKind::Paused, StateKind::Alarm, StateKind::Stopped]
+    {
+        assert!(states_seen.contains(&kind), "search never reached {kind:?}");
+    }
+}
+
+// ===== one test per alarm detector =================================================================
+
+/// Asserts that `out` raised exactly `alarm`, the kernel is in Alarm holding the motor, and the trace
+/// recorded the transition with the alarm's own code.
+fn assert_raised_only(sim: &mut Sim, out: &StepOutput, from: StateKind, alarm: Alarm) {
+    assert_eq!(out.raised, set(&[alarm]), "raised {:?}", out.raised.iter().collect::<Vec<_>>());
+    assert_eq!(out.state, StateKind::Alarm);
+    assert_ne!(out.command.direction, Direction::Forward);
+    assert!(out.annunciate);
+    assert_has_event(&sim.drain(), from, StateKind::Alarm, Cause::Alarm(alarm));
+}
+
+#[test]
+fn overdose_alarm() {
+    let mut sim = running_with(config(), 60.0, 0.5);
+    // A free-flow surge pushes the plunger well past the programmed volume.
+    sim.pos_ml += 0.6;
+    let out = sim.tick();
+    assert!(sim.k.delivered_ml() > 0.5 * 1.02);
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::Overdose);
+}
+
+#[test]
+fn cumulative_cap_alarm() {
+    // 119.5 mg given before; a 0.5 mL program exactly reaches the 120 mg cap.
+    let cfg = config_with(|r| r.prior_delivered_mg = 119.5);
+    let mut sim = running_with(cfg, 60.0, 0.5);
+    // Over the cap by 0.005 mg but inside the 2 % dose tolerance: only the cap fires.
+    let delivered = sim.k.delivered_ml();
+    sim.pos_ml += 0.505 - delivered + sim.q();
+    let out = sim.tick();
+    assert!(sim.k.cumulative_mg() > 120.0);
+    assert!(sim.k.delivered_ml() < 0.5 * 1.02);
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::CumulativeCap);
+}
+
+#[test]
+fn rate_command_invalid_alarm() {
+    let programmed = 10.0;
+    for bad in [f64::NAN, -5.0, 0.0, f64::INFINITY, programmed * 60.0] {
+        let mut sim = running_with(config(), programmed, 10.0);
+        let result = sim.k.set_rate(bad);
+        assert!(
+            matches!(result, Err(KernelError::Interlock { alarm: Alarm::RateCommandInvalid, .. })),
+            "{bad}: {result:?}"
+        );
+        assert_eq!(sim.state(), StateKind::Alarm, "{bad}");
+        assert_eq!(sim.k.alarms(), set(&[Alarm::RateCommandInvalid]), "{bad}");
+        assert_eq!(sim.k.program().unwrap().rate_ml_s, per_s(programmed), "{bad}: the rate is not changed");
+        assert_only_event(&mut sim, StateKind::Running, StateKind::Alarm, Cause::Alarm(Alarm::RateCommandInvalid));
+        assert_eq!(sim.tick().command, MotorCommand::HOLD);
+    }
+    // A ×60 slip is refused, never clamped to the ceiling.
+    let mut sim = armed_with(config(), 2.5, 10.0, false);
+    assert!(sim.k.set_rate(2.5 * 60.0).is_err());
+    assert_eq!(sim.k.program().unwrap().rate_ml_s, per_s(2.5));
+    assert_has_event(&sim.drain(), StateKind::Armed, StateKind::Alarm, Cause::Alarm(Alarm::RateCommandInvalid));
+}
+
+#[test]
+fn telemetry_invalid_alarm() {
+    type Alter = fn(&mut Telemetry);
+    let cases: [(&str, Alter); 7] = [
+        ("NaN volume", |s| s.volume_ml = f64::NAN),
+        ("infinite volume", |s| s.volume_ml = f64::INFINITY),
+        ("NaN pressure", |s| s.pressure_mmhg = f64::NAN),
+        ("NaN sample time", |s| s.t_s = f64::NAN),
+        ("sample from the future", |s| s.t_s += 0.05),
+        ("reordered timestamps", |s| s.t_s -= 0.15), // older than the previous sample (t − 0.1)
+        ("implausible volume jump", |s| s.volume_ml += 2.0),
+    ];
+    for (name, alter) in cases {
+        let mut sim = running();
+        let out = sim.tick_with(alter);
+        assert_eq!(out.raised, set(&[Alarm::TelemetryInvalid]), "{name}");
+        assert_eq!(out.command, MotorCommand::HOLD, "{name}");
+        assert_has_event(&sim.drain(), StateKind::Running, StateKind::Alarm, Cause::Alarm(Alarm::TelemetryInvalid));
+    }
+    // The invalid sample is not taken as the new volume.
+    let mut sim = running();
+    let delivered = sim.k.delivered_ml();
+    sim.tick_with(|s| s.volume_ml += 2.0);
+    assert_eq!(sim.k.delivered_ml(), delivered);
+}
+
+#[test]
+fn telemetry_stale_alarm() {
+    let mut sim = running();
+    sim.frozen = Some(sim.sample()); // the same sample (same timestamp) from now on
+    let t_last = sim.t;
+    let out = sim.run_until_alarm(5.0).expect("stale fires");
+    let age = sim.t - t_last;
+    assert!(age > sim.cfg.raw.stale_after_s - 1e-9 && age <= sim.cfg.raw.stale_after_s + sim.period() + 1e-9, "{age}");
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::TelemetryStale);
+
+    // No sample at all since the program was loaded.
+    let mut k = SafetyKernel::new(config());
+    let old = telemetry(0.0, 5.0, BASELINE_MMHG);
+    k.step(0.0, &old);
+    k.load(60.0, 10.0, false).unwrap();
+    assert!(k.step(0.9, &old).raised.is_empty());
+    assert_eq!(k.step(1.2, &old).raised, set(&[Alarm::TelemetryStale]));
+}
+
+#[test]
+fn occlusion_pressure_alarm() {
+    let mut sim = running();
+    // Before the slope detector arms: only the threshold can fire. Just below it: nothing.
+    sim.pressure_mmhg = 290.0;
+    assert!(sim.run(1.0).iter().all(|o| o.raised.is_empty()));
+    sim.pressure_mmhg = 310.0;
+    let out = sim.tick();
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::OcclusionPressure);
+}
+
+/// Runs 90 s at `rate_ml_h`, then occludes the line; returns (seconds from occlusion to the first
+/// alarm, the pressure then, the output).
+fn occlude_and_wait(cfg: KernelConfig, rate_ml_h: f64, max_s: f64) -> (f64, f64, StepOutput, Sim) {
+    let mut sim = running_with(cfg, rate_ml_h, 10.0);
+    let quiet = sim.run(90.0);
+    assert!(quiet.iter().all(|o| o.raised.is_empty()), "{:?}", sim.k.alarms());
+    sim.occlusion = Some((sim.pos_ml, BASELINE_MMHG));
+    let t0 = sim.t;
+    let out = sim.run_until_alarm(max_s).expect("occlusion detected");
+    (sim.t - t0, sim.pressure(), out, sim)
+}
+
+#[test]
+fn occlusion_slope_alarm() {
+    let rate = 1.0;
+    let (t_slope, p_slope, out, mut sim) = occlude_and_wait(config(), rate, 3600.0);
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::OcclusionSlope);
+    assert!(p_slope < sim.cfg.raw.occlusion_threshold_mmhg);
+    // The pressure rises at Q/C; the threshold alone would need (300 − 10)·C/Q.
+    let c = sim.cfg.raw.compliance_ml_per_mmhg;
+    let t_threshold_model = (sim.cfg.raw.occlusion_threshold_mmhg - BASELINE_MMHG) * c / per_s(rate);
+    // And the same occlusion with the slope detector off only fires at the threshold, much later.
+    let (t_threshold, p_threshold, out, mut sim) =
+        occlude_and_wait(config_with(|r| r.slope_detector = false), rate, 3.0 * 3600.0);
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::OcclusionPressure);
+    assert!(p_threshold > sim.cfg.raw.occlusion_threshold_mmhg);
+    assert!((t_threshold - t_threshold_model).abs() < 0.05 * t_threshold_model, "{t_threshold} vs {t_threshold_model}");
+    assert!(t_slope < t_threshold / 4.0, "slope {t_slope} s, threshold {t_threshold} s");
+}
+
+#[test]
+fn occlusion_slope_needs_the_arm_delay() {
+    // Occluded right at the start: the slope detector waits for its arm delay.
+    let mut sim = armed_with(config(), 60.0, 10.0, false);
+    sim.occlusion = Some((sim.pos_ml, BASELINE_MMHG));
+    sim.k.start().unwrap();
+    let t0 = sim.t;
+    let out = sim.run_until_alarm(600.0).expect("occlusion detected");
+    // At 60 mL/h the threshold takes 290·C/Q ≈ 49 s, before the 60 s arm delay.
+    assert_eq!(out.raised, set(&[Alarm::OcclusionPressure]));
+    assert!(sim.t - t0 < sim.cfg.raw.slope_arm_delay_s);
+}
+
+#[test]
+fn stall_alarm() {
+    let mut sim = running();
+    sim.run(10.0);
+    sim.gain = 0.0; // jammed
+    let t0 = sim.t;
+    let out = sim.run_until_alarm(30.0).expect("stall fires");
+    let elapsed = sim.t - t0;
+    // At least the stall volume had to be commanded (at most the ceiling rate), and not much more.
+    assert!(elapsed >= sim.cfg.raw.stall_volume_ml / sim.cfg.max_rate_ml_s - sim.period(), "{elapsed}");
+    assert!(elapsed <= sim.cfg.raw.stall_volume_ml / per_s(60.0) + sim.period(), "{elapsed}");
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::Stall);
+
+    // Telemetry slower than the control tick (a fresh sample every 5th tick): the commanded volume
+    // still counts on every tick, so the allowance is not stretched by the reporting interval.
+    let mut sim = running();
+    sim.sample_every = 5;
+    sim.run(10.0);
+    assert!(sim.k.alarms().is_empty());
+    sim.gain = 0.0;
+    let mut commanded = 0.0;
+    let out = sim
+        .run_until(30.0, |s, o| {
+            let done = !o.raised.is_empty();
+            if !done {
+                commanded += o.command.rate_ml_s * s.period();
+            }
+            done
+        })
+        .expect("stall fires");
+    // Up to one reporting interval passes before the jam shows (motion reported after the jam resets
+    // the count) and one more before the alarm can be seen: two intervals at the ceiling rate.
+    let slack = 2.0 * 5.0 * sim.cfg.max_rate_ml_s * sim.period();
+    assert!(commanded <= sim.cfg.raw.stall_volume_ml + slack, "{commanded} mL commanded before the stall alarm");
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::Stall);
+}
+
+#[test]
+fn flow_deviation_alarm() {
+    let mut sim = armed();
+    sim.gain = 0.8; // the plunger moves 20 % less than commanded: a slipping drive
+    sim.k.start().unwrap();
+    let t0 = sim.t;
+    let out = sim.run_until_alarm(600.0).expect("flow deviation fires");
+    let elapsed = sim.t - t0;
+    let window = sim.cfg.raw.flow_window_s;
+    assert!(elapsed >= window && elapsed <= window + 15.0, "{elapsed}");
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::FlowDeviation);
+
+    // A 5 % slip is within the 10 % tolerance: no alarm over two and a half windows. (Run longer and
+    // the commanded-volume budget, VTBI × (1 + dose tolerance), runs out before the dose is measured.)
+    let mut sim = armed();
+    sim.gain = 0.95;
+    sim.k.start().unwrap();
+    assert!(sim.run(300.0).iter().all(|o| o.raised.is_empty()), "{:?}", sim.k.alarms());
+}
+
+#[test]
+fn syringe_empty_alarm() {
+    let mut sim = running();
+    sim.eot = true;
+    let out = sim.tick();
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::SyringeEmpty);
+}
+
+#[test]
+fn air_in_line_alarm() {
+    let mut sim = running();
+    sim.air = true;
+    let out = sim.tick();
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::AirInLine);
+}
+
+#[test]
+fn syringe_missing_alarm() {
+    let mut sim = running();
+    sim.present = false;
+    let out = sim.tick();
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::SyringeMissing);
+}
+
+#[test]
+fn uncommanded_delivery_alarm() {
+    for (name, mut sim) in [("paused", paused()), ("stopped", stopped()), ("armed", armed())] {
+        let kind = sim.state();
+        let origin = sim.measured();
+        sim.creep_ml_s = 0.02; // a siphon: 0.002 mL per tick while the motor holds
+        let out = sim.run_until_alarm(60.0).unwrap_or_else(|| panic!("{name}: not detected"));
+        let crept = sim.measured() - origin;
+        let limit = sim.cfg.raw.uncommanded_volume_ml;
+        assert!(crept > limit && crept <= limit + 0.002 + sim.q(), "{name}: {crept}");
+        assert_raised_only(&mut sim, &out, kind, Alarm::UncommandedDelivery);
+    }
+}
+
+#[test]
+fn reverse_motion_alarm() {
+    let mut sim = running();
+    sim.pos_ml -= 0.01;
+    let out = sim.tick();
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::ReverseMotion);
+}
+
+#[test]
+fn clock_invalid_alarm() {
+    for (name, now) in [("backwards", -0.5), ("NaN", f64::NAN), ("infinite", f64::INFINITY)] {
+        let mut sim = running();
+        let now = if now.is_finite() { sim.t + now } else { now };
+        let sample = sim.sample();
+        let out = sim.k.step(now, &sample);
+        assert_eq!(out.command, MotorCommand::HOLD, "{name}");
+        assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::ClockInvalid);
+    }
+}
+
+// ===== other behaviours ============================================================================
+
+#[test]
+fn near_empty_warning() {
+    let cfg = config_with(|r| r.syringe_fill_ml = 4.0);
+    let mut sim = armed_with(cfg, 60.0, 4.0, false);
+    sim.k.start().unwrap();
+    // Time branch: at 60 mL/h, 180 s is 3 mL.
+    let left = |s: &Sim| 4.0 - s.k.delivered_ml();
+    let out = sim.run_until(600.0, |_, o| o.near_empty).expect("near empty");
+    assert!(left(&sim) <= 3.0 && left(&sim) > 2.99, "{}", left(&sim));
+    assert_eq!(out.state, StateKind::Running, "a warning, not an alarm");
+    assert!(out.alarms.is_empty());
+    // A slower rate: 3 mL is 30 min at 6 mL/h, no longer near empty.
+    sim.k.set_rate(6.0).unwrap();
+    assert!(!sim.tick().near_empty);
+    // Volume branch: at 18 mL/h, 180 s is only 0.9 mL; the 1 mL floor decides.
+    sim.k.set_rate(18.0).unwrap();
+    let out = sim.run_until(1200.0, |_, o| o.near_empty).expect("near empty");
+    assert!(left(&sim) <= 1.0 && left(&sim) > 0.99, "{}", left(&sim));
+    assert!(out.alarms.is_empty());
+}
+
+#[test]
+fn occlusion_backoff_retracts_to_near_baseline() {
+    let (_, p_alarm, out, mut sim) = occlude_and_wait(config(), 60.0, 600.0);
+    assert!(out.raised.contains(Alarm::OcclusionSlope) || out.raised.contains(Alarm::OcclusionPressure));
+    let c = sim.cfg.raw.compliance_ml_per_mmhg;
+    let margin = sim.cfg.raw.backoff_margin_mmhg;
+    let Some(Backoff { remaining_ml, target_mmhg }) = (match sim.k.state() {
+        State::Alarm(b) => b,
+        other => panic!("{other:?}"),
+    }) else {
+        panic!("no back-off after an occlusion while running")
+    };
+    assert!(remaining_ml <= c * (p_alarm - BASELINE_MMHG) + 1e-12);
+    assert!((target_mmhg - (BASELINE_MMHG + margin)).abs() < 2.0, "{target_mmhg}");
+    assert_eq!(out.command.direction, Direction::Retract);
+    assert_eq!(out.command.rate_ml_s, sim.cfg.backoff_rate_ml_s);
+
+    // Retract until the pressure is back near its baseline, then hold for good.
+    let out = sim
+        .run_until(30.0, |s, o| {
+            if o.command.direction == Direction::Retract {
+                assert!(s.pressure() > target_mmhg, "retracting at {} mmHg", s.pressure());
+            }
+            o.command.direction != Direction::Retract
+        })
+        .expect("back-off ends");
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    let p = sim.pressure();
+    assert!(p <= target_mmhg && p >= BASELINE_MMHG, "ended at {p} mmHg (target {target_mmhg})");
+    assert!(sim.retracted_ml <= c * (p_alarm - BASELINE_MMHG) + 1e-12);
+    for out in sim.run(30.0) {
+        assert_eq!(out.command, MotorCommand::HOLD);
+        assert_eq!(out.state, StateKind::Alarm);
+    }
+}
+
+#[test]
+fn occlusion_backoff_never_retracts_more_than_the_stored_volume() {
+    // A pressure that does not fall (a stuck sensor or a rigid occlusion): only the volume bound stops it.
+    let mut sim = running();
+    sim.pressure_mmhg = 400.0;
+    let out = sim.tick();
+    assert!(out.raised.contains(Alarm::OcclusionPressure));
+    assert_eq!(out.command.direction, Direction::Retract);
+    let bound = sim.cfg.raw.compliance_ml_per_mmhg * (400.0 - BASELINE_MMHG);
+    let out = sim.run_until(60.0, |_, o| o.command.direction != Direction::Retract).expect("back-off ends");
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert!(sim.retracted_ml <= bound + 1e-12, "retracted {} > {bound}", sim.retracted_ml);
+    assert!(sim.retracted_ml > 0.5 * bound, "retracted only {}", sim.retracted_ml);
+    for out in sim.run(30.0) {
+        assert_eq!(out.command, MotorCommand::HOLD);
+    }
+    // No back-off when it is configured off.
+    let mut sim = running_with(config_with(|r| r.backoff = false), 60.0, 10.0);
+    sim.pressure_mmhg = 400.0;
+    let out = sim.tick();
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_eq!(sim.k.state(), State::Alarm(None));
+}
+
+#[test]
+fn end_of_dose_stops_within_one_tick() {
+    for (rate, vtbi, take_up) in [(120.0, 0.5, false), (60.0, 0.37, true), (10.0, 0.05, false), (1.0, 0.01, false)] {
+        let mut sim = armed_with(config(), rate, vtbi, take_up);
+        let origin_true = sim.pos_ml;
+        let origin_measured = sim.measured();
+        let half_count = sim.q() / 2.0;
+        sim.k.start().unwrap();
+        let out = sim
+            .run_until(vtbi / per_s(rate) * 2.0 + 30.0, |s, o| {
+                // The first tick whose sample shows the dose delivered stops the motor.
+                if s.measured() - origin_measured >= vtbi - half_count {
+                    assert_eq!((o.state, o.command), (StateKind::Complete, MotorCommand::HOLD), "{rate} mL/h");
+                }
+                o.state != StateKind::Running
+            })
+            .unwrap_or_else(|| panic!("{rate} mL/h {vtbi} mL did not complete"));
+        assert_eq!(out.state, StateKind::Complete, "{rate}: {:?}", out.alarms);
+        assert_eq!(out.command, MotorCommand::HOLD);
+        // One period of volume at the programmed rate; below one encoder count that count bounds it.
+        let tolerance = (per_s(rate) * sim.period()).max(sim.q()) + 1e-12;
+        let error = (sim.pos_ml - origin_true) - vtbi;
+        assert!(error.abs() <= tolerance, "{rate} mL/h {vtbi} mL: error {error} mL > {tolerance}");
+        // The motor stays stopped.
+        let pos = sim.pos_ml;
+        assert!(sim.run(5.0).iter().all(|o| o.command == MotorCommand::HOLD));
+        assert_eq!(sim.pos_ml, pos);
+    }
+}
+
+#[test]
+fn alarms_persist_until_acknowledged() {
+    let mut sim = running();
+    sim.air = true;
+    sim.tick();
+    sim.air = false; // the condition clears at once
+    for out in sim.run(30.0) {
+        assert_eq!(out.state, StateKind::Alarm);
+        assert_eq!(out.alarms, set(&[Alarm::AirInLine]));
+        assert_eq!(out.command, MotorCommand::HOLD);
+        assert!(out.annunciate);
+    }
+    sim.k.acknowledge().unwrap();
+    for out in sim.run(5.0) {
+        assert_eq!(out.state, StateKind::Stopped);
+        assert!(out.alarms.is_empty());
+    }
+}
+
+#[test]
+fn persisting_condition_reraises_after_acknowledge() {
+    let mut sim = running();
+    sim.air = true;
+    sim.tick();
+    sim.drain();
+    sim.k.acknowledge().unwrap();
+    assert_eq!(sim.state(), StateKind::Stopped);
+    let out = sim.tick();
+    assert_eq!(out.state, StateKind::Alarm);
+    assert_eq!(out.raised, set(&[Alarm::AirInLine]));
+    let events = sim.drain();
+    assert_has_event(&events, StateKind::Alarm, StateKind::Stopped, Cause::Acknowledge);
+    assert_has_event(&events, StateKind::Stopped, StateKind::Alarm, Cause::Alarm(Alarm::AirInLine));
+    // Acknowledge and start at once: the motor never gets a forward command.
+    sim.k.acknowledge().unwrap();
+    sim.k.start().unwrap();
+    let out = sim.tick();
+    assert_eq!(out.state, StateKind::Alarm);
+    assert_eq!(out.command, MotorCommand::HOLD);
+}
+
+#[test]
+fn silence_expires_after_silence_s() {
+    let mut sim = in_alarm();
+    sim.k.silence().unwrap();
+    let t0 = sim.t;
+    let silence_s = sim.cfg.raw.silence_s;
+    // Annunciation is off strictly before t0 + silence_s and back on from then; the alarm stays latched.
+    loop {
+        let out = sim.tick();
+        assert_eq!(out.state, StateKind::Alarm);
+        assert_eq!(out.alarms, set(&[Alarm::AirInLine]));
+        let elapsed = sim.t - t0;
+        if elapsed < silence_s - 1e-6 {
+            assert!(!out.annunciate, "annunciating {elapsed} s after silence");
+        } else if elapsed > silence_s + 1e-6 {
+            assert!(out.annunciate, "still silent {elapsed} s after silence");
+            break;
+        }
+    }
+    // A new alarm during a silence annunciates at once.
+    let mut sim = in_alarm();
+    sim.k.silence().unwrap();
+    assert!(!sim.run(10.0).last().unwrap().annunciate);
+    sim.present = false;
+    let out = sim.tick();
+    assert_eq!(out.raised, set(&[Alarm::SyringeMissing]));
+    assert!(out.annunciate);
+}
+
+/// Largest forward command (mL/s) over `seconds`.
+fn peak_command(sim: &mut Sim, seconds: f64) -> f64 {
+    sim.run(seconds).iter().map(|o| o.command.rate_ml_s).fold(0.0, f64::max)
+}
+
+#[test]
+fn no_catch_up_bolus_after_pause() {
+    let rate = per_s(60.0);
+    let mut sim = running();
+    sim.run(20.0);
+    sim.k.pause().unwrap();
+    sim.run(30.0);
+    sim.k.resume().unwrap();
+    let pos0 = sim.pos_ml;
+    let outs = sim.run(30.0);
+    let peak = outs.iter().map(|o| o.command.rate_ml_s).fold(0.0, f64::max);
+    assert!(peak <= 1.05 * rate, "peak command {} mL/h after resume", peak * 3600.0);
+    // The 0.5 mL missed during the pause is not made up: 30 s after resume, 30 s of volume (the first
+    // tick after resume still holds, so up to one period less).
+    let delivered = sim.pos_ml - pos0;
+    assert!(delivered <= 30.0 * rate + sim.q() + 1e-9, "delivered {delivered} mL in 30 s");
+    assert!(delivered >= 30.0 * rate - rate * sim.period() - sim.q(), "delivered {delivered} mL in 30 s");
+    assert!(sim.k.alarms().is_empty());
+
+    // The first tick after resume comes late (0.9 s): still no catch-up for the held time.
+    let mut sim = paused();
+    sim.k.resume().unwrap();
+    sim.n += 8;
+    let peak = peak_command(&mut sim, 10.0);
+    assert!(peak <= 1.05 * rate, "peak command {} mL/h after a late first tick", peak * 3600.0);
+    assert!(sim.k.alarms().is_empty());
+}
+
+#[test]
+fn no_catch_up_bolus_after_start_or_take_up() {
+    let rate = per_s(60.0);
+    // Armed → Running without take-up.
+    let mut sim = armed();
+    sim.k.start().unwrap();
+    let peak = peak_command(&mut sim, 10.0);
+    assert!(peak <= 1.05 * rate, "peak command {} mL/h after start", peak * 3600.0);
+    // Stopped → Running.
+    let mut sim = stopped();
+    sim.run(10.0);
+    sim.k.start().unwrap();
+    let peak = peak_command(&mut sim, 10.0);
+    assert!(peak <= 1.05 * rate, "peak command {} mL/h after restart", peak * 3600.0);
+    // End of take-up: from the take-up rate straight to the programmed rate.
+    let mut sim = armed_with(config(), 60.0, 10.0, true);
+    sim.slack_ml = 0.05;
+    sim.k.start().unwrap();
+    sim.run_until(30.0, |s, _| s.k.state() == State::Running(Phase::Infusing)).expect("take-up ends");
+    let peak = peak_command(&mut sim, 10.0);
+    assert!(peak <= 1.05 * rate, "peak command {} mL/h after take-up", peak * 3600.0);
+    assert!(sim.k.alarms().is_empty());
+}
+
+#[test]
+fn backoff_is_cancelled_by_a_non_occlusion_alarm() {
+    // The back-off steers by the line pressure; once the telemetry is no longer trusted it must hold.
+    let mut sim = running();
+    sim.pressure_mmhg = 400.0;
+    let out = sim.tick();
+    assert_eq!(out.command.direction, Direction::Retract);
+    let out = sim.tick_with(|t| t.syringe_present = false);
+    assert!(out.raised.contains(Alarm::SyringeMissing));
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    for out in sim.run(5.0) {
+        assert_eq!(out.command, MotorCommand::HOLD);
+    }
+}
