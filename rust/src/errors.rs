@@ -49,10 +49,9 @@ impl From<CoreError> for PyErr {
             CoreError::Kernel(KernelError::InvalidTransition { from, command }) => {
                 StateTransitionError::new_err((from.as_str(), command.as_str()))
             }
-            CoreError::Kernel(KernelError::Interlock { alarm, cause }) => InterlockError::new_err((
-                alarm.as_str(),
-                format!("{} {}", cause.field, problem_text(cause.problem)),
-            )),
+            CoreError::Kernel(KernelError::Interlock { alarm, cause }) => {
+                InterlockError::new_err((alarm.as_str(), format!("{} {}", cause.field, problem_text(cause.problem))))
+            }
             CoreError::Control { input, problem } => {
                 let text = match problem {
                     ControlError::NonFiniteInput => "must be a finite number",

@@ -281,15 +281,8 @@ impl SafetyKernel {
         syringe_present: bool,
         end_of_travel: bool,
     ) -> StepOutput {
-        let sample = kc::Telemetry {
-            t_s,
-            volume_ml,
-            pressure_mmhg,
-            motor_running,
-            air_in_line,
-            syringe_present,
-            end_of_travel,
-        };
+        let sample =
+            kc::Telemetry { t_s, volume_ml, pressure_mmhg, motor_running, air_in_line, syringe_present, end_of_travel };
         StepOutput { inner: self.inner.step(now_s, &sample) }
     }
 
@@ -341,16 +334,21 @@ pub struct RateController {
 }
 
 fn gain(field: &'static str, value: f64) -> Result<f64, CoreError> {
-    kc::units::check_range(value, 0.0, false, 1.0e9).map_err(|p| {
-        CoreError::Config(kc::ConfigError { field, problem: kc::ConfigProblem::Value(p) })
-    })
+    kc::units::check_range(value, 0.0, false, 1.0e9)
+        .map_err(|p| CoreError::Config(kc::ConfigError { field, problem: kc::ConfigProblem::Value(p) }))
 }
 
 #[pymethods]
 impl RateController {
     #[new]
     #[pyo3(signature = (*, kp_per_s, ki_per_s2, integral_limit_ml_s, slew_ml_s_per_s, max_ml_s))]
-    fn new(kp_per_s: f64, ki_per_s2: f64, integral_limit_ml_s: f64, slew_ml_s_per_s: f64, max_ml_s: f64) -> PyResult<Self> {
+    fn new(
+        kp_per_s: f64,
+        ki_per_s2: f64,
+        integral_limit_ml_s: f64,
+        slew_ml_s_per_s: f64,
+        max_ml_s: f64,
+    ) -> PyResult<Self> {
         let gains = kc::Gains {
             kp_per_s: gain("kp_per_s", kp_per_s)?,
             ki_per_s2: gain("ki_per_s2", ki_per_s2)?,

@@ -59,11 +59,8 @@ pub fn clamp_rate(requested_ml_s: f64, limits: RateLimits) -> (f64, ClampReason)
         return (0.0, ClampReason::Negative);
     }
     let RateLimits { max_ml_s, headroom_ml, period_s } = limits;
-    let limits_valid = max_ml_s.is_finite()
-        && max_ml_s > 0.0
-        && !headroom_ml.is_nan()
-        && period_s.is_finite()
-        && period_s > 0.0;
+    let limits_valid =
+        max_ml_s.is_finite() && max_ml_s > 0.0 && !headroom_ml.is_nan() && period_s.is_finite() && period_s > 0.0;
     if !limits_valid {
         return (0.0, ClampReason::NoLimit);
     }

@@ -6,9 +6,7 @@
 //! so a user can find the line to fix. Every default lives in a data file outside this crate: the core
 //! holds no clinical number.
 
-use crate::units::{
-    check_range, MgPerMl, Milligrams, Millilitres, Millimetres, MlPerHour, Mmhg, Seconds, UnitProblem,
-};
+use crate::units::{check_range, MgPerMl, Milligrams, Millilitres, Millimetres, MlPerHour, Mmhg, Seconds, UnitProblem};
 use core::fmt;
 
 /// Why a configuration or program was refused.
@@ -169,10 +167,9 @@ impl KernelConfig {
             return Err(inconsistent("prior_delivered_mg", "hard_cap_mg"));
         }
 
-        let threshold =
-            Mmhg::new(r.occlusion_threshold_mmhg).map_err(value_error("occlusion_threshold_mmhg"))?;
-        let hard_threshold = Mmhg::new(r.hard_max_occlusion_threshold_mmhg)
-            .map_err(value_error("hard_max_occlusion_threshold_mmhg"))?;
+        let threshold = Mmhg::new(r.occlusion_threshold_mmhg).map_err(value_error("occlusion_threshold_mmhg"))?;
+        let hard_threshold =
+            Mmhg::new(r.hard_max_occlusion_threshold_mmhg).map_err(value_error("hard_max_occlusion_threshold_mmhg"))?;
         if threshold.get() <= 0.0 {
             return Err(value_error("occlusion_threshold_mmhg")(UnitProblem::BelowMinimum));
         }

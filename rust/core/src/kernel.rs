@@ -633,7 +633,8 @@ impl SafetyKernel {
 
     /// Validates the sample; records it and returns true when it is valid and fresh.
     fn accept_sample(&mut self, now_s: f64, s: &Telemetry, raised: &mut AlarmSet) -> bool {
-        let pressure_ok = !self.cfg.raw.has_pressure_sensor || (s.pressure_mmhg.is_finite() && (-300.0..=5_000.0).contains(&s.pressure_mmhg));
+        let pressure_ok = !self.cfg.raw.has_pressure_sensor
+            || (s.pressure_mmhg.is_finite() && (-300.0..=5_000.0).contains(&s.pressure_mmhg));
         let plausible = s.t_s.is_finite()
             && s.volume_ml.is_finite()
             && (-1_000.0..=10_000.0).contains(&s.volume_ml)
@@ -671,7 +672,13 @@ impl SafetyKernel {
         let p = &mut self.pressure;
         p.last_raw_mmhg = raw_mmhg;
         if !p.initialised {
-            *p = PressureTrack { initialised: true, filtered_mmhg: raw_mmhg, baseline_mmhg: raw_mmhg, last_raw_mmhg: raw_mmhg, ..*p };
+            *p = PressureTrack {
+                initialised: true,
+                filtered_mmhg: raw_mmhg,
+                baseline_mmhg: raw_mmhg,
+                last_raw_mmhg: raw_mmhg,
+                ..*p
+            };
             return;
         }
         if dt_s <= 0.0 {
@@ -804,7 +811,9 @@ impl SafetyKernel {
             return;
         }
         let measured = point.measured_ml - oldest.measured_ml;
-        let off = |expected: f64| expected >= r.flow_min_volume_ml && (measured - expected).abs() > r.flow_tolerance * expected;
+        let off = |expected: f64| {
+            expected >= r.flow_min_volume_ml && (measured - expected).abs() > r.flow_tolerance * expected
+        };
         if off(point.target_ml - oldest.target_ml) || off(point.commanded_ml - oldest.commanded_ml) {
             raised.insert(Alarm::FlowDeviation);
         }
@@ -843,7 +852,8 @@ impl SafetyKernel {
                             period_s: period,
                         };
                         let (rate, reason) = clamp_rate(self.cfg.take_up_rate_ml_s, limits);
-                        self.state = State::Running(Phase::TakeUp { commanded_ml: commanded_ml + rate * period, origin_ml });
+                        self.state =
+                            State::Running(Phase::TakeUp { commanded_ml: commanded_ml + rate * period, origin_ml });
                         (MotorCommand::forward(rate), reason, ControlStatus::default())
                     }
                     Phase::Infusing => self.infuse(program, volume, dt_s, dose_headroom),
@@ -861,7 +871,8 @@ impl SafetyKernel {
                     period_s: period,
                 };
                 let (rate, reason) = clamp_rate(self.cfg.backoff_rate_ml_s, limits);
-                self.state = State::Alarm(Some(Backoff { remaining_ml: backoff.remaining_ml - rate * period, ..backoff }));
+                self.state =
+                    State::Alarm(Some(Backoff { remaining_ml: backoff.remaining_ml - rate * period, ..backoff }));
                 (MotorCommand::retract(rate), reason, ControlStatus::default())
             }
             _ => (MotorCommand::HOLD, ClampReason::Unchanged, ControlStatus::default()),
@@ -871,7 +882,13 @@ impl SafetyKernel {
     /// Closed-loop delivery: controller, then the choke point. The headroom is the smaller of the
     /// measured dose left and the commanded motor volume left, so a plunger that stops reporting motion
     /// can never make the kernel command more than the program's tolerance.
-    fn infuse(&mut self, program: Program, volume: f64, dt_s: f64, dose_headroom: f64) -> (MotorCommand, ClampReason, ControlStatus) {
+    fn infuse(
+        &mut self,
+        program: Program,
+        volume: f64,
+        dt_s: f64,
+        dose_headroom: f64,
+    ) -> (MotorCommand, ClampReason, ControlStatus) {
         let commanded_left = program.vtbi_ml * (1.0 + self.cfg.raw.dose_tolerance) - self.commanded_ml;
         if commanded_left <= 0.0 {
             let mut alarm = AlarmSet::EMPTY;
@@ -897,7 +914,13 @@ impl SafetyKernel {
         (MotorCommand::forward(rate), reason, control)
     }
 
-    fn finish(&mut self, command: MotorCommand, clamp: ClampReason, control: ControlStatus, latched_before: AlarmSet) -> StepOutput {
+    fn finish(
+        &mut self,
+        command: MotorCommand,
+        clamp: ClampReason,
+        control: ControlStatus,
+        latched_before: AlarmSet,
+    ) -> StepOutput {
         if command.direction != Direction::Hold {
             self.hold_origin_ml = None;
         }

@@ -24,6 +24,8 @@ pub use alarm::{Alarm, AlarmSet, Warning};
 pub use clamp::{clamp_rate, ClampReason, RateLimits};
 pub use config::{ConfigError, ConfigProblem, KernelConfig, Program, RawKernelConfig};
 pub use controller::{ControlError, ControlStatus, Gains, RateController};
-pub use kernel::{Command, Direction, KernelError, MotorCommand, SafetyKernel, State, StateKind, StepOutput, Telemetry};
+pub use kernel::{
+    Command, Direction, KernelError, MotorCommand, SafetyKernel, State, StateKind, StepOutput, Telemetry,
+};
 pub use trace::{Cause, TraceEvent, TraceRing};
 pub use units::S_PER_H;
