@@ -268,3 +268,15 @@ def test_end_of_dose_stops_within_one_tick() -> None:
     # The next tick commands nothing.
     now += PERIOD
     assert kernel.step(now, now, plant.encoder_ml(), 20.0).direction == "hold"
+
+
+def test_overflowing_time_step_raises_a_clock_alarm_not_a_panic() -> None:
+    """Regression: finite times whose difference overflows once poisoned the controller and panicked."""
+    kernel = _core.SafetyKernel(kernel_config())
+    kernel.load(52.5, 35.0)
+    kernel.step(-1e308, -1e308, 0.0, 20.0)
+    kernel.start()
+    for _ in range(3):
+        out = kernel.step(1e308, 1e308, 0.0, 20.0)
+        assert out.direction == "hold"
+    assert "clock_invalid" in kernel.alarms

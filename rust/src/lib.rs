@@ -368,10 +368,13 @@ impl RateController {
     }
 
     fn step(&mut self, setpoint_ml_s: f64, measured_ml: f64, dt_s: f64) -> PyResult<ControlStatus> {
-        let input = match (setpoint_ml_s.is_finite() && setpoint_ml_s >= 0.0, measured_ml.is_finite()) {
-            (false, _) => "setpoint_ml_s",
-            (true, false) => "measured_ml",
-            (true, true) => "dt_s",
+        // Name the first offending input; an overflow of finite inputs is blamed on dt.
+        let input = if !(setpoint_ml_s.is_finite() && setpoint_ml_s >= 0.0) {
+            "setpoint_ml_s"
+        } else if !measured_ml.is_finite() {
+            "measured_ml"
+        } else {
+            "dt_s"
         };
         self.inner
             .step(setpoint_ml_s, measured_ml, dt_s)

@@ -102,6 +102,10 @@ impl RateController {
             .clamp(self.last_output_ml_s - step_limit, self.last_output_ml_s + step_limit)
             .clamp(0.0, g.max_ml_s);
 
+        // Finite inputs can still overflow (a huge dt or volume): refuse rather than poison the state.
+        if !(target.is_finite() && error.is_finite() && integral.is_finite() && slewed.is_finite()) {
+            return Err(ControlError::NonFiniteInput);
+        }
         self.target_ml = target;
         self.integral_ml_s = integral;
         self.last_output_ml_s = slewed;
@@ -206,6 +210,16 @@ mod tests {
         assert_eq!(c.step(-0.01, 0.0, 0.1), Err(ControlError::NegativeInput));
         assert_eq!(c.step(0.01, 0.0, -0.1), Err(ControlError::NegativeInput));
         assert_eq!(c, before);
+    }
+
+    #[test]
+    fn refuses_a_step_that_would_overflow_and_keeps_its_state() {
+        let mut c = RateController::new(GAINS);
+        c.reset(0.0);
+        let before = c;
+        assert_eq!(c.step(0.3, -f64::MAX, 1.0e308), Err(ControlError::NonFiniteInput));
+        assert_eq!(c, before);
+        assert!(c.step(0.01, 0.0, 0.1).is_ok());
     }
 
     #[test]

@@ -261,6 +261,8 @@ struct PressureTrack {
     last_raw_mmhg: f64,
     /// Kernel time from which the slope detector may fire (re-armed on start, resume, rate change).
     armed_at_s: f64,
+    /// Interval between the last two pressure samples (s).
+    last_dt_s: f64,
 }
 
 /// The safety kernel. See the module documentation for the state machine.
@@ -427,8 +429,9 @@ impl SafetyKernel {
         self.program = Some(program);
         self.origin_ml = self.last_volume_ml;
         self.commanded_ml = 0.0;
+        self.hold_origin_ml = None;
         self.monitored_since_s = self.now_s;
-        self.transition(State::Armed, Cause::Load);
+        self.transition(State::Armed, Cause::Operator(Command::Load));
         Ok(())
     }
 
@@ -443,7 +446,7 @@ impl SafetyKernel {
             _ => return Err(self.refuse(Command::Start)),
         };
         self.begin_motion();
-        self.transition(State::Running(phase), Cause::Start);
+        self.transition(State::Running(phase), Cause::Operator(Command::Start));
         Ok(())
     }
 
@@ -452,7 +455,7 @@ impl SafetyKernel {
         if !matches!(self.state, State::Running(_)) {
             return Err(self.refuse(Command::Pause));
         }
-        self.transition(State::Paused, Cause::Pause);
+        self.transition(State::Paused, Cause::Operator(Command::Pause));
         Ok(())
     }
 
@@ -462,7 +465,7 @@ impl SafetyKernel {
             return Err(self.refuse(Command::Resume));
         }
         self.begin_motion();
-        self.transition(State::Running(Phase::Infusing), Cause::Resume);
+        self.transition(State::Running(Phase::Infusing), Cause::Operator(Command::Resume));
         Ok(())
     }
 
@@ -471,7 +474,7 @@ impl SafetyKernel {
         if !matches!(self.state, State::Running(_) | State::Paused) {
             return Err(self.refuse(Command::Stop));
         }
-        self.transition(State::Stopped, Cause::Stop);
+        self.transition(State::Stopped, Cause::Operator(Command::Stop));
         Ok(())
     }
 
@@ -482,7 +485,7 @@ impl SafetyKernel {
             return Err(self.refuse(Command::Acknowledge));
         }
         self.latched = AlarmSet::EMPTY;
-        self.transition(State::Stopped, Cause::Acknowledge);
+        self.transition(State::Stopped, Cause::Operator(Command::Acknowledge));
         Ok(())
     }
 
@@ -493,7 +496,7 @@ impl SafetyKernel {
             return Err(self.refuse(Command::Silence));
         }
         self.silenced_until_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.silence_s;
-        self.transition(self.state, Cause::Silence);
+        self.transition(self.state, Cause::Operator(Command::Silence));
         Ok(())
     }
 
@@ -507,7 +510,8 @@ impl SafetyKernel {
         self.completed_mg += delivered * self.cfg.mg_per_ml();
         self.program = None;
         self.origin_ml = None;
-        self.transition(State::Idle, Cause::Unload);
+        self.hold_origin_ml = None;
+        self.transition(State::Idle, Cause::Operator(Command::Unload));
         Ok(())
     }
 
@@ -525,7 +529,7 @@ impl SafetyKernel {
             Ok(rate_ml_s) => {
                 self.program = Some(Program { rate_ml_s, ..program });
                 self.pressure.armed_at_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.slope_arm_delay_s;
-                self.transition(self.state, Cause::RateChange);
+                self.transition(self.state, Cause::Operator(Command::SetRate));
                 Ok(())
             }
             Err(cause) => {
@@ -558,14 +562,15 @@ impl SafetyKernel {
         }
         self.latched = self.latched.union(fresh);
         self.silenced_until_s = f64::NEG_INFINITY;
-        let occlusion = fresh.iter().any(Alarm::is_occlusion);
+        // Back-off steers by the line pressure: it starts only when occlusion is all that was raised
+        // while running, and any other alarm (stale or invalid telemetry, air, ...) ends it.
+        let only_occlusion = fresh.iter().all(Alarm::is_occlusion);
+        let next = match self.state {
+            State::Alarm(backoff) if only_occlusion => State::Alarm(backoff),
+            State::Running(_) if only_occlusion => State::Alarm(self.backoff_plan()),
+            _ => State::Alarm(None),
+        };
         for alarm in fresh.iter() {
-            let next = match self.state {
-                State::Alarm(backoff) if alarm.is_occlusion() => State::Alarm(backoff),
-                State::Alarm(_) => State::Alarm(None),
-                State::Running(_) if occlusion => State::Alarm(self.backoff_plan()),
-                _ => State::Alarm(None),
-            };
             self.transition(next, Cause::Alarm(alarm));
         }
     }
@@ -591,7 +596,7 @@ impl SafetyKernel {
         let monitored = self.state.kind().is_monitored();
         let dt_s = match self.now_s {
             _ if !now_s.is_finite() => None,
-            Some(prev) if now_s < prev => None,
+            Some(prev) if now_s < prev || !(now_s - prev).is_finite() => None,
             Some(prev) => Some(now_s - prev),
             None => Some(0.0),
         };
@@ -681,9 +686,10 @@ impl SafetyKernel {
             };
             return;
         }
-        if dt_s <= 0.0 {
+        if !(dt_s > 0.0 && dt_s.is_finite()) {
             return;
         }
+        p.last_dt_s = dt_s;
         let a = dt_s / (r.pressure_filter_s + dt_s);
         let previous = p.filtered_mmhg;
         p.filtered_mmhg += a * (raw_mmhg - p.filtered_mmhg);
@@ -734,21 +740,21 @@ impl SafetyKernel {
                 self.check_flow(s, raised);
             }
         } else if self.last_command.direction != Direction::Retract {
-            match self.hold_origin_ml {
-                Some(origin) if s.volume_ml - origin > r.uncommanded_volume_ml => {
-                    raised.insert(Alarm::UncommandedDelivery);
-                }
-                Some(_) => {}
-                None => self.hold_origin_ml = Some(s.volume_ml),
+            let origin = self.hold_origin_ml.map_or(s.volume_ml, |o| o.min(s.volume_ml));
+            self.hold_origin_ml = Some(origin);
+            if s.volume_ml - origin > r.uncommanded_volume_ml {
+                raised.insert(Alarm::UncommandedDelivery);
             }
         }
     }
 
     /// Slope/model detector: in an occlusion all flow goes into the compliance, so the pressure rises
     /// at Q/C. Fires when the filtered slope exceeds `slope_fraction`·Q/C *and* the pressure has risen
-    /// `slope_rise_mmhg` above its baseline. The baseline follows the filtered pressure until the
-    /// detector is armed, and afterwards only while the pressure is not rising, so a slow occlusion
-    /// cannot drag the baseline up with it.
+    /// `slope_rise_mmhg` above its baseline, once armed (`slope_arm_delay_s` after a start, resume or
+    /// rate change, so the start-up rise to the flowing pressure is not taken for an occlusion). The
+    /// baseline follows a falling pressure at once and a rising one only slowly
+    /// (`pressure_baseline_s`) and only while it is not rising like an occlusion, so an occlusion can
+    /// neither drag the baseline up with it nor shrink the back-off that uses it.
     fn check_slope(&mut self, raised: &mut AlarmSet) {
         let r = self.cfg.raw;
         let now = self.now_s.unwrap_or(0.0);
@@ -758,10 +764,10 @@ impl SafetyKernel {
         let expected_slope = setpoint / r.compliance_ml_per_mmhg;
         let rising = infusing && p.slope_mmhg_s >= r.slope_fraction * expected_slope;
         let armed = infusing && now >= p.armed_at_s;
-        if !armed {
+        if p.filtered_mmhg < p.baseline_mmhg {
             p.baseline_mmhg = p.filtered_mmhg;
         } else if !rising {
-            let a = r.control_period_s / (r.pressure_baseline_s + r.control_period_s);
+            let a = p.last_dt_s / (r.pressure_baseline_s + p.last_dt_s);
             p.baseline_mmhg += a * (p.filtered_mmhg - p.baseline_mmhg);
         }
         if r.slope_detector && armed && rising && p.filtered_mmhg - p.baseline_mmhg >= r.slope_rise_mmhg {

@@ -4,45 +4,28 @@
 //! [`TraceRing::dropped`], so a consumer can log that it lost events rather than lose them silently.
 
 use crate::alarm::Alarm;
-use crate::kernel::StateKind;
+use crate::kernel::{Command, StateKind};
 
 /// What caused a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
-    Load,
-    Start,
-    Pause,
-    Resume,
-    Stop,
-    Acknowledge,
-    Unload,
+    /// An operator command (load, start, pause, resume, stop, acknowledge, silence, unload, set_rate).
+    Operator(Command),
     /// Take-up finished (the plunger engaged): still Running, now at the programmed rate.
     TakeUpDone,
     /// The programmed volume was delivered.
     DoseComplete,
     /// An alarm was raised (also recorded when already in `Alarm`, with `from == to`).
     Alarm(Alarm),
-    /// The operator silenced the annunciation.
-    Silence,
-    /// The operator changed the programmed rate.
-    RateChange,
 }
 
 impl Cause {
     pub const fn as_str(self) -> &'static str {
         match self {
-            Cause::Load => "load",
-            Cause::Start => "start",
-            Cause::Pause => "pause",
-            Cause::Resume => "resume",
-            Cause::Stop => "stop",
-            Cause::Acknowledge => "acknowledge",
-            Cause::Unload => "unload",
+            Cause::Operator(command) => command.as_str(),
             Cause::TakeUpDone => "take_up_done",
             Cause::DoseComplete => "dose_complete",
             Cause::Alarm(a) => a.as_str(),
-            Cause::Silence => "silence",
-            Cause::RateChange => "rate_change",
         }
     }
 }
@@ -128,8 +111,8 @@ mod tests {
     #[test]
     fn pops_in_order() {
         let mut r = TraceRing::new();
-        r.push(1.0, StateKind::Idle, StateKind::Armed, Cause::Load, 0.0);
-        r.push(2.0, StateKind::Armed, StateKind::Running, Cause::Start, 0.0);
+        r.push(1.0, StateKind::Idle, StateKind::Armed, Cause::Operator(Command::Load), 0.0);
+        r.push(2.0, StateKind::Armed, StateKind::Running, Cause::Operator(Command::Start), 0.0);
         assert_eq!(r.pop().unwrap().seq, 0);
         assert_eq!(r.pop().unwrap().seq, 1);
         assert!(r.pop().is_none());
@@ -139,7 +122,7 @@ mod tests {
     fn overwrites_oldest_and_counts_drops() {
         let mut r = TraceRing::new();
         for i in 0..(TRACE_CAPACITY + 5) {
-            r.push(i as f64, StateKind::Running, StateKind::Running, Cause::RateChange, 0.0);
+            r.push(i as f64, StateKind::Running, StateKind::Running, Cause::Operator(Command::SetRate), 0.0);
         }
         assert_eq!(r.len(), TRACE_CAPACITY);
         assert_eq!(r.dropped(), 5);

@@ -398,7 +398,7 @@ fn idle_load_to_armed() {
     assert_eq!(sim.k.state(), State::Armed);
     let p = sim.k.program().unwrap();
     assert_eq!((p.rate_ml_s, p.vtbi_ml, p.take_up), (per_s(60.0), 10.0, false));
-    assert_only_event(&mut sim, StateKind::Idle, StateKind::Armed, Cause::Load);
+    assert_only_event(&mut sim, StateKind::Idle, StateKind::Armed, Cause::Operator(Command::Load));
     // Armed holds the motor.
     assert_eq!(sim.tick().command, MotorCommand::HOLD);
 }
@@ -409,7 +409,7 @@ fn armed_start_to_running_take_up() {
     sim.slack_ml = 0.2;
     sim.k.start().unwrap();
     assert!(matches!(sim.k.state(), State::Running(Phase::TakeUp { commanded_ml, .. }) if commanded_ml == 0.0));
-    assert_only_event(&mut sim, StateKind::Armed, StateKind::Running, Cause::Start);
+    assert_only_event(&mut sim, StateKind::Armed, StateKind::Running, Cause::Operator(Command::Start));
     // Take-up runs at the take-up rate.
     let out = sim.tick();
     assert_eq!(out.command.direction, Direction::Forward);
@@ -419,7 +419,7 @@ fn armed_start_to_running_take_up() {
     let mut sim = armed();
     sim.k.start().unwrap();
     assert_eq!(sim.k.state(), State::Running(Phase::Infusing));
-    assert_only_event(&mut sim, StateKind::Armed, StateKind::Running, Cause::Start);
+    assert_only_event(&mut sim, StateKind::Armed, StateKind::Running, Cause::Operator(Command::Start));
 }
 
 #[test]
@@ -471,7 +471,7 @@ fn running_pause_to_paused() {
     let mut sim = running();
     sim.k.pause().unwrap();
     assert_eq!(sim.k.state(), State::Paused);
-    assert_only_event(&mut sim, StateKind::Running, StateKind::Paused, Cause::Pause);
+    assert_only_event(&mut sim, StateKind::Running, StateKind::Paused, Cause::Operator(Command::Pause));
     assert_eq!(sim.tick().command, MotorCommand::HOLD);
 }
 
@@ -480,7 +480,7 @@ fn paused_resume_to_running() {
     let mut sim = paused();
     sim.k.resume().unwrap();
     assert_eq!(sim.k.state(), State::Running(Phase::Infusing));
-    assert_only_event(&mut sim, StateKind::Paused, StateKind::Running, Cause::Resume);
+    assert_only_event(&mut sim, StateKind::Paused, StateKind::Running, Cause::Operator(Command::Resume));
     assert_eq!(sim.tick().command.direction, Direction::Forward);
 }
 
@@ -489,7 +489,7 @@ fn running_stop_to_stopped() {
     let mut sim = running();
     sim.k.stop().unwrap();
     assert_eq!(sim.k.state(), State::Stopped);
-    assert_only_event(&mut sim, StateKind::Running, StateKind::Stopped, Cause::Stop);
+    assert_only_event(&mut sim, StateKind::Running, StateKind::Stopped, Cause::Operator(Command::Stop));
     assert_eq!(sim.tick().command, MotorCommand::HOLD);
 }
 
@@ -498,7 +498,7 @@ fn paused_stop_to_stopped() {
     let mut sim = paused();
     sim.k.stop().unwrap();
     assert_eq!(sim.k.state(), State::Stopped);
-    assert_only_event(&mut sim, StateKind::Paused, StateKind::Stopped, Cause::Stop);
+    assert_only_event(&mut sim, StateKind::Paused, StateKind::Stopped, Cause::Operator(Command::Stop));
     assert_eq!(sim.tick().command, MotorCommand::HOLD);
 }
 
@@ -584,7 +584,7 @@ fn alarm_silence_stays_alarm() {
     let before = sim.k.state();
     sim.k.silence().unwrap();
     assert_eq!(sim.k.state(), before);
-    assert_only_event(&mut sim, StateKind::Alarm, StateKind::Alarm, Cause::Silence);
+    assert_only_event(&mut sim, StateKind::Alarm, StateKind::Alarm, Cause::Operator(Command::Silence));
     let out = sim.tick();
     assert_eq!(out.state, StateKind::Alarm);
     assert!(!out.annunciate);
@@ -598,7 +598,7 @@ fn alarm_acknowledge_to_stopped() {
     sim.k.acknowledge().unwrap();
     assert_eq!(sim.k.state(), State::Stopped);
     assert!(sim.k.alarms().is_empty());
-    assert_only_event(&mut sim, StateKind::Alarm, StateKind::Stopped, Cause::Acknowledge);
+    assert_only_event(&mut sim, StateKind::Alarm, StateKind::Stopped, Cause::Operator(Command::Acknowledge));
     // Nothing restarts by itself.
     for out in sim.run(5.0) {
         assert_eq!(out.state, StateKind::Stopped);
@@ -618,7 +618,7 @@ fn stopped_start_to_running() {
     sim.drain();
     sim.k.start().unwrap();
     assert_eq!(sim.k.state(), State::Running(Phase::Infusing));
-    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Running, Cause::Start);
+    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Running, Cause::Operator(Command::Start));
     assert_eq!(sim.tick().command.direction, Direction::Forward);
 }
 
@@ -632,7 +632,7 @@ fn stopped_load_to_armed() {
     assert_eq!(sim.k.program().unwrap().rate_ml_s, per_s(30.0));
     assert_eq!(sim.k.delivered_ml(), 0.0, "a new program starts from zero");
     assert!((sim.k.cumulative_mg() - delivered).abs() < 1e-12, "earlier drug is carried over");
-    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Armed, Cause::Load);
+    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Armed, Cause::Operator(Command::Load));
 }
 
 #[test]
@@ -641,7 +641,7 @@ fn stopped_unload_to_idle() {
     sim.k.unload().unwrap();
     assert_eq!(sim.k.state(), State::Idle);
     assert!(sim.k.program().is_none());
-    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Idle, Cause::Unload);
+    assert_only_event(&mut sim, StateKind::Stopped, StateKind::Idle, Cause::Operator(Command::Unload));
 }
 
 #[test]
@@ -650,7 +650,7 @@ fn armed_unload_to_idle() {
     sim.k.unload().unwrap();
     assert_eq!(sim.k.state(), State::Idle);
     assert!(sim.k.program().is_none());
-    assert_only_event(&mut sim, StateKind::Armed, StateKind::Idle, Cause::Unload);
+    assert_only_event(&mut sim, StateKind::Armed, StateKind::Idle, Cause::Operator(Command::Unload));
 }
 
 #[test]
@@ -659,7 +659,7 @@ fn complete_load_to_armed() {
     sim.k.load(30.0, 1.0, false).unwrap();
     assert_eq!(sim.k.state(), State::Armed);
     assert_eq!(sim.k.program().unwrap().vtbi_ml, 1.0);
-    assert_only_event(&mut sim, StateKind::Complete, StateKind::Armed, Cause::Load);
+    assert_only_event(&mut sim, StateKind::Complete, StateKind::Armed, Cause::Operator(Command::Load));
 }
 
 #[test]
@@ -668,7 +668,7 @@ fn complete_unload_to_idle() {
     sim.k.unload().unwrap();
     assert_eq!(sim.k.state(), State::Idle);
     assert!(sim.k.program().is_none());
-    assert_only_event(&mut sim, StateKind::Complete, StateKind::Idle, Cause::Unload);
+    assert_only_event(&mut sim, StateKind::Complete, StateKind::Idle, Cause::Operator(Command::Unload));
 }
 
 #[test]
@@ -679,7 +679,7 @@ fn rate_change_keeps_state() {
         sim.k.set_rate(30.0).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(sim.k.state(), before, "{name}");
         assert_eq!(sim.k.program().unwrap().rate_ml_s, per_s(30.0), "{name}");
-        assert_only_event(&mut sim, kind, kind, Cause::RateChange);
+        assert_only_event(&mut sim, kind, kind, Cause::Operator(Command::SetRate));
     }
     // Running at the new rate.
     let mut sim = running();
@@ -1324,7 +1324,7 @@ fn persisting_condition_reraises_after_acknowledge() {
     assert_eq!(out.state, StateKind::Alarm);
     assert_eq!(out.raised, set(&[Alarm::AirInLine]));
     let events = sim.drain();
-    assert_has_event(&events, StateKind::Alarm, StateKind::Stopped, Cause::Acknowledge);
+    assert_has_event(&events, StateKind::Alarm, StateKind::Stopped, Cause::Operator(Command::Acknowledge));
     assert_has_event(&events, StateKind::Stopped, StateKind::Alarm, Cause::Alarm(Alarm::AirInLine));
     // Acknowledge and start at once: the motor never gets a forward command.
     sim.k.acknowledge().unwrap();
@@ -1434,4 +1434,79 @@ fn backoff_is_cancelled_by_a_non_occlusion_alarm() {
     for out in sim.run(5.0) {
         assert_eq!(out.command, MotorCommand::HOLD);
     }
+}
+
+#[test]
+fn overflowing_time_step_is_a_clock_alarm_not_a_panic() {
+    // Regression: finite `now` values whose difference overflows used to poison the controller and
+    // panic a few ticks later.
+    let mut k = SafetyKernel::new(config());
+    k.load(60.0, 10.0, false).unwrap();
+    k.step(-1.0e308, &telemetry(-1.0e308, 0.0, BASELINE_MMHG));
+    k.start().unwrap();
+    for _ in 0..3 {
+        let out = k.step(1.0e308, &telemetry(1.0e308, 0.0, BASELINE_MMHG));
+        check_output_invariants(&out);
+        assert_eq!(out.command, MotorCommand::HOLD);
+    }
+    assert!(k.alarms().contains(Alarm::ClockInvalid));
+}
+
+#[test]
+fn occlusion_with_another_alarm_on_the_same_tick_never_backs_off_whatever_the_order() {
+    // Alarms with lower and higher codes than the occlusion codes both cancel the back-off.
+    type Alter = fn(&mut Telemetry);
+    let cases: [(Alarm, Alter); 2] =
+        [(Alarm::AirInLine, |t| t.air_in_line = true), (Alarm::TelemetryInvalid, |t| t.volume_ml = f64::NAN)];
+    for (other, alter) in cases {
+        let mut sim = running();
+        sim.pressure_mmhg = 400.0;
+        let out = sim.tick_with(|t| {
+            t.pressure_mmhg = 400.0;
+            alter(t);
+        });
+        assert!(out.raised.contains(other), "{other:?}: {:?}", out.raised);
+        assert_eq!(sim.k.state(), State::Alarm(None), "{other:?}");
+        assert_eq!(out.command, MotorCommand::HOLD);
+    }
+}
+
+#[test]
+fn early_occlusion_backs_off_to_the_pre_start_pressure() {
+    // An occlusion within the slope detector's arm delay: the baseline must not have followed the
+    // rising pressure, or the back-off would leave most of the stored volume in the line.
+    let mut sim = running();
+    sim.occlusion = Some((sim.pos_ml, sim.pressure_mmhg));
+    let out = sim.run_until(60.0, |_, o| !o.raised.is_empty()).expect("occlusion alarm within the arm delay");
+    assert!(out.raised.contains(Alarm::OcclusionPressure), "{:?}", out.raised);
+    let State::Alarm(Some(backoff)) = sim.k.state() else { panic!("no back-off: {:?}", sim.k.state()) };
+    let margin = sim.cfg.raw.backoff_margin_mmhg;
+    assert!(backoff.target_mmhg <= BASELINE_MMHG + margin + 5.0, "target {}", backoff.target_mmhg);
+    sim.run_until(60.0, |_, o| o.command.direction != Direction::Retract).expect("back-off ends");
+    assert!(sim.pressure() <= BASELINE_MMHG + margin + 5.0, "ended at {} mmHg", sim.pressure());
+}
+
+#[test]
+fn plunger_moved_while_idle_is_not_uncommanded_delivery_after_load() {
+    let mut sim = idle();
+    sim.pos_ml += 0.5; // the operator moved the plunger before loading (priming)
+    sim.tick();
+    sim.k.load(60.0, 10.0, false).unwrap();
+    for out in sim.run(2.0) {
+        assert!(out.alarms.is_empty(), "{:?}", out.alarms);
+    }
+}
+
+#[test]
+fn uncommanded_delivery_counts_from_the_lowest_volume_while_holding() {
+    let mut sim = paused();
+    sim.pos_ml -= 0.5; // pulled back while paused
+    sim.run(1.0);
+    assert!(sim.k.alarms().is_empty());
+    // Creeping forward again by more than the allowance from the lowest point alarms, although the
+    // plunger is still behind where the pause began.
+    sim.creep_ml_s = 0.05;
+    let limit = sim.cfg.raw.uncommanded_volume_ml;
+    let out = sim.run_until(limit / 0.05 + 2.0, |_, o| o.raised.contains(Alarm::UncommandedDelivery));
+    assert!(out.is_some(), "no alarm for a forward creep from the lowest point");
 }
