@@ -2,12 +2,13 @@
 //!
 //! This crate is an **independent oracle**: it does not depend on `ketapump-core` (or on Python), so a
 //! misunderstanding baked into the safety kernel cannot be silently mirrored by the plant it is tested
-//! against. For now it holds the plant physics ([`plant`]); the simulated firmware (register map, New
-//! Era codec, watchdog) will sit on top of it.
+//! against. It holds the plant physics ([`plant`]) and the simulated firmware on top of it ([`firmware`]:
+//! register semantics, watchdog, pump-side alarms, fault injection) with its register map ([`regmap`]).
 //!
 //! - [`syringe`]: the syringe catalogue (BD Plastipak 5–60 mL), as data.
 //! - [`plant`]: stepper + lead screw + slack + drive spring + plunger stick/slip + compliance +
 //!   resistance + head height, the fault hooks, and the gravimetric balance.
+//! - [`nesp`]: the pump side of the New Era NE-1000 RS-232 protocol (framing, commands, alarms).
 //! - [`rng`]: the seeded SplitMix64/Box–Muller noise source (no external crates; same seed, same run).
 //!
 //! # Nominal defaults and why ([`PlantConfig::nominal`])
@@ -27,12 +28,22 @@
 //! | substep | ≤ 10 ms | splitting error negligible against `R·C`; every step size is stable anyway |
 #![forbid(unsafe_code)]
 
+pub mod firmware;
+pub mod modbus;
+pub mod nesp;
 pub mod plant;
+pub mod regmap;
 pub mod rng;
 pub mod syringe;
 
+pub use firmware::{CommAction, Firmware, RunMode, Telemetry};
+pub use modbus::RtuPort;
+pub use nesp::{
+    address_of, burst_targets, crc16_xmodem, Direction, Framing, NespPort, Packet, ProgramState, RateUnits, VolumeUnits,
+};
 pub use plant::{
     BalanceReading, Plant, PlantConfig, PlantError, PlantOutputs, SealMotion, MMHG_PER_CM_H2O, PA_PER_MMHG,
 };
+pub use regmap::{ModbusException, RegisterMap};
 pub use rng::SplitMix64;
 pub use syringe::{Syringe, CATALOGUE};

@@ -415,6 +415,27 @@ impl Plant {
 
     // ---- outputs --------------------------------------------------------------------------------
 
+    /// Current occlusion multiplier of the downstream resistance (1 = open line).
+    pub fn occlusion_factor(&self) -> f64 {
+        self.occlusion_factor
+    }
+
+    pub fn motor_stalled(&self) -> bool {
+        self.motor_stalled
+    }
+
+    pub fn encoder_lost_fraction(&self) -> f64 {
+        self.encoder_lost_fraction
+    }
+
+    pub fn unclamped(&self) -> bool {
+        self.unclamped
+    }
+
+    pub fn head_height_cm(&self) -> f64 {
+        self.head_height_cm
+    }
+
     pub fn t_s(&self) -> f64 {
         self.t_ns as f64 / NS_PER_S
     }

@@ -18,8 +18,11 @@ __all__ = [
     "ALARMS",
     "ControlStatus",
     "KernelConfig",
+    "NespPort",
     "RateController",
+    "RtuPort",
     "SafetyKernel",
+    "SimPump",
     "StepOutput",
     "TraceEvent",
     "__version__",
@@ -317,3 +320,83 @@ def clamp_rate(
     Returns the rate and the branch that decided it: ``unchanged``, ``non_finite``, ``negative``,
     ``no_limit``, ``dose_exhausted``, ``above_max`` or ``dose_headroom``.
     """
+
+@final
+class SimPump:
+    """A simulated syringe pump: plant physics plus the reference-pump firmware (``hw-sim``).
+
+    Time is injected: nothing moves until :meth:`advance_to`. Registers follow
+    ``docs/register-map.md``; faults are the registers of its fault block.
+    """
+
+    def __new__(
+        cls,
+        syringe: str = "bd-plastipak-50",
+        *,
+        seed: int = 0,
+        serial: int = 1,
+        slack_taken_up: bool = False,
+        fill_ml: float | None = None,
+        compliance_ml_per_mmhg: float | None = None,
+        resistance_mmhg_s_per_ml: float | None = None,
+        balance_noise_g: float | None = None,
+    ) -> SimPump: ...
+    @staticmethod
+    def syringes() -> list[str]:
+        """Names of the syringes in the catalogue."""
+    @staticmethod
+    def register_map_toml() -> str:
+        """The register map compiled into the simulator (TOML)."""
+    def advance_to(self, t_s: float) -> None:
+        """Advance to pump time ``t_s`` (s); earlier times are ignored."""
+    @property
+    def t_s(self) -> float: ...
+    def read_registers(self, address: int, count: int) -> tuple[int, list[int]]:
+        """Modbus read: ``(exception_code, words)``; exception 0 means success."""
+    def write_registers(self, address: int, values: list[int]) -> int:
+        """Modbus write: the exception code, 0 meaning success; nothing is written on an exception."""
+    def value(self, name: str) -> float:
+        """A register's current value by name, decoded."""
+    def inject(self, name: str, value: float) -> None:
+        """Inject a fault now (a fault-block register name); ConfigurationError if refused."""
+    def schedule(self, at_s: float, name: str, value: float) -> None:
+        """Inject a fault at pump time ``at_s``."""
+    def comm_action(self) -> tuple[bool, bool, int]:
+        """Fate of the next reply from the communication faults: ``(drop, corrupt, delay_ms)``."""
+    def heartbeat(self) -> None:
+        """Refresh the pump-side watchdog."""
+    def balance_readings(self) -> list[tuple[float, float]]:
+        """Gravimetric balance readings so far: ``[(t_s, grams), ...]``."""
+    @property
+    def delivered_ml(self) -> float:
+        """Volume that really reached the patient (the oracle, not a sensor)."""
+    @property
+    def line_pressure_mmhg(self) -> float:
+        """True line pressure, without sensor faults."""
+    @property
+    def alarm_bits(self) -> int: ...
+    @property
+    def run_mode(self) -> int:
+        """0 stop, 1 infuse, 2 withdraw."""
+
+@final
+class RtuPort:
+    """Modbus RTU on the pump side of a serial line: framing, CRC, silence rules, comm faults."""
+
+    def __new__(cls, unit_id: int = 1, baud: int = 19_200) -> RtuPort: ...
+    def process(self, line_s: float, data: bytes, pump: SimPump) -> list[tuple[bytes, int]]:
+        """Feed bytes received at real time ``line_s``; replies as ``(bytes, delay_ms)``."""
+    def idle(self, line_s: float, pump: SimPump) -> list[tuple[bytes, int]]:
+        """Complete a frame that only a silent gap can end (unknown function codes)."""
+
+@final
+class NespPort:
+    """The pump side of a New Era NE-1000 line; several addresses may share it."""
+
+    def __new__(cls) -> NespPort: ...
+    def process(
+        self, line_s: float, now_s: float, data: bytes, pumps: dict[int, SimPump]
+    ) -> list[tuple[bytes, int]]:
+        """Feed bytes received at real time ``line_s``; run them at pump time ``now_s``."""
+    def poll(self, now_s: float, pumps: dict[int, SimPump]) -> None:
+        """Run the safe-mode watchdog of every address (call periodically)."""

@@ -16,7 +16,27 @@ pyo3::import_exception!(ketapump.errors, InterlockError);
 pub enum CoreError {
     Config(ConfigError),
     Kernel(KernelError),
-    Control { input: &'static str, problem: ControlError },
+    Control {
+        input: &'static str,
+        problem: ControlError,
+    },
+    /// A simulator setting or fault was refused (`field` names it).
+    Sim {
+        field: String,
+        problem: String,
+    },
+}
+
+impl From<ketapump_hwsim::PlantError> for CoreError {
+    fn from(e: ketapump_hwsim::PlantError) -> Self {
+        let field = match e {
+            ketapump_hwsim::PlantError::NotFinite(what) | ketapump_hwsim::PlantError::OutOfRange(what) => what,
+            ketapump_hwsim::PlantError::UnknownSyringe => "syringe",
+        };
+        let text = e.to_string();
+        let problem = text.strip_prefix(field).unwrap_or(&text).trim().to_owned();
+        CoreError::Sim { field: field.to_owned(), problem }
+    }
 }
 
 impl From<ConfigError> for CoreError {
@@ -59,6 +79,7 @@ impl From<CoreError> for PyErr {
                 };
                 ConfigurationError::new_err((input, text))
             }
+            CoreError::Sim { field, problem } => ConfigurationError::new_err((field, problem)),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! (the unit in every name), the controller's internals in mL/s as the core computes them.
 
 mod errors;
+mod sim;
 
 use errors::CoreError;
 use ketapump_core as kc;
@@ -401,5 +402,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TraceEvent>()?;
     m.add_class::<RateController>()?;
     m.add_function(wrap_pyfunction!(clamp_rate, m)?)?;
+    m.add_class::<sim::SimPump>()?;
+    m.add_class::<sim::RtuPort>()?;
+    m.add_class::<sim::NespPort>()?;
     Ok(())
 }
