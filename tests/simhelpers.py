@@ -16,8 +16,9 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
 from ketapump import _core
+from ketapump.clock import ScaledClock
 from ketapump.regmap import load_register_map
-from ketapump.sim.server import SimClock, SimServer
+from ketapump.sim.server import SimServer
 
 REGMAP = load_register_map()
 
@@ -27,7 +28,7 @@ async def serving(
     pump: _core.SimPump | None = None, time_scale: float = 1.0, **endpoints: Any
 ) -> AsyncIterator[SimServer]:
     """An in-process simulator serving ``pump`` (a fresh 50 mL pump by default)."""
-    server = SimServer(pump or _core.SimPump("bd-plastipak-50", seed=1), SimClock(time_scale))
+    server = SimServer(pump or _core.SimPump("bd-plastipak-50", seed=1), ScaledClock(time_scale))
     await server.start(**endpoints)
     try:
         yield server

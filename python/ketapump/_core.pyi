@@ -345,6 +345,9 @@ class SimPump:
     def syringes() -> list[str]:
         """Names of the syringes in the catalogue."""
     @staticmethod
+    def catalogue() -> list[tuple[str, float, float]]:
+        """The syringe catalogue: ``[(name, capacity_ml, inner_diameter_mm), ...]``."""
+    @staticmethod
     def register_map_toml() -> str:
         """The register map compiled into the simulator (TOML)."""
     def advance_to(self, t_s: float) -> None:

@@ -10,12 +10,20 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 import typer
 
-from ketapump import _core
-from ketapump.errors import ConfigurationError
+from ketapump import _core, audit
+from ketapump.bridge import ControlLoop, InfusionPlan, RecoveryError, RunResult, recover_delivered_ml
+from ketapump.clock import Clock, ScaledClock, VirtualClock
+from ketapump.config import kernel_config
+from ketapump.drivers.base import PumpDriver
+from ketapump.drivers.reference import ReferencePumpDriver
+from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
 from ketapump.sim.scenario import Scenario, load_scenario
-from ketapump.sim.server import SimClock, SimServer
+from ketapump.sim.server import SimServer
+from ketapump.transports import open_transport, split_url
+from ketapump.transports.base import CommandTransport, RegisterTransport
 
 app = typer.Typer(
     name="ketapump",
@@ -23,6 +31,13 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Infusion-pump control bridge (engineering software, not a certified medical device).",
 )
+
+
+#: Exit codes of ``ketapump run`` (documented in the README).
+EXIT_COMPLETE = 0
+EXIT_INTERLOCK = 3  # stopped by a kernel interlock or a pump-side alarm
+EXIT_OPERATOR_STOP = 4  # stopped by the operator (SIGINT/SIGTERM)
+EXIT_TRANSPORT_LOST = 5  # the link to the pump was lost mid-run (the pump was told to stop)
 
 
 @app.callback()
@@ -77,7 +92,7 @@ async def _serve(
     nesp: bool,
     baud: int,
 ) -> None:
-    server = SimServer(pump, SimClock(time_scale), baud=baud)
+    server = SimServer(pump, ScaledClock(time_scale), baud=baud)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,6 +110,169 @@ async def _serve(
         await stop.wait()
     finally:
         await server.stop()
+
+
+def default_log_path() -> Path:
+    """Where audit logs go unless ``--log`` says otherwise: ``$XDG_STATE_HOME/ketapump/logs``
+    (``~/.local/state/ketapump/logs``), one file per run named by its UTC start time."""
+    import datetime  # noqa: PLC0415 - only needed here
+
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return base / "ketapump" / "logs" / f"run-{stamp}.jsonl"
+
+
+def syringe_diameter_mm(name: str) -> float:
+    for entry, _capacity, diameter in _core.SimPump.catalogue():
+        if entry == name:
+            return diameter
+    known = ", ".join(entry for entry, _, _ in _core.SimPump.catalogue())
+    raise ConfigurationError("syringe", f"{name!r} is not in the catalogue ({known})")
+
+
+def make_driver(url: str, clock: Clock) -> PumpDriver:
+    """The driver for a pump URL: New Era for ``nesp://``, the reference register map otherwise."""
+    transport = open_transport(url, clock=clock)
+    if isinstance(transport, CommandTransport):
+        from ketapump.drivers.nesp import NewEraDriver  # noqa: PLC0415 - New Era only
+
+        return NewEraDriver(transport)  # type: ignore[arg-type]
+    assert isinstance(transport, RegisterTransport)
+    return ReferencePumpDriver(transport)
+
+
+@app.command()
+def run(
+    pump: Annotated[str, typer.Option(help="Pump URL: sim://, modbus-tcp://, modbus-rtu://, nesp://.")],
+    rate_ml_h: Annotated[float, typer.Option(help="Programmed rate (mL/h).")],
+    volume_ml: Annotated[float, typer.Option(help="Volume to infuse (mL).")],
+    syringe: Annotated[str, typer.Option(help="Syringe from the catalogue.")] = "bd-plastipak-50",
+    json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
+    log: Annotated[Path | None, typer.Option(help="Audit log file (default: see README).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the session recorded in this log.")] = None,
+    time_scale: Annotated[
+        float, typer.Option(min=0.001, help="Pump seconds per real second (must match a scaled hw-sim).")
+    ] = 1.0,
+    take_up: Annotated[
+        bool, typer.Option(help="Take up lead-screw slack before the programmed rate.")
+    ] = True,
+) -> None:
+    """Run a plain infusion on any pump and record it in a hash-chained audit log.
+
+    Exit codes: 0 complete, 3 stopped by an interlock or pump alarm, 4 stopped by the operator,
+    5 link lost mid-run, 2 usage, 65 invalid data, 69 pump unreachable, 74 audit log unwritable.
+    """
+    from rich.console import Console  # noqa: PLC0415 - the progress display only
+
+    console = Console(stderr=True)
+    try:
+        scheme = split_url(pump)[0]
+        diameter = syringe_diameter_mm(syringe)
+        config = kernel_config()
+        clock: Clock = VirtualClock() if scheme == "sim" else ScaledClock(time_scale)
+        driver = make_driver(pump, clock)
+    except ConfigurationError as e:
+        raise _fail(str(e), os.EX_DATAERR) from e
+    path = log or default_log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = audit.AuditWriter.open(path, chain_from=resume)
+    except (OSError, ValueError) as e:
+        raise _fail(f"cannot open the audit log {path}: {e}", os.EX_IOERR) from e
+    events = audit.audit_logger(writer, pump=pump)
+    plan = InfusionPlan(
+        rate_ml_h=rate_ml_h, volume_ml=volume_ml, syringe_diameter_mm=diameter, take_up=take_up
+    )
+    try:
+        result = asyncio.run(_run(driver, config, clock, events, plan, resume, console, json_output))
+    except ConfigurationError as e:
+        raise _fail(str(e), os.EX_DATAERR) from e
+    except RecoveryError as e:
+        raise _fail(f"cannot resume: {e}", os.EX_DATAERR) from e
+    except AuditWriteError as e:
+        raise _fail(f"{e}; the pump was told to stop", os.EX_IOERR) from e
+    except TransportError as e:
+        raise _fail(str(e), os.EX_UNAVAILABLE) from e
+    finally:
+        writer.close()
+    summary = {
+        "state": result.state,
+        "reason": result.reason,
+        "delivered_ml": result.delivered_ml,
+        "session_delivered_ml": result.session_delivered_ml,
+        "alarms": list(result.alarms),
+        "pump_alarms": list(result.pump_alarms),
+        "log": str(path),
+    }
+    if json_output:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        console.print(
+            f"{result.state}: delivered {result.session_delivered_ml:.3f} of {volume_ml:g} mL"
+            + (
+                f"; alarms: {', '.join(result.alarms + result.pump_alarms)}"
+                if result.alarms or result.pump_alarms
+                else ""
+            )
+            + f"\naudit log: {path}"
+        )
+    code = {
+        "complete": EXIT_COMPLETE,
+        "interlock": EXIT_INTERLOCK,
+        "pump_alarm": EXIT_INTERLOCK,
+        "operator": EXIT_OPERATOR_STOP,
+        "transport": EXIT_TRANSPORT_LOST,
+    }[result.reason]
+    raise typer.Exit(code)
+
+
+async def _run(
+    driver: PumpDriver,
+    config: _core.KernelConfig,
+    clock: Clock,
+    events: structlog.typing.FilteringBoundLogger,
+    plan: InfusionPlan,
+    resume: Path | None,
+    console: object,
+    quiet: bool,
+) -> RunResult:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import Progress  # noqa: PLC0415 - the progress display only
+
+    assert isinstance(console, Console)
+    recovered = 0.0
+    if resume is not None:
+        await driver.connect()
+        telemetry = await driver.read_telemetry()
+        recovered = recover_delivered_ml(
+            resume, telemetry.infused_ml, telemetry.pump_alarms, rate_ml_h=plan.rate_ml_h, slack_s=15.0
+        )
+        events.info(
+            "session_recovered",
+            from_log=str(resume),
+            recovered_ml=recovered,
+            pump_infused_ml=telemetry.infused_ml,
+        )
+    with Progress(console=console, transient=True, disable=quiet) as progress:
+        task = progress.add_task("infusing", total=plan.volume_ml)
+
+        def on_tick(out: _core.StepOutput, _telemetry: object) -> None:
+            progress.update(task, completed=recovered + out.delivered_ml, description=out.state)
+
+        loop = ControlLoop(driver, config, clock, events, on_tick=on_tick)
+        signals = (signal.SIGINT, signal.SIGTERM)
+        aio = asyncio.get_running_loop()
+        for sig in signals:
+            aio.add_signal_handler(sig, loop.request_stop)
+        try:
+            return await loop.run(plan, recovered_ml=recovered)
+        finally:
+            for sig in signals:
+                aio.remove_signal_handler(sig)
+            await driver.close()
+
+
+audit.register_cli(app)
 
 
 def main() -> None:

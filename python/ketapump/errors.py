@@ -9,8 +9,9 @@ maps its errors through one function (``rust/src/errors.rs``) onto this module's
     ├── ConfigurationError (+ ValueError)        bad configuration, program or rate; names the field
     ├── StateTransitionError (+ RuntimeError)     operator command not valid in the current state
     ├── InterlockError (+ RuntimeError)           a command was refused and latched a safety alarm
-    └── TransportError (+ OSError)                the pump could not be reached or answered wrongly
-        └── PumpTimeoutError (+ TimeoutError)     no answer within the timeout; names the endpoint
+    ├── TransportError (+ OSError)                the pump could not be reached or answered wrongly
+    │   └── PumpTimeoutError (+ TimeoutError)     no answer within the timeout; names the endpoint
+    └── AuditWriteError (+ OSError)               the audit log could not be written; names the file
 """
 
 from __future__ import annotations
@@ -62,3 +63,17 @@ class TransportError(KetapumpError, OSError):
 
 class PumpTimeoutError(TransportError, TimeoutError):
     """The pump did not answer within the timeout."""
+
+
+class AuditWriteError(KetapumpError, OSError):
+    """The audit log could not be written durably; the bridge must stop the pump.
+
+    An infusion that continues without its audit trail cannot be reconstructed afterwards, so a failed
+    write is a safety event, not a logging hiccup. ``path`` is the audit file, ``detail`` the cause.
+    The writer that raised it refuses every further write (the failure is sticky).
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"audit log {path}: {detail}")
+        self.path = path
+        self.detail = detail

@@ -7,6 +7,7 @@ the simulator's Modbus front and the bridge's driver. ``docs/register-map.md`` i
 
 from __future__ import annotations
 
+import struct
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -65,6 +66,22 @@ def load_register_map() -> RegisterMap:
         unit_id=document["unit_id"],
         registers=registers,
     )
+
+
+def encode(register: Register, value: float) -> list[int]:
+    """The register's words for ``value`` (big-endian word order)."""
+    if register.type == "u16":
+        return [int(value) & 0xFFFF]
+    raw = struct.pack(">f", value) if register.type == "f32" else struct.pack(">i", int(value))
+    return list(struct.unpack(">HH", raw))
+
+
+def decode(register: Register, words: list[int]) -> float:
+    """The value held in the register's words."""
+    if register.type == "u16":
+        return float(words[0])
+    raw = struct.pack(">HH", words[0], words[1])
+    return float(struct.unpack(">f" if register.type == "f32" else ">i", raw)[0])
 
 
 def _fmt(value: float | None) -> str:

@@ -60,6 +60,12 @@ impl SimPump {
         hw::CATALOGUE.iter().map(|s| s.name).collect()
     }
 
+    /// The syringe catalogue: `[(name, capacity_ml, inner_diameter_mm), ...]`.
+    #[staticmethod]
+    fn catalogue() -> Vec<(&'static str, f64, f64)> {
+        hw::CATALOGUE.iter().map(|s| (s.name, s.capacity_ml, s.inner_diameter_mm)).collect()
+    }
+
     /// The register map (TOML text) compiled into the simulator.
     #[staticmethod]
     fn register_map_toml() -> &'static str {

@@ -1,8 +1,9 @@
 """Serve a simulated pump: Modbus TCP (pymodbus server), Modbus RTU and New Era ASCII on PTYs.
 
 One :class:`~ketapump._core.SimPump` sits behind every endpoint; all of them run in one asyncio loop,
-so the pump is never touched concurrently. Pump time is :class:`SimClock` time (real time × scale);
-a ticker advances the pump between requests so its watchdog and faults act with nobody asking.
+so the pump is never touched concurrently. Pump time is the clock's time (real time × scale,
+:class:`~ketapump.clock.ScaledClock`); a ticker advances the pump between requests so its watchdog and
+faults act with nobody asking.
 
 Serial endpoints are PTYs: clients open the slave path (``/dev/pts/N``) as they would a real port.
 A PTY ignores baud rate, so replies are paced here: a reply leaves after the wire time of the request
@@ -28,6 +29,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from ketapump import _core
+from ketapump.clock import Clock
 from ketapump.regmap import RegisterMap, load_register_map
 
 log = logging.getLogger(__name__)
@@ -40,19 +42,6 @@ BITS_PER_BYTE = 10
 WRITE_FUNCTIONS = frozenset({6, 16})
 
 _DATATYPES = {"u16": DataType.UINT16, "i32": DataType.INT32, "f32": DataType.FLOAT32}
-
-
-class SimClock:
-    """Pump time: real monotonic time since start, multiplied by ``time_scale``."""
-
-    def __init__(self, time_scale: float = 1.0) -> None:
-        if not time_scale > 0:
-            raise ValueError(f"time_scale must be > 0, not {time_scale}")
-        self.time_scale = time_scale
-        self._t0 = time.monotonic()
-
-    def now(self) -> float:
-        return (time.monotonic() - self._t0) * self.time_scale
 
 
 def wire_time_s(n_bytes: int, baud: int) -> float:
@@ -132,7 +121,7 @@ class SimServer:
     def __init__(
         self,
         pump: _core.SimPump,
-        clock: SimClock,
+        clock: Clock,
         *,
         unit_id: int = 1,
         nesp_address: int = 0,

@@ -1,0 +1,711 @@
+"""The audit log: a durable, hash-chained record of everything the bridge commanded, saw and decided.
+
+The bridge records every command (intent, before acting), acknowledgement (outcome, after acting), state
+transition, alarm, operator action and a periodic telemetry summary. After an incident this file is the
+only account of what the software did, so it must survive a crash and reveal tampering or damage:
+
+* **Durable.** Each record is written, flushed and ``os.fsync``-ed before :meth:`AuditWriter.write`
+  returns; the directory is fsync-ed after a file is created so the file itself survives a power cut.
+  structlog's own loggers flush but never fsync, which is why the last step goes through our writer.
+* **Fail-safe.** Any ``OSError`` while writing raises :class:`~ketapump.errors.AuditWriteError`; the
+  bridge stops the pump when it sees one, and the writer refuses every later write (sticky failure) so a
+  half-working log can never silently continue with a hole in it.
+* **One chain per file.** Every record carries ``seq``, ``prev`` (the previous record's hash) and
+  ``hash = sha256(prev + canonical_json(record without hash))``. Two writers on one file would fork the
+  chain, so :meth:`AuditWriter.open` returns one shared instance per real path (and an advisory
+  ``flock`` keeps a second process out). A new file starts with a ``log_opened`` record carrying the
+  previous file's final hash, which chains files across rotation.
+* **Verifiable.** :func:`verify` recomputes every hash and names the first bad line; the ``ketapump log
+  verify FILE`` command (see :func:`register_cli`) exposes it with sysexits exit codes.
+
+Library diagnostics (pymodbus, asyncio, our transports) are a different stream with different rules —
+noisy, lossy and not evidence — and :func:`configure_diagnostics` keeps them out of the audit file.
+Nothing here configures logging on import, and structlog is never configured globally: the bridge wires
+both explicitly at start-up.
+
+Record layout (one JSON object per line, keys sorted, no spaces)::
+
+    {"event":"rate_set","hash":"…","level":"info","mono_ns":…,"prev":"…","pump_id":"p1","rate_ml_h":5.0,
+     "seq":12,"session_id":"s-1","timestamp":"2025-01-01T12:00:00.000000Z"}
+
+``mono_ns`` is ``time.monotonic_ns()``: it orders records within one process run even when the wall clock
+steps, but it restarts from an arbitrary origin in every process, so it is not checked across a
+``log_reopened`` record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import enum
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Annotated, Any, ClassVar, Final, cast
+
+import structlog
+import typer
+
+from ketapump.errors import AuditWriteError
+
+__all__ = [
+    "DIAGNOSTIC_LOGGERS",
+    "GENESIS_HASH",
+    "AuditWriter",
+    "VerifyResult",
+    "audit_logger",
+    "canonical_json",
+    "configure_diagnostics",
+    "record_hash",
+    "register_cli",
+    "remove_diagnostics",
+    "verify",
+]
+
+#: ``prev`` of the first record of a file that continues no earlier file.
+GENESIS_HASH: Final = "0" * 64
+
+#: Loggers whose stdlib records :func:`configure_diagnostics` routes to the diagnostics stream.
+DIAGNOSTIC_LOGGERS: Final = ("pymodbus", "asyncio", "ketapump.transport")
+
+# sysexits.h codes, spelled out because ``os.EX_*`` only exist on Unix builds of Python.
+EX_DATAERR: Final = 65
+EX_NOINPUT: Final = 66
+
+# Keys the writer owns; a caller's field with one of these names would corrupt the chain's bookkeeping.
+_RESERVED: Final = frozenset({"timestamp", "seq", "mono_ns", "prev", "hash"})
+# Stable, greppable event names: a value interpolated into a name (f"set {rate}") breaks every query.
+_EVENT_NAME: Final = re.compile(r"[a-z][a-z0-9_]*\Z")
+_HEX64: Final = re.compile(r"[0-9a-f]{64}\Z")
+_TAIL_BLOCK: Final = 64 * 1024
+
+
+# --------------------------------------------------------------------------------------------------------
+# Canonical form and hashing
+# --------------------------------------------------------------------------------------------------------
+
+
+def canonical_json(obj: object) -> str:
+    """The one serialisation the hash is computed over (and each line is written in).
+
+    Sorted keys and no whitespace make it independent of dict insertion order; ``allow_nan=False`` makes
+    an unsanitised NaN a loud bug instead of a line that strict JSON parsers reject.
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def record_hash(prev: str, record_without_hash: Mapping[str, object]) -> str:
+    """``sha256(prev + canonical_json(record))`` as lowercase hex: the link that chains each record."""
+    return hashlib.sha256((prev + canonical_json(record_without_hash)).encode("utf-8")).hexdigest()
+
+
+def _finite(value: float) -> object:
+    """A JSON-safe stand-in for a float: non-finite values become the strings ``nan``/``inf``/``-inf``.
+
+    A NaN reading is evidence (a sensor failed), so it is kept as a string rather than dropped.
+    """
+    if math.isfinite(value):
+        return float(value)
+    if math.isnan(value):
+        return "nan"
+    return "inf" if value > 0 else "-inf"
+
+
+def _jsonable(value: object) -> object:
+    """Reduce ``value`` to plain JSON types whose serialisation survives a parse/serialise round trip.
+
+    The verifier recomputes each hash from the *parsed* line, so whatever the writer hashes must be
+    exactly what ``json.loads`` gives back: tuples become lists, keys become strings, non-finite floats
+    become strings, lone surrogates are escaped (they cannot be encoded as UTF-8), and anything else is
+    written as ``str(value)``.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = str.__str__(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, Mapping):
+        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    return _jsonable(str(value))
+
+
+def _utc_timestamp() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _check_record(text: str) -> tuple[dict[str, Any] | None, str]:
+    """Parse one line and check it on its own (JSON, fields, own hash, canonical form).
+
+    Returns ``(record, "")`` or ``(None, reason)``; links to neighbouring lines are the caller's job.
+    """
+
+    def _no_constants(token: str) -> object:
+        raise ValueError(f"{token} is not valid JSON")
+
+    try:
+        obj = json.loads(text, parse_constant=_no_constants)
+    except ValueError as exc:
+        return None, f"not valid JSON ({exc})"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    for key in ("hash", "prev"):
+        if not isinstance(obj.get(key), str) or not _HEX64.match(obj[key]):
+            return None, f"missing or malformed {key!r} (expected 64 lowercase hex digits)"
+    seq = obj.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        return None, "missing or malformed 'seq' (expected a non-negative integer)"
+    if not isinstance(obj.get("event"), str):
+        return None, "missing or malformed 'event'"
+    body = {k: v for k, v in obj.items() if k != "hash"}
+    if record_hash(obj["prev"], body) != obj["hash"]:
+        return None, "hash mismatch: the record was modified after it was written"
+    if canonical_json(obj) != text:
+        return None, "not in canonical form: whitespace, key order or escaping was changed"
+    return obj, ""
+
+
+def _read_last_line(fd: int, size: int) -> bytes:
+    """The bytes after the last-but-one newline, read backwards so large logs re-open quickly."""
+    end = size
+    data = b""
+    while end > 0:
+        start = max(0, end - _TAIL_BLOCK)
+        data = os.pread(fd, end - start, start) + data
+        end = start
+        # A newline before the final byte ends the previous line: everything after it is the last line.
+        cut = data.rfind(b"\n", 0, len(data) - 1)
+        if cut >= 0:
+            return data[cut + 1 :]
+    return data
+
+
+# --------------------------------------------------------------------------------------------------------
+# The writer
+# --------------------------------------------------------------------------------------------------------
+
+
+class AuditWriter:
+    """The one writer of one audit file: serialises, chains and fsyncs every record under one lock.
+
+    Obtain it with :meth:`open`, never by calling the class: the registry is what guarantees a single
+    chain per file. :meth:`write` is thread-safe; records from all threads form one sequence.
+    """
+
+    _registry: ClassVar[dict[str, AuditWriter]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: str, fd: int, *, seq: int, last_hash: str) -> None:
+        """Internal: wrap an already opened, locked fd. Use :meth:`open`."""
+        self._path = path
+        self._fd = fd
+        self._ino = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        self._next_seq = seq
+        self._last_hash = last_hash
+        self._lock = threading.Lock()
+        self._failure: AuditWriteError | None = None
+        self._closed = False
+
+    # -- opening ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, chain_from: Path | None = None) -> AuditWriter:
+        """The shared writer of ``path``, opening (or creating) the file on first use in this process.
+
+        A new (or empty) file starts with a ``log_opened`` record whose ``prev`` is the final hash of
+        ``chain_from`` (verified in full; a damaged tail is chained past and noted as
+        ``chain_from_problem``) or :data:`GENESIS_HASH`. An existing file continues its chain: its last
+        line gives ``seq`` and ``prev``, and a ``log_reopened`` record marks the restart (``mono_ns``
+        restarts with the process). ``chain_from`` is ignored for an existing file, whose first record
+        already says what it continues. A file whose last line is incomplete or corrupt is refused
+        rather than appended to: start a new file chained from it.
+
+        Raises :class:`AuditWriteError` when the file cannot be opened, locked, read or written, and
+        ``ValueError`` when ``chain_from`` is still open for writing in this process (close it first, or
+        the two files would both keep growing from the same point).
+        """
+        real = os.path.realpath(os.fspath(path))
+        with cls._registry_lock:
+            existing = cls._registry.get(real)
+            if existing is not None:
+                return existing
+            if chain_from is not None and os.path.realpath(chain_from) in cls._registry:
+                raise ValueError(f"chain_from {chain_from} is still open for writing; close it first")
+            fd, created = cls._open_fd(real)
+            try:
+                for other in cls._registry.values():  # a hard link or bind mount of an open log
+                    if other._ino == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                        os.close(fd)
+                        return other
+                writer = cls._start(real, fd, created, chain_from)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+            cls._registry[real] = writer
+            return writer
+
+    @staticmethod
+    def _open_fd(real: str) -> tuple[int, bool]:
+        flags = os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        try:
+            try:
+                fd, created = os.open(real, flags | os.O_CREAT | os.O_EXCL, 0o640), True
+            except FileExistsError:
+                fd, created = os.open(real, flags), False
+        except OSError as exc:
+            raise AuditWriteError(real, f"cannot open: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise AuditWriteError(
+                real, "locked by another process: a second writer would fork the chain"
+            ) from exc
+        if created:
+            # The new directory entry is only durable once the directory itself is synced.
+            try:
+                dir_fd = os.open(os.path.dirname(real) or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as exc:
+                os.close(fd)
+                raise AuditWriteError(real, f"cannot sync its directory: {exc.strerror or exc}") from exc
+        return fd, created
+
+    @classmethod
+    def _start(cls, real: str, fd: int, created: bool, chain_from: Path | None) -> AuditWriter:
+        try:
+            size = os.fstat(fd).st_size
+            tail = _read_last_line(fd, size) if size > 0 else b""
+        except OSError as exc:
+            raise AuditWriteError(real, f"cannot read its last record: {exc.strerror or exc}") from exc
+        if not tail:
+            opened: dict[str, object] = {"pid": os.getpid(), "chain_from": None, "chain_from_hash": None}
+            prev = GENESIS_HASH
+            if chain_from is not None:
+                result = verify(chain_from)
+                if result.final_hash is None:
+                    raise AuditWriteError(
+                        real, f"cannot chain from {chain_from}: line {result.bad_line}: {result.reason}"
+                    )
+                prev = result.final_hash
+                opened |= {"chain_from": str(chain_from), "chain_from_hash": prev}
+                opened["chain_from_records"] = result.records
+                if not result.ok:
+                    opened["chain_from_problem"] = f"line {result.bad_line}: {result.reason}"
+            writer = cls(real, fd, seq=0, last_hash=prev)
+            writer.write("log_opened", **opened)
+            return writer
+        if not tail.endswith(b"\n"):
+            raise AuditWriteError(
+                real, "last line is incomplete; verify it and start a new file chained from it"
+            )
+        try:
+            record, reason = _check_record(tail[:-1].decode("utf-8"))
+        except UnicodeDecodeError:
+            record, reason = None, "not valid UTF-8"
+        if record is None:
+            raise AuditWriteError(real, f"last line is corrupt ({reason}); start a new file chained from it")
+        writer = cls(real, fd, seq=record["seq"] + 1, last_hash=record["hash"])
+        writer.write("log_reopened", pid=os.getpid())
+        return writer
+
+    # -- state --------------------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The real (symlink-resolved) path of the audit file."""
+        return self._path
+
+    @property
+    def last_hash(self) -> str:
+        """Hash of the last record written: what the next file chains from after rotation."""
+        return self._last_hash
+
+    @property
+    def next_seq(self) -> int:
+        """``seq`` the next record will carry."""
+        return self._next_seq
+
+    @property
+    def failed(self) -> AuditWriteError | None:
+        """The write failure that made this writer refuse further writes, if any."""
+        return self._failure
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    def write(self, event: str, **fields: object) -> str:
+        """Append one record, durably, and return its hash.
+
+        Returns only after write and fsync succeeded, so the caller may act on the logged intent.
+        ``event`` must be a stable snake_case name; values go in ``fields`` (non-finite floats become
+        strings, other non-JSON values ``str()``). Raises :class:`AuditWriteError` on any I/O failure
+        (and on every call after one, or after :meth:`close`), ``ValueError`` for a bad event name or a
+        field named like one of the writer's own keys.
+        """
+        if not _EVENT_NAME.match(event):
+            raise ValueError(f"audit event name {event!r} is not a stable snake_case name")
+        clash = _RESERVED.intersection(fields)
+        if clash:
+            raise ValueError(f"audit fields {sorted(clash)} are reserved for the writer")
+        body = cast(dict[str, object], _jsonable(fields))
+        body["event"] = event
+        with self._lock:
+            if self._failure is not None:
+                raise AuditWriteError(
+                    self._path, f"refusing to write after an earlier failure ({self._failure.detail})"
+                )
+            if self._closed:
+                raise AuditWriteError(self._path, "writer is closed")
+            body |= {
+                "timestamp": _utc_timestamp(),
+                "seq": self._next_seq,
+                "mono_ns": time.monotonic_ns(),
+                "prev": self._last_hash,
+            }
+            digest = record_hash(self._last_hash, body)
+            body["hash"] = digest
+            data = (canonical_json(body) + "\n").encode("utf-8")
+            try:
+                # A raw fd has no user-space buffer, so os.write is write + flush; loop on short writes.
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                os.fsync(self._fd)
+            except OSError as exc:
+                self._failure = AuditWriteError(
+                    self._path, f"write of record seq {body['seq']} failed: {exc.strerror or exc}"
+                )
+                raise self._failure from exc
+            self._next_seq += 1
+            self._last_hash = digest
+            return digest
+
+    # -- closing ------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the file and its registry slot; the next :meth:`open` of the path re-opens it."""
+        with self._registry_lock, self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._registry.get(self._path) is self:
+                del self._registry[self._path]
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
+    def __enter__(self) -> AuditWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "failed" if self._failure else "closed" if self._closed else "open"
+        return f"<AuditWriter {self._path} {state} next_seq={self._next_seq}>"
+
+
+# --------------------------------------------------------------------------------------------------------
+# structlog integration
+# --------------------------------------------------------------------------------------------------------
+
+
+class _AuditSink:
+    """The "logger" at the end of the structlog chain: it hands each finished event dict to the writer.
+
+    Every level method does the same thing: the audit log filters nothing, and the level is already a
+    field (``add_log_level``).
+    """
+
+    def __init__(self, writer: AuditWriter) -> None:
+        self._writer = writer
+
+    def msg(self, event_dict: MutableMapping[str, Any]) -> None:
+        fields = dict(event_dict)
+        event = fields.pop("event")
+        self._writer.write(str(event), **fields)
+
+    debug = info = warning = warn = error = exception = critical = fatal = msg
+
+
+def _nonfinite_to_str(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """Turn NaN/inf (also nested) into strings before they reach JSON, which cannot represent them."""
+
+    def fix(value: object) -> object:
+        if isinstance(value, float):
+            return _finite(value)
+        if isinstance(value, Mapping):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [fix(v) for v in value]
+        return value
+
+    return {k: fix(v) for k, v in event_dict.items()}
+
+
+def _hand_to_writer(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """Final processor: pass the dict itself (as the one positional argument) to :class:`_AuditSink`.
+
+    Returning ``((event_dict,), {})`` rather than the dict keeps structlog from spreading the fields as
+    keyword arguments, so no field name can collide with the sink's parameters.
+    """
+    return (event_dict,), {}
+
+
+def audit_logger(writer: AuditWriter, **context: object) -> structlog.typing.FilteringBoundLogger:
+    """A structlog bound logger whose every event becomes one audit record in ``writer``'s chain.
+
+    Built with :func:`structlog.wrap_logger`, so nothing global is configured: diagnostics and other
+    structlog users are unaffected. ``context`` is bound up front (e.g. ``session_id``, ``pump_id``);
+    ``.bind()`` and :mod:`structlog.contextvars` both add more. Exceptions (``log.exception``) are stored
+    as structured tracebacks without local variables, which could hold patient data. An
+    :class:`AuditWriteError` propagates out of the logging call: it must reach the code that stops the
+    pump.
+    """
+    processors: list[Callable[..., Any]] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        ),
+        _nonfinite_to_str,
+        _hand_to_writer,
+    ]
+    logger = structlog.wrap_logger(
+        _AuditSink(writer),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
+        context_class=dict,
+    )
+    # bind() rather than wrap_logger(**context): a field named like a wrap_logger parameter stays a field.
+    logger = logger.bind(**context)
+    return cast(structlog.typing.FilteringBoundLogger, logger)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Diagnostics (not evidence: a separate stream)
+# --------------------------------------------------------------------------------------------------------
+
+
+class _DiagnosticsHandler(logging.StreamHandler[IO[str]]):
+    """Marks the handler :func:`configure_diagnostics` installed, so a second call replaces it."""
+
+    def __init__(self, stream: IO[str], owned: bool) -> None:
+        super().__init__(stream)
+        self.owned = owned
+
+    def close(self) -> None:
+        try:
+            if self.owned:
+                self.flush()
+                self.stream.close()
+        finally:
+            super().close()
+
+
+def configure_diagnostics(stream_or_path: IO[str] | str | os.PathLike[str]) -> None:
+    """Route stdlib logging of the libraries in :data:`DIAGNOSTIC_LOGGERS` to ``stream_or_path`` as JSON.
+
+    Library diagnostics are high-volume and unsynced; mixing them into the audit file would bury the
+    evidence and break its chain, so a path that is an open audit log is refused (``ValueError``). Each
+    listed logger gets one handler whose ``structlog.stdlib.ProcessorFormatter`` renders a JSON line
+    (timestamp, level, logger, event, exception). Calling again replaces the previous handlers (closing a
+    file it opened), so the call is idempotent. Logger levels and propagation are left to the application.
+    """
+    if isinstance(stream_or_path, (str, os.PathLike)):
+        real = os.path.realpath(os.fspath(stream_or_path))
+        if real in AuditWriter._registry:
+            raise ValueError(f"{stream_or_path} is an audit log; diagnostics must go elsewhere")
+        stream: IO[str] = open(real, "a", encoding="utf-8")  # noqa: SIM115 - owned by the handler
+        owned = True
+    else:
+        name = getattr(stream_or_path, "name", None)
+        if isinstance(name, str) and os.path.realpath(name) in AuditWriter._registry:
+            raise ValueError(f"{name} is an audit log; diagnostics must go elsewhere")
+        stream, owned = stream_or_path, False
+    remove_diagnostics()
+    handler = _DiagnosticsHandler(stream, owned)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _nonfinite_to_str,
+                structlog.processors.JSONRenderer(sort_keys=True, separators=(",", ":"), default=str),
+            ],
+        )
+    )
+    for name in DIAGNOSTIC_LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+
+
+def remove_diagnostics() -> None:
+    """Detach (and close) the handlers :func:`configure_diagnostics` installed; for shutdown and tests."""
+    seen: set[int] = set()
+    for name in DIAGNOSTIC_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, _DiagnosticsHandler):
+                logger.removeHandler(handler)
+                if id(handler) not in seen:
+                    seen.add(id(handler))
+                    handler.close()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Verification
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :func:`verify`.
+
+    ``records`` and ``final_hash`` describe the intact prefix (all of the file when ``ok``); ``bad_line``
+    is the 1-based number of the first line that fails, ``reason`` says how (empty when ``ok``).
+    """
+
+    ok: bool
+    records: int
+    final_hash: str | None
+    bad_line: int | None
+    reason: str
+
+
+def verify(path: Path, *, expect_prev: str | None = None) -> VerifyResult:
+    """Recompute the chain of an audit file and name the first line that breaks it.
+
+    Checks, line by line: complete line (trailing newline), UTF-8, JSON object, the writer's fields, the
+    record's own hash (an edited value), canonical form (an edited layout), ``seq`` continuity (a dropped
+    or reordered line shows at the line after the gap) and the ``prev`` link. The first line must be
+    ``log_opened`` with ``seq`` 0 and a ``prev`` equal to its ``chain_from_hash`` (or the genesis hash),
+    and to ``expect_prev`` when given — the final hash of the previous file, which is how a rotated set of
+    files is checked end to end. A missing *last* line cannot be detected from the file alone; compare
+    ``final_hash`` with the next file's ``log_opened`` record for that. Raises ``OSError`` if the file
+    cannot be read.
+    """
+    records = 0
+    last_hash: str | None = None
+    last_seq = -1
+
+    def bad(line: int, reason: str) -> VerifyResult:
+        return VerifyResult(False, records, last_hash, line, reason)
+
+    with open(path, "rb") as fh:
+        lineno = 0
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
+                return bad(lineno, "truncated last line (no newline): the write did not complete")
+            try:
+                text = raw[:-1].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return bad(lineno, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            record, reason = _check_record(text)
+            if record is None:
+                return bad(lineno, reason)
+            seq, prev = record["seq"], record["prev"]
+            if lineno == 1:
+                if record["event"] != "log_opened" or seq != 0:
+                    return bad(
+                        1, f"first record is {record['event']!r} seq {seq}, expected 'log_opened' seq 0"
+                    )
+                declared = record.get("chain_from_hash") or GENESIS_HASH
+                if prev != declared:
+                    return bad(1, "prev does not match the chain_from_hash this record declares")
+                if expect_prev is not None and prev != expect_prev:
+                    return bad(1, f"prev {prev} does not match the expected previous hash {expect_prev}")
+            else:
+                if seq != last_seq + 1:
+                    return bad(
+                        lineno,
+                        f"seq {seq} follows seq {last_seq} (expected {last_seq + 1}): "
+                        "a record is missing or out of order",
+                    )
+                if prev != last_hash:
+                    return bad(
+                        lineno,
+                        f"prev does not match the hash of line {lineno - 1}: "
+                        "a record is missing, inserted or out of order",
+                    )
+            records += 1
+            last_hash = record["hash"]
+            last_seq = seq
+        if lineno == 0:
+            return bad(1, "empty file: expected a log_opened record")
+    return VerifyResult(True, records, last_hash, None, "")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------
+
+
+def register_cli(app: typer.Typer) -> None:
+    """Add the ``log`` command group (``log verify FILE``) to ``app``.
+
+    Lives here rather than in ``cli.py`` so the audit format and its checker change together; the main
+    CLI only calls this. Exit codes follow sysexits: 0 intact, 65 (EX_DATAERR) damaged, 66 (EX_NOINPUT)
+    missing or unreadable.
+    """
+    log_app = typer.Typer(name="log", no_args_is_help=True, help="Inspect audit logs.")
+
+    @log_app.command("verify")
+    def verify_command(
+        file: Annotated[Path, typer.Argument(help="Audit log (JSON lines) to check.")],
+        expect_prev: Annotated[
+            str | None,
+            typer.Option(help="Final hash of the previous file, which the first record must continue."),
+        ] = None,
+    ) -> None:
+        """Recompute the hash chain of FILE and name the first damaged line."""
+        try:
+            result = verify(file, expect_prev=expect_prev)
+        except FileNotFoundError:
+            typer.echo(f"{file}: no such file", err=True)
+            raise typer.Exit(EX_NOINPUT) from None
+        except OSError as exc:
+            typer.echo(f"{file}: cannot read: {exc.strerror or exc}", err=True)
+            raise typer.Exit(EX_NOINPUT) from None
+        if not result.ok:
+            typer.echo(f"{file}: line {result.bad_line}: {result.reason}", err=True)
+            raise typer.Exit(EX_DATAERR)
+        typer.echo(f"OK: {result.records} records, final hash {result.final_hash}")
+
+    app.add_typer(log_app, name="log")

@@ -1,0 +1,399 @@
+"""The closed control loop: each tick read telemetry, let the Rust kernel decide, command the pump,
+refresh its heartbeat, and record everything in the audit log.
+
+Rules this module keeps:
+
+- **The kernel decides every command.** The loop only relays :meth:`SafetyKernel.step`'s output to
+  the driver; it never computes a rate.
+- **Stop first, log second.** When the kernel raises an alarm, the pump is stopped before the alarm
+  is written to the audit log.
+- **Deadline scheduling on an injected clock.** Ticks are due at ``start + k × period``; the kernel
+  is handed the measured time of each sample, never the scheduled one. If the loop itself stalls,
+  the pump's own watchdog stops the motor (the loop refreshes it every tick).
+- **An audit write that fails stops the pump** (:class:`~ketapump.errors.AuditWriteError` propagates
+  after a best-effort stop).
+- **Recovery.** A session's record holds the pump's infused counter at the start and at every
+  telemetry summary. After a crash, :func:`recover_delivered_ml` reconstructs the delivered volume
+  from the pump's counter and refuses to continue when the pump and the record disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ketapump import _core
+from ketapump.clock import Clock
+from ketapump.drivers.base import PumpDriver, PumpTelemetry
+from ketapump.errors import KetapumpError, TransportError
+
+#: Relative change of the commanded rate below which the pump is not sent a new rate.
+RATE_DEADBAND = 5e-3
+
+
+class EventLog(Protocol):
+    """What the loop needs of the audit log: structlog-style calls with a stable event name."""
+
+    def info(self, event: str, **fields: Any) -> Any: ...
+
+    def warning(self, event: str, **fields: Any) -> Any: ...
+
+    def error(self, event: str, **fields: Any) -> Any: ...
+
+
+class RecoveryError(KetapumpError, RuntimeError):
+    """A session cannot be continued: the pump and the session's record disagree."""
+
+
+@dataclass(frozen=True)
+class InfusionPlan:
+    rate_ml_h: float
+    volume_ml: float
+    syringe_diameter_mm: float
+    take_up: bool = True
+
+
+@dataclass
+class RunResult:
+    #: Kernel state at the end: ``complete``, ``alarm`` or ``stopped``.
+    state: str
+    #: How the run ended: ``complete``, ``interlock``, ``pump_alarm``, ``transport`` or ``operator``.
+    reason: str
+    #: Volume delivered by this run, measured by the pump's plunger (mL).
+    delivered_ml: float
+    #: Volume delivered by the session including any earlier run recovered from the record (mL).
+    session_delivered_ml: float
+    alarms: tuple[str, ...] = ()
+    pump_alarms: tuple[str, ...] = ()
+    detail: str = ""
+    samples: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Commanded:
+    """What the pump was last told, so unchanged commands are not re-sent."""
+
+    direction: str = "hold"
+    rate_ml_h: float = 0.0
+
+
+class ControlLoop:
+    """Runs one infusion on one pump."""
+
+    def __init__(
+        self,
+        driver: PumpDriver,
+        config: _core.KernelConfig,
+        clock: Clock,
+        log: EventLog,
+        *,
+        period_s: float | None = None,
+        summary_every_s: float = 10.0,
+        max_transport_failures: int = 3,
+        on_tick: Callable[[_core.StepOutput, PumpTelemetry | None], None] | None = None,
+        record_samples: bool = False,
+    ) -> None:
+        self.driver = driver
+        self.config = config
+        self.clock = clock
+        self.log = log
+        self.period_s = period_s or float(config.as_dict()["control_period_s"])
+        self.summary_every_s = summary_every_s
+        self.max_transport_failures = max_transport_failures
+        self.on_tick = on_tick
+        self.record_samples = record_samples
+        self.kernel = _core.SafetyKernel(config)
+        self._stop_requested = False
+        self._commanded = _Commanded()
+        self._last_sample: tuple[float, PumpTelemetry] | None = None
+
+    def request_stop(self) -> None:
+        """Operator stop (e.g. SIGINT): the loop stops the pump at its next tick."""
+        self._stop_requested = True
+
+    # ----- pump commands ----------------------------------------------------------------------
+
+    async def _safe_stop(self) -> None:
+        """Stops the pump; a failure is logged, never raised (we are already on a failure path)."""
+        try:
+            await self.driver.stop()
+            self._commanded = _Commanded()
+        except TransportError as e:
+            self.log.error("pump_stop_failed", error=str(e))
+
+    async def _apply(self, out: _core.StepOutput) -> None:
+        """Relays the kernel's command to the pump, sending only what changed."""
+        direction, rate = out.direction, out.rate_ml_h
+        last = self._commanded
+        if direction == "hold":
+            if last.direction != "hold":
+                self.log.info("command", direction="hold", rate_ml_h=0.0)
+                await self.driver.stop()
+        elif direction == "forward":
+            changed = abs(rate - last.rate_ml_h) > RATE_DEADBAND * max(rate, last.rate_ml_h)
+            if changed or last.direction != "forward":
+                self.log.info("command", direction="forward", rate_ml_h=rate)
+                await self.driver.set_rate_ml_h(rate)
+            if last.direction != "forward":
+                await self.driver.start()
+        elif last.direction != "retract" or abs(rate - last.rate_ml_h) > RATE_DEADBAND * rate:
+            self.log.info("command", direction="retract", rate_ml_h=rate)
+            await self.driver.withdraw(rate)
+        self._commanded = _Commanded(direction, rate if direction != "hold" else 0.0)
+
+    # ----- the run ----------------------------------------------------------------------------
+
+    async def run(self, plan: InfusionPlan, *, recovered_ml: float = 0.0) -> RunResult:
+        """Runs ``plan`` to completion, an alarm, a transport failure or an operator stop.
+
+        ``recovered_ml`` is what an earlier, interrupted run of the same session delivered; this run
+        delivers the rest. Any exception leaving the loop (a failed audit write, a cancellation, a bug)
+        stops the pump first, best effort, and then propagates.
+        """
+        try:
+            return await self._run(plan, recovered_ml)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.driver.stop()
+            raise
+
+    async def _run(self, plan: InfusionPlan, recovered_ml: float) -> RunResult:
+        log, kernel = self.log, self.kernel
+        await self.driver.connect()
+        telemetry = await self.driver.read_telemetry()
+        if "reset" in telemetry.pump_alarms:
+            await self.driver.acknowledge_alarm()
+            log.info(
+                "pump_alarm_acknowledged", pump_alarms=sorted(telemetry.pump_alarms), why="power-up reset"
+            )
+            telemetry = await self.driver.read_telemetry()
+        if telemetry.pump_alarms:
+            await self._safe_stop()
+            return self._finish(
+                "stopped", "pump_alarm", 0.0, recovered_ml, telemetry=telemetry, detail="pump alarms latched"
+            )
+        await self.driver.set_syringe(plan.syringe_diameter_mm)
+        remaining = plan.volume_ml - recovered_ml
+        kernel.load(plan.rate_ml_h, remaining, take_up=plan.take_up and recovered_ml == 0)
+        start_infused = telemetry.infused_ml
+        log.info(
+            "session_started",
+            rate_ml_h=plan.rate_ml_h,
+            volume_ml=plan.volume_ml,
+            remaining_ml=remaining,
+            recovered_ml=recovered_ml,
+            syringe_diameter_mm=plan.syringe_diameter_mm,
+            pump_infused_ml_at_start=start_infused,
+            missing_telemetry=sorted(self.driver.lacks),
+        )
+        t0 = self.clock.now()
+        self._step(t0, telemetry)
+        kernel.start()
+        self._drain_trace()
+        tick, next_summary = 0, t0
+        last: PumpTelemetry | None = telemetry
+        failures = 0
+        samples: list[dict[str, float]] = []
+        while True:
+            tick += 1
+            await self.clock.sleep_until(t0 + tick * self.period_s)
+            if self._stop_requested and kernel.state in {"running", "paused"}:
+                kernel.stop()
+                log.info("operator_stop")
+            fresh: PumpTelemetry | None
+            try:
+                fresh = await self.driver.read_telemetry()
+                failures = 0
+                last = fresh
+            except TransportError as e:
+                failures += 1
+                log.warning("telemetry_failed", error=str(e), consecutive=failures)
+                fresh = None
+            now = self.clock.now()
+            out = self._step(now, fresh)
+            if out.raised:
+                await self._safe_stop()  # stop first ...
+                log.error(
+                    "alarm", raised=list(out.raised), alarms=list(out.alarms), delivered_ml=out.delivered_ml
+                )
+            self._drain_trace()
+            if fresh is not None and fresh.pump_alarms - {"reset"} and kernel.state != "alarm":
+                await self._safe_stop()
+                log.error("pump_alarm", pump_alarms=sorted(fresh.pump_alarms))
+                return self._finish("stopped", "pump_alarm", out.delivered_ml, recovered_ml, telemetry=fresh)
+            try:
+                await self._apply(out)
+                await self.driver.heartbeat()
+            except TransportError as e:
+                failures += 1
+                log.warning("command_failed", error=str(e), consecutive=failures)
+            if failures > self.max_transport_failures:
+                await self._safe_stop()
+                log.error("transport_lost", consecutive_failures=failures)
+                return self._finish(
+                    kernel.state,
+                    "transport",
+                    out.delivered_ml,
+                    recovered_ml,
+                    telemetry=last,
+                    detail="link lost",
+                )
+            if self.record_samples and fresh is not None:
+                samples.append(self._sample(now, out, fresh))
+            if self.on_tick is not None:
+                self.on_tick(out, fresh)
+            if now >= next_summary and last is not None:
+                next_summary = now + self.summary_every_s
+                self._summary(out, last, start_infused, recovered_ml)
+            if out.state in {"complete", "alarm", "stopped"}:
+                await self._safe_stop()
+                final = await self._final_telemetry(last)
+                self._summary(out, final, start_infused, recovered_ml)
+                reason = {"complete": "complete", "alarm": "interlock", "stopped": "operator"}[out.state]
+                log.info("session_ended", state=out.state, reason=reason, delivered_ml=out.delivered_ml)
+                result = self._finish(out.state, reason, out.delivered_ml, recovered_ml, telemetry=final)
+                result.samples = samples
+                return result
+
+    def _step(self, now: float, telemetry: PumpTelemetry | None) -> _core.StepOutput:
+        """One kernel tick. Without a fresh sample the last one is repeated with its old timestamp, so
+        the kernel's staleness check counts the outage."""
+        if telemetry is not None:
+            self._last_sample = (now, telemetry)
+        assert self._last_sample is not None, "the first step has a sample"
+        t, sample = self._last_sample
+        return self.kernel.step(
+            now,
+            t,
+            sample.volume_ml,
+            sample.pressure_mmhg if not math.isnan(sample.pressure_mmhg) else 0.0,
+            motor_running=sample.motor_running,
+            air_in_line=sample.air_in_line,
+            syringe_present=sample.syringe_present,
+            end_of_travel=sample.end_of_travel,
+        )
+
+    def _drain_trace(self) -> None:
+        for e in self.kernel.drain_trace():
+            self.log.info(
+                "state_transition",
+                kernel_seq=e.seq,
+                t_s=e.t_s,
+                from_state=e.from_state,
+                to_state=e.to_state,
+                cause=e.cause,
+                delivered_ml=e.delivered_ml,
+            )
+        if self.kernel.trace_dropped:
+            self.log.warning("trace_overflow", dropped=self.kernel.trace_dropped)
+
+    def _summary(
+        self, out: _core.StepOutput, t: PumpTelemetry | None, start_infused: float, recovered_ml: float
+    ) -> None:
+        if t is None:
+            return
+        self.log.info(
+            "telemetry",
+            state=out.state,
+            delivered_ml=out.delivered_ml,
+            session_delivered_ml=recovered_ml + out.delivered_ml,
+            rate_ml_h=out.rate_ml_h,
+            pressure_mmhg=t.pressure_mmhg,
+            pump_infused_ml=t.infused_ml,
+            pump_infused_ml_at_start=start_infused,
+            near_empty=out.near_empty,
+        )
+
+    async def _final_telemetry(self, last: PumpTelemetry | None) -> PumpTelemetry | None:
+        try:
+            return await self.driver.read_telemetry()
+        except TransportError:
+            return last
+
+    @staticmethod
+    def _sample(now: float, out: _core.StepOutput, t: PumpTelemetry) -> dict[str, float]:
+        return {
+            "t_s": now,
+            "commanded_ml_h": out.rate_ml_h if out.direction == "forward" else 0.0,
+            "volume_ml": t.volume_ml,
+            "delivered_ml": out.delivered_ml,
+            "pressure_mmhg": t.pressure_mmhg,
+        }
+
+    def _finish(
+        self,
+        state: str,
+        reason: str,
+        delivered_ml: float,
+        recovered_ml: float,
+        *,
+        telemetry: PumpTelemetry | None,
+        detail: str = "",
+    ) -> RunResult:
+        return RunResult(
+            state=state,
+            reason=reason,
+            delivered_ml=delivered_ml,
+            session_delivered_ml=recovered_ml + delivered_ml,
+            alarms=tuple(self.kernel.alarms),
+            pump_alarms=tuple(sorted(telemetry.pump_alarms)) if telemetry else (),
+            detail=detail,
+        )
+
+
+def recover_delivered_ml(
+    record: Path, pump_infused_ml: float, pump_alarms: frozenset[str], *, rate_ml_h: float, slack_s: float
+) -> float:
+    """The volume an interrupted session delivered, from its audit record and the pump's counter.
+
+    The record's last telemetry summary gives the pump's counter at the session start and at that
+    summary. The pump cannot have delivered less since (unless its counters were lost), nor more than
+    it could at ``rate_ml_h`` during ``slack_s`` (the summary interval plus the watchdog period).
+    Raises :class:`RecoveryError` when the pump and the record disagree.
+    """
+    last: dict[str, Any] | None = None
+    try:
+        with record.open(encoding="utf-8") as f:
+            for line in f:
+                entry = json.loads(line)
+                if entry.get("event") == "telemetry":
+                    last = entry
+    except (OSError, json.JSONDecodeError) as e:
+        raise RecoveryError(f"cannot read the session record {record}: {e}") from e
+    if last is None:
+        raise RecoveryError(f"{record} holds no telemetry summary to recover from")
+    if "reset" in pump_alarms:
+        raise RecoveryError(
+            "the pump was reset (power loss): its counters no longer match the session record"
+        )
+    start = float(last["pump_infused_ml_at_start"])
+    recorded = float(last["pump_infused_ml"])
+    if pump_infused_ml < recorded - 1e-3:
+        raise RecoveryError(
+            f"the pump's counter ({pump_infused_ml:.3f} mL) is below the record ({recorded:.3f} mL): "
+            "not the same pump or session"
+        )
+    most = recorded + rate_ml_h / 3600.0 * slack_s + 0.05
+    if pump_infused_ml > most:
+        raise RecoveryError(
+            f"the pump's counter ({pump_infused_ml:.3f} mL) exceeds what the session could have delivered "
+            f"since the record ({most:.3f} mL)"
+        )
+    return (
+        float(last.get("session_delivered_ml", 0.0)) - float(last["delivered_ml"]) + pump_infused_ml - start
+    )
+
+
+__all__ = [
+    "ControlLoop",
+    "EventLog",
+    "InfusionPlan",
+    "RecoveryError",
+    "RunResult",
+    "recover_delivered_ml",
+]

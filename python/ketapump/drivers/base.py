@@ -1,0 +1,84 @@
+"""The pump-driver contract: typed methods with units in their names, one driver per pump family.
+
+A driver turns a transport's registers or commands into pump operations. Every method:
+
+- MUST raise :class:`~ketapump.errors.TransportError` (or ``PumpTimeoutError``) when the pump cannot be
+  reached, and ``PumpRefusedError`` when the pump refused the operation; it MUST NOT hang;
+- MUST NOT retry a refused operation, and MUST NOT start the motor as a side effect of anything but
+  :meth:`PumpDriver.start`.
+
+Telemetry a pump family does not measure is reported as missing in :attr:`PumpDriver.lacks` and as
+NaN / ``None`` in :class:`PumpTelemetry`; the safety kernel is configured accordingly (no pressure
+sensor → stall and delivered-volume checks only).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PumpTelemetry:
+    """One telemetry sample, as the driver read it."""
+
+    #: Plunger volume counter (mL), the kernel's measured volume.
+    volume_ml: float
+    #: Line pressure (mmHg); NaN when the pump has no pressure sensor.
+    pressure_mmhg: float = math.nan
+    motor_running: bool = False
+    air_in_line: bool = False
+    syringe_present: bool = True
+    end_of_travel: bool = False
+    #: Pump-side alarms latched in the pump itself (names, e.g. ``"watchdog"``, ``"reset"``).
+    pump_alarms: frozenset[str] = field(default_factory=frozenset)
+    #: Volume infused since the pump's counters were cleared (mL).
+    infused_ml: float = 0.0
+
+
+class PumpDriver(ABC):
+    """Operations on one pump. Drivers are async and own no control logic."""
+
+    #: Telemetry fields this pump family cannot provide (e.g. ``{"pressure_mmhg"}``).
+    lacks: frozenset[str] = frozenset()
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Opens the link and prepares the pump (e.g. acknowledges a power-up alarm)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def set_syringe(self, diameter_mm: float) -> None: ...
+
+    @abstractmethod
+    async def set_rate_ml_h(self, rate_ml_h: float) -> None: ...
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Starts infusing at the set rate."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stops the motor. Safe to call in any state."""
+
+    async def withdraw(self, rate_ml_h: float) -> None:
+        """Retracts the plunger at ``rate_ml_h`` (the kernel's occlusion back-off). Pumps that cannot
+        are simply stopped: the back-off is a bolus reduction, never a requirement for safety."""
+        await self.stop()
+
+    @abstractmethod
+    async def read_telemetry(self) -> PumpTelemetry: ...
+
+    @abstractmethod
+    async def read_delivered_ml(self) -> float:
+        """Volume infused according to the pump's own counter (mL)."""
+
+    @abstractmethod
+    async def acknowledge_alarm(self) -> None: ...
+
+    @abstractmethod
+    async def heartbeat(self) -> None:
+        """Proves the bridge is alive (register heartbeat, or a status query in New Era safe mode)."""

@@ -1,0 +1,112 @@
+"""Transports chosen by URL.
+
+======================================================  ==========================================
+``sim://?syringe=bd-plastipak-50&seed=0``                the simulated pump, in-process
+``modbus-tcp://HOST:PORT?unit=1``                        Modbus TCP
+``modbus-rtu://PATH?baud=19200&parity=N&unit=1``         Modbus RTU (PATH: a device or pyserial URL)
+``nesp://PATH?address=0&baud=19200&safe=5``              New Era ASCII, basic (safe=0) or safe mode
+======================================================  ==========================================
+
+Every URL may also carry ``timeout`` (seconds per attempt) and ``retries``. An unknown scheme, an
+unknown parameter or a malformed value fails at once with a message listing the valid forms.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from ketapump import _core
+from ketapump.clock import Clock, ScaledClock
+from ketapump.errors import ConfigurationError
+from ketapump.transports.base import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Transport
+from ketapump.transports.modbus import ModbusRtuTransport, ModbusTcpTransport
+from ketapump.transports.nesp import NespTransport
+from ketapump.transports.sim import SimTransport
+
+VALID_FORMS = (
+    "sim://?syringe=bd-plastipak-50&seed=0",
+    "modbus-tcp://HOST:PORT?unit=1",
+    "modbus-rtu://PATH?baud=19200&parity=N&unit=1",
+    "nesp://PATH?address=0&baud=19200&safe=5",
+)
+COMMON = {"timeout", "retries"}
+KEYS = {
+    "sim": {"syringe", "seed", "slack_taken_up"} | COMMON,
+    "modbus-tcp": {"unit"} | COMMON,
+    "modbus-rtu": {"baud", "parity", "unit"} | COMMON,
+    "nesp": {"address", "baud", "safe"} | COMMON,
+}
+
+
+def _bad(url: str, why: str) -> ConfigurationError:
+    return ConfigurationError("pump", f"URL {url!r} {why}; valid forms: {', '.join(VALID_FORMS)}")
+
+
+def split_url(url: str) -> tuple[str, str, dict[str, str]]:
+    """``scheme://rest?query`` → (scheme, rest, params); PATH may itself contain ``://``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in KEYS:
+        raise _bad(url, f"has an unknown scheme {scheme!r}" if sep else "is not a URL")
+    target, _, query = rest.rpartition("?") if "?" in rest else (rest, "", "")
+    params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
+    unknown = sorted(set(params) - KEYS[scheme])
+    if unknown:
+        raise _bad(url, f"has unknown parameter(s) {', '.join(unknown)}")
+    return scheme, target, params
+
+
+def _number(url: str, params: dict[str, str], key: str, default: float, kind: type = int) -> float:
+    if key not in params:
+        return default
+    try:
+        value = kind(params[key])
+    except ValueError:
+        raise _bad(url, f"has a malformed {key}={params[key]!r}") from None
+    if value < 0:
+        raise _bad(url, f"has a negative {key}")
+    return float(value) if kind is float else value
+
+
+def open_transport(url: str, *, clock: Clock | None = None, pump: _core.SimPump | None = None) -> Transport:
+    """Builds the transport for ``url`` (not yet connected).
+
+    ``clock`` and ``pump`` serve ``sim://``: the clock the simulated pump follows (default: real time)
+    and an existing simulated pump (default: a new one built from the URL's parameters).
+    """
+    scheme, target, params = split_url(url)
+    timeout_s = float(_number(url, params, "timeout", DEFAULT_TIMEOUT_S, float))
+    retries = int(_number(url, params, "retries", DEFAULT_RETRIES))
+    if timeout_s <= 0:
+        raise _bad(url, "has a timeout that is not positive")
+    if scheme == "sim":
+        if pump is None:
+            pump = _core.SimPump(
+                params.get("syringe", "bd-plastipak-50"),
+                seed=int(_number(url, params, "seed", 0)),
+                slack_taken_up=params.get("slack_taken_up", "false").lower() in {"1", "true", "yes"},
+            )
+        return SimTransport(url, pump, clock or ScaledClock(), timeout_s=timeout_s, retries=retries)
+    if scheme == "modbus-tcp":
+        host, sep, port = target.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _bad(url, "needs HOST:PORT")
+        unit = int(_number(url, params, "unit", 1))
+        return ModbusTcpTransport(
+            url, host=host, port=int(port), unit=unit, timeout_s=timeout_s, retries=retries
+        )
+    if scheme == "modbus-rtu":
+        if not target:
+            raise _bad(url, "needs a device path")
+        parity = params.get("parity", "N").upper()
+        if parity not in {"N", "E", "O"}:
+            raise _bad(url, f"has a malformed parity={parity!r}")
+        return ModbusRtuTransport(
+            url,
+            path=target,
+            baud=int(_number(url, params, "baud", 19_200)),
+            parity=parity,
+            unit=int(_number(url, params, "unit", 1)),
+            timeout_s=timeout_s,
+            retries=retries,
+        )
+    return NespTransport.from_url(url, target, params, timeout_s=timeout_s, retries=retries)

@@ -1,0 +1,142 @@
+"""The transport contract: one small interface per kind of link, behind a base class that owns
+timeouts, retries, reconnection, logging and error mapping.
+
+Backends implement the hooks (``_connect``, ``_close`` and their request hooks); callers use the
+public methods, which:
+
+- MUST finish within ``timeout_s`` × (``retries`` + 1) plus reconnection time, or raise
+  :class:`~ketapump.errors.PumpTimeoutError` naming the endpoint — never hang;
+- MUST retry a request that timed out or failed at the link level up to ``retries`` times,
+  reconnecting between attempts;
+- MUST map every failure to :class:`~ketapump.errors.TransportError` (or its subclass
+  :class:`~ketapump.errors.PumpTimeoutError`) with the endpoint URL in the message;
+- MUST NOT retry a request the pump answered with a protocol error (Modbus exception, New Era
+  ``?...``): that is an answer, raised at once as :class:`PumpRefusedError`;
+- log every attempt that failed to the diagnostics logger ``ketapump.transport`` (never the audit log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ketapump.errors import PumpTimeoutError, TransportError
+
+log = logging.getLogger("ketapump.transport")
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 0.5
+DEFAULT_RETRIES = 2
+
+
+class PumpRefusedError(TransportError):
+    """The pump answered, and the answer was a refusal (a Modbus exception, a New Era error reply).
+
+    ``code`` is the protocol's code (Modbus exception number or the New Era error text).
+    """
+
+    def __init__(self, endpoint: str, detail: str, code: int | str) -> None:
+        super().__init__(endpoint, detail)
+        self.code = code
+
+
+class Transport(ABC):
+    """A link to one pump, addressed by its URL."""
+
+    def __init__(
+        self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES
+    ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, not {timeout_s}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, not {retries}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._connected = False
+
+    async def connect(self) -> None:
+        """Opens the link; raises TransportError/PumpTimeoutError naming the endpoint."""
+        try:
+            await asyncio.wait_for(self._connect(), self.timeout_s)
+        except TimeoutError as e:
+            raise PumpTimeoutError(self.url, f"no connection within {self.timeout_s:g} s") from e
+        except TransportError:
+            raise
+        except (OSError, ConnectionError) as e:
+            raise TransportError(self.url, f"cannot connect: {e}") from e
+        self._connected = True
+
+    async def close(self) -> None:
+        self._connected = False
+        await self._close()
+
+    async def __aenter__(self) -> Transport:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def request(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Runs ``attempt`` with the timeout, retries and error mapping of this transport."""
+        last: Exception | None = None
+        for n in range(self.retries + 1):
+            try:
+                if not self._connected:
+                    await self.connect()
+                return await asyncio.wait_for(attempt(), self.timeout_s)
+            except PumpRefusedError:
+                raise
+            except (TimeoutError, TransportError, OSError, ConnectionError) as e:
+                last = e
+                log.warning(
+                    "%s: %s failed (attempt %d of %d): %s", self.url, what, n + 1, self.retries + 1, e
+                )
+                self._connected = False
+                await self._close()
+        if isinstance(last, TimeoutError | PumpTimeoutError):
+            raise PumpTimeoutError(
+                self.url, f"{what}: no answer within {self.timeout_s:g} s after {self.retries + 1} attempts"
+            ) from last
+        raise TransportError(self.url, f"{what} failed after {self.retries + 1} attempts: {last}") from last
+
+    @abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+
+class RegisterTransport(Transport):
+    """A link that reads and writes 16-bit holding registers (Modbus, or the in-process simulator)."""
+
+    async def read_registers(self, address: int, count: int) -> list[int]:
+        return await self.request(f"read {count} at {address}", lambda: self._read(address, count))
+
+    async def write_registers(self, address: int, values: list[int]) -> None:
+        await self.request(f"write {len(values)} at {address}", lambda: self._write(address, values))
+
+    @abstractmethod
+    async def _read(self, address: int, count: int) -> list[int]:
+        """MUST raise PumpRefusedError for a Modbus exception answer."""
+
+    @abstractmethod
+    async def _write(self, address: int, values: list[int]) -> None:
+        """MUST raise PumpRefusedError for a Modbus exception answer."""
+
+
+class CommandTransport(Transport):
+    """A link that sends a text command and returns the reply's data (the New Era ASCII protocol):
+    the unframed reply text, e.g. ``"00S26.59"``. Error replies (``?``, ``?NA``, ``?OOR``, ``?IGN``)
+    MUST raise PumpRefusedError; a ``?COM`` (garbled packet) is a link failure and is retried."""
+
+    async def command(self, text: str) -> str:
+        return await self.request(repr(text), lambda: self._command(text))
+
+    @abstractmethod
+    async def _command(self, text: str) -> str: ...

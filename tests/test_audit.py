@@ -1,0 +1,616 @@
+"""The audit log: durable hash chain, one writer per file, tamper detection, structlog and CLI wiring.
+
+Everything runs against real files in ``tmp_path``; the only substitutions are OS-level (a counting or
+failing ``os.fsync``) to observe or provoke what a disk does.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+import typer
+from typer.testing import CliRunner
+
+from ketapump.audit import (
+    GENESIS_HASH,
+    AuditWriter,
+    VerifyResult,
+    audit_logger,
+    canonical_json,
+    configure_diagnostics,
+    record_hash,
+    register_cli,
+    remove_diagnostics,
+    verify,
+)
+from ketapump.errors import AuditWriteError, KetapumpError
+
+
+@pytest.fixture(autouse=True)
+def _isolation() -> Iterator[None]:
+    """Every test starts with no open writers, no bound contextvars and no diagnostics handlers."""
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.contextvars.clear_contextvars()
+    remove_diagnostics()
+    for writer in list(AuditWriter._registry.values()):
+        writer.close()
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in _lines(path)]
+
+
+def _write_chain(path: Path, n: int = 5) -> AuditWriter:
+    """A log_opened record followed by ``n`` rate_set records (lines 2..n+1), closed again."""
+    writer = AuditWriter.open(path)
+    for i in range(n):
+        writer.write("rate_set", pump_id="p1", rate_ml_h=1.5 + i, operator="op-7")
+    writer.close()
+    return writer
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Test application carrying only the audit commands."""
+
+    register_cli(app)
+    return app
+
+
+def _run_cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(_cli(), ["log", "verify", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+# --------------------------------------------------------------------------------------------------------
+# The chain
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_chain_verifies_and_records_are_well_formed(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = _write_chain(log, 5)
+    result = verify(log)
+    assert result == VerifyResult(True, 6, writer.last_hash, None, "")
+    recs = _records(log)
+    assert [r["seq"] for r in recs] == list(range(6))
+    assert recs[0]["event"] == "log_opened"
+    assert recs[0]["prev"] == GENESIS_HASH
+    assert recs[0]["chain_from"] is None
+    for before, rec in itertools.pairwise(recs):
+        assert rec["prev"] == before["hash"]
+    for line, rec in zip(_lines(log), recs, strict=True):
+        assert line == canonical_json(rec) + "\n"
+        body = {k: v for k, v in rec.items() if k != "hash"}
+        assert rec["hash"] == record_hash(str(rec["prev"]), body)
+        assert str(rec["timestamp"]).endswith("Z")
+        assert isinstance(rec["mono_ns"], int)
+    assert [r["mono_ns"] for r in recs] == sorted(r["mono_ns"] for r in recs)  # type: ignore[type-var]
+
+
+def test_cli_reports_ok_with_record_count_and_final_hash(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = _write_chain(log, 3)
+    code, out, err = _run_cli(str(log))
+    assert code == 0, err
+    assert out.strip() == f"OK: 4 records, final hash {writer.last_hash}"
+
+
+def _edit_field(path: Path) -> int:
+    lines = _lines(path)
+    rec = json.loads(lines[2])
+    rec["rate_ml_h"] = 99.0  # plausible-looking edit that keeps the line canonical
+    lines[2] = canonical_json(rec) + "\n"
+    path.write_text("".join(lines), encoding="utf-8")
+    return 3
+
+
+def _delete_line(path: Path) -> int:
+    lines = _lines(path)
+    del lines[2]
+    path.write_text("".join(lines), encoding="utf-8")
+    return 3  # the line after the gap
+
+
+def _swap_lines(path: Path) -> int:
+    lines = _lines(path)
+    lines[2], lines[3] = lines[3], lines[2]
+    path.write_text("".join(lines), encoding="utf-8")
+    return 3
+
+
+def _truncate_last(path: Path) -> int:
+    data = path.read_bytes()
+    path.write_bytes(data[:-20])
+    return len(_lines(path))
+
+
+def _non_json(path: Path) -> int:
+    lines = _lines(path)
+    lines[1] = "rate set to 5 ml/h\n"
+    path.write_text("".join(lines), encoding="utf-8")
+    return 2
+
+
+def _reformat(path: Path) -> int:
+    lines = _lines(path)
+    lines[4] = json.dumps(json.loads(lines[4]), sort_keys=True) + "\n"  # same content, spaces added
+    path.write_text("".join(lines), encoding="utf-8")
+    return 5
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason_part"),
+    [
+        (_edit_field, "hash mismatch"),
+        (_delete_line, "seq 3 follows seq 1 (expected 2)"),
+        (_swap_lines, "seq 3 follows seq 1 (expected 2)"),
+        (_truncate_last, "truncated last line"),
+        (_non_json, "not valid JSON"),
+        (_reformat, "not in canonical form"),
+    ],
+    ids=["edited-field", "deleted-line", "swapped-lines", "truncated-last-line", "non-json", "reformatted"],
+)
+def test_damage_is_reported_at_the_first_bad_line(
+    tmp_path: Path, damage: Callable[[Path], int], reason_part: str
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write_chain(log, 6)
+    bad_line = damage(log)
+    result = verify(log)
+    assert not result.ok
+    assert result.bad_line == bad_line
+    assert reason_part in result.reason
+    assert result.records == bad_line - 1
+    code, out, err = _run_cli(str(log))
+    assert code == os.EX_DATAERR
+    assert out == ""
+    assert err.strip() == f"{log}: line {bad_line}: {result.reason}"
+
+
+def test_deleting_the_first_line_is_reported_at_line_1(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write_chain(log, 2)
+    log.write_text("".join(_lines(log)[1:]), encoding="utf-8")
+    result = verify(log)
+    assert (result.ok, result.bad_line) == (False, 1)
+    assert "expected 'log_opened' seq 0" in result.reason
+
+
+def test_recomputed_hash_with_broken_link_is_caught(tmp_path: Path) -> None:
+    """An editor who also recomputes the record's own hash still breaks the next line's prev link."""
+    log = tmp_path / "audit.jsonl"
+    _write_chain(log, 4)
+    lines = _lines(log)
+    rec = json.loads(lines[2])
+    rec["rate_ml_h"] = 0.1
+    rec["hash"] = record_hash(rec["prev"], {k: v for k, v in rec.items() if k != "hash"})
+    lines[2] = canonical_json(rec) + "\n"
+    log.write_text("".join(lines), encoding="utf-8")
+    result = verify(log)
+    assert (result.bad_line, result.records) == (4, 3)
+    assert "prev does not match the hash of line 3" in result.reason
+
+
+def test_empty_file_fails_verification(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    log.touch()
+    result = verify(log)
+    assert (result.ok, result.bad_line, result.final_hash) == (False, 1, None)
+    assert "empty file" in result.reason
+
+
+def test_cli_missing_file_exits_noinput(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    code, out, err = _run_cli(str(missing))
+    assert code == os.EX_NOINPUT
+    assert out == ""
+    assert f"{missing}: no such file" in err
+
+
+def test_cli_in_a_real_process(tmp_path: Path) -> None:
+    """The exit code survives a real interpreter exit, not just CliRunner's bookkeeping."""
+    log = tmp_path / "audit.jsonl"
+    _write_chain(log, 4)
+    script = (
+        "import sys, typer\n"
+        "from ketapump.audit import register_cli\n"
+        "app = typer.Typer()\n"
+        "@app.callback()\n"
+        "def root() -> None: pass\n"
+        "register_cli(app)\n"
+        "app(sys.argv[1:])\n"
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, "log", "verify", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    ok = run(str(log))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK: 5 records, final hash ")
+    _delete_line(log)
+    bad = run(str(log))
+    assert bad.returncode == 65
+    assert bad.stderr.startswith(f"{log}: line 3: ")
+    assert run(str(tmp_path / "missing.jsonl")).returncode == 66
+
+
+# --------------------------------------------------------------------------------------------------------
+# Re-opening, chaining files, the registry
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_reopen_continues_seq_and_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    first = _write_chain(log, 3)
+    second = AuditWriter.open(log)
+    assert second is not first
+    assert second.next_seq == 5  # 0..3 written, seq 4 is the log_reopened record
+    second.write("alarm_raised", alarm="occlusion")
+    second.close()
+    recs = _records(log)
+    assert [r["seq"] for r in recs] == list(range(6))
+    assert recs[4]["event"] == "log_reopened"
+    assert recs[4]["prev"] == first.last_hash
+    assert verify(log).ok
+
+
+def test_reopen_refuses_a_file_with_a_truncated_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write_chain(log, 2)
+    log.write_bytes(log.read_bytes()[:-7])
+    with pytest.raises(AuditWriteError, match="last line is incomplete") as info:
+        AuditWriter.open(log)
+    assert info.value.path == str(log.resolve())
+
+
+def test_new_file_chains_from_the_previous_one(tmp_path: Path) -> None:
+    old, new = tmp_path / "audit-1.jsonl", tmp_path / "audit-2.jsonl"
+    old_writer = _write_chain(old, 3)
+    writer = AuditWriter.open(new, chain_from=old)
+    writer.write("session_started", session_id="s-2")
+    writer.close()
+    head = _records(new)[0]
+    assert head["event"] == "log_opened"
+    assert head["seq"] == 0
+    assert head["prev"] == old_writer.last_hash
+    assert head["chain_from"] == str(old)
+    assert head["chain_from_hash"] == old_writer.last_hash
+    assert verify(new, expect_prev=verify(old).final_hash).ok
+    wrong = verify(new, expect_prev=GENESIS_HASH)
+    assert (wrong.ok, wrong.bad_line) == (False, 1)
+    assert "expected previous hash" in wrong.reason
+    code, _, err = _run_cli(str(new), "--expect-prev", GENESIS_HASH)
+    assert code == 65
+    assert f"{new}: line 1: " in err
+    code, _, _ = _run_cli(str(new), "--expect-prev", old_writer.last_hash)
+    assert code == 0
+
+
+def test_chaining_from_a_file_still_open_is_refused(tmp_path: Path) -> None:
+    old = AuditWriter.open(tmp_path / "a.jsonl")
+    with pytest.raises(ValueError, match="still open"):
+        AuditWriter.open(tmp_path / "b.jsonl", chain_from=tmp_path / "a.jsonl")
+    old.close()
+
+
+def test_same_path_returns_the_same_writer(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(log)
+    assert AuditWriter.open(log) is writer
+    assert AuditWriter.open(str(log)) is writer
+    assert AuditWriter.open(tmp_path / "sub" / ".." / "audit.jsonl") is writer
+    assert AuditWriter.open(link) is writer
+    writer.close()
+    assert AuditWriter.open(log) is not writer
+
+
+def test_a_second_process_cannot_fork_the_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    AuditWriter.open(log)
+    script = (
+        "import sys\n"
+        "from ketapump.audit import AuditWriter\n"
+        "from ketapump.errors import AuditWriteError\n"
+        "try:\n"
+        "    AuditWriter.open(sys.argv[1])\n"
+        "except AuditWriteError as e:\n"
+        "    print(e)\n"
+        "    sys.exit(3)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(log)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "locked by another process" in proc.stdout
+
+
+def test_concurrent_threads_leave_one_valid_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    n_threads, per_thread = 8, 200
+    barrier = threading.Barrier(n_threads)
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            writer = AuditWriter.open(log)  # every thread asks the registry: one shared instance
+            barrier.wait()
+            for i in range(per_thread):
+                writer.write("telemetry_summary", thread=t, i=i, volume_ml=i * 0.1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    result = verify(log)
+    assert result.ok, result
+    assert result.records == 1 + n_threads * per_thread
+    recs = _records(log)[1:]
+    for t in range(n_threads):
+        assert [r["i"] for r in recs if r["thread"] == t] == list(range(per_thread))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Durability and failure
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_fsync_per_record_and_directory_on_create(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def counting_fsync(fd: int) -> None:
+        synced.append("dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    writer = AuditWriter.open(tmp_path / "audit.jsonl")
+    assert synced == ["dir", "file"]  # directory entry made durable, then the log_opened record
+    synced.clear()
+    for i in range(10):
+        writer.write("pump_ack", i=i)
+    assert synced == ["file"] * 10
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_directory_fails_open_naming_the_path(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(AuditWriteError) as info:
+            AuditWriter.open(ro / "audit.jsonl")
+    finally:
+        ro.chmod(0o755)
+    assert str(ro / "audit.jsonl") in str(info.value)
+
+
+def test_missing_directory_fails_open_naming_the_path(tmp_path: Path) -> None:
+    target = tmp_path / "no-such-dir" / "audit.jsonl"
+    with pytest.raises(AuditWriteError) as info:
+        AuditWriter.open(target)
+    assert info.value.path == str(target)
+    assert str(target) in str(info.value)
+    assert target.name not in {p.name for p in tmp_path.iterdir()}
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_device_fails_with_audit_write_error() -> None:
+    with pytest.raises(AuditWriteError) as info:
+        AuditWriter.open("/dev/full")
+    assert info.value.path == "/dev/full"
+    assert "No space left on device" in str(info.value)
+    assert isinstance(info.value, OSError)
+    assert isinstance(info.value, KetapumpError)
+    assert "/dev/full" not in AuditWriter._registry  # a failed open leaves nothing behind
+
+
+def test_write_failure_is_sticky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    writer.write("infusion_started", rate_ml_h=5.0)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(AuditWriteError) as info:
+            writer.write("rate_set", rate_ml_h=6.0)
+    assert info.value.path == str(log)
+    assert str(log) in str(info.value)
+    assert "Input/output error" in info.value.detail
+    assert writer.failed is info.value
+    # The disk works again, but the chain may have a hole: the writer stays refused.
+    with pytest.raises(AuditWriteError, match="refusing to write after an earlier failure"):
+        writer.write("rate_set", rate_ml_h=6.0)
+    assert AuditWriter.open(log) is writer  # still the registered (failed) writer until closed
+
+
+def test_write_failure_when_the_fd_is_gone(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    os.close(writer._fd)  # the descriptor vanishes under the writer (EBADF on write)
+    with pytest.raises(AuditWriteError, match="Bad file descriptor"):
+        writer.write("rate_set", rate_ml_h=1.0)
+    with pytest.raises(AuditWriteError, match="refusing"):
+        writer.write("rate_set", rate_ml_h=1.0)
+
+
+def test_write_after_close_is_refused(tmp_path: Path) -> None:
+    with AuditWriter.open(tmp_path / "audit.jsonl") as writer:
+        writer.write("session_started")
+    with pytest.raises(AuditWriteError, match="closed"):
+        writer.write("session_ended")
+
+
+def test_non_finite_values_are_written_as_valid_json(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    writer.write(
+        "telemetry_summary",
+        pressure_kpa=math.nan,
+        rate=math.inf,
+        low=-math.inf,
+        nested={"v": [1.0, math.nan]},
+    )
+    line = _lines(log)[-1]
+    for token in ("NaN", "Infinity"):
+        assert token not in line
+
+    def reject(token: str) -> object:
+        raise AssertionError(f"{token} written")
+
+    rec = json.loads(line, parse_constant=reject)
+    assert (rec["pressure_kpa"], rec["rate"], rec["low"], rec["nested"]) == (
+        "nan",
+        "inf",
+        "-inf",
+        {"v": [1.0, "nan"]},
+    )
+    assert verify(log).ok
+
+
+def test_field_values_round_trip_through_the_hash(tmp_path: Path) -> None:
+    """Tuples, paths, non-str keys and lone surrogates are normalised so verify recomputes the same hash."""
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    writer.write("odd_values", t=(1, 2), p=tmp_path, m={1: "a"}, s="bad\udc80", big=10**30, tiny=1e-300)
+    assert verify(log).ok
+
+
+def test_bad_event_names_and_reserved_fields_are_rejected(tmp_path: Path) -> None:
+    writer = AuditWriter.open(tmp_path / "audit.jsonl")
+    with pytest.raises(ValueError, match="snake_case"):
+        writer.write("Rate set to 5")
+    with pytest.raises(ValueError, match="reserved"):
+        writer.write("rate_set", seq=3)
+    assert verify(tmp_path / "audit.jsonl").records == 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# structlog and diagnostics
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_bound_logger_writes_bound_context(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    audit = audit_logger(writer, session_id="s-1").bind(pump_id="p-9")
+    audit.info("rate_command", rate_ml_h=5.0, intent=True)
+    audit.warning("alarm_raised", alarm="occlusion", pressure_kpa=math.nan)
+    rec1, rec2 = _records(log)[1:]
+    assert rec1["event"] == "rate_command"
+    assert (rec1["session_id"], rec1["pump_id"], rec1["rate_ml_h"], rec1["level"]) == (
+        "s-1",
+        "p-9",
+        5.0,
+        "info",
+    )
+    assert (rec2["level"], rec2["pressure_kpa"], rec2["session_id"]) == ("warning", "nan", "s-1")
+    assert rec2["seq"] == rec1["seq"] + 1  # type: ignore[operator]
+    assert verify(log).ok
+
+
+def test_contextvars_binding_reaches_the_audit_record(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = audit_logger(AuditWriter.open(log))
+    structlog.contextvars.bind_contextvars(session_id="s-ctx", pump_id="p-ctx")
+    audit.info("operator_action", action="pause")
+    structlog.contextvars.unbind_contextvars("pump_id")
+    audit.info("operator_action", action="resume")
+    rec1, rec2 = _records(log)[1:]
+    assert (rec1["session_id"], rec1["pump_id"], rec1["action"]) == ("s-ctx", "p-ctx", "pause")
+    assert rec2["session_id"] == "s-ctx"
+    assert "pump_id" not in rec2
+
+
+def test_exception_is_recorded_as_structured_traceback(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = audit_logger(AuditWriter.open(log))
+    secret = "patient-name"  # a local that must not leak into the record
+    try:
+        raise RuntimeError("pump did not answer")
+    except RuntimeError:
+        audit.exception("command_failed", command="start")
+    rec = _records(log)[-1]
+    assert rec["level"] == "error"
+    assert "pump did not answer" in json.dumps(rec["exception"])
+    assert secret not in _lines(log)[-1]
+    assert verify(log).ok
+
+
+def test_audit_write_error_propagates_through_the_logger(tmp_path: Path) -> None:
+    writer = AuditWriter.open(tmp_path / "audit.jsonl")
+    audit = audit_logger(writer, pump_id="p1")
+    os.close(writer._fd)
+    with pytest.raises(AuditWriteError):
+        audit.info("rate_command", rate_ml_h=1.0)
+
+
+def test_diagnostics_go_to_their_own_stream_not_the_audit_file(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit = audit_logger(AuditWriter.open(log), pump_id="p1")
+    stream = io.StringIO()
+    configure_diagnostics(stream)
+    configure_diagnostics(stream)  # idempotent: still one handler, one line per record
+    logging.getLogger("pymodbus").warning("retrying unit %d", 3)
+    logging.getLogger("ketapump.transport.modbus").warning("reconnect")
+    audit.info("rate_command", rate_ml_h=2.0)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    diag = json.loads(lines[0])
+    assert (diag["event"], diag["level"], diag["logger"]) == ("retrying unit 3", "warning", "pymodbus")
+    assert "timestamp" in diag
+    assert json.loads(lines[1])["logger"] == "ketapump.transport.modbus"
+    audit_text = log.read_text(encoding="utf-8")
+    assert "retrying" not in audit_text
+    assert "reconnect" not in audit_text
+    assert "rate_command" not in stream.getvalue()
+    assert verify(log).ok
+
+
+def test_diagnostics_to_a_file_and_never_to_the_audit_file(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    AuditWriter.open(log)
+    with pytest.raises(ValueError, match="audit log"):
+        configure_diagnostics(log)
+    diag = tmp_path / "diag.jsonl"
+    configure_diagnostics(diag)
+    logging.getLogger("asyncio").error("loop stalled")
+    remove_diagnostics()
+    assert json.loads(diag.read_text(encoding="utf-8"))["event"] == "loop stalled"
+    assert verify(log).records == 1
