@@ -8,7 +8,8 @@ Invariants checked at every tick:
 - the command is finite, ≥ 0, ≤ the ceiling; ``hold`` exactly when zero; forward only while running,
   retract only in alarm;
 - the motor volume commanded by a program never exceeds VTBI × (1 + tolerance) plus the take-up bound
-  (with the loop contract: ticks no further apart than the control period);
+  plus what compliance stores below the occlusion threshold (with the loop contract: ticks no further
+  apart than the control period);
 - invalid input in a monitored state ends in a latched alarm, never an exception;
 - alarms stay latched until acknowledged, and nothing runs between an alarm and its acknowledgement.
 """
@@ -174,7 +175,8 @@ def test_invariants_hold_for_any_sequence(
         if out.direction == "retract":
             assert out.state == "alarm"
         # Motor volume commanded by the program stays inside the dose tolerance plus the take-up bound.
-        bound = vtbi * (1 + DEFAULTS["dose_tolerance"]) + DEFAULTS["take_up_max_ml"]
+        stored = DEFAULTS["compliance_ml_per_mmhg"] * DEFAULTS["occlusion_threshold_mmhg"]
+        bound = vtbi * (1 + DEFAULTS["dose_tolerance"]) + DEFAULTS["take_up_max_ml"] + stored
         assert plant.motor_ml <= bound + 1e-9
         # Invalid input in a monitored state ends in a latched alarm.
         if monitored and is_invalid(kind):

@@ -16,14 +16,16 @@ import typer
 from ketapump import _core, audit
 from ketapump.bridge import ControlLoop, InfusionPlan, RecoveryError, RunResult, recover_delivered_ml
 from ketapump.clock import Clock, ScaledClock, VirtualClock
-from ketapump.config import kernel_config
+from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.drivers.base import PumpDriver
+from ketapump.drivers.nesp import NewEraDriver
 from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
 from ketapump.sim.scenario import Scenario, load_scenario
 from ketapump.sim.server import SimServer
 from ketapump.transports import open_transport, split_url
-from ketapump.transports.base import CommandTransport, RegisterTransport
+from ketapump.transports.base import RegisterTransport
+from ketapump.transports.nesp import NespTransport
 
 app = typer.Typer(
     name="ketapump",
@@ -122,6 +124,31 @@ def default_log_path() -> Path:
     return base / "ketapump" / "logs" / f"run-{stamp}.jsonl"
 
 
+#: Shortest real time per tick each transport needs for a telemetry read, a command and a heartbeat.
+MIN_REAL_PERIOD_S = {"sim": 0.0, "modbus-tcp": 0.005, "modbus-rtu": 0.12, "nesp": 0.06}
+
+
+def control_period_s(scheme: str, time_scale: float, requested: float | None, default: float) -> float:
+    """The loop period (pump seconds): as requested, else the kernel default stretched so one tick's
+    round trips fit in real time at this time scale."""
+    if requested is not None:
+        return requested
+    return max(default, MIN_REAL_PERIOD_S[scheme] * time_scale)
+
+
+def loop_settings(period_s: float, defaults: dict[str, float | bool]) -> dict[str, float]:
+    """Kernel settings that depend on the loop period: staleness after five periods, and controller
+    gains kept inside the discrete-time stability margin (kp·dt ≤ 0.5, ki·dt² ≤ 0.05) so a slow
+    transport's long period cannot make the PI oscillate."""
+    kp, ki = float(defaults["kp_per_s"]), float(defaults["ki_per_s2"])
+    return {
+        "control_period_s": period_s,
+        "stale_after_s": max(float(defaults["stale_after_s"]), 5 * period_s),
+        "kp_per_s": min(kp, 0.5 / period_s),
+        "ki_per_s2": min(ki, 0.05 / period_s**2),
+    }
+
+
 def syringe_diameter_mm(name: str) -> float:
     for entry, _capacity, diameter in _core.SimPump.catalogue():
         if entry == name:
@@ -130,15 +157,16 @@ def syringe_diameter_mm(name: str) -> float:
     raise ConfigurationError("syringe", f"{name!r} is not in the catalogue ({known})")
 
 
-def make_driver(url: str, clock: Clock) -> PumpDriver:
-    """The driver for a pump URL: New Era for ``nesp://``, the reference register map otherwise."""
+def make_driver(url: str, clock: Clock, period_s: float, time_scale: float) -> PumpDriver:
+    """The driver for a pump URL: New Era for ``nesp://``, the reference register map otherwise.
+    The pump's watchdog gets five loop periods and at least 100 ms of real time for scheduling jitter,
+    never less than its 500 ms default (S8)."""
     transport = open_transport(url, clock=clock)
-    if isinstance(transport, CommandTransport):
-        from ketapump.drivers.nesp import NewEraDriver  # noqa: PLC0415 - New Era only
-
-        return NewEraDriver(transport)  # type: ignore[arg-type]
+    if isinstance(transport, NespTransport):
+        return NewEraDriver(transport)
     assert isinstance(transport, RegisterTransport)
-    return ReferencePumpDriver(transport)
+    watchdog_ms = max(500.0, 5_000.0 * period_s, 100.0 * time_scale)
+    return ReferencePumpDriver(transport, watchdog_ms=int(min(10_000.0, watchdog_ms)))
 
 
 @app.command()
@@ -156,6 +184,9 @@ def run(
     take_up: Annotated[
         bool, typer.Option(help="Take up lead-screw slack before the programmed rate.")
     ] = True,
+    period_s: Annotated[
+        float | None, typer.Option(min=0.001, help="Control period (pump s); default suits the transport.")
+    ] = None,
 ) -> None:
     """Run a plain infusion on any pump and record it in a hash-chained audit log.
 
@@ -168,9 +199,11 @@ def run(
     try:
         scheme = split_url(pump)[0]
         diameter = syringe_diameter_mm(syringe)
-        config = kernel_config()
+        defaults = default_kernel_settings()
+        period = control_period_s(scheme, time_scale, period_s, float(defaults["control_period_s"]))
+        config = kernel_config(**loop_settings(period, defaults))
         clock: Clock = VirtualClock() if scheme == "sim" else ScaledClock(time_scale)
-        driver = make_driver(pump, clock)
+        driver = make_driver(pump, clock, period, time_scale)
     except ConfigurationError as e:
         raise _fail(str(e), os.EX_DATAERR) from e
     path = log or default_log_path()
@@ -253,6 +286,11 @@ async def _run(
             recovered_ml=recovered,
             pump_infused_ml=telemetry.infused_ml,
         )
+        if telemetry.pump_alarms:
+            # Resuming is the operator's explicit decision: it acknowledges what the pump latched when
+            # the previous run died (its watchdog), and the record says so.
+            await driver.acknowledge_alarm()
+            events.info("pump_alarm_acknowledged", pump_alarms=sorted(telemetry.pump_alarms), why="resume")
     with Progress(console=console, transient=True, disable=quiet) as progress:
         task = progress.add_task("infusing", total=plan.volume_ml)
 

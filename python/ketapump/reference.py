@@ -1199,7 +1199,10 @@ class ReferenceKernel:
         self, program: Program, volume: float, dt_s: float, dose_headroom: float
     ) -> tuple[MotorCommand, str, ControlStatus]:
         """Closed-loop delivery: controller, then the choke point."""
-        commanded_left = program.vtbi_ml * (1.0 + self._cfg.raw.dose_tolerance) - self._commanded_ml
+        r = self._cfg.raw
+        stored_ml = r.compliance_ml_per_mmhg * r.occlusion_threshold_mmhg
+        budget = program.vtbi_ml * (1.0 + r.dose_tolerance) + stored_ml
+        commanded_left = budget - self._commanded_ml
         if commanded_left <= 0.0:
             alarm = AlarmSet()
             alarm.insert("flow_deviation")

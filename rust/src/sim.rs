@@ -158,14 +158,14 @@ pub struct RtuPort {
     port: hw::RtuPort,
 }
 
-/// Applies the pump's communication faults to a reply.
+/// Applies communication faults to a reply. The fate (`action`) is decided as the request arrives,
+/// before it runs, so the write that sets a fault is still answered.
 pub(crate) fn faulted_reply(
     py: Python<'_>,
-    pump: &mut SimPump,
+    action: hw::CommAction,
     reply: Vec<u8>,
     corrupt: impl Fn(&[u8]) -> Vec<u8>,
 ) -> Option<(Py<PyBytes>, u16)> {
-    let action = pump.fw.comm_action();
     if action.drop {
         return None;
     }
@@ -208,8 +208,9 @@ impl RtuPort {
     fn execute(&self, py: Python<'_>, frames: Vec<(u8, Vec<u8>)>, pump: &mut SimPump) -> Vec<(Py<PyBytes>, u16)> {
         let mut replies = Vec::new();
         for (unit, pdu) in frames {
+            let action = pump.fw.comm_action();
             if let Some(reply) = self.port.execute(&mut pump.fw, unit, &pdu) {
-                replies.extend(faulted_reply(py, pump, reply, corrupt_rtu));
+                replies.extend(faulted_reply(py, action, reply, corrupt_rtu));
             }
         }
         replies
@@ -255,8 +256,9 @@ impl NespPort {
                 continue;
             };
             let mut pump = pump.borrow_mut();
+            let action = pump.fw.comm_action();
             if let Some(reply) = self.port.handle(now_s, &packet, &mut pump.fw) {
-                replies.extend(faulted_reply(py, &mut pump, reply, hw::nesp::corrupt));
+                replies.extend(faulted_reply(py, action, reply, hw::nesp::corrupt));
             }
         }
         replies

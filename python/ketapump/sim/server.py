@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: How often the ticker advances the pump (real seconds).
 TICK_S = 0.01
+#: Longest pump-time step between the New Era port's periodic duties (its watchdog feed, safe mode).
+POLL_STEP_S = 0.1
 #: A dropped Modbus TCP reply is held this long (real seconds) so the client times out.
 TCP_DROP_HOLD_S = 5.0
 BITS_PER_BYTE = 10
@@ -213,10 +215,7 @@ class SimServer:
 
     async def _tick(self) -> None:
         while True:
-            now = self.clock.now()
-            self.pump.advance_to(now)
-            if self._nesp is not None:
-                self._nesp.poll(now, {self.nesp_address: self.pump})
+            self._advanced()
             line_s = time.monotonic()
             for endpoint in self._serial:
                 if endpoint.idle is not None:
@@ -225,8 +224,18 @@ class SimServer:
             await asyncio.sleep(TICK_S)
 
     def _advanced(self) -> _core.SimPump:
-        self.pump.advance_to(self.clock.now())
-        return self.pump
+        """Advances the pump to the clock's time in steps of at most :data:`POLL_STEP_S` pump seconds,
+        running the New Era port's periodic duties at each, as firmware would between packets —
+        whatever the time scale."""
+        now = self.clock.now()
+        t = self.pump.t_s
+        while True:
+            t = min(now, t + POLL_STEP_S)
+            self.pump.advance_to(t)
+            if self._nesp is not None:
+                self._nesp.poll(t, {self.nesp_address: self.pump})
+            if t >= now:
+                return self.pump
 
     # ----- Modbus TCP --------------------------------------------------------------------------
 
@@ -252,22 +261,26 @@ async def _modbus_action(  # noqa: PLR0917 - the signature pymodbus calls
     current_registers: list[int],
     set_values: list[int] | list[bool] | None,
 ) -> ExcCodes | None:
-    """pymodbus hook: reads serve the firmware's live registers, writes go to the firmware."""
+    """pymodbus hook: reads serve the firmware's live registers, writes go to the firmware.
+
+    Communication faults act on the reply, as on the serial endpoints: the reply's fate is decided as
+    the request arrives (so the write that sets a fault is still answered), the request is executed,
+    then its answer is delayed or withheld (held until the client has given up).
+    """
     pump = server._advanced()
-    # pymodbus reads back after a single-register write (function 6) to build the echo: the comm
-    # faults are decided once per request, on its first call. TCP has no checksum to corrupt.
-    if set_values is not None or function_code not in WRITE_FUNCTIONS:
-        drop, _corrupt, delay_ms = pump.comm_action()
-        if drop:
-            await asyncio.sleep(TCP_DROP_HOLD_S)
-        elif delay_ms:
-            await asyncio.sleep(delay_ms / 1000.0)
+    # pymodbus reads back after a single-register write (function 6) to build the echo: the fate is
+    # decided once per request, on its first call. TCP has no checksum to corrupt.
+    first_call = set_values is not None or function_code not in WRITE_FUNCTIONS
+    drop, _corrupt, delay_ms = pump.comm_action() if first_call else (False, False, 0)
     if set_values is None:
         code, words = pump.read_registers(address, count)
-        if code:
-            return ExcCodes(code)
-        offset = address - start_address
-        current_registers[offset : offset + count] = words
-        return None
-    code = pump.write_registers(address, [int(v) for v in set_values])
+        if not code:
+            offset = address - start_address
+            current_registers[offset : offset + count] = words
+    else:
+        code = pump.write_registers(address, [int(v) for v in set_values])
+    if drop:
+        await asyncio.sleep(TCP_DROP_HOLD_S)
+    elif delay_ms:
+        await asyncio.sleep(delay_ms / 1000.0)
     return ExcCodes(code) if code else None

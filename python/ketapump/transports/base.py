@@ -60,7 +60,10 @@ class Transport(ABC):
         self._connected = False
 
     async def connect(self) -> None:
-        """Opens the link; raises TransportError/PumpTimeoutError naming the endpoint."""
+        """Opens the link (once; a connected transport returns at once); raises TransportError or
+        PumpTimeoutError naming the endpoint."""
+        if self._connected:
+            return
         try:
             await asyncio.wait_for(self._connect(), self.timeout_s)
         except TimeoutError as e:

@@ -887,7 +887,8 @@ impl SafetyKernel {
 
     /// Closed-loop delivery: controller, then the choke point. The headroom is the smaller of the
     /// measured dose left and the commanded motor volume left, so a plunger that stops reporting motion
-    /// can never make the kernel command more than the program's tolerance.
+    /// can never make the kernel command more than the program's tolerance plus the volume the drive and
+    /// line can store below the occlusion threshold (the motor leads the plunger by compliance × pressure).
     fn infuse(
         &mut self,
         program: Program,
@@ -895,7 +896,9 @@ impl SafetyKernel {
         dt_s: f64,
         dose_headroom: f64,
     ) -> (MotorCommand, ClampReason, ControlStatus) {
-        let commanded_left = program.vtbi_ml * (1.0 + self.cfg.raw.dose_tolerance) - self.commanded_ml;
+        let r = &self.cfg.raw;
+        let budget = program.vtbi_ml * (1.0 + r.dose_tolerance) + r.compliance_ml_per_mmhg * r.occlusion_threshold_mmhg;
+        let commanded_left = budget - self.commanded_ml;
         if commanded_left <= 0.0 {
             let mut alarm = AlarmSet::EMPTY;
             alarm.insert(Alarm::FlowDeviation);

@@ -1,0 +1,309 @@
+"""The bridge end to end against hw-sim: whole infusions, faults, a killed bridge and its resume,
+the audit log of a real run, and unreachable endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
+from ketapump import _core, audit
+from ketapump.bridge import ControlLoop, InfusionPlan
+from ketapump.clock import ScaledClock, VirtualClock
+from ketapump.config import kernel_config
+from ketapump.drivers.reference import ReferencePumpDriver
+from ketapump.transports import open_transport
+from ketapump.transports.base import RegisterTransport
+from simhelpers import REGMAP, serving, sim_process
+
+EXIT_INTERLOCK = 3
+
+
+def ketapump(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ketapump.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def pump_register(endpoint: str, name: str) -> float:
+    host, port = endpoint.rsplit(":", 1)
+    client = AsyncModbusTcpClient(host, port=int(port), timeout=1)
+    await client.connect()
+    r = REGMAP[name]
+    rr = await client.read_holding_registers(r.address, count=r.words, device_id=1)
+    client.close()
+    from ketapump.regmap import decode  # noqa: PLC0415 - local helper import keeps the header short
+
+    return decode(r, rr.registers)
+
+
+async def acknowledge(endpoint: str) -> None:
+    host, port = endpoint.rsplit(":", 1)
+    client = AsyncModbusTcpClient(host, port=int(port), timeout=1)
+    await client.connect()
+    await client.write_register(REGMAP["alarm_ack"].address, 1, device_id=1)
+    client.close()
+
+
+class Events:
+    """Collects audit events in memory (for in-process runs whose record is not under test)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+    warning = error = info
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [f for e, f in self.events if e == event]
+
+
+# ----- whole infusions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["modbus-tcp", "nesp"])
+def test_forty_minute_infusion_delivers_within_one_percent(kind: str, tmp_path: Path) -> None:
+    """0.5 mg/kg over 40 min for 70 kg at 1 mg/mL: 35 mL at 52.5 mL/h, on hw-sim at 60× time."""
+    serve = ["--no-modbus-rtu", "--no-nesp"] if kind == "modbus-tcp" else ["--no-modbus-rtu"]
+    with sim_process("--time-scale", "60", *serve) as (_proc, endpoints):
+        if kind == "modbus-tcp":
+            url = f"modbus-tcp://{endpoints['modbus_tcp']}?unit=1"
+        else:
+            url = f"nesp://{endpoints['nesp_pty']}?address=0&safe=0"
+        log = tmp_path / "run.jsonl"
+        result = ketapump(
+            "run", "--pump", url, "--rate-ml-h", "52.5", "--volume-ml", "35", "--time-scale", "60",
+            "--json", "--log", str(log),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["state"] == "complete"
+        assert summary["delivered_ml"] == pytest.approx(35.0, rel=0.01)
+        if kind == "modbus-tcp":
+            # The pump's own counter, independent of the bridge's kernel.
+            infused = asyncio.run(pump_register(str(endpoints["modbus_tcp"]), "infused_ml"))
+            assert infused == pytest.approx(35.0, rel=0.01)
+    assert audit.verify(log).ok
+    assert ketapump("log", "verify", str(log)).returncode == 0
+
+
+# ----- faults ------------------------------------------------------------------------------------
+
+
+def test_occlusion_stops_the_pump_and_latches_within_the_kernel_bound() -> None:
+    async def body() -> None:
+        clock = VirtualClock()
+        pump = _core.SimPump(seed=3, slack_taken_up=True)
+        occluded_at = 600.0
+        pump.schedule(occluded_at, "fault_occlusion", 1)
+        transport = open_transport("sim://", clock=clock, pump=pump)
+        assert isinstance(transport, RegisterTransport)
+        events = Events()
+        raised_at: list[float] = []
+        before: list[float] = []
+
+        def on_tick(out: _core.StepOutput, telemetry: Any) -> None:
+            if clock.now() < occluded_at and telemetry is not None:
+                before[:] = [telemetry.pressure_mmhg]
+            if out.raised and not raised_at:
+                raised_at.append(clock.now())
+
+        loop = ControlLoop(ReferencePumpDriver(transport), kernel_config(), clock, events, on_tick=on_tick)
+        result = await loop.run(InfusionPlan(rate_ml_h=5.0, volume_ml=5.0, syringe_diameter_mm=26.59))
+        assert result.reason == "interlock"
+        assert {"occlusion_pressure", "occlusion_slope"} & set(result.alarms)
+        assert pump.run_mode == 0
+        # S5: alarm and stop within C·(P_thr − P_0)/Q + 5 s (C of this plant: 2 µL/mmHg).
+        bound = 0.002 * (300.0 - before[0]) / (5.0 / 3600.0) + 5.0
+        assert raised_at[0] - occluded_at <= bound
+        # Stop first, log second: the pump was stopped before the alarm record was written.
+        names = [e for e, _ in events.events]
+        assert names.index("alarm") > 0 and "session_ended" in names
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "fault"), [("tcp", "fault_comm_drop_pct"), ("rtu", "fault_comm_corrupt_pct")]
+)
+def test_lost_replies_end_in_a_transport_error_and_a_stopped_pump(endpoint: str, fault: str) -> None:
+    async def body() -> None:
+        pump = _core.SimPump(seed=5, slack_taken_up=True)
+        async with serving(pump, time_scale=10.0) as server:
+            clock = ScaledClock(10.0)
+            server.clock = clock
+            if endpoint == "tcp":
+                url = f"modbus-tcp://{server.endpoints['modbus_tcp']}?timeout=0.2&retries=2"
+            else:
+                url = f"modbus-rtu://{server.endpoints['modbus_rtu_pty']}?timeout=0.2&retries=2"
+            transport = open_transport(url)
+            assert isinstance(transport, RegisterTransport)
+            events = Events()
+            loop = ControlLoop(
+                ReferencePumpDriver(transport, watchdog_ms=2000),
+                kernel_config(control_period_s=0.5, stale_after_s=2.5),
+                clock,
+                events,
+            )
+            pump.schedule(60.0, fault, 100)  # after a minute of pump time, every reply is lost
+            result = await loop.run(InfusionPlan(rate_ml_h=60.0, volume_ml=10.0, syringe_diameter_mm=26.59))
+            # Retries first, then a clear transport error naming the endpoint; the run ends in a safe stop,
+            # by the kernel's staleness interlock or by the loop giving up on the link, whichever is first.
+            failures = [f["error"] for f in events.named("telemetry_failed")]
+            assert failures and all(url.split("?")[0] in e and "3 attempts" in e for e in failures)
+            assert (result.reason, result.alarms) in {("transport", ()), ("interlock", ("telemetry_stale",))}
+            # The pump is stopped: by the bridge's stop, or by its own watchdog when that was lost too.
+            deadline = time.monotonic() + 2.0
+            while pump.run_mode != 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert pump.run_mode == 0
+
+    asyncio.run(body())
+
+
+def test_killed_bridge_stops_the_pump_by_its_watchdog_and_a_resume_recovers(tmp_path: Path) -> None:
+    with sim_process("--no-modbus-rtu", "--no-nesp") as (_proc, endpoints):
+        endpoint = str(endpoints["modbus_tcp"])
+        url = f"modbus-tcp://{endpoint}?unit=1"
+        first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "ketapump.cli", "run", "--pump", url, "--rate-ml-h", "120",
+             "--volume-ml", "0.5", "--json", "--log", str(first)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            # Wait until the pump is infusing for real (take-up done), then kill the bridge outright.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and asyncio.run(pump_register(endpoint, "infused_ml")) < 0.05:
+                time.sleep(0.1)
+            assert asyncio.run(pump_register(endpoint, "status")) == 1
+            bridge.send_signal(signal.SIGKILL)
+            bridge.wait()
+            killed = time.monotonic()
+            while asyncio.run(pump_register(endpoint, "status")) == 1 and time.monotonic() - killed < 5:
+                time.sleep(0.02)
+            stopped_after = time.monotonic() - killed
+        finally:
+            if bridge.poll() is None:
+                bridge.kill()
+        assert int(asyncio.run(pump_register(endpoint, "alarm_bits"))) & 0b10  # watchdog
+        assert stopped_after < 0.5 + 0.5  # its 500 ms period, plus this test's polling
+        pump_counter = asyncio.run(pump_register(endpoint, "infused_ml"))
+
+        resumed = ketapump(
+            "run", "--pump", url, "--rate-ml-h", "120", "--volume-ml", "0.5", "--json",
+            "--log", str(second), "--resume", str(first),
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+        summary = json.loads(resumed.stdout)
+        assert summary["session_delivered_ml"] == pytest.approx(0.5, abs=0.01)
+        records = [json.loads(line) for line in second.read_text().splitlines()]
+        recovered = [r for r in records if r["event"] == "session_recovered"]
+        assert recovered and recovered[0]["pump_infused_ml"] == pytest.approx(pump_counter, abs=1e-3)
+        assert recovered[0]["recovered_ml"] > 0.04
+        # The second file continues the first one's chain.
+        chained = audit.verify(second, expect_prev=audit.verify(first).final_hash)
+        assert chained.ok, chained.reason
+
+
+def test_resume_is_refused_when_pump_and_record_disagree(tmp_path: Path) -> None:
+    with sim_process("--no-modbus-rtu", "--no-nesp") as (_proc, endpoints):
+        url = f"modbus-tcp://{endpoints['modbus_tcp']}?unit=1"
+        record = tmp_path / "other.jsonl"
+        writer = audit.AuditWriter.open(record)
+        writer.write(
+            "telemetry",
+            delivered_ml=3.0,
+            session_delivered_ml=3.0,
+            pump_infused_ml=3.0,  # this fresh pump has infused nothing: not the recorded session
+            pump_infused_ml_at_start=0.0,
+        )
+        writer.close()
+        asyncio.run(acknowledge(str(endpoints["modbus_tcp"])))  # not a power loss: the counters are live
+        result = ketapump(
+            "run", "--pump", url, "--rate-ml-h", "60", "--volume-ml", "5", "--resume", str(record),
+            "--log", str(tmp_path / "new.jsonl"),
+        )  # fmt: skip
+        assert result.returncode == os.EX_DATAERR
+        assert "below the record" in result.stderr
+
+
+# ----- the audit log of a real run ---------------------------------------------------------------
+
+
+def test_log_verify_on_a_real_run_names_the_damaged_line(tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    result = ketapump("run", "--pump", "sim://", "--rate-ml-h", "60", "--volume-ml", "1", "--log", str(log))
+    assert result.returncode == 0, result.stderr
+    assert ketapump("log", "verify", str(log)).returncode == 0
+    lines = log.read_text().splitlines(keepends=True)
+    events = [json.loads(line)["event"] for line in lines]
+    for kind in ("session_started", "state_transition", "command", "telemetry", "session_ended"):
+        assert kind in events
+    damaged = {
+        "edited": [*lines[:5], lines[5].replace('"info"', '"debug"'), *lines[6:]],
+        "deleted": lines[:5] + lines[6:],
+        "swapped": [*lines[:5], lines[6], lines[5], *lines[7:]],
+    }
+    for name, content in damaged.items():
+        bad = tmp_path / f"{name}.jsonl"
+        bad.write_text("".join(content))
+        verdict = ketapump("log", "verify", str(bad))
+        assert verdict.returncode == os.EX_DATAERR, name
+        assert "line 6" in verdict.stderr, (name, verdict.stderr)
+
+
+# ----- unreachable endpoints ---------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"modbus-tcp://127.0.0.1:{_closed_port()}?timeout=0.3&retries=1",
+        "modbus-rtu:///dev/pts/9999?timeout=0.3&retries=1",
+        "nesp:///dev/pts/9999?timeout=0.3&retries=1",
+    ],
+    ids=["closed-port", "missing-rtu-pty", "missing-nesp-pty"],
+)
+def test_unreachable_endpoints_fail_fast_naming_the_endpoint(url: str, tmp_path: Path) -> None:
+    t = time.monotonic()
+    log = str(tmp_path / "l")
+    result = ketapump("run", "--pump", url, "--rate-ml-h", "10", "--volume-ml", "1", "--log", log)
+    elapsed = time.monotonic() - t
+    assert result.returncode == os.EX_UNAVAILABLE, result.stderr
+    assert url.split("?", maxsplit=1)[0] in result.stderr
+    assert elapsed < 10  # interpreter start-up included; the transport's own bound is 0.6 s
+
+
+def test_wrong_new_era_address_times_out_naming_the_endpoint(tmp_path: Path) -> None:
+    with sim_process("--no-modbus-tcp", "--no-modbus-rtu") as (_proc, endpoints):
+        url = f"nesp://{endpoints['nesp_pty']}?address=5&safe=0&timeout=0.3&retries=1"
+        t = time.monotonic()
+        log = str(tmp_path / "l")
+        result = ketapump("run", "--pump", url, "--rate-ml-h", "10", "--volume-ml", "1", "--log", log)
+        elapsed = time.monotonic() - t
+    assert result.returncode == os.EX_UNAVAILABLE, result.stderr
+    assert "address=5" in result.stderr
+    assert elapsed < 10
