@@ -22,6 +22,7 @@ from ketapump.bridge import ControlLoop, InfusionPlan
 from ketapump.clock import ScaledClock, VirtualClock
 from ketapump.config import kernel_config
 from ketapump.drivers.reference import ReferencePumpDriver
+from ketapump.errors import AuditWriteError
 from ketapump.transports import open_transport
 from ketapump.transports.base import RegisterTransport
 from simhelpers import REGMAP, serving, sim_process
@@ -217,7 +218,9 @@ def test_killed_bridge_stops_the_pump_by_its_watchdog_and_a_resume_recovers(tmp_
         recovered = [r for r in records if r["event"] == "session_recovered"]
         assert recovered and recovered[0]["pump_infused_ml"] == pytest.approx(pump_counter, abs=1e-3)
         assert recovered[0]["recovered_ml"] > 0.04
-        # The second file continues the first one's chain.
+        # The resumed run continues the same session, and the second file continues the first one's chain.
+        first_session = {json.loads(line).get("session_id") for line in first.read_text().splitlines()[1:]}
+        assert first_session == {r["session_id"] for r in records[1:]}
         chained = audit.verify(second, expect_prev=audit.verify(first).final_hash)
         assert chained.ok, chained.reason
 
@@ -307,3 +310,43 @@ def test_wrong_new_era_address_times_out_naming_the_endpoint(tmp_path: Path) -> 
     assert result.returncode == os.EX_UNAVAILABLE, result.stderr
     assert "address=5" in result.stderr
     assert elapsed < 10
+
+
+def test_an_audit_write_failure_stops_the_pump() -> None:
+    """If the record cannot be written, the pump must not run on unrecorded."""
+
+    class FailingLog(Events):
+        def info(self, event: str, **fields: Any) -> None:
+            if event == "telemetry" and self.named("telemetry"):
+                raise AuditWriteError("/var/log/ketapump/run.jsonl", "No space left on device")
+            super().info(event, **fields)
+
+        warning = error = info
+
+    async def body() -> None:
+        clock = VirtualClock()
+        pump = _core.SimPump(seed=8, slack_taken_up=True)
+        transport = open_transport("sim://", clock=clock, pump=pump)
+        assert isinstance(transport, RegisterTransport)
+        loop = ControlLoop(ReferencePumpDriver(transport), kernel_config(), clock, FailingLog())
+        with pytest.raises(AuditWriteError):
+            await loop.run(InfusionPlan(rate_ml_h=60.0, volume_ml=10.0, syringe_diameter_mm=26.59))
+        assert pump.run_mode == 0
+        assert 0 < pump.value("infused_ml") < 1.0  # it had been infusing for ~10 s
+
+    asyncio.run(body())
+
+
+def test_records_carry_session_and_pump_ids(tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    assert (
+        ketapump(
+            "run", "--pump", "sim://", "--rate-ml-h", "60", "--volume-ml", "0.2", "--log", str(log)
+        ).returncode
+        == 0
+    )
+    records = [json.loads(line) for line in log.read_text().splitlines()][1:]
+    sessions = {r["session_id"] for r in records}
+    assert len(sessions) == 1 and all(r["pump"] == "sim://" for r in records)
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert all(r["timestamp"].endswith("Z") for r in records)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -149,6 +150,16 @@ def loop_settings(period_s: float, defaults: dict[str, float | bool]) -> dict[st
     }
 
 
+def session_of(record: Path) -> str:
+    """The session id of an earlier run's audit record (a resumed run continues the same session)."""
+    with record.open(encoding="utf-8") as f:
+        for line in f:
+            session = json.loads(line).get("session_id")
+            if session:
+                return str(session)
+    raise ValueError("it names no session_id")
+
+
 def syringe_diameter_mm(name: str) -> float:
     for entry, _capacity, diameter in _core.SimPump.catalogue():
         if entry == name:
@@ -187,6 +198,10 @@ def run(
     period_s: Annotated[
         float | None, typer.Option(min=0.001, help="Control period (pump s); default suits the transport.")
     ] = None,
+    diagnostics: Annotated[
+        Path | None,
+        typer.Option(help="Library diagnostics (JSON lines); default stderr, never the audit log."),
+    ] = None,
 ) -> None:
     """Run a plain infusion on any pump and record it in a hash-chained audit log.
 
@@ -212,7 +227,13 @@ def run(
         writer = audit.AuditWriter.open(path, chain_from=resume)
     except (OSError, ValueError) as e:
         raise _fail(f"cannot open the audit log {path}: {e}", os.EX_IOERR) from e
-    events = audit.audit_logger(writer, pump=pump)
+    try:
+        session_id = session_of(resume) if resume else uuid.uuid4().hex
+    except (OSError, ValueError) as e:
+        writer.close()
+        raise _fail(f"cannot read the session record {resume}: {e}", os.EX_DATAERR) from e
+    audit.configure_diagnostics(diagnostics if diagnostics else sys.stderr)
+    events = audit.audit_logger(writer, session_id=session_id, pump=pump)
     plan = InfusionPlan(
         rate_ml_h=rate_ml_h, volume_ml=volume_ml, syringe_diameter_mm=diameter, take_up=take_up
     )
