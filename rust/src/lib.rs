@@ -384,6 +384,27 @@ impl RateController {
     }
 }
 
+/// Runs the KP-40MIN closed loop (kernel + controller + reference plant) entirely in Rust, with the
+/// GIL released, for `ticks` ticks (default: all 2 400 000). Returns how it ended.
+#[pyfunction]
+#[pyo3(signature = (config, ticks = None))]
+fn run_kp40min<'py>(py: Python<'py>, config: &KernelConfig, ticks: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
+    let scenario = ketapump_scenario::Kp40Min::STANDARD;
+    let cfg = config.inner;
+    // The one place the GIL is released: a whole run, no Python objects touched.
+    let o = py.detach(|| ketapump_scenario::run_kp40min(cfg, &scenario, ticks.unwrap_or(scenario.ticks)));
+    let d = PyDict::new(py);
+    d.set_item("ticks", o.ticks)?;
+    d.set_item("state", o.state.as_str())?;
+    d.set_item("alarms", alarm_names(AlarmSet(o.alarm_bits)))?;
+    d.set_item("first_alarm_tick", o.first_alarm_tick)?;
+    d.set_item("delivered_ml", o.delivered_ml)?;
+    d.set_item("plunger_ml", o.plunger_ml)?;
+    d.set_item("pressure_mmhg", o.pressure_mmhg)?;
+    d.set_item("trace_hash", o.trace_hash)?;
+    Ok(d)
+}
+
 /// The single choke point: clamps a requested forward rate (mL/s). Returns (rate, reason).
 #[pyfunction]
 fn clamp_rate(requested_ml_s: f64, max_ml_s: f64, headroom_ml: f64, period_s: f64) -> (f64, &'static str) {
@@ -402,6 +423,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TraceEvent>()?;
     m.add_class::<RateController>()?;
     m.add_function(wrap_pyfunction!(clamp_rate, m)?)?;
+    m.add_function(wrap_pyfunction!(run_kp40min, m)?)?;
     m.add_class::<sim::SimPump>()?;
     m.add_class::<sim::RtuPort>()?;
     m.add_class::<sim::NespPort>()?;

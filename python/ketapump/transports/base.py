@@ -92,7 +92,9 @@ class Transport(ABC):
             try:
                 if not self._connected:
                     await self.connect()
-                return await asyncio.wait_for(attempt(), self.timeout_s)
+                # asyncio.timeout bounds the attempt without wrapping it in a new task (wait_for does).
+                async with asyncio.timeout(self.timeout_s):
+                    return await attempt()
             except PumpRefusedError:
                 raise
             except (TimeoutError, TransportError, OSError, ConnectionError) as e:

@@ -1,0 +1,69 @@
+"""Draws docs/benchmarks.png from pytest-benchmark JSON files: each ratio against its target.
+
+python benches/plot.py /tmp/bench-kernel.json /tmp/bench-transport.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.png"
+
+
+def medians(paths: list[str]) -> dict[str, dict[str, float]]:
+    found: dict[str, dict[str, float]] = {}
+    for path in paths:
+        for bench in json.loads(Path(path).read_text())["benchmarks"]:
+            found[bench["name"]] = {"median": bench["stats"]["median"], **bench.get("extra_info", {})}
+    return found
+
+
+def main(paths: list[str]) -> None:
+    m = medians(paths)
+    rows: list[tuple[str, float, float, bool]] = []  # label, measured, target, higher is better
+    if {"test_kp40min_rust", "test_kp40min_python_reference"} <= m.keys():
+        ratio = m["test_kp40min_python_reference"]["median"] / m["test_kp40min_rust"]["median"]
+        rows.append(("KP-40MIN Rust/Python speed-up", ratio, 100.0, True))
+        rows.append(("KP-40MIN ns/tick", m["test_kp40min_rust"]["ns_per_tick"], 10.0, False))
+    if {"test_boundary_kernel_step_from_python", "test_boundary_python_noop_call"} <= m.keys():
+        ratio = (
+            m["test_boundary_kernel_step_from_python"]["median"]
+            / m["test_boundary_python_noop_call"]["median"]
+        )
+        rows.append(("kernel step / Python no-op call", ratio, 3.0, False))
+    if "test_bridge_tick_body_on_sim" in m:
+        rows.append(("bridge tick body p50 (µs)", m["test_bridge_tick_body_on_sim"]["p50_us"], 20.0, False))
+    for name, info in m.items():
+        if "ratio_median_over_floor" in info:
+            label = f"{info['protocol']} round trip / wire floor"
+            rows.append((label, info["ratio_median_over_floor"], 1.2, False))
+        if name == "test_poll_capacity[64pumps-100Hz]":
+            rows.append(("64 pumps × 100 Hz: cycles on time", info["on_time_fraction"], 0.999, True))
+            rows.append(
+                ("bridge/bare pymodbus CPU per request", info["cpu_ratio_bridge_over_bare"], 1.1, False)
+            )
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.2))
+    labels = [r[0] for r in rows]
+    score = [r[1] / r[2] if not r[3] else r[2] / r[1] for r in rows]  # ≤ 1 meets the target
+    colours = ["tab:green" if s <= 1 else "tab:red" for s in score]
+    ax.barh(labels, score, color=colours)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("measured / target (left of the line: target met)")
+    for y, (_label, measured, target, _higher) in enumerate(rows):
+        ax.text(max(score[y], 0.01) * 1.05, y, f"{measured:.3g} (target {target:g})", va="center", fontsize=8)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(OUT, dpi=110)
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
