@@ -27,6 +27,7 @@ __all__ = [
     "TraceEvent",
     "__version__",
     "clamp_rate",
+    "run_kp40min",
 ]
 
 __version__: Final[str]
@@ -403,3 +404,13 @@ class NespPort:
         """Feed bytes received at real time ``line_s``; run them at pump time ``now_s``."""
     def poll(self, now_s: float, pumps: dict[int, SimPump]) -> None:
         """Run the safe-mode watchdog of every address (call periodically)."""
+
+def run_kp40min(config: KernelConfig, ticks: int | None = None) -> dict[str, object]:
+    """Run the KP-40MIN closed loop (docs/benchmarks.md) entirely in Rust with the GIL released.
+
+    The kernel and controller under ``config`` drive a reference plant (first-order drive lag,
+    quantised plunger encoder, line pressure through compliance and resistance, an occlusion from
+    25:00 to 27:00) for ``ticks`` 1 ms ticks (default all 2 400 000). Returns ``ticks``, ``state``,
+    ``alarms``, ``first_alarm_tick``, ``delivered_ml``, ``plunger_ml``, ``pressure_mmhg`` and
+    ``trace_hash``, identical to :func:`ketapump.reference.run_kp40min` on the same settings.
+    """
