@@ -232,6 +232,7 @@ def test_resume_is_refused_when_pump_and_record_disagree(tmp_path: Path) -> None
         writer = audit.AuditWriter.open(record)
         writer.write(
             "telemetry",
+            session_id="a-recorded-session",
             delivered_ml=3.0,
             session_delivered_ml=3.0,
             pump_infused_ml=3.0,  # this fresh pump has infused nothing: not the recorded session

@@ -233,7 +233,8 @@ def test_driver_runs_the_simulated_pump(safe_s: int) -> None:
             stopped = await driver.read_telemetry()
             assert not stopped.motor_running
             delivered = await driver.read_delivered_ml()
-            assert delivered == pytest.approx(stopped.infused_ml, abs=1e-3)
+            # The plunger creeps on for a moment after STP while the drive spring relaxes: allow a few µL.
+            assert delivered == pytest.approx(stopped.infused_ml, abs=5e-3)
             assert delivered >= volumes[-1] > 0
             await asyncio.sleep(0.2)
             assert await driver.read_delivered_ml() == pytest.approx(delivered, abs=5e-3)  # settling only
