@@ -4,7 +4,9 @@ the audit log of a real run, and unreachable endpoints."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -22,7 +24,7 @@ from ketapump.bridge import ControlLoop, InfusionPlan
 from ketapump.clock import ScaledClock, VirtualClock
 from ketapump.config import kernel_config
 from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.errors import AuditWriteError
+from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
 from ketapump.transports import open_transport
 from ketapump.transports.base import RegisterTransport
 from simhelpers import REGMAP, serving, sim_process
@@ -84,7 +86,8 @@ def test_forty_minute_infusion_delivers_within_one_percent(kind: str, tmp_path: 
     serve = ["--no-modbus-rtu", "--no-nesp"] if kind == "modbus-tcp" else ["--no-modbus-rtu"]
     with sim_process("--time-scale", "60", *serve) as (_proc, endpoints):
         if kind == "modbus-tcp":
-            url = f"modbus-tcp://{endpoints['modbus_tcp']}?unit=1"
+            # At 60× a retried request must still fit the pump's watchdog: short attempts (0.05 s real).
+            url = f"modbus-tcp://{endpoints['modbus_tcp']}?unit=1&timeout=0.05"
         else:
             url = f"nesp://{endpoints['nesp_pty']}?address=0&safe=0"
         log = tmp_path / "run.jsonl"
@@ -168,7 +171,9 @@ def test_lost_replies_end_in_a_transport_error_and_a_stopped_pump(endpoint: str,
             # by the kernel's staleness interlock or by the loop giving up on the link, whichever is first.
             failures = [f["error"] for f in events.named("telemetry_failed")]
             assert failures and all(url.split("?")[0] in e and "3 attempts" in e for e in failures)
-            assert (result.reason, result.alarms) in {("transport", ()), ("interlock", ("telemetry_stale",))}
+            # (With the link dead the final stop cannot be confirmed either: reason "transport".)
+            assert result.reason in {"transport", "interlock"}
+            assert set(result.alarms) <= {"telemetry_stale"}
             # The pump is stopped: by the bridge's stop, or by its own watchdog when that was lost too.
             deadline = time.monotonic() + 2.0
             while pump.run_mode != 0 and time.monotonic() < deadline:
@@ -179,7 +184,8 @@ def test_lost_replies_end_in_a_transport_error_and_a_stopped_pump(endpoint: str,
 
 
 def test_killed_bridge_stops_the_pump_by_its_watchdog_and_a_resume_recovers(tmp_path: Path) -> None:
-    with sim_process("--no-modbus-rtu", "--no-nesp") as (_proc, endpoints):
+    # Every endpoint served, as by default: the New Era port must not keep the Modbus watchdog fed.
+    with sim_process() as (_proc, endpoints):
         endpoint = str(endpoints["modbus_tcp"])
         url = f"modbus-tcp://{endpoint}?unit=1"
         first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
@@ -351,3 +357,90 @@ def test_records_carry_session_and_pump_ids(tmp_path: Path) -> None:
     assert len(sessions) == 1 and all(r["pump"] == "sim://" for r in records)
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     assert all(r["timestamp"].endswith("Z") for r in records)
+
+
+# ----- safety paths of the loop ------------------------------------------------------------------
+
+
+def _sim_loop(
+    pump: _core.SimPump, driver_class: type[ReferencePumpDriver] = ReferencePumpDriver, **settings: Any
+):
+    clock = VirtualClock()
+    transport = open_transport("sim://", clock=clock, pump=pump)
+    assert isinstance(transport, RegisterTransport)
+    events = Events()
+    return ControlLoop(driver_class(transport), kernel_config(**settings), clock, events), events
+
+
+PLAN = InfusionPlan(rate_ml_h=60.0, volume_ml=5.0, syringe_diameter_mm=26.59)
+
+
+def test_occlusion_back_off_retracts_before_the_run_ends() -> None:
+    pump = _core.SimPump(seed=11, slack_taken_up=True)
+    pump.schedule(120.0, "fault_occlusion", 1)
+    loop, events = _sim_loop(pump)
+    result = asyncio.run(loop.run(PLAN))
+    assert result.reason == "interlock"
+    retracts = [c for c in events.named("command") if c["direction"] == "retract"]
+    assert retracts, "the kernel's back-off was never relayed"
+    assert pump.value("withdrawn_ml") > 0.05
+    assert pump.line_pressure_mmhg < 150.0  # relieved from the 300 mmHg alarm threshold
+    assert pump.run_mode == 0
+
+
+def test_interlock_before_start_never_starts_the_pump() -> None:
+    pump = _core.SimPump(seed=12, slack_taken_up=True)
+    pump.inject("fault_air", 1)
+    loop, events = _sim_loop(pump)
+    result = asyncio.run(loop.run(PLAN))
+    assert (result.reason, result.alarms, result.detail) == ("interlock", ("air_in_line",), "before start")
+    assert events.named("alarm") and pump.value("infused_ml") == 0.0
+
+
+def test_a_pump_reset_mid_run_ends_the_run() -> None:
+    pump = _core.SimPump(seed=13, slack_taken_up=True)
+    pump.schedule(60.0, "fault_reset", 1)
+    loop, events = _sim_loop(pump)
+    result = asyncio.run(loop.run(PLAN))
+    assert result.reason == "pump_alarm" and "reset" in result.pump_alarms
+    assert events.named("pump_alarm") and pump.run_mode == 0
+
+
+class _FailedPressureSensor(ReferencePumpDriver):
+    """The reference pump whose pressure sensor fails after a minute (reads NaN)."""
+
+    async def read_telemetry(self) -> Any:
+        t = await super().read_telemetry()
+        if self.transport.pump.t_s > 60.0:  # type: ignore[attr-defined]
+            return dataclasses.replace(t, pressure_mmhg=math.nan)
+        return t
+
+
+def test_a_failed_pressure_sensor_is_a_telemetry_fault_not_zero_pressure() -> None:
+    loop, _events = _sim_loop(_core.SimPump(seed=14, slack_taken_up=True), _FailedPressureSensor)
+    result = asyncio.run(loop.run(PLAN))
+    assert (result.reason, result.alarms) == ("interlock", ("telemetry_invalid",))
+
+
+def test_a_pump_without_pressure_sensor_needs_a_kernel_configured_so() -> None:
+    class _NoSensor(ReferencePumpDriver):
+        lacks = frozenset({"pressure_mmhg"})
+
+    with pytest.raises(ConfigurationError, match="has_pressure_sensor"):
+        _sim_loop(_core.SimPump(), _NoSensor)
+    loop, _ = _sim_loop(_core.SimPump(seed=15, slack_taken_up=True), _NoSensor, has_pressure_sensor=False)
+    assert asyncio.run(loop.run(PLAN)).state == "complete"
+
+
+class _StopNeverAcknowledged(ReferencePumpDriver):
+    async def stop(self) -> None:
+        if self.transport.pump.t_s > 10.0:  # type: ignore[attr-defined]
+            raise TransportError(self.transport.url, "stop: no answer")
+        await super().stop()
+
+
+def test_an_unconfirmed_final_stop_is_not_reported_complete() -> None:
+    loop, events = _sim_loop(_core.SimPump(seed=16, slack_taken_up=True), _StopNeverAcknowledged)
+    result = asyncio.run(loop.run(InfusionPlan(rate_ml_h=60.0, volume_ml=0.5, syringe_diameter_mm=26.59)))
+    assert result.reason == "transport" and result.detail == "the pump did not confirm the stop"
+    assert events.named("pump_stop_unconfirmed")

@@ -13,7 +13,7 @@
 //! lost), end of travel, over-pressure (the pump's own hard limit).
 
 use crate::plant::{Plant, PlantConfig, PlantError};
-use crate::regmap::{decode, encode, Access, ModbusException, RegType, Register, RegisterMap};
+use crate::regmap::{decode, encode, Access, ModbusException, Register, RegisterMap};
 use crate::rng::SplitMix64;
 
 /// Pump-side alarm bits (register `alarm_bits`).
@@ -104,6 +104,9 @@ pub struct Firmware {
     watchdog_ms: u16,
     heartbeat: u16,
     last_heartbeat_t_s: f64,
+    /// The register watchdog guards motion started over the register interface only: a New Era
+    /// pump has no such watchdog (its protection is safe mode's communication timeout).
+    watchdog_armed: bool,
     infused_ml: f64,
     withdrawn_ml: f64,
     counted_encoder_ml: f64,
@@ -137,6 +140,7 @@ impl Firmware {
             watchdog_ms: DEFAULT_WATCHDOG_MS,
             heartbeat: 0,
             last_heartbeat_t_s: 0.0,
+            watchdog_armed: false,
             infused_ml: 0.0,
             withdrawn_ml: 0.0,
             counted_encoder_ml: encoder,
@@ -217,7 +221,7 @@ impl Firmware {
                 return Ok(());
             }
             let next_fault = self.schedule.first().map_or(f64::INFINITY, |f| f.at_s);
-            let deadline = if self.run_mode == RunMode::Stop {
+            let deadline = if self.run_mode == RunMode::Stop || !self.watchdog_armed {
                 f64::INFINITY
             } else {
                 self.last_heartbeat_t_s + f64::from(self.watchdog_ms) / 1_000.0
@@ -225,7 +229,7 @@ impl Firmware {
             let until = t_s.min(next_fault).min(deadline).max(now + 1.0e-9);
             self.plant.step(until - now)?;
             self.update_after_motion();
-            if self.plant.t_s() >= deadline - 1.0e-9 && self.run_mode != RunMode::Stop {
+            if self.plant.t_s() >= deadline - 1.0e-9 && self.run_mode != RunMode::Stop && self.watchdog_armed {
                 self.latch(alarm::WATCHDOG);
             }
             while self.schedule.first().is_some_and(|f| f.at_s <= self.plant.t_s() + 1.0e-9) {
@@ -300,9 +304,18 @@ impl Firmware {
         self.write_named("rate_ml_h", rate)
     }
 
-    /// Starts (infuse or withdraw) or stops the motor.
+    /// Starts (infuse or withdraw) or stops the motor, as a `run_mode` register write: motion started
+    /// this way is guarded by the heartbeat watchdog.
     pub fn run(&mut self, mode: RunMode) -> Result<(), ModbusException> {
         self.write_named("run_mode", f64::from(mode as u16))
+    }
+
+    /// Starts or stops the motor for a protocol that has no heartbeat (New Era): the same checks as
+    /// [`Firmware::run`], but the register watchdog does not guard this motion.
+    pub fn run_unwatched(&mut self, mode: RunMode) -> Result<(), ModbusException> {
+        self.run(mode)?;
+        self.watchdog_armed = false;
+        Ok(())
     }
 
     pub fn set_diameter_mm(&mut self, diameter: f64) -> Result<(), ModbusException> {
@@ -555,6 +568,7 @@ impl Firmware {
                     self.lost_steps_at_run = self.lost_steps();
                     self.last_heartbeat_t_s = self.plant.t_s();
                 }
+                self.watchdog_armed = mode != RunMode::Stop;
                 self.set_motor(mode);
             }
             "alarm_ack" => self.acknowledge(),
@@ -602,9 +616,4 @@ impl Firmware {
         }
         Ok(())
     }
-}
-
-/// Register type of a name in the shipped map (for callers that encode values themselves).
-pub fn register_type(map: &RegisterMap, name: &str) -> Option<RegType> {
-    map.by_name(name).map(|r| r.ty)
 }

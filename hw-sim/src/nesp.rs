@@ -30,8 +30,10 @@
 //! - **Alarms**: firmware `RESET` → `A?R`; `WATCHDOG` and the safe-mode timeout → `A?T`; `MOTOR_STALL`,
 //!   `END_OF_TRAVEL`, `OVER_PRESSURE` → `A?S`. Reporting an alarm acknowledges the firmware; an alarm
 //!   whose condition persists (e.g. end of travel) is reported once per latch, not on every command.
-//! - **Firmware watchdog**: NE has no register heartbeat, so every valid packet and every `poll` feeds
-//!   [`Firmware::heartbeat`]; the caller must poll at least every `watchdog_ms` (0.5 s) of pump time.
+//! - **Firmware watchdog**: a New Era pump has no register heartbeat; motion it starts is not guarded
+//!   by the register watchdog ([`Firmware::run_unwatched`]) — safe mode's timeout is its protection.
+//!   Polling the port never feeds the register watchdog, so a Modbus client of the same simulated
+//!   pump keeps its own guarantee.
 //! - `DIS` counts from the firmware's infused/withdrawn counters since the last `CLD INF` / `CLD WDR`
 //!   (baselines held here, so the firmware counters are never cleared from this side).
 
@@ -366,7 +368,7 @@ impl AddressState {
 
     /// Stops the pump and the program (alarm, timeout).
     fn halt(&mut self, pump: &mut Firmware) {
-        let _ = pump.run(RunMode::Stop);
+        let _ = pump.run_unwatched(RunMode::Stop);
         self.end_purge(pump);
         self.program = ProgramState::Stopped;
     }
@@ -506,10 +508,9 @@ impl NespPort {
         out
     }
 
-    /// Runs the safe-mode watchdog of one address and follows its firmware; feeds the firmware's
-    /// register watchdog. Call periodically (at least every 0.5 s of pump time) for every address.
+    /// Runs the safe-mode watchdog of one address and follows its firmware. Call periodically for every
+    /// address. It never feeds the register watchdog (see the module notes).
     pub fn poll(&mut self, now_s: f64, address: u8, pump: &mut Firmware) {
-        pump.heartbeat();
         let st = self.state(now_s, address);
         st.sync(pump);
         if st.safe_timeout_s > 0 && !st.timed_out && now_s - st.last_valid_s >= f64::from(st.safe_timeout_s) {
@@ -692,7 +693,7 @@ fn run_command(st: &mut AddressState, now_s: f64, command: &str, pump: &mut Firm
             st.direction = new;
             if st.program == ProgramState::Running {
                 let mode = st.run_mode();
-                if pump.run(mode).is_err() {
+                if pump.run_unwatched(mode).is_err() {
                     return Reply::Error("?NA");
                 }
             }
@@ -775,7 +776,7 @@ fn run_command(st: &mut AddressState, now_s: f64, command: &str, pump: &mut Firm
             ProgramState::Purging => Reply::Error("?NA"),
             ProgramState::Stopped | ProgramState::Paused => {
                 let from_stop = stopped;
-                if let Err(e) = pump.run(st.run_mode()) {
+                if let Err(e) = pump.run_unwatched(st.run_mode()) {
                     return na(e);
                 }
                 if from_stop {
@@ -796,7 +797,7 @@ fn run_command(st: &mut AddressState, now_s: f64, command: &str, pump: &mut Firm
                     return na(e);
                 }
                 pump.set_volume_target(None);
-                if let Err(e) = pump.run(RunMode::Infuse) {
+                if let Err(e) = pump.run_unwatched(RunMode::Infuse) {
                     let _ = pump.set_rate_ml_h(saved);
                     pump.set_volume_target(target(st.target_ml));
                     return na(e);
@@ -809,7 +810,7 @@ fn run_command(st: &mut AddressState, now_s: f64, command: &str, pump: &mut Firm
         "STP" if arg.is_empty() => {
             match st.program {
                 ProgramState::Running => {
-                    let _ = pump.run(RunMode::Stop);
+                    let _ = pump.run_unwatched(RunMode::Stop);
                     st.program = ProgramState::Paused;
                 }
                 ProgramState::Paused | ProgramState::Stopped | ProgramState::Purging => st.halt(pump),

@@ -215,3 +215,21 @@ fn comm_faults_are_decided_by_the_fault_registers() {
     let drops = (0..1000).filter(|_| fw.comm_action().drop).count();
     assert!((400..600).contains(&drops), "{drops}");
 }
+
+#[test]
+fn motion_started_without_a_heartbeat_protocol_is_not_stopped_by_the_register_watchdog() {
+    // New Era starts the motor with `run_unwatched`: its protection is safe mode, not the heartbeat.
+    let mut fw = pump();
+    write(&mut fw, "alarm_ack", 1.0).unwrap();
+    write(&mut fw, "rate_ml_h", 60.0).unwrap();
+    fw.run_unwatched(RunMode::Infuse).unwrap();
+    fw.advance_to(5.0).unwrap();
+    assert_eq!(fw.run_mode(), RunMode::Infuse);
+    assert_eq!(fw.alarms(), 0);
+    // The same motion started through the register is guarded.
+    fw.run(RunMode::Stop).unwrap();
+    write(&mut fw, "run_mode", 1.0).unwrap();
+    fw.advance_to(6.0).unwrap();
+    assert_eq!(fw.run_mode(), RunMode::Stop);
+    assert_ne!(fw.alarms() & alarm::WATCHDOG, 0);
+}

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from ketapump import _core
 from ketapump.clock import Clock
 from ketapump.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.errors import KetapumpError, TransportError
+from ketapump.errors import ConfigurationError, KetapumpError, TransportError
 
 #: Relative change of the commanded rate below which the pump is not sent a new rate.
 RATE_DEADBAND = 5e-3
@@ -71,7 +70,6 @@ class RunResult:
     alarms: tuple[str, ...] = ()
     pump_alarms: tuple[str, ...] = ()
     detail: str = ""
-    samples: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -96,7 +94,6 @@ class ControlLoop:
         summary_every_s: float = 10.0,
         max_transport_failures: int = 3,
         on_tick: Callable[[_core.StepOutput, PumpTelemetry | None], None] | None = None,
-        record_samples: bool = False,
     ) -> None:
         self.driver = driver
         self.config = config
@@ -106,7 +103,10 @@ class ControlLoop:
         self.summary_every_s = summary_every_s
         self.max_transport_failures = max_transport_failures
         self.on_tick = on_tick
-        self.record_samples = record_samples
+        if "pressure_mmhg" in driver.lacks and config.as_dict()["has_pressure_sensor"]:
+            raise ConfigurationError(
+                "has_pressure_sensor", "is true but this pump measures no line pressure (driver.lacks)"
+            )
         self.kernel = _core.SafetyKernel(config)
         self._stop_requested = False
         self._commanded = _Commanded()
@@ -118,13 +118,16 @@ class ControlLoop:
 
     # ----- pump commands ----------------------------------------------------------------------
 
-    async def _safe_stop(self) -> None:
-        """Stops the pump; a failure is logged, never raised (we are already on a failure path)."""
+    async def _safe_stop(self) -> bool:
+        """Stops the pump; a failure is logged and reported, never raised (we are already on a failure
+        path). Returns whether the pump acknowledged the stop."""
         try:
             await self.driver.stop()
-            self._commanded = _Commanded()
         except TransportError as e:
             self.log.error("pump_stop_failed", error=str(e))
+            return False
+        self._commanded = _Commanded()
+        return True
 
     async def _apply(self, out: _core.StepOutput) -> None:
         """Relays the kernel's command to the pump, sending only what changed."""
@@ -192,13 +195,19 @@ class ControlLoop:
             missing_telemetry=sorted(self.driver.lacks),
         )
         t0 = self.clock.now()
-        self._step(t0, telemetry)
+        first = self._step(t0, telemetry)
+        if first.alarms:
+            # Something is already wrong (air, no syringe, bad telemetry): never start.
+            self._drain_trace()
+            log.error("alarm", raised=list(first.raised), alarms=list(first.alarms), delivered_ml=0.0)
+            return self._finish(
+                "alarm", "interlock", 0.0, recovered_ml, telemetry=telemetry, detail="before start"
+            )
         kernel.start()
         self._drain_trace()
         tick, next_summary = 0, t0
         last: PumpTelemetry | None = telemetry
         failures = 0
-        samples: list[dict[str, float]] = []
         while True:
             tick += 1
             await self.clock.sleep_until(t0 + tick * self.period_s)
@@ -222,7 +231,9 @@ class ControlLoop:
                     "alarm", raised=list(out.raised), alarms=list(out.alarms), delivered_ml=out.delivered_ml
                 )
             self._drain_trace()
-            if fresh is not None and fresh.pump_alarms - {"reset"} and kernel.state != "alarm":
+            if fresh is not None and fresh.pump_alarms and kernel.state != "alarm":
+                # Only the power-up reset before the start is expected; during the run a reset means the
+                # pump lost power (and its counters), and any other pump alarm means it stopped itself.
                 await self._safe_stop()
                 log.error("pump_alarm", pump_alarms=sorted(fresh.pump_alarms))
                 return self._finish("stopped", "pump_alarm", out.delivered_ml, recovered_ml, telemetry=fresh)
@@ -243,22 +254,25 @@ class ControlLoop:
                     telemetry=last,
                     detail="link lost",
                 )
-            if self.record_samples and fresh is not None:
-                samples.append(self._sample(now, out, fresh))
             if self.on_tick is not None:
                 self.on_tick(out, fresh)
             if now >= next_summary and last is not None:
                 next_summary = now + self.summary_every_s
                 self._summary(out, last, start_infused, recovered_ml)
-            if out.state in {"complete", "alarm", "stopped"}:
-                await self._safe_stop()
+            # The end: a final state once the kernel commands hold (an occlusion back-off retracts first).
+            if out.state in {"complete", "alarm", "stopped"} and out.direction == "hold":
+                stopped = await self._safe_stop()
                 final = await self._final_telemetry(last)
                 self._summary(out, final, start_infused, recovered_ml)
+                if not stopped or final is None or final.motor_running:
+                    log.error("pump_stop_unconfirmed", state=out.state)
+                    return self._finish(
+                        out.state, "transport", out.delivered_ml, recovered_ml, telemetry=final,
+                        detail="the pump did not confirm the stop",
+                    )  # fmt: skip
                 reason = {"complete": "complete", "alarm": "interlock", "stopped": "operator"}[out.state]
                 log.info("session_ended", state=out.state, reason=reason, delivered_ml=out.delivered_ml)
-                result = self._finish(out.state, reason, out.delivered_ml, recovered_ml, telemetry=final)
-                result.samples = samples
-                return result
+                return self._finish(out.state, reason, out.delivered_ml, recovered_ml, telemetry=final)
 
     def _step(self, now: float, telemetry: PumpTelemetry | None) -> _core.StepOutput:
         """One kernel tick. Without a fresh sample the last one is repeated with its old timestamp, so
@@ -271,7 +285,9 @@ class ControlLoop:
             now,
             t,
             sample.volume_ml,
-            sample.pressure_mmhg if not math.isnan(sample.pressure_mmhg) else 0.0,
+            # Passed as read: NaN from a pump without a sensor is ignored by a kernel configured without
+            # one, and from a pump with a sensor it is a telemetry fault, never a disguised 0 mmHg.
+            sample.pressure_mmhg,
             motor_running=sample.motor_running,
             air_in_line=sample.air_in_line,
             syringe_present=sample.syringe_present,
@@ -315,16 +331,6 @@ class ControlLoop:
         except TransportError:
             return last
 
-    @staticmethod
-    def _sample(now: float, out: _core.StepOutput, t: PumpTelemetry) -> dict[str, float]:
-        return {
-            "t_s": now,
-            "commanded_ml_h": out.rate_ml_h if out.direction == "forward" else 0.0,
-            "volume_ml": t.volume_ml,
-            "delivered_ml": out.delivered_ml,
-            "pressure_mmhg": t.pressure_mmhg,
-        }
-
     def _finish(
         self,
         state: str,
@@ -363,6 +369,8 @@ def recover_delivered_ml(
                 entry = json.loads(line)
                 if entry.get("event") == "telemetry":
                     last = entry
+                elif entry.get("event") == "session_ended":
+                    raise RecoveryError(f"{record} records a session that ended ({entry.get('reason')})")
     except (OSError, json.JSONDecodeError) as e:
         raise RecoveryError(f"cannot read the session record {record}: {e}") from e
     if last is None:

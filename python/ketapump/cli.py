@@ -36,6 +36,9 @@ app = typer.Typer(
 )
 
 
+#: Seconds between telemetry summaries in the audit log (the recovery points of a resume).
+SUMMARY_EVERY_S = 10.0
+
 #: Exit codes of ``ketapump run`` (documented in the README).
 EXIT_COMPLETE = 0
 EXIT_INTERLOCK = 3  # stopped by a kernel interlock or a pump-side alarm
@@ -75,8 +78,8 @@ def sim(
         plan = load_scenario(scenario) if scenario else Scenario(schema_version=1)
         overrides = {k: v for k, v in {"syringe": syringe, "seed": seed}.items() if v is not None}
         if overrides:
-            plan = plan.model_copy(update={"pump": plan.pump.model_copy(update=overrides)})
-            type(plan).model_validate(plan.model_dump())
+            # Validated like the file itself (model_copy alone would not check the new values).
+            plan = Scenario.model_validate(plan.model_dump() | {"pump": plan.pump.model_dump() | overrides})
         pump = plan.build_pump()
     except ConfigurationError as e:
         raise _fail(str(e), os.EX_DATAERR) from e
@@ -170,14 +173,23 @@ def syringe_diameter_mm(name: str) -> float:
 
 def make_driver(url: str, clock: Clock, period_s: float, time_scale: float) -> PumpDriver:
     """The driver for a pump URL: New Era for ``nesp://``, the reference register map otherwise.
-    The pump's watchdog gets five loop periods and at least 100 ms of real time for scheduling jitter,
-    never less than its 500 ms default (S8)."""
+
+    The pump's watchdog must outlast one fully retried request plus two loop periods (or a single lost
+    reply would stop the pump), five loop periods, and 100 ms of real scheduling jitter; never less than
+    its 500 ms default. A URL whose retries need more than the pump allows (10 s) is refused.
+    """
     transport = open_transport(url, clock=clock)
     if isinstance(transport, NespTransport):
         return NewEraDriver(transport)
     assert isinstance(transport, RegisterTransport)
-    watchdog_ms = max(500.0, 5_000.0 * period_s, 100.0 * time_scale)
-    return ReferencePumpDriver(transport, watchdog_ms=int(min(10_000.0, watchdog_ms)))
+    retried_s = transport.timeout_s * (transport.retries + 1) * time_scale + 2 * period_s
+    watchdog_ms = max(500.0, 1_000.0 * retried_s, 5_000.0 * period_s, 100.0 * time_scale)
+    if watchdog_ms > 10_000.0:
+        raise ConfigurationError(
+            "pump",
+            f"URL {url!r}: timeout × (retries + 1) needs a pump watchdog of {watchdog_ms:.0f} ms (max 10000)",
+        )
+    return ReferencePumpDriver(transport, watchdog_ms=int(watchdog_ms))
 
 
 @app.command()
@@ -216,9 +228,11 @@ def run(
         diameter = syringe_diameter_mm(syringe)
         defaults = default_kernel_settings()
         period = control_period_s(scheme, time_scale, period_s, float(defaults["control_period_s"]))
-        config = kernel_config(**loop_settings(period, defaults))
         clock: Clock = VirtualClock() if scheme == "sim" else ScaledClock(time_scale)
         driver = make_driver(pump, clock, period, time_scale)
+        # A pump without a pressure sensor (New Era) leaves the kernel on stall and volume checks.
+        sensor = "pressure_mmhg" not in driver.lacks
+        config = kernel_config(**loop_settings(period, defaults), has_pressure_sensor=sensor)
     except ConfigurationError as e:
         raise _fail(str(e), os.EX_DATAERR) from e
     path = log or default_log_path()
@@ -299,7 +313,12 @@ async def _run(
         await driver.connect()
         telemetry = await driver.read_telemetry()
         recovered = recover_delivered_ml(
-            resume, telemetry.infused_ml, telemetry.pump_alarms, rate_ml_h=plan.rate_ml_h, slack_s=15.0
+            resume,
+            telemetry.infused_ml,
+            telemetry.pump_alarms,
+            # Between the last summary and the watchdog's stop, the pump ran at most at the ceiling.
+            rate_ml_h=float(default_kernel_settings()["max_rate_ml_h"]),
+            slack_s=SUMMARY_EVERY_S + 10.0,
         )
         events.info(
             "session_recovered",
@@ -307,9 +326,14 @@ async def _run(
             recovered_ml=recovered,
             pump_infused_ml=telemetry.infused_ml,
         )
+        unexpected = telemetry.pump_alarms - {"watchdog"}
+        if unexpected:
+            raise RecoveryError(
+                f"the pump latched {', '.join(sorted(unexpected))}: resolve it before resuming"
+            )
         if telemetry.pump_alarms:
-            # Resuming is the operator's explicit decision: it acknowledges what the pump latched when
-            # the previous run died (its watchdog), and the record says so.
+            # Resuming is the operator's explicit decision: it acknowledges the watchdog alarm the pump
+            # latched when the previous run died, and the record says so.
             await driver.acknowledge_alarm()
             events.info("pump_alarm_acknowledged", pump_alarms=sorted(telemetry.pump_alarms), why="resume")
     with Progress(console=console, transient=True, disable=quiet) as progress:
@@ -318,7 +342,7 @@ async def _run(
         def on_tick(out: _core.StepOutput, _telemetry: object) -> None:
             progress.update(task, completed=recovered + out.delivered_ml, description=out.state)
 
-        loop = ControlLoop(driver, config, clock, events, on_tick=on_tick)
+        loop = ControlLoop(driver, config, clock, events, on_tick=on_tick, summary_every_s=SUMMARY_EVERY_S)
         signals = (signal.SIGINT, signal.SIGTERM)
         aio = asyncio.get_running_loop()
         for sig in signals:

@@ -7,6 +7,7 @@ the simulator's Modbus front and the bridge's driver. ``docs/register-map.md`` i
 
 from __future__ import annotations
 
+import math
 import struct
 import tomllib
 from dataclasses import dataclass
@@ -69,9 +70,17 @@ def load_register_map() -> RegisterMap:
 
 
 def encode(register: Register, value: float) -> list[int]:
-    """The register's words for ``value`` (big-endian word order)."""
+    """The register's words for ``value`` (big-endian word order); a value the type cannot hold raises
+    ``ValueError`` naming the register (never a silent wrap-around)."""
+    limits = {"u16": (0, 0xFFFF), "i32": (-(2**31), 2**31 - 1)}
+    if register.type in limits:
+        low, high = limits[register.type]
+        if not (math.isfinite(value) and value == int(value) and low <= value <= high):
+            raise ValueError(f"{register.name}: {value!r} does not fit a {register.type} register")
+    elif not math.isfinite(value):
+        raise ValueError(f"{register.name}: {value!r} is not a finite number")
     if register.type == "u16":
-        return [int(value) & 0xFFFF]
+        return [int(value)]
     raw = struct.pack(">f", value) if register.type == "f32" else struct.pack(">i", int(value))
     return list(struct.unpack(">HH", raw))
 

@@ -14,7 +14,7 @@ RUN_STOP, RUN_INFUSE, RUN_WITHDRAW = 0, 1, 2
 
 
 class ReferencePumpDriver(PumpDriver):
-    """Typed operations on the reference pump. Telemetry is one block read (registers 30–49)."""
+    """Typed operations on the reference pump. Telemetry is one block read (registers 30–48)."""
 
     def __init__(self, transport: RegisterTransport, *, watchdog_ms: int = 500) -> None:
         self.transport = transport
@@ -52,9 +52,12 @@ class ReferencePumpDriver(PumpDriver):
         await self._write("run_mode", RUN_INFUSE)
 
     async def withdraw(self, rate_ml_h: float) -> None:
-        """Retracts at ``rate_ml_h`` (occlusion back-off)."""
-        await self._write("rate_ml_h", rate_ml_h)
-        await self._write("run_mode", RUN_WITHDRAW)
+        """Retracts at ``rate_ml_h`` (occlusion back-off), rate and direction in ONE write (registers
+        20–22): two writes would leave the pump infusing at the back-off rate into an occluded line
+        between them. The firmware validates the whole write before applying any of it."""
+        rate, mode = self.map["rate_ml_h"], self.map["run_mode"]
+        assert mode.address == rate.address + rate.words, "rate_ml_h and run_mode are adjacent"
+        await self.transport.write_registers(rate.address, [*encode(rate, rate_ml_h), RUN_WITHDRAW])
 
     async def stop(self) -> None:
         await self._write("run_mode", RUN_STOP)

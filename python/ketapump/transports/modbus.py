@@ -34,11 +34,11 @@ class _ModbusTransport(RegisterTransport):
         raise NotImplementedError
 
     async def _connect(self) -> None:
-        client = self._make_client()
+        # Held before awaiting, so a connect cancelled by the timeout is still closed by _close.
+        self._client = client = self._make_client()
         if not await client.connect():
-            client.close()
+            await self._close()
             raise TransportError(self.url, "cannot connect")
-        self._client = client
 
     async def _close(self) -> None:
         if self._client is not None:
@@ -62,6 +62,8 @@ class _ModbusTransport(RegisterTransport):
         except ModbusException as e:
             raise TransportError(self.url, str(e)) from e
         self._check(rr, f"read {count} at {address}")
+        if len(rr.registers) != count:
+            raise TransportError(self.url, f"read {count} at {address}: got {len(rr.registers)} registers")
         return list(rr.registers)
 
     async def _write(self, address: int, values: list[int]) -> None:

@@ -36,6 +36,8 @@ class SimTransport(RegisterTransport):
     async def _read(self, address: int, count: int) -> list[int]:
         await asyncio.sleep(0)
         self.pump.advance_to(self.clock.now())
+        if not (0 <= address <= 0xFFFF and 0 < count <= 125):
+            raise self._refused(2, f"read {count} at {address}")
         code, words = self.pump.read_registers(address, count)
         if code:
             raise self._refused(code, f"read {count} at {address}")
@@ -44,6 +46,8 @@ class SimTransport(RegisterTransport):
     async def _write(self, address: int, values: list[int]) -> None:
         await asyncio.sleep(0)
         self.pump.advance_to(self.clock.now())
+        if not (0 <= address <= 0xFFFF and values and all(0 <= v <= 0xFFFF for v in values)):
+            raise self._refused(2, f"write at {address}")
         code = self.pump.write_registers(address, values)
         if code:
             raise self._refused(code, f"write at {address}")
