@@ -25,10 +25,10 @@ REGMAP = load_register_map()
 
 @contextlib.asynccontextmanager
 async def serving(
-    pump: _core.SimPump | None = None, time_scale: float = 1.0, **endpoints: Any
+    pump: _core.SimPump | None = None, time_scale: float = 1.0, pace: bool = True, **endpoints: Any
 ) -> AsyncIterator[SimServer]:
     """An in-process simulator serving ``pump`` (a fresh 50 mL pump by default)."""
-    server = SimServer(pump or _core.SimPump("bd-plastipak-50", seed=1), ScaledClock(time_scale))
+    server = SimServer(pump or _core.SimPump("bd-plastipak-50", seed=1), ScaledClock(time_scale), pace=pace)
     await server.start(**endpoints)
     try:
         yield server

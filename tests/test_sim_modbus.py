@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
+import tty
 
 import pytest
 from pymodbus.constants import ExcCodes
@@ -108,3 +110,38 @@ def test_rtu_round_trip_is_paced_at_the_baud_rate() -> None:
             client.close()
 
     asyncio.run(body())
+
+
+def test_a_client_that_stops_reading_never_stalls_the_simulator(caplog: pytest.LogCaptureFixture) -> None:
+    """Replies to a PTY client that never reads are dropped once the PTY is full (as on a real line);
+    the other endpoints keep answering."""
+
+    async def body() -> None:
+        async with serving(pace=False) as server:
+            fd = os.open(str(server.endpoints["modbus_rtu_pty"]), os.O_RDWR | os.O_NOCTTY)
+            try:
+                tty.setraw(fd)
+                request = bytes.fromhex("01030000007D")  # read 125 registers: a 255-byte reply
+                frame = request + _crc(request)
+                for _ in range(400):  # ~100 kB of replies nobody reads
+                    os.write(fd, frame)
+                    await asyncio.sleep(0.001)
+                client = await tcp_client(server)
+                t = time.perf_counter()
+                assert await read(client, "vendor_id") == 0x4B50
+                assert time.perf_counter() - t < 0.5
+                client.close()
+            finally:
+                os.close(fd)
+
+    asyncio.run(body())
+    assert "reply bytes dropped" in caplog.text  # the PTY really filled up
+
+
+def _crc(data: bytes) -> bytes:
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")

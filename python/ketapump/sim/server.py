@@ -71,15 +71,18 @@ class PtyLine:
         except (BlockingIOError, OSError):
             return b""
 
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self.master, view)
-            except BlockingIOError:
-                time.sleep(0.0005)
-                continue
-            view = view[written:]
+    def write(self, data: bytes) -> int:
+        """Writes what the PTY accepts and drops the rest, as a real line drops bytes nobody reads: a
+        client that stops reading must never stall the simulator. Returns the bytes dropped."""
+        try:
+            written = os.write(self.master, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return len(data)
+        if written < len(data):
+            log.warning("%s: client not reading, %d reply bytes dropped", self.path, len(data) - written)
+        return len(data) - written
 
     def close(self) -> None:
         for fd in (self.master, self.slave):
