@@ -121,9 +121,9 @@ def test_a_client_that_stops_reading_never_stalls_the_simulator(caplog: pytest.L
             fd = os.open(str(server.endpoints["modbus_rtu_pty"]), os.O_RDWR | os.O_NOCTTY)
             try:
                 tty.setraw(fd)
-                request = bytes.fromhex("01030000007D")  # read 125 registers: a 255-byte reply
+                request = bytes.fromhex("0103001E0013")  # the telemetry block: a 43-byte reply
                 frame = request + _crc(request)
-                for _ in range(400):  # ~100 kB of replies nobody reads
+                for _ in range(600):  # ~26 kB of replies nobody reads
                     os.write(fd, frame)
                     await asyncio.sleep(0.001)
                 client = await tcp_client(server)
