@@ -26,7 +26,7 @@ from ketapump.config import kernel_config
 from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
 from ketapump.transports import open_transport
-from ketapump.transports.base import RegisterTransport
+from ketapump.transports.base import PumpRefusedError, RegisterTransport
 from simhelpers import REGMAP, serving, sim_process
 
 EXIT_INTERLOCK = 3
@@ -444,3 +444,20 @@ def test_an_unconfirmed_final_stop_is_not_reported_complete() -> None:
     result = asyncio.run(loop.run(InfusionPlan(rate_ml_h=60.0, volume_ml=0.5, syringe_diameter_mm=26.59)))
     assert result.reason == "transport" and result.detail == "the pump did not confirm the stop"
     assert events.named("pump_stop_unconfirmed")
+
+
+class _RefusesRateChanges(ReferencePumpDriver):
+    """A pump that starts refusing rate commands after ten seconds (e.g. a lower limit of its own)."""
+
+    async def set_rate_ml_h(self, rate_ml_h: float) -> None:
+        if self.transport.pump.t_s > 10.0:  # type: ignore[attr-defined]
+            raise PumpRefusedError(self.transport.url, "write at 20 refused: Modbus exception 3", 3)
+        await super().set_rate_ml_h(rate_ml_h)
+
+
+def test_a_refused_command_stops_the_run_at_once() -> None:
+    loop, events = _sim_loop(_core.SimPump(seed=17, slack_taken_up=True), _RefusesRateChanges)
+    result = asyncio.run(loop.run(PLAN))
+    assert result.reason == "pump_alarm" and "exception 3" in result.detail
+    assert len(events.named("command_refused")) == 1 and not events.named("command_failed")
+    assert loop.driver.transport.pump.run_mode == 0  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ from ketapump import _core
 from ketapump.clock import Clock
 from ketapump.drivers.base import PumpDriver, PumpTelemetry
 from ketapump.errors import ConfigurationError, KetapumpError, TransportError
+from ketapump.transports.base import PumpRefusedError
 
 #: Relative change of the commanded rate below which the pump is not sent a new rate.
 RATE_DEADBAND = 5e-3
@@ -240,6 +241,13 @@ class ControlLoop:
             try:
                 await self._apply(out)
                 await self.driver.heartbeat()
+            except PumpRefusedError as e:
+                # A refusal is the pump's answer, not a lost link: retrying would not change it.
+                await self._safe_stop()
+                log.error("command_refused", error=str(e), code=e.code)
+                return self._finish(
+                    "stopped", "pump_alarm", out.delivered_ml, recovered_ml, telemetry=fresh, detail=str(e)
+                )
             except TransportError as e:
                 failures += 1
                 log.warning("command_failed", error=str(e), consecutive=failures)
