@@ -501,7 +501,7 @@ impl Firmware {
     }
 
     /// Modbus functions 6 and 16: writes `values` from `address`. Every register touched must be
-    /// writable, written whole and in range; otherwise nothing is written.
+    /// writable, written whole, in range and acceptable now; otherwise nothing is written.
     pub fn write_registers(&mut self, address: u16, values: &[u16]) -> Result<(), ModbusException> {
         if values.is_empty() || values.len() > 123 {
             return Err(ModbusException::IllegalDataValue);
@@ -522,9 +522,13 @@ impl Firmware {
             writes.push((register.name.clone(), value));
             i += words;
         }
+        // All or nothing, also for refusals that depend on state (exception 4): the batch runs on a
+        // copy, which replaces the firmware only if every register was accepted. Writes are rare.
+        let mut trial = self.clone();
         for (name, value) in writes {
-            self.apply(&name, value)?;
+            trial.apply(&name, value)?;
         }
+        *self = trial;
         Ok(())
     }
 

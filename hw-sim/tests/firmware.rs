@@ -233,3 +233,17 @@ fn motion_started_without_a_heartbeat_protocol_is_not_stopped_by_the_register_wa
     assert_eq!(fw.run_mode(), RunMode::Stop);
     assert_ne!(fw.alarms() & alarm::WATCHDOG, 0);
 }
+
+#[test]
+fn a_batch_refused_for_the_pump_state_writes_nothing() {
+    // rate_ml_h (20–21) then run_mode (22) in one write, while the reset alarm is latched: run_mode is
+    // refused with exception 4, so the rate must not have been written either.
+    let mut fw = pump();
+    let mut words = encode(RegType::F32, 42.0);
+    words.push(1);
+    assert_eq!(fw.write_registers(20, &words), Err(ModbusException::ServerDeviceFailure));
+    assert_eq!(read(&fw, "rate_ml_h"), 0.0);
+    write(&mut fw, "alarm_ack", 1.0).unwrap();
+    fw.write_registers(20, &words).unwrap();
+    assert_eq!((read(&fw, "rate_ml_h"), fw.run_mode()), (42.0, RunMode::Infuse));
+}

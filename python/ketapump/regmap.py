@@ -117,6 +117,7 @@ def render_markdown(regmap: RegisterMap) -> str:
         "refused with exception 3 (illegal data value).",
         "- Starting the motor while an alarm is latched, changing the diameter or clearing the counters "
         "while running are refused with exception 4 (server device failure).",
+        "- A write is all or nothing: whatever the exception, none of its registers is applied.",
         "- `wo` registers read as 0.",
         "- Pump-side watchdog: while the motor runs, a write to `heartbeat` is needed at least every "
         "`watchdog_ms` (default 500 ms); otherwise the pump stops the motor and latches the watchdog alarm.",
