@@ -27,6 +27,7 @@ from ketapump.sim.server import SimServer
 from ketapump.transports import open_transport, split_url
 from ketapump.transports.base import RegisterTransport
 from ketapump.transports.nesp import NespTransport
+from ketapump.transports.sim import SimTransport
 
 app = typer.Typer(
     name="ketapump",
@@ -356,6 +357,101 @@ async def _run(
 
 
 audit.register_cli(app)
+
+qa_app = typer.Typer(no_args_is_help=True, help="QA tools: IEC 60601-2-24 style tests.")
+app.add_typer(qa_app, name="qa")
+
+
+@qa_app.command("accuracy")
+def qa_accuracy(
+    rate: Annotated[float, typer.Option(help="Set rate (mL/h).")],
+    pump: Annotated[
+        str | None, typer.Option(help="Pump URL to run (sim:// for the simulator's balance).")
+    ] = None,
+    syringe: Annotated[str, typer.Option(help="Syringe from the catalogue.")] = "bd-plastipak-50",
+    duration: Annotated[
+        str, typer.Option(help="Test period T, e.g. 120m; the second half is analysed.")
+    ] = "120m",
+    balance: Annotated[
+        str, typer.Option(help="'sim' (the simulator's balance) or 'csv:PATH' (t_s,grams).")
+    ] = "sim",
+    json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
+    out: Annotated[Path, typer.Option(help="Directory for the report and plots.")] = Path("accuracy-report"),
+) -> None:
+    """Gravimetric accuracy (mean error A, trumpet Ep(max)/Ep(min)) against S1 and S2.
+
+    With --balance sim the pump (sim://) is run through the bridge for the whole period; with
+    --balance csv:PATH an existing recording is analysed.
+    """
+    from ketapump.qa import accuracy  # noqa: PLC0415 - matplotlib is loaded only for this command
+
+    try:
+        duration_min = float(duration.removesuffix("m"))
+        if not duration_min > 0:
+            raise ValueError("must be positive")
+    except ValueError as e:
+        raise _fail(f"--duration {duration!r}: {e}", os.EX_USAGE) from e
+    try:
+        if balance == "sim":
+            if not pump or split_url(pump)[0] != "sim":
+                raise ConfigurationError(
+                    "balance", "'sim' needs --pump sim://… (the simulator's own balance)"
+                )
+            readings = asyncio.run(_accuracy_run(pump, rate, syringe, duration_min))
+        elif balance.startswith("csv:"):
+            readings = accuracy.readings_from_csv(Path(balance.removeprefix("csv:")))
+        else:
+            raise ConfigurationError("balance", f"{balance!r} is not 'sim' or 'csv:PATH'")
+        result = accuracy.analyse(readings, rate_ml_h=rate, duration_min=duration_min)
+    except (ConfigurationError, ValueError) as e:
+        raise _fail(str(e), os.EX_DATAERR) from e
+    except OSError as e:
+        raise _fail(str(e), os.EX_NOINPUT) from e
+    verdict = accuracy.verdict(result, rate)
+    plots = accuracy.plot(result, rate, out, duration_min / 2)
+    report = {
+        "rate_ml_h": rate,
+        "duration_min": duration_min,
+        "mean_error_pct": result.mean_error_pct,
+        "ep": {f"{p:g}": {"max": hi, "min": lo} for p, (hi, lo) in result.ep.items()},
+        "s1_met": verdict.s1_mean_error,
+        "s2_met": verdict.s2_trumpet,
+        "plots": [str(p) for p in plots],
+    }
+    (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if json_output:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        typer.echo(
+            f"A = {result.mean_error_pct:+.2f} %  (S1 {'met' if verdict.s1_mean_error else 'MISSED'})",
+            err=True,
+        )
+        for p, (hi, lo) in result.ep.items():
+            typer.echo(f"P = {p:>4g} min: Ep(max) {hi:+7.2f} %  Ep(min) {lo:+7.2f} %", err=True)
+        typer.echo(f"S2 {'met' if verdict.s2_trumpet else 'MISSED'}; report and plots in {out}", err=True)
+
+
+async def _accuracy_run(
+    url: str, rate: float, syringe: str, duration_min: float
+) -> list[tuple[float, float]]:
+    """Runs the simulated pump through the bridge for the period; returns its balance readings."""
+    clock = VirtualClock()
+    transport = open_transport(url, clock=clock)
+    assert isinstance(transport, SimTransport)
+    driver = ReferencePumpDriver(transport)
+    # Deliver a little past T so the last analysed interval is not cut short by the end of the dose.
+    volume = rate * (duration_min + 2.0) / 60.0
+    plan = InfusionPlan(rate_ml_h=rate, volume_ml=volume, syringe_diameter_mm=syringe_diameter_mm(syringe))
+
+    class _Quiet:
+        def info(self, event: str, **fields: object) -> None: ...
+
+        warning = error = info
+
+    result = await ControlLoop(driver, kernel_config(), clock, _Quiet()).run(plan)
+    if result.state != "complete":
+        raise ConfigurationError("pump", f"the run ended {result.state} ({', '.join(result.alarms)})")
+    return transport.pump.balance_readings()
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""`ketapump qa accuracy` on the simulated plant: S1/S2 at 1 and 5 mL/h, real PNGs, CSV recordings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from ketapump.qa.accuracy import analyse, readings_from_csv
+
+
+def qa(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ketapump.cli", "qa", "accuracy", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("rate", [1.0, 5.0])
+def test_nominal_plant_meets_s1_and_s2_with_report_and_plots(rate: float, tmp_path: Path) -> None:
+    result = qa("--pump", "sim://?seed=1", "--rate", str(rate), "--json", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert abs(report["mean_error_pct"]) <= 2.0 and report["s1_met"]
+    assert report["s2_met"]
+    assert set(report["ep"]) == {"2", "5", "11", "19", "31"}
+    assert json.loads((tmp_path / "accuracy.json").read_text()) == report
+    for path in report["plots"]:
+        image = matplotlib.image.imread(path)  # a real PNG, read back
+        assert image.shape[0] > 100 and image.shape[1] > 100
+        assert image.std() > 0.01  # not a blank canvas
+
+
+def test_a_period_the_syringe_cannot_hold_is_refused(tmp_path: Path) -> None:
+    # 52.5 mL/h for 120 min is 105 mL: more than the largest (60 mL) syringe.
+    result = qa("--pump", "sim://", "--rate", "52.5", "--out", str(tmp_path))
+    assert result.returncode == os.EX_DATAERR
+    assert "syringe_fill_ml" in result.stderr
+
+
+def test_a_csv_recording_is_analysed_like_the_live_balance(tmp_path: Path) -> None:
+    # 0.05 g every 30 s with a 1 % shortfall in the second hour: A = −1 %.
+    rows = ["t_s,grams"] + [
+        f"{30 * k},{0.05 * k if k <= 120 else 0.05 * 120 + 0.0495 * (k - 120):.6f}" for k in range(241)
+    ]
+    path = tmp_path / "balance.csv"
+    path.write_text("\n".join(rows) + "\n")
+    result = analyse(readings_from_csv(path), rate_ml_h=6.0, duration_min=120.0)
+    assert result.mean_error_pct == pytest.approx(-1.0)
+    run = qa("--balance", f"csv:{path}", "--rate", "6", "--json", "--out", str(tmp_path / "r"))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["mean_error_pct"] == pytest.approx(-1.0)
+
+
+def test_a_malformed_or_incomplete_recording_names_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t_s,grams\n0,0\n30,abc\n")
+    result = qa("--balance", f"csv:{bad}", "--rate", "6", "--out", str(tmp_path / "r"))
+    assert result.returncode == os.EX_DATAERR and "bad.csv:3" in result.stderr
+    short = tmp_path / "short.csv"
+    short.write_text("0,0\n30,0.05\n")
+    result = qa("--balance", f"csv:{short}", "--rate", "6", "--out", str(tmp_path / "r"))
+    assert result.returncode == os.EX_DATAERR and "missing at 60 s" in result.stderr
