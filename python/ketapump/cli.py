@@ -431,6 +431,29 @@ def qa_accuracy(
         typer.echo(f"S2 {'met' if verdict.s2_trumpet else 'MISSED'}; report and plots in {out}", err=True)
 
 
+@qa_app.command("trace")
+def qa_trace(
+    register: Annotated[Path, typer.Option(help="Hazard register (TOML).")] = Path(
+        "docs/safety/hazards.toml"
+    ),
+    root: Annotated[Path, typer.Option(help="Repository root the test ids are relative to.")] = Path(),
+) -> None:
+    """Print the hazard → control → requirement → test matrix; exit 65 if the chain is broken."""
+    from ketapump.qa import trace  # noqa: PLC0415
+
+    try:
+        data = trace.load(register)
+    except OSError as e:
+        raise _fail(f"{register}: {e.strerror}", os.EX_NOINPUT) from e
+    for hazard, control, requirement, test in trace.matrix(data):
+        typer.echo(f"{hazard:<18} {control:<24} {requirement:<11} {test}")
+    problems = trace.check(data, root)
+    for problem in problems:
+        typer.echo(f"{register}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(os.EX_DATAERR)
+
+
 async def _accuracy_run(
     url: str, rate: float, syringe: str, duration_min: float
 ) -> list[tuple[float, float]]:
