@@ -12,7 +12,7 @@ import pytest
 
 from conftest import QUICK
 from ketapump import _core
-from ketapump.bridge import ControlLoop, InfusionPlan
+from ketapump.bridge import ControlLoop, InfusionPlan, NullLog
 from ketapump.clock import VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.drivers.reference import ReferencePumpDriver
@@ -119,12 +119,6 @@ def test_boundary_kernel_step_from_python(benchmark: Any) -> None:
 # ----- the bridge tick body on sim:// --------------------------------------------------------------
 
 
-class _NullLog:
-    def info(self, event: str, **fields: object) -> None: ...
-
-    warning = error = info
-
-
 @pytest.mark.benchmark(group="bridge-tick")
 def test_bridge_tick_body_on_sim(benchmark: Any) -> None:
     """read telemetry → kernel step → relay the command → log hook, on the in-process simulator (no
@@ -133,7 +127,7 @@ def test_bridge_tick_body_on_sim(benchmark: Any) -> None:
     transport = open_transport("sim://", clock=clock)
     assert isinstance(transport, RegisterTransport)
     driver = ReferencePumpDriver(transport)
-    loop = ControlLoop(driver, kernel_config(), clock, _NullLog())
+    loop = ControlLoop(driver, kernel_config(), clock, NullLog())
     aio = asyncio.new_event_loop()
     durations: list[float] = []
 
@@ -186,6 +180,6 @@ def test_a_plan_runs_on_the_bench_plant() -> None:
     clock = VirtualClock()
     transport = open_transport("sim://", clock=clock)
     assert isinstance(transport, RegisterTransport)
-    loop = ControlLoop(ReferencePumpDriver(transport), kernel_config(), clock, _NullLog())
+    loop = ControlLoop(ReferencePumpDriver(transport), kernel_config(), clock, NullLog())
     result = asyncio.run(loop.run(InfusionPlan(rate_ml_h=52.5, volume_ml=0.5, syringe_diameter_mm=26.59)))
     assert result.state == "complete"

@@ -46,6 +46,15 @@ class EventLog(Protocol):
     def error(self, event: str, **fields: Any) -> Any: ...
 
 
+class NullLog:
+    """An :class:`EventLog` that records nothing: for runs whose record is not wanted (QA analysis
+    runs on the in-process simulator, benchmarks)."""
+
+    def info(self, event: str, **fields: Any) -> None: ...
+
+    warning = error = info
+
+
 class RecoveryError(KetapumpError, RuntimeError):
     """A session cannot be continued: the pump and the session's record disagree."""
 
@@ -409,6 +418,7 @@ __all__ = [
     "ControlLoop",
     "EventLog",
     "InfusionPlan",
+    "NullLog",
     "RecoveryError",
     "RunResult",
     "recover_delivered_ml",

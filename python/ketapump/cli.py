@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -13,15 +14,18 @@ from typing import Annotated
 
 import structlog
 import typer
+from rich.console import Console
+from rich.progress import Progress
 
 from ketapump import _core, audit
-from ketapump.bridge import ControlLoop, InfusionPlan, RecoveryError, RunResult, recover_delivered_ml
+from ketapump.bridge import ControlLoop, InfusionPlan, NullLog, RecoveryError, RunResult, recover_delivered_ml
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.drivers.base import PumpDriver
 from ketapump.drivers.nesp import NewEraDriver
 from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
+from ketapump.qa import accuracy, trace
 from ketapump.sim.scenario import Scenario, load_scenario
 from ketapump.sim.server import SimServer
 from ketapump.transports import open_transport, split_url
@@ -122,8 +126,6 @@ async def _serve(
 def default_log_path() -> Path:
     """Where audit logs go unless ``--log`` says otherwise: ``$XDG_STATE_HOME/ketapump/logs``
     (``~/.local/state/ketapump/logs``), one file per run named by its UTC start time."""
-    import datetime  # noqa: PLC0415 - only needed here
-
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return base / "ketapump" / "logs" / f"run-{stamp}.jsonl"
@@ -221,8 +223,6 @@ def run(
     Exit codes: 0 complete, 3 stopped by an interlock or pump alarm, 4 stopped by the operator,
     5 link lost mid-run, 2 usage, 65 invalid data, 69 pump unreachable, 74 audit log unwritable.
     """
-    from rich.console import Console  # noqa: PLC0415 - the progress display only
-
     console = Console(stderr=True)
     try:
         scheme = split_url(pump)[0]
@@ -302,13 +302,10 @@ async def _run(
     events: structlog.typing.FilteringBoundLogger,
     plan: InfusionPlan,
     resume: Path | None,
-    console: object,
+    console: Console,
     quiet: bool,
 ) -> RunResult:
-    from rich.console import Console  # noqa: PLC0415
-    from rich.progress import Progress  # noqa: PLC0415 - the progress display only
 
-    assert isinstance(console, Console)
     recovered = 0.0
     if resume is not None:
         await driver.connect()
@@ -383,8 +380,6 @@ def qa_accuracy(
     With --balance sim the pump (sim://) is run through the bridge for the whole period; with
     --balance csv:PATH an existing recording is analysed.
     """
-    from ketapump.qa import accuracy  # noqa: PLC0415 - matplotlib is loaded only for this command
-
     try:
         duration_min = float(duration.removesuffix("m"))
         if not duration_min > 0:
@@ -439,8 +434,6 @@ def qa_trace(
     root: Annotated[Path, typer.Option(help="Repository root the test ids are relative to.")] = Path(),
 ) -> None:
     """Print the hazard → control → requirement → test matrix; exit 65 if the chain is broken."""
-    from ketapump.qa import trace  # noqa: PLC0415
-
     try:
         data = trace.load(register)
     except OSError as e:
@@ -465,13 +458,7 @@ async def _accuracy_run(
     # Deliver a little past T so the last analysed interval is not cut short by the end of the dose.
     volume = rate * (duration_min + 2.0) / 60.0
     plan = InfusionPlan(rate_ml_h=rate, volume_ml=volume, syringe_diameter_mm=syringe_diameter_mm(syringe))
-
-    class _Quiet:
-        def info(self, event: str, **fields: object) -> None: ...
-
-        warning = error = info
-
-    result = await ControlLoop(driver, kernel_config(), clock, _Quiet()).run(plan)
+    result = await ControlLoop(driver, kernel_config(), clock, NullLog()).run(plan)
     if result.state != "complete":
         raise ConfigurationError("pump", f"the run ended {result.state} ({', '.join(result.alarms)})")
     return transport.pump.balance_readings()
