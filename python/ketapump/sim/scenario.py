@@ -23,11 +23,11 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ketapump import _core
-from ketapump.errors import ConfigurationError
 from ketapump.regmap import load_register_map
+from ketapump.validation import DocumentError, validate_document
 
 
 class PumpSettings(BaseModel):
@@ -92,12 +92,10 @@ class Scenario(BaseModel):
         return pump
 
 
-class ScenarioError(ConfigurationError):
+class ScenarioError(DocumentError):
     """A scenario file could not be used; ``problems`` lists every problem as ``path: message``."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
-        super().__init__(path, "is not a valid scenario:\n  " + "\n  ".join(problems))
-        self.problems = problems
+    kind = "scenario"
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -108,10 +106,4 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError(str(path), [f"cannot be read: {e.strerror}"]) from e
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(str(path), [f"is not valid TOML: {e}"]) from e
-    try:
-        return Scenario.model_validate(document)
-    except ValidationError as e:
-        problems = [
-            f"{'.'.join(str(part) for part in err['loc']) or '(file)'}: {err['msg']}" for err in e.errors()
-        ]
-        raise ScenarioError(str(path), problems) from e
+    return validate_document(Scenario, document, str(path), ScenarioError)
