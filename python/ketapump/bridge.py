@@ -29,7 +29,13 @@ from typing import Any, Protocol
 from ketapump import _core
 from ketapump.clock import Clock
 from ketapump.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.errors import ConfigurationError, KetapumpError, TransportError
+from ketapump.errors import (
+    ConfigurationError,
+    InterlockError,
+    KetapumpError,
+    StateTransitionError,
+    TransportError,
+)
 from ketapump.transports.base import PumpRefusedError
 
 #: Relative change of the commanded rate below which the pump is not sent a new rate.
@@ -119,12 +125,49 @@ class ControlLoop:
             )
         self.kernel = _core.SafetyKernel(config)
         self._stop_requested = False
+        self._requests: list[tuple[str, Any]] = []
         self._commanded = _Commanded()
         self._last_sample: tuple[float, PumpTelemetry] | None = None
 
     def request_stop(self) -> None:
         """Operator stop (e.g. SIGINT): the loop stops the pump at its next tick."""
         self._stop_requested = True
+
+    def request_pause(self, reason: str) -> None:
+        """Pauses the infusion at the next tick (the operator, or a vitals alarm); ``reason`` is logged."""
+        self._requests.append(("pause", reason))
+
+    def request_resume(self, reason: str) -> None:
+        """Resumes a paused infusion at the next tick at the programmed rate (no catch-up)."""
+        self._requests.append(("resume", reason))
+
+    def request_rate(self, rate_ml_h: float, reason: str) -> None:
+        """Changes the programmed rate at the next tick (a protocol's ramp or taper). The kernel validates
+        it: a rate it refuses latches ``rate_command_invalid`` and stops the pump."""
+        self._requests.append(("rate", (rate_ml_h, reason)))
+
+    def _apply_requests(self) -> None:
+        """Hands the queued operator requests to the kernel, in order. A request the kernel's state does
+        not allow (a pause while already paused or in alarm) is logged and dropped, never forced."""
+        requests, self._requests = self._requests, []
+        kernel = self.kernel
+        for kind, arg in requests:
+            try:
+                if kind == "pause":
+                    kernel.pause()
+                    self.log.info("paused", reason=arg)
+                elif kind == "resume":
+                    kernel.resume()
+                    self.log.info("resumed", reason=arg)
+                else:
+                    rate, reason = arg
+                    kernel.set_rate(rate)
+                    self.log.info("rate_changed", rate_ml_h=rate, reason=reason)
+            except StateTransitionError as e:
+                self.log.warning("request_refused", request=kind, state=e.state)
+            except InterlockError as e:
+                # The kernel latched the alarm itself; the next step reports it and the loop stops.
+                self.log.error("request_refused", request=kind, alarm=e.alarm, detail=e.detail)
 
     # ----- pump commands ----------------------------------------------------------------------
 
@@ -224,6 +267,8 @@ class ControlLoop:
             if self._stop_requested and kernel.state in {"running", "paused"}:
                 kernel.stop()
                 log.info("operator_stop")
+            if self._requests:
+                self._apply_requests()
             fresh: PumpTelemetry | None
             try:
                 fresh = await self.driver.read_telemetry()

@@ -1,0 +1,111 @@
+"""Operator requests to a running control loop (pause, resume, rate change), against the in-process
+simulated pump: each reaches the pump through the kernel at the next tick, and a request the kernel
+refuses is never forced."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from ketapump.bridge import ControlLoop, InfusionPlan
+from ketapump.clock import VirtualClock
+from ketapump.config import kernel_config
+from ketapump.drivers.reference import ReferencePumpDriver
+from ketapump.transports import open_transport
+from ketapump.transports.sim import SimTransport
+from test_bridge import Events
+
+RATE = 30.0
+VOLUME = 2.0
+
+
+def make_loop(events: Events) -> tuple[ControlLoop, SimTransport, VirtualClock]:
+    clock = VirtualClock()
+    transport = open_transport("sim://?seed=1", clock=clock)
+    assert isinstance(transport, SimTransport)
+    loop = ControlLoop(ReferencePumpDriver(transport), kernel_config(), clock, events)
+    return loop, transport, clock
+
+
+def plan() -> InfusionPlan:
+    return InfusionPlan(rate_ml_h=RATE, volume_ml=VOLUME, syringe_diameter_mm=26.59)
+
+
+def test_pause_stops_the_pump_within_one_tick_and_resume_completes_the_dose() -> None:
+    events = Events()
+    loop, transport, clock = make_loop(events)
+    seen: dict[str, float] = {}
+
+    def on_tick(out, telemetry) -> None:  # type: ignore[no-untyped-def]
+        t = clock.now()
+        if "paused_at" not in seen and t >= 60.0:
+            loop.request_pause("test: operator pause")
+            seen["paused_at"] = t
+        if "paused_at" in seen and out.state == "paused" and "stopped_at" not in seen:
+            seen["stopped_at"] = t
+            seen["volume_at_pause"] = transport.pump.delivered_ml
+        if "stopped_at" in seen and "resumed_at" not in seen and t >= seen["stopped_at"] + 120.0:
+            # Two minutes paused: the pump has not moved (beyond the drive's relaxation).
+            seen["moved_while_paused"] = transport.pump.delivered_ml - seen["volume_at_pause"]
+            loop.request_resume("test: operator resume")
+            seen["resumed_at"] = t
+
+    loop.on_tick = on_tick
+    result = asyncio.run(loop.run(plan()))
+    assert result.state == "complete", result
+    assert seen["stopped_at"] - seen["paused_at"] <= 0.1 + 1e-9  # the next tick
+    assert abs(seen["moved_while_paused"]) < 0.01
+    assert math.isclose(result.delivered_ml, VOLUME, rel_tol=0.02)
+    assert [f["reason"] for f in events.named("paused")] == ["test: operator pause"]
+    assert [f["reason"] for f in events.named("resumed")] == ["test: operator resume"]
+    # The pause lengthened the run by the time paused: no catch-up above the programmed rate.
+    assert clock.now() > VOLUME / RATE * 3600.0 + 110.0
+
+
+def test_a_rate_request_changes_the_pump_rate() -> None:
+    events = Events()
+    loop, transport, clock = make_loop(events)
+    rates: list[float] = []
+
+    def on_tick(out, telemetry) -> None:  # type: ignore[no-untyped-def]
+        if clock.now() >= 30.0 and not rates:
+            loop.request_rate(2 * RATE, "test: phase")
+            rates.append(out.rate_ml_h)
+        elif rates and clock.now() >= 90.0 and len(rates) == 1:
+            rates.append(transport.pump.value("rate_ml_h"))
+
+    loop.on_tick = on_tick
+    result = asyncio.run(loop.run(plan()))
+    assert result.state == "complete"
+    assert events.named("rate_changed")[0]["rate_ml_h"] == 2 * RATE
+    assert math.isclose(rates[1], 2 * RATE, rel_tol=0.15)  # the pump was told the new rate
+
+
+def test_a_refused_rate_latches_an_alarm_and_ends_the_run() -> None:
+    events = Events()
+    loop, _transport, clock = make_loop(events)
+
+    def on_tick(out, telemetry) -> None:  # type: ignore[no-untyped-def]
+        if clock.now() >= 30.0 and not events.named("request_refused"):
+            loop.request_rate(math.nan, "test: corrupt schedule")
+
+    loop.on_tick = on_tick
+    result = asyncio.run(loop.run(plan()))
+    assert result.reason == "interlock"
+    assert "rate_command_invalid" in result.alarms
+    assert events.named("request_refused")[0]["alarm"] == "rate_command_invalid"
+
+
+def test_a_request_the_state_does_not_allow_is_logged_and_dropped() -> None:
+    events = Events()
+    loop, _transport, clock = make_loop(events)
+
+    def on_tick(out, telemetry) -> None:  # type: ignore[no-untyped-def]
+        if clock.now() >= 30.0 and not events.named("request_refused"):
+            loop.request_resume("test: resume while running")
+
+    loop.on_tick = on_tick
+    result = asyncio.run(loop.run(plan()))
+    assert result.state == "complete"
+    refused = events.named("request_refused")[0]
+    assert refused == {"request": "resume", "state": "running"}
