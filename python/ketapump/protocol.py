@@ -146,7 +146,11 @@ class Checklists(_Strict):
         "sitter or driver present",
         "syringe identity and concentration confirmed",
     ]
-    discharge: list[str] = ["vitals back within band", "patient alert and oriented", "sitter or driver present"]
+    discharge: list[str] = [
+        "vitals back within band",
+        "patient alert and oriented",
+        "sitter or driver present",
+    ]
 
 
 class Protocol(_Strict):
@@ -287,6 +291,16 @@ class DosePlan:
         """The planned cumulative volume (mL) by ``t_s``."""
         return min(sum(s.volume_until(t_s) for s in self.segments), self.volume_ml)
 
+    def time_for_ml(self, volume_ml: float) -> float:
+        """When the plan reaches ``volume_ml`` (s): the inverse of :meth:`planned_ml`, by bisection."""
+        lo, hi = 0.0, self.segments[-1].end_s
+        if volume_ml >= self.planned_ml(hi):
+            return hi
+        for _ in range(60):
+            mid = (lo + hi) / 2.0
+            lo, hi = (mid, hi) if self.planned_ml(mid) < volume_ml else (lo, mid)
+        return lo
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "protocol": self.protocol,
@@ -337,8 +351,10 @@ def basis_weight_kg(protocol: Protocol, patient: Patient) -> float:
     ibw = ideal_body_weight_kg(patient.height_cm, patient.sex)
     if basis == "ideal":
         return min(ibw, patient.weight_kg)
-    return ibw + protocol.dose.adjusted_factor * (patient.weight_kg - ibw) if patient.weight_kg > ibw else (
-        patient.weight_kg
+    return (
+        ibw + protocol.dose.adjusted_factor * (patient.weight_kg - ibw)
+        if patient.weight_kg > ibw
+        else (patient.weight_kg)
     )
 
 

@@ -1,0 +1,173 @@
+"""Protocol files and the dose they give: validation (every problem with its dotted path), the dose
+arithmetic of clinical-protocol.md, weight bases, phases."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from ketapump.errors import ConfigurationError
+from ketapump.protocol import (
+    Patient,
+    ProtocolError,
+    ideal_body_weight_kg,
+    load_protocol,
+    parse_protocol,
+    plan_dose,
+    shipped_protocols,
+)
+
+MINIMAL = """
+schema_version = 1
+name = "p"
+[drug]
+name = "ketamine"
+concentration_mg_per_ml = 1.0
+[dose]
+mg_per_kg = 0.5
+duration_min = 40.0
+"""
+
+
+def test_every_shipped_protocol_loads_and_plans() -> None:
+    names = shipped_protocols()
+    assert "ketamine-depression" in names and len(names) >= 3
+    for name in names:
+        protocol = load_protocol(name)
+        assert protocol.name == name
+        plan = plan_dose(protocol, Patient("p", 70.0, 175.0, "female"))
+        assert math.isclose(plan.planned_ml(plan.duration_min * 60.0), plan.volume_ml, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("weight_kg", "dose_mg", "rate_ml_h"),
+    # clinical-protocol.md, "Dose arithmetic": 0.5 mg/kg over 40 min at 1 mg/mL.
+    [(50.0, 25.0, 37.5), (70.0, 35.0, 52.5)],
+)
+def test_the_standard_protocol_matches_the_reference_table(
+    weight_kg: float, dose_mg: float, rate_ml_h: float
+) -> None:
+    plan = plan_dose(load_protocol("ketamine-depression"), Patient("p", weight_kg))
+    assert math.isclose(plan.dose_mg, dose_mg)
+    assert math.isclose(plan.volume_ml, dose_mg)  # 1 mg/mL
+    assert math.isclose(plan.rate_ml_h, rate_ml_h)
+    assert plan.duration_min == 40.0
+    assert math.isclose(plan.dose_rate_mg_per_kg_h, 0.75)
+    assert math.isclose(plan.syringe_fill_ml, dose_mg + 1.0)  # + the line prime
+
+
+def test_a_dose_the_syringe_cannot_hold_is_refused_naming_both_volumes() -> None:
+    # 120 kg at 1 mg/mL: 60 mL + 1 mL prime in a 60 mL syringe.
+    with pytest.raises(ConfigurationError, match=r"holds 60 mL but the dose needs 61\.0 mL"):
+        plan_dose(load_protocol("ketamine-depression"), Patient("p", 120.0))
+
+
+def test_ideal_and_adjusted_weight_follow_the_formulas() -> None:
+    # Devine: 180 cm male = 50 + 2.3 × (70.87 − 60) = 75.0 kg.
+    assert math.isclose(ideal_body_weight_kg(180.0, "male"), 50 + 2.3 * (180 / 2.54 - 60))
+    tapered = load_protocol("ketamine-depression-tapered")  # adjusted, factor 0.4, 2 mg/mL
+    patient = Patient("p", 120.0, 165.0, "female")
+    ibw = ideal_body_weight_kg(165.0, "female")
+    plan = plan_dose(tapered, patient)
+    assert math.isclose(plan.basis_weight_kg, ibw + 0.4 * (120.0 - ibw))
+    assert math.isclose(plan.dose_mg, 0.5 * plan.basis_weight_kg)
+    assert math.isclose(plan.volume_ml, plan.dose_mg / 2.0)
+
+
+@pytest.mark.parametrize(("height_cm", "sex", "missing"), [(None, "male", "height_cm"), (170.0, None, "sex")])
+def test_ideal_or_adjusted_weight_without_height_or_sex_is_refused(
+    height_cm: float | None, sex: str | None, missing: str
+) -> None:
+    ideal = parse_protocol(MINIMAL.replace("mg_per_kg = 0.5", 'mg_per_kg = 0.5\nweight_basis = "ideal"'))
+    with pytest.raises(ConfigurationError, match=rf"patient\.{missing} is required"):
+        plan_dose(ideal, Patient("p", 80.0, height_cm, sex))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("weight", [0.0, -70.0, math.nan, math.inf])
+def test_a_weight_that_is_not_a_positive_number_is_refused(weight: float) -> None:
+    with pytest.raises(ConfigurationError, match=r"patient\.weight_kg"):
+        plan_dose(load_protocol("ketamine-depression"), Patient("p", weight))
+
+
+def test_phases_deliver_the_dose_in_the_duration_with_the_shape_asked() -> None:
+    plan = plan_dose(load_protocol("ketamine-depression-tapered"), Patient("p", 70.0, 175.0, "male"))
+    ramp, hold, taper = plan.segments
+    assert (ramp.kind, hold.kind, taper.kind) == ("ramp", "hold", "taper")
+    assert math.isclose(ramp.from_ml_h, hold.from_ml_h / 2) and math.isclose(taper.to_ml_h, hold.to_ml_h / 2)
+    assert math.isclose(plan.planned_ml(40 * 60.0), plan.volume_ml, rel_tol=1e-12)
+    # Trapezoids: 5 min at 75 % + 30 min at 100 % + 5 min at 75 % of the hold rate.
+    assert math.isclose(hold.from_ml_h * (0.75 * 5 + 30 + 0.75 * 5) / 60.0, plan.volume_ml)
+    for ml in (0.0, 1.0, 5.0, plan.volume_ml / 2, plan.volume_ml - 0.1):
+        assert math.isclose(plan.planned_ml(plan.time_for_ml(ml)), ml, abs_tol=1e-9)
+
+
+def test_a_rate_instead_of_a_duration_gives_the_duration() -> None:
+    text = MINIMAL.replace("duration_min = 40.0", "rate_ml_h = 35.0")
+    plan = plan_dose(parse_protocol(text), Patient("p", 70.0))
+    assert math.isclose(plan.duration_min, 60.0)
+
+
+def test_every_problem_of_an_invalid_file_is_listed_with_its_dotted_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        """
+schema_version = 2
+name = "Bad Name"
+colour = "red"
+[drug]
+name = "ketamine"
+concentration_mg_per_ml = "one"
+[dose]
+mg_per_kg = -0.5
+weight_basis = "lean"
+duration_min = 40.0
+rate_ml_h = 52.5
+[[phases]]
+kind = "ramp"
+duration_min = 5.0
+from_pct = 100.0
+to_pct = 50.0
+[syringe]
+name = "no-such-syringe"
+[observation]
+min_minutes = 60.0
+max_minutes = 30.0
+""",
+        encoding="utf-8",
+    )
+    with pytest.raises(ProtocolError) as caught:
+        load_protocol(bad)
+    text = "\n".join(caught.value.problems)
+    for path in (
+        "schema_version:",
+        "name:",
+        "colour:",
+        "drug.concentration_mg_per_ml:",
+        "dose.mg_per_kg:",
+        "dose.weight_basis:",
+        "phases.0:",
+        "syringe:",
+        "observation:",
+    ):
+        assert path in text, path
+    assert "Extra inputs are not permitted" in text
+    assert str(bad) in str(caught.value)
+
+
+def test_phases_must_fill_the_duration() -> None:
+    text = MINIMAL + '[[phases]]\nkind = "hold"\nduration_min = 30.0\n'
+    with pytest.raises(ProtocolError, match=r"the phases last 30 min but dose\.duration_min is 40 min"):
+        parse_protocol(text)
+
+
+def test_unknown_names_unreadable_files_and_bad_toml_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ProtocolError, match="neither a file nor a shipped protocol"):
+        load_protocol("no-such-protocol")
+    with pytest.raises(ProtocolError, match="cannot be read"):
+        load_protocol(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("schema_version = = 1", encoding="utf-8")
+    with pytest.raises(ProtocolError, match="not valid TOML"):
+        load_protocol(broken)
