@@ -8,6 +8,7 @@
 //! - [`clamp`]: [`clamp::clamp_rate`], the single choke point for a commanded rate.
 //! - [`controller`]: feed-forward + PI volume controller with anti-windup and slew limit.
 //! - [`kernel`]: the interlock state machine that alone produces motor commands.
+//! - [`limits`]: drug-library limits: [`limits::check_order`] and the kernel settings they imply.
 //! - [`trace`]: the fixed-size ring of state-machine events drained for the audit log.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod clamp;
 pub mod config;
 pub mod controller;
 pub mod kernel;
+pub mod limits;
 pub mod trace;
 pub mod units;
 
