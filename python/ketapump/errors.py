@@ -11,7 +11,9 @@ maps its errors through one function (``rust/src/errors.rs``) onto this module's
     ├── InterlockError (+ RuntimeError)           a command was refused and latched a safety alarm
     ├── TransportError (+ OSError)                the pump could not be reached or answered wrongly
     │   └── PumpTimeoutError (+ TimeoutError)     no answer within the timeout; names the endpoint
-    └── AuditWriteError (+ OSError)               the audit log could not be written; names the file
+    ├── AuditWriteError (+ OSError)               the audit log could not be written; names the file
+    └── CourseError (+ ValueError)                a course-history write refused; names the record
+        └── CourseRecordNotFoundError (+ LookupError)  no such patient, session or database file
 """
 
 from __future__ import annotations
@@ -77,3 +79,19 @@ class AuditWriteError(KetapumpError, OSError):
         super().__init__(f"audit log {path}: {detail}")
         self.path = path
         self.detail = detail
+
+
+class CourseError(KetapumpError, ValueError):
+    """The course history refused a write or a query: a late journal note, a session ended twice, a naive
+    timestamp… Nothing was written. ``subject`` names the record (``"session s-1"``, ``"patient p-7"``, the
+    database file), ``problem`` says why.
+    """
+
+    def __init__(self, subject: str, problem: str) -> None:
+        super().__init__(f"{subject}: {problem}")
+        self.subject = subject
+        self.problem = problem
+
+
+class CourseRecordNotFoundError(CourseError, LookupError):
+    """The patient, session or course database named does not exist."""
