@@ -414,3 +414,156 @@ def run_kp40min(config: KernelConfig, ticks: int | None = None) -> dict[str, obj
     ``alarms``, ``first_alarm_tick``, ``delivered_ml``, ``plunger_ml``, ``pressure_mmhg`` and
     ``trace_hash``, identical to :func:`ketapump.reference.run_kp40min` on the same settings.
     """
+
+# ----- Drug-library limits (rust/core/src/limits.rs) -------------------------------------------------
+
+__all__ += ["LIMIT_KINDS", "DrugLimits", "DrugOrder", "Finding", "Limit", "check_order", "kernel_limits"]
+
+LIMIT_KINDS: Final[list[tuple[str, str]]]
+"""Every limit kind as ``(name, unit)``, in code order: the drug-library table names (``weight_kg``,
+``dose_mg_per_kg``…) plus ``dosing_weight_kg``, which the ``weight_kg`` limits also apply to."""
+
+_Severity = Literal["hard", "soft"]
+_Bound = Literal["min", "max", "floor", "non_finite"]
+
+@final
+class Limit:
+    """The hard and soft bounds of one kind; ``None`` is a missing bound.
+
+    A missing soft bound means no bound. A missing hard maximum of anything delivered (concentration,
+    dose, dose rate, bolus, bolus rate, cumulative totals, VTBI) means zero: nothing may be delivered.
+    Any other missing hard bound means no bound. A non-finite bound raises
+    :class:`~ketapump.errors.ConfigurationError` naming it. Ordering (soft within hard, min ≤ max) is
+    checked when the library file is loaded (:mod:`ketapump.druglib`), not here.
+    """
+
+    def __new__(
+        cls,
+        *,
+        hard_min: float | None = None,
+        soft_min: float | None = None,
+        soft_max: float | None = None,
+        hard_max: float | None = None,
+    ) -> Limit: ...
+    @property
+    def hard_min(self) -> float | None: ...
+    @property
+    def soft_min(self) -> float | None: ...
+    @property
+    def soft_max(self) -> float | None: ...
+    @property
+    def hard_max(self) -> float | None: ...
+
+@final
+class DrugLimits:
+    """The limits of one drug entry, one :class:`Limit` per kind (units in the names; a missing one is
+    :class:`Limit` with no bound). Built by :meth:`ketapump.druglib.DrugEntry.core_limits`."""
+
+    def __new__(
+        cls,
+        *,
+        weight_kg: Limit | None = None,
+        concentration_mg_per_ml: Limit | None = None,
+        dose_mg_per_kg: Limit | None = None,
+        dose_rate_mg_per_kg_h: Limit | None = None,
+        duration_min: Limit | None = None,
+        bolus_mg_per_kg: Limit | None = None,
+        bolus_rate_mg_per_kg_min: Limit | None = None,
+        cumulative_1h_mg_per_kg: Limit | None = None,
+        cumulative_4h_mg_per_kg: Limit | None = None,
+        cumulative_7d_mg_per_kg: Limit | None = None,
+        vtbi_ml: Limit | None = None,
+        hours_since_last_start: Limit | None = None,
+        sessions_in_7_days: Limit | None = None,
+    ) -> DrugLimits: ...
+
+@final
+class DrugOrder:
+    """An order as the core checks it; every field required (:class:`ketapump.druglib.Order` fills
+    the defaults). Totals over the rolling windows include this order, in mg/kg of the dosing weight.
+    A negative or oversized ``sessions_in_7_days`` raises :class:`~ketapump.errors.ConfigurationError`.
+    """
+
+    def __new__(
+        cls,
+        *,
+        weight_kg: float,
+        dosing_weight_kg: float | None,
+        concentration_mg_per_ml: float,
+        dose_mg_per_kg: float,
+        dose_rate_mg_per_kg_h: float,
+        duration_min: float,
+        vtbi_ml: float,
+        bolus_mg_per_kg: float,
+        bolus_rate_mg_per_kg_min: float,
+        cumulative_1h_mg_per_kg: float,
+        cumulative_4h_mg_per_kg: float,
+        cumulative_7d_mg_per_kg: float,
+        hours_since_last_start: float | None,
+        sessions_in_7_days: int,
+    ) -> DrugOrder: ...
+    @property
+    def weight_kg(self) -> float: ...
+    @property
+    def dosing_weight_kg(self) -> float | None:
+        """``None``: the actual weight is the dosing weight (checked once, as ``weight_kg``)."""
+    @property
+    def concentration_mg_per_ml(self) -> float: ...
+    @property
+    def dose_mg_per_kg(self) -> float: ...
+    @property
+    def dose_rate_mg_per_kg_h(self) -> float: ...
+    @property
+    def duration_min(self) -> float: ...
+    @property
+    def vtbi_ml(self) -> float: ...
+    @property
+    def bolus_mg_per_kg(self) -> float: ...
+    @property
+    def bolus_rate_mg_per_kg_min(self) -> float: ...
+    @property
+    def cumulative_1h_mg_per_kg(self) -> float: ...
+    @property
+    def cumulative_4h_mg_per_kg(self) -> float: ...
+    @property
+    def cumulative_7d_mg_per_kg(self) -> float: ...
+    @property
+    def hours_since_last_start(self) -> float | None: ...
+    @property
+    def sessions_in_7_days(self) -> int: ...
+
+@final
+class Finding:
+    """One crossed limit, as the core found it (:class:`ketapump.druglib.LimitFinding` adds a message)."""
+
+    @property
+    def kind(self) -> str:
+        """The limit kind (a name of :data:`LIMIT_KINDS`)."""
+    @property
+    def severity(self) -> _Severity:
+        """``hard``: refused; ``soft``: proceeds only after a confirmation with a reason."""
+    @property
+    def bound(self) -> _Bound:
+        """``min``/``max``: a configured bound; ``floor``: below the physical floor (a negative amount,
+        a zero weight, a cumulative total below this order's dose, no session counted);
+        ``non_finite``: NaN or infinite. ``floor`` and ``non_finite`` are always hard."""
+    @property
+    def value(self) -> float:
+        """The order's value, in ``unit``."""
+    @property
+    def limit(self) -> float | None:
+        """The bound crossed, in ``unit``; ``None`` for ``non_finite``."""
+    @property
+    def unit(self) -> str: ...
+
+def check_order(limits: DrugLimits, order: DrugOrder) -> list[Finding]:
+    """Every finding of ``order`` against ``limits``, at most one per kind (the most severe: non-finite,
+    floor, hard min, hard max, soft min, soft max), in kind order. Never raises: bad input is a finding."""
+
+def kernel_limits(limits: DrugLimits, order: DrugOrder, device_max_rate_ml_h: float) -> dict[str, float] | None:
+    """The kernel settings the hard limits imply for ``order``, or ``None`` if it has a hard finding.
+
+    ``concentration_mg_per_ml``: the order's; ``max_rate_ml_h``: hard dose rate × dosing weight ÷
+    concentration, at most ``device_max_rate_ml_h``; ``hard_cap_mg``: hard dose × dosing weight, cut to
+    what each rolling window's hard cap leaves after the doses already given in it.
+    """

@@ -5,6 +5,7 @@
 //! (the unit in every name), the controller's internals in mL/s as the core computes them.
 
 mod errors;
+mod limits;
 mod sim;
 
 use errors::CoreError;
@@ -427,5 +428,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sim::SimPump>()?;
     m.add_class::<sim::RtuPort>()?;
     m.add_class::<sim::NespPort>()?;
+    limits::register(m)?;
     Ok(())
 }

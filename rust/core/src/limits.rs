@@ -253,8 +253,9 @@ impl DrugLimits {
 pub struct Order {
     /// Actual body weight (kg).
     pub weight_kg: f64,
-    /// Weight the mg/kg figures are computed on (kg); equal to `weight_kg` for actual-weight dosing.
-    pub dosing_weight_kg: f64,
+    /// Weight the mg/kg figures are computed on (kg), when it is not the actual weight (ideal or
+    /// adjusted body weight); `None`: the actual weight, checked once.
+    pub dosing_weight_kg: Option<f64>,
     pub concentration_mg_per_ml: f64,
     /// Whole session, loading dose included (mg/kg).
     pub dose_mg_per_kg: f64,
@@ -281,7 +282,7 @@ impl Order {
     pub fn value(&self, kind: LimitKind) -> Option<f64> {
         match kind {
             LimitKind::Weight => Some(self.weight_kg),
-            LimitKind::DosingWeight => Some(self.dosing_weight_kg),
+            LimitKind::DosingWeight => self.dosing_weight_kg,
             LimitKind::Concentration => Some(self.concentration_mg_per_ml),
             LimitKind::Dose => Some(self.dose_mg_per_kg),
             LimitKind::DoseRate => Some(self.dose_rate_mg_per_kg_h),
@@ -435,7 +436,7 @@ pub fn kernel_limits(limits: &DrugLimits, order: &Order, device_max_rate_ml_h: f
     if check_order(limits, order).has_hard() || !(device_max_rate_ml_h.is_finite() && device_max_rate_ml_h > 0.0) {
         return None;
     }
-    let weight = order.dosing_weight_kg;
+    let weight = order.dosing_weight_kg.unwrap_or(order.weight_kg);
     let concentration = order.concentration_mg_per_ml;
     // No hard finding: each effective hard max exists (a missing one is zero, which a positive dose
     // and rate would have crossed) and every value is finite and above its floor.
@@ -467,8 +468,8 @@ mod tests {
         Limit { hard_min, soft_min, soft_max, hard_max }
     }
 
-    /// The shipped ketamine entry (python/ketapump/data/drug_library.toml), with hard course rules
-    /// added so that every kind has every bound.
+    /// Modelled on the shipped ketamine entry (python/ketapump/data/drug_library.toml), with hard
+    /// minima and hard course rules added so that every branch has a bound to cross.
     const KETAMINE: DrugLimits = DrugLimits {
         weight_kg: limit(Some(30.0), Some(40.0), Some(180.0), Some(250.0)),
         concentration_mg_per_ml: limit(Some(0.5), Some(1.0), Some(2.0), Some(10.0)),
@@ -488,7 +489,7 @@ mod tests {
     /// 0.5 mg/kg over 40 min at 1 mg/mL, 70 kg, second session of the week.
     const STANDARD: Order = Order {
         weight_kg: 70.0,
-        dosing_weight_kg: 70.0,
+        dosing_weight_kg: None,
         concentration_mg_per_ml: 1.0,
         dose_mg_per_kg: 0.5,
         dose_rate_mg_per_kg_h: 0.75,
@@ -507,7 +508,7 @@ mod tests {
         let mut o = STANDARD;
         match kind {
             LimitKind::Weight => o.weight_kg = value,
-            LimitKind::DosingWeight => o.dosing_weight_kg = value,
+            LimitKind::DosingWeight => o.dosing_weight_kg = Some(value),
             LimitKind::Concentration => o.concentration_mg_per_ml = value,
             LimitKind::Dose => {
                 // The window totals include this order's dose.
@@ -765,6 +766,14 @@ mod tests {
     }
 
     #[test]
+    fn the_actual_weight_is_checked_once_when_it_is_the_dosing_weight() {
+        let findings = check_order(&KETAMINE, &with(LimitKind::Weight, f64::NAN));
+        assert_eq!(only(&findings).kind, LimitKind::Weight);
+        let order = Order { weight_kg: f64::NAN, dosing_weight_kg: Some(f64::NAN), ..STANDARD };
+        assert_eq!(check_order(&KETAMINE, &order).len(), 2);
+    }
+
+    #[test]
     fn every_problem_is_reported_together_in_kind_order() {
         let order = Order {
             weight_kg: f64::NAN,
@@ -808,14 +817,14 @@ mod tests {
 
     #[test]
     fn kernel_limits_use_the_dosing_weight() {
-        let order = Order { weight_kg: 150.0, dosing_weight_kg: 100.0, ..STANDARD };
+        let order = Order { weight_kg: 150.0, dosing_weight_kg: Some(100.0), ..STANDARD };
         let k = kernel_limits(&KETAMINE, &order, 1_000.0).unwrap();
         assert_eq!((k.max_rate_ml_h, k.hard_cap_mg), (200.0, 100.0));
     }
 
     #[test]
     fn the_rate_ceiling_never_exceeds_the_device() {
-        let order = Order { weight_kg: 200.0, dosing_weight_kg: 200.0, ..STANDARD };
+        let order = Order { weight_kg: 200.0, ..STANDARD };
         assert_eq!(kernel_limits(&KETAMINE, &order, 200.0).unwrap().max_rate_ml_h, 200.0);
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert_eq!(kernel_limits(&KETAMINE, &STANDARD, bad), None);
