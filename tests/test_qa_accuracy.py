@@ -41,9 +41,25 @@ def test_nominal_plant_meets_s1_and_s2_with_report_and_plots(rate: float, tmp_pa
 
 def test_a_period_the_syringe_cannot_hold_is_refused(tmp_path: Path) -> None:
     # 52.5 mL/h for 120 min is 105 mL: more than the largest (60 mL) syringe.
-    result = qa("--pump", "sim://", "--rate", "52.5", "--out", str(tmp_path))
+    result = qa("--pump", "sim://", "--rate", "52.5", "--syringe", "bd-plastipak-60", "--out", str(tmp_path))
     assert result.returncode == os.EX_DATAERR
-    assert "syringe_fill_ml" in result.stderr
+    # Names the volume, the syringe's capacity and the longest period that fits.
+    assert "needs 105.4 mL" in result.stderr and "bd-plastipak-60 syringe holds (60 mL)" in result.stderr
+    assert "longest period it holds is 68 min" in result.stderr
+    assert not (tmp_path / "accuracy.json").exists()
+
+
+def test_52_5_ml_h_meets_s1_and_s2_over_the_longest_period_the_syringe_holds(tmp_path: Path) -> None:
+    # Deviation from the method (docs/qa.md): T = 68 min instead of 120, the second half analysed.
+    result = qa(
+        "--pump", "sim://?seed=1", "--rate", "52.5", "--syringe", "bd-plastipak-60", "--duration", "68m",
+        "--json", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["duration_min"] == 68.0
+    assert abs(report["mean_error_pct"]) <= 2.0 and report["s1_met"]
+    assert report["s2_met"] and set(report["ep"]) == {"2", "5", "11", "19", "31"}
 
 
 def test_a_csv_recording_is_analysed_like_the_live_balance(tmp_path: Path) -> None:

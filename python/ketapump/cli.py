@@ -25,7 +25,8 @@ from ketapump.drivers.base import PumpDriver
 from ketapump.drivers.nesp import NewEraDriver
 from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
-from ketapump.qa import accuracy, trace
+from ketapump.qa import accuracy, occlusion, trace
+from ketapump.qa.balance import BalanceReplyError, SicsBalance
 from ketapump.sim.scenario import Scenario, load_scenario
 from ketapump.sim.server import SimServer
 from ketapump.transports import open_transport, split_url
@@ -371,7 +372,11 @@ def qa_accuracy(
         str, typer.Option(help="Test period T, e.g. 120m; the second half is analysed.")
     ] = "120m",
     balance: Annotated[
-        str, typer.Option(help="'sim' (the simulator's balance) or 'csv:PATH' (t_s,grams).")
+        str,
+        typer.Option(
+            help="'sim' (the simulator's balance), 'csv:PATH' (t_s,grams) or 'sics:PORT[?baud=9600]' "
+            "(an MT-SICS laboratory balance on a serial port, read every 30 s)."
+        ),
     ] = "sim",
     json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
     out: Annotated[Path, typer.Option(help="Directory for the report and plots.")] = Path("accuracy-report"),
@@ -379,7 +384,10 @@ def qa_accuracy(
     """Gravimetric accuracy (mean error A, trumpet Ep(max)/Ep(min)) against S1 and S2.
 
     With --balance sim the pump (sim://) is run through the bridge for the whole period; with
-    --balance csv:PATH an existing recording is analysed.
+    --balance sics:PORT any pump is run and a serial balance weighed every 30 s; with --balance
+    csv:PATH an existing recording is analysed. A period the syringe cannot hold is refused (exit 65).
+    Exit codes: 0 analysed (the verdict is in the report), 65 invalid data, 66 no such file, 69 pump or
+    balance unreachable, 76 the balance answered with an error or garbled bytes.
     """
     try:
         duration_min = float(duration.removesuffix("m"))
@@ -394,11 +402,20 @@ def qa_accuracy(
                     "balance", "'sim' needs --pump sim://… (the simulator's own balance)"
                 )
             readings = asyncio.run(_accuracy_run(pump, rate, syringe, duration_min))
+        elif balance.startswith("sics:"):
+            if not pump:
+                raise ConfigurationError("pump", "--balance sics:PORT needs the --pump to run")
+            scale = SicsBalance.from_spec(balance.removeprefix("sics:"))
+            readings = asyncio.run(_accuracy_run(pump, rate, syringe, duration_min, scale))
         elif balance.startswith("csv:"):
             readings = accuracy.readings_from_csv(Path(balance.removeprefix("csv:")))
         else:
-            raise ConfigurationError("balance", f"{balance!r} is not 'sim' or 'csv:PATH'")
+            raise ConfigurationError("balance", f"{balance!r} is not 'sim', 'csv:PATH' or 'sics:PORT'")
         result = accuracy.analyse(readings, rate_ml_h=rate, duration_min=duration_min)
+    except BalanceReplyError as e:
+        raise _fail(str(e), os.EX_PROTOCOL) from e
+    except TransportError as e:
+        raise _fail(str(e), os.EX_UNAVAILABLE) from e
     except (ConfigurationError, ValueError) as e:
         raise _fail(str(e), os.EX_DATAERR) from e
     except OSError as e:
@@ -427,6 +444,169 @@ def qa_accuracy(
         typer.echo(f"S2 {'met' if verdict.s2_trumpet else 'MISSED'}; report and plots in {out}", err=True)
 
 
+@qa_app.command("occlusion")
+def qa_occlusion(
+    pump: Annotated[str, typer.Option(help="Pump URL (sim:// closes the line by the simulator's fault).")],
+    rate: Annotated[float, typer.Option(help="Set rate (mL/h).")],
+    threshold: Annotated[float, typer.Option(help="Occlusion pressure threshold (mmHg).")] = 300.0,
+    syringe: Annotated[str, typer.Option(help="Syringe from the catalogue.")] = "bd-plastipak-50",
+    slope: Annotated[
+        bool, typer.Option(help="Slope/model detectors on; --no-slope times the threshold alone.")
+    ] = True,
+    compliance: Annotated[
+        float | None,
+        typer.Option(
+            min=1e-6,
+            help="Plant compliance C (mL/mmHg) of the S5 bound; default: the simulator's nominal plant "
+            "for sim://, the kernel's worst-case setting otherwise.",
+        ),
+    ] = None,
+    settle: Annotated[float, typer.Option(min=0.0, help="Running time before the line is closed (s).")] = (
+        occlusion.SETTLE_S
+    ),
+    release: Annotated[
+        float, typer.Option(min=1.0, help="Free flow collected after opening, motor stopped (s).")
+    ] = occlusion.RELEASE_S,
+    balance: Annotated[
+        str | None,
+        typer.Option(help="For a real pump: 'sics:PORT' weighs the bolus (else it is not measured)."),
+    ] = None,
+    time_scale: Annotated[
+        float, typer.Option(min=0.001, help="Pump seconds per real second (must match a scaled hw-sim).")
+    ] = 1.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
+    out: Annotated[Path, typer.Option(help="Directory for the report and plot.")] = Path("occlusion-report"),
+) -> None:
+    """Occlusion test: time and pressure at alarm, automatic back-off, released bolus, against S5/S6.
+
+    With sim:// the simulator closes and opens the line and measures the bolus; with a real pump the
+    operator is asked (stderr) to close and open the clamp and presses Enter as they do. Exit codes:
+    0 tested (the verdict is in the report), 65 invalid settings or a run that cannot be judged (e.g.
+    an alarm before the line was closed), 69 pump or balance unreachable, 76 balance reply error.
+    """
+    try:
+        scheme = split_url(pump)[0]
+        if scheme == "sim":
+            if balance is not None:
+                raise ConfigurationError("balance", "sim:// measures the bolus itself")
+            record = asyncio.run(
+                occlusion.run_simulated(
+                    open_sim_pump(sim_url_with_syringe(pump, syringe)),
+                    rate_ml_h=rate,
+                    threshold_mmhg=threshold,
+                    slope_detector=slope,
+                    syringe=syringe,
+                    compliance_ml_per_mmhg=compliance or occlusion.SIM_COMPLIANCE_ML_PER_MMHG,
+                    settle_s=settle,
+                    release_s=release,
+                )
+            )
+        else:
+            scale = SicsBalance.from_spec(balance.removeprefix("sics:")) if balance else None
+            if balance and not balance.startswith("sics:"):
+                raise ConfigurationError("balance", f"{balance!r} is not 'sics:PORT'")
+            record = asyncio.run(
+                _occlusion_run(
+                    pump, rate, threshold, slope, syringe, compliance, settle, release, scale, time_scale
+                )
+            )
+        result = occlusion.analyse(record)
+    except occlusion.OcclusionTestError as e:
+        raise _fail(f"the occlusion test cannot be judged: {e}", os.EX_DATAERR) from e
+    except BalanceReplyError as e:
+        raise _fail(str(e), os.EX_PROTOCOL) from e
+    except TransportError as e:
+        raise _fail(str(e), os.EX_UNAVAILABLE) from e
+    except (ConfigurationError, ValueError) as e:
+        raise _fail(str(e), os.EX_DATAERR) from e
+    plot = occlusion.plot(record, result, out)
+    summary = occlusion.report(record, result) | {"plot": str(plot)}
+    (out / "occlusion.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if json_output:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+
+    def met(ok: bool | None) -> str:
+        return "not measured" if ok is None else "met" if ok else "MISSED"
+
+    typer.echo(
+        f"alarm ({', '.join(record.first_alarms)}) {result.time_to_alarm_s:.1f} s after closing at "
+        f"{result.pressure_at_alarm_mmhg:.0f} mmHg (P0 {result.p0_mmhg:.0f} mmHg); S5 bound "
+        f"{result.bound_s:.1f} s: {met(result.s5_met)}",
+        err=True,
+    )
+    bolus = "not measured" if result.bolus_ml is None else f"{result.bolus_ml:.3f} mL"
+    typer.echo(
+        f"released bolus {bolus}: S6 (≤ {occlusion.S6_HARD_ML} mL) {met(result.s6_met)}, goal "
+        f"(≤ {occlusion.S6_GOAL_ML} mL) {met(result.s6_goal_met)}; report and plot in {out}",
+        err=True,
+    )
+
+
+def open_sim_pump(url: str) -> _core.SimPump:
+    """The simulated pump a ``sim://`` URL describes (its parameters checked as for any run)."""
+    transport = open_transport(url)
+    assert isinstance(transport, SimTransport)
+    return transport.pump
+
+
+async def _occlusion_run(
+    url: str,
+    rate: float,
+    threshold: float,
+    slope: bool,
+    syringe: str,
+    compliance: float | None,
+    settle_s: float,
+    release_s: float,
+    balance: SicsBalance | None,
+    time_scale: float,
+) -> occlusion.OcclusionRecord:
+    """The occlusion test on a real pump (or a hw-sim process): the operator handles the clamp."""
+    capacity, diameter = syringe_spec(syringe)
+    defaults = default_kernel_settings()
+    scheme = split_url(url)[0]
+    period = control_period_s(scheme, time_scale, None, float(defaults["control_period_s"]))
+    clock = ScaledClock(time_scale)
+    driver = make_driver(url, clock, period, time_scale)
+    if "pressure_mmhg" in driver.lacks:
+        raise ConfigurationError("pump", f"{url} measures no line pressure: the occlusion test needs it")
+    config = kernel_config(
+        **loop_settings(period, defaults),
+        syringe_diameter_mm=diameter,
+        syringe_capacity_ml=capacity,
+        syringe_fill_ml=capacity,
+        **occlusion.occlusion_settings(threshold, slope),
+    )
+    c = compliance or float(defaults["compliance_ml_per_mmhg"])
+    setup = occlusion.OcclusionSetup(
+        rate_ml_h=rate,
+        threshold_mmhg=threshold,
+        slope_detector=slope,
+        compliance_ml_per_mmhg=c,
+        syringe_diameter_mm=diameter,
+        volume_ml=min(capacity, occlusion.dose_for(rate, threshold, c, settle_s)),
+        settle_s=settle_s,
+        release_s=release_s,
+    )
+    meter = None
+    if balance is not None:
+        balance.open()
+        scale = balance
+
+        async def meter() -> float:
+            return await asyncio.to_thread(scale.grams)  # water: 1 g per mL
+
+    try:
+        return await occlusion.run_occlusion(
+            driver, clock, config, setup, occlusion.OperatorLine(), meter=meter
+        )
+    finally:
+        await driver.close()
+        if balance is not None:
+            balance.close()
+
+
 @qa_app.command("trace")
 def qa_trace(
     register: Annotated[Path, typer.Option(help="Hazard register (TOML).")] = Path(
@@ -448,21 +628,69 @@ def qa_trace(
         raise typer.Exit(os.EX_DATAERR)
 
 
+def syringe_spec(name: str) -> tuple[float, float]:
+    """``(capacity_ml, inner_diameter_mm)`` of a catalogue syringe."""
+    for entry, capacity, diameter in _core.SimPump.catalogue():
+        if entry == name:
+            return capacity, diameter
+    syringe_diameter_mm(name)  # raises, naming the catalogue
+    raise AssertionError
+
+
+def sim_url_with_syringe(url: str, syringe: str) -> str:
+    """A ``sim://`` URL that builds the simulated pump with the test's syringe (a URL naming another
+    syringe is refused: the run and the pump would disagree on its size)."""
+    named = split_url(url)[2].get("syringe")
+    if named is None:
+        return f"{url}{'&' if '?' in url else '?'}syringe={syringe}"
+    if named != syringe:
+        raise ConfigurationError("syringe", f"--syringe {syringe} but the pump URL names {named}")
+    return url
+
+
 async def _accuracy_run(
-    url: str, rate: float, syringe: str, duration_min: float
+    url: str, rate: float, syringe: str, duration_min: float, balance: SicsBalance | None = None
 ) -> list[tuple[float, float]]:
-    """Runs the simulated pump through the bridge for the period; returns its balance readings."""
-    clock = VirtualClock()
-    transport = open_transport(url, clock=clock)
-    assert isinstance(transport, SimTransport)
-    driver = ReferencePumpDriver(transport)
-    # Deliver a little past T so the last analysed interval is not cut short by the end of the dose.
-    volume = rate * (duration_min + 2.0) / 60.0
-    plan = InfusionPlan(rate_ml_h=rate, volume_ml=volume, syringe_diameter_mm=syringe_diameter_mm(syringe))
-    result = await ControlLoop(driver, kernel_config(), clock, NullLog()).run(plan)
-    if result.state != "complete":
-        raise ConfigurationError("pump", f"the run ended {result.state} ({', '.join(result.alarms)})")
-    return transport.pump.balance_readings()
+    """Runs the pump through the bridge for the period (plus one sample); returns the balance
+    readings: the simulator's own, or those of ``balance`` read every 30 s of the pump's clock."""
+    capacity, diameter = syringe_spec(syringe)
+    volume = accuracy.check_period_fits(rate, duration_min, syringe, capacity)
+    # The syringe is filled to its capacity (as the simulator fills it).
+    syringe_settings = {
+        "syringe_diameter_mm": diameter,
+        "syringe_capacity_ml": capacity,
+        "syringe_fill_ml": capacity,
+    }
+    plan = InfusionPlan(rate_ml_h=rate, volume_ml=volume, syringe_diameter_mm=diameter)
+    scheme = split_url(url)[0]
+    clock: Clock
+    if scheme == "sim":
+        clock = VirtualClock()
+        transport = open_transport(sim_url_with_syringe(url, syringe), clock=clock)
+        assert isinstance(transport, SimTransport)
+        driver: PumpDriver = ReferencePumpDriver(transport)
+        config = kernel_config(**syringe_settings)
+        if balance is None:
+            result = await ControlLoop(driver, config, clock, NullLog()).run(plan)
+            if result.state != "complete":
+                raise ConfigurationError("pump", f"the run ended {result.state} ({', '.join(result.alarms)})")
+            return transport.pump.balance_readings()
+    else:
+        if balance is None:
+            raise ConfigurationError("balance", "'sim' needs --pump sim://… (the simulator's own balance)")
+        defaults = default_kernel_settings()
+        period = control_period_s(scheme, 1.0, None, float(defaults["control_period_s"]))
+        clock = ScaledClock(1.0)
+        driver = make_driver(url, clock, period, 1.0)
+        sensor = "pressure_mmhg" not in driver.lacks
+        config = kernel_config(
+            **loop_settings(period, defaults), has_pressure_sensor=sensor, **syringe_settings
+        )
+    with balance:
+        try:
+            return await accuracy.record_period(driver, clock, config, plan, balance.grams)
+        finally:
+            await driver.close()
 
 
 def main() -> None:

@@ -5,7 +5,13 @@ records the delivered mass every 30 s; the first half gives the start-up curve, 
 trumpet curve (:mod:`ketapump.qa.trumpet`). Balance sources:
 
 - ``sim``: the gravimetric balance of the in-process simulated pump (``sim://`` only);
-- ``csv:PATH``: a file of ``t_s,grams`` lines recorded by any balance (a header line is allowed).
+- ``csv:PATH``: a file of ``t_s,grams`` lines recorded by any balance (a header line is allowed);
+- ``sics:PORT``: a laboratory balance on a serial line, read every 30 s of the pump's clock
+  (:mod:`ketapump.qa.balance`).
+
+A run must fit in the syringe: the period plus one sample at the set rate. At 52.5 mL/h the method's
+T = 120 min needs 105 mL, more than the largest syringe (60 mL), so such a period is refused and the
+longest period that fits is named (docs/qa.md: 52.5 mL/h is shown over 68 min, second half analysed).
 
 Targets (safety-targets.md): S1 |A| ≤ 2 %; S2 |Ep| ≤ 5 % at P = 2 min (≤ 10 % at 1 mL/h) and
 ≤ 2 % for P ≥ 11 min at rates ≥ 5 mL/h.
@@ -15,12 +21,22 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ketapump import _core
+from ketapump.bridge import ControlLoop, InfusionPlan, NullLog
+from ketapump.clock import Clock
+from ketapump.drivers.base import PumpDriver
+from ketapump.errors import ConfigurationError
+from ketapump.qa.balance import SamplingClock
 from ketapump.qa.trumpet import Trumpet, trumpet
 
 SAMPLE_MIN = 0.5
+
+#: How far past T a run delivers (min): one sample, so the last analysed interval is a full one.
+RUN_PAST_T_MIN = SAMPLE_MIN
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,30 @@ def verdict(result: Trumpet, rate_ml_h: float) -> Verdict:
     if rate_ml_h >= 5.0:
         s2 = s2 and all(abs(v) <= 2.0 for p, pair in result.ep.items() if p >= 11.0 for v in pair)
     return Verdict(s1_mean_error=abs(result.mean_error_pct) <= 2.0, s2_trumpet=s2)
+
+
+def required_volume_ml(rate_ml_h: float, duration_min: float) -> float:
+    """What a run of the period delivers: the period plus one sample at the set rate."""
+    return rate_ml_h * (duration_min + RUN_PAST_T_MIN) / 60.0
+
+
+def longest_period_min(rate_ml_h: float, capacity_ml: float) -> int:
+    """The longest whole-minute period a syringe of ``capacity_ml`` holds at the set rate."""
+    return max(0, math.floor(capacity_ml * 60.0 / rate_ml_h - RUN_PAST_T_MIN + 1e-9))
+
+
+def check_period_fits(rate_ml_h: float, duration_min: float, syringe: str, capacity_ml: float) -> float:
+    """The volume the run needs; ``ConfigurationError`` naming it and the syringe's capacity if it
+    does not fit (a run that empties the syringe would end before T and analyse nothing)."""
+    needed = required_volume_ml(rate_ml_h, duration_min)
+    if needed > capacity_ml + 1e-9:
+        raise ConfigurationError(
+            "duration",
+            f"{duration_min:g} min at {rate_ml_h:g} mL/h needs {needed:.1f} mL (the period plus one "
+            f"sample), more than the {syringe} syringe holds ({capacity_ml:g} mL): the longest period "
+            f"it holds is {longest_period_min(rate_ml_h, capacity_ml)} min",
+        )
+    return needed
 
 
 def readings_from_csv(path: Path) -> list[tuple[float, float]]:
@@ -121,3 +161,25 @@ def analyse(
         start_min=duration_min / 2,
         density_g_per_ml=density_g_per_ml,
     )
+
+
+async def record_period(
+    driver: PumpDriver,
+    clock: Clock,
+    config: _core.KernelConfig,
+    plan: InfusionPlan,
+    read_grams: Callable[[], float],
+) -> list[tuple[float, float]]:
+    """Runs ``plan`` through the bridge, reading the balance every 30 s of the pump's clock.
+
+    Returns the ``(t_s, grams)`` readings; a run that does not complete (an alarm, a lost link) is a
+    ``ConfigurationError`` naming how it ended, since nothing after it could be analysed.
+    """
+    sampler = SamplingClock(clock, read_grams, period_s=SAMPLE_MIN * 60.0)
+    result = await ControlLoop(driver, config, sampler, NullLog()).run(plan)
+    readings = await sampler.finish()
+    if result.state != "complete":
+        raise ConfigurationError(
+            "pump", f"the run ended {result.state} ({', '.join(result.alarms + result.pump_alarms)})"
+        )
+    return readings
