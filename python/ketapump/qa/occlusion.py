@@ -426,9 +426,11 @@ async def run_simulated(
     compliance_ml_per_mmhg: float = SIM_COMPLIANCE_ML_PER_MMHG,
     settle_s: float = SETTLE_S,
     release_s: float = RELEASE_S,
+    kernel_overrides: dict[str, Any] | None = None,
 ) -> OcclusionRecord:
     """The occlusion test on an in-process simulated pump over virtual time: the simulator closes and
-    opens the line, and its delivered volume (what reached the patient) measures the bolus."""
+    opens the line, and its delivered volume (what reached the patient) measures the bolus.
+    ``kernel_overrides`` are applied last (e.g. to study one detector on its own)."""
     capacity, diameter = next((c, d) for name, c, d in _core.SimPump.catalogue() if name == syringe)
     clock = VirtualClock()
     transport = open_transport("sim://", clock=clock, pump=pump)
@@ -437,7 +439,7 @@ async def run_simulated(
         syringe_diameter_mm=diameter,
         syringe_capacity_ml=capacity,
         syringe_fill_ml=capacity,
-        **occlusion_settings(threshold_mmhg, slope_detector),
+        **(occlusion_settings(threshold_mmhg, slope_detector) | (kernel_overrides or {})),
     )
     setup = OcclusionSetup(
         rate_ml_h=rate_ml_h,

@@ -1,0 +1,271 @@
+"""`ketapump qa occlusion` on the simulated plant: S5 and S6 over the grid 1, 5, 52.5 mL/h × 100, 300,
+750 mmHg, the slope/model detectors against the threshold alone, the plot, the CLI, and the analysis
+functions on hand-computed data.
+
+Each cell is a full run over virtual time (settle 10 min, close, alarm, back-off, 2 min release): a
+fraction of a second to 3 s of wall time each (1 mL/h with the threshold alone at 750 mmHg is the
+longest, 70 min of pump time). Runs are cached so the S5 and speed-up tests share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from ketapump import _core
+from ketapump.qa import occlusion
+from ketapump.qa.occlusion import (
+    OCCLUSION_ALARMS,
+    OcclusionRecord,
+    OcclusionResult,
+    OcclusionTestError,
+    analyse,
+    baseline_mmhg,
+    rise_compliance,
+    s5_bound_s,
+    speedup,
+)
+
+RATES = [1.0, 5.0, 52.5]
+THRESHOLDS = [100.0, 300.0, 750.0]
+#: The nominal plant's working pressure at 52.5 mL/h is ~220 mmHg: a 100 mmHg threshold alarms before
+#: any occlusion (test_a_threshold_below_the_working_pressure_cannot_be_judged).
+GRID = [(r, p) for r in RATES for p in THRESHOLDS if (r, p) != (52.5, 100.0)]
+
+
+@functools.cache
+def measured(
+    rate: float, threshold: float, slope: bool, seed: int = 1
+) -> tuple[OcclusionRecord, OcclusionResult]:
+    pump = _core.SimPump(seed=seed)
+    record = asyncio.run(
+        occlusion.run_simulated(pump, rate_ml_h=rate, threshold_mmhg=threshold, slope_detector=slope)
+    )
+    # After the release the motor is stopped and nothing is left pushing the line.
+    assert pump.run_mode == 0
+    return record, analyse(record)
+
+
+@pytest.mark.parametrize("slope", [True, False], ids=["slope", "threshold-only"])
+@pytest.mark.parametrize(("rate", "threshold"), GRID)
+def test_grid_meets_s5_and_s6_on_the_simulator(rate: float, threshold: float, slope: bool) -> None:
+    record, result = measured(rate, threshold, slope)
+    # S5: alarm and motor stop within C·(P_thr − P_0)/Q + 5 s.
+    assert result.s5_met, (result.time_to_alarm_s, result.bound_s)
+    assert 0 < result.time_to_alarm_s <= result.time_to_stop_s <= result.bound_s
+    expected_bound = 0.002 * (threshold - result.p0_mmhg) / (rate / 3600) + 5.0
+    assert result.bound_s == pytest.approx(expected_bound)
+    if not slope:
+        # The threshold alone alarms at the threshold (one tick of rise past it at most).
+        assert record.first_alarms == ("occlusion_pressure",)
+        assert threshold <= result.pressure_at_alarm_mmhg <= threshold + 2.0
+    # S6: the released bolus, hard limit (the 0.2 mL goal is missed at 52.5 mL/h: docs/qa.md).
+    assert result.bolus_ml is not None and 0.0 < result.bolus_ml <= occlusion.S6_HARD_ML
+    assert result.s6_met
+    assert result.s6_goal_met == (rate < 52.5)
+    if set(record.first_alarms) <= OCCLUSION_ALARMS:
+        # The automatic back-off ran: the pressure at opening is back near P0 + 20 mmHg.
+        at_open = [p for t, p in record.pressure if t <= record.opened_at_s][-1]
+        assert at_open <= result.p0_mmhg + 30.0
+    # The plant's pressure rise gives back its fluid-side compliance (the drive takes the rest of C).
+    assert result.rise_compliance_ml_per_mmhg == pytest.approx(0.0016, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("rate", "threshold"),
+    [
+        (1.0, 100.0),
+        (1.0, 300.0),
+        (1.0, 750.0),
+        pytest.param(
+            5.0,
+            100.0,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the slope detector needs a 40 mmHg rise (above a 50 cm head change, 37 mmHg) and "
+                "the 100 mmHg threshold only 70 mmHg over P0: at most 43 % faster (37 % measured)",
+            ),
+        ),
+        (5.0, 300.0),
+        (5.0, 750.0),
+    ],
+)
+def test_slope_detectors_halve_the_time_to_alarm_at_low_rates(rate: float, threshold: float) -> None:
+    detected = measured(rate, threshold, True)[1].time_to_alarm_s
+    threshold_only = measured(rate, threshold, False)[1].time_to_alarm_s
+    assert speedup(detected, threshold_only) >= occlusion.S5_SPEEDUP, (detected, threshold_only)
+
+
+def test_a_threshold_below_the_working_pressure_cannot_be_judged() -> None:
+    # 52.5 mL/h through the nominal line (14 400 mmHg·s/mL) runs at ~220 mmHg: a 100 mmHg threshold
+    # alarms while the pressure builds, before any occlusion. Reported, never judged as a pass.
+    with pytest.raises(OcclusionTestError, match=r"occlusion_pressure.*before the line was closed.*working"):
+        asyncio.run(occlusion.run_simulated(_core.SimPump(seed=1), rate_ml_h=52.5, threshold_mmhg=100.0))
+
+
+@pytest.mark.parametrize("slope", [True, False], ids=["slope", "threshold-only"])
+def test_52_5_ml_h_at_100_mmhg_on_a_low_resistance_line_meets_s5_and_s6(slope: bool) -> None:
+    # A wide-bore line (a quarter of the nominal resistance) runs at ~60 mmHg: the cell can be tested.
+    pump = _core.SimPump(seed=1, resistance_mmhg_s_per_ml=3_600.0)
+    record = asyncio.run(
+        occlusion.run_simulated(pump, rate_ml_h=52.5, threshold_mmhg=100.0, slope_detector=slope)
+    )
+    result = analyse(record)
+    assert result.p0_mmhg < 80.0
+    assert result.s5_met and result.s6_met and result.s6_goal_met
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="kernel gap: when flow_deviation (not an occlusion alarm) fires first during an occlusion the "
+    "kernel does not back off, and the whole stored volume is released (1.36 mL at 52.5 mL/h, 750 mmHg)",
+)
+def test_an_occlusion_seen_first_by_the_flow_check_is_still_backed_off() -> None:
+    # Slope detector off, flow check on: at 52.5 mL/h the flow check sees the occlusion at ~700 mmHg.
+    record = asyncio.run(
+        occlusion.run_simulated(
+            _core.SimPump(seed=1),
+            rate_ml_h=52.5,
+            threshold_mmhg=750.0,
+            kernel_overrides={"slope_detector": False},
+        )
+    )
+    assert record.first_alarms == ("flow_deviation",)
+    assert analyse(record).s6_met
+
+
+def test_the_bound_uses_the_simulators_nominal_compliance() -> None:
+    # The default plant behaves exactly as one built with SIM_COMPLIANCE_ML_PER_MMHG, and differently
+    # from one with another compliance: the constant the bound uses is the simulator's.
+    def trace(pump: _core.SimPump) -> tuple[tuple[float, float], ...]:
+        return asyncio.run(
+            occlusion.run_simulated(pump, rate_ml_h=52.5, threshold_mmhg=300.0, settle_s=120.0, release_s=5.0)
+        ).pressure
+
+    nominal = trace(_core.SimPump(seed=2))
+    assert (
+        trace(_core.SimPump(seed=2, compliance_ml_per_mmhg=occlusion.SIM_COMPLIANCE_ML_PER_MMHG)) == nominal
+    )
+    assert trace(_core.SimPump(seed=2, compliance_ml_per_mmhg=0.0028)) != nominal
+
+
+def test_the_plot_is_a_real_png(tmp_path: Path) -> None:
+    record, result = measured(5.0, 300.0, True)
+    path = occlusion.plot(record, result, tmp_path)
+    image = matplotlib.image.imread(path)  # a real PNG, read back
+    assert image.shape[:2] == (450, 900)
+    assert image.std() > 0.01  # not a blank canvas
+    rgb = image[..., :3]
+    # The threshold line (red) and the pressure curve (blue) are drawn.
+    red = (rgb[..., 0] > 0.75) & (rgb[..., 1] < 0.3) & (rgb[..., 2] < 0.3)
+    blue = (rgb[..., 2] > 0.6) & (rgb[..., 0] < 0.3)
+    assert red.sum() > 200 and blue.sum() > 200
+
+
+# ----- the analysis on hand-computed data ---------------------------------------------------------
+
+
+def record_of(**changes: object) -> OcclusionRecord:
+    """A 5 mL/h record: P0 = 30 mmHg before closing at 600 s, then +1 mmHg/s; alarm at 300 mmHg."""
+    pressure = tuple((590.0 + 0.5 * k, 30.0) for k in range(20)) + tuple(
+        (600.0 + 0.5 * k, 30.0 + 0.5 * k) for k in range(1, 541)
+    )
+    fields: dict[str, object] = {
+        "rate_ml_h": 5.0,
+        "threshold_mmhg": 300.0,
+        "compliance_ml_per_mmhg": 0.002,
+        "slope_detector": False,
+        "pressure": pressure,
+        "closed_at_s": 600.0,
+        "alarm_at_s": 870.0,
+        "stopped_at_s": 870.0,
+        "pressure_at_alarm_mmhg": 300.0,
+        "first_alarms": ("occlusion_pressure",),
+        "alarms": ("occlusion_pressure",),
+        "backoff_done_at_s": 880.0,
+        "opened_at_s": 880.0,
+        "bolus_ml": 0.1,
+    }
+    fields.update(changes)
+    return OcclusionRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_the_bound_baseline_and_compliance_by_hand() -> None:
+    # 0.002 mL/mmHg × (300 − 30) mmHg / (5/3600 mL/s) + 5 s = 388.8 + 5 s.
+    assert s5_bound_s(0.002, 300.0, 30.0, 5.0) == pytest.approx(393.8)
+    record = record_of()
+    assert baseline_mmhg(record.pressure, 600.0) == pytest.approx(30.0)
+    # Rising 1 mmHg/s at 5/3600 mL/s: C = 1.389 µL/mmHg.
+    assert rise_compliance(record.pressure, 600.0, 870.0, 5.0) == pytest.approx(5.0 / 3600.0)
+    assert rise_compliance(record.pressure, 600.0, 601.0, 5.0) is None  # too few readings
+    with pytest.raises(ValueError, match="no pressure reading"):
+        baseline_mmhg(record.pressure, 100.0)
+    assert speedup(50.0, 200.0) == pytest.approx(0.75)
+
+
+def test_the_verdicts_by_hand() -> None:
+    result = analyse(record_of())
+    assert (result.time_to_alarm_s, result.s5_met, result.s6_met, result.s6_goal_met) == (
+        270.0,
+        True,
+        True,
+        True,
+    )
+    late = analyse(record_of(alarm_at_s=1000.0, stopped_at_s=1000.0))  # 400 s > 393.8 s
+    assert not late.s5_met
+    slow_stop = analyse(record_of(stopped_at_s=995.0))  # alarmed in time, stopped too late
+    assert not slow_stop.s5_met
+    assert analyse(record_of(bolus_ml=0.3)).s6_goal_met is False
+    assert analyse(record_of(bolus_ml=0.3)).s6_met is True
+    assert analyse(record_of(bolus_ml=0.51)).s6_met is False
+    unmeasured = analyse(record_of(bolus_ml=None))
+    assert unmeasured.s6_met is None and unmeasured.s6_goal_met is None
+
+
+# ----- the command ----------------------------------------------------------------------------------
+
+
+def qa(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ketapump.cli", "qa", "occlusion", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_cli_reports_s5_s6_with_json_and_plot(tmp_path: Path) -> None:
+    result = qa(
+        "--pump", "sim://?seed=1", "--rate", "5", "--threshold", "300", "--json", "--out", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("time_to_alarm_s", "bound_s", "pressure_at_alarm_mmhg", "bolus_ml", "s5_met", "s6_met"):
+        assert key in report
+    assert report["s5_met"] and report["s6_met"]
+    assert report["time_to_alarm_s"] < report["bound_s"]
+    assert report["first_alarms"] == ["occlusion_slope"]
+    assert json.loads((tmp_path / "occlusion.json").read_text()) == report
+    assert matplotlib.image.imread(report["plot"]).shape[:2] == (450, 900)
+    # The human summary, and the threshold-only baseline.
+    human = qa("--pump", "sim://?seed=1", "--rate", "5", "--no-slope", "--out", str(tmp_path / "h"))
+    assert human.returncode == 0, human.stderr
+    assert "alarm (occlusion_pressure)" in human.stderr and "S5 bound" in human.stderr
+    assert "S6 (≤ 0.5 mL) met" in human.stderr
+
+
+def test_cli_names_a_run_that_cannot_be_judged(tmp_path: Path) -> None:
+    result = qa("--pump", "sim://", "--rate", "52.5", "--threshold", "100", "--out", str(tmp_path))
+    assert result.returncode == os.EX_DATAERR
+    assert "cannot be judged" in result.stderr and "working pressure" in result.stderr
+    bad = qa("--pump", "sim://", "--rate", "5", "--threshold", "2000", "--out", str(tmp_path))
+    assert bad.returncode == os.EX_DATAERR and "occlusion_threshold_mmhg" in bad.stderr
