@@ -7,6 +7,9 @@ maps its errors through one function (``rust/src/errors.rs``) onto this module's
 
     KetapumpError (Exception)
     ├── ConfigurationError (+ ValueError)        bad configuration, program or rate; names the field
+    │   └── LimitError                            an order outside its drug's limits; lists every finding
+    │       ├── LimitRefused                      a hard limit: refused, re-program
+    │       └── ConfirmationRequired              a soft limit not confirmed with a reason
     ├── StateTransitionError (+ RuntimeError)     operator command not valid in the current state
     ├── InterlockError (+ RuntimeError)           a command was refused and latched a safety alarm
     ├── TransportError (+ OSError)                the pump could not be reached or answered wrongly
@@ -17,6 +20,12 @@ maps its errors through one function (``rust/src/errors.rs``) onto this module's
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ketapump.druglib import LimitFinding
 
 
 class KetapumpError(Exception):
@@ -34,6 +43,39 @@ class ConfigurationError(KetapumpError, ValueError):
         super().__init__(f"{field} {problem}")
         self.field = field
         self.problem = problem
+
+
+class LimitError(ConfigurationError):
+    """An order is outside its drug's limits (checked by the Rust core, :mod:`ketapump.druglib`).
+
+    ``findings`` holds every finding concerned, ``problems`` their human messages; ``field`` is
+    ``"order"``.
+    """
+
+    def __init__(self, problem: str, findings: Sequence[LimitFinding]) -> None:
+        self.findings: tuple[LimitFinding, ...] = tuple(findings)
+        self.problems = [f.message for f in self.findings]
+        super().__init__("order", f"{problem}:\n  " + "\n  ".join(self.problems))
+
+
+class LimitRefused(LimitError):  # noqa: N818 (the name the orchestrator and docs use)
+    """A hard limit was crossed: the order is refused and must be re-programmed; every hard finding is
+    listed. No confirmation can lift it."""
+
+    def __init__(self, findings: Sequence[LimitFinding]) -> None:
+        n = len(findings)
+        super().__init__(f"is refused by {n} hard limit{'s' if n != 1 else ''}", findings)
+
+
+class ConfirmationRequired(LimitError):  # noqa: N818 (ditto)
+    """Soft limits were crossed and not confirmed: the order proceeds only once each is confirmed with
+    a reason (a blank reason is not a reason). Every unconfirmed soft finding is listed."""
+
+    def __init__(self, findings: Sequence[LimitFinding]) -> None:
+        n = len(findings)
+        super().__init__(
+            f"needs a confirmation with a reason for {n} soft limit{'s' if n != 1 else ''}", findings
+        )
 
 
 class StateTransitionError(KetapumpError, RuntimeError):
