@@ -302,7 +302,8 @@ impl Order {
     ///
     /// Weights, concentration, dose, rate, duration and VTBI must be positive; bolus and bolus rate
     /// and the hours since the last start must not be negative; a cumulative total must include this
-    /// order's dose; a session count includes this session, so it is at least 1.
+    /// order's dose (when the dose is finite; else it must not be negative); a session count includes
+    /// this session, so it is at least 1.
     fn floor(&self, kind: LimitKind) -> (f64, bool) {
         match kind {
             LimitKind::Weight
@@ -313,7 +314,10 @@ impl Order {
             | LimitKind::Duration
             | LimitKind::Vtbi => (0.0, true),
             LimitKind::Bolus | LimitKind::BolusRate | LimitKind::HoursSinceLastStart => (0.0, false),
-            LimitKind::Cumulative1h | LimitKind::Cumulative4h | LimitKind::Cumulative7d => (self.dose_mg_per_kg, false),
+            // A dose that is not a number is refused on its own; the total then only must not be negative.
+            LimitKind::Cumulative1h | LimitKind::Cumulative4h | LimitKind::Cumulative7d => {
+                (if self.dose_mg_per_kg.is_finite() { self.dose_mg_per_kg } else { 0.0 }, false)
+            }
             LimitKind::SessionsIn7Days => (1.0, false),
         }
     }
@@ -699,6 +703,18 @@ mod tests {
                     Finding { kind, severity: Severity::Hard, bound: Bound::Floor, value, limit: Some(floor) }
                 );
             }
+        }
+        // A non-finite dose is its own finding; the totals are then only held to zero.
+        for dose in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let order =
+                Order { dose_mg_per_kg: dose, cumulative_7d_mg_per_kg: 0.0, cumulative_1h_mg_per_kg: -1.0, ..STANDARD };
+            let findings = check_order(&KETAMINE, &order);
+            assert_eq!(findings.get(LimitKind::Dose).map(|f| f.bound), Some(Bound::NonFinite));
+            assert_eq!(findings.get(LimitKind::Cumulative7d), None);
+            assert_eq!(
+                findings.get(LimitKind::Cumulative1h).map(|f| (f.bound, f.limit)),
+                Some((Bound::Floor, Some(0.0)))
+            );
         }
         // Zero is allowed where the floor is not strict.
         assert!(
