@@ -560,7 +560,9 @@ def check_order(limits: DrugLimits, order: DrugOrder) -> list[Finding]:
     """Every finding of ``order`` against ``limits``, at most one per kind (the most severe: non-finite,
     floor, hard min, hard max, soft min, soft max), in kind order. Never raises: bad input is a finding."""
 
-def kernel_limits(limits: DrugLimits, order: DrugOrder, device_max_rate_ml_h: float) -> dict[str, float] | None:
+def kernel_limits(
+    limits: DrugLimits, order: DrugOrder, device_max_rate_ml_h: float
+) -> dict[str, float] | None:
     """The kernel settings the hard limits imply for ``order``, or ``None`` if it has a hard finding.
 
     ``concentration_mg_per_ml``: the order's; ``max_rate_ml_h``: hard dose rate × dosing weight ÷
