@@ -1,6 +1,6 @@
 """`ketapump qa occlusion` on the simulated plant: S5 and S6 over the grid 1, 5, 52.5 mL/h × 100, 300,
-750 mmHg, the slope/model detectors against the threshold alone, the plot, the CLI, and the analysis
-functions on hand-computed data.
+750 mmHg, the slope/model detectors against the threshold alone, the plot, the CLI (also on a pump by
+URL, a `ketapump sim` process, with the test as the operator), and the analysis on hand-computed data.
 
 Each cell is a full run over virtual time (settle 10 min, close, alarm, back-off, 2 min release): a
 fraction of a second to 3 s of wall time each (1 mL/h with the threshold alone at 750 mmHg is the
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+from pymodbus.client import ModbusTcpClient
 
 from ketapump import _core
 from ketapump.qa import occlusion
@@ -33,6 +34,7 @@ from ketapump.qa.occlusion import (
     s5_bound_s,
     speedup,
 )
+from simhelpers import REGMAP, sim_process
 
 RATES = [1.0, 5.0, 52.5]
 THRESHOLDS = [100.0, 300.0, 750.0]
@@ -269,3 +271,40 @@ def test_cli_names_a_run_that_cannot_be_judged(tmp_path: Path) -> None:
     assert "cannot be judged" in result.stderr and "working pressure" in result.stderr
     bad = qa("--pump", "sim://", "--rate", "5", "--threshold", "2000", "--out", str(tmp_path))
     assert bad.returncode == os.EX_DATAERR and "occlusion_threshold_mmhg" in bad.stderr
+
+
+def test_cli_on_a_pump_by_url_asks_the_operator_to_close_and_open_the_line(tmp_path: Path) -> None:
+    # A real rig in miniature: `ketapump sim` (10× time) over Modbus TCP is the pump; this test plays the
+    # operator, closing and opening the "clamp" (the fault register, over Modbus) when the command asks.
+    with sim_process("--time-scale", "10", "--no-modbus-rtu", "--no-nesp") as (_sim, endpoints):
+        host, port = str(endpoints["modbus_tcp"]).rsplit(":", 1)
+        clamp = ModbusTcpClient(host, port=int(port))
+        assert clamp.connect()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ketapump.cli", "qa", "occlusion",
+             "--pump", f"modbus-tcp://{endpoints['modbus_tcp']}", "--time-scale", "10",
+             "--rate", "52.5", "--threshold", "300", "--settle", "150", "--release", "20",
+             "--json", "--out", str(tmp_path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stderr is not None
+        stderr = b""
+        for prompt, closed in ((b"CLOSE the clamp", 1), (b"OPEN the clamp", 0)):
+            while prompt not in stderr:
+                chunk = proc.stderr.read1(4096)
+                assert chunk, f"ended before asking: {stderr.decode()}"
+                stderr += chunk
+            assert not clamp.write_register(REGMAP["fault_occlusion"].address, closed, device_id=1).isError()
+            proc.stdin.write(b"\n")
+            proc.stdin.flush()
+        out, rest = proc.communicate(timeout=120)
+        clamp.close()
+    assert proc.returncode == 0, (stderr + rest).decode()
+    report = json.loads(out)
+    # The operator's clamp was timed like the simulator's fault: within the bound, at the threshold.
+    assert report["s5_met"] and report["first_alarms"][0] in OCCLUSION_ALARMS
+    assert report["time_to_alarm_s"] < report["bound_s"]
+    assert report["bound_s"] == pytest.approx(0.0028 * (300 - report["p0_mmhg"]) / (52.5 / 3600) + 5)
+    # No balance on this rig: the bolus is reported as not measured, not as zero.
+    assert report["bolus_ml"] is None and report["s6_met"] is None
+    assert matplotlib.image.imread(report["plot"]).std() > 0.01
