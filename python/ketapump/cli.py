@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from ketapump import _core, audit, course
+from ketapump import _core, audit, cli_session, course
 from ketapump.bridge import ControlLoop, InfusionPlan, NullLog, RecoveryError, RunResult, recover_delivered_ml
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
@@ -356,6 +356,7 @@ async def _run(
 
 audit.register_cli(app)
 course.register_cli(app)
+cli_session.register_cli(app)
 
 qa_app = typer.Typer(no_args_is_help=True, help="QA tools: IEC 60601-2-24 style tests.")
 app.add_typer(qa_app, name="qa")

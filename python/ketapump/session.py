@@ -1,0 +1,604 @@
+"""The clinical session: from a reviewed plan to a complete, recorded session.
+
+::
+
+    plan ──▶ PRECHECK ──▶ TAKE_UP ──▶ INFUSION ──▶ OBSERVATION ──▶ DISCHARGE ──▶ COMPLETE
+             │ limits       │ slack      │ ▲            │ ≥ min_minutes and
+             │ baseline     │ taken up   │ │ resume     │ vitals within band
+             │ checklist    ▼            ▼ │            │ (or max_minutes: the clinician decides)
+             │           (kernel)      PAUSED ◀── vitals alarm, operator pause
+             ▼
+          ABORTED  ◀── a hard limit, an unconfirmed soft limit or checklist item (nothing delivered)
+
+What this module owns, and what it does not:
+
+- **Limits are the Rust core's.** The order (dose, rate, concentration, weight, cumulative windows from
+  the course history) is checked by :func:`ketapump.druglib.check`; hard findings refuse the session,
+  soft ones need the operator's confirmation with a reason, which is logged and kept in the course
+  history. The kernel runs with the configuration the library entry derives for this patient.
+- **The pump is the control loop's** (:class:`ketapump.bridge.ControlLoop`): the session only asks it
+  to pause, resume or change rate (a phase's ramp or taper), and every request passes the kernel.
+- **Vitals gate the infusion.** Each control tick the feed is polled and the gate updated; a crossing or
+  a stale feed pauses the infusion at the next tick (within one control period of the reading) and
+  raises an alarm. The operator resumes once the vitals are back within limits.
+- **Everything is recorded**: every step, answer, confirmation, alarm and pause goes to the audit log
+  (and the course history); the series behind the report's plots is sampled every few seconds.
+- **Time is injected**: the session runs on the loop's clock, so a simulated session takes seconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import math
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from typing import Protocol as Interface
+
+from ketapump import _core, druglib
+from ketapump.bridge import ControlLoop, EventLog, InfusionPlan, RunResult
+from ketapump.clock import Clock
+from ketapump.config import kernel_config
+from ketapump.course import CourseHistory
+from ketapump.drivers.base import PumpDriver, PumpTelemetry
+from ketapump.errors import KetapumpError
+from ketapump.protocol import DosePlan, Patient, Protocol, plan_dose
+from ketapump.report import SeriesEvent, SeriesPoint
+from ketapump.vitals import (
+    CHANNELS,
+    ScriptedMonitor,
+    VitalsAlarm,
+    VitalsBaseline,
+    VitalsFeed,
+    VitalsGate,
+    VitalsSample,
+    vitals_thresholds,
+)
+
+#: Seconds between two points of the report's series.
+SERIES_EVERY_S = 5.0
+#: Window over which the measured rate is estimated from the plunger (s).
+RATE_WINDOW_S = 30.0
+#: Observation is checked once a second.
+OBSERVATION_STEP_S = 1.0
+#: Relative change of the planned rate below which a phase's ramp is not sent to the kernel.
+SCHEDULE_DEADBAND = 0.02
+
+
+class Phase(enum.StrEnum):
+    PRECHECK = "precheck"
+    TAKE_UP = "take_up"
+    INFUSION = "infusion"
+    OBSERVATION = "observation"
+    DISCHARGE = "discharge"
+    COMPLETE = "complete"
+    ABORTED = "aborted"
+
+
+class SessionAbortedError(KetapumpError, RuntimeError):
+    """The session ended before the infusion started (a checklist item was not confirmed, the
+    baseline could not be recorded); nothing was delivered. ``phase`` and ``why`` say where and why."""
+
+    def __init__(self, phase: str, why: str) -> None:
+        super().__init__(f"session aborted in {phase}: {why}")
+        self.phase = phase
+        self.why = why
+
+
+class Operator(Interface):
+    """The person at the chair. Every answer is logged."""
+
+    def confirm(self, checklist: str, item: str) -> bool:
+        """Is this checklist item done? ``False`` aborts (pre-check) or holds (discharge) the session."""
+
+    def reason_for(self, kind: str, message: str) -> str | None:
+        """The reason to proceed despite a soft limit (or a course rule), or ``None`` to decline."""
+
+    def actions(self, infusion_s: float) -> list[tuple[str, str]]:
+        """Operator commands due now during the infusion: ``("pause" | "resume", reason)``."""
+
+    def resume_after_alarm(self, alarm_clear_s: float) -> bool:
+        """The vitals have been back within limits for ``alarm_clear_s``: resume the infusion?"""
+
+
+@dataclass
+class ScriptedOperator:
+    """An :class:`Operator` that answers from a script: the demo's and the tests' operator.
+
+    ``answers`` maps a checklist item to its answer (default: yes); ``reasons`` maps a limit kind to
+    the reason given for it (default: decline); ``actions`` are ``(infusion_s, "pause"|"resume",
+    reason)``; after a vitals alarm, the infusion is resumed once the vitals have been back within
+    limits for ``resume_after_s`` (``None``: never).
+    """
+
+    answers: Mapping[str, bool] = field(default_factory=dict)
+    reasons: Mapping[str, str] = field(default_factory=dict)
+    scheduled: Sequence[tuple[float, str, str]] = ()
+    resume_after_s: float | None = 60.0
+    _done: int = 0
+
+    def confirm(self, checklist: str, item: str) -> bool:
+        return self.answers.get(item, True)
+
+    def reason_for(self, kind: str, message: str) -> str | None:
+        return self.reasons.get(kind)
+
+    def actions(self, infusion_s: float) -> list[tuple[str, str]]:
+        due = [(kind, reason) for t, kind, reason in self.scheduled[self._done :] if t <= infusion_s]
+        self._done += len(due)
+        return due
+
+    def resume_after_alarm(self, alarm_clear_s: float) -> bool:
+        return self.resume_after_s is not None and alarm_clear_s >= self.resume_after_s
+
+
+@dataclass
+class SessionResult:
+    session_id: str
+    outcome: str
+    plan: DosePlan
+    programmed_mg: float
+    delivered_mg: float
+    delivered_ml: float
+    run: RunResult | None
+    phases: list[tuple[str, float]]
+    alarms: list[dict[str, Any]]
+    pauses: list[dict[str, Any]]
+    confirmations: list[dict[str, Any]]
+    baseline: dict[str, float]
+    observation_min: float
+    points: list[SeriesPoint]
+    events: list[SeriesEvent]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "outcome": self.outcome,
+            "programmed_mg": self.programmed_mg,
+            "delivered_mg": self.delivered_mg,
+            "delivered_ml": self.delivered_ml,
+            "error_pct": 100.0 * (self.delivered_mg - self.programmed_mg) / self.programmed_mg,
+            "alarms": self.alarms,
+            "pauses": self.pauses,
+            "confirmations": self.confirmations,
+            "phases": [{"phase": p, "start_min": t / 60.0} for p, t in self.phases],
+            "baseline": self.baseline,
+            "observation_min": self.observation_min,
+            "plan": self.plan.as_dict(),
+        }
+
+
+class _Recorder:
+    """The session's event log: forwards to the audit log and keeps what the report shows."""
+
+    def __init__(self, log: EventLog, clock: Clock, t0: float) -> None:
+        self.log, self.clock, self.t0 = log, clock, t0
+        self.events: list[SeriesEvent] = []
+        self.take_up_done = False
+
+    def _keep(self, event: str, fields: dict[str, Any]) -> None:
+        t = self.clock.now() - self.t0
+        if event == "state_transition":
+            if fields.get("cause") == "take_up_done":
+                self.take_up_done = True
+            if fields.get("to_state") in {"alarm", "paused", "running", "complete", "stopped"}:
+                self.events.append(SeriesEvent(t, fields["to_state"], str(fields.get("cause", ""))))
+        elif event in {"alarm", "vitals_alarm", "phase_started", "paused", "resumed", "rate_changed"}:
+            detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k not in {"delivered_ml"})
+            self.events.append(SeriesEvent(t, event, detail))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._keep(event, fields)
+        self.log.info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._keep(event, fields)
+        self.log.warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._keep(event, fields)
+        self.log.error(event, **fields)
+
+
+@dataclass
+class SessionContext:
+    """Everything a session runs with; built by the CLI (or a test) and handed to :class:`Session`."""
+
+    session_id: str
+    protocol: Protocol
+    patient: Patient
+    driver: PumpDriver
+    clock: Clock
+    log: EventLog
+    course: CourseHistory
+    library: druglib.DrugLibrary
+    vitals: VitalsFeed
+    operator: Operator
+    #: UTC time of the clock's zero on the course's calendar (a simulated session runs in virtual time).
+    calendar_origin: datetime.datetime
+    audit_path: str = ""
+    #: Kernel settings that depend on the transport (control period, gains), from the CLI.
+    loop_settings: Mapping[str, Any] = field(default_factory=dict)
+    on_progress: Callable[[str, float, float], None] | None = None
+
+
+@dataclass
+class _InfusionTicks:
+    """What the infusion's per-tick hook carries from one tick to the next."""
+
+    plan: DosePlan
+    volumes: deque[tuple[float, float]]
+    started_s: float | None = None
+    #: Who paused the infusion (``vitals`` or ``operator``), while it is paused.
+    paused_by: str | None = None
+    #: Since when every vitals condition has been clear, while paused by the vitals.
+    clear_since_s: float | None = None
+    rate_ml_h: float = 0.0
+    next_point_s: float = 0.0
+
+
+class Session:
+    """Runs one session; :meth:`run` returns a :class:`SessionResult` or raises before anything is
+    delivered (:class:`~ketapump.errors.LimitRefused`, :class:`~ketapump.errors.ConfirmationRequired`,
+    :class:`SessionAbortedError`)."""
+
+    def __init__(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        self.t0 = ctx.clock.now()
+        self.rec = _Recorder(ctx.log, ctx.clock, self.t0)
+        self.thresholds = vitals_thresholds(ctx.protocol.vitals, where="vitals")
+        self.phases: list[tuple[str, float]] = []
+        self.alarms: list[dict[str, Any]] = []
+        self.pauses: list[dict[str, Any]] = []
+        self.confirmations: list[dict[str, Any]] = []
+        self.points: list[SeriesPoint] = []
+        self.gate: VitalsGate | None = None
+        self._latest: dict[str, float] = {}
+
+    # ----- helpers ------------------------------------------------------------------------------
+
+    def _t(self) -> float:
+        return self.ctx.clock.now() - self.t0
+
+    def _calendar(self) -> datetime.datetime:
+        return self.ctx.calendar_origin + datetime.timedelta(seconds=self.ctx.clock.now())
+
+    def _phase(self, phase: Phase) -> None:
+        self.phases.append((phase.value, self._t()))
+        self.rec.info("phase_started", phase=phase.value)
+        if self.ctx.on_progress is not None:
+            self.ctx.on_progress(phase.value, 0.0, 0.0)
+
+    def _poll_vitals(self) -> list[VitalsAlarm]:
+        """Reads the feed, updates the gate and the latest readings; returns newly raised alarms."""
+        assert self.gate is not None
+        now = self._t()
+        samples = self.ctx.vitals.poll(now)
+        for s in samples:
+            self._latest[s.channel] = s.value
+        return self.gate.update(now, samples)
+
+    def _vitals_alarm(self, alarm: VitalsAlarm, phase: str) -> None:
+        code = f"vitals_{alarm.kind}_{alarm.channel}"
+        fields = {"code": code, "channel": alarm.channel, "reading_t_s": alarm.t_s, "limit": alarm.limit}
+        fields |= {"value": alarm.value} if alarm.kind == "crossing" else {"age_s": alarm.age_s}
+        self.alarms.append(
+            {"t_min": self._t() / 60.0, "source": "vitals", "phase": phase, "detail": alarm.detail, **fields}
+        )
+        self.rec.error("vitals_alarm", phase=phase, detail=alarm.detail, **fields)
+        self.ctx.course.record_alarm(self.ctx.session_id, self._calendar(), code, alarm.detail)
+
+    # ----- the phases ---------------------------------------------------------------------------
+
+    async def run(self) -> SessionResult:
+        ctx = self.ctx
+        self._phase(Phase.PRECHECK)
+        plan = self._plan()
+        patient = ctx.patient
+        ctx.course.ensure_patient(
+            patient.patient_id, patient.weight_kg, patient.height_cm, at=self._calendar()
+        )
+        order, entry = self._authorize(plan)
+        await self._baseline()
+        self._checklist("pre", ctx.protocol.checklists.pre, abort=True)
+        ctx.course.begin_session(
+            ctx.session_id,
+            ctx.patient.patient_id,
+            ctx.protocol.name,
+            self._calendar(),
+            plan.dose_mg,
+            ctx.audit_path,
+        )
+        for c in self.confirmations:
+            ctx.course.record_override(
+                ctx.patient.patient_id, ctx.session_id, c["kind"], c["reason"], self._calendar()
+            )
+        run = await self._infuse(plan, order, entry)
+        delivered_ml = run.session_delivered_ml
+        delivered_mg = delivered_ml * plan.concentration_mg_per_ml
+        observation_min = await self._observe() if delivered_ml > 0 else 0.0
+        self._phase(Phase.DISCHARGE)
+        self._checklist("discharge", ctx.protocol.checklists.discharge, abort=False)
+        outcome = "complete" if run.reason == "complete" else f"ended_{run.reason}"
+        ctx.course.end_session(ctx.session_id, self._calendar(), delivered_mg, outcome)
+        self._phase(Phase.COMPLETE)
+        self.rec.info(
+            "session_complete",
+            outcome=outcome,
+            programmed_mg=plan.dose_mg,
+            delivered_mg=delivered_mg,
+            delivered_ml=delivered_ml,
+            observation_min=observation_min,
+        )
+        return SessionResult(
+            session_id=ctx.session_id,
+            outcome=outcome,
+            plan=plan,
+            programmed_mg=plan.dose_mg,
+            delivered_mg=delivered_mg,
+            delivered_ml=delivered_ml,
+            run=run,
+            phases=self.phases,
+            alarms=self.alarms,
+            pauses=self.pauses,
+            confirmations=self.confirmations,
+            baseline=self.gate.baseline.model_dump() if self.gate else {},
+            observation_min=observation_min,
+            points=self.points,
+            events=self.rec.events,
+        )
+
+    def _plan(self) -> DosePlan:
+        plan = plan_dose(self.ctx.protocol, self.ctx.patient)
+        self.rec.info("session_planned", patient=self.ctx.patient.patient_id, **plan.as_dict())
+        return plan
+
+    def _authorize(self, plan: DosePlan) -> tuple[druglib.Order, druglib.DrugEntry]:
+        """Checks the order against the drug library and the course (in the Rust core); asks the
+        operator for a reason for every soft finding; refuses on any hard one."""
+        ctx = self.ctx
+        entry = ctx.library.drug(plan.drug)
+        order = druglib.order_for(plan, ctx.patient, ctx.course, self._calendar())
+        findings = druglib.check(entry, order)
+        self.rec.info(
+            "limits_checked",
+            findings=[f.as_dict() for f in findings],
+            order=order.as_dict(),
+        )
+        confirmations = []
+        for f in findings:
+            if f.severity != "soft":
+                continue
+            reason = ctx.operator.reason_for(f.kind, f.message)
+            if reason is not None:
+                confirmations.append(druglib.Confirmation(f.kind, reason))
+        authorization = druglib.authorize(findings, confirmations)  # raises on hard/unconfirmed
+        for f, reason in authorization.confirmed:
+            self.confirmations.append({"kind": f.kind, "message": f.message, "reason": reason})
+            self.rec.warning(
+                "soft_limit_confirmed",
+                kind=f.kind,
+                value=f.value,
+                limit=f.limit,
+                unit=f.unit,
+                message=f.message,
+                reason=reason,
+            )
+        return order, entry
+
+    async def _baseline(self) -> None:
+        """Waits for a first reading of every channel (at most two BP intervals) and records it as the
+        baseline; a baseline above the warning levels needs a confirmation with a reason."""
+        ctx = self.ctx
+        readings: list[VitalsSample] = []
+        deadline = self._t() + max(self.thresholds.stale_after_s(c) for c in CHANNELS)
+        while set(CHANNELS) - {s.channel for s in readings}:
+            if self._t() > deadline:
+                missing = sorted(set(CHANNELS) - {s.channel for s in readings})
+                self.rec.error("baseline_missing", channels=missing)
+                raise SessionAbortedError("precheck", f"no baseline reading of {', '.join(missing)}")
+            readings += ctx.vitals.poll(self._t())
+            if set(CHANNELS) - {s.channel for s in readings}:
+                await ctx.clock.sleep_until(ctx.clock.now() + OBSERVATION_STEP_S)
+        baseline = VitalsBaseline.from_samples(readings)
+        self.gate = VitalsGate(self.thresholds, baseline)
+        self.gate.update(self._t(), readings)
+        self._latest = {s.channel: s.value for s in readings}
+        self.rec.info("baseline_recorded", **baseline.model_dump())
+        for warning in self.gate.baseline_warnings():
+            reason = ctx.operator.reason_for("baseline_vitals", warning)
+            if reason is None or not reason.strip():
+                self.rec.error("baseline_refused", warning=warning)
+                raise SessionAbortedError("precheck", f"{warning}, not confirmed")
+            self.confirmations.append({"kind": "baseline_vitals", "message": warning, "reason": reason})
+            self.rec.warning("soft_limit_confirmed", kind="baseline_vitals", message=warning, reason=reason)
+
+    def _checklist(self, name: str, items: Sequence[str], *, abort: bool) -> None:
+        for item in items:
+            answer = self.ctx.operator.confirm(name, item)
+            self.rec.info("checklist_answered", checklist=name, item=item, confirmed=answer)
+            if not answer and abort:
+                raise SessionAbortedError(name, f"checklist item not confirmed: {item}")
+            if not answer:
+                self.alarms.append({"t_min": self._t() / 60.0, "source": "checklist", "item": item})
+
+    async def _infuse(self, plan: DosePlan, order: druglib.Order, entry: druglib.DrugEntry) -> RunResult:
+        ctx = self.ctx
+        settings = {
+            **druglib.kernel_overrides(entry, order),
+            **ctx.loop_settings,
+            "concentration_mg_per_ml": plan.concentration_mg_per_ml,
+            "syringe_diameter_mm": plan.syringe_diameter_mm,
+            "syringe_capacity_ml": plan.syringe_capacity_ml,
+            "syringe_fill_ml": plan.syringe_fill_ml,
+        }
+        config = kernel_config(**settings)
+        occlusion_threshold = float(config.as_dict()["occlusion_threshold_mmhg"])
+        loop = ControlLoop(ctx.driver, config, ctx.clock, self.rec, on_tick=None)
+        tick = _InfusionTicks(plan, volumes=deque(), rate_ml_h=plan.rate_at(0.0))
+        self._phase(Phase.TAKE_UP if ctx.protocol.take_up.enabled else Phase.INFUSION)
+
+        def on_tick(out: _core.StepOutput, telemetry: PumpTelemetry | None) -> None:
+            t = self._t()
+            if tick.started_s is None:
+                tick.started_s = t
+                if isinstance(ctx.vitals, ScriptedMonitor):
+                    ctx.vitals.mark_infusion_start(t)  # the simulated patient responds from now
+            if self.phases[-1][0] == Phase.TAKE_UP and (self.rec.take_up_done or out.delivered_ml > 0.01):
+                self._phase(Phase.INFUSION)
+            self._gate_infusion(loop, tick, out, t)
+            for kind, reason in ctx.operator.actions(t - tick.started_s):
+                if kind == "pause":
+                    loop.request_pause(f"operator: {reason}")
+                    self.pauses.append({"t_min": t / 60.0, "by": "operator", "reason": reason})
+                    tick.paused_by = "operator"
+                else:
+                    loop.request_resume(f"operator: {reason}")
+                    tick.paused_by = None
+            # A phase's ramp or taper follows the delivered volume, so a pause shifts it, not skips it.
+            if len(plan.segments) > 1 and out.state == "running":
+                rate = plan.rate_at(plan.time_for_ml(out.delivered_ml))
+                if abs(rate - tick.rate_ml_h) > SCHEDULE_DEADBAND * tick.rate_ml_h:
+                    tick.rate_ml_h = rate
+                    loop.request_rate(rate, "protocol phase schedule")
+            if telemetry is not None:
+                tick.volumes.append((t, telemetry.volume_ml))
+                while tick.volumes and tick.volumes[0][0] < t - RATE_WINDOW_S:
+                    tick.volumes.popleft()
+            if t >= tick.next_point_s:
+                tick.next_point_s = t + SERIES_EVERY_S
+                self._point(t, out, telemetry, tick, occlusion_threshold)
+            if ctx.on_progress is not None:
+                ctx.on_progress(self.phases[-1][0], out.delivered_ml, plan.volume_ml)
+
+        loop.on_tick = on_tick
+        ip = InfusionPlan(
+            rate_ml_h=plan.rate_at(0.0),
+            volume_ml=plan.volume_ml,
+            syringe_diameter_mm=plan.syringe_diameter_mm,
+            take_up=ctx.protocol.take_up.enabled,
+        )
+        run = await loop.run(ip)
+        for code in run.alarms + run.pump_alarms:
+            record = {"t_min": self._t() / 60.0, "source": "pump", "phase": "infusion", "code": code}
+            self.alarms.append(record)
+            ctx.course.record_alarm(ctx.session_id, self._calendar(), code, run.detail or run.reason)
+        return run
+
+    def _gate_infusion(
+        self, loop: ControlLoop, tick: _InfusionTicks, out: _core.StepOutput, t: float
+    ) -> None:
+        """Vitals during the infusion: a new alarm pauses at the next tick; once every condition has
+        cleared, the operator decides when to resume."""
+        assert self.gate is not None
+        for alarm in self._poll_vitals():
+            self._vitals_alarm(alarm, "infusion")
+            if out.state == "running" and tick.paused_by is None:
+                loop.request_pause(f"vitals: {alarm.detail}")
+                self.pauses.append({"t_min": t / 60.0, "by": "vitals", "reason": alarm.detail})
+                tick.paused_by = "vitals"
+        if tick.paused_by != "vitals" or out.state != "paused":
+            return
+        if self.gate.active():
+            tick.clear_since_s = None
+        elif tick.clear_since_s is None:
+            tick.clear_since_s = t
+        elif self.ctx.operator.resume_after_alarm(t - tick.clear_since_s):
+            loop.request_resume("vitals back within limits; operator resumed")
+            tick.paused_by = tick.clear_since_s = None
+
+    def _point(
+        self,
+        t: float,
+        out: _core.StepOutput,
+        telemetry: PumpTelemetry | None,
+        tick: _InfusionTicks,
+        threshold: float,
+    ) -> None:
+        plan, volumes = tick.plan, tick.volumes
+        measured = math.nan
+        if len(volumes) >= 2 and volumes[-1][0] > volumes[0][0]:
+            (ta, va), (tb, vb) = volumes[0], volumes[-1]
+            measured = (vb - va) / (tb - ta) * 3600.0
+        started = self.phases[1][1] if len(self.phases) > 1 else 0.0
+        self.points.append(
+            SeriesPoint(
+                t_s=t,
+                phase=self.phases[-1][0],
+                programmed_mg=plan.planned_ml(max(t - started, 0.0)) * plan.concentration_mg_per_ml,
+                delivered_mg=out.delivered_ml * plan.concentration_mg_per_ml,
+                commanded_rate_ml_h=out.rate_ml_h if out.direction == "forward" else 0.0,
+                measured_rate_ml_h=measured,
+                pressure_mmhg=telemetry.pressure_mmhg if telemetry is not None else math.nan,
+                threshold_mmhg=threshold,
+                **self._vitals_now(),
+            )
+        )
+
+    def _vitals_now(self) -> dict[str, float]:
+        return {ch: self._latest.get(ch, math.nan) for ch in ("sbp", "dbp", "hr", "spo2")}
+
+    async def _observe(self) -> float:
+        """Observation: at least ``min_minutes`` and until every channel is within the band of its
+        baseline; at ``max_minutes`` it ends with a logged warning for the clinician."""
+        ctx = self.ctx
+        spec = ctx.protocol.observation
+        self._phase(Phase.OBSERVATION)
+        start = self._t()
+        last_delivered = self.points[-1].delivered_mg if self.points else 0.0
+        programmed = self.points[-1].programmed_mg if self.points else 0.0
+        threshold = self.points[-1].threshold_mmhg if self.points else math.nan
+        next_point = start
+        assert self.gate is not None
+        while True:
+            await ctx.clock.sleep_until(ctx.clock.now() + OBSERVATION_STEP_S)
+            t = self._t()
+            for alarm in self._poll_vitals():
+                self._vitals_alarm(alarm, "observation")
+            elapsed_min = (t - start) / 60.0
+            if t >= next_point:
+                next_point = t + SERIES_EVERY_S
+                self.points.append(
+                    SeriesPoint(
+                        t_s=t,
+                        phase=Phase.OBSERVATION.value,
+                        programmed_mg=programmed,
+                        delivered_mg=last_delivered,
+                        commanded_rate_ml_h=0.0,
+                        measured_rate_ml_h=0.0,
+                        pressure_mmhg=math.nan,
+                        threshold_mmhg=threshold,
+                        **self._vitals_now(),
+                    )
+                )
+            if ctx.on_progress is not None:
+                ctx.on_progress(Phase.OBSERVATION.value, elapsed_min, spec.min_minutes)
+            settled = self.gate.within_band(spec.band_pct) and not self.gate.active()
+            if elapsed_min >= spec.min_minutes and settled:
+                self.rec.info(
+                    "observation_ended", minutes=elapsed_min, why="minimum elapsed, vitals within band"
+                )
+                return elapsed_min
+            if elapsed_min >= spec.max_minutes:
+                self.rec.warning(
+                    "observation_ended",
+                    minutes=elapsed_min,
+                    why="maximum reached with vitals still out of band: the clinician decides",
+                )
+                self.alarms.append(
+                    {"t_min": t / 60.0, "source": "observation", "code": "vitals_not_back_in_band"}
+                )
+                return elapsed_min
+
+
+__all__ = [
+    "Operator",
+    "Phase",
+    "ScriptedOperator",
+    "Session",
+    "SessionAbortedError",
+    "SessionContext",
+    "SessionResult",
+]
