@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -22,6 +24,7 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from ketapump import _core
+from ketapump.clock import VirtualClock
 from ketapump.qa import occlusion
 from ketapump.qa.occlusion import (
     OCCLUSION_ALARMS,
@@ -308,3 +311,30 @@ def test_cli_on_a_pump_by_url_asks_the_operator_to_close_and_open_the_line(tmp_p
     # No balance on this rig: the bolus is reported as not measured, not as zero.
     assert report["bolus_ml"] is None and report["s6_met"] is None
     assert matplotlib.image.imread(report["plot"]).std() > 0.01
+
+
+def test_an_unanswered_operator_prompt_does_not_hold_the_process() -> None:
+    # The run can end (an alarm) while the operator is still being asked to close the clamp: the
+    # command must then end, not wait for an Enter that may never come.
+    never = threading.Event()
+    asked: list[str] = []
+
+    def ask(message: str) -> None:
+        asked.append(message)
+        never.wait()
+
+    async def body() -> float | None:
+        line = occlusion.OperatorLine(ask)
+        line.arrange_close(VirtualClock(), 0.0)
+        while not asked:
+            await asyncio.sleep(0.01)
+        line.cancel()
+        return line.closed_at_s
+
+    started = time.monotonic()
+    try:
+        assert asyncio.run(body()) is None
+        assert time.monotonic() - started < 10.0
+        assert asked == ["CLOSE the clamp on the line downstream of the pump"]
+    finally:
+        never.set()

@@ -503,9 +503,9 @@ def qa_occlusion(
                 )
             )
         else:
-            scale = SicsBalance.from_spec(balance.removeprefix("sics:")) if balance else None
             if balance and not balance.startswith("sics:"):
                 raise ConfigurationError("balance", f"{balance!r} is not 'sics:PORT'")
+            scale = SicsBalance.from_spec(balance.removeprefix("sics:")) if balance else None
             record = asyncio.run(
                 _occlusion_run(
                     pump, rate, threshold, slope, syringe, compliance, settle, release, scale, time_scale

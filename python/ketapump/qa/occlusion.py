@@ -22,8 +22,10 @@ recording from any rig can be judged the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -288,16 +290,42 @@ class OperatorLine:
         self.closed_at_s: float | None = None
         self._task: asyncio.Task[None] | None = None
 
+    async def _asked(self, message: str) -> None:
+        """``ask`` in a daemon thread: a prompt left unanswered when the run ends (an alarm before the
+        clamp was closed) must not keep the process waiting for Enter."""
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if answered.done():
+                return
+            if error is None:
+                answered.set_result(None)
+            else:
+                answered.set_exception(error)
+
+        def ask() -> None:
+            error: BaseException | None = None
+            try:
+                self.ask(message)
+            except Exception as e:
+                error = e
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=ask, name="operator-prompt", daemon=True).start()
+        await answered
+
     def arrange_close(self, clock: Clock, at_s: float) -> None:
         async def close() -> None:
             await clock.sleep_until(at_s)
-            await asyncio.to_thread(self.ask, "CLOSE the clamp on the line downstream of the pump")
+            await self._asked("CLOSE the clamp on the line downstream of the pump")
             self.closed_at_s = clock.now()
 
         self._task = asyncio.create_task(close())
 
     async def open(self, clock: Clock) -> float:
-        await asyncio.to_thread(self.ask, "OPEN the clamp (the motor is stopped; the bolus is collected)")
+        await self._asked("OPEN the clamp (the motor is stopped; the bolus is collected)")
         return clock.now()
 
     def cancel(self) -> None:
