@@ -1,0 +1,714 @@
+"""Vital signs: feeds that deliver timestamped readings, and the gate that turns them into alarms.
+
+Why: S13 (safety-targets.md) asks that the infusion pause within 1 s of a reading past a threshold,
+that every scripted crossing be caught and in-range noise never raise, and that a stale feed itself be
+an alarm. The session orchestrator calls ``feed.poll(now_s)`` and ``gate.update(now_s, samples)`` every
+control tick (10 Hz) and pauses the infusion on any alarm returned, so a crossing is caught at the tick
+its reading arrives.
+
+Time is injected: ``now_s`` and every ``t_s`` are the session clock (:mod:`ketapump.clock`); nothing here
+reads the wall clock, so a session runs faster than real time and reproducibly.
+
+**One reading per channel.** A :class:`VitalsSample` is ``(t_s, channel, value)`` with the channels
+``sbp`` and ``dbp`` (mmHg, taken together by a non-invasive cuff every 10 min), ``hr`` (bpm) and ``spo2``
+(%, both continuous, every 1 s). Staleness is then per channel: each has its own interval.
+
+Feeds (:class:`VitalsFeed`: ``poll(now_s)`` returns every reading timestamped ≤ ``now_s`` not yet
+returned, in time order):
+
+- :class:`ScriptedMonitor`: the simulator's patient monitor, driven by a :class:`PatientScript` (TOML,
+  see ``data/patients/demo.toml``): seeded bounded noise, the ketamine response, scripted crossings and
+  dropouts;
+- :class:`CsvVitalsFeed`: replay of a recorded file (long ``t_s,channel,value`` or wide ``t_s,sbp,…``);
+- :class:`CallbackVitalsFeed`: an integrator's monitor pushes readings from any thread.
+
+The rules (:class:`VitalsThresholds`) are clinician-owned defaults in ``data/vitals.toml`` that a
+protocol may override by name (:func:`vitals_thresholds`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import threading
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol, get_args
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ketapump.errors import ConfigurationError
+
+Channel = Literal["sbp", "dbp", "hr", "spo2"]
+#: Every channel, in the order reports list them.
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
+#: How people write each channel, and its unit.
+LABELS: dict[Channel, str] = {"sbp": "SBP", "dbp": "DBP", "hr": "HR", "spo2": "SpO₂"}
+UNITS: dict[Channel, str] = {"sbp": "mmHg", "dbp": "mmHg", "hr": "bpm", "spo2": "%"}
+
+THRESHOLDS_RESOURCE = "vitals.toml"
+DEMO_PATIENT_RESOURCE = "patients/demo.toml"
+
+
+class VitalsDataError(ConfigurationError):
+    """A reading, a recorded file or a script was refused. ``field`` says where (``path:line:`` for a
+    file, a dotted path for a setting); ``problem`` says why; ``problems`` lists every problem found
+    (``dotted.path: message``) when several were checked at once."""
+
+    def __init__(self, field: str, problem: str, problems: list[str] | None = None) -> None:
+        super().__init__(field, problem)
+        self.problems = problems if problems is not None else [f"{field} {problem}"]
+
+
+def _problems(e: ValidationError, prefix: str) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(part) for part in (prefix, *err["loc"]) if str(part))
+        out.append(f"{loc or '(file)'}: {err['msg']}")
+    return out
+
+
+def _invalid(where: str, problems: list[str]) -> VitalsDataError:
+    return VitalsDataError(where, "is not valid:\n  " + "\n  ".join(problems), problems)
+
+
+# ----- readings ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VitalsSample:
+    """One reading of one channel at session time ``t_s``."""
+
+    t_s: float
+    channel: Channel
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise VitalsDataError(
+                "VitalsSample.channel", f"must be one of {', '.join(CHANNELS)}, not {self.channel!r}"
+            )
+        if not math.isfinite(self.t_s):
+            raise VitalsDataError("VitalsSample.t_s", f"must be a finite time, not {self.t_s!r}")
+        if not math.isfinite(self.value):
+            raise VitalsDataError(
+                "VitalsSample.value", f"of {self.channel} must be a finite number, not {self.value!r}"
+            )
+
+
+class VitalsFeed(Protocol):
+    """A source of readings."""
+
+    def poll(self, now_s: float) -> list[VitalsSample]:
+        """Every reading timestamped ≤ ``now_s`` not returned before, in time order."""
+        ...
+
+
+# ----- rules ---------------------------------------------------------------------------------------
+
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class VitalsThresholds(BaseModel):
+    """The vital-sign rules (clinical-protocol.md, "Vital-sign rules"); defaults in ``data/vitals.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sbp_max_mmhg: _Positive
+    dbp_max_mmhg: _Positive
+    hr_max_bpm: _Positive
+    spo2_min_pct: float = Field(gt=0, le=100, allow_inf_nan=False)
+    bp_interval_s: _Positive
+    hr_interval_s: _Positive
+    spo2_interval_s: _Positive
+    stale_factor: float = Field(ge=1, allow_inf_nan=False)
+    baseline_sbp_warn_mmhg: _Positive
+    baseline_dbp_warn_mmhg: _Positive
+    band_pct: float = Field(gt=0, lt=100, allow_inf_nan=False)
+
+    def interval_s(self, channel: Channel) -> float:
+        """The expected interval between two readings of ``channel``."""
+        if channel in ("sbp", "dbp"):
+            return self.bp_interval_s
+        return self.hr_interval_s if channel == "hr" else self.spo2_interval_s
+
+    def stale_after_s(self, channel: Channel) -> float:
+        """Age of the newest reading past which ``channel`` is stale."""
+        return self.stale_factor * self.interval_s(channel)
+
+    def limit(self, channel: Channel) -> float:
+        return {
+            "sbp": self.sbp_max_mmhg,
+            "dbp": self.dbp_max_mmhg,
+            "hr": self.hr_max_bpm,
+            "spo2": self.spo2_min_pct,
+        }[channel]
+
+    def crossed(self, channel: Channel, value: float) -> bool:
+        """Whether ``value`` is past the channel's limit (≥ the maximum; < the SpO₂ minimum)."""
+        limit = self.limit(channel)
+        return value < limit if channel == "spo2" else value >= limit
+
+
+@cache
+def _default_settings() -> tuple[tuple[str, Any], ...]:
+    text = resources.files("ketapump.data").joinpath(THRESHOLDS_RESOURCE).read_text(encoding="utf-8")
+    flat: dict[str, Any] = {}
+    for section, values in tomllib.loads(text).items():
+        if section != "schema_version":
+            flat.update(values)
+    return tuple(flat.items())
+
+
+def vitals_thresholds(
+    overrides: Mapping[str, Any] | None = None, *, where: str = "vitals"
+) -> VitalsThresholds:
+    """The shipped defaults with a protocol's ``overrides`` (by setting name).
+
+    Raises :class:`VitalsDataError` listing every problem with its dotted path under ``where`` (an
+    unknown name, a value out of range).
+    """
+    settings = dict(_default_settings())
+    settings.update(overrides or {})
+    try:
+        return VitalsThresholds.model_validate(settings)
+    except ValidationError as e:
+        raise _invalid(where, _problems(e, where)) from e
+
+
+class VitalsBaseline(BaseModel):
+    """A patient's resting vital signs, recorded before the infusion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sbp_mmhg: _Positive
+    dbp_mmhg: _Positive
+    hr_bpm: _Positive
+    spo2_pct: float = Field(gt=0, le=100, allow_inf_nan=False)
+
+    def value(self, channel: Channel) -> float:
+        return {"sbp": self.sbp_mmhg, "dbp": self.dbp_mmhg, "hr": self.hr_bpm, "spo2": self.spo2_pct}[channel]
+
+    @classmethod
+    def from_samples(cls, samples: Iterable[VitalsSample]) -> VitalsBaseline:
+        """The mean of each channel's readings (e.g. those polled during the preparation).
+
+        Raises :class:`VitalsDataError` naming a channel without a reading.
+        """
+        values: dict[Channel, list[float]] = {c: [] for c in CHANNELS}
+        for s in samples:
+            values[s.channel].append(s.value)
+        missing = [c for c in CHANNELS if not values[c]]
+        if missing:
+            raise VitalsDataError("baseline", f"has no reading of {', '.join(missing)}")
+        mean = {c: float(np.mean(v)) for c, v in values.items()}
+        return cls(sbp_mmhg=mean["sbp"], dbp_mmhg=mean["dbp"], hr_bpm=mean["hr"], spo2_pct=mean["spo2"])
+
+
+# ----- the gate ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VitalsAlarm:
+    """A condition newly raised by :meth:`VitalsGate.update`.
+
+    ``crossing``: ``t_s`` is the reading's time, ``value`` the reading, ``limit`` the threshold passed.
+    ``stale``: ``t_s`` is when the gate noticed, ``age_s`` the age of the channel's newest reading (or of
+    the gate's first update when there was none), ``limit`` the allowed age.
+    """
+
+    kind: Literal["crossing", "stale"]
+    channel: Channel
+    t_s: float
+    limit: float
+    value: float | None = None
+    age_s: float | None = None
+
+    @property
+    def detail(self) -> str:
+        """One line for people and the audit log."""
+        label, unit = LABELS[self.channel], UNITS[self.channel]
+        if self.kind == "crossing":
+            sign = "<" if self.channel == "spo2" else "≥"
+            return f"{label} {self.value:g} {unit} {sign} {self.limit:g} {unit}"
+        return f"{label} feed stale: newest reading {self.age_s:.1f} s old (limit {self.limit:g} s)"
+
+
+class VitalsGate:
+    """Turns readings into alarms. Pure: no I/O, no clock; the caller hands it ``now_s``.
+
+    - ``crossing``: raised on the first reading past a limit; active until a newer reading is back in
+      range (then it can be raised again by a later crossing);
+    - ``stale``: raised when a channel's newest reading is older than ``stale_factor × interval``;
+      active until a reading arrives. A channel never read counts its age from the first update.
+
+    A reading older than the channel's newest (a late arrival) still raises a crossing, but never clears
+    one nor refreshes the channel.
+    """
+
+    def __init__(self, thresholds: VitalsThresholds, baseline: VitalsBaseline) -> None:
+        self.thresholds = thresholds
+        self.baseline = baseline
+        self._latest: dict[Channel, VitalsSample] = {}
+        self._active: dict[tuple[str, Channel], VitalsAlarm] = {}
+        self._started_s: float | None = None
+        self._now_s: float | None = None
+
+    def update(self, now_s: float, samples: Iterable[VitalsSample]) -> list[VitalsAlarm]:
+        """Takes the readings that arrived by ``now_s``; returns the alarms newly raised, oldest first.
+
+        Raises :class:`VitalsDataError` for a time that goes backwards or a reading from the future.
+        """
+        if not math.isfinite(now_s):
+            raise VitalsDataError("now_s", f"must be a finite time, not {now_s!r}")
+        if self._now_s is not None and now_s < self._now_s:
+            raise VitalsDataError("now_s", f"went backwards from {self._now_s:g} s to {now_s:g} s")
+        if self._started_s is None:
+            self._started_s = now_s
+        self._now_s = now_s
+        raised: list[VitalsAlarm] = []
+        for s in sorted(samples, key=lambda s: s.t_s):
+            if s.t_s > now_s:
+                raise VitalsDataError(
+                    "sample.t_s", f"of a {s.channel} reading ({s.t_s:g} s) is later than now ({now_s:g} s)"
+                )
+            latest = self._latest.get(s.channel)
+            newest = latest is None or s.t_s >= latest.t_s
+            key = ("crossing", s.channel)
+            if self.thresholds.crossed(s.channel, s.value):
+                if key not in self._active:
+                    alarm = VitalsAlarm(
+                        "crossing", s.channel, s.t_s, self.thresholds.limit(s.channel), value=s.value
+                    )
+                    self._active[key] = alarm
+                    raised.append(alarm)
+            elif newest:
+                self._active.pop(key, None)
+            if newest:
+                self._latest[s.channel] = s
+                self._active.pop(("stale", s.channel), None)
+        for channel in CHANNELS:
+            key = ("stale", channel)
+            limit = self.thresholds.stale_after_s(channel)
+            age = self.age_s(channel)
+            if age > limit and key not in self._active:
+                alarm = VitalsAlarm("stale", channel, now_s, limit, age_s=age)
+                self._active[key] = alarm
+                raised.append(alarm)
+        return raised
+
+    def age_s(self, channel: Channel) -> float:
+        """Age of ``channel``'s newest reading at the last update (since the first update if none)."""
+        if self._now_s is None or self._started_s is None:
+            return 0.0
+        latest = self._latest.get(channel)
+        return self._now_s - (latest.t_s if latest is not None else self._started_s)
+
+    def active(self) -> list[VitalsAlarm]:
+        """The alarms whose condition still holds, in the order they were raised."""
+        return list(self._active.values())
+
+    def latest(self, channel: Channel) -> VitalsSample | None:
+        """The channel's newest reading."""
+        return self._latest.get(channel)
+
+    def deviation_pct(self, channel: Channel) -> float | None:
+        """How far the newest reading is from baseline, in % of baseline (None without a reading)."""
+        latest = self._latest.get(channel)
+        if latest is None:
+            return None
+        base = self.baseline.value(channel)
+        return 100.0 * (latest.value - base) / base
+
+    def within_band(self, pct: float | None = None) -> bool:
+        """Whether the newest reading of every channel is within ±``pct`` % of its baseline and no channel
+        is stale (the end-of-observation rule; ``pct`` defaults to ``thresholds.band_pct``)."""
+        band = self.thresholds.band_pct if pct is None else pct
+        for channel in CHANNELS:
+            deviation = self.deviation_pct(channel)
+            if deviation is None or abs(deviation) > band or ("stale", channel) in self._active:
+                return False
+        return True
+
+    def baseline_warnings(self) -> list[str]:
+        """Soft warnings about the baseline (above 140/90 by default): proceed only with a confirmation."""
+        t, b = self.thresholds, self.baseline
+        warnings = []
+        if b.sbp_mmhg > t.baseline_sbp_warn_mmhg:
+            warnings.append(f"baseline SBP {b.sbp_mmhg:g} mmHg is above {t.baseline_sbp_warn_mmhg:g} mmHg")
+        if b.dbp_mmhg > t.baseline_dbp_warn_mmhg:
+            warnings.append(f"baseline DBP {b.dbp_mmhg:g} mmHg is above {t.baseline_dbp_warn_mmhg:g} mmHg")
+        return warnings
+
+
+# ----- the simulated patient monitor ---------------------------------------------------------------
+
+
+class MonitorSettings(BaseModel):
+    """How the simulated monitor samples."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(default=0, ge=0)
+    bp_interval_s: _Positive = 600.0
+    hr_interval_s: _Positive = 1.0
+    spo2_interval_s: _Positive = 1.0
+
+
+class NoiseSettings(BaseModel):
+    """Reading noise: a standard deviation per channel, bounded at ``bound_sd`` deviations so in-range
+    noise can never pass a limit. HR and SpO₂ drift slowly (first-order, ``correlation_s``); each cuff
+    reading is independent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sbp_mmhg: float = Field(default=4.0, ge=0, allow_inf_nan=False)
+    dbp_mmhg: float = Field(default=3.0, ge=0, allow_inf_nan=False)
+    hr_bpm: float = Field(default=2.0, ge=0, allow_inf_nan=False)
+    spo2_pct: float = Field(default=0.6, ge=0, allow_inf_nan=False)
+    correlation_s: _Positive = 30.0
+    bound_sd: _Positive = 3.0
+
+    def sd(self, channel: Channel) -> float:
+        return {"sbp": self.sbp_mmhg, "dbp": self.dbp_mmhg, "hr": self.hr_bpm, "spo2": self.spo2_pct}[channel]
+
+
+class KetamineResponse(BaseModel):
+    """The rise of BP and HR during a ketamine infusion, in script time (s from the infusion start).
+
+    It builds from ``onset_s`` toward the end of the infusion (quadratically), peaks at ``peak_s``
+    (minute 40 by default) and eases back to baseline by ``resolved_s`` (1.5 h: clinical-protocol.md).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sbp_rise_mmhg: float = Field(default=14.0, allow_inf_nan=False)
+    dbp_rise_mmhg: float = Field(default=8.0, allow_inf_nan=False)
+    hr_rise_bpm: float = Field(default=8.0, allow_inf_nan=False)
+    spo2_change_pct: float = Field(default=0.0, allow_inf_nan=False)
+    onset_s: float = Field(default=0.0, allow_inf_nan=False)
+    peak_s: float = Field(default=2400.0, allow_inf_nan=False)
+    resolved_s: float = Field(default=5400.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> KetamineResponse:
+        if not self.onset_s < self.peak_s < self.resolved_s:
+            raise ValueError("onset_s < peak_s < resolved_s must hold")
+        return self
+
+    def fraction(self, script_t_s: float) -> float:
+        """The response's shape, 0 … 1 … 0."""
+        t = script_t_s
+        if t <= self.onset_s or t >= self.resolved_s:
+            return 0.0
+        if t <= self.peak_s:
+            return ((t - self.onset_s) / (self.peak_s - self.onset_s)) ** 2
+        return 0.5 * (1.0 + math.cos(math.pi * (t - self.peak_s) / (self.resolved_s - self.peak_s)))
+
+    def rise(self, channel: Channel) -> float:
+        return {
+            "sbp": self.sbp_rise_mmhg,
+            "dbp": self.dbp_rise_mmhg,
+            "hr": self.hr_rise_bpm,
+            "spo2": self.spo2_change_pct,
+        }[channel]
+
+
+class CrossingEvent(BaseModel):
+    """From ``at_s`` for ``duration_s`` (script time), every reading of ``channel`` is ``value``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["crossing"]
+    channel: Channel
+    at_s: float = Field(allow_inf_nan=False)
+    duration_s: _Positive
+    value: _Positive
+
+
+class DropoutEvent(BaseModel):
+    """From ``at_s`` for ``duration_s`` (script time) ``channel`` gives no reading (``bp``: SBP and DBP)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["dropout"]
+    channel: Literal["sbp", "dbp", "hr", "spo2", "bp"]
+    at_s: float = Field(allow_inf_nan=False)
+    duration_s: _Positive
+
+
+ScriptedEvent = Annotated[CrossingEvent | DropoutEvent, Field(discriminator="kind")]
+
+
+class PatientScript(BaseModel):
+    """A simulated patient: baseline, noise, the ketamine response and scripted events (TOML).
+
+    Script time is seconds from the infusion start (negative: before it).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1]
+    name: str = "patient"
+    description: str = ""
+    monitor: MonitorSettings = MonitorSettings()
+    baseline: VitalsBaseline = VitalsBaseline(sbp_mmhg=122.0, dbp_mmhg=78.0, hr_bpm=72.0, spo2_pct=98.0)
+    noise: NoiseSettings = NoiseSettings()
+    response: KetamineResponse = KetamineResponse()
+    event: list[ScriptedEvent] = []
+
+
+def parse_patient_script(text: str, where: str) -> PatientScript:
+    """Validates a script's TOML text; raises :class:`VitalsDataError` listing every problem."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _invalid(where, [f"is not valid TOML: {e}"]) from e
+    try:
+        return PatientScript.model_validate(document)
+    except ValidationError as e:
+        raise _invalid(where, _problems(e, "")) from e
+
+
+def load_patient_script(path: Path) -> PatientScript:
+    """Reads and validates a patient script file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise _invalid(str(path), [f"cannot be read: {e.strerror}"]) from e
+    return parse_patient_script(text, str(path))
+
+
+def demo_patient() -> PatientScript:
+    """The shipped nominal patient (``data/patients/demo.toml``), whose session stays in range."""
+    resource = resources.files("ketapump.data").joinpath(DEMO_PATIENT_RESOURCE)
+    return parse_patient_script(resource.read_text(encoding="utf-8"), DEMO_PATIENT_RESOURCE)
+
+
+_STREAMS: dict[str, tuple[Channel, ...]] = {"bp": ("sbp", "dbp"), "hr": ("hr",), "spo2": ("spo2",)}
+_NOISE_BLOCK = 512
+
+
+class _Noise:
+    """A channel's bounded noise; its own generator, so a dropout elsewhere changes nothing here."""
+
+    def __init__(self, seed: int, index: int, sd: float, bound_sd: float, correlation: float) -> None:
+        self._rng = np.random.default_rng([seed, index])
+        self._sd, self._bound = sd, bound_sd * sd
+        self._a = correlation  # 0: independent readings
+        self._b = math.sqrt(1.0 - correlation**2)
+        self._x: float | None = None
+        self._block: list[float] = []
+        self._i = 0
+
+    def next(self) -> float:
+        if self._i == len(self._block):
+            self._block = self._rng.standard_normal(_NOISE_BLOCK).tolist()
+            self._i = 0
+        e = self._block[self._i] * self._sd
+        self._i += 1
+        x = e if self._x is None else self._a * self._x + self._b * e
+        self._x = min(max(x, -self._bound), self._bound)
+        return self._x
+
+
+class ScriptedMonitor:
+    """The simulator's patient monitor: readings from ``script`` on the session clock.
+
+    Readings of each stream (the cuff's SBP + DBP, HR, SpO₂) fall at ``start_s + k × interval``. A
+    reading is the baseline plus the ketamine response plus bounded noise, rounded to whole units as a
+    monitor shows it (SpO₂ at most 100 %); a scripted crossing replaces it by its exact value, a dropout
+    suppresses it. Script time zero is ``infusion_start_s`` (by default ``start_s``); the orchestrator
+    may move it with :meth:`mark_infusion_start` once the infusion really starts. The same script, seed
+    and calls give the same readings, however often ``poll`` is called.
+    """
+
+    def __init__(
+        self, script: PatientScript, *, start_s: float = 0.0, infusion_start_s: float | None = None
+    ) -> None:
+        self.script = script
+        self.start_s = start_s
+        self.infusion_start_s = start_s if infusion_start_s is None else infusion_start_s
+        m, noise = script.monitor, script.noise
+        self._interval = {"bp": m.bp_interval_s, "hr": m.hr_interval_s, "spo2": m.spo2_interval_s}
+        self._next = dict.fromkeys(_STREAMS, 0)
+        self._noise: dict[Channel, _Noise] = {}
+        for index, channel in enumerate(CHANNELS):
+            stream = "bp" if channel in ("sbp", "dbp") else channel
+            a = 0.0 if stream == "bp" else math.exp(-self._interval[stream] / noise.correlation_s)
+            self._noise[channel] = _Noise(m.seed, index, noise.sd(channel), noise.bound_sd, a)
+
+    def mark_infusion_start(self, t_s: float) -> None:
+        """Script time zero (the response and events) is now session time ``t_s``."""
+        self.infusion_start_s = t_s
+
+    def nominal(self, t_s: float, channel: Channel) -> float:
+        """The noiseless value at session time ``t_s``: baseline plus the ketamine response."""
+        r = self.script.response
+        return self.script.baseline.value(channel) + r.rise(channel) * r.fraction(t_s - self.infusion_start_s)
+
+    def poll(self, now_s: float) -> list[VitalsSample]:
+        out: list[VitalsSample] = []
+        for stream, channels in _STREAMS.items():
+            interval = self._interval[stream]
+            while (t := self.start_s + self._next[stream] * interval) <= now_s:
+                self._next[stream] += 1
+                for channel in channels:
+                    value = self._reading(t, channel)
+                    if value is not None:
+                        out.append(VitalsSample(t, channel, value))
+        out.sort(key=lambda s: s.t_s)
+        return out
+
+    def _reading(self, t_s: float, channel: Channel) -> float | None:
+        noise = self._noise[channel].next()  # drawn even when suppressed: the rest stays the same
+        script_t = t_s - self.infusion_start_s
+        crossing: float | None = None
+        for event in self.script.event:
+            if not event.at_s <= script_t < event.at_s + event.duration_s:
+                continue
+            if isinstance(event, DropoutEvent):
+                if event.channel == channel or (event.channel == "bp" and channel in ("sbp", "dbp")):
+                    return None
+            elif event.channel == channel:
+                crossing = event.value
+        if crossing is not None:
+            return crossing
+        value = float(round(self.nominal(t_s, channel) + noise))
+        return min(value, 100.0) if channel == "spo2" else max(value, 0.0)
+
+
+# ----- recorded and pushed readings ------------------------------------------------------------------
+
+
+class CsvVitalsFeed:
+    """Replays a recorded file, read and checked in full when constructed.
+
+    Two layouts, told apart by the header line (``#`` lines and blank lines are skipped):
+
+    - long: ``t_s,channel,value``, one reading a row;
+    - wide: ``t_s`` then any of ``sbp,dbp,hr,spo2`` as columns; an empty cell is no reading.
+
+    Times must not go backwards. ``offset_s`` is added to every time (a recording's zero is then the
+    session time ``offset_s``). Every problem is a :class:`VitalsDataError` naming ``path:line``.
+    """
+
+    def __init__(self, path: Path, *, offset_s: float = 0.0) -> None:
+        self.path = path
+        self.samples = _read_csv(path, offset_s)
+        self._next = 0
+
+    def poll(self, now_s: float) -> list[VitalsSample]:
+        start = self._next
+        while self._next < len(self.samples) and self.samples[self._next].t_s <= now_s:
+            self._next += 1
+        return self.samples[start : self._next]
+
+
+def _number(text: str, what: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise VitalsDataError(where, f"{what} {text.strip()!r} is not a number") from None
+    if not math.isfinite(value):
+        raise VitalsDataError(where, f"{what} {text.strip()!r} is not a finite number")
+    return value
+
+
+def _read_csv(path: Path, offset_s: float) -> list[VitalsSample]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise VitalsDataError(f"{path}:", f"cannot be read: {getattr(e, 'strerror', None) or e}") from e
+    rows = [
+        (n, row)
+        for n, row in enumerate(csv.reader(text.splitlines()), start=1)
+        if row and any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#")
+    ]
+    if not rows:
+        raise VitalsDataError(f"{path}:", "has no header and no readings")
+    header_line, header = rows[0]
+    names = [h.strip() for h in header]
+    where = f"{path}:{header_line}:"
+    if names == ["t_s", "channel", "value"]:
+        wide = False
+    elif names[0] == "t_s" and len(names) > 1 and set(names[1:]) <= set(CHANNELS):
+        if len(set(names[1:])) != len(names) - 1:
+            raise VitalsDataError(where, "names a channel column twice")
+        wide = True
+    else:
+        raise VitalsDataError(
+            where,
+            f"header must be 't_s,channel,value' or 't_s' then channel columns of {', '.join(CHANNELS)}; "
+            f"got {','.join(names)!r}",
+        )
+    samples: list[VitalsSample] = []
+    last_t = -math.inf
+    for n, row in rows[1:]:
+        where = f"{path}:{n}:"
+        if len(row) != len(names):
+            raise VitalsDataError(where, f"has {len(row)} columns, the header {len(names)}")
+        t = _number(row[0], "t_s", where) + offset_s
+        if t < last_t:
+            back = f"({t - offset_s:g} s after {last_t - offset_s:g} s)"
+            raise VitalsDataError(where, f"t_s goes backwards {back}")
+        last_t = t
+        if wide:
+            cells = [(name, cell) for name, cell in zip(names[1:], row[1:], strict=True) if cell.strip()]
+        else:
+            channel = row[1].strip()
+            if channel not in CHANNELS:
+                raise VitalsDataError(where, f"channel {channel!r} is not one of {', '.join(CHANNELS)}")
+            cells = [(channel, row[2])]
+        for name, cell in cells:
+            samples.append(VitalsSample(t, name, _number(cell, name, where)))  # type: ignore[arg-type]
+    return samples
+
+
+class CallbackVitalsFeed:
+    """Readings pushed by an integrator's monitor driver, from any thread.
+
+    ``poll`` returns the pushed readings timestamped ≤ ``now_s`` in time order; later ones wait.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[VitalsSample] = []
+
+    def push(self, sample: VitalsSample) -> None:
+        """Queues one reading (validated when the :class:`VitalsSample` was built)."""
+        if not isinstance(sample, VitalsSample):
+            raise TypeError(f"push takes a VitalsSample, not {type(sample).__name__}")
+        with self._lock:
+            self._pending.append(sample)
+
+    def push_reading(
+        self,
+        t_s: float,
+        *,
+        sbp: float | None = None,
+        dbp: float | None = None,
+        hr: float | None = None,
+        spo2: float | None = None,
+    ) -> None:
+        """Queues the readings a monitor reported together (e.g. a cuff's SBP and DBP), all or none."""
+        given: dict[Channel, float | None] = {"sbp": sbp, "dbp": dbp, "hr": hr, "spo2": spo2}
+        samples = [VitalsSample(t_s, c, v) for c, v in given.items() if v is not None]
+        if not samples:
+            raise VitalsDataError("push_reading", "needs at least one of sbp, dbp, hr, spo2")
+        with self._lock:
+            self._pending.extend(samples)
+
+    def poll(self, now_s: float) -> list[VitalsSample]:
+        with self._lock:
+            pending = self._pending
+            ready = [s for s in pending if s.t_s <= now_s]
+            if ready:
+                self._pending = [s for s in pending if s.t_s > now_s]
+        ready.sort(key=lambda s: s.t_s)
+        return ready
