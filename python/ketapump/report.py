@@ -1,0 +1,621 @@
+"""The session report: what was programmed and delivered, what happened and when, with plots and data.
+
+Why: a session must be reviewable afterwards by someone who was not there: the clinician signing it
+off, a QA engineer checking a rig run. The orchestrator records one :class:`SeriesPoint` per control
+tick (or per second) and a :class:`SeriesEvent` for every pause, alarm, confirmation and phase change;
+this module turns them into
+
+- four PNG plots (:func:`write_plots`): cumulative dose against the plan, commanded against measured
+  rate, line pressure with its alarm threshold, vital signs with their limits; time in minutes, phases
+  shaded, events marked;
+- the data behind them (:func:`write_series_csv`, read back by :func:`read_series_csv`);
+- a self-contained report (:func:`write_report`): Markdown with the plots beside it, or one HTML file
+  with the plots embedded.
+
+Plotting uses :class:`matplotlib.figure.Figure` with the Agg canvas directly: importing this module
+changes no global matplotlib state (no ``matplotlib.use``, no pyplot).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import html
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ketapump.errors import ConfigurationError
+from ketapump.vitals import LABELS, Channel, VitalsThresholds, vitals_thresholds
+
+NAN = math.nan
+
+#: Line colours, by series (tests look for them in the images).
+COLORS: dict[str, str] = {
+    "programmed": "#bcbd22",
+    "delivered": "#1f77b4",
+    "commanded": "#ff7f0e",
+    "measured": "#2ca02c",
+    "pressure": "#9467bd",
+    "threshold": "#d62728",
+    "sbp": "#d62728",
+    "dbp": "#1f77b4",
+    "hr": "#ff7f0e",
+    "spo2": "#17becf",
+}
+#: Phase shading, in order of first appearance.
+PHASE_COLORS = ("#fde9c9", "#d8ecd5", "#d5e3f0", "#eadcf0", "#f6d5d5", "#e5e5e5")
+#: Event markers by kind, in colours no series uses; other kinds are drawn in grey.
+_ALARM_KINDS = {"alarm", "vitals_alarm"}
+_PAUSE_KINDS = {"pause", "paused"}
+_RESUME_KINDS = {"resume", "resumed"}
+EVENT_STYLES: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(_ALARM_KINDS, ("#b00020", "-")),
+    **dict.fromkeys(_PAUSE_KINDS, ("#e6a100", "--")),
+    **dict.fromkeys(_RESUME_KINDS, ("#00a36c", "--")),
+    "confirmation": ("#8c564b", ":"),
+    "phase": ("#7f7f7f", ":"),
+    "phase_started": ("#7f7f7f", ":"),
+}
+PLOT_FILES = {
+    "dose": "dose.png",
+    "rate": "rate.png",
+    "pressure": "pressure.png",
+    "vitals": "vitals.png",
+}
+DPI = 100
+DISCLAIMER = (
+    "ketapump is engineering software for pump integration, QA and research rigs. It is not a certified "
+    "medical device."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    """The session at one instant. Vitals are NaN when there is no reading at ``t_s``."""
+
+    t_s: float
+    phase: str
+    #: The plan's cumulative dose at ``t_s`` (mg).
+    programmed_mg: float
+    delivered_mg: float
+    commanded_rate_ml_h: float
+    measured_rate_ml_h: float
+    pressure_mmhg: float
+    #: The occlusion alarm threshold in force (mmHg).
+    threshold_mmhg: float
+    sbp: float = NAN
+    dbp: float = NAN
+    hr: float = NAN
+    spo2: float = NAN
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesEvent:
+    """Something that happened at ``t_s``. Conventional kinds: ``phase`` (``detail``: the new phase),
+    ``pause``, ``resume``, ``alarm``, ``confirmation``; any other kind is marked too."""
+
+    t_s: float
+    kind: str
+    detail: str = ""
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(SeriesPoint))
+
+
+# ----- the data ----------------------------------------------------------------------------------
+
+
+def write_series_csv(points: Sequence[SeriesPoint], path: Path) -> Path:
+    """The points as CSV, one column per field; a missing value (NaN) is an empty cell."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(FIELDS)
+        for p in points:
+            writer.writerow(
+                "" if isinstance(v, float) and math.isnan(v) else (repr(v) if isinstance(v, float) else v)
+                for v in dataclasses.astuple(p)
+            )
+    return path
+
+
+def read_series_csv(path: Path) -> list[SeriesPoint]:
+    """Reads :func:`write_series_csv`'s file back; raises :class:`ConfigurationError` naming the line."""
+    points = []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header) != FIELDS:
+            raise ConfigurationError(f"{path}:1:", f"header must be {','.join(FIELDS)}")
+        for n, row in enumerate(reader, start=2):
+            if len(row) != len(FIELDS):
+                raise ConfigurationError(f"{path}:{n}:", f"has {len(row)} columns, not {len(FIELDS)}")
+            try:
+                values = [float(v) if v else NAN for v in row[2:]]
+                points.append(SeriesPoint(float(row[0]), row[1], *values))
+            except ValueError:
+                raise ConfigurationError(f"{path}:{n}:", "has a value that is not a number") from None
+    return points
+
+
+def _column(points: Sequence[SeriesPoint], name: str) -> np.ndarray:
+    return np.array([getattr(p, name) for p in points], dtype=float)
+
+
+def phase_spans(points: Sequence[SeriesPoint]) -> list[tuple[str, float, float]]:
+    """Contiguous runs of one phase: ``(phase, start_s, end_s)``; a run ends where the next begins."""
+    spans: list[tuple[str, float, float]] = []
+    for p in points:
+        if spans and spans[-1][0] == p.phase:
+            spans[-1] = (p.phase, spans[-1][1], p.t_s)
+        else:
+            if spans:
+                spans[-1] = (spans[-1][0], spans[-1][1], p.t_s)
+            spans.append((p.phase, p.t_s, p.t_s))
+    return spans
+
+
+# ----- plots -------------------------------------------------------------------------------------
+
+
+def _figure(rows: int = 1, height_in: float = 4.5) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(10, height_in), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
+    return fig, [a for row in axes for a in row]
+
+
+def _decorate(
+    ax: Axes, spans: list[tuple[str, float, float]], events: Sequence[SeriesEvent], *, legend: bool
+) -> None:
+    """Phases shaded, events as vertical lines, one legend entry per phase and event kind."""
+    colors: dict[str, str] = {}
+    for phase, start, end in spans:
+        label = phase if legend and phase not in colors else None
+        color = colors.setdefault(phase, PHASE_COLORS[len(colors) % len(PHASE_COLORS)])
+        ax.axvspan(start / 60.0, end / 60.0, color=color, alpha=0.6, linewidth=0, label=label, zorder=0)
+    seen: set[str] = set()
+    for e in events:
+        color, style = EVENT_STYLES.get(e.kind, ("#bbbbbb", "-."))
+        label = e.kind if legend and e.kind not in seen else None
+        seen.add(e.kind)
+        ax.axvline(e.t_s / 60.0, color=color, linestyle=style, linewidth=1.2, label=label, zorder=1)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def write_plots(
+    points: Sequence[SeriesPoint],
+    events: Sequence[SeriesEvent],
+    out_dir: Path,
+    *,
+    thresholds: VitalsThresholds | None = None,
+) -> list[Path]:
+    """Four PNGs in ``out_dir`` (see :data:`PLOT_FILES`): dose, rate, pressure and vitals, in that order.
+
+    ``thresholds`` are the vital-sign limits drawn (the shipped defaults if not given).
+    """
+    if not points:
+        raise ConfigurationError("points", "is empty: there is nothing to plot")
+    limits = thresholds or vitals_thresholds()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_min = _column(points, "t_s") / 60.0
+    spans = phase_spans(points)
+    paths: list[Path] = []
+
+    fig, (ax,) = _figure()
+    _decorate(ax, spans, events, legend=True)
+    ax.plot(t_min, _column(points, "delivered_mg"), color=COLORS["delivered"], linewidth=3, label="delivered")
+    ax.plot(t_min, _column(points, "programmed_mg"), color=COLORS["programmed"], linestyle="--",
+            linewidth=1.5, label="programmed (plan)")  # fmt: skip
+    ax.set_ylabel("cumulative dose (mg)")
+    ax.set_title("Cumulative dose against the plan")
+    _finish(ax)
+    paths.append(_save(fig, out_dir / PLOT_FILES["dose"]))
+
+    fig, (ax,) = _figure()
+    _decorate(ax, spans, events, legend=True)
+    ax.plot(t_min, _column(points, "commanded_rate_ml_h"), color=COLORS["commanded"], linewidth=2,
+            drawstyle="steps-post", label="commanded")  # fmt: skip
+    ax.plot(t_min, _column(points, "measured_rate_ml_h"), color=COLORS["measured"], linewidth=1.5,
+            label="measured")  # fmt: skip
+    ax.set_ylabel("rate (mL/h)")
+    ax.set_title("Commanded and measured rate")
+    _finish(ax)
+    paths.append(_save(fig, out_dir / PLOT_FILES["rate"]))
+
+    fig, (ax,) = _figure()
+    _decorate(ax, spans, events, legend=True)
+    ax.plot(t_min, _column(points, "pressure_mmhg"), color=COLORS["pressure"], linewidth=1.5,
+            label="line pressure")  # fmt: skip
+    ax.plot(t_min, _column(points, "threshold_mmhg"), color=COLORS["threshold"], linestyle="--",
+            linewidth=2, drawstyle="steps-post", label="occlusion alarm threshold")  # fmt: skip
+    ax.set_ylabel("pressure (mmHg)")
+    ax.set_title("Line pressure and the occlusion alarm threshold")
+    _finish(ax)
+    paths.append(_save(fig, out_dir / PLOT_FILES["pressure"]))
+
+    fig, axes = _figure(rows=3, height_in=8.0)
+    panels: list[tuple[tuple[Channel, ...], str]] = [
+        (("sbp", "dbp"), "mmHg"),
+        (("hr",), "bpm"),
+        (("spo2",), "%"),
+    ]
+    for i, (ax, (channels, unit)) in enumerate(zip(axes, panels, strict=True)):
+        _decorate(ax, spans, events, legend=i == 0)
+        for channel in channels:
+            values = _column(points, channel)
+            have = ~np.isnan(values)
+            sparse = np.count_nonzero(have) < 0.2 * len(values)
+            # A sparse channel (the cuff) is drawn through its readings; a continuous one keeps its gaps.
+            x, y = (t_min[have], values[have]) if sparse else (t_min, values)
+            ax.plot(x, y, color=COLORS[channel], linewidth=1.5, marker="o" if sparse else None,
+                    markersize=4, label=LABELS[channel])  # fmt: skip
+            limit = limits.limit(channel)
+            sign = "<" if channel == "spo2" else "≥"
+            ax.axhline(limit, color=COLORS[channel], linestyle="--", linewidth=1,
+                       label=f"alarm {LABELS[channel]} {sign} {limit:g}")  # fmt: skip
+        ax.set_ylabel(unit)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", fontsize="x-small", ncol=2, framealpha=0.8)
+    axes[0].set_title("Vital signs and their alarm limits")
+    axes[-1].set_xlabel("time (min)")
+    paths.append(_save(fig, out_dir / PLOT_FILES["vitals"]))
+    return paths
+
+
+def _finish(ax: Axes) -> None:
+    ax.set_xlabel("time (min)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small", framealpha=0.8)
+
+
+# ----- the report --------------------------------------------------------------------------------
+
+Block = tuple[str, Any]
+
+
+def _clock(t_s: float | None) -> str:
+    """Session time as ``h:mm:ss`` (``—`` when unknown)."""
+    if t_s is None or not math.isfinite(t_s):
+        return "—"
+    sign, t = ("-" if t_s < 0 else ""), round(abs(t_s))
+    return f"{sign}{t // 3600}:{t // 60 % 60:02d}:{t % 60:02d}"
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_text(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return "; ".join(_text(v) for v in value)
+    return str(value)
+
+
+def _amount(mg: Any, ml: Any) -> str:
+    parts = []
+    if isinstance(mg, int | float):
+        parts.append(f"{mg:.2f} mg")
+    if isinstance(ml, int | float):
+        parts.append(f"{ml:.2f} mL")
+    return " / ".join(parts) or "—"
+
+
+#: Keys that give a row's session time, in seconds or minutes.
+_TIME_KEYS = {"t_s": 1.0, "t_min": 60.0, "start_s": 1.0, "start_min": 60.0}
+_END_KEYS = {"end_s": 1.0, "end_min": 60.0, "resumed_s": 1.0, "resumed_min": 60.0}
+
+
+def _seconds(row: Mapping[str, Any], keys: Mapping[str, float]) -> float | None:
+    for key, scale in keys.items():
+        value = row.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value) * scale
+    return None
+
+
+def _record_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """A table of records: their time first, then every other key (in first-seen order); an end time
+    (``resumed_s``, ``end_min`` …) is shown as a session time too."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in _TIME_KEYS and k not in columns]
+
+    def cell(row: Mapping[str, Any], key: str) -> str:
+        if key in _END_KEYS:
+            return _clock(_seconds(row, {key: _END_KEYS[key]}))
+        return _text(row.get(key))
+
+    header = ["time", *(c.rsplit("_", 1)[0] if c in _END_KEYS else c for c in columns)]
+    return header, [[_clock(_seconds(r, _TIME_KEYS)), *(cell(r, c) for c in columns)] for r in rows]
+
+
+def _events_table(events: Sequence[SeriesEvent], kinds: set[str]) -> tuple[list[str], list[list[str]]]:
+    return ["time", "event", "detail"], [
+        [_clock(e.t_s), e.kind, e.detail or "—"] for e in events if e.kind in kinds
+    ]
+
+
+def _pauses_from_events(events: Sequence[SeriesEvent]) -> tuple[list[str], list[list[str]]]:
+    rows: list[list[str]] = []
+    open_row: list[str] | None = None
+    for e in sorted(events, key=lambda e: e.t_s):
+        if e.kind in _PAUSE_KINDS and open_row is None:
+            open_row = [_clock(e.t_s), "not resumed", e.detail or "—"]
+            rows.append(open_row)
+        elif e.kind in _RESUME_KINDS and open_row is not None:
+            open_row[1] = _clock(e.t_s)
+            open_row = None
+    return ["paused", "resumed", "reason"], rows
+
+
+def _phases(summary: Mapping[str, Any], points: Sequence[SeriesPoint]) -> list[list[str]]:
+    given = summary.get("phases")
+    if not given:
+        return [[name, _clock(start), _clock(end)] for name, start, end in phase_spans(points)]
+    last = points[-1].t_s if points else None
+    rows = []
+    for i, phase in enumerate(given):
+        start = _seconds(phase, _TIME_KEYS)
+        end = _seconds(phase, _END_KEYS)
+        if end is None:
+            end = _seconds(given[i + 1], _TIME_KEYS) if i + 1 < len(given) else last
+        if start is not None and end is not None:
+            end = max(start, end)
+        rows.append([_text(phase.get("name", phase.get("phase"))), _clock(start), _clock(end)])
+    return rows
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _summary_rows(summary: Mapping[str, Any], points: Sequence[SeriesPoint]) -> list[list[str]]:
+    given_plan = summary.get("plan")
+    plan: Mapping[str, Any] = given_plan if isinstance(given_plan, Mapping) else {}
+    programmed_mg = _number(summary.get("programmed_mg", plan.get("dose_mg")))
+    delivered_mg = _number(summary.get("delivered_mg"))
+    if delivered_mg is None and points:
+        delivered_mg = points[-1].delivered_mg
+    share = ""
+    if programmed_mg and delivered_mg is not None:
+        share = f" ({100.0 * (delivered_mg - programmed_mg) / programmed_mg:+.2f} % of programmed)"
+    duration = _number(summary.get("duration_s"))
+    if duration is None and points:
+        duration = points[-1].t_s - points[0].t_s
+    protocol = summary.get("protocol")
+    if protocol is None and plan:
+        parts = [
+            f"{prefix}{_text(plan[key])}{unit}"
+            for key, prefix, unit in (
+                ("protocol", "", ""),
+                ("drug", "", ""),
+                ("dose_mg_per_kg", "", " mg/kg"),
+                ("weight_kg", "at ", " kg"),
+                ("duration_min", "over ", " min"),
+                ("concentration_mg_per_ml", "at ", " mg/mL"),
+            )
+            if key in plan
+        ]
+        protocol = ", ".join(parts)
+    rows = [
+        ["Session", _text(summary.get("session_id"))],
+        ["Patient", _text(summary.get("patient"))],
+        ["Protocol", _text(protocol)],
+        ["Programmed", _amount(programmed_mg, summary.get("programmed_ml", plan.get("volume_ml")))],
+        ["Delivered", _amount(delivered_mg, summary.get("delivered_ml")) + share],
+        *(
+            [label, _text(summary[key])]
+            for label, key in (("Started", "started_at"), ("Ended", "ended_at"))
+            if key in summary
+        ),
+        ["Duration", _clock(duration)],
+        ["Outcome", _text(summary.get("outcome"))],
+    ]
+    if "baseline" in summary:
+        rows.append(["Baseline vitals", _text(summary["baseline"])])
+    if "observation_min" in summary:
+        rows.append(["Observation", f"{_text(summary['observation_min'])} min"])
+    return rows
+
+
+def _audit_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    audit = summary.get("audit_log")
+    if not isinstance(audit, Mapping):
+        audit = {
+            "path": audit if audit is not None else summary.get("log"),
+            "verified": summary.get("log_verified"),
+        }
+    verified = audit.get("verified")
+    verdict = "not verified" if verified is None else "verified" if verified else "FAILED verification"
+    rows = [["Path", _text(audit.get("path"))], ["Verification", verdict]]
+    if audit.get("detail"):
+        rows.append(["Detail", _text(audit.get("detail"))])
+    return rows
+
+
+#: Summary keys the report places itself; any other is listed under "Other".
+_KNOWN_KEYS = {
+    "title", "session_id", "patient", "protocol", "plan", "programmed_mg", "delivered_mg", "programmed_ml",
+    "delivered_ml", "error_pct", "started_at", "ended_at", "duration_s", "outcome", "baseline",
+    "observation_min", "notes", "phases", "alarms", "pauses", "confirmations", "audit_log", "log",
+    "log_verified",
+}  # fmt: skip
+
+
+def _blocks(
+    summary: Mapping[str, Any],
+    points: Sequence[SeriesPoint],
+    events: Sequence[SeriesEvent],
+    plots: Sequence[Path],
+    series_csv: Path,
+) -> list[Block]:
+    """The report's content, independent of its format."""
+    blocks: list[Block] = [
+        ("h1", _text(summary.get("title", "Ketamine infusion session report"))),
+        ("note", DISCLAIMER),
+        ("h2", "Summary"),
+        ("table", (["", ""], _summary_rows(summary, points))),
+    ]
+    if summary.get("notes"):
+        blocks += [("h2", "Notes"), ("list", [_text(n) for n in summary["notes"]])]
+    blocks += [("h2", "Phases"), ("table", (["phase", "start", "end"], _phases(summary, points)))]
+    sections = (
+        ("Alarms", "alarms", _ALARM_KINDS),
+        ("Pauses", "pauses", None),
+        ("Confirmations", "confirmations", {"confirmation"}),
+    )
+    for title, key, kinds in sections:
+        if key in summary:
+            table = _record_table(summary[key])
+        elif kinds is None:
+            table = _pauses_from_events(events)
+        else:
+            table = _events_table(events, kinds)
+        blocks += [("h2", title), ("table", table)]
+    blocks += [("h2", "Audit log"), ("table", (["", ""], _audit_rows(summary)))]
+    other = [[str(k), _text(v)] for k, v in summary.items() if k not in _KNOWN_KEYS]
+    if other:
+        blocks += [("h2", "Other"), ("table", (["", ""], other))]
+    titles = ["Cumulative dose", "Commanded and measured rate", "Line pressure", "Vital signs"]
+    blocks.append(("h2", "Plots"))
+    blocks += [
+        ("img", (title, Path(os.path.relpath(path, series_csv.parent)), path))
+        for title, path in zip(titles, plots, strict=True)
+    ]
+    blocks += [
+        ("h2", "Data"),
+        ("p", f"The data behind the plots: {series_csv.name} ({len(points)} points, {len(events)} events)."),
+    ]
+    return blocks
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(blocks: list[Block]) -> str:
+    lines: list[str] = []
+    for kind, body in blocks:
+        if kind == "h1":
+            lines += [f"# {body}", ""]
+        elif kind == "h2":
+            lines += [f"## {body}", ""]
+        elif kind == "note":
+            lines += [f"> {body}", ""]
+        elif kind == "p":
+            lines += [body, ""]
+        elif kind == "list":
+            lines += [f"- {_md_cell(item)}" for item in body] + [""]
+        elif kind == "table":
+            header, rows = body
+            if not rows:
+                lines += ["None.", ""]
+                continue
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "img":
+            title, relative, _ = body
+            lines += [f"![{title}]({relative.as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def _html(blocks: list[Block]) -> str:
+    e = html.escape
+    title = next((body for kind, body in blocks if kind == "h1"), "Session report")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1040px;margin:auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+        ".note{background:#fff4d6;padding:6px}img{max-width:100%}</style>",
+        "</head><body>",
+    ]
+    for kind, body in blocks:
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{e(body)}</{kind}>")
+        elif kind == "note":
+            parts.append(f'<p class="note">{e(body)}</p>')
+        elif kind == "p":
+            parts.append(f"<p>{e(body)}</p>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in body) + "</ul>")
+        elif kind == "table":
+            header, rows = body
+            if not rows:
+                parts.append("<p>None.</p>")
+                continue
+            head = "".join(f"<th>{e(h)}</th>" for h in header) if any(header) else ""
+            parts.append("<table>" + (f"<tr>{head}</tr>" if head else ""))
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+            parts.append("</table>")
+        elif kind == "img":
+            title, _, path = body
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(f'<figure><img alt="{e(title)}" src="data:image/png;base64,{data}"></figure>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(
+    summary: Mapping[str, Any],
+    points: Sequence[SeriesPoint],
+    events: Sequence[SeriesEvent],
+    out_dir: Path,
+    *,
+    fmt: Literal["md", "html"] = "md",
+    thresholds: VitalsThresholds | None = None,
+    plots: Sequence[Path] | None = None,
+) -> Path:
+    """Writes the report (``report.md`` with the plots beside it, or one self-contained ``report.html``)
+    and ``series.csv`` into ``out_dir``; returns the report's path. The plots are drawn unless ``plots``
+    passes those :func:`write_plots` already wrote.
+
+    ``summary`` keys, all optional (a missing value shows as ``—``; a missing list is taken from
+    ``events``):
+
+    - ``title``, ``session_id``, ``patient``, ``protocol`` (text or a mapping), ``plan`` (a mapping:
+      ``protocol``, ``drug``, ``dose_mg``, ``volume_ml``, … fill what is not given), ``outcome``;
+    - ``programmed_mg``, ``programmed_ml``, ``delivered_mg``, ``delivered_ml``, ``duration_s``,
+      ``started_at``, ``ended_at`` (wall-clock text), ``baseline``, ``observation_min``, ``notes``;
+    - ``phases``: records with ``name`` or ``phase``, a start (``start_s`` or ``start_min``) and
+      optionally an end (``end_s``/``end_min``; else the next phase's start);
+    - ``alarms``, ``pauses``, ``confirmations``: records with a time (``t_s`` or ``t_min``) and any
+      other fields (``detail``, ``reason``, ``by``, ``resumed_min`` …), each shown as a column;
+    - ``audit_log`` (``path``, ``verified``, ``detail``), or ``log`` and ``log_verified``.
+
+    Any other key is listed under "Other".
+    """
+    if fmt not in ("md", "html"):
+        raise ConfigurationError("fmt", f"must be 'md' or 'html', not {fmt!r}")
+    if plots is None:
+        plots = write_plots(points, events, out_dir, thresholds=thresholds)
+    if len(plots) != len(PLOT_FILES):
+        raise ConfigurationError("plots", f"must be the {len(PLOT_FILES)} plots of write_plots")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series_csv = write_series_csv(points, out_dir / "series.csv")
+    blocks = _blocks(summary, points, events, plots, series_csv)
+    path = out_dir / f"report.{fmt}"
+    path.write_text(_markdown(blocks) if fmt == "md" else _html(blocks), encoding="utf-8")
+    return path
