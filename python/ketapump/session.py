@@ -102,21 +102,26 @@ class Operator(Interface):
     def resume_after_alarm(self, alarm_clear_s: float) -> bool:
         """The vitals have been back within limits for ``alarm_clear_s``: resume the infusion?"""
 
+    def stop_after_pause(self, paused_s: float) -> bool:
+        """The infusion has been paused by the vitals for ``paused_s``: stop it for good?"""
+
 
 @dataclass
 class ScriptedOperator:
     """An :class:`Operator` that answers from a script: the demo's and the tests' operator.
 
     ``answers`` maps a checklist item to its answer (default: yes); ``reasons`` maps a limit kind to
-    the reason given for it (default: decline); ``actions`` are ``(infusion_s, "pause"|"resume",
+    the reason given for it (default: decline); ``scheduled`` are ``(infusion_s, "pause"|"resume",
     reason)``; after a vitals alarm, the infusion is resumed once the vitals have been back within
-    limits for ``resume_after_s`` (``None``: never).
+    limits for ``resume_after_s`` (``None``: never), and stopped for good once it has been paused by
+    the vitals for ``stop_after_s``.
     """
 
     answers: Mapping[str, bool] = field(default_factory=dict)
     reasons: Mapping[str, str] = field(default_factory=dict)
     scheduled: Sequence[tuple[float, str, str]] = ()
     resume_after_s: float | None = 60.0
+    stop_after_s: float = 1800.0
     _done: int = 0
 
     def confirm(self, checklist: str, item: str) -> bool:
@@ -132,6 +137,9 @@ class ScriptedOperator:
 
     def resume_after_alarm(self, alarm_clear_s: float) -> bool:
         return self.resume_after_s is not None and alarm_clear_s >= self.resume_after_s
+
+    def stop_after_pause(self, paused_s: float) -> bool:
+        return paused_s >= self.stop_after_s
 
 
 @dataclass
@@ -231,8 +239,9 @@ class _InfusionTicks:
     plan: DosePlan
     volumes: deque[tuple[float, float]]
     started_s: float | None = None
-    #: Who paused the infusion (``vitals`` or ``operator``), while it is paused.
+    #: Who paused the infusion (``vitals`` or ``operator``), and since when, while it is paused.
     paused_by: str | None = None
+    paused_since_s: float = 0.0
     #: Since when every vitals condition has been clear, while paused by the vitals.
     clear_since_s: float | None = None
     rate_ml_h: float = 0.0
@@ -498,8 +507,12 @@ class Session:
             if out.state == "running" and tick.paused_by is None:
                 loop.request_pause(f"vitals: {alarm.detail}")
                 self.pauses.append({"t_min": t / 60.0, "by": "vitals", "reason": alarm.detail})
-                tick.paused_by = "vitals"
+                tick.paused_by, tick.paused_since_s = "vitals", t
         if tick.paused_by != "vitals" or out.state != "paused":
+            return
+        if self.ctx.operator.stop_after_pause(t - tick.paused_since_s):
+            self.rec.warning("infusion_abandoned", paused_min=(t - tick.paused_since_s) / 60.0)
+            loop.request_stop()
             return
         if self.gate.active():
             tick.clear_since_s = None
@@ -558,7 +571,9 @@ class Session:
             for alarm in self._poll_vitals():
                 self._vitals_alarm(alarm, "observation")
             elapsed_min = (t - start) / 60.0
-            if t >= next_point:
+            settled = self.gate.within_band(spec.band_pct) and not self.gate.active()
+            ending = (elapsed_min >= spec.min_minutes and settled) or elapsed_min >= spec.max_minutes
+            if t >= next_point or ending:
                 next_point = t + SERIES_EVERY_S
                 self.points.append(
                     SeriesPoint(
@@ -575,7 +590,6 @@ class Session:
                 )
             if ctx.on_progress is not None:
                 ctx.on_progress(Phase.OBSERVATION.value, elapsed_min, spec.min_minutes)
-            settled = self.gate.within_band(spec.band_pct) and not self.gate.active()
             if elapsed_min >= spec.min_minutes and settled:
                 self.rec.info(
                     "observation_ended", minutes=elapsed_min, why="minimum elapsed, vitals within band"

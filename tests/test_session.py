@@ -1,0 +1,348 @@
+"""The clinical session end to end on the simulated pump: the real kernel, the simulated firmware and
+physics, the scripted patient monitor, a real audit log and a real course-history database."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ketapump import _core, audit, druglib
+from ketapump.clock import VirtualClock
+from ketapump.course import CourseHistory
+from ketapump.drivers.reference import ReferencePumpDriver
+from ketapump.errors import ConfirmationRequired, LimitRefused
+from ketapump.protocol import Patient, load_protocol, parse_protocol
+from ketapump.session import ScriptedOperator, Session, SessionAbortedError, SessionContext, SessionResult
+from ketapump.transports import open_transport
+from ketapump.transports.sim import SimTransport
+from ketapump.vitals import PatientScript, ScriptedMonitor, demo_patient
+
+NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
+PATIENT = Patient("p-1", weight_kg=70.0, height_cm=175.0, sex="male")
+
+
+@dataclass
+class Run:
+    result: SessionResult | None
+    error: BaseException | None
+    events: list[dict[str, Any]]
+    pump: _core.SimPump
+    db: Path
+    log: Path
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+
+def run_session(
+    tmp_path: Path,
+    *,
+    protocol: str = "ketamine-depression",
+    script: PatientScript | None = None,
+    operator: ScriptedOperator | None = None,
+    history: Sequence[tuple[float, float]] = (),
+    seed: int = 0,
+    durable_log: bool = False,
+) -> Run:
+    """One session; ``history`` holds earlier sessions as (hours before NOW, delivered mg).
+
+    With ``durable_log`` the events go to a real audit file (fsync per record); otherwise to memory,
+    which keeps the many sessions of this module quick (the audit writer has its own tests)."""
+    db, log = tmp_path / "course.sqlite3", tmp_path / "audit.jsonl"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    clock = VirtualClock()
+    pump = _core.SimPump("bd-plastipak-60", seed=seed, fill_ml=40.0)
+    transport = open_transport("sim://", clock=clock, pump=pump)
+    assert isinstance(transport, SimTransport)
+    writer = audit.AuditWriter.open(log) if durable_log else None
+    memory = MemoryLog()
+    result: SessionResult | None = None
+    error: BaseException | None = None
+    with CourseHistory.open(db) as course:
+        if history:
+            course.ensure_patient(PATIENT.patient_id, PATIENT.weight_kg, PATIENT.height_cm, at=NOW)
+        for i, (hours_before, mg) in enumerate(history):
+            start = NOW - datetime.timedelta(hours=hours_before)
+            course.begin_session(f"old-{i}", PATIENT.patient_id, "ketamine-depression", start, mg)
+            course.end_session(f"old-{i}", start + datetime.timedelta(minutes=40), mg, "complete")
+        ctx = SessionContext(
+            session_id="s-new",
+            protocol=load_protocol(protocol) if "\n" not in protocol else parse_protocol(protocol),
+            patient=PATIENT,
+            driver=ReferencePumpDriver(transport),
+            clock=clock,
+            log=audit.audit_logger(writer, session_id="s-new") if writer else memory,
+            course=course,
+            library=druglib.load_library(None),
+            vitals=ScriptedMonitor(script or demo_patient()),
+            operator=operator or ScriptedOperator(),
+            calendar_origin=NOW,
+            audit_path=str(log),
+        )
+        try:
+            result = asyncio.run(Session(ctx).run())
+        except Exception as e:
+            error = e
+    if writer is not None:
+        writer.close()
+        events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    else:
+        events = memory.events
+    return Run(result, error, events, pump, db, log)
+
+
+class MemoryLog:
+    """The session's events in memory, shaped like audit records."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+    warning = error = info
+
+
+def script_with(*events: dict[str, Any], **overrides: Any) -> PatientScript:
+    base = demo_patient().model_dump()
+    base["event"] = list(events)
+    base.update(overrides)
+    return PatientScript.model_validate(base)
+
+
+# ----- a whole session -----------------------------------------------------------------------------
+
+
+def test_a_nominal_session_runs_every_phase_delivers_the_dose_and_records_everything(tmp_path: Path) -> None:
+    run = run_session(tmp_path, durable_log=True)
+    assert run.error is None, run.error
+    r = run.result
+    assert r is not None and r.outcome == "complete"
+    assert [p for p, _ in r.phases] == [
+        "precheck", "take_up", "infusion", "observation", "discharge", "complete"
+    ]  # fmt: skip
+    # S3: a normal session ends within ±2 % — by the pump's plunger and by what reached the patient.
+    assert math.isclose(r.delivered_mg, 35.0, rel_tol=0.02)
+    assert math.isclose(run.pump.delivered_ml, 35.0, rel_tol=0.02)
+    infusion = dict(r.phases)
+    assert 39.5 <= (infusion["observation"] - infusion["infusion"]) / 60.0 <= 41.0
+    assert r.observation_min >= 30.0
+    assert r.alarms == [] and r.pauses == []
+    # Every step and answer is in the audit log, and the log verifies.
+    assert audit.verify(run.log).ok
+    answered = run.named("checklist_answered")
+    protocol = load_protocol("ketamine-depression")
+    assert [a["item"] for a in answered] == protocol.checklists.pre + protocol.checklists.discharge
+    assert all(a["confirmed"] for a in answered)
+    for event in ("session_planned", "limits_checked", "baseline_recorded", "observation_ended"):
+        assert run.named(event), event
+    assert [e["phase"] for e in run.named("phase_started")] == [p for p, _ in r.phases]
+    # The course history holds the session, ended, with its dose.
+    with CourseHistory.open(run.db, create=False) as course:
+        (session,) = course.sessions(PATIENT.patient_id)
+        assert session.outcome == "complete"
+        assert math.isclose(session.delivered_mg, r.delivered_mg)
+
+
+# ----- vitals gating (S13) -------------------------------------------------------------------------
+
+CROSSINGS = {"sbp": 190.0, "dbp": 115.0, "hr": 130.0, "spo2": 85.0}
+
+
+@pytest.mark.parametrize("channel", sorted(CROSSINGS))
+def test_a_scripted_crossing_pauses_within_one_second_and_the_session_completes_after_it(
+    tmp_path: Path, channel: str
+) -> None:
+    crossing = {"kind": "crossing", "channel": channel, "at_s": 1500.0, "duration_s": 400.0}
+    run = run_session(tmp_path, script=script_with(crossing | {"value": CROSSINGS[channel]}))
+    assert run.error is None, run.error
+    r = run.result
+    assert r is not None
+    (alarm,) = run.named("vitals_alarm")
+    assert alarm["code"] == f"vitals_crossing_{channel}" and alarm["value"] == CROSSINGS[channel]
+    paused = [e for e in run.named("state_transition") if e["to_state"] == "paused"]
+    assert len(paused) == 1
+    assert 0.0 <= paused[0]["t_s"] - alarm["reading_t_s"] <= 1.0
+    assert [p["by"] for p in r.pauses] == ["vitals"]
+    # Resumed by the operator once clear; the whole dose still arrives (no catch-up, just later).
+    assert run.named("resumed")
+    assert r.outcome == "complete" and math.isclose(r.delivered_mg, 35.0, rel_tol=0.02)
+    with CourseHistory.open(run.db, create=False) as course:
+        assert [a.code for a in course.alarms("s-new")] == [f"vitals_crossing_{channel}"]
+
+
+def test_vitals_that_stay_out_of_range_keep_the_infusion_paused_until_the_operator_stops_it(
+    tmp_path: Path,
+) -> None:
+    crossing = {"kind": "crossing", "channel": "hr", "at_s": 600.0, "duration_s": 1e6, "value": 130.0}
+    operator = ScriptedOperator(stop_after_s=900.0)
+    protocol = load_protocol("ketamine-depression").model_dump()
+    protocol["observation"] |= {"min_minutes": 5.0, "max_minutes": 10.0}
+    run = run_session(tmp_path, protocol=_toml(protocol), script=script_with(crossing), operator=operator)
+    r = run.result
+    assert r is not None
+    assert not run.named("resumed")
+    assert run.named("infusion_abandoned")[0]["paused_min"] >= 15.0
+    assert r.outcome == "ended_operator"
+    # About ten minutes' worth of the dose (52.5 mL/h) was given before the pause, and no more.
+    assert 8.0 < r.delivered_mg < 10.5
+    # Observation ran to its maximum and says the vitals never came back.
+    assert r.alarms[-1]["code"] == "vitals_not_back_in_band"
+    with CourseHistory.open(run.db, create=False) as course:
+        (session,) = course.sessions(PATIENT.patient_id)
+        assert session.outcome == "ended_operator"
+        assert math.isclose(session.delivered_mg, r.delivered_mg)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_in_range_noise_never_pauses(tmp_path: Path, seed: int) -> None:
+    base = demo_patient().model_dump()
+    base["monitor"]["seed"] = seed
+    run = run_session(tmp_path, script=PatientScript.model_validate(base), seed=seed)
+    assert run.result is not None
+    assert run.result.alarms == [] and run.result.pauses == []
+    assert not run.named("paused")
+
+
+def test_a_stale_feed_alarms_and_pauses(tmp_path: Path) -> None:
+    dropout = {"kind": "dropout", "channel": "spo2", "at_s": 900.0, "duration_s": 30.0}
+    run = run_session(tmp_path, script=script_with(dropout))
+    assert run.result is not None
+    (alarm,) = run.named("vitals_alarm")
+    assert alarm["code"] == "vitals_stale_spo2"
+    assert alarm["age_s"] > 2.0  # 2 × the 1 s interval
+    assert [p["by"] for p in run.result.pauses] == ["vitals"]
+    assert run.result.outcome == "complete"
+
+
+def test_observation_does_not_end_before_the_vitals_are_back_in_band(tmp_path: Path) -> None:
+    # A strong, slow response: SBP +40 mmHg (33 % of baseline) at minute 40, resolved only by minute 120.
+    script = script_with(
+        response={
+            "sbp_rise_mmhg": 40.0,
+            "dbp_rise_mmhg": 10.0,
+            "hr_rise_bpm": 10.0,
+            "spo2_change_pct": 0.0,
+            "onset_s": 0.0,
+            "peak_s": 2400.0,
+            "resolved_s": 7200.0,
+        }
+    )
+    run = run_session(tmp_path, script=script)
+    r = run.result
+    assert r is not None
+    assert r.observation_min > 35.0  # well past the 30 min minimum
+    (ended,) = run.named("observation_ended")
+    assert ended["why"] == "minimum elapsed, vitals within band"
+    # At every point of the series after the minimum and before the end, some vital was out of band.
+    base = {"sbp": r.baseline["sbp_mmhg"], "dbp": r.baseline["dbp_mmhg"], "hr": r.baseline["hr_bpm"]}
+    base["spo2"] = r.baseline["spo2_pct"]
+    start = dict(r.phases)["observation"]
+    end = start + r.observation_min * 60.0
+
+    def in_band(point: Any) -> bool:
+        return all(abs(getattr(point, ch) - b) <= 0.2 * b for ch, b in base.items())
+
+    waited = [p for p in r.points if start + 30 * 60.0 <= p.t_s < end - 1.0]
+    assert waited and not any(in_band(p) for p in waited)
+    assert in_band(r.points[-1])
+
+
+# ----- limits, confirmations and course rules (S12, S14) --------------------------------------------
+
+
+def test_a_hard_limit_refuses_before_anything_is_delivered_or_recorded(tmp_path: Path) -> None:
+    undiluted = load_protocol("ketamine-depression").model_dump()
+    undiluted["drug"]["concentration_mg_per_ml"] = 100.0
+    run = run_session(tmp_path, protocol=_toml(undiluted))
+    assert isinstance(run.error, LimitRefused)
+    assert [f.kind for f in run.error.findings] == ["concentration_mg_per_ml"]
+    assert run.pump.delivered_ml == 0.0
+    with CourseHistory.open(run.db, create=False) as course:
+        assert course.sessions(PATIENT.patient_id) == ()
+
+
+@pytest.mark.parametrize(
+    ("history", "kind"),
+    [
+        ([(24.0, 35.0)], "hours_since_last_start"),  # < 44 h since the last start
+        ([(150.0, 35.0), (100.0, 35.0), (50.0, 35.0)], "sessions_in_7_days"),  # a 4th in 7 days
+        ([(144.0, 70.0), (72.0, 70.0)], "cumulative_7d_mg_per_kg"),  # 2.0 + 0.5 > 2.25 mg/kg
+    ],
+)
+def test_course_rules_block_unless_overridden_with_a_logged_reason(
+    tmp_path: Path, history: list[tuple[float, float]], kind: str
+) -> None:
+    blocked = run_session(tmp_path / "blocked", history=history)
+    assert isinstance(blocked.error, ConfirmationRequired)
+    assert [f.kind for f in blocked.error.findings] == [kind]
+    assert blocked.pump.delivered_ml == 0.0
+    reason = "clinician reviewed the course: maintenance schedule agreed"
+    allowed = run_session(
+        tmp_path / "allowed", history=history, operator=ScriptedOperator(reasons={kind: reason})
+    )
+    assert allowed.error is None and allowed.result is not None
+    assert allowed.result.outcome == "complete"
+    (confirmed,) = [e for e in allowed.named("soft_limit_confirmed") if e["kind"] == kind]
+    assert confirmed["reason"] == reason
+    with CourseHistory.open(allowed.db, create=False) as course:
+        assert [(o.kind, o.reason) for o in course.overrides(PATIENT.patient_id)] == [(kind, reason)]
+
+
+def test_an_unconfirmed_precheck_item_aborts_with_nothing_delivered(tmp_path: Path) -> None:
+    item = load_protocol("ketamine-depression").checklists.pre[1]
+    run = run_session(tmp_path, operator=ScriptedOperator(answers={item: False}))
+    assert isinstance(run.error, SessionAbortedError) and item in str(run.error)
+    assert run.pump.delivered_ml == 0.0
+    assert run.named("checklist_answered")[-1] == run.named("checklist_answered")[-1] | {
+        "item": item,
+        "confirmed": False,
+    }
+
+
+def test_the_operator_pauses_and_resumes(tmp_path: Path) -> None:
+    operator = ScriptedOperator(scheduled=[(600.0, "pause", "patient asked"), (900.0, "resume", "ready")])
+    run = run_session(tmp_path, operator=operator)
+    r = run.result
+    assert r is not None and r.outcome == "complete"
+    assert [e["reason"] for e in run.named("paused")] == ["operator: patient asked"]
+    assert [e["reason"] for e in run.named("resumed")] == ["operator: ready"]
+    phases = dict(r.phases)
+    assert (phases["observation"] - phases["infusion"]) / 60.0 >= 44.5  # 40 min + the 5 min pause
+    assert math.isclose(r.delivered_mg, 35.0, rel_tol=0.02)
+
+
+def test_a_phased_protocol_follows_its_ramp_and_taper(tmp_path: Path) -> None:
+    run = run_session(tmp_path, protocol="ketamine-depression-tapered")
+    r = run.result
+    assert r is not None and r.outcome == "complete"
+    rates = [e["rate_ml_h"] for e in run.named("rate_changed")]
+    hold = r.plan.peak_rate_ml_h
+    assert rates and max(rates) <= hold * 1.0001 and min(rates) < 0.6 * hold
+    assert math.isclose(r.delivered_mg, r.programmed_mg, rel_tol=0.02)
+
+
+def _toml(document: dict[str, Any]) -> str:
+    """A protocol document back as TOML (tests change shipped protocols)."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in document.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                tables.append((f"[{key}]", item))
+        elif value is not None:
+            lines.append(f"{key} = {json.dumps(value)}")
+    for name, table in tables:
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items() if v is not None)
+    return "\n".join(lines) + "\n"
