@@ -84,7 +84,7 @@ fn spec() -> CampaignSpec {
             fill_fraction: Range::new(0.6, 1.0),
             take_up_probability: 1.0,
             rate_change_probability: 0.2,
-            rate_change_factor: Range::new(0.5, 2.0),
+            rate_change_factor: Range::new(0.75, 1.33),
         },
         plant: PlantSpec {
             compliance_ml_per_mmhg: Range::new(0.0012, 0.0028),
