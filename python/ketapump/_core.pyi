@@ -569,6 +569,7 @@ def kernel_limits(
     ``concentration_mg_per_ml``: the order's; ``max_rate_ml_h``: hard dose rate × dosing weight ÷
     concentration, at most ``device_max_rate_ml_h``; ``hard_cap_mg``: hard dose × dosing weight, cut to
     what each rolling window's hard cap leaves after the doses already given in it.
+    """
 
 def run_campaign(config: KernelConfig, spec: object, seeds: list[int]) -> list[dict[str, Any]]:
     """Run one fault-campaign scenario per seed (docs/qa.md) entirely in Rust, the GIL released for
