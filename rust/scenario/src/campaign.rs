@@ -391,7 +391,8 @@ impl Draw {
     fn log_uniform(&mut self, r: Range) -> f64 {
         let u = self.unit();
         let (a, b) = (r.min.max(f64::MIN_POSITIVE).ln(), r.max.max(f64::MIN_POSITIVE).ln());
-        (a + (b - a) * u).exp().clamp(r.min, r.max)
+        // max/min, not clamp: never panics, whatever an unvalidated range holds.
+        (a + (b - a) * u).exp().max(r.min).min(r.max)
     }
     fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
@@ -405,14 +406,14 @@ impl Draw {
 pub fn derive_scenario(spec: &CampaignSpec, config: &KernelConfig, seed: u64) -> Result<Scenario, CampaignError> {
     let mut d = Draw(SplitMix64::new(seed));
     let i = &spec.infusion;
-    let name = &i.syringes[d.pick(i.syringes.len())];
+    let name = i.syringes.get(d.pick(i.syringes.len())).ok_or_else(|| err("infusion.syringes", "is empty"))?;
     let syringe = Syringe::by_name(name).ok_or_else(|| err("infusion.syringes", format!("{name:?} is unknown")))?;
     let fill_ml = syringe.capacity_ml * d.uniform(i.fill_fraction);
     let rate_ml_h = d.log_uniform(i.rate_ml_h);
     let duration_s = d.uniform(i.duration_min) * 60.0;
     let take_up = d.chance(i.take_up_probability);
     let rate_change_on = d.chance(i.rate_change_probability);
-    let new_rate_ml_h = (rate_ml_h * d.log_uniform(i.rate_change_factor)).clamp(i.rate_ml_h.min, i.rate_ml_h.max);
+    let new_rate_ml_h = (rate_ml_h * d.log_uniform(i.rate_change_factor)).max(i.rate_ml_h.min).min(i.rate_ml_h.max);
 
     let p = &spec.plant;
     let compliance = d.uniform(p.compliance_ml_per_mmhg);
@@ -789,7 +790,8 @@ fn start_kernel(
     kernel.start().map_err(|e| err("infusion", format!("start refused: {e:?}")))
 }
 
-/// Runs the scenario of `seed`. `spec` must have been validated against `config`.
+/// Runs the scenario of `seed`. `spec` should have been validated against `config` (an unvalidated
+/// one never panics, but its numbers are meaningless).
 pub fn run(config: &KernelConfig, spec: &CampaignSpec, seed: u64) -> Result<Outcome, CampaignError> {
     let sc = derive_scenario(spec, config, seed)?;
     run_scenario(config, spec, &sc)

@@ -357,3 +357,16 @@ fn an_occlusion_threshold_far_above_the_clinical_one_is_caught() {
         assert!(o.violations.iter().all(|v| v.invariant != Invariant::MissedOcclusion), "seed {seed}: {o:?}");
     }
 }
+
+#[test]
+fn an_unvalidated_spec_never_panics() {
+    let cfg = config();
+    let mut s = spec();
+    s.infusion.syringes.clear();
+    assert_eq!(run(&cfg, &s, 1).unwrap_err().field, "infusion.syringes");
+    let mut s = spec();
+    s.infusion.rate_ml_h = Range::new(f64::NAN, 5.0);
+    s.infusion.rate_change_factor = Range::new(3.0, 1.0);
+    s.plant.resistance_mmhg_s_per_ml = Range::new(-1.0, f64::INFINITY);
+    let _ = run(&cfg, &s, 1); // an error or a meaningless outcome, never a panic
+}
