@@ -12,7 +12,7 @@ raised as the classes of :mod:`ketapump.errors`:
 Bad telemetry never raises: it ends in an alarm and a zero command.
 """
 
-from typing import Final, Literal, final
+from typing import Any, Final, Literal, final
 
 __all__ = [
     "ALARMS",
@@ -27,6 +27,7 @@ __all__ = [
     "TraceEvent",
     "__version__",
     "clamp_rate",
+    "run_campaign",
     "run_kp40min",
 ]
 
@@ -568,4 +569,21 @@ def kernel_limits(
     ``concentration_mg_per_ml``: the order's; ``max_rate_ml_h``: hard dose rate × dosing weight ÷
     concentration, at most ``device_max_rate_ml_h``; ``hard_cap_mg``: hard dose × dosing weight, cut to
     what each rolling window's hard cap leaves after the doses already given in it.
+    """
+
+def run_campaign(config: KernelConfig, spec: object, seeds: list[int]) -> list[dict[str, Any]]:
+    """Run one fault-campaign scenario per seed (docs/qa.md) entirely in Rust, the GIL released for
+    the whole batch.
+
+    ``spec`` is the dict of :meth:`ketapump.qa.campaign.CampaignSpec.model_dump`; it is validated
+    again here (against ``config`` too: rates under its ceiling) and a refused value raises
+    :class:`~ketapump.errors.ConfigurationError` with its dotted path as ``field``. Each run draws its
+    scenario from (spec, seed), steps the kernel under ``config`` (syringe fields set per run) and the
+    hw-sim plant at the control period, and returns a dict: ``seed``, ``syringe``, ``rate_ml_h``,
+    ``programmed_ml``, ``delivered_ml``, ``peak_delivered_ml``, ``measured_ml``, ``hydrostatic_ml``,
+    ``step_ml``, ``faults`` (dicts with ``name``, ``at_s`` and parameters), ``restarts``,
+    ``rate_changed``, ``state``, ``alarms``, ``first_alarm_s``, ``occlusion_onset_s``,
+    ``occlusion_crossed_s``, ``occlusion_deadline_s``, ``peak_pressure_mmhg``, ``end_s``,
+    ``timed_out``, ``ticks``, ``trace_hash`` and ``violations`` (dicts with ``invariant`` and
+    ``detail``). The same (config, spec, seed) always gives the same dict.
     """

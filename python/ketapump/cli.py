@@ -25,7 +25,7 @@ from ketapump.drivers.base import PumpDriver
 from ketapump.drivers.nesp import NewEraDriver
 from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
-from ketapump.qa import accuracy, occlusion, trace
+from ketapump.qa import accuracy, campaign, occlusion, trace
 from ketapump.qa.balance import BalanceReplyError, SicsBalance
 from ketapump.sim.scenario import Scenario, load_scenario
 from ketapump.sim.server import SimServer
@@ -360,6 +360,7 @@ cli_session.register_cli(app)
 
 qa_app = typer.Typer(no_args_is_help=True, help="QA tools: IEC 60601-2-24 style tests.")
 app.add_typer(qa_app, name="qa")
+campaign.register_cli(qa_app)
 
 
 @qa_app.command("accuracy")

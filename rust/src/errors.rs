@@ -25,6 +25,11 @@ pub enum CoreError {
         field: String,
         problem: String,
     },
+    /// A fault-campaign spec or run set-up was refused (`field` is its dotted path).
+    Campaign {
+        field: String,
+        problem: String,
+    },
 }
 
 impl From<ketapump_hwsim::PlantError> for CoreError {
@@ -80,6 +85,7 @@ impl From<CoreError> for PyErr {
                 ConfigurationError::new_err((input, text))
             }
             CoreError::Sim { field, problem } => ConfigurationError::new_err((field, problem)),
+            CoreError::Campaign { field, problem } => ConfigurationError::new_err((field, problem)),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! logic of its own: every decision is made in `ketapump-core`. Rates cross this boundary in mL/h
 //! (the unit in every name), the controller's internals in mL/s as the core computes them.
 
+mod campaign;
 mod errors;
 mod limits;
 mod sim;
@@ -425,6 +426,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RateController>()?;
     m.add_function(wrap_pyfunction!(clamp_rate, m)?)?;
     m.add_function(wrap_pyfunction!(run_kp40min, m)?)?;
+    m.add_function(wrap_pyfunction!(campaign::run_campaign, m)?)?;
     m.add_class::<sim::SimPump>()?;
     m.add_class::<sim::RtuPort>()?;
     m.add_class::<sim::NespPort>()?;

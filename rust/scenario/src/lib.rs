@@ -1,5 +1,6 @@
 //! Closed-loop scenarios run entirely in Rust: ketapump's own kernel and controller against a small
-//! reference plant, one call per run, for benchmarks and batch simulation.
+//! reference plant, one call per run, for benchmarks and batch simulation; and seeded fault
+//! campaigns against the hw-sim plant ([`campaign`]).
 //!
 //! # KP-40MIN (see `performance-baselines.md`)
 //!
@@ -14,8 +15,9 @@
 //! The pure-Python reference model runs the same scenario statement by statement
 //! (`ketapump.reference.run_kp40min`); both must end in the same state with the same trace hash.
 //! Reciprocals are precomputed so the plant adds no divisions to the hot loop.
-#![no_std]
 #![forbid(unsafe_code)]
+
+pub mod campaign;
 
 use ketapump_core::{Direction, KernelConfig, SafetyKernel, StateKind, Telemetry};
 
@@ -71,7 +73,7 @@ pub struct Outcome {
     pub trace_hash: u64,
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// Folds one 64-bit word into an FNV-1a hash (byte by byte, little-endian).

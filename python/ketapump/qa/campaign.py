@@ -1,0 +1,568 @@
+"""`ketapump qa campaign`: seeded fault campaigns — thousands of randomized closed-loop runs of the
+safety kernel against the hw-sim plant, each checked against the safety invariants.
+
+Why: the unit and bridge tests show that each interlock works in the situation it was written for; a
+campaign shows that the invariants (S3 dose, S5 occlusion, S7 latching) hold when rates, syringes,
+compliance, noise, faults at random times and bridge restarts are combined in ways nobody wrote a test
+for. A run is a pure function of (kernel configuration, spec, seed) computed entirely in Rust
+(``ketapump._core.run_campaign``, the GIL released per batch), so campaigns parallelise over processes
+or a Dask cluster, and a failing seed replays exactly.
+
+The spec (TOML, ``schema_version = 1``) gives the ranges and probabilities scenarios are drawn from,
+the clinical limits the invariants are checked against (never the kernel's own settings, so a broken
+configuration is caught), and optional ``[kernel]`` overrides of the configuration under test::
+
+    schema_version = 1
+    [limits]
+    occlusion_threshold_mmhg = 300.0      # S5 P_thr
+    [infusion]
+    rate_ml_h = [4.0, 60.0]               # [min, max], drawn log-uniformly
+    [occlusion]
+    probability = 0.3
+    [kernel]
+    slope_detector = false                # the configuration under test differs from the defaults
+
+Shipped specs live in ``ketapump/data/campaigns`` and are named without ``.toml``. Every problem in a
+spec is reported at once with its dotted path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import tomllib
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ketapump import _core
+from ketapump.config import kernel_config
+from ketapump.errors import ConfigurationError
+
+SPEC_PACKAGE = "ketapump.data"
+SPEC_DIR = "campaigns"
+REPLAY_SCHEMA = 1
+
+#: Exit codes of ``ketapump qa campaign`` (besides 2 for usage and 65 for an invalid spec).
+EXIT_VIOLATIONS = 1
+EXIT_REPLAY_DIFFERS = 70  # a replay did not reproduce its record: non-determinism is a bug
+
+
+# ----- the spec ------------------------------------------------------------------------------------
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ordered(value: tuple[float, float]) -> tuple[float, float]:
+    if value[0] > value[1]:
+        raise ValueError(f"[min, max] must have min ≤ max, got {list(value)}")
+    return value
+
+
+Range = Annotated[tuple[Finite, Finite], Field(description="[min, max]")]
+
+
+class _Ranged(_Model):
+    """Every ``tuple[float, float]`` field is a ``[min, max]`` range with min ≤ max."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _ranges_ordered(cls, value: Any) -> Any:
+        if isinstance(value, tuple) and len(value) == 2:
+            return _ordered(value)
+        return value
+
+
+class Limits(_Model):
+    """The clinical limits the invariants are checked against (safety-targets.md)."""
+
+    occlusion_threshold_mmhg: float = Field(default=300.0, ge=1.0, le=5_000.0, allow_inf_nan=False)
+    occlusion_latency_s: float = Field(default=5.0, ge=0.0, le=3_600.0, allow_inf_nan=False)
+    dose_tolerance: float = Field(default=0.02, ge=0.0, le=1.0, allow_inf_nan=False)
+    accuracy_tolerance: float = Field(default=0.02, ge=0.0, le=1.0, allow_inf_nan=False)
+    #: None: the kernel configuration's hard cap.
+    hard_cap_mg: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+
+
+class Infusion(_Ranged):
+    syringes: list[str] = Field(default=["bd-plastipak-50"], min_length=1)
+    rate_ml_h: Range = (4.0, 60.0)
+    duration_min: Range = (30.0, 60.0)
+    fill_fraction: Range = (0.6, 1.0)
+    take_up_probability: Probability = 1.0
+    rate_change_probability: Probability = 0.0
+    rate_change_factor: Range = (0.75, 1.33)
+
+    @field_validator("syringes")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        known = _core.SimPump.syringes()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown syringe {unknown[0]!r}; one of {', '.join(known)}")
+        return names
+
+
+class PlantRanges(_Ranged):
+    compliance_ml_per_mmhg: Range = (0.0012, 0.0028)
+    resistance_mmhg_s_per_ml: Range = (3_600.0, 9_000.0)
+    patient_pressure_mmhg: Range = (5.0, 15.0)
+    slack_taken_up_probability: Probability = 0.5
+    pressure_noise_sd_mmhg: Range = (0.0, 2.0)
+
+
+class RunSettings(_Ranged):
+    fault_window: Range = (0.1, 0.9)
+    observe_after_alarm_s: float = Field(default=30.0, ge=0.0, allow_inf_nan=False)
+    settle_s: float = Field(default=180.0, ge=0.0, allow_inf_nan=False)
+
+
+class Restart(_Ranged):
+    probability: Probability = 0.0
+    gap_s: Range = (0.5, 5.0)
+    watchdog_s: float = Field(default=0.5, ge=0.0, le=60.0, allow_inf_nan=False)
+
+
+class Occlusion(_Ranged):
+    probability: Probability = 0.0
+    factor: Range = (1.0e3, 1.0e6)
+    clear_probability: Probability = 0.0
+    clear_after_s: Range = (10.0, 300.0)
+
+
+class Chance(_Model):
+    probability: Probability = 0.0
+
+
+class HeadHeight(_Ranged):
+    probability: Probability = 0.0
+    height_cm: Range = (-50.0, 25.0)
+
+
+class EncoderSlip(_Ranged):
+    probability: Probability = 0.0
+    fraction: Range = (0.2, 0.9)
+
+
+class CampaignSpec(_Model):
+    """A fault campaign: what scenarios are drawn from, and the limits they are checked against."""
+
+    schema_version: Literal[1]
+    limits: Limits = Limits()
+    infusion: Infusion = Infusion()
+    plant: PlantRanges = PlantRanges()
+    run: RunSettings = RunSettings()
+    restart: Restart = Restart()
+    occlusion: Occlusion = Occlusion()
+    air: Chance = Chance()
+    head_height: HeadHeight = HeadHeight()
+    stuck_encoder: Chance = Chance()
+    encoder_slip: EncoderSlip = EncoderSlip()
+    drive_stall: Chance = Chance()
+    #: Overrides of the shipped kernel defaults: the configuration under test.
+    kernel: dict[str, float | bool] = {}
+
+    @model_validator(mode="after")
+    def _gap_covers_the_watchdog(self) -> CampaignSpec:
+        if self.restart.gap_s[0] < self.restart.watchdog_s:
+            raise ValueError("restart.gap_s must not be shorter than restart.watchdog_s")
+        return self
+
+    def kernel_config(self) -> _core.KernelConfig:
+        """The kernel configuration under test: the shipped defaults with ``[kernel]`` applied."""
+        return kernel_config(**self.kernel)
+
+
+class CampaignSpecError(ConfigurationError):
+    """A campaign spec could not be used; ``problems`` lists every problem as ``path: message``."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(source, "is not a valid campaign spec:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def shipped_specs() -> list[str]:
+    """Names of the specs shipped with ketapump."""
+    folder = resources.files(SPEC_PACKAGE).joinpath(SPEC_DIR)
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_spec_text(name_or_path: str) -> tuple[str, str]:
+    """(source label, TOML text) of a spec file path or a shipped spec name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return str(path), path.read_text(encoding="utf-8")
+    name = name_or_path.removesuffix(".toml")
+    if name in shipped_specs():
+        resource = resources.files(SPEC_PACKAGE).joinpath(SPEC_DIR, f"{name}.toml")
+        return f"{name} (shipped)", resource.read_text(encoding="utf-8")
+    raise FileNotFoundError(
+        f"{name_or_path!r} is neither a file nor a shipped campaign ({', '.join(shipped_specs())})"
+    )
+
+
+def _problems(e: ValidationError) -> list[str]:
+    return [f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in e.errors()]
+
+
+def validate_spec(document: dict[str, Any], source: str) -> tuple[CampaignSpec, _core.KernelConfig]:
+    """Validates a spec document and its kernel configuration, the Rust side included (the spec's
+    rates against the kernel's ceiling, every syringe and compliance corner buildable). Raises
+    :class:`CampaignSpecError` listing every problem with its dotted path."""
+    try:
+        spec = CampaignSpec.model_validate(document)
+    except ValidationError as e:
+        raise CampaignSpecError(source, _problems(e)) from e
+    try:
+        config = spec.kernel_config()
+    except ConfigurationError as e:
+        raise CampaignSpecError(source, [f"kernel.{e.field}: {e.problem}"]) from e
+    try:
+        _core.run_campaign(config, spec.model_dump(), [])  # validates, runs nothing
+    except ConfigurationError as e:
+        raise CampaignSpecError(source, [f"{e.field}: {e.problem}"]) from e
+    return spec, config
+
+
+def load_spec(name_or_path: str) -> tuple[CampaignSpec, _core.KernelConfig]:
+    """Reads a spec by path or shipped name; raises :class:`CampaignSpecError` for an invalid one and
+    ``FileNotFoundError`` for one that does not exist."""
+    source, text = _read_spec_text(name_or_path)
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise CampaignSpecError(source, [f"(file): not valid TOML: {e}"]) from e
+    return validate_spec(document, source)
+
+
+# ----- running -------------------------------------------------------------------------------------
+
+
+def run_chunk(spec: dict[str, Any], config: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
+    """One batch of runs in this process (the unit of work sent to a pool or a Dask worker): plain
+    dicts in and out, so it pickles anywhere."""
+    return _core.run_campaign(_core.KernelConfig(**config), spec, seeds)
+
+
+def chunked(seeds: list[int], parts: int, most: int = 500) -> list[list[int]]:
+    """Splits seeds into about ``parts`` chunks of at most ``most`` seeds, in order."""
+    if not seeds:
+        return []
+    size = max(1, min(most, math.ceil(len(seeds) / max(1, parts))))
+    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
+
+
+@dataclass(frozen=True)
+class CampaignResult:
+    outcomes: list[dict[str, Any]]
+    seconds: float
+    workers: int
+    backend: str
+    violations: list[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        found = [
+            {"seed": o["seed"], "invariant": v["invariant"], "detail": v["detail"]}
+            for o in self.outcomes
+            for v in o["violations"]
+        ]
+        object.__setattr__(self, "violations", found)
+
+    @property
+    def runs(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def runs_per_s(self) -> float:
+        return self.runs / self.seconds if self.seconds > 0 else math.inf
+
+    def failing(self) -> list[dict[str, Any]]:
+        return [o for o in self.outcomes if o["violations"]]
+
+
+def run_campaign(
+    spec: CampaignSpec,
+    config: _core.KernelConfig,
+    seeds: list[int],
+    *,
+    workers: int = 1,
+    dask_address: str | None = None,
+) -> CampaignResult:
+    """Runs every seed: in this process (``workers`` = 1), on a local process pool of ``workers``, or
+    on the Dask cluster whose scheduler is at ``dask_address``. Outcomes come back in seed order."""
+    spec_dict = spec.model_dump()
+    config_dict = dict(config.as_dict())
+    started = time.perf_counter()
+    if dask_address is not None:
+        outcomes = _run_on_dask(dask_address, spec_dict, config_dict, seeds)
+        backend = f"dask {dask_address}"
+    elif workers <= 1:
+        outcomes = run_chunk(spec_dict, config_dict, seeds)
+        backend = "local"
+    else:
+        chunks = chunked(seeds, workers * 4)
+        # spawn: no fork of a process that may hold threads; each worker imports ketapump afresh.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            batches = pool.map(run_chunk, [spec_dict] * len(chunks), [config_dict] * len(chunks), chunks)
+            outcomes = [o for batch in batches for o in batch]
+        backend = f"local, {workers} processes"
+    return CampaignResult(outcomes, time.perf_counter() - started, workers, backend)
+
+
+def _run_on_dask(
+    address: str, spec: dict[str, Any], config: dict[str, Any], seeds: list[int]
+) -> list[dict[str, Any]]:
+    # Optional dependency (the 'dask' extra); its Client is not annotated.
+    from distributed import Client  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+
+    with Client(address, timeout="30s") as client:  # type: ignore[no-untyped-call,unused-ignore]
+        threads = sum(client.nthreads().values()) or 1
+        chunks = chunked(seeds, threads * 4)
+        futures = client.map(run_chunk, [spec] * len(chunks), [config] * len(chunks), chunks, pure=False)
+        batches: list[list[dict[str, Any]]] = client.gather(futures)
+    return [o for batch in batches for o in batch]
+
+
+# ----- records and replay --------------------------------------------------------------------------
+
+
+def replay_record(
+    spec: CampaignSpec, config: _core.KernelConfig, failing: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The failing-seeds record: everything a replay needs (spec, full kernel configuration, seeds)
+    and what each run gave."""
+    return {
+        "schema_version": REPLAY_SCHEMA,
+        "spec": spec.model_dump(mode="json"),
+        "kernel_config": dict(config.as_dict()),
+        "failing": [{"seed": o["seed"], "violations": o["violations"], "outcome": o} for o in failing],
+    }
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Replay:
+    seed: int
+    outcome: dict[str, Any]
+    recorded: dict[str, Any] | None
+
+    @property
+    def identical(self) -> bool:
+        return self.recorded is None or self.outcome == self.recorded
+
+
+def load_record(path: Path) -> tuple[CampaignSpec, _core.KernelConfig, list[dict[str, Any]]]:
+    """Reads a failing-seeds record; raises :class:`CampaignSpecError` when it is not one."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CampaignSpecError(str(path), [f"(file): not valid JSON: {e}"]) from e
+    if not isinstance(record, dict) or record.get("schema_version") != REPLAY_SCHEMA:
+        raise CampaignSpecError(str(path), [f"schema_version: must be {REPLAY_SCHEMA}"])
+    missing = [k for k in ("spec", "kernel_config", "failing") if k not in record]
+    if missing:
+        raise CampaignSpecError(str(path), [f"{k}: missing" for k in missing])
+    try:
+        spec = CampaignSpec.model_validate(record["spec"])
+    except ValidationError as e:
+        raise CampaignSpecError(str(path), [f"spec.{p}" for p in _problems(e)]) from e
+    try:
+        config = _core.KernelConfig(**record["kernel_config"])
+    except (ConfigurationError, TypeError) as e:
+        raise CampaignSpecError(str(path), [f"kernel_config: {e}"]) from e
+    return spec, config, list(record["failing"])
+
+
+def replay(
+    spec: CampaignSpec,
+    config: _core.KernelConfig,
+    seeds: list[int],
+    recorded: list[dict[str, Any]] | None = None,
+) -> list[Replay]:
+    """Runs the seeds again; with ``recorded`` outcomes, says whether each came out identical."""
+    by_seed = {r["seed"]: r["outcome"] for r in recorded or []}
+    outcomes = run_chunk(spec.model_dump(), dict(config.as_dict()), seeds)
+    return [Replay(o["seed"], o, by_seed.get(o["seed"])) for o in outcomes]
+
+
+# ----- the command ---------------------------------------------------------------------------------
+
+
+def summary(result: CampaignResult, spec_source: str, seed_base: int) -> dict[str, Any]:
+    outcomes = result.outcomes
+    return {
+        "spec": spec_source,
+        "seed_base": seed_base,
+        "runs": result.runs,
+        "violations": result.violations,
+        "violations_by_invariant": dict(Counter(v["invariant"] for v in result.violations)),
+        "runs_per_s": result.runs_per_s,
+        "seconds": result.seconds,
+        "workers": result.workers,
+        "backend": result.backend,
+        "states": dict(Counter(o["state"] for o in outcomes)),
+        "faults": dict(Counter(f["name"] for o in outcomes for f in o["faults"])),
+        "fault_free_runs": sum(1 for o in outcomes if not o["faults"]),
+        "restarts": sum(o["restarts"] for o in outcomes),
+        "alarms": dict(Counter(a for o in outcomes for a in o["alarms"])),
+        "simulated_h": sum(o["end_s"] for o in outcomes) / 3_600.0,
+    }
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"ketapump: {message}", err=True)
+    return typer.Exit(code)
+
+
+def register_cli(qa_app: typer.Typer) -> None:
+    """Adds ``qa campaign`` to the ``qa`` sub-app."""
+
+    @qa_app.command("campaign")
+    def qa_campaign(  # noqa: PLR0917 - typer commands declare one parameter per option
+        spec: Annotated[
+            str | None,
+            typer.Argument(help="Spec file (TOML) or shipped name (e.g. 'default'); not with a replay file."),
+        ] = None,
+        runs: Annotated[int, typer.Option(min=1, help="Number of runs (seeds BASE … BASE+N−1).")] = 1_000,
+        workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
+        dask: Annotated[
+            str | None, typer.Option(help="Dask scheduler address (tcp://HOST:8786): run there instead.")
+        ] = None,
+        seed: Annotated[int, typer.Option(min=0, help="First seed (BASE).")] = 0,
+        replay_from: Annotated[
+            str | None,
+            typer.Option("--replay", help="A SEED to run again with SPEC, or a failing-seeds.json record."),
+        ] = None,
+        json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
+        out: Annotated[Path, typer.Option(help="Directory for summary.json and failing-seeds.json.")] = Path(
+            "campaign-report"
+        ),
+    ) -> None:
+        """Seeded fault campaign: randomized closed-loop runs (kernel + hw-sim plant, in Rust) checked
+        against S3 (overdose, cap, fault-free accuracy), S5 (missed occlusion) and S7 (latched alarms).
+
+        Exit codes: 0 no violation, 1 violations found (seeds written to OUT/failing-seeds.json),
+        2 usage, 65 invalid spec or record, 66 spec not found, 69 Dask unavailable, 70 a replay differs
+        from its record.
+        """
+        if replay_from is not None and not replay_from.isdigit():
+            _replay_file(Path(replay_from), spec, json_output)
+            return
+        if spec is None:
+            raise _fail("SPEC is required (a file or a shipped name: " + ", ".join(shipped_specs()) + ")", 2)
+        try:
+            campaign, config = load_spec(spec)
+        except CampaignSpecError as e:
+            raise _fail(str(e), os.EX_DATAERR) from e
+        except OSError as e:
+            raise _fail(str(e), os.EX_NOINPUT) from e
+        if replay_from is not None:
+            _replay_seed(campaign, config, int(replay_from), json_output)
+            return
+        seeds = list(range(seed, seed + runs))
+        try:
+            result = run_campaign(campaign, config, seeds, workers=workers, dask_address=dask)
+        except ImportError as e:
+            message = f"--dask needs the 'distributed' package (pip install 'ketapump[dask]'): {e}"
+            raise _fail(message, os.EX_UNAVAILABLE) from e
+        except (OSError, TimeoutError) as e:
+            raise _fail(f"cannot reach the Dask scheduler {dask}: {e}", os.EX_UNAVAILABLE) from e
+        report = summary(result, spec, seed)
+        failing_path = out / "failing-seeds.json"
+        write_record(failing_path, replay_record(campaign, config, result.failing()))
+        report["failing_seeds"] = str(failing_path)
+        (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if json_output:
+            sys.stdout.write(json.dumps(report) + "\n")
+        else:
+            _print_summary(report)
+        if result.violations:
+            raise typer.Exit(EXIT_VIOLATIONS)
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    typer.echo(
+        f"{report['runs']} runs ({report['backend']}) in {report['seconds']:.1f} s: "
+        f"{report['runs_per_s']:.0f} runs/s, {report['simulated_h']:.0f} h simulated",
+        err=True,
+    )
+    typer.echo(
+        f"faults injected: {report['faults'] or 'none'}; fault-free runs {report['fault_free_runs']}; "
+        f"bridge restarts {report['restarts']}",
+        err=True,
+    )
+    typer.echo(f"end states: {report['states']}; alarms: {report['alarms'] or 'none'}", err=True)
+    for v in report["violations"][:20]:
+        typer.echo(f"VIOLATION seed {v['seed']} {v['invariant']}: {v['detail']}", err=True)
+    if len(report["violations"]) > 20:
+        typer.echo(f"… {len(report['violations']) - 20} more", err=True)
+    verdict = "no violation" if not report["violations"] else f"{len(report['violations'])} violations"
+    typer.echo(f"{verdict}; failing seeds in {report['failing_seeds']}", err=True)
+
+
+def _emit_replays(replays: list[Replay], json_output: bool) -> None:
+    if json_output:
+        rows = [{"seed": r.seed, "identical": r.identical, "outcome": r.outcome} for r in replays]
+        sys.stdout.write(json.dumps({"replays": rows}) + "\n")
+        return
+    for r in replays:
+        o = r.outcome
+        faults = ", ".join(f"{f['name']} at {f['at_s']:.1f} s" for f in o["faults"]) or "none"
+        same = ""
+        if r.recorded is not None:
+            same = "; identical to the record" if r.identical else "; DIFFERS from the record"
+        typer.echo(
+            f"seed {r.seed}: {o['syringe']} {o['rate_ml_h']:.3f} mL/h, {o['programmed_ml']:.4f} mL "
+            f"programmed, {o['delivered_ml']:.6f} mL delivered, ended {o['state']} "
+            f"(alarms: {', '.join(o['alarms']) or 'none'}; faults: {faults}){same}",
+            err=True,
+        )
+        for v in o["violations"]:
+            typer.echo(f"  VIOLATION {v['invariant']}: {v['detail']}", err=True)
+
+
+def _finish_replay(replays: list[Replay]) -> None:
+    if not all(r.identical for r in replays):
+        raise typer.Exit(EXIT_REPLAY_DIFFERS)
+    if any(r.outcome["violations"] for r in replays):
+        raise typer.Exit(EXIT_VIOLATIONS)
+
+
+def _replay_seed(spec: CampaignSpec, config: _core.KernelConfig, seed: int, json_output: bool) -> None:
+    replays = replay(spec, config, [seed])
+    _emit_replays(replays, json_output)
+    _finish_replay(replays)
+
+
+def _replay_file(path: Path, spec: str | None, json_output: bool) -> None:
+    if spec is not None:
+        raise _fail("a replay file carries its own spec and kernel configuration: give no SPEC", 2)
+    try:
+        campaign, config, failing = load_record(path)
+    except CampaignSpecError as e:
+        raise _fail(str(e), os.EX_DATAERR) from e
+    except OSError as e:
+        raise _fail(f"{path}: {e.strerror}", os.EX_NOINPUT) from e
+    replays = replay(campaign, config, [int(f["seed"]) for f in failing], failing)
+    _emit_replays(replays, json_output)
+    _finish_replay(replays)
