@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,17 +22,32 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from ketapump import audit, druglib, report
+from ketapump import _core, audit, druglib, report
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings
 from ketapump.course import CourseHistory
+from ketapump.drivers.base import PumpDriver
 from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.errors import ConfigurationError, KetapumpError
-from ketapump.protocol import Patient, load_protocol, plan_dose
+from ketapump.errors import (
+    AuditWriteError,
+    ConfigurationError,
+    KetapumpError,
+    LimitError,
+    TransportError,
+)
+from ketapump.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
+from ketapump.runtime import control_period_s, default_log_path, loop_settings, make_driver
 from ketapump.session import ScriptedOperator, Session, SessionAbortedError, SessionContext, SessionResult
-from ketapump.transports import open_transport
+from ketapump.transports import open_transport, split_url
 from ketapump.transports.sim import SimTransport
-from ketapump.vitals import ScriptedMonitor, demo_patient
+from ketapump.vitals import (
+    CsvVitalsFeed,
+    MonitorSettings,
+    ScriptedMonitor,
+    VitalsFeed,
+    demo_patient,
+    load_patient_script,
+)
 
 #: The demo's patient: weight, height and the scripted monitor of ``data/patients/demo.toml``.
 DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="male")
@@ -47,7 +63,7 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def dose(  # noqa: PLR0917 - typer declares one parameter per option
+def dose(
     protocol: Annotated[str, typer.Option(help="Protocol file, or a shipped protocol's name.")],
     weight_kg: Annotated[float, typer.Option(help="Patient's actual body weight (kg).")],
     height_cm: Annotated[
@@ -117,11 +133,26 @@ def _print_dose(plan: dict[str, Any], result: dict[str, Any]) -> None:
         f"syringe fill    {plan['syringe_fill_ml']:.1f} mL in {plan['syringe']} "
         f"({plan['syringe_capacity_ml']:g} mL; includes the line prime)"
     )
-    echo("limits          " + "; ".join(result["limits"]))
+    echo(f"limits ({plan['drug']}, drug library):")
+    for kind, bounds in result["limits"].items():
+        echo(f"  {kind:<28} soft {_range(bounds, 'soft')}   hard {_range(bounds, 'hard')}  {bounds['unit']}")
     for f in result["findings"]:
         echo(f"{f['severity'].upper():<6}          {f['message']}")
     if not result["findings"]:
         echo("findings        none: within every limit")
+
+
+def _range(bounds: dict[str, Any], level: str) -> str:
+    low, high = bounds.get(f"{level}_min"), bounds.get(f"{level}_max")
+    if low is None and high is None:
+        return f"{'—':<13}"
+    if low is None:
+        text = f"≤ {high:g}"
+    elif high is None:
+        text = f"≥ {low:g}"
+    else:
+        text = f"{low:g}–{high:g}"
+    return f"{text:<13}"
 
 
 def demo(
@@ -142,55 +173,242 @@ def demo(
     hash-chained audit log), course.sqlite3 (this demo's course history, recreated on each run),
     report.md, series.csv and four PNG plots. Exit 0 when the session completes.
     """
-    console = Console(stderr=True)
+    protocol = load_protocol(DEMO_PROTOCOL)
+    plan = plan_dose(protocol, DEMO_PATIENT)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _fail(f"cannot create {out}: {e.strerror}", os.EX_CANTCREAT) from e
-    log_path, db_path = out / "audit.jsonl", out / "course.sqlite3"
-    for stale in (log_path, db_path, out / "course.sqlite3-wal", out / "course.sqlite3-shm"):
-        stale.unlink(missing_ok=True)  # the demo's own files from an earlier run
-    session_id = uuid.uuid4().hex
+    db_path = out / "course.sqlite3"
+    for own in (db_path, out / "course.sqlite3-wal", out / "course.sqlite3-shm"):
+        own.unlink(missing_ok=True)  # the demo's own history from an earlier run
     clock: Clock = VirtualClock() if speed is None else ScaledClock(speed)
-    transport = open_transport(f"sim://?syringe=bd-plastipak-50&seed={seed}", clock=clock)
+    pump = _core.SimPump(plan.syringe, seed=seed, fill_ml=plan.syringe_fill_ml)
+    transport = open_transport("sim://", clock=clock, pump=pump)
     assert isinstance(transport, SimTransport)
-    writer = audit.AuditWriter.open(log_path)
-    events = audit.audit_logger(writer, session_id=session_id, pump="sim://", mode="demo")
-    origin = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    setup = _Setup(
+        protocol=protocol,
+        patient=DEMO_PATIENT,
+        library=druglib.load_library(None),
+        driver=ReferencePumpDriver(transport),
+        clock=clock,
+        vitals=ScriptedMonitor(demo_patient().model_copy(update={"monitor": _monitor(seed)})),
+        operator=ScriptedOperator(),
+        pump_url="sim://",
+        log_path=out / "audit.jsonl",
+        db_path=db_path,
+        out=out,
+        loop_settings={},
+    )
+    _execute(setup, json_output=json_output, fresh_log=True)
+
+
+def session(
+    protocol: Annotated[str, typer.Option(help="Protocol file, or a shipped protocol's name.")],
+    patient: Annotated[str, typer.Option(help="Patient id in the course history.")],
+    weight_kg: Annotated[float, typer.Option(help="Actual body weight (kg).")],
+    pump: Annotated[str, typer.Option(help="Pump URL (see `ketapump run`).")] = "sim://",
+    height_cm: Annotated[
+        float | None, typer.Option(help="Height (cm), for ideal or adjusted weight.")
+    ] = None,
+    sex: Annotated[str | None, typer.Option(help="female or male, for ideal or adjusted weight.")] = None,
+    vitals: Annotated[
+        str, typer.Option(help="Vitals feed: 'sim' (the demo patient), 'sim:SCRIPT.toml' or 'csv:PATH'.")
+    ] = "sim",
+    library: Annotated[
+        Path | None, typer.Option(help="Drug library file (default: the shipped one).")
+    ] = None,
+    course_db: Annotated[
+        Path | None, typer.Option(help="Course history (default: see docs/course.md).")
+    ] = None,
+    confirm: Annotated[
+        list[str] | None,
+        typer.Option(help="KIND=REASON: confirm a soft limit or course rule with a reason (repeatable)."),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Answer every checklist item yes (scripted runs).")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Directory for the report and plots.")] = Path("ketapump-session"),
+    log: Annotated[Path | None, typer.Option(help="Audit log file (default: see README).")] = None,
+    time_scale: Annotated[
+        float, typer.Option(min=0.001, help="Pump seconds per real second (must match a scaled hw-sim).")
+    ] = 1.0,
+    resume_after_s: Annotated[
+        float, typer.Option(min=0.0, help="After a vitals alarm clears, resume after this long (s).")
+    ] = 120.0,
+    stop_after_min: Annotated[
+        float, typer.Option(min=0.0, help="Stop an infusion the vitals have kept paused this long (min).")
+    ] = 30.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine summary on stdout.")] = False,
+) -> None:
+    """Run a clinical session from a protocol on any pump, recorded in the audit log and course history.
+
+    Everything given is validated before anything is written (exit 65, every problem listed). Checklist
+    items are asked on the terminal unless --yes; a soft limit or course rule proceeds only with
+    --confirm KIND=REASON. Exit codes: 0 complete, 3 ended early (interlock, operator, link), 6 refused
+    by a limit or an unconfirmed soft limit, 7 aborted in the pre-check, 65 invalid data, 66 a file not
+    found, 69 pump unreachable, 74 log unwritable.
+    """
+    if sex is not None and sex not in {"female", "male"}:
+        raise _fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
     try:
-        with CourseHistory.open(db_path) as course:
-            monitor = ScriptedMonitor(demo_patient())
+        reasons = _reasons(confirm or [])
+        proto = load_protocol(protocol)
+        person = Patient(patient, weight_kg, height_cm, sex)  # type: ignore[arg-type]
+        plan = plan_dose(proto, person)
+        lib = druglib.load_library(library)
+        lib.drug(plan.drug)
+        scheme = split_url(pump)[0]
+        defaults = default_kernel_settings()
+        period = control_period_s(scheme, time_scale, None, float(defaults["control_period_s"]))
+        clock: Clock = VirtualClock() if scheme == "sim" else ScaledClock(time_scale)
+        feed = _vitals_feed(vitals)
+        driver = make_driver(pump, clock, period, time_scale, sim_pump=_sim_pump_for(pump, plan))
+        settings: dict[str, Any] = dict(loop_settings(period, defaults))
+        if "pressure_mmhg" in driver.lacks:
+            settings["has_pressure_sensor"] = False
+    except ConfigurationError as e:
+        raise _fail(str(e), os.EX_DATAERR) from e
+    except OSError as e:
+        raise _fail(str(e), os.EX_NOINPUT) from e
+    operator = ScriptedOperator(
+        answers={} if yes else _ask_checklist(proto.checklists.pre + proto.checklists.discharge),
+        reasons=reasons,
+        resume_after_s=resume_after_s,
+        stop_after_s=stop_after_min * 60.0,
+    )
+    setup = _Setup(
+        protocol=proto,
+        patient=person,
+        library=lib,
+        driver=driver,
+        clock=clock,
+        vitals=feed,
+        operator=operator,
+        pump_url=pump,
+        log_path=log or default_log_path(),
+        db_path=course_db,
+        out=out,
+        loop_settings=settings,
+    )
+    _execute(setup, json_output=json_output, fresh_log=False)
+
+
+def _sim_pump_for(url: str, plan: DosePlan) -> _core.SimPump | None:
+    """For ``sim://``: a simulated pump with the protocol's syringe, filled as the plan says."""
+    scheme, _path, params = split_url(url)
+    if scheme != "sim":
+        return None
+    return _core.SimPump(plan.syringe, seed=int(params.get("seed", "0")), fill_ml=plan.syringe_fill_ml)
+
+
+def _reasons(confirm: list[str]) -> dict[str, str]:
+    reasons = {}
+    for item in confirm:
+        kind, sep, reason = item.partition("=")
+        if not sep or not reason.strip():
+            raise ConfigurationError("--confirm", f"{item!r} is not KIND=REASON with a reason")
+        kinds = [name for name, _unit in _core.LIMIT_KINDS] + ["baseline_vitals"]
+        if kind not in kinds:
+            raise ConfigurationError("--confirm", f"{kind!r} is not a limit kind ({', '.join(kinds)})")
+        reasons[kind] = reason.strip()
+    return reasons
+
+
+def _ask_checklist(items: list[str]) -> dict[str, bool]:
+    """The terminal operator: every checklist item asked up front, before the pump is touched."""
+    return {
+        item: typer.confirm(f"confirm: {item}?", default=False, err=True) for item in dict.fromkeys(items)
+    }
+
+
+def _vitals_feed(source: str) -> VitalsFeed:
+    if source == "sim":
+        return ScriptedMonitor(demo_patient())
+    if source.startswith("sim:"):
+        return ScriptedMonitor(load_patient_script(Path(source.removeprefix("sim:"))))
+    if source.startswith("csv:"):
+        return CsvVitalsFeed(Path(source.removeprefix("csv:")))
+    raise ConfigurationError("vitals", f"{source!r} is not 'sim', 'sim:SCRIPT' or 'csv:PATH'")
+
+
+def _monitor(seed: int) -> MonitorSettings:
+    return demo_patient().monitor.model_copy(update={"seed": seed})
+
+
+@dataclass
+class _Setup:
+    """A validated session, ready to run: nothing has been written yet."""
+
+    protocol: Protocol
+    patient: Patient
+    library: druglib.DrugLibrary
+    driver: PumpDriver
+    clock: Clock
+    vitals: VitalsFeed
+    operator: ScriptedOperator
+    pump_url: str
+    log_path: Path
+    db_path: Path | None
+    out: Path
+    loop_settings: dict[str, Any]
+
+
+def _execute(setup: _Setup, *, json_output: bool, fresh_log: bool) -> None:
+    """Opens the record (audit log, course history), runs the session, writes the report and plots,
+    prints the summary and exits with the session's code."""
+    console = Console(stderr=True)
+    session_id = uuid.uuid4().hex
+    log_path = setup.log_path
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh_log:
+            log_path.unlink(missing_ok=True)
+        writer = audit.AuditWriter.open(log_path)
+    except (OSError, ValueError) as e:
+        raise _fail(f"cannot open the audit log {log_path}: {e}", os.EX_IOERR) from e
+    events = audit.audit_logger(writer, session_id=session_id, pump=setup.pump_url)
+    origin = datetime.datetime.now(datetime.UTC)
+    try:
+        with CourseHistory.open(setup.db_path) as course:
             ctx = SessionContext(
                 session_id=session_id,
-                protocol=load_protocol(DEMO_PROTOCOL),
-                patient=DEMO_PATIENT,
-                driver=ReferencePumpDriver(transport),
-                clock=clock,
+                protocol=setup.protocol,
+                patient=setup.patient,
+                driver=setup.driver,
+                clock=setup.clock,
                 log=events,
                 course=course,
-                library=druglib.load_library(None),
-                vitals=monitor,
-                operator=ScriptedOperator(),
-                calendar_origin=origin,
+                library=setup.library,
+                vitals=setup.vitals,
+                operator=setup.operator,
+                calendar_origin=origin - datetime.timedelta(seconds=setup.clock.now()),
                 audit_path=str(log_path),
-                loop_settings={"control_period_s": float(default_kernel_settings()["control_period_s"])},
+                loop_settings=setup.loop_settings,
             )
             result = _with_progress(ctx, console, quiet=json_output)
-    except (SessionAbortedError, KetapumpError) as e:
-        writer.close()
-        raise _fail(str(e), EXIT_ABORTED if isinstance(e, SessionAbortedError) else EXIT_LIMIT) from e
+            db_path = course.path
+    except SessionAbortedError as e:
+        raise _fail(str(e), EXIT_ABORTED) from e
+    except LimitError as e:
+        raise _fail(str(e), EXIT_LIMIT) from e
+    except AuditWriteError as e:
+        raise _fail(f"{e}; the pump was told to stop", os.EX_IOERR) from e
+    except TransportError as e:
+        raise _fail(str(e), os.EX_UNAVAILABLE) from e
+    except KetapumpError as e:
+        raise _fail(str(e), os.EX_DATAERR) from e
     finally:
         writer.close()
     verified = audit.verify(log_path)
     summary = result.summary() | {
-        "patient": DEMO_PATIENT.patient_id,
+        "patient": setup.patient.patient_id,
         "log": str(log_path),
         "log_verified": verified.ok,
         "course_db": str(db_path),
     }
-    plots = report.write_plots(result.points, result.events, out)
-    report.write_series_csv(result.points, out / "series.csv")
-    summary_report = report.write_report(summary, result.points, result.events, out)
+    plots = report.write_plots(result.points, result.events, setup.out)
+    summary_report = report.write_report(summary, result.points, result.events, setup.out, plots=plots)
     machine = {
         "session_id": result.session_id,
         "outcome": result.outcome,
@@ -199,6 +417,7 @@ def demo(
         "error_pct": summary["error_pct"],
         "alarms": result.alarms,
         "pauses": result.pauses,
+        "confirmations": result.confirmations,
         "observation_min": result.observation_min,
         "log": str(log_path),
         "log_verified": verified.ok,
@@ -246,6 +465,7 @@ def _print_summary(console: Console, result: SessionResult, machine: dict[str, A
 def register_cli(app: typer.Typer) -> None:
     app.command()(dose)
     app.command()(demo)
+    app.command()(session)
 
 
 __all__ = ["register_cli"]

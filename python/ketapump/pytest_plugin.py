@@ -122,10 +122,10 @@ def _release(driver: PumpDriver, stop: bool) -> None:
 def pump_under_test(request: pytest.FixtureRequest) -> Iterator[PumpUnderTest]:
     """The in-process simulated pump over virtual time, or the ``--pump-url`` pump over real time."""
     from ketapump import _core  # noqa: PLC0415 - imported only when used
-    from ketapump.cli import control_period_s, make_driver  # noqa: PLC0415
     from ketapump.clock import ScaledClock, VirtualClock  # noqa: PLC0415
     from ketapump.config import default_kernel_settings  # noqa: PLC0415
     from ketapump.drivers.reference import ReferencePumpDriver  # noqa: PLC0415
+    from ketapump.runtime import control_period_s, make_driver  # noqa: PLC0415
     from ketapump.transports import open_transport, split_url  # noqa: PLC0415
     from ketapump.transports.base import RegisterTransport  # noqa: PLC0415
 
@@ -157,8 +157,8 @@ def sim_pump(pump_under_test: PumpUnderTest) -> PumpUnderTest:
 def bridge_session(pump_under_test: PumpUnderTest) -> ControlLoop:
     """A control loop on the pump under test, ready to ``run(InfusionPlan(...))``."""
     from ketapump.bridge import ControlLoop  # noqa: PLC0415
-    from ketapump.cli import loop_settings  # noqa: PLC0415
     from ketapump.config import default_kernel_settings, kernel_config  # noqa: PLC0415
+    from ketapump.runtime import loop_settings  # noqa: PLC0415
 
     driver = pump_under_test.driver
     config = kernel_config(

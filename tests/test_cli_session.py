@@ -1,0 +1,175 @@
+"""The clinical commands end to end as a user runs them: ``ketapump dose``, ``ketapump demo`` and
+``ketapump session`` in a subprocess, on the built-in simulator."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import image
+
+EXIT_INTERLOCK, EXIT_LIMIT, EXIT_ABORTED = 3, 6, 7
+
+
+def ketapump(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ketapump.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
+def test_dose_prints_the_numbers_and_the_limits_as_json() -> None:
+    done = ketapump("dose", "--protocol", "ketamine-depression", "--weight-kg", "70", "--json")
+    assert done.returncode == 0, done.stderr
+    d = json.loads(done.stdout)
+    assert (d["dose_mg"], d["volume_ml"], d["rate_ml_h"], d["duration_min"]) == (35.0, 35.0, 52.5, 40.0)
+    assert d["syringe_fill_ml"] == 36.0 and d["allowed"] is True and d["findings"] == []
+    assert d["limits"]["dose_mg_per_kg"]["hard_max"] == 1.0
+
+
+def test_dose_refused_by_a_hard_limit_exits_6_naming_it(tmp_path: Path) -> None:
+    protocol = tmp_path / "fast.toml"
+    protocol.write_text(
+        'schema_version = 1\nname = "fast"\n[drug]\nname = "ketamine"\nconcentration_mg_per_ml = 1.0\n'
+        "[dose]\nmg_per_kg = 0.5\nduration_min = 10.0\n",
+        encoding="utf-8",
+    )
+    done = ketapump("dose", "--protocol", str(protocol), "--weight-kg", "70")
+    assert done.returncode == EXIT_LIMIT
+    assert "duration 10.0 min is below the hard minimum 30.0 min" in done.stdout
+
+
+def test_invalid_protocol_and_library_files_list_every_problem_and_exit_65(tmp_path: Path) -> None:
+    protocol = tmp_path / "bad.toml"
+    protocol.write_text(
+        'schema_version = 1\nname = "bad"\nextra = 1\n[drug]\nname = "ketamine"\n'
+        'concentration_mg_per_ml = "x"\n[dose]\nmg_per_kg = 0.5\n',
+        encoding="utf-8",
+    )
+    done = ketapump("dose", "--protocol", str(protocol), "--weight-kg", "70")
+    assert done.returncode == os.EX_DATAERR
+    for path in ("extra:", "drug.concentration_mg_per_ml:", "dose:"):
+        assert path in done.stderr, path
+    library = tmp_path / "library.toml"
+    library.write_text(
+        "schema_version = 1\n[drugs.ketamine.dose_mg_per_kg]\nsoft_max = 1.5\nhard_max = 1.0\n"
+        '[drugs.ketamine.weight_kg]\nhard_min = "thirty"\nsurprise = 2\n',
+        encoding="utf-8",
+    )
+    done = ketapump(
+        "dose", "--protocol", "ketamine-depression", "--weight-kg", "70", "--library", str(library)
+    )
+    assert done.returncode == os.EX_DATAERR
+    for path in ("drugs.ketamine.dose_mg_per_kg", "drugs.ketamine.weight_kg.hard_min", "surprise"):
+        assert path in done.stderr, path
+    done = ketapump("dose", "--protocol", "ketamine-depression-tapered", "--weight-kg", "120")
+    assert done.returncode == os.EX_DATAERR and "patient.height_cm is required" in done.stderr
+
+
+def test_a_session_with_invalid_input_writes_nothing(tmp_path: Path) -> None:
+    out, log, db = tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
+    common = [
+        "session",
+        "--patient",
+        "p",
+        "--yes",
+        "--out",
+        str(out),
+        "--log",
+        str(log),
+        "--course-db",
+        str(db),
+    ]
+    for args in (
+        ["--protocol", "ketamine-depression-tapered", "--weight-kg", "70"],  # no height or sex
+        ["--protocol", "no-such-protocol", "--weight-kg", "70"],
+        ["--protocol", "ketamine-depression", "--weight-kg", "70", "--vitals", "csv:/nonexistent.csv"],
+        ["--protocol", "ketamine-depression", "--weight-kg", "70", "--confirm", "no_such_limit=because"],
+        ["--protocol", "ketamine-depression", "--weight-kg", "70", "--pump", "bogus://x"],
+    ):
+        done = ketapump(*common, *args)
+        assert done.returncode == os.EX_DATAERR, (args, done.stderr)
+        assert not out.exists() and not log.exists() and not db.exists(), args
+
+
+def test_the_demo_runs_a_whole_session_and_writes_a_verified_log_a_report_and_real_plots(
+    tmp_path: Path,
+) -> None:
+    done = ketapump("demo", "--json", "--out", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr
+    d = json.loads(done.stdout)
+    assert d["outcome"] == "complete"
+    assert math.isclose(d["delivered_mg"], d["programmed_mg"], rel_tol=0.02)
+    assert d["alarms"] == [] and d["log_verified"] is True
+    verify = ketapump("log", "verify", d["log"])
+    assert verify.returncode == 0 and "OK" in verify.stdout
+    report = Path(d["report"]).read_text(encoding="utf-8")
+    assert f"{d['delivered_mg']:.2f} mg" in report
+    assert len(d["plots"]) == 4
+    for plot in d["plots"]:
+        pixels = image.imread(plot)
+        assert pixels.ndim == 3 and pixels.shape[0] >= 400 and pixels.shape[1] >= 800
+        colours = np.unique(pixels.reshape(-1, pixels.shape[2]), axis=0)
+        assert len(colours) > 100, plot  # drawn, not blank
+
+
+def test_sessions_on_the_cli_follow_the_course_rules(tmp_path: Path) -> None:
+    db = tmp_path / "course.sqlite3"
+    env = os.environ | {"XDG_STATE_HOME": str(tmp_path / "state")}
+
+    def session(*extra: str) -> subprocess.CompletedProcess[str]:
+        return ketapump(
+            "session", "--protocol", "ketamine-depression", "--patient", "p-7", "--weight-kg", "70",
+            "--yes", "--course-db", str(db), "--out", str(tmp_path / "out"), "--json", *extra, env=env,
+        )  # fmt: skip
+
+    first = session()
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["outcome"] == "complete"
+    again = session()  # minutes later: < 44 h since the last start
+    assert again.returncode == EXIT_LIMIT
+    assert "time since the last session start" in again.stderr
+    # Minutes after the first, the 1 h and 4 h cumulative caps are crossed too: each needs its reason.
+    assert "cumulative dose over the last hour" in again.stderr
+    reason = "psychiatrist approved an early second session"
+    kinds = ("hours_since_last_start", "cumulative_1h_mg_per_kg", "cumulative_4h_mg_per_kg")
+    partly = session("--confirm", f"{kinds[0]}={reason}")
+    assert partly.returncode == EXIT_LIMIT
+    assert "time since the last session start" not in partly.stderr
+    assert "cumulative dose over the last hour" in partly.stderr
+    overridden = session(*[arg for kind in kinds for arg in ("--confirm", f"{kind}={reason}")])
+    assert overridden.returncode == 0, overridden.stderr
+    confirmations = json.loads(overridden.stdout)["confirmations"]
+    assert sorted(c["kind"] for c in confirmations) == sorted(kinds)
+    assert {c["reason"] for c in confirmations} == {reason}
+    show = ketapump("course", "show", "p-7", "--course-db", str(db), "--json")
+    assert show.returncode == 0, show.stderr
+    assert "psychiatrist approved an early second session" in show.stdout
+
+
+@pytest.mark.parametrize("answer", ["n"])
+def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_moves(
+    tmp_path: Path, answer: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ketapump.cli", "session", "--protocol", "ketamine-depression",
+         "--patient", "p", "--weight-kg", "70", "--course-db", str(tmp_path / "c.sqlite3"),
+         "--log", str(tmp_path / "log.jsonl"), "--out", str(tmp_path / "out")],
+        input=f"{answer}\n" * 8, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == EXIT_ABORTED, done.stderr
+    assert "checklist item not confirmed: baseline vitals recorded" in done.stderr
+    events = [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert "command" not in events and "checklist_answered" in events
