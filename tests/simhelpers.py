@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -17,6 +14,7 @@ from pymodbus.framer import FramerType
 
 from ketapump import _core
 from ketapump.clock import ScaledClock
+from ketapump.pytest_plugin import running_sim
 from ketapump.regmap import load_register_map
 from ketapump.sim.server import SimServer
 
@@ -99,25 +97,20 @@ async def keep_alive(client: Client, seconds: float, period: float = 0.1) -> Non
         await asyncio.sleep(period)
 
 
-@contextlib.contextmanager
-def sim_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str | None]]]:
-    """Runs the real ``ketapump sim`` and yields it with its endpoint line; always terminated."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ketapump.cli", "sim", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+#: Runs the real ``ketapump sim`` and yields it with its endpoint line; always terminated.
+sim_process = running_sim
+
+
+def ketapump(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs the real ``ketapump`` command line in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "ketapump.cli", *args],
+        input=stdin,
+        capture_output=True,
         text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
     )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read() if proc.stderr else "no output"
-        yield proc, json.loads(line)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()

@@ -10,7 +10,6 @@ import contextlib
 import os
 import select
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from ketapump.qa.balance import (
     parse_si_reply,
 )
 from ketapump.transports import open_transport
+from simhelpers import ketapump
 
 
 class PtyBalance:
@@ -257,13 +257,7 @@ def test_over_real_time_readings_run_beside_the_loop_and_a_failure_surfaces() ->
 
 
 def qa(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", "qa", "accuracy", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return ketapump("qa", "accuracy", *args, timeout=120)
 
 
 def test_cli_reports_an_unreachable_or_misbehaving_balance(tmp_path: Path) -> None:

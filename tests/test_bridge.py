@@ -27,19 +27,9 @@ from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
 from ketapump.transports import open_transport
 from ketapump.transports.base import PumpRefusedError, RegisterTransport
-from simhelpers import REGMAP, serving, sim_process
+from simhelpers import REGMAP, ketapump, serving, sim_process
 
 EXIT_INTERLOCK = 3
-
-
-def ketapump(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 async def pump_register(endpoint: str, name: str) -> float:

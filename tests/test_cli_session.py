@@ -7,27 +7,15 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib import image
 
+from simhelpers import ketapump
+
 EXIT_INTERLOCK, EXIT_LIMIT, EXIT_ABORTED = 3, 6, 7
-
-
-def ketapump(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 240
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=env,
-    )
 
 
 def test_dose_prints_the_numbers_and_the_limits_as_json() -> None:
@@ -163,11 +151,10 @@ def test_sessions_on_the_cli_follow_the_course_rules(tmp_path: Path) -> None:
 def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_moves(
     tmp_path: Path, answer: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", "session", "--protocol", "ketamine-depression",
-         "--patient", "p", "--weight-kg", "70", "--course-db", str(tmp_path / "c.sqlite3"),
-         "--log", str(tmp_path / "log.jsonl"), "--out", str(tmp_path / "out")],
-        input=f"{answer}\n" * 8, capture_output=True, text=True, timeout=120, check=False,
+    done = ketapump(
+        "session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70",
+        "--course-db", str(tmp_path / "c.sqlite3"), "--log", str(tmp_path / "log.jsonl"),
+        "--out", str(tmp_path / "out"), stdin=f"{answer}\n" * 8, timeout=120,
     )  # fmt: skip
     assert done.returncode == EXIT_ABORTED, done.stderr
     assert "checklist item not confirmed: baseline vitals recorded" in done.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ from ketapump.qa.campaign import (
     shipped_specs,
     validate_spec,
 )
+from simhelpers import ketapump
 
 #: A kernel whose occlusion threshold is far above the clinical 300 mmHg and whose slope detector is
 #: off: it still alarms, but minutes late.
@@ -31,13 +31,7 @@ BROKEN_KERNEL = "[kernel]\nocclusion_threshold_mmhg = 1000.0\nslope_detector = f
 
 
 def campaign(*args: str, timeout: float = 280) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", "qa", "campaign", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return ketapump("qa", "campaign", *args, timeout=timeout)
 
 
 def default_text() -> str:

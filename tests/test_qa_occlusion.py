@@ -37,7 +37,7 @@ from ketapump.qa.occlusion import (
     s5_bound_s,
     speedup,
 )
-from simhelpers import REGMAP, sim_process
+from simhelpers import REGMAP, ketapump, sim_process
 
 RATES = [1.0, 5.0, 52.5]
 THRESHOLDS = [100.0, 300.0, 750.0]
@@ -239,13 +239,7 @@ def test_the_verdicts_by_hand() -> None:
 
 
 def qa(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", "qa", "occlusion", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return ketapump("qa", "occlusion", *args)
 
 
 def test_cli_reports_s5_s6_with_json_and_plot(tmp_path: Path) -> None:

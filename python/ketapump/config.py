@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import tomllib
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from ketapump import _core
 from ketapump.errors import ConfigurationError
+from ketapump.validation import shipped_settings
 
 DEFAULTS_RESOURCE = "kernel_defaults.toml"
 
 
 @cache
 def _load_defaults() -> tuple[tuple[str, Any], ...]:
-    text = resources.files("ketapump.data").joinpath(DEFAULTS_RESOURCE).read_text(encoding="utf-8")
-    document = tomllib.loads(text)
-    flat: dict[str, Any] = {}
-    for section, values in document.items():
-        if section == "schema_version":
-            continue
-        flat.update(values)
-    return tuple(flat.items())
+    return tuple(shipped_settings(DEFAULTS_RESOURCE).items())
 
 
 def default_kernel_settings() -> dict[str, Any]:

@@ -45,7 +45,6 @@ import os
 import sqlite3
 import sys
 import threading
-import tomllib
 import urllib.parse
 from collections.abc import Iterator
 from functools import cache
@@ -58,7 +57,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ketapump.errors import CourseError, CourseRecordNotFoundError
-from ketapump.validation import DocumentError, validate_document
+from ketapump.validation import DocumentError, parse_document
 
 __all__ = [
     "APPLICATION_ID",
@@ -239,11 +238,7 @@ def _shipped_settings() -> CourseSettings:
 
 
 def _parse_settings(text: str, source: str) -> CourseSettings:
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise CourseSettingsError(source, [f"is not valid TOML: {e}"]) from e
-    return validate_document(CourseSettings, document, source, CourseSettingsError)
+    return parse_document(CourseSettings, text, source, CourseSettingsError)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -35,7 +34,7 @@ from pydantic_core import PydanticCustomError
 from ketapump import _core
 from ketapump.config import default_kernel_settings
 from ketapump.errors import ConfigurationError, ConfirmationRequired, LimitRefused
-from ketapump.validation import DocumentError, validate_document
+from ketapump.validation import DocumentError, parse_document, read_document
 
 if TYPE_CHECKING:
     from ketapump.protocol import DosePlan, Patient
@@ -204,17 +203,8 @@ def load_library(path: Path | None = None) -> DrugLibrary:
     if path is None:
         source = f"ketapump/data/{LIBRARY_RESOURCE}"
         text = resources.files("ketapump.data").joinpath(LIBRARY_RESOURCE).read_text(encoding="utf-8")
-    else:
-        source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise DrugLibraryError(source, [f"cannot be read: {e.strerror}"]) from e
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise DrugLibraryError(source, [f"is not valid TOML: {e}"]) from e
-    return validate_document(DrugLibrary, document, source, DrugLibraryError)
+        return parse_document(DrugLibrary, text, source, DrugLibraryError)
+    return read_document(DrugLibrary, path, DrugLibraryError)
 
 
 # ----- orders and findings ----------------------------------------------------------------------------

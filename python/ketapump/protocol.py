@@ -47,7 +47,6 @@ arithmetic here is plain arithmetic; whether the result is allowed is the drug l
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -57,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ketapump import _core
 from ketapump.errors import ConfigurationError
-from ketapump.validation import DocumentError, validate_document
+from ketapump.validation import DocumentError, parse_document, read_document
 
 #: Name → file of the protocols shipped in ``ketapump/data/protocols``.
 SHIPPED_DIR = "protocols"
@@ -204,19 +203,11 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
             )
         shipped = resources.files("ketapump.data").joinpath(SHIPPED_DIR, f"{name_or_path}.toml")
         return parse_protocol(shipped.read_text(encoding="utf-8"), source=f"{name_or_path} (shipped)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ProtocolError(str(path), [f"cannot be read: {e.strerror}"]) from e
-    return parse_protocol(text, source=str(path))
+    return read_document(Protocol, path, ProtocolError)
 
 
 def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ProtocolError(source, [f"is not valid TOML: {e}"]) from e
-    return validate_document(Protocol, document, source, ProtocolError)
+    return parse_document(Protocol, text, source, ProtocolError)
 
 
 # ----- the patient and the dose ------------------------------------------------------------------

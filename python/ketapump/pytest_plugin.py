@@ -170,11 +170,12 @@ def bridge_session(pump_under_test: PumpUnderTest) -> ControlLoop:
     )
 
 
-@pytest.fixture
-def sim_server() -> Iterator[dict[str, str | None]]:
-    """A running ``ketapump sim`` process; yields its endpoints and terminates it afterwards."""
+@contextlib.contextmanager
+def running_sim(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str | None]]]:
+    """Runs a real ``ketapump sim`` with ``args``; yields the process and its endpoints (the JSON line
+    it prints); always terminates it (SIGTERM, then SIGKILL after 10 s)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ketapump.cli", "sim"],
+        [sys.executable, "-m", "ketapump.cli", "sim", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -184,10 +185,8 @@ def sim_server() -> Iterator[dict[str, str | None]]:
         line = proc.stdout.readline()
         if not line:
             detail = proc.stderr.read() if proc.stderr else ""
-            pytest.fail(f"ketapump sim did not start: {detail}")
-        endpoints: dict[str, str | None] = json.loads(line)
-        endpoints["pid"] = str(proc.pid)
-        yield endpoints
+            raise RuntimeError(f"ketapump sim did not start: {detail}")
+        yield proc, json.loads(line)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -199,3 +198,10 @@ def sim_server() -> Iterator[dict[str, str | None]]:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.fixture
+def sim_server() -> Iterator[dict[str, str | None]]:
+    """A running ``ketapump sim`` process; yields its endpoints and terminates it afterwards."""
+    with running_sim() as (proc, endpoints):
+        yield endpoints | {"pid": str(proc.pid)}

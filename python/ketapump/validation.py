@@ -1,4 +1,5 @@
-"""Validating data files (protocols, drug libraries, scenarios) with every problem reported at once.
+"""Reading data files (protocols, drug libraries, scenarios, shipped defaults) with every problem
+reported at once.
 
 A file is checked whole: pydantic collects every problem, each named by its dotted path in the
 document (``dose.mg_per_kg``, ``drugs.ketamine.dose_mg_per_kg.soft_max``), and the caller gets them
@@ -7,6 +8,9 @@ together in one :class:`DocumentError` rather than one at a time.
 
 from __future__ import annotations
 
+import tomllib
+from importlib import resources
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -42,3 +46,32 @@ def validate_document(
         return model.model_validate(document)
     except ValidationError as e:
         raise error(source, problems_of(e)) from e
+
+
+def parse_document(model: type[Model], text: str, source: str, error: type[DocumentError]) -> Model:
+    """TOML ``text`` validated as ``model``; raises ``error`` for bad TOML or listing every problem."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise error(source, [f"is not valid TOML: {e}"]) from e
+    return validate_document(model, document, source, error)
+
+
+def read_document(model: type[Model], path: Path, error: type[DocumentError]) -> Model:
+    """The TOML file at ``path`` validated as ``model``; raises ``error`` naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(str(path), [f"cannot be read: {e.strerror}"]) from e
+    return parse_document(model, text, str(path), error)
+
+
+def shipped_settings(resource: str) -> dict[str, Any]:
+    """A shipped defaults file of ``ketapump/data`` as one flat dict: its ``[sections]`` are only for
+    reading (setting names are unique across them); ``schema_version`` is left out."""
+    text = resources.files("ketapump.data").joinpath(resource).read_text(encoding="utf-8")
+    flat: dict[str, Any] = {}
+    for section, values in tomllib.loads(text).items():
+        if section != "schema_version":
+            flat.update(values)
+    return flat

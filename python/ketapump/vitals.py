@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ketapump.errors import ConfigurationError
+from ketapump.validation import shipped_settings
 
 Channel = Literal["sbp", "dbp", "hr", "spo2"]
 #: Every channel, in the order reports list them.
@@ -157,12 +158,7 @@ class VitalsThresholds(BaseModel):
 
 @cache
 def _default_settings() -> tuple[tuple[str, Any], ...]:
-    text = resources.files("ketapump.data").joinpath(THRESHOLDS_RESOURCE).read_text(encoding="utf-8")
-    flat: dict[str, Any] = {}
-    for section, values in tomllib.loads(text).items():
-        if section != "schema_version":
-            flat.update(values)
-    return tuple(flat.items())
+    return tuple(shipped_settings(THRESHOLDS_RESOURCE).items())
 
 
 def vitals_thresholds(

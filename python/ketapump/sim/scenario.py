@@ -19,7 +19,6 @@ Every problem is reported at once, each with its dotted path.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ketapump import _core
 from ketapump.regmap import load_register_map
-from ketapump.validation import DocumentError, validate_document
+from ketapump.validation import DocumentError, read_document
 
 
 class PumpSettings(BaseModel):
@@ -100,10 +99,4 @@ class ScenarioError(DocumentError):
 
 def load_scenario(path: Path) -> Scenario:
     """Reads and validates a scenario file; raises :class:`ScenarioError` listing every problem."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ScenarioError(str(path), [f"cannot be read: {e.strerror}"]) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(str(path), [f"is not valid TOML: {e}"]) from e
-    return validate_document(Scenario, document, str(path), ScenarioError)
+    return read_document(Scenario, path, ScenarioError)
