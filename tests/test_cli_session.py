@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
+import sys
+import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +164,64 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
     assert "checklist item not confirmed: baseline vitals recorded" in done.stderr
     events = [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert "command" not in events and "checklist_answered" in events
+
+
+def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_and_records(
+    tmp_path: Path,
+) -> None:
+    log, db = tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
+    # The standard protocol with a 5-min observation, at 60× real time on the simulator (a short
+    # transport timeout keeps the pump's watchdog inside its limit at that scale).
+    protocol = tmp_path / "short-observation.toml"
+    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
+    protocol.write_text(
+        shipped.read_text(encoding="utf-8").replace("min_minutes = 30.0", "min_minutes = 5.0"),
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ketapump.cli", "session", "--protocol", str(protocol),
+         "--pump", "sim://?timeout=0.02", "--time-scale", "60",
+         "--patient", "p-9", "--weight-kg", "70", "--yes", "--json",
+         "--course-db", str(db), "--log", str(log), "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def events() -> list[dict[str, object]]:
+        return (
+            [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+            if log.exists()
+            else []
+        )
+
+    def wait_for(event: str, deadline_s: float = 60.0) -> None:
+        end = time.monotonic() + deadline_s
+        while not any(e["event"] == event for e in events()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < end, f"no {event} event"
+            time.sleep(0.05)
+
+    try:
+        wait_for("phase_started")
+        while not any(e.get("phase") == "infusion" for e in events()):
+            time.sleep(0.05)
+        time.sleep(1.0)  # a minute of pump time
+        proc.send_signal(signal.SIGUSR1)
+        wait_for("paused")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGUSR2)
+        wait_for("resumed")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_INTERLOCK, err
+    summary = json.loads(out)
+    assert summary["outcome"] == "ended_operator" and summary["log_verified"]
+    assert 0.0 < summary["delivered_mg"] < 10.0  # about 3 min of 52.5 mL/h at 1 mg/mL
+    names = [e["event"] for e in events()]
+    assert names.index("paused") < names.index("resumed") < names.index("operator_stop_requested")
+    assert "observation_ended" in names and "session_complete" in names
+    show = ketapump("course", "show", "p-9", "--course-db", str(db), "--json")
+    assert show.returncode == 0 and "ended_operator" in show.stdout

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import json
 import os
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
@@ -231,8 +232,13 @@ def session(
     out: Annotated[Path, typer.Option(help="Directory for the report and plots.")] = Path("ketapump-session"),
     log: Annotated[Path | None, typer.Option(help="Audit log file (default: see README).")] = None,
     time_scale: Annotated[
-        float, typer.Option(min=0.001, help="Pump seconds per real second (must match a scaled hw-sim).")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Pump seconds per real second (must match a scaled hw-sim; sim:// runs in virtual time "
+            "unless given).",
+        ),
+    ] = None,
     resume_after_s: Annotated[
         float, typer.Option(min=0.0, help="After a vitals alarm clears, resume after this long (s).")
     ] = 120.0,
@@ -245,9 +251,10 @@ def session(
 
     Everything given is validated before anything is written (exit 65, every problem listed). Checklist
     items are asked on the terminal unless --yes; a soft limit or course rule proceeds only with
-    --confirm KIND=REASON. Exit codes: 0 complete, 3 ended early (interlock, operator, link), 6 refused
-    by a limit or an unconfirmed soft limit, 7 aborted in the pre-check, 65 invalid data, 66 a file not
-    found, 69 pump unreachable, 74 log unwritable.
+    --confirm KIND=REASON. While it runs, SIGUSR1 pauses and SIGUSR2 resumes the infusion; SIGINT or
+    SIGTERM stops it (the session still observes and records). Exit codes: 0 complete, 3 ended early
+    (interlock, operator, link), 6 refused by a limit or an unconfirmed soft limit, 7 aborted in the
+    pre-check, 65 invalid data, 66 a file not found, 69 pump unreachable, 74 log unwritable.
     """
     if sex is not None and sex not in {"female", "male"}:
         raise _fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
@@ -260,10 +267,11 @@ def session(
         lib.drug(plan.drug)
         scheme = split_url(pump)[0]
         defaults = default_kernel_settings()
-        period = control_period_s(scheme, time_scale, None, float(defaults["control_period_s"]))
-        clock: Clock = VirtualClock() if scheme == "sim" else ScaledClock(time_scale)
+        scale = 1.0 if time_scale is None else time_scale
+        period = control_period_s(scheme, scale, None, float(defaults["control_period_s"]))
+        clock: Clock = VirtualClock() if scheme == "sim" and time_scale is None else ScaledClock(scale)
         feed = _vitals_feed(vitals)
-        driver = make_driver(pump, clock, period, time_scale, sim_pump=_sim_pump_for(pump, plan))
+        driver = make_driver(pump, clock, period, scale, sim_pump=_sim_pump_for(pump, plan))
         settings: dict[str, Any] = dict(loop_settings(period, defaults))
         if "pressure_mmhg" in driver.lacks:
             settings["has_pressure_sensor"] = False
@@ -444,7 +452,31 @@ def _with_progress(ctx: SessionContext, console: Console, *, quiet: bool) -> Ses
             progress.update(task, description=phase, completed=done / total if total else 0.0, detail=detail)
 
         ctx.on_progress = on_progress
-        return asyncio.run(Session(ctx).run())
+        return asyncio.run(_run_with_signals(ctx))
+
+
+#: Operator commands by signal while a session runs.
+SIGNAL_ACTIONS = {
+    signal.SIGINT: ("stop", "SIGINT"),
+    signal.SIGTERM: ("stop", "SIGTERM"),
+    signal.SIGUSR1: ("pause", "SIGUSR1"),
+    signal.SIGUSR2: ("resume", "SIGUSR2"),
+}
+
+
+async def _run_with_signals(ctx: SessionContext) -> SessionResult:
+    """Runs the session with SIGINT/SIGTERM as an operator stop, SIGUSR1 pause and SIGUSR2 resume,
+    each handed to the loop at its next tick (the session then observes and records as usual)."""
+    loop = asyncio.get_running_loop()
+    operator = ctx.operator
+    assert isinstance(operator, ScriptedOperator)
+    for sig, (kind, reason) in SIGNAL_ACTIONS.items():
+        loop.add_signal_handler(sig, operator.push, kind, f"operator signal {reason}")
+    try:
+        return await Session(ctx).run()
+    finally:
+        for sig in SIGNAL_ACTIONS:
+            loop.remove_signal_handler(sig)
 
 
 def _print_summary(console: Console, result: SessionResult, machine: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ What this module owns, and what it does not:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 import math
@@ -97,7 +98,7 @@ class Operator(Interface):
         """The reason to proceed despite a soft limit (or a course rule), or ``None`` to decline."""
 
     def actions(self, infusion_s: float) -> list[tuple[str, str]]:
-        """Operator commands due now during the infusion: ``("pause" | "resume", reason)``."""
+        """Operator commands due now during the infusion: ``("pause" | "resume" | "stop", reason)``."""
 
     def resume_after_alarm(self, alarm_clear_s: float) -> bool:
         """The vitals have been back within limits for ``alarm_clear_s``: resume the infusion?"""
@@ -123,6 +124,7 @@ class ScriptedOperator:
     resume_after_s: float | None = 60.0
     stop_after_s: float = 1800.0
     _done: int = 0
+    _pushed: list[tuple[str, str]] = field(default_factory=list)
 
     def confirm(self, checklist: str, item: str) -> bool:
         return self.answers.get(item, True)
@@ -133,7 +135,12 @@ class ScriptedOperator:
     def actions(self, infusion_s: float) -> list[tuple[str, str]]:
         due = [(kind, reason) for t, kind, reason in self.scheduled[self._done :] if t <= infusion_s]
         self._done += len(due)
-        return due
+        pushed, self._pushed = self._pushed, []
+        return due + pushed
+
+    def push(self, kind: str, reason: str) -> None:
+        """An operator command from outside the script (a signal, a UI): handled at the next tick."""
+        self._pushed.append((kind, reason))
 
     def resume_after_alarm(self, alarm_clear_s: float) -> bool:
         return self.resume_after_s is not None and alarm_clear_s >= self.resume_after_s
@@ -264,6 +271,8 @@ class Session:
         self.confirmations: list[dict[str, Any]] = []
         self.points: list[SeriesPoint] = []
         self.gate: VitalsGate | None = None
+        #: What the kernel last measured as delivered (mL), for a session that fails mid-infusion.
+        self._delivered_ml = 0.0
         self._latest: dict[str, float] = {}
 
     # ----- helpers ------------------------------------------------------------------------------
@@ -324,7 +333,16 @@ class Session:
             ctx.course.record_override(
                 ctx.patient.patient_id, ctx.session_id, c["kind"], c["reason"], self._calendar()
             )
-        run = await self._infuse(plan, order, entry)
+        try:
+            run = await self._infuse(plan, order, entry)
+        except BaseException as e:
+            # The loop has already told the pump to stop. The course history must not keep a session
+            # "in progress" for ever: it ends with what the kernel last measured, and why.
+            delivered = self._delivered_ml * plan.concentration_mg_per_ml
+            with contextlib.suppress(Exception):
+                self.rec.error("session_failed", error=repr(e), delivered_mg=delivered)
+            ctx.course.end_session(ctx.session_id, self._calendar(), delivered, "ended_error")
+            raise
         delivered_ml = run.session_delivered_ml
         delivered_mg = delivered_ml * plan.concentration_mg_per_ml
         observation_min = await self._observe() if delivered_ml > 0 else 0.0
@@ -451,6 +469,7 @@ class Session:
 
         def on_tick(out: _core.StepOutput, telemetry: PumpTelemetry | None) -> None:
             t = self._t()
+            self._delivered_ml = out.delivered_ml
             if tick.started_s is None:
                 tick.started_s = t
                 if isinstance(ctx.vitals, ScriptedMonitor):
@@ -459,7 +478,10 @@ class Session:
                 self._phase(Phase.INFUSION)
             self._gate_infusion(loop, tick, out, t)
             for kind, reason in ctx.operator.actions(t - tick.started_s):
-                if kind == "pause":
+                if kind == "stop":
+                    self.rec.info("operator_stop_requested", reason=reason)
+                    loop.request_stop()
+                elif kind == "pause":
                     loop.request_pause(f"operator: {reason}")
                     self.pauses.append({"t_min": t / 60.0, "by": "operator", "reason": reason})
                     tick.paused_by = "operator"
@@ -571,6 +593,9 @@ class Session:
             for alarm in self._poll_vitals():
                 self._vitals_alarm(alarm, "observation")
             elapsed_min = (t - start) / 60.0
+            if any(kind == "stop" for kind, _reason in ctx.operator.actions(t - start)):
+                self.rec.warning("observation_ended", minutes=elapsed_min, why="stopped by the operator")
+                return elapsed_min
             settled = self.gate.within_band(spec.band_pct) and not self.gate.active()
             ending = (elapsed_min >= spec.min_minutes and settled) or elapsed_min >= spec.max_minutes
             if t >= next_point or ending:
