@@ -18,7 +18,7 @@ from ketapump import _core, audit, druglib
 from ketapump.clock import VirtualClock
 from ketapump.course import CourseHistory
 from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.errors import ConfirmationRequired, LimitRefused
+from ketapump.errors import AuditWriteError, ConfirmationRequired, LimitRefused
 from ketapump.protocol import Patient, load_protocol, parse_protocol
 from ketapump.session import ScriptedOperator, Session, SessionAbortedError, SessionContext, SessionResult
 from ketapump.transports import open_transport
@@ -51,6 +51,7 @@ def run_session(
     history: Sequence[tuple[float, float]] = (),
     seed: int = 0,
     durable_log: bool = False,
+    memory: MemoryLog | None = None,
 ) -> Run:
     """One session; ``history`` holds earlier sessions as (hours before NOW, delivered mg).
 
@@ -63,7 +64,7 @@ def run_session(
     transport = open_transport("sim://", clock=clock, pump=pump)
     assert isinstance(transport, SimTransport)
     writer = audit.AuditWriter.open(log) if durable_log else None
-    memory = MemoryLog()
+    memory = memory or MemoryLog()
     result: SessionResult | None = None
     error: BaseException | None = None
     with CourseHistory.open(db) as course:
@@ -100,12 +101,18 @@ def run_session(
 
 
 class MemoryLog:
-    """The session's events in memory, shaped like audit records."""
+    """The session's events in memory, shaped like audit records; with ``fail_at_command`` the N-th
+    pump command fails to be recorded, as a full disk would make the audit log fail."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_at_command: int | None = None) -> None:
         self.events: list[dict[str, Any]] = []
+        self.fail_at_command = fail_at_command
 
     def info(self, event: str, **fields: Any) -> None:
+        if event == "command" and self.fail_at_command is not None:
+            self.fail_at_command -= 1
+            if self.fail_at_command == 0:
+                raise AuditWriteError("memory", "no space left on device")
         self.events.append({"event": event, **fields})
 
     warning = error = info
@@ -346,3 +353,16 @@ def _toml(document: dict[str, Any]) -> str:
         lines.append(f"[{name}]")
         lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items() if v is not None)
     return "\n".join(lines) + "\n"
+
+
+def test_a_session_that_fails_mid_infusion_stops_the_pump_and_is_ended_in_the_course_history(
+    tmp_path: Path,
+) -> None:
+    run = run_session(tmp_path, memory=MemoryLog(fail_at_command=200))
+    assert isinstance(run.error, AuditWriteError)
+    (failed,) = run.named("session_failed")
+    assert run.pump.value("motor_running") == 0
+    with CourseHistory.open(run.db, create=False) as course:
+        (session,) = course.sessions(PATIENT.patient_id)
+        assert session.outcome == "ended_error"
+        assert 0.0 < session.delivered_mg == failed["delivered_mg"] < 35.0
