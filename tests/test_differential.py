@@ -656,6 +656,33 @@ def test_stall_and_flow_deviation() -> None:
     assert {"stall", "flow_deviation"} & pair.seen_causes
 
 
+def occluded_then(event: Tick, **overrides: Any) -> KernelPair:
+    """The line occludes at tick 20 (threshold 300 mmHg, slope detector off); at tick 60, with ~57 mmHg
+    stored above the 10 mmHg baseline, ``event`` happens."""
+    perturbations = {20: Tick(event="occlude"), 60: event}
+    return run_scenario(fixed_scenario(300, perturbations, slope_detector=False, **overrides))
+
+
+def test_stall_in_an_occluded_line_backs_off() -> None:
+    pair = occluded_then(Tick(event="stall", amount=1.0))
+    assert "stall" in pair.seen_causes
+    assert not {"occlusion_pressure", "occlusion_slope"} & pair.seen_causes
+    assert "retract" in pair.seen_directions
+
+
+def test_flow_deviation_in_an_occluded_line_backs_off() -> None:
+    pair = occluded_then(Tick(event="stall", amount=1.0), flow_window_s=2.0, stall_volume_ml=0.5)
+    assert "flow_deviation" in pair.seen_causes
+    assert not {"occlusion_pressure", "occlusion_slope", "stall"} & pair.seen_causes
+    assert "retract" in pair.seen_directions
+
+
+def test_air_in_an_occluded_line_does_not_back_off() -> None:
+    pair = occluded_then(Tick(event="air"))
+    assert "air_in_line" in pair.seen_causes
+    assert "retract" not in pair.seen_directions
+
+
 def test_operator_round_trip() -> None:
     commands = {5: "pause", 8: "resume", 12: "set_rate", 15: "stop", 16: "start", 20: "pause", 22: "stop"}
     perturbations = {i: Tick(command=name) for i, name in commands.items()}

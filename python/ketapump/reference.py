@@ -21,7 +21,8 @@ is raised at the same point.
 
 Keep it in step with the core: a change to ``rust/core`` needs the same change here, or
 ``tests/test_differential.py`` fails. Last mirrored: commit d90149c (restart-on-target controller,
-stall volume counted every tick, back-off kept only by occlusion alarms, ceiling-capped back-off rate).
+stall volume counted every tick, ceiling-capped back-off rate) and the S6 back-off change (a back-off
+planned for every alarm that permits one, only with the line above baseline + margin).
 
 Configuration is not validated here: :class:`ReferenceKernel` takes the already-validated raw settings
 (``ketapump.config.default_kernel_settings()`` plus overrides, i.e. what ``ketapump.config.kernel_config``
@@ -568,9 +569,17 @@ COMPLETE: Final = State("complete")
 RUNNING_INFUSING: Final = State("running", phase=Infusing())
 
 
-def _is_occlusion(alarm: str) -> bool:
-    """The two occlusion detectors (the only alarms that may start or keep a back-off)."""
-    return alarm in ("occlusion_pressure", "occlusion_slope")
+#: Alarms that may start (or leave running) the back-off (``Alarm::permits_backoff``): every check that
+#: can see an occlusion first. Never telemetry, clock, air, syringe missing or empty, reverse motion,
+#: uncommanded delivery or an invalid rate command: no retract on an untrusted pressure or where unsafe.
+_BACKOFF_ALARMS: Final = frozenset(
+    {"occlusion_pressure", "occlusion_slope", "stall", "flow_deviation", "overdose", "cumulative_cap"}
+)
+
+
+def _permits_backoff(alarm: str) -> bool:
+    """Whether ``alarm`` may start or keep a back-off (``Alarm::permits_backoff``)."""
+    return alarm in _BACKOFF_ALARMS
 
 
 def _running(phase: TakeUp | Infusing) -> State:
@@ -909,11 +918,11 @@ class ReferenceKernel:
             return
         self._latched = self._latched.union(fresh)
         self._silenced_until_s = -math.inf
-        # Back-off only when occlusion is all that was raised; any other alarm ends it.
-        only_occlusion = all(_is_occlusion(alarm) for alarm in fresh.names())
-        if self._state.kind == "alarm" and only_occlusion:
+        # Back-off only when every alarm raised permits it; any other alarm ends it.
+        permitted = all(_permits_backoff(alarm) for alarm in fresh.names())
+        if self._state.kind == "alarm" and permitted:
             next_state = _alarm(self._state.backoff)
-        elif self._state.is_running and only_occlusion:
+        elif self._state.is_running and permitted:
             next_state = _alarm(self._backoff_plan())
         else:
             next_state = _alarm(None)
@@ -921,14 +930,15 @@ class ReferenceKernel:
             self._transition(next_state, alarm)
 
     def _backoff_plan(self) -> Backoff | None:
+        """Only with a sensor that has a sample and a line above baseline + margin (else nothing stored)."""
         r = self._cfg.raw
         if not (r.backoff and r.has_pressure_sensor and self._pressure.initialised):
             return None
+        target_mmhg = self._pressure.baseline_mmhg + r.backoff_margin_mmhg
+        if self._pressure.last_raw_mmhg <= target_mmhg:
+            return None
         stored_ml = r.compliance_ml_per_mmhg * (self._pressure.last_raw_mmhg - self._pressure.baseline_mmhg)
-        return Backoff(
-            remaining_ml=_fmax(stored_ml, 0.0),
-            target_mmhg=self._pressure.baseline_mmhg + r.backoff_margin_mmhg,
-        )
+        return Backoff(remaining_ml=_fmax(stored_ml, 0.0), target_mmhg=target_mmhg)
 
     # ----- the tick --------------------------------------------------------------------------------
 

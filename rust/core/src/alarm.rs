@@ -74,9 +74,35 @@ impl Alarm {
         }
     }
 
-    /// The two occlusion detectors (the only alarms that may start a back-off).
+    /// The two occlusion detectors.
     pub const fn is_occlusion(self) -> bool {
         matches!(self, Alarm::OcclusionPressure | Alarm::OcclusionSlope)
+    }
+
+    /// Whether this alarm may start (or leave running) the post-occlusion back-off. An occlusion can be
+    /// seen first by any check that watches delivery — the pressure and slope detectors, the stall check
+    /// (the drive cannot push against the line), the flow check (the plunger lags the target), the dose
+    /// and cap checks (the motor ran on) — and every one of them leaves the compressed volume in the
+    /// line, so each may back off; whether there is anything to back off is the pressure's to say.
+    ///
+    /// Never from an alarm whose cause makes a retract unsafe or its steering untrustworthy:
+    /// `telemetry_invalid`, `telemetry_stale` and `clock_invalid` (never act on a pressure or a time
+    /// that cannot be trusted), `air_in_line` (air makes the line's compliance unknown and a retract
+    /// would draw the bubble about; the operator clears it with the motor still), `syringe_missing`
+    /// (nothing is held to retract), `syringe_empty` (the plunger is on the barrel's end: what the
+    /// sensor reads is the stopper pressed home, not stored line volume), `reverse_motion` (the drive
+    /// or encoder is not doing what it is told), `uncommanded_delivery` (free flow, nothing stored) and
+    /// `rate_command_invalid` (an operator's bad entry says nothing about the line).
+    pub const fn permits_backoff(self) -> bool {
+        matches!(
+            self,
+            Alarm::OcclusionPressure
+                | Alarm::OcclusionSlope
+                | Alarm::Stall
+                | Alarm::FlowDeviation
+                | Alarm::Overdose
+                | Alarm::CumulativeCap
+        )
     }
 
     pub const fn bit(self) -> u32 {

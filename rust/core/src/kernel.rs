@@ -24,9 +24,16 @@
 //! Rules the diagram encodes:
 //! - Alarms **latch**: the only way out of `Alarm` is `acknowledge`, which leads to `Stopped`; from
 //!   there only an explicit `start` runs the motor again. Nothing restarts by itself.
-//! - In every state but `Running` the forward command is zero. In `Alarm` after an occlusion, an
-//!   optional back-off retracts the plunger until the line pressure is back near its baseline, never
-//!   more than the volume the line's compliance stored.
+//! - In every state but `Running` the forward command is zero. In `Alarm`, an optional back-off
+//!   retracts the plunger until the line pressure is back to baseline + `backoff_margin_mmhg`, never
+//!   more than the volume the line's compliance stored (compliance × (pressure − baseline)).
+//! - The back-off is planned on the `Running → Alarm` arrow when (a) every alarm raised on it
+//!   [permits a back-off](Alarm::permits_backoff) — the occlusion, slope, stall, flow-deviation,
+//!   overdose and cap checks, any of which may see an occlusion first — and (b) a pressure sensor is
+//!   fitted, its estimator has a sample, and the last pressure is above baseline + margin. Any other
+//!   alarm (stale or invalid telemetry, clock, air, syringe missing, end of travel, reverse motion,
+//!   uncommanded delivery, an invalid rate command), on that arrow or during the back-off, holds the
+//!   motor: never act on a pressure that cannot be trusted or where a retract is not safe.
 //! - `Idle` and `Complete` are not monitored (no program is in force); every other state is.
 //! - Every transition, and every alarm raised while already in `Alarm`, is recorded in the trace ring.
 //!
@@ -562,12 +569,13 @@ impl SafetyKernel {
         }
         self.latched = self.latched.union(fresh);
         self.silenced_until_s = f64::NEG_INFINITY;
-        // Back-off steers by the line pressure: it starts only when occlusion is all that was raised
-        // while running, and any other alarm (stale or invalid telemetry, air, ...) ends it.
-        let only_occlusion = fresh.iter().all(Alarm::is_occlusion);
+        // Back-off steers by the line pressure: it is planned when every alarm raised while running
+        // permits it (an occlusion seen first by the flow or stall check leaves the same volume in the
+        // line), and any alarm that does not (stale or invalid telemetry, air, ...) ends it.
+        let permitted = fresh.iter().all(Alarm::permits_backoff);
         let next = match self.state {
-            State::Alarm(backoff) if only_occlusion => State::Alarm(backoff),
-            State::Running(_) if only_occlusion => State::Alarm(self.backoff_plan()),
+            State::Alarm(backoff) if permitted => State::Alarm(backoff),
+            State::Running(_) if permitted => State::Alarm(self.backoff_plan()),
             _ => State::Alarm(None),
         };
         for alarm in fresh.iter() {
@@ -575,16 +583,20 @@ impl SafetyKernel {
         }
     }
 
+    /// The back-off for an alarm raised while running: only with a pressure sensor whose estimator has
+    /// a sample, and only when the line holds pressure above baseline + margin (an alarm that finds the
+    /// line at its baseline has nothing stored to take back, and a retract would draw from the patient).
     fn backoff_plan(&self) -> Option<Backoff> {
         let r = &self.cfg.raw;
         if !(r.backoff && r.has_pressure_sensor && self.pressure.initialised) {
             return None;
         }
+        let target_mmhg = self.pressure.baseline_mmhg + r.backoff_margin_mmhg;
+        if self.pressure.last_raw_mmhg <= target_mmhg {
+            return None;
+        }
         let stored_ml = r.compliance_ml_per_mmhg * (self.pressure.last_raw_mmhg - self.pressure.baseline_mmhg);
-        Some(Backoff {
-            remaining_ml: stored_ml.max(0.0),
-            target_mmhg: self.pressure.baseline_mmhg + r.backoff_margin_mmhg,
-        })
+        Some(Backoff { remaining_ml: stored_ml.max(0.0), target_mmhg })
     }
 
     // ----- the tick --------------------------------------------------------------------------

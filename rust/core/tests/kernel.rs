@@ -1486,6 +1486,236 @@ fn early_occlusion_backs_off_to_the_pre_start_pressure() {
     assert!(sim.pressure() <= BASELINE_MMHG + margin + 5.0, "ended at {} mmHg", sim.pressure());
 }
 
+// ----- back-off after any alarm that finds the line pressurised (S6) ---------------------------------
+
+/// The back-off the kernel is in (panics outside `Alarm`).
+fn backoff_of(sim: &Sim) -> Option<Backoff> {
+    match sim.k.state() {
+        State::Alarm(b) => b,
+        other => panic!("not in alarm: {other:?}"),
+    }
+}
+
+/// Retracts until the back-off ends; checks it never retracts at or below the target nor more than
+/// `bound_ml`, and that the motor then holds for good. Returns the pressure at the end.
+fn finish_backoff(sim: &mut Sim, target_mmhg: f64, bound_ml: f64) -> f64 {
+    sim.run_until(60.0, |s, o| {
+        if o.command.direction == Direction::Retract {
+            assert!(s.pressure() > target_mmhg, "retracting at {} mmHg", s.pressure());
+        }
+        o.command.direction != Direction::Retract
+    })
+    .expect("back-off ends");
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    assert!(sim.retracted_ml <= bound_ml + 1e-12, "retracted {} > {bound_ml}", sim.retracted_ml);
+    assert!(sim.run(10.0).iter().all(|o| o.command == MotorCommand::HOLD));
+    sim.pressure()
+}
+
+/// Threshold only (slope detector off), threshold 750 mmHg: 90 s of quiet running at 60 mL/h, then the
+/// line occludes and only `gain` of the commanded motion reaches the plunger (the rest compresses the
+/// drive), so the plunger lags and the flow check can see the occlusion before the threshold does.
+fn occluded_lagging(change: impl FnOnce(&mut RawKernelConfig), gain: f64) -> Sim {
+    let cfg = config_with(|r| {
+        r.slope_detector = false;
+        r.occlusion_threshold_mmhg = 750.0;
+        change(r);
+    });
+    let mut sim = running_with(cfg, 60.0, 10.0);
+    assert!(sim.run(90.0).iter().all(|o| o.raised.is_empty()), "{:?}", sim.k.alarms());
+    sim.occlusion = Some((sim.pos_ml, BASELINE_MMHG));
+    sim.gain = gain;
+    sim
+}
+
+#[test]
+fn flow_deviation_in_a_pressurised_line_backs_off() {
+    // Running → Alarm on flow_deviation with the line at ~140 mmHg: back-off planned and run.
+    let mut sim = occluded_lagging(|_| {}, 0.6);
+    let out = sim.run_until_alarm(300.0).expect("the flow check sees the occlusion");
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::FlowDeviation);
+    let p_alarm = sim.pressure();
+    let margin = sim.cfg.raw.backoff_margin_mmhg;
+    assert!(p_alarm > BASELINE_MMHG + margin && p_alarm < 750.0, "{p_alarm} mmHg at the alarm");
+    let Some(Backoff { remaining_ml, target_mmhg }) = backoff_of(&sim) else {
+        panic!("no back-off after flow_deviation at {p_alarm} mmHg")
+    };
+    let stored = sim.cfg.raw.compliance_ml_per_mmhg * (p_alarm - BASELINE_MMHG);
+    // The baseline did not follow the occlusion's rise (at most a few mmHg of drift before it showed).
+    assert!((target_mmhg - (BASELINE_MMHG + margin)).abs() < 5.0, "{target_mmhg}");
+    assert!(remaining_ml <= stored + 1e-12 && remaining_ml > 0.9 * stored, "{remaining_ml} of {stored}");
+    // The alarm latches before the command is decided: the alarm tick itself retracts.
+    assert_eq!(out.command.direction, Direction::Retract);
+    assert_eq!(out.command.rate_ml_s, sim.cfg.backoff_rate_ml_s);
+
+    // An excluded alarm during that back-off ends it at once.
+    let mut cancelled = sim.clone();
+    let out = cancelled.tick_with(|t| t.air_in_line = true);
+    assert!(out.raised.contains(Alarm::AirInLine));
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_eq!(cancelled.k.state(), State::Alarm(None));
+
+    let p_end = finish_backoff(&mut sim, target_mmhg, stored);
+    assert!(p_end <= target_mmhg && p_end >= BASELINE_MMHG, "ended at {p_end} mmHg (target {target_mmhg})");
+    assert_eq!(sim.k.alarms(), set(&[Alarm::FlowDeviation]), "the back-off raises nothing of its own");
+}
+
+#[test]
+fn flow_deviation_in_a_pressurised_line_without_a_usable_sensor_does_not_back_off() {
+    // The same occlusion with no pressure sensor, or with the back-off configured off: hold.
+    for (name, change) in [
+        ("no pressure sensor", (|r| r.has_pressure_sensor = false) as fn(&mut RawKernelConfig)),
+        ("back-off off", |r| r.backoff = false),
+    ] {
+        let mut sim = occluded_lagging(change, 0.6);
+        let out = sim.run_until_alarm(300.0).expect("the flow check sees the occlusion");
+        assert_eq!(out.raised, set(&[Alarm::FlowDeviation]), "{name}");
+        assert_eq!(sim.k.state(), State::Alarm(None), "{name}");
+        assert!(sim.run(10.0).iter().all(|o| o.command == MotorCommand::HOLD), "{name}");
+    }
+}
+
+#[test]
+fn stall_against_a_pressurised_line_backs_off() {
+    // The line occludes; at 200 mmHg the drive can push no further (the plunger stops) and the stall
+    // check, not the 750 mmHg threshold, sees it first.
+    let mut sim = occluded_lagging(|_| {}, 1.0);
+    sim.run_until(120.0, |s, _| s.pressure() >= 200.0).expect("the pressure rises");
+    assert!(sim.k.alarms().is_empty(), "{:?}", sim.k.alarms());
+    sim.gain = 0.0;
+    let out = sim.run_until_alarm(30.0).expect("the stall check fires");
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::Stall);
+    let p_alarm = sim.pressure();
+    let Some(Backoff { target_mmhg, .. }) = backoff_of(&sim) else {
+        panic!("no back-off after a stall at {p_alarm} mmHg")
+    };
+    let stored = sim.cfg.raw.compliance_ml_per_mmhg * (p_alarm - BASELINE_MMHG);
+    let p_end = finish_backoff(&mut sim, target_mmhg, stored);
+    assert!(p_end <= target_mmhg && p_end >= BASELINE_MMHG, "ended at {p_end} mmHg (target {target_mmhg})");
+}
+
+#[test]
+fn alarms_that_find_the_line_at_its_baseline_do_not_back_off() {
+    // Flow deviation from a slipping drive in an open line: nothing is stored, nothing is retracted.
+    let mut sim = armed();
+    sim.gain = 0.8;
+    sim.k.start().unwrap();
+    let out = sim.run_until_alarm(600.0).expect("flow deviation fires");
+    assert_eq!(out.raised, set(&[Alarm::FlowDeviation]));
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    // A jammed drive in an open line.
+    let mut sim = running();
+    sim.gain = 0.0;
+    let out = sim.run_until_alarm(30.0).expect("stall fires");
+    assert_eq!(out.raised, set(&[Alarm::Stall]));
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    // A surge past the dose with the line just inside baseline + margin (10 + 20 mmHg).
+    let mut sim = running_with(config(), 60.0, 0.5);
+    sim.pressure_mmhg = BASELINE_MMHG + sim.cfg.raw.backoff_margin_mmhg - 1.0;
+    sim.tick();
+    sim.pos_ml += 0.6;
+    let out = sim.tick();
+    assert_eq!(out.raised, set(&[Alarm::Overdose]));
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    assert!(sim.run(10.0).iter().all(|o| o.command == MotorCommand::HOLD));
+    assert_eq!(sim.retracted_ml, 0.0);
+    // The commanded-volume budget spent (a drive slipping 70 %: the plunger moves, so no stall, and
+    // the budget, 0.51 + 0.84 mL, runs out in ~81 s, before the flow window fills). Raised while the
+    // command is decided: no back-off is even planned for an open line.
+    let mut sim = running_with(config(), 60.0, 0.5);
+    sim.gain = 0.3;
+    let out = sim.run_until_alarm(120.0).expect("the budget runs out");
+    assert_eq!(out.raised, set(&[Alarm::FlowDeviation]));
+    assert!(sim.k.commanded_ml() >= 0.5 * 1.02 + sim.cfg.raw.compliance_ml_per_mmhg * 300.0 - 1e-9);
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    assert_eq!(out.command, MotorCommand::HOLD);
+}
+
+/// Running with the line at 250 mmHg (below the 300 mmHg threshold, before the slope detector arms):
+/// enough stored for a back-off, were one allowed.
+fn running_pressurised(vtbi_ml: f64) -> Sim {
+    let mut sim = running_with(config(), 60.0, vtbi_ml);
+    sim.pressure_mmhg = 250.0;
+    assert!(sim.tick().raised.is_empty());
+    sim
+}
+
+#[test]
+fn the_dose_and_cap_alarms_back_off_a_pressurised_line() {
+    // Overdose: a surge past the dose.
+    let mut sim = running_pressurised(0.5);
+    sim.pos_ml += 0.6;
+    let out = sim.tick();
+    assert_eq!(out.raised, set(&[Alarm::Overdose]));
+    assert!(matches!(backoff_of(&sim), Some(b) if b.remaining_ml > 0.0), "{:?}", sim.k.state());
+    assert_eq!(out.command.direction, Direction::Retract);
+    // Cumulative cap (inside the dose tolerance).
+    let cfg = config_with(|r| r.prior_delivered_mg = 119.5);
+    let mut sim = running_with(cfg, 60.0, 0.5);
+    sim.pressure_mmhg = 250.0;
+    assert!(sim.tick().raised.is_empty());
+    let delivered = sim.k.delivered_ml();
+    sim.pos_ml += 0.505 - delivered + sim.q();
+    let out = sim.tick();
+    assert_eq!(out.raised, set(&[Alarm::CumulativeCap]));
+    assert!(backoff_of(&sim).is_some(), "{:?}", sim.k.state());
+    assert_eq!(out.command.direction, Direction::Retract);
+}
+
+#[test]
+fn excluded_alarms_never_back_off_a_pressurised_line() {
+    // Each alarm whose cause makes a retract unsafe, or the pressure untrusted, holds the motor even
+    // though the line holds 250 mmHg (the dose and cap alarms back off the same line: test above).
+    type Fault = fn(&mut Sim) -> StepOutput;
+    let cases: [(Alarm, Fault); 8] = [
+        (Alarm::AirInLine, |s| s.tick_with(|t| t.air_in_line = true)),
+        (Alarm::SyringeMissing, |s| s.tick_with(|t| t.syringe_present = false)),
+        (Alarm::SyringeEmpty, |s| s.tick_with(|t| t.end_of_travel = true)),
+        (Alarm::TelemetryInvalid, |s| s.tick_with(|t| t.volume_ml = f64::NAN)),
+        (Alarm::ReverseMotion, |s| {
+            s.pos_ml -= 0.01;
+            s.tick()
+        }),
+        (Alarm::TelemetryStale, |s| {
+            s.frozen = Some(s.sample());
+            s.run_until_alarm(5.0).expect("stale fires")
+        }),
+        (Alarm::ClockInvalid, |s| {
+            let sample = s.sample();
+            s.k.step(s.t - 0.5, &sample)
+        }),
+        (Alarm::RateCommandInvalid, |s| {
+            assert!(s.k.set_rate(f64::NAN).is_err());
+            s.tick()
+        }),
+    ];
+    for (alarm, fault) in cases {
+        assert!(!alarm.permits_backoff(), "{alarm:?}");
+        let mut sim = running_pressurised(10.0);
+        let out = fault(&mut sim);
+        assert_eq!(sim.k.alarms(), set(&[alarm]), "{alarm:?}");
+        assert_eq!(sim.k.state(), State::Alarm(None), "{alarm:?}");
+        assert_eq!(out.command, MotorCommand::HOLD, "{alarm:?}");
+        sim.frozen = None;
+        sim.run(5.0);
+        assert_eq!(sim.retracted_ml, 0.0, "{alarm:?}");
+    }
+    // Uncommanded delivery is never raised while running; it is excluded all the same.
+    assert!(!Alarm::UncommandedDelivery.permits_backoff());
+    let permitted: Vec<Alarm> = Alarm::ALL.into_iter().filter(|a| a.permits_backoff()).collect();
+    assert_eq!(
+        permitted,
+        [
+            Alarm::Overdose,
+            Alarm::CumulativeCap,
+            Alarm::OcclusionPressure,
+            Alarm::OcclusionSlope,
+            Alarm::Stall,
+            Alarm::FlowDeviation
+        ]
+    );
+}
+
 #[test]
 fn plunger_moved_while_idle_is_not_uncommanded_delivery_after_load() {
     let mut sim = idle();
