@@ -19,11 +19,11 @@ RATE = 30.0
 VOLUME = 2.0
 
 
-def make_loop(events: Events) -> tuple[ControlLoop, SimTransport, VirtualClock]:
+def make_loop(events: Events, **settings: float) -> tuple[ControlLoop, SimTransport, VirtualClock]:
     clock = VirtualClock()
     transport = open_transport("sim://?seed=1", clock=clock)
     assert isinstance(transport, SimTransport)
-    loop = ControlLoop(ReferencePumpDriver(transport), kernel_config(), clock, events)
+    loop = ControlLoop(ReferencePumpDriver(transport), kernel_config(**settings), clock, events)
     return loop, transport, clock
 
 
@@ -113,3 +113,26 @@ def test_a_request_the_state_does_not_allow_is_logged_and_dropped() -> None:
     assert result.state == "complete"
     refused = events.named("request_refused")[0]
     assert refused == {"request": "resume", "state": "running"}
+
+
+def test_small_steps_in_one_direction_add_up_and_reach_the_pump() -> None:
+    """Each requested step is below the loop's deadband; their sum is not, and the pump must follow.
+    (Feed-forward only, so the kernel's output moves exactly by the requested steps.)"""
+    events = Events()
+    loop, transport, clock = make_loop(events, kp_per_s=0.0, ki_per_s2=0.0)
+    rates: list[float] = []
+    target = RATE * 0.8
+
+    def on_tick(out, telemetry) -> None:  # type: ignore[no-untyped-def]
+        t = clock.now()
+        if t >= 30.0 and not rates:
+            rate = RATE * (1 - 0.002 * round((t - 30.0) / 0.1))  # 0.2 % less per tick
+            if rate > target:
+                loop.request_rate(rate, "test: slow taper")
+            else:
+                rates.append(transport.pump.value("rate_ml_h"))
+
+    loop.on_tick = on_tick
+    asyncio.run(loop.run(plan()))
+    assert rates, "the taper did not finish"
+    assert math.isclose(rates[0], target, rel_tol=0.03)

@@ -183,24 +183,32 @@ class ControlLoop:
         return True
 
     async def _apply(self, out: _core.StepOutput) -> None:
-        """Relays the kernel's command to the pump, sending only what changed."""
+        """Relays the kernel's command to the pump, sending only what changed.
+
+        A rate within :data:`RATE_DEADBAND` of the rate the pump *was last sent* is not re-sent. The
+        comparison is with what was sent, not with the kernel's previous output, so small steps in one
+        direction (a taper) add up and are sent once they matter instead of never.
+        """
         direction, rate = out.direction, out.rate_ml_h
         last = self._commanded
         if direction == "hold":
             if last.direction != "hold":
                 self.log.info("command", direction="hold", rate_ml_h=0.0)
                 await self.driver.stop()
-        elif direction == "forward":
+                self._commanded = _Commanded()
+            return
+        if direction == "forward":
             changed = abs(rate - last.rate_ml_h) > RATE_DEADBAND * max(rate, last.rate_ml_h)
             if changed or last.direction != "forward":
                 self.log.info("command", direction="forward", rate_ml_h=rate)
                 await self.driver.set_rate_ml_h(rate)
-            if last.direction != "forward":
-                await self.driver.start()
+                if last.direction != "forward":
+                    await self.driver.start()
+                self._commanded = _Commanded("forward", rate)
         elif last.direction != "retract" or abs(rate - last.rate_ml_h) > RATE_DEADBAND * rate:
             self.log.info("command", direction="retract", rate_ml_h=rate)
             await self.driver.withdraw(rate)
-        self._commanded = _Commanded(direction, rate if direction != "hold" else 0.0)
+            self._commanded = _Commanded("retract", rate)
 
     # ----- the run ----------------------------------------------------------------------------
 
