@@ -327,3 +327,46 @@ def test_an_unanswered_operator_prompt_does_not_hold_the_process() -> None:
         assert asked == ["CLOSE the clamp on the line downstream of the pump"]
     finally:
         never.set()
+
+
+def test_a_rigs_bolus_is_weighed_from_before_the_operator_opens_the_clamp() -> None:
+    # On a rig the operator opens the clamp, then presses Enter: the bolus flows meanwhile. Rehearsed on
+    # the simulator with an operator who takes 15 s (of pump time) to get back to the keyboard: the bolus
+    # is everything that flowed from the closed line to the end of the release, not what was left after.
+    pump = _core.SimPump(seed=1)
+    clock = VirtualClock()
+    at_prompt: list[float] = []
+    at_enter: list[float] = []
+
+    async def body() -> OcclusionRecord:
+        loop = asyncio.get_running_loop()
+
+        async def handle(message: str) -> None:  # on the loop's thread: the pump is not shared
+            pump.advance_to(clock.now())
+            if message.startswith("CLOSE"):
+                pump.inject("fault_occlusion", 1)
+                return
+            at_prompt.append(pump.delivered_ml)
+            pump.inject("fault_occlusion", 0)
+            await clock.sleep_until(clock.now() + 15.0)
+            pump.advance_to(clock.now())
+            at_enter.append(pump.delivered_ml)
+
+        def operator(message: str) -> None:
+            asyncio.run_coroutine_threadsafe(handle(message), loop).result()
+
+        return await occlusion.run_simulated(
+            pump,
+            rate_ml_h=52.5,
+            threshold_mmhg=300.0,
+            release_s=120.0,
+            clock=clock,
+            line=occlusion.OperatorLine(operator),
+        )
+
+    record = asyncio.run(body())
+    assert record.bolus_ml is not None and at_prompt and at_enter
+    assert record.bolus_ml == pytest.approx(pump.delivered_ml - at_prompt[0], abs=1e-12)
+    # Not a negligible share: a reading taken at Enter would have missed over a quarter of it.
+    assert at_enter[0] - at_prompt[0] > 0.25 * record.bolus_ml > 0.0
+    assert analyse(record).s6_met

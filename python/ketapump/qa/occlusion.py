@@ -410,8 +410,10 @@ async def run_occlusion(
             f"the run ended ({result.reason}: {result.state}) without an alarm after the line was closed"
         )
     backoff_done = clock.now()
-    opened = await line.open(clock)
+    # Weighed before the operator is asked: the bolus flows from the moment the clamp opens, which on
+    # a rig is before they press Enter (motor stopped, line still closed here).
     before = await meter() if meter is not None else None
+    opened = await line.open(clock)
     end = opened + setup.release_s
     while clock.now() < end - 1e-9:
         await clock.sleep_until(min(end, clock.now() + RELEASE_SAMPLE_S))
@@ -455,12 +457,16 @@ async def run_simulated(
     settle_s: float = SETTLE_S,
     release_s: float = RELEASE_S,
     kernel_overrides: dict[str, Any] | None = None,
+    clock: Clock | None = None,
+    line: Line | None = None,
 ) -> OcclusionRecord:
     """The occlusion test on an in-process simulated pump over virtual time: the simulator closes and
-    opens the line, and its delivered volume (what reached the patient) measures the bolus.
-    ``kernel_overrides`` are applied last (e.g. to study one detector on its own)."""
+    opens the line, and its delivered volume (what reached the patient) at the clock's time measures
+    the bolus. ``kernel_overrides`` are applied last (e.g. to study one detector on its own); ``line``
+    replaces the simulator's own fault (an :class:`OperatorLine` rehearses a real rig's sequence),
+    ``clock`` the fresh :class:`VirtualClock`."""
     capacity, diameter = next((c, d) for name, c, d in _core.SimPump.catalogue() if name == syringe)
-    clock = VirtualClock()
+    clock = clock or VirtualClock()
     transport = open_transport("sim://", clock=clock, pump=pump)
     assert isinstance(transport, RegisterTransport)
     config = kernel_config(
@@ -481,10 +487,13 @@ async def run_simulated(
     )
 
     async def delivered_ml() -> float:
+        pump.advance_to(clock.now())  # a balance weighs when it is asked, not at the last request
         return pump.delivered_ml
 
     driver = ReferencePumpDriver(transport)
     try:
-        return await run_occlusion(driver, clock, config, setup, SimulatedLine(pump), meter=delivered_ml)
+        return await run_occlusion(
+            driver, clock, config, setup, line or SimulatedLine(pump), meter=delivered_ml
+        )
     finally:
         await driver.close()
