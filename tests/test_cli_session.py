@@ -86,7 +86,6 @@ def test_a_session_with_invalid_input_writes_nothing(tmp_path: Path) -> None:
     ]
     for args in (
         ["--protocol", "ketamine-depression-tapered", "--weight-kg", "70"],  # no height or sex
-        ["--protocol", "no-such-protocol", "--weight-kg", "70"],
         ["--protocol", "ketamine-depression", "--weight-kg", "70", "--vitals", "csv:/nonexistent.csv"],
         ["--protocol", "ketamine-depression", "--weight-kg", "70", "--confirm", "no_such_limit=because"],
         ["--protocol", "ketamine-depression", "--weight-kg", "70", "--pump", "bogus://x"],
@@ -225,3 +224,40 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
     assert "observation_ended" in names and "session_complete" in names
     show = ketapump("course", "show", "p-9", "--course-db", str(db), "--json")
     assert show.returncode == 0 and "ended_operator" in show.stdout
+
+
+def test_a_file_or_shipped_name_not_found_exits_66_and_invalid_content_65(tmp_path: Path) -> None:
+    # sysexits: 66 (EX_NOINPUT) when there is nothing to read, 65 (EX_DATAERR) when what was read is wrong.
+    missing = str(tmp_path / "missing.toml")
+    dose = ["dose", "--weight-kg", "70"]
+    for args in (
+        ["--protocol", missing],
+        ["--protocol", "no-such-protocol"],
+        ["--protocol", "ketamine-depression", "--library", missing],
+    ):
+        done = ketapump(*dose, *args)
+        assert done.returncode == os.EX_NOINPUT, (args, done.stderr)
+        assert "missing.toml" in done.stderr or "neither a file nor a shipped protocol" in done.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("schema_version = 1\nname = \n", encoding="utf-8")
+    for args in (["--protocol", str(bad)], ["--protocol", "ketamine-depression", "--library", str(bad)]):
+        done = ketapump(*dose, *args)
+        assert done.returncode == os.EX_DATAERR and "is not valid TOML" in done.stderr, (args, done.stderr)
+    out, log, db = tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
+    session = ["session", "--patient", "p", "--weight-kg", "70", "--yes", "--out", str(out)]
+    session += ["--log", str(log)]
+    for args in (
+        ["--protocol", missing],
+        ["--protocol", "no-such-protocol"],
+        ["--protocol", "ketamine-depression", "--library", missing],
+    ):
+        done = ketapump(*session, "--course-db", str(db), *args)
+        assert done.returncode == os.EX_NOINPUT, (args, done.stderr)
+        assert not out.exists() and not log.exists() and not db.exists(), args
+    done = ketapump(*session, "--course-db", str(db), "--protocol", str(bad))
+    assert done.returncode == os.EX_DATAERR and not db.exists()
+    # The simulator's scenario file alike (it exits before serving anything).
+    done = ketapump("sim", "--scenario", missing)
+    assert done.returncode == os.EX_NOINPUT and "missing.toml" in done.stderr
+    done = ketapump("sim", "--scenario", str(bad))
+    assert done.returncode == os.EX_DATAERR and "is not valid TOML" in done.stderr

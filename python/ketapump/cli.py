@@ -30,6 +30,7 @@ from ketapump.sim.scenario import Scenario, load_scenario
 from ketapump.sim.server import SimServer
 from ketapump.transports import open_transport, split_url
 from ketapump.transports.sim import SimTransport
+from ketapump.validation import input_exit_code
 
 app = typer.Typer(
     name="ketapump",
@@ -75,7 +76,8 @@ def sim(
     """Run a simulated pump until SIGINT/SIGTERM.
 
     Prints one JSON line naming the endpoints (keys modbus_tcp, modbus_rtu_pty, nesp_pty; null when not
-    served). Modbus unit id 1, New Era address 0.
+    served). Modbus unit id 1, New Era address 0. Exit codes: 65 invalid scenario or option, 66 scenario
+    file not found.
     """
     try:
         plan = load_scenario(scenario) if scenario else Scenario(schema_version=1)
@@ -85,7 +87,7 @@ def sim(
             plan = Scenario.model_validate(plan.model_dump() | {"pump": plan.pump.model_dump() | overrides})
         pump = plan.build_pump()
     except ConfigurationError as e:
-        raise _fail(str(e), os.EX_DATAERR) from e
+        raise _fail(str(e), input_exit_code(e)) from e
     except ValueError as e:
         raise _fail(str(e), os.EX_DATAERR) from e
     asyncio.run(_serve(pump, time_scale, modbus_tcp, tcp_port, bind, modbus_rtu, nesp, baud))

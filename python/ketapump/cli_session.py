@@ -41,6 +41,7 @@ from ketapump.runtime import control_period_s, default_log_path, loop_settings, 
 from ketapump.session import ScriptedOperator, Session, SessionAbortedError, SessionContext, SessionResult
 from ketapump.transports import open_transport, split_url
 from ketapump.transports.sim import SimTransport
+from ketapump.validation import input_exit_code
 from ketapump.vitals import (
     CsvVitalsFeed,
     MonitorSettings,
@@ -81,7 +82,8 @@ def dose(
     """Dose calculator: mg, mL, mL/h, duration, syringe fill, and the limits that apply.
 
     Exit codes: 0 allowed (soft findings need a confirmation when the session runs), 6 refused by a
-    hard limit, 65 invalid protocol, library or patient data, 66 protocol or library file not found.
+    hard limit, 65 invalid protocol, library or patient data, 66 protocol or library file (or shipped
+    protocol name) not found.
     """
     if sex is not None and sex not in {"female", "male"}:
         raise _fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
@@ -93,7 +95,7 @@ def dose(
         entry = lib.drug(plan.drug)
         findings = druglib.check(entry, druglib.order_for(plan, patient))
     except ConfigurationError as e:
-        raise _fail(str(e), os.EX_DATAERR) from e
+        raise _fail(str(e), input_exit_code(e)) from e
     result: dict[str, Any] = {
         "dose_mg": plan.dose_mg,
         "volume_ml": plan.volume_ml,
@@ -276,7 +278,7 @@ def session(
         if "pressure_mmhg" in driver.lacks:
             settings["has_pressure_sensor"] = False
     except ConfigurationError as e:
-        raise _fail(str(e), os.EX_DATAERR) from e
+        raise _fail(str(e), input_exit_code(e)) from e
     except OSError as e:
         raise _fail(str(e), os.EX_NOINPUT) from e
     operator = ScriptedOperator(

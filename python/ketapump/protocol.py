@@ -200,6 +200,7 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
             raise ProtocolError(
                 name_or_path,
                 [f"is neither a file nor a shipped protocol ({', '.join(shipped_protocols())})"],
+                not_found=True,
             )
         shipped = resources.files("ketapump.data").joinpath(SHIPPED_DIR, f"{name_or_path}.toml")
         return parse_protocol(shipped.read_text(encoding="utf-8"), source=f"{name_or_path} (shipped)")

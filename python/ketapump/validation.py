@@ -3,11 +3,14 @@ reported at once.
 
 A file is checked whole: pydantic collects every problem, each named by its dotted path in the
 document (``dose.mg_per_kg``, ``drugs.ketamine.dose_mg_per_kg.soft_max``), and the caller gets them
-together in one :class:`DocumentError` rather than one at a time.
+together in one :class:`DocumentError` rather than one at a time. A file that is not there (or a name
+that is not shipped) is told apart from one whose content is wrong (``not_found``): the commands exit
+66 for the first and 65 for the second (:func:`input_exit_code`).
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -21,14 +24,22 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class DocumentError(ConfigurationError):
-    """A data file could not be used; ``problems`` lists every problem as ``path: message``."""
+    """A data file could not be used; ``problems`` lists every problem as ``path: message``.
+    ``not_found``: there was no such file (or shipped name) to read, rather than a wrong one."""
 
     #: What kind of document this is, for the message ("protocol", "scenario", …).
     kind: ClassVar[str] = "document"
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, problems: list[str], *, not_found: bool = False) -> None:
         super().__init__(source, f"is not a valid {self.kind}:\n  " + "\n  ".join(problems))
         self.problems = problems
+        self.not_found = not_found
+
+
+def input_exit_code(error: ConfigurationError) -> int:
+    """The sysexits code of refused input: 66 (``EX_NOINPUT``) for a file or shipped name not found,
+    65 (``EX_DATAERR``) for anything invalid."""
+    return os.EX_NOINPUT if isinstance(error, DocumentError) and error.not_found else os.EX_DATAERR
 
 
 def problems_of(error: ValidationError) -> list[str]:
@@ -62,7 +73,8 @@ def read_document(model: type[Model], path: Path, error: type[DocumentError]) ->
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise error(str(path), [f"cannot be read: {e.strerror}"]) from e
+        not_found = isinstance(e, FileNotFoundError)
+        raise error(str(path), [f"cannot be read: {e.strerror}"], not_found=not_found) from e
     return parse_document(model, text, str(path), error)
 
 
