@@ -86,7 +86,6 @@ def test_a_session_with_invalid_input_writes_nothing(tmp_path: Path) -> None:
     ]
     for args in (
         ["--protocol", "ketamine-depression-tapered", "--weight-kg", "70"],  # no height or sex
-        ["--protocol", "ketamine-depression", "--weight-kg", "70", "--vitals", "csv:/nonexistent.csv"],
         ["--protocol", "ketamine-depression", "--weight-kg", "70", "--confirm", "no_such_limit=because"],
         ["--protocol", "ketamine-depression", "--weight-kg", "70", "--pump", "bogus://x"],
     ):
@@ -192,17 +191,16 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
             else []
         )
 
-    def wait_for(event: str, deadline_s: float = 60.0) -> None:
+    def wait_for(event: str, deadline_s: float = 60.0, **fields: object) -> None:
         end = time.monotonic() + deadline_s
-        while not any(e["event"] == event for e in events()):
+        while not any(e["event"] == event and e | fields == e for e in events()):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < end, f"no {event} event"
             time.sleep(0.05)
 
     try:
         wait_for("phase_started")
-        while not any(e.get("phase") == "infusion" for e in events()):
-            time.sleep(0.05)
+        wait_for("phase_started", phase="infusion")
         time.sleep(1.0)  # a minute of pump time
         proc.send_signal(signal.SIGUSR1)
         wait_for("paused")
@@ -250,12 +248,15 @@ def test_a_file_or_shipped_name_not_found_exits_66_and_invalid_content_65(tmp_pa
         ["--protocol", missing],
         ["--protocol", "no-such-protocol"],
         ["--protocol", "ketamine-depression", "--library", missing],
+        ["--protocol", "ketamine-depression", "--vitals", "csv:/nonexistent.csv"],
+        ["--protocol", "ketamine-depression", "--vitals", f"sim:{missing}"],
     ):
         done = ketapump(*session, "--course-db", str(db), *args)
         assert done.returncode == os.EX_NOINPUT, (args, done.stderr)
         assert not out.exists() and not log.exists() and not db.exists(), args
-    done = ketapump(*session, "--course-db", str(db), "--protocol", str(bad))
-    assert done.returncode == os.EX_DATAERR and not db.exists()
+    for args in (["--protocol", str(bad)], ["--protocol", "ketamine-depression", "--vitals", f"sim:{bad}"]):
+        done = ketapump(*session, "--course-db", str(db), *args)
+        assert done.returncode == os.EX_DATAERR and not db.exists(), (args, done.stderr)
     # The simulator's scenario file alike (it exits before serving anything).
     done = ketapump("sim", "--scenario", missing)
     assert done.returncode == os.EX_NOINPUT and "missing.toml" in done.stderr

@@ -144,13 +144,20 @@ def test_the_demo_patient_loads_from_its_file() -> None:
 def test_a_bad_patient_script_names_the_field(text: str, expected: str) -> None:
     with pytest.raises(VitalsDataError) as e:
         parse_patient_script(text, "p.toml")
-    assert str(e.value).startswith("p.toml is not valid:")
+    assert str(e.value).startswith("p.toml is not a valid patient script:")
     assert any(expected in p for p in e.value.problems), e.value.problems
 
 
 def test_a_missing_script_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(VitalsDataError, match=r"nope\.toml is not valid:\n  .*cannot be read"):
+    with pytest.raises(
+        VitalsDataError, match=r"nope\.toml is not a valid patient script:\n  .*cannot be read"
+    ) as e:
         load_patient_script(tmp_path / "nope.toml")
+    assert e.value.not_found  # not there (exit 66), rather than wrong (65)
+    (tmp_path / "bad.toml").write_text("schema_version = 2\n")
+    with pytest.raises(VitalsDataError) as e:
+        load_patient_script(tmp_path / "bad.toml")
+    assert not e.value.not_found
 
 
 @pytest.mark.parametrize(
@@ -541,8 +548,9 @@ def test_a_bad_recording_is_refused_naming_the_file_and_line(
 
 
 def test_a_missing_recording_is_named(tmp_path: Path) -> None:
-    with pytest.raises(VitalsDataError, match=r"gone\.csv: cannot be read: No such file"):
+    with pytest.raises(VitalsDataError, match=r"gone\.csv: cannot be read: No such file") as e:
         CsvVitalsFeed(tmp_path / "gone.csv")
+    assert e.value.not_found
 
 
 # ----- pushed readings ---------------------------------------------------------------------------

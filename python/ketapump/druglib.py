@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
@@ -422,19 +422,23 @@ def order_for(
         last = course.last_start(pid, at)
         hours = None if last is None else (at - last).total_seconds() / 3600.0
         sessions = len(course.starts_between(pid, at - WINDOWS["7d"], at)) + 1
-    return Order(
+    infusion = Order.infusion(
         weight_kg=patient.weight_kg,
         dosing_weight_kg=None if plan.weight_basis == "actual" else w,
         concentration_mg_per_ml=plan.concentration_mg_per_ml,
         dose_mg_per_kg=plan.dose_mg_per_kg,
-        dose_rate_mg_per_kg_h=plan.peak_rate_ml_h * plan.concentration_mg_per_ml / w,
         duration_min=plan.duration_min,
-        vtbi_ml=plan.volume_ml,
-        cumulative_1h_mg_per_kg=plan.dose_mg_per_kg + given["1h"] / w,
-        cumulative_4h_mg_per_kg=plan.dose_mg_per_kg + given["4h"] / w,
-        cumulative_7d_mg_per_kg=plan.dose_mg_per_kg + given["7d"] / w,
+        given_1h_mg=given["1h"],
+        given_4h_mg=given["4h"],
+        given_7d_mg=given["7d"],
         hours_since_last_start=hours,
         sessions_in_7_days=sessions,
+    )
+    # The plan's own volume, and its schedule's peak rather than the mean rate.
+    return replace(
+        infusion,
+        dose_rate_mg_per_kg_h=plan.peak_rate_ml_h * plan.concentration_mg_per_ml / w,
+        vtbi_ml=plan.volume_ml,
     )
 
 

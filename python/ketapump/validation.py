@@ -42,21 +42,29 @@ def input_exit_code(error: ConfigurationError) -> int:
     return os.EX_NOINPUT if isinstance(error, DocumentError) and error.not_found else os.EX_DATAERR
 
 
-def problems_of(error: ValidationError) -> list[str]:
-    """Each pydantic error as ``dotted.path: message`` (``(file)`` for the document itself)."""
+def problems_of(error: ValidationError, prefix: str = "") -> list[str]:
+    """Each pydantic error as ``dotted.path: message`` (``(file)`` for the document itself), the path
+    under ``prefix`` when the model is one part of a larger document (``protocol.vitals``)."""
     return [
-        f"{'.'.join(str(part) for part in err['loc']) or '(file)'}: {err['msg']}" for err in error.errors()
+        f"{'.'.join(str(part) for part in (prefix, *err['loc']) if str(part)) or '(file)'}: {err['msg']}"
+        for err in error.errors()
     ]
 
 
 def validate_document(
-    model: type[Model], document: dict[str, Any], source: str, error: type[DocumentError]
+    model: type[Model],
+    document: dict[str, Any],
+    source: str,
+    error: type[DocumentError],
+    *,
+    prefix: str = "",
 ) -> Model:
-    """``document`` validated as ``model``; raises ``error`` listing every problem."""
+    """``document`` validated as ``model``; raises ``error`` listing every problem (its paths under
+    ``prefix`` when the document is one part of the file)."""
     try:
         return model.model_validate(document)
     except ValidationError as e:
-        raise error(source, problems_of(e)) from e
+        raise error(source, problems_of(e, prefix)) from e
 
 
 def parse_document(model: type[Model], text: str, source: str, error: type[DocumentError]) -> Model:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import math
 import threading
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -40,10 +39,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ketapump.errors import ConfigurationError
-from ketapump.validation import shipped_settings
+from ketapump.validation import (
+    DocumentError,
+    parse_document,
+    read_document,
+    shipped_settings,
+    validate_document,
+)
 
 Channel = Literal["sbp", "dbp", "hr", "spo2"]
 #: Every channel, in the order reports list them.
@@ -56,26 +61,27 @@ THRESHOLDS_RESOURCE = "vitals.toml"
 DEMO_PATIENT_RESOURCE = "patients/demo.toml"
 
 
-class VitalsDataError(ConfigurationError):
-    """A reading, a recorded file or a script was refused. ``field`` says where (``path:line:`` for a
-    file, a dotted path for a setting); ``problem`` says why; ``problems`` lists every problem found
-    (``dotted.path: message``) when several were checked at once."""
+class VitalsDataError(DocumentError):
+    """A reading, a recorded file, a script or a set of rules was refused. ``field`` says where
+    (``path:line:`` for a file, a dotted path for a setting). Given one ``problem``, that is why;
+    given a list, a document was checked whole and ``problems`` lists every problem found
+    (``dotted.path: message``). ``not_found``: the file was not there."""
 
-    def __init__(self, field: str, problem: str, problems: list[str] | None = None) -> None:
-        super().__init__(field, problem)
-        self.problems = problems if problems is not None else [f"{field} {problem}"]
+    kind = "set of vital-sign rules"
+
+    def __init__(self, field: str, problem: str | list[str], *, not_found: bool = False) -> None:
+        if isinstance(problem, list):
+            super().__init__(field, problem, not_found=not_found)
+            return
+        ConfigurationError.__init__(self, field, problem)  # one problem: no "is not a valid …" heading
+        self.problems = [f"{field} {problem}"]
+        self.not_found = not_found
 
 
-def _problems(e: ValidationError, prefix: str) -> list[str]:
-    out = []
-    for err in e.errors():
-        loc = ".".join(str(part) for part in (prefix, *err["loc"]) if str(part))
-        out.append(f"{loc or '(file)'}: {err['msg']}")
-    return out
+class PatientScriptError(VitalsDataError):
+    """A patient script (TOML) could not be used; ``problems`` lists every problem as ``path: message``."""
 
-
-def _invalid(where: str, problems: list[str]) -> VitalsDataError:
-    return VitalsDataError(where, "is not valid:\n  " + "\n  ".join(problems), problems)
+    kind = "patient script"
 
 
 # ----- readings ----------------------------------------------------------------------------------
@@ -171,10 +177,7 @@ def vitals_thresholds(
     """
     settings = dict(_default_settings())
     settings.update(overrides or {})
-    try:
-        return VitalsThresholds.model_validate(settings)
-    except ValidationError as e:
-        raise _invalid(where, _problems(e, where)) from e
+    return validate_document(VitalsThresholds, settings, where, VitalsDataError, prefix=where)
 
 
 class VitalsBaseline(BaseModel):
@@ -460,24 +463,14 @@ class PatientScript(BaseModel):
 
 
 def parse_patient_script(text: str, where: str) -> PatientScript:
-    """Validates a script's TOML text; raises :class:`VitalsDataError` listing every problem."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise _invalid(where, [f"is not valid TOML: {e}"]) from e
-    try:
-        return PatientScript.model_validate(document)
-    except ValidationError as e:
-        raise _invalid(where, _problems(e, "")) from e
+    """Validates a script's TOML text; raises :class:`PatientScriptError` listing every problem."""
+    return parse_document(PatientScript, text, where, PatientScriptError)
 
 
 def load_patient_script(path: Path) -> PatientScript:
-    """Reads and validates a patient script file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise _invalid(str(path), [f"cannot be read: {e.strerror}"]) from e
-    return parse_patient_script(text, str(path))
+    """Reads and validates a patient script file (:class:`PatientScriptError`, ``not_found`` when it
+    is not there)."""
+    return read_document(PatientScript, path, PatientScriptError)
 
 
 def demo_patient() -> PatientScript:
@@ -620,7 +613,8 @@ def _read_csv(path: Path, offset_s: float) -> list[VitalsSample]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise VitalsDataError(f"{path}:", f"cannot be read: {getattr(e, 'strerror', None) or e}") from e
+        problem = f"cannot be read: {getattr(e, 'strerror', None) or e}"
+        raise VitalsDataError(f"{path}:", problem, not_found=isinstance(e, FileNotFoundError)) from e
     rows = [
         (n, row)
         for n, row in enumerate(csv.reader(text.splitlines()), start=1)

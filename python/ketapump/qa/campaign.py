@@ -34,7 +34,6 @@ import multiprocessing
 import os
 import sys
 import time
-import tomllib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -43,11 +42,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ketapump import _core
 from ketapump.config import kernel_config
 from ketapump.errors import ConfigurationError
+from ketapump.validation import (
+    DocumentError,
+    input_exit_code,
+    parse_document,
+    read_document,
+    validate_document,
+)
 
 SPEC_PACKAGE = "ketapump.data"
 SPEC_DIR = "campaigns"
@@ -188,12 +194,10 @@ class CampaignSpec(_Model):
         return kernel_config(**self.kernel)
 
 
-class CampaignSpecError(ConfigurationError):
+class CampaignSpecError(DocumentError):
     """A campaign spec could not be used; ``problems`` lists every problem as ``path: message``."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        super().__init__(source, "is not a valid campaign spec:\n  " + "\n  ".join(problems))
-        self.problems = problems
+    kind = "campaign spec"
 
 
 def shipped_specs() -> list[str]:
@@ -202,32 +206,15 @@ def shipped_specs() -> list[str]:
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def _read_spec_text(name_or_path: str) -> tuple[str, str]:
-    """(source label, TOML text) of a spec file path or a shipped spec name."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return str(path), path.read_text(encoding="utf-8")
-    name = name_or_path.removesuffix(".toml")
-    if name in shipped_specs():
-        resource = resources.files(SPEC_PACKAGE).joinpath(SPEC_DIR, f"{name}.toml")
-        return f"{name} (shipped)", resource.read_text(encoding="utf-8")
-    raise FileNotFoundError(
-        f"{name_or_path!r} is neither a file nor a shipped campaign ({', '.join(shipped_specs())})"
-    )
-
-
-def _problems(e: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in e.errors()]
-
-
 def validate_spec(document: dict[str, Any], source: str) -> tuple[CampaignSpec, _core.KernelConfig]:
     """Validates a spec document and its kernel configuration, the Rust side included (the spec's
     rates against the kernel's ceiling, every syringe and compliance corner buildable). Raises
     :class:`CampaignSpecError` listing every problem with its dotted path."""
-    try:
-        spec = CampaignSpec.model_validate(document)
-    except ValidationError as e:
-        raise CampaignSpecError(source, _problems(e)) from e
+    return _with_kernel(validate_document(CampaignSpec, document, source, CampaignSpecError), source)
+
+
+def _with_kernel(spec: CampaignSpec, source: str) -> tuple[CampaignSpec, _core.KernelConfig]:
+    """A validated spec with its kernel configuration, both checked by the Rust side too."""
     try:
         config = spec.kernel_config()
     except ConfigurationError as e:
@@ -240,14 +227,20 @@ def validate_spec(document: dict[str, Any], source: str) -> tuple[CampaignSpec, 
 
 
 def load_spec(name_or_path: str) -> tuple[CampaignSpec, _core.KernelConfig]:
-    """Reads a spec by path or shipped name; raises :class:`CampaignSpecError` for an invalid one and
-    ``FileNotFoundError`` for one that does not exist."""
-    source, text = _read_spec_text(name_or_path)
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise CampaignSpecError(source, [f"(file): not valid TOML: {e}"]) from e
-    return validate_spec(document, source)
+    """Reads a spec by path or shipped name; raises :class:`CampaignSpecError` for an invalid one,
+    with ``not_found`` for one that does not exist."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return _with_kernel(read_document(CampaignSpec, path, CampaignSpecError), str(path))
+    name = name_or_path.removesuffix(".toml")
+    if name not in shipped_specs():
+        shipped = ", ".join(shipped_specs())
+        raise CampaignSpecError(
+            name_or_path, [f"is neither a file nor a shipped campaign ({shipped})"], not_found=True
+        )
+    source = f"{name} (shipped)"
+    text = resources.files(SPEC_PACKAGE).joinpath(SPEC_DIR, f"{name}.toml").read_text(encoding="utf-8")
+    return _with_kernel(parse_document(CampaignSpec, text, source, CampaignSpecError), source)
 
 
 # ----- running -------------------------------------------------------------------------------------
@@ -382,10 +375,7 @@ def load_record(path: Path) -> tuple[CampaignSpec, _core.KernelConfig, list[dict
     missing = [k for k in ("spec", "kernel_config", "failing") if k not in record]
     if missing:
         raise CampaignSpecError(str(path), [f"{k}: missing" for k in missing])
-    try:
-        spec = CampaignSpec.model_validate(record["spec"])
-    except ValidationError as e:
-        raise CampaignSpecError(str(path), [f"spec.{p}" for p in _problems(e)]) from e
+    spec = validate_document(CampaignSpec, record["spec"], str(path), CampaignSpecError, prefix="spec")
     try:
         config = _core.KernelConfig(**record["kernel_config"])
     except (ConfigurationError, TypeError) as e:
@@ -473,9 +463,7 @@ def register_cli(qa_app: typer.Typer) -> None:
         try:
             campaign, config = load_spec(spec)
         except CampaignSpecError as e:
-            raise _fail(str(e), os.EX_DATAERR) from e
-        except OSError as e:
-            raise _fail(str(e), os.EX_NOINPUT) from e
+            raise _fail(str(e), input_exit_code(e)) from e
         if replay_from is not None:
             _replay_seed(campaign, config, int(replay_from), json_output)
             return
