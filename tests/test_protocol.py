@@ -171,3 +171,12 @@ def test_unknown_names_unreadable_files_and_bad_toml_are_reported(tmp_path: Path
     broken.write_text("schema_version = = 1", encoding="utf-8")
     with pytest.raises(ProtocolError, match="not valid TOML"):
         load_protocol(broken)
+
+
+def test_vitals_overrides_are_checked_with_the_protocol() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_protocol(MINIMAL + "[vitals]\nhr_max_bmp = 115\nsbp_max_mmhg = -3\n")
+    (problem,) = caught.value.problems
+    assert problem.startswith("vitals:")
+    assert "vitals.hr_max_bmp: Extra inputs are not permitted" in problem
+    assert "vitals.sbp_max_mmhg" in problem

@@ -18,7 +18,7 @@ from ketapump import _core, audit, druglib
 from ketapump.clock import VirtualClock
 from ketapump.course import CourseHistory
 from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.errors import AuditWriteError, ConfirmationRequired, LimitRefused
+from ketapump.errors import AuditWriteError, ConfirmationRequired, CourseRecordNotFoundError, LimitRefused
 from ketapump.protocol import Patient, load_protocol, parse_protocol
 from ketapump.session import ScriptedOperator, Session, SessionAbortedError, SessionContext, SessionResult
 from ketapump.transports import open_transport
@@ -52,6 +52,7 @@ def run_session(
     seed: int = 0,
     durable_log: bool = False,
     memory: MemoryLog | None = None,
+    faults: Sequence[tuple[str, float]] = (),
 ) -> Run:
     """One session; ``history`` holds earlier sessions as (hours before NOW, delivered mg).
 
@@ -61,6 +62,8 @@ def run_session(
     tmp_path.mkdir(parents=True, exist_ok=True)
     clock = VirtualClock()
     pump = _core.SimPump("bd-plastipak-60", seed=seed, fill_ml=40.0)
+    for name, value in faults:
+        pump.inject(name, value)
     transport = open_transport("sim://", clock=clock, pump=pump)
     assert isinstance(transport, SimTransport)
     writer = audit.AuditWriter.open(log) if durable_log else None
@@ -116,6 +119,15 @@ class MemoryLog:
         self.events.append({"event": event, **fields})
 
     warning = error = info
+
+
+def recorded_sessions(db: Path) -> tuple[Any, ...]:
+    """The patient's sessions in the course history (none if the patient was never recorded)."""
+    with CourseHistory.open(db, create=False) as course:
+        try:
+            return course.sessions(PATIENT.patient_id)
+        except CourseRecordNotFoundError:
+            return ()
 
 
 def script_with(*events: dict[str, Any], **overrides: Any) -> PatientScript:
@@ -273,8 +285,7 @@ def test_a_hard_limit_refuses_before_anything_is_delivered_or_recorded(tmp_path:
     assert isinstance(run.error, LimitRefused)
     assert [f.kind for f in run.error.findings] == ["concentration_mg_per_ml"]
     assert run.pump.delivered_ml == 0.0
-    with CourseHistory.open(run.db, create=False) as course:
-        assert course.sessions(PATIENT.patient_id) == ()
+    assert recorded_sessions(run.db) == ()
 
 
 @pytest.mark.parametrize(
@@ -366,3 +377,81 @@ def test_a_session_that_fails_mid_infusion_stops_the_pump_and_is_ended_in_the_co
         (session,) = course.sessions(PATIENT.patient_id)
         assert session.outcome == "ended_error"
         assert 0.0 < session.delivered_mg == failed["delivered_mg"] < 35.0
+
+
+# ----- review findings: the gate is level-triggered, the pre-check can stop, nothing is lost ---------
+
+
+def test_vitals_already_out_of_range_at_baseline_abort_the_precheck(tmp_path: Path) -> None:
+    base = demo_patient().model_dump()
+    base["baseline"] |= {"hr_bpm": 130.0}
+    run = run_session(tmp_path, script=PatientScript.model_validate(base))
+    assert isinstance(run.error, SessionAbortedError)
+    assert "vitals out of range at baseline: HR" in str(run.error)
+    assert run.named("vitals_alarm")[0]["code"] == "vitals_crossing_hr"
+    assert run.pump.delivered_ml == 0.0 and not run.named("command")
+    assert recorded_sessions(run.db) == ()
+
+
+def test_the_operator_cannot_resume_into_an_active_vitals_alarm(tmp_path: Path) -> None:
+    crossing = {"kind": "crossing", "channel": "hr", "at_s": 600.0, "duration_s": 1500.0, "value": 140.0}
+    operator = ScriptedOperator(scheduled=[(700.0, "resume", "looks fine to me")], resume_after_s=60.0)
+    run = run_session(tmp_path, script=script_with(crossing), operator=operator)
+    r = run.result
+    assert r is not None
+    refused = [e for e in run.named("request_refused") if e.get("why") == "vitals alarm active"]
+    assert refused and refused[0]["reason"] == "looks fine to me"
+    # The pump never ran while HR was past its limit (allowing the one tick the pause takes).
+    paused_at = r.pauses[0]["t_min"] * 60.0
+    running_high = [
+        p for p in r.points if p.hr >= 120.0 and p.commanded_rate_ml_h > 0 and p.t_s > paused_at + 0.2
+    ]
+    assert running_high == []
+    (resumed,) = run.named("resumed")
+    assert resumed["reason"] == "vitals back within limits; operator resumed"
+    assert r.outcome == "complete"
+
+
+def test_a_crossing_during_an_operator_pause_keeps_the_infusion_paused(tmp_path: Path) -> None:
+    crossing = {"kind": "crossing", "channel": "spo2", "at_s": 700.0, "duration_s": 600.0, "value": 85.0}
+    operator = ScriptedOperator(scheduled=[(600.0, "pause", "bathroom"), (800.0, "resume", "back")])
+    run = run_session(tmp_path, script=script_with(crossing), operator=operator)
+    r = run.result
+    assert r is not None
+    assert [e["reason"] for e in run.named("request_refused") if e.get("why")] == ["back"]
+    resumed_at = [e for e in run.named("state_transition") if e["to_state"] == "running"][-1]["t_s"]
+    assert resumed_at > 1300.0 + 60.0  # only after the SpO2 crossing ended (plus the operator's minute)
+    assert [p["by"] for p in r.pauses] == ["operator", "vitals"]
+    assert r.outcome == "complete" and math.isclose(r.delivered_mg, 35.0, rel_tol=0.02)
+
+
+def test_a_stop_before_the_infusion_aborts_with_nothing_delivered_or_recorded(tmp_path: Path) -> None:
+    operator = ScriptedOperator()
+    operator.push("stop", "operator signal SIGINT")
+    run = run_session(tmp_path, operator=operator)
+    assert isinstance(run.error, SessionAbortedError) and "stopped by the operator" in str(run.error)
+    assert run.pump.delivered_ml == 0.0 and not run.named("command")
+    assert recorded_sessions(run.db) == ()
+
+
+def test_an_unconfirmed_discharge_item_is_an_alarm_and_the_discharge_is_not_confirmed(tmp_path: Path) -> None:
+    item = load_protocol("ketamine-depression").checklists.discharge[2]
+    run = run_session(tmp_path, operator=ScriptedOperator(answers={item: False}))
+    r = run.result
+    assert r is not None and r.outcome == "complete"
+    assert r.discharge_confirmed is False
+    assert r.alarms[-1] == r.alarms[-1] | {"code": "discharge_not_confirmed", "item": item}
+    assert run.named("checklist_not_confirmed")[0]["item"] == item
+
+
+def test_an_interlock_before_the_first_tick_ends_the_session_with_a_report_point(tmp_path: Path) -> None:
+    run = run_session(tmp_path, faults=[("fault_air", 1.0)])
+    r = run.result
+    assert r is not None, run.error
+    assert r.outcome == "ended_interlock" and r.delivered_mg == 0.0
+    assert "air_in_line" in [a["code"] for a in r.alarms]
+    assert len(r.points) >= 1 and r.observation_min == 0.0
+    with CourseHistory.open(run.db, create=False) as course:
+        (session,) = course.sessions(PATIENT.patient_id)
+        assert session.outcome == "ended_interlock"
+        assert [a.code for a in course.alarms("s-new")] == ["air_in_line"]

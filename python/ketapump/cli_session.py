@@ -417,8 +417,11 @@ def _execute(setup: _Setup, *, json_output: bool, fresh_log: bool) -> None:
         "log_verified": verified.ok,
         "course_db": str(db_path),
     }
-    plots = report.write_plots(result.points, result.events, setup.out)
-    summary_report = report.write_report(summary, result.points, result.events, setup.out, plots=plots)
+    thresholds = result.thresholds
+    plots = report.write_plots(result.points, result.events, setup.out, thresholds=thresholds)
+    summary_report = report.write_report(
+        summary, result.points, result.events, setup.out, plots=plots, thresholds=thresholds
+    )
     machine = {
         "session_id": result.session_id,
         "outcome": result.outcome,
@@ -429,6 +432,7 @@ def _execute(setup: _Setup, *, json_output: bool, fresh_log: bool) -> None:
         "pauses": result.pauses,
         "confirmations": result.confirmations,
         "observation_min": result.observation_min,
+        "discharge_confirmed": result.discharge_confirmed,
         "log": str(log_path),
         "log_verified": verified.ok,
         "course_db": str(db_path),

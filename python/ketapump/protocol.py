@@ -52,11 +52,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ketapump import _core
 from ketapump.errors import ConfigurationError
 from ketapump.validation import DocumentError, parse_document, read_document
+from ketapump.vitals import VitalsDataError, vitals_thresholds
 
 #: Name → file of the protocols shipped in ``ketapump/data/protocols``.
 SHIPPED_DIR = "protocols"
@@ -165,6 +166,16 @@ class Protocol(_Strict):
     vitals: dict[str, Any] = {}
     observation: ObservationSpec = ObservationSpec()
     checklists: Checklists = Checklists()
+
+    @field_validator("vitals")
+    @classmethod
+    def _vitals_rules(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The overrides must make valid vitals rules with the defaults (known names, sane values)."""
+        try:
+            vitals_thresholds(overrides, where="vitals")
+        except VitalsDataError as e:
+            raise ValueError("; ".join(e.problems)) from e
+        return overrides
 
     @model_validator(mode="after")
     def _phases_fill_the_duration(self) -> Protocol:

@@ -44,7 +44,7 @@ from ketapump.clock import Clock
 from ketapump.config import kernel_config
 from ketapump.course import CourseHistory
 from ketapump.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.errors import KetapumpError
+from ketapump.errors import CourseRecordNotFoundError, KetapumpError
 from ketapump.protocol import DosePlan, Patient, Protocol, plan_dose
 from ketapump.report import SeriesEvent, SeriesPoint
 from ketapump.vitals import (
@@ -55,6 +55,7 @@ from ketapump.vitals import (
     VitalsFeed,
     VitalsGate,
     VitalsSample,
+    VitalsThresholds,
     vitals_thresholds,
 )
 
@@ -92,7 +93,8 @@ class Operator(Interface):
     """The person at the chair. Every answer is logged."""
 
     def confirm(self, checklist: str, item: str) -> bool:
-        """Is this checklist item done? ``False`` aborts (pre-check) or holds (discharge) the session."""
+        """Is this checklist item done? ``False`` aborts the session (pre-check, nothing delivered) or
+        is an alarm for the clinician and leaves the discharge not confirmed (discharge)."""
 
     def reason_for(self, kind: str, message: str) -> str | None:
         """The reason to proceed despite a soft limit (or a course rule), or ``None`` to decline."""
@@ -164,6 +166,10 @@ class SessionResult:
     confirmations: list[dict[str, Any]]
     baseline: dict[str, float]
     observation_min: float
+    #: Every discharge checklist item was confirmed (if not, the unconfirmed items are alarms).
+    discharge_confirmed: bool
+    #: The vitals rules the session ran with (the protocol's overrides of the defaults).
+    thresholds: VitalsThresholds
     points: list[SeriesPoint]
     events: list[SeriesEvent]
 
@@ -181,6 +187,7 @@ class SessionResult:
             "phases": [{"phase": p, "start_min": t / 60.0} for p, t in self.phases],
             "baseline": self.baseline,
             "observation_min": self.observation_min,
+            "discharge_confirmed": self.discharge_confirmed,
             "plan": self.plan.as_dict(),
         }
 
@@ -192,6 +199,8 @@ class _Recorder:
         self.log, self.clock, self.t0 = log, clock, t0
         self.events: list[SeriesEvent] = []
         self.take_up_done = False
+        #: (session time, code) of every alarm the kernel or the pump raised, in order.
+        self.raised: list[tuple[float, str]] = []
 
     def _keep(self, event: str, fields: dict[str, Any]) -> None:
         t = self.clock.now() - self.t0
@@ -200,7 +209,17 @@ class _Recorder:
                 self.take_up_done = True
             if fields.get("to_state") in {"alarm", "paused", "running", "complete", "stopped"}:
                 self.events.append(SeriesEvent(t, fields["to_state"], str(fields.get("cause", ""))))
-        elif event in {"alarm", "vitals_alarm", "phase_started", "paused", "resumed", "rate_changed"}:
+        elif event in {
+            "alarm",
+            "pump_alarm",
+            "vitals_alarm",
+            "phase_started",
+            "paused",
+            "resumed",
+            "rate_changed",
+        }:
+            codes = fields.get("raised", ()) if event == "alarm" else fields.get("pump_alarms", ())
+            self.raised += [(t, str(code)) for code in codes]
             detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k not in {"delivered_ml"})
             self.events.append(SeriesEvent(t, event, detail))
 
@@ -298,7 +317,8 @@ class Session:
             self._latest[s.channel] = s.value
         return self.gate.update(now, samples)
 
-    def _vitals_alarm(self, alarm: VitalsAlarm, phase: str) -> None:
+    def _vitals_alarm(self, alarm: VitalsAlarm, phase: str, *, record: bool = True) -> None:
+        """Logs a vitals alarm (and, once the session is in the course history, records it there)."""
         code = f"vitals_{alarm.kind}_{alarm.channel}"
         fields = {"code": code, "channel": alarm.channel, "reading_t_s": alarm.t_s, "limit": alarm.limit}
         fields |= {"value": alarm.value} if alarm.kind == "crossing" else {"age_s": alarm.age_s}
@@ -306,7 +326,8 @@ class Session:
             {"t_min": self._t() / 60.0, "source": "vitals", "phase": phase, "detail": alarm.detail, **fields}
         )
         self.rec.error("vitals_alarm", phase=phase, detail=alarm.detail, **fields)
-        self.ctx.course.record_alarm(self.ctx.session_id, self._calendar(), code, alarm.detail)
+        if record:
+            self.ctx.course.record_alarm(self.ctx.session_id, self._calendar(), code, alarm.detail)
 
     # ----- the phases ---------------------------------------------------------------------------
 
@@ -314,13 +335,14 @@ class Session:
         ctx = self.ctx
         self._phase(Phase.PRECHECK)
         plan = self._plan()
+        order, entry = self._authorize(plan)
+        await self._baseline()
+        self._checklist("pre", ctx.protocol.checklists.pre, abort=True)
+        self._stop_if_asked("precheck")
         patient = ctx.patient
         ctx.course.ensure_patient(
             patient.patient_id, patient.weight_kg, patient.height_cm, at=self._calendar()
         )
-        order, entry = self._authorize(plan)
-        await self._baseline()
-        self._checklist("pre", ctx.protocol.checklists.pre, abort=True)
         ctx.course.begin_session(
             ctx.session_id,
             ctx.patient.patient_id,
@@ -329,25 +351,26 @@ class Session:
             plan.dose_mg,
             ctx.audit_path,
         )
-        for c in self.confirmations:
-            ctx.course.record_override(
-                ctx.patient.patient_id, ctx.session_id, c["kind"], c["reason"], self._calendar()
-            )
         try:
+            for c in self.confirmations:
+                ctx.course.record_override(
+                    ctx.patient.patient_id, ctx.session_id, c["kind"], c["reason"], self._calendar()
+                )
             run = await self._infuse(plan, order, entry)
+            delivered_ml = run.session_delivered_ml
+            delivered_mg = delivered_ml * plan.concentration_mg_per_ml
+            observation_min = await self._observe() if delivered_ml > 0 else 0.0
+            self._phase(Phase.DISCHARGE)
+            discharged = self._checklist("discharge", ctx.protocol.checklists.discharge, abort=False)
         except BaseException as e:
             # The loop has already told the pump to stop. The course history must not keep a session
-            # "in progress" for ever: it ends with what the kernel last measured, and why.
+            # "in progress" for ever (its programmed dose would count in every later window): it ends
+            # with what the kernel last measured, and why.
             delivered = self._delivered_ml * plan.concentration_mg_per_ml
             with contextlib.suppress(Exception):
                 self.rec.error("session_failed", error=repr(e), delivered_mg=delivered)
             ctx.course.end_session(ctx.session_id, self._calendar(), delivered, "ended_error")
             raise
-        delivered_ml = run.session_delivered_ml
-        delivered_mg = delivered_ml * plan.concentration_mg_per_ml
-        observation_min = await self._observe() if delivered_ml > 0 else 0.0
-        self._phase(Phase.DISCHARGE)
-        self._checklist("discharge", ctx.protocol.checklists.discharge, abort=False)
         outcome = "complete" if run.reason == "complete" else f"ended_{run.reason}"
         ctx.course.end_session(ctx.session_id, self._calendar(), delivered_mg, outcome)
         self._phase(Phase.COMPLETE)
@@ -358,6 +381,7 @@ class Session:
             delivered_mg=delivered_mg,
             delivered_ml=delivered_ml,
             observation_min=observation_min,
+            discharge_confirmed=discharged,
         )
         return SessionResult(
             session_id=ctx.session_id,
@@ -373,6 +397,8 @@ class Session:
             confirmations=self.confirmations,
             baseline=self.gate.baseline.model_dump() if self.gate else {},
             observation_min=observation_min,
+            discharge_confirmed=discharged,
+            thresholds=self.thresholds,
             points=self.points,
             events=self.rec.events,
         )
@@ -387,7 +413,12 @@ class Session:
         operator for a reason for every soft finding; refuses on any hard one."""
         ctx = self.ctx
         entry = ctx.library.drug(plan.drug)
-        order = druglib.order_for(plan, ctx.patient, ctx.course, self._calendar())
+        try:
+            ctx.course.patient(ctx.patient.patient_id)
+            history: CourseHistory | None = ctx.course
+        except CourseRecordNotFoundError:
+            history = None  # a new patient: this is the course's first session (recorded only once it starts)
+        order = druglib.order_for(plan, ctx.patient, history, self._calendar() if history else None)
         findings = druglib.check(entry, order)
         self.rec.info(
             "limits_checked",
@@ -428,12 +459,19 @@ class Session:
                 raise SessionAbortedError("precheck", f"no baseline reading of {', '.join(missing)}")
             readings += ctx.vitals.poll(self._t())
             if set(CHANNELS) - {s.channel for s in readings}:
+                self._stop_if_asked("precheck")
                 await ctx.clock.sleep_until(ctx.clock.now() + OBSERVATION_STEP_S)
         baseline = VitalsBaseline.from_samples(readings)
         self.gate = VitalsGate(self.thresholds, baseline)
-        self.gate.update(self._t(), readings)
         self._latest = {s.channel: s.value for s in readings}
         self.rec.info("baseline_recorded", **baseline.model_dump())
+        # A patient already past a limit is not started: the gate would never see the crossing "arrive".
+        out_of_range = self.gate.update(self._t(), readings)
+        for alarm in out_of_range:
+            self._vitals_alarm(alarm, "precheck", record=False)
+        if out_of_range:
+            details = "; ".join(a.detail for a in out_of_range)
+            raise SessionAbortedError("precheck", f"vitals out of range at baseline: {details}")
         for warning in self.gate.baseline_warnings():
             reason = ctx.operator.reason_for("baseline_vitals", warning)
             if reason is None or not reason.strip():
@@ -442,20 +480,40 @@ class Session:
             self.confirmations.append({"kind": "baseline_vitals", "message": warning, "reason": reason})
             self.rec.warning("soft_limit_confirmed", kind="baseline_vitals", message=warning, reason=reason)
 
-    def _checklist(self, name: str, items: Sequence[str], *, abort: bool) -> None:
+    def _checklist(self, name: str, items: Sequence[str], *, abort: bool) -> bool:
+        """Asks every item; returns whether all were confirmed. An unconfirmed item aborts the session
+        (``abort``: the pre-check, nothing delivered yet) or is an alarm for the clinician (discharge)."""
+        confirmed = True
         for item in items:
             answer = self.ctx.operator.confirm(name, item)
             self.rec.info("checklist_answered", checklist=name, item=item, confirmed=answer)
             if not answer and abort:
                 raise SessionAbortedError(name, f"checklist item not confirmed: {item}")
             if not answer:
-                self.alarms.append({"t_min": self._t() / 60.0, "source": "checklist", "item": item})
+                confirmed = False
+                self.rec.error("checklist_not_confirmed", checklist=name, item=item)
+                self.alarms.append(
+                    {
+                        "t_min": self._t() / 60.0,
+                        "source": "checklist",
+                        "code": f"{name}_not_confirmed",
+                        "item": item,
+                    }
+                )
+        return confirmed
+
+    def _stop_if_asked(self, phase: str) -> None:
+        """An operator stop before the infusion starts aborts the session: nothing is delivered."""
+        if any(kind == "stop" for kind, _reason in self.ctx.operator.actions(0.0)):
+            self.rec.warning("operator_stop_requested", phase=phase)
+            raise SessionAbortedError(phase, "stopped by the operator")
 
     async def _infuse(self, plan: DosePlan, order: druglib.Order, entry: druglib.DrugEntry) -> RunResult:
         ctx = self.ctx
+        # The drug library's limits come last: nothing the transport set-up passes can loosen them.
         settings = {
-            **druglib.kernel_overrides(entry, order),
             **ctx.loop_settings,
+            **druglib.kernel_overrides(entry, order),
             "concentration_mg_per_ml": plan.concentration_mg_per_ml,
             "syringe_diameter_mm": plan.syringe_diameter_mm,
             "syringe_capacity_ml": plan.syringe_capacity_ml,
@@ -485,6 +543,11 @@ class Session:
                     loop.request_pause(f"operator: {reason}")
                     self.pauses.append({"t_min": t / 60.0, "by": "operator", "reason": reason})
                     tick.paused_by = "operator"
+                elif self.gate is not None and self.gate.active():
+                    # The operator cannot resume into an active vitals alarm.
+                    self.rec.warning(
+                        "request_refused", request="resume", reason=reason, why="vitals alarm active"
+                    )
                 else:
                     loop.request_resume(f"operator: {reason}")
                     tick.paused_by = None
@@ -512,10 +575,15 @@ class Session:
             take_up=ctx.protocol.take_up.enabled,
         )
         run = await loop.run(ip)
+        if not self.points:  # ended before its first tick (an interlock at the start): one point
+            self.points.append(self._idle_point(self._t(), 0.0, 0.0, occlusion_threshold))
+        raised = {code: t for t, code in reversed(self.rec.raised)}  # each alarm at its first raising
         for code in run.alarms + run.pump_alarms:
-            record = {"t_min": self._t() / 60.0, "source": "pump", "phase": "infusion", "code": code}
+            t = raised.get(code, self._t())
+            record = {"t_min": t / 60.0, "source": "pump", "phase": "infusion", "code": code}
             self.alarms.append(record)
-            ctx.course.record_alarm(ctx.session_id, self._calendar(), code, run.detail or run.reason)
+            at = self.ctx.calendar_origin + datetime.timedelta(seconds=self.t0 + t)
+            ctx.course.record_alarm(ctx.session_id, at, code, run.detail or run.reason)
         return run
 
     def _gate_infusion(
@@ -526,10 +594,18 @@ class Session:
         assert self.gate is not None
         for alarm in self._poll_vitals():
             self._vitals_alarm(alarm, "infusion")
-            if out.state == "running" and tick.paused_by is None:
-                loop.request_pause(f"vitals: {alarm.detail}")
-                self.pauses.append({"t_min": t / 60.0, "by": "vitals", "reason": alarm.detail})
-                tick.paused_by, tick.paused_since_s = "vitals", t
+        active = self.gate.active()
+        # Level-triggered: whatever paused or resumed it before, a vitals condition that is active pauses
+        # a running pump at the next tick, and takes over an operator's pause (so only the vitals rule,
+        # clear for the operator's standing time, resumes it).
+        if active and tick.paused_by != "vitals" and out.state in {"running", "paused"}:
+            detail = "; ".join(a.detail for a in active)
+            if out.state == "running":
+                loop.request_pause(f"vitals: {detail}")
+            else:
+                self.rec.warning("pause_held_by_vitals", reason=detail)
+            self.pauses.append({"t_min": t / 60.0, "by": "vitals", "reason": detail})
+            tick.paused_by, tick.paused_since_s, tick.clear_since_s = "vitals", t, None
         if tick.paused_by != "vitals" or out.state != "paused":
             return
         if self.ctx.operator.stop_after_pause(t - tick.paused_since_s):
@@ -572,6 +648,23 @@ class Session:
             )
         )
 
+    def _idle_point(
+        self, t: float, programmed_mg: float, delivered_mg: float, threshold: float
+    ) -> SeriesPoint:
+        """A point of the series while the pump is not infusing (observation, an infusion that never
+        started)."""
+        return SeriesPoint(
+            t_s=t,
+            phase=self.phases[-1][0],
+            programmed_mg=programmed_mg,
+            delivered_mg=delivered_mg,
+            commanded_rate_ml_h=0.0,
+            measured_rate_ml_h=0.0,
+            pressure_mmhg=math.nan,
+            threshold_mmhg=threshold,
+            **self._vitals_now(),
+        )
+
     def _vitals_now(self) -> dict[str, float]:
         return {ch: self._latest.get(ch, math.nan) for ch in ("sbp", "dbp", "hr", "spo2")}
 
@@ -600,19 +693,7 @@ class Session:
             ending = (elapsed_min >= spec.min_minutes and settled) or elapsed_min >= spec.max_minutes
             if t >= next_point or ending:
                 next_point = t + SERIES_EVERY_S
-                self.points.append(
-                    SeriesPoint(
-                        t_s=t,
-                        phase=Phase.OBSERVATION.value,
-                        programmed_mg=programmed,
-                        delivered_mg=last_delivered,
-                        commanded_rate_ml_h=0.0,
-                        measured_rate_ml_h=0.0,
-                        pressure_mmhg=math.nan,
-                        threshold_mmhg=threshold,
-                        **self._vitals_now(),
-                    )
-                )
+                self.points.append(self._idle_point(t, programmed, last_delivered, threshold))
             if ctx.on_progress is not None:
                 ctx.on_progress(Phase.OBSERVATION.value, elapsed_min, spec.min_minutes)
             if elapsed_min >= spec.min_minutes and settled:
