@@ -28,6 +28,8 @@ from simhelpers import ketapump
 #: A kernel whose occlusion threshold is far above the clinical 300 mmHg and whose slope detector is
 #: off: it still alarms, but minutes late.
 BROKEN_KERNEL = "[kernel]\nocclusion_threshold_mmhg = 1000.0\nslope_detector = false\n"
+#: The clinical limits a spec must state: the cumulative cap and the drug's concentration.
+LIMITS = "[limits]\nhard_cap_mg = 120.0\nconcentration_mg_per_ml = 1.0\n"
 
 
 def campaign(*args: str, timeout: float = 280) -> subprocess.CompletedProcess[str]:
@@ -64,6 +66,8 @@ def test_default_campaign_of_10000_runs_holds_every_invariant(tmp_path: Path) ->
     }  # fmt: skip
     assert report["faults"]["occlusion"] > 2_000
     assert report["restarts"] > 1_000
+    # Programs past the clinical cap after a prior dose: every one refused by the kernel.
+    assert report["refused"] == report["over_cap_runs"] > 300
     assert 4_000 < report["fault_free_runs"] < 6_000
     assert report["states"]["complete"] > 4_000 and report["states"]["alarm"] > 2_000
     assert report["alarms"]["air_in_line"] > 100 and report["alarms"]["stall"] > 100
@@ -180,7 +184,9 @@ def test_an_invalid_spec_lists_every_problem_with_its_dotted_path(tmp_path: Path
     ):
         assert f"\n  {path}" in result.stderr, result.stderr
     # The kernel overrides are checked once the spec itself is valid.
-    spec.write_text("schema_version = 1\n[kernel]\noclusion_threshold_mmhg = 1000.0\n", encoding="utf-8")
+    spec.write_text(
+        f"schema_version = 1\n{LIMITS}[kernel]\noclusion_threshold_mmhg = 1000.0\n", encoding="utf-8"
+    )
     result = campaign(str(spec), "--runs", "1")
     assert result.returncode == os.EX_DATAERR
     assert "kernel.oclusion_threshold_mmhg: is not a kernel setting" in result.stderr
@@ -188,11 +194,16 @@ def test_an_invalid_spec_lists_every_problem_with_its_dotted_path(tmp_path: Path
 
 def test_the_rust_side_checks_the_spec_against_the_kernel_configuration() -> None:
     # 500 mL/h is a fine number for the spec, but above the kernel's 120 mL/h ceiling.
-    document: dict[str, Any] = {"schema_version": 1, "infusion": {"rate_ml_h": [4.0, 500.0]}}
+    limits = tomllib.loads(LIMITS)["limits"]
+    document: dict[str, Any] = {
+        "schema_version": 1,
+        "limits": limits,
+        "infusion": {"rate_ml_h": [4.0, 500.0]},
+    }
     with pytest.raises(CampaignSpecError) as caught:
         validate_spec(document, "inline")
     assert caught.value.problems[0].startswith("infusion.rate_ml_h: max is above the kernel's rate ceiling")
-    document = {"schema_version": 1, "plant": {"compliance_ml_per_mmhg": [0.0002, 0.002]}}
+    document = {"schema_version": 1, "limits": limits, "plant": {"compliance_ml_per_mmhg": [0.0002, 0.002]}}
     with pytest.raises(CampaignSpecError) as caught:
         validate_spec(document, "inline")
     assert caught.value.problems[0].startswith("plant.compliance_ml_per_mmhg: min is too low")
@@ -218,3 +229,36 @@ def test_seeds_are_chunked_in_order() -> None:
     assert chunked(seeds, 1, most=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert chunked([], 4) == []
     assert [s for c in chunked(list(range(1001)), 8) for s in c] == list(range(1001))
+
+
+def test_a_kernel_cap_above_the_clinical_one_is_caught_by_the_specs_cap(tmp_path: Path) -> None:
+    # The cap and concentration the invariant uses are the spec's, never the kernel configuration's:
+    # a kernel configured with a 1 000 mg cap delivers programs that a prior dose has pushed past the
+    # clinical 120 mg; the sound kernel refuses every one of them.
+    text = default_text().replace("over_cap_probability = 0.05", "over_cap_probability = 1.0")
+    assert "over_cap_probability = 1.0" in text
+    sound = tmp_path / "sound.toml"
+    sound.write_text(text, encoding="utf-8")
+    broken = tmp_path / "broken.toml"
+    broken.write_text(text + "hard_cap_mg = 1000.0\n", encoding="utf-8")
+    result = campaign(str(broken), "--runs", "12", "--json", "--out", str(tmp_path / "b"))
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["over_cap_runs"] == 12 and report["refused"] == 0
+    assert report["violations_by_invariant"]["cumulative_cap"] >= 6, report["violations"]
+    # Every run the broken kernel let complete went past the cap (a fault that alarmed first stopped
+    # some of the others short of it).
+    spec, config = load_spec(str(broken))
+    for o in run_campaign(spec, config, list(range(12))).outcomes:
+        caught = [v["detail"] for v in o["violations"] if v["invariant"] == "cumulative_cap"]
+        if o["state"] == "complete":
+            assert caught and "> cap 120.000000 mg" in caught[0], o
+    result = campaign(str(sound), "--runs", "12", "--json", "--out", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["violations"] == [] and report["refused"] == 12
+    # A spec without the clinical cap is refused: there is no falling back on the kernel's.
+    bare = tmp_path / "bare.toml"
+    bare.write_text(text.replace("hard_cap_mg = 120.0", ""), encoding="utf-8")
+    result = campaign(str(bare), "--runs", "1")
+    assert result.returncode == os.EX_DATAERR and "limits.hard_cap_mg: Field required" in result.stderr

@@ -28,7 +28,8 @@ struct Limits {
     occlusion_latency_s: f64,
     dose_tolerance: f64,
     accuracy_tolerance: f64,
-    hard_cap_mg: Option<f64>,
+    hard_cap_mg: f64,
+    concentration_mg_per_ml: f64,
 }
 
 #[derive(FromPyObject)]
@@ -41,6 +42,8 @@ struct Infusion {
     take_up_probability: f64,
     rate_change_probability: f64,
     rate_change_factor: [f64; 2],
+    over_cap_probability: f64,
+    over_cap_headroom: [f64; 2],
 }
 
 #[derive(FromPyObject)]
@@ -123,6 +126,7 @@ impl From<Spec> for cp::CampaignSpec {
                 dose_tolerance: s.limits.dose_tolerance,
                 accuracy_tolerance: s.limits.accuracy_tolerance,
                 hard_cap_mg: s.limits.hard_cap_mg,
+                concentration_mg_per_ml: s.limits.concentration_mg_per_ml,
             },
             infusion: cp::InfusionSpec {
                 syringes: s.infusion.syringes,
@@ -132,6 +136,8 @@ impl From<Spec> for cp::CampaignSpec {
                 take_up_probability: s.infusion.take_up_probability,
                 rate_change_probability: s.infusion.rate_change_probability,
                 rate_change_factor: range(s.infusion.rate_change_factor),
+                over_cap_probability: s.infusion.over_cap_probability,
+                over_cap_headroom: range(s.infusion.over_cap_headroom),
             },
             plant: cp::PlantSpec {
                 compliance_ml_per_mmhg: range(s.plant.compliance_ml_per_mmhg),
@@ -193,6 +199,9 @@ fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<'py, PyDict
     d.set_item("syringe", o.syringe)?;
     d.set_item("rate_ml_h", o.rate_ml_h)?;
     d.set_item("programmed_ml", o.programmed_ml)?;
+    d.set_item("prior_mg", o.prior_mg)?;
+    d.set_item("over_cap", o.over_cap)?;
+    d.set_item("refused", o.refused.as_deref())?;
     d.set_item("delivered_ml", o.delivered_ml)?;
     d.set_item("peak_delivered_ml", o.peak_delivered_ml)?;
     d.set_item("measured_ml", o.measured_ml)?;

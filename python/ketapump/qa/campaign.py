@@ -10,13 +10,17 @@ or a Dask cluster, and a failing seed replays exactly.
 
 The spec (TOML, ``schema_version = 1``) gives the ranges and probabilities scenarios are drawn from,
 the clinical limits the invariants are checked against (never the kernel's own settings, so a broken
-configuration is caught), and optional ``[kernel]`` overrides of the configuration under test::
+configuration is caught: the cumulative cap and the drug's concentration are required for that
+reason), and optional ``[kernel]`` overrides of the configuration under test::
 
     schema_version = 1
     [limits]
     occlusion_threshold_mmhg = 300.0      # S5 P_thr
+    hard_cap_mg = 120.0                   # S3 cumulative cap
+    concentration_mg_per_ml = 1.0         # what a delivered mL is in mg
     [infusion]
     rate_ml_h = [4.0, 60.0]               # [min, max], drawn log-uniformly
+    over_cap_probability = 0.05           # a prior dose leaves less under the cap than is programmed
     [occlusion]
     probability = 0.3
     [kernel]
@@ -101,8 +105,10 @@ class Limits(_Model):
     occlusion_latency_s: float = Field(default=5.0, ge=0.0, le=3_600.0, allow_inf_nan=False)
     dose_tolerance: float = Field(default=0.02, ge=0.0, le=1.0, allow_inf_nan=False)
     accuracy_tolerance: float = Field(default=0.02, ge=0.0, le=1.0, allow_inf_nan=False)
-    #: None: the kernel configuration's hard cap.
-    hard_cap_mg: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    #: S3 cumulative cap (mg). Required: the kernel configuration's own cap is what is under test.
+    hard_cap_mg: float = Field(gt=0.0, allow_inf_nan=False)
+    #: The drug's true concentration (mg/mL), turning delivered mL into mg. Required, likewise.
+    concentration_mg_per_ml: float = Field(gt=0.0, allow_inf_nan=False)
 
 
 class Infusion(_Ranged):
@@ -113,6 +119,10 @@ class Infusion(_Ranged):
     take_up_probability: Probability = 1.0
     rate_change_probability: Probability = 0.0
     rate_change_factor: Range = (0.75, 1.33)
+    #: Runs after a prior dose that leaves only ``over_cap_headroom`` (a fraction, uniform) of the
+    #: programmed drug under the cap: the kernel must refuse them.
+    over_cap_probability: Probability = 0.0
+    over_cap_headroom: Range = (0.2, 0.9)
 
     @field_validator("syringes")
     @classmethod
@@ -169,7 +179,7 @@ class CampaignSpec(_Model):
     """A fault campaign: what scenarios are drawn from, and the limits they are checked against."""
 
     schema_version: Literal[1]
-    limits: Limits = Limits()
+    limits: Limits
     infusion: Infusion = Infusion()
     plant: PlantRanges = PlantRanges()
     run: RunSettings = RunSettings()
@@ -413,6 +423,8 @@ def summary(result: CampaignResult, spec_source: str, seed_base: int) -> dict[st
         "states": dict(Counter(o["state"] for o in outcomes)),
         "faults": dict(Counter(f["name"] for o in outcomes for f in o["faults"])),
         "fault_free_runs": sum(1 for o in outcomes if not o["faults"]),
+        "over_cap_runs": sum(1 for o in outcomes if o["over_cap"]),
+        "refused": sum(1 for o in outcomes if o["refused"] is not None),
         "restarts": sum(o["restarts"] for o in outcomes),
         "alarms": dict(Counter(a for o in outcomes for a in o["alarms"])),
         "simulated_h": sum(o["end_s"] for o in outcomes) / 3_600.0,
@@ -496,7 +508,8 @@ def _print_summary(report: dict[str, Any]) -> None:
     )
     typer.echo(
         f"faults injected: {report['faults'] or 'none'}; fault-free runs {report['fault_free_runs']}; "
-        f"bridge restarts {report['restarts']}",
+        f"bridge restarts {report['restarts']}; over-cap programs {report['over_cap_runs']} "
+        f"({report['refused']} refused)",
         err=True,
     )
     typer.echo(f"end states: {report['states']}; alarms: {report['alarms'] or 'none'}", err=True)

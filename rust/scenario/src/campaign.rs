@@ -12,15 +12,19 @@
 //!
 //! The plant is `ketapump-hwsim`'s, the independent oracle: its volume delivered to the patient and its
 //! true line pressure are what the invariants are checked on, never the kernel's own view. The
-//! clinical limits the invariants use (occlusion threshold, dose tolerance, cap) come from the spec's
-//! `limits`, not from the kernel configuration, so a broken configuration is caught rather than
-//! trusted.
+//! clinical limits the invariants use (occlusion threshold, dose tolerance, cumulative cap, and the
+//! drug's concentration that turns delivered mL into mg) come from the spec's `limits`, never from the
+//! kernel configuration, so a broken configuration is caught rather than trusted. For the same reason
+//! some runs ([`InfusionSpec::over_cap_probability`]) come after a prior dose that leaves less drug
+//! under the cap than they program: a sound kernel refuses them, a kernel with too high a cap (or too
+//! low a concentration) delivers them and breaks [`Invariant::CumulativeCap`].
 //!
 //! Invariants (safety-targets.md):
 //! - [`Invariant::Overdose`] (S3): delivered ≤ programmed × (1 + dose_tolerance) + one step-volume
 //!   (+ the volume a raised pump's line compliance releases by itself, reported as
 //!   `hydrostatic_ml`: no pump control can hold it back, and it is zero in runs without a head rise).
-//! - [`Invariant::CumulativeCap`] (S3): prior drug + delivered drug ≤ the hard cumulative cap.
+//! - [`Invariant::CumulativeCap`] (S3): prior drug + delivered drug ≤ the hard cumulative cap, both in
+//!   mg at the spec's concentration.
 //! - [`Invariant::MissedOcclusion`] (S5): once an injected occlusion drives the true line pressure
 //!   above the spec's threshold, an alarm (which stops the motor) is latched no later than
 //!   `max(onset + C·(P_thr − P₀)/Q, crossing) + latency`, C the plant's compliance, P₀ the line
@@ -68,8 +72,10 @@ pub struct Limits {
     pub dose_tolerance: f64,
     /// S3 accuracy of a fault-free run (fraction, both ways): 0.02.
     pub accuracy_tolerance: f64,
-    /// S3 hard cumulative cap (mg); `None`: the kernel configuration's.
-    pub hard_cap_mg: Option<f64>,
+    /// S3 hard cumulative cap (mg): the clinical one, never the kernel configuration's.
+    pub hard_cap_mg: f64,
+    /// The drug's true concentration (mg/mL), what a delivered mL is in mg: never the kernel's figure.
+    pub concentration_mg_per_ml: f64,
 }
 
 /// The infusion programmed in each run.
@@ -88,6 +94,11 @@ pub struct InfusionSpec {
     pub rate_change_probability: f64,
     /// The new rate is the old one times this factor (log-uniform), kept inside `rate_ml_h`.
     pub rate_change_factor: Range,
+    /// Probability that a prior dose leaves less drug under the cap than the run programs: the kernel
+    /// must refuse the program (or stop at the cap).
+    pub over_cap_probability: f64,
+    /// In such a run, the drug the cap still allows as a fraction of the drug programmed (uniform).
+    pub over_cap_headroom: Range,
 }
 
 /// The plant's build and sensors.
@@ -219,8 +230,10 @@ impl CampaignSpec {
         check_value("limits.occlusion_latency_s", l.occlusion_latency_s, 0.0, 3_600.0)?;
         check_value("limits.dose_tolerance", l.dose_tolerance, 0.0, 1.0)?;
         check_value("limits.accuracy_tolerance", l.accuracy_tolerance, 0.0, 1.0)?;
-        if let Some(cap) = l.hard_cap_mg {
-            check_value("limits.hard_cap_mg", cap, 0.0, 1.0e6)?;
+        check_value("limits.hard_cap_mg", l.hard_cap_mg, 0.0, 1.0e6)?;
+        check_value("limits.concentration_mg_per_ml", l.concentration_mg_per_ml, 1.0e-6, 1.0e4)?;
+        if l.hard_cap_mg <= config.raw.prior_delivered_mg {
+            return Err(err("limits.hard_cap_mg", "leaves no drug to infuse after the kernel's prior dose"));
         }
 
         let i = &self.infusion;
@@ -245,6 +258,8 @@ impl CampaignSpec {
         check_probability("infusion.take_up_probability", i.take_up_probability)?;
         check_probability("infusion.rate_change_probability", i.rate_change_probability)?;
         check_range("infusion.rate_change_factor", i.rate_change_factor, 1.0e-3, 1.0e3)?;
+        check_probability("infusion.over_cap_probability", i.over_cap_probability)?;
+        check_range("infusion.over_cap_headroom", i.over_cap_headroom, 0.0, 0.99)?;
 
         let p = &self.plant;
         check_range("plant.compliance_ml_per_mmhg", p.compliance_ml_per_mmhg, 1.0e-6, 0.1)?;
@@ -352,6 +367,10 @@ pub struct Scenario {
     pub fill_ml: f64,
     pub rate_ml_h: f64,
     pub vtbi_ml: f64,
+    /// Drug given before this run in the course (mg), told to the kernel as the bridge would.
+    pub prior_mg: f64,
+    /// The prior dose leaves less drug under the spec's cap than `vtbi_ml`: the program must be refused.
+    pub over_cap: bool,
     pub take_up: bool,
     pub slack_taken_up: bool,
     pub compliance_ml_per_mmhg: f64,
@@ -422,19 +441,9 @@ pub fn derive_scenario(spec: &CampaignSpec, config: &KernelConfig, seed: u64) ->
     let slack_taken_up = d.chance(p.slack_taken_up_probability);
     let noise_sd = d.uniform(p.pressure_noise_sd_mmhg);
 
-    // The volume: rate × duration, bounded by what the syringe holds (less a margin, so the dose ends
-    // before the plunger's end stop) and by the drug the cap still allows.
-    let mg_per_ml = config.mg_per_ml();
-    let cap_mg = config.raw.hard_cap_mg.min(spec.limits.hard_cap_mg.unwrap_or(f64::INFINITY));
-    let cap_ml = if mg_per_ml > 0.0 { (cap_mg - config.raw.prior_delivered_mg) / mg_per_ml } else { f64::INFINITY };
-    let vtbi_ml = (rate_ml_h * duration_s / 3_600.0).min(0.9 * fill_ml).min(0.999 * cap_ml);
-    let positive = vtbi_ml > 0.0;
-    if !positive {
-        return Err(err("limits.hard_cap_mg", "leaves no drug to infuse after the prior dose"));
-    }
-    let planned_s = vtbi_ml / rate_ml_h * 3_600.0;
+    // Fault times are drawn as fractions of the planned duration, which the volume sets below.
     let window = spec.run.fault_window;
-    let when = |d: &mut Draw| planned_s * d.uniform(window);
+    let when = |d: &mut Draw| d.uniform(window);
 
     let rate_change_at = when(&mut d);
     let restart_on = d.chance(spec.restart.probability);
@@ -460,6 +469,27 @@ pub fn derive_scenario(spec: &CampaignSpec, config: &KernelConfig, seed: u64) ->
     let stall_on = d.chance(spec.drive_stall.probability);
     let stall_at = when(&mut d);
     let noise_seed = d.0.next_u64();
+    let over_cap = d.chance(i.over_cap_probability);
+    let headroom = d.uniform(i.over_cap_headroom);
+
+    // The volume: rate × duration, bounded by what the syringe holds (less a margin, so the dose ends
+    // before the plunger's end stop) and, in a normal run, by the drug the spec's cap still allows. An
+    // over-cap run comes after a prior dose that leaves only `headroom` of its drug under the cap.
+    let (cap_mg, mg_per_ml) = (spec.limits.hard_cap_mg, spec.limits.concentration_mg_per_ml);
+    let fill_bound_ml = (rate_ml_h * duration_s / 3_600.0).min(0.9 * fill_ml);
+    let (vtbi_ml, prior_mg) = if over_cap {
+        (fill_bound_ml, (cap_mg - headroom * fill_bound_ml * mg_per_ml).max(0.0))
+    } else {
+        let prior_mg = config.raw.prior_delivered_mg;
+        (fill_bound_ml.min(0.999 * (cap_mg - prior_mg) / mg_per_ml), prior_mg)
+    };
+    let positive = vtbi_ml > 0.0;
+    if !positive {
+        return Err(err("limits.hard_cap_mg", "leaves no drug to infuse after the prior dose"));
+    }
+    let planned_s = vtbi_ml / rate_ml_h * 3_600.0;
+    let [rate_change_at, restart_at, occlusion_at, air_at, head_at, stuck_at, slip_at, stall_at] =
+        [rate_change_at, restart_at, occlusion_at, air_at, head_at, stuck_at, slip_at, stall_at].map(|f| planned_s * f);
 
     let mut faults = Vec::new();
     if occlusion_on {
@@ -496,6 +526,8 @@ pub fn derive_scenario(spec: &CampaignSpec, config: &KernelConfig, seed: u64) ->
         fill_ml,
         rate_ml_h,
         vtbi_ml,
+        prior_mg,
+        over_cap,
         take_up,
         slack_taken_up,
         compliance_ml_per_mmhg: compliance,
@@ -717,6 +749,12 @@ pub struct Outcome {
     pub syringe: &'static str,
     pub rate_ml_h: f64,
     pub programmed_ml: f64,
+    /// Drug given before the run (mg).
+    pub prior_mg: f64,
+    /// The program was above what the cap allowed after the prior dose.
+    pub over_cap: bool,
+    /// Why the kernel refused an over-cap program (nothing ran); `None`: it ran.
+    pub refused: Option<String>,
     /// Volume that reached the patient after the line settled (the plant's).
     pub delivered_ml: f64,
     /// Most the patient had received at any tick or after settling.
@@ -816,10 +854,11 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
         syringe_diameter_mm: sc.syringe.inner_diameter_mm,
         syringe_capacity_ml: sc.syringe.capacity_ml,
         syringe_fill_ml: sc.fill_ml,
+        prior_delivered_mg: sc.prior_mg,
         ..config.raw
     };
-    let mg_per_ml = config.mg_per_ml();
-    let cap_mg = limits.hard_cap_mg.unwrap_or(config.raw.hard_cap_mg);
+    // What the bridge converts a recovered volume with at a restart: the configuration's concentration.
+    let configured_mg_per_ml = config.mg_per_ml();
     let dt = config.raw.control_period_s;
     let observe_ticks = (spec.run.observe_after_alarm_s / dt).ceil() as u64;
     let max_ticks = (sc.t_max_s / dt).ceil() as u64;
@@ -836,10 +875,18 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
         end_of_travel: plant.end_of_travel(),
     };
 
-    let mut kernel = kernel_for(raw)?;
     let mut air = false;
     let first = sample_at(&plant, 0.0, &mut noise, air);
-    start_kernel(&mut kernel, 0.0, &first, sc.rate_ml_h, sc.vtbi_ml, sc.take_up)?;
+    let started = kernel_for(raw).and_then(|mut k| {
+        start_kernel(&mut k, 0.0, &first, sc.rate_ml_h, sc.vtbi_ml, sc.take_up)?;
+        Ok(k)
+    });
+    // An over-cap program refused is the safe outcome (nothing runs); any other refusal is an error.
+    let (mut kernel, refused) = match started {
+        Ok(k) => (Some(k), None),
+        Err(e) if sc.over_cap => (None, Some(e.to_string())),
+        Err(e) => return Err(e),
+    };
     let origin_ml = plant.encoder_volume_ml();
 
     let mut pending: Vec<Fault> = sc.faults.clone();
@@ -862,7 +909,7 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
     let mut completed_at_restart = false;
     let mut n = 0_u64;
 
-    loop {
+    while let Some(kernel) = kernel.as_mut() {
         n += 1;
         let t = n as f64 * dt;
         plant.step(dt).map_err(plant_err("run"))?;
@@ -941,12 +988,12 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
             }
             let raw = RawKernelConfig {
                 syringe_fill_ml: (sc.fill_ml - recovered_ml).max(0.0),
-                prior_delivered_mg: config.raw.prior_delivered_mg + recovered_ml * mg_per_ml,
+                prior_delivered_mg: sc.prior_mg + recovered_ml * configured_mg_per_ml,
                 ..raw
             };
-            kernel = kernel_for(raw)?;
+            *kernel = kernel_for(raw)?;
             let sample = sample_at(&plant, t, &mut noise, air);
-            start_kernel(&mut kernel, t, &sample, rate_ml_h, remaining_ml, false)?;
+            start_kernel(kernel, t, &sample, rate_ml_h, remaining_ml, false)?;
             restarts += 1;
             // The new kernel's first command comes with the next tick.
             if n >= max_ticks {
@@ -1021,19 +1068,29 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
     hash = fnv1a(hash, delivered_ml.to_bits());
 
     // A restart that finds the dose already delivered ends the run as complete.
-    let state = if completed_at_restart { StateKind::Complete } else { kernel.state_kind() };
-    let alarms = kernel.alarms();
+    let state = match &kernel {
+        _ if completed_at_restart => StateKind::Complete,
+        Some(k) => k.state_kind(),
+        None => StateKind::Idle,
+    };
+    let alarms = kernel.as_ref().map_or(AlarmSet::EMPTY, SafetyKernel::alarms);
     let first_alarm_s = first_alarm.map(|(_, t)| t);
     let hydrostatic_ml = fluid_c * (p_eq_start - p_eq_min).max(0.0);
 
     let mut violations = Vec::new();
     violations.extend(check_overdose(sc.vtbi_ml, peak_delivered, limits.dose_tolerance, step_ml, hydrostatic_ml));
-    violations.extend(check_cumulative_cap(config.raw.prior_delivered_mg, peak_delivered, mg_per_ml, step_ml, cap_mg));
+    violations.extend(check_cumulative_cap(
+        sc.prior_mg,
+        peak_delivered,
+        limits.concentration_mg_per_ml,
+        step_ml,
+        limits.hard_cap_mg,
+    ));
     if let Some(rec) = occlusion.as_ref() {
         violations.extend(check_occlusion(rec, first_alarm_s, &limits));
     }
     violations.extend(latch.violation());
-    if sc.fault_free() {
+    if sc.fault_free() && !sc.over_cap {
         violations.extend(check_accuracy(sc.vtbi_ml, delivered_ml, limits.accuracy_tolerance, state, alarms));
     }
 
@@ -1042,6 +1099,9 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
         syringe: sc.syringe.name,
         rate_ml_h: sc.rate_ml_h,
         programmed_ml: sc.vtbi_ml,
+        prior_mg: sc.prior_mg,
+        over_cap: sc.over_cap,
+        refused,
         delivered_ml,
         peak_delivered_ml: peak_delivered,
         measured_ml,

@@ -68,7 +68,8 @@ const LIMITS: Limits = Limits {
     occlusion_latency_s: 5.0,
     dose_tolerance: 0.02,
     accuracy_tolerance: 0.02,
-    hard_cap_mg: None,
+    hard_cap_mg: 120.0,
+    concentration_mg_per_ml: 1.0,
 };
 
 /// The shipped default campaign (python/ketapump/data/campaigns/default.toml).
@@ -85,6 +86,8 @@ fn spec() -> CampaignSpec {
             take_up_probability: 1.0,
             rate_change_probability: 0.2,
             rate_change_factor: Range::new(0.75, 1.33),
+            over_cap_probability: 0.05,
+            over_cap_headroom: Range::new(0.2, 0.9),
         },
         plant: PlantSpec {
             compliance_ml_per_mmhg: Range::new(0.0012, 0.0028),
@@ -369,4 +372,48 @@ fn an_unvalidated_spec_never_panics() {
     s.infusion.rate_change_factor = Range::new(3.0, 1.0);
     s.plant.resistance_mmhg_s_per_ml = Range::new(-1.0, f64::INFINITY);
     let _ = run(&cfg, &s, 1); // an error or a meaningless outcome, never a panic
+}
+
+#[test]
+fn a_kernel_cap_or_concentration_above_the_clinical_one_is_caught() {
+    // Every run comes after a prior dose that leaves less drug under the spec's 120 mg cap than it
+    // programs (20–90 % of it). The sound kernel refuses each program; one configured with a 1 000 mg
+    // cap, or with a tenth of the true concentration (so it counts a tenth of the mg), delivers it.
+    let mut s = no_faults(short_spec());
+    s.restart.probability = 0.0;
+    s.infusion.over_cap_probability = 1.0;
+    for seed in 0..8 {
+        let o = run(&config(), &s, seed).unwrap();
+        assert!(o.over_cap && o.refused.is_some(), "seed {seed}: {o:?}");
+        assert_eq!((o.violations.clone(), o.delivered_ml), (vec![], 0.0), "seed {seed}");
+        assert!(o.prior_mg + o.programmed_ml > 120.0 && o.prior_mg < 120.0, "seed {seed}: {o:?}");
+    }
+    for broken in [config_with(|r| r.hard_cap_mg = 1_000.0), config_with(|r| r.concentration_mg_per_ml = 0.1)] {
+        for seed in 0..8 {
+            let o = run(&broken, &s, seed).unwrap();
+            assert_eq!(o.refused, None, "seed {seed}");
+            let cap: Vec<_> = o.violations.iter().filter(|v| v.invariant == Invariant::CumulativeCap).collect();
+            assert_eq!(cap.len(), 1, "seed {seed}: {o:?}");
+            assert!(cap[0].detail.contains("> cap 120.000000 mg"), "{}", cap[0].detail);
+        }
+    }
+}
+
+#[test]
+fn normal_runs_stay_under_the_spec_cap_whatever_the_kernel_says() {
+    // The volume is bounded by the spec's cap and concentration, not the kernel's: a 2 mg/mL drug under
+    // a 30 mg cap leaves at most 15 mL, even for a kernel that allows 120 mg at 1 mg/mL.
+    let mut s = spec();
+    s.limits.hard_cap_mg = 30.0;
+    s.limits.concentration_mg_per_ml = 2.0;
+    s.infusion.over_cap_probability = 0.0;
+    for seed in 0..200 {
+        let sc = derive_scenario(&s, &config(), seed).unwrap();
+        assert!(!sc.over_cap && sc.vtbi_ml <= 0.999 * 15.0 + 1e-12, "seed {seed}: {sc:?}");
+    }
+    s.infusion.over_cap_probability = 1.0;
+    for seed in 0..200 {
+        let sc = derive_scenario(&s, &config(), seed).unwrap();
+        assert!(sc.over_cap && sc.prior_mg + 2.0 * sc.vtbi_ml > 30.0, "seed {seed}: {sc:?}");
+    }
 }
