@@ -72,6 +72,9 @@ class KernelConfig:
     - ``pressure_filter_s``: Time constant of the pressure and slope filters (s).
     - ``pressure_baseline_s``: Time constant of the baseline tracker (s).
     - ``compliance_ml_per_mmhg``: Syringe + line compliance C (mL/mmHg); worst case 0.0028.
+    - ``drive_stiffness_n_per_mm``: Drive-train stiffness nut to plunger seal (N/mm); the dose ends early
+      by what the compressed drive still pushes once the motor stops (A²/k × line pressure rise);
+      0 when not characterised (no correction).
     - ``backoff``: Retract after an occlusion alarm to reduce the released bolus.
     - ``backoff_margin_mmhg``: Back-off ends at baseline + this pressure (mmHg).
     - ``backoff_rate_ml_h``: Retract rate during back-off (mL/h).
@@ -118,6 +121,7 @@ class KernelConfig:
         pressure_filter_s: float,
         pressure_baseline_s: float,
         compliance_ml_per_mmhg: float,
+        drive_stiffness_n_per_mm: float,
         backoff: bool,
         backoff_margin_mmhg: float,
         backoff_rate_ml_h: float,

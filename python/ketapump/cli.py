@@ -621,6 +621,9 @@ async def _accuracy_run(
             result = await ControlLoop(driver, config, clock, NullLog()).run(plan)
             if result.state != "complete":
                 raise ConfigurationError("pump", f"the run ended {result.state} ({', '.join(result.alarms)})")
+            # The balance weighs to the end of the period, as a rig's would: at 1 mL/h the take-up leaves
+            # ~5 s of the 30 s margin, and the kernel ends the dose ~6 s early by the drive's release.
+            transport.pump.advance_to(max(transport.pump.t_s, duration_min * 60.0))
             return transport.pump.balance_readings()
     else:
         if balance is None:

@@ -22,7 +22,9 @@ is raised at the same point.
 Keep it in step with the core: a change to ``rust/core`` needs the same change here, or
 ``tests/test_differential.py`` fails. Last mirrored: commit d90149c (restart-on-target controller,
 stall volume counted every tick, ceiling-capped back-off rate) and the S6 back-off change (a back-off
-planned for every alarm that permits one, only with the line above baseline + margin).
+planned for every alarm that permits one, only with the line above baseline + margin) and the
+end-of-dose drive release (``drive_stiffness_n_per_mm``: the dose ends early by what the compressed
+drive still pushes, counted as delivered from the completion on).
 
 Configuration is not validated here: :class:`ReferenceKernel` takes the already-validated raw settings
 (``ketapump.config.default_kernel_settings()`` plus overrides, i.e. what ``ketapump.config.kernel_config``
@@ -288,6 +290,8 @@ class ReferenceController:
 # ----- config.rs ------------------------------------------------------------------------------------
 
 _BOOL_SETTINGS: Final = frozenset({"has_pressure_sensor", "slope_detector", "backoff"})
+#: One mmHg as a stress (N/mm²): 133.322 Pa.
+N_PER_MM2_PER_MMHG: Final = 133.322e-6
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,7 @@ class RawKernelConfig:
     pressure_filter_s: float
     pressure_baseline_s: float
     compliance_ml_per_mmhg: float
+    drive_stiffness_n_per_mm: float
     backoff: bool
     backoff_margin_mmhg: float
     backoff_rate_ml_h: float
@@ -357,10 +362,17 @@ class KernelConfig:
     take_up_rate_ml_s: float
     backoff_rate_ml_s: float
     slew_ml_s_per_s: float
+    #: Drive-train compliance ``A²/k`` on this syringe (mL/mmHg); 0 when the stiffness is 0.
+    drive_compliance_ml_per_mmhg: float
 
     @classmethod
     def from_raw(cls, raw: RawKernelConfig) -> KernelConfig:
         area_ml_per_mm = math.pi * raw.syringe_diameter_mm * raw.syringe_diameter_mm / 4.0 / 1_000.0
+        area_mm2 = area_ml_per_mm * 1_000.0
+        stiffness = raw.drive_stiffness_n_per_mm
+        drive_compliance = (
+            N_PER_MM2_PER_MMHG * area_mm2 / stiffness * area_ml_per_mm if stiffness > 0.0 else 0.0
+        )
         ceiling = _fmin(_fmin(raw.max_rate_ml_h, raw.hard_max_rate_ml_h), raw.pump_max_rate_ml_h)
         return cls(
             raw=raw,
@@ -370,6 +382,7 @@ class KernelConfig:
             # Every commanded magnitude, retract included, stays under the ceiling.
             backoff_rate_ml_s=_fmin(raw.backoff_rate_ml_h / S_PER_H, ceiling / S_PER_H),
             slew_ml_s_per_s=raw.slew_ml_h_per_s / S_PER_H,
+            drive_compliance_ml_per_mmhg=drive_compliance,
         )
 
     @classmethod
@@ -715,6 +728,10 @@ class ReferenceKernel:
         # Flow-deviation checkpoints, oldest first (at most FLOW_POINTS).
         self._flow: list[FlowPoint] = []
         self._pressure = PressureTrack()
+        # Lowest filtered line pressure since the program was loaded (the line's pressure at rest).
+        self._rest_mmhg: float | None = None
+        # Set at dose completion: (encoder volume then, drive release predicted then), in mL.
+        self._release: tuple[float, float] | None = None
         self._silenced_until_s = -math.inf
         # Set on start, resume and the end of take-up: the next infusing tick restarts the controller on
         # target at the volume measured then (no catch-up for the time the motor was held).
@@ -749,9 +766,22 @@ class ReferenceKernel:
 
     @property
     def delivered_ml(self) -> float:
-        """Measured volume delivered by the current program (mL)."""
+        """Measured volume delivered by the current program (mL); from the completion on, the drive
+        release predicted then counts as delivered until the plunger has moved that far."""
         if self._origin_ml is not None and self._last_volume_ml is not None:
+            if self._release is not None:
+                at_ml, release_ml = self._release
+                return _fmax(self._last_volume_ml, at_ml + release_ml) - self._origin_ml
             return self._last_volume_ml - self._origin_ml
+        return 0.0
+
+    @property
+    def drive_release_ml(self) -> float:
+        """Volume the compressed drive will still push the plunger on by once the motor stops (mL)."""
+        c_d = self._cfg.drive_compliance_ml_per_mmhg
+        r, p, rest = self._cfg.raw, self._pressure, self._rest_mmhg
+        if rest is not None and c_d > 0.0 and r.has_pressure_sensor and p.initialised:
+            return c_d * _fmin(_fmax(p.last_raw_mmhg - rest, 0.0), r.occlusion_threshold_mmhg)
         return 0.0
 
     @property
@@ -812,6 +842,8 @@ class ReferenceKernel:
         self._completed_mg = completed_mg
         self._program = program
         self._origin_ml = self._last_volume_ml
+        self._release = None
+        self._rest_mmhg = self._pressure.filtered_mmhg if self._pressure.initialised else None
         self._commanded_ml = 0.0
         self._hold_origin_ml = None
         self._monitored_since_s = self._now_s
@@ -879,6 +911,8 @@ class ReferenceKernel:
         self._program = None
         self._origin_ml = None
         self._hold_origin_ml = None
+        self._release = None
+        self._rest_mmhg = None
         self._transition(IDLE, "unload")
 
     def set_rate(self, rate_ml_h: float) -> None:
@@ -1037,6 +1071,9 @@ class ReferenceKernel:
         self._last_volume_ml = s.volume_ml
         if self._cfg.raw.has_pressure_sensor:
             self._track_pressure(s.pressure_mmhg, 0.0 if prev_t is None else s.t_s - prev_t)
+            if self._program is not None:
+                filtered = self._pressure.filtered_mmhg
+                self._rest_mmhg = filtered if self._rest_mmhg is None else _fmin(self._rest_mmhg, filtered)
         return True
 
     def _track_pressure(self, raw_mmhg: float, dt_s: float) -> None:
@@ -1164,13 +1201,17 @@ class ReferenceKernel:
             program = self._program
             if program is None:
                 return MOTOR_HOLD, "no_limit", ControlStatus()
+            # Plunger motion plus what the compressed drive still pushes once stopped reaches the dose.
             delivered = self.delivered_ml
-            if delivered >= program.vtbi_ml - q / 2.0:
+            release = self.drive_release_ml
+            if delivered + release >= program.vtbi_ml - q / 2.0:
+                at_ml = self._last_volume_ml if self._last_volume_ml is not None else 0.0
+                self._release = (at_ml, release)
                 self._transition(COMPLETE, "dose_complete")
                 return MOTOR_HOLD, "dose_exhausted", ControlStatus()
             volume = self._last_volume_ml if self._last_volume_ml is not None else 0.0
             cap_ml = (self._cfg.raw.hard_cap_mg - self.cumulative_mg) / self._cfg.mg_per_ml
-            dose_headroom = _fmin(program.vtbi_ml - delivered, cap_ml)
+            dose_headroom = _fmin(program.vtbi_ml - release - delivered, cap_ml)
             phase = state.phase
             if isinstance(phase, TakeUp):
                 take_up_left = self._cfg.raw.take_up_max_ml - phase.commanded_ml

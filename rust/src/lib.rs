@@ -88,6 +88,7 @@ kernel_config_class!(
     pressure_filter_s: f64,
     pressure_baseline_s: f64,
     compliance_ml_per_mmhg: f64,
+    drive_stiffness_n_per_mm: f64,
     backoff: bool,
     backoff_margin_mmhg: f64,
     backoff_rate_ml_h: f64,

@@ -87,6 +87,9 @@ pub struct RawKernelConfig {
     pub pressure_filter_s: f64,
     pub pressure_baseline_s: f64,
     pub compliance_ml_per_mmhg: f64,
+    /// Stiffness of the drive train between the motor's nut and the plunger seal (lead screw, rod,
+    /// stopper rubber) (N/mm); 0 when it has not been characterised (no end-of-dose correction).
+    pub drive_stiffness_n_per_mm: f64,
     pub backoff: bool,
     pub backoff_margin_mmhg: f64,
     pub backoff_rate_ml_h: f64,
@@ -115,6 +118,9 @@ pub struct RawKernelConfig {
     pub silence_s: f64,
 }
 
+/// One mmHg as a stress (N/mm²): 133.322 Pa.
+const N_PER_MM2_PER_MMHG: f64 = 133.322e-6;
+
 /// The longest an alarm may be silenced before it annunciates again (S7: 2 min).
 pub const MAX_SILENCE_S: f64 = 120.0;
 
@@ -129,6 +135,9 @@ pub struct KernelConfig {
     pub take_up_rate_ml_s: f64,
     pub backoff_rate_ml_s: f64,
     pub slew_ml_s_per_s: f64,
+    /// Drive-train compliance `A²/k` on this syringe (mL/mmHg): the volume the compressed drive pushes
+    /// the plunger on by, per mmHg of line pressure, once the motor stops. 0 when the stiffness is 0.
+    pub drive_compliance_ml_per_mmhg: f64,
 }
 
 impl KernelConfig {
@@ -182,6 +191,7 @@ impl KernelConfig {
         scalar("pressure_filter_s", r.pressure_filter_s, 0.0, true, 3_600.0)?;
         scalar("pressure_baseline_s", r.pressure_baseline_s, 0.0, true, 36_000.0)?;
         scalar("compliance_ml_per_mmhg", r.compliance_ml_per_mmhg, 0.0, true, 0.1)?;
+        let stiffness = scalar("drive_stiffness_n_per_mm", r.drive_stiffness_n_per_mm, 0.0, false, 1.0e9)?;
         Mmhg::new(r.backoff_margin_mmhg).map_err(value_error("backoff_margin_mmhg"))?;
         let backoff_rate = MlPerHour::new(r.backoff_rate_ml_h).map_err(value_error("backoff_rate_ml_h"))?;
         if r.backoff && backoff_rate.get() <= 0.0 {
@@ -215,6 +225,14 @@ impl KernelConfig {
         scalar("silence_s", r.silence_s, 0.0, false, MAX_SILENCE_S)?;
 
         let area_ml_per_mm = core::f64::consts::PI * diameter.get() * diameter.get() / 4.0 / 1_000.0;
+        // A pressure p (mmHg) on the bore (mm²) is a force p·PA·A (N, PA = N/mm² per mmHg); it compresses
+        // the drive by that force / k (mm), which is that many mm of the bore's mL per mm.
+        let area_mm2 = area_ml_per_mm * 1_000.0;
+        let drive_compliance =
+            if stiffness > 0.0 { N_PER_MM2_PER_MMHG * area_mm2 / stiffness * area_ml_per_mm } else { 0.0 };
+        if drive_compliance > r.compliance_ml_per_mmhg {
+            return Err(inconsistent("drive_stiffness_n_per_mm", "compliance_ml_per_mmhg"));
+        }
         let ceiling = max_rate.get().min(hard_rate.get()).min(pump_rate.get());
         Ok(Self {
             raw,
@@ -224,6 +242,7 @@ impl KernelConfig {
             // Every commanded magnitude, retract included, stays under the ceiling.
             backoff_rate_ml_s: backoff_rate.per_second().min(ceiling / crate::units::S_PER_H),
             slew_ml_s_per_s: slew / crate::units::S_PER_H,
+            drive_compliance_ml_per_mmhg: drive_compliance,
         })
     }
 

@@ -34,6 +34,9 @@
 //!   alarm (stale or invalid telemetry, clock, air, syringe missing, end of travel, reverse motion,
 //!   uncommanded delivery, an invalid rate command), on that arrow or during the back-off, holds the
 //!   motor: never act on a pressure that cannot be trusted or where a retract is not safe.
+//! - `Running → Complete` ("dose delivered") when the encoder volume plus what the compressed drive
+//!   will still push the plunger on by once the motor stops ([`SafetyKernel::drive_release_ml`])
+//!   reaches the programmed volume; that release counts as delivered from then on.
 //! - `Idle` and `Complete` are not monitored (no program is in force); every other state is.
 //! - Every transition, and every alarm raised while already in `Alarm`, is recorded in the trace ring.
 //!
@@ -306,6 +309,12 @@ pub struct SafetyKernel {
     flow: [FlowPoint; FLOW_POINTS],
     flow_len: usize,
     pressure: PressureTrack,
+    /// Lowest filtered line pressure since the program was loaded: the pressure the line relaxes to
+    /// with the motor stopped (the drive's spring settles back to it).
+    rest_mmhg: Option<f64>,
+    /// Set at dose completion: the encoder volume then and the drive release predicted then (mL). The
+    /// plunger still moves on by the release; it is counted as delivered from the completion on.
+    release: Option<(f64, f64)>,
     silenced_until_s: f64,
     /// Set on start, resume and the end of take-up: the next infusing tick restarts the controller
     /// on target at the volume measured then (no catch-up for the time the motor was held).
@@ -345,6 +354,8 @@ impl SafetyKernel {
             flow: [FlowPoint::default(); FLOW_POINTS],
             flow_len: 0,
             pressure: PressureTrack::default(),
+            rest_mmhg: None,
+            release: None,
             silenced_until_s: f64::NEG_INFINITY,
             restart_controller: false,
         }
@@ -378,10 +389,27 @@ impl SafetyKernel {
         self.commanded_ml
     }
 
-    /// Measured volume delivered by the current program (mL).
+    /// Measured volume delivered by the current program (mL). From the completion of the dose on, the
+    /// drive release predicted then counts as delivered until the plunger has moved that far.
     pub fn delivered_ml(&self) -> f64 {
         match (self.origin_ml, self.last_volume_ml) {
-            (Some(origin), Some(volume)) => volume - origin,
+            (Some(origin), Some(volume)) => match self.release {
+                Some((at_ml, release_ml)) => volume.max(at_ml + release_ml) - origin,
+                None => volume - origin,
+            },
+            _ => 0.0,
+        }
+    }
+
+    /// Volume the compressed drive train will still push the plunger on by once the motor stops (mL):
+    /// drive compliance × (line pressure − rest pressure), the rise counted up to the occlusion
+    /// threshold. Zero without a pressure sensor, a pressure sample, or a characterised drive.
+    pub fn drive_release_ml(&self) -> f64 {
+        let c_d = self.cfg.drive_compliance_ml_per_mmhg;
+        match self.rest_mmhg {
+            Some(rest) if c_d > 0.0 && self.cfg.raw.has_pressure_sensor && self.pressure.initialised => {
+                c_d * (self.pressure.last_raw_mmhg - rest).max(0.0).min(self.cfg.raw.occlusion_threshold_mmhg)
+            }
             _ => 0.0,
         }
     }
@@ -435,6 +463,8 @@ impl SafetyKernel {
         self.completed_mg = completed_mg;
         self.program = Some(program);
         self.origin_ml = self.last_volume_ml;
+        self.release = None;
+        self.rest_mmhg = self.pressure.initialised.then_some(self.pressure.filtered_mmhg);
         self.commanded_ml = 0.0;
         self.hold_origin_ml = None;
         self.monitored_since_s = self.now_s;
@@ -518,6 +548,8 @@ impl SafetyKernel {
         self.program = None;
         self.origin_ml = None;
         self.hold_origin_ml = None;
+        self.release = None;
+        self.rest_mmhg = None;
         self.transition(State::Idle, Cause::Operator(Command::Unload));
         Ok(())
     }
@@ -680,6 +712,10 @@ impl SafetyKernel {
         self.last_volume_ml = Some(s.volume_ml);
         if self.cfg.raw.has_pressure_sensor {
             self.track_pressure(s.pressure_mmhg, prev_t.map_or(0.0, |p| s.t_s - p));
+            if self.program.is_some() {
+                let filtered = self.pressure.filtered_mmhg;
+                self.rest_mmhg = Some(self.rest_mmhg.map_or(filtered, |rest| rest.min(filtered)));
+            }
         }
         true
     }
@@ -846,14 +882,18 @@ impl SafetyKernel {
                 let Some(program) = self.program else {
                     return (MotorCommand::HOLD, ClampReason::NoLimit, ControlStatus::default());
                 };
+                // The dose ends when what the plunger has moved plus what the compressed drive will
+                // still push it on by once the motor stops reaches the programmed volume.
                 let delivered = self.delivered_ml();
-                if delivered >= program.vtbi_ml - q / 2.0 {
+                let release = self.drive_release_ml();
+                if delivered + release >= program.vtbi_ml - q / 2.0 {
+                    self.release = Some((self.last_volume_ml.unwrap_or(0.0), release));
                     self.transition(State::Complete, Cause::DoseComplete);
                     return (MotorCommand::HOLD, ClampReason::DoseExhausted, ControlStatus::default());
                 }
                 let volume = self.last_volume_ml.unwrap_or(0.0);
                 let cap_ml = (self.cfg.raw.hard_cap_mg - self.cumulative_mg()) / self.cfg.mg_per_ml();
-                let dose_headroom = (program.vtbi_ml - delivered).min(cap_ml);
+                let dose_headroom = (program.vtbi_ml - release - delivered).min(cap_ml);
                 match phase {
                     Phase::TakeUp { commanded_ml, origin_ml } => {
                         let take_up_left = self.cfg.raw.take_up_max_ml - commanded_ml;

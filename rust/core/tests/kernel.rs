@@ -7,8 +7,8 @@
 
 use ketapump_core::kernel::{Backoff, Phase};
 use ketapump_core::{
-    Alarm, AlarmSet, Cause, Command, Direction, KernelConfig, KernelError, MotorCommand, RawKernelConfig, SafetyKernel,
-    State, StateKind, StepOutput, Telemetry, TraceEvent,
+    Alarm, AlarmSet, Cause, Command, ConfigError, ConfigProblem, Direction, KernelConfig, KernelError, MotorCommand,
+    RawKernelConfig, SafetyKernel, State, StateKind, StepOutput, Telemetry, TraceEvent,
 };
 use std::collections::VecDeque;
 
@@ -41,6 +41,7 @@ fn raw() -> RawKernelConfig {
         pressure_filter_s: 5.0,
         pressure_baseline_s: 120.0,
         compliance_ml_per_mmhg: 0.0028,
+        drive_stiffness_n_per_mm: 100.0,
         backoff: true,
         backoff_margin_mmhg: 20.0,
         backoff_rate_ml_h: 300.0,
@@ -1714,6 +1715,118 @@ fn excluded_alarms_never_back_off_a_pressurised_line() {
             Alarm::FlowDeviation
         ]
     );
+}
+
+// ----- end of dose: the compressed drive's release (S3, S11) ----------------------------------------
+
+#[test]
+fn drive_compliance_is_derived_from_the_bore_and_the_stiffness() {
+    // 26.59 mm bore: A = 555.30 mm²; 1 mmHg = 133.322e-6 N/mm² → 0.074034 N → 7.4034e-4 mm at 100 N/mm
+    // → × 0.55530 mL/mm = 4.1111e-4 mL/mmHg (the simulator's 50/60 mL syringe on its 100 N/mm drive).
+    let c_d = config().drive_compliance_ml_per_mmhg;
+    assert!((c_d - 4.1111e-4).abs() < 1e-8, "{c_d}");
+    assert_eq!(config_with(|r| r.drive_stiffness_n_per_mm = 0.0).drive_compliance_ml_per_mmhg, 0.0);
+    // A drive softer than the whole compliance it is part of is refused, and so is a negative one.
+    let soft = KernelConfig::from_raw(RawKernelConfig { drive_stiffness_n_per_mm: 10.0, ..raw() });
+    assert_eq!(
+        soft,
+        Err(ConfigError {
+            field: "drive_stiffness_n_per_mm",
+            problem: ConfigProblem::Inconsistent { other: "compliance_ml_per_mmhg" }
+        })
+    );
+    let negative = KernelConfig::from_raw(RawKernelConfig { drive_stiffness_n_per_mm: -1.0, ..raw() });
+    assert!(matches!(negative, Err(ConfigError { field: "drive_stiffness_n_per_mm", .. })), "{negative:?}");
+}
+
+/// Line pressure while a dose runs: 10 mmHg at rest, up to 200 mmHg over the first 20 s (before the
+/// slope detector arms), then steady.
+fn flowing_pressure(t_since_start_s: f64) -> f64 {
+    BASELINE_MMHG + (200.0 - BASELINE_MMHG) * (t_since_start_s / 20.0).min(1.0)
+}
+
+/// Runs 2 mL at 60 mL/h with the line at [`flowing_pressure`] until the dose completes; returns the
+/// completion output, the true and the measured plunger origin.
+fn run_dose_at_pressure(cfg: KernelConfig) -> (StepOutput, f64, f64, Sim) {
+    let mut sim = armed_with(cfg, 60.0, 2.0, false);
+    let (origin_true, origin_measured) = (sim.pos_ml, sim.measured());
+    sim.k.start().unwrap();
+    let t0 = sim.t;
+    for _ in 0..sim.ticks_for(300.0) {
+        sim.pressure_mmhg = flowing_pressure(sim.t - t0);
+        let out = sim.tick();
+        assert!(out.alarms.is_empty(), "{:?}", out.alarms);
+        if out.state == StateKind::Complete {
+            return (out, origin_true, origin_measured, sim);
+        }
+    }
+    panic!("the dose did not complete")
+}
+
+#[test]
+fn end_of_dose_ends_early_by_what_the_compressed_drive_still_pushes() {
+    let cfg = config();
+    let c_d = cfg.drive_compliance_ml_per_mmhg;
+    let release = c_d * (200.0 - BASELINE_MMHG); // 0.078 mL
+    let (out, origin_true, origin_measured, mut sim) = run_dose_at_pressure(cfg);
+    let tolerance = per_s(60.0) * sim.period() + sim.q() + 1e-12;
+    // The motor stops with the plunger short of the dose by the drive's release ...
+    let moved = sim.pos_ml - origin_true;
+    assert!((moved - (2.0 - release)).abs() <= tolerance, "stopped after {moved} mL (release {release})");
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert!((sim.k.drive_release_ml() - release).abs() < 1e-9, "{}", sim.k.drive_release_ml());
+    // ... which counts as delivered from the completion on: the dose reads as given, nothing remains.
+    assert!((out.delivered_ml - 2.0).abs() <= tolerance, "reported {}", out.delivered_ml);
+    assert!(out.remaining_ml <= tolerance, "{}", out.remaining_ml);
+    // The drive relaxes (the plant's spring): half the release, then all of it. The reported volume
+    // holds until the plunger has moved past the prediction, then follows the encoder.
+    let reported = out.delivered_ml;
+    sim.pos_ml += release / 2.0;
+    assert_eq!(sim.tick().delivered_ml, reported);
+    sim.pos_ml += release / 2.0;
+    let out = sim.tick();
+    assert!((out.delivered_ml - reported).abs() <= sim.q() + 1e-12, "{} vs {reported}", out.delivered_ml);
+    // The plunger ends within one period's volume (or one encoder count) of the dose.
+    let error = (sim.pos_ml - origin_true) - 2.0;
+    assert!(error.abs() <= tolerance, "error {error} mL");
+    sim.pos_ml += 0.01; // more than predicted: the encoder decides again
+    let out = sim.tick();
+    assert!((out.delivered_ml - (sim.measured() - origin_measured)).abs() < 1e-12);
+}
+
+#[test]
+fn end_of_dose_without_a_characterised_drive_or_a_pressure_sensor_stops_at_the_encoder() {
+    // What the drive then adds after the stop is the overshoot the correction removes (0.078 mL here).
+    for (name, cfg) in [
+        ("drive_stiffness_n_per_mm = 0", config_with(|r| r.drive_stiffness_n_per_mm = 0.0)),
+        ("no pressure sensor", config_with(|r| r.has_pressure_sensor = false)),
+    ] {
+        let (out, origin_true, _, sim) = run_dose_at_pressure(cfg);
+        let tolerance = per_s(60.0) * sim.period() + sim.q() + 1e-12;
+        assert_eq!(sim.k.drive_release_ml(), 0.0, "{name}");
+        assert!(((sim.pos_ml - origin_true) - 2.0).abs() <= tolerance, "{name}");
+        assert!((out.delivered_ml - 2.0).abs() <= tolerance, "{name}: {}", out.delivered_ml);
+    }
+}
+
+#[test]
+fn drive_release_counts_the_rise_above_the_rest_pressure_up_to_the_threshold() {
+    let mut sim = armed_with(config(), 60.0, 10.0, false);
+    let c_d = sim.cfg.drive_compliance_ml_per_mmhg;
+    assert_eq!(sim.k.drive_release_ml(), 0.0, "at rest");
+    // The rest pressure is the lowest seen since the program was loaded (the line relaxing before the
+    // start): a pump lowered by 20 cm before the start.
+    sim.pressure_mmhg = BASELINE_MMHG - 15.0;
+    sim.run(60.0);
+    sim.pressure_mmhg = 150.0;
+    sim.tick();
+    let expected = c_d * (150.0 - (BASELINE_MMHG - 15.0));
+    assert!((sim.k.drive_release_ml() - expected).abs() < 0.01 * expected, "{}", sim.k.drive_release_ml());
+    // Whatever the pressure reads, the rise counted stops at the occlusion threshold.
+    sim.pressure_mmhg = 2_000.0;
+    sim.tick();
+    let bound = c_d * sim.cfg.raw.occlusion_threshold_mmhg;
+    assert_eq!(sim.k.drive_release_ml(), bound);
 }
 
 #[test]

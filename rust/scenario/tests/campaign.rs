@@ -36,6 +36,7 @@ fn raw() -> RawKernelConfig {
         pressure_filter_s: 5.0,
         pressure_baseline_s: 120.0,
         compliance_ml_per_mmhg: 0.0028,
+        drive_stiffness_n_per_mm: 100.0,
         backoff: true,
         backoff_margin_mmhg: 20.0,
         backoff_rate_ml_h: 300.0,
