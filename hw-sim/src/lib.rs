@@ -19,7 +19,7 @@
 //! | slack | 0.3 mm, not taken up | brief; 0.17 mL on a 50 mL syringe = 10 min dead time at 1 mL/h |
 //! | compliance `C` | 2.0 µL/mmHg (total) | middle of the 1.2–2.8 µL/mmHg field range |
 //! | drive stiffness | 100 N/mm → `C_d` = A²/k = 0.41 µL/mmHg on 50 mL | stopper + rod + bracket; part of `C`, not added to it |
-//! | resistance `R` | 14 400 mmHg·s/mL | 20 mmHg drop at 5 mL/h (line pressure ≈ 30 mmHg), `R·C_f` ≈ 23 s |
+//! | resistance `R` | 3 600 mmHg·s/mL | 1 mmHg per mL/h (a 150 cm × 0.6 mm microbore set + 22 G cannula, Poiseuille): 15 mmHg at 5 mL/h, 62 mmHg at 52.5 mL/h, 100 mmHg at 90 mL/h with the patient's 10 mmHg; `R·C_f` ≈ 5.8 s. [`HIGH_RESISTANCE_MMHG_S_PER_ML`] (× 4) is a narrow, viscous line |
 //! | patient pressure | 10 mmHg | peripheral venous pressure |
 //! | head height | 0 cm (0.7355 mmHg/cm) | pump level with the cannula |
 //! | motor stall force | 200 N | typical syringe-pump maximum thrust; ≈ 2700 mmHg on 50 mL |
@@ -42,7 +42,8 @@ pub use nesp::{
     address_of, burst_targets, crc16_xmodem, Direction, Framing, NespPort, Packet, ProgramState, RateUnits, VolumeUnits,
 };
 pub use plant::{
-    BalanceReading, Plant, PlantConfig, PlantError, PlantOutputs, SealMotion, MMHG_PER_CM_H2O, PA_PER_MMHG,
+    BalanceReading, Plant, PlantConfig, PlantError, PlantOutputs, SealMotion, HIGH_RESISTANCE_MMHG_S_PER_ML,
+    MMHG_PER_CM_H2O, NOMINAL_RESISTANCE_MMHG_S_PER_ML, PA_PER_MMHG,
 };
 pub use regmap::{ModbusException, RegisterMap};
 pub use rng::SplitMix64;

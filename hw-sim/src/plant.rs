@@ -45,6 +45,20 @@ pub const MMHG_PER_CM_H2O: f64 = 0.7355;
 pub const PA_PER_MMHG: f64 = 133.322;
 const NS_PER_S: f64 = 1.0e9;
 
+/// The nominal downstream resistance (mmHg·s/mL): 1 mmHg of line pressure per mL/h, so 52.5 mmHg at
+/// 52.5 mL/h and 90 mmHg at 90 mL/h above the patient's venous pressure — a syringe-pump line at
+/// clinical rates runs at tens of mmHg. Why this value: Poiseuille (`R = 8µL/πr⁴`, water at 20 °C) gives
+/// ≈ 3 540 mmHg·s/mL for a 150 cm microbore extension set of 0.6 mm bore, the dominant term, and
+/// ≈ 60 for a 25 mm, 22 G cannula; a 1 mm bore set is ≈ 460 and a 0.5 mm one ≈ 7 300. `R·C_f` ≈ 5.8 s
+/// with the nominal fluid compliance.
+pub const NOMINAL_RESISTANCE_MMHG_S_PER_ML: f64 = 3_600.0;
+
+/// A high-resistance line (mmHg·s/mL), four times the nominal: a 0.5 mm × 150 cm microbore set with an
+/// infusate twice as viscous as water (≈ 14 700 by Poiseuille), or a small cannula and an in-line
+/// filter. 4 mmHg per mL/h: 210 mmHg at 52.5 mL/h, 360 mmHg at 90 mL/h, above the default 300 mmHg
+/// occlusion threshold. Not a default: tests use it to keep the high-pressure regime covered.
+pub const HIGH_RESISTANCE_MMHG_S_PER_ML: f64 = 14_400.0;
+
 /// Why a configuration, command or step was refused. State is untouched when an error is returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlantError {
@@ -97,7 +111,9 @@ pub struct PlantConfig {
     pub drive_stiffness_n_per_mm: f64,
     /// Total syringe + line compliance seen by the drive (mL/mmHg).
     pub compliance_ml_per_mmhg: f64,
-    /// Downstream resistance: line, filter, cannula (mmHg·s/mL).
+    /// Downstream resistance: line, filter, cannula (mmHg·s/mL). The flowing line pressure is
+    /// `p_patient + R·Q`; see [`PlantConfig::nominal`] for the default and [`HIGH_RESISTANCE_MMHG_S_PER_ML`]
+    /// for a narrow, viscous line.
     pub resistance_mmhg_s_per_ml: f64,
     /// Pressure at the cannula tip (mmHg).
     pub patient_pressure_mmhg: f64,
@@ -135,7 +151,7 @@ impl PlantConfig {
             slack_taken_up: false,
             drive_stiffness_n_per_mm: 100.0,
             compliance_ml_per_mmhg: 2.0e-3,
-            resistance_mmhg_s_per_ml: 14_400.0,
+            resistance_mmhg_s_per_ml: NOMINAL_RESISTANCE_MMHG_S_PER_ML,
             patient_pressure_mmhg: 10.0,
             head_height_cm: 0.0,
             motor_stall_force_n: 200.0,
