@@ -280,6 +280,7 @@ def kernel_overrides(draw: st.DrawFn) -> dict[str, Any]:
         "slope_rise_mmhg": draw(st.floats(2.0, 40.0)),
         "slope_fraction": draw(st.floats(0.05, 1.0)),
         "slope_arm_delay_s": draw(st.sampled_from([0.0, 0.5, 2.0, 60.0])),
+        "slope_rearm_increase": draw(st.sampled_from([0.0, 0.1, 0.1, 0.5])),
         "pressure_filter_s": draw(st.floats(0.1, 5.0)),
         "pressure_baseline_s": draw(st.floats(1.0, 120.0)),
         "compliance_ml_per_mmhg": draw(st.floats(0.0005, 0.01)),
@@ -648,6 +649,29 @@ def test_slope_detector() -> None:
     )
     pair = run_scenario(scenario)
     assert "occlusion_slope" in pair.seen_causes
+
+
+def ramp(step: float) -> dict[int, Tick]:
+    """A rate ramp from 30 mL/h in steps of ``step`` (fraction) every 5 ticks from tick 30, the line
+    occluding at tick 60."""
+    perturbations = {
+        30 + 5 * k: Tick(command="set_rate", rate=30.0 * (1.0 + step) ** (k + 1)) for k in range(30)
+    }
+    perturbations[60] = Tick(event="occlude")
+    return perturbations
+
+
+def test_a_ramp_in_small_steps_keeps_the_slope_detector_armed() -> None:
+    # +2 % every 0.5 s with a 2 s arm delay: armed throughout, so the slope detector sees the occlusion.
+    settings = {"slope_arm_delay_s": 2.0, "slope_rise_mmhg": 5.0, "occlusion_threshold_mmhg": 100.0}
+    pair = run_scenario(fixed_scenario(300, ramp(0.02), rate=30.0, **settings))
+    assert "set_rate" in pair.seen_causes
+    assert "occlusion_slope" in pair.seen_causes
+    # +12 % steps (to 900 mL/h) re-arm it every 0.5 s: it never fires, the threshold does.
+    ceiling = {"max_rate_ml_h": 1_000.0, "hard_max_rate_ml_h": 2_000.0}
+    pair = run_scenario(fixed_scenario(300, ramp(0.12), rate=30.0, **ceiling, **settings))
+    assert "occlusion_pressure" in pair.seen_causes
+    assert "occlusion_slope" not in pair.seen_causes
 
 
 def test_stall_and_flow_deviation() -> None:

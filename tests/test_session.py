@@ -53,6 +53,7 @@ def run_session(
     durable_log: bool = False,
     memory: MemoryLog | None = None,
     faults: Sequence[tuple[str, float]] = (),
+    scheduled: Sequence[tuple[float, str, float]] = (),
 ) -> Run:
     """One session; ``history`` holds earlier sessions as (hours before NOW, delivered mg).
 
@@ -64,6 +65,8 @@ def run_session(
     pump = _core.SimPump("bd-plastipak-60", seed=seed, fill_ml=40.0)
     for name, value in faults:
         pump.inject(name, value)
+    for at_s, name, value in scheduled:
+        pump.schedule(at_s, name, value)
     transport = open_transport("sim://", clock=clock, pump=pump)
     assert isinstance(transport, SimTransport)
     writer = audit.AuditWriter.open(log) if durable_log else None
@@ -346,6 +349,24 @@ def test_a_phased_protocol_follows_its_ramp_and_taper(tmp_path: Path) -> None:
     hold = r.plan.peak_rate_ml_h
     assert rates and max(rates) <= hold * 1.0001 and min(rates) < 0.6 * hold
     assert math.isclose(r.delivered_mg, r.programmed_mg, rel_tol=0.02)
+    # Dozens of small steps (2 %), and no false alarm: the slope detector stays armed through them.
+    assert len(rates) > 50 and not r.alarms
+
+
+def test_an_occlusion_during_the_ramp_is_caught_by_the_slope_detector(tmp_path: Path) -> None:
+    # The line is closed 3 min into the tapered protocol's 5-min ramp (~22 mL/h, rising 2 % every ~9 s).
+    # Each small step no longer re-arms the slope detector (it used to, so it stayed silent through the
+    # whole ramp and the flow check or the threshold caught the occlusion later).
+    run = run_session(
+        tmp_path, protocol="ketamine-depression-tapered", scheduled=[(190.0, "fault_occlusion", 1.0)]
+    )
+    r = run.result
+    assert r is not None and r.run is not None
+    assert run.named("alarm")[0]["raised"] == ["occlusion_slope"], r.run.alarms
+    # Seen within 30 s (the threshold alone would need ~70 s from the ~35 mmHg working pressure).
+    assert r.alarms[0]["code"] == "occlusion_slope" and r.alarms[0]["t_min"] * 60.0 - 190.0 < 30.0
+    during_ramp = [e["rate_ml_h"] for e in run.named("rate_changed")]
+    assert len(during_ramp) > 10 and max(during_ramp) < 0.9 * r.plan.peak_rate_ml_h
 
 
 def _toml(document: dict[str, Any]) -> str:

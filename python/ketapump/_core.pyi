@@ -68,7 +68,10 @@ class KernelConfig:
     - ``slope_detector``: Enable the slope/model-based occlusion detector.
     - ``slope_rise_mmhg``: Rise above baseline the slope detector needs before it fires (mmHg).
     - ``slope_fraction``: Fraction of the occluded slope Q/C that counts as rising (0–1].
-    - ``slope_arm_delay_s``: Settling time after start, resume or rate change before the slope detector arms.
+    - ``slope_arm_delay_s``: Settling time after start, resume or a re-arming rate increase before the
+      slope detector arms.
+    - ``slope_rearm_increase``: A rate change re-arms the slope detector only when it raises the rate by
+      more than this fraction (0.10: above +10 %); a decrease never does.
     - ``pressure_filter_s``: Time constant of the pressure and slope filters (s).
     - ``pressure_baseline_s``: Time constant of the baseline tracker (s).
     - ``compliance_ml_per_mmhg``: Syringe + line compliance C (mL/mmHg); worst case 0.0028.
@@ -118,6 +121,7 @@ class KernelConfig:
         slope_rise_mmhg: float,
         slope_fraction: float,
         slope_arm_delay_s: float,
+        slope_rearm_increase: float,
         pressure_filter_s: float,
         pressure_baseline_s: float,
         compliance_ml_per_mmhg: float,

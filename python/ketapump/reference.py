@@ -316,6 +316,7 @@ class RawKernelConfig:
     slope_rise_mmhg: float
     slope_fraction: float
     slope_arm_delay_s: float
+    slope_rearm_increase: float
     pressure_filter_s: float
     pressure_baseline_s: float
     compliance_ml_per_mmhg: float
@@ -930,7 +931,9 @@ class ReferenceKernel:
             self._raise(alarm)
             raise InterlockError("rate_command_invalid", f"{cause.field} {cause.problem}") from cause
         self._program = replace(program, rate_ml_s=rate_ml_s)
-        self._pressure.armed_at_s = self._now_or_zero() + self._cfg.raw.slope_arm_delay_s
+        # Only an increase above slope_rearm_increase re-arms (silences) the slope detector.
+        if rate_ml_s > program.rate_ml_s * (1.0 + self._cfg.raw.slope_rearm_increase):
+            self._pressure.armed_at_s = self._now_or_zero() + self._cfg.raw.slope_arm_delay_s
         self._transition(self._state, "set_rate")
 
     def _begin_motion(self) -> None:

@@ -85,6 +85,7 @@ kernel_config_class!(
     slope_rise_mmhg: f64,
     slope_fraction: f64,
     slope_arm_delay_s: f64,
+    slope_rearm_increase: f64,
     pressure_filter_s: f64,
     pressure_baseline_s: f64,
     compliance_ml_per_mmhg: f64,

@@ -84,6 +84,10 @@ pub struct RawKernelConfig {
     pub slope_rise_mmhg: f64,
     pub slope_fraction: f64,
     pub slope_arm_delay_s: f64,
+    /// A rate change re-arms the slope detector (`slope_arm_delay_s` before it may fire again) only when
+    /// it raises the rate by more than this fraction of the previous rate (0.10: above +10 %); a decrease
+    /// never does. A protocol's ramp in small steps keeps the detector armed.
+    pub slope_rearm_increase: f64,
     pub pressure_filter_s: f64,
     pub pressure_baseline_s: f64,
     pub compliance_ml_per_mmhg: f64,
@@ -188,6 +192,7 @@ impl KernelConfig {
         scalar("slope_rise_mmhg", r.slope_rise_mmhg, 0.0, true, Mmhg::MAX)?;
         scalar("slope_fraction", r.slope_fraction, 0.0, true, 1.0)?;
         Seconds::new(r.slope_arm_delay_s).map_err(value_error("slope_arm_delay_s"))?;
+        scalar("slope_rearm_increase", r.slope_rearm_increase, 0.0, false, 10.0)?;
         scalar("pressure_filter_s", r.pressure_filter_s, 0.0, true, 3_600.0)?;
         scalar("pressure_baseline_s", r.pressure_baseline_s, 0.0, true, 36_000.0)?;
         scalar("compliance_ml_per_mmhg", r.compliance_ml_per_mmhg, 0.0, true, 0.1)?;

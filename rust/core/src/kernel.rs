@@ -269,7 +269,8 @@ struct PressureTrack {
     slope_mmhg_s: f64,
     baseline_mmhg: f64,
     last_raw_mmhg: f64,
-    /// Kernel time from which the slope detector may fire (re-armed on start, resume, rate change).
+    /// Kernel time from which the slope detector may fire (re-armed on start, resume and a rate increase
+    /// above `slope_rearm_increase`).
     armed_at_s: f64,
     /// Interval between the last two pressure samples (s).
     last_dt_s: f64,
@@ -557,6 +558,12 @@ impl SafetyKernel {
     /// Changes the programmed rate (`Armed`, `Running`, `Paused`, `Stopped`). An invalid rate — NaN,
     /// infinite, ≤ 0, above the ceiling (a unit slip) — is refused *and* latches
     /// [`Alarm::RateCommandInvalid`]: a bad command while a program is in force is a safety event.
+    ///
+    /// The slope detector is re-armed (silent for `slope_arm_delay_s`) only by an increase of more than
+    /// `slope_rearm_increase` of the previous rate: the line pressure then climbs to a higher working
+    /// pressure, which must not be taken for an occlusion. A smaller increase raises it too little, and
+    /// a decrease lowers it (the baseline follows a falling pressure at once), so neither silences the
+    /// detector: a protocol's ramp or taper in 2 % steps keeps it armed throughout.
     pub fn set_rate(&mut self, rate_ml_h: f64) -> Result<(), KernelError> {
         let Some(program) = self.program else {
             return Err(self.refuse(Command::SetRate));
@@ -567,7 +574,9 @@ impl SafetyKernel {
         match validate_rate(&self.cfg, rate_ml_h) {
             Ok(rate_ml_s) => {
                 self.program = Some(Program { rate_ml_s, ..program });
-                self.pressure.armed_at_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.slope_arm_delay_s;
+                if rate_ml_s > program.rate_ml_s * (1.0 + self.cfg.raw.slope_rearm_increase) {
+                    self.pressure.armed_at_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.slope_arm_delay_s;
+                }
                 self.transition(self.state, Cause::Operator(Command::SetRate));
                 Ok(())
             }
@@ -799,7 +808,8 @@ impl SafetyKernel {
     /// Slope/model detector: in an occlusion all flow goes into the compliance, so the pressure rises
     /// at Q/C. Fires when the filtered slope exceeds `slope_fraction`·Q/C *and* the pressure has risen
     /// `slope_rise_mmhg` above its baseline, once armed (`slope_arm_delay_s` after a start, resume or
-    /// rate change, so the start-up rise to the flowing pressure is not taken for an occlusion). The
+    /// rate increase above `slope_rearm_increase`, so the rise to the flowing pressure is not taken for
+    /// an occlusion). The
     /// baseline follows a falling pressure at once and a rising one only slowly
     /// (`pressure_baseline_s`) and only while it is not rising like an occlusion, so an occlusion can
     /// neither drag the baseline up with it nor shrink the back-off that uses it.

@@ -38,6 +38,7 @@ fn raw() -> RawKernelConfig {
         slope_rise_mmhg: 40.0,
         slope_fraction: 0.5,
         slope_arm_delay_s: 60.0,
+        slope_rearm_increase: 0.10,
         pressure_filter_s: 5.0,
         pressure_baseline_s: 120.0,
         compliance_ml_per_mmhg: 0.0028,
@@ -1063,6 +1064,91 @@ fn occlusion_slope_needs_the_arm_delay() {
     // At 60 mL/h the threshold takes 290·C/Q ≈ 49 s, before the 60 s arm delay.
     assert_eq!(out.raised, set(&[Alarm::OcclusionPressure]));
     assert!(sim.t - t0 < sim.cfg.raw.slope_arm_delay_s);
+}
+
+/// Runs 90 s at 30 mL/h (the slope detector armed), changes the rate to `new_rate_ml_h` and occludes
+/// the line on the same tick; returns (seconds from the change to the first alarm, that output).
+/// At 20–40 mL/h the slope detector needs 10–20 s of rise (plus its filters) and the threshold 73–146 s,
+/// so an armed detector fires well inside the 60 s arm delay and a re-armed one only once it expires.
+fn occlude_after_rate_change(cfg: KernelConfig, new_rate_ml_h: f64) -> (f64, StepOutput, Sim) {
+    let mut sim = running_with(cfg, 30.0, 10.0);
+    let quiet = sim.run(90.0);
+    assert!(quiet.iter().all(|o| o.raised.is_empty()), "{:?}", sim.k.alarms());
+    sim.k.set_rate(new_rate_ml_h).expect("a valid rate");
+    sim.occlusion = Some((sim.pos_ml, BASELINE_MMHG));
+    let t0 = sim.t;
+    let out = sim.run_until_alarm(600.0).expect("occlusion detected");
+    (sim.t - t0, out, sim)
+}
+
+#[test]
+fn a_rate_decrease_keeps_the_slope_detector_armed() {
+    let (elapsed, out, sim) = occlude_after_rate_change(config(), 20.0);
+    assert_eq!(out.raised, set(&[Alarm::OcclusionSlope]));
+    assert!(elapsed < sim.cfg.raw.slope_arm_delay_s - 10.0, "{elapsed} s");
+}
+
+#[test]
+fn a_rate_increase_within_slope_rearm_increase_keeps_the_slope_detector_armed() {
+    // +9 %, under the default 10 %: a ramp step.
+    let (elapsed, out, sim) = occlude_after_rate_change(config(), 30.0 * 1.09);
+    assert_eq!(out.raised, set(&[Alarm::OcclusionSlope]));
+    assert!(elapsed < sim.cfg.raw.slope_arm_delay_s - 10.0, "{elapsed} s");
+}
+
+#[test]
+fn a_rate_increase_above_slope_rearm_increase_re_arms_the_slope_detector() {
+    // +11 %: the line climbs to a higher working pressure; the detector waits out its arm delay, then
+    // fires at once (the occlusion has long met its slope and rise conditions).
+    for new_rate in [30.0 * 1.11, 40.0] {
+        let (elapsed, out, sim) = occlude_after_rate_change(config(), new_rate);
+        assert_eq!(out.raised, set(&[Alarm::OcclusionSlope]), "{new_rate} mL/h");
+        let delay = sim.cfg.raw.slope_arm_delay_s;
+        assert!(elapsed >= delay - sim.period() && elapsed <= delay + sim.period(), "{new_rate} mL/h: {elapsed} s");
+    }
+    // With slope_rearm_increase = 0 any increase re-arms it, a decrease still does not.
+    let every_increase = config_with(|r| r.slope_rearm_increase = 0.0);
+    let (elapsed, _, sim) = occlude_after_rate_change(every_increase, 30.0 * 1.01);
+    assert!(elapsed >= sim.cfg.raw.slope_arm_delay_s - sim.period(), "{elapsed} s");
+    let (elapsed, out, sim) = occlude_after_rate_change(every_increase, 20.0);
+    assert_eq!(out.raised, set(&[Alarm::OcclusionSlope]));
+    assert!(elapsed < sim.cfg.raw.slope_arm_delay_s - 10.0, "{elapsed} s");
+}
+
+#[test]
+fn a_ramp_in_small_steps_keeps_the_slope_detector_armed() {
+    // A protocol ramp: +2 % every 10 s. Before, every step re-armed the detector for 60 s, so it stayed
+    // silent for the whole ramp and the threshold alone caught an occlusion during it.
+    let mut sim = running_with(config(), 20.0, 10.0);
+    sim.run(90.0);
+    let mut rate = 20.0;
+    let mut first: Option<(f64, StepOutput)> = None;
+    for step in 0..30 {
+        if step == 3 {
+            sim.occlusion = Some((sim.pos_ml, BASELINE_MMHG));
+        }
+        rate *= 1.02;
+        sim.k.set_rate(rate).expect("a valid rate");
+        let t_step = sim.t;
+        if let Some(out) = sim.run_until_alarm(10.0) {
+            first = Some((sim.t - t_step, out));
+            break;
+        }
+    }
+    let (_, out) = first.expect("the occlusion was detected during the ramp");
+    assert_eq!(out.raised, set(&[Alarm::OcclusionSlope]));
+    assert!(sim.pressure() < sim.cfg.raw.occlusion_threshold_mmhg / 2.0, "{} mmHg", sim.pressure());
+}
+
+#[test]
+fn slope_rearm_increase_is_validated() {
+    for bad in [-0.01, 10.5, f64::NAN, f64::INFINITY] {
+        let result = KernelConfig::from_raw(RawKernelConfig { slope_rearm_increase: bad, ..raw() });
+        assert!(matches!(result, Err(ConfigError { field: "slope_rearm_increase", .. })), "{bad}: {result:?}");
+    }
+    for good in [0.0, 0.1, 10.0] {
+        assert!(KernelConfig::from_raw(RawKernelConfig { slope_rearm_increase: good, ..raw() }).is_ok());
+    }
 }
 
 #[test]

@@ -33,6 +33,7 @@ fn raw() -> RawKernelConfig {
         slope_rise_mmhg: 40.0,
         slope_fraction: 0.5,
         slope_arm_delay_s: 60.0,
+        slope_rearm_increase: 0.10,
         pressure_filter_s: 5.0,
         pressure_baseline_s: 120.0,
         compliance_ml_per_mmhg: 0.0028,
