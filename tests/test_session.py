@@ -54,6 +54,7 @@ def run_session(
     memory: MemoryLog | None = None,
     faults: Sequence[tuple[str, float]] = (),
     scheduled: Sequence[tuple[float, str, float]] = (),
+    resistance_mmhg_s_per_ml: float | None = None,
 ) -> Run:
     """One session; ``history`` holds earlier sessions as (hours before NOW, delivered mg).
 
@@ -62,7 +63,9 @@ def run_session(
     db, log = tmp_path / "course.sqlite3", tmp_path / "audit.jsonl"
     tmp_path.mkdir(parents=True, exist_ok=True)
     clock = VirtualClock()
-    pump = _core.SimPump("bd-plastipak-60", seed=seed, fill_ml=40.0)
+    pump = _core.SimPump(
+        "bd-plastipak-60", seed=seed, fill_ml=40.0, resistance_mmhg_s_per_ml=resistance_mmhg_s_per_ml
+    )
     for name, value in faults:
         pump.inject(name, value)
     for at_s, name, value in scheduled:
@@ -341,8 +344,11 @@ def test_the_operator_pauses_and_resumes(tmp_path: Path) -> None:
     assert math.isclose(r.delivered_mg, 35.0, rel_tol=0.02)
 
 
-def test_a_phased_protocol_follows_its_ramp_and_taper(tmp_path: Path) -> None:
-    run = run_session(tmp_path, protocol="ketamine-depression-tapered")
+@pytest.mark.parametrize("resistance", [None, 14_400.0], ids=["nominal", "high-resistance"])
+def test_a_phased_protocol_follows_its_ramp_and_taper(tmp_path: Path, resistance: float | None) -> None:
+    # Also on a high-resistance line (4 mmHg per mL/h, ~120 mmHg at the hold rate): each 2 % step
+    # raises the working pressure more, still no false alarm from the armed slope detector.
+    run = run_session(tmp_path, protocol="ketamine-depression-tapered", resistance_mmhg_s_per_ml=resistance)
     r = run.result
     assert r is not None and r.outcome == "complete"
     rates = [e["rate_ml_h"] for e in run.named("rate_changed")]
