@@ -88,13 +88,27 @@ def test_nominal_sessions_with_noise_and_a_50_cm_head_change_never_alarm(height_
     assert min(rates) < 10.0 and max(rates) > 40.0
 
 
-def test_a_rise_threshold_below_the_head_change_is_caught() -> None:
-    # The same sessions against a slope detector that needs only 30 mmHg of rise (below the 37 mmHg a
-    # 50 cm drop adds): the head change is taken for an occlusion.
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"slope_sustain_s": 0.0, "slope_hold_fraction": 0.0},
+        {"slope_hold_fraction": 0.0},
+        {"slope_sustain_s": 0.0},
+    ],
+    ids=["rise-only", "sustain-without-hold", "hold-without-sustain"],
+)
+def test_the_head_change_is_taken_for_an_occlusion_without_sustain_and_hold(
+    overrides: dict[str, float],
+) -> None:
+    # Once its slope has held, the shipped slope detector needs only 25 mmHg of rise
+    # (slope_sustained_rise_mmhg), below the 37 mmHg a 50 cm drop adds: on the same sessions, without
+    # either of the conditions on the slope (held for slope_sustain_s, still slope_hold_fraction of its
+    # peak) the head change is taken for an occlusion.
     document = session_spec(-50.0)
-    document["kernel"] = {"slope_rise_mmhg": 30.0}
-    spec, config = validate_spec(document, "nominal sessions, slope rise 30 mmHg")
-    result = run_campaign(spec, config, list(range(SESSIONS // 2, SESSIONS)))
+    document["kernel"] = overrides
+    spec, config = validate_spec(document, f"nominal sessions, {overrides}")
+    result = run_campaign(spec, config, list(range(SESSIONS)))
     falsely = [o for o in result.outcomes if "occlusion_slope" in o["alarms"]]
-    assert len(falsely) >= 5
+    # Measured: 63, 10 and 56 of the 100.
+    assert len(falsely) >= 5, len(falsely)
     assert all(o["first_alarm_s"] > o["faults"][0]["at_s"] for o in falsely)

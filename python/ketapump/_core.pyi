@@ -72,6 +72,13 @@ class KernelConfig:
       slope detector arms.
     - ``slope_rearm_increase``: A rate change re-arms the slope detector only when it raises the rate by
       more than this fraction (0.10: above +10 %); a decrease never does.
+    - ``slope_sustain_s``: The slope must stay at or above ``slope_fraction``·Q/C without a break for this
+      long (s) before ``slope_sustained_rise_mmhg`` suffices (a head change's slope dies away, an
+      occlusion's ramp keeps it).
+    - ``slope_hold_fraction``: ... and the slope must still be at least this fraction of its highest value
+      since it began to rise (a head change's slope decays with the line's time constant) (0–1).
+    - ``slope_sustained_rise_mmhg``: The rise above baseline that suffices once the slope is sustained and
+      held (mmHg), below a head change; ``slope_rise_mmhg`` suffices at any time.
     - ``pressure_filter_s``: Time constant of the pressure and slope filters (s).
     - ``pressure_baseline_s``: Time constant of the baseline tracker (s).
     - ``compliance_ml_per_mmhg``: Syringe + line compliance C (mL/mmHg); worst case 0.0028.
@@ -122,6 +129,9 @@ class KernelConfig:
         slope_fraction: float,
         slope_arm_delay_s: float,
         slope_rearm_increase: float,
+        slope_sustain_s: float,
+        slope_hold_fraction: float,
+        slope_sustained_rise_mmhg: float,
         pressure_filter_s: float,
         pressure_baseline_s: float,
         compliance_ml_per_mmhg: float,

@@ -317,6 +317,9 @@ class RawKernelConfig:
     slope_fraction: float
     slope_arm_delay_s: float
     slope_rearm_increase: float
+    slope_sustain_s: float
+    slope_hold_fraction: float
+    slope_sustained_rise_mmhg: float
     pressure_filter_s: float
     pressure_baseline_s: float
     compliance_ml_per_mmhg: float
@@ -677,6 +680,10 @@ class PressureTrack:
     last_raw_mmhg: float = 0.0
     #: Kernel time from which the slope detector may fire (re-armed on start, resume, rate change).
     armed_at_s: float = 0.0
+    #: Kernel time since which the slope has stayed at or above ``slope_fraction``·Q/C without a break.
+    rising_since_s: float | None = None
+    #: Highest slope since ``rising_since_s`` (mmHg/s).
+    rising_peak_mmhg_s: float = 0.0
     #: Interval between the last two pressure samples (s).
     last_dt_s: float = 0.0
 
@@ -1138,8 +1145,10 @@ class ReferenceKernel:
                 raised.insert("uncommanded_delivery")
 
     def _check_slope(self, raised: AlarmSet) -> None:
-        """Fires when the filtered slope exceeds ``slope_fraction``·Q/C and the pressure has risen
-        ``slope_rise_mmhg`` above its baseline (see ``SafetyKernel::check_slope``)."""
+        """Fires while the filtered slope is at or above ``slope_fraction``·Q/C and the pressure has
+        risen ``slope_rise_mmhg`` above its baseline, or ``slope_sustained_rise_mmhg`` once the slope has
+        held for ``slope_sustain_s`` at ``slope_hold_fraction`` of its peak (see
+        ``SafetyKernel::check_slope``)."""
         r = self._cfg.raw
         now = self._now_or_zero()
         infusing = self._state.is_infusing
@@ -1148,12 +1157,23 @@ class ReferenceKernel:
         expected_slope = setpoint / r.compliance_ml_per_mmhg
         rising = infusing and p.slope_mmhg_s >= r.slope_fraction * expected_slope
         armed = infusing and now >= p.armed_at_s
+        if not rising or p.rising_since_s is None:
+            p.rising_peak_mmhg_s = p.slope_mmhg_s
+        p.rising_since_s = (now if p.rising_since_s is None else p.rising_since_s) if rising else None
+        p.rising_peak_mmhg_s = _fmax(p.rising_peak_mmhg_s, p.slope_mmhg_s)
+        sustained = (
+            p.rising_since_s is not None
+            and now - p.rising_since_s >= r.slope_sustain_s
+            and p.slope_mmhg_s >= r.slope_hold_fraction * p.rising_peak_mmhg_s
+        )
         if p.filtered_mmhg < p.baseline_mmhg:
             p.baseline_mmhg = p.filtered_mmhg
         elif not rising:
             a = p.last_dt_s / (r.pressure_baseline_s + p.last_dt_s)
             p.baseline_mmhg += a * (p.filtered_mmhg - p.baseline_mmhg)
-        if r.slope_detector and armed and rising and p.filtered_mmhg - p.baseline_mmhg >= r.slope_rise_mmhg:
+        rise = p.filtered_mmhg - p.baseline_mmhg
+        fires = rise >= r.slope_rise_mmhg or (sustained and rise >= r.slope_sustained_rise_mmhg)
+        if r.slope_detector and armed and rising and fires:
             raised.insert("occlusion_slope")
 
     def _check_stall(self, volume_ml: float, raised: AlarmSet) -> None:

@@ -88,6 +88,15 @@ pub struct RawKernelConfig {
     /// it raises the rate by more than this fraction of the previous rate (0.10: above +10 %); a decrease
     /// never does. A protocol's ramp in small steps keeps the detector armed.
     pub slope_rearm_increase: f64,
+    /// The slope must stay at or above `slope_fraction`·Q/C without a break for this long (s) before
+    /// the slope detector may fire: a head change's slope dies away, an occlusion's ramp keeps it.
+    pub slope_sustain_s: f64,
+    /// ... and the slope must still be at least this fraction of its highest value since it began to
+    /// rise: a head change's slope decays with the line's time constant, an occlusion's ramp does not.
+    pub slope_hold_fraction: f64,
+    /// The rise above baseline that suffices once the slope is sustained and held (mmHg), below a
+    /// head change; `slope_rise_mmhg` (above a head change) suffices at any time.
+    pub slope_sustained_rise_mmhg: f64,
     pub pressure_filter_s: f64,
     pub pressure_baseline_s: f64,
     pub compliance_ml_per_mmhg: f64,
@@ -193,6 +202,9 @@ impl KernelConfig {
         scalar("slope_fraction", r.slope_fraction, 0.0, true, 1.0)?;
         Seconds::new(r.slope_arm_delay_s).map_err(value_error("slope_arm_delay_s"))?;
         scalar("slope_rearm_increase", r.slope_rearm_increase, 0.0, false, 10.0)?;
+        scalar("slope_sustain_s", r.slope_sustain_s, 0.0, false, 3_600.0)?;
+        scalar("slope_hold_fraction", r.slope_hold_fraction, 0.0, false, 1.0)?;
+        scalar("slope_sustained_rise_mmhg", r.slope_sustained_rise_mmhg, 0.0, true, Mmhg::MAX)?;
         scalar("pressure_filter_s", r.pressure_filter_s, 0.0, true, 3_600.0)?;
         scalar("pressure_baseline_s", r.pressure_baseline_s, 0.0, true, 36_000.0)?;
         scalar("compliance_ml_per_mmhg", r.compliance_ml_per_mmhg, 0.0, true, 0.1)?;

@@ -272,6 +272,11 @@ struct PressureTrack {
     /// Kernel time from which the slope detector may fire (re-armed on start, resume and a rate increase
     /// above `slope_rearm_increase`).
     armed_at_s: f64,
+    /// Kernel time since which the slope has stayed at or above `slope_fraction`·Q/C without a break
+    /// (None: it is below now).
+    rising_since_s: Option<f64>,
+    /// Highest slope since `rising_since_s` (mmHg/s).
+    rising_peak_mmhg_s: f64,
     /// Interval between the last two pressure samples (s).
     last_dt_s: f64,
 }
@@ -806,11 +811,16 @@ impl SafetyKernel {
     }
 
     /// Slope/model detector: in an occlusion all flow goes into the compliance, so the pressure rises
-    /// at Q/C. Fires when the filtered slope exceeds `slope_fraction`·Q/C *and* the pressure has risen
-    /// `slope_rise_mmhg` above its baseline, once armed (`slope_arm_delay_s` after a start, resume or
-    /// rate increase above `slope_rearm_increase`, so the rise to the flowing pressure is not taken for
-    /// an occlusion). The
-    /// baseline follows a falling pressure at once and a rising one only slowly
+    /// at Q/C and keeps rising. Fires while the filtered slope is at or above `slope_fraction`·Q/C and
+    /// the pressure has risen above its baseline by either `slope_rise_mmhg` (more than a 50 cm head
+    /// change, 37 mmHg) or, once the slope has stayed rising without a break for `slope_sustain_s` and
+    /// is still `slope_hold_fraction` of its peak since then, by `slope_sustained_rise_mmhg` (less than
+    /// a head change). A head change is a bounded step the line relaxes to through R·C_f: its slope
+    /// peaks and decays, so after the sustain time it is well below its peak; an occlusion's ramp keeps
+    /// its slope. The second path makes the detector faster at low rates, where the rise takes longest.
+    /// Fires only once armed (`slope_arm_delay_s` after a
+    /// start, resume or rate increase above `slope_rearm_increase`, so the rise to the flowing
+    /// pressure is not taken for an occlusion). The baseline follows a falling pressure at once and a rising one only slowly
     /// (`pressure_baseline_s`) and only while it is not rising like an occlusion, so an occlusion can
     /// neither drag the baseline up with it nor shrink the back-off that uses it.
     fn check_slope(&mut self, raised: &mut AlarmSet) {
@@ -822,13 +832,22 @@ impl SafetyKernel {
         let expected_slope = setpoint / r.compliance_ml_per_mmhg;
         let rising = infusing && p.slope_mmhg_s >= r.slope_fraction * expected_slope;
         let armed = infusing && now >= p.armed_at_s;
+        if !rising || p.rising_since_s.is_none() {
+            p.rising_peak_mmhg_s = p.slope_mmhg_s;
+        }
+        p.rising_since_s = if rising { Some(p.rising_since_s.unwrap_or(now)) } else { None };
+        p.rising_peak_mmhg_s = p.rising_peak_mmhg_s.max(p.slope_mmhg_s);
+        let sustained = p.rising_since_s.is_some_and(|since| now - since >= r.slope_sustain_s)
+            && p.slope_mmhg_s >= r.slope_hold_fraction * p.rising_peak_mmhg_s;
         if p.filtered_mmhg < p.baseline_mmhg {
             p.baseline_mmhg = p.filtered_mmhg;
         } else if !rising {
             let a = p.last_dt_s / (r.pressure_baseline_s + p.last_dt_s);
             p.baseline_mmhg += a * (p.filtered_mmhg - p.baseline_mmhg);
         }
-        if r.slope_detector && armed && rising && p.filtered_mmhg - p.baseline_mmhg >= r.slope_rise_mmhg {
+        let rise = p.filtered_mmhg - p.baseline_mmhg;
+        let fires = rise >= r.slope_rise_mmhg || (sustained && rise >= r.slope_sustained_rise_mmhg);
+        if r.slope_detector && armed && rising && fires {
             raised.insert(Alarm::OcclusionSlope);
         }
     }

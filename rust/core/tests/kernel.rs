@@ -39,6 +39,9 @@ fn raw() -> RawKernelConfig {
         slope_fraction: 0.5,
         slope_arm_delay_s: 60.0,
         slope_rearm_increase: 0.10,
+        slope_sustain_s: 30.0,
+        slope_hold_fraction: 0.8,
+        slope_sustained_rise_mmhg: 25.0,
         pressure_filter_s: 5.0,
         pressure_baseline_s: 120.0,
         compliance_ml_per_mmhg: 0.0028,
@@ -1148,6 +1151,140 @@ fn slope_rearm_increase_is_validated() {
     }
     for good in [0.0, 0.1, 10.0] {
         assert!(KernelConfig::from_raw(RawKernelConfig { slope_rearm_increase: good, ..raw() }).is_ok());
+    }
+}
+
+/// Runs 90 s at `rate_ml_h` (the slope detector armed), then drives the line pressure by
+/// `profile(seconds since)` for up to `seconds`; returns the seconds to the first alarm, if any.
+fn drive_pressure(cfg: KernelConfig, rate_ml_h: f64, seconds: f64, profile: impl Fn(f64) -> f64) -> Option<(f64, Sim)> {
+    let mut sim = running_with(cfg, rate_ml_h, 10.0);
+    let quiet = sim.run(90.0);
+    assert!(quiet.iter().all(|o| o.raised.is_empty()), "{:?}", sim.k.alarms());
+    let t0 = sim.t;
+    while sim.t - t0 < seconds {
+        sim.pressure_mmhg = profile(sim.t + sim.period() - t0);
+        let out = sim.tick();
+        if !out.raised.is_empty() {
+            assert_eq!(out.raised, set(&[Alarm::OcclusionSlope]));
+            return Some((sim.t - t0, sim));
+        }
+    }
+    None
+}
+
+/// A ramp at Q/C (an occlusion's rise) from `BASELINE_MMHG`.
+fn ramp(cfg: &KernelConfig, rate_ml_h: f64) -> impl Fn(f64) -> f64 {
+    let slope = per_s(rate_ml_h) / cfg.raw.compliance_ml_per_mmhg;
+    move |t| BASELINE_MMHG + slope * t
+}
+
+#[test]
+fn a_ramp_fires_once_its_slope_has_held_for_slope_sustain_s() {
+    // A 2 mmHg sustained rise is met within seconds: the sustain time decides (the 40 mmHg rise that
+    // suffices at any time takes 80 s at 5 mL/h).
+    let cfg = config_with(|r| r.slope_sustained_rise_mmhg = 2.0);
+    let sustain = cfg.raw.slope_sustain_s;
+    let (elapsed, _) = drive_pressure(cfg, 5.0, 300.0, ramp(&cfg, 5.0)).expect("the ramp is detected");
+    assert!(elapsed >= sustain && elapsed <= sustain + 15.0, "{elapsed} s");
+    let at_once = config_with(|r| {
+        r.slope_sustained_rise_mmhg = 2.0;
+        r.slope_sustain_s = 0.0;
+    });
+    let (elapsed, _) = drive_pressure(at_once, 5.0, 300.0, ramp(&at_once, 5.0)).expect("the ramp is detected");
+    assert!(elapsed < sustain - 5.0, "{elapsed} s");
+    // The shipped settings: a ramp at Q/C is caught once sustained and 25 mmHg up, long before the
+    // 40 mmHg rise alone would fire it.
+    let (elapsed, sim) = drive_pressure(config(), 5.0, 300.0, ramp(&config(), 5.0)).expect("the ramp is detected");
+    let risen = sim.pressure_mmhg - BASELINE_MMHG;
+    assert!(risen >= sim.cfg.raw.slope_sustained_rise_mmhg && risen < sim.cfg.raw.slope_rise_mmhg, "{risen} mmHg");
+    let rise_only = config_with(|r| r.slope_sustained_rise_mmhg = 1_000.0);
+    let (slower, sim) = drive_pressure(rise_only, 5.0, 300.0, ramp(&rise_only, 5.0)).expect("the ramp is detected");
+    assert!(sim.pressure_mmhg - BASELINE_MMHG >= sim.cfg.raw.slope_rise_mmhg);
+    assert!(elapsed < 0.7 * slower, "{elapsed} s vs {slower} s");
+}
+
+/// A head change: the line relaxes to a pressure `step_mmhg` higher with time constant `tau_s` (R·C_f).
+fn head_change(step_mmhg: f64, tau_s: f64) -> impl Fn(f64) -> f64 {
+    move |t| BASELINE_MMHG + step_mmhg * if tau_s > 0.0 { 1.0 - (-t / tau_s).exp() } else { 1.0 }
+}
+
+/// Line time constants R·C_f: the field's 9 000 mmHg·s/mL × 1.6 µL/mmHg of fluid compliance ≈ 14 s,
+/// and up to 30 s for margin.
+const LINE_TAUS_S: [f64; 7] = [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0];
+
+#[test]
+fn a_head_change_step_never_fires_the_slope_detector() {
+    // The pump lowered 50 cm (37 mmHg) or a little more, at the lowest clinical rates (the smallest Q/C).
+    for rate in [1.0, 5.0, 20.0] {
+        for step in [37.0, 39.0] {
+            for tau in LINE_TAUS_S {
+                let fired = drive_pressure(config(), rate, 600.0, head_change(step, tau));
+                assert!(fired.is_none(), "{rate} mL/h, {step} mmHg, tau {tau} s: {:?}", fired.map(|f| f.0));
+            }
+        }
+    }
+    // The sustained path alone (the 40 mmHg path off) never takes a step for a ramp, whatever its size.
+    let sustained_only = config_with(|r| r.slope_rise_mmhg = 1_000.0);
+    for rate in [1.0, 5.0, 20.0] {
+        for step in [37.0, 60.0, 100.0] {
+            for tau in LINE_TAUS_S {
+                let fired = drive_pressure(sustained_only, rate, 600.0, head_change(step, tau));
+                assert!(fired.is_none(), "{rate} mL/h, {step} mmHg, tau {tau} s: {:?}", fired.map(|f| f.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_head_change_step_fires_without_sustain_or_hold() {
+    // Each condition is needed: the 25 mmHg rise is below the 37 mmHg step.
+    let rise_only = config_with(|r| {
+        r.slope_sustain_s = 0.0;
+        r.slope_hold_fraction = 0.0;
+    });
+    assert!(drive_pressure(rise_only, 5.0, 600.0, head_change(37.0, 5.0)).is_some());
+    // Sustained without the hold: a slow line's decaying slope stays above slope_fraction·Q/C long enough.
+    let no_hold = config_with(|r| r.slope_hold_fraction = 0.0);
+    assert!(drive_pressure(no_hold, 5.0, 600.0, head_change(37.0, 25.0)).is_some());
+    // Held without the sustain: the slope is still near its peak when 25 mmHg is first reached.
+    let no_sustain = config_with(|r| r.slope_sustain_s = 0.0);
+    assert!(drive_pressure(no_sustain, 5.0, 600.0, head_change(37.0, 5.0)).is_some());
+}
+
+#[test]
+fn the_sustain_restarts_when_the_slope_drops() {
+    // A ramp for 20 s (under the 30 s sustain), 15 s flat, then the ramp again: the alarm comes a full
+    // sustain time after the second ramp began, not 30 s after the first.
+    let cfg = config_with(|r| r.slope_sustained_rise_mmhg = 2.0);
+    let slope = per_s(5.0) / cfg.raw.compliance_ml_per_mmhg;
+    let profile = move |t: f64| {
+        let ramped = t.min(20.0) + (t - 35.0).max(0.0);
+        BASELINE_MMHG + slope * ramped
+    };
+    let (elapsed, sim) = drive_pressure(cfg, 5.0, 300.0, profile).expect("the second ramp is detected");
+    assert!(elapsed >= 35.0 + sim.cfg.raw.slope_sustain_s, "{elapsed} s");
+    // Without the pause the same ramp fires about 30 s in.
+    let (elapsed, _) = drive_pressure(cfg, 5.0, 300.0, ramp(&cfg, 5.0)).expect("the ramp is detected");
+    assert!(elapsed < 45.0, "{elapsed} s");
+}
+
+#[test]
+fn slope_sustain_and_hold_are_validated() {
+    for bad in [-1.0, 3_601.0, f64::NAN, f64::INFINITY] {
+        let result = KernelConfig::from_raw(RawKernelConfig { slope_sustain_s: bad, ..raw() });
+        assert!(matches!(result, Err(ConfigError { field: "slope_sustain_s", .. })), "{bad}: {result:?}");
+    }
+    for bad in [-0.1, 1.1, f64::NAN] {
+        let result = KernelConfig::from_raw(RawKernelConfig { slope_hold_fraction: bad, ..raw() });
+        assert!(matches!(result, Err(ConfigError { field: "slope_hold_fraction", .. })), "{bad}: {result:?}");
+    }
+    for bad in [0.0, -1.0, f64::NAN] {
+        let result = KernelConfig::from_raw(RawKernelConfig { slope_sustained_rise_mmhg: bad, ..raw() });
+        assert!(matches!(result, Err(ConfigError { field: "slope_sustained_rise_mmhg", .. })), "{bad}: {result:?}");
+    }
+    for (sustain, hold) in [(0.0, 0.0), (30.0, 0.8), (3_600.0, 1.0)] {
+        let r = RawKernelConfig { slope_sustain_s: sustain, slope_hold_fraction: hold, ..raw() };
+        assert!(KernelConfig::from_raw(r).is_ok());
     }
 }
 
