@@ -18,11 +18,17 @@ from ketapump import _core, audit, druglib
 from ketapump.clock import VirtualClock
 from ketapump.course import CourseHistory
 from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.errors import AuditWriteError, ConfirmationRequired, CourseRecordNotFoundError, LimitRefused
+from ketapump.errors import (
+    AuditWriteError,
+    ConfirmationRequired,
+    CourseRecordNotFoundError,
+    LimitRefused,
+    TransportError,
+)
 from ketapump.protocol import Patient, load_protocol, parse_protocol
 from ketapump.session import ScriptedOperator, Session, SessionAbortedError, SessionContext, SessionResult
 from ketapump.transports import open_transport
-from ketapump.transports.sim import SimTransport
+from ketapump.transports.base import RegisterTransport
 from ketapump.vitals import PatientScript, ScriptedMonitor, demo_patient
 
 NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
@@ -53,6 +59,7 @@ def run_session(
     durable_log: bool = False,
     memory: MemoryLog | None = None,
     faults: Sequence[tuple[str, float]] = (),
+    pump_url: str = "sim://",
     scheduled: Sequence[tuple[float, str, float]] = (),
     resistance_mmhg_s_per_ml: float | None = None,
 ) -> Run:
@@ -70,8 +77,8 @@ def run_session(
         pump.inject(name, value)
     for at_s, name, value in scheduled:
         pump.schedule(at_s, name, value)
-    transport = open_transport("sim://", clock=clock, pump=pump)
-    assert isinstance(transport, SimTransport)
+    transport = open_transport(pump_url, clock=clock, pump=pump)
+    assert isinstance(transport, RegisterTransport)
     writer = audit.AuditWriter.open(log) if durable_log else None
     memory = memory or MemoryLog()
     result: SessionResult | None = None
@@ -482,3 +489,10 @@ def test_an_interlock_before_the_first_tick_ends_the_session_with_a_report_point
         (session,) = course.sessions(PATIENT.patient_id)
         assert session.outcome == "ended_interlock"
         assert [a.code for a in course.alarms("s-new")] == ["air_in_line"]
+
+
+def test_an_unreachable_pump_is_not_a_session_start_in_the_course_history(tmp_path: Path) -> None:
+    run = run_session(tmp_path, pump_url="modbus-tcp://127.0.0.1:1?timeout=0.1&retries=0")
+    assert isinstance(run.error, TransportError) and "127.0.0.1:1" in str(run.error)
+    assert run.named("pump_unreachable")
+    assert recorded_sessions(run.db) == ()

@@ -44,7 +44,7 @@ from ketapump.clock import Clock
 from ketapump.config import kernel_config
 from ketapump.course import CourseHistory
 from ketapump.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.errors import CourseRecordNotFoundError, KetapumpError
+from ketapump.errors import CourseRecordNotFoundError, KetapumpError, TransportError
 from ketapump.protocol import DosePlan, Patient, Protocol, plan_dose
 from ketapump.report import SeriesEvent, SeriesPoint
 from ketapump.vitals import (
@@ -339,6 +339,13 @@ class Session:
         await self._baseline()
         self._checklist("pre", ctx.protocol.checklists.pre, abort=True)
         self._stop_if_asked("precheck")
+        # The pump must answer before the session enters the course history: an unreachable pump is not
+        # a session start (it would count against the next session's course rules).
+        try:
+            await ctx.driver.connect()
+        except TransportError as e:
+            self.rec.error("pump_unreachable", error=str(e))
+            raise
         patient = ctx.patient
         ctx.course.ensure_patient(
             patient.patient_id, patient.weight_kg, patient.height_cm, at=self._calendar()
