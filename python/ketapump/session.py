@@ -440,17 +440,9 @@ class Session:
             if reason is not None:
                 confirmations.append(druglib.Confirmation(f.kind, reason))
         authorization = druglib.authorize(findings, confirmations)  # raises on hard/unconfirmed
-        for f, reason in authorization.confirmed:
-            self.confirmations.append({"kind": f.kind, "message": f.message, "reason": reason})
-            self.rec.warning(
-                "soft_limit_confirmed",
-                kind=f.kind,
-                value=f.value,
-                limit=f.limit,
-                unit=f.unit,
-                message=f.message,
-                reason=reason,
-            )
+        for fields in authorization.events():
+            self.confirmations.append({k: fields[k] for k in ("kind", "message", "reason")})
+            self.rec.warning("soft_limit_confirmed", **fields)
         return order, entry
 
     async def _baseline(self) -> None:
