@@ -183,12 +183,24 @@ def clamp_rate(
     if headroom_ml <= 0.0:
         return 0.0, "dose_exhausted"
     capped = _fmin(requested_ml_s, max_ml_s)
-    headroom_rate = headroom_ml / period_s
+    headroom_rate = _headroom_rate(headroom_ml, period_s)
+    if headroom_rate == 0.0:
+        return 0.0, "dose_exhausted"
     if capped > headroom_rate:
         return headroom_rate, "dose_headroom"
     if requested_ml_s > max_ml_s:
         return capped, "above_max"
     return requested_ml_s, "unchanged"
+
+
+def _headroom_rate(headroom_ml: float, period_s: float) -> float:
+    """``headroom / period`` rounded down so ``rate × period ≤ headroom``; zero when subnormal."""
+    rate = headroom_ml / period_s
+    if rate < sys.float_info.min:
+        return 0.0
+    while math.isfinite(rate) and rate * period_s > headroom_ml:
+        rate = math.nextafter(rate, 0.0)
+    return rate
 
 
 # ----- controller.rs --------------------------------------------------------------------------------

@@ -68,7 +68,11 @@ pub fn clamp_rate(requested_ml_s: f64, limits: RateLimits) -> (f64, ClampReason)
         return (0.0, ClampReason::DoseExhausted);
     }
     let capped = requested_ml_s.min(max_ml_s);
-    let headroom_rate = headroom_ml / period_s;
+    let headroom_rate = headroom_rate(headroom_ml, period_s);
+    if headroom_rate == 0.0 {
+        // The headroom is too small for any representable rate to deliver it (subnormal): none is left.
+        return (0.0, ClampReason::DoseExhausted);
+    }
     if capped > headroom_rate {
         return (headroom_rate, ClampReason::DoseHeadroom);
     }
@@ -76,6 +80,21 @@ pub fn clamp_rate(requested_ml_s: f64, limits: RateLimits) -> (f64, ClampReason)
         return (capped, ClampReason::AboveMax);
     }
     (requested_ml_s, ClampReason::Unchanged)
+}
+
+/// The largest rate whose period's volume does not exceed the headroom: `headroom / period`, rounded
+/// down when the division rounded up (so `rate × period ≤ headroom` holds exactly in f64), and zero when
+/// it is below the smallest normal f64 (a subnormal quotient has lost the precision that bound needs).
+fn headroom_rate(headroom_ml: f64, period_s: f64) -> f64 {
+    let mut rate = headroom_ml / period_s;
+    if rate < f64::MIN_POSITIVE {
+        return 0.0;
+    }
+    // Each step lowers the rate by one ulp; rounding is at most a few ulps, so this ends in a few steps.
+    while rate.is_finite() && rate * period_s > headroom_ml {
+        rate = f64::from_bits(rate.to_bits() - 1);
+    }
+    rate
 }
 
 #[cfg(test)]
@@ -136,5 +155,23 @@ mod tests {
         assert!((rate * limits.period_s - 0.002).abs() < 1e-15);
         // Headroom wins over the ceiling when both bind.
         assert_eq!(clamp_rate(6.0, limits).1, ClampReason::DoseHeadroom);
+    }
+
+    #[test]
+    fn headroom_rate_never_delivers_more_than_the_headroom() {
+        // A quotient that rounds up is stepped down, so the period's volume stays within the headroom.
+        for (headroom_ml, period_s) in [(0.1, 0.3), (1.0, 3.0), (7.0e-3, 0.07), (2.0, 1.0e300)] {
+            let (rate, reason) = clamp_rate(1.0e308, RateLimits { max_ml_s: 1.0e308, headroom_ml, period_s });
+            assert_eq!(reason, ClampReason::DoseHeadroom);
+            assert!(rate > 0.0 && rate * period_s <= headroom_ml, "{headroom_ml} / {period_s} -> {rate}");
+        }
+    }
+
+    #[test]
+    fn a_subnormal_headroom_rate_is_no_headroom() {
+        // 4e-244 mL over 1.7e75 s: the quotient is subnormal and cannot be trusted to bound the volume.
+        let limits =
+            RateLimits { max_ml_s: 1.0, headroom_ml: 4.3496695075888296e-244, period_s: 1.6811467107373967e75 };
+        assert_eq!(clamp_rate(1.0, limits), (0.0, ClampReason::DoseExhausted));
     }
 }
