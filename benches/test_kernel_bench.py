@@ -12,13 +12,13 @@ import pytest
 
 from conftest import QUICK
 from ketapump import _core
-from ketapump.bridge import ControlLoop, InfusionPlan, NullLog
+from ketapump.bridge.loop import ControlLoop, InfusionPlan, NullLog
 from ketapump.clock import VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
-from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.reference import KP40MIN_OVERRIDES, run_kp40min
-from ketapump.transports import open_transport
-from ketapump.transports.base import RegisterTransport
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.base import RegisterTransport
 
 FULL_TICKS = 2_400_000
 # The Python reference model takes ~20 µs a tick: its full run (~50 s) is done once; quick mode runs a

@@ -44,12 +44,12 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from ketapump import _core
 from ketapump.clock import ScaledClock
-from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.sim.server import SimServer, wire_time_s
-from ketapump.transports import open_transport
-from ketapump.transports.base import RegisterTransport
-from ketapump.transports.modbus import ModbusRtuTransport
-from ketapump.transports.nesp import NespTransport
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.base import RegisterTransport
+from ketapump.wire.transports.modbus import ModbusRtuTransport
+from ketapump.wire.transports.nesp import NespTransport
 
 QUICK = bool(os.environ.get("KETAPUMP_BENCH_QUICK"))  # as benches/conftest.py
 

@@ -14,9 +14,9 @@ from pymodbus.framer import FramerType
 
 from ketapump import _core
 from ketapump.clock import ScaledClock
-from ketapump.pytest_plugin import running_sim
-from ketapump.regmap import load_register_map
+from ketapump.qa.pytest_plugin import running_sim
 from ketapump.sim.server import SimServer
+from ketapump.wire.regmap import load_register_map
 
 REGMAP = load_register_map()
 
@@ -106,7 +106,7 @@ def ketapump(
 ) -> subprocess.CompletedProcess[str]:
     """Runs the real ``ketapump`` command line in a subprocess, as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", *args],
+        [sys.executable, "-m", "ketapump", *args],
         input=stdin,
         capture_output=True,
         text=True,

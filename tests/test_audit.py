@@ -24,7 +24,7 @@ import structlog
 import typer
 from typer.testing import CliRunner
 
-from ketapump.audit import (
+from ketapump.bridge.audit import (
     GENESIS_HASH,
     AuditWriter,
     VerifyResult,
@@ -235,7 +235,7 @@ def test_cli_in_a_real_process(tmp_path: Path) -> None:
     _write_chain(log, 4)
     script = (
         "import sys, typer\n"
-        "from ketapump.audit import register_cli\n"
+        "from ketapump.bridge.audit import register_cli\n"
         "app = typer.Typer()\n"
         "@app.callback()\n"
         "def root() -> None: pass\n"
@@ -339,7 +339,7 @@ def test_a_second_process_cannot_fork_the_chain(tmp_path: Path) -> None:
     AuditWriter.open(log)
     script = (
         "import sys\n"
-        "from ketapump.audit import AuditWriter\n"
+        "from ketapump.bridge.audit import AuditWriter\n"
         "from ketapump.errors import AuditWriteError\n"
         "try:\n"
         "    AuditWriter.open(sys.argv[1])\n"

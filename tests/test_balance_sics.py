@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from ketapump import _core
-from ketapump.bridge import InfusionPlan
+from ketapump.bridge.loop import InfusionPlan
 from ketapump.clock import ScaledClock, VirtualClock
 from ketapump.config import kernel_config
-from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.qa import accuracy
 from ketapump.qa.balance import (
     BalanceBusyError,
@@ -31,7 +30,8 @@ from ketapump.qa.balance import (
     Weighing,
     parse_si_reply,
 )
-from ketapump.transports import open_transport
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
 from simhelpers import ketapump
 
 

@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from ketapump import _core, audit
-from ketapump.bridge import ControlLoop, InfusionPlan
+from ketapump import _core
+from ketapump.bridge import audit
+from ketapump.bridge.loop import ControlLoop, InfusionPlan
 from ketapump.clock import ScaledClock, VirtualClock
 from ketapump.config import kernel_config
-from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
-from ketapump.transports import open_transport
-from ketapump.transports.base import PumpRefusedError, RegisterTransport
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
 from simhelpers import REGMAP, ketapump, serving, sim_process
 
 EXIT_INTERLOCK = 3
@@ -39,7 +40,7 @@ async def pump_register(endpoint: str, name: str) -> float:
     r = REGMAP[name]
     rr = await client.read_holding_registers(r.address, count=r.words, device_id=1)
     client.close()
-    from ketapump.regmap import decode  # noqa: PLC0415 - local helper import keeps the header short
+    from ketapump.wire.regmap import decode  # noqa: PLC0415 - local helper import keeps the header short
 
     return decode(r, rr.registers)
 
@@ -180,7 +181,7 @@ def test_killed_bridge_stops_the_pump_by_its_watchdog_and_a_resume_recovers(tmp_
         url = f"modbus-tcp://{endpoint}?unit=1"
         first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
         bridge = subprocess.Popen(
-            [sys.executable, "-m", "ketapump.cli", "run", "--pump", url, "--rate-ml-h", "120",
+            [sys.executable, "-m", "ketapump", "run", "--pump", url, "--rate-ml-h", "120",
              "--volume-ml", "0.5", "--json", "--log", str(first)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

@@ -10,12 +10,12 @@ import math
 import pytest
 
 from ketapump import _core
-from ketapump.bridge import ControlLoop, InfusionPlan, RunResult
+from ketapump.bridge.loop import ControlLoop, InfusionPlan, RunResult
 from ketapump.clock import VirtualClock
 from ketapump.config import kernel_config
-from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.transports import open_transport
-from ketapump.transports.sim import SimTransport
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.sim import SimTransport
 from test_bridge import Events
 
 RATE = 30.0

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from ketapump.course import CourseHistory
+from ketapump.clinical.course import CourseHistory
 from simhelpers import ketapump
 
 EXIT_INTERLOCK, EXIT_LIMIT, EXIT_ABORTED = 3, 6, 7
@@ -178,7 +178,7 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
         encoding="utf-8",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ketapump.cli", "session", "--protocol", str(protocol),
+        [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
          "--pump", "sim://?timeout=0.02", "--time-scale", "60",
          "--patient", "p-9", "--weight-kg", "70", "--yes", "--json",
          "--course-db", str(db), "--log", str(log), "--out", str(tmp_path / "out")],

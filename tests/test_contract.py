@@ -15,12 +15,12 @@ import pytest
 
 from ketapump import _core
 from ketapump.clock import ScaledClock
-from ketapump.drivers.base import PumpDriver
-from ketapump.drivers.nesp import NewEraDriver
-from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.transports import open_transport
-from ketapump.transports.base import PumpRefusedError, RegisterTransport
-from ketapump.transports.nesp import NespTransport
+from ketapump.wire.drivers.base import PumpDriver
+from ketapump.wire.drivers.nesp import NewEraDriver
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
+from ketapump.wire.transports.nesp import NespTransport
 from simhelpers import serving
 
 TIME_SCALE = 20.0

@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ketapump.cli import app
-from ketapump.course import (
+from ketapump.clinical.course import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     Alarm,
@@ -552,7 +552,7 @@ def test_a_bad_settings_file_names_every_problem(tmp_path: Path) -> None:
 #: a transaction (after two alarms) and prints "mid ID" so the parent can kill it there for certain.
 WRITER = """
 import datetime as dt, sys, time
-from ketapump.course import CourseHistory
+from ketapump.clinical.course import CourseHistory
 
 path, first, pause_at, alarms = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 t0 = dt.datetime(2025, 1, 6, 9, tzinfo=dt.UTC)
@@ -747,7 +747,7 @@ def test_cli_default_database_location_as_a_real_process(course_db: Path, tmp_pa
         assert not Path(f"{course_db}{suffix}").exists()  # closed cleanly: nothing left beside it
     env = os.environ | {"XDG_DATA_HOME": str(home)}
     result = subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", "course", "show", "p-1", "--json"],
+        [sys.executable, "-m", "ketapump", "course", "show", "p-1", "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -757,7 +757,7 @@ def test_cli_default_database_location_as_a_real_process(course_db: Path, tmp_pa
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["initial_series"]["counted"] == 6
     result = subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", "course", "show", "p-1"],
+        [sys.executable, "-m", "ketapump", "course", "show", "p-1"],
         capture_output=True,
         text=True,
         env=os.environ | {"XDG_DATA_HOME": str(tmp_path / "empty")},

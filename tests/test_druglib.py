@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ketapump import _core
-from ketapump.config import kernel_config
-from ketapump.druglib import (
+from ketapump.clinical.druglib import (
     LIMIT_TABLES,
     Confirmation,
     DrugEntry,
@@ -30,6 +29,8 @@ from ketapump.druglib import (
     load_library,
     order_for,
 )
+from ketapump.clinical.protocol import Patient, load_protocol, plan_dose
+from ketapump.config import kernel_config
 from ketapump.errors import (
     ConfigurationError,
     ConfirmationRequired,
@@ -37,7 +38,6 @@ from ketapump.errors import (
     LimitError,
     LimitRefused,
 )
-from ketapump.protocol import Patient, load_protocol, plan_dose
 
 SHIPPED = Path(__file__).parent.parent / "python" / "ketapump" / "data" / "drug_library.toml"
 KETAMINE = load_library().drug("ketamine")

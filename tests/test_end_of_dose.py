@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 
 from ketapump import _core
-from ketapump.bridge import ControlLoop, InfusionPlan, NullLog, RunResult
+from ketapump.bridge.loop import ControlLoop, InfusionPlan, NullLog, RunResult
 from ketapump.clock import VirtualClock
 from ketapump.config import kernel_config
-from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.transports import open_transport
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
 
 CATALOGUE = {name: (capacity, diameter) for name, capacity, diameter in _core.SimPump.catalogue()}
 #: The simulator's drive stiffness (hw-sim `PlantConfig::nominal`), N/mm.

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ketapump import _core
-from ketapump.drivers.nesp import NewEraDriver, format_number
 from ketapump.errors import ConfigurationError, PumpTimeoutError, TransportError
 from ketapump.sim.server import SimServer
-from ketapump.transports import open_transport
-from ketapump.transports.base import PumpRefusedError
-from ketapump.transports.nesp import (
+from ketapump.wire.drivers.nesp import NewEraDriver, format_number
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.base import PumpRefusedError
+from ketapump.wire.transports.nesp import (
     URL_FORM,
     FrameError,
     NespTransport,

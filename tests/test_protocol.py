@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ketapump.errors import ConfigurationError
-from ketapump.protocol import (
+from ketapump.clinical.protocol import (
     Patient,
     ProtocolError,
     ideal_body_weight_kg,
@@ -18,6 +17,7 @@ from ketapump.protocol import (
     plan_dose,
     shipped_protocols,
 )
+from ketapump.errors import ConfigurationError
 
 MINIMAL = """
 schema_version = 1

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ketapump.bridge import InfusionPlan
+from ketapump.bridge.loop import InfusionPlan
 
 
 def test_the_pump_under_test_answers(sim_pump):

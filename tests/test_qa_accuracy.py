@@ -16,7 +16,7 @@ from ketapump.qa.accuracy import analyse, readings_from_csv
 
 def qa(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", "qa", "accuracy", *args],
+        [sys.executable, "-m", "ketapump", "qa", "accuracy", *args],
         capture_output=True,
         text=True,
         timeout=300,

@@ -283,7 +283,7 @@ def test_cli_on_a_pump_by_url_asks_the_operator_to_close_and_open_the_line(tmp_p
         clamp = ModbusTcpClient(host, port=int(port))
         assert clamp.connect()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ketapump.cli", "qa", "occlusion",
+            [sys.executable, "-m", "ketapump", "qa", "occlusion",
              "--pump", f"modbus-tcp://{endpoints['modbus_tcp']}", "--time-scale", "10",
              "--rate", "52.5", "--threshold", "300", "--settle", "150", "--release", "20",
              "--json", "--out", str(tmp_path)],

@@ -22,14 +22,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from ketapump import _core, audit
-from ketapump.bridge import ControlLoop, InfusionPlan
-from ketapump.clock import VirtualClock
-from ketapump.config import kernel_config
-from ketapump.drivers.base import PumpTelemetry
-from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.errors import ConfigurationError
-from ketapump.report import (
+from ketapump import _core
+from ketapump.bridge import audit
+from ketapump.bridge.loop import ControlLoop, InfusionPlan
+from ketapump.clinical.report import (
     COLORS,
     PLOT_FILES,
     SeriesEvent,
@@ -39,8 +35,7 @@ from ketapump.report import (
     write_report,
     write_series_csv,
 )
-from ketapump.transports import open_transport
-from ketapump.vitals import (
+from ketapump.clinical.vitals import (
     CHANNELS,
     PatientScript,
     ScriptedMonitor,
@@ -49,6 +44,12 @@ from ketapump.vitals import (
     demo_patient,
     vitals_thresholds,
 )
+from ketapump.clock import VirtualClock
+from ketapump.config import kernel_config
+from ketapump.errors import ConfigurationError
+from ketapump.wire.drivers.base import PumpTelemetry
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
 
 PREPARATION_S = 120.0
 RATE_ML_H = 60.0
@@ -300,7 +301,7 @@ def test_importing_and_plotting_changes_no_global_matplotlib_state(session: Sess
     code = (
         "import sys, matplotlib; from pathlib import Path\n"
         "before = matplotlib.get_backend()\n"
-        "from ketapump import report\n"
+        "from ketapump.clinical import report\n"
         f"report.write_plots(report.read_series_csv(Path({str(series)!r})), [], Path({str(tmp_path)!r}))\n"
         "assert matplotlib.get_backend() == before == 'svg', matplotlib.get_backend()\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"

@@ -14,10 +14,20 @@ from typing import Any
 
 import pytest
 
-from ketapump import _core, audit, druglib
+from ketapump import _core
+from ketapump.bridge import audit
+from ketapump.clinical import druglib
+from ketapump.clinical.course import CourseHistory
+from ketapump.clinical.protocol import Patient, load_protocol, parse_protocol
+from ketapump.clinical.session import (
+    ScriptedOperator,
+    Session,
+    SessionAbortedError,
+    SessionContext,
+    SessionResult,
+)
+from ketapump.clinical.vitals import PatientScript, ScriptedMonitor, demo_patient
 from ketapump.clock import VirtualClock
-from ketapump.course import CourseHistory
-from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import (
     AuditWriteError,
     ConfirmationRequired,
@@ -25,11 +35,9 @@ from ketapump.errors import (
     LimitRefused,
     TransportError,
 )
-from ketapump.protocol import Patient, load_protocol, parse_protocol
-from ketapump.session import ScriptedOperator, Session, SessionAbortedError, SessionContext, SessionResult
-from ketapump.transports import open_transport
-from ketapump.transports.base import RegisterTransport
-from ketapump.vitals import PatientScript, ScriptedMonitor, demo_patient
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.base import RegisterTransport
 
 NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
 PATIENT = Patient("p-1", weight_kg=70.0, height_cm=175.0, sex="male")

@@ -58,7 +58,7 @@ def test_a_bad_scenario_is_refused_with_every_problem(tmp_path: Path) -> None:
         '[[fault]]\nat_s = 1.0\nname = "fault_gremlin"\nvalue = 1\n'
     )
     result = subprocess.run(
-        [sys.executable, "-m", "ketapump.cli", "sim", "--scenario", str(scenario)],
+        [sys.executable, "-m", "ketapump", "sim", "--scenario", str(scenario)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ketapump import _core
-from ketapump.regmap import load_register_map, render_markdown
+from ketapump.wire.regmap import load_register_map, render_markdown
 
 REGMAP = load_register_map()
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "register-map.md"
@@ -16,7 +16,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "register-map.md"
 
 def test_docs_are_rendered_from_the_data_file() -> None:
     assert DOCS.read_text(encoding="utf-8") == render_markdown(REGMAP), (
-        "docs/register-map.md is stale: python -m ketapump.regmap > docs/register-map.md"
+        "docs/register-map.md is stale: python -m ketapump.wire.regmap > docs/register-map.md"
     )
 
 

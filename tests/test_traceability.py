@@ -15,7 +15,7 @@ REGISTER = ROOT / "docs" / "safety" / "hazards.toml"
 
 
 def trace_cli(register: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ketapump.cli", "qa", "trace", "--register", str(register)]
+    command = [sys.executable, "-m", "ketapump", "qa", "trace", "--register", str(register)]
     return subprocess.run(
         [*command, "--root", str(ROOT)], capture_output=True, text=True, timeout=60, check=False
     )

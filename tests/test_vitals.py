@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ketapump.errors import ConfigurationError
-from ketapump.vitals import (
+from ketapump.clinical.vitals import (
     CHANNELS,
     CallbackVitalsFeed,
     Channel,
@@ -33,6 +32,7 @@ from ketapump.vitals import (
     parse_patient_script,
     vitals_thresholds,
 )
+from ketapump.errors import ConfigurationError
 
 TICK_HZ = 10
 SESSION_S = 7200  # preparation aside: 40 min infusion and the observation, with margin

@@ -453,7 +453,7 @@ class Limit:
     dose, dose rate, bolus, bolus rate, cumulative totals, VTBI) means zero: nothing may be delivered.
     Any other missing hard bound means no bound. A non-finite bound raises
     :class:`~ketapump.errors.ConfigurationError` naming it. Ordering (soft within hard, min ≤ max) is
-    checked when the library file is loaded (:mod:`ketapump.druglib`), not here.
+    checked when the library file is loaded (:mod:`ketapump.clinical.druglib`), not here.
     """
 
     def __new__(
@@ -476,7 +476,7 @@ class Limit:
 @final
 class DrugLimits:
     """The limits of one drug entry, one :class:`Limit` per kind (units in the names; a missing one is
-    :class:`Limit` with no bound). Built by :meth:`ketapump.druglib.DrugEntry.core_limits`."""
+    :class:`Limit` with no bound). Built by :meth:`ketapump.clinical.druglib.DrugEntry.core_limits`."""
 
     def __new__(
         cls,
@@ -498,7 +498,7 @@ class DrugLimits:
 
 @final
 class DrugOrder:
-    """An order as the core checks it; every field required (:class:`ketapump.druglib.Order` fills
+    """An order as the core checks it; every field required (:class:`ketapump.clinical.druglib.Order` fills
     the defaults). Totals over the rolling windows include this order, in mg/kg of the dosing weight.
     A negative or oversized ``sessions_in_7_days`` raises :class:`~ketapump.errors.ConfigurationError`.
     """
@@ -553,7 +553,8 @@ class DrugOrder:
 
 @final
 class Finding:
-    """One crossed limit, as the core found it (:class:`ketapump.druglib.LimitFinding` adds a message)."""
+    """One crossed limit, as the core found it (:class:`ketapump.clinical.druglib.LimitFinding` adds a
+    message)."""
 
     @property
     def kind(self) -> str:

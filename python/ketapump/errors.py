@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ketapump.druglib import LimitFinding
+    from ketapump.clinical.druglib import LimitFinding
 
 
 class KetapumpError(Exception):
@@ -46,7 +46,7 @@ class ConfigurationError(KetapumpError, ValueError):
 
 
 class LimitError(ConfigurationError):
-    """An order is outside its drug's limits (checked by the Rust core, :mod:`ketapump.druglib`).
+    """An order is outside its drug's limits (checked by the Rust core, :mod:`ketapump.clinical.druglib`).
 
     ``findings`` holds every finding concerned, ``problems`` their human messages; ``field`` is
     ``"order"``.

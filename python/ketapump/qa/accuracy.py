@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ketapump import _core
-from ketapump.bridge import ControlLoop, InfusionPlan, NullLog
+from ketapump.bridge.loop import ControlLoop, InfusionPlan, NullLog
 from ketapump.clock import Clock
-from ketapump.drivers.base import PumpDriver
 from ketapump.errors import ConfigurationError
 from ketapump.qa.balance import SamplingClock
 from ketapump.qa.trumpet import Trumpet, trumpet
+from ketapump.wire.drivers.base import PumpDriver
 
 SAMPLE_MIN = 0.5
 

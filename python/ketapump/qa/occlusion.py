@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ketapump import _core
-from ketapump.bridge import ControlLoop, InfusionPlan, NullLog
+from ketapump.bridge.loop import ControlLoop, InfusionPlan, NullLog
 from ketapump.clock import Clock, VirtualClock
 from ketapump.config import kernel_config
-from ketapump.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import KetapumpError
-from ketapump.transports import open_transport
-from ketapump.transports.base import RegisterTransport
+from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.base import RegisterTransport
 
 #: The simulator's nominal plant compliance (hw-sim ``PlantConfig``): the C of the S5 bound on ``sim://``.
 SIM_COMPLIANCE_ML_PER_MMHG = 2.0e-3

@@ -25,8 +25,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ketapump import _core
-from ketapump.regmap import load_register_map
 from ketapump.validation import DocumentError, read_document
+from ketapump.wire.regmap import load_register_map
 
 
 class PumpSettings(BaseModel):

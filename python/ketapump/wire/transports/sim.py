@@ -11,8 +11,8 @@ import asyncio
 
 from ketapump import _core
 from ketapump.clock import Clock
-from ketapump.transports.base import PumpRefusedError, RegisterTransport
-from ketapump.transports.modbus import MODBUS_EXCEPTIONS
+from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
+from ketapump.wire.transports.modbus import MODBUS_EXCEPTIONS
 
 
 class SimTransport(RegisterTransport):

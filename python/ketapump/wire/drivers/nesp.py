@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 import re
 
-from ketapump.drivers.base import PumpDriver, PumpTelemetry
 from ketapump.errors import ConfigurationError, TransportError
-from ketapump.transports.base import PumpRefusedError
-from ketapump.transports.nesp import NespTransport
+from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
+from ketapump.wire.transports.base import PumpRefusedError
+from ketapump.wire.transports.nesp import NespTransport
 
 __all__ = ["ALARM_NAMES", "RATE_UNITS_PER_ML_H", "NewEraDriver", "format_number"]
 

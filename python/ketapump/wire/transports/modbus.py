@@ -11,7 +11,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
 from ketapump.errors import TransportError
-from ketapump.transports.base import PumpRefusedError, RegisterTransport
+from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
 
 MODBUS_EXCEPTIONS = {
     1: "illegal function",

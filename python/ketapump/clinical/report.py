@@ -34,8 +34,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ketapump.clinical.vitals import LABELS, Channel, VitalsThresholds, vitals_thresholds
 from ketapump.errors import ConfigurationError
-from ketapump.vitals import LABELS, Channel, VitalsThresholds, vitals_thresholds
 
 NAN = math.nan
 

@@ -41,7 +41,7 @@ period and the checklists. ``schema_version = 1``::
 
 Every problem in a file is reported at once with its dotted path (:class:`ProtocolError`). The dose
 arithmetic here is plain arithmetic; whether the result is allowed is the drug library's decision
-(:mod:`ketapump.druglib`, checked in the Rust core).
+(:mod:`ketapump.clinical.druglib`, checked in the Rust core).
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ketapump import _core
+from ketapump.clinical.vitals import VitalsDataError, vitals_thresholds
 from ketapump.errors import ConfigurationError
 from ketapump.validation import DocumentError, parse_document, read_document
-from ketapump.vitals import VitalsDataError, vitals_thresholds
 
 #: Name → file of the protocols shipped in ``ketapump/data/protocols``.
 SHIPPED_DIR = "protocols"
@@ -366,7 +366,7 @@ def plan_dose(protocol: Protocol, patient: Patient) -> DosePlan:
 
     Raises :class:`ConfigurationError` for a patient the arithmetic cannot serve (non-finite or
     non-positive weight, missing height/sex for the weight basis, a dose the syringe cannot hold).
-    Whether the dose is *allowed* is :func:`ketapump.druglib.check`'s decision, not this function's.
+    Whether the dose is *allowed* is :func:`ketapump.clinical.druglib.check`'s decision, not this function's.
     """
     for name, value in (("weight_kg", patient.weight_kg), ("height_cm", patient.height_cm)):
         if value is not None and not (math.isfinite(value) and value > 0):

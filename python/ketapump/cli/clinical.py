@@ -23,26 +23,20 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from ketapump import _core, audit, druglib, report
-from ketapump.clock import Clock, ScaledClock, VirtualClock
-from ketapump.config import default_kernel_settings
-from ketapump.course import CourseHistory
-from ketapump.drivers.base import PumpDriver
-from ketapump.drivers.reference import ReferencePumpDriver
-from ketapump.errors import (
-    AuditWriteError,
-    ConfigurationError,
-    KetapumpError,
-    LimitError,
-    TransportError,
+from ketapump import _core
+from ketapump.bridge import audit
+from ketapump.bridge.runtime import control_period_s, default_log_path, loop_settings, make_driver
+from ketapump.clinical import druglib, report
+from ketapump.clinical.course import CourseHistory
+from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
+from ketapump.clinical.session import (
+    ScriptedOperator,
+    Session,
+    SessionAbortedError,
+    SessionContext,
+    SessionResult,
 )
-from ketapump.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
-from ketapump.runtime import control_period_s, default_log_path, loop_settings, make_driver
-from ketapump.session import ScriptedOperator, Session, SessionAbortedError, SessionContext, SessionResult
-from ketapump.transports import open_transport, split_url
-from ketapump.transports.sim import SimTransport
-from ketapump.validation import input_exit_code
-from ketapump.vitals import (
+from ketapump.clinical.vitals import (
     CsvVitalsFeed,
     MonitorSettings,
     ScriptedMonitor,
@@ -50,6 +44,20 @@ from ketapump.vitals import (
     demo_patient,
     load_patient_script,
 )
+from ketapump.clock import Clock, ScaledClock, VirtualClock
+from ketapump.config import default_kernel_settings
+from ketapump.errors import (
+    AuditWriteError,
+    ConfigurationError,
+    KetapumpError,
+    LimitError,
+    TransportError,
+)
+from ketapump.validation import input_exit_code
+from ketapump.wire.drivers.base import PumpDriver
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport, split_url
+from ketapump.wire.transports.sim import SimTransport
 
 #: The demo's patient: weight, height and the scripted monitor of ``data/patients/demo.toml``.
 DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="male")

@@ -36,7 +36,12 @@ from urllib.parse import parse_qsl, urlsplit
 import serial  # type: ignore[import-untyped]
 
 from ketapump.errors import ConfigurationError, TransportError
-from ketapump.transports.base import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, CommandTransport, PumpRefusedError
+from ketapump.wire.transports.base import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    CommandTransport,
+    PumpRefusedError,
+)
 
 __all__ = [
     "ERROR_REPLIES",
@@ -273,7 +278,7 @@ class NespTransport(CommandTransport):
     def from_url(
         cls, url: str, target: str, params: dict[str, str], *, timeout_s: float, retries: int
     ) -> NespTransport:
-        """The hook :func:`ketapump.transports.open_transport` calls (it has already split the URL and
+        """The hook :func:`ketapump.wire.transports.open_transport` calls (it has already split the URL and
         read ``timeout`` / ``retries``); the URL is parsed again here so both entry points validate
         alike."""
         del target, params

@@ -8,7 +8,7 @@ Installed with the package, so any project that depends on ketapump gets it. Fix
   ``None`` for a pump out there;
 - ``sim_server``: a running ``ketapump sim`` process (Modbus TCP, RTU and New Era on PTYs); yields
   its endpoints (keys ``modbus_tcp``, ``modbus_rtu_pty``, ``nesp_pty``) and always terminates it;
-- ``bridge_session``: a :class:`~ketapump.bridge.ControlLoop` on the pump under test, with the kernel
+- ``bridge_session``: a :class:`~ketapump.bridge.loop.ControlLoop` on the pump under test, with the kernel
   settings the transport needs; its events are kept in ``bridge_session.log.events``.
 
 Tests marked ``@pytest.mark.hil`` need a real pump: they run only with ``--pump-url`` and are skipped,
@@ -33,9 +33,9 @@ import pytest
 
 if TYPE_CHECKING:
     from ketapump import _core
-    from ketapump.bridge import ControlLoop
+    from ketapump.bridge.loop import ControlLoop
     from ketapump.clock import Clock
-    from ketapump.drivers.base import PumpDriver
+    from ketapump.wire.drivers.base import PumpDriver
 
 HIL_SKIP_REASON = "hardware-in-the-loop test: run with --pump-url URL to test a real pump"
 
@@ -122,12 +122,12 @@ def _release(driver: PumpDriver, stop: bool) -> None:
 def pump_under_test(request: pytest.FixtureRequest) -> Iterator[PumpUnderTest]:
     """The in-process simulated pump over virtual time, or the ``--pump-url`` pump over real time."""
     from ketapump import _core  # noqa: PLC0415 - imported only when used
+    from ketapump.bridge.runtime import control_period_s, make_driver  # noqa: PLC0415
     from ketapump.clock import ScaledClock, VirtualClock  # noqa: PLC0415
     from ketapump.config import default_kernel_settings  # noqa: PLC0415
-    from ketapump.drivers.reference import ReferencePumpDriver  # noqa: PLC0415
-    from ketapump.runtime import control_period_s, make_driver  # noqa: PLC0415
-    from ketapump.transports import open_transport, split_url  # noqa: PLC0415
-    from ketapump.transports.base import RegisterTransport  # noqa: PLC0415
+    from ketapump.wire.drivers.reference import ReferencePumpDriver  # noqa: PLC0415
+    from ketapump.wire.transports import open_transport, split_url  # noqa: PLC0415
+    from ketapump.wire.transports.base import RegisterTransport  # noqa: PLC0415
 
     url = request.config.getoption("--pump-url")
     default_period = float(default_kernel_settings()["control_period_s"])
@@ -156,9 +156,9 @@ def sim_pump(pump_under_test: PumpUnderTest) -> PumpUnderTest:
 @pytest.fixture
 def bridge_session(pump_under_test: PumpUnderTest) -> ControlLoop:
     """A control loop on the pump under test, ready to ``run(InfusionPlan(...))``."""
-    from ketapump.bridge import ControlLoop  # noqa: PLC0415
+    from ketapump.bridge.loop import ControlLoop  # noqa: PLC0415
+    from ketapump.bridge.runtime import loop_settings  # noqa: PLC0415
     from ketapump.config import default_kernel_settings, kernel_config  # noqa: PLC0415
-    from ketapump.runtime import loop_settings  # noqa: PLC0415
 
     driver = pump_under_test.driver
     config = kernel_config(
@@ -175,7 +175,7 @@ def running_sim(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, s
     """Runs a real ``ketapump sim`` with ``args``; yields the process and its endpoints (the JSON line
     it prints); always terminates it (SIGTERM, then SIGKILL after 10 s)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ketapump.cli", "sim", *args],
+        [sys.executable, "-m", "ketapump", "sim", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from ketapump import _core
 from ketapump.clock import Clock
-from ketapump.drivers.base import PumpDriver
-from ketapump.drivers.nesp import NewEraDriver
-from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import ConfigurationError
-from ketapump.transports import open_transport
-from ketapump.transports.base import RegisterTransport
-from ketapump.transports.nesp import NespTransport
+from ketapump.wire.drivers.base import PumpDriver
+from ketapump.wire.drivers.nesp import NewEraDriver
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.base import RegisterTransport
+from ketapump.wire.transports.nesp import NespTransport
 
 
 def default_log_path() -> Path:

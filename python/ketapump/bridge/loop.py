@@ -28,7 +28,6 @@ from typing import Any, Protocol
 
 from ketapump import _core
 from ketapump.clock import Clock
-from ketapump.drivers.base import PumpDriver, PumpTelemetry
 from ketapump.errors import (
     ConfigurationError,
     InterlockError,
@@ -36,7 +35,8 @@ from ketapump.errors import (
     StateTransitionError,
     TransportError,
 )
-from ketapump.transports.base import PumpRefusedError
+from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
+from ketapump.wire.transports.base import PumpRefusedError
 
 #: Relative change of the commanded rate below which the pump is not sent a new rate.
 RATE_DEADBAND = 5e-3

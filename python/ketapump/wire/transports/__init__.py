@@ -19,10 +19,10 @@ from urllib.parse import parse_qsl
 from ketapump import _core
 from ketapump.clock import Clock, ScaledClock
 from ketapump.errors import ConfigurationError
-from ketapump.transports.base import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Transport
-from ketapump.transports.modbus import ModbusRtuTransport, ModbusTcpTransport
-from ketapump.transports.nesp import NespTransport
-from ketapump.transports.sim import SimTransport
+from ketapump.wire.transports.base import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Transport
+from ketapump.wire.transports.modbus import ModbusRtuTransport, ModbusTcpTransport
+from ketapump.wire.transports.nesp import NespTransport
+from ketapump.wire.transports.sim import SimTransport
 
 VALID_FORMS = (
     "sim://?syringe=bd-plastipak-50&seed=0",

@@ -13,10 +13,10 @@
 What this module owns, and what it does not:
 
 - **Limits are the Rust core's.** The order (dose, rate, concentration, weight, cumulative windows from
-  the course history) is checked by :func:`ketapump.druglib.check`; hard findings refuse the session,
+  the course history) is checked by :func:`ketapump.clinical.druglib.check`; hard findings refuse the session,
   soft ones need the operator's confirmation with a reason, which is logged and kept in the course
   history. The kernel runs with the configuration the library entry derives for this patient.
-- **The pump is the control loop's** (:class:`ketapump.bridge.ControlLoop`): the session only asks it
+- **The pump is the control loop's** (:class:`ketapump.bridge.loop.ControlLoop`): the session only asks it
   to pause, resume or change rate (a phase's ramp or taper), and every request passes the kernel.
 - **Vitals gate the infusion.** Each control tick the feed is polled and the gate updated; a crossing or
   a stale feed pauses the infusion at the next tick (within one control period of the reading) and
@@ -38,16 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from typing import Protocol as Interface
 
-from ketapump import _core, druglib
-from ketapump.bridge import ControlLoop, EventLog, InfusionPlan, RunResult
-from ketapump.clock import Clock
-from ketapump.config import kernel_config
-from ketapump.course import CourseHistory
-from ketapump.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.errors import CourseRecordNotFoundError, KetapumpError, TransportError
-from ketapump.protocol import DosePlan, Patient, Protocol, plan_dose
-from ketapump.report import SeriesEvent, SeriesPoint
-from ketapump.vitals import (
+from ketapump import _core
+from ketapump.bridge.loop import ControlLoop, EventLog, InfusionPlan, RunResult
+from ketapump.clinical import druglib
+from ketapump.clinical.course import CourseHistory
+from ketapump.clinical.protocol import DosePlan, Patient, Protocol, plan_dose
+from ketapump.clinical.report import SeriesEvent, SeriesPoint
+from ketapump.clinical.vitals import (
     CHANNELS,
     ScriptedMonitor,
     VitalsAlarm,
@@ -58,6 +55,10 @@ from ketapump.vitals import (
     VitalsThresholds,
     vitals_thresholds,
 )
+from ketapump.clock import Clock
+from ketapump.config import kernel_config
+from ketapump.errors import CourseRecordNotFoundError, KetapumpError, TransportError
+from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
 
 #: Seconds between two points of the report's series.
 SERIES_EVERY_S = 5.0

@@ -4,9 +4,9 @@ transport: Modbus TCP, Modbus RTU, or the in-process simulator.
 
 from __future__ import annotations
 
-from ketapump.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.regmap import RegisterMap, decode, encode, load_register_map
-from ketapump.transports.base import RegisterTransport
+from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
+from ketapump.wire.regmap import RegisterMap, decode, encode, load_register_map
+from ketapump.wire.transports.base import RegisterTransport
 
 #: Pump-side alarm bits (register ``alarm_bits``).
 PUMP_ALARMS = {0: "reset", 1: "watchdog", 2: "motor_stall", 3: "end_of_travel", 4: "over_pressure"}

@@ -37,7 +37,7 @@ from ketapump.errors import ConfigurationError, ConfirmationRequired, LimitRefus
 from ketapump.validation import DocumentError, parse_document, read_document
 
 if TYPE_CHECKING:
-    from ketapump.protocol import DosePlan, Patient
+    from ketapump.clinical.protocol import DosePlan, Patient
 
 LIBRARY_RESOURCE = "drug_library.toml"
 
@@ -372,7 +372,8 @@ def check(entry: DrugEntry, order: Order) -> list[LimitFinding]:
 
 
 class CourseRecord(Protocol):
-    """What :func:`order_for` reads from the course history (:class:`ketapump.course.CourseHistory`)."""
+    """What :func:`order_for` reads from the course history
+    (:class:`ketapump.clinical.course.CourseHistory`)."""
 
     def last_start(self, patient_id: str, before: datetime.datetime) -> datetime.datetime | None: ...
 

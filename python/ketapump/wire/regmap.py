@@ -2,7 +2,7 @@
 
 One source of truth: ``data/register_map.toml`` is compiled into the simulator (Rust) and read here by
 the simulator's Modbus front and the bridge's driver. ``docs/register-map.md`` is rendered from it
-(``python -m ketapump.regmap > docs/register-map.md``), and a test keeps the two in step.
+(``python -m ketapump.wire.regmap > docs/register-map.md``), and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def render_markdown(regmap: RegisterMap) -> str:
     lines = [
         f"# Register map: {regmap.name}",
         "",
-        "<!-- Rendered from python/ketapump/data/register_map.toml by `python -m ketapump.regmap`; "
+        "<!-- Rendered from python/ketapump/data/register_map.toml by `python -m ketapump.wire.regmap`; "
         "do not edit by hand. -->",
         "",
         f"Map version {regmap.map_version}. Modbus unit id {regmap.unit_id}. Holding registers "

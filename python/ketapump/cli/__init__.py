@@ -16,21 +16,31 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from ketapump import _core, audit, cli_session, course
-from ketapump.bridge import ControlLoop, InfusionPlan, NullLog, RecoveryError, RunResult, recover_delivered_ml
+from ketapump import _core
+from ketapump.bridge import audit
+from ketapump.bridge.loop import (
+    ControlLoop,
+    InfusionPlan,
+    NullLog,
+    RecoveryError,
+    RunResult,
+    recover_delivered_ml,
+)
+from ketapump.bridge.runtime import control_period_s, default_log_path, loop_settings, make_driver
+from ketapump.cli import clinical
+from ketapump.clinical import course
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
-from ketapump.drivers.base import PumpDriver
-from ketapump.drivers.reference import ReferencePumpDriver
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
 from ketapump.qa import accuracy, campaign, occlusion, trace
 from ketapump.qa.balance import BalanceReplyError, SicsBalance
-from ketapump.runtime import control_period_s, default_log_path, loop_settings, make_driver
 from ketapump.sim.scenario import Scenario, load_scenario
 from ketapump.sim.server import SimServer
-from ketapump.transports import open_transport, split_url
-from ketapump.transports.sim import SimTransport
 from ketapump.validation import input_exit_code
+from ketapump.wire.drivers.base import PumpDriver
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.transports import open_transport, split_url
+from ketapump.wire.transports.sim import SimTransport
 
 app = typer.Typer(
     name="ketapump",
@@ -301,7 +311,7 @@ async def _run(
 
 audit.register_cli(app)
 course.register_cli(app)
-cli_session.register_cli(app)
+clinical.register_cli(app)
 
 qa_app = typer.Typer(no_args_is_help=True, help="QA tools: IEC 60601-2-24 style tests.")
 app.add_typer(qa_app, name="qa")

@@ -1,1 +1,0 @@
-"""Pump drivers: typed operations per pump family (see :mod:`ketapump.drivers.base`)."""
