@@ -22,10 +22,15 @@ maps its errors through one function (``rust/src/errors.rs``) onto this module's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ketapump.clinical.druglib import LimitFinding
+
+class Finding(Protocol):
+    """What a limit error needs of a finding (:class:`ketapump.clinical.druglib.LimitFinding` is one):
+    a message a person can act on. Declared here so the floor never imports the clinical layer."""
+
+    @property
+    def message(self) -> str: ...
 
 
 class KetapumpError(Exception):
@@ -52,8 +57,8 @@ class LimitError(ConfigurationError):
     ``"order"``.
     """
 
-    def __init__(self, problem: str, findings: Sequence[LimitFinding]) -> None:
-        self.findings: tuple[LimitFinding, ...] = tuple(findings)
+    def __init__(self, problem: str, findings: Sequence[Finding]) -> None:
+        self.findings: tuple[Finding, ...] = tuple(findings)
         self.problems = [f.message for f in self.findings]
         super().__init__("order", f"{problem}:\n  " + "\n  ".join(self.problems))
 
@@ -62,7 +67,7 @@ class LimitRefused(LimitError):  # noqa: N818 (the name the orchestrator and doc
     """A hard limit was crossed: the order is refused and must be re-programmed; every hard finding is
     listed. No confirmation can lift it."""
 
-    def __init__(self, findings: Sequence[LimitFinding]) -> None:
+    def __init__(self, findings: Sequence[Finding]) -> None:
         n = len(findings)
         super().__init__(f"is refused by {n} hard limit{'s' if n != 1 else ''}", findings)
 
@@ -71,7 +76,7 @@ class ConfirmationRequired(LimitError):  # noqa: N818 (ditto)
     """Soft limits were crossed and not confirmed: the order proceeds only once each is confirmed with
     a reason (a blank reason is not a reason). Every unconfirmed soft finding is listed."""
 
-    def __init__(self, findings: Sequence[LimitFinding]) -> None:
+    def __init__(self, findings: Sequence[Finding]) -> None:
         n = len(findings)
         super().__init__(
             f"needs a confirmation with a reason for {n} soft limit{'s' if n != 1 else ''}", findings
