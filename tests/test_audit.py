@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import structlog
-import typer
 from typer.testing import CliRunner
 
 from ketapump.bridge.audit import (
@@ -32,10 +31,10 @@ from ketapump.bridge.audit import (
     canonical_json,
     configure_diagnostics,
     record_hash,
-    register_cli,
     remove_diagnostics,
     verify,
 )
+from ketapump.cli import app
 from ketapump.errors import AuditWriteError, KetapumpError
 
 
@@ -67,19 +66,8 @@ def _write_chain(path: Path, n: int = 5) -> AuditWriter:
     return writer
 
 
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Test application carrying only the audit commands."""
-
-    register_cli(app)
-    return app
-
-
 def _run_cli(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(_cli(), ["log", "verify", *args])
+    result = CliRunner().invoke(app, ["log", "verify", *args])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -233,19 +221,10 @@ def test_cli_in_a_real_process(tmp_path: Path) -> None:
     """The exit code survives a real interpreter exit, not just CliRunner's bookkeeping."""
     log = tmp_path / "audit.jsonl"
     _write_chain(log, 4)
-    script = (
-        "import sys, typer\n"
-        "from ketapump.bridge.audit import register_cli\n"
-        "app = typer.Typer()\n"
-        "@app.callback()\n"
-        "def root() -> None: pass\n"
-        "register_cli(app)\n"
-        "app(sys.argv[1:])\n"
-    )
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-c", script, "log", "verify", *args],
+            [sys.executable, "-m", "ketapump", "log", "verify", *args],
             capture_output=True,
             text=True,
             timeout=60,

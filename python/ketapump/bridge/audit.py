@@ -16,7 +16,7 @@ only account of what the software did, so it must survive a crash and reveal tam
   ``flock`` keeps a second process out). A new file starts with a ``log_opened`` record carrying the
   previous file's final hash, which chains files across rotation.
 * **Verifiable.** :func:`verify` recomputes every hash and names the first bad line; the ``ketapump log
-  verify FILE`` command (see :func:`register_cli`) exposes it with sysexits exit codes.
+  verify FILE`` command (:mod:`ketapump.cli.log`) exposes it with sysexits exit codes.
 
 Library diagnostics (pymodbus, asyncio, our transports) are a different stream with different rules —
 noisy, lossy and not evidence — and :func:`configure_diagnostics` keeps them out of the audit file.
@@ -51,10 +51,9 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Annotated, Any, ClassVar, Final, cast
+from typing import IO, Any, ClassVar, Final, cast
 
 import structlog
-import typer
 
 from ketapump.errors import AuditWriteError
 
@@ -67,8 +66,8 @@ __all__ = [
     "canonical_json",
     "configure_diagnostics",
     "record_hash",
-    "register_cli",
     "remove_diagnostics",
+    "session_of",
     "verify",
 ]
 
@@ -77,10 +76,6 @@ GENESIS_HASH: Final = "0" * 64
 
 #: Loggers whose stdlib records :func:`configure_diagnostics` routes to the diagnostics stream.
 DIAGNOSTIC_LOGGERS: Final = ("pymodbus", "asyncio", "ketapump.transport")
-
-# sysexits.h codes, spelled out because ``os.EX_*`` only exist on Unix builds of Python.
-EX_DATAERR: Final = 65
-EX_NOINPUT: Final = 66
 
 # Keys the writer owns; a caller's field with one of these names would corrupt the chain's bookkeeping.
 _RESERVED: Final = frozenset({"timestamp", "seq", "mono_ns", "prev", "hash"})
@@ -677,35 +672,11 @@ def verify(path: Path, *, expect_prev: str | None = None) -> VerifyResult:
 # --------------------------------------------------------------------------------------------------------
 
 
-def register_cli(app: typer.Typer) -> None:
-    """Add the ``log`` command group (``log verify FILE``) to ``app``.
-
-    Lives here rather than in ``cli.py`` so the audit format and its checker change together; the main
-    CLI only calls this. Exit codes follow sysexits: 0 intact, 65 (EX_DATAERR) damaged, 66 (EX_NOINPUT)
-    missing or unreadable.
-    """
-    log_app = typer.Typer(name="log", no_args_is_help=True, help="Inspect audit logs.")
-
-    @log_app.command("verify")
-    def verify_command(
-        file: Annotated[Path, typer.Argument(help="Audit log (JSON lines) to check.")],
-        expect_prev: Annotated[
-            str | None,
-            typer.Option(help="Final hash of the previous file, which the first record must continue."),
-        ] = None,
-    ) -> None:
-        """Recompute the hash chain of FILE and name the first damaged line."""
-        try:
-            result = verify(file, expect_prev=expect_prev)
-        except FileNotFoundError:
-            typer.echo(f"{file}: no such file", err=True)
-            raise typer.Exit(EX_NOINPUT) from None
-        except OSError as exc:
-            typer.echo(f"{file}: cannot read: {exc.strerror or exc}", err=True)
-            raise typer.Exit(EX_NOINPUT) from None
-        if not result.ok:
-            typer.echo(f"{file}: line {result.bad_line}: {result.reason}", err=True)
-            raise typer.Exit(EX_DATAERR)
-        typer.echo(f"OK: {result.records} records, final hash {result.final_hash}")
-
-    app.add_typer(log_app, name="log")
+def session_of(record: Path) -> str:
+    """The session id of an earlier run's audit record (a resumed run continues the same session)."""
+    with record.open(encoding="utf-8") as f:
+        for line in f:
+            session = json.loads(line).get("session_id")
+            if session:
+                return str(session)
+    raise ValueError("it names no session_id")

@@ -12,18 +12,15 @@ Rules this module keeps:
   the pump's own watchdog stops the motor (the loop refreshes it every tick).
 - **An audit write that fails stops the pump** (:class:`~ketapump.errors.AuditWriteError` propagates
   after a best-effort stop).
-- **Recovery.** A session's record holds the pump's infused counter at the start and at every
-  telemetry summary. After a crash, :func:`recover_delivered_ml` reconstructs the delivered volume
-  from the pump's counter and refuses to continue when the pump and the record disagree.
+- **Recovery** after a crash is :mod:`ketapump.bridge.recovery`'s: the loop records the pump's infused
+  counter at the start and in every telemetry summary, which is what a resume reconciles.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from ketapump import _core
@@ -31,12 +28,10 @@ from ketapump.clock import Clock
 from ketapump.errors import (
     ConfigurationError,
     InterlockError,
-    KetapumpError,
     StateTransitionError,
     TransportError,
 )
-from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.wire.transports.base import PumpRefusedError
+from ketapump.wire import PumpDriver, PumpRefusedError, PumpTelemetry
 
 #: Relative change of the commanded rate below which the pump is not sent a new rate.
 RATE_DEADBAND = 5e-3
@@ -59,10 +54,6 @@ class NullLog:
     def info(self, event: str, **fields: Any) -> None: ...
 
     warning = error = info
-
-
-class RecoveryError(KetapumpError, RuntimeError):
-    """A session cannot be continued: the pump and the session's record disagree."""
 
 
 @dataclass(frozen=True)
@@ -422,57 +413,10 @@ class ControlLoop:
         )
 
 
-def recover_delivered_ml(
-    record: Path, pump_infused_ml: float, pump_alarms: frozenset[str], *, rate_ml_h: float, slack_s: float
-) -> float:
-    """The volume an interrupted session delivered, from its audit record and the pump's counter.
-
-    The record's last telemetry summary gives the pump's counter at the session start and at that
-    summary. The pump cannot have delivered less since (unless its counters were lost), nor more than
-    it could at ``rate_ml_h`` during ``slack_s`` (the summary interval plus the watchdog period).
-    Raises :class:`RecoveryError` when the pump and the record disagree.
-    """
-    last: dict[str, Any] | None = None
-    try:
-        with record.open(encoding="utf-8") as f:
-            for line in f:
-                entry = json.loads(line)
-                if entry.get("event") == "telemetry":
-                    last = entry
-                elif entry.get("event") == "session_ended":
-                    raise RecoveryError(f"{record} records a session that ended ({entry.get('reason')})")
-    except (OSError, json.JSONDecodeError) as e:
-        raise RecoveryError(f"cannot read the session record {record}: {e}") from e
-    if last is None:
-        raise RecoveryError(f"{record} holds no telemetry summary to recover from")
-    if "reset" in pump_alarms:
-        raise RecoveryError(
-            "the pump was reset (power loss): its counters no longer match the session record"
-        )
-    start = float(last["pump_infused_ml_at_start"])
-    recorded = float(last["pump_infused_ml"])
-    if pump_infused_ml < recorded - 1e-3:
-        raise RecoveryError(
-            f"the pump's counter ({pump_infused_ml:.3f} mL) is below the record ({recorded:.3f} mL): "
-            "not the same pump or session"
-        )
-    most = recorded + rate_ml_h / 3600.0 * slack_s + 0.05
-    if pump_infused_ml > most:
-        raise RecoveryError(
-            f"the pump's counter ({pump_infused_ml:.3f} mL) exceeds what the session could have delivered "
-            f"since the record ({most:.3f} mL)"
-        )
-    return (
-        float(last.get("session_delivered_ml", 0.0)) - float(last["delivered_ml"]) + pump_infused_ml - start
-    )
-
-
 __all__ = [
     "ControlLoop",
     "EventLog",
     "InfusionPlan",
     "NullLog",
-    "RecoveryError",
     "RunResult",
-    "recover_delivered_ml",
 ]

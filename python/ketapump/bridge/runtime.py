@@ -1,7 +1,7 @@
-"""Setting up a run from the command line: where audit logs go, the control period and gains a
-transport allows at a time scale, and the driver (with a watchdog sized for its retries) for a pump URL.
+"""Setting up a run: where audit logs go, the control period and gains a transport allows at a time
+scale, the driver (with a watchdog sized for its retries) for a pump URL, and the syringe catalogue.
 
-Shared by ``ketapump run``, ``ketapump session`` and the pytest plugin.
+Shared by ``ketapump run``, ``ketapump session``, the QA tests and the pytest plugin.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from pathlib import Path
 from ketapump import _core
 from ketapump.clock import Clock
 from ketapump.errors import ConfigurationError
-from ketapump.wire.drivers.base import PumpDriver
-from ketapump.wire.drivers.nesp import NewEraDriver
-from ketapump.wire.drivers.reference import ReferencePumpDriver
-from ketapump.wire.transports import open_transport
-from ketapump.wire.transports.base import RegisterTransport
-from ketapump.wire.transports.nesp import NespTransport
+from ketapump.wire import (
+    NespTransport,
+    NewEraDriver,
+    PumpDriver,
+    ReferencePumpDriver,
+    RegisterTransport,
+    open_transport,
+)
 
 
 def default_log_path() -> Path:
@@ -76,3 +78,19 @@ def make_driver(
             f"URL {url!r}: timeout × (retries + 1) needs a pump watchdog of {watchdog_ms:.0f} ms (max 10000)",
         )
     return ReferencePumpDriver(transport, watchdog_ms=int(watchdog_ms))
+
+
+def syringe_spec(name: str) -> tuple[float, float]:
+    """``(capacity_ml, inner_diameter_mm)`` of a catalogue syringe; an unknown name is refused, naming
+    the catalogue."""
+    catalogue = _core.SimPump.catalogue()
+    for entry, capacity, diameter in catalogue:
+        if entry == name:
+            return capacity, diameter
+    known = ", ".join(entry for entry, _, _ in catalogue)
+    raise ConfigurationError("syringe", f"{name!r} is not in the catalogue ({known})")
+
+
+def syringe_diameter_mm(name: str) -> float:
+    """The inner diameter of a catalogue syringe (see :func:`syringe_spec`)."""
+    return syringe_spec(name)[1]

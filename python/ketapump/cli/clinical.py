@@ -24,25 +24,37 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from ketapump import _core
-from ketapump.bridge import audit
-from ketapump.bridge.runtime import control_period_s, default_log_path, loop_settings, make_driver
-from ketapump.clinical import druglib, report
-from ketapump.clinical.course import CourseHistory
-from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
-from ketapump.clinical.session import (
+from ketapump.bridge import (
+    AuditWriter,
+    audit_logger,
+    control_period_s,
+    default_log_path,
+    loop_settings,
+    make_driver,
+    verify,
+)
+from ketapump.cli.common import EXIT_ABORTED, EXIT_INTERLOCK, EXIT_LIMIT, fail
+from ketapump.clinical import (
+    CourseHistory,
+    CsvVitalsFeed,
+    DosePlan,
+    MonitorSettings,
+    Patient,
+    Protocol,
+    ScriptedMonitor,
     ScriptedOperator,
     Session,
     SessionAbortedError,
     SessionContext,
     SessionResult,
-)
-from ketapump.clinical.vitals import (
-    CsvVitalsFeed,
-    MonitorSettings,
-    ScriptedMonitor,
     VitalsFeed,
     demo_patient,
+    druglib,
+    load_library,
     load_patient_script,
+    load_protocol,
+    plan_dose,
+    report,
 )
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings
@@ -54,23 +66,11 @@ from ketapump.errors import (
     TransportError,
 )
 from ketapump.validation import input_exit_code
-from ketapump.wire.drivers.base import PumpDriver
-from ketapump.wire.drivers.reference import ReferencePumpDriver
-from ketapump.wire.transports import open_transport, split_url
-from ketapump.wire.transports.sim import SimTransport
+from ketapump.wire import PumpDriver, ReferencePumpDriver, SimTransport, open_transport, split_url
 
 #: The demo's patient: weight, height and the scripted monitor of ``data/patients/demo.toml``.
 DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="male")
 DEMO_PROTOCOL = "ketamine-depression"
-#: Exit codes of the clinical commands (also in the README).
-EXIT_INTERLOCK = 3
-EXIT_LIMIT = 6  # refused by a hard limit, or a soft limit / course rule was not confirmed
-EXIT_ABORTED = 7  # a pre-check item was not confirmed: nothing delivered
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"ketapump: {message}", err=True)
-    return typer.Exit(code)
 
 
 def dose(
@@ -94,16 +94,16 @@ def dose(
     protocol name) not found.
     """
     if sex is not None and sex not in {"female", "male"}:
-        raise _fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
+        raise fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
     try:
         proto = load_protocol(protocol)
-        lib = druglib.load_library(library)
+        lib = load_library(library)
         patient = Patient("dose-calculator", weight_kg, height_cm, sex)  # type: ignore[arg-type]
         plan = plan_dose(proto, patient)
         entry = lib.drug(plan.drug)
         findings = druglib.check(entry, druglib.order_for(plan, patient))
     except ConfigurationError as e:
-        raise _fail(str(e), input_exit_code(e)) from e
+        raise fail(str(e), input_exit_code(e)) from e
     result: dict[str, Any] = {
         "dose_mg": plan.dose_mg,
         "volume_ml": plan.volume_ml,
@@ -189,7 +189,7 @@ def demo(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _fail(f"cannot create {out}: {e.strerror}", os.EX_CANTCREAT) from e
+        raise fail(f"cannot create {out}: {e.strerror}", os.EX_CANTCREAT) from e
     db_path = out / "course.sqlite3"
     for own in (db_path, out / "course.sqlite3-wal", out / "course.sqlite3-shm"):
         own.unlink(missing_ok=True)  # the demo's own history from an earlier run
@@ -200,7 +200,7 @@ def demo(
     setup = _Setup(
         protocol=protocol,
         patient=DEMO_PATIENT,
-        library=druglib.load_library(None),
+        library=load_library(None),
         driver=ReferencePumpDriver(transport),
         clock=clock,
         vitals=ScriptedMonitor(demo_patient().model_copy(update={"monitor": _monitor(seed)})),
@@ -267,13 +267,13 @@ def session(
     pre-check, 65 invalid data, 66 a file not found, 69 pump unreachable, 74 log unwritable.
     """
     if sex is not None and sex not in {"female", "male"}:
-        raise _fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
+        raise fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
     try:
         reasons = _reasons(confirm or [])
         proto = load_protocol(protocol)
         person = Patient(patient, weight_kg, height_cm, sex)  # type: ignore[arg-type]
         plan = plan_dose(proto, person)
-        lib = druglib.load_library(library)
+        lib = load_library(library)
         lib.drug(plan.drug)
         scheme = split_url(pump)[0]
         defaults = default_kernel_settings()
@@ -286,9 +286,9 @@ def session(
         if "pressure_mmhg" in driver.lacks:
             settings["has_pressure_sensor"] = False
     except ConfigurationError as e:
-        raise _fail(str(e), input_exit_code(e)) from e
+        raise fail(str(e), input_exit_code(e)) from e
     except OSError as e:
-        raise _fail(str(e), os.EX_NOINPUT) from e
+        raise fail(str(e), os.EX_NOINPUT) from e
     operator = ScriptedOperator(
         answers={} if yes else _ask_checklist(proto.checklists.pre + proto.checklists.discharge),
         reasons=reasons,
@@ -382,10 +382,10 @@ def _execute(setup: _Setup, *, json_output: bool, fresh_log: bool) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if fresh_log:
             log_path.unlink(missing_ok=True)
-        writer = audit.AuditWriter.open(log_path)
+        writer = AuditWriter.open(log_path)
     except (OSError, ValueError) as e:
-        raise _fail(f"cannot open the audit log {log_path}: {e}", os.EX_IOERR) from e
-    events = audit.audit_logger(writer, session_id=session_id, pump=setup.pump_url)
+        raise fail(f"cannot open the audit log {log_path}: {e}", os.EX_IOERR) from e
+    events = audit_logger(writer, session_id=session_id, pump=setup.pump_url)
     origin = datetime.datetime.now(datetime.UTC)
     try:
         with CourseHistory.open(setup.db_path) as course:
@@ -407,18 +407,18 @@ def _execute(setup: _Setup, *, json_output: bool, fresh_log: bool) -> None:
             result = _with_progress(ctx, console, quiet=json_output)
             db_path = course.path
     except SessionAbortedError as e:
-        raise _fail(str(e), EXIT_ABORTED) from e
+        raise fail(str(e), EXIT_ABORTED) from e
     except LimitError as e:
-        raise _fail(str(e), EXIT_LIMIT) from e
+        raise fail(str(e), EXIT_LIMIT) from e
     except AuditWriteError as e:
-        raise _fail(f"{e}; the pump was told to stop", os.EX_IOERR) from e
+        raise fail(f"{e}; the pump was told to stop", os.EX_IOERR) from e
     except TransportError as e:
-        raise _fail(str(e), os.EX_UNAVAILABLE) from e
+        raise fail(str(e), os.EX_UNAVAILABLE) from e
     except KetapumpError as e:
-        raise _fail(str(e), os.EX_DATAERR) from e
+        raise fail(str(e), os.EX_DATAERR) from e
     finally:
         writer.close()
-    verified = audit.verify(log_path)
+    verified = verify(log_path)
     summary = result.summary() | {
         "patient": setup.patient.patient_id,
         "log": str(log_path),

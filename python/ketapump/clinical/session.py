@@ -39,7 +39,7 @@ from typing import Any
 from typing import Protocol as Interface
 
 from ketapump import _core
-from ketapump.bridge.loop import ControlLoop, EventLog, InfusionPlan, RunResult
+from ketapump.bridge import ControlLoop, EventLog, InfusionPlan, RunResult
 from ketapump.clinical import druglib
 from ketapump.clinical.course import CourseHistory
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, plan_dose
@@ -58,7 +58,7 @@ from ketapump.clinical.vitals import (
 from ketapump.clock import Clock
 from ketapump.config import kernel_config
 from ketapump.errors import CourseRecordNotFoundError, KetapumpError, TransportError
-from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
+from ketapump.wire import PumpDriver, PumpTelemetry
 
 #: Seconds between two points of the report's series.
 SERIES_EVERY_S = 5.0

@@ -1,1 +1,13 @@
-"""QA tools: IEC 60601-2-24 style accuracy analysis (more to come: occlusion tests, fault campaigns)."""
+"""The QA layer: the tests a QA engineer runs on a pump, simulated or real.
+
+Owns the IEC 60601-2-24 style accuracy test (:mod:`~ketapump.qa.accuracy`, with the trumpet analysis in
+:mod:`~ketapump.qa.trumpet` and laboratory balances in :mod:`~ketapump.qa.balance`), the occlusion test
+(:mod:`~ketapump.qa.occlusion`), seeded fault campaigns (:mod:`~ketapump.qa.campaign`), the hazard
+register's traceability check (:mod:`~ketapump.qa.trace`), running a test on a pump URL
+(:mod:`~ketapump.qa.rig`) and the pytest plugin (:mod:`~ketapump.qa.pytest_plugin`). It may import the
+clinical, bridge, simulator and wire layers and the floor. Each test method is a module of its own, and
+this door hands out those modules (``from ketapump.qa import accuracy``), each loaded when first imported:
+the pytest plugin must cost nothing until one of its fixtures is used.
+"""
+
+__all__ = ["accuracy", "balance", "campaign", "occlusion", "rig", "trace", "trumpet"]

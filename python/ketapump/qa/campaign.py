@@ -35,8 +35,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import os
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -45,7 +43,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import typer
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ketapump import _core
@@ -53,7 +50,6 @@ from ketapump.config import kernel_config
 from ketapump.errors import ConfigurationError
 from ketapump.validation import (
     DocumentError,
-    input_exit_code,
     parse_document,
     read_document,
     validate_document,
@@ -429,141 +425,3 @@ def summary(result: CampaignResult, spec_source: str, seed_base: int) -> dict[st
         "alarms": dict(Counter(a for o in outcomes for a in o["alarms"])),
         "simulated_h": sum(o["end_s"] for o in outcomes) / 3_600.0,
     }
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"ketapump: {message}", err=True)
-    return typer.Exit(code)
-
-
-def register_cli(qa_app: typer.Typer) -> None:
-    """Adds ``qa campaign`` to the ``qa`` sub-app."""
-
-    @qa_app.command("campaign")
-    def qa_campaign(  # noqa: PLR0917 - typer commands declare one parameter per option
-        spec: Annotated[
-            str | None,
-            typer.Argument(help="Spec file (TOML) or shipped name (e.g. 'default'); not with a replay file."),
-        ] = None,
-        runs: Annotated[int, typer.Option(min=1, help="Number of runs (seeds BASE … BASE+N−1).")] = 1_000,
-        workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
-        dask: Annotated[
-            str | None, typer.Option(help="Dask scheduler address (tcp://HOST:8786): run there instead.")
-        ] = None,
-        seed: Annotated[int, typer.Option(min=0, help="First seed (BASE).")] = 0,
-        replay_from: Annotated[
-            str | None,
-            typer.Option("--replay", help="A SEED to run again with SPEC, or a failing-seeds.json record."),
-        ] = None,
-        json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
-        out: Annotated[Path, typer.Option(help="Directory for summary.json and failing-seeds.json.")] = Path(
-            "campaign-report"
-        ),
-    ) -> None:
-        """Seeded fault campaign: randomized closed-loop runs (kernel + hw-sim plant, in Rust) checked
-        against S3 (overdose, cap, fault-free accuracy), S5 (missed occlusion) and S7 (latched alarms).
-
-        Exit codes: 0 no violation, 1 violations found (seeds written to OUT/failing-seeds.json),
-        2 usage, 65 invalid spec or record, 66 spec not found, 69 Dask unavailable, 70 a replay differs
-        from its record.
-        """
-        if replay_from is not None and not replay_from.isdigit():
-            _replay_file(Path(replay_from), spec, json_output)
-            return
-        if spec is None:
-            raise _fail("SPEC is required (a file or a shipped name: " + ", ".join(shipped_specs()) + ")", 2)
-        try:
-            campaign, config = load_spec(spec)
-        except CampaignSpecError as e:
-            raise _fail(str(e), input_exit_code(e)) from e
-        if replay_from is not None:
-            _replay_seed(campaign, config, int(replay_from), json_output)
-            return
-        seeds = list(range(seed, seed + runs))
-        try:
-            result = run_campaign(campaign, config, seeds, workers=workers, dask_address=dask)
-        except ImportError as e:
-            message = f"--dask needs the 'distributed' package (pip install 'ketapump[dask]'): {e}"
-            raise _fail(message, os.EX_UNAVAILABLE) from e
-        except (OSError, TimeoutError) as e:
-            raise _fail(f"cannot reach the Dask scheduler {dask}: {e}", os.EX_UNAVAILABLE) from e
-        report = summary(result, spec, seed)
-        failing_path = out / "failing-seeds.json"
-        write_record(failing_path, replay_record(campaign, config, result.failing()))
-        report["failing_seeds"] = str(failing_path)
-        (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if json_output:
-            sys.stdout.write(json.dumps(report) + "\n")
-        else:
-            _print_summary(report)
-        if result.violations:
-            raise typer.Exit(EXIT_VIOLATIONS)
-
-
-def _print_summary(report: dict[str, Any]) -> None:
-    typer.echo(
-        f"{report['runs']} runs ({report['backend']}) in {report['seconds']:.1f} s: "
-        f"{report['runs_per_s']:.0f} runs/s, {report['simulated_h']:.0f} h simulated",
-        err=True,
-    )
-    typer.echo(
-        f"faults injected: {report['faults'] or 'none'}; fault-free runs {report['fault_free_runs']}; "
-        f"bridge restarts {report['restarts']}; over-cap programs {report['over_cap_runs']} "
-        f"({report['refused']} refused)",
-        err=True,
-    )
-    typer.echo(f"end states: {report['states']}; alarms: {report['alarms'] or 'none'}", err=True)
-    for v in report["violations"][:20]:
-        typer.echo(f"VIOLATION seed {v['seed']} {v['invariant']}: {v['detail']}", err=True)
-    if len(report["violations"]) > 20:
-        typer.echo(f"… {len(report['violations']) - 20} more", err=True)
-    verdict = "no violation" if not report["violations"] else f"{len(report['violations'])} violations"
-    typer.echo(f"{verdict}; failing seeds in {report['failing_seeds']}", err=True)
-
-
-def _emit_replays(replays: list[Replay], json_output: bool) -> None:
-    if json_output:
-        rows = [{"seed": r.seed, "identical": r.identical, "outcome": r.outcome} for r in replays]
-        sys.stdout.write(json.dumps({"replays": rows}) + "\n")
-        return
-    for r in replays:
-        o = r.outcome
-        faults = ", ".join(f"{f['name']} at {f['at_s']:.1f} s" for f in o["faults"]) or "none"
-        same = ""
-        if r.recorded is not None:
-            same = "; identical to the record" if r.identical else "; DIFFERS from the record"
-        typer.echo(
-            f"seed {r.seed}: {o['syringe']} {o['rate_ml_h']:.3f} mL/h, {o['programmed_ml']:.4f} mL "
-            f"programmed, {o['delivered_ml']:.6f} mL delivered, ended {o['state']} "
-            f"(alarms: {', '.join(o['alarms']) or 'none'}; faults: {faults}){same}",
-            err=True,
-        )
-        for v in o["violations"]:
-            typer.echo(f"  VIOLATION {v['invariant']}: {v['detail']}", err=True)
-
-
-def _finish_replay(replays: list[Replay]) -> None:
-    if not all(r.identical for r in replays):
-        raise typer.Exit(EXIT_REPLAY_DIFFERS)
-    if any(r.outcome["violations"] for r in replays):
-        raise typer.Exit(EXIT_VIOLATIONS)
-
-
-def _replay_seed(spec: CampaignSpec, config: _core.KernelConfig, seed: int, json_output: bool) -> None:
-    replays = replay(spec, config, [seed])
-    _emit_replays(replays, json_output)
-    _finish_replay(replays)
-
-
-def _replay_file(path: Path, spec: str | None, json_output: bool) -> None:
-    if spec is not None:
-        raise _fail("a replay file carries its own spec and kernel configuration: give no SPEC", 2)
-    try:
-        campaign, config, failing = load_record(path)
-    except CampaignSpecError as e:
-        raise _fail(str(e), os.EX_DATAERR) from e
-    except OSError as e:
-        raise _fail(f"{path}: {e.strerror}", os.EX_NOINPUT) from e
-    replays = replay(campaign, config, [int(f["seed"]) for f in failing], failing)
-    _emit_replays(replays, json_output)
-    _finish_replay(replays)

@@ -32,14 +32,27 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ketapump import _core
-from ketapump.bridge.loop import ControlLoop, InfusionPlan, NullLog
-from ketapump.clock import Clock, VirtualClock
-from ketapump.config import kernel_config
-from ketapump.errors import KetapumpError
-from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.wire.drivers.reference import ReferencePumpDriver
-from ketapump.wire.transports import open_transport
-from ketapump.wire.transports.base import RegisterTransport
+from ketapump.bridge import (
+    ControlLoop,
+    InfusionPlan,
+    NullLog,
+    control_period_s,
+    loop_settings,
+    make_driver,
+    syringe_spec,
+)
+from ketapump.clock import Clock, ScaledClock, VirtualClock
+from ketapump.config import default_kernel_settings, kernel_config
+from ketapump.errors import ConfigurationError, KetapumpError
+from ketapump.qa.balance import SicsBalance
+from ketapump.wire import (
+    PumpDriver,
+    PumpTelemetry,
+    ReferencePumpDriver,
+    RegisterTransport,
+    open_transport,
+    split_url,
+)
 
 #: The simulator's nominal plant compliance (hw-sim ``PlantConfig``): the C of the S5 bound on ``sim://``.
 SIM_COMPLIANCE_ML_PER_MMHG = 2.0e-3
@@ -497,3 +510,60 @@ async def run_simulated(
         )
     finally:
         await driver.close()
+
+
+async def run_on_pump(
+    url: str,
+    *,
+    rate: float,
+    threshold: float,
+    slope: bool,
+    syringe: str,
+    compliance: float | None,
+    settle_s: float,
+    release_s: float,
+    balance: SicsBalance | None,
+    time_scale: float,
+) -> OcclusionRecord:
+    """The occlusion test on a real pump (or a hw-sim process) at ``url``: the operator handles the
+    clamp; with a balance, it weighs the released bolus."""
+    capacity, diameter = syringe_spec(syringe)
+    defaults = default_kernel_settings()
+    scheme = split_url(url)[0]
+    period = control_period_s(scheme, time_scale, None, float(defaults["control_period_s"]))
+    clock = ScaledClock(time_scale)
+    driver = make_driver(url, clock, period, time_scale)
+    if "pressure_mmhg" in driver.lacks:
+        raise ConfigurationError("pump", f"{url} measures no line pressure: the occlusion test needs it")
+    config = kernel_config(
+        **loop_settings(period, defaults),
+        syringe_diameter_mm=diameter,
+        syringe_capacity_ml=capacity,
+        syringe_fill_ml=capacity,
+        **occlusion_settings(threshold, slope),
+    )
+    c = compliance or float(defaults["compliance_ml_per_mmhg"])
+    setup = OcclusionSetup(
+        rate_ml_h=rate,
+        threshold_mmhg=threshold,
+        slope_detector=slope,
+        compliance_ml_per_mmhg=c,
+        syringe_diameter_mm=diameter,
+        volume_ml=min(capacity, dose_for(rate, threshold, c, settle_s)),
+        settle_s=settle_s,
+        release_s=release_s,
+    )
+    meter = None
+    if balance is not None:
+        balance.open()
+        scale = balance
+
+        async def meter() -> float:
+            return await asyncio.to_thread(scale.grams)  # water: 1 g per mL
+
+    try:
+        return await run_occlusion(driver, clock, config, setup, OperatorLine(), meter=meter)
+    finally:
+        await driver.close()
+        if balance is not None:
+            balance.close()

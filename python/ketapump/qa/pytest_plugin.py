@@ -33,9 +33,9 @@ import pytest
 
 if TYPE_CHECKING:
     from ketapump import _core
-    from ketapump.bridge.loop import ControlLoop
+    from ketapump.bridge import ControlLoop
     from ketapump.clock import Clock
-    from ketapump.wire.drivers.base import PumpDriver
+    from ketapump.wire import PumpDriver
 
 HIL_SKIP_REASON = "hardware-in-the-loop test: run with --pump-url URL to test a real pump"
 
@@ -122,12 +122,15 @@ def _release(driver: PumpDriver, stop: bool) -> None:
 def pump_under_test(request: pytest.FixtureRequest) -> Iterator[PumpUnderTest]:
     """The in-process simulated pump over virtual time, or the ``--pump-url`` pump over real time."""
     from ketapump import _core  # noqa: PLC0415 - imported only when used
-    from ketapump.bridge.runtime import control_period_s, make_driver  # noqa: PLC0415
+    from ketapump.bridge import control_period_s, make_driver  # noqa: PLC0415
     from ketapump.clock import ScaledClock, VirtualClock  # noqa: PLC0415
     from ketapump.config import default_kernel_settings  # noqa: PLC0415
-    from ketapump.wire.drivers.reference import ReferencePumpDriver  # noqa: PLC0415
-    from ketapump.wire.transports import open_transport, split_url  # noqa: PLC0415
-    from ketapump.wire.transports.base import RegisterTransport  # noqa: PLC0415
+    from ketapump.wire import (  # noqa: PLC0415
+        ReferencePumpDriver,
+        RegisterTransport,
+        open_transport,
+        split_url,
+    )
 
     url = request.config.getoption("--pump-url")
     default_period = float(default_kernel_settings()["control_period_s"])
@@ -156,8 +159,7 @@ def sim_pump(pump_under_test: PumpUnderTest) -> PumpUnderTest:
 @pytest.fixture
 def bridge_session(pump_under_test: PumpUnderTest) -> ControlLoop:
     """A control loop on the pump under test, ready to ``run(InfusionPlan(...))``."""
-    from ketapump.bridge.loop import ControlLoop  # noqa: PLC0415
-    from ketapump.bridge.runtime import loop_settings  # noqa: PLC0415
+    from ketapump.bridge import ControlLoop, loop_settings  # noqa: PLC0415
     from ketapump.config import default_kernel_settings, kernel_config  # noqa: PLC0415
 
     driver = pump_under_test.driver

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ketapump import _core
 from ketapump.validation import DocumentError, read_document
-from ketapump.wire.regmap import load_register_map
+from ketapump.wire import load_register_map
 
 
 class PumpSettings(BaseModel):

@@ -30,7 +30,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from ketapump import _core
 from ketapump.clock import Clock
-from ketapump.wire.regmap import RegisterMap, load_register_map
+from ketapump.wire import RegisterMap, load_register_map
 
 log = logging.getLogger(__name__)
 

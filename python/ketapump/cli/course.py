@@ -1,0 +1,166 @@
+"""``ketapump course show`` and ``course note``: a patient's course history and journal notes.
+
+Exit codes follow sysexits: 0 done, 65 (EX_DATAERR) refused data (a late note, a damaged or foreign
+file), 66 (EX_NOINPUT) unknown patient or session or no database, 74 (EX_IOERR) the database could not be
+read or written, 2 usage.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ketapump.clinical import CourseHistory, CourseSummary, default_course_path
+from ketapump.errors import CourseError, CourseRecordNotFoundError
+
+
+def _parse_time(value: str | None) -> _dt.datetime | None:
+    """A CLI time: ISO-8601, UTC unless it carries an offset."""
+    if value is None:
+        return None
+    try:
+        at = _dt.datetime.fromisoformat(value)
+    except ValueError as e:
+        raise typer.BadParameter(f"{value!r} is not an ISO-8601 time") from e
+    return at if at.utcoffset() is not None else at.replace(tzinfo=_dt.UTC)
+
+
+def _short(at: _dt.datetime | None) -> str:
+    return "—" if at is None else at.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%MZ")
+
+
+def _describe(summary: CourseSummary, path: Path) -> list[str]:
+    p = summary.patient
+    height = "" if p.height_cm is None else f", {p.height_cm:g} cm"
+    lines = [f"patient {p.patient_id}: {p.weight_kg:g} kg{height}  ({path})"]
+    if not summary.sessions:
+        lines.append("  no sessions recorded")
+    else:
+        lines.append(
+            f"  {'#':>2}  {'session':<16} {'started':<18} {'ended':<18} {'delivered':>10} "
+            f"{'mg/kg':>7} {'since prev':>11}  outcome"
+        )
+        for n, entry in enumerate(summary.sessions, start=1):
+            s = entry.session
+            if s.delivered_mg is None:
+                dose, per_kg, outcome = f"{s.programmed_mg:.2f} mg*", "", "in progress"
+            else:
+                dose, per_kg = f"{s.delivered_mg:.2f} mg", f"{s.delivered_mg / s.weight_kg:.3f}"
+                outcome = f"{s.outcome}" if entry.counts else f"{s.outcome} (not counted)"
+            since = "—" if entry.interval_h is None else f"{entry.interval_h:.1f} h"
+            lines.append(
+                f"  {n:>2}  {s.session_id:<16} {_short(s.started_at):<18} {_short(s.ended_at):<18} "
+                f"{dose:>10} {per_kg:>7} {since:>11}  {outcome}"
+            )
+    series = summary.initial_series
+    status = f"{series.counted} of {series.required} counted sessions"
+    if series.complete:
+        schedule = "within" if series.on_schedule else "later than"
+        status += (
+            f", complete on {_short(series.completed_at)} ({schedule} {series.within_days:g} days of the "
+            f"first, {_short(series.first_start)})"
+        )
+    elif series.deadline is not None:
+        status += f", expected by {_short(series.deadline)}" + (" — PAST" if series.past_deadline else "")
+    lines.append(f"initial series: {status}")
+    m = summary.maintenance
+    if m is None:
+        lines.append("maintenance: after the initial series")
+    else:
+        label = {"not_due": "not yet due", "due": "DUE", "overdue": "OVERDUE"}[m.status]
+        lines.append(
+            f"maintenance: due from {_short(m.due_from)}, overdue after {_short(m.overdue_after)} "
+            f"— {label} as of {_short(summary.now)}"
+        )
+    for session_id in summary.open_sessions:
+        lines.append(
+            f"open session: {session_id} was never ended; *its programmed dose counts in every dose window"
+        )
+    if summary.alarms:
+        lines.append("alarms:")
+        lines += [f"  {_short(a.at)}  {a.session_id}  {a.code}  {a.detail}".rstrip() for a in summary.alarms]
+    if summary.notes:
+        lines.append("notes:")
+        lines += [f"  {_short(n.at)}  {n.session_id}  {n.text}" for n in summary.notes]
+    if summary.overrides:
+        lines.append("overrides:")
+        lines += [
+            f"  {_short(o.at)}  {o.session_id or '(no session)'}  {o.kind} by {o.who or '(not recorded)'}: "
+            f"{o.reason}"
+            for o in summary.overrides
+        ]
+    return lines
+
+
+def _course_error(path: Path, error: Exception) -> typer.Exit:
+    """Report ``error`` naming the file and the record; sysexits code for its kind."""
+    text = str(error)
+    message = text if text.startswith(str(path)) else f"{path}: {text}"
+    typer.echo(f"ketapump: {message}", err=True)
+    if isinstance(error, CourseRecordNotFoundError):
+        return typer.Exit(os.EX_NOINPUT)
+    if isinstance(error, CourseError):
+        return typer.Exit(os.EX_DATAERR)
+    return typer.Exit(os.EX_IOERR)
+
+
+def _db_option() -> Any:
+    return typer.Option(
+        "--course-db", help="Course database (default: $XDG_DATA_HOME/ketapump/course.sqlite3)."
+    )
+
+
+course_app = typer.Typer(
+    name="course", no_args_is_help=True, help="Course history: sessions, maintenance timing, notes."
+)
+
+
+@course_app.command("show")
+def show_command(
+    patient: Annotated[str, typer.Argument(help="Patient id.")],
+    course_db: Annotated[Path | None, _db_option()] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
+    now: Annotated[
+        str | None,
+        typer.Option(help="Reference time for maintenance timing (ISO-8601, UTC unless an offset)."),
+    ] = None,
+) -> None:
+    """The patient's sessions, initial series, maintenance timing, alarms, notes and overrides."""
+    path = course_db if course_db is not None else default_course_path()
+    at = _parse_time(now) or _dt.datetime.now(_dt.UTC)
+    try:
+        with CourseHistory.open(path, create=False) as history:
+            summary = history.course_summary(patient, at)
+    except (CourseError, sqlite3.Error) as e:
+        raise _course_error(path, e) from None
+    if json_output:
+        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+    else:
+        typer.echo("\n".join(_describe(summary, path)))
+
+
+@course_app.command("note")
+def note_command(
+    session: Annotated[str, typer.Argument(help="Session id.")],
+    text: Annotated[str, typer.Argument(help="The journal note.")],
+    course_db: Annotated[Path | None, _db_option()] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Time of the note (ISO-8601, UTC unless an offset; default now).")
+    ] = None,
+) -> None:
+    """Attach a journal note to a session (accepted until 24 h after the session ended)."""
+    path = course_db if course_db is not None else default_course_path()
+    when = _parse_time(at) or _dt.datetime.now(_dt.UTC)
+    try:
+        with CourseHistory.open(path, create=False) as history:
+            note = history.add_note(session, text, when)
+    except (CourseError, sqlite3.Error) as e:
+        raise _course_error(path, e) from None
+    typer.echo(f"note added to session {note.session_id} at {_short(note.at)}")

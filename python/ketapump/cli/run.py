@@ -1,0 +1,186 @@
+"""``ketapump run``: a plain infusion on any pump, every command through the Rust kernel, recorded in the
+hash-chained audit log; ``--resume`` continues a session after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import structlog
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from ketapump import _core
+from ketapump.bridge import (
+    AuditWriter,
+    ControlLoop,
+    InfusionPlan,
+    RecoveryError,
+    RunResult,
+    audit_logger,
+    configure_diagnostics,
+    control_period_s,
+    default_log_path,
+    loop_settings,
+    make_driver,
+    resume_session,
+    session_of,
+    syringe_diameter_mm,
+)
+from ketapump.cli.common import (
+    EXIT_COMPLETE,
+    EXIT_INTERLOCK,
+    EXIT_LINK_LOST,
+    EXIT_OPERATOR_STOP,
+    fail,
+)
+from ketapump.clock import Clock, ScaledClock, VirtualClock
+from ketapump.config import default_kernel_settings, kernel_config
+from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
+from ketapump.wire import PumpDriver, split_url
+
+#: Seconds between telemetry summaries in the audit log (the recovery points of a resume).
+SUMMARY_EVERY_S = 10.0
+
+
+def run(
+    pump: Annotated[str, typer.Option(help="Pump URL: sim://, modbus-tcp://, modbus-rtu://, nesp://.")],
+    rate_ml_h: Annotated[float, typer.Option(help="Programmed rate (mL/h).")],
+    volume_ml: Annotated[float, typer.Option(help="Volume to infuse (mL).")],
+    syringe: Annotated[str, typer.Option(help="Syringe from the catalogue.")] = "bd-plastipak-50",
+    json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
+    log: Annotated[Path | None, typer.Option(help="Audit log file (default: see README).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the session recorded in this log.")] = None,
+    time_scale: Annotated[
+        float, typer.Option(min=0.001, help="Pump seconds per real second (must match a scaled hw-sim).")
+    ] = 1.0,
+    take_up: Annotated[
+        bool, typer.Option(help="Take up lead-screw slack before the programmed rate.")
+    ] = True,
+    period_s: Annotated[
+        float | None, typer.Option(min=0.001, help="Control period (pump s); default suits the transport.")
+    ] = None,
+    diagnostics: Annotated[
+        Path | None,
+        typer.Option(help="Library diagnostics (JSON lines); default stderr, never the audit log."),
+    ] = None,
+) -> None:
+    """Run a plain infusion on any pump and record it in a hash-chained audit log.
+
+    Exit codes: 0 complete, 3 stopped by an interlock or pump alarm, 4 stopped by the operator,
+    5 link lost mid-run, 2 usage, 65 invalid data, 69 pump unreachable, 74 audit log unwritable.
+    """
+    console = Console(stderr=True)
+    try:
+        scheme = split_url(pump)[0]
+        diameter = syringe_diameter_mm(syringe)
+        defaults = default_kernel_settings()
+        period = control_period_s(scheme, time_scale, period_s, float(defaults["control_period_s"]))
+        clock: Clock = VirtualClock() if scheme == "sim" else ScaledClock(time_scale)
+        driver = make_driver(pump, clock, period, time_scale)
+        # A pump without a pressure sensor (New Era) leaves the kernel on stall and volume checks.
+        sensor = "pressure_mmhg" not in driver.lacks
+        config = kernel_config(**loop_settings(period, defaults), has_pressure_sensor=sensor)
+    except ConfigurationError as e:
+        raise fail(str(e), os.EX_DATAERR) from e
+    path = log or default_log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = AuditWriter.open(path, chain_from=resume)
+    except (OSError, ValueError) as e:
+        raise fail(f"cannot open the audit log {path}: {e}", os.EX_IOERR) from e
+    try:
+        session_id = session_of(resume) if resume else uuid.uuid4().hex
+    except (OSError, ValueError) as e:
+        writer.close()
+        raise fail(f"cannot read the session record {resume}: {e}", os.EX_DATAERR) from e
+    configure_diagnostics(diagnostics if diagnostics else sys.stderr)
+    events = audit_logger(writer, session_id=session_id, pump=pump)
+    plan = InfusionPlan(
+        rate_ml_h=rate_ml_h, volume_ml=volume_ml, syringe_diameter_mm=diameter, take_up=take_up
+    )
+    try:
+        result = asyncio.run(_run(driver, config, clock, events, plan, resume, console, json_output))
+    except ConfigurationError as e:
+        raise fail(str(e), os.EX_DATAERR) from e
+    except RecoveryError as e:
+        raise fail(f"cannot resume: {e}", os.EX_DATAERR) from e
+    except AuditWriteError as e:
+        raise fail(f"{e}; the pump was told to stop", os.EX_IOERR) from e
+    except TransportError as e:
+        raise fail(str(e), os.EX_UNAVAILABLE) from e
+    finally:
+        writer.close()
+    summary = {
+        "state": result.state,
+        "reason": result.reason,
+        "delivered_ml": result.delivered_ml,
+        "session_delivered_ml": result.session_delivered_ml,
+        "alarms": list(result.alarms),
+        "pump_alarms": list(result.pump_alarms),
+        "log": str(path),
+    }
+    if json_output:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        console.print(
+            f"{result.state}: delivered {result.session_delivered_ml:.3f} of {volume_ml:g} mL"
+            + (
+                f"; alarms: {', '.join(result.alarms + result.pump_alarms)}"
+                if result.alarms or result.pump_alarms
+                else ""
+            )
+            + f"\naudit log: {path}"
+        )
+    code = {
+        "complete": EXIT_COMPLETE,
+        "interlock": EXIT_INTERLOCK,
+        "pump_alarm": EXIT_INTERLOCK,
+        "operator": EXIT_OPERATOR_STOP,
+        "transport": EXIT_LINK_LOST,
+    }[result.reason]
+    raise typer.Exit(code)
+
+
+async def _run(
+    driver: PumpDriver,
+    config: _core.KernelConfig,
+    clock: Clock,
+    events: structlog.typing.FilteringBoundLogger,
+    plan: InfusionPlan,
+    resume: Path | None,
+    console: Console,
+    quiet: bool,
+) -> RunResult:
+
+    recovered = 0.0
+    if resume is not None:
+        # Between the last summary and the watchdog's stop, the pump ran at most at the ceiling.
+        ceiling = float(default_kernel_settings()["max_rate_ml_h"])
+        recovered = await resume_session(
+            driver, resume, events, max_rate_ml_h=ceiling, summary_every_s=SUMMARY_EVERY_S
+        )
+    with Progress(console=console, transient=True, disable=quiet) as progress:
+        task = progress.add_task("infusing", total=plan.volume_ml)
+
+        def on_tick(out: _core.StepOutput, _telemetry: object) -> None:
+            progress.update(task, completed=recovered + out.delivered_ml, description=out.state)
+
+        loop = ControlLoop(driver, config, clock, events, on_tick=on_tick, summary_every_s=SUMMARY_EVERY_S)
+        signals = (signal.SIGINT, signal.SIGTERM)
+        aio = asyncio.get_running_loop()
+        for sig in signals:
+            aio.add_signal_handler(sig, loop.request_stop)
+        try:
+            return await loop.run(plan, recovered_ml=recovered)
+        finally:
+            for sig in signals:
+                aio.remove_signal_handler(sig)
+            await driver.close()

@@ -1,0 +1,83 @@
+"""``ketapump sim``: the simulated pump served over Modbus TCP, Modbus RTU and New Era ASCII (PTYs) until
+SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ketapump import _core
+from ketapump.cli.common import fail
+from ketapump.clock import ScaledClock
+from ketapump.errors import ConfigurationError
+from ketapump.sim import Scenario, SimServer, load_scenario
+from ketapump.validation import input_exit_code
+
+
+def sim(
+    modbus_tcp: Annotated[bool, typer.Option(help="Serve Modbus TCP.")] = True,
+    modbus_rtu: Annotated[bool, typer.Option(help="Serve Modbus RTU on a PTY.")] = True,
+    nesp: Annotated[bool, typer.Option(help="Serve New Era ASCII on a PTY.")] = True,
+    tcp_port: Annotated[int, typer.Option(min=0, max=65535, help="Modbus TCP port (0 = ephemeral).")] = 0,
+    bind: Annotated[str, typer.Option(help="Address to bind Modbus TCP to.")] = "127.0.0.1",
+    syringe: Annotated[str | None, typer.Option(help="Syringe from the catalogue.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Noise seed.")] = None,
+    time_scale: Annotated[float, typer.Option(min=0.001, help="Pump seconds per real second.")] = 1.0,
+    scenario: Annotated[Path | None, typer.Option(help="Scenario file (TOML): pump build, faults.")] = None,
+    baud: Annotated[int, typer.Option(min=300, help="Serial baud rate the PTYs are paced at.")] = 19_200,
+) -> None:
+    """Run a simulated pump until SIGINT/SIGTERM.
+
+    Prints one JSON line naming the endpoints (keys modbus_tcp, modbus_rtu_pty, nesp_pty; null when not
+    served). Modbus unit id 1, New Era address 0. Exit codes: 65 invalid scenario or option, 66 scenario
+    file not found.
+    """
+    try:
+        plan = load_scenario(scenario) if scenario else Scenario(schema_version=1)
+        overrides = {k: v for k, v in {"syringe": syringe, "seed": seed}.items() if v is not None}
+        if overrides:
+            # Validated like the file itself (model_copy alone would not check the new values).
+            plan = Scenario.model_validate(plan.model_dump() | {"pump": plan.pump.model_dump() | overrides})
+        pump = plan.build_pump()
+    except ConfigurationError as e:
+        raise fail(str(e), input_exit_code(e)) from e
+    except ValueError as e:
+        raise fail(str(e), os.EX_DATAERR) from e
+    asyncio.run(_serve(pump, time_scale, modbus_tcp, tcp_port, bind, modbus_rtu, nesp, baud))
+
+
+async def _serve(
+    pump: _core.SimPump,
+    time_scale: float,
+    modbus_tcp: bool,
+    tcp_port: int,
+    bind: str,
+    rtu: bool,
+    nesp: bool,
+    baud: int,
+) -> None:
+    server = SimServer(pump, ScaledClock(time_scale), baud=baud)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        endpoints = await server.start(
+            modbus_tcp=modbus_tcp, tcp_port=tcp_port, bind=bind, modbus_rtu=rtu, nesp=nesp
+        )
+    except OSError as e:
+        await server.stop()
+        raise fail(f"cannot serve: {e}", os.EX_UNAVAILABLE) from e
+    sys.stdout.write(json.dumps(endpoints) + "\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

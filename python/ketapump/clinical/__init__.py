@@ -1,0 +1,65 @@
+"""The clinical layer: a ketamine session from a reviewed plan to a signed record.
+
+Owns the protocol files and dose arithmetic (:mod:`~ketapump.clinical.protocol`), the drug library and
+its limit checks (:mod:`~ketapump.clinical.druglib`, the comparisons run in the Rust core), vitals feeds
+and the vitals gate (:mod:`~ketapump.clinical.vitals`), the course history
+(:mod:`~ketapump.clinical.course`), the session engine (:mod:`~ketapump.clinical.session`) and the
+report and plots (:mod:`~ketapump.clinical.report`). It imports the bridge and wire layers and the floor;
+the faces above it (CLI, console, public API) drive the session engine and hold no clinical logic. Other
+layers import it through this module: the names below, or its modules as namespaces.
+"""
+
+from ketapump.clinical import course, druglib, protocol, report, session, vitals
+from ketapump.clinical.course import CourseHistory, CourseSummary, default_course_path
+from ketapump.clinical.druglib import DrugLibrary, LimitFinding, load_library
+from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
+from ketapump.clinical.session import (
+    Phase,
+    ScriptedOperator,
+    Session,
+    SessionAbortedError,
+    SessionContext,
+    SessionResult,
+)
+from ketapump.clinical.vitals import (
+    CallbackVitalsFeed,
+    CsvVitalsFeed,
+    MonitorSettings,
+    ScriptedMonitor,
+    VitalsFeed,
+    demo_patient,
+    load_patient_script,
+)
+
+__all__ = [
+    "CallbackVitalsFeed",
+    "CourseHistory",
+    "CourseSummary",
+    "CsvVitalsFeed",
+    "DosePlan",
+    "DrugLibrary",
+    "LimitFinding",
+    "MonitorSettings",
+    "Patient",
+    "Phase",
+    "Protocol",
+    "ScriptedMonitor",
+    "ScriptedOperator",
+    "Session",
+    "SessionAbortedError",
+    "SessionContext",
+    "SessionResult",
+    "VitalsFeed",
+    "course",
+    "default_course_path",
+    "demo_patient",
+    "druglib",
+    "load_library",
+    "load_patient_script",
+    "load_protocol",
+    "plan_dose",
+    "protocol",
+    "report",
+    "session",
+    "vitals",
+]

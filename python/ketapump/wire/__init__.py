@@ -1,0 +1,47 @@
+"""The wire layer: everything that talks to a pump, and nothing that decides what to tell it.
+
+Owns the transports chosen by URL (``sim://``, ``modbus-tcp://``, ``modbus-rtu://``, ``nesp://``; their
+base class owns timeouts, retries and error mapping), the pump drivers that turn registers or ASCII
+commands into typed operations with units in their names, and the register map both the simulator and
+the reference driver read. It may import only the floor (``ketapump._core``, ``errors``, ``config``,
+``validation``, ``clock``). Other layers import it through this module.
+"""
+
+from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
+from ketapump.wire.drivers.nesp import NewEraDriver
+from ketapump.wire.drivers.reference import ReferencePumpDriver
+from ketapump.wire.regmap import RegisterMap, load_register_map, render_markdown
+from ketapump.wire.transports import open_transport, split_url
+from ketapump.wire.transports.base import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    CommandTransport,
+    PumpRefusedError,
+    RegisterTransport,
+    Transport,
+)
+from ketapump.wire.transports.modbus import ModbusRtuTransport, ModbusTcpTransport
+from ketapump.wire.transports.nesp import NespTransport
+from ketapump.wire.transports.sim import SimTransport
+
+__all__ = [
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT_S",
+    "CommandTransport",
+    "ModbusRtuTransport",
+    "ModbusTcpTransport",
+    "NespTransport",
+    "NewEraDriver",
+    "PumpDriver",
+    "PumpRefusedError",
+    "PumpTelemetry",
+    "ReferencePumpDriver",
+    "RegisterMap",
+    "RegisterTransport",
+    "SimTransport",
+    "Transport",
+    "load_register_map",
+    "open_transport",
+    "render_markdown",
+    "split_url",
+]
