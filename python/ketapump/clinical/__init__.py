@@ -9,12 +9,35 @@ the faces above it (CLI, console, public API) drive the session engine and hold 
 layers import it through this module: the names below, or its modules as namespaces.
 """
 
-from ketapump.clinical import course, druglib, protocol, report, session, vitals
+from ketapump.clinical import course, druglib, events, protocol, report, runner, session, vitals
 from ketapump.clinical.course import CourseHistory, CourseSummary, default_course_path
 from ketapump.clinical.druglib import DrugLibrary, LimitFinding, load_library
+from ketapump.clinical.events import (
+    ActionTaken,
+    AlarmRaised,
+    FindingReported,
+    PhaseChanged,
+    QuestionAnswered,
+    QuestionAsked,
+    RecordWritten,
+    SessionEnded,
+    SessionEvent,
+    Tick,
+    VitalsRead,
+)
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
+from ketapump.clinical.runner import (
+    SessionOutcome,
+    SessionRunner,
+    SessionSetup,
+    prepare_demo,
+    prepare_session,
+)
 from ketapump.clinical.session import (
+    PENDING,
+    Operator,
     Phase,
+    Question,
     ScriptedOperator,
     Session,
     SessionAbortedError,
@@ -32,34 +55,55 @@ from ketapump.clinical.vitals import (
 )
 
 __all__ = [
+    "PENDING",
+    "ActionTaken",
+    "AlarmRaised",
     "CallbackVitalsFeed",
     "CourseHistory",
     "CourseSummary",
     "CsvVitalsFeed",
     "DosePlan",
     "DrugLibrary",
+    "FindingReported",
     "LimitFinding",
     "MonitorSettings",
+    "Operator",
     "Patient",
     "Phase",
+    "PhaseChanged",
     "Protocol",
+    "Question",
+    "QuestionAnswered",
+    "QuestionAsked",
+    "RecordWritten",
     "ScriptedMonitor",
     "ScriptedOperator",
     "Session",
     "SessionAbortedError",
     "SessionContext",
+    "SessionEnded",
+    "SessionEvent",
+    "SessionOutcome",
     "SessionResult",
+    "SessionRunner",
+    "SessionSetup",
+    "Tick",
     "VitalsFeed",
+    "VitalsRead",
     "course",
     "default_course_path",
     "demo_patient",
     "druglib",
+    "events",
     "load_library",
     "load_patient_script",
     "load_protocol",
     "plan_dose",
+    "prepare_demo",
+    "prepare_session",
     "protocol",
     "report",
+    "runner",
     "session",
     "vitals",
 ]

@@ -10,6 +10,22 @@
              ▼
           ABORTED  ◀── a hard limit, an unconfirmed soft limit or checklist item (nothing delivered)
 
+**One engine, many faces.** :class:`Session` is the only implementation of a clinical session. Commands
+go in — :meth:`Session.pause`, :meth:`~Session.resume`, :meth:`~Session.stop`,
+:meth:`~Session.acknowledge`, :meth:`~Session.answer` — each with a reason, its source (``cli``,
+``signal``, ``api``, ``web``, ``script``) and the operator's name; typed events come out
+(:mod:`ketapump.clinical.events`: phase, tick telemetry, vitals, findings, questions and answers, actions,
+alarms, course records, the end) to every subscriber of :meth:`Session.subscribe`. The engine never
+prints, never installs signal handlers and knows nothing of typer, HTTP or terminals: the CLI, the
+console and the public API are adapters that turn their input into commands and the events into output.
+A command is queued and carried out at the next control tick (within one control period); its
+:class:`~ketapump.clinical.events.ActionTaken` event says whether it was carried out, or why not.
+
+Questions (a checklist item, a reason for a soft limit) are events too: the session emits
+:class:`~ketapump.clinical.events.QuestionAsked` and takes the operator's standing answer
+(:meth:`Operator.answer`: a script, the CLI's ``--yes``/``--confirm``), or waits for
+:meth:`Session.answer`.
+
 What this module owns, and what it does not:
 
 - **Limits are the Rust core's.** The order (dose, rate, concentration, weight, cumulative windows from
@@ -28,20 +44,38 @@ What this module owns, and what it does not:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import enum
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 from typing import Protocol as Interface
 
 from ketapump import _core
 from ketapump.bridge import ControlLoop, EventLog, InfusionPlan, RunResult
 from ketapump.clinical import druglib
 from ketapump.clinical.course import CourseHistory
+from ketapump.clinical.events import (
+    ActionTaken,
+    AlarmRaised,
+    EventStream,
+    FindingReported,
+    PhaseChanged,
+    QuestionAnswered,
+    QuestionAsked,
+    RecordWritten,
+    SessionEnded,
+    SessionEvent,
+    Source,
+    Subscriber,
+    Tick,
+    VitalsRead,
+)
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, plan_dose
 from ketapump.clinical.report import SeriesEvent, SeriesPoint
 from ketapump.clinical.vitals import (
@@ -57,7 +91,7 @@ from ketapump.clinical.vitals import (
 )
 from ketapump.clock import Clock
 from ketapump.config import kernel_config
-from ketapump.errors import CourseRecordNotFoundError, KetapumpError, TransportError
+from ketapump.errors import CourseRecordNotFoundError, KetapumpError, LimitError, TransportError
 from ketapump.wire import PumpDriver, PumpTelemetry
 
 #: Seconds between two points of the report's series.
@@ -90,18 +124,43 @@ class SessionAbortedError(KetapumpError, RuntimeError):
         self.why = why
 
 
+#: What a question takes: ``checklist`` → ``True``/``False``; ``soft_limit`` and ``baseline_vitals`` → the
+#: reason to proceed, or ``None`` to decline.
+QuestionKind = Literal["checklist", "soft_limit", "baseline_vitals"]
+Answer = bool | str | None
+
+
+class _Pending:
+    """The operator has no standing answer: the session waits for :meth:`Session.answer`."""
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+PENDING: Final = _Pending()
+
+
+@dataclass(frozen=True)
+class Question:
+    """Something the session asks its operator (see :data:`QuestionKind`)."""
+
+    question_id: str
+    kind: QuestionKind
+    #: The checklist's name (``pre``, ``discharge``), or the limit kind a reason is asked for.
+    subject: str
+    #: The checklist item or the finding's message, as a person reads it.
+    text: str
+
+
 class Operator(Interface):
-    """The person at the chair. Every answer is logged."""
+    """The person at the chair, as the session sees them: standing answers to its questions, the rules
+    for a vitals pause, and commands issued at any time through the session (:meth:`attach`)."""
 
-    def confirm(self, checklist: str, item: str) -> bool:
-        """Is this checklist item done? ``False`` aborts the session (pre-check, nothing delivered) or
-        is an alarm for the clinician and leaves the discharge not confirmed (discharge)."""
+    def attach(self, session: Session) -> None:
+        """Called once as the session starts: the operator may now act through its commands."""
 
-    def reason_for(self, kind: str, message: str) -> str | None:
-        """The reason to proceed despite a soft limit (or a course rule), or ``None`` to decline."""
-
-    def actions(self, infusion_s: float) -> list[tuple[str, str]]:
-        """Operator commands due now during the infusion: ``("pause" | "resume" | "stop", reason)``."""
+    def answer(self, question: Question) -> Answer | _Pending:
+        """The standing answer to ``question``, or :data:`PENDING` to wait for :meth:`Session.answer`."""
 
     def resume_after_alarm(self, alarm_clear_s: float) -> bool:
         """The vitals have been back within limits for ``alarm_clear_s``: resume the infusion?"""
@@ -112,13 +171,14 @@ class Operator(Interface):
 
 @dataclass
 class ScriptedOperator:
-    """An :class:`Operator` that answers from a script: the demo's and the tests' operator.
+    """An :class:`Operator` that answers from a script: the demo's, the tests' and the non-interactive
+    CLI's operator.
 
     ``answers`` maps a checklist item to its answer (default: yes); ``reasons`` maps a limit kind to
-    the reason given for it (default: decline); ``scheduled`` are ``(infusion_s, "pause"|"resume",
-    reason)``; after a vitals alarm, the infusion is resumed once the vitals have been back within
-    limits for ``resume_after_s`` (``None``: never), and stopped for good once it has been paused by
-    the vitals for ``stop_after_s``.
+    the reason given for it (default: decline); ``scheduled`` are ``(infusion_s, "pause"|"resume"|
+    "stop", reason)``, issued as commands once the infusion has run that long; after a vitals alarm, the
+    infusion is resumed once the vitals have been back within limits for ``resume_after_s`` (``None``:
+    never), and stopped for good once it has been paused by the vitals for ``stop_after_s``.
     """
 
     answers: Mapping[str, bool] = field(default_factory=dict)
@@ -126,24 +186,40 @@ class ScriptedOperator:
     scheduled: Sequence[tuple[float, str, str]] = ()
     resume_after_s: float | None = 60.0
     stop_after_s: float = 1800.0
-    _done: int = 0
+    _session: Session | None = None
     _pushed: list[tuple[str, str]] = field(default_factory=list)
 
-    def confirm(self, checklist: str, item: str) -> bool:
-        return self.answers.get(item, True)
-
-    def reason_for(self, kind: str, message: str) -> str | None:
-        return self.reasons.get(kind)
-
-    def actions(self, infusion_s: float) -> list[tuple[str, str]]:
-        due = [(kind, reason) for t, kind, reason in self.scheduled[self._done :] if t <= infusion_s]
-        self._done += len(due)
+    def attach(self, session: Session) -> None:
+        self._session = session
         pushed, self._pushed = self._pushed, []
-        return due + pushed
+        for kind, reason in pushed:
+            session.command(kind, reason, source="script")
+        if self.scheduled:
+            pending = deque(sorted(self.scheduled, key=lambda entry: entry[0]))
+            infusion_start: list[float] = []
+
+            def issue_due(event: SessionEvent) -> None:
+                if not isinstance(event, Tick) or event.pump_state is None:
+                    return
+                if not infusion_start:
+                    infusion_start.append(event.t_s)
+                while pending and pending[0][0] <= event.t_s - infusion_start[0]:
+                    _at, kind, reason = pending.popleft()
+                    session.command(kind, reason, source="script")
+
+            session.subscribe(issue_due)
 
     def push(self, kind: str, reason: str) -> None:
-        """An operator command from outside the script (a signal, a UI): handled at the next tick."""
-        self._pushed.append((kind, reason))
+        """An operator command from outside the script, before or while the session runs."""
+        if self._session is None:
+            self._pushed.append((kind, reason))
+        else:
+            self._session.command(kind, reason, source="script")
+
+    def answer(self, question: Question) -> Answer:
+        if question.kind == "checklist":
+            return self.answers.get(question.text, True)
+        return self.reasons.get(question.subject)
 
     def resume_after_alarm(self, alarm_clear_s: float) -> bool:
         return self.resume_after_s is not None and alarm_clear_s >= self.resume_after_s
@@ -194,10 +270,14 @@ class SessionResult:
 
 
 class _Recorder:
-    """The session's event log: forwards to the audit log and keeps what the report shows."""
+    """The session's event log: forwards to the audit log, keeps what the report shows, and turns the
+    control loop's alarm records into :class:`~ketapump.clinical.events.AlarmRaised` events."""
 
-    def __init__(self, log: EventLog, clock: Clock, t0: float) -> None:
+    def __init__(
+        self, log: EventLog, clock: Clock, t0: float, on_alarm: Callable[[str, str, str], None]
+    ) -> None:
         self.log, self.clock, self.t0 = log, clock, t0
+        self.on_alarm = on_alarm
         self.events: list[SeriesEvent] = []
         self.take_up_done = False
         #: (session time, code) of every alarm the kernel or the pump raised, in order.
@@ -221,6 +301,8 @@ class _Recorder:
         }:
             codes = fields.get("raised", ()) if event == "alarm" else fields.get("pump_alarms", ())
             self.raised += [(t, str(code)) for code in codes]
+            for code in codes if event in {"alarm", "pump_alarm"} else ():
+                self.on_alarm("kernel" if event == "alarm" else "pump", str(code), event)
             detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k not in {"delivered_ml"})
             self.events.append(SeriesEvent(t, event, detail))
 
@@ -239,7 +321,8 @@ class _Recorder:
 
 @dataclass
 class SessionContext:
-    """Everything a session runs with; built by the CLI (or a test) and handed to :class:`Session`."""
+    """Everything a session runs with, the records already open; built by
+    :class:`~ketapump.clinical.runner.SessionRunner` (or a test) and handed to :class:`Session`."""
 
     session_id: str
     protocol: Protocol
@@ -256,7 +339,6 @@ class SessionContext:
     audit_path: str = ""
     #: Kernel settings that depend on the transport (control period, gains), from the CLI.
     loop_settings: Mapping[str, Any] = field(default_factory=dict)
-    on_progress: Callable[[str, float, float], None] | None = None
 
 
 @dataclass
@@ -275,15 +357,34 @@ class _InfusionTicks:
     next_point_s: float = 0.0
 
 
+#: The operator commands the session takes (:meth:`Session.command`).
+Action = Literal["pause", "resume", "stop", "acknowledge"]
+ACTIONS: Final = ("pause", "resume", "stop", "acknowledge")
+
+
+@dataclass(frozen=True)
+class _Command:
+    action: str
+    reason: str
+    source: Source
+    operator: str | None
+
+
 class Session:
-    """Runs one session; :meth:`run` returns a :class:`SessionResult` or raises before anything is
-    delivered (:class:`~ketapump.errors.LimitRefused`, :class:`~ketapump.errors.ConfirmationRequired`,
-    :class:`SessionAbortedError`)."""
+    """The session engine: runs one session, takes commands, emits events (see the module docstring).
+
+    :meth:`run` returns a :class:`SessionResult`, or raises before anything is delivered
+    (:class:`~ketapump.errors.LimitRefused`, :class:`~ketapump.errors.ConfirmationRequired`,
+    :class:`SessionAbortedError`); every way it ends emits one
+    :class:`~ketapump.clinical.events.SessionEnded`.
+    """
 
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
+        self.session_id = ctx.session_id
         self.t0 = ctx.clock.now()
-        self.rec = _Recorder(ctx.log, ctx.clock, self.t0)
+        self.stream = EventStream()
+        self.rec = _Recorder(ctx.log, ctx.clock, self.t0, self._alarm_event)
         self.thresholds = vitals_thresholds(ctx.protocol.vitals, where="vitals")
         self.phases: list[tuple[str, float]] = []
         self.alarms: list[dict[str, Any]] = []
@@ -294,6 +395,199 @@ class Session:
         #: What the kernel last measured as delivered (mL), for a session that fails mid-infusion.
         self._delivered_ml = 0.0
         self._latest: dict[str, float] = {}
+        self._commands: deque[_Command] = deque()
+        self._questions: dict[str, tuple[Question, asyncio.Future[Answer]]] = {}
+        self._question_ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ended = False
+
+    # ----- commands in, events out -------------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Calls ``subscriber`` with every later event (on the session's event loop); returns the
+        function that unsubscribes it."""
+        return self.stream.subscribe(subscriber)
+
+    def command(
+        self, action: str, reason: str, *, source: Source = "api", operator: str | None = None
+    ) -> None:
+        """Queues an operator command for the next control tick (safe to call from any thread).
+
+        ``action`` is one of :data:`ACTIONS`; the :class:`~ketapump.clinical.events.ActionTaken` event
+        says whether it was carried out. An unknown action is a ``ValueError`` at once."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown session command {action!r} (one of {', '.join(ACTIONS)})")
+        self._commands.append(_Command(action, reason, source, operator))
+
+    def pause(self, reason: str, *, source: Source = "api", operator: str | None = None) -> None:
+        """Pause the infusion (held until the operator resumes it)."""
+        self.command("pause", reason, source=source, operator=operator)
+
+    def resume(self, reason: str = "", *, source: Source = "api", operator: str | None = None) -> None:
+        """Resume a paused infusion (refused while a vitals condition is active)."""
+        self.command("resume", reason, source=source, operator=operator)
+
+    def stop(self, reason: str, *, source: Source = "api", operator: str | None = None) -> None:
+        """Stop: before the infusion the session is aborted (nothing delivered); during it the pump
+        stops for good and the session goes on to the observation; during the observation it ends."""
+        self.command("stop", reason, source=source, operator=operator)
+
+    def acknowledge(self, reason: str = "", *, source: Source = "api", operator: str | None = None) -> None:
+        """The operator has seen the latched alarms (recorded; an alarm never clears by itself)."""
+        self.command("acknowledge", reason, source=source, operator=operator)
+
+    def answer(self, question_id: str, value: Answer, *, source: Source = "api") -> bool:
+        """Answers a pending question (safe to call from any thread); ``False`` if none has that id.
+
+        A checklist question takes ``True`` or ``False``; a soft limit or baseline question a reason (a
+        non-blank string) or ``None`` to decline. Any other answer is a ``ValueError``."""
+        pending = self._questions.get(question_id)
+        if pending is None or self._loop is None:
+            return False
+        question, future = pending
+        if question.kind == "checklist":
+            if not isinstance(value, bool):
+                raise ValueError(f"question {question_id} (checklist) takes True or False, got {value!r}")
+        elif not (value is None or (isinstance(value, str) and value.strip())):
+            raise ValueError(f"question {question_id} ({question.kind}) takes a reason or None: {value!r}")
+
+        def settle() -> None:
+            if not future.done():
+                future.set_result(value)
+                self._answered(question, value, source)
+
+        self._loop.call_soon_threadsafe(settle)
+        return True
+
+    def pending_questions(self) -> list[Question]:
+        """The questions the session is waiting on."""
+        return [q for q, f in self._questions.values() if not f.done()]
+
+    def _emit(self, event: SessionEvent) -> None:
+        self.stream.emit(event)
+
+    def _take_commands(self) -> list[_Command]:
+        taken = []
+        while self._commands:
+            taken.append(self._commands.popleft())
+        return taken
+
+    def _acted(self, cmd: _Command, *, accepted: bool, why: str = "") -> None:
+        self._emit(
+            ActionTaken(
+                session_id=self.session_id,
+                t_s=self._t(),
+                action=cmd.action,
+                reason=cmd.reason,
+                source=cmd.source,
+                operator=cmd.operator,
+                accepted=accepted,
+                why=why,
+            )
+        )
+        fields = {"reason": cmd.reason, "source": cmd.source, "operator": cmd.operator}
+        if accepted:
+            self.rec.info("operator_action", action=cmd.action, **fields)
+        else:
+            self.rec.warning("request_refused", request=cmd.action, why=why, **fields)
+
+    def _acknowledged(self, cmd: _Command) -> None:
+        self.rec.info(
+            "alarms_acknowledged",
+            alarms=[a["code"] for a in self.alarms if "code" in a],
+            reason=cmd.reason,
+            source=cmd.source,
+            operator=cmd.operator,
+        )
+        self._acted(cmd, accepted=True)
+
+    def _outside_infusion(self, phase: str) -> bool:
+        """Commands while no pump runs (pre-check, observation): ``True`` if one asked to stop."""
+        stop = False
+        for cmd in self._take_commands():
+            if cmd.action == "stop":
+                stop = True
+                self._acted(cmd, accepted=True)
+            elif cmd.action == "acknowledge":
+                self._acknowledged(cmd)
+            else:
+                self._acted(cmd, accepted=False, why=f"no infusion is running ({phase})")
+        return stop
+
+    async def _ask(self, kind: QuestionKind, subject: str, text: str) -> Answer:
+        """Asks the operator; their standing answer, or the one :meth:`answer` brings."""
+        question = Question(f"q{next(self._question_ids)}", kind, subject, text)
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        # Pending before it is announced: a subscriber may answer while the event is delivered.
+        self._questions[question.question_id] = (question, future)
+        try:
+            self._emit(
+                QuestionAsked(
+                    session_id=self.session_id,
+                    t_s=self._t(),
+                    question_id=question.question_id,
+                    question=kind,
+                    subject=subject,
+                    text=text,
+                )
+            )
+            standing = self.ctx.operator.answer(question)
+            if not future.done() and not isinstance(standing, _Pending):
+                future.set_result(standing)
+                self._answered(question, standing, "script")
+            return await future
+        finally:
+            del self._questions[question.question_id]
+
+    def _answered(self, question: Question, value: Answer, source: Source) -> None:
+        self._emit(
+            QuestionAnswered(
+                session_id=self.session_id,
+                t_s=self._t(),
+                question_id=question.question_id,
+                question=question.kind,
+                subject=question.subject,
+                answer=value,
+                source=source,
+            )
+        )
+
+    def _alarm_event(self, source: str, code: str, detail: str) -> None:
+        self._emit(
+            AlarmRaised(session_id=self.session_id, t_s=self._t(), source=source, code=code, detail=detail)
+        )
+
+    def _recorded(self, record: str, **detail: Any) -> None:
+        self._emit(RecordWritten(session_id=self.session_id, t_s=self._t(), record=record, detail=detail))
+
+    def _tick(self, **fields: Any) -> None:
+        self._emit(
+            Tick(
+                session_id=self.session_id,
+                t_s=self._t(),
+                phase=self.phases[-1][0] if self.phases else Phase.PRECHECK.value,
+                phase_elapsed_s=self._t() - (self.phases[-1][1] if self.phases else 0.0),
+                vitals=dict(self._latest),
+                **fields,
+            )
+        )
+
+    def _idle_tick(self, plan: DosePlan | None) -> None:
+        """A tick while no pump runs: the pre-check's waits and the observation, once a second."""
+        delivered_ml = self._delivered_ml
+        concentration = plan.concentration_mg_per_ml if plan else 0.0
+        self._tick(
+            pump_state=None,
+            delivered_ml=delivered_ml,
+            planned_ml=plan.volume_ml if plan else 0.0,
+            delivered_mg=delivered_ml * concentration,
+            programmed_mg=self.points[-1].programmed_mg if self.points else 0.0,
+            commanded_rate_ml_h=0.0,
+            pressure_mmhg=math.nan,
+            occlusion_threshold_mmhg=self.points[-1].threshold_mmhg if self.points else math.nan,
+            alarms=(),
+            paused_by=None,
+        )
 
     # ----- helpers ------------------------------------------------------------------------------
 
@@ -304,10 +598,12 @@ class Session:
         return self.ctx.calendar_origin + datetime.timedelta(seconds=self.ctx.clock.now())
 
     def _phase(self, phase: Phase) -> None:
+        previous = self.phases[-1][0] if self.phases else None
         self.phases.append((phase.value, self._t()))
         self.rec.info("phase_started", phase=phase.value)
-        if self.ctx.on_progress is not None:
-            self.ctx.on_progress(phase.value, 0.0, 0.0)
+        self._emit(
+            PhaseChanged(session_id=self.session_id, t_s=self._t(), phase=phase.value, previous=previous)
+        )
 
     def _poll_vitals(self) -> list[VitalsAlarm]:
         """Reads the feed, updates the gate and the latest readings; returns newly raised alarms."""
@@ -316,6 +612,11 @@ class Session:
         samples = self.ctx.vitals.poll(now)
         for s in samples:
             self._latest[s.channel] = s.value
+            self._emit(
+                VitalsRead(
+                    session_id=self.session_id, t_s=now, channel=s.channel, value=s.value, reading_t_s=s.t_s
+                )
+            )
         return self.gate.update(now, samples)
 
     def _vitals_alarm(self, alarm: VitalsAlarm, phase: str, *, record: bool = True) -> None:
@@ -327,18 +628,49 @@ class Session:
             {"t_min": self._t() / 60.0, "source": "vitals", "phase": phase, "detail": alarm.detail, **fields}
         )
         self.rec.error("vitals_alarm", phase=phase, detail=alarm.detail, **fields)
+        self._alarm_event("vitals", code, alarm.detail)
         if record:
             self.ctx.course.record_alarm(self.ctx.session_id, self._calendar(), code, alarm.detail)
+            self._recorded("alarm", code=code)
 
     # ----- the phases ---------------------------------------------------------------------------
 
     async def run(self) -> SessionResult:
+        """Runs the session to its end (see the class docstring); callable once."""
+        if self._loop is not None:
+            raise RuntimeError("a session runs once")
+        self._loop = asyncio.get_running_loop()
+        self.ctx.operator.attach(self)
+        plan: DosePlan | None = None
+        try:
+            self._phase(Phase.PRECHECK)
+            plan = self._plan()
+            result = await self._run(plan)
+        except BaseException as e:
+            self._end(_failed_outcome(e), plan, detail=str(e))
+            raise
+        self._end(result.outcome, plan)
+        return result
+
+    def _end(self, outcome: str, plan: DosePlan | None, *, detail: str = "") -> None:
+        self._ended = True
+        concentration = plan.concentration_mg_per_ml if plan else 0.0
+        self._emit(
+            SessionEnded(
+                session_id=self.session_id,
+                t_s=self._t(),
+                outcome=outcome,
+                delivered_mg=self._delivered_ml * concentration,
+                programmed_mg=plan.dose_mg if plan else 0.0,
+                detail=detail,
+            )
+        )
+
+    async def _run(self, plan: DosePlan) -> SessionResult:
         ctx = self.ctx
-        self._phase(Phase.PRECHECK)
-        plan = self._plan()
-        order, entry = self._authorize(plan)
+        order, entry = await self._authorize(plan)
         await self._baseline()
-        self._checklist("pre", ctx.protocol.checklists.pre, abort=True)
+        await self._checklist("pre", ctx.protocol.checklists.pre, abort=True)
         self._stop_if_asked("precheck")
         # The pump must answer before the session enters the course history: an unreachable pump is not
         # a session start (it would count against the next session's course rules).
@@ -351,6 +683,7 @@ class Session:
         ctx.course.ensure_patient(
             patient.patient_id, patient.weight_kg, patient.height_cm, at=self._calendar()
         )
+        self._recorded("patient", patient_id=patient.patient_id)
         ctx.course.begin_session(
             ctx.session_id,
             ctx.patient.patient_id,
@@ -359,17 +692,19 @@ class Session:
             plan.dose_mg,
             ctx.audit_path,
         )
+        self._recorded("session_begun", programmed_mg=plan.dose_mg)
         try:
             for c in self.confirmations:
                 ctx.course.record_override(
                     ctx.patient.patient_id, ctx.session_id, c["kind"], c["reason"], self._calendar()
                 )
+                self._recorded("override", kind=c["kind"])
             run = await self._infuse(plan, order, entry)
             delivered_ml = run.session_delivered_ml
             delivered_mg = delivered_ml * plan.concentration_mg_per_ml
-            observation_min = await self._observe() if delivered_ml > 0 else 0.0
+            observation_min = await self._observe(plan) if delivered_ml > 0 else 0.0
             self._phase(Phase.DISCHARGE)
-            discharged = self._checklist("discharge", ctx.protocol.checklists.discharge, abort=False)
+            discharged = await self._checklist("discharge", ctx.protocol.checklists.discharge, abort=False)
         except BaseException as e:
             # The loop has already told the pump to stop. The course history must not keep a session
             # "in progress" for ever (its programmed dose would count in every later window): it ends
@@ -378,9 +713,11 @@ class Session:
             with contextlib.suppress(Exception):
                 self.rec.error("session_failed", error=repr(e), delivered_mg=delivered)
             ctx.course.end_session(ctx.session_id, self._calendar(), delivered, "ended_error")
+            self._recorded("session_ended", outcome="ended_error", delivered_mg=delivered)
             raise
         outcome = "complete" if run.reason == "complete" else f"ended_{run.reason}"
         ctx.course.end_session(ctx.session_id, self._calendar(), delivered_mg, outcome)
+        self._recorded("session_ended", outcome=outcome, delivered_mg=delivered_mg)
         self._phase(Phase.COMPLETE)
         self.rec.info(
             "session_complete",
@@ -416,7 +753,7 @@ class Session:
         self.rec.info("session_planned", patient=self.ctx.patient.patient_id, **plan.as_dict())
         return plan
 
-    def _authorize(self, plan: DosePlan) -> tuple[druglib.Order, druglib.DrugEntry]:
+    async def _authorize(self, plan: DosePlan) -> tuple[druglib.Order, druglib.DrugEntry]:
         """Checks the order against the drug library and the course (in the Rust core); asks the
         operator for a reason for every soft finding; refuses on any hard one."""
         ctx = self.ctx
@@ -433,13 +770,24 @@ class Session:
             findings=[f.as_dict() for f in findings],
             order=order.as_dict(),
         )
-        confirmations = []
         for f in findings:
-            if f.severity != "soft":
-                continue
-            reason = ctx.operator.reason_for(f.kind, f.message)
-            if reason is not None:
-                confirmations.append(druglib.Confirmation(f.kind, reason))
+            self._emit(
+                FindingReported(
+                    session_id=self.session_id,
+                    t_s=self._t(),
+                    finding=f.kind,
+                    severity=f.severity,
+                    message=f.message,
+                )
+            )
+        confirmations = []
+        if not any(f.severity == "hard" for f in findings):  # a hard finding refuses whatever is answered
+            for f in findings:
+                if f.severity != "soft":
+                    continue
+                reason = await self._ask("soft_limit", f.kind, f.message)
+                if isinstance(reason, str):
+                    confirmations.append(druglib.Confirmation(f.kind, reason))
         authorization = druglib.authorize(findings, confirmations)  # raises on hard/unconfirmed
         for fields in authorization.events():
             self.confirmations.append({k: fields[k] for k in ("kind", "message", "reason")})
@@ -460,6 +808,7 @@ class Session:
             readings += ctx.vitals.poll(self._t())
             if set(CHANNELS) - {s.channel for s in readings}:
                 self._stop_if_asked("precheck")
+                self._idle_tick(None)
                 await ctx.clock.sleep_until(ctx.clock.now() + OBSERVATION_STEP_S)
         baseline = VitalsBaseline.from_samples(readings)
         self.gate = VitalsGate(self.thresholds, baseline)
@@ -473,19 +822,19 @@ class Session:
             details = "; ".join(a.detail for a in out_of_range)
             raise SessionAbortedError("precheck", f"vitals out of range at baseline: {details}")
         for warning in self.gate.baseline_warnings():
-            reason = ctx.operator.reason_for("baseline_vitals", warning)
-            if reason is None or not reason.strip():
+            reason = await self._ask("baseline_vitals", "baseline_vitals", warning)
+            if not isinstance(reason, str) or not reason.strip():
                 self.rec.error("baseline_refused", warning=warning)
                 raise SessionAbortedError("precheck", f"{warning}, not confirmed")
             self.confirmations.append({"kind": "baseline_vitals", "message": warning, "reason": reason})
             self.rec.warning("soft_limit_confirmed", kind="baseline_vitals", message=warning, reason=reason)
 
-    def _checklist(self, name: str, items: Sequence[str], *, abort: bool) -> bool:
+    async def _checklist(self, name: str, items: Sequence[str], *, abort: bool) -> bool:
         """Asks every item; returns whether all were confirmed. An unconfirmed item aborts the session
         (``abort``: the pre-check, nothing delivered yet) or is an alarm for the clinician (discharge)."""
         confirmed = True
         for item in items:
-            answer = self.ctx.operator.confirm(name, item)
+            answer = await self._ask("checklist", name, item) is True
             self.rec.info("checklist_answered", checklist=name, item=item, confirmed=answer)
             if not answer and abort:
                 raise SessionAbortedError(name, f"checklist item not confirmed: {item}")
@@ -500,11 +849,12 @@ class Session:
                         "item": item,
                     }
                 )
+                self._alarm_event("checklist", f"{name}_not_confirmed", item)
         return confirmed
 
     def _stop_if_asked(self, phase: str) -> None:
         """An operator stop before the infusion starts aborts the session: nothing is delivered."""
-        if any(kind == "stop" for kind, _reason in self.ctx.operator.actions(0.0)):
+        if self._outside_infusion(phase):
             self.rec.warning("operator_stop_requested", phase=phase)
             raise SessionAbortedError(phase, "stopped by the operator")
 
@@ -534,23 +884,21 @@ class Session:
                     ctx.vitals.mark_infusion_start(t)  # the simulated patient responds from now
             if self.phases[-1][0] == Phase.TAKE_UP and (self.rec.take_up_done or out.delivered_ml > 0.01):
                 self._phase(Phase.INFUSION)
+            self._tick(
+                pump_state=out.state,
+                delivered_ml=out.delivered_ml,
+                planned_ml=plan.volume_ml,
+                delivered_mg=out.delivered_ml * plan.concentration_mg_per_ml,
+                programmed_mg=plan.planned_ml(max(t - tick.started_s, 0.0)) * plan.concentration_mg_per_ml,
+                commanded_rate_ml_h=out.rate_ml_h if out.direction == "forward" else 0.0,
+                pressure_mmhg=telemetry.pressure_mmhg if telemetry is not None else math.nan,
+                occlusion_threshold_mmhg=occlusion_threshold,
+                alarms=tuple(out.alarms),
+                paused_by=tick.paused_by if out.state == "paused" else None,
+            )
             self._gate_infusion(loop, tick, out, t)
-            for kind, reason in ctx.operator.actions(t - tick.started_s):
-                if kind == "stop":
-                    self.rec.info("operator_stop_requested", reason=reason)
-                    loop.request_stop()
-                elif kind == "pause":
-                    loop.request_pause(f"operator: {reason}")
-                    self.pauses.append({"t_min": t / 60.0, "by": "operator", "reason": reason})
-                    tick.paused_by = "operator"
-                elif self.gate is not None and self.gate.active():
-                    # The operator cannot resume into an active vitals alarm.
-                    self.rec.warning(
-                        "request_refused", request="resume", reason=reason, why="vitals alarm active"
-                    )
-                else:
-                    loop.request_resume(f"operator: {reason}")
-                    tick.paused_by = None
+            for cmd in self._take_commands():
+                self._infusion_command(loop, tick, cmd, t)
             # A phase's ramp or taper follows the delivered volume, so a pause shifts it, not skips it.
             if len(plan.segments) > 1 and out.state == "running":
                 rate = plan.rate_at(plan.time_for_ml(out.delivered_ml))
@@ -564,8 +912,6 @@ class Session:
             if t >= tick.next_point_s:
                 tick.next_point_s = t + SERIES_EVERY_S
                 self._point(t, out, telemetry, tick, occlusion_threshold)
-            if ctx.on_progress is not None:
-                ctx.on_progress(self.phases[-1][0], out.delivered_ml, plan.volume_ml)
 
         loop.on_tick = on_tick
         ip = InfusionPlan(
@@ -585,6 +931,29 @@ class Session:
             at = self.ctx.calendar_origin + datetime.timedelta(seconds=self.t0 + t)
             ctx.course.record_alarm(ctx.session_id, at, code, run.detail or run.reason)
         return run
+
+    def _infusion_command(self, loop: ControlLoop, tick: _InfusionTicks, cmd: _Command, t: float) -> None:
+        """An operator command during the infusion: handed to the control loop (and so to the kernel)."""
+        if cmd.action == "stop":
+            self.rec.info(
+                "operator_stop_requested", reason=cmd.reason, source=cmd.source, operator=cmd.operator
+            )
+            loop.request_stop()
+            self._acted(cmd, accepted=True)
+        elif cmd.action == "pause":
+            loop.request_pause(f"operator: {cmd.reason}")
+            self.pauses.append({"t_min": t / 60.0, "by": "operator", "reason": cmd.reason})
+            tick.paused_by = "operator"
+            self._acted(cmd, accepted=True)
+        elif cmd.action == "acknowledge":
+            self._acknowledged(cmd)
+        elif self.gate is not None and self.gate.active():
+            # The operator cannot resume into an active vitals alarm.
+            self._acted(cmd, accepted=False, why="vitals alarm active")
+        else:
+            loop.request_resume(f"operator: {cmd.reason}")
+            tick.paused_by = None
+            self._acted(cmd, accepted=True)
 
     def _gate_infusion(
         self, loop: ControlLoop, tick: _InfusionTicks, out: _core.StepOutput, t: float
@@ -668,7 +1037,7 @@ class Session:
     def _vitals_now(self) -> dict[str, float]:
         return {ch: self._latest.get(ch, math.nan) for ch in ("sbp", "dbp", "hr", "spo2")}
 
-    async def _observe(self) -> float:
+    async def _observe(self, plan: DosePlan) -> float:
         """Observation: at least ``min_minutes`` and until every channel is within the band of its
         baseline; at ``max_minutes`` it ends with a logged warning for the clinician."""
         ctx = self.ctx
@@ -686,7 +1055,7 @@ class Session:
             for alarm in self._poll_vitals():
                 self._vitals_alarm(alarm, "observation")
             elapsed_min = (t - start) / 60.0
-            if any(kind == "stop" for kind, _reason in ctx.operator.actions(t - start)):
+            if self._outside_infusion("observation"):
                 self.rec.warning("observation_ended", minutes=elapsed_min, why="stopped by the operator")
                 return elapsed_min
             settled = self.gate.within_band(spec.band_pct) and not self.gate.active()
@@ -694,8 +1063,7 @@ class Session:
             if t >= next_point or ending:
                 next_point = t + SERIES_EVERY_S
                 self.points.append(self._idle_point(t, programmed, last_delivered, threshold))
-            if ctx.on_progress is not None:
-                ctx.on_progress(Phase.OBSERVATION.value, elapsed_min, spec.min_minutes)
+            self._idle_tick(plan)
             if elapsed_min >= spec.min_minutes and settled:
                 self.rec.info(
                     "observation_ended", minutes=elapsed_min, why="minimum elapsed, vitals within band"
@@ -710,12 +1078,27 @@ class Session:
                 self.alarms.append(
                     {"t_min": t / 60.0, "source": "observation", "code": "vitals_not_back_in_band"}
                 )
+                self._alarm_event("observation", "vitals_not_back_in_band", "maximum observation reached")
                 return elapsed_min
 
 
+def _failed_outcome(error: BaseException) -> str:
+    """How a session that raised ended, for its :class:`~ketapump.clinical.events.SessionEnded`."""
+    if isinstance(error, LimitError):
+        return "refused"
+    if isinstance(error, SessionAbortedError):
+        return "aborted"
+    return "failed"
+
+
 __all__ = [
+    "ACTIONS",
+    "PENDING",
+    "Answer",
     "Operator",
     "Phase",
+    "Question",
+    "QuestionKind",
     "ScriptedOperator",
     "Session",
     "SessionAbortedError",

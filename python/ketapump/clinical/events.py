@@ -1,0 +1,245 @@
+"""What a running session tells its faces: typed events, and the stream that carries them.
+
+The session engine (:class:`ketapump.clinical.session.Session`) emits one of these for everything a face
+shows or records: the phase, each control tick's telemetry, every finding, question, answer, operator
+action, alarm and course-history record, and the end. The CLI turns them into a progress bar and a
+summary; the console streams them to browsers; the public API hands them to callbacks. None of them is
+the audit log: that keeps its own records (stable event names, hash-chained), written by the engine
+beside these events.
+
+Each event carries ``session_id``, ``t_s`` (seconds on the session's clock since the session began) and
+``kind`` (a stable name); :meth:`SessionEvent.as_dict` is its JSON form.
+
+Delivery (:class:`EventStream`): subscribers are called synchronously, in order, on the engine's event
+loop, so a command a subscriber issues from a ``Tick`` is handled at that same tick. A subscriber that
+raises is reported on the diagnostics stream and unsubscribed, never allowed to disturb the infusion.
+:meth:`EventStream.queue` gives an asyncio consumer (a browser's event stream) a bounded queue that drops
+its oldest ticks, never the other events, when the consumer falls behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+_log = logging.getLogger("ketapump.session")
+
+#: Who acted: the channel an operator's command came through.
+Source = Literal["cli", "signal", "script", "api", "web", "engine"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionEvent:
+    """Base of every event: which session, when on its clock."""
+
+    kind: ClassVar[str] = "event"
+    session_id: str
+    t_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form: every field (non-finite floats as ``None``) and ``kind``."""
+        return {"kind": self.kind, **{k: _jsonable(v) for k, v in dataclasses.asdict(self).items()}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseChanged(SessionEvent):
+    kind: ClassVar[str] = "phase"
+    phase: str
+    previous: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tick(SessionEvent):
+    """The session's state once per control tick during the infusion, once a second otherwise."""
+
+    kind: ClassVar[str] = "tick"
+    phase: str
+    #: The kernel's state during the infusion (``running``, ``paused``, ``alarm``…); ``None`` outside it.
+    pump_state: str | None
+    delivered_ml: float
+    planned_ml: float
+    delivered_mg: float
+    #: What the plan would have delivered by now (the plan line of the dose plot).
+    programmed_mg: float
+    commanded_rate_ml_h: float
+    pressure_mmhg: float
+    occlusion_threshold_mmhg: float
+    alarms: tuple[str, ...]
+    #: Who holds the pump paused (``operator``, ``vitals``), or ``None``.
+    paused_by: str | None
+    #: Seconds since the current phase began.
+    phase_elapsed_s: float
+    vitals: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VitalsRead(SessionEvent):
+    kind: ClassVar[str] = "vitals"
+    channel: str
+    value: float
+    #: When the monitor took the reading (session clock).
+    reading_t_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindingReported(SessionEvent):
+    """A drug-library or course-rule finding about the order (hard: refused; soft: needs a reason)."""
+
+    kind: ClassVar[str] = "finding"
+    finding: str  # the limit kind, also the KIND of ``--confirm KIND=REASON``
+    severity: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuestionAsked(SessionEvent):
+    """The session waits for an answer (:meth:`Session.answer`) unless its operator has a standing one.
+
+    ``question`` is ``checklist`` (answer ``True``/``False``), ``soft_limit`` or ``baseline_vitals``
+    (answer a reason, or ``None`` to decline)."""
+
+    kind: ClassVar[str] = "question"
+    question_id: str
+    question: str
+    subject: str
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuestionAnswered(SessionEvent):
+    kind: ClassVar[str] = "answer"
+    question_id: str
+    question: str
+    subject: str
+    answer: bool | str | None
+    source: Source
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionTaken(SessionEvent):
+    """An operator's command, and whether the session carried it out (``accepted``) or why not."""
+
+    kind: ClassVar[str] = "action"
+    action: str
+    reason: str
+    source: Source
+    operator: str | None
+    accepted: bool
+    why: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlarmRaised(SessionEvent):
+    kind: ClassVar[str] = "alarm"
+    #: ``kernel``, ``pump``, ``vitals``, ``checklist`` or ``observation``.
+    source: str
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordWritten(SessionEvent):
+    """A course-history record was committed (``patient``, ``session_begun``, ``override``, ``alarm``,
+    ``session_ended``)."""
+
+    kind: ClassVar[str] = "record"
+    record: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionEnded(SessionEvent):
+    kind: ClassVar[str] = "ended"
+    #: ``complete``, ``ended_<reason>``, ``refused`` (a limit), ``aborted`` (the pre-check) or ``failed``.
+    outcome: str
+    delivered_mg: float
+    programmed_mg: float
+    detail: str = ""
+
+
+Subscriber = Callable[[SessionEvent], None]
+
+
+class EventStream:
+    """Fans a session's events out to its subscribers (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Calls ``subscriber`` with every later event; returns the function that unsubscribes it."""
+        self._subscribers.append(subscriber)
+        return lambda: self._unsubscribe(subscriber)
+
+    def _unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber in self._subscribers:
+            self._subscribers.remove(subscriber)
+
+    def emit(self, event: SessionEvent) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                # A face that fails must not disturb the infusion: it is dropped and reported.
+                _log.exception("session event subscriber failed and was unsubscribed: %r", subscriber)
+                self._unsubscribe(subscriber)
+
+    def queue(self, maxsize: int = 1_000) -> tuple[asyncio.Queue[SessionEvent], Callable[[], None]]:
+        """A bounded queue of later events for an asyncio consumer, and its unsubscribe function. When
+        full, the oldest :class:`Tick` waiting is dropped to make room (a newer one follows); other
+        events are never dropped, so a slow consumer sees every phase, alarm, action and record."""
+        q: asyncio.Queue[SessionEvent] = asyncio.Queue()
+
+        def put(event: SessionEvent) -> None:
+            if q.qsize() >= maxsize:
+                _drop_oldest_tick(q)
+                if q.qsize() >= maxsize and isinstance(event, Tick):
+                    return
+            q.put_nowait(event)
+
+        return q, self.subscribe(put)
+
+
+def _drop_oldest_tick(q: asyncio.Queue[SessionEvent]) -> None:
+    items: list[SessionEvent] = []
+    while not q.empty():
+        items.append(q.get_nowait())
+    dropped = False
+    for item in items:
+        if not dropped and isinstance(item, Tick):
+            dropped = True
+            continue
+        q.put_nowait(item)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+__all__ = [
+    "ActionTaken",
+    "AlarmRaised",
+    "EventStream",
+    "FindingReported",
+    "PhaseChanged",
+    "QuestionAnswered",
+    "QuestionAsked",
+    "RecordWritten",
+    "SessionEnded",
+    "SessionEvent",
+    "Source",
+    "Subscriber",
+    "Tick",
+    "VitalsRead",
+]

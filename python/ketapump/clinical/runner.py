@@ -1,0 +1,306 @@
+"""From what a user asked for to a recorded session: validate everything, open the records, run the
+engine, write the report.
+
+Every face runs a session the same three steps, so none of them holds a second implementation:
+
+1. :func:`prepare_session` (or :func:`prepare_demo`) validates everything the user gave — protocol,
+   patient, drug library, pump URL, vitals feed, time scale — and connects nothing and writes nothing. A
+   problem raises :class:`~ketapump.errors.ConfigurationError` (or ``OSError`` for a file that cannot be
+   read) before anything is recorded.
+2. :meth:`SessionRunner.open` opens the audit log and the course history and builds the engine
+   (:class:`~ketapump.clinical.session.Session`), which can take commands and subscribers at once.
+3. :meth:`SessionRunner.run` runs the session, closes the records, writes the report and plots and
+   verifies the audit log; it returns a :class:`SessionOutcome`, or raises what the session raised
+   (a refusal, an aborted pre-check, an unreachable pump, an unwritable log) after closing the records.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ketapump import _core
+from ketapump.bridge import (
+    AuditWriter,
+    audit_logger,
+    control_period_s,
+    default_log_path,
+    loop_settings,
+    make_driver,
+    verify,
+)
+from ketapump.clinical import druglib, report
+from ketapump.clinical.course import CourseHistory
+from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
+from ketapump.clinical.session import (
+    Operator,
+    ScriptedOperator,
+    Session,
+    SessionContext,
+    SessionResult,
+)
+from ketapump.clinical.vitals import (
+    CsvVitalsFeed,
+    ScriptedMonitor,
+    VitalsFeed,
+    demo_patient,
+    load_patient_script,
+)
+from ketapump.clock import Clock, ScaledClock, VirtualClock
+from ketapump.config import default_kernel_settings
+from ketapump.errors import ConfigurationError
+from ketapump.wire import PumpDriver, ReferencePumpDriver, SimTransport, open_transport, split_url
+
+#: The demo's patient: weight and height of ``data/patients/demo.toml``'s scripted monitor.
+DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="male")
+DEMO_PROTOCOL = "ketamine-depression"
+
+
+@dataclass
+class SessionSetup:
+    """A validated session, ready to run: nothing has been connected or written yet."""
+
+    protocol: Protocol
+    patient: Patient
+    plan: DosePlan
+    library: druglib.DrugLibrary
+    driver: PumpDriver
+    clock: Clock
+    vitals: VitalsFeed
+    operator: Operator
+    pump_url: str
+    log_path: Path
+    #: The course history (``None``: the default location, see docs/course.md).
+    db_path: Path | None
+    #: Where the report, the series and the plots go.
+    out: Path
+    #: Kernel settings that depend on the transport (control period, gains, pressure sensor).
+    loop_settings: dict[str, Any] = field(default_factory=dict)
+    #: The demo's own records, recreated on each run (never a real course history).
+    throwaway_records: bool = False
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def vitals_feed(source: str) -> VitalsFeed:
+    """The vitals feed a ``--vitals`` value names: ``sim`` (the demo patient), ``sim:SCRIPT.toml`` or
+    ``csv:PATH``."""
+    if source == "sim":
+        return ScriptedMonitor(demo_patient())
+    if source.startswith("sim:"):
+        return ScriptedMonitor(load_patient_script(Path(source.removeprefix("sim:"))))
+    if source.startswith("csv:"):
+        return CsvVitalsFeed(Path(source.removeprefix("csv:")))
+    raise ConfigurationError("vitals", f"{source!r} is not 'sim', 'sim:SCRIPT' or 'csv:PATH'")
+
+
+def prepare_session(
+    *,
+    protocol: str,
+    patient: Patient,
+    operator: Operator,
+    pump: str = "sim://",
+    vitals: str = "sim",
+    library: Path | None = None,
+    course_db: Path | None = None,
+    log: Path | None = None,
+    out: Path = Path("ketapump-session"),
+    time_scale: float | None = None,
+) -> SessionSetup:
+    """Validates a session request (see the module docstring). ``time_scale`` runs a ``sim://`` pump at
+    that many pump seconds per real second (``None``: virtual time) or follows a hw-sim started with it."""
+    proto = load_protocol(protocol)
+    plan = plan_dose(proto, patient)
+    lib = druglib.load_library(library)
+    lib.drug(plan.drug)
+    scheme = split_url(pump)[0]
+    defaults = default_kernel_settings()
+    scale = 1.0 if time_scale is None else time_scale
+    period = control_period_s(scheme, scale, None, float(defaults["control_period_s"]))
+    clock: Clock = VirtualClock() if scheme == "sim" and time_scale is None else ScaledClock(scale)
+    feed = vitals_feed(vitals)
+    driver = make_driver(pump, clock, period, scale, sim_pump=_sim_pump_for(pump, plan))
+    settings: dict[str, Any] = dict(loop_settings(period, defaults))
+    if "pressure_mmhg" in driver.lacks:
+        settings["has_pressure_sensor"] = False
+    return SessionSetup(
+        protocol=proto,
+        patient=patient,
+        plan=plan,
+        library=lib,
+        driver=driver,
+        clock=clock,
+        vitals=feed,
+        operator=operator,
+        pump_url=pump,
+        log_path=log or default_log_path(),
+        db_path=course_db,
+        out=out,
+        loop_settings=settings,
+    )
+
+
+def prepare_demo(*, out: Path, seed: int = 0, time_scale: float | None = None) -> SessionSetup:
+    """The demo: the standard protocol for the 70 kg demo patient on the in-process simulator, its
+    records (audit log, course history) in ``out`` and recreated on each run."""
+    protocol = load_protocol(DEMO_PROTOCOL)
+    plan = plan_dose(protocol, DEMO_PATIENT)
+    clock: Clock = VirtualClock() if time_scale is None else ScaledClock(time_scale)
+    pump = _core.SimPump(plan.syringe, seed=seed, fill_ml=plan.syringe_fill_ml)
+    transport = open_transport("sim://", clock=clock, pump=pump)
+    assert isinstance(transport, SimTransport)
+    script = demo_patient()
+    seeded = script.model_copy(update={"monitor": script.monitor.model_copy(update={"seed": seed})})
+    return SessionSetup(
+        protocol=protocol,
+        patient=DEMO_PATIENT,
+        plan=plan,
+        library=druglib.load_library(None),
+        driver=ReferencePumpDriver(transport),
+        clock=clock,
+        vitals=ScriptedMonitor(seeded),
+        operator=ScriptedOperator(),
+        pump_url="sim://",
+        log_path=out / "audit.jsonl",
+        db_path=out / "course.sqlite3",
+        out=out,
+        throwaway_records=True,
+    )
+
+
+def _sim_pump_for(url: str, plan: DosePlan) -> _core.SimPump | None:
+    """For ``sim://``: a simulated pump with the protocol's syringe, filled as the plan says."""
+    scheme, _path, params = split_url(url)
+    if scheme != "sim":
+        return None
+    return _core.SimPump(plan.syringe, seed=int(params.get("seed", "0")), fill_ml=plan.syringe_fill_ml)
+
+
+@dataclass
+class SessionOutcome:
+    """A finished session and where its records are."""
+
+    result: SessionResult
+    log_path: Path
+    log_verified: bool
+    course_db: Path
+    report: Path
+    plots: list[Path]
+
+    @property
+    def complete(self) -> bool:
+        """The session completed and its audit log verifies."""
+        return self.result.outcome == "complete" and self.log_verified
+
+    def summary(self) -> dict[str, Any]:
+        """The machine summary every face prints (``--json``) or serves."""
+        r = self.result
+        return {
+            "session_id": r.session_id,
+            "outcome": r.outcome,
+            "programmed_mg": r.programmed_mg,
+            "delivered_mg": r.delivered_mg,
+            "error_pct": r.summary()["error_pct"],
+            "alarms": r.alarms,
+            "pauses": r.pauses,
+            "confirmations": r.confirmations,
+            "observation_min": r.observation_min,
+            "discharge_confirmed": r.discharge_confirmed,
+            "log": str(self.log_path),
+            "log_verified": self.log_verified,
+            "course_db": str(self.course_db),
+            "report": str(self.report),
+            "plots": [str(p) for p in self.plots],
+        }
+
+
+class SessionRunner:
+    """A session with its records open (see the module docstring)."""
+
+    def __init__(self, setup: SessionSetup, writer: AuditWriter, course: CourseHistory) -> None:
+        self.setup = setup
+        self._writer = writer
+        self._course = course
+        events = audit_logger(writer, session_id=setup.session_id, pump=setup.pump_url)
+        origin = datetime.datetime.now(datetime.UTC)
+        self.session = Session(
+            SessionContext(
+                session_id=setup.session_id,
+                protocol=setup.protocol,
+                patient=setup.patient,
+                driver=setup.driver,
+                clock=setup.clock,
+                log=events,
+                course=course,
+                library=setup.library,
+                vitals=setup.vitals,
+                operator=setup.operator,
+                calendar_origin=origin - datetime.timedelta(seconds=setup.clock.now()),
+                audit_path=str(setup.log_path),
+                loop_settings=setup.loop_settings,
+            )
+        )
+
+    @classmethod
+    def open(cls, setup: SessionSetup) -> SessionRunner:
+        """Opens the audit log and the course history. Raises ``OSError``/``ValueError`` for a log that
+        cannot be opened (nothing else written) and :class:`~ketapump.errors.CourseError` for the
+        history (the log is closed again)."""
+        log_path = setup.log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if setup.throwaway_records:
+            log_path.unlink(missing_ok=True)
+            if setup.db_path is not None:
+                db = setup.db_path
+                for own in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                    own.unlink(missing_ok=True)  # the demo's own history from an earlier run
+        writer = AuditWriter.open(log_path)
+        try:
+            course = CourseHistory.open(setup.db_path)
+        except BaseException:
+            writer.close()
+            raise
+        return cls(setup, writer, course)
+
+    async def run(self) -> SessionOutcome:
+        """Runs the session, then closes the records and writes the report (see the module docstring)."""
+        setup = self.setup
+        try:
+            result = await self.session.run()
+        finally:
+            self._course.close()
+            self._writer.close()
+        verified = verify(setup.log_path)
+        plots = report.write_plots(result.points, result.events, setup.out, thresholds=result.thresholds)
+        outcome = SessionOutcome(
+            result=result,
+            log_path=setup.log_path,
+            log_verified=verified.ok,
+            course_db=self._course.path,
+            report=setup.out / "report.md",
+            plots=plots,
+        )
+        summary = result.summary() | {
+            "patient": setup.patient.patient_id,
+            "log": str(setup.log_path),
+            "log_verified": verified.ok,
+            "course_db": str(self._course.path),
+        }
+        outcome.report = report.write_report(
+            summary, result.points, result.events, setup.out, plots=plots, thresholds=result.thresholds
+        )
+        return outcome
+
+
+__all__ = [
+    "DEMO_PATIENT",
+    "DEMO_PROTOCOL",
+    "SessionOutcome",
+    "SessionRunner",
+    "SessionSetup",
+    "prepare_demo",
+    "prepare_session",
+    "vitals_feed",
+]

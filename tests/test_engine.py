@@ -1,0 +1,398 @@
+"""The session engine's contract: commands in, typed events out, on the real kernel and simulated pump.
+
+Every face (CLI, console, public API) drives :class:`ketapump.clinical.session.Session` through these
+commands and reads these events, so they are tested here once, on whole sessions in virtual time.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import datetime
+import itertools
+import json
+import math
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ketapump import _core
+from ketapump.clinical import (
+    PENDING,
+    ActionTaken,
+    AlarmRaised,
+    CourseHistory,
+    FindingReported,
+    Patient,
+    PhaseChanged,
+    Question,
+    QuestionAnswered,
+    QuestionAsked,
+    RecordWritten,
+    ScriptedOperator,
+    Session,
+    SessionAbortedError,
+    SessionContext,
+    SessionEnded,
+    SessionEvent,
+    SessionResult,
+    Tick,
+    VitalsRead,
+    demo_patient,
+    load_library,
+    load_protocol,
+)
+from ketapump.clinical.events import EventStream
+from ketapump.clinical.vitals import PatientScript, ScriptedMonitor
+from ketapump.clock import VirtualClock
+from ketapump.errors import LimitRefused
+from ketapump.wire import ReferencePumpDriver, RegisterTransport, open_transport
+
+NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
+PATIENT = Patient("p-1", weight_kg=70.0, height_cm=175.0, sex="male")
+PACKAGE = Path(__file__).resolve().parents[1] / "python" / "ketapump"
+
+
+class Log:
+    """The audit records in memory (the audit writer has its own tests)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.records.append({"event": event, **fields})
+
+    warning = error = info
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["event"] == event]
+
+
+class Chair:
+    """One session on the simulated pump, its events collected, ready for commands."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        operator: Any = None,
+        patient: Patient = PATIENT,
+        script: PatientScript | None = None,
+    ) -> None:
+        self.clock = VirtualClock()
+        self.pump = _core.SimPump("bd-plastipak-60", seed=0, fill_ml=40.0)
+        transport = open_transport("sim://", clock=self.clock, pump=self.pump)
+        assert isinstance(transport, RegisterTransport)
+        self.log = Log()
+        self.course = CourseHistory.open(tmp_path / "course.sqlite3")
+        self.session = Session(
+            SessionContext(
+                session_id="s-1",
+                protocol=load_protocol("ketamine-depression"),
+                patient=patient,
+                driver=ReferencePumpDriver(transport),
+                clock=self.clock,
+                log=self.log,
+                course=self.course,
+                library=load_library(None),
+                vitals=ScriptedMonitor(script or demo_patient()),
+                operator=operator or ScriptedOperator(),
+                calendar_origin=NOW,
+            )
+        )
+        self.events: list[SessionEvent] = []
+        self.session.subscribe(self.events.append)
+
+    def on(self, kind: type[SessionEvent], handler: Callable[[Any], None]) -> None:
+        self.session.subscribe(lambda e: handler(e) if isinstance(e, kind) else None)
+
+    def run(self) -> SessionResult:
+        try:
+            return asyncio.run(self.session.run())
+        finally:
+            self.course.close()
+
+    def of(self, kind: type[SessionEvent]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def infusion_ticks(self) -> list[Tick]:
+        return [t for t in self.of(Tick) if t.pump_state is not None]
+
+
+def at_infusion_time(chair: Chair, seconds: float, action: Callable[[], None]) -> None:
+    """Calls ``action`` once, from the tick at which the infusion has run ``seconds``."""
+    start: list[float] = []
+    done: list[bool] = []
+
+    def check(tick: Tick) -> None:
+        if tick.pump_state is None or done:
+            return
+        if not start:
+            start.append(tick.t_s)
+        if tick.t_s - start[0] >= seconds:
+            done.append(True)
+            action()
+
+    chair.on(Tick, check)
+
+
+# ----- events out ----------------------------------------------------------------------------------
+
+
+def test_a_session_emits_its_phases_ticks_questions_records_and_one_end(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+    result = chair.run()
+    assert result.outcome == "complete"
+    phases = [(e.previous, e.phase) for e in chair.of(PhaseChanged)]
+    assert phases == [
+        (None, "precheck"), ("precheck", "take_up"), ("take_up", "infusion"), ("infusion", "observation"),
+        ("observation", "discharge"), ("discharge", "complete"),
+    ]  # fmt: skip
+    # Tick telemetry at every control tick of the infusion (10 Hz), and once a second otherwise.
+    ticks = chair.infusion_ticks()
+    span = ticks[-1].t_s - ticks[0].t_s
+    assert len(ticks) >= 2 * span
+    assert all(b.t_s > a.t_s for a, b in itertools.pairwise(ticks))
+    assert all(b.delivered_ml >= a.delivered_ml - 1e-9 for a, b in itertools.pairwise(ticks))
+    assert math.isclose(ticks[-1].delivered_mg, result.delivered_mg, rel_tol=1e-9)
+    assert ticks[0].planned_ml == result.plan.volume_ml
+    assert {t.phase for t in ticks} == {"take_up", "infusion"}
+    assert all(t.pressure_mmhg < t.occlusion_threshold_mmhg for t in ticks if math.isfinite(t.pressure_mmhg))
+    observation = [t for t in chair.of(Tick) if t.phase == "observation"]
+    assert len(observation) >= 60 * result.observation_min - 2
+    # Every vitals reading, every checklist question with its answer, every course record.
+    assert {v.channel for v in chair.of(VitalsRead)} == {"sbp", "dbp", "hr", "spo2"}
+    protocol = load_protocol("ketamine-depression")
+    asked = chair.of(QuestionAsked)
+    assert [q.text for q in asked] == protocol.checklists.pre + protocol.checklists.discharge
+    answered = {a.question_id: a for a in chair.of(QuestionAnswered)}
+    assert all(answered[q.question_id].answer is True for q in asked)
+    assert all(answered[q.question_id].source == "script" for q in asked)
+    records = [r.record for r in chair.of(RecordWritten)]
+    assert records[:2] == ["patient", "session_begun"] and records[-1] == "session_ended"
+    (end,) = chair.of(SessionEnded)
+    assert end is chair.events[-1]
+    assert end.outcome == "complete" and math.isclose(end.delivered_mg, result.delivered_mg)
+    # Every event is JSON with its kind.
+    kinds = {json.loads(json.dumps(e.as_dict()))["kind"] for e in chair.events}
+    assert {"phase", "tick", "vitals", "question", "answer", "record", "ended"} <= kinds
+
+
+def test_a_refused_order_emits_its_findings_and_ends_refused(tmp_path: Path) -> None:
+    chair = Chair(tmp_path, patient=Patient("p-1", weight_kg=25.0, height_cm=175.0, sex="male"))
+    with pytest.raises(LimitRefused):
+        chair.run()
+    hard = [f for f in chair.of(FindingReported) if f.severity == "hard"]
+    assert "weight_kg" in {f.finding for f in hard}
+    assert chair.of(QuestionAsked) == []  # a hard finding is not put to the operator
+    (end,) = chair.of(SessionEnded)
+    assert end.outcome == "refused" and end.delivered_mg == 0.0
+    assert chair.pump.delivered_ml == 0.0
+
+
+# ----- commands in ---------------------------------------------------------------------------------
+
+
+def test_pause_and_resume_commands_take_effect_at_the_next_tick_and_are_recorded(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+    session = chair.session
+    at_infusion_time(chair, 600.0, lambda: session.pause("patient anxious", source="web", operator="nurse A"))
+    at_infusion_time(chair, 900.0, lambda: session.resume("settled", source="web", operator="nurse A"))
+    result = chair.run()
+    assert result.outcome == "complete" and math.isclose(result.delivered_mg, 35.0, rel_tol=0.02)
+    actions = chair.of(ActionTaken)
+    assert [(a.action, a.accepted, a.source, a.operator) for a in actions] == [
+        ("pause", True, "web", "nurse A"),
+        ("resume", True, "web", "nurse A"),
+    ]
+    # The pump is held from the tick after the command until the resume, and nothing is delivered.
+    ticks = chair.infusion_ticks()
+    paused = [t for t in ticks if actions[0].t_s < t.t_s <= actions[1].t_s]
+    assert paused and paused[0].t_s - actions[0].t_s <= 0.1 + 1e-9
+    held = [t for t in paused if t.pump_state == "paused"]
+    assert len(held) >= len(paused) - 2 and all(t.paused_by == "operator" for t in held)
+    # Only the compressed drive's relaxation follows the stop (~0.02 mL), far below the 0.1 mL allowance.
+    assert held[-1].delivered_ml - held[0].delivered_ml < 0.05
+    # The audit log names who did what, from where.
+    recorded = chair.log.named("operator_action")
+    assert [(r["action"], r["source"], r["operator"], r["reason"]) for r in recorded] == [
+        ("pause", "web", "nurse A", "patient anxious"),
+        ("resume", "web", "nurse A", "settled"),
+    ]
+
+
+def test_a_resume_into_an_active_vitals_alarm_is_refused_and_says_why(tmp_path: Path) -> None:
+    crossing = {"kind": "crossing", "channel": "hr", "at_s": 900.0, "duration_s": 300.0, "value": 130.0}
+    base = demo_patient().model_dump() | {"event": [crossing]}
+    chair = Chair(tmp_path, script=PatientScript.model_validate(base))
+    # As the crossing raises its alarm, the operator tries to resume straight into it.
+    chair.on(AlarmRaised, lambda a: chair.session.resume("looks fine") if a.source == "vitals" else None)
+    chair.run()
+    refused = [a for a in chair.of(ActionTaken) if a.action == "resume"]
+    assert refused and not refused[0].accepted and refused[0].why == "vitals alarm active"
+    assert chair.log.named("request_refused")[0]["why"] == "vitals alarm active"
+
+
+def test_a_stop_before_the_infusion_aborts_with_nothing_delivered(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+    stopped: list[bool] = []
+
+    def stop_once(_q: QuestionAsked) -> None:
+        if not stopped:
+            stopped.append(True)
+            chair.session.stop("patient declined", source="web")
+
+    chair.on(QuestionAsked, stop_once)
+    with pytest.raises(SessionAbortedError, match="stopped by the operator"):
+        chair.run()
+    assert chair.pump.delivered_ml == 0.0
+    (end,) = chair.of(SessionEnded)
+    assert end.outcome == "aborted"
+    assert [a.action for a in chair.of(ActionTaken) if a.accepted] == ["stop"]
+
+
+def test_commands_outside_the_infusion_are_refused_with_the_phase(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+    chair.on(PhaseChanged, lambda p: chair.session.pause("too late") if p.phase == "observation" else None)
+    chair.run()
+    (refused,) = chair.of(ActionTaken)
+    assert not refused.accepted and refused.why == "no infusion is running (observation)"
+
+
+def test_an_acknowledgement_is_recorded_with_the_latched_alarms(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+    chair.pump.schedule(300.0, "fault_occlusion", 1.0)
+    chair.on(AlarmRaised, lambda a: chair.session.acknowledge("line clamp found closed", operator="nurse B"))
+    result = chair.run()
+    assert result.outcome == "ended_interlock"
+    (ack, *_) = [a for a in chair.of(ActionTaken) if a.action == "acknowledge"]
+    assert ack.accepted and ack.operator == "nurse B"
+    (record, *_) = chair.log.named("alarms_acknowledged")
+    assert record["reason"] == "line clamp found closed"
+
+
+def test_an_unknown_command_is_refused_at_once(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+    with pytest.raises(ValueError, match="unknown session command 'bolus'"):
+        chair.session.command("bolus", "now")
+    assert chair.session.answer("q-none", True) is False
+    chair.course.close()
+
+
+# ----- questions -----------------------------------------------------------------------------------
+
+
+class WaitingOperator(ScriptedOperator):
+    """Has no standing answer to checklist questions: the session waits for :meth:`Session.answer`."""
+
+    def answer(self, question: Question) -> Any:
+        return PENDING if question.kind == "checklist" else super().answer(question)
+
+
+def test_a_question_without_a_standing_answer_waits_for_an_answer_from_another_thread(tmp_path: Path) -> None:
+    chair = Chair(tmp_path, operator=WaitingOperator())
+
+    def answer_from_a_thread(q: QuestionAsked) -> None:
+        # A browser's request arrives on another thread; the session is waiting on its own loop.
+        assert [p.question_id for p in chair.session.pending_questions()] in ([], [q.question_id])
+        threading.Thread(
+            target=chair.session.answer, args=(q.question_id, True), kwargs={"source": "web"}
+        ).start()
+
+    chair.on(QuestionAsked, answer_from_a_thread)
+    result = chair.run()
+    assert result.outcome == "complete"
+    answers = chair.of(QuestionAnswered)
+    assert answers and all(a.source == "web" and a.answer is True for a in answers)
+    assert len(answers) == len(chair.of(QuestionAsked))
+
+
+def test_a_no_to_a_precheck_question_aborts_before_anything_is_delivered(tmp_path: Path) -> None:
+    chair = Chair(tmp_path, operator=WaitingOperator())
+
+    def answer(q: QuestionAsked) -> None:
+        with pytest.raises(ValueError, match="takes True or False, got 'yes'"):
+            chair.session.answer(q.question_id, "yes", source="web")
+        chair.session.answer(q.question_id, False, source="web")
+
+    chair.on(QuestionAsked, answer)
+    with pytest.raises(SessionAbortedError, match="checklist item not confirmed"):
+        chair.run()
+    assert chair.pump.delivered_ml == 0.0
+    assert chair.of(SessionEnded)[0].outcome == "aborted"
+
+
+# ----- delivery ------------------------------------------------------------------------------------
+
+
+def test_a_failing_subscriber_is_dropped_and_the_infusion_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    chair = Chair(tmp_path)
+    calls: list[int] = []
+
+    def broken(_event: SessionEvent) -> None:
+        calls.append(1)
+        raise RuntimeError("the browser went away")
+
+    chair.session.subscribe(broken)
+    result = chair.run()
+    assert result.outcome == "complete" and len(calls) == 1
+    assert "subscriber failed" in caplog.text
+
+
+def test_a_slow_consumer_loses_old_ticks_never_other_events() -> None:
+    async def scenario() -> list[SessionEvent]:
+        stream = EventStream()
+        queue, unsubscribe = stream.queue(maxsize=5)
+        phase = PhaseChanged(session_id="s", t_s=0.0, phase="infusion", previous="take_up")
+        stream.emit(phase)
+        for n in range(20):
+            stream.emit(_tick(float(n)))
+        end = SessionEnded(session_id="s", t_s=30.0, outcome="complete", delivered_mg=1.0, programmed_mg=1.0)
+        stream.emit(end)
+        unsubscribe()
+        stream.emit(_tick(99.0))
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
+    got = asyncio.run(scenario())
+    assert isinstance(got[0], PhaseChanged) and isinstance(got[-1], SessionEnded)
+    ticks = [e.t_s for e in got if isinstance(e, Tick)]
+    assert ticks == sorted(ticks) and ticks[-1] == 19.0 and 99.0 not in ticks
+    assert len(got) <= 6
+
+
+def _tick(t: float) -> Tick:
+    return Tick(
+        session_id="s", t_s=t, phase="infusion", pump_state="running", delivered_ml=t, planned_ml=35.0,
+        delivered_mg=t, programmed_mg=t, commanded_rate_ml_h=52.5, pressure_mmhg=40.0,
+        occlusion_threshold_mmhg=300.0, alarms=(), paused_by=None, phase_elapsed_s=t,
+    )  # fmt: skip
+
+
+def test_the_engine_prints_nothing_and_knows_no_terminal_signal_or_web_framework(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    for module in ("session.py", "events.py", "runner.py"):
+        tree = ast.parse((PACKAGE / "clinical" / module).read_text(encoding="utf-8"))
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+        assert not imported & {"typer", "rich", "signal", "click", "starlette", "fastapi"}, module
+        calls = {
+            n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        assert "print" not in calls, module
+    Chair(tmp_path).run()
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
