@@ -20,12 +20,15 @@ seeing nothing.
 from __future__ import annotations
 
 import ast
+import re
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ketapump.clinical.session import ACTIONS
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "python"
 
@@ -285,3 +288,28 @@ def test_the_checker_accepts_imports_through_doors(tmp_path: Path) -> None:
         },
     )
     assert problems(root) == []
+
+
+# ----- docs/architecture.md matches the code --------------------------------------------------------
+
+
+def test_the_architecture_page_names_every_layer_and_only_files_that_exist() -> None:
+    repo = PACKAGE_ROOT.parent
+    text = (repo / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for layer in ("wire", "sim", "bridge", "clinical", "qa", "cli"):
+        assert f"ketapump.{layer}" in text, layer
+    named = set(re.findall(r"`([\w./-]+\.(?:py|toml|rs|md))`", text))
+    assert len(named) > 10
+    missing = [
+        path
+        for path in named
+        if not any(
+            (base / path).exists()
+            for base in (repo, PACKAGE_ROOT / "ketapump", repo / "rust" / "core" / "src")
+        )
+    ]
+    assert missing == []
+    # The engine's commands as the page lists them are the engine's commands.
+
+    for action in (*ACTIONS, "answer"):
+        assert action in text

@@ -1,21 +1,21 @@
-"""The clinical commands of the ``ketapump`` CLI: ``dose`` and ``demo``.
+"""The clinical commands of the ``ketapump`` CLI: ``dose``, ``demo`` and ``session``.
 
 ``ketapump dose`` answers "what will this protocol give this patient, and which limits apply?" without
 touching a pump or a record. ``ketapump demo`` runs a complete simulated ketamine session end to end —
 limits, pre-check, take-up, infusion, observation, discharge — on the built-in simulator and writes the
-audit log, the course history, a report and its plots.
+audit log, the course history, a report and its plots; ``ketapump session`` runs one on any pump. Both are
+adapters of :mod:`ketapump.clinical.runner` and the session engine: options in, signals as commands,
+events as a progress bar, the outcome as a summary.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
+import functools
 import json
 import os
 import signal
 import sys
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,40 +24,24 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from ketapump import _core
-from ketapump.bridge import (
-    AuditWriter,
-    audit_logger,
-    control_period_s,
-    default_log_path,
-    loop_settings,
-    make_driver,
-    verify,
-)
 from ketapump.cli.common import EXIT_ABORTED, EXIT_INTERLOCK, EXIT_LIMIT, fail
 from ketapump.clinical import (
-    CourseHistory,
-    CsvVitalsFeed,
-    DosePlan,
-    MonitorSettings,
     Patient,
-    Protocol,
-    ScriptedMonitor,
     ScriptedOperator,
-    Session,
     SessionAbortedError,
-    SessionContext,
+    SessionEvent,
+    SessionOutcome,
     SessionResult,
-    VitalsFeed,
-    demo_patient,
+    SessionRunner,
+    SessionSetup,
+    Tick,
     druglib,
     load_library,
-    load_patient_script,
     load_protocol,
     plan_dose,
-    report,
+    prepare_demo,
+    prepare_session,
 )
-from ketapump.clock import Clock, ScaledClock, VirtualClock
-from ketapump.config import default_kernel_settings
 from ketapump.errors import (
     AuditWriteError,
     ConfigurationError,
@@ -66,11 +50,6 @@ from ketapump.errors import (
     TransportError,
 )
 from ketapump.validation import input_exit_code
-from ketapump.wire import PumpDriver, ReferencePumpDriver, SimTransport, open_transport, split_url
-
-#: The demo's patient: weight, height and the scripted monitor of ``data/patients/demo.toml``.
-DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="male")
-DEMO_PROTOCOL = "ketamine-depression"
 
 
 def dose(
@@ -184,34 +163,11 @@ def demo(
     hash-chained audit log), course.sqlite3 (this demo's course history, recreated on each run),
     report.md, series.csv and four PNG plots. Exit 0 when the session completes.
     """
-    protocol = load_protocol(DEMO_PROTOCOL)
-    plan = plan_dose(protocol, DEMO_PATIENT)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise fail(f"cannot create {out}: {e.strerror}", os.EX_CANTCREAT) from e
-    db_path = out / "course.sqlite3"
-    for own in (db_path, out / "course.sqlite3-wal", out / "course.sqlite3-shm"):
-        own.unlink(missing_ok=True)  # the demo's own history from an earlier run
-    clock: Clock = VirtualClock() if speed is None else ScaledClock(speed)
-    pump = _core.SimPump(plan.syringe, seed=seed, fill_ml=plan.syringe_fill_ml)
-    transport = open_transport("sim://", clock=clock, pump=pump)
-    assert isinstance(transport, SimTransport)
-    setup = _Setup(
-        protocol=protocol,
-        patient=DEMO_PATIENT,
-        library=load_library(None),
-        driver=ReferencePumpDriver(transport),
-        clock=clock,
-        vitals=ScriptedMonitor(demo_patient().model_copy(update={"monitor": _monitor(seed)})),
-        operator=ScriptedOperator(),
-        pump_url="sim://",
-        log_path=out / "audit.jsonl",
-        db_path=db_path,
-        out=out,
-        loop_settings={},
-    )
-    _execute(setup, json_output=json_output, fresh_log=True)
+    _execute(prepare_demo(out=out, seed=seed, time_scale=speed), json_output=json_output)
 
 
 def session(
@@ -270,54 +226,30 @@ def session(
         raise fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
     try:
         reasons = _reasons(confirm or [])
-        proto = load_protocol(protocol)
-        person = Patient(patient, weight_kg, height_cm, sex)  # type: ignore[arg-type]
-        plan = plan_dose(proto, person)
-        lib = load_library(library)
-        lib.drug(plan.drug)
-        scheme = split_url(pump)[0]
-        defaults = default_kernel_settings()
-        scale = 1.0 if time_scale is None else time_scale
-        period = control_period_s(scheme, scale, None, float(defaults["control_period_s"]))
-        clock: Clock = VirtualClock() if scheme == "sim" and time_scale is None else ScaledClock(scale)
-        feed = _vitals_feed(vitals)
-        driver = make_driver(pump, clock, period, scale, sim_pump=_sim_pump_for(pump, plan))
-        settings: dict[str, Any] = dict(loop_settings(period, defaults))
-        if "pressure_mmhg" in driver.lacks:
-            settings["has_pressure_sensor"] = False
+        setup = prepare_session(
+            protocol=protocol,
+            patient=Patient(patient, weight_kg, height_cm, sex),  # type: ignore[arg-type]
+            operator=ScriptedOperator(),
+            pump=pump,
+            vitals=vitals,
+            library=library,
+            course_db=course_db,
+            log=log,
+            out=out,
+            time_scale=time_scale,
+        )
     except ConfigurationError as e:
         raise fail(str(e), input_exit_code(e)) from e
     except OSError as e:
         raise fail(str(e), os.EX_NOINPUT) from e
-    operator = ScriptedOperator(
-        answers={} if yes else _ask_checklist(proto.checklists.pre + proto.checklists.discharge),
+    checklists = setup.protocol.checklists
+    setup.operator = ScriptedOperator(
+        answers={} if yes else _ask_checklist(checklists.pre + checklists.discharge),
         reasons=reasons,
         resume_after_s=resume_after_s,
         stop_after_s=stop_after_min * 60.0,
     )
-    setup = _Setup(
-        protocol=proto,
-        patient=person,
-        library=lib,
-        driver=driver,
-        clock=clock,
-        vitals=feed,
-        operator=operator,
-        pump_url=pump,
-        log_path=log or default_log_path(),
-        db_path=course_db,
-        out=out,
-        loop_settings=settings,
-    )
-    _execute(setup, json_output=json_output, fresh_log=False)
-
-
-def _sim_pump_for(url: str, plan: DosePlan) -> _core.SimPump | None:
-    """For ``sim://``: a simulated pump with the protocol's syringe, filled as the plan says."""
-    scheme, _path, params = split_url(url)
-    if scheme != "sim":
-        return None
-    return _core.SimPump(plan.syringe, seed=int(params.get("seed", "0")), fill_ml=plan.syringe_fill_ml)
+    _execute(setup, json_output=json_output)
 
 
 def _reasons(confirm: list[str]) -> dict[str, str]:
@@ -340,72 +272,18 @@ def _ask_checklist(items: list[str]) -> dict[str, bool]:
     }
 
 
-def _vitals_feed(source: str) -> VitalsFeed:
-    if source == "sim":
-        return ScriptedMonitor(demo_patient())
-    if source.startswith("sim:"):
-        return ScriptedMonitor(load_patient_script(Path(source.removeprefix("sim:"))))
-    if source.startswith("csv:"):
-        return CsvVitalsFeed(Path(source.removeprefix("csv:")))
-    raise ConfigurationError("vitals", f"{source!r} is not 'sim', 'sim:SCRIPT' or 'csv:PATH'")
-
-
-def _monitor(seed: int) -> MonitorSettings:
-    return demo_patient().monitor.model_copy(update={"seed": seed})
-
-
-@dataclass
-class _Setup:
-    """A validated session, ready to run: nothing has been written yet."""
-
-    protocol: Protocol
-    patient: Patient
-    library: druglib.DrugLibrary
-    driver: PumpDriver
-    clock: Clock
-    vitals: VitalsFeed
-    operator: ScriptedOperator
-    pump_url: str
-    log_path: Path
-    db_path: Path | None
-    out: Path
-    loop_settings: dict[str, Any]
-
-
-def _execute(setup: _Setup, *, json_output: bool, fresh_log: bool) -> None:
-    """Opens the record (audit log, course history), runs the session, writes the report and plots,
-    prints the summary and exits with the session's code."""
+def _execute(setup: SessionSetup, *, json_output: bool) -> None:
+    """Opens the records, runs the session with a progress bar and the operator's signals, prints the
+    summary (stdout) and exits with the session's code."""
     console = Console(stderr=True)
-    session_id = uuid.uuid4().hex
-    log_path = setup.log_path
     try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        if fresh_log:
-            log_path.unlink(missing_ok=True)
-        writer = AuditWriter.open(log_path)
+        runner = SessionRunner.open(setup)
     except (OSError, ValueError) as e:
-        raise fail(f"cannot open the audit log {log_path}: {e}", os.EX_IOERR) from e
-    events = audit_logger(writer, session_id=session_id, pump=setup.pump_url)
-    origin = datetime.datetime.now(datetime.UTC)
+        raise fail(f"cannot open the audit log {setup.log_path}: {e}", os.EX_IOERR) from e
+    except KetapumpError as e:
+        raise fail(str(e), os.EX_DATAERR) from e
     try:
-        with CourseHistory.open(setup.db_path) as course:
-            ctx = SessionContext(
-                session_id=session_id,
-                protocol=setup.protocol,
-                patient=setup.patient,
-                driver=setup.driver,
-                clock=setup.clock,
-                log=events,
-                course=course,
-                library=setup.library,
-                vitals=setup.vitals,
-                operator=setup.operator,
-                calendar_origin=origin - datetime.timedelta(seconds=setup.clock.now()),
-                audit_path=str(log_path),
-                loop_settings=setup.loop_settings,
-            )
-            result = _with_progress(ctx, console, quiet=json_output)
-            db_path = course.path
+        outcome = asyncio.run(_run_with_signals(runner, console, quiet=json_output))
     except SessionAbortedError as e:
         raise fail(str(e), EXIT_ABORTED) from e
     except LimitError as e:
@@ -416,57 +294,13 @@ def _execute(setup: _Setup, *, json_output: bool, fresh_log: bool) -> None:
         raise fail(str(e), os.EX_UNAVAILABLE) from e
     except KetapumpError as e:
         raise fail(str(e), os.EX_DATAERR) from e
-    finally:
-        writer.close()
-    verified = verify(log_path)
-    summary = result.summary() | {
-        "patient": setup.patient.patient_id,
-        "log": str(log_path),
-        "log_verified": verified.ok,
-        "course_db": str(db_path),
-    }
-    thresholds = result.thresholds
-    plots = report.write_plots(result.points, result.events, setup.out, thresholds=thresholds)
-    summary_report = report.write_report(
-        summary, result.points, result.events, setup.out, plots=plots, thresholds=thresholds
-    )
-    machine = {
-        "session_id": result.session_id,
-        "outcome": result.outcome,
-        "programmed_mg": result.programmed_mg,
-        "delivered_mg": result.delivered_mg,
-        "error_pct": summary["error_pct"],
-        "alarms": result.alarms,
-        "pauses": result.pauses,
-        "confirmations": result.confirmations,
-        "observation_min": result.observation_min,
-        "discharge_confirmed": result.discharge_confirmed,
-        "log": str(log_path),
-        "log_verified": verified.ok,
-        "course_db": str(db_path),
-        "report": str(summary_report),
-        "plots": [str(p) for p in plots],
-    }
+    machine = outcome.summary()
     if json_output:
         sys.stdout.write(json.dumps(machine) + "\n")
     else:
-        _print_summary(console, result, machine)
-    if result.outcome != "complete" or not verified.ok:
+        _print_summary(console, outcome.result, machine)
+    if not outcome.complete:
         raise typer.Exit(EXIT_INTERLOCK)
-
-
-def _with_progress(ctx: SessionContext, console: Console, *, quiet: bool) -> SessionResult:
-    columns = (TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.fields[detail]}"))
-    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
-        task = progress.add_task("precheck", total=1.0, detail="")
-
-        def on_progress(phase: str, done: float, total: float) -> None:
-            unit = "min" if phase == "observation" else "mL"
-            detail = f"{done:.1f} / {total:.1f} {unit}" if total else ""
-            progress.update(task, description=phase, completed=done / total if total else 0.0, detail=detail)
-
-        ctx.on_progress = on_progress
-        return asyncio.run(_run_with_signals(ctx))
 
 
 #: Operator commands by signal while a session runs.
@@ -478,19 +312,36 @@ SIGNAL_ACTIONS = {
 }
 
 
-async def _run_with_signals(ctx: SessionContext) -> SessionResult:
-    """Runs the session with SIGINT/SIGTERM as an operator stop, SIGUSR1 pause and SIGUSR2 resume,
-    each handed to the loop at its next tick (the session then observes and records as usual)."""
-    loop = asyncio.get_running_loop()
-    operator = ctx.operator
-    assert isinstance(operator, ScriptedOperator)
-    for sig, (kind, reason) in SIGNAL_ACTIONS.items():
-        loop.add_signal_handler(sig, operator.push, kind, f"operator signal {reason}")
-    try:
-        return await Session(ctx).run()
-    finally:
-        for sig in SIGNAL_ACTIONS:
-            loop.remove_signal_handler(sig)
+async def _run_with_signals(runner: SessionRunner, console: Console, *, quiet: bool) -> SessionOutcome:
+    """Runs the session with SIGINT/SIGTERM as an operator stop, SIGUSR1 pause and SIGUSR2 resume (each
+    a command the session carries out at its next tick) and a progress bar fed by its events."""
+    session = runner.session
+    observation_min = runner.setup.protocol.observation.min_minutes
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.fields[detail]}"))
+    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
+        task = progress.add_task("precheck", total=1.0, detail="")
+
+        def show(event: SessionEvent) -> None:
+            if not isinstance(event, Tick):
+                return
+            if event.phase == "observation":
+                done, total, unit = event.phase_elapsed_s / 60.0, observation_min, "min"
+            else:
+                done, total, unit = event.delivered_ml, event.planned_ml, "mL"
+            detail = f"{done:.1f} / {total:.1f} {unit}" if total else ""
+            completed = min(done / total, 1.0) if total else 0.0
+            progress.update(task, description=event.phase, completed=completed, detail=detail)
+
+        session.subscribe(show)
+        loop = asyncio.get_running_loop()
+        for sig, (action, name) in SIGNAL_ACTIONS.items():
+            command = functools.partial(session.command, source="signal")
+            loop.add_signal_handler(sig, command, action, f"operator signal {name}")
+        try:
+            return await runner.run()
+        finally:
+            for sig in SIGNAL_ACTIONS:
+                loop.remove_signal_handler(sig)
 
 
 def _print_summary(console: Console, result: SessionResult, machine: dict[str, Any]) -> None:
