@@ -1,79 +1,33 @@
-"""Course history: each patient's infusion sessions, alarms, journal notes and overrides, kept in SQLite.
-
-A course of ketamine infusions lasts weeks: an initial series of six over 2–3 weeks, then maintenance
-every 2–6 weeks. The rules that decide whether a new session may start (44 h since the last start, at
-most three sessions in any 7 days, a 7-day cumulative dose cap) need the earlier sessions, and the
-clinician needs the course at a glance. The rules themselves are checked elsewhere (the drug-library limit
-check); this module keeps the history, answers the window queries the rules need, and reports the
-course (:meth:`CourseHistory.course_summary`, ``ketapump course show``).
-
-How the store is kept trustworthy:
-
-* **Crash-safe writes.** Every logical write (one method call, or several under
-  :meth:`CourseHistory.transaction`) is one SQLite transaction, begun with ``BEGIN IMMEDIATE`` so it holds
-  the write lock from its first statement. The file runs in WAL mode with ``synchronous=FULL``: when a
-  method returns, its commit is on disk, and a process killed mid-write leaves the previous state, never
-  half a session. A method that raises has written nothing.
-* **Invariants in the schema, not only in Python.** Foreign keys are on; CHECK constraints hold an ended
-  session's end time, delivered dose and outcome together and keep times ordered; alarms, notes and
-  overrides are append-only and an ended session is immutable (triggers refuse the change). Another
-  program editing the file with the ``sqlite3`` shell meets the same rules.
-* **Time is an argument.** Every method that records or compares a time takes it as a timezone-aware
-  ``datetime``; nothing here reads the wall clock (only the CLI defaults to "now"), so a demo running in
-  virtual time records virtual time. Times are stored as fixed-width UTC ISO-8601 text
-  (``2025-01-06T09:00:00.000000Z``), which sorts chronologically as text and reads well in a shell.
-* **Versioned.** ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION` and ``PRAGMA application_id`` marks
-  the file as ours; the schema is created on first open, and a file from a newer ketapump, or some other
-  program's SQLite file, is refused rather than misread.
-
-Window edges: :meth:`~CourseHistory.last_start`, :meth:`~CourseHistory.starts_between` and
-:meth:`~CourseHistory.delivered_mg_between` include both ends of their window. In a limit check, counting
-a session that sits exactly on the edge is the safe error; missing it is not.
-
-The course's numbers (6 sessions, 21 days, 14–42 days, 24 h for journal notes) are clinician-owned
-defaults in ``data/course.toml`` (:func:`load_course_settings`), not constants in this code.
-"""
+"""The store: :class:`CourseHistory` over one SQLite file, its schema (:data:`SCHEMA_VERSION`,
+:data:`APPLICATION_ID`) and the schema's creation or check when a file is opened."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
-import math
 import os
 import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Final, Literal
+from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from ketapump.clinical.course.location import _amount, _iso, _stamp, _text, _time, default_course_path
+from ketapump.clinical.course.records import (
+    Alarm,
+    CourseSummary,
+    InitialSeries,
+    MaintenanceWindow,
+    Note,
+    Override,
+    Patient,
+    SeriesEntry,
+    Session,
+)
+from ketapump.clinical.course.settings import CourseSettings, load_course_settings
 from ketapump.errors import CourseError, CourseRecordNotFoundError
-from ketapump.validation import DocumentError, parse_document
-
-__all__ = [
-    "APPLICATION_ID",
-    "SCHEMA_VERSION",
-    "Alarm",
-    "CourseHistory",
-    "CourseSettings",
-    "CourseSettingsError",
-    "CourseSummary",
-    "InitialSeries",
-    "MaintenanceWindow",
-    "Note",
-    "Override",
-    "Patient",
-    "SeriesEntry",
-    "Session",
-    "default_course_path",
-    "load_course_settings",
-]
 
 #: The schema this code reads and writes (``PRAGMA user_version``).
 SCHEMA_VERSION: Final = 1
@@ -82,13 +36,6 @@ APPLICATION_ID: Final = 0x4B504348
 #: How long a write waits for another process's write lock before giving up (a CLI note while the
 #: orchestrator writes).
 BUSY_TIMEOUT_S: Final = 10.0
-
-SETTINGS_RESOURCE: Final = "course.toml"
-
-# sysexits.h codes, spelled out because ``os.EX_*`` only exist on Unix builds of Python.
-EX_DATAERR: Final = 65
-EX_NOINPUT: Final = 66
-EX_IOERR: Final = 74
 
 _SCHEMA: Final = """
 CREATE TABLE patients (
@@ -160,282 +107,6 @@ CREATE TRIGGER sessions_ended_immutable BEFORE UPDATE ON sessions WHEN OLD.ended
 CREATE TRIGGER sessions_no_delete BEFORE DELETE ON sessions
     BEGIN SELECT RAISE(ABORT, 'sessions cannot be deleted'); END;
 """
-
-
-# --------------------------------------------------------------------------------------------------------
-# Settings (data/course.toml)
-# --------------------------------------------------------------------------------------------------------
-
-_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class InitialSeriesSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sessions: int = Field(ge=1)
-    within_days: _Positive
-    counted_outcomes: tuple[str, ...] = Field(min_length=1)
-
-
-class MaintenanceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    due_from_days: _Positive
-    overdue_after_days: _Positive
-
-    @model_validator(mode="after")
-    def _ordered(self) -> MaintenanceSettings:
-        if self.overdue_after_days < self.due_from_days:
-            raise ValueError("overdue_after_days must not be less than due_from_days")
-        return self
-
-
-class JournalSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    within_h: _Positive
-
-
-class CourseSettings(BaseModel):
-    """The course's numbers, as in ``data/course.toml`` (every field required: no defaults in code)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schema_version: Literal[1]
-    initial_series: InitialSeriesSettings
-    maintenance: MaintenanceSettings
-    journal: JournalSettings
-
-
-class CourseSettingsError(DocumentError):
-    """A course settings file could not be used; ``problems`` lists every problem as ``path: message``."""
-
-    kind = "course settings file"
-
-
-def load_course_settings(path: Path | None = None) -> CourseSettings:
-    """The course settings from ``path``, or the shipped ``ketapump/data/course.toml``.
-
-    Raises :class:`CourseSettingsError` listing every problem with its dotted path.
-    """
-    if path is None:
-        return _shipped_settings()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise CourseSettingsError(str(path), [f"cannot be read: {e.strerror}"]) from e
-    return _parse_settings(text, str(path))
-
-
-@cache
-def _shipped_settings() -> CourseSettings:
-    text = resources.files("ketapump.data").joinpath(SETTINGS_RESOURCE).read_text(encoding="utf-8")
-    return _parse_settings(text, f"ketapump/data/{SETTINGS_RESOURCE}")
-
-
-def _parse_settings(text: str, source: str) -> CourseSettings:
-    return parse_document(CourseSettings, text, source, CourseSettingsError)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Where the file lives; time stamps
-# --------------------------------------------------------------------------------------------------------
-
-
-def default_course_path() -> Path:
-    """Where the course history lives unless told otherwise: ``$XDG_DATA_HOME/ketapump/course.sqlite3``,
-    or ``~/.local/share/ketapump/course.sqlite3`` when ``XDG_DATA_HOME`` is unset, empty or relative
-    (the XDG spec says to ignore a relative value). Unlike the audit logs (state), the history is data
-    the clinician keeps for the whole course."""
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / "ketapump" / "course.sqlite3"
-
-
-def _stamp(subject: str, name: str, at: _dt.datetime) -> str:
-    """``at`` as stored: fixed-width UTC ISO-8601 with microseconds and ``Z``."""
-    if not isinstance(at, _dt.datetime):
-        raise CourseError(subject, f"{name} must be a datetime, not {type(at).__name__}")
-    if at.utcoffset() is None:
-        raise CourseError(subject, f"{name} {at.isoformat()} has no time zone; pass an aware datetime (UTC)")
-    return at.astimezone(_dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def _time(text: str) -> _dt.datetime:
-    return _dt.datetime.fromisoformat(text)
-
-
-def _iso(at: _dt.datetime | None) -> str | None:
-    """A time for JSON output: UTC ISO-8601 with ``Z``."""
-    if at is None:
-        return None
-    return at.astimezone(_dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _text(subject: str, name: str, value: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise CourseError(subject, f"{name} must be non-empty text")
-    return value
-
-
-def _amount(subject: str, name: str, value: float, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise CourseError(subject, f"{name} must be a finite number, not {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise CourseError(subject, f"{name} must be {'≥' if allow_zero else '>'} 0, not {value!r}")
-    return float(value)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Patient:
-    patient_id: str
-    weight_kg: float
-    height_cm: float | None
-    created_at: _dt.datetime
-    updated_at: _dt.datetime
-
-
-@dataclasses.dataclass(frozen=True)
-class Session:
-    """One infusion session. ``weight_kg`` is the weight it was dosed for (the patient's weight when it
-    began); ``ended_at``, ``delivered_mg`` and ``outcome`` are ``None`` while it is in progress."""
-
-    session_id: str
-    patient_id: str
-    protocol: str
-    weight_kg: float
-    started_at: _dt.datetime
-    programmed_mg: float
-    log_path: str | None
-    ended_at: _dt.datetime | None
-    delivered_mg: float | None
-    outcome: str | None
-
-    @property
-    def in_progress(self) -> bool:
-        return self.ended_at is None
-
-    @property
-    def counted_mg(self) -> float:
-        """The dose a window query counts: delivered once ended, the programmed dose until then."""
-        return self.programmed_mg if self.delivered_mg is None else self.delivered_mg
-
-    @property
-    def delivered_mg_per_kg(self) -> float | None:
-        return None if self.delivered_mg is None else self.delivered_mg / self.weight_kg
-
-
-@dataclasses.dataclass(frozen=True)
-class Alarm:
-    session_id: str
-    at: _dt.datetime
-    code: str
-    detail: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Note:
-    session_id: str
-    at: _dt.datetime
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Override:
-    """A soft limit or course rule overridden: what (``kind``), why, when, by whom, and for which session
-    (``None`` when it was given before the session existed)."""
-
-    patient_id: str
-    session_id: str | None
-    kind: str
-    reason: str
-    at: _dt.datetime
-    who: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class SeriesEntry:
-    """A session in the course listing: ``interval_h`` since the previous session's start (``None`` for
-    the first), and whether it ``counts`` toward the series (its outcome is one of the counted ones)."""
-
-    session: Session
-    interval_h: float | None
-    counts: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class InitialSeries:
-    """The initial series: the first ``required`` counted sessions, expected within ``within_days`` of the
-    first (``deadline``). ``completed_at`` is the start of the last of them once the series is complete;
-    ``on_schedule`` says whether that was by the deadline (``None`` while incomplete), ``past_deadline``
-    whether an incomplete series has run past it."""
-
-    required: int
-    within_days: float
-    counted: int
-    complete: bool
-    first_start: _dt.datetime | None
-    deadline: _dt.datetime | None
-    completed_at: _dt.datetime | None
-    on_schedule: bool | None
-    past_deadline: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class MaintenanceWindow:
-    """When the next maintenance infusion falls, counted from the start of the last counted session:
-    ``not_due`` before ``due_from``, ``due`` from ``due_from`` up to and including ``overdue_after``,
-    ``overdue`` after it. Reported, not enforced."""
-
-    last_session_start: _dt.datetime
-    due_from: _dt.datetime
-    overdue_after: _dt.datetime
-    status: Literal["not_due", "due", "overdue"]
-
-
-@dataclasses.dataclass(frozen=True)
-class CourseSummary:
-    """A patient's course as of ``now``. ``maintenance`` is ``None`` until the initial series is
-    complete; ``open_sessions`` names sessions begun but never ended (each keeps counting its programmed
-    dose in every dose window until it is ended)."""
-
-    patient: Patient
-    now: _dt.datetime
-    sessions: tuple[SeriesEntry, ...]
-    initial_series: InitialSeries
-    maintenance: MaintenanceWindow | None
-    open_sessions: tuple[str, ...]
-    alarms: tuple[Alarm, ...]
-    notes: tuple[Note, ...]
-    overrides: tuple[Override, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON types; times as UTC ISO-8601 with ``Z``."""
-
-        def plain(value: object) -> object:
-            if isinstance(value, _dt.datetime):
-                return _iso(value)
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
-            return value
-
-        body = plain(dataclasses.asdict(self))
-        assert isinstance(body, dict)
-        for entry, out in zip(self.sessions, body["sessions"], strict=True):
-            out["session"]["delivered_mg_per_kg"] = entry.session.delivered_mg_per_kg
-        return body
-
-
-# --------------------------------------------------------------------------------------------------------
-# The store
-# --------------------------------------------------------------------------------------------------------
 
 _SESSION_COLUMNS: Final = (
     "session_id, patient_id, protocol, weight_kg, started_at, programmed_mg, log_path, ended_at, "
@@ -979,8 +650,3 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip():
         raise ValueError(f"incomplete statement in the schema: {buffer.strip()[:60]}")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""The records the course history hands out: patients, sessions, alarms, notes, overrides, and the
+course summary (series, initial series, maintenance window). Frozen values; the store creates them."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Any, Literal
+
+from ketapump.clinical.course.location import _iso
+
+
+@dataclasses.dataclass(frozen=True)
+class Patient:
+    patient_id: str
+    weight_kg: float
+    height_cm: float | None
+    created_at: _dt.datetime
+    updated_at: _dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """One infusion session. ``weight_kg`` is the weight it was dosed for (the patient's weight when it
+    began); ``ended_at``, ``delivered_mg`` and ``outcome`` are ``None`` while it is in progress."""
+
+    session_id: str
+    patient_id: str
+    protocol: str
+    weight_kg: float
+    started_at: _dt.datetime
+    programmed_mg: float
+    log_path: str | None
+    ended_at: _dt.datetime | None
+    delivered_mg: float | None
+    outcome: str | None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.ended_at is None
+
+    @property
+    def counted_mg(self) -> float:
+        """The dose a window query counts: delivered once ended, the programmed dose until then."""
+        return self.programmed_mg if self.delivered_mg is None else self.delivered_mg
+
+    @property
+    def delivered_mg_per_kg(self) -> float | None:
+        return None if self.delivered_mg is None else self.delivered_mg / self.weight_kg
+
+
+@dataclasses.dataclass(frozen=True)
+class Alarm:
+    session_id: str
+    at: _dt.datetime
+    code: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    session_id: str
+    at: _dt.datetime
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """A soft limit or course rule overridden: what (``kind``), why, when, by whom, and for which session
+    (``None`` when it was given before the session existed)."""
+
+    patient_id: str
+    session_id: str | None
+    kind: str
+    reason: str
+    at: _dt.datetime
+    who: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesEntry:
+    """A session in the course listing: ``interval_h`` since the previous session's start (``None`` for
+    the first), and whether it ``counts`` toward the series (its outcome is one of the counted ones)."""
+
+    session: Session
+    interval_h: float | None
+    counts: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class InitialSeries:
+    """The initial series: the first ``required`` counted sessions, expected within ``within_days`` of the
+    first (``deadline``). ``completed_at`` is the start of the last of them once the series is complete;
+    ``on_schedule`` says whether that was by the deadline (``None`` while incomplete), ``past_deadline``
+    whether an incomplete series has run past it."""
+
+    required: int
+    within_days: float
+    counted: int
+    complete: bool
+    first_start: _dt.datetime | None
+    deadline: _dt.datetime | None
+    completed_at: _dt.datetime | None
+    on_schedule: bool | None
+    past_deadline: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MaintenanceWindow:
+    """When the next maintenance infusion falls, counted from the start of the last counted session:
+    ``not_due`` before ``due_from``, ``due`` from ``due_from`` up to and including ``overdue_after``,
+    ``overdue`` after it. Reported, not enforced."""
+
+    last_session_start: _dt.datetime
+    due_from: _dt.datetime
+    overdue_after: _dt.datetime
+    status: Literal["not_due", "due", "overdue"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CourseSummary:
+    """A patient's course as of ``now``. ``maintenance`` is ``None`` until the initial series is
+    complete; ``open_sessions`` names sessions begun but never ended (each keeps counting its programmed
+    dose in every dose window until it is ended)."""
+
+    patient: Patient
+    now: _dt.datetime
+    sessions: tuple[SeriesEntry, ...]
+    initial_series: InitialSeries
+    maintenance: MaintenanceWindow | None
+    open_sessions: tuple[str, ...]
+    alarms: tuple[Alarm, ...]
+    notes: tuple[Note, ...]
+    overrides: tuple[Override, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types; times as UTC ISO-8601 with ``Z``."""
+
+        def plain(value: object) -> object:
+            if isinstance(value, _dt.datetime):
+                return _iso(value)
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        body = plain(dataclasses.asdict(self))
+        assert isinstance(body, dict)
+        for entry, out in zip(self.sessions, body["sessions"], strict=True):
+            out["session"]["delivered_mg_per_kg"] = entry.session.delivered_mg_per_kg
+        return body

@@ -1,0 +1,85 @@
+"""The course's clinician-owned numbers (``data/course.toml``): the initial series, the maintenance
+window, the journal-note window, every problem in a file listed with its path; no defaults in code."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ketapump.validation import DocumentError, parse_document
+
+SETTINGS_RESOURCE: Final = "course.toml"
+
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class InitialSeriesSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sessions: int = Field(ge=1)
+    within_days: _Positive
+    counted_outcomes: tuple[str, ...] = Field(min_length=1)
+
+
+class MaintenanceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    due_from_days: _Positive
+    overdue_after_days: _Positive
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MaintenanceSettings:
+        if self.overdue_after_days < self.due_from_days:
+            raise ValueError("overdue_after_days must not be less than due_from_days")
+        return self
+
+
+class JournalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    within_h: _Positive
+
+
+class CourseSettings(BaseModel):
+    """The course's numbers, as in ``data/course.toml`` (every field required: no defaults in code)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1]
+    initial_series: InitialSeriesSettings
+    maintenance: MaintenanceSettings
+    journal: JournalSettings
+
+
+class CourseSettingsError(DocumentError):
+    """A course settings file could not be used; ``problems`` lists every problem as ``path: message``."""
+
+    kind = "course settings file"
+
+
+def load_course_settings(path: Path | None = None) -> CourseSettings:
+    """The course settings from ``path``, or the shipped ``ketapump/data/course.toml``.
+
+    Raises :class:`CourseSettingsError` listing every problem with its dotted path.
+    """
+    if path is None:
+        return _shipped_settings()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise CourseSettingsError(str(path), [f"cannot be read: {e.strerror}"]) from e
+    return _parse_settings(text, str(path))
+
+
+@cache
+def _shipped_settings() -> CourseSettings:
+    text = resources.files("ketapump.data").joinpath(SETTINGS_RESOURCE).read_text(encoding="utf-8")
+    return _parse_settings(text, f"ketapump/data/{SETTINGS_RESOURCE}")
+
+
+def _parse_settings(text: str, source: str) -> CourseSettings:
+    return parse_document(CourseSettings, text, source, CourseSettingsError)
