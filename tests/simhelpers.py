@@ -12,6 +12,7 @@ from typing import Any
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
+from cli_contract import assert_documented
 from ketapump import _core
 from ketapump.clock import ScaledClock
 from ketapump.qa.pytest_plugin import running_sim
@@ -104,8 +105,9 @@ sim_process = running_sim
 def ketapump(
     *args: str, timeout: float = 300, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Runs the real ``ketapump`` command line in a subprocess, as a user would."""
-    return subprocess.run(
+    """Runs the real ``ketapump`` command line in a subprocess, as a user would; its exit code must be
+    one the README documents for the command (:mod:`cli_contract`)."""
+    done = subprocess.run(
         [sys.executable, "-m", "ketapump", *args],
         input=stdin,
         capture_output=True,
@@ -114,3 +116,5 @@ def ketapump(
         env=env,
         check=False,
     )
+    assert_documented(args, done.returncode, done.stderr)
+    return done

@@ -174,7 +174,7 @@ def test_damage_is_reported_at_the_first_bad_line(
     code, out, err = _run_cli(str(log))
     assert code == os.EX_DATAERR
     assert out == ""
-    assert err.strip() == f"{log}: line {bad_line}: {result.reason}"
+    assert err.strip() == f"ketapump: {log}: line {bad_line}: {result.reason}"
 
 
 def test_deleting_the_first_line_is_reported_at_line_1(tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ def test_cli_in_a_real_process(tmp_path: Path) -> None:
     _delete_line(log)
     bad = run(str(log))
     assert bad.returncode == 65
-    assert bad.stderr.startswith(f"{log}: line 3: ")
+    assert bad.stderr.startswith(f"ketapump: {log}: line 3: ")
     assert run(str(tmp_path / "missing.jsonl")).returncode == 66
 
 

@@ -261,16 +261,16 @@ def qa(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_reports_an_unreachable_or_misbehaving_balance(tmp_path: Path) -> None:
-    result = qa("--pump", "sim://", "--rate", "5", "--balance", "sics:/dev/ketapump-no-such-balance",
+    result = qa("--pump", "sim://", "--rate-ml-h", "5", "--balance", "sics:/dev/ketapump-no-such-balance",
                 "--out", str(tmp_path))  # fmt: skip
     assert result.returncode == os.EX_UNAVAILABLE
     assert "/dev/ketapump-no-such-balance" in result.stderr and "cannot open" in result.stderr
     with PtyBalance(scripted(b"EL\r\n")) as pty:
-        result = qa("--pump", "sim://", "--rate", "5", "--balance", f"sics:{pty.path}?timeout=1",
+        result = qa("--pump", "sim://", "--rate-ml-h", "5", "--balance", f"sics:{pty.path}?timeout=1",
                     "--out", str(tmp_path))  # fmt: skip
     assert result.returncode == os.EX_PROTOCOL, result.stderr
     assert pty.path in result.stderr and "SI answered EL" in result.stderr
     assert not (tmp_path / "accuracy.json").exists()
-    no_pump = qa("--rate", "5", "--balance", "sics:/dev/ttyUSB0", "--out", str(tmp_path))
+    no_pump = qa("--rate-ml-h", "5", "--balance", "sics:/dev/ttyUSB0", "--out", str(tmp_path))
     assert no_pump.returncode == os.EX_DATAERR and "--pump" in no_pump.stderr
     assert "Traceback" not in no_pump.stderr

@@ -5,28 +5,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
 from ketapump.qa.accuracy import analyse, readings_from_csv
+from simhelpers import ketapump
 
 
 def qa(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ketapump", "qa", "accuracy", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return ketapump("qa", "accuracy", *args)
 
 
 @pytest.mark.parametrize("rate", [1.0, 5.0])
 def test_nominal_plant_meets_s1_and_s2_with_report_and_plots(rate: float, tmp_path: Path) -> None:
-    result = qa("--pump", "sim://?seed=1", "--rate", str(rate), "--json", "--out", str(tmp_path))
+    result = qa("--pump", "sim://?seed=1", "--rate-ml-h", str(rate), "--json", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert abs(report["mean_error_pct"]) <= 2.0 and report["s1_met"]
@@ -41,7 +35,7 @@ def test_nominal_plant_meets_s1_and_s2_with_report_and_plots(rate: float, tmp_pa
 
 def test_a_period_the_syringe_cannot_hold_is_refused(tmp_path: Path) -> None:
     # 52.5 mL/h for 120 min is 105 mL: more than the largest (60 mL) syringe.
-    result = qa("--pump", "sim://", "--rate", "52.5", "--syringe", "bd-plastipak-60", "--out", str(tmp_path))
+    result = qa("--rate-ml-h", "52.5", "--syringe", "bd-plastipak-60", "--out", str(tmp_path))
     assert result.returncode == os.EX_DATAERR
     # Names the volume, the syringe's capacity and the longest period that fits.
     assert "needs 105.4 mL" in result.stderr and "bd-plastipak-60 syringe holds (60 mL)" in result.stderr
@@ -52,8 +46,8 @@ def test_a_period_the_syringe_cannot_hold_is_refused(tmp_path: Path) -> None:
 def test_52_5_ml_h_meets_s1_and_s2_over_the_longest_period_the_syringe_holds(tmp_path: Path) -> None:
     # Deviation from the method (docs/qa.md): T = 68 min instead of 120, the second half analysed.
     result = qa(
-        "--pump", "sim://?seed=1", "--rate", "52.5", "--syringe", "bd-plastipak-60", "--duration", "68m",
-        "--json", "--out", str(tmp_path),
+        "--pump", "sim://?seed=1", "--rate-ml-h", "52.5", "--syringe", "bd-plastipak-60",
+        "--duration-min", "68", "--json", "--out", str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -71,7 +65,7 @@ def test_a_csv_recording_is_analysed_like_the_live_balance(tmp_path: Path) -> No
     path.write_text("\n".join(rows) + "\n")
     result = analyse(readings_from_csv(path), rate_ml_h=6.0, duration_min=120.0)
     assert result.mean_error_pct == pytest.approx(-1.0)
-    run = qa("--balance", f"csv:{path}", "--rate", "6", "--json", "--out", str(tmp_path / "r"))
+    run = qa("--balance", f"csv:{path}", "--rate-ml-h", "6", "--json", "--out", str(tmp_path / "r"))
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["mean_error_pct"] == pytest.approx(-1.0)
 
@@ -79,9 +73,9 @@ def test_a_csv_recording_is_analysed_like_the_live_balance(tmp_path: Path) -> No
 def test_a_malformed_or_incomplete_recording_names_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("t_s,grams\n0,0\n30,abc\n")
-    result = qa("--balance", f"csv:{bad}", "--rate", "6", "--out", str(tmp_path / "r"))
+    result = qa("--balance", f"csv:{bad}", "--rate-ml-h", "6", "--out", str(tmp_path / "r"))
     assert result.returncode == os.EX_DATAERR and "bad.csv:3" in result.stderr
     short = tmp_path / "short.csv"
     short.write_text("0,0\n30,0.05\n")
-    result = qa("--balance", f"csv:{short}", "--rate", "6", "--out", str(tmp_path / "r"))
+    result = qa("--balance", f"csv:{short}", "--rate-ml-h", "6", "--out", str(tmp_path / "r"))
     assert result.returncode == os.EX_DATAERR and "missing at 60 s" in result.stderr

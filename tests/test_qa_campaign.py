@@ -126,7 +126,7 @@ def test_a_replay_that_differs_from_its_record_is_reported(tmp_path: Path) -> No
     path.write_text(json.dumps(record))
     result = campaign("--replay", str(path))
     assert result.returncode == 70
-    assert "DIFFERS from the record" in result.stderr
+    assert "DIFFERS from the record" in result.stdout
 
 
 def test_campaign_on_a_local_dask_cluster_matches_the_local_run(tmp_path: Path) -> None:

@@ -248,7 +248,15 @@ def qa(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_reports_s5_s6_with_json_and_plot(tmp_path: Path) -> None:
     result = qa(
-        "--pump", "sim://?seed=1", "--rate", "5", "--threshold", "300", "--json", "--out", str(tmp_path)
+        "--pump",
+        "sim://?seed=1",
+        "--rate-ml-h",
+        "5",
+        "--threshold-mmhg",
+        "300",
+        "--json",
+        "--out",
+        str(tmp_path),
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -260,18 +268,18 @@ def test_cli_reports_s5_s6_with_json_and_plot(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "occlusion.json").read_text()) == report
     assert matplotlib.image.imread(report["plot"]).shape[:2] == (450, 900)
     # The human summary, and the threshold-only baseline.
-    human = qa("--pump", "sim://?seed=1", "--rate", "5", "--no-slope", "--out", str(tmp_path / "h"))
+    human = qa("--pump", "sim://?seed=1", "--rate-ml-h", "5", "--no-slope", "--out", str(tmp_path / "h"))
     assert human.returncode == 0, human.stderr
-    assert "alarm (occlusion_pressure)" in human.stderr and "S5 bound" in human.stderr
-    assert "S6 (≤ 0.5 mL) met" in human.stderr
+    assert "alarm (occlusion_pressure)" in human.stdout and "S5 bound" in human.stdout
+    assert "S6 (≤ 0.5 mL) met" in human.stdout and human.stderr == ""
 
 
 def test_cli_names_a_run_that_cannot_be_judged(tmp_path: Path) -> None:
     # 50 mmHg is below the nominal line's ~62 mmHg working pressure at 52.5 mL/h.
-    result = qa("--pump", "sim://", "--rate", "52.5", "--threshold", "50", "--out", str(tmp_path))
+    result = qa("--rate-ml-h", "52.5", "--threshold-mmhg", "50", "--out", str(tmp_path))
     assert result.returncode == os.EX_DATAERR
     assert "cannot be judged" in result.stderr and "working pressure" in result.stderr
-    bad = qa("--pump", "sim://", "--rate", "5", "--threshold", "2000", "--out", str(tmp_path))
+    bad = qa("--rate-ml-h", "5", "--threshold-mmhg", "2000", "--out", str(tmp_path))
     assert bad.returncode == os.EX_DATAERR and "occlusion_threshold_mmhg" in bad.stderr
 
 
@@ -285,7 +293,7 @@ def test_cli_on_a_pump_by_url_asks_the_operator_to_close_and_open_the_line(tmp_p
         proc = subprocess.Popen(
             [sys.executable, "-m", "ketapump", "qa", "occlusion",
              "--pump", f"modbus-tcp://{endpoints['modbus_tcp']}", "--time-scale", "10",
-             "--rate", "52.5", "--threshold", "300", "--settle", "150", "--release", "20",
+             "--rate-ml-h", "52.5", "--threshold-mmhg", "300", "--settle-s", "150", "--release-s", "20",
              "--json", "--out", str(tmp_path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip

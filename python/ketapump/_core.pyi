@@ -16,6 +16,7 @@ from typing import Any, Final, Literal, final
 
 __all__ = [
     "ALARMS",
+    "BUILD_PROFILE",
     "ControlStatus",
     "KernelConfig",
     "NespPort",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 __version__: Final[str]
+
+BUILD_PROFILE: Final[Literal["debug", "release"]]
+"""The cargo profile this module was compiled with (``release`` unless built for debugging)."""
 
 ALARMS: Final[list[str]]
 """Every alarm name, in code order."""

@@ -422,6 +422,8 @@ fn clamp_rate(requested_ml_s: f64, max_ml_s: f64, headroom_ml: f64, period_s: f6
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Which build is loaded (`ketapump --version`): benchmarks and timings mean nothing on a debug one.
+    m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
     m.add("ALARMS", kc::Alarm::ALL.map(kc::Alarm::as_str).to_vec())?;
     m.add_class::<KernelConfig>()?;
     m.add_class::<SafetyKernel>()?;

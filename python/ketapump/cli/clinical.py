@@ -12,19 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from ketapump import _core
-from ketapump.cli.common import EXIT_ABORTED, EXIT_INTERLOCK, EXIT_LIMIT, fail
+from ketapump.cli.common import (
+    AUDIT_LOG_DEFAULT,
+    COURSE_DB_DEFAULT,
+    DEFAULT_PUMP,
+    EXIT_ABORTED,
+    EXIT_INTERLOCK,
+    EXIT_LIMIT,
+    PUMP_HELP,
+    Command,
+    fail,
+    result_json,
+)
 from ketapump.clinical import (
     Patient,
     ScriptedOperator,
@@ -51,6 +61,8 @@ from ketapump.errors import (
 )
 from ketapump.validation import input_exit_code
 
+Sex = Literal["female", "male"]
+
 
 def dose(
     protocol: Annotated[str, typer.Option(help="Protocol file, or a shipped protocol's name.")],
@@ -58,26 +70,23 @@ def dose(
     height_cm: Annotated[
         float | None, typer.Option(help="Height (cm): needed for ideal or adjusted weight.")
     ] = None,
-    sex: Annotated[
-        str | None, typer.Option(help="female or male: needed for ideal or adjusted weight.")
-    ] = None,
+    sex: Annotated[Sex | None, typer.Option(help="Needed for ideal or adjusted weight.")] = None,
     library: Annotated[
-        Path | None, typer.Option(help="Drug library file (default: the shipped one).")
+        Path | None,
+        typer.Option(help="Drug library file.", show_default="the shipped ketapump/data/drug_library.toml"),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
 ) -> None:
     """Dose calculator: mg, mL, mL/h, duration, syringe fill, and the limits that apply.
 
-    Exit codes: 0 allowed (soft findings need a confirmation when the session runs), 6 refused by a
-    hard limit, 65 invalid protocol, library or patient data, 66 protocol or library file (or shipped
-    protocol name) not found.
+    Exit codes: 0 allowed (soft findings need a confirmation when the session runs), 2 usage, 6 refused
+    by a hard limit, 65 invalid protocol, library or patient data, 66 protocol or library file (or
+    shipped protocol name) not found.
     """
-    if sex is not None and sex not in {"female", "male"}:
-        raise fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
     try:
         proto = load_protocol(protocol)
         lib = load_library(library)
-        patient = Patient("dose-calculator", weight_kg, height_cm, sex)  # type: ignore[arg-type]
+        patient = Patient("dose-calculator", weight_kg, height_cm, sex)
         plan = plan_dose(proto, patient)
         entry = lib.drug(plan.drug)
         findings = druglib.check(entry, druglib.order_for(plan, patient))
@@ -94,7 +103,7 @@ def dose(
         "allowed": not any(f.severity == "hard" for f in findings),
     }
     if json_output:
-        sys.stdout.write(json.dumps(result) + "\n")
+        result_json(result)
     else:
         _print_dose(plan.as_dict(), result)
     if not result["allowed"]:
@@ -174,35 +183,43 @@ def session(
     protocol: Annotated[str, typer.Option(help="Protocol file, or a shipped protocol's name.")],
     patient: Annotated[str, typer.Option(help="Patient id in the course history.")],
     weight_kg: Annotated[float, typer.Option(help="Actual body weight (kg).")],
-    pump: Annotated[str, typer.Option(help="Pump URL (see `ketapump run`).")] = "sim://",
+    pump: Annotated[str, typer.Option(help=PUMP_HELP)] = DEFAULT_PUMP,
     height_cm: Annotated[
         float | None, typer.Option(help="Height (cm), for ideal or adjusted weight.")
     ] = None,
-    sex: Annotated[str | None, typer.Option(help="female or male, for ideal or adjusted weight.")] = None,
+    sex: Annotated[Sex | None, typer.Option(help="Needed for ideal or adjusted weight.")] = None,
     vitals: Annotated[
         str, typer.Option(help="Vitals feed: 'sim' (the demo patient), 'sim:SCRIPT.toml' or 'csv:PATH'.")
     ] = "sim",
     library: Annotated[
-        Path | None, typer.Option(help="Drug library file (default: the shipped one).")
+        Path | None,
+        typer.Option(help="Drug library file.", show_default="the shipped ketapump/data/drug_library.toml"),
     ] = None,
     course_db: Annotated[
-        Path | None, typer.Option(help="Course history (default: see docs/course.md).")
+        Path | None,
+        typer.Option(help="Course history (SQLite).", show_default=COURSE_DB_DEFAULT),
     ] = None,
     confirm: Annotated[
         list[str] | None,
-        typer.Option(help="KIND=REASON: confirm a soft limit or course rule with a reason (repeatable)."),
+        typer.Option(
+            metavar="KIND=REASON", help="Confirm a soft limit or course rule with a reason (repeatable)."
+        ),
     ] = None,
     yes: Annotated[
-        bool, typer.Option("--yes", help="Answer every checklist item yes (scripted runs).")
+        bool,
+        typer.Option(
+            "--yes",
+            help="Answer every checklist item yes (scripted runs); without it they are asked on stdin.",
+        ),
     ] = False,
     out: Annotated[Path, typer.Option(help="Directory for the report and plots.")] = Path("ketapump-session"),
-    log: Annotated[Path | None, typer.Option(help="Audit log file (default: see README).")] = None,
+    log: Annotated[Path | None, typer.Option(help="Audit log file.", show_default=AUDIT_LOG_DEFAULT)] = None,
     time_scale: Annotated[
         float | None,
         typer.Option(
             min=0.001,
-            help="Pump seconds per real second (must match a scaled hw-sim; sim:// runs in virtual time "
-            "unless given).",
+            help="Pump seconds per real second (must match a scaled hw-sim).",
+            show_default="virtual time for sim://, else 1.0",
         ),
     ] = None,
     resume_after_s: Annotated[
@@ -218,17 +235,16 @@ def session(
     Everything given is validated before anything is written (exit 65, every problem listed). Checklist
     items are asked on the terminal unless --yes; a soft limit or course rule proceeds only with
     --confirm KIND=REASON. While it runs, SIGUSR1 pauses and SIGUSR2 resumes the infusion; SIGINT or
-    SIGTERM stops it (the session still observes and records). Exit codes: 0 complete, 3 ended early
-    (interlock, operator, link), 6 refused by a limit or an unconfirmed soft limit, 7 aborted in the
-    pre-check, 65 invalid data, 66 a file not found, 69 pump unreachable, 74 log unwritable.
+    SIGTERM stops it (the session still observes and records). Exit codes: 0 complete, 2 usage, 3 ended
+    early (interlock, operator, link), 6 refused by a limit or an unconfirmed soft limit, 7 aborted in
+    the pre-check (also: a checklist item left unanswered, as when stdin is not a terminal and --yes is
+    not given), 65 invalid data, 66 a file not found, 69 pump unreachable, 74 log unwritable.
     """
-    if sex is not None and sex not in {"female", "male"}:
-        raise fail(f"--sex {sex!r}: use female or male", os.EX_USAGE)
     try:
         reasons = _reasons(confirm or [])
         setup = prepare_session(
             protocol=protocol,
-            patient=Patient(patient, weight_kg, height_cm, sex),  # type: ignore[arg-type]
+            patient=Patient(patient, weight_kg, height_cm, sex),
             operator=ScriptedOperator(),
             pump=pump,
             vitals=vitals,
@@ -266,10 +282,23 @@ def _reasons(confirm: list[str]) -> dict[str, str]:
 
 
 def _ask_checklist(items: list[str]) -> dict[str, bool]:
-    """The terminal operator: every checklist item asked up front, before the pump is touched."""
-    return {
-        item: typer.confirm(f"confirm: {item}?", default=False, err=True) for item in dict.fromkeys(items)
-    }
+    """The terminal operator: every checklist item asked up front, before anything is written or the
+    pump touched. An item left unanswered (stdin closed or not a terminal, or Ctrl-C at the prompt)
+    aborts the pre-check (exit 7) with nothing written."""
+    answers = {}
+    for item in dict.fromkeys(items):
+        try:
+            answers[item] = typer.confirm(f"confirm: {item}?", default=False, err=True)
+        except (typer.Abort, RuntimeError) as e:  # EOF or Ctrl-C; no stdin at all (lost sys.stdin)
+            typer.echo(err=True)  # end the prompt's line
+            interactive = sys.stdin is not None and sys.stdin.isatty()
+            how = "the prompt was interrupted" if interactive else "stdin is not a terminal"
+            raise fail(
+                f"checklist item not answered: {item} ({how}; answer each item, or pass --yes to confirm "
+                "them all in a scripted run); nothing was delivered",
+                EXIT_ABORTED,
+            ) from e
+    return answers
 
 
 def _execute(setup: SessionSetup, *, json_output: bool) -> None:
@@ -296,9 +325,9 @@ def _execute(setup: SessionSetup, *, json_output: bool) -> None:
         raise fail(str(e), os.EX_DATAERR) from e
     machine = outcome.summary()
     if json_output:
-        sys.stdout.write(json.dumps(machine) + "\n")
+        result_json(machine)
     else:
-        _print_summary(console, outcome.result, machine)
+        _print_summary(outcome.result, machine)
     if not outcome.complete:
         raise typer.Exit(EXIT_INTERLOCK)
 
@@ -344,7 +373,9 @@ async def _run_with_signals(runner: SessionRunner, console: Console, *, quiet: b
                 loop.remove_signal_handler(sig)
 
 
-def _print_summary(console: Console, result: SessionResult, machine: dict[str, Any]) -> None:
+def _print_summary(result: SessionResult, machine: dict[str, Any]) -> None:
+    """The session's result on stdout (the progress went to stderr)."""
+    console = Console()
     r = result
     lines = [
         f"[bold]session {r.outcome}[/bold]  ({r.plan.protocol}, {r.plan.weight_kg:g} kg)",
@@ -360,9 +391,9 @@ def _print_summary(console: Console, result: SessionResult, machine: dict[str, A
 
 
 def register_cli(app: typer.Typer) -> None:
-    app.command()(dose)
-    app.command()(demo)
-    app.command()(session)
+    app.command(cls=Command)(dose)
+    app.command(cls=Command)(demo)
+    app.command(cls=Command)(session)
 
 
 __all__ = ["register_cli"]

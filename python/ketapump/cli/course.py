@@ -8,15 +8,14 @@ read or written, 2 usage.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ketapump.cli.common import COURSE_DB_DEFAULT, Command, command_group, fail, result, result_json
 from ketapump.clinical import CourseHistory, CourseSummary, default_course_path
 from ketapump.errors import CourseError, CourseRecordNotFoundError
 
@@ -103,33 +102,30 @@ def _course_error(path: Path, error: Exception) -> typer.Exit:
     """Report ``error`` naming the file and the record; sysexits code for its kind."""
     text = str(error)
     message = text if text.startswith(str(path)) else f"{path}: {text}"
-    typer.echo(f"ketapump: {message}", err=True)
     if isinstance(error, CourseRecordNotFoundError):
-        return typer.Exit(os.EX_NOINPUT)
+        return fail(message, os.EX_NOINPUT)
     if isinstance(error, CourseError):
-        return typer.Exit(os.EX_DATAERR)
-    return typer.Exit(os.EX_IOERR)
+        return fail(message, os.EX_DATAERR)
+    return fail(message, os.EX_IOERR)
 
 
 def _db_option() -> Any:
-    return typer.Option(
-        "--course-db", help="Course database (default: $XDG_DATA_HOME/ketapump/course.sqlite3)."
-    )
+    return typer.Option("--course-db", help="Course database (SQLite).", show_default=COURSE_DB_DEFAULT)
 
 
-course_app = typer.Typer(
-    name="course", no_args_is_help=True, help="Course history: sessions, maintenance timing, notes."
-)
+course_app = command_group("course", help="Course history: sessions, maintenance timing, notes.")
 
 
-@course_app.command("show")
+@course_app.command("show", cls=Command)
 def show_command(
     patient: Annotated[str, typer.Argument(help="Patient id.")],
     course_db: Annotated[Path | None, _db_option()] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
     now: Annotated[
         str | None,
-        typer.Option(help="Reference time for maintenance timing (ISO-8601, UTC unless an offset)."),
+        typer.Option(
+            help="Reference time for maintenance timing (ISO-8601, UTC unless an offset).", show_default="now"
+        ),
     ] = None,
 ) -> None:
     """The patient's sessions, initial series, maintenance timing, alarms, notes and overrides."""
@@ -141,12 +137,12 @@ def show_command(
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None
     if json_output:
-        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+        result_json(summary.to_json())
     else:
-        typer.echo("\n".join(_describe(summary, path)))
+        result("\n".join(_describe(summary, path)))
 
 
-@course_app.command("note")
+@course_app.command("note", cls=Command)
 def note_command(
     session: Annotated[str, typer.Argument(help="Session id.")],
     text: Annotated[str, typer.Argument(help="The journal note.")],
@@ -163,4 +159,4 @@ def note_command(
             note = history.add_note(session, text, when)
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None
-    typer.echo(f"note added to session {note.session_id} at {_short(note.at)}")
+    result(f"note added to session {note.session_id} at {_short(note.at)}")

@@ -12,11 +12,12 @@ from typing import Annotated
 import typer
 
 from ketapump.bridge import verify
+from ketapump.cli.common import Command, command_group, fail, result
 
-log_app = typer.Typer(name="log", no_args_is_help=True, help="Inspect audit logs.")
+log_app = command_group("log", help="Inspect audit logs.")
 
 
-@log_app.command("verify")
+@log_app.command("verify", cls=Command)
 def verify_command(
     file: Annotated[Path, typer.Argument(help="Audit log (JSON lines) to check.")],
     expect_prev: Annotated[
@@ -24,16 +25,16 @@ def verify_command(
         typer.Option(help="Final hash of the previous file, which the first record must continue."),
     ] = None,
 ) -> None:
-    """Recompute the hash chain of FILE and name the first damaged line."""
+    """Recompute the hash chain of FILE and name the first damaged line.
+
+    Exit codes: 0 intact, 2 usage, 65 damaged (the first damaged line named), 66 missing or unreadable.
+    """
     try:
-        result = verify(file, expect_prev=expect_prev)
+        checked = verify(file, expect_prev=expect_prev)
     except FileNotFoundError:
-        typer.echo(f"{file}: no such file", err=True)
-        raise typer.Exit(os.EX_NOINPUT) from None
+        raise fail(f"{file}: no such file", os.EX_NOINPUT) from None
     except OSError as exc:
-        typer.echo(f"{file}: cannot read: {exc.strerror or exc}", err=True)
-        raise typer.Exit(os.EX_NOINPUT) from None
-    if not result.ok:
-        typer.echo(f"{file}: line {result.bad_line}: {result.reason}", err=True)
-        raise typer.Exit(os.EX_DATAERR)
-    typer.echo(f"OK: {result.records} records, final hash {result.final_hash}")
+        raise fail(f"{file}: cannot read: {exc.strerror or exc}", os.EX_NOINPUT) from None
+    if not checked.ok:
+        raise fail(f"{file}: line {checked.bad_line}: {checked.reason}", os.EX_DATAERR)
+    result(f"OK: {checked.records} records, final hash {checked.final_hash}")

@@ -6,24 +6,41 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ketapump import _core
-from ketapump.cli.common import fail
+from ketapump.cli.common import (
+    DEFAULT_PUMP,
+    EXIT_USAGE,
+    PUMP_HELP,
+    Command,
+    Renamed,
+    command_class,
+    command_group,
+    fail,
+    minutes,
+    output_dir,
+    progress_console,
+    result,
+    result_json,
+    warn,
+)
 from ketapump.errors import ConfigurationError, TransportError
 from ketapump.qa import accuracy, campaign, occlusion, rig, trace
 from ketapump.qa import balance as balances
 from ketapump.validation import input_exit_code
 from ketapump.wire import split_url
 
-qa_app = typer.Typer(no_args_is_help=True, help="QA tools: IEC 60601-2-24 style tests.")
+qa_app = command_group(help="QA tools: IEC 60601-2-24 style tests.")
 
 
-@qa_app.command("campaign")
+@qa_app.command("campaign", cls=Command)
 def qa_campaign(
     spec: Annotated[
         str | None,
@@ -40,24 +57,23 @@ def qa_campaign(
         typer.Option("--replay", help="A SEED to run again with SPEC, or a failing-seeds.json record."),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
-    out: Annotated[Path, typer.Option(help="Directory for summary.json and failing-seeds.json.")] = Path(
-        "campaign-report"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Directory for summary.json (and failing-seeds.json if a run failed).")
+    ] = Path("campaign-report"),
 ) -> None:
     """Seeded fault campaign: randomized closed-loop runs (kernel + hw-sim plant, in Rust) checked
     against S3 (overdose, cap, fault-free accuracy), S5 (missed occlusion) and S7 (latched alarms).
 
     Exit codes: 0 no violation, 1 violations found (seeds written to OUT/failing-seeds.json),
     2 usage, 65 invalid spec or record, 66 spec not found, 69 Dask unavailable, 70 a campaign.replay differs
-    from its record.
+    from its record, 73 OUT cannot be written.
     """
     if replay_from is not None and not replay_from.isdigit():
         _replay_file(Path(replay_from), spec, json_output)
         return
     if spec is None:
-        raise fail(
-            "SPEC is required (a file or a shipped name: " + ", ".join(campaign.shipped_specs()) + ")", 2
-        )
+        shipped = ", ".join(campaign.shipped_specs())
+        raise fail(f"SPEC is required (a file or a shipped name: {shipped})", EXIT_USAGE)
     try:
         spec_, config = campaign.load_spec(spec)
     except campaign.CampaignSpecError as e:
@@ -65,52 +81,90 @@ def qa_campaign(
     if replay_from is not None:
         _replay_seed(spec_, config, int(replay_from), json_output)
         return
+    output_dir(out)
     seeds = list(range(seed, seed + runs))
     try:
-        result = campaign.run_campaign(spec_, config, seeds, workers=workers, dask_address=dask)
+        with _campaign_progress(runs) as on_progress:
+            outcome = campaign.run_campaign(
+                spec_, config, seeds, workers=workers, dask_address=dask, on_progress=on_progress
+            )
     except ImportError as e:
         message = f"--dask needs the 'distributed' package (pip install 'ketapump[dask]'): {e}"
         raise fail(message, os.EX_UNAVAILABLE) from e
     except (OSError, TimeoutError) as e:
         raise fail(f"cannot reach the Dask scheduler {dask}: {e}", os.EX_UNAVAILABLE) from e
-    report = campaign.summary(result, spec, seed)
+    report = campaign.summary(outcome, spec, seed)
     failing_path = out / "failing-seeds.json"
-    campaign.write_record(failing_path, campaign.replay_record(spec_, config, result.failing()))
-    report["failing_seeds"] = str(failing_path)
-    (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report["failing_seeds"] = str(failing_path) if outcome.violations else None
+    try:
+        if outcome.violations:
+            campaign.write_record(failing_path, campaign.replay_record(spec_, config, outcome.failing()))
+        (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise fail(f"cannot write the campaign report in {out}: {e.strerror or e}", os.EX_CANTCREAT) from e
     if json_output:
-        sys.stdout.write(json.dumps(report) + "\n")
+        result_json(report)
     else:
-        _print_summary(report)
-    if result.violations:
+        _print_summary(report, stale_record=failing_path.exists() and not outcome.violations)
+    if outcome.violations:
         raise typer.Exit(campaign.EXIT_VIOLATIONS)
 
 
-def _print_summary(report: dict[str, Any]) -> None:
-    typer.echo(
-        f"{report['runs']} runs ({report['backend']}) in {report['seconds']:.1f} s: "
+@contextmanager
+def _campaign_progress(runs: int) -> Iterator[Any]:
+    """A progress bar on stderr while the runs go (drawn only on a terminal: nothing in a pipe or log)."""
+    console = progress_console()
+    columns = (
+        TextColumn("campaign"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("campaign", total=runs)
+        yield lambda done: progress.update(task, completed=done)
+
+
+def _counts(title: str, counts: dict[str, int]) -> list[str]:
+    """One section of the campaign table: a title and one aligned ``name  count`` row per entry."""
+    if not counts:
+        return [f"{title}: none"]
+    width = max(len(name) for name in counts)
+    return [f"{title}:"] + [f"  {name:<{width}}  {n:>7}" for name, n in sorted(counts.items())]
+
+
+def _print_summary(report: dict[str, Any], *, stale_record: bool) -> None:
+    lines = [
+        f"campaign {report['spec']}, seeds {report['seed_base']}…{report['seed_base'] + report['runs'] - 1}",
+        f"  {report['runs']} runs ({report['backend']}) in {report['seconds']:.1f} s: "
         f"{report['runs_per_s']:.0f} runs/s, {report['simulated_h']:.0f} h simulated",
-        err=True,
-    )
-    typer.echo(
-        f"faults injected: {report['faults'] or 'none'}; fault-free runs {report['fault_free_runs']}; "
-        f"bridge restarts {report['restarts']}; over-cap programs {report['over_cap_runs']} "
-        f"({report['refused']} refused)",
-        err=True,
-    )
-    typer.echo(f"end states: {report['states']}; alarms: {report['alarms'] or 'none'}", err=True)
-    for v in report["violations"][:20]:
-        typer.echo(f"VIOLATION seed {v['seed']} {v['invariant']}: {v['detail']}", err=True)
+        f"  fault-free runs {report['fault_free_runs']}, bridge restarts {report['restarts']}, "
+        f"over-cap programs {report['over_cap_runs']} ({report['refused']} refused)",
+        *_counts("faults injected", report["faults"]),
+        *_counts("end states", report["states"]),
+        *_counts("alarms", report["alarms"]),
+        *_counts("violations by invariant", report["violations_by_invariant"]),
+    ]
+    lines += [
+        f"VIOLATION seed {v['seed']} {v['invariant']}: {v['detail']}" for v in report["violations"][:20]
+    ]
     if len(report["violations"]) > 20:
-        typer.echo(f"… {len(report['violations']) - 20} more", err=True)
-    verdict = "no violation" if not report["violations"] else f"{len(report['violations'])} violations"
-    typer.echo(f"{verdict}; failing seeds in {report['failing_seeds']}", err=True)
+        lines.append(f"… {len(report['violations']) - 20} more (all in {report['failing_seeds']})")
+    if report["violations"]:
+        lines.append(f"{len(report['violations'])} violations; failing seeds in {report['failing_seeds']}")
+    else:
+        lines.append("no violation; no failing seeds")
+    for line in lines:
+        result(line)
+    if stale_record:
+        warn("the failing-seeds.json in the output directory is from an earlier campaign (left as it was)")
 
 
 def _emit_replays(replays: list[campaign.Replay], json_output: bool) -> None:
     if json_output:
         rows = [{"seed": r.seed, "identical": r.identical, "outcome": r.outcome} for r in replays]
-        sys.stdout.write(json.dumps({"replays": rows}) + "\n")
+        result_json({"replays": rows})
         return
     for r in replays:
         o = r.outcome
@@ -118,14 +172,13 @@ def _emit_replays(replays: list[campaign.Replay], json_output: bool) -> None:
         same = ""
         if r.recorded is not None:
             same = "; identical to the record" if r.identical else "; DIFFERS from the record"
-        typer.echo(
+        result(
             f"seed {r.seed}: {o['syringe']} {o['rate_ml_h']:.3f} mL/h, {o['programmed_ml']:.4f} mL "
             f"programmed, {o['delivered_ml']:.6f} mL delivered, ended {o['state']} "
-            f"(alarms: {', '.join(o['alarms']) or 'none'}; faults: {faults}){same}",
-            err=True,
+            f"(alarms: {', '.join(o['alarms']) or 'none'}; faults: {faults}){same}"
         )
         for v in o["violations"]:
-            typer.echo(f"  VIOLATION {v['invariant']}: {v['detail']}", err=True)
+            result(f"  VIOLATION {v['invariant']}: {v['detail']}")
 
 
 def _finish_replay(replays: list[campaign.Replay]) -> None:
@@ -145,7 +198,8 @@ def _replay_seed(
 
 def _replay_file(path: Path, spec: str | None, json_output: bool) -> None:
     if spec is not None:
-        raise fail("a campaign.replay file carries its own spec and kernel configuration: give no SPEC", 2)
+        message = "a campaign.replay file carries its own spec and kernel configuration: give no SPEC"
+        raise fail(message, EXIT_USAGE)
     try:
         spec_, config, failing = campaign.load_record(path)
     except campaign.CampaignSpecError as e:
@@ -157,21 +211,30 @@ def _replay_file(path: Path, spec: str | None, json_output: bool) -> None:
     _finish_replay(replays)
 
 
-@qa_app.command("accuracy")
+@qa_app.command(
+    "accuracy",
+    cls=command_class(Renamed("--rate", "--rate-ml-h"), Renamed("--duration", "--duration-min", minutes)),
+)
 def qa_accuracy(
-    rate: Annotated[float, typer.Option(help="Set rate (mL/h).")],
+    rate_ml_h: Annotated[float, typer.Option(help="Set rate (mL/h).")],
     pump: Annotated[
-        str | None, typer.Option(help="Pump URL to run (sim:// for the simulator's balance).")
+        str | None,
+        typer.Option(
+            help=PUMP_HELP + " With --balance sics:PORT, required (the pump on the balance); not used with "
+            "--balance csv:PATH.",
+            show_default=DEFAULT_PUMP,
+        ),
     ] = None,
     syringe: Annotated[str, typer.Option(help="Syringe from the catalogue.")] = "bd-plastipak-50",
-    duration: Annotated[
-        str, typer.Option(help="Test period T, e.g. 120m; the second half is analysed.")
-    ] = "120m",
+    duration_min: Annotated[
+        float, typer.Option(min=0.0, help="Test period T (min); the second half is analysed.")
+    ] = 120.0,
     balance: Annotated[
         str,
         typer.Option(
-            help="'sim' (the simulator's balance), 'csv:PATH' (t_s,grams) or 'sics:PORT[?baud=9600]' "
-            "(an MT-SICS laboratory balance on a serial port, read every 30 s)."
+            help="'sim' (the simulator's balance; needs a sim:// pump), 'csv:PATH' (t_s,grams) or "
+            "'sics:PORT[?baud=9600]' (an MT-SICS laboratory balance on a serial port, read every 30 s, "
+            "weighing the real pump given by --pump)."
         ),
     ] = "sim",
     json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
@@ -180,34 +243,32 @@ def qa_accuracy(
     """Gravimetric accuracy (mean error A, trumpet Ep(max)/Ep(min)) against S1 and S2.
 
     With --balance sim the pump (sim://) is run through the bridge for the whole period; with
-    --balance sics:PORT any pump is run and a serial balance weighed every 30 s; with --balance
+    --balance sics:PORT the pump at --pump is run and a serial balance weighed every 30 s; with --balance
     csv:PATH an existing recording is analysed. A period the syringe cannot hold is refused (exit 65).
-    Exit codes: 0 analysed (the verdict is in the report), 65 invalid data, 66 no such file, 69 pump or
-    balance unreachable, 76 the balance answered with an error or garbled bytes.
+    Exit codes: 0 analysed (the verdict is in the report), 2 usage, 65 invalid data, 66 no such file,
+    69 pump or balance unreachable, 73 OUT cannot be written, 76 the balance answered with an error or
+    garbled bytes.
     """
-    try:
-        duration_min = float(duration.removesuffix("m"))
-        if not duration_min > 0:
-            raise ValueError("must be positive")
-    except ValueError as e:
-        raise fail(f"--duration {duration!r}: {e}", os.EX_USAGE) from e
+    if not duration_min > 0:
+        raise typer.BadParameter("must be more than 0", param_hint="--duration-min")
     try:
         if balance == "sim":
-            if not pump or split_url(pump)[0] != "sim":
-                raise ConfigurationError(
-                    "balance", "'sim' needs --pump sim://… (the simulator's own balance)"
-                )
-            readings = asyncio.run(accuracy.run_accuracy(pump, rate, syringe, duration_min))
+            pump = pump or DEFAULT_PUMP
+            if split_url(pump)[0] != "sim":
+                raise ConfigurationError("balance", "'sim' weighs the simulator: it needs --pump sim://…")
+            readings = asyncio.run(accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min))
         elif balance.startswith("sics:"):
-            if not pump:
-                raise ConfigurationError("pump", "--balance sics:PORT needs the --pump to run")
+            if pump is None:
+                # No default here: a real balance weighing the simulator by mistake would look like a
+                # pump that delivers nothing.
+                raise ConfigurationError("pump", "--balance sics:PORT needs the --pump on the balance")
             scale = balances.SicsBalance.from_spec(balance.removeprefix("sics:"))
-            readings = asyncio.run(accuracy.run_accuracy(pump, rate, syringe, duration_min, scale))
+            readings = asyncio.run(accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, scale))
         elif balance.startswith("csv:"):
             readings = accuracy.readings_from_csv(Path(balance.removeprefix("csv:")))
         else:
             raise ConfigurationError("balance", f"{balance!r} is not 'sim', 'csv:PATH' or 'sics:PORT'")
-        result = accuracy.analyse(readings, rate_ml_h=rate, duration_min=duration_min)
+        analysis = accuracy.analyse(readings, rate_ml_h=rate_ml_h, duration_min=duration_min)
     except balances.BalanceReplyError as e:
         raise fail(str(e), os.EX_PROTOCOL) from e
     except TransportError as e:
@@ -216,56 +277,69 @@ def qa_accuracy(
         raise fail(str(e), os.EX_DATAERR) from e
     except OSError as e:
         raise fail(str(e), os.EX_NOINPUT) from e
-    verdict = accuracy.verdict(result, rate)
-    plots = accuracy.plot(result, rate, out, duration_min / 2)
-    report = {
-        "rate_ml_h": rate,
-        "duration_min": duration_min,
-        "mean_error_pct": result.mean_error_pct,
-        "ep": {f"{p:g}": {"max": hi, "min": lo} for p, (hi, lo) in result.ep.items()},
-        "s1_met": verdict.s1_mean_error,
-        "s2_met": verdict.s2_trumpet,
-        "plots": [str(p) for p in plots],
-    }
-    (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    verdict = accuracy.verdict(analysis, rate_ml_h)
+    output_dir(out)
+    try:
+        plots = accuracy.plot(analysis, rate_ml_h, out, duration_min / 2)
+        report = {
+            "rate_ml_h": rate_ml_h,
+            "duration_min": duration_min,
+            "mean_error_pct": analysis.mean_error_pct,
+            "ep": {f"{p:g}": {"max": hi, "min": lo} for p, (hi, lo) in analysis.ep.items()},
+            "s1_met": verdict.s1_mean_error,
+            "s2_met": verdict.s2_trumpet,
+            "plots": [str(p) for p in plots],
+        }
+        (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise fail(f"cannot write the report in {out}: {e.strerror or e}", os.EX_CANTCREAT) from e
     if json_output:
-        sys.stdout.write(json.dumps(report) + "\n")
-    else:
-        typer.echo(
-            f"A = {result.mean_error_pct:+.2f} %  (S1 {'met' if verdict.s1_mean_error else 'MISSED'})",
-            err=True,
-        )
-        for p, (hi, lo) in result.ep.items():
-            typer.echo(f"P = {p:>4g} min: Ep(max) {hi:+7.2f} %  Ep(min) {lo:+7.2f} %", err=True)
-        typer.echo(f"S2 {'met' if verdict.s2_trumpet else 'MISSED'}; report and plots in {out}", err=True)
+        result_json(report)
+        return
+    result(f"A = {analysis.mean_error_pct:+.2f} %  (S1 {'met' if verdict.s1_mean_error else 'MISSED'})")
+    for p, (hi, lo) in analysis.ep.items():
+        result(f"P = {p:>4g} min: Ep(max) {hi:+7.2f} %  Ep(min) {lo:+7.2f} %")
+    result(f"S2 {'met' if verdict.s2_trumpet else 'MISSED'}; report and plots in {out}")
 
 
-@qa_app.command("occlusion")
+@qa_app.command(
+    "occlusion",
+    cls=command_class(
+        Renamed("--rate", "--rate-ml-h"),
+        Renamed("--threshold", "--threshold-mmhg"),
+        Renamed("--compliance", "--compliance-ml-per-mmhg"),
+        Renamed("--settle", "--settle-s"),
+        Renamed("--release", "--release-s"),
+    ),
+)
 def qa_occlusion(
-    pump: Annotated[str, typer.Option(help="Pump URL (sim:// closes the line by the simulator's fault).")],
-    rate: Annotated[float, typer.Option(help="Set rate (mL/h).")],
-    threshold: Annotated[float, typer.Option(help="Occlusion pressure threshold (mmHg).")] = 300.0,
+    rate_ml_h: Annotated[float, typer.Option(help="Set rate (mL/h).")],
+    pump: Annotated[
+        str, typer.Option(help=PUMP_HELP + " sim:// closes the line by the simulator's fault.")
+    ] = DEFAULT_PUMP,
+    threshold_mmhg: Annotated[float, typer.Option(help="Occlusion pressure threshold (mmHg).")] = 300.0,
     syringe: Annotated[str, typer.Option(help="Syringe from the catalogue.")] = "bd-plastipak-50",
     slope: Annotated[
         bool, typer.Option(help="Slope/model detectors on; --no-slope times the threshold alone.")
     ] = True,
-    compliance: Annotated[
+    compliance_ml_per_mmhg: Annotated[
         float | None,
         typer.Option(
             min=1e-6,
-            help="Plant compliance C (mL/mmHg) of the S5 bound; default: the simulator's nominal plant "
-            "for sim://, the kernel's worst-case setting otherwise.",
+            help="Plant compliance C (mL/mmHg) of the S5 bound.",
+            show_default=f"{occlusion.SIM_COMPLIANCE_ML_PER_MMHG:g}, the simulator's nominal plant, for "
+            "sim://; the kernel's worst-case setting otherwise",
         ),
     ] = None,
-    settle: Annotated[float, typer.Option(min=0.0, help="Running time before the line is closed (s).")] = (
-        occlusion.SETTLE_S
-    ),
-    release: Annotated[
+    settle_s: Annotated[
+        float, typer.Option(min=0.0, help="Running time before the line is closed (s).")
+    ] = occlusion.SETTLE_S,
+    release_s: Annotated[
         float, typer.Option(min=1.0, help="Free flow collected after opening, motor stopped (s).")
     ] = occlusion.RELEASE_S,
     balance: Annotated[
         str | None,
-        typer.Option(help="For a real pump: 'sics:PORT' weighs the bolus (else it is not measured)."),
+        typer.Option(help="For a real pump: 'sics:PORT' weighs the bolus.", show_default="not measured"),
     ] = None,
     time_scale: Annotated[
         float, typer.Option(min=0.001, help="Pump seconds per real second (must match a scaled hw-sim).")
@@ -277,8 +351,9 @@ def qa_occlusion(
 
     With sim:// the simulator closes and opens the line and measures the bolus; with a real pump the
     operator is asked (stderr) to close and open the clamp and presses Enter as they do. Exit codes:
-    0 tested (the verdict is in the report), 65 invalid settings or a run that cannot be judged (e.g.
-    an alarm before the line was closed), 69 pump or balance unreachable, 76 balance reply error.
+    0 tested (the verdict is in the report), 2 usage, 65 invalid settings or a run that cannot be judged
+    (e.g. an alarm before the line was closed, or the operator's input closed), 69 pump or balance
+    unreachable, 73 OUT cannot be written, 76 balance reply error.
     """
     try:
         scheme = split_url(pump)[0]
@@ -288,13 +363,13 @@ def qa_occlusion(
             record = asyncio.run(
                 occlusion.run_simulated(
                     rig.open_sim_pump(rig.sim_url_with_syringe(pump, syringe)),
-                    rate_ml_h=rate,
-                    threshold_mmhg=threshold,
+                    rate_ml_h=rate_ml_h,
+                    threshold_mmhg=threshold_mmhg,
                     slope_detector=slope,
                     syringe=syringe,
-                    compliance_ml_per_mmhg=compliance or occlusion.SIM_COMPLIANCE_ML_PER_MMHG,
-                    settle_s=settle,
-                    release_s=release,
+                    compliance_ml_per_mmhg=compliance_ml_per_mmhg or occlusion.SIM_COMPLIANCE_ML_PER_MMHG,
+                    settle_s=settle_s,
+                    release_s=release_s,
                 )
             )
         else:
@@ -304,18 +379,18 @@ def qa_occlusion(
             record = asyncio.run(
                 occlusion.run_on_pump(
                     pump,
-                    rate=rate,
-                    threshold=threshold,
+                    rate=rate_ml_h,
+                    threshold=threshold_mmhg,
                     slope=slope,
                     syringe=syringe,
-                    compliance=compliance,
-                    settle_s=settle,
-                    release_s=release,
+                    compliance=compliance_ml_per_mmhg,
+                    settle_s=settle_s,
+                    release_s=release_s,
                     balance=scale,
                     time_scale=time_scale,
                 )
             )
-        result = occlusion.analyse(record)
+        analysis = occlusion.analyse(record)
     except occlusion.OcclusionTestError as e:
         raise fail(f"the occlusion test cannot be judged: {e}", os.EX_DATAERR) from e
     except balances.BalanceReplyError as e:
@@ -324,46 +399,76 @@ def qa_occlusion(
         raise fail(str(e), os.EX_UNAVAILABLE) from e
     except (ConfigurationError, ValueError) as e:
         raise fail(str(e), os.EX_DATAERR) from e
-    plot = occlusion.plot(record, result, out)
-    summary = occlusion.report(record, result) | {"plot": str(plot)}
-    (out / "occlusion.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    output_dir(out)
+    try:
+        plot = occlusion.plot(record, analysis, out)
+        summary = occlusion.report(record, analysis) | {"plot": str(plot)}
+        (out / "occlusion.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise fail(f"cannot write the report in {out}: {e.strerror or e}", os.EX_CANTCREAT) from e
     if json_output:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        result_json(summary)
         return
 
     def met(ok: bool | None) -> str:
         return "not measured" if ok is None else "met" if ok else "MISSED"
 
-    typer.echo(
-        f"alarm ({', '.join(record.first_alarms)}) {result.time_to_alarm_s:.1f} s after closing at "
-        f"{result.pressure_at_alarm_mmhg:.0f} mmHg (P0 {result.p0_mmhg:.0f} mmHg); S5 bound "
-        f"{result.bound_s:.1f} s: {met(result.s5_met)}",
-        err=True,
+    result(
+        f"alarm ({', '.join(record.first_alarms)}) {analysis.time_to_alarm_s:.1f} s after closing at "
+        f"{analysis.pressure_at_alarm_mmhg:.0f} mmHg (P0 {analysis.p0_mmhg:.0f} mmHg); S5 bound "
+        f"{analysis.bound_s:.1f} s: {met(analysis.s5_met)}"
     )
-    bolus = "not measured" if result.bolus_ml is None else f"{result.bolus_ml:.3f} mL"
-    typer.echo(
-        f"released bolus {bolus}: S6 (≤ {occlusion.S6_HARD_ML} mL) {met(result.s6_met)}, goal "
-        f"(≤ {occlusion.S6_GOAL_ML} mL) {met(result.s6_goal_met)}; report and plot in {out}",
-        err=True,
+    bolus = "not measured" if analysis.bolus_ml is None else f"{analysis.bolus_ml:.3f} mL"
+    result(
+        f"released bolus {bolus}: S6 (≤ {occlusion.S6_HARD_ML} mL) {met(analysis.s6_met)}, goal "
+        f"(≤ {occlusion.S6_GOAL_ML} mL) {met(analysis.s6_goal_met)}; report and plot in {out}"
     )
 
 
-@qa_app.command("trace")
+@qa_app.command("trace", cls=Command)
 def qa_trace(
-    register: Annotated[Path, typer.Option(help="Hazard register (TOML).")] = Path(
-        "docs/safety/hazards.toml"
-    ),
-    root: Annotated[Path, typer.Option(help="Repository root the test ids are relative to.")] = Path(),
+    register: Annotated[
+        Path | None,
+        typer.Option(
+            help="Hazard register (TOML) to check instead of the shipped one.",
+            show_default="the register shipped with ketapump (ketapump/data/hazards.toml)",
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Repository checkout the register's test ids are checked against.",
+            show_default="the checkout ketapump runs from, else the current directory if it is one",
+        ),
+    ] = None,
 ) -> None:
-    """Print the hazard → control → requirement → test matrix; exit 65 if the chain is broken."""
+    """Print the hazard → control → requirement → test matrix and check the chain.
+
+    The named tests are looked up in a ketapump checkout (its tests/ and rust/): without one (ketapump
+    installed from a wheel, run elsewhere) every other link is checked and a warning says the test ids
+    were not. Exit codes: 0 the chain is complete, 2 usage, 65 a broken link (each listed on stderr),
+    66 the register file not found.
+    """
+    name = str(register) if register is not None else "hazards.toml (shipped)"
     try:
         data = trace.load(register)
     except OSError as e:
-        raise fail(f"{register}: {e.strerror}", os.EX_NOINPUT) from e
+        raise fail(f"{register}: {e.strerror or e}", os.EX_NOINPUT) from e
+    except ValueError as e:  # tomllib.TOMLDecodeError
+        raise fail(f"{register}: is not valid TOML: {e}", os.EX_DATAERR) from e
+    if root is None:
+        root = trace.default_root()
+    elif trace.repository_root([root]) is None:
+        raise fail(f"--root {root}: not a ketapump checkout (no pyproject.toml and tests/)", os.EX_NOINPUT)
     for hazard, control, requirement, test in trace.matrix(data):
-        typer.echo(f"{hazard:<18} {control:<24} {requirement:<11} {test}")
+        result(f"{hazard:<18} {control:<24} {requirement:<11} {test}")
     problems = trace.check(data, root)
     for problem in problems:
-        typer.echo(f"{register}: {problem}", err=True)
+        typer.echo(f"{name}: {problem}", err=True)
+    if root is None:
+        warn(
+            "the test ids were not checked: no ketapump checkout here (its tests are not installed "
+            "with the package); run from a checkout or give --root CHECKOUT"
+        )
     if problems:
         raise typer.Exit(os.EX_DATAERR)

@@ -4,7 +4,6 @@ hash-chained audit log; ``--resume`` continues a session after a crash."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -35,11 +34,17 @@ from ketapump.bridge import (
     syringe_diameter_mm,
 )
 from ketapump.cli.common import (
+    AUDIT_LOG_DEFAULT,
+    DEFAULT_PUMP,
     EXIT_COMPLETE,
     EXIT_INTERLOCK,
     EXIT_LINK_LOST,
     EXIT_OPERATOR_STOP,
+    PUMP_HELP,
     fail,
+    progress_console,
+    result,
+    result_json,
 )
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
@@ -51,12 +56,12 @@ SUMMARY_EVERY_S = 10.0
 
 
 def run(
-    pump: Annotated[str, typer.Option(help="Pump URL: sim://, modbus-tcp://, modbus-rtu://, nesp://.")],
     rate_ml_h: Annotated[float, typer.Option(help="Programmed rate (mL/h).")],
     volume_ml: Annotated[float, typer.Option(help="Volume to infuse (mL).")],
+    pump: Annotated[str, typer.Option(help=PUMP_HELP)] = DEFAULT_PUMP,
     syringe: Annotated[str, typer.Option(help="Syringe from the catalogue.")] = "bd-plastipak-50",
     json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
-    log: Annotated[Path | None, typer.Option(help="Audit log file (default: see README).")] = None,
+    log: Annotated[Path | None, typer.Option(help="Audit log file.", show_default=AUDIT_LOG_DEFAULT)] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the session recorded in this log.")] = None,
     time_scale: Annotated[
         float, typer.Option(min=0.001, help="Pump seconds per real second (must match a scaled hw-sim).")
@@ -65,11 +70,19 @@ def run(
         bool, typer.Option(help="Take up lead-screw slack before the programmed rate.")
     ] = True,
     period_s: Annotated[
-        float | None, typer.Option(min=0.001, help="Control period (pump s); default suits the transport.")
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Control period (pump s).",
+            show_default="the kernel's (kernel_defaults.toml), lengthened until a tick's requests fit in "
+            "real time on this transport at this time scale",
+        ),
     ] = None,
     diagnostics: Annotated[
         Path | None,
-        typer.Option(help="Library diagnostics (JSON lines); default stderr, never the audit log."),
+        typer.Option(
+            help="Library diagnostics (JSON lines), never into the audit log.", show_default="stderr"
+        ),
     ] = None,
 ) -> None:
     """Run a plain infusion on any pump and record it in a hash-chained audit log.
@@ -77,7 +90,7 @@ def run(
     Exit codes: 0 complete, 3 stopped by an interlock or pump alarm, 4 stopped by the operator,
     5 link lost mid-run, 2 usage, 65 invalid data, 69 pump unreachable, 74 audit log unwritable.
     """
-    console = Console(stderr=True)
+    console = progress_console()
     try:
         scheme = split_url(pump)[0]
         diameter = syringe_diameter_mm(syringe)
@@ -107,7 +120,7 @@ def run(
         rate_ml_h=rate_ml_h, volume_ml=volume_ml, syringe_diameter_mm=diameter, take_up=take_up
     )
     try:
-        result = asyncio.run(_run(driver, config, clock, events, plan, resume, console, json_output))
+        outcome = asyncio.run(_run(driver, config, clock, events, plan, resume, console, json_output))
     except ConfigurationError as e:
         raise fail(str(e), os.EX_DATAERR) from e
     except RecoveryError as e:
@@ -119,33 +132,30 @@ def run(
     finally:
         writer.close()
     summary = {
-        "state": result.state,
-        "reason": result.reason,
-        "delivered_ml": result.delivered_ml,
-        "session_delivered_ml": result.session_delivered_ml,
-        "alarms": list(result.alarms),
-        "pump_alarms": list(result.pump_alarms),
+        "state": outcome.state,
+        "reason": outcome.reason,
+        "delivered_ml": outcome.delivered_ml,
+        "session_delivered_ml": outcome.session_delivered_ml,
+        "alarms": list(outcome.alarms),
+        "pump_alarms": list(outcome.pump_alarms),
         "log": str(path),
     }
     if json_output:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        result_json(summary)
     else:
-        console.print(
-            f"{result.state}: delivered {result.session_delivered_ml:.3f} of {volume_ml:g} mL"
-            + (
-                f"; alarms: {', '.join(result.alarms + result.pump_alarms)}"
-                if result.alarms or result.pump_alarms
-                else ""
-            )
-            + f"\naudit log: {path}"
+        alarms = outcome.alarms + outcome.pump_alarms
+        result(
+            f"{outcome.state}: delivered {outcome.session_delivered_ml:.3f} of {volume_ml:g} mL"
+            + (f"; alarms: {', '.join(alarms)}" if alarms else "")
         )
+        result(f"audit log: {path}")
     code = {
         "complete": EXIT_COMPLETE,
         "interlock": EXIT_INTERLOCK,
         "pump_alarm": EXIT_INTERLOCK,
         "operator": EXIT_OPERATOR_STOP,
         "transport": EXIT_LINK_LOST,
-    }[result.reason]
+    }[outcome.reason]
     raise typer.Exit(code)
 
 

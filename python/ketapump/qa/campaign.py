@@ -37,7 +37,8 @@ import math
 import multiprocessing
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -294,6 +295,10 @@ class CampaignResult:
         return [o for o in self.outcomes if o["violations"]]
 
 
+#: Runs per batch when one process runs them all: how often progress is reported (~0.4 s each).
+PROGRESS_BATCH = 100
+
+
 def run_campaign(
     spec: CampaignSpec,
     config: _core.KernelConfig,
@@ -301,39 +306,63 @@ def run_campaign(
     *,
     workers: int = 1,
     dask_address: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> CampaignResult:
     """Runs every seed: in this process (``workers`` = 1), on a local process pool of ``workers``, or
-    on the Dask cluster whose scheduler is at ``dask_address``. Outcomes come back in seed order."""
+    on the Dask cluster whose scheduler is at ``dask_address``. Outcomes come back in seed order;
+    ``on_progress`` is told the number of runs done after each batch (a batch's outcomes do not depend
+    on how the seeds are batched)."""
     spec_dict = spec.model_dump()
     config_dict = dict(config.as_dict())
+    done = 0
+
+    def finished(runs: int) -> None:
+        nonlocal done
+        done += runs
+        if on_progress is not None:
+            on_progress(done)
+
     started = time.perf_counter()
     if dask_address is not None:
-        outcomes = _run_on_dask(dask_address, spec_dict, config_dict, seeds)
+        outcomes = _run_on_dask(dask_address, spec_dict, config_dict, seeds, finished)
         backend = f"dask {dask_address}"
     elif workers <= 1:
-        outcomes = run_chunk(spec_dict, config_dict, seeds)
+        outcomes = []
+        for batch in chunked(seeds, 1, most=PROGRESS_BATCH):
+            outcomes += run_chunk(spec_dict, config_dict, batch)
+            finished(len(batch))
         backend = "local"
     else:
         chunks = chunked(seeds, workers * 4)
         # spawn: no fork of a process that may hold threads; each worker imports ketapump afresh.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            batches = pool.map(run_chunk, [spec_dict] * len(chunks), [config_dict] * len(chunks), chunks)
-            outcomes = [o for batch in batches for o in batch]
+            futures = {pool.submit(run_chunk, spec_dict, config_dict, chunk): len(chunk) for chunk in chunks}
+            for future in as_completed(futures):
+                finished(futures[future])
+            outcomes = [o for future in futures for o in future.result()]
         backend = f"local, {workers} processes"
     return CampaignResult(outcomes, time.perf_counter() - started, workers, backend)
 
 
 def _run_on_dask(
-    address: str, spec: dict[str, Any], config: dict[str, Any], seeds: list[int]
+    address: str,
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    seeds: list[int],
+    finished: Callable[[int], None],
 ) -> list[dict[str, Any]]:
     # Optional dependency (the 'dask' extra); its Client is not annotated.
     from distributed import Client  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+    from distributed import as_completed as dask_completed  # noqa: PLC0415
 
     with Client(address, timeout="30s") as client:  # type: ignore[no-untyped-call,unused-ignore]
         threads = sum(client.nthreads().values()) or 1
         chunks = chunked(seeds, threads * 4)
         futures = client.map(run_chunk, [spec] * len(chunks), [config] * len(chunks), chunks, pure=False)
+        sizes = {future.key: len(chunk) for future, chunk in zip(futures, chunks, strict=True)}
+        for future in dask_completed(futures):  # type: ignore[no-untyped-call,unused-ignore]
+            finished(sizes[future.key])
         batches: list[list[dict[str, Any]]] = client.gather(futures)
     return [o for batch in batches for o in batch]
 

@@ -1,9 +1,11 @@
-"""The safety case as data: the hazard register (``docs/safety/hazards.toml``) and its check.
+"""The safety case as data: the hazard register (``ketapump/data/hazards.toml``, shipped with the
+package) and its check.
 
 Every hazard needs at least one risk control, every control at least one requirement, every
 requirement at least one test, and every test id must name a test that exists: a pytest function
 (``tests/test_x.py::test_name``) or a cargo test (``crate/tests/x.rs::name``, a ``#[test] fn``).
-CI runs every test, so on a green main an existing test id is a passing one.
+CI runs every test, so on a green main an existing test id is a passing one. The tests live in the
+repository, not in the package: where no checkout is found, the test ids cannot be checked.
 """
 
 from __future__ import annotations
@@ -11,8 +13,13 @@ from __future__ import annotations
 import ast
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+
+#: The shipped register: ``ketapump/data/hazards.toml``.
+SHIPPED_PACKAGE, SHIPPED_NAME = "ketapump.data", "hazards.toml"
 
 
 @dataclass(frozen=True)
@@ -22,8 +29,10 @@ class Register:
     requirements: dict[str, dict[str, object]]
 
 
-def load(path: Path) -> Register:
-    document = tomllib.loads(path.read_text(encoding="utf-8"))
+def load(path: Path | None = None) -> Register:
+    """The register in ``path``, or the shipped one."""
+    source = resources.files(SHIPPED_PACKAGE).joinpath(SHIPPED_NAME) if path is None else path
+    document = tomllib.loads(source.read_text(encoding="utf-8"))
 
     def by_id(kind: str) -> dict[str, dict[str, object]]:
         return {str(entry["id"]): entry for entry in document.get(kind, [])}
@@ -44,8 +53,24 @@ def resolves(root: Path, test_id: str) -> bool:
     return re.search(rf"#\[test\]\s*(?:#\[[^\]]*\]\s*)*fn\s+{re.escape(name)}\s*\(", text) is not None
 
 
-def check(register: Register, root: Path) -> list[str]:
-    """Every broken link of the chain, as readable problems (empty when the chain is complete)."""
+def repository_root(candidates: Iterable[Path]) -> Path | None:
+    """The first candidate that is a ketapump checkout (``pyproject.toml`` and ``tests/``): where the
+    register's test ids resolve."""
+    for root in candidates:
+        if (root / "pyproject.toml").is_file() and (root / "tests").is_dir():
+            return root
+    return None
+
+
+def default_root() -> Path | None:
+    """Where the test ids are checked by default: the checkout this package runs from (an editable
+    install: ``<checkout>/python/ketapump/qa/trace.py``), else the current directory if it is one."""
+    return repository_root([Path(__file__).resolve().parents[3], Path.cwd()])
+
+
+def check(register: Register, root: Path | None) -> list[str]:
+    """Every broken link of the chain, as readable problems (empty when the chain is complete). With
+    no ``root`` (no checkout at hand) every link is checked except whether the named tests exist."""
     problems: list[str] = []
     for hid, hazard in register.hazards.items():
         controls = list(hazard.get("controls", []))  # type: ignore[call-overload]
@@ -67,7 +92,8 @@ def check(register: Register, root: Path) -> list[str]:
         tests = list(requirement.get("tests", []))  # type: ignore[call-overload]
         if not tests:
             problems.append(f"requirement {rid} names no test")
-        problems += [f"requirement {rid} names missing test {t}" for t in tests if not resolves(root, t)]
+        if root is not None:
+            problems += [f"requirement {rid} names missing test {t}" for t in tests if not resolves(root, t)]
     used = {c for h in register.hazards.values() for c in h.get("controls", [])}  # type: ignore[attr-defined]
     problems += [f"control {c} controls no hazard" for c in register.controls if c not in used]
     return problems
