@@ -234,7 +234,7 @@ def qa_accuracy(
         typer.Option(
             help="'sim' (the simulator's balance; needs a sim:// pump), 'csv:PATH' (t_s,grams) or "
             "'sics:PORT[?baud=9600]' (an MT-SICS laboratory balance on a serial port, read every 30 s, "
-            "weighing the real pump given by --pump)."
+            "under the pump given by --pump)."
         ),
     ] = "sim",
     json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
@@ -431,7 +431,7 @@ def qa_trace(
         Path | None,
         typer.Option(
             help="Hazard register (TOML) to check instead of the shipped one.",
-            show_default="the register shipped with ketapump (ketapump/data/hazards.toml)",
+            show_default="the shipped ketapump/data/hazards.toml",
         ),
     ] = None,
     root: Annotated[
@@ -446,8 +446,8 @@ def qa_trace(
 
     The named tests are looked up in a ketapump checkout (its tests/ and rust/): without one (ketapump
     installed from a wheel, run elsewhere) every other link is checked and a warning says the test ids
-    were not. Exit codes: 0 the chain is complete, 2 usage, 65 a broken link (each listed on stderr),
-    66 the register file not found.
+    were not. Exit codes: 0 the chain is complete, 2 usage, 65 a broken link (each listed on stderr) or
+    a register that is not valid TOML, 66 the register file not found or --root not a checkout.
     """
     name = str(register) if register is not None else "hazards.toml (shipped)"
     try:
