@@ -358,6 +358,32 @@ class OcclusionSetup:
     settle_s: float = SETTLE_S
     release_s: float = RELEASE_S
 
+    @classmethod
+    def in_syringe(
+        cls,
+        capacity_ml: float,
+        *,
+        rate_ml_h: float,
+        threshold_mmhg: float,
+        slope_detector: bool,
+        compliance_ml_per_mmhg: float,
+        syringe_diameter_mm: float,
+        settle_s: float,
+        release_s: float,
+    ) -> OcclusionSetup:
+        """The test with the dose of :func:`dose_for`, at most what the syringe holds."""
+        dose = dose_for(rate_ml_h, threshold_mmhg, compliance_ml_per_mmhg, settle_s)
+        return cls(
+            rate_ml_h=rate_ml_h,
+            threshold_mmhg=threshold_mmhg,
+            slope_detector=slope_detector,
+            compliance_ml_per_mmhg=compliance_ml_per_mmhg,
+            syringe_diameter_mm=syringe_diameter_mm,
+            volume_ml=min(capacity_ml, dose),
+            settle_s=settle_s,
+            release_s=release_s,
+        )
+
 
 def dose_for(
     rate_ml_h: float, threshold_mmhg: float, compliance_ml_per_mmhg: float, settle_s: float
@@ -478,7 +504,7 @@ async def run_simulated(
     the bolus. ``kernel_overrides`` are applied last (e.g. to study one detector on its own); ``line``
     replaces the simulator's own fault (an :class:`OperatorLine` rehearses a real rig's sequence),
     ``clock`` the fresh :class:`VirtualClock`."""
-    capacity, diameter = next((c, d) for name, c, d in _core.SimPump.catalogue() if name == syringe)
+    capacity, diameter = syringe_spec(syringe)
     clock = clock or VirtualClock()
     transport = open_transport("sim://", clock=clock, pump=pump)
     assert isinstance(transport, RegisterTransport)
@@ -488,13 +514,13 @@ async def run_simulated(
         syringe_fill_ml=capacity,
         **(occlusion_settings(threshold_mmhg, slope_detector) | (kernel_overrides or {})),
     )
-    setup = OcclusionSetup(
+    setup = OcclusionSetup.in_syringe(
+        capacity,
         rate_ml_h=rate_ml_h,
         threshold_mmhg=threshold_mmhg,
         slope_detector=slope_detector,
         compliance_ml_per_mmhg=compliance_ml_per_mmhg,
         syringe_diameter_mm=diameter,
-        volume_ml=min(capacity, dose_for(rate_ml_h, threshold_mmhg, compliance_ml_per_mmhg, settle_s)),
         settle_s=settle_s,
         release_s=release_s,
     )
@@ -542,14 +568,13 @@ async def run_on_pump(
         syringe_fill_ml=capacity,
         **occlusion_settings(threshold, slope),
     )
-    c = compliance or float(defaults["compliance_ml_per_mmhg"])
-    setup = OcclusionSetup(
+    setup = OcclusionSetup.in_syringe(
+        capacity,
         rate_ml_h=rate,
         threshold_mmhg=threshold,
         slope_detector=slope,
-        compliance_ml_per_mmhg=c,
+        compliance_ml_per_mmhg=compliance or float(defaults["compliance_ml_per_mmhg"]),
         syringe_diameter_mm=diameter,
-        volume_ml=min(capacity, dose_for(rate, threshold, c, settle_s)),
         settle_s=settle_s,
         release_s=release_s,
     )
