@@ -11,9 +11,20 @@
 //! Pump-side alarms latch until acknowledged (`alarm_ack`) and stop the motor:
 //! reset (power-up), watchdog (no heartbeat within `watchdog_ms` while running), motor stall (steps
 //! lost), end of travel, over-pressure (the pump's own hard limit).
+//!
+//! # Two ways of counting volume
+//!
+//! The reference pump's `infused_ml` / `withdrawn_ml` registers follow the **plunger encoder**: this
+//! pump has one, and what reached the plunger (after lead-screw slack, a stall, a slipping nut) is what
+//! the bridge's kernel must measure. A New Era NE-1000 has no plunger sensor: it counts **stepper
+//! motion** (steps × mL per step for the programmed diameter), so the New Era emulation's `DIS`
+//! counters and `VOL` target use [`Firmware::motor_infused_ml`] / [`Firmware::motor_withdrawn_ml`],
+//! which run from the first step even while the slack is being taken up.
 
 use crate::plant::{Plant, PlantConfig, PlantError};
-use crate::regmap::{decode, encode, Access, ModbusException, Register, RegisterMap};
+use crate::regmap::{
+    decode, encode, Access, ModbusException, Register, RegisterMap, MAX_READ_REGISTERS, MAX_WRITE_REGISTERS,
+};
 use crate::rng::SplitMix64;
 
 /// Pump-side alarm bits (register `alarm_bits`).
@@ -110,6 +121,10 @@ pub struct Firmware {
     infused_ml: f64,
     withdrawn_ml: f64,
     counted_encoder_ml: f64,
+    /// Stepper-motion counters (New Era `DIS`), see the module notes.
+    motor_infused_ml: f64,
+    motor_withdrawn_ml: f64,
+    counted_motor_steps: i64,
     lost_steps_at_run: i64,
     volume_target_ml: Option<f64>,
     target_origin_ml: f64,
@@ -128,6 +143,7 @@ impl Firmware {
         let seed = plant_cfg.seed ^ 0x5EED_F1F1;
         let plant = Plant::new(plant_cfg)?;
         let encoder = plant.encoder_volume_ml();
+        let motor_steps = plant.motor_position_steps();
         let mut fw = Self {
             map: RegisterMap::shipped(),
             plant,
@@ -144,6 +160,9 @@ impl Firmware {
             infused_ml: 0.0,
             withdrawn_ml: 0.0,
             counted_encoder_ml: encoder,
+            motor_infused_ml: 0.0,
+            motor_withdrawn_ml: 0.0,
+            counted_motor_steps: motor_steps,
             lost_steps_at_run: 0,
             volume_target_ml: None,
             target_origin_ml: 0.0,
@@ -187,6 +206,15 @@ impl Firmware {
     }
     pub fn withdrawn_ml(&self) -> f64 {
         self.withdrawn_ml
+    }
+    /// Volume the motor has pushed since the counters were cleared: steps × mL per step for the
+    /// programmed diameter (what a pump without a plunger sensor reports).
+    pub fn motor_infused_ml(&self) -> f64 {
+        self.motor_infused_ml
+    }
+    /// Volume the motor has pulled back since the counters were cleared (see [`Firmware::motor_infused_ml`]).
+    pub fn motor_withdrawn_ml(&self) -> f64 {
+        self.motor_withdrawn_ml
     }
 
     /// 0 stopped, 1 infusing, 2 withdrawing, 3 alarm.
@@ -240,6 +268,11 @@ impl Firmware {
         }
     }
 
+    /// mL one motor step moves for the programmed diameter.
+    fn ml_per_step(&self) -> f64 {
+        self.ml_per_mm() / self.plant.config().steps_per_mm()
+    }
+
     /// Counters, stall, end of travel, over-pressure and the NE volume target after plant motion.
     fn update_after_motion(&mut self) {
         let encoder = self.encoder_ml();
@@ -250,6 +283,14 @@ impl Firmware {
             self.withdrawn_ml -= moved;
         }
         self.counted_encoder_ml = encoder;
+        let steps = self.plant.motor_position_steps();
+        let stepped_ml = (steps - self.counted_motor_steps) as f64 * self.ml_per_step();
+        if stepped_ml > 0.0 {
+            self.motor_infused_ml += stepped_ml;
+        } else {
+            self.motor_withdrawn_ml -= stepped_ml;
+        }
+        self.counted_motor_steps = steps;
         self.pressure_noise_sample = self.rng.next_gaussian() * self.faults.pressure_noise_mmhg;
         if self.run_mode == RunMode::Stop {
             return;
@@ -265,9 +306,10 @@ impl Firmware {
             self.latch(alarm::OVER_PRESSURE);
         }
         if let Some(target) = self.volume_target_ml {
+            // The New Era target counts motor motion, as its DIS counters do.
             let done = match self.run_mode {
-                RunMode::Infuse => self.infused_ml - self.target_origin_ml,
-                _ => self.withdrawn_ml - self.target_origin_ml,
+                RunMode::Infuse => self.motor_infused_ml - self.target_origin_ml,
+                _ => self.motor_withdrawn_ml - self.target_origin_ml,
             };
             if done >= target {
                 self.set_motor(RunMode::Stop);
@@ -344,13 +386,13 @@ impl Firmware {
         self.write_named("clear_counters", 1.0)
     }
 
-    /// Stop automatically once this volume has moved in the current direction (New Era `VOL`);
-    /// `None` pumps until stopped.
+    /// Stop automatically once the motor has moved this volume in the current direction (New Era
+    /// `VOL`, counted like its `DIS`: by steps); `None` pumps until stopped.
     pub fn set_volume_target(&mut self, target_ml: Option<f64>) {
         self.volume_target_ml = target_ml;
         self.target_origin_ml = match self.run_mode {
-            RunMode::Withdraw => self.withdrawn_ml,
-            _ => self.infused_ml,
+            RunMode::Withdraw => self.motor_withdrawn_ml,
+            _ => self.motor_infused_ml,
         };
     }
 
@@ -363,10 +405,18 @@ impl Firmware {
         self.watchdog_ms = DEFAULT_WATCHDOG_MS;
         self.heartbeat = 0;
         self.last_heartbeat_t_s = self.plant.t_s();
+        self.clear_volume_counters();
+        self.volume_target_ml = None;
+    }
+
+    /// Zeroes the plunger and the motor counters (power-up, `clear_counters`).
+    fn clear_volume_counters(&mut self) {
         self.infused_ml = 0.0;
         self.withdrawn_ml = 0.0;
         self.counted_encoder_ml = self.encoder_ml();
-        self.volume_target_ml = None;
+        self.motor_infused_ml = 0.0;
+        self.motor_withdrawn_ml = 0.0;
+        self.counted_motor_steps = self.plant.motor_position_steps();
     }
 
     // ----- faults --------------------------------------------------------------------------
@@ -477,9 +527,11 @@ impl Firmware {
 
     // ----- registers -----------------------------------------------------------------------
 
-    /// Modbus function 3: reads `count` words from `address`.
+    /// Modbus functions 3 and 4: reads `count` words from `address`. As the Modbus application
+    /// protocol orders the checks: a quantity outside 1..=125 is exception 3, then any word outside
+    /// the map exception 2.
     pub fn read_registers(&self, address: u16, count: u16) -> Result<Vec<u16>, ModbusException> {
-        if count == 0 || count > 125 {
+        if count == 0 || count > MAX_READ_REGISTERS {
             return Err(ModbusException::IllegalDataValue);
         }
         let mut words = Vec::with_capacity(usize::from(count));
@@ -501,12 +553,13 @@ impl Firmware {
     }
 
     /// Modbus functions 6 and 16: writes `values` from `address`. Every register touched must be
-    /// writable, written whole, in range and acceptable now; otherwise nothing is written.
+    /// writable, written whole, in range and acceptable now; otherwise nothing is written. Checks in
+    /// the Modbus order: the quantity (3), every address (2), then every value (3), then the state (4).
     pub fn write_registers(&mut self, address: u16, values: &[u16]) -> Result<(), ModbusException> {
-        if values.is_empty() || values.len() > 123 {
+        if values.is_empty() || values.len() > usize::from(MAX_WRITE_REGISTERS) {
             return Err(ModbusException::IllegalDataValue);
         }
-        let mut writes: Vec<(String, f64)> = Vec::new();
+        let mut targets: Vec<(&Register, &[u16])> = Vec::new();
         let mut i = 0usize;
         while i < values.len() {
             let a = address.checked_add(i as u16).ok_or(ModbusException::IllegalDataAddress)?;
@@ -515,12 +568,16 @@ impl Firmware {
             if offset != 0 || i + words > values.len() || register.access == Access::Ro {
                 return Err(ModbusException::IllegalDataAddress);
             }
-            let value = decode(register.ty, &values[i..i + words]);
+            targets.push((register, &values[i..i + words]));
+            i += words;
+        }
+        let mut writes: Vec<(String, f64)> = Vec::with_capacity(targets.len());
+        for (register, words) in targets {
+            let value = decode(register.ty, words);
             if !register.accepts(value) {
                 return Err(ModbusException::IllegalDataValue);
             }
             writes.push((register.name.clone(), value));
-            i += words;
         }
         // All or nothing, also for refusals that depend on state (exception 4): the batch runs on a
         // copy, which replaces the firmware only if every register was accepted. Writes are rare.
@@ -585,8 +642,7 @@ impl Firmware {
                 if self.run_mode != RunMode::Stop {
                     return Err(ModbusException::ServerDeviceFailure);
                 }
-                self.infused_ml = 0.0;
-                self.withdrawn_ml = 0.0;
+                self.clear_volume_counters();
             }
             "fault_occlusion" => {
                 if on {

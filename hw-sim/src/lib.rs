@@ -8,6 +8,8 @@
 //! - [`syringe`]: the syringe catalogue (BD Plastipak 5–60 mL), as data.
 //! - [`plant`]: stepper + lead screw + slack + drive spring + plunger stick/slip + compliance +
 //!   resistance + head height, the fault hooks, and the gravimetric balance.
+//! - [`modbus`]: the Modbus request handler behind its RTU and TCP framings.
+//! - [`wire`]: the bounded record of rejected frames every codec keeps for diagnostics.
 //! - [`nesp`]: the pump side of the New Era NE-1000 RS-232 protocol (framing, commands, alarms).
 //! - [`rng`]: the seeded SplitMix64/Box–Muller noise source (no external crates; same seed, same run).
 //!
@@ -35,9 +37,10 @@ pub mod plant;
 pub mod regmap;
 pub mod rng;
 pub mod syringe;
+pub mod wire;
 
 pub use firmware::{CommAction, Firmware, RunMode, Telemetry};
-pub use modbus::RtuPort;
+pub use modbus::{MbapRequest, MbapStream, RtuPort};
 pub use nesp::{
     address_of, burst_targets, crc16_xmodem, Direction, Framing, NespPort, Packet, ProgramState, RateUnits, VolumeUnits,
 };

@@ -15,11 +15,19 @@
 //! - **Numbers in requests**: digits with at most one decimal point, at most 4 digits; anything else
 //!   (`1e-05`, `12345`, `1.2.3`) is out of range (`?OOR`).
 //! - **Addresses**: one or two leading digits; a packet without an address is for address 0.
+//! - **One reply per packet, always** (except the empty packets and bursts the manual leaves silent): a
+//!   client that waits for a reply never waits forever.
 //! - **Empty packets** (a bare CR, an empty safe frame) are ignored (no reply).
-//! - **Broken safe frames** (bad CRC, bad length, no ETX) are answered `?COM` by the pump whose address
-//!   the (untrusted) data starts with; if no address can be read, nobody answers.
-//! - An STX arriving in the middle of a basic line discards that line silently (nesp-lib's safe frames
-//!   carry no CR); a basic line longer than [`MAX_LINE`] bytes is discarded silently.
+//! - **Broken safe frames** (bad CRC, a length byte below 4, no ETX) are answered `?COM`, by the pump
+//!   whose address the (untrusted) data starts with, or, when no address can be read (a bad length
+//!   byte comes before any data), by the line's first pump ([`NespPort::target_of`]). After a bad
+//!   length byte the rest of that frame is skipped up to its ETX or a [`SKIP_GAP_S`] silence.
+//! - An STX arriving in the middle of a basic line discards that line (nesp-lib's safe frames carry no
+//!   CR). A basic line longer than [`MAX_LINE`] bytes is kept to its end and answered `?` (no command is
+//!   that long), by the address it starts with.
+//! - An incomplete safe packet is discarded after a [`SAFE_GAP_S`] silence (the manual's rule).
+//! - Every packet discarded or answered `?COM` / overlong is recorded in [`NespPort::rejects`] for the
+//!   server's diagnostics.
 //! - **Pumping program**: `DIA`, `DIR STK` and rate-unit changes are refused with `?NA` unless the
 //!   program is stopped (paused counts as not stopped); `DIR` while running is allowed with continuous
 //!   pumping (`VOL 0`) only. `VOL <value>` is accepted at any time; set while running or paused, the
@@ -34,21 +42,27 @@
 //!   by the register watchdog ([`Firmware::run_unwatched`]) — safe mode's timeout is its protection.
 //!   Polling the port never feeds the register watchdog, so a Modbus client of the same simulated
 //!   pump keeps its own guarantee.
-//! - `DIS` counts from the firmware's infused/withdrawn counters since the last `CLD INF` / `CLD WDR`
-//!   (baselines held here, so the firmware counters are never cleared from this side).
+//! - `DIS` counts **motor motion**, as a real NE-1000 does (it has no plunger sensor): the firmware's
+//!   stepper counters ([`Firmware::motor_infused_ml`]) since the last `CLD INF` / `CLD WDR` (baselines
+//!   held here, so the firmware counters are never cleared from this side); the `VOL` target counts the
+//!   same way. Lead-screw slack therefore shows in the delivered volume, never in `DIS`.
 
 use std::collections::BTreeMap;
 
 use crate::firmware::{alarm, Firmware, RunMode, PUMP_MAX_RATE_ML_H};
 use crate::regmap::ModbusException;
+use crate::wire::RejectLog;
 
 pub const STX: u8 = 0x02;
 pub const ETX: u8 = 0x03;
 pub const CR: u8 = 0x0D;
 /// An incomplete safe packet is discarded after this inter-byte gap (s).
 pub const SAFE_GAP_S: f64 = 0.5;
-/// A basic line longer than this (after stripping) is discarded.
+/// A basic line longer than this is answered `?` at its CR (only its first bytes are kept).
 pub const MAX_LINE: usize = 256;
+/// After a safe frame's impossible length byte, its remaining bytes are skipped up to an ETX or a
+/// silence this long (s).
+pub const SKIP_GAP_S: f64 = 0.05;
 /// The `VER` reply.
 pub const VERSION: &str = "NE1000V3.928";
 /// Widest syringe the pump accepts (mm): the absolute maximum rate applies to it.
@@ -84,15 +98,18 @@ pub enum Packet {
     Command { framing: Framing, address: u8, command: String },
     /// A network command burst (`0 rat 100 * 1 rat 250 *`): `(address, command)` pairs, no replies.
     Burst { framing: Framing, commands: Vec<(u8, String)> },
-    /// Bad CRC, bad length or missing ETX: answered `?COM` by `address` if it could be read.
+    /// Bad CRC, bad length or missing ETX: answered `?COM` by `address`, or by the line's first pump if
+    /// no address could be read (see [`NespPort::target_of`]).
     Broken { framing: Framing, address: Option<u8> },
+    /// A basic line longer than [`MAX_LINE`]: answered `?` by the address it starts with.
+    Overlong { address: u8 },
 }
 
-/// The pump that must handle a packet: `None` for a burst (see [`burst_targets`]) and for a broken
-/// packet whose address is unknown (silence).
+/// The address a packet names: `None` for a burst (see [`burst_targets`]) and for a broken packet
+/// whose address could not be read ([`NespPort::target_of`] routes that one).
 pub fn address_of(packet: &Packet) -> Option<u8> {
     match packet {
-        Packet::Command { address, .. } => Some(*address),
+        Packet::Command { address, .. } | Packet::Overlong { address } => Some(*address),
         Packet::Broken { address, .. } => *address,
         Packet::Burst { .. } => None,
     }
@@ -398,7 +415,11 @@ fn na(e: ModbusException) -> Reply {
 enum RxState {
     Idle,
     Basic,
+    /// A basic line past [`MAX_LINE`]: its first bytes are kept, the rest skipped up to the CR.
+    BasicOverlong,
     Safe,
+    /// The rest of a safe frame whose length byte was impossible, up to its ETX or a silence.
+    Skip,
 }
 
 /// One serial line: receive buffer and per-address protocol state. The pumps are the caller's.
@@ -408,6 +429,7 @@ pub struct NespPort {
     rx_state: RxState,
     last_byte_s: f64,
     pumps: BTreeMap<u8, AddressState>,
+    rejects: RejectLog,
 }
 
 impl Default for NespPort {
@@ -418,11 +440,33 @@ impl Default for NespPort {
 
 impl NespPort {
     pub fn new() -> Self {
-        Self { rx: Vec::new(), rx_state: RxState::Idle, last_byte_s: 0.0, pumps: BTreeMap::new() }
+        Self {
+            rx: Vec::new(),
+            rx_state: RxState::Idle,
+            last_byte_s: 0.0,
+            pumps: BTreeMap::new(),
+            rejects: RejectLog::default(),
+        }
     }
 
     fn state(&mut self, now_s: f64, address: u8) -> &mut AddressState {
         self.pumps.entry(address).or_insert_with(|| AddressState::new(now_s))
+    }
+
+    /// What this line rejected since the last call.
+    pub fn rejects(&mut self) -> &mut RejectLog {
+        &mut self.rejects
+    }
+
+    /// The address that must answer `packet`: the one it names, or for a broken packet with no
+    /// readable address the line's first pump (the lowest address this port has served or polled;
+    /// 0 before any). `None` for a burst, which nobody answers.
+    pub fn target_of(&self, packet: &Packet) -> Option<u8> {
+        match packet {
+            Packet::Broken { address: None, .. } => Some(self.pumps.keys().next().copied().unwrap_or(0)),
+            Packet::Burst { .. } => None,
+            _ => address_of(packet),
+        }
     }
 
     /// Safe-mode timeout `n` (s) of an address; 0 = basic mode.
@@ -452,8 +496,13 @@ impl NespPort {
         if bytes.is_empty() {
             return out;
         }
-        if self.rx_state == RxState::Safe && now_s - self.last_byte_s > SAFE_GAP_S {
-            self.rx.clear();
+        let silence = now_s - self.last_byte_s;
+        if self.rx_state == RxState::Safe && silence > SAFE_GAP_S {
+            let partial = std::mem::take(&mut self.rx);
+            self.rejects.push(format!("incomplete safe packet (silent for over {SAFE_GAP_S} s)"), &partial);
+            self.rx_state = RxState::Idle;
+        }
+        if self.rx_state == RxState::Skip && silence > SKIP_GAP_S {
             self.rx_state = RxState::Idle;
         }
         self.last_byte_s = now_s;
@@ -468,21 +517,25 @@ impl NespPort {
                         self.rx_state = RxState::Basic;
                     }
                 }
-                RxState::Basic => {
+                RxState::Basic | RxState::BasicOverlong => {
                     if b == CR {
                         let line = std::mem::take(&mut self.rx);
-                        self.rx_state = RxState::Idle;
-                        if let Some(p) = parse_body(Framing::Basic, &line) {
+                        if self.rx_state == RxState::BasicOverlong {
+                            self.rejects.push(format!("line longer than {MAX_LINE} bytes"), &line);
+                            let (address, _) = split_address(&normalise(&line));
+                            out.push(Packet::Overlong { address });
+                        } else if let Some(p) = parse_body(Framing::Basic, &line) {
                             out.push(p);
                         }
+                        self.rx_state = RxState::Idle;
                     } else if b == STX {
-                        self.rx.clear();
+                        let line = std::mem::take(&mut self.rx);
+                        self.rejects.push("basic line cut off by STX", &line);
                         self.rx.push(b);
                         self.rx_state = RxState::Safe;
-                    } else if b.is_ascii_graphic() || b >= 0x80 {
+                    } else if (b.is_ascii_graphic() || b >= 0x80) && self.rx_state == RxState::Basic {
                         if self.rx.len() >= MAX_LINE {
-                            self.rx.clear();
-                            self.rx_state = RxState::Idle;
+                            self.rx_state = RxState::BasicOverlong;
                         } else {
                             self.rx.push(b);
                         }
@@ -492,15 +545,24 @@ impl NespPort {
                     self.rx.push(b);
                     let len = usize::from(self.rx[1]);
                     if self.rx.len() == 2 && len < 4 {
-                        self.rx.clear();
-                        self.rx_state = RxState::Idle;
+                        let frame = std::mem::take(&mut self.rx);
+                        self.rejects.push(format!("safe packet length byte {len} (at least 4)"), &frame);
+                        self.rx_state = RxState::Skip;
                         out.push(Packet::Broken { framing: Framing::Safe, address: None });
                     } else if self.rx.len() == len + 1 {
                         let frame = std::mem::take(&mut self.rx);
                         self.rx_state = RxState::Idle;
                         if let Some(p) = parse_safe(&frame) {
+                            if matches!(p, Packet::Broken { .. }) {
+                                self.rejects.push("safe packet with a bad CRC or no ETX", &frame);
+                            }
                             out.push(p);
                         }
+                    }
+                }
+                RxState::Skip => {
+                    if b == ETX {
+                        self.rx_state = RxState::Idle;
                     }
                 }
             }
@@ -520,18 +582,20 @@ impl NespPort {
         }
     }
 
-    /// Executes one packet against the pump at [`address_of`]`(packet)` and returns the reply bytes,
-    /// or `None` for silence (bursts — use [`NespPort::handle_burst`] — and unaddressable broken packets).
+    /// Executes one packet against the pump at [`NespPort::target_of`]`(packet)` and returns the reply
+    /// bytes, or `None` for a burst (use [`NespPort::handle_burst`]).
     pub fn handle(&mut self, now_s: f64, packet: &Packet, pump: &mut Firmware) -> Option<Vec<u8>> {
+        let address = self.target_of(packet)?;
         match packet {
-            Packet::Command { address, command, .. } => Some(self.execute(now_s, *address, command, pump)),
-            Packet::Broken { address: Some(address), .. } => {
-                self.poll(now_s, *address, pump);
-                let st = self.state(now_s, *address);
-                let data = format!("{:02}{}?COM", address, st.status_letter(pump));
+            Packet::Command { command, .. } => Some(self.execute(now_s, address, command, pump)),
+            Packet::Broken { .. } | Packet::Overlong { .. } => {
+                let error = if matches!(packet, Packet::Broken { .. }) { "?COM" } else { "?" };
+                self.poll(now_s, address, pump);
+                let st = self.state(now_s, address);
+                let data = format!("{address:02}{}{error}", st.status_letter(pump));
                 Some(frame(st.framing(), data.as_bytes()))
             }
-            Packet::Broken { address: None, .. } | Packet::Burst { .. } => None,
+            Packet::Burst { .. } => None,
         }
     }
 
@@ -749,24 +813,25 @@ fn run_command(st: &mut AddressState, now_s: f64, command: &str, pump: &mut Firm
             Reply::Data(String::new())
         }
         "DIS" if arg.is_empty() => {
-            if pump.infused_ml() < st.infused_base_ml {
+            // A firmware counter below its baseline was cleared (power cycle, clear_counters).
+            if pump.motor_infused_ml() < st.infused_base_ml {
                 st.infused_base_ml = 0.0;
             }
-            if pump.withdrawn_ml() < st.withdrawn_base_ml {
+            if pump.motor_withdrawn_ml() < st.withdrawn_base_ml {
                 st.withdrawn_base_ml = 0.0;
             }
             let units = st.volume_units(pump);
-            let i = (pump.infused_ml() - st.infused_base_ml) / units.ml();
-            let w = (pump.withdrawn_ml() - st.withdrawn_base_ml) / units.ml();
+            let i = (pump.motor_infused_ml() - st.infused_base_ml) / units.ml();
+            let w = (pump.motor_withdrawn_ml() - st.withdrawn_base_ml) / units.ml();
             Reply::Data(format!("I{}W{}{}", format_number(i), format_number(w), units.code()))
         }
         "CLD" => match arg {
             "INF" => {
-                st.infused_base_ml = pump.infused_ml();
+                st.infused_base_ml = pump.motor_infused_ml();
                 Reply::Data(String::new())
             }
             "WDR" => {
-                st.withdrawn_base_ml = pump.withdrawn_ml();
+                st.withdrawn_base_ml = pump.motor_withdrawn_ml();
                 Reply::Data(String::new())
             }
             _ => Reply::Error("?"),

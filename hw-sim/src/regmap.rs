@@ -2,13 +2,24 @@
 //! driver reads too (`python/ketapump/data/register_map.toml`): one source of truth.
 //!
 //! Multi-register values use big-endian word order (high word first). A register is addressed by its
-//! first word; a write must cover every word of each register it touches.
+//! first word; a write must cover every word of each register it touches. The Modbus function codes the
+//! pump answers are data too (`function_codes`): the request handler refuses every other code with
+//! exception 1, so a map that lists fewer functions gets a pump that implements fewer.
 
 use serde::Deserialize;
 use std::collections::HashMap;
 
 /// The map as shipped, compiled in so the simulator needs no file at run time.
 pub const REGISTER_MAP_TOML: &str = include_str!("../../python/ketapump/data/register_map.toml");
+
+/// Function codes the request handler ([`crate::modbus::handle_pdu`]) implements; a map may list any of
+/// them. 3 and 4 read holding registers (the same registers: the map has no separate input registers),
+/// 6 writes one register, 16 writes several.
+pub const IMPLEMENTED_FUNCTION_CODES: [u8; 4] = [3, 4, 6, 16];
+/// Most registers one read may ask for (Modbus application protocol, function 3).
+pub const MAX_READ_REGISTERS: u16 = 125;
+/// Most registers one write may carry (function 16).
+pub const MAX_WRITE_REGISTERS: u16 = 123;
 
 /// Modbus exception codes the simulated firmware answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,14 +93,26 @@ pub struct RegisterMap {
     pub map_version: u16,
     pub unit_id: u8,
     pub word_order: String,
+    /// The Modbus function codes the pump answers (each one of [`IMPLEMENTED_FUNCTION_CODES`]).
+    pub function_codes: Vec<u8>,
     #[serde(rename = "register")]
     pub registers: Vec<Register>,
 }
 
 impl RegisterMap {
-    /// Parses and checks a map: unique names, no overlapping words.
+    /// Parses and checks a map: implemented, distinct function codes, unique names, no overlapping words.
     pub fn parse(text: &str) -> Result<Self, String> {
         let map: RegisterMap = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (i, code) in map.function_codes.iter().enumerate() {
+            if !IMPLEMENTED_FUNCTION_CODES.contains(code) {
+                return Err(format!(
+                    "function code {code} is not implemented (implemented: {IMPLEMENTED_FUNCTION_CODES:?})"
+                ));
+            }
+            if map.function_codes[..i].contains(code) {
+                return Err(format!("function code {code} is listed twice"));
+            }
+        }
         let mut words: HashMap<u16, &str> = HashMap::new();
         let mut names: HashMap<&str, ()> = HashMap::new();
         for r in &map.registers {
@@ -110,6 +133,11 @@ impl RegisterMap {
     pub fn shipped() -> Self {
         // The shipped file is checked by a test; a broken one must not reach a build unnoticed.
         Self::parse(REGISTER_MAP_TOML).unwrap_or_else(|e| panic!("shipped register map is invalid: {e}"))
+    }
+
+    /// Whether the pump answers Modbus function `code`.
+    pub fn serves_function(&self, code: u8) -> bool {
+        self.function_codes.contains(&code)
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Register> {
@@ -169,6 +197,7 @@ name = "x"
 map_version = 1
 unit_id = 1
 word_order = "big"
+function_codes = [3, 6]
 [[register]]
 name = "a"
 address = 0
@@ -185,6 +214,17 @@ block = "b"
 description = ""
 "#;
         assert!(RegisterMap::parse(text).unwrap_err().contains("overlaps"));
+    }
+
+    #[test]
+    fn unimplemented_or_repeated_function_codes_are_refused() {
+        let shipped = REGISTER_MAP_TOML;
+        let five = shipped.replace("function_codes = [3, 4, 6, 16]", "function_codes = [3, 5]");
+        assert!(RegisterMap::parse(&five).unwrap_err().contains("function code 5 is not implemented"));
+        let twice = shipped.replace("function_codes = [3, 4, 6, 16]", "function_codes = [3, 16, 3]");
+        assert!(RegisterMap::parse(&twice).unwrap_err().contains("listed twice"));
+        assert!(RegisterMap::shipped().serves_function(16));
+        assert!(!RegisterMap::shipped().serves_function(5));
     }
 
     #[test]

@@ -237,15 +237,25 @@ fn broken_packets_get_com_or_silence() {
     let mut bad = safe("0VER");
     bad[3] = b'X';
     assert_eq!(ask(&mut port, &mut p, 0.3, &bad).unwrap(), rs("00S?COM"));
-    // Impossible length: no address, silence.
-    let packets = port.feed(0.4, &[0x02, 0x03]);
-    assert_eq!(packets, vec![Packet::Broken { framing: Framing::Safe, address: None }]);
-    assert_eq!(port.handle(0.4, &packets[0], &mut p), None);
-    // Bad CRC with garbage where the address should be: silence.
+    // Impossible lengths (0 to 3): no address to read, so the line's first pump answers ?COM, and the
+    // rest of the frame (up to its ETX) is not taken for a new packet.
+    for len in 0..4u8 {
+        let packets = port.feed(0.4, &[0x02, len, b'0', b'V', b'E', b'R', 0x12, 0x34, 0x03]);
+        assert_eq!(packets, vec![Packet::Broken { framing: Framing::Safe, address: None }]);
+        assert_eq!(port.target_of(&packets[0]), Some(0));
+        assert_eq!(port.handle(0.4, &packets[0], &mut p).unwrap(), rs("00S?COM"));
+    }
+    // Without an ETX, a silence ends the skip.
+    assert_eq!(port.feed(0.45, &[0x02, 0x01, b'0', b'V']).len(), 1);
+    assert_eq!(ask(&mut port, &mut p, 0.45 + 0.06, &safe("0VER")).unwrap(), rs("00SNE1000V3.928"));
+    // Bad CRC with garbage where the address should be: the line's first pump answers.
     let mut bad = safe("XYZ");
     bad[2] = b'Q';
-    let packets = port.feed(0.5, &bad);
+    let packets = port.feed(0.6, &bad);
     assert_eq!(address_of(&packets[0]), None);
+    assert_eq!(port.target_of(&packets[0]), Some(0));
+    let (rejects, _) = port.rejects().take();
+    assert!(rejects.iter().any(|r| r.reason.contains("length byte 3")), "{rejects:?}");
     // The corrupt-reply fault: a corrupted safe reply fails its CRC; a basic one is no longer ASCII.
     let reply = rs("00S");
     let c = corrupt(&reply);
@@ -368,10 +378,12 @@ fn volume_target_reached_stops_the_program() {
     }
     assert!(t < 60.0);
     assert_eq!(ask(&mut port, &mut p, t, b"0\r").unwrap(), rb("00S"));
-    assert!((0.5..0.51).contains(&p.infused_ml()), "{}", p.infused_ml());
+    // The target counts the motor, as DIS does; the plunger lags by the lead-screw slack.
+    assert!((0.5..0.51).contains(&p.motor_infused_ml()), "{}", p.motor_infused_ml());
+    assert!(p.infused_ml() < 0.5 - 0.1, "{}", p.infused_ml());
     assert_eq!(
         ask(&mut port, &mut p, t, b"0DIS\r").unwrap(),
-        rb(&format!("00SI{}W0.000ML", format_number(p.infused_ml())))
+        rb(&format!("00SI{}W0.000ML", format_number(p.motor_infused_ml())))
     );
     // RUN again dispenses another 0.5 mL.
     assert_eq!(ask(&mut port, &mut p, t, b"0RUN\r").unwrap(), rb("00I"));
@@ -379,7 +391,7 @@ fn volume_target_reached_stops_the_program() {
     while port.program(0) == ProgramState::Running && t < start + 60.0 {
         t = run_for(&mut port, &mut p, 0, t, t + 0.1);
     }
-    assert!((1.0..1.02).contains(&p.infused_ml()), "{}", p.infused_ml());
+    assert!((1.0..1.02).contains(&p.motor_infused_ml()), "{}", p.motor_infused_ml());
 }
 
 #[test]
@@ -389,7 +401,7 @@ fn dis_integrates_infused_and_withdrawn_separately() {
     ask(&mut port, &mut p, 0.0, b"0RAT120MH\r");
     ask(&mut port, &mut p, 0.0, b"0RUN\r");
     let t = run_for(&mut port, &mut p, 0, 0.0, 30.0);
-    let inf = p.infused_ml();
+    let inf = p.motor_infused_ml();
     assert!(inf > 0.5, "{inf}");
     assert_eq!(ask(&mut port, &mut p, t, b"0DIS\r").unwrap(), rb(&format!("00II{}W0.000ML", format_number(inf))));
     // Withdraw for 15 s: withdrawn grows, infused holds.
@@ -398,21 +410,67 @@ fn dis_integrates_infused_and_withdrawn_separately() {
     ask(&mut port, &mut p, t, b"0DIRWDR\r");
     ask(&mut port, &mut p, t, b"0RUN\r");
     let t = run_for(&mut port, &mut p, 0, t, t + 15.0);
-    let wdr = p.withdrawn_ml();
+    let wdr = p.motor_withdrawn_ml();
     assert!(wdr > 0.1, "{wdr}");
-    let dis = format!("00WI{}W{}ML", format_number(p.infused_ml()), format_number(wdr));
+    let dis = format!("00WI{}W{}ML", format_number(p.motor_infused_ml()), format_number(wdr));
     assert_eq!(ask(&mut port, &mut p, t, b"0DIS\r").unwrap(), rb(&dis));
-    assert!((p.infused_ml() - inf).abs() < 0.01);
+    assert_eq!(p.motor_infused_ml(), inf);
     // CLD INF clears only the infused count; µL units.
     ask(&mut port, &mut p, t, b"0CLDINF\r");
     ask(&mut port, &mut p, t, b"0VOLUL\r");
-    let dis = format!("00WI0.000W{}UL", format_number(p.withdrawn_ml() * 1000.0));
+    let dis = format!("00WI0.000W{}UL", format_number(p.motor_withdrawn_ml() * 1000.0));
     assert_eq!(ask(&mut port, &mut p, t, b"0DIS\r").unwrap(), rb(&dis));
     ask(&mut port, &mut p, t, b"0CLDWDR\r");
     assert_eq!(ask(&mut port, &mut p, t, b"0DIS\r").unwrap(), rb("00WI0.000W0.000UL"));
 }
 
 // ----- errors -------------------------------------------------------------------------------------
+
+#[test]
+fn an_overlong_line_is_answered_once_with_a_question_mark() {
+    let (mut port, mut p) = (NespPort::new(), acked());
+    // 100 bytes: a command with a number too long for it.
+    let line = format!("0RAT{}\r", "1".repeat(96));
+    assert_eq!(ask(&mut port, &mut p, 0.0, line.as_bytes()).unwrap(), rb("00S?OOR"));
+    // 300 and 5 000 bytes: past MAX_LINE, answered "?" at the CR, once.
+    for n in [300, 5_000] {
+        let line = format!("0RAT{}\r", "1".repeat(n));
+        assert_eq!(ask(&mut port, &mut p, 0.1, line.as_bytes()).unwrap(), rb("00S?"), "{n}");
+    }
+    // Even split across reads, and for the address it starts with.
+    ask(&mut port, &mut p, 0.2, b"7\r");
+    let line = format!("7DIA{}\r", "9".repeat(400));
+    let (head, tail) = line.as_bytes().split_at(200);
+    assert!(port.feed(0.3, head).is_empty());
+    let packets = port.feed(0.3, tail);
+    assert_eq!(packets, vec![Packet::Overlong { address: 7 }]);
+    assert_eq!(port.handle(0.3, &packets[0], &mut p).unwrap(), rb("07S?"));
+    assert_eq!(p.rate_ml_h(), 0.0);
+    let (rejects, _) = port.rejects().take();
+    assert_eq!(rejects.iter().filter(|r| r.reason.starts_with("line longer")).count(), 3);
+}
+
+#[test]
+fn dis_and_the_volume_target_count_motor_steps_not_the_plunger() {
+    // Lead-screw slack not taken up: for its first ~0.17 mL the motor turns and the plunger stays put.
+    let (mut port, mut p) = (NespPort::new(), acked());
+    ask(&mut port, &mut p, 0.0, b"0RAT2MM\r");
+    ask(&mut port, &mut p, 0.0, b"0RUN\r");
+    let t = run_for(&mut port, &mut p, 0, 0.0, 1.5);
+    let dis = ask(&mut port, &mut p, t, b"0DIS\r").unwrap();
+    // 1.5 s at 2 mL/min = 0.050 mL by the motor, while the plunger has not moved yet.
+    assert_eq!(dis, rb("00II0.050W0.000ML"), "{}", show(&Some(dis.clone())));
+    assert!(p.infused_ml() < 0.001, "{}", p.infused_ml());
+    // The volume target counts the same way: VOL 0.1 mL stops after 3 s of motion.
+    ask(&mut port, &mut p, t, b"0STP\r");
+    ask(&mut port, &mut p, t, b"0STP\r");
+    ask(&mut port, &mut p, t, b"0VOL0.1\r");
+    ask(&mut port, &mut p, t, b"0RUN\r");
+    let t2 = run_for(&mut port, &mut p, 0, t, t + 3.2);
+    assert_eq!(ask(&mut port, &mut p, t2, b"0\r").unwrap(), rb("00S"));
+    // Stopped within one 0.1 s advance step of the target (0.003 mL at 2 mL/min).
+    assert!((0.15..0.154).contains(&p.motor_infused_ml()), "{}", p.motor_infused_ml());
+}
 
 #[test]
 fn error_replies() {
@@ -585,6 +643,13 @@ fn random_buffer(rng: &mut SplitMix64) -> Vec<u8> {
             f[i] = rng.next_u64() as u8;
             f
         }
+        // A basic line far past the longest command.
+        5 if pick(rng, 4) == 0 => {
+            let mut f = format!("{addr}RAT").into_bytes();
+            f.extend((0..300 + pick(rng, 300)).map(|_| b"0123456789."[pick(rng, 11)]));
+            f.push(0x0D);
+            f
+        }
         // Valid packets.
         _ => {
             if pick(rng, 2) == 0 {
@@ -597,7 +662,7 @@ fn random_buffer(rng: &mut SplitMix64) -> Vec<u8> {
 }
 
 #[test]
-fn random_bytes_never_panic_and_malformed_packets_get_com_question_or_silence() {
+fn random_bytes_never_panic_and_every_packet_but_a_burst_is_answered() {
     let mut rng = SplitMix64::new(0x4E45_5350);
     let mut port = NespPort::new();
     let mut pumps: BTreeMap<u8, Firmware> = BTreeMap::new();
@@ -615,9 +680,10 @@ fn random_bytes_never_panic_and_malformed_packets_get_com_question_or_silence() 
             rest = &rest[k..];
         }
         for packet in &packets {
-            let Some(a) = address_of(packet) else {
+            let Some(a) = port.target_of(packet) else {
                 let p = pumps.entry(0).or_insert_with(pump);
                 assert_eq!(port.handle(t, packet, p), None);
+                assert!(matches!(packet, Packet::Burst { .. }));
                 for b in burst_targets(packet) {
                     let p = pumps.entry(b).or_insert_with(pump);
                     port.handle_burst(t, packet, b, p);
@@ -633,6 +699,7 @@ fn random_bytes_never_panic_and_malformed_packets_get_com_question_or_silence() 
                     broken += 1;
                     assert!(data.ends_with("?COM"), "{data}");
                 }
+                Packet::Overlong { .. } => assert!(data.ends_with('?'), "{data}"),
                 Packet::Command { command, .. } => {
                     let known = command.is_empty()
                         || KNOWN.iter().any(|k| command.starts_with(k))
@@ -667,7 +734,7 @@ fn single_byte_corruption_of_a_safe_frame_is_detected() {
         assert_eq!(packets.len(), 1, "{f:02X?}");
         assert!(matches!(packets[0], Packet::Broken { framing: Framing::Safe, .. }), "{f:02X?} → {packets:?}");
         if let Some(reply) = port.handle(0.0, &packets[0], &mut p) {
-            assert!(check_reply(&reply, address_of(&packets[0]).unwrap()).ends_with("?COM"));
+            assert!(check_reply(&reply, port.target_of(&packets[0]).unwrap()).ends_with("?COM"));
         }
         // The line recovers: the next valid frame is understood.
         let packets = port.feed(0.0, &safe("0VER"));

@@ -19,6 +19,7 @@ __all__ = [
     "BUILD_PROFILE",
     "ControlStatus",
     "KernelConfig",
+    "ModbusTcpConnection",
     "NespPort",
     "RateController",
     "RtuPort",
@@ -401,6 +402,10 @@ class SimPump:
     def line_pressure_mmhg(self) -> float:
         """True line pressure, without sensor faults."""
     @property
+    def motor_infused_ml(self) -> float:
+        """Volume the motor has pushed since the counters were cleared (steps × mL per step): what a
+        pump without a plunger sensor counts (the New Era ``DIS``)."""
+    @property
     def alarm_bits(self) -> int: ...
     @property
     def run_mode(self) -> int:
@@ -415,6 +420,25 @@ class RtuPort:
         """Feed bytes received at real time ``line_s``; replies as ``(bytes, delay_ms)``."""
     def idle(self, line_s: float, pump: SimPump) -> list[tuple[bytes, int]]:
         """Complete a frame that only a silent gap can end (unknown function codes)."""
+    def take_rejects(self) -> tuple[list[tuple[str, bytes, int]], int]:
+        """Frames rejected since the last call: ``([(reason, first bytes, length), ...], not kept)``."""
+
+@final
+class ModbusTcpConnection:
+    """One Modbus TCP connection on the pump side: MBAP framing, unit-id rules, comm faults. The same
+    request handler as :class:`RtuPort` answers."""
+
+    def __new__(cls, unit_id: int = 1) -> ModbusTcpConnection: ...
+    def process(self, data: bytes, pump: SimPump) -> list[tuple[bytes, int]]:
+        """Feed received bytes; replies in order as ``(bytes, delay_ms)`` (a dropped one is absent)."""
+    @property
+    def closed(self) -> bool:
+        """The stream lost its framing (an impossible MBAP header): close the connection."""
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet make a request."""
+    def take_rejects(self) -> tuple[list[tuple[str, bytes, int]], int]:
+        """Frames rejected since the last call: ``([(reason, first bytes, length), ...], not kept)``."""
 
 @final
 class NespPort:
@@ -427,6 +451,8 @@ class NespPort:
         """Feed bytes received at real time ``line_s``; run them at pump time ``now_s``."""
     def poll(self, now_s: float, pumps: dict[int, SimPump]) -> None:
         """Run the safe-mode watchdog of every address (call periodically)."""
+    def take_rejects(self) -> tuple[list[tuple[str, bytes, int]], int]:
+        """Packets rejected since the last call: ``([(reason, first bytes, length), ...], not kept)``."""
 
 def run_kp40min(config: KernelConfig, ticks: int | None = None) -> dict[str, object]:
     """Run the KP-40MIN closed loop (docs/benchmarks.md) entirely in Rust with the GIL released.

@@ -436,6 +436,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(campaign::run_campaign, m)?)?;
     m.add_class::<sim::SimPump>()?;
     m.add_class::<sim::RtuPort>()?;
+    m.add_class::<sim::ModbusTcpConnection>()?;
     m.add_class::<sim::NespPort>()?;
     limits::register(m)?;
     Ok(())

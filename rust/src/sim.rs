@@ -1,5 +1,6 @@
-//! Bindings for the hardware simulator (`ketapump-hwsim`): one simulated pump and the serial codecs
-//! that serve it. Thin: every behaviour lives in the simulator crate; this converts types and errors.
+//! Bindings for the hardware simulator (`ketapump-hwsim`): one simulated pump and the codecs that serve
+//! it (Modbus RTU and TCP, New Era). Thin: every behaviour lives in the simulator crate; this converts
+//! types and errors and applies the communication faults to replies.
 
 use crate::errors::CoreError;
 use ketapump_hwsim as hw;
@@ -141,6 +142,13 @@ impl SimPump {
         self.fw.plant().line_pressure_mmhg()
     }
 
+    /// Volume the motor has pushed since the counters were cleared (mL): steps × mL per step, what a
+    /// pump without a plunger sensor counts (the New Era `DIS`).
+    #[getter]
+    fn motor_infused_ml(&self) -> f64 {
+        self.fw.motor_infused_ml()
+    }
+
     #[getter]
     fn alarm_bits(&self) -> u16 {
         self.fw.alarms()
@@ -156,6 +164,16 @@ impl SimPump {
 #[pyclass(module = "ketapump._core")]
 pub struct RtuPort {
     port: hw::RtuPort,
+}
+
+/// A rejection as Python sees it: `(reason, first bytes, length)`.
+type RejectRow = (String, Py<PyBytes>, usize);
+
+/// Empties a codec's reject log: `([(reason, first bytes, length), ...], not kept)`.
+fn take_rejects(py: Python<'_>, log: &mut hw::wire::RejectLog) -> (Vec<RejectRow>, u64) {
+    let (held, overflow) = log.take();
+    let rows = held.into_iter().map(|r| (r.reason, PyBytes::new(py, &r.head).unbind(), r.len)).collect();
+    (rows, overflow)
 }
 
 /// Applies communication faults to a reply. The fate (`action`) is decided as the request arrives,
@@ -202,6 +220,11 @@ impl RtuPort {
         let frames = self.port.idle(line_s);
         self.execute(py, frames, pump)
     }
+
+    /// The frames rejected since the last call: `([(reason, first bytes, length), ...], not kept)`.
+    fn take_rejects(&mut self, py: Python<'_>) -> (Vec<RejectRow>, u64) {
+        take_rejects(py, self.port.rejects())
+    }
 }
 
 impl RtuPort {
@@ -214,6 +237,52 @@ impl RtuPort {
             }
         }
         replies
+    }
+}
+
+/// One Modbus TCP connection on the pump side: MBAP framing, unit-id rules, communication faults.
+#[pyclass(module = "ketapump._core")]
+pub struct ModbusTcpConnection {
+    stream: hw::MbapStream,
+    unit_id: u8,
+}
+
+#[pymethods]
+impl ModbusTcpConnection {
+    #[new]
+    #[pyo3(signature = (unit_id = 1))]
+    fn new(unit_id: u8) -> Self {
+        Self { stream: hw::MbapStream::new(), unit_id }
+    }
+
+    /// Feeds received bytes and runs the complete requests on `pump` (advanced by the caller); returns
+    /// the replies to send, in order, as `(bytes, delay_ms)`. A dropped reply is simply absent (TCP has
+    /// no checksum to corrupt). After a header that cannot be valid, [`closed`] is true.
+    fn process(&mut self, py: Python<'_>, data: &[u8], pump: &mut SimPump) -> Vec<(Py<PyBytes>, u16)> {
+        let mut replies = Vec::new();
+        for request in self.stream.feed(data) {
+            let action = hw::CommAction { corrupt: false, ..pump.fw.comm_action() };
+            let reply = hw::MbapStream::answer(&mut pump.fw, self.unit_id, &request);
+            replies.extend(faulted_reply(py, action, reply, <[u8]>::to_vec));
+        }
+        replies
+    }
+
+    /// The stream lost its framing (see `docs/register-map.md`): the connection must be closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.stream.is_closed()
+    }
+
+    /// Bytes received that do not yet make a request.
+    #[getter]
+    fn pending(&self) -> usize {
+        self.stream.pending()
+    }
+
+    /// The frames rejected since the last call: `([(reason, first bytes, length), ...], not kept)`.
+    fn take_rejects(&mut self, py: Python<'_>) -> (Vec<RejectRow>, u64) {
+        take_rejects(py, self.stream.rejects())
     }
 }
 
@@ -252,7 +321,7 @@ impl NespPort {
                 }
                 continue;
             }
-            let Some(pump) = hw::nesp::address_of(&packet).and_then(|a| pumps.get(&a)) else {
+            let Some(pump) = self.port.target_of(&packet).and_then(|a| pumps.get(&a)) else {
                 continue;
             };
             let mut pump = pump.borrow_mut();
@@ -269,5 +338,10 @@ impl NespPort {
         for (address, pump) in pumps {
             self.port.poll(now_s, address, &mut pump.borrow_mut().fw);
         }
+    }
+
+    /// The packets rejected since the last call: `([(reason, first bytes, length), ...], not kept)`.
+    fn take_rejects(&mut self, py: Python<'_>) -> (Vec<RejectRow>, u64) {
+        take_rejects(py, self.port.rejects())
     }
 }
