@@ -360,9 +360,21 @@ def test_garbage_and_foreign_replies_are_link_failures() -> None:
         assert time.monotonic() - t0 < TIMEOUT_S
         assert url in str(info.value)
         await transport.close()
-        assert transport._check_reply("VER", "00S") == "00S"
+        assert transport._check_reply("RUN", "00I") == "00I"
         with pytest.raises(TransportError, match="address 01"):
             transport._check_reply("VER", "01S")
+        # A reply of the wrong shape for its command (a late reply to another command) is not used.
+        for text, data in (
+            ("VER", "00S"),
+            ("DIS", "00S26.59"),
+            ("", "00SI0.000W0.000ML"),
+            ("RAT10MH", "00S"),
+        ):
+            if text == "RAT10MH":
+                assert transport._check_reply(text, data) == data
+            else:
+                with pytest.raises(TransportError, match="does not answer"):
+                    transport._check_reply(text, data)
         with pytest.raises(TransportError):
             transport._check_reply("VER", "00S?COM")
         with pytest.raises(PumpRefusedError) as refused:

@@ -10,7 +10,13 @@ the reference driver read. It may import only the floor (``ketapump._core``, ``e
 from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
 from ketapump.wire.drivers.nesp import NewEraDriver
 from ketapump.wire.drivers.reference import ReferencePumpDriver
-from ketapump.wire.regmap import RegisterMap, load_register_map, render_markdown
+from ketapump.wire.regmap import (
+    TCP_IDLE_TIMEOUT_S,
+    TCP_MAX_UNREAD_BYTES,
+    RegisterMap,
+    load_register_map,
+    render_markdown,
+)
 from ketapump.wire.transports import open_transport, split_url
 from ketapump.wire.transports.base import (
     DEFAULT_RETRIES,
@@ -20,13 +26,16 @@ from ketapump.wire.transports.base import (
     RegisterTransport,
     Transport,
 )
-from ketapump.wire.transports.modbus import ModbusRtuTransport, ModbusTcpTransport
+from ketapump.wire.transports.modbus import ModbusTcpTransport
 from ketapump.wire.transports.nesp import NespTransport
+from ketapump.wire.transports.rtu import ModbusRtuTransport
 from ketapump.wire.transports.sim import SimTransport
 
 __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT_S",
+    "TCP_IDLE_TIMEOUT_S",
+    "TCP_MAX_UNREAD_BYTES",
     "CommandTransport",
     "ModbusRtuTransport",
     "ModbusTcpTransport",

@@ -14,6 +14,7 @@ alarm as nesp-lib expects, stop, and the telemetry queries) or refused with :cla
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -36,6 +37,8 @@ ALARM_NAMES = {
 RATE_UNITS_PER_ML_H = {"MH": 1.0, "UH": 1000.0, "MM": 1.0 / 60.0, "UM": 1000.0 / 60.0}
 #: Status letters of a moving plunger: infusing, withdrawing, purging.
 MOVING = frozenset("IWX")
+#: Status letters of a motor at rest: program stopped, paused.
+AT_REST = frozenset("SP")
 
 _VERSION = re.compile(r"NE(\d+)(?:X\d+)?V(\d+\.\d+)")
 _DISPENSED = re.compile(r"I(\d*\.?\d*)W(\d*\.?\d*)(ML|UL)")
@@ -142,8 +145,15 @@ class NewEraDriver(PumpDriver):
         self.model, self.firmware = f"NE{match[1]}", match[2]
 
     async def close(self) -> None:
-        """Closes the link without telling the pump: in safe mode its watchdog then stops the motor,
-        which is the point of safe mode when the bridge goes away."""
+        """Closes the link. A pump in safe mode that says it is at rest (stopped or paused) is first
+        put back in basic mode (``SAF0``): nobody talks to it any more, and in safe mode it would
+        latch a communication-timeout alarm (``A?T``) a few seconds later for the next user to find.
+        A pump still moving, or one that does not answer, keeps safe mode: its watchdog stopping the
+        motor when the bridge goes away is the point of safe mode."""
+        if self.transport.safe_s > 0 and self.transport.connected:
+            with contextlib.suppress(TransportError):
+                if await self._status() in AT_REST:
+                    await self._send("SAF0")
         await self.transport.close()
 
     async def set_syringe(self, diameter_mm: float) -> None:

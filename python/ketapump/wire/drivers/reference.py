@@ -24,6 +24,10 @@ class ReferencePumpDriver(PumpDriver):
         last = self.map["heartbeat_age_ms"]
         self._telemetry_span = (first.address, last.address + last.words - first.address)
         self._beat = 0
+        # A transport that must prove its line is in step (Modbus RTU) writes fresh values to the
+        # heartbeat: any value is valid there, and a write only refreshes the watchdog, which the loop
+        # refreshes every tick anyway.
+        transport.sync_register = self.map["heartbeat"].address
 
     async def _write(self, name: str, value: float) -> None:
         register = self.map[name]

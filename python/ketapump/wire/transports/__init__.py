@@ -20,8 +20,9 @@ from ketapump import _core
 from ketapump.clock import Clock, ScaledClock
 from ketapump.errors import ConfigurationError
 from ketapump.wire.transports.base import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Transport
-from ketapump.wire.transports.modbus import ModbusRtuTransport, ModbusTcpTransport
+from ketapump.wire.transports.modbus import ModbusTcpTransport
 from ketapump.wire.transports.nesp import NespTransport
+from ketapump.wire.transports.rtu import ModbusRtuTransport
 from ketapump.wire.transports.sim import SimTransport
 
 VALID_FORMS = (

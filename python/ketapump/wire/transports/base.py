@@ -46,6 +46,24 @@ class PumpRefusedError(TransportError):
         self.code = code
 
 
+#: Modbus exception codes and their names (the reference pump answers 1–4; 6 and 11 come from other
+#: devices and gateways).
+MODBUS_EXCEPTIONS = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    6: "server device busy",
+    11: "gateway target device failed to respond",
+}
+
+
+def modbus_refusal(endpoint: str, what: str, code: int) -> PumpRefusedError:
+    """The error for a Modbus exception answer ``code`` to the request ``what``."""
+    name = MODBUS_EXCEPTIONS.get(code, "exception")
+    return PumpRefusedError(endpoint, f"{what} refused: Modbus exception {code} ({name})", code)
+
+
 class Transport(ABC):
     """A link to one pump, addressed by its URL."""
 
@@ -60,6 +78,11 @@ class Transport(ABC):
         self.timeout_s = timeout_s
         self.retries = retries
         self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link is open (it may still fail on the next request)."""
+        return self._connected
 
     async def connect(self) -> None:
         """Opens the link (once; a connected transport returns at once); raises TransportError or
@@ -121,6 +144,11 @@ class Transport(ABC):
 
 class RegisterTransport(Transport):
     """A link that reads and writes 16-bit holding registers (Modbus, or the in-process simulator)."""
+
+    #: A read-write register that reads back what is written and that a write to never harms (the
+    #: reference pump's ``heartbeat``, set by its driver). A transport whose replies carry no request
+    #: id (Modbus RTU) writes fresh values to it to prove the line is in step; others ignore it.
+    sync_register: int | None = None
 
     async def read_registers(self, address: int, count: int) -> list[int]:
         return await self.request(f"read {count} at {address}", lambda: self._read(address, count))

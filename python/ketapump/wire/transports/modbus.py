@@ -1,41 +1,35 @@
-"""Modbus transports over pymodbus's async clients: ``modbus-tcp://`` and ``modbus-rtu://``.
+"""``modbus-tcp://HOST:PORT?unit=1`` over pymodbus's async TCP client.
 
 pymodbus's own retries are off: the base class retries, reconnects and maps errors, so every
-transport behaves the same way.
+transport behaves the same way. A Modbus TCP reply carries its request's transaction id, and pymodbus
+matches replies to requests by it, so a late reply is never taken for the answer to a later request
+(``tests/test_wire_integrity.py`` proves it against injected delays); the base class also drops the
+connection after a failed attempt. Modbus RTU has no such id: its master is
+:mod:`ketapump.wire.transports.rtu`.
 """
 
 from __future__ import annotations
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
-from pymodbus.framer import FramerType
 
 from ketapump.errors import TransportError
-from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
-
-MODBUS_EXCEPTIONS = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    6: "server device busy",
-}
+from ketapump.wire.transports.base import RegisterTransport, modbus_refusal
 
 
-class _ModbusTransport(RegisterTransport):
-    """Shared request code; subclasses build the client."""
+class ModbusTcpTransport(RegisterTransport):
+    """``modbus-tcp://HOST:PORT?unit=1``."""
 
-    def __init__(self, url: str, *, unit: int, timeout_s: float, retries: int) -> None:
+    def __init__(self, url: str, *, host: str, port: int, unit: int, timeout_s: float, retries: int) -> None:
         super().__init__(url, timeout_s=timeout_s, retries=retries)
-        self.unit = unit
-        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
-
-    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
-        raise NotImplementedError
+        self.host, self.port, self.unit = host, port, unit
+        self._client: AsyncModbusTcpClient | None = None
 
     async def _connect(self) -> None:
         # Held before awaiting, so a connect cancelled by the timeout is still closed by _close.
-        self._client = client = self._make_client()
+        self._client = client = AsyncModbusTcpClient(
+            self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
+        )
         if not await client.connect():
             await self._close()
             raise TransportError(self.url, "cannot connect")
@@ -45,25 +39,24 @@ class _ModbusTransport(RegisterTransport):
             self._client.close()
             self._client = None
 
-    def _live(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+    def _live(self) -> AsyncModbusTcpClient:
         if self._client is None:
             raise TransportError(self.url, "not connected")
         return self._client
 
     def _check(self, response: object, what: str) -> None:
         if getattr(response, "isError", lambda: False)():
-            code = int(getattr(response, "exception_code", 0) or 0)
-            name = MODBUS_EXCEPTIONS.get(code, "exception")
-            raise PumpRefusedError(self.url, f"{what} refused: Modbus exception {code} ({name})", code)
+            raise modbus_refusal(self.url, what, int(getattr(response, "exception_code", 0) or 0))
 
     async def _read(self, address: int, count: int) -> list[int]:
+        what = f"read {count} at {address}"
         try:
             rr = await self._live().read_holding_registers(address, count=count, device_id=self.unit)
         except ModbusException as e:
             raise TransportError(self.url, str(e)) from e
-        self._check(rr, f"read {count} at {address}")
+        self._check(rr, what)
         if len(rr.registers) != count:
-            raise TransportError(self.url, f"read {count} at {address}: got {len(rr.registers)} registers")
+            raise TransportError(self.url, f"{what}: got {len(rr.registers)} registers")
         return list(rr.registers)
 
     async def _write(self, address: int, values: list[int]) -> None:
@@ -76,37 +69,3 @@ class _ModbusTransport(RegisterTransport):
         except ModbusException as e:
             raise TransportError(self.url, str(e)) from e
         self._check(rr, f"write at {address}")
-
-
-class ModbusTcpTransport(_ModbusTransport):
-    """``modbus-tcp://HOST:PORT?unit=1``."""
-
-    def __init__(self, url: str, *, host: str, port: int, unit: int, timeout_s: float, retries: int) -> None:
-        super().__init__(url, unit=unit, timeout_s=timeout_s, retries=retries)
-        self.host, self.port = host, port
-
-    def _make_client(self) -> AsyncModbusTcpClient:
-        return AsyncModbusTcpClient(
-            self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
-        )
-
-
-class ModbusRtuTransport(_ModbusTransport):
-    """``modbus-rtu://PATH?baud=19200&parity=N&unit=1``; PATH may be a pyserial URL."""
-
-    def __init__(
-        self, url: str, *, path: str, baud: int, parity: str, unit: int, timeout_s: float, retries: int
-    ) -> None:
-        super().__init__(url, unit=unit, timeout_s=timeout_s, retries=retries)
-        self.path, self.baud, self.parity = path, baud, parity
-
-    def _make_client(self) -> AsyncModbusSerialClient:
-        return AsyncModbusSerialClient(
-            self.path,
-            framer=FramerType.RTU,
-            baudrate=self.baud,
-            parity=self.parity,
-            timeout=self.timeout_s,
-            retries=0,
-            reconnect_delay=0,
-        )

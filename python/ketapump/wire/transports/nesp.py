@@ -5,35 +5,36 @@ sides of the PTY check each other rather than share one reading of the manual.
 
 Why it looks the way it does:
 
-- pyserial blocks, so every read and write runs in a worker thread (:func:`asyncio.to_thread`) and
-  the event loop, which also runs the safety kernel, never waits on the wire. A :class:`threading.Lock`
-  (not an asyncio lock) guards the port: when the base class's timeout cancels an attempt, the worker
-  thread cannot be cancelled and must keep the port until it finishes, and an asyncio lock would be
-  released at the cancellation while the thread still reads.
-- The port always has read and write timeouts, and the worker gives up slightly before the base class's
-  own timeout, so a silent pump costs one timeout per attempt and leaves no thread behind (nesp-lib,
+- pyserial runs in worker threads on a :class:`~ketapump.wire.transports.serial.SerialLink`, whose
+  port always has read and write timeouts; a worker gives up slightly before the base class's own
+  timeout, so a silent pump costs one timeout per attempt and leaves no thread behind (nesp-lib,
   which reads without a timeout, hangs forever on a silent or mis-addressed pump).
-- Safe-mode commands (``SAF<n>``) always go out in a safe frame, as nesp-lib does; the pump answers in
-  the framing of the mode *after* the command (the SAF trap), and a power-up alarm reply comes in the
-  framing the command asked for. Rather than predict that, the reader recognises the framing of each
-  reply (a basic reply's second byte is the first digit of the address, a safe reply's is a length
-  byte of at most 4 + 17 for every reply the protocol defines), and the transport sends the next
-  command in the framing of the last reply, which is the pump's current mode.
+- Safe-mode commands (``SAF<n>``, and the ``SAF`` query) always go out in a safe frame, as nesp-lib
+  does; the pump answers in the framing of the mode *after* the command (the SAF trap), and a power-up
+  alarm reply comes in the framing the command asked for. Rather than predict that, the reader
+  recognises the framing of each reply (a basic reply's second byte is the first digit of the address,
+  a safe reply's is a length byte of at most 4 + 17 for every reply the protocol defines), and the
+  transport sends the next command in the framing of the last reply, which is the pump's current mode.
+- **Every reply must answer its command**: the address it carries, a status letter, and the shape of
+  the data the command asks for (:func:`reply_shape`: empty for a set, a number with units for ``RAT``,
+  ``I…W…`` for ``DIS``...). New Era replies carry no request id, so a reply that arrives after its
+  command timed out could pass for the answer to the next one; after anything that leaves the line out
+  of step (a timeout, a reply that does not fit, garbage, bytes waiting before a command, a reopened
+  port) the transport re-synchronises first: it sends ``VER``, whose reply no other command's can be
+  mistaken for, and discards everything until that reply is back. The pump answers in order, so no
+  older reply can follow it; a later duplicate of it is recognised by its shape and skipped. Replies
+  discarded are counted in :attr:`NespTransport.discarded`, never used.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import logging
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
-
-import serial  # type: ignore[import-untyped]
 
 from ketapump.errors import ConfigurationError, TransportError
 from ketapump.wire.transports.base import (
@@ -42,6 +43,9 @@ from ketapump.wire.transports.base import (
     CommandTransport,
     PumpRefusedError,
 )
+from ketapump.wire.transports.serial import WORKER_SHARE, SerialLink
+
+log = logging.getLogger("ketapump.transport")
 
 __all__ = [
     "ERROR_REPLIES",
@@ -55,6 +59,7 @@ __all__ = [
     "encode_safe",
     "frame_size",
     "parse_nesp_url",
+    "reply_shape",
 ]
 
 STX = 0x02
@@ -79,8 +84,35 @@ DEFAULT_BAUD = 19_200
 #: Safe mode on by default: if the bridge dies, the pump's watchdog stops the motor after this long.
 DEFAULT_SAFE_S = 5
 
-_SAF = re.compile(r"SAF(\d{1,3})")
+_SAF = re.compile(r"SAF\d{0,3}")
 _COMMAND_CHARS = re.compile(r"[ -~]*")
+
+_NUMBER = r"\d*\.\d*"  # replies always carry a decimal point
+#: The data a query's reply carries after ``AAp`` (a set's reply carries none).
+QUERY_SHAPES: dict[str, re.Pattern[str]] = {
+    "": re.compile(""),
+    "SAF": re.compile(r"\d{1,3}"),
+    "VER": re.compile(r"NE\d+(?:X\d+)?V\d+\.\d+"),
+    "DIA": re.compile(_NUMBER),
+    "RAT": re.compile(_NUMBER + "(?:UM|MM|UH|MH)"),
+    "VOL": re.compile(_NUMBER + "(?:UL|ML)"),
+    "DIS": re.compile(f"I{_NUMBER}W{_NUMBER}(?:UL|ML)"),
+    "DIR": re.compile("INF|WDR|STK"),
+}
+#: Commands whose reply is status only: the sets of the commands above, and the program commands.
+_SETS = re.compile(r"(?:SAF|DIA|RAT|VOL|DIR|CLD)\S+|RUN|STP|PUR")
+#: The command a re-synchronisation sends: its reply cannot be mistaken for any other command's.
+PROBE = "VER"
+
+
+def reply_shape(text: str) -> re.Pattern[str] | None:
+    """The data the reply to command ``text`` (upper case, no address) must carry after ``AAp``, or
+    None for a command whose reply the protocol leaves open (``PHN``, ``FUN``...)."""
+    if text in QUERY_SHAPES:
+        return QUERY_SHAPES[text]
+    if _SETS.fullmatch(text):
+        return QUERY_SHAPES[""]
+    return None
 
 
 class FrameError(ValueError):
@@ -248,12 +280,6 @@ class NespTransport(CommandTransport):
     meaning (the command was not executed) the driver handles.
     """
 
-    #: Seconds one blocking read waits before the worker re-checks its deadline and the port.
-    POLL_S = 0.02
-    #: The worker gives up at this fraction of ``timeout_s``, before the base class's timeout cancels
-    #: the attempt, so that no worker thread outlives its attempt.
-    WORKER_SHARE = 0.9
-
     def __init__(self, url: str, *, timeout_s: float | None = None, retries: int | None = None) -> None:
         """Explicit ``timeout_s`` / ``retries`` win over the URL's ``timeout`` / ``retries``, which win
         over the defaults. Raises ConfigurationError for a malformed URL."""
@@ -267,12 +293,14 @@ class NespTransport(CommandTransport):
         self.address = parsed.address
         self.baud = parsed.baud
         self.safe_s = parsed.safe_s
+        self.link = SerialLink(url, self.path, baud=self.baud, timeout_s=timeout_s)
         #: True while the pump answers in safe frames (the framing of its last reply).
         self.safe_mode = False
-        self._port: Any = None
-        self._io_lock = threading.Lock()
-        # Bumped by every close; a connect that finishes after a close it did not see discards its port.
-        self._generation = 0
+        #: Replies (and runs of garbage) received that did not answer their command: never used.
+        self.discarded = 0
+        #: Re-synchronisations completed.
+        self.resyncs = 0
+        self._in_step = False
 
     @classmethod
     def from_url(
@@ -287,53 +315,17 @@ class NespTransport(CommandTransport):
     # -- link -------------------------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        await self._close()
-        generation = self._generation
-        try:
-            await asyncio.to_thread(self._open_sync, generation)
-        except asyncio.CancelledError:
-            self._generation += 1  # the worker, still opening, will close what it opens
-            raise
-
-    def _open_sync(self, generation: int) -> None:
-        try:
-            port = serial.serial_for_url(
-                self.path,
-                baudrate=self.baud,
-                bytesize=serial.EIGHTBITS,
-                parity=serial.PARITY_NONE,
-                stopbits=serial.STOPBITS_ONE,
-                timeout=min(self.POLL_S, self.timeout_s),
-                write_timeout=self.timeout_s,
-            )
-        except (serial.SerialException, ValueError, OSError) as e:
-            raise TransportError(self.url, f"cannot open {self.path}: {e}") from e
-        with self._io_lock:
-            if generation != self._generation:
-                port.close()
-                raise TransportError(self.url, "connection abandoned (closed while opening)")
-            self._port = port
+        self._in_step = False  # a reopened port: replies to an earlier session may still come
+        await self.link.open()
 
     async def _close(self) -> None:
-        port, self._port = self._port, None
-        self._generation += 1
-        if port is None:
-            return
-        cancel = getattr(port, "cancel_read", None)
-        if cancel is not None:
-            with contextlib.suppress(Exception):
-                cancel()  # wakes a worker left reading by a cancelled attempt
-        await asyncio.to_thread(self._close_sync, port)
-
-    def _close_sync(self, port: Any) -> None:
-        with self._io_lock, contextlib.suppress(Exception):
-            port.close()
+        await self.link.close()
 
     # -- commands ---------------------------------------------------------------------------------
 
     def frame_request(self, text: str) -> bytes:
-        """The bytes sent for ``text``: ``SAF<n>`` always in a safe frame (as nesp-lib does, so the
-        pump accepts it whatever mode it is in), anything else in the pump's current framing."""
+        """The bytes sent for ``text``: ``SAF`` commands always in a safe frame (as nesp-lib does, so the
+        pump accepts them whatever mode it is in), anything else in the pump's current framing."""
         data = f"{self.address}{text}"
         if self.safe_mode or _SAF.fullmatch(text):
             return encode_safe(data)
@@ -342,20 +334,88 @@ class NespTransport(CommandTransport):
     async def _command(self, text: str) -> str:
         if not _COMMAND_CHARS.fullmatch(text):
             raise ValueError(f"command must be printable ASCII: {text!r}")
-        port = self._port
-        if port is None:
-            raise TransportError(self.url, "not connected")
-        deadline_s = self.timeout_s * self.WORKER_SHARE
-        frame = await asyncio.to_thread(self._exchange_sync, port, self.frame_request(text), deadline_s)
-        try:
-            data, safe = decode_frame(frame)
-        except FrameError as e:
-            raise TransportError(self.url, f"{text!r}: {e}") from e
-        self.safe_mode = safe
-        return self._check_reply(text, data)
+        budget_s = self.timeout_s * WORKER_SHARE
+        return await self.link.run(lambda port: self._exchange_sync(port, text, budget_s))
+
+    def _exchange_sync(self, port: Any, text: str, budget_s: float) -> str:
+        """Sends ``text`` and returns the data of its reply (worker thread, port lock held)."""
+        deadline = time.monotonic() + budget_s
+        if port.in_waiting:
+            self._discard(port.read(port.in_waiting), "bytes waiting before a command")
+        if not self._in_step:
+            alarm = self._resync(port, deadline)
+            if alarm is not None:
+                # The pump answered the probe with an alarm: the command was not sent, which is what an
+                # alarm reply means anyway ("not executed"); the caller handles it as such.
+                return alarm
+        port.reset_input_buffer()
+        port.write(self.frame_request(text))
+        self._in_step = False  # until its reply is in
+        buf = bytearray()
+        while True:
+            data = self._read_reply(port, buf, deadline)
+            if text != PROBE and QUERY_SHAPES[PROBE].fullmatch(data[3:]):
+                # A late reply to an earlier re-synchronisation's probe: recognisable, skipped.
+                self._discard(data.encode(), "a late reply to a VER probe")
+                continue
+            reply = self._check_reply(text, data)
+            if buf:
+                self._discard(buf, "bytes after the reply")
+                raise TransportError(self.url, f"{text!r}: bytes followed the reply: {bytes(buf[:16])!r}")
+            self._in_step = True
+            return reply
+
+    def _resync(self, port: Any, deadline: float) -> str | None:
+        """Sends the probe and discards everything until its reply; returns an alarm reply instead if
+        the pump answers the probe with one (see :meth:`_exchange_sync`)."""
+        port.reset_input_buffer()
+        port.write(self.frame_request(PROBE))
+        buf = bytearray()
+        while True:
+            data = self._read_reply(port, buf, deadline)
+            if data[:2] == f"{self.address:02d}" and data[2:3] == "A":
+                return self._check_reply(PROBE, data)
+            if data[:2] == f"{self.address:02d}" and QUERY_SHAPES[PROBE].fullmatch(data[3:]):
+                self.resyncs += 1
+                self._in_step = True
+                return None
+            self._discard(data.encode(), "a reply while re-synchronising")
+
+    def _read_reply(self, port: Any, buf: bytearray, deadline: float) -> str:
+        """Reads one reply frame from ``buf`` and the port (the frame's bytes leave ``buf``); returns
+        its data and notes its framing. Garbage fails the attempt at once (the next one starts with a
+        flushed line and a re-synchronisation)."""
+        while True:
+            try:
+                size = frame_size(buf)
+            except FrameError as e:
+                self._discard(buf, "bytes that start no frame")
+                raise TransportError(self.url, f"garbage on the line: {e}") from e
+            if size is not None:
+                frame = bytes(buf[:size])
+                del buf[:size]
+                try:
+                    data, safe = decode_frame(frame)
+                except FrameError as e:
+                    self._discard(frame, "a malformed frame")
+                    raise TransportError(self.url, str(e)) from e
+                self.safe_mode = safe
+                return data
+            if time.monotonic() >= deadline:
+                got = f" (partial: {bytes(buf[:16])!r})" if buf else ""
+                raise TimeoutError(f"no reply within {self.timeout_s:g} s{got}")
+            if not self.link.is_open(port):
+                raise TransportError(self.url, "link closed while waiting for the reply")
+            buf += port.read(max(1, port.in_waiting))
+
+    def _discard(self, data: bytes | bytearray, why: str) -> None:
+        self.discarded += 1
+        self._in_step = False
+        log.warning("%s: discarded %s: %r", self.url, why, bytes(data[:32]))
 
     def _check_reply(self, text: str, data: str) -> str:
-        """Validates address and status; raises PumpRefusedError for an error reply."""
+        """Validates address, status and the data's shape for ``text``; raises PumpRefusedError for an
+        error reply and TransportError (the line is then out of step) for a reply that does not fit."""
         prefix = f"{self.address:02d}"
         if len(data) < 3 or not data[:2].isdigit():
             raise TransportError(self.url, f"{text!r}: malformed reply {data!r}")
@@ -375,29 +435,8 @@ class NespTransport(CommandTransport):
                 raise PumpRefusedError(self.url, f"{text!r} refused by the pump: {rest}", rest)
             # ?COM: our packet arrived garbled; anything else is not a reply the protocol defines.
             raise TransportError(self.url, f"{text!r}: pump reports a bad packet or unknown error {rest!r}")
+        shape = reply_shape(text.upper().replace(" ", ""))
+        if shape is not None and not shape.fullmatch(rest):
+            self._discard(data.encode(), f"a reply that does not answer {text!r}")
+            raise TransportError(self.url, f"{text!r}: reply {data!r} does not answer this command")
         return data
-
-    def _exchange_sync(self, port: Any, request: bytes, budget_s: float) -> bytes:
-        """Writes one request and reads one reply frame, within ``budget_s`` (worker thread)."""
-        deadline = time.monotonic() + budget_s
-        with self._io_lock:
-            if self._port is not port:
-                raise TransportError(self.url, "link closed")
-            port.reset_input_buffer()  # a late reply to an abandoned attempt must not answer this one
-            port.write(request)
-            buf = bytearray()
-            while True:
-                try:
-                    size = frame_size(buf)
-                except FrameError as e:
-                    raise TransportError(self.url, f"garbage on the line: {e}") from e
-                if size is not None:
-                    if len(buf) > size:
-                        raise TransportError(self.url, f"bytes after the reply frame: {bytes(buf)!r}")
-                    return bytes(buf)
-                if time.monotonic() >= deadline:
-                    got = f" (partial: {bytes(buf)!r})" if buf else ""
-                    raise TimeoutError(f"no reply within {self.timeout_s:g} s{got}")
-                if self._port is not port:
-                    raise TransportError(self.url, "link closed while waiting for the reply")
-                buf += port.read(1)

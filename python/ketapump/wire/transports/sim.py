@@ -11,8 +11,11 @@ import asyncio
 
 from ketapump import _core
 from ketapump.clock import Clock
-from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
-from ketapump.wire.transports.modbus import MODBUS_EXCEPTIONS
+from ketapump.wire.transports.base import RegisterTransport, modbus_refusal
+
+#: The Modbus limits on one request (as the simulator's request handler applies them).
+MAX_READ_REGISTERS = 125
+MAX_WRITE_REGISTERS = 123
 
 
 class SimTransport(RegisterTransport):
@@ -29,25 +32,28 @@ class SimTransport(RegisterTransport):
     async def _close(self) -> None:
         return None
 
-    def _refused(self, code: int, what: str) -> PumpRefusedError:
-        name = MODBUS_EXCEPTIONS.get(code, "exception")
-        return PumpRefusedError(self.url, f"{what} refused: Modbus exception {code} ({name})", code)
-
     async def _read(self, address: int, count: int) -> list[int]:
         await asyncio.sleep(0)
         self.pump.advance_to(self.clock.now())
-        if not (0 <= address <= 0xFFFF and 0 < count <= 125):
-            raise self._refused(2, f"read {count} at {address}")
+        what = f"read {count} at {address}"
+        # Checked as the wire's request handler orders them: the quantity (3), then the address (2).
+        if not 1 <= count <= MAX_READ_REGISTERS:
+            raise modbus_refusal(self.url, what, 3)
+        if not 0 <= address <= 0xFFFF:
+            raise modbus_refusal(self.url, what, 2)
         code, words = self.pump.read_registers(address, count)
         if code:
-            raise self._refused(code, f"read {count} at {address}")
+            raise modbus_refusal(self.url, what, code)
         return words
 
     async def _write(self, address: int, values: list[int]) -> None:
         await asyncio.sleep(0)
         self.pump.advance_to(self.clock.now())
-        if not (0 <= address <= 0xFFFF and values and all(0 <= v <= 0xFFFF for v in values)):
-            raise self._refused(2, f"write at {address}")
+        what = f"write at {address}"
+        if not (1 <= len(values) <= MAX_WRITE_REGISTERS and all(0 <= v <= 0xFFFF for v in values)):
+            raise modbus_refusal(self.url, what, 3)
+        if not 0 <= address <= 0xFFFF:
+            raise modbus_refusal(self.url, what, 2)
         code = self.pump.write_registers(address, values)
         if code:
-            raise self._refused(code, f"write at {address}")
+            raise modbus_refusal(self.url, what, code)
