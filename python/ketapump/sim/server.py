@@ -1,13 +1,23 @@
-"""Serve a simulated pump: Modbus TCP (pymodbus server), Modbus RTU and New Era ASCII on PTYs.
+"""Serve a simulated pump: Modbus TCP (loopback socket), Modbus RTU and New Era ASCII on PTYs.
 
 One :class:`~ketapump._core.SimPump` sits behind every endpoint; all of them run in one asyncio loop,
 so the pump is never touched concurrently. Pump time is the clock's time (real time × scale,
 :class:`~ketapump.clock.ScaledClock`); a ticker advances the pump between requests so its watchdog and
 faults act with nobody asking.
 
+Both Modbus endpoints answer through the same request handler in ``hw-sim`` (``modbus.rs``): TCP
+and RTU differ only in framing, so every request gets the same answer byte for byte on either, and
+exactly the register map's function codes and exceptions (``docs/register-map.md``). The TCP side
+is a plain asyncio protocol around the Rust MBAP codec: it enforces the connection rules (an
+impossible header closes the connection, so does an idle or non-reading client) and keeps each
+connection's replies in request order, delayed ones included.
+
 Serial endpoints are PTYs: clients open the slave path (``/dev/pts/N``) as they would a real port.
 A PTY ignores baud rate, so replies are paced here: a reply leaves after the wire time of the request
 and of the reply at the configured baud (10 bits per byte, 8N1), plus any injected delay.
+
+Every frame a codec rejects becomes one rate-limited diagnostics event (:class:`WireDiagnostics`,
+logger ``ketapump.sim.wire``); with that logger at DEBUG every frame in and out is traced too.
 """
 
 from __future__ import annotations
@@ -20,17 +30,13 @@ import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from typing import cast
+from typing import Any
 
-from pymodbus.constants import ExcCodes
-from pymodbus.framer import FramerType
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+import structlog
 
 from ketapump import _core
 from ketapump.clock import Clock
-from ketapump.wire import RegisterMap, load_register_map
+from ketapump.wire import TCP_IDLE_TIMEOUT_S, TCP_MAX_UNREAD_BYTES, RegisterMap, load_register_map
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +44,95 @@ log = logging.getLogger(__name__)
 TICK_S = 0.01
 #: Longest pump-time step between the New Era port's periodic duties (its watchdog feed, safe mode).
 POLL_STEP_S = 0.1
-#: A dropped Modbus TCP reply is held this long (real seconds) so the client times out.
-TCP_DROP_HOLD_S = 5.0
 BITS_PER_BYTE = 10
-WRITE_FUNCTIONS = frozenset({6, 16})
+#: Bytes of a traced frame shown in a ``--debug`` event.
+TRACE_BYTES = 256
 
-_DATATYPES = {"u16": DataType.UINT16, "i32": DataType.INT32, "f32": DataType.FLOAT32}
+#: ``(reason, first bytes, length)`` rows and the number the codec did not keep.
+Rejects = tuple[list[tuple[str, bytes, int]], int]
 
 
 def wire_time_s(n_bytes: int, baud: int) -> float:
     """Seconds ``n_bytes`` take on an 8N1 line at ``baud``."""
     return n_bytes * BITS_PER_BYTE / baud
+
+
+def _wire_logger() -> Any:
+    """A structlog logger on the stdlib logger ``ketapump.sim.wire``: the diagnostics stream renders its
+    events as JSON lines (``bridge.audit.configure_diagnostics``), and nothing global is configured."""
+    return structlog.wrap_logger(
+        logging.getLogger("ketapump.sim.wire"),
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
+class WireDiagnostics:
+    """Diagnostics of one endpoint: one ``frame_rejected`` event per rejected frame (endpoint, peer,
+    reason, first bytes in hex, length), rate-limited by a token bucket so a flood of garbage cannot
+    fill a disk; the events left out are counted and reported as ``suppressed`` on the next one.
+
+    At DEBUG, :meth:`trace` also records every frame in and out (first :data:`TRACE_BYTES` bytes).
+    """
+
+    #: Events allowed in a burst, and per second after it.
+    BURST = 20
+    PER_S = 5.0
+
+    def __init__(self, endpoint: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.endpoint = endpoint
+        self._log = _wire_logger()
+        self._clock = clock
+        self._tokens = float(self.BURST)
+        self._refilled = clock()
+        self.suppressed = 0
+
+    def _allow(self) -> bool:
+        now = self._clock()
+        self._tokens = min(float(self.BURST), self._tokens + (now - self._refilled) * self.PER_S)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.suppressed += 1
+        return False
+
+    def _emit(self, event: str, **fields: object) -> None:
+        if self.suppressed:
+            fields["suppressed"] = self.suppressed
+            self.suppressed = 0
+        self._log.warning(event, endpoint=self.endpoint, **fields)
+
+    def rejected(self, peer: str, rejects: Rejects) -> None:
+        """Reports what a codec rejected (its ``take_rejects()``)."""
+        rows, not_kept = rejects
+        self.suppressed += not_kept
+        for reason, head, length in rows:
+            if self._allow():
+                self._emit("frame_rejected", peer=peer, reason=reason, head=head.hex(" "), length=length)
+
+    def closed(self, peer: str, reason: str) -> None:
+        """Reports a connection the endpoint closed itself (idle, not reading, lost framing)."""
+        if self._allow():
+            self._emit("connection_closed", peer=peer, reason=reason)
+
+    def trace(self, peer: str, direction: str, data: bytes) -> None:
+        """A DEBUG event per frame, in (``rx``) or out (``tx``)."""
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(
+                "frame",
+                endpoint=self.endpoint,
+                peer=peer,
+                direction=direction,
+                data=data[:TRACE_BYTES].hex(" "),
+                length=len(data),
+            )
 
 
 class PtyLine:
@@ -92,12 +176,15 @@ class PtyLine:
 
 @dataclass
 class SerialEndpoint:
-    """A PTY served by a codec: ``process(line_s, data)`` returns ``[(reply, delay_ms), ...]``."""
+    """A PTY served by a codec: ``process(line_s, data)`` returns ``[(reply, delay_ms), ...]`` and
+    ``take_rejects()`` what the codec discarded since."""
 
     line: PtyLine
     baud: int
     pace: bool
     process: Callable[[float, bytes], list[tuple[bytes, int]]]
+    take_rejects: Callable[[], Rejects]
+    diagnostics: WireDiagnostics
     idle: Callable[[float], list[tuple[bytes, int]]] | None = None
     queue: asyncio.Queue[tuple[float, bytes]] = field(default_factory=asyncio.Queue)
     writer: asyncio.Task[None] | None = None
@@ -106,9 +193,18 @@ class SerialEndpoint:
         data = self.line.read()
         if not data:
             return
+        self.diagnostics.trace(self.line.path, "rx", data)
         request_wire = wire_time_s(len(data), self.baud) if self.pace else 0.0
-        for reply, delay_ms in self.process(time.monotonic(), data):
-            self.queue.put_nowait((request_wire + delay_ms / 1000.0, reply))
+        self._queue(self.process(time.monotonic(), data), request_wire)
+
+    def on_tick(self, line_s: float) -> None:
+        if self.idle is not None:
+            self._queue(self.idle(line_s), 0.0)
+
+    def _queue(self, replies: list[tuple[bytes, int]], after_s: float) -> None:
+        for reply, delay_ms in replies:
+            self.queue.put_nowait((after_s + delay_ms / 1000.0, reply))
+        self.diagnostics.rejected(self.line.path, self.take_rejects())
 
     async def write_replies(self) -> None:
         while True:
@@ -117,7 +213,98 @@ class SerialEndpoint:
                 wait_s += wire_time_s(len(reply), self.baud)
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
+            self.diagnostics.trace(self.line.path, "tx", reply)
             self.line.write(reply)
+
+
+class ModbusTcpClient(asyncio.Protocol):
+    """One Modbus TCP connection: bytes to the Rust codec, replies back in request order.
+
+    A reply leaves at ``max(arrival + injected delay, the previous reply's departure)``, so a delayed
+    reply never lets a later one overtake it; a dropped reply is never sent.
+    """
+
+    def __init__(self, server: SimServer) -> None:
+        self.server = server
+        self.codec = _core.ModbusTcpConnection(server.unit_id)
+        self.diagnostics = server.tcp_diagnostics
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self._loop = asyncio.get_running_loop()
+        self._last_rx = self._loop.time()
+        self._last_reply_at = 0.0
+        self._pending: set[asyncio.TimerHandle] = set()
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.server.tcp_clients.add(self)
+        self._arm_idle(self.server.tcp_idle_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for handle in self._pending:
+            handle.cancel()
+        self._pending.clear()
+        if self._idle is not None:
+            self._idle.cancel()
+        self.server.tcp_clients.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
+        self.diagnostics.trace(self.peer, "rx", data)
+        replies = self.codec.process(data, self.server.advanced())
+        self.diagnostics.rejected(self.peer, self.codec.take_rejects())
+        for reply, delay_ms in replies:
+            self._send(reply, delay_ms / 1000.0)
+        if self.codec.closed:
+            self.close("the stream lost its MBAP framing")
+
+    def close(self, reason: str) -> None:
+        """Closes the connection (replies already written still go out), recording why."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.diagnostics.closed(self.peer, reason)
+            self.transport.close()
+
+    def _send(self, reply: bytes, delay_s: float) -> None:
+        now = self._loop.time()
+        at = max(now + delay_s, self._last_reply_at)
+        self._last_reply_at = at
+        if at <= now:
+            self._write(reply)
+            return
+        handle: asyncio.TimerHandle
+
+        def send_later() -> None:
+            self._pending.discard(handle)
+            self._write(reply)
+
+        handle = self._loop.call_at(at, send_later)
+        self._pending.add(handle)
+
+    def _write(self, reply: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > self.server.tcp_max_unread_bytes:
+            self.diagnostics.closed(self.peer, "client not reading its replies")
+            transport.abort()
+            return
+        self.diagnostics.trace(self.peer, "tx", reply)
+        transport.write(reply)
+
+    def _arm_idle(self, after_s: float) -> None:
+        self._idle = self._loop.call_later(after_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle_s = self._loop.time() - self._last_rx
+        limit = self.server.tcp_idle_timeout_s
+        if idle_s >= limit:
+            self.close(f"idle for {limit:g} s")
+        else:
+            self._arm_idle(limit - idle_s)
 
 
 class SimServer:
@@ -132,6 +319,8 @@ class SimServer:
         nesp_address: int = 0,
         baud: int = 19_200,
         pace: bool = True,
+        tcp_idle_timeout_s: float = TCP_IDLE_TIMEOUT_S,
+        tcp_max_unread_bytes: int = TCP_MAX_UNREAD_BYTES,
     ) -> None:
         self.pump = pump
         self.clock = clock
@@ -139,9 +328,13 @@ class SimServer:
         self.nesp_address = nesp_address
         self.baud = baud
         self.pace = pace
+        self.tcp_idle_timeout_s = tcp_idle_timeout_s
+        self.tcp_max_unread_bytes = tcp_max_unread_bytes
         self.regmap: RegisterMap = load_register_map()
         self.endpoints: dict[str, str | None] = {"modbus_tcp": None, "modbus_rtu_pty": None, "nesp_pty": None}
-        self._tcp: ModbusTcpServer | None = None
+        self.tcp_diagnostics = WireDiagnostics("modbus_tcp")
+        self.tcp_clients: set[ModbusTcpClient] = set()
+        self._tcp: asyncio.Server | None = None
         self._serial: list[SerialEndpoint] = []
         self._ticker: asyncio.Task[None] | None = None
         self._nesp: _core.NespPort | None = None
@@ -160,12 +353,8 @@ class SimServer:
         """Starts the chosen endpoints and returns their addresses."""
         loop = asyncio.get_running_loop()
         if modbus_tcp:
-            self._tcp = ModbusTcpServer(
-                self._modbus_device(), framer=FramerType.SOCKET, address=(bind, tcp_port)
-            )
-            await self._tcp.serve_forever(background=True)
-            transport = cast(asyncio.Server, self._tcp.transport)
-            host, port = transport.sockets[0].getsockname()[:2]
+            self._tcp = await loop.create_server(lambda: ModbusTcpClient(self), bind, tcp_port)
+            host, port = self._tcp.sockets[0].getsockname()[:2]
             self.endpoints["modbus_tcp"] = f"{host}:{port}"
         if modbus_rtu:
             rtu = _core.RtuPort(unit_id=self.unit_id, baud=self.baud)
@@ -173,8 +362,10 @@ class SimServer:
                 PtyLine(),
                 self.baud,
                 self.pace,
-                process=lambda line_s, data: rtu.process(line_s, data, self._advanced()),
-                idle=lambda line_s: rtu.idle(line_s, self._advanced()),
+                process=lambda line_s, data: rtu.process(line_s, data, self.advanced()),
+                take_rejects=rtu.take_rejects,
+                diagnostics=WireDiagnostics("modbus_rtu"),
+                idle=lambda line_s: rtu.idle(line_s, self.advanced()),
             )
             self._add_serial(loop, endpoint)
             self.endpoints["modbus_rtu_pty"] = endpoint.line.path
@@ -186,8 +377,10 @@ class SimServer:
                 self.baud,
                 self.pace,
                 process=lambda line_s, data: port.process(
-                    line_s, self.clock.now(), data, {self.nesp_address: self._advanced()}
+                    line_s, self.clock.now(), data, {self.nesp_address: self.advanced()}
                 ),
+                take_rejects=port.take_rejects,
+                diagnostics=WireDiagnostics("nesp"),
             )
             self._add_serial(loop, endpoint)
             self.endpoints["nesp_pty"] = endpoint.line.path
@@ -200,7 +393,7 @@ class SimServer:
         self._serial.append(endpoint)
 
     async def stop(self) -> None:
-        """Stops every endpoint and closes the PTYs."""
+        """Stops every endpoint, closes the connections and the PTYs."""
         loop = asyncio.get_running_loop()
         tasks = [t for t in (self._ticker, *(e.writer for e in self._serial)) if t is not None]
         for task in tasks:
@@ -213,21 +406,23 @@ class SimServer:
             endpoint.line.close()
         self._serial.clear()
         if self._tcp is not None:
-            await self._tcp.shutdown()  # type: ignore[no-untyped-call]
+            self._tcp.close()
+            for client in list(self.tcp_clients):
+                if client.transport is not None:
+                    client.transport.abort()
+            await self._tcp.wait_closed()
             self._tcp = None
 
     async def _tick(self) -> None:
         while True:
-            self._advanced()
+            self.advanced()
             line_s = time.monotonic()
             for endpoint in self._serial:
-                if endpoint.idle is not None:
-                    for reply, delay_ms in endpoint.idle(line_s):
-                        endpoint.queue.put_nowait((delay_ms / 1000.0, reply))
+                endpoint.on_tick(line_s)
             await asyncio.sleep(TICK_S)
 
-    def _advanced(self) -> _core.SimPump:
-        """Advances the pump to the clock's time in steps of at most :data:`POLL_STEP_S` pump seconds,
+    def advanced(self) -> _core.SimPump:
+        """The pump, advanced to the clock's time in steps of at most :data:`POLL_STEP_S` pump seconds,
         running the New Era port's periodic duties at each, as firmware would between packets —
         whatever the time scale."""
         now = self.clock.now()
@@ -239,51 +434,3 @@ class SimServer:
                 self._nesp.poll(t, {self.nesp_address: self.pump})
             if t >= now:
                 return self.pump
-
-    # ----- Modbus TCP --------------------------------------------------------------------------
-
-    def _modbus_device(self) -> SimDevice:
-        blocks = [
-            SimData(
-                r.address,
-                values=0.0 if r.type == "f32" else 0,
-                datatype=_DATATYPES[r.type],
-                readonly=r.access == "ro",
-            )
-            for r in self.regmap.registers
-        ]
-        return SimDevice(id=self.unit_id, simdata=blocks, action=partial(_modbus_action, self))
-
-
-async def _modbus_action(  # noqa: PLR0917 - the signature pymodbus calls
-    server: SimServer,
-    function_code: int,
-    start_address: int,
-    address: int,
-    count: int,
-    current_registers: list[int],
-    set_values: list[int] | list[bool] | None,
-) -> ExcCodes | None:
-    """pymodbus hook: reads serve the firmware's live registers, writes go to the firmware.
-
-    Communication faults act on the reply, as on the serial endpoints: the reply's fate is decided as
-    the request arrives (so the write that sets a fault is still answered), the request is executed,
-    then its answer is delayed or withheld (held until the client has given up).
-    """
-    pump = server._advanced()
-    # pymodbus reads back after a single-register write (function 6) to build the echo: the fate is
-    # decided once per request, on its first call. TCP has no checksum to corrupt.
-    first_call = set_values is not None or function_code not in WRITE_FUNCTIONS
-    drop, _corrupt, delay_ms = pump.comm_action() if first_call else (False, False, 0)
-    if set_values is None:
-        code, words = pump.read_registers(address, count)
-        if not code:
-            offset = address - start_address
-            current_registers[offset : offset + count] = words
-    else:
-        code = pump.write_registers(address, [int(v) for v in set_values])
-    if drop:
-        await asyncio.sleep(TCP_DROP_HOLD_S)
-    elif delay_ms:
-        await asyncio.sleep(delay_ms / 1000.0)
-    return ExcCodes(code) if code else None
