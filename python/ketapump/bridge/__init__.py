@@ -13,7 +13,7 @@ from ketapump.bridge.audit import (
     session_of,
     verify,
 )
-from ketapump.bridge.loop import ControlLoop, EventLog, InfusionPlan, NullLog, RunResult
+from ketapump.bridge.loop import LINK_LOST, ControlLoop, EventLog, InfusionPlan, NullLog, RunResult
 from ketapump.bridge.recovery import RecoveryError, recover_delivered_ml, resume_session
 from ketapump.bridge.runtime import (
     control_period_s,
@@ -25,6 +25,7 @@ from ketapump.bridge.runtime import (
 )
 
 __all__ = [
+    "LINK_LOST",
     "AuditWriter",
     "ControlLoop",
     "EventLog",

@@ -75,7 +75,7 @@ __all__ = [
 GENESIS_HASH: Final = "0" * 64
 
 #: Loggers whose stdlib records :func:`configure_diagnostics` routes to the diagnostics stream.
-DIAGNOSTIC_LOGGERS: Final = ("pymodbus", "asyncio", "ketapump.transport")
+DIAGNOSTIC_LOGGERS: Final = ("pymodbus", "asyncio", "ketapump.transport", "ketapump.sim")
 
 # Keys the writer owns; a caller's field with one of these names would corrupt the chain's bookkeeping.
 _RESERVED: Final = frozenset({"timestamp", "seq", "mono_ns", "prev", "hash"})

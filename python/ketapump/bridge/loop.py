@@ -64,9 +64,16 @@ class InfusionPlan:
     take_up: bool = True
 
 
+#: The end state of a run that lost its link to the pump (reason ``transport``): whatever the kernel
+#: last decided, the bridge no longer controls the pump.
+LINK_LOST = "link_lost"
+
+
 @dataclass
 class RunResult:
-    #: Kernel state at the end: ``complete``, ``alarm`` or ``stopped``.
+    #: How the run ended, as an operator must read it: the kernel's final state (``complete``, ``alarm``,
+    #: ``stopped``), or :data:`LINK_LOST` when the link was lost (reason ``transport``), whatever the
+    #: kernel's state (:attr:`kernel_state`) was then.
     state: str
     #: How the run ended: ``complete``, ``interlock``, ``pump_alarm``, ``transport`` or ``operator``.
     reason: str
@@ -77,6 +84,11 @@ class RunResult:
     alarms: tuple[str, ...] = ()
     pump_alarms: tuple[str, ...] = ()
     detail: str = ""
+    #: Whether the pump acknowledged the final stop (and, at a normal end, reported its motor at rest).
+    #: False after a lost link: the pump's own watchdog is then what stops it.
+    stop_confirmed: bool = True
+    #: The kernel's state at the end (``running`` after a lost link, for instance).
+    kernel_state: str = ""
 
 
 @dataclass
@@ -228,9 +240,15 @@ class ControlLoop:
             )
             telemetry = await self.driver.read_telemetry()
         if telemetry.pump_alarms:
-            await self._safe_stop()
+            stopped = await self._safe_stop()
             return self._finish(
-                "stopped", "pump_alarm", 0.0, recovered_ml, telemetry=telemetry, detail="pump alarms latched"
+                "stopped",
+                "pump_alarm",
+                0.0,
+                recovered_ml,
+                telemetry=telemetry,
+                detail="pump alarms latched",
+                stop_confirmed=stopped,
             )
         await self.driver.set_syringe(plan.syringe_diameter_mm)
         remaining = plan.volume_ml - recovered_ml
@@ -288,32 +306,48 @@ class ControlLoop:
             if fresh is not None and fresh.pump_alarms and kernel.state != "alarm":
                 # Only the power-up reset before the start is expected; during the run a reset means the
                 # pump lost power (and its counters), and any other pump alarm means it stopped itself.
-                await self._safe_stop()
+                stopped = await self._safe_stop()
                 log.error("pump_alarm", pump_alarms=sorted(fresh.pump_alarms))
-                return self._finish("stopped", "pump_alarm", out.delivered_ml, recovered_ml, telemetry=fresh)
+                return self._finish(
+                    "stopped",
+                    "pump_alarm",
+                    out.delivered_ml,
+                    recovered_ml,
+                    telemetry=fresh,
+                    stop_confirmed=stopped,
+                )
             try:
                 await self._apply(out)
                 await self.driver.heartbeat()
             except PumpRefusedError as e:
                 # A refusal is the pump's answer, not a lost link: retrying would not change it.
-                await self._safe_stop()
+                stopped = await self._safe_stop()
                 log.error("command_refused", error=str(e), code=e.code)
                 return self._finish(
-                    "stopped", "pump_alarm", out.delivered_ml, recovered_ml, telemetry=fresh, detail=str(e)
+                    "stopped",
+                    "pump_alarm",
+                    out.delivered_ml,
+                    recovered_ml,
+                    telemetry=fresh,
+                    detail=str(e),
+                    stop_confirmed=stopped,
                 )
             except TransportError as e:
                 failures += 1
                 log.warning("command_failed", error=str(e), consecutive=failures)
             if failures > self.max_transport_failures:
-                await self._safe_stop()
-                log.error("transport_lost", consecutive_failures=failures)
+                stopped = await self._safe_stop()
+                log.error("transport_lost", consecutive_failures=failures, stop_confirmed=stopped)
                 return self._finish(
-                    kernel.state,
+                    LINK_LOST,
                     "transport",
                     out.delivered_ml,
                     recovered_ml,
                     telemetry=last,
-                    detail="link lost",
+                    detail="link lost; the pump confirmed the stop"
+                    if stopped
+                    else "link lost; the pump's stop is not confirmed (its watchdog stops it)",
+                    stop_confirmed=stopped,
                 )
             if self.on_tick is not None:
                 self.on_tick(out, fresh)
@@ -328,8 +362,8 @@ class ControlLoop:
                 if not stopped or final is None or final.motor_running:
                     log.error("pump_stop_unconfirmed", state=out.state)
                     return self._finish(
-                        out.state, "transport", out.delivered_ml, recovered_ml, telemetry=final,
-                        detail="the pump did not confirm the stop",
+                        LINK_LOST, "transport", out.delivered_ml, recovered_ml, telemetry=final,
+                        detail="the pump did not confirm the stop", stop_confirmed=False,
                     )  # fmt: skip
                 reason = {"complete": "complete", "alarm": "interlock", "stopped": "operator"}[out.state]
                 log.info("session_ended", state=out.state, reason=reason, delivered_ml=out.delivered_ml)
@@ -401,6 +435,7 @@ class ControlLoop:
         *,
         telemetry: PumpTelemetry | None,
         detail: str = "",
+        stop_confirmed: bool = True,
     ) -> RunResult:
         return RunResult(
             state=state,
@@ -410,10 +445,13 @@ class ControlLoop:
             alarms=tuple(self.kernel.alarms),
             pump_alarms=tuple(sorted(telemetry.pump_alarms)) if telemetry else (),
             detail=detail,
+            stop_confirmed=stop_confirmed,
+            kernel_state=self.kernel.state,
         )
 
 
 __all__ = [
+    "LINK_LOST",
     "ControlLoop",
     "EventLog",
     "InfusionPlan",

@@ -13,6 +13,7 @@ fails, its exit codes, how its help shows flags, and the old spellings of rename
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -186,3 +187,12 @@ def command_group(name: str | None = None, **settings: Any) -> typer.Typer:
     """A ``ketapump`` command group: help without arguments, flags shown as flags, and help texts
     reflowed as Markdown (the docstrings' line breaks are not the terminal's)."""
     return typer.Typer(name=name, cls=Group, no_args_is_help=True, rich_markup_mode="markdown", **settings)
+
+
+def set_diagnostic_levels(debug: bool) -> None:
+    """Levels of the diagnostics stream's loggers: pymodbus's own logger stays quiet unless ``--debug``
+    (the transports report every failure themselves, naming the endpoint, and its raw dumps would
+    only repeat them), and ``--debug`` lets the transports and the simulator trace every frame."""
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    for name in ("ketapump.transport", "ketapump.sim"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)

@@ -18,6 +18,7 @@ from rich.progress import Progress
 
 from ketapump import _core
 from ketapump.bridge import (
+    LINK_LOST,
     AuditWriter,
     ControlLoop,
     InfusionPlan,
@@ -45,6 +46,7 @@ from ketapump.cli.common import (
     progress_console,
     result,
     result_json,
+    set_diagnostic_levels,
 )
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
@@ -84,11 +86,16 @@ def run(
             help="Library diagnostics (JSON lines), never into the audit log.", show_default="stderr"
         ),
     ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Trace the transports (and pymodbus's own logging) in diagnostics."),
+    ] = False,
 ) -> None:
     """Run a plain infusion on any pump and record it in a hash-chained audit log.
 
     Exit codes: 0 complete, 3 stopped by an interlock or pump alarm, 4 stopped by the operator,
-    5 link lost mid-run, 2 usage, 65 invalid data, 69 pump unreachable, 74 audit log unwritable.
+    5 link lost mid-run (state link_lost), 2 usage, 65 invalid data, 69 pump unreachable, 74 audit log
+    unwritable.
     """
     console = progress_console()
     try:
@@ -115,6 +122,7 @@ def run(
         writer.close()
         raise fail(f"cannot read the session record {resume}: {e}", os.EX_DATAERR) from e
     configure_diagnostics(diagnostics if diagnostics else sys.stderr)
+    set_diagnostic_levels(debug)
     events = audit_logger(writer, session_id=session_id, pump=pump)
     plan = InfusionPlan(
         rate_ml_h=rate_ml_h, volume_ml=volume_ml, syringe_diameter_mm=diameter, take_up=take_up
@@ -134,6 +142,8 @@ def run(
     summary = {
         "state": outcome.state,
         "reason": outcome.reason,
+        "stop_confirmed": outcome.stop_confirmed,
+        "kernel_state": outcome.kernel_state,
         "delivered_ml": outcome.delivered_ml,
         "session_delivered_ml": outcome.session_delivered_ml,
         "alarms": list(outcome.alarms),
@@ -144,8 +154,16 @@ def run(
         result_json(summary)
     else:
         alarms = outcome.alarms + outcome.pump_alarms
+        lost = ""
+        if outcome.state == LINK_LOST:
+            lost = (
+                "; link to the pump lost, the pump confirmed the stop"
+                if outcome.stop_confirmed
+                else "; link to the pump lost, its stop is NOT confirmed: check the pump"
+            )
         result(
             f"{outcome.state}: delivered {outcome.session_delivered_ml:.3f} of {volume_ml:g} mL"
+            + lost
             + (f"; alarms: {', '.join(alarms)}" if alarms else "")
         )
         result(f"audit log: {path}")

@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 
 from ketapump import _core
-from ketapump.cli.common import fail
+from ketapump.bridge import configure_diagnostics
+from ketapump.cli.common import fail, set_diagnostic_levels
 from ketapump.clock import ScaledClock
 from ketapump.errors import ConfigurationError
 from ketapump.sim import Scenario, SimServer, load_scenario
@@ -32,12 +33,16 @@ def sim(
     time_scale: Annotated[float, typer.Option(min=0.001, help="Pump seconds per real second.")] = 1.0,
     scenario: Annotated[Path | None, typer.Option(help="Scenario file (TOML): pump build, faults.")] = None,
     baud: Annotated[int, typer.Option(min=300, help="Serial baud rate the PTYs are paced at.")] = 19_200,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Trace every frame in and out (and pymodbus's own logging).")
+    ] = False,
 ) -> None:
     """Run a simulated pump until SIGINT/SIGTERM.
 
     Prints one JSON line naming the endpoints (keys modbus_tcp, modbus_rtu_pty, nesp_pty; null when not
-    served). Modbus unit id 1, New Era address 0. Exit codes: 65 invalid scenario or option, 66 scenario
-    file not found.
+    served). Modbus unit id 1, New Era address 0. Diagnostics (each rejected frame, rate-limited; every
+    frame with --debug) go to stderr as JSON lines. Exit codes: 65 invalid scenario or option, 66
+    scenario file not found, 69 cannot serve (e.g. the port is taken).
     """
     try:
         plan = load_scenario(scenario) if scenario else Scenario(schema_version=1)
@@ -50,6 +55,8 @@ def sim(
         raise fail(str(e), input_exit_code(e)) from e
     except ValueError as e:
         raise fail(str(e), os.EX_DATAERR) from e
+    configure_diagnostics(sys.stderr)
+    set_diagnostic_levels(debug)
     asyncio.run(_serve(pump, time_scale, modbus_tcp, tcp_port, bind, modbus_rtu, nesp, baud))
 
 

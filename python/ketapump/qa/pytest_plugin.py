@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -175,19 +176,24 @@ def bridge_session(pump_under_test: PumpUnderTest) -> ControlLoop:
 @contextlib.contextmanager
 def running_sim(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str | None]]]:
     """Runs a real ``ketapump sim`` with ``args``; yields the process and its endpoints (the JSON line
-    it prints); always terminates it (SIGTERM, then SIGKILL after 10 s)."""
+    it prints); always terminates it (SIGTERM, then SIGKILL after 10 s). Its diagnostics (stderr) go
+    to a temporary file, never to a pipe nobody drains (a full pipe would block the simulator); the
+    process's ``stderr`` attribute is that file."""
+    diagnostics = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "ketapump", "sim", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=diagnostics,
         text=True,
     )
+    proc.stderr = diagnostics
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
-            detail = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"ketapump sim did not start: {detail}")
+            proc.wait(timeout=10)
+            diagnostics.seek(0)
+            raise RuntimeError(f"ketapump sim did not start: {diagnostics.read()}")
         yield proc, json.loads(line)
     finally:
         if proc.poll() is None:
