@@ -45,6 +45,8 @@ TICK_S = 0.01
 #: Longest pump-time step between the New Era port's periodic duties (its watchdog feed, safe mode).
 POLL_STEP_S = 0.1
 BITS_PER_BYTE = 10
+#: Connections the Modbus TCP listener queues before accepting them (many clients may connect at once).
+TCP_BACKLOG = 256
 #: Bytes of a traced frame shown in a ``--debug`` event.
 TRACE_BYTES = 256
 
@@ -103,11 +105,11 @@ class WireDiagnostics:
         self.suppressed += 1
         return False
 
-    def _emit(self, event: str, **fields: object) -> None:
+    def _emit(self, level: int, event: str, **fields: object) -> None:
         if self.suppressed:
             fields["suppressed"] = self.suppressed
             self.suppressed = 0
-        self._log.warning(event, endpoint=self.endpoint, **fields)
+        self._log.log(level, event, endpoint=self.endpoint, **fields)
 
     def rejected(self, peer: str, rejects: Rejects) -> None:
         """Reports what a codec rejected (its ``take_rejects()``)."""
@@ -115,12 +117,19 @@ class WireDiagnostics:
         self.suppressed += not_kept
         for reason, head, length in rows:
             if self._allow():
-                self._emit("frame_rejected", peer=peer, reason=reason, head=head.hex(" "), length=length)
+                self._emit(
+                    logging.WARNING,
+                    "frame_rejected",
+                    peer=peer,
+                    reason=reason,
+                    head=head.hex(" "),
+                    length=length,
+                )
 
     def closed(self, peer: str, reason: str) -> None:
         """Reports a connection the endpoint closed itself (idle, not reading, lost framing)."""
         if self._allow():
-            self._emit("connection_closed", peer=peer, reason=reason)
+            self._emit(logging.INFO, "connection_closed", peer=peer, reason=reason)
 
     def trace(self, peer: str, direction: str, data: bytes) -> None:
         """A DEBUG event per frame, in (``rx``) or out (``tx``)."""
@@ -353,7 +362,9 @@ class SimServer:
         """Starts the chosen endpoints and returns their addresses."""
         loop = asyncio.get_running_loop()
         if modbus_tcp:
-            self._tcp = await loop.create_server(lambda: ModbusTcpClient(self), bind, tcp_port)
+            self._tcp = await loop.create_server(
+                lambda: ModbusTcpClient(self), bind, tcp_port, backlog=TCP_BACKLOG
+            )
             host, port = self._tcp.sockets[0].getsockname()[:2]
             self.endpoints["modbus_tcp"] = f"{host}:{port}"
         if modbus_rtu:

@@ -14,8 +14,9 @@ same size (a general-purpose master took the rate for the syringe diameter this 
    request: it writes a fresh 16-bit value to :attr:`sync_register` (the reference pump's
    ``heartbeat``, set by its driver) and discards everything until that exact echo comes back. A pump
    answers in order, so once the echo is back no older reply can still arrive, however late it was.
-   Without a sync register it waits instead for the line to stay silent for half the attempt's
-   budget, which covers replies up to that much later than the timeout.
+   Without a sync register it can only wait for the line to stay silent for half the attempt's
+   budget: that drains a reply up to that much later than the timeout, but not a later one, nor a
+   queue of late replies (a best effort; the reference pump's driver always sets the register).
 
 Each attempt (re-synchronisation included) stays within the base class's timeout; pyserial runs in a
 worker thread (:mod:`ketapump.wire.transports.serial`).
