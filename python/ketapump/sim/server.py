@@ -38,8 +38,6 @@ from ketapump import _core
 from ketapump.clock import Clock
 from ketapump.wire import TCP_IDLE_TIMEOUT_S, TCP_MAX_UNREAD_BYTES, RegisterMap, load_register_map
 
-log = logging.getLogger(__name__)
-
 #: How often the ticker advances the pump (real seconds).
 TICK_S = 0.01
 #: Longest pump-time step between the New Era port's periodic duties (its watchdog feed, safe mode).
@@ -131,6 +129,16 @@ class WireDiagnostics:
         if self._allow():
             self._emit(logging.INFO, "connection_closed", peer=peer, reason=reason)
 
+    def dropped(self, peer: str, n_bytes: int) -> None:
+        """Reports reply bytes a serial line dropped because its client does not read them."""
+        if self._allow():
+            self._emit(
+                logging.WARNING,
+                "replies_dropped",
+                peer=peer,
+                reason=f"client not reading, {n_bytes} reply bytes dropped",
+            )
+
     def trace(self, peer: str, direction: str, data: bytes) -> None:
         """A DEBUG event per frame, in (``rx``) or out (``tx``)."""
         if self._log.isEnabledFor(logging.DEBUG):
@@ -173,8 +181,6 @@ class PtyLine:
             written = 0
         except OSError:
             return len(data)
-        if written < len(data):
-            log.warning("%s: client not reading, %d reply bytes dropped", self.path, len(data) - written)
         return len(data) - written
 
     def close(self) -> None:
@@ -223,7 +229,9 @@ class SerialEndpoint:
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             self.diagnostics.trace(self.line.path, "tx", reply)
-            self.line.write(reply)
+            dropped = self.line.write(reply)
+            if dropped:
+                self.diagnostics.dropped(self.line.path, dropped)
 
 
 class ModbusTcpClient(asyncio.Protocol):

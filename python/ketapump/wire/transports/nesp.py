@@ -349,7 +349,7 @@ class NespTransport(CommandTransport):
                 # alarm reply means anyway ("not executed"); the caller handles it as such.
                 return alarm
         port.reset_input_buffer()
-        port.write(self.frame_request(text))
+        self._write(port, self.frame_request(text))
         self._in_step = False  # until its reply is in
         buf = bytearray()
         while True:
@@ -369,7 +369,7 @@ class NespTransport(CommandTransport):
         """Sends the probe and discards everything until its reply; returns an alarm reply instead if
         the pump answers the probe with one (see :meth:`_exchange_sync`)."""
         port.reset_input_buffer()
-        port.write(self.frame_request(PROBE))
+        self._write(port, self.frame_request(PROBE))
         buf = bytearray()
         while True:
             data = self._read_reply(port, buf, deadline)
@@ -400,6 +400,7 @@ class NespTransport(CommandTransport):
                     self._discard(frame, "a malformed frame")
                     raise TransportError(self.url, str(e)) from e
                 self.safe_mode = safe
+                log.debug("%s: rx %r", self.url, frame)
                 return data
             if time.monotonic() >= deadline:
                 got = f" (partial: {bytes(buf[:16])!r})" if buf else ""
@@ -407,6 +408,10 @@ class NespTransport(CommandTransport):
             if not self.link.is_open(port):
                 raise TransportError(self.url, "link closed while waiting for the reply")
             buf += port.read(max(1, port.in_waiting))
+
+    def _write(self, port: Any, request: bytes) -> None:
+        log.debug("%s: tx %r", self.url, request)
+        port.write(request)
 
     def _discard(self, data: bytes | bytearray, why: str) -> None:
         self.discarded += 1

@@ -206,6 +206,7 @@ class ModbusRtuTransport(RegisterTransport):
 
     def _send(self, port: Any, request: bytes) -> None:
         port.reset_input_buffer()
+        log.debug("%s: tx %s", self.url, request.hex(" "))
         port.write(request)
         # The last byte leaves the UART this long after the write returns (the OS buffers it).
         self._quiet_since = time.monotonic() + len(request) * 11 / self.baud
@@ -251,6 +252,7 @@ class ModbusRtuTransport(RegisterTransport):
                     raise TransportError(self.url, f"bytes followed the reply: {bytes(buf[n:16]).hex(' ')}")
                 if not resyncing:
                     self._in_step = True
+                log.debug("%s: rx %s", self.url, frame.hex(" "))
                 return frame
             if verdict is Verdict.CORRUPT:
                 self._discard(buf[:n], "a reply with a bad CRC")
