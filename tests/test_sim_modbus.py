@@ -83,7 +83,7 @@ def test_infuses_at_the_commanded_rate(transport: str) -> None:
 
 
 def test_rtu_is_silent_for_another_unit() -> None:
-    """Like a real RS-485 device (not pymodbus's own server, which answers exception 4)."""
+    """Like a real RS-485 device (pymodbus's own server answered exception 4)."""
 
     async def body() -> None:
         async with serving(modbus_tcp=False, nesp=False) as server:

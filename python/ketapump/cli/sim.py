@@ -34,7 +34,7 @@ def sim(
     scenario: Annotated[Path | None, typer.Option(help="Scenario file (TOML): pump build, faults.")] = None,
     baud: Annotated[int, typer.Option(min=300, help="Serial baud rate the PTYs are paced at.")] = 19_200,
     debug: Annotated[
-        bool, typer.Option("--debug", help="Trace every frame in and out (and pymodbus's own logging).")
+        bool, typer.Option("--debug", help="Trace every frame in and out in the diagnostics.")
     ] = False,
 ) -> None:
     """Run a simulated pump until SIGINT/SIGTERM.
