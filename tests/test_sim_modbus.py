@@ -14,6 +14,7 @@ from pymodbus.exceptions import ModbusIOException
 
 from ketapump import _core
 from simhelpers import REGMAP, keep_alive, read, rtu_client, serving, start_infusing, tcp_client, write
+from wirehelpers import crc16
 
 CLIENTS = {"tcp": tcp_client, "rtu": rtu_client}
 
@@ -122,7 +123,7 @@ def test_a_client_that_stops_reading_never_stalls_the_simulator(caplog: pytest.L
             try:
                 tty.setraw(fd)
                 request = bytes.fromhex("0103001E0013")  # the telemetry block: a 43-byte reply
-                frame = request + _crc(request)
+                frame = request + crc16(request)
                 for _ in range(600):  # ~26 kB of replies nobody reads
                     os.write(fd, frame)
                     await asyncio.sleep(0.001)
@@ -136,12 +137,3 @@ def test_a_client_that_stops_reading_never_stalls_the_simulator(caplog: pytest.L
 
     asyncio.run(body())
     assert "reply bytes dropped" in caplog.text  # the PTY really filled up
-
-
-def _crc(data: bytes) -> bytes:
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc.to_bytes(2, "little")

@@ -189,18 +189,8 @@ def test_a_run_whose_simulator_is_killed_ends_link_lost(kind: str, tmp_path: Pat
             "nesp": f"nesp://{endpoints['nesp_pty']}",
         }[kind]
         log = tmp_path / "run.jsonl"
-        run = _start_run(url, log)
-        try:
-            _wait_for(log, "telemetry", within_s=60)
-            time.sleep(1.0)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            stdout, stderr = run.communicate(timeout=60)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-    assert run.returncode == EXIT_LINK_LOST, stderr
+        returncode, stdout, stderr = _run_and_kill_the_simulator(proc, url, log, json_output=True)
+    assert returncode == EXIT_LINK_LOST, stderr
     summary = json.loads(stdout)
     assert summary["state"] == "link_lost" and summary["reason"] == "transport"
     assert summary["stop_confirmed"] is False
@@ -215,18 +205,11 @@ def test_a_run_whose_simulator_is_killed_ends_link_lost(kind: str, tmp_path: Pat
 
 def test_the_human_line_of_a_lost_link_says_so(tmp_path: Path) -> None:
     with sim_process("--no-modbus-rtu", "--no-nesp") as (proc, endpoints):
-        log = tmp_path / "run.jsonl"
-        run = _start_run(f"modbus-tcp://{endpoints['modbus_tcp']}", log, json_output=False)
-        try:
-            _wait_for(log, "telemetry", within_s=60)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            _stdout, stderr = run.communicate(timeout=60)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-    assert run.returncode == EXIT_LINK_LOST
+        url = f"modbus-tcp://{endpoints['modbus_tcp']}"
+        returncode, _stdout, stderr = _run_and_kill_the_simulator(
+            proc, url, tmp_path / "run.jsonl", json_output=False
+        )
+    assert returncode == EXIT_LINK_LOST
     line = " ".join(stderr.split())  # the console wraps long lines
     assert "link_lost: delivered" in line
     assert "link to the pump lost, its stop is NOT confirmed: check the pump" in line
@@ -252,14 +235,29 @@ def test_a_finished_new_era_run_leaves_the_pump_without_a_safe_mode_alarm(tmp_pa
             os.close(fd)
 
 
-def _start_run(url: str, log: Path, *, json_output: bool = True) -> subprocess.Popen[str]:
+def _run_and_kill_the_simulator(
+    sim: subprocess.Popen[str], url: str, log: Path, *, json_output: bool
+) -> tuple[int, str, str]:
+    """Runs ``ketapump run`` on ``url`` and kills the simulator once the run is under way; returns the
+    run's exit code, stdout and stderr."""
     args = ["run", "--pump", url, "--rate-ml-h", "120", "--volume-ml", "10", "--log", str(log)]
-    return subprocess.Popen(
+    run = subprocess.Popen(
         [sys.executable, "-m", "ketapump", *args, *(["--json"] if json_output else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    try:
+        _wait_for(log, "telemetry", within_s=60)
+        time.sleep(1.0)
+        os.kill(sim.pid, signal.SIGKILL)
+        sim.wait()
+        stdout, stderr = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    return run.returncode, stdout, stderr
 
 
 def _wait_for(log: Path, event: str, *, within_s: float) -> None:

@@ -306,31 +306,16 @@ class ControlLoop:
             if fresh is not None and fresh.pump_alarms and kernel.state != "alarm":
                 # Only the power-up reset before the start is expected; during the run a reset means the
                 # pump lost power (and its counters), and any other pump alarm means it stopped itself.
-                stopped = await self._safe_stop()
-                log.error("pump_alarm", pump_alarms=sorted(fresh.pump_alarms))
-                return self._finish(
-                    "stopped",
-                    "pump_alarm",
-                    out.delivered_ml,
-                    recovered_ml,
-                    telemetry=fresh,
-                    stop_confirmed=stopped,
+                return await self._end_by_pump(
+                    out, recovered_ml, fresh, "pump_alarm", pump_alarms=sorted(fresh.pump_alarms)
                 )
             try:
                 await self._apply(out)
                 await self.driver.heartbeat()
             except PumpRefusedError as e:
                 # A refusal is the pump's answer, not a lost link: retrying would not change it.
-                stopped = await self._safe_stop()
-                log.error("command_refused", error=str(e), code=e.code)
-                return self._finish(
-                    "stopped",
-                    "pump_alarm",
-                    out.delivered_ml,
-                    recovered_ml,
-                    telemetry=fresh,
-                    detail=str(e),
-                    stop_confirmed=stopped,
+                return await self._end_by_pump(
+                    out, recovered_ml, fresh, "command_refused", detail=str(e), error=str(e), code=e.code
                 )
             except TransportError as e:
                 failures += 1
@@ -368,6 +353,29 @@ class ControlLoop:
                 reason = {"complete": "complete", "alarm": "interlock", "stopped": "operator"}[out.state]
                 log.info("session_ended", state=out.state, reason=reason, delivered_ml=out.delivered_ml)
                 return self._finish(out.state, reason, out.delivered_ml, recovered_ml, telemetry=final)
+
+    async def _end_by_pump(
+        self,
+        out: _core.StepOutput,
+        recovered_ml: float,
+        telemetry: PumpTelemetry | None,
+        event: str,
+        *,
+        detail: str = "",
+        **fields: Any,
+    ) -> RunResult:
+        """Ends the run on the pump's word (its alarm, its refusal): stop first, log second."""
+        stopped = await self._safe_stop()
+        self.log.error(event, **fields)
+        return self._finish(
+            "stopped",
+            "pump_alarm",
+            out.delivered_ml,
+            recovered_ml,
+            telemetry=telemetry,
+            detail=detail,
+            stop_confirmed=stopped,
+        )
 
     def _step(self, now: float, telemetry: PumpTelemetry | None) -> _core.StepOutput:
         """One kernel tick. Without a fresh sample the last one is repeated with its old timestamp, so

@@ -234,7 +234,7 @@ class SerialEndpoint:
                 self.diagnostics.dropped(self.line.path, dropped)
 
 
-class ModbusTcpClient(asyncio.Protocol):
+class TcpConnection(asyncio.Protocol):
     """One Modbus TCP connection: bytes to the Rust codec, replies back in request order.
 
     A reply leaves at ``max(arrival + injected delay, the previous reply's departure)``, so a delayed
@@ -350,7 +350,7 @@ class SimServer:
         self.regmap: RegisterMap = load_register_map()
         self.endpoints: dict[str, str | None] = {"modbus_tcp": None, "modbus_rtu_pty": None, "nesp_pty": None}
         self.tcp_diagnostics = WireDiagnostics("modbus_tcp")
-        self.tcp_clients: set[ModbusTcpClient] = set()
+        self.tcp_clients: set[TcpConnection] = set()
         self._tcp: asyncio.Server | None = None
         self._serial: list[SerialEndpoint] = []
         self._ticker: asyncio.Task[None] | None = None
@@ -371,7 +371,7 @@ class SimServer:
         loop = asyncio.get_running_loop()
         if modbus_tcp:
             self._tcp = await loop.create_server(
-                lambda: ModbusTcpClient(self), bind, tcp_port, backlog=TCP_BACKLOG
+                lambda: TcpConnection(self), bind, tcp_port, backlog=TCP_BACKLOG
             )
             host, port = self._tcp.sockets[0].getsockname()[:2]
             self.endpoints["modbus_tcp"] = f"{host}:{port}"

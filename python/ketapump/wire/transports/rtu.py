@@ -34,7 +34,7 @@ from typing import Any
 
 from ketapump.errors import TransportError
 from ketapump.wire.transports.base import RegisterTransport, modbus_refusal
-from ketapump.wire.transports.serial import POLL_S, WORKER_SHARE, SerialLink
+from ketapump.wire.transports.serial import WORKER_SHARE, SerialLink
 
 log = logging.getLogger("ketapump.transport")
 
@@ -292,4 +292,4 @@ class ModbusRtuTransport(RegisterTransport):
         log.warning("%s: discarded %s: %s", self.url, why, bytes(data[:32]).hex(" "))
 
 
-__all__ = ["POLL_S", "Expected", "ModbusRtuTransport", "Verdict", "classify", "crc16_modbus", "frame_gap_s"]
+__all__ = ["Expected", "ModbusRtuTransport", "Verdict", "classify", "crc16_modbus", "frame_gap_s"]
