@@ -206,11 +206,11 @@ def test_a_run_whose_simulator_is_killed_ends_link_lost(kind: str, tmp_path: Pat
 def test_the_human_line_of_a_lost_link_says_so(tmp_path: Path) -> None:
     with sim_process("--no-modbus-rtu", "--no-nesp") as (proc, endpoints):
         url = f"modbus-tcp://{endpoints['modbus_tcp']}"
-        returncode, _stdout, stderr = _run_and_kill_the_simulator(
+        returncode, stdout, stderr = _run_and_kill_the_simulator(
             proc, url, tmp_path / "run.jsonl", json_output=False
         )
-    assert returncode == EXIT_LINK_LOST
-    line = " ".join(stderr.split())  # the console wraps long lines
+    assert returncode == EXIT_LINK_LOST, stderr
+    line = " ".join(stdout.split())  # the result goes to stdout
     assert "link_lost: delivered" in line
     assert "link to the pump lost, its stop is NOT confirmed: check the pump" in line
     assert "running:" not in line
