@@ -81,8 +81,10 @@ def test_grid_meets_s5_and_s6_on_the_simulator(rate: float, threshold: float, sl
         # The automatic back-off ran: the pressure at opening is back near P0 + 20 mmHg.
         at_open = [p for t, p in record.pressure if t <= record.opened_at_s][-1]
         assert at_open <= result.p0_mmhg + 30.0
-    # The plant's pressure rise gives back its fluid-side compliance (the drive takes the rest of C).
-    assert result.rise_compliance_ml_per_mmhg == pytest.approx(0.0016, rel=0.1)
+    # The pressure rise gives back a compliance between the plant's fluid side (C_f = 1.6 µL/mmHg, were
+    # the plunger held at Q) and its total C (2.0 µL/mmHg: the motor at Q, the drive compressing as the
+    # pressure rises): the quiet controller trims the motor toward the plunger's lag only every 10 s.
+    assert 0.0016 * 0.9 <= result.rise_compliance_ml_per_mmhg <= 0.002 * 1.1
 
 
 @pytest.mark.parametrize(

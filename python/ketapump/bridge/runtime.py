@@ -45,14 +45,16 @@ def control_period_s(scheme: str, time_scale: float, requested: float | None, de
 
 def loop_settings(period_s: float, defaults: dict[str, float | bool]) -> dict[str, float]:
     """Kernel settings that depend on the loop period: staleness after five periods, and controller
-    gains kept inside the discrete-time stability margin (kp·dt ≤ 0.5, ki·dt² ≤ 0.05) so a slow
-    transport's long period cannot make the PI oscillate."""
+    gains kept inside the discrete-time stability margin (kp·T ≤ 0.5, ki·T² ≤ 0.05) for the interval T
+    between two controller decisions — the hold, or the period when that is longer — so a slow
+    transport's long period cannot make the controller oscillate."""
     kp, ki = float(defaults["kp_per_s"]), float(defaults["ki_per_s2"])
+    decision_s = max(period_s, float(defaults["control_hold_s"]))
     return {
         "control_period_s": period_s,
         "stale_after_s": max(float(defaults["stale_after_s"]), 5 * period_s),
-        "kp_per_s": min(kp, 0.5 / period_s),
-        "ki_per_s2": min(ki, 0.05 / period_s**2),
+        "kp_per_s": min(kp, 0.5 / decision_s),
+        "ki_per_s2": min(ki, 0.05 / decision_s**2),
     }
 
 
