@@ -246,6 +246,7 @@ class ControlLoop:
             syringe_diameter_mm=plan.syringe_diameter_mm,
             pump_infused_ml_at_start=start_infused,
             missing_telemetry=sorted(self.driver.lacks),
+            control_period_s=self.period_s,
         )
         t0 = self.clock.now()
         first = self._step(t0, telemetry)
