@@ -137,7 +137,7 @@ def test_a_high_resistance_line_at_52_5_ml_h_meets_s5_and_the_s6_hard_limit(
 )
 def test_an_occlusion_seen_first_by_the_flow_check_is_still_backed_off(resistance: float | None) -> None:
     # Slope detector off, flow check on: at 52.5 mL/h the flow check sees the occlusion first, at
-    # ~570 mmHg on the nominal line and ~730 mmHg on a high-resistance one; without the back-off the
+    # ~530 mmHg on the nominal line and ~690 mmHg on a high-resistance one; without the back-off the
     # line would release C·(P − P0), about 1 mL.
     plant = {} if resistance is None else {"resistance_mmhg_s_per_ml": resistance}
     record = asyncio.run(
