@@ -1,7 +1,9 @@
 """Setting up a run: where audit logs go, the control period and gains a transport allows at a time
-scale, the driver (with a watchdog sized for its retries) for a pump URL, and the syringe catalogue.
+scale, the driver for a pump URL (its watchdog sized from every term of the longest gap between two
+heartbeats, :class:`LoopTiming`, and a time scale that cannot fit refused up front), and the syringe
+catalogue.
 
-Shared by ``ketapump run``, ``ketapump session``, the QA tests and the pytest plugin.
+Shared by ``ketapump run``, ``session`` and ``demo``, the QA runs and the pytest plugin.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ MIN_REAL_PERIOD_S = {"sim": 0.005, "modbus-tcp": 0.005, "modbus-rtu": 0.12, "nes
 
 #: Scheduling jitter a tick must absorb (real s): how late a tick may start plus how long its work may be
 #: held up (preemption, a slow fsync) on this project's 2-core machine with both cores busy. Measured
-#: (docs/benchmarks.md, "Loop jitter"): 31 ms late and 17 ms held at most over 20 s beside ``tools/busy
-#: 2``; 150 ms keeps a margin of three for the rarer stalls of a machine shared with builds.
+#: (docs/benchmarks.md, "Why 150 ms of jitter"): 31 ms late and 17 ms held at most over 20 s beside
+#: ``tools/busy 2``, 51 ms between two heartbeats at 60×; 150 ms keeps a margin of three for the rarer
+#: stalls of a machine shared with builds.
 JITTER_REAL_S = 0.15
 
 #: The reference pump's watchdog range (docs/register-map.md, ``watchdog_ms``): 500 ms is its default,
