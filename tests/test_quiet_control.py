@@ -4,7 +4,6 @@ pump always runs the rate the kernel accounts for (the loop adds no deadband of 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
@@ -13,19 +12,10 @@ from ketapump.bridge import ControlLoop, InfusionPlan, syringe_spec
 from ketapump.clock import VirtualClock
 from ketapump.config import kernel_config
 from ketapump.wire import PumpTelemetry, ReferencePumpDriver, SimTransport, open_transport
+from test_bridge import Events
 
 #: The issue's bound: at most this many rate commands in a 40-min session at any standard rate.
 MAX_COMMANDS = 100
-
-
-class Events:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
-
-    warning = error = info
 
 
 def forty_minutes(rate_ml_h: float, seed: int = 1) -> tuple[Events, list[tuple[float, float]], str]:
@@ -59,7 +49,7 @@ def forty_minutes(rate_ml_h: float, seed: int = 1) -> tuple[Events, list[tuple[f
 def test_a_forty_minute_session_sends_at_most_100_rate_commands(rate_ml_h: float) -> None:
     events, _pairs, state = forty_minutes(rate_ml_h)
     assert state == "complete"
-    commands = [f for e, f in events.events if e == "command" and f["direction"] == "forward"]
+    commands = [f for f in events.named("command") if f["direction"] == "forward"]
     # Before the quiet controller: 23 927 at 5 mL/h, 8 078 at 52.5 mL/h (a command on almost every tick).
     assert 2 <= len(commands) <= MAX_COMMANDS, len(commands)
     assert commands[0]["rate_ml_h"] == 120.0  # the take-up, then the programmed rate
