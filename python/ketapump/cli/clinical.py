@@ -32,6 +32,8 @@ from ketapump.cli.common import (
     EXIT_LIMIT,
     PUMP_HELP,
     Command,
+    Renamed,
+    command_class,
     fail,
     result_json,
 )
@@ -163,9 +165,6 @@ def demo(
             "the loop cannot hold is refused, naming the largest that works.",
         ),
     ] = None,
-    speed: Annotated[
-        float | None, typer.Option(min=0.001, hidden=True, help="Deprecated: use --time-scale.")
-    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine summary on stdout.")] = False,
     out: Annotated[Path, typer.Option(help="Directory for the log, history, report and plots.")] = Path(
         "ketapump-demo"
@@ -180,11 +179,6 @@ def demo(
     report.md, series.csv and four PNG plots. Exit 0 when the session completes, 65 for a time scale the
     loop cannot hold (refused before anything is written).
     """
-    if speed is not None:
-        if time_scale is not None:
-            raise fail("--speed is the deprecated name of --time-scale: give only --time-scale", os.EX_USAGE)
-        typer.echo("warning: --speed is deprecated; use --time-scale", err=True)
-        time_scale = speed
     try:
         setup = prepare_demo(out=out, seed=seed, time_scale=time_scale)
     except ConfigurationError as e:
@@ -409,7 +403,7 @@ def _print_summary(result: SessionResult, machine: dict[str, Any]) -> None:
 
 def register_cli(app: typer.Typer) -> None:
     app.command(cls=Command)(dose)
-    app.command(cls=Command)(demo)
+    app.command(cls=command_class(Renamed("--speed", "--time-scale")))(demo)
     app.command(cls=Command)(session)
 
 
