@@ -159,7 +159,7 @@ def test_demo_audit_log_and_fsyncs(benchmark: Any, counted_fsyncs: list[int], tm
         out = tmp_path / "demo"
         with pytest.raises(SystemExit) as done:
             try:
-                demo(time_scale=None, speed=None, json_output=True, out=out, seed=0)
+                demo(time_scale=None, json_output=True, out=out, seed=0)
             except BaseException as exit_:  # typer.Exit carries the exit code
                 raise SystemExit(getattr(exit_, "exit_code", 0)) from exit_
             raise SystemExit(0)
