@@ -145,7 +145,9 @@ def test_bridge_tick_body_on_sim(benchmark: Any) -> None:
             t = time.perf_counter()
             telemetry = await driver.read_telemetry()
             out = loop._step(clock.now(), telemetry)
-            await loop._apply(out)
+            command = loop._announce(out)
+            if command is not None:
+                await loop._send(command)
             loop._drain_trace()
             durations.append(time.perf_counter() - t)
 

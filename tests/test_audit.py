@@ -30,6 +30,7 @@ from ketapump.bridge.audit import (
     audit_logger,
     canonical_json,
     configure_diagnostics,
+    record_group,
     record_hash,
     remove_diagnostics,
     verify,
@@ -593,3 +594,203 @@ def test_diagnostics_to_a_file_and_never_to_the_audit_file(tmp_path: Path) -> No
     remove_diagnostics()
     assert json.loads(diag.read_text(encoding="utf-8"))["event"] == "loop stalled"
     assert verify(log).records == 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# Group commit (one write and one fsync per control tick)
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every fsync of a regular file, by fd."""
+    real_fsync = os.fsync
+    synced: list[int] = []
+
+    def counting_fsync(fd: int) -> None:
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+            synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    return synced
+
+
+def test_a_group_is_chained_at_once_and_written_with_one_fsync_per_commit(
+    tmp_path: Path, fsyncs: list[int]
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    fsyncs.clear()
+    size = log.stat().st_size
+    with record_group() as group:
+        digests = [writer.write("state_transition", i=i) for i in range(5)]
+        assert writer.last_hash == digests[-1] and writer.next_seq == 6  # chained at once ...
+        assert log.stat().st_size == size and fsyncs == []  # ... but nothing written yet
+        group.commit()
+        assert fsyncs == [writer._fd] and len(_lines(log)) == 6
+        writer.write("command", rate_ml_h=5.0)  # after the commit: buffered again
+        writer.write("command_failed", consecutive=1)
+        assert len(_lines(log)) == 6
+    assert fsyncs == [writer._fd] * 2 and writer.syncs == 3  # log_opened, the commit, the exit
+    result = verify(log)
+    assert result.ok and result.records == 8 and result.final_hash == writer.last_hash
+    assert [r["seq"] for r in _records(log)] == list(range(8))
+
+
+def test_a_block_inside_an_open_group_joins_it_and_an_empty_group_writes_nothing(
+    tmp_path: Path, fsyncs: list[int]
+) -> None:
+    writer = AuditWriter.open(tmp_path / "audit.jsonl")
+    fsyncs.clear()
+    with record_group() as outer:
+        writer.write("tick")
+        with record_group() as inner:
+            assert inner is outer
+            writer.write("alarm")
+        assert fsyncs == []  # the inner block's end is not a commit
+    assert len(fsyncs) == 1
+    with record_group():
+        pass
+    assert len(fsyncs) == 1
+
+
+def test_a_write_from_another_thread_is_durable_when_it_returns(tmp_path: Path, fsyncs: list[int]) -> None:
+    # The group is the loop thread's; another thread's write must not wait for its commit. It writes
+    # the records buffered so far with its own, in chain order.
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    with record_group():
+        writer.write("tick", n=1)
+        other = threading.Thread(target=lambda: writer.write("operator_note", text="from another thread"))
+        other.start()
+        other.join()
+        assert [r["event"] for r in _records(log)] == ["log_opened", "tick", "operator_note"]
+        writer.write("tick", n=2)
+    assert verify(log).ok and verify(log).records == 4
+
+
+def test_an_edit_inside_a_group_committed_file_is_caught(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    for tick in range(3):
+        with record_group():
+            for i in range(4):
+                writer.write("state_transition", tick=tick, i=i, delivered_ml=0.1 * i)
+    writer.close()
+    lines = _lines(log)
+    lines[6] = lines[6].replace('"delivered_ml":0.1', '"delivered_ml":0.2')
+    log.write_text("".join(lines), encoding="utf-8")
+    result = verify(log)
+    assert not result.ok and result.bad_line == 7 and "hash mismatch" in result.reason
+
+
+def test_a_failed_group_commit_raises_and_is_sticky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # Leaving the block commits: that is where the failure surfaces.
+    with pytest.raises(AuditWriteError, match="No space left on device"), record_group():
+        writer.write("command", rate_ml_h=5.0)
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+    monkeypatch.undo()
+    with pytest.raises(AuditWriteError, match="refusing to write after an earlier failure"):
+        writer.write("command", rate_ml_h=5.0)
+
+
+def test_close_commits_what_a_group_still_holds(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    with record_group():
+        writer.write("session_ended")
+        writer.close()
+    assert [r["event"] for r in _records(log)] == ["log_opened", "session_ended"]
+    assert verify(log).ok
+
+
+#: A run of the control loop on the in-process simulator, group-committing to the audit log given as
+#: argv[1], that dies by SIGKILL (no cleanup, no flush: a crash) where argv[2] says:
+#: ``command:N`` as the N-th rate is being sent to the pump, ``tick:N`` inside the N-th tick's
+#: on_tick hook, before that tick commits. Every rate sent to the pump is first appended to argv[3].
+CRASHING_RUN = """
+import asyncio, os, signal, sys
+from ketapump.bridge import AuditWriter, ControlLoop, InfusionPlan, audit_logger, syringe_spec
+from ketapump.clock import VirtualClock
+from ketapump.config import kernel_config
+from ketapump.wire import ReferencePumpDriver, open_transport
+
+log, where, sent = sys.argv[1], sys.argv[2], sys.argv[3]
+kind, n = where.split(":")
+capacity, diameter = syringe_spec("bd-plastipak-50")
+clock = VirtualClock()
+driver = ReferencePumpDriver(open_transport("sim://?seed=3", clock=clock))
+set_rate, count = driver.set_rate_ml_h, [0, 0]
+
+async def sending(rate):
+    count[0] += 1
+    if kind == "command" and count[0] == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(sent, "a") as f:
+        f.write(f"{rate!r}\\n")
+    await set_rate(rate)
+
+def on_tick(out, telemetry):
+    count[1] += 1
+    if kind == "tick" and count[1] == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+driver.set_rate_ml_h = sending
+config = kernel_config(syringe_diameter_mm=diameter, syringe_capacity_ml=capacity, syringe_fill_ml=capacity)
+events = audit_logger(AuditWriter.open(log), session_id="crash")
+loop = ControlLoop(driver, config, clock, events, on_tick=on_tick)
+asyncio.run(loop.run(InfusionPlan(rate_ml_h=52.5, volume_ml=2.0, syringe_diameter_mm=diameter)))
+print("not killed")
+"""
+
+
+def crash(tmp_path: Path, where: str) -> tuple[list[dict[str, object]], list[float]]:
+    """Runs :data:`CRASHING_RUN` until it is killed; returns the log's records and the rates sent."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    log, sent = tmp_path / "audit.jsonl", tmp_path / "sent.txt"
+    sent.touch()
+    run = subprocess.run(
+        [sys.executable, "-c", CRASHING_RUN, str(log), where, str(sent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == -9, run.stdout + run.stderr
+    result = verify(log)
+    assert result.ok, result  # whole records only: the crash cut between two group commits
+    return _records(log), [float(line) for line in sent.read_text().split()]
+
+
+def test_a_crash_while_the_pump_is_being_commanded_finds_the_command_on_disk(tmp_path: Path) -> None:
+    records, sent = crash(tmp_path, "command:4")  # take-up, the programmed rate, a first trim, this one
+    commands = [r for r in records if r["event"] == "command"]
+    assert len(sent) == 3 and [c["rate_ml_h"] for c in commands[:3]] == sent
+    # The fourth was committed before the pump was to get it: the log is never behind the pump.
+    assert len(commands) == 4 and records[-1] is commands[-1]
+
+
+def test_a_crash_in_a_tick_before_its_commit_loses_that_tick_and_nothing_else(tmp_path: Path) -> None:
+    # The run is deterministic (virtual time, seeded pump): a first run finds the tick that ends the
+    # take-up (a state transition and a new rate), a second is killed in that tick before it commits.
+    reference, _ = crash(tmp_path / "reference", "command:3")
+    ended = next(r for r in reference if r.get("cause") == "take_up_done")
+    tick = round(float(ended["t_s"]) / 0.1)  # ticks are due every 0.1 s from t = 0
+    records, sent = crash(tmp_path / "crashed", f"tick:{tick}")
+
+    def content(r: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in r.items() if k not in {"timestamp", "mono_ns", "prev", "hash", "pid"}}
+
+    # Everything before the killed tick is on disk, whole and in order; nothing of that tick is.
+    assert [content(r) for r in records] == [content(r) for r in reference[: len(records)]]
+    assert reference[len(records)] is ended
+    # Its new rate never reached the pump, and the log says exactly what the pump was told.
+    assert sent == [120.0]
+    assert [r["rate_ml_h"] for r in records if r["event"] == "command"] == sent

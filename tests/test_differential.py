@@ -49,7 +49,7 @@ SETTINGS = settings(
 
 STEP_FIELDS_EXACT = ("direction", "state", "alarms", "raised", "clamp", "near_empty", "annunciate")
 STEP_FIELDS_CLOSE = ("rate_ml_h", "delivered_ml", "remaining_ml")
-CONTROL_FIELDS_EXACT = ("saturated", "slew_limited", "integrating")
+CONTROL_FIELDS_EXACT = ("saturated", "slew_limited", "integrating", "held")
 CONTROL_FIELDS_CLOSE = (
     "target_ml",
     "error_ml",
@@ -306,6 +306,9 @@ def kernel_overrides(draw: st.DrawFn) -> dict[str, Any]:
         "ki_per_s2": draw(st.sampled_from([0.0, 0.5, 5.0])),
         "integral_limit_ml_s": draw(st.sampled_from([0.0, 0.01, 0.1])),
         "slew_ml_h_per_s": draw(st.sampled_from([10.0, 1_000.0, 1.0e6])),
+        # The quiet controller (the shipped 2 counts, 10 s), a per-tick one, and holds a tick or two long.
+        "control_deadband_counts": draw(st.sampled_from([2.0, 0.0, 1.0, 5.0])),
+        "control_hold_s": draw(st.sampled_from([10.0, 0.0, 0.1, 0.25, 1.0])),
         "silence_s": draw(st.sampled_from([0.0, 1.0, 120.0])),
     }
 
@@ -774,6 +777,9 @@ CONTROL_INPUT = st.one_of(
     slew=st.floats(0.001, 1.0e3),
     max_ml_s=st.floats(0.001, 1.0),
     start=st.floats(-10.0, 10.0),
+    deadband=st.sampled_from([0.0, 0.001, 0.5]),
+    hold=st.sampled_from([0.0, 0.5, 2.0, 10.0]),
+    quantum=st.sampled_from([0.0, 0.0005, 0.1]),
     inputs=st.lists(CONTROL_INPUT, min_size=1, max_size=50),
 )
 def test_rate_controller_matches(
@@ -784,12 +790,22 @@ def test_rate_controller_matches(
     slew: float,
     max_ml_s: float,
     start: float,
+    deadband: float,
+    hold: float,
+    quantum: float,
     inputs: list[tuple[float, float, float]],
 ) -> None:
     rust = core.RateController(
-        kp_per_s=kp, ki_per_s2=ki, integral_limit_ml_s=limit, slew_ml_s_per_s=slew, max_ml_s=max_ml_s
+        kp_per_s=kp,
+        ki_per_s2=ki,
+        integral_limit_ml_s=limit,
+        slew_ml_s_per_s=slew,
+        max_ml_s=max_ml_s,
+        deadband_ml=deadband,
+        hold_s=hold,
+        quantum_ml=quantum,
     )
-    ref = ReferenceController(Gains(kp, ki, limit, slew, max_ml_s))
+    ref = ReferenceController(Gains(kp, ki, limit, slew, max_ml_s, deadband, hold, quantum))
     rust.reset(start)
     ref.reset(start)
     for setpoint, measured, dt in inputs:

@@ -81,8 +81,10 @@ def test_grid_meets_s5_and_s6_on_the_simulator(rate: float, threshold: float, sl
         # The automatic back-off ran: the pressure at opening is back near P0 + 20 mmHg.
         at_open = [p for t, p in record.pressure if t <= record.opened_at_s][-1]
         assert at_open <= result.p0_mmhg + 30.0
-    # The plant's pressure rise gives back its fluid-side compliance (the drive takes the rest of C).
-    assert result.rise_compliance_ml_per_mmhg == pytest.approx(0.0016, rel=0.1)
+    # The pressure rise gives back a compliance between the plant's fluid side (C_f = 1.6 µL/mmHg, were
+    # the plunger held at Q) and its total C (2.0 µL/mmHg: the motor at Q, the drive compressing as the
+    # pressure rises): the quiet controller trims the motor toward the plunger's lag only every 10 s.
+    assert 0.0016 * 0.9 <= result.rise_compliance_ml_per_mmhg <= 0.002 * 1.1
 
 
 @pytest.mark.parametrize(
@@ -135,7 +137,7 @@ def test_a_high_resistance_line_at_52_5_ml_h_meets_s5_and_the_s6_hard_limit(
 )
 def test_an_occlusion_seen_first_by_the_flow_check_is_still_backed_off(resistance: float | None) -> None:
     # Slope detector off, flow check on: at 52.5 mL/h the flow check sees the occlusion first, at
-    # ~570 mmHg on the nominal line and ~730 mmHg on a high-resistance one; without the back-off the
+    # ~530 mmHg on the nominal line and ~690 mmHg on a high-resistance one; without the back-off the
     # line would release C·(P − P0), about 1 mL.
     plant = {} if resistance is None else {"resistance_mmhg_s_per_ml": resistance}
     record = asyncio.run(
@@ -333,7 +335,9 @@ def test_an_unanswered_operator_prompt_does_not_hold_the_process() -> None:
     async def body() -> float | None:
         line = occlusion.OperatorLine(ask)
         line.arrange_close(VirtualClock(), 0.0)
-        while not asked:
+        line.observe(0.0)  # the run's first tick: the close is due
+        deadline = time.monotonic() + 10.0
+        while not asked and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         line.cancel()
         return line.closed_at_s
@@ -351,15 +355,15 @@ def test_a_rigs_bolus_is_weighed_from_before_the_operator_opens_the_clamp() -> N
     # On a rig the operator opens the clamp, then presses Enter: the bolus flows meanwhile. Rehearsed on
     # the simulator with an operator who takes 15 s (of pump time) to get back to the keyboard: the bolus
     # is everything that flowed from the closed line to the end of the release, not what was left after.
-    pump = _core.SimPump(seed=1)
-    clock = VirtualClock()
-    at_prompt: list[float] = []
-    at_enter: list[float] = []
+    # The operator acts on the event loop (no thread), so on the virtual clock the clamp closes on the
+    # first tick at or after the settling time, every run: the record is the same every time.
+    def rehearse() -> tuple[OcclusionRecord, float, list[float], list[float]]:
+        pump = _core.SimPump(seed=1)
+        clock = VirtualClock()
+        at_prompt: list[float] = []
+        at_enter: list[float] = []
 
-    async def body() -> OcclusionRecord:
-        loop = asyncio.get_running_loop()
-
-        async def handle(message: str) -> None:  # on the loop's thread: the pump is not shared
+        async def operator(message: str) -> None:
             pump.advance_to(clock.now())
             if message.startswith("CLOSE"):
                 pump.inject("fault_occlusion", 1)
@@ -370,21 +374,29 @@ def test_a_rigs_bolus_is_weighed_from_before_the_operator_opens_the_clamp() -> N
             pump.advance_to(clock.now())
             at_enter.append(pump.delivered_ml)
 
-        def operator(message: str) -> None:
-            asyncio.run_coroutine_threadsafe(handle(message), loop).result()
-
-        return await occlusion.run_simulated(
-            pump,
-            rate_ml_h=52.5,
-            threshold_mmhg=300.0,
-            release_s=120.0,
-            clock=clock,
-            line=occlusion.OperatorLine(operator),
+        record = asyncio.run(
+            occlusion.run_simulated(
+                pump,
+                rate_ml_h=52.5,
+                threshold_mmhg=300.0,
+                release_s=120.0,
+                clock=clock,
+                line=occlusion.OperatorLine(operator),
+            )
         )
+        return record, pump.delivered_ml, at_prompt, at_enter
 
-    record = asyncio.run(body())
+    record, delivered, at_prompt, at_enter = rehearse()
+    assert record.closed_at_s == pytest.approx(occlusion.SETTLE_S, abs=0.1 + 1e-9)  # the first tick ≥ 600 s
     assert record.bolus_ml is not None and at_prompt and at_enter
-    assert record.bolus_ml == pytest.approx(pump.delivered_ml - at_prompt[0], abs=1e-12)
+    assert record.bolus_ml == pytest.approx(delivered - at_prompt[0], abs=1e-12)
     # Not a negligible share: a reading taken at Enter would have missed over a quarter of it.
     assert at_enter[0] - at_prompt[0] > 0.25 * record.bolus_ml > 0.0
     assert analyse(record).s6_met
+    # Deterministic: a second rehearsal records exactly the same run.
+    again = rehearse()[0]
+    assert (again.closed_at_s, again.alarm_at_s, again.bolus_ml) == (
+        record.closed_at_s,
+        record.alarm_at_s,
+        record.bolus_ml,
+    )

@@ -272,7 +272,8 @@ def test_kernel_load_respects_the_cumulative_cap() -> None:
 
 
 def test_kernel_first_infusing_ticks_by_hand() -> None:
-    k = kernel(kp_per_s=2.0, ki_per_s2=0.5)  # the gains the arithmetic below uses
+    # The per-tick PI (no deadband, no hold) with the gains the arithmetic below uses.
+    k = kernel(kp_per_s=2.0, ki_per_s2=0.5, control_deadband_counts=0.0, control_hold_s=0.0)
     k.load(36.0, 1.0, take_up=False)  # 36 mL/h = 0.01 mL/s
     out = k.step(0.0, 0.0, 0.0, 0.0)
     assert (out.state, out.direction, out.clamp) == ("armed", "hold", "unchanged")

@@ -411,7 +411,7 @@ def _toml(document: dict[str, Any]) -> str:
 def test_a_session_that_fails_mid_infusion_stops_the_pump_and_is_ended_in_the_course_history(
     tmp_path: Path,
 ) -> None:
-    run = run_session(tmp_path, memory=MemoryLog(fail_at_command=200))
+    run = run_session(tmp_path, memory=MemoryLog(fail_at_command=5))  # a trim after the start
     assert isinstance(run.error, AuditWriteError)
     (failed,) = run.named("session_failed")
     assert run.pump.value("motor_running") == 0

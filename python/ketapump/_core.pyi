@@ -105,10 +105,12 @@ class KernelConfig:
     - ``take_up_rate_ml_h``: Rate of the start-up take-up of slack (mL/h).
     - ``take_up_max_ml``: Most volume the take-up may command (mL).
     - ``take_up_detect_ml``: Plunger motion that ends the take-up (mL).
-    - ``kp_per_s``: Proportional gain on the volume error (1/s).
+    - ``kp_per_s``: Proportional gain on the volume error beyond the deadband (1/s).
     - ``ki_per_s2``: Integral gain (1/s²).
     - ``integral_limit_ml_s``: Bound of the error integral (mL·s).
     - ``slew_ml_h_per_s``: Largest change of the commanded rate per second (mL/h per s).
+    - ``control_deadband_counts``: Volume error the controller leaves alone (encoder counts).
+    - ``control_hold_s``: Shortest time between two controller decisions; the trim is held (s).
     - ``silence_s``: How long silence() mutes annunciation (s, ≤ 120).
     """
 
@@ -160,6 +162,8 @@ class KernelConfig:
         ki_per_s2: float,
         integral_limit_ml_s: float,
         slew_ml_h_per_s: float,
+        control_deadband_counts: float,
+        control_hold_s: float,
         silence_s: float,
     ) -> KernelConfig: ...
     def as_dict(self) -> dict[str, float | bool]:
@@ -184,9 +188,11 @@ class ControlStatus:
     @property
     def feed_forward_ml_s(self) -> float: ...
     @property
-    def proportional_ml_s(self) -> float: ...
+    def proportional_ml_s(self) -> float:
+        """The proportional term of the trim in force."""
     @property
-    def integral_ml_s(self) -> float: ...
+    def integral_ml_s(self) -> float:
+        """The integral term of the trim in force."""
     @property
     def output_ml_s(self) -> float:
         """Controller output before the kernel's clamp."""
@@ -197,7 +203,10 @@ class ControlStatus:
     def slew_limited(self) -> bool: ...
     @property
     def integrating(self) -> bool:
-        """False when anti-windup held the integral on this step."""
+        """The integral advanced on this step (a decision that anti-windup did not hold)."""
+    @property
+    def held(self) -> bool:
+        """No decision on this step: the trim in force was decided earlier."""
 
 @final
 class StepOutput:
@@ -321,7 +330,12 @@ class SafetyKernel:
 
 @final
 class RateController:
-    """Feed-forward + PI controller on the volume error, with anti-windup and a slew limit."""
+    """Feed-forward + quiet PI controller on the volume error, with anti-windup and a slew limit.
+
+    It decides on the first step after a reset and then once ``hold_s`` has passed, on the volume error
+    beyond ``deadband_ml``, and holds its trim in between; a trim change below ``quantum_ml / hold_s``
+    is not made. With the defaults (no deadband, no hold) every step decides: the per-step PI.
+    """
 
     def __new__(
         cls,
@@ -331,9 +345,12 @@ class RateController:
         integral_limit_ml_s: float,
         slew_ml_s_per_s: float,
         max_ml_s: float,
+        deadband_ml: float = 0.0,
+        hold_s: float = 0.0,
+        quantum_ml: float = 0.0,
     ) -> RateController: ...
     def reset(self, measured_ml: float) -> None:
-        """Track from ``measured_ml`` with no integral and a stopped motor."""
+        """Track from ``measured_ml`` with no integral, no trim and a stopped motor; the next step decides."""
     def step(self, setpoint_ml_s: float, measured_ml: float, dt_s: float) -> ControlStatus:
         """One step. Non-finite or negative input raises ConfigurationError and changes nothing."""
 

@@ -46,7 +46,12 @@ class ScaledClock:
 
 
 class VirtualClock:
-    """Time that advances only when someone sleeps: as fast as the work between sleeps allows."""
+    """Time that advances only when someone sleeps: as fast as the work between sleeps allows.
+
+    Made for one sleeper, the control loop: a second task sleeping on it concurrently would move time
+    to its own deadline at once, whatever the loop's next tick. Something that must happen at a pump
+    time during a run is driven from the loop's tick (``on_tick``), as the occlusion test's line is.
+    """
 
     def __init__(self, start_s: float = 0.0) -> None:
         self._t = start_s

@@ -112,6 +112,8 @@ kernel_config_class!(
     ki_per_s2: f64,
     integral_limit_ml_s: f64,
     slew_ml_h_per_s: f64,
+    control_deadband_counts: f64,
+    control_hold_s: f64,
     silence_s: f64,
 );
 
@@ -128,6 +130,7 @@ pub struct ControlStatus {
     saturated: bool,
     slew_limited: bool,
     integrating: bool,
+    held: bool,
 }
 
 impl From<kc::ControlStatus> for ControlStatus {
@@ -142,6 +145,7 @@ impl From<kc::ControlStatus> for ControlStatus {
             saturated: s.saturated,
             slew_limited: s.slew_limited,
             integrating: s.integrating,
+            held: s.held,
         }
     }
 }
@@ -335,7 +339,8 @@ impl SafetyKernel {
     }
 }
 
-/// Feed-forward + PI volume controller (mL, s).
+/// Feed-forward + quiet PI volume controller (mL, s); without `deadband_ml` and `hold_s` it decides on
+/// every step (the per-step PI).
 #[pyclass(module = "ketapump._core")]
 pub struct RateController {
     inner: kc::RateController,
@@ -349,13 +354,20 @@ fn gain(field: &'static str, value: f64) -> Result<f64, CoreError> {
 #[pymethods]
 impl RateController {
     #[new]
-    #[pyo3(signature = (*, kp_per_s, ki_per_s2, integral_limit_ml_s, slew_ml_s_per_s, max_ml_s))]
+    #[pyo3(signature = (
+        *, kp_per_s, ki_per_s2, integral_limit_ml_s, slew_ml_s_per_s, max_ml_s,
+        deadband_ml = 0.0, hold_s = 0.0, quantum_ml = 0.0
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         kp_per_s: f64,
         ki_per_s2: f64,
         integral_limit_ml_s: f64,
         slew_ml_s_per_s: f64,
         max_ml_s: f64,
+        deadband_ml: f64,
+        hold_s: f64,
+        quantum_ml: f64,
     ) -> PyResult<Self> {
         let gains = kc::Gains {
             kp_per_s: gain("kp_per_s", kp_per_s)?,
@@ -363,6 +375,9 @@ impl RateController {
             integral_limit_ml_s: gain("integral_limit_ml_s", integral_limit_ml_s)?,
             slew_ml_s_per_s: gain("slew_ml_s_per_s", slew_ml_s_per_s)?,
             max_ml_s: gain("max_ml_s", max_ml_s)?,
+            deadband_ml: gain("deadband_ml", deadband_ml)?,
+            hold_s: gain("hold_s", hold_s)?,
+            quantum_ml: gain("quantum_ml", quantum_ml)?,
         };
         Ok(Self { inner: kc::RateController::new(gains) })
     }

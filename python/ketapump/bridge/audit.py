@@ -7,6 +7,12 @@ only account of what the software did, so it must survive a crash and reveal tam
 * **Durable.** Each record is written, flushed and ``os.fsync``-ed before :meth:`AuditWriter.write`
   returns; the directory is fsync-ed after a file is created so the file itself survives a power cut.
   structlog's own loggers flush but never fsync, which is why the last step goes through our writer.
+* **Group commit.** Inside :func:`record_group` (the control loop opens one per tick) records are
+  chained at once but held in memory, and :meth:`RecordGroup.commit` writes them with one ``write`` and
+  one ``fsync`` — the loop commits before it commands the pump, so whatever the pump was told is on disk
+  first, and a crash loses at most the records of the tick in progress (none of which was acted on,
+  except a stop: stop first, log second). The format is the same line for line, so :func:`verify`
+  checks a group-committed file exactly like any other.
 * **Fail-safe.** Any ``OSError`` while writing raises :class:`~ketapump.errors.AuditWriteError`; the
   bridge stops the pump when it sees one, and the writer refuses every later write (sticky failure) so a
   half-working log can never silently continue with a hole in it.
@@ -48,7 +54,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextvars import ContextVar
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, ClassVar, Final, cast
@@ -61,10 +68,12 @@ __all__ = [
     "DIAGNOSTIC_LOGGERS",
     "GENESIS_HASH",
     "AuditWriter",
+    "RecordGroup",
     "VerifyResult",
     "audit_logger",
     "canonical_json",
     "configure_diagnostics",
+    "record_group",
     "record_hash",
     "remove_diagnostics",
     "session_of",
@@ -199,6 +208,61 @@ def _read_last_line(fd: int, size: int) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Group commit
+# --------------------------------------------------------------------------------------------------------
+
+
+class RecordGroup:
+    """The records of one unit of work (a control tick), committed together; see :func:`record_group`."""
+
+    def __init__(self) -> None:
+        self._writers: list[AuditWriter] = []
+        #: False once the group's block has ended: a record written after that (by a task the block
+        #: started) is written on its own, never left waiting for a commit that will not come.
+        self.open = True
+
+    def _join(self, writer: AuditWriter) -> None:
+        if writer not in self._writers:
+            self._writers.append(writer)
+
+    def commit(self) -> None:
+        """Writes every record buffered so far with one ``write`` and one ``fsync`` per audit file.
+
+        Raises :class:`AuditWriteError` if a file cannot be written (the writer then refuses every later
+        write). Records written after a commit are buffered again until the next one.
+        """
+        for writer in self._writers:
+            writer._commit()
+
+
+_current_group: ContextVar[RecordGroup | None] = ContextVar("ketapump_audit_record_group", default=None)
+
+
+@contextlib.contextmanager
+def record_group() -> Iterator[RecordGroup]:
+    """Group-commits the audit records written in this block (in this thread or asyncio task).
+
+    Every :meth:`AuditWriter.write` inside the block chains its record at once (``seq``, ``prev`` and
+    ``hash`` are final) but only buffers it; :meth:`RecordGroup.commit` makes the buffered records
+    durable in one ``write`` + ``fsync``, and leaving the block commits the rest. A block inside an open
+    group joins it. The caller decides what must be durable before it acts: the control loop commits
+    before it commands the pump.
+    """
+    outer = _current_group.get()
+    if outer is not None and outer.open:
+        yield outer
+        return
+    group = RecordGroup()
+    token = _current_group.set(group)
+    try:
+        yield group
+    finally:
+        _current_group.reset(token)
+        group.open = False
+        group.commit()
+
+
+# --------------------------------------------------------------------------------------------------------
 # The writer
 # --------------------------------------------------------------------------------------------------------
 
@@ -223,6 +287,9 @@ class AuditWriter:
         self._lock = threading.Lock()
         self._failure: AuditWriteError | None = None
         self._closed = False
+        #: Records chained but not yet written (inside a :func:`record_group`), oldest first.
+        self._pending = bytearray()
+        self._syncs = 0
 
     # -- opening ------------------------------------------------------------------------------------------
 
@@ -357,16 +424,22 @@ class AuditWriter:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def syncs(self) -> int:
+        """How many times this writer has fsync-ed the file (one per record, or one per group commit)."""
+        return self._syncs
+
     # -- writing ------------------------------------------------------------------------------------------
 
     def write(self, event: str, **fields: object) -> str:
         """Append one record, durably, and return its hash.
 
-        Returns only after write and fsync succeeded, so the caller may act on the logged intent.
-        ``event`` must be a stable snake_case name; values go in ``fields`` (non-finite floats become
-        strings, other non-JSON values ``str()``). Raises :class:`AuditWriteError` on any I/O failure
-        (and on every call after one, or after :meth:`close`), ``ValueError`` for a bad event name or a
-        field named like one of the writer's own keys.
+        Outside a :func:`record_group`, returns only after write and fsync succeeded, so the caller may act
+        on the logged intent; inside one, the record is chained and buffered, and durable once the group
+        commits. ``event`` must be a stable snake_case name; values go in ``fields`` (non-finite floats
+        become strings, other non-JSON values ``str()``). Raises :class:`AuditWriteError` on any I/O
+        failure (and on every call after one, or after :meth:`close`), ``ValueError`` for a bad event name
+        or a field named like one of the writer's own keys.
         """
         if not _EVENT_NAME.match(event):
             raise ValueError(f"audit event name {event!r} is not a stable snake_case name")
@@ -390,29 +463,56 @@ class AuditWriter:
             }
             digest = record_hash(self._last_hash, body)
             body["hash"] = digest
-            data = (canonical_json(body) + "\n").encode("utf-8")
-            try:
-                # A raw fd has no user-space buffer, so os.write is write + flush; loop on short writes.
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view) :]
-                os.fsync(self._fd)
-            except OSError as exc:
-                self._failure = AuditWriteError(
-                    self._path, f"write of record seq {body['seq']} failed: {exc.strerror or exc}"
-                )
-                raise self._failure from exc
+            self._pending += (canonical_json(body) + "\n").encode("utf-8")
             self._next_seq += 1
             self._last_hash = digest
+            group = _current_group.get()
+            if group is not None and group.open:
+                group._join(self)
+            else:
+                self._flush()
             return digest
+
+    def _commit(self) -> None:
+        """Writes and fsyncs the buffered records (nothing to do when there are none)."""
+        with self._lock:
+            if self._pending:
+                if self._failure is not None:
+                    raise AuditWriteError(
+                        self._path, f"refusing to write after an earlier failure ({self._failure.detail})"
+                    )
+                self._flush()
+
+    def _flush(self) -> None:
+        """Writes every pending record with one ``write`` (looping on short writes) and one ``fsync``;
+        the caller holds the lock. A failure is sticky: the records are lost with the writer."""
+        data = bytes(self._pending)
+        self._pending.clear()
+        try:
+            # A raw fd has no user-space buffer, so os.write is write + flush; loop on short writes.
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._failure = AuditWriteError(
+                self._path,
+                f"write of the records up to seq {self._next_seq - 1} failed: {exc.strerror or exc}",
+            )
+            raise self._failure from exc
+        self._syncs += 1
 
     # -- closing ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the file and its registry slot; the next :meth:`open` of the path re-opens it."""
+        """Commit any buffered records, then release the file and its registry slot; the next
+        :meth:`open` of the path re-opens it. A failed final commit is kept in :attr:`failed`."""
         with self._registry_lock, self._lock:
             if self._closed:
                 return
+            if self._pending and self._failure is None:
+                with contextlib.suppress(AuditWriteError):
+                    self._flush()
             self._closed = True
             if self._registry.get(self._path) is self:
                 del self._registry[self._path]

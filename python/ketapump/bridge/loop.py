@@ -7,6 +7,10 @@ Rules this module keeps:
   the driver; it never computes a rate.
 - **Stop first, log second.** When the kernel raises an alarm, the pump is stopped before the alarm
   is written to the audit log.
+- **Log, then act, one fsync per tick.** Each tick's records (transitions, alarms, the command's intent,
+  summaries) are group-committed (:func:`~ketapump.bridge.audit.record_group`) with one write and one
+  fsync before the pump is commanded; a crash loses at most the tick in progress, none of whose
+  commands reached the pump (a stop excepted: stop first, log second).
 - **Deadline scheduling on an injected clock.** Ticks are due at ``start + k × period``; the kernel
   is handed the measured time of each sample, never the scheduled one. If the loop itself stalls,
   the pump's own watchdog stops the motor (the loop refreshes it every tick).
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ketapump import _core
+from ketapump.bridge.audit import record_group
 from ketapump.clock import Clock
 from ketapump.errors import (
     ConfigurationError,
@@ -32,9 +37,6 @@ from ketapump.errors import (
     TransportError,
 )
 from ketapump.wire import PumpDriver, PumpRefusedError, PumpTelemetry
-
-#: Relative change of the commanded rate below which the pump is not sent a new rate.
-RATE_DEADBAND = 5e-3
 
 
 class EventLog(Protocol):
@@ -185,33 +187,32 @@ class ControlLoop:
         self._commanded = _Commanded()
         return True
 
-    async def _apply(self, out: _core.StepOutput) -> None:
-        """Relays the kernel's command to the pump, sending only what changed.
+    def _announce(self, out: _core.StepOutput) -> _Commanded | None:
+        """The command the pump must be sent for the kernel's output, logged (the intent, before acting),
+        or None when the pump already runs it.
 
-        A rate within :data:`RATE_DEADBAND` of the rate the pump *was last sent* is not re-sent. The
-        comparison is with what was sent, not with the kernel's previous output, so small steps in one
-        direction (a taper) add up and are sent once they matter instead of never.
+        The loop adds no deadband of its own: the kernel's controller decides when a new rate is worth
+        sending (it holds its output between decisions), so every change it makes reaches the pump and
+        the pump always runs the rate the kernel accounts for.
         """
-        direction, rate = out.direction, out.rate_ml_h
+        command = _Commanded(out.direction, out.rate_ml_h)
+        if command == self._commanded:
+            return None
+        self.log.info("command", direction=command.direction, rate_ml_h=command.rate_ml_h)
+        return command
+
+    async def _send(self, command: _Commanded) -> None:
+        """Commands the pump (after :meth:`_announce` logged it and the tick's records were committed)."""
         last = self._commanded
-        if direction == "hold":
-            if last.direction != "hold":
-                self.log.info("command", direction="hold", rate_ml_h=0.0)
-                await self.driver.stop()
-                self._commanded = _Commanded()
-            return
-        if direction == "forward":
-            changed = abs(rate - last.rate_ml_h) > RATE_DEADBAND * max(rate, last.rate_ml_h)
-            if changed or last.direction != "forward":
-                self.log.info("command", direction="forward", rate_ml_h=rate)
-                await self.driver.set_rate_ml_h(rate)
-                if last.direction != "forward":
-                    await self.driver.start()
-                self._commanded = _Commanded("forward", rate)
-        elif last.direction != "retract" or abs(rate - last.rate_ml_h) > RATE_DEADBAND * rate:
-            self.log.info("command", direction="retract", rate_ml_h=rate)
-            await self.driver.withdraw(rate)
-            self._commanded = _Commanded("retract", rate)
+        if command.direction == "hold":
+            await self.driver.stop()
+        elif command.direction == "forward":
+            await self.driver.set_rate_ml_h(command.rate_ml_h)
+            if last.direction != "forward":
+                await self.driver.start()
+        else:
+            await self.driver.withdraw(command.rate_ml_h)
+        self._commanded = command
 
     # ----- the run ----------------------------------------------------------------------------
 
@@ -263,6 +264,7 @@ class ControlLoop:
             syringe_diameter_mm=plan.syringe_diameter_mm,
             pump_infused_ml_at_start=start_infused,
             missing_telemetry=sorted(self.driver.lacks),
+            control_period_s=self.period_s,
         )
         t0 = self.clock.now()
         first = self._step(t0, telemetry)
@@ -281,78 +283,87 @@ class ControlLoop:
         while True:
             tick += 1
             await self.clock.sleep_until(t0 + tick * self.period_s)
-            if self._stop_requested and kernel.state in {"running", "paused"}:
-                kernel.stop()
-                log.info("operator_stop")
-            if self._requests:
-                self._apply_requests()
-            fresh: PumpTelemetry | None
-            try:
-                fresh = await self.driver.read_telemetry()
-                failures = 0
-                last = fresh
-            except TransportError as e:
-                failures += 1
-                log.warning("telemetry_failed", error=str(e), consecutive=failures)
-                fresh = None
-            now = self.clock.now()
-            out = self._step(now, fresh)
-            if out.raised:
-                await self._safe_stop()  # stop first ...
-                log.error(
-                    "alarm", raised=list(out.raised), alarms=list(out.alarms), delivered_ml=out.delivered_ml
-                )
-            self._drain_trace()
-            if fresh is not None and fresh.pump_alarms and kernel.state != "alarm":
-                # Only the power-up reset before the start is expected; during the run a reset means the
-                # pump lost power (and its counters), and any other pump alarm means it stopped itself.
-                return await self._end_by_pump(
-                    out, recovered_ml, fresh, "pump_alarm", pump_alarms=sorted(fresh.pump_alarms)
-                )
-            try:
-                await self._apply(out)
-                await self.driver.heartbeat()
-            except PumpRefusedError as e:
-                # A refusal is the pump's answer, not a lost link: retrying would not change it.
-                return await self._end_by_pump(
-                    out, recovered_ml, fresh, "command_refused", detail=str(e), error=str(e), code=e.code
-                )
-            except TransportError as e:
-                failures += 1
-                log.warning("command_failed", error=str(e), consecutive=failures)
-            if failures > self.max_transport_failures:
-                stopped = await self._safe_stop()
-                log.error("transport_lost", consecutive_failures=failures, stop_confirmed=stopped)
-                return self._finish(
-                    LINK_LOST,
-                    "transport",
-                    out.delivered_ml,
-                    recovered_ml,
-                    telemetry=last,
-                    detail="link lost; the pump confirmed the stop"
-                    if stopped
-                    else "link lost; the pump's stop is not confirmed (its watchdog stops it)",
-                    stop_confirmed=stopped,
-                )
-            if self.on_tick is not None:
-                self.on_tick(out, fresh)
-            if now >= next_summary and last is not None:
-                next_summary = now + self.summary_every_s
-                self._summary(out, last, start_infused, recovered_ml)
-            # The end: a final state once the kernel commands hold (an occlusion back-off retracts first).
-            if out.state in {"complete", "alarm", "stopped"} and out.direction == "hold":
-                stopped = await self._safe_stop()
-                final = await self._final_telemetry(last)
-                self._summary(out, final, start_infused, recovered_ml)
-                if not stopped or final is None or final.motor_running:
-                    log.error("pump_stop_unconfirmed", state=out.state)
+            # One group commit per tick: every record of the tick is written and fsync-ed once, before
+            # the pump is commanded; what a failure or the end adds after that is committed on leaving.
+            with record_group() as records:
+                if self._stop_requested and kernel.state in {"running", "paused"}:
+                    kernel.stop()
+                    log.info("operator_stop")
+                if self._requests:
+                    self._apply_requests()
+                fresh: PumpTelemetry | None
+                try:
+                    fresh = await self.driver.read_telemetry()
+                    failures = 0
+                    last = fresh
+                except TransportError as e:
+                    failures += 1
+                    log.warning("telemetry_failed", error=str(e), consecutive=failures)
+                    fresh = None
+                now = self.clock.now()
+                out = self._step(now, fresh)
+                if out.raised:
+                    await self._safe_stop()  # stop first ...
+                    log.error(
+                        "alarm",
+                        raised=list(out.raised),
+                        alarms=list(out.alarms),
+                        delivered_ml=out.delivered_ml,
+                    )
+                self._drain_trace()
+                if fresh is not None and fresh.pump_alarms and kernel.state != "alarm":
+                    # Only the power-up reset before the start is expected; during the run a reset means the
+                    # pump lost power (and its counters), and any other pump alarm means it stopped itself.
+                    return await self._end_by_pump(
+                        out, recovered_ml, fresh, "pump_alarm", pump_alarms=sorted(fresh.pump_alarms)
+                    )
+                if self.on_tick is not None:
+                    self.on_tick(out, fresh)
+                if now >= next_summary and last is not None:
+                    next_summary = now + self.summary_every_s
+                    self._summary(out, last, start_infused, recovered_ml)
+                command = self._announce(out)
+                records.commit()  # ... and everything the pump is about to be told is on disk first
+                try:
+                    if command is not None:
+                        await self._send(command)
+                    await self.driver.heartbeat()
+                except PumpRefusedError as e:
+                    # A refusal is the pump's answer, not a lost link: retrying would not change it.
+                    return await self._end_by_pump(
+                        out, recovered_ml, fresh, "command_refused", detail=str(e), error=str(e), code=e.code
+                    )
+                except TransportError as e:
+                    failures += 1
+                    log.warning("command_failed", error=str(e), consecutive=failures)
+                if failures > self.max_transport_failures:
+                    stopped = await self._safe_stop()
+                    log.error("transport_lost", consecutive_failures=failures, stop_confirmed=stopped)
                     return self._finish(
-                        LINK_LOST, "transport", out.delivered_ml, recovered_ml, telemetry=final,
-                        detail="the pump did not confirm the stop", stop_confirmed=False,
-                    )  # fmt: skip
-                reason = {"complete": "complete", "alarm": "interlock", "stopped": "operator"}[out.state]
-                log.info("session_ended", state=out.state, reason=reason, delivered_ml=out.delivered_ml)
-                return self._finish(out.state, reason, out.delivered_ml, recovered_ml, telemetry=final)
+                        LINK_LOST,
+                        "transport",
+                        out.delivered_ml,
+                        recovered_ml,
+                        telemetry=last,
+                        detail="link lost; the pump confirmed the stop"
+                        if stopped
+                        else "link lost; the pump's stop is not confirmed (its watchdog stops it)",
+                        stop_confirmed=stopped,
+                    )
+                # The end: a final state once the kernel commands hold (an occlusion back-off retracts first).
+                if out.state in {"complete", "alarm", "stopped"} and out.direction == "hold":
+                    stopped = await self._safe_stop()
+                    final = await self._final_telemetry(last)
+                    self._summary(out, final, start_infused, recovered_ml)
+                    if not stopped or final is None or final.motor_running:
+                        log.error("pump_stop_unconfirmed", state=out.state)
+                        return self._finish(
+                            LINK_LOST, "transport", out.delivered_ml, recovered_ml, telemetry=final,
+                            detail="the pump did not confirm the stop", stop_confirmed=False,
+                        )  # fmt: skip
+                    reason = {"complete": "complete", "alarm": "interlock", "stopped": "operator"}[out.state]
+                    log.info("session_ended", state=out.state, reason=reason, delivered_ml=out.delivered_ml)
+                    return self._finish(out.state, reason, out.delivered_ml, recovered_ml, telemetry=final)
 
     async def _end_by_pump(
         self,

@@ -1,17 +1,22 @@
 """Setting up a run: where audit logs go, the control period and gains a transport allows at a time
-scale, the driver (with a watchdog sized for its retries) for a pump URL, and the syringe catalogue.
+scale, the driver for a pump URL (its watchdog sized from every term of the longest gap between two
+heartbeats, :class:`LoopTiming`, and a time scale that cannot fit refused up front), and the syringe
+catalogue.
 
-Shared by ``ketapump run``, ``ketapump session``, the QA tests and the pytest plugin.
+Shared by ``ketapump run``, ``session`` and ``demo``, the QA runs and the pytest plugin.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ketapump import _core
-from ketapump.clock import Clock
+from ketapump.clock import Clock, VirtualClock
+from ketapump.config import default_kernel_settings
 from ketapump.errors import ConfigurationError
 from ketapump.wire import (
     NespTransport,
@@ -19,7 +24,9 @@ from ketapump.wire import (
     PumpDriver,
     ReferencePumpDriver,
     RegisterTransport,
+    Transport,
     open_transport,
+    split_url,
 )
 
 
@@ -31,8 +38,23 @@ def default_log_path() -> Path:
     return base / "ketapump" / "logs" / f"run-{stamp}.jsonl"
 
 
-#: Shortest real time per tick each transport needs for a telemetry read, a command and a heartbeat.
-MIN_REAL_PERIOD_S = {"sim": 0.0, "modbus-tcp": 0.005, "modbus-rtu": 0.12, "nesp": 0.06}
+#: Real time (s) one tick takes when the link answers at once: its round trips (a telemetry read, a
+#: command, a heartbeat: 0.12 s is a 19-register RTU read plus two writes at 19 200 baud) and, for the
+#: in-process simulator, the tick's own work (kernel step, audit commit). The control period is stretched
+#: to at least this much real time, so a scaled run never falls behind its deadlines.
+MIN_REAL_PERIOD_S = {"sim": 0.005, "modbus-tcp": 0.005, "modbus-rtu": 0.12, "nesp": 0.06}
+
+#: Scheduling jitter a tick must absorb (real s): how late a tick may start plus how long its work may be
+#: held up (preemption, a slow fsync) on this project's 2-core machine with both cores busy. Measured
+#: (docs/benchmarks.md, "Why 150 ms of jitter"): 31 ms late and 17 ms held at most over 20 s beside
+#: ``tools/busy 2``, 51 ms between two heartbeats at 60×; 150 ms keeps a margin of three for the rarer
+#: stalls of a machine shared with builds.
+JITTER_REAL_S = 0.15
+
+#: The reference pump's watchdog range (docs/register-map.md, ``watchdog_ms``): 500 ms is its default,
+#: and the longest it accepts is 10 s.
+WATCHDOG_DEFAULT_MS = 500
+WATCHDOG_MAX_MS = 10_000
 
 
 def control_period_s(scheme: str, time_scale: float, requested: float | None, default: float) -> float:
@@ -45,39 +67,170 @@ def control_period_s(scheme: str, time_scale: float, requested: float | None, de
 
 def loop_settings(period_s: float, defaults: dict[str, float | bool]) -> dict[str, float]:
     """Kernel settings that depend on the loop period: staleness after five periods, and controller
-    gains kept inside the discrete-time stability margin (kp·dt ≤ 0.5, ki·dt² ≤ 0.05) so a slow
-    transport's long period cannot make the PI oscillate."""
+    gains kept inside the discrete-time stability margin (kp·T ≤ 0.5, ki·T² ≤ 0.05) for the interval T
+    between two controller decisions — the hold, or the period when that is longer — so a slow
+    transport's long period cannot make the controller oscillate."""
     kp, ki = float(defaults["kp_per_s"]), float(defaults["ki_per_s2"])
+    decision_s = max(period_s, float(defaults["control_hold_s"]))
     return {
         "control_period_s": period_s,
         "stale_after_s": max(float(defaults["stale_after_s"]), 5 * period_s),
-        "kp_per_s": min(kp, 0.5 / period_s),
-        "ki_per_s2": min(ki, 0.05 / period_s**2),
+        "kp_per_s": min(kp, 0.5 / decision_s),
+        "ki_per_s2": min(ki, 0.05 / decision_s**2),
     }
 
 
+@dataclass(frozen=True)
+class LoopTiming:
+    """The longest a pump may go without a heartbeat while the loop keeps time, term by term.
+
+    Every term is in pump seconds. Between two heartbeats the pump waits one control period, plus what
+    a tick takes in real time, scaled: its round trips (:data:`MIN_REAL_PERIOD_S`), one request that
+    loses its replies and answers on the last attempt (timeout × (retries + 1); never on ``sim://``,
+    which cannot lose a reply) and the scheduling jitter of a busy machine (:data:`JITTER_REAL_S`). On a
+    virtual clock the pump's time stands still while the loop works: only the period counts.
+    """
+
+    url: str
+    time_scale: float
+    #: The control period, and whether the operator set it (``--period-s``) or it was derived.
+    period_s: float
+    period_requested: bool
+    round_trips_s: float
+    retries_s: float
+    jitter_s: float
+
+    @property
+    def heartbeat_gap_s(self) -> float:
+        return self.period_s + self.round_trips_s + self.retries_s + self.jitter_s
+
+    @property
+    def watchdog_ms(self) -> int:
+        """The pump watchdog that outlasts the heartbeat gap (never below the pump's default)."""
+        return max(WATCHDOG_DEFAULT_MS, math.ceil(1_000.0 * self.heartbeat_gap_s))
+
+    def describe(self) -> str:
+        """The terms, e.g. ``control period 2.4 s + round trips 2.4 s + …``."""
+        return " + ".join(f"{name} {seconds:.3g} s" for name, seconds in self._terms())
+
+    def _terms(self) -> list[tuple[str, float]]:
+        terms = [("control period", self.period_s), ("round trips", self.round_trips_s)]
+        terms += [("a retried request", self.retries_s), ("scheduling jitter", self.jitter_s)]
+        return [(name, seconds) for name, seconds in terms if seconds > 0.0]
+
+    def largest_term(self) -> str:
+        return max(self._terms(), key=lambda term: term[1])[0]
+
+
+def loop_timing(
+    transport: Transport, period_s: float, time_scale: float, *, virtual: bool, period_requested: bool = False
+) -> LoopTiming:
+    """The :class:`LoopTiming` of a run on ``transport`` at ``time_scale`` with this control period."""
+    scheme = split_url(transport.url)[0]
+    real_s = 0.0 if virtual else time_scale
+    retried = 0.0 if scheme == "sim" else transport.timeout_s * (transport.retries + 1)
+    return LoopTiming(
+        url=transport.url,
+        time_scale=time_scale,
+        period_s=period_s,
+        period_requested=period_requested,
+        round_trips_s=MIN_REAL_PERIOD_S[scheme] * real_s,
+        retries_s=retried * real_s,
+        jitter_s=JITTER_REAL_S * real_s,
+    )
+
+
+def largest_time_scale(transport: Transport, requested_period_s: float | None, limit_s: float) -> float:
+    """The largest time scale at which a heartbeat gap stays within ``limit_s`` on this transport (its
+    timeout and retries as given; the control period as requested or derived), rounded down to one
+    decimal; 0 when none does."""
+    default = float(default_kernel_settings()["control_period_s"])
+    scheme = split_url(transport.url)[0]
+
+    def gap(scale: float) -> float:
+        period = control_period_s(scheme, scale, requested_period_s, default)
+        return loop_timing(transport, period, scale, virtual=False).heartbeat_gap_s
+
+    low, high = 0.0, 1.0
+    while gap(high) <= limit_s and high < 1.0e6:
+        low, high = high, high * 2.0
+    for _ in range(60):  # the gap grows with the scale: bisect to well below the rounding
+        middle = (low + high) / 2.0
+        low, high = (middle, high) if gap(middle) <= limit_s else (low, middle)
+    return math.floor(low * 10.0) / 10.0
+
+
+def _refusal(
+    timing: LoopTiming, limit_s: float, limit: str, advice: str, largest: float
+) -> ConfigurationError:
+    """Why a time scale cannot be held: the gap term by term, the largest term, the setting that shrinks
+    it and the largest time scale that works with these settings."""
+    scale = f"{largest:g}" if largest > 0 else "none (not even real time)"
+    return ConfigurationError(
+        "--time-scale",
+        f"{timing.time_scale:g} is too fast for {timing.url}: the pump would have to go "
+        f"{timing.heartbeat_gap_s:.3g} s (pump time) without a heartbeat, more than {limit} ({limit_s:g} s): "
+        f"{timing.describe()}. The largest term is {timing.largest_term()}: {advice}. With these settings "
+        f"the largest time scale is {scale}",
+    )
+
+
+def _advice(transport: Transport, timing: LoopTiming, limit_s: float) -> str:
+    """The setting that shrinks the largest term of a gap that exceeds ``limit_s``."""
+    term = timing.largest_term()
+    if term == "a retried request":
+        spare = limit_s - (timing.heartbeat_gap_s - timing.retries_s)
+        timeout = math.floor(spare / (timing.time_scale * (transport.retries + 1)) * 1_000.0) / 1_000.0
+        fits = (
+            f" (timeout={timeout:g} with retries={transport.retries} fits at this scale)"
+            if timeout >= 1e-3
+            else ""
+        )
+        return f"give the URL a shorter timeout or fewer retries{fits}"
+    if term == "control period" and timing.period_requested:
+        return "ask for a shorter --period-s, or leave the period to the transport"
+    return "lower the time scale"
+
+
 def make_driver(
-    url: str, clock: Clock, period_s: float, time_scale: float, *, sim_pump: _core.SimPump | None = None
+    url: str,
+    clock: Clock,
+    period_s: float,
+    time_scale: float,
+    *,
+    sim_pump: _core.SimPump | None = None,
+    period_requested: bool = False,
 ) -> PumpDriver:
     """The driver for a pump URL: New Era for ``nesp://``, the reference register map otherwise.
 
-    The pump's watchdog must outlast one fully retried request plus two loop periods (or a single lost
-    reply would stop the pump), five loop periods, and 100 ms of real scheduling jitter; never less than
-    its 500 ms default. A URL whose retries need more than the pump allows (10 s) is refused.
-    ``sim_pump`` is the simulated pump a ``sim://`` URL runs (default: one built from the URL).
+    The reference pump's watchdog is set from the run's :class:`LoopTiming`, so that it outlasts the
+    longest heartbeat gap the loop can produce; a New Era pump's safe-mode timeout (the URL's ``safe``)
+    must outlast it too. A time scale whose gap does not fit (the reference pump's 10 s watchdog, the
+    safe-mode timeout) is refused with a :class:`~ketapump.errors.ConfigurationError` (field
+    ``--time-scale``) naming every term, the largest one, the setting that shrinks it and the largest time
+    scale that works. ``sim_pump`` is the simulated pump a ``sim://`` URL runs (default: one built from
+    the URL); ``period_requested`` says the operator chose the period (``--period-s``).
     """
     transport = open_transport(url, clock=clock, pump=sim_pump)
+    virtual = isinstance(clock, VirtualClock)
+    timing = loop_timing(transport, period_s, time_scale, virtual=virtual, period_requested=period_requested)
+    requested = period_s if period_requested else None
     if isinstance(transport, NespTransport):
+        safe_s = float(transport.safe_s)
+        if 0.0 < safe_s < timing.heartbeat_gap_s:
+            advice = f"raise the URL's safe (up to 255 s), or {_advice(transport, timing, safe_s)}"
+            largest = largest_time_scale(transport, requested, safe_s)
+            limit = f"its safe-mode timeout (safe={transport.safe_s})"
+            raise _refusal(timing, safe_s, limit, advice, largest)
         return NewEraDriver(transport)
     assert isinstance(transport, RegisterTransport)
-    retried_s = transport.timeout_s * (transport.retries + 1) * time_scale + 2 * period_s
-    watchdog_ms = max(500.0, 1_000.0 * retried_s, 5_000.0 * period_s, 100.0 * time_scale)
-    if watchdog_ms > 10_000.0:
-        raise ConfigurationError(
-            "pump",
-            f"URL {url!r}: timeout × (retries + 1) needs a pump watchdog of {watchdog_ms:.0f} ms (max 10000)",
+    if timing.watchdog_ms > WATCHDOG_MAX_MS:
+        limit_s = WATCHDOG_MAX_MS / 1_000.0
+        largest = largest_time_scale(transport, requested, limit_s)
+        raise _refusal(
+            timing, limit_s, "the longest pump watchdog", _advice(transport, timing, limit_s), largest
         )
-    return ReferencePumpDriver(transport, watchdog_ms=int(watchdog_ms))
+    return ReferencePumpDriver(transport, watchdog_ms=timing.watchdog_ms)
 
 
 def syringe_spec(name: str) -> tuple[float, float]:

@@ -32,6 +32,8 @@ from ketapump.cli.common import (
     EXIT_LIMIT,
     PUMP_HELP,
     Command,
+    Renamed,
+    command_class,
     fail,
     result_json,
 )
@@ -155,9 +157,13 @@ def _range(bounds: dict[str, Any], level: str) -> str:
 
 
 def demo(
-    speed: Annotated[
+    time_scale: Annotated[
         float | None,
-        typer.Option(min=1.0, help="Pump seconds per real second (default: as fast as possible)."),
+        typer.Option(
+            min=0.001,
+            help="Pump seconds per real second (default: as fast as possible, in virtual time); a scale "
+            "the loop cannot hold is refused, naming the largest that works.",
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine summary on stdout.")] = False,
     out: Annotated[Path, typer.Option(help="Directory for the log, history, report and plots.")] = Path(
@@ -170,13 +176,18 @@ def demo(
     Everything runs in-process on the built-in simulator: the pump (hw-sim physics and firmware, through
     the same driver a real pump uses) and a scripted patient monitor. Writes to OUT: audit.jsonl (the
     hash-chained audit log), course.sqlite3 (this demo's course history, recreated on each run),
-    report.md, series.csv and four PNG plots. Exit 0 when the session completes.
+    report.md, series.csv and four PNG plots. Exit 0 when the session completes, 65 for a time scale the
+    loop cannot hold (refused before anything is written).
     """
+    try:
+        setup = prepare_demo(out=out, seed=seed, time_scale=time_scale)
+    except ConfigurationError as e:
+        raise fail(str(e), os.EX_DATAERR) from e
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise fail(f"cannot create {out}: {e.strerror}", os.EX_CANTCREAT) from e
-    _execute(prepare_demo(out=out, seed=seed, time_scale=speed), json_output=json_output)
+    _execute(setup, json_output=json_output)
 
 
 def session(
@@ -392,7 +403,7 @@ def _print_summary(result: SessionResult, machine: dict[str, Any]) -> None:
 
 def register_cli(app: typer.Typer) -> None:
     app.command(cls=Command)(dose)
-    app.command(cls=Command)(demo)
+    app.command(cls=command_class(Renamed("--speed", "--time-scale")))(demo)
     app.command(cls=Command)(session)
 
 

@@ -102,14 +102,18 @@ def run(
         scheme = split_url(pump)[0]
         diameter = syringe_diameter_mm(syringe)
         defaults = default_kernel_settings()
-        period = control_period_s(scheme, time_scale, period_s, float(defaults["control_period_s"]))
+        # sim:// runs in virtual time here: its period needs no stretching for the time scale.
+        scale = 1.0 if scheme == "sim" else time_scale
+        period = control_period_s(scheme, scale, period_s, float(defaults["control_period_s"]))
         clock: Clock = VirtualClock() if scheme == "sim" else ScaledClock(time_scale)
-        driver = make_driver(pump, clock, period, time_scale)
+        driver = make_driver(pump, clock, period, time_scale, period_requested=period_s is not None)
         # A pump without a pressure sensor (New Era) leaves the kernel on stall and volume checks.
         sensor = "pressure_mmhg" not in driver.lacks
         config = kernel_config(**loop_settings(period, defaults), has_pressure_sensor=sensor)
     except ConfigurationError as e:
         raise fail(str(e), os.EX_DATAERR) from e
+    if period_s is None and period != float(defaults["control_period_s"]):
+        console.print(f"control period {period:g} s of pump time: one tick's round trips at {time_scale:g}×")
     path = log or default_log_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ from ketapump.clinical.vitals import (
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings
 from ketapump.errors import ConfigurationError
-from ketapump.wire import PumpDriver, ReferencePumpDriver, SimTransport, open_transport, split_url
+from ketapump.wire import PumpDriver, split_url
 
 #: The demo's patient: weight and height of ``data/patients/demo.toml``'s scripted monitor.
 DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="male")
@@ -144,13 +144,18 @@ def prepare_session(
 
 def prepare_demo(*, out: Path, seed: int = 0, time_scale: float | None = None) -> SessionSetup:
     """The demo: the standard protocol for the 70 kg demo patient on the in-process simulator, its
-    records (audit log, course history) in ``out`` and recreated on each run."""
+    records (audit log, course history) in ``out`` and recreated on each run. ``time_scale`` runs it at
+    that many pump seconds per real second (``None``: virtual time); its control period and pump watchdog
+    come from the same arithmetic as any run's, and a scale the loop cannot hold is refused
+    (:class:`~ketapump.errors.ConfigurationError`, field ``--time-scale``)."""
     protocol = load_protocol(DEMO_PROTOCOL)
     plan = plan_dose(protocol, DEMO_PATIENT)
-    clock: Clock = VirtualClock() if time_scale is None else ScaledClock(time_scale)
+    scale = 1.0 if time_scale is None else time_scale
+    clock: Clock = VirtualClock() if time_scale is None else ScaledClock(scale)
+    defaults = default_kernel_settings()
+    period = control_period_s("sim", scale, None, float(defaults["control_period_s"]))
     pump = _core.SimPump(plan.syringe, seed=seed, fill_ml=plan.syringe_fill_ml)
-    transport = open_transport("sim://", clock=clock, pump=pump)
-    assert isinstance(transport, SimTransport)
+    driver = make_driver("sim://", clock, period, scale, sim_pump=pump)
     script = demo_patient()
     seeded = script.model_copy(update={"monitor": script.monitor.model_copy(update={"seed": seed})})
     return SessionSetup(
@@ -158,7 +163,7 @@ def prepare_demo(*, out: Path, seed: int = 0, time_scale: float | None = None) -
         patient=DEMO_PATIENT,
         plan=plan,
         library=druglib.load_library(None),
-        driver=ReferencePumpDriver(transport),
+        driver=driver,
         clock=clock,
         vitals=ScriptedMonitor(seeded),
         operator=ScriptedOperator(),
@@ -166,6 +171,7 @@ def prepare_demo(*, out: Path, seed: int = 0, time_scale: float | None = None) -
         log_path=out / "audit.jsonl",
         db_path=out / "course.sqlite3",
         out=out,
+        loop_settings=dict(loop_settings(period, defaults)),
         throwaway_records=True,
     )
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ketapump import _core
 from ketapump.bridge import (
@@ -255,6 +256,10 @@ class Line(Protocol):
     def arrange_close(self, clock: Clock, at_s: float) -> None:
         """Have the line closed at (about) pump time ``at_s``; ``closed_at_s`` says when it was."""
 
+    def observe(self, now: float) -> None:
+        """Called on every control tick with the pump's time: a close falls due on the first tick at or
+        after ``at_s`` (so it lands on the run's own clock, never on a thread's timing)."""
+
     async def open(self, clock: Clock) -> float:
         """Open the line; returns the pump time it was opened."""
 
@@ -296,16 +301,27 @@ def ask_operator(message: str) -> None:
 
 
 class OperatorLine:
-    """A real rig: the operator closes and opens the clamp when told and presses Enter as they do."""
+    """A real rig: the operator closes and opens the clamp when told and presses Enter as they do.
 
-    def __init__(self, ask: Callable[[str], None] = ask_operator) -> None:
+    ``ask`` shows the message and returns once the operator has acted: a blocking function (the
+    terminal's Enter, run in a thread) or a coroutine function run on the event loop (an integration's
+    UI, or a scripted operator on a virtual clock, whose answer then lands at a fixed pump time).
+    """
+
+    def __init__(self, ask: Callable[[str], None] | Callable[[str], Awaitable[None]] = ask_operator) -> None:
         self.ask = ask
         self.closed_at_s: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._close: tuple[Clock, float] | None = None
 
     async def _asked(self, message: str) -> None:
-        """``ask`` in a daemon thread: a prompt left unanswered when the run ends (an alarm before the
-        clamp was closed) must not keep the process waiting for Enter."""
+        """``ask`` on the loop when it is a coroutine function, else in a daemon thread: a prompt left
+        unanswered when the run ends (an alarm before the clamp was closed) must not keep the process
+        waiting for Enter."""
+        if inspect.iscoroutinefunction(self.ask):
+            await self.ask(message)
+            return
+        ask_blocking = cast(Callable[[str], None], self.ask)
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[None] = loop.create_future()
 
@@ -320,7 +336,7 @@ class OperatorLine:
         def ask() -> None:
             error: BaseException | None = None
             try:
-                self.ask(message)
+                ask_blocking(message)
             except Exception as e:
                 error = e
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
@@ -330,8 +346,16 @@ class OperatorLine:
         await answered
 
     def arrange_close(self, clock: Clock, at_s: float) -> None:
+        self._close = (clock, at_s)
+
+    def observe(self, now: float) -> None:
+        """Asks the operator to close the clamp on the first tick at or after the arranged time; the line
+        counts as closed when they answer (the loop keeps running meanwhile)."""
+        if self._close is None or self._task is not None or now < self._close[1]:
+            return
+        clock = self._close[0]
+
         async def close() -> None:
-            await clock.sleep_until(at_s)
             await self._asked("CLOSE the clamp on the line downstream of the pump")
             self.closed_at_s = clock.now()
 
@@ -416,8 +440,7 @@ async def run_occlusion(
     def on_tick(out: _core.StepOutput, telemetry: PumpTelemetry | None) -> None:
         nonlocal last_pressure
         now = clock.now()
-        if isinstance(line, SimulatedLine):
-            line.observe(now)
+        line.observe(now)
         if telemetry is not None and math.isfinite(telemetry.pressure_mmhg):
             last_pressure = telemetry.pressure_mmhg
             pressure.append((now, last_pressure))

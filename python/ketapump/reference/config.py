@@ -72,6 +72,8 @@ class RawKernelConfig:
     ki_per_s2: float
     integral_limit_ml_s: float
     slew_ml_h_per_s: float
+    control_deadband_counts: float
+    control_hold_s: float
     silence_s: float
 
     @classmethod
@@ -95,6 +97,8 @@ class KernelConfig:
     take_up_rate_ml_s: float
     backoff_rate_ml_s: float
     slew_ml_s_per_s: float
+    #: The controller's deadband (mL): ``control_deadband_counts`` volume quanta.
+    control_deadband_ml: float
     #: Drive-train compliance ``A²/k`` on this syringe (mL/mmHg); 0 when the stiffness is 0.
     drive_compliance_ml_per_mmhg: float
 
@@ -107,14 +111,16 @@ class KernelConfig:
             N_PER_MM2_PER_MMHG * area_mm2 / stiffness * area_ml_per_mm if stiffness > 0.0 else 0.0
         )
         ceiling = _fmin(_fmin(raw.max_rate_ml_h, raw.hard_max_rate_ml_h), raw.pump_max_rate_ml_h)
+        quantum = area_ml_per_mm / raw.encoder_counts_per_mm
         return cls(
             raw=raw,
-            volume_quantum_ml=area_ml_per_mm / raw.encoder_counts_per_mm,
+            volume_quantum_ml=quantum,
             max_rate_ml_s=ceiling / S_PER_H,
             take_up_rate_ml_s=_fmin(raw.take_up_rate_ml_h / S_PER_H, ceiling / S_PER_H),
             # Every commanded magnitude, retract included, stays under the ceiling.
             backoff_rate_ml_s=_fmin(raw.backoff_rate_ml_h / S_PER_H, ceiling / S_PER_H),
             slew_ml_s_per_s=raw.slew_ml_h_per_s / S_PER_H,
+            control_deadband_ml=raw.control_deadband_counts * quantum,
             drive_compliance_ml_per_mmhg=drive_compliance,
         )
 

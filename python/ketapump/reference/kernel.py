@@ -205,6 +205,9 @@ class ReferenceKernel:
                 integral_limit_ml_s=cfg.raw.integral_limit_ml_s,
                 slew_ml_s_per_s=cfg.slew_ml_s_per_s,
                 max_ml_s=cfg.max_rate_ml_s,
+                deadband_ml=cfg.control_deadband_ml,
+                hold_s=cfg.raw.control_hold_s,
+                quantum_ml=cfg.volume_quantum_ml,
             )
         )
         self._trace = TraceRing()

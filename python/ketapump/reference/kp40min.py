@@ -21,6 +21,9 @@ KP40MIN_OVERRIDES: Final[dict[str, float | bool]] = {
     "kp_per_s": 2.0,
     "ki_per_s2": 0.5,
     "integral_limit_ml_s": 0.01,
+    # The per-tick PI the baseline was defined with: every 1 ms tick decides (no deadband, no hold).
+    "control_deadband_counts": 0.0,
+    "control_hold_s": 0.0,
     "max_rate_ml_h": 1188.0,  # u ≤ 0.33 mL/s
     "hard_max_rate_ml_h": 1200.0,
     "occlusion_threshold_mmhg": 300.0,

@@ -127,6 +127,11 @@ pub struct RawKernelConfig {
     pub ki_per_s2: f64,
     pub integral_limit_ml_s: f64,
     pub slew_ml_h_per_s: f64,
+    /// Volume error the controller leaves alone, in encoder counts (the controller's deadband is this
+    /// many volume quanta): within it the error is quantisation and the output is the feed-forward.
+    pub control_deadband_counts: f64,
+    /// Shortest time between two controller decisions (s); the trim is held in between. 0: every tick.
+    pub control_hold_s: f64,
     // Alarm annunciation.
     pub silence_s: f64,
 }
@@ -148,6 +153,8 @@ pub struct KernelConfig {
     pub take_up_rate_ml_s: f64,
     pub backoff_rate_ml_s: f64,
     pub slew_ml_s_per_s: f64,
+    /// The controller's deadband (mL): `control_deadband_counts` volume quanta.
+    pub control_deadband_ml: f64,
     /// Drive-train compliance `A²/k` on this syringe (mL/mmHg): the volume the compressed drive pushes
     /// the plunger on by, per mmHg of line pressure, once the motor stops. 0 when the stiffness is 0.
     pub drive_compliance_ml_per_mmhg: f64,
@@ -239,6 +246,8 @@ impl KernelConfig {
         scalar("ki_per_s2", r.ki_per_s2, 0.0, false, 1_000.0)?;
         scalar("integral_limit_ml_s", r.integral_limit_ml_s, 0.0, false, 1_000.0)?;
         let slew = scalar("slew_ml_h_per_s", r.slew_ml_h_per_s, 0.0, true, 1.0e9)?;
+        let deadband_counts = scalar("control_deadband_counts", r.control_deadband_counts, 0.0, false, 1_000.0)?;
+        scalar("control_hold_s", r.control_hold_s, 0.0, false, 3_600.0)?;
         scalar("silence_s", r.silence_s, 0.0, false, MAX_SILENCE_S)?;
 
         let area_ml_per_mm = core::f64::consts::PI * diameter.get() * diameter.get() / 4.0 / 1_000.0;
@@ -251,14 +260,16 @@ impl KernelConfig {
             return Err(inconsistent("drive_stiffness_n_per_mm", "compliance_ml_per_mmhg"));
         }
         let ceiling = max_rate.get().min(hard_rate.get()).min(pump_rate.get());
+        let quantum = area_ml_per_mm / counts;
         Ok(Self {
             raw,
-            volume_quantum_ml: area_ml_per_mm / counts,
+            volume_quantum_ml: quantum,
             max_rate_ml_s: MlPerHour::new(ceiling).map_err(value_error("max_rate_ml_h"))?.per_second(),
             take_up_rate_ml_s: take_up_rate.per_second().min(ceiling / crate::units::S_PER_H),
             // Every commanded magnitude, retract included, stays under the ceiling.
             backoff_rate_ml_s: backoff_rate.per_second().min(ceiling / crate::units::S_PER_H),
             slew_ml_s_per_s: slew / crate::units::S_PER_H,
+            control_deadband_ml: deadband_counts * quantum,
             drive_compliance_ml_per_mmhg: drive_compliance,
         })
     }

@@ -70,6 +70,10 @@ fn raw() -> RawKernelConfig {
         ki_per_s2: 0.5,
         integral_limit_ml_s: 0.01,
         slew_ml_h_per_s: 1_000_000.0,
+        // The per-tick PI: these tests drive the controller tick by tick (the quiet defaults, a
+        // 2-count deadband and a 10 s hold, have their own tests at the end).
+        control_deadband_counts: 0.0,
+        control_hold_s: 0.0,
         // [alarm]
         silence_s: 120.0,
     }
@@ -2075,4 +2079,70 @@ fn uncommanded_delivery_counts_from_the_lowest_volume_while_holding() {
     let limit = sim.cfg.raw.uncommanded_volume_ml;
     let out = sim.run_until(limit / 0.05 + 2.0, |_, o| o.raised.contains(Alarm::UncommandedDelivery));
     assert!(out.is_some(), "no alarm for a forward creep from the lowest point");
+}
+
+// ----- the quiet controller (the shipped defaults) ---------------------------------------------------
+
+/// The shipped controller settings: a 2-count deadband, a 10 s hold, kp × hold = 0.5, no integral.
+fn quiet() -> KernelConfig {
+    config_with(|r| {
+        r.kp_per_s = 0.05;
+        r.ki_per_s2 = 0.0;
+        r.control_deadband_counts = 2.0;
+        r.control_hold_s = 10.0;
+    })
+}
+
+/// Runs `seconds` at `rate_ml_h`; returns how often the forward rate changed and the largest volume
+/// error (target − measured) in encoder counts after the first `settle_s`.
+fn quiet_run(sim: &mut Sim, seconds: f64, settle_s: f64) -> (usize, f64) {
+    let (mut changes, mut last, mut worst) = (0, sim.cmd, 0.0_f64);
+    for n in 0..sim.ticks_for(seconds) {
+        let out = sim.tick();
+        if out.command != last {
+            changes += 1;
+            last = out.command;
+        }
+        if n as f64 * sim.period() >= settle_s {
+            worst = worst.max(out.control.error_ml.abs() / sim.q());
+        }
+    }
+    (changes, worst)
+}
+
+#[test]
+fn the_quiet_controller_holds_the_feed_forward_on_a_plant_that_follows_it() {
+    let mut sim = running_with(quiet(), 5.0, 10.0);
+    let rate = sim.cmd.rate_ml_s;
+    let (changes, worst) = quiet_run(&mut sim, 2_400.0, 0.0);
+    // Less than one count per tick of motion: the per-tick PI changed the rate on almost every tick.
+    assert_eq!(changes, 0, "the rate changed {changes} times");
+    assert_eq!(rate, per_s(5.0));
+    assert!(worst <= 2.0 + 1.0, "error {worst} counts");
+}
+
+#[test]
+fn the_quiet_controller_takes_back_a_slipping_drive_in_few_commands() {
+    // 3 % of the motion is lost: a rate bias the encoder sees as a growing lag.
+    let mut sim = running_with(quiet(), 5.0, 10.0);
+    sim.gain = 0.97;
+    let (changes, worst) = quiet_run(&mut sim, 2_400.0, 120.0);
+    assert!(changes <= 100, "the rate changed {changes} times");
+    // A proportional volume loop holds a bias b at a constant offset b/kp beyond the deadband; between
+    // two decisions the bias adds b × hold, and a change of less than 2 counts (one count per hold at
+    // kp × hold = 0.5) is not made; the encoder truncates by up to one more count.
+    let bias = 0.03 * per_s(5.0);
+    let bound = 2.0 + (bias / 0.05 + bias * 10.0) / sim.q() + 2.0 + 1.0;
+    assert!(worst <= bound, "error {worst} counts, bound {bound}");
+    assert!(sim.k.alarms().is_empty(), "{:?}", sim.k.alarms());
+}
+
+#[test]
+fn a_rate_change_reaches_the_command_on_its_tick_while_the_trim_is_held() {
+    let mut sim = running_with(quiet(), 5.0, 10.0);
+    sim.run(3.0); // inside a hold
+    sim.k.set_rate(6.0).unwrap();
+    let out = sim.tick();
+    assert!(out.control.held);
+    assert_eq!(out.command.rate_ml_s, per_s(6.0) + out.control.proportional_ml_s + out.control.integral_ml_s);
 }

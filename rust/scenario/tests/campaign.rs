@@ -56,10 +56,12 @@ fn raw() -> RawKernelConfig {
         take_up_rate_ml_h: 120.0,
         take_up_max_ml: 0.5,
         take_up_detect_ml: 0.005,
-        kp_per_s: 1.0,
-        ki_per_s2: 0.2,
+        kp_per_s: 0.05,
+        ki_per_s2: 0.0,
         integral_limit_ml_s: 0.01,
         slew_ml_h_per_s: 1_000_000.0,
+        control_deadband_counts: 2.0,
+        control_hold_s: 10.0,
         silence_s: 120.0,
     }
 }
