@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from ketapump.bridge.audit import (
     GENESIS_HASH,
     AuditWriter,
+    Seal,
     VerifyResult,
     audit_logger,
     canonical_json,
@@ -35,6 +36,7 @@ from ketapump.bridge.audit import (
     remove_diagnostics,
     verify,
 )
+from ketapump.bridge.auditkey import load_key
 from ketapump.cli import app
 from ketapump.errors import AuditWriteError, KetapumpError
 
@@ -59,7 +61,8 @@ def _records(path: Path) -> list[dict[str, object]]:
 
 
 def _write_chain(path: Path, n: int = 5) -> AuditWriter:
-    """A log_opened record followed by ``n`` rate_set records (lines 2..n+1), closed again."""
+    """A log_opened record followed by ``n`` rate_set records (lines 2..n+1), closed again (log_closed,
+    line n+2)."""
     writer = AuditWriter.open(path)
     for i in range(n):
         writer.write("rate_set", pump_id="p1", rate_ml_h=1.5 + i, operator="op-7")
@@ -81,18 +84,21 @@ def test_chain_verifies_and_records_are_well_formed(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     writer = _write_chain(log, 5)
     result = verify(log)
-    assert result == VerifyResult(True, 6, writer.last_hash, None, "")
+    assert result == VerifyResult(True, 7, writer.last_hash, None, "", "ok", writer.key_id)
     recs = _records(log)
-    assert [r["seq"] for r in recs] == list(range(6))
+    assert [r["seq"] for r in recs] == list(range(7))
     assert recs[0]["event"] == "log_opened"
     assert recs[0]["prev"] == GENESIS_HASH
     assert recs[0]["chain_from"] is None
+    assert recs[0]["key_id"] == writer.key_id == load_key().key_id
+    assert (recs[-1]["event"], recs[-1]["records"]) == ("log_closed", 7)
     for before, rec in itertools.pairwise(recs):
         assert rec["prev"] == before["hash"]
     for line, rec in zip(_lines(log), recs, strict=True):
         assert line == canonical_json(rec) + "\n"
-        body = {k: v for k, v in rec.items() if k != "hash"}
+        body = {k: v for k, v in rec.items() if k not in {"hash", "mac"}}
         assert rec["hash"] == record_hash(str(rec["prev"]), body)
+        assert load_key().verifies(str(rec["hash"]), str(rec["mac"]))
         assert str(rec["timestamp"]).endswith("Z")
         assert isinstance(rec["mono_ns"], int)
     assert [r["mono_ns"] for r in recs] == sorted(r["mono_ns"] for r in recs)  # type: ignore[type-var]
@@ -103,7 +109,7 @@ def test_cli_reports_ok_with_record_count_and_final_hash(tmp_path: Path) -> None
     writer = _write_chain(log, 3)
     code, out, err = _run_cli(str(log))
     assert code == 0, err
-    assert out.strip() == f"OK: 4 records, final hash {writer.last_hash}"
+    assert out.strip() == f"OK: 5 records, final hash {writer.last_hash}"
 
 
 def _edit_field(path: Path) -> int:
@@ -155,7 +161,7 @@ def _reformat(path: Path) -> int:
         (_edit_field, "hash mismatch"),
         (_delete_line, "seq 3 follows seq 1 (expected 2)"),
         (_swap_lines, "seq 3 follows seq 1 (expected 2)"),
-        (_truncate_last, "truncated last line"),
+        (_truncate_last, "incomplete last write"),
         (_non_json, "not valid JSON"),
         (_reformat, "not in canonical form"),
     ],
@@ -187,19 +193,71 @@ def test_deleting_the_first_line_is_reported_at_line_1(tmp_path: Path) -> None:
     assert "expected 'log_opened' seq 0" in result.reason
 
 
-def test_recomputed_hash_with_broken_link_is_caught(tmp_path: Path) -> None:
-    """An editor who also recomputes the record's own hash still breaks the next line's prev link."""
+def _rechain(lines: list[str], start: int) -> list[str]:
+    """What someone without the key can do: recompute every SHA-256 from line ``start`` (0-based) on."""
+    out = lines[:start]
+    prev = json.loads(lines[start - 1])["hash"] if start else GENESIS_HASH
+    for line in lines[start:]:
+        rec = json.loads(line)
+        rec["prev"] = prev
+        rec["hash"] = prev = record_hash(prev, {k: v for k, v in rec.items() if k not in {"hash", "mac"}})
+        out.append(canonical_json(rec) + "\n")
+    return out
+
+
+def test_an_edit_rechained_to_the_end_is_caught_as_forged(tmp_path: Path) -> None:
+    """An editor who recomputes the edited record's hash and every later link still lacks the key."""
     log = tmp_path / "audit.jsonl"
     _write_chain(log, 4)
     lines = _lines(log)
     rec = json.loads(lines[2])
     rec["rate_ml_h"] = 0.1
-    rec["hash"] = record_hash(rec["prev"], {k: v for k, v in rec.items() if k != "hash"})
     lines[2] = canonical_json(rec) + "\n"
-    log.write_text("".join(lines), encoding="utf-8")
+    log.write_text("".join(_rechain(lines, 2)), encoding="utf-8")
     result = verify(log)
-    assert (result.bad_line, result.records) == (4, 3)
-    assert "prev does not match the hash of line 3" in result.reason
+    assert (result.ok, result.status, result.bad_line, result.records) == (False, "forged", 3, 2)
+    assert "forged (bad MAC)" in result.reason
+    code, _, err = _run_cli(str(log))
+    assert code == os.EX_DATAERR and f"{log}: line 3: forged (bad MAC)" in err
+
+
+def test_a_forged_record_appended_with_its_hash_recomputed_is_caught(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write_chain(log, 3)
+    lines = _lines(log)
+    forged = json.loads(lines[-1]) | {"event": "rate_set", "rate_ml_h": 1.0, "seq": len(lines)}
+    lines.append(canonical_json(forged) + "\n")
+    log.write_text("".join(_rechain(lines, len(lines) - 1)), encoding="utf-8")
+    result = verify(log)
+    assert (result.status, result.bad_line, result.records) == ("forged", len(lines), len(lines) - 1)
+
+
+def test_dropped_closing_records_are_caught(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = _write_chain(log, 3)
+    lines = _lines(log)
+    log.write_text("".join(lines[:-2]), encoding="utf-8")  # a whole-line cut: every record still authentic
+    result = verify(log)
+    assert (result.ok, result.status, result.records) == (False, "closing_missing", 3)
+    assert "closing records missing after record 3" in result.reason
+    # A seal stored elsewhere when the log was closed catches a cut back to an earlier closed state too.
+    log.write_text("".join(lines), encoding="utf-8")
+    assert verify(log, seal=Seal(writer.next_seq, writer.last_hash, "the course history")).ok
+    sealed = verify(log, seal=Seal(writer.next_seq + 2, "0" * 64, "the course history"))
+    assert sealed.status == "closing_missing"
+    assert "the course history recorded 7 records" in sealed.reason
+
+
+def test_a_log_written_with_another_key_cannot_be_authenticated(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    other = load_key(tmp_path / "other.key", create=True)
+    writer = AuditWriter.open(log, key=other)
+    writer.write("rate_set", rate_ml_h=1.0)
+    writer.close()
+    assert verify(log, key=other).ok
+    result = verify(log)
+    assert (result.ok, result.status, result.bad_line) == (False, "unauthenticated", 1)
+    assert other.key_id in result.reason
 
 
 def test_empty_file_fails_verification(tmp_path: Path) -> None:
@@ -234,7 +292,7 @@ def test_cli_in_a_real_process(tmp_path: Path) -> None:
 
     ok = run(str(log))
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith("OK: 5 records, final hash ")
+    assert ok.stdout.startswith("OK: 6 records, final hash ")
     _delete_line(log)
     bad = run(str(log))
     assert bad.returncode == 65
@@ -252,13 +310,13 @@ def test_reopen_continues_seq_and_chain(tmp_path: Path) -> None:
     first = _write_chain(log, 3)
     second = AuditWriter.open(log)
     assert second is not first
-    assert second.next_seq == 5  # 0..3 written, seq 4 is the log_reopened record
+    assert second.next_seq == 6  # 0..4 written (4: log_closed), seq 5 is the log_reopened record
     second.write("alarm_raised", alarm="occlusion")
     second.close()
     recs = _records(log)
-    assert [r["seq"] for r in recs] == list(range(6))
-    assert recs[4]["event"] == "log_reopened"
-    assert recs[4]["prev"] == first.last_hash
+    assert [r["seq"] for r in recs] == list(range(8))
+    assert recs[5]["event"] == "log_reopened"
+    assert recs[5]["prev"] == first.last_hash
     assert verify(log).ok
 
 
@@ -355,10 +413,11 @@ def test_concurrent_threads_leave_one_valid_chain(tmp_path: Path) -> None:
     for th in threads:
         th.join()
     assert errors == []
+    AuditWriter.open(log).close()
     result = verify(log)
     assert result.ok, result
-    assert result.records == 1 + n_threads * per_thread
-    recs = _records(log)[1:]
+    assert result.records == 2 + n_threads * per_thread
+    recs = _records(log)[1:-1]
     for t in range(n_threads):
         assert [r["i"] for r in recs if r["thread"] == t] == list(range(per_thread))
 
@@ -408,11 +467,11 @@ def test_missing_directory_fails_open_naming_the_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_full_device_fails_with_audit_write_error() -> None:
+def test_a_device_is_not_an_audit_log() -> None:
     with pytest.raises(AuditWriteError) as info:
         AuditWriter.open("/dev/full")
     assert info.value.path == "/dev/full"
-    assert "No space left on device" in str(info.value)
+    assert "is not a regular file" in str(info.value)
     assert isinstance(info.value, OSError)
     assert isinstance(info.value, KetapumpError)
     assert "/dev/full" not in AuditWriter._registry  # a failed open leaves nothing behind
@@ -481,6 +540,7 @@ def test_non_finite_values_are_written_as_valid_json(tmp_path: Path) -> None:
         "-inf",
         {"v": [1.0, "nan"]},
     )
+    writer.close()
     assert verify(log).ok
 
 
@@ -489,6 +549,7 @@ def test_field_values_round_trip_through_the_hash(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     writer = AuditWriter.open(log)
     writer.write("odd_values", t=(1, 2), p=tmp_path, m={1: "a"}, s="bad\udc80", big=10**30, tiny=1e-300)
+    writer.close()
     assert verify(log).ok
 
 
@@ -522,6 +583,7 @@ def test_bound_logger_writes_bound_context(tmp_path: Path) -> None:
     )
     assert (rec2["level"], rec2["pressure_kpa"], rec2["session_id"]) == ("warning", "nan", "s-1")
     assert rec2["seq"] == rec1["seq"] + 1  # type: ignore[operator]
+    writer.close()
     assert verify(log).ok
 
 
@@ -550,6 +612,7 @@ def test_exception_is_recorded_as_structured_traceback(tmp_path: Path) -> None:
     assert rec["level"] == "error"
     assert "pump did not answer" in json.dumps(rec["exception"])
     assert secret not in _lines(log)[-1]
+    AuditWriter.open(log).close()
     assert verify(log).ok
 
 
@@ -580,6 +643,7 @@ def test_diagnostics_go_to_their_own_stream_not_the_audit_file(tmp_path: Path) -
     assert "retrying" not in audit_text
     assert "reconnect" not in audit_text
     assert "rate_command" not in stream.getvalue()
+    AuditWriter.open(log).close()
     assert verify(log).ok
 
 
@@ -633,9 +697,10 @@ def test_a_group_is_chained_at_once_and_written_with_one_fsync_per_commit(
         writer.write("command_failed", consecutive=1)
         assert len(_lines(log)) == 6
     assert fsyncs == [writer._fd] * 2 and writer.syncs == 3  # log_opened, the commit, the exit
+    writer.close()  # log_closed ends the file
     result = verify(log)
-    assert result.ok and result.records == 8 and result.final_hash == writer.last_hash
-    assert [r["seq"] for r in _records(log)] == list(range(8))
+    assert result.ok and result.records == 9 and result.final_hash == writer.last_hash
+    assert [r["seq"] for r in _records(log)] == list(range(9))
 
 
 def test_a_block_inside_an_open_group_joins_it_and_an_empty_group_writes_nothing(
@@ -667,7 +732,8 @@ def test_a_write_from_another_thread_is_durable_when_it_returns(tmp_path: Path, 
         other.join()
         assert [r["event"] for r in _records(log)] == ["log_opened", "tick", "operator_note"]
         writer.write("tick", n=2)
-    assert verify(log).ok and verify(log).records == 4
+    writer.close()
+    assert verify(log).ok and verify(log).records == 5
 
 
 def test_an_edit_inside_a_group_committed_file_is_caught(tmp_path: Path) -> None:
@@ -707,7 +773,7 @@ def test_close_commits_what_a_group_still_holds(tmp_path: Path) -> None:
     with record_group():
         writer.write("session_ended")
         writer.close()
-    assert [r["event"] for r in _records(log)] == ["log_opened", "session_ended"]
+    assert [r["event"] for r in _records(log)] == ["log_opened", "session_ended", "log_closed"]
     assert verify(log).ok
 
 
@@ -764,9 +830,13 @@ def crash(tmp_path: Path, where: str) -> tuple[list[dict[str, object]], list[flo
         check=False,
     )
     assert run.returncode == -9, run.stdout + run.stderr
+    records = _records(log)
     result = verify(log)
-    assert result.ok, result  # whole records only: the crash cut between two group commits
-    return _records(log), [float(line) for line in sent.read_text().split()]
+    # Whole, authentic records only (the crash cut between two group commits); a killed writer never
+    # wrote log_closed, and verify says exactly that after the last of them.
+    assert result.status == "closing_missing" and result.records == len(records), result
+    assert result.bad_line == len(records) + 1 and "the log ends without log_closed" in result.reason
+    return records, [float(line) for line in sent.read_text().split()]
 
 
 def test_a_crash_while_the_pump_is_being_commanded_finds_the_command_on_disk(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ maps its errors through one function (``rust/src/errors.rs``) onto this module's
     │   └── PumpTimeoutError (+ TimeoutError)     no answer within the timeout; names the endpoint
     ├── AuditWriteError (+ OSError)               the audit log could not be written; names the file
     └── CourseError (+ ValueError)                a course-history write refused; names the record
-        └── CourseRecordNotFoundError (+ LookupError)  no such patient, session or database file
+        ├── CourseRecordNotFoundError (+ LookupError)  no such patient, session or database file
+        └── CourseStorageError                    the database cannot be read or written (read-only, full…)
 """
 
 from __future__ import annotations
@@ -142,3 +143,8 @@ class CourseError(KetapumpError, ValueError):
 
 class CourseRecordNotFoundError(CourseError, LookupError):
     """The patient, session or course database named does not exist."""
+
+
+class CourseStorageError(CourseError):
+    """The course database could not be read or written: a read-only file or file system, a full disk,
+    an I/O error, a write lock held too long. The data is not at fault; ``subject`` names the file."""

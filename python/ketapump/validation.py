@@ -46,7 +46,7 @@ _FILE_KINDS = (
 )
 
 
-class FileReadError(ValueError):
+class FileReadError(OSError):
     """A file could not be read as a data file: ``problem`` says why (naming the value and the limit);
     ``not_found`` when there is no such file."""
 

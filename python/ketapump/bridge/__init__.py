@@ -1,18 +1,23 @@
 """The bridge layer: the closed control loop between a pump and the Rust safety kernel.
 
-Owns the control loop (Python schedules, the kernel decides every command), the hash-chained audit log,
+Owns the control loop (Python schedules, the kernel decides every command), the keyed, hash-chained audit log,
 recovery of an interrupted session, and the run set-up a pump URL needs (control period, gains, pump
 watchdog, syringe catalogue). It imports the wire layer and the floor, never the clinical layer, the
 simulator's servers, QA or the CLI. Other layers import it through this module.
 """
 
 from ketapump.bridge.audit import (
+    CHAINABLE,
     AuditWriter,
+    Seal,
+    VerifyResult,
     audit_logger,
     configure_diagnostics,
+    read_records,
     session_of,
     verify,
 )
+from ketapump.bridge.auditkey import AuditKey, AuditKeyError, default_key_path, load_key
 from ketapump.bridge.loop import LINK_LOST, ControlLoop, EventLog, InfusionPlan, NullLog, RunResult
 from ketapump.bridge.recovery import RecoveryError, recover_delivered_ml, resume_session
 from ketapump.bridge.runtime import (
@@ -25,7 +30,10 @@ from ketapump.bridge.runtime import (
 )
 
 __all__ = [
+    "CHAINABLE",
     "LINK_LOST",
+    "AuditKey",
+    "AuditKeyError",
     "AuditWriter",
     "ControlLoop",
     "EventLog",
@@ -33,12 +41,17 @@ __all__ = [
     "NullLog",
     "RecoveryError",
     "RunResult",
+    "Seal",
+    "VerifyResult",
     "audit_logger",
     "configure_diagnostics",
     "control_period_s",
+    "default_key_path",
     "default_log_path",
+    "load_key",
     "loop_settings",
     "make_driver",
+    "read_records",
     "recover_delivered_ml",
     "resume_session",
     "session_of",
