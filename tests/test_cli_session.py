@@ -123,7 +123,7 @@ def test_sessions_on_the_cli_follow_the_course_rules(tmp_path: Path) -> None:
     env = os.environ | {"XDG_STATE_HOME": str(tmp_path / "state")}
     # The patient's previous session started 30 h ago (the course history, written through its API).
     started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=30)
-    with CourseHistory.open(db) as course:
+    with CourseHistory.create(db, at=started) as course:
         course.ensure_patient("p-7", 70.0, None, at=started)
         course.begin_session("earlier", "p-7", "ketamine-depression", started, 35.0)
         course.end_session("earlier", started + datetime.timedelta(minutes=45), 35.0, "complete")

@@ -87,7 +87,7 @@ class Chair:
         transport = open_transport("sim://", clock=self.clock, pump=self.pump)
         assert isinstance(transport, RegisterTransport)
         self.log = Log()
-        self.course = CourseHistory.open(tmp_path / "course.sqlite3")
+        self.course = CourseHistory.create(tmp_path / "course.sqlite3", at=NOW)
         self.session = Session(
             SessionContext(
                 session_id="s-1",

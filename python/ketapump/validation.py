@@ -136,10 +136,40 @@ class DocumentError(ConfigurationError):
         self.not_found = not_found
 
 
+class OutputPathError(ConfigurationError):
+    """An output path (a report directory, an audit log) cannot be created or written; found before
+    anything starts (:func:`check_output_path`)."""
+
+
 def input_exit_code(error: ConfigurationError) -> int:
     """The sysexits code of refused input: 66 (``EX_NOINPUT``) for a file or shipped name not found,
-    65 (``EX_DATAERR``) for anything invalid."""
+    73 (``EX_CANTCREAT``) for an output that cannot be created, 65 (``EX_DATAERR``) for anything invalid."""
+    if isinstance(error, OutputPathError):
+        return os.EX_CANTCREAT
     return os.EX_NOINPUT if isinstance(error, DocumentError) and error.not_found else os.EX_DATAERR
+
+
+def check_output_path(path: Path, *, option: str, directory: bool) -> None:
+    """Refuses, before anything starts, an output that could not be written at the end: ``path`` (a
+    directory when ``directory``, else a file) must be writable if it exists, or creatable in the nearest
+    directory that does. Writes nothing. Raises :class:`OutputPathError` naming the option and path."""
+    kind = "directory" if directory else "file"
+    if os.path.lexists(path):
+        st = os.stat(path)
+        if directory and not stat.S_ISDIR(st.st_mode):
+            raise OutputPathError(option, f"{path} is not a directory")
+        if not directory and not stat.S_ISREG(st.st_mode):
+            raise OutputPathError(option, f"{path} is {file_kind(st.st_mode)}, not a regular file")
+        if not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
+            raise OutputPathError(option, f"{path} is not writable")
+        return
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(option, f"{path}: cannot create this {kind}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(option, f"{path}: cannot create this {kind}: {parent} is not writable")
 
 
 def problems_of(error: ValidationError, prefix: str = "") -> list[str]:
