@@ -20,7 +20,7 @@ import pytest
 from matplotlib import image
 
 from ketapump.clinical.course import CourseHistory
-from simhelpers import ketapump
+from simhelpers import ketapump, new_course_db
 
 EXIT_INTERLOCK, EXIT_LIMIT, EXIT_ABORTED = 3, 6, 7
 
@@ -156,7 +156,7 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
 ) -> None:
     done = ketapump(
         "session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70",
-        "--course-db", str(tmp_path / "c.sqlite3"), "--log", str(tmp_path / "log.jsonl"),
+        "--course-db", str(new_course_db(tmp_path / "c.sqlite3")), "--log", str(tmp_path / "log.jsonl"),
         "--out", str(tmp_path / "out"), stdin=f"{answer}\n" * 8, timeout=120,
     )  # fmt: skip
     assert done.returncode == EXIT_ABORTED, done.stderr
@@ -168,7 +168,7 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
 def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_and_records(
     tmp_path: Path,
 ) -> None:
-    log, db = tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
+    log, db = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
     # The standard protocol with a 5-min observation, at 60× real time on the simulator (a short
     # transport timeout keeps the pump's watchdog inside its limit at that scale).
     protocol = tmp_path / "short-observation.toml"

@@ -14,12 +14,19 @@ from ketapump.bridge.audit import (
     audit_logger,
     configure_diagnostics,
     read_records,
-    session_of,
     verify,
 )
 from ketapump.bridge.auditkey import AuditKey, AuditKeyError, default_key_path, load_key
 from ketapump.bridge.loop import LINK_LOST, ControlLoop, EventLog, InfusionPlan, NullLog, RunResult
-from ketapump.bridge.recovery import RecoveryError, recover_delivered_ml, resume_session
+from ketapump.bridge.recovery import (
+    RecoveryError,
+    SessionRecord,
+    check_order,
+    check_pump,
+    read_session_record,
+    recover_delivered_ml,
+    resume_session,
+)
 from ketapump.bridge.runtime import (
     control_period_s,
     default_log_path,
@@ -42,8 +49,11 @@ __all__ = [
     "RecoveryError",
     "RunResult",
     "Seal",
+    "SessionRecord",
     "VerifyResult",
     "audit_logger",
+    "check_order",
+    "check_pump",
     "configure_diagnostics",
     "control_period_s",
     "default_key_path",
@@ -52,9 +62,9 @@ __all__ = [
     "loop_settings",
     "make_driver",
     "read_records",
+    "read_session_record",
     "recover_delivered_ml",
     "resume_session",
-    "session_of",
     "syringe_diameter_mm",
     "syringe_spec",
     "verify",

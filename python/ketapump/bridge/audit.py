@@ -95,7 +95,6 @@ __all__ = [
     "record_group",
     "record_hash",
     "remove_diagnostics",
-    "session_of",
     "verify",
 ]
 
@@ -1045,15 +1044,6 @@ def _declared_key(first_line: str) -> str | None:
 # --------------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------------
-
-
-def session_of(record: Path) -> str:
-    """The session id of an earlier run's audit record (a resumed run continues the same session)."""
-    for entry in read_records(record):
-        session = entry.get("session_id")
-        if session:
-            return str(session)
-    raise ValueError("it names no session_id")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

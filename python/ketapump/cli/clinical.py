@@ -270,6 +270,8 @@ def session(
         )
     except ConfigurationError as e:
         raise fail(str(e), input_exit_code(e)) from e
+    except CourseError as e:
+        raise fail(str(e), _error_code(e)) from e
     except OSError as e:
         raise fail(str(e), os.EX_NOINPUT) from e
     checklists = setup.protocol.checklists

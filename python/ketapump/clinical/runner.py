@@ -122,8 +122,6 @@ def prepare_session(
     except CourseError as e:
         raise ConfigurationError("patient", e.problem if "patient id" in e.subject else str(e)) from e
     log_path = log or default_log_path()
-    check_output_path(out, option="--out", directory=True)
-    check_output_path(log_path, option="--log", directory=False)
     proto = load_protocol(protocol)
     plan = plan_dose(proto, patient)
     lib = druglib.load_library(library)
@@ -138,6 +136,10 @@ def prepare_session(
     settings: dict[str, Any] = dict(loop_settings(period, defaults))
     if "pressure_mmhg" in driver.lacks:
         settings["has_pressure_sensor"] = False
+    # Where the records go, found good before anything is asked or connected, not after the infusion.
+    check_output_path(out, option="--out", directory=True)
+    check_output_path(log_path, option="--log", directory=False)
+    CourseHistory.check_path(course_db)
     return SessionSetup(
         protocol=proto,
         patient=patient,

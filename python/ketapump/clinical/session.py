@@ -835,7 +835,8 @@ class Session:
             observation_min=self._observation_min,
             discharge_confirmed=self._discharged,
             thresholds=self.thresholds,
-            points=self.points,
+            # A session that ended before its first point still has one: its report always has a series.
+            points=self.points or [self._idle_point(self._t(), 0.0, 0.0, math.nan)],
             events=self.rec.events,
         )
 

@@ -157,6 +157,15 @@ class CourseHistory:
         return cls(conn, where, settings if settings is not None else load_course_settings(), database_id)
 
     @staticmethod
+    def check_path(path: str | os.PathLike[str] | None = None) -> Path:
+        """The database path (default :func:`default_course_path`) once it is known to be there and to
+        be an SQLite file, read without opening it (a session checks this before it asks anything);
+        raises what :meth:`open` raises for a missing, empty or non-SQLite file."""
+        where = Path(path) if path is not None else default_course_path()
+        schema.check_file(where)
+        return where
+
+    @staticmethod
     def migrate(path: str | os.PathLike[str], *, at: _dt.datetime) -> schema.Migration:
         """Bring an older course database up to the current schema version, after a backup (see
         :func:`~ketapump.clinical.course.schema.migrate_file`): the explicit step behind ``ketapump course
