@@ -20,7 +20,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from ketapump import _core
-from ketapump.bridge import RecoveryError, audit, recover_delivered_ml
+from ketapump.bridge import RecoveryError, audit, make_driver, recover_delivered_ml
 from ketapump.bridge.loop import ControlLoop, InfusionPlan
 from ketapump.clock import ScaledClock, VirtualClock
 from ketapump.config import kernel_config
@@ -409,6 +409,40 @@ def test_unreachable_endpoints_fail_fast_naming_the_endpoint(url: str, tmp_path:
     assert result.returncode == os.EX_UNAVAILABLE, result.stderr
     assert url.split("?", maxsplit=1)[0] in result.stderr
     assert elapsed < 10  # interpreter start-up included; the transport's own bound is 0.6 s
+
+
+def test_an_unresponsive_pump_fails_within_its_bound_with_reasons(tmp_path: Path) -> None:
+    """A pump that accepts the connection and never answers: the run fails within timeout × (retries +
+    1) + one control period (the old loop asked the silent pump to stop, a second full retry round), and
+    every retry warning says why."""
+    timeout_s, retries = 1.0, 2
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+        url = f"modbus-tcp://127.0.0.1:{silent.getsockname()[1]}?timeout={timeout_s:g}&retries={retries}"
+        clock = ScaledClock()
+        config = kernel_config()
+        period_s = float(config.as_dict()["control_period_s"])
+        driver = make_driver(url, clock, period_s, 1.0)
+        loop = ControlLoop(driver, config, clock, Events())
+
+        async def body() -> float:
+            start = time.monotonic()
+            with pytest.raises(TransportError, match="no answer within 1 s after 3 attempts"):
+                await loop.run(InfusionPlan(rate_ml_h=10.0, volume_ml=1.0, syringe_diameter_mm=26.59))
+            return time.monotonic() - start
+
+        elapsed = asyncio.run(body())
+        bound = timeout_s * (retries + 1) + period_s
+        assert timeout_s * (retries + 1) - 0.05 <= elapsed <= bound + 0.5, elapsed
+        # The command line: exit 69 naming the endpoint, and no retry warning without its reason.
+        done = ketapump(
+            "run", "--pump", url, "--rate-ml-h", "10", "--volume-ml", "1", "--log", str(tmp_path / "l")
+        )
+    assert done.returncode == os.EX_UNAVAILABLE, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "failed (attempt" in line]
+    assert len(warnings) == retries + 1
+    assert all("no answer within 1 s" in line for line in warnings), warnings
 
 
 def test_wrong_new_era_address_times_out_naming_the_endpoint(tmp_path: Path) -> None:
