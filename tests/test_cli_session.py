@@ -165,18 +165,23 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
     assert "command" not in events and "checklist_answered" in events
 
 
+def _short_observation_protocol(tmp_path: Path, minutes: float = 5.0) -> Path:
+    protocol = tmp_path / "short-observation.toml"
+    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
+    protocol.write_text(
+        shipped.read_text(encoding="utf-8").replace("min_minutes = 30.0", f"min_minutes = {minutes}"),
+        encoding="utf-8",
+    )
+    return protocol
+
+
 def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_and_records(
     tmp_path: Path,
 ) -> None:
     log, db = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
     # The standard protocol with a 5-min observation, at 60× real time on the simulator (a short
     # transport timeout keeps the pump's watchdog inside its limit at that scale).
-    protocol = tmp_path / "short-observation.toml"
-    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
-    protocol.write_text(
-        shipped.read_text(encoding="utf-8").replace("min_minutes = 30.0", "min_minutes = 5.0"),
-        encoding="utf-8",
-    )
+    protocol = _short_observation_protocol(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
          "--pump", "sim://?timeout=0.02", "--time-scale", "60",
@@ -223,6 +228,76 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
     assert "observation_ended" in names and "session_complete" in names
     show = ketapump("course", "show", "p-9", "--course-db", str(db), "--json")
     assert show.returncode == 0 and "ended_operator" in show.stdout
+
+
+@pytest.mark.parametrize("sigints", [2, 3])
+def test_a_burst_of_sigints_during_the_infusion_still_gives_the_full_observation_and_a_report(
+    tmp_path: Path, sigints: int
+) -> None:
+    """Two or three SIGINTs 0.2 s apart: the first stops the pump, the others are recorded and ignored;
+    the observation runs its full minimum, and the summary, the report and the closing records follow."""
+    log, db, out = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3"), tmp_path / "out"
+    protocol = _short_observation_protocol(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
+         "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", "p-9", "--weight-kg", "70",
+         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while '"phase":"infusion"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the infusion never started"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for _ in range(sigints):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_INTERLOCK, stderr
+    summary = json.loads(stdout)
+    assert summary["outcome"] == "ended_operator" and summary["log_verified"] is True
+    assert summary["observation_min"] >= 5.0
+    assert Path(summary["report"]).is_file() and (out / "series.csv").is_file()
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    refused = [r for r in records if r["event"] == "request_refused" and r.get("request") == "stop"]
+    assert len(refused) == sigints - 1 and all(r["source"] == "signal" for r in refused)
+    assert [r["event"] for r in records][-2:] == ["session_complete", "log_closed"]
+    verify = ketapump("log", "verify", str(log))
+    assert verify.returncode == 0 and f"its end matches {db}" in verify.stdout
+
+
+def test_a_stop_during_take_up_ends_the_infusion_and_is_recorded(tmp_path: Path) -> None:
+    """The documented rule: from take-up on the pump has moved, so the session is in the course history
+    and a stop ends the infusion (exit 3); only a stop before the pump moves aborts (exit 7)."""
+    log, db = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
+    protocol = _short_observation_protocol(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
+         "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", "p-3", "--weight-kg", "70",
+         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while '"phase":"take_up"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "take-up never started"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_INTERLOCK, stderr
+    assert json.loads(stdout)["outcome"] == "ended_operator"
+    show = ketapump("course", "show", "p-3", "--course-db", str(db), "--json")
+    (entry,) = json.loads(show.stdout)["sessions"]
+    assert entry["session"]["outcome"] == "ended_operator"
 
 
 def test_a_file_or_shipped_name_not_found_exits_66_and_invalid_content_65(tmp_path: Path) -> None:

@@ -595,7 +595,9 @@ def test_the_kernel_refuses_a_rate_above_the_hard_dose_rate() -> None:
     assert config.ceiling_ml_h == 140.0
     kernel = _core.SafetyKernel(config)
     kernel.step(0.0, 0.0, 0.0, 0.0)  # first telemetry sample
-    with pytest.raises(ConfigurationError, match=r"^rate_ml_h 141 is above the hard limit max_rate_ml_h \(140\)$"):
+    with pytest.raises(
+        ConfigurationError, match=r"^rate_ml_h 141 is above the hard limit max_rate_ml_h \(140\)$"
+    ):
         kernel.load(141.0, STANDARD.vtbi_ml)
     assert kernel.state == "idle"
     kernel.load(STANDARD.rate_ml_h, STANDARD.vtbi_ml, take_up=False)
