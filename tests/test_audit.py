@@ -23,6 +23,7 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
+from fshelpers import ketapump_on_a_small_disk
 from ketapump.bridge.audit import (
     GENESIS_HASH,
     AuditWriter,
@@ -475,6 +476,33 @@ def test_a_device_is_not_an_audit_log() -> None:
     assert isinstance(info.value, OSError)
     assert isinstance(info.value, KetapumpError)
     assert "/dev/full" not in AuditWriter._registry  # a failed open leaves nothing behind
+
+
+def test_a_full_disk_mid_run_leaves_a_log_that_verifies_up_to_its_marked_end(tmp_path: Path) -> None:
+    """A real run whose log is on a 64 KiB file system: the write that finds the disk full is cut back,
+    the writer marks the end in the space it kept, the pump is stopped, and the log verifies (exit 0)
+    up to the mark instead of ending in half a record."""
+    mount, kept = tmp_path / "small", tmp_path / "kept"
+    done = ketapump_on_a_small_disk(
+        mount, 64, kept,
+        "run", "--pump", "sim://", "--rate-ml-h", "60", "--volume-ml", "10",
+        "--log", str(mount / "run.jsonl"),
+    )  # fmt: skip
+    assert done.returncode == os.EX_IOERR, done.stderr
+    assert "No space left on device (the log's end is marked); the pump was told to stop" in done.stderr
+    log = kept / "run.jsonl"
+    assert log.read_bytes().endswith(b"\n")
+    result = verify(log)
+    assert (result.ok, result.status) == (True, "write_failed"), result
+    failed, closed = _records(log)[-2:]
+    assert (failed["event"], failed["error"], closed["event"]) == (
+        "audit_write_failed",
+        "No space left on device",
+        "log_closed",
+    )
+    assert failed["seq"] == failed["failed_seq"] and closed["records"] == result.records
+    code, out, _ = _run_cli(str(log))
+    assert code == 0 and "incomplete tail marked by its writer" in out
 
 
 def test_write_failure_is_sticky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

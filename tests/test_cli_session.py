@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
+from fshelpers import ketapump_on_a_small_disk
 from ketapump.clinical.course import CourseHistory
 from simhelpers import ketapump, new_course_db
 
@@ -298,6 +299,35 @@ def test_a_stop_during_take_up_ends_the_infusion_and_is_recorded(tmp_path: Path)
     show = ketapump("course", "show", "p-3", "--course-db", str(db), "--json")
     (entry,) = json.loads(show.stdout)["sessions"]
     assert entry["session"]["outcome"] == "ended_operator"
+
+
+def test_a_disk_filling_mid_session_ends_it_with_every_record_closed(tmp_path: Path) -> None:
+    """The audit log on a 64 KiB file system fills during the infusion: the pump is stopped, the session
+    is ended in the course history (not left "in progress"), the report is written, the summary printed
+    (exit 74), and the log verifies up to the end its writer marked, its seal in the history."""
+    db, out = new_course_db(tmp_path / "course.sqlite3"), tmp_path / "out"
+    mount, kept = tmp_path / "small", tmp_path / "kept"
+    done = ketapump_on_a_small_disk(
+        mount, 64, kept,
+        "session", "--protocol", "ketamine-depression", "--patient", "p-5", "--weight-kg", "70", "--yes",
+        "--json", "--course-db", str(db), "--out", str(out), "--log", str(mount / "audit.jsonl"),
+    )  # fmt: skip
+    assert done.returncode == os.EX_IOERR, done.stderr
+    assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["outcome"] == "failed" and summary["log_verified"] is True
+    assert 0.0 < summary["delivered_mg"] < 35.0
+    assert Path(summary["report"]).is_file() and len(summary["plots"]) == 4
+    with CourseHistory.open(db) as course:
+        (session,) = course.sessions("p-5")
+        assert session.outcome == "ended_error" and not session.in_progress
+        assert session.delivered_mg == pytest.approx(summary["delivered_mg"])
+        seal = course.log_seal(session.session_id)
+    log = kept / "audit.jsonl"
+    verify = ketapump("log", "verify", str(log), "--course-db", str(db))
+    assert verify.returncode == 0, verify.stderr
+    assert "incomplete tail marked by its writer" in verify.stdout and "its end matches" in verify.stdout
+    assert seal is not None and seal.records == len(log.read_text(encoding="utf-8").splitlines())
 
 
 def test_a_file_or_shipped_name_not_found_exits_66_and_invalid_content_65(tmp_path: Path) -> None:

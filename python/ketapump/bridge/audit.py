@@ -1023,8 +1023,8 @@ def verify(
     if marked is not None:
         reason = (
             f"incomplete tail marked by its writer: record seq {marked.get('failed_seq')} "
-            f"({marked.get('failed_event')}) could not be written ({marked.get('error')}); "
-            f"the {records} records up to the mark verify"
+            f"({marked.get('failed_event')}) could not be written ({marked.get('error')}) and the writer "
+            f"ended the log there; all {records} records verify"
         )
         return VerifyResult(True, records, last_hash, None, reason, "write_failed", key_id)
     return VerifyResult(True, records, last_hash, None, "", "ok", key_id)
