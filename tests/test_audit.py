@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fshelpers import ketapump_on_a_small_disk
@@ -892,3 +894,108 @@ def test_a_crash_in_a_tick_before_its_commit_loses_that_tick_and_nothing_else(tm
     # Its new rate never reached the pump, and the log says exactly what the pump was told.
     assert sent == [120.0]
     assert [r["rate_ml_h"] for r in records if r["event"] == "command"] == sent
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tampering with a real session log: every edit is caught
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_log(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The lines of a real session's log: ``ketapump run`` of 1 mL on the simulator, as a user runs it."""
+    log = tmp_path_factory.mktemp("real") / "run.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "ketapump", "run", "--pump", "sim://", "--rate-ml-h", "60", "--volume-ml", "1",
+         "--log", str(log)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert verify(log).ok
+    return _lines(log)
+
+
+def _tweak(value: object) -> object:
+    """A different value of the same kind (what an editor would write instead)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 1.5 + 0.25
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, 0]
+    if isinstance(value, dict):
+        return {**value, "added": 1}
+    return 0
+
+
+def _renumbered(lines: list[str], start: int) -> list[str]:
+    """Lines from ``start`` on given consecutive ``seq`` and recomputed ``prev`` and SHA-256 ``hash``:
+    everything an editor without the key can make consistent."""
+    out = lines[:start]
+    prev = json.loads(lines[start - 1])["hash"] if start else GENESIS_HASH
+    seq = json.loads(lines[start - 1])["seq"] + 1 if start else 0
+    for line in lines[start:]:
+        rec = json.loads(line)
+        rec["seq"], rec["prev"] = seq, prev
+        rec["hash"] = prev = record_hash(prev, {k: v for k, v in rec.items() if k not in {"hash", "mac"}})
+        out.append(canonical_json(rec) + "\n")
+        seq += 1
+    return out
+
+
+@st.composite
+def _edits(draw: st.DrawFn, lines: list[str]) -> tuple[str, bytes]:
+    """One edit of the log (what it is, the edited file): change a field, drop, swap or duplicate a
+    record, truncate, or append a forged record; each but truncation optionally re-chained with
+    recomputed SHA-256 hashes, as someone without the key would."""
+    n = len(lines)
+    kind = draw(st.sampled_from(["change", "drop", "swap", "duplicate", "truncate", "append"]))
+    rechain = draw(st.booleans())
+    edited = list(lines)
+    at = draw(st.integers(0, n - 1))
+    if kind == "change":
+        rec = json.loads(edited[at])
+        key = draw(st.sampled_from(sorted(rec)))
+        rec[key] = _tweak(rec[key])
+        edited[at] = canonical_json(rec) + "\n"
+    elif kind == "drop":
+        del edited[at]
+    elif kind == "swap":
+        other = draw(st.integers(0, n - 1).filter(lambda j: edited[j] != edited[at]))
+        edited[at], edited[other] = edited[other], edited[at]
+        at = min(at, other)
+    elif kind == "duplicate":
+        edited.insert(at, edited[at])
+    elif kind == "append":
+        rec = json.loads(edited[draw(st.integers(1, n - 1))])
+        rec["delivered_ml"] = draw(st.floats(0.0, 100.0, allow_nan=False))
+        edited.append(canonical_json(rec) + "\n")
+        at = n
+    if kind == "truncate":
+        data = "".join(lines).encode("utf-8")
+        return f"truncate at byte {at}", data[: draw(st.integers(0, len(data) - 1))]
+    if rechain and edited:
+        edited = _renumbered(edited, min(at, len(edited) - 1))
+    return f"{kind} line {at + 1}{' re-chained' if rechain else ''}", "".join(edited).encode("utf-8")
+
+
+def test_every_random_edit_of_a_real_session_log_is_rejected(real_log: list[str], tmp_path: Path) -> None:
+    """Change, drop, swap, duplicate, truncate or append — with or without every SHA-256 recomputed —
+    and ``log verify`` rejects the log: the chain, the MACs and the closing record leave no edit out."""
+    target = tmp_path / "edited.jsonl"
+
+    @settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(edit=_edits(real_log))
+    def check(edit: tuple[str, bytes]) -> None:
+        what, data = edit
+        assume(data != "".join(real_log).encode("utf-8"))
+        target.write_bytes(data)
+        result = verify(target)
+        assert not result.ok, f"{what}: accepted as {result.status}"
+        assert result.status in {"edited", "forged", "reordered", "truncated", "closing_missing", "empty"}
+
+    check()
