@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_contract import assert_documented
+
 
 @functools.cache
 def _unshare() -> list[str] | None:
@@ -50,7 +52,7 @@ def ketapump_with_read_only(
     refused)."""
     prefix = needs_mount_namespace()
     script = f'mount --bind -o ro {shlex.quote(str(directory))} {shlex.quote(str(directory))} && exec "$@"'
-    return subprocess.run(
+    done = subprocess.run(
         [*prefix, "sh", "-c", script, "sh", sys.executable, "-m", "ketapump", *args],
         capture_output=True,
         text=True,
@@ -58,6 +60,8 @@ def ketapump_with_read_only(
         env=env,
         check=False,
     )
+    assert_documented(args, done.returncode, done.stderr)
+    return done
 
 
 def ketapump_on_a_small_disk(
@@ -83,7 +87,7 @@ def ketapump_on_a_small_disk(
         f"rm -f {m}/.filler; cp -a {m}/. {k}/\n"
         "exit $rc\n"
     )
-    return subprocess.run(
+    done = subprocess.run(
         [*prefix, "sh", "-c", script, "sh", sys.executable, "-m", "ketapump", *args],
         capture_output=True,
         text=True,
@@ -91,3 +95,5 @@ def ketapump_on_a_small_disk(
         env=env or dict(os.environ),
         check=False,
     )
+    assert_documented(args, done.returncode, done.stderr)
+    return done

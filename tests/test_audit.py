@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from cli_contract import assert_documented
 from fshelpers import ketapump_on_a_small_disk
 from ketapump.bridge.audit import (
     GENESIS_HASH,
@@ -42,6 +43,7 @@ from ketapump.bridge.audit import (
 from ketapump.bridge.auditkey import load_key
 from ketapump.cli import app
 from ketapump.errors import AuditWriteError, KetapumpError
+from simhelpers import ketapump
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +77,7 @@ def _write_chain(path: Path, n: int = 5) -> AuditWriter:
 
 def _run_cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, ["log", "verify", *args])
+    assert_documented(["log", "verify", *args], result.exit_code, result.stderr)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -285,13 +288,7 @@ def test_cli_in_a_real_process(tmp_path: Path) -> None:
     _write_chain(log, 4)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ketapump", "log", "verify", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return ketapump("log", "verify", *args, timeout=60)
 
     ok = run(str(log))
     assert ok.returncode == 0, ok.stderr
@@ -905,11 +902,7 @@ def test_a_crash_in_a_tick_before_its_commit_loses_that_tick_and_nothing_else(tm
 def real_log(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The lines of a real session's log: ``ketapump run`` of 1 mL on the simulator, as a user runs it."""
     log = tmp_path_factory.mktemp("real") / "run.jsonl"
-    done = subprocess.run(
-        [sys.executable, "-m", "ketapump", "run", "--pump", "sim://", "--rate-ml-h", "60", "--volume-ml", "1",
-         "--log", str(log)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    done = ketapump("run", "--pump", "sim://", "--rate-ml-h", "60", "--volume-ml", "1", "--log", str(log))
     assert done.returncode == 0, done.stderr
     assert verify(log).ok
     return _lines(log)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
+from cli_contract import assert_documented
 from fshelpers import ketapump_on_a_small_disk
 from ketapump.clinical.course import CourseHistory
 from simhelpers import ketapump, new_course_db
@@ -220,6 +221,7 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert_documented(["session"], proc.returncode, proc.stderr)
     assert proc.returncode == EXIT_INTERLOCK, err
     summary = json.loads(out)
     assert summary["outcome"] == "ended_operator" and summary["log_verified"]
@@ -259,6 +261,7 @@ def test_a_burst_of_sigints_during_the_infusion_still_gives_the_full_observation
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert_documented(["session"], proc.returncode, proc.stderr)
     assert proc.returncode == EXIT_INTERLOCK, stderr
     summary = json.loads(stdout)
     assert summary["outcome"] == "ended_operator" and summary["log_verified"] is True
@@ -294,6 +297,7 @@ def test_a_stop_during_take_up_ends_the_infusion_and_is_recorded(tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert_documented(["session"], proc.returncode, proc.stderr)
     assert proc.returncode == EXIT_INTERLOCK, stderr
     assert json.loads(stdout)["outcome"] == "ended_operator"
     show = ketapump("course", "show", "p-3", "--course-db", str(db), "--json")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli_contract import assert_documented
 from fshelpers import ketapump_with_read_only
 from ketapump.cli import app
 from ketapump.clinical.course import (
@@ -40,6 +41,7 @@ from ketapump.clinical.course import (
     schema,
 )
 from ketapump.errors import CourseError, CourseRecordNotFoundError, KetapumpError
+from simhelpers import ketapump
 
 T0 = dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.UTC)  # a Monday, 09:00 UTC
 US = dt.timedelta(microseconds=1)
@@ -843,6 +845,7 @@ def test_history_survives_a_writer_killed_mid_write(db: Path) -> None:
 
 def _cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, ["course", *args])
+    assert_documented(["course", *args], result.exit_code, result.stderr)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -959,10 +962,7 @@ def test_cli_show_on_an_empty_file_refuses_and_leaves_it_untouched(tmp_path: Pat
 def test_cli_damaged_page_exits_65_without_a_traceback(course_db: Path) -> None:
     _damage_a_table_page(course_db)
     for args in (["show", "p-1"], ["note", "s-1", "hello"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "ketapump", "course", *args, "--course-db", str(course_db)],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+        result = ketapump("course", *args, "--course-db", str(course_db), timeout=120)
         assert result.returncode == os.EX_DATAERR, result.stderr
         assert result.stderr.startswith(f"ketapump: {course_db}: is damaged")
         assert "Traceback" not in result.stderr
@@ -988,23 +988,11 @@ def test_cli_default_database_location_as_a_real_process(course_db: Path, tmp_pa
     for suffix in ("-wal", "-shm"):
         assert not Path(f"{course_db}{suffix}").exists()  # closed cleanly: nothing left beside it
     env = os.environ | {"XDG_DATA_HOME": str(home)}
-    result = subprocess.run(
-        [sys.executable, "-m", "ketapump", "course", "show", "p-1", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    result = ketapump("course", "show", "p-1", "--json", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["initial_series"]["counted"] == 6
-    result = subprocess.run(
-        [sys.executable, "-m", "ketapump", "course", "show", "p-1"],
-        capture_output=True,
-        text=True,
-        env=os.environ | {"XDG_DATA_HOME": str(tmp_path / "empty")},
-        timeout=120,
-        check=False,
+    result = ketapump(
+        "course", "show", "p-1", env=os.environ | {"XDG_DATA_HOME": str(tmp_path / "empty")}, timeout=120
     )
     assert result.returncode == 66
     assert str(tmp_path / "empty" / "ketapump" / "course.sqlite3") in result.stderr

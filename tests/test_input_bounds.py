@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_contract import assert_documented
 from ketapump.bridge import verify
 from ketapump.clinical import CsvVitalsFeed, load_library, load_patient_script, load_protocol
 from ketapump.errors import ConfigurationError
@@ -124,10 +125,12 @@ def _ketapump_in_1_gib(*args: str, timeout: float = 120) -> subprocess.Completed
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "ketapump", *args],
         capture_output=True, text=True, timeout=timeout, preexec_fn=cap, check=False,
     )  # fmt: skip
+    assert_documented(args, done.returncode, done.stderr)
+    return done
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -142,10 +142,9 @@ class OutputPathError(ConfigurationError):
 
 
 def input_exit_code(error: ConfigurationError) -> int:
-    """The sysexits code of refused input: 66 (``EX_NOINPUT``) for a file or shipped name not found,
-    73 (``EX_CANTCREAT``) for an output that cannot be created, 65 (``EX_DATAERR``) for anything invalid."""
-    if isinstance(error, OutputPathError):
-        return os.EX_CANTCREAT
+    """The sysexits code of refused input: 66 (``EX_NOINPUT``) for a file or shipped name not found, 65
+    (``EX_DATAERR``) for anything invalid. An output that cannot be created (:class:`OutputPathError`)
+    is 73 (``EX_CANTCREAT``): the commands that check outputs catch it first."""
     return os.EX_NOINPUT if isinstance(error, DocumentError) and error.not_found else os.EX_DATAERR
 
 

@@ -64,7 +64,7 @@ from ketapump.errors import (
     LimitError,
     TransportError,
 )
-from ketapump.validation import input_exit_code
+from ketapump.validation import OutputPathError, input_exit_code
 
 Sex = Literal["female", "male"]
 
@@ -268,6 +268,8 @@ def session(
             out=out,
             time_scale=time_scale,
         )
+    except OutputPathError as e:
+        raise fail(str(e), os.EX_CANTCREAT) from e
     except ConfigurationError as e:
         raise fail(str(e), input_exit_code(e)) from e
     except CourseError as e:

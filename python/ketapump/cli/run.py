@@ -54,7 +54,7 @@ from ketapump.cli.common import (
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
-from ketapump.validation import check_output_path, input_exit_code
+from ketapump.validation import OutputPathError, check_output_path
 from ketapump.wire import PumpDriver, split_url
 
 #: Seconds between telemetry summaries in the audit log (the recovery points of a resume).
@@ -118,8 +118,10 @@ def run(
         # The order passes the kernel's checks (rate, volume, syringe) before anything is opened.
         _core.SafetyKernel(config).load(rate_ml_h, volume_ml, take_up=take_up)
         check_output_path(path, option="--log", directory=False)
-    except ConfigurationError as e:
-        raise fail(str(e), input_exit_code(e)) from e
+    except OutputPathError as e:
+        raise fail(str(e), os.EX_CANTCREAT) from e
+    except ConfigurationError as e:  # no input file here: every refusal is invalid data
+        raise fail(str(e), os.EX_DATAERR) from e
     if period_s is None and period != float(defaults["control_period_s"]):
         console.print(f"control period {period:g} s of pump time: one tick's round trips at {time_scale:g}×")
     plan = InfusionPlan(
