@@ -445,6 +445,28 @@ def test_an_unresponsive_pump_fails_within_its_bound_with_reasons(tmp_path: Path
     assert all("no answer within 1 s" in line for line in warnings), warnings
 
 
+def test_a_run_is_refused_before_the_pump_is_touched_naming_value_and_limit(tmp_path: Path) -> None:
+    """A rate that would never end (1e-9 mL/h), a port out of range and an unwritable --log are each
+    refused at once, naming the value and the limit, and nothing is written."""
+    log = tmp_path / "run.jsonl"
+    run = ["run", "--pump", "sim://", "--volume-ml", "1", "--log", str(log)]
+    slow = ketapump(*run, "--rate-ml-h", "1e-9")
+    assert slow.returncode == os.EX_DATAERR
+    assert "rate_ml_h 1e-09 is below the minimum min_rate_ml_h (0.1)" in slow.stderr
+    fast = ketapump(*run, "--rate-ml-h", "1000")
+    assert "rate_ml_h 1000 is above the hard limit max_rate_ml_h (120)" in fast.stderr
+    port = ketapump("run", "--pump", "modbus-tcp://127.0.0.1:99999", "--rate-ml-h", "10", "--volume-ml", "1")
+    assert port.returncode == os.EX_DATAERR and "has port 99999, outside [1, 65535]" in port.stderr
+    blocker = tmp_path / "a-file"
+    blocker.touch()
+    unwritable = ketapump(*run[:-1], str(blocker / "run.jsonl"), "--rate-ml-h", "10")
+    assert unwritable.returncode == os.EX_CANTCREAT
+    assert f"--log {blocker / 'run.jsonl'}: cannot create this file: {blocker} is not a directory" in (
+        unwritable.stderr
+    )
+    assert not log.exists()
+
+
 def test_wrong_new_era_address_times_out_naming_the_endpoint(tmp_path: Path) -> None:
     with sim_process("--no-modbus-tcp", "--no-modbus-rtu") as (_proc, endpoints):
         url = f"nesp://{endpoints['nesp_pty']}?address=5&safe=0&timeout=0.3&retries=1"

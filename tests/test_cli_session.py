@@ -20,7 +20,7 @@ import pytest
 from matplotlib import image
 
 from cli_contract import assert_documented
-from fshelpers import ketapump_on_a_small_disk
+from fshelpers import ketapump_on_a_small_disk, ketapump_with_read_only
 from ketapump.clinical.course import CourseHistory
 from simhelpers import ketapump, new_course_db
 
@@ -150,6 +150,80 @@ def test_sessions_on_the_cli_follow_the_course_rules(tmp_path: Path) -> None:
     show = ketapump("course", "show", "p-7", "--course-db", str(db), "--json")
     assert show.returncode == 0, show.stderr
     assert reason in show.stdout
+
+
+def test_the_course_history_cannot_be_emptied_mistyped_or_sidestepped(tmp_path: Path) -> None:
+    """The course rules hold across every way around them: a patient id spelt differently, an emptied
+    database, a mistyped path (each once let a second full dose through)."""
+    db = new_course_db(tmp_path / "base.sqlite3")
+    env = os.environ | {"XDG_STATE_HOME": str(tmp_path / "state")}
+
+    def session(patient: str, course_db: Path = db) -> subprocess.CompletedProcess[str]:
+        return ketapump(
+            "session", "--protocol", "ketamine-depression", "--patient", patient, "--weight-kg", "70",
+            "--yes", "--course-db", str(course_db), "--out", str(tmp_path / "out"), "--json", env=env,
+        )  # fmt: skip
+
+    first = session("pc")
+    assert first.returncode == 0, first.stderr
+    for spelling in ("PC ", " Pc", "pc"):
+        again = session(spelling)
+        assert again.returncode == EXIT_LIMIT, (spelling, again.stderr)
+    show = json.loads(ketapump("course", "show", "PC", "--course-db", str(db), "--json").stdout)
+    assert [e["session"]["patient_id"] for e in show["sessions"]] == ["pc"]
+    bad_id = session("p c")
+    assert bad_id.returncode == os.EX_DATAERR and "is not valid: a patient id is trimmed" in bad_id.stderr
+
+    mistyped = tmp_path / "base.sqlit3"
+    refused = session("pc", mistyped)
+    assert refused.returncode == os.EX_NOINPUT
+    assert f"{mistyped}: no such course database" in refused.stderr and not mistyped.exists()
+
+    db.write_bytes(b"")  # `: > base.sqlite3`
+    refused = session("pc")
+    assert refused.returncode == os.EX_DATAERR, refused.stderr
+    assert f"{db}: is an empty file, not a course database" in refused.stderr
+    assert db.read_bytes() == b"" and "Traceback" not in refused.stderr
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    db = new_course_db(tmp_path / "course.sqlite3")
+    before = db.read_bytes()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    common = ["session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70"]
+    common += ["--yes", "--course-db", str(db)]
+    for args, option in (
+        (["--out", str(blocker / "out"), "--log", str(tmp_path / "log.jsonl")], "--out"),
+        (["--out", str(tmp_path / "out"), "--log", str(blocker / "log.jsonl")], "--log"),
+        (["--out", str(blocker), "--log", str(tmp_path / "log.jsonl")], "--out"),
+    ):
+        done = ketapump(*common, *args)
+        assert done.returncode == os.EX_CANTCREAT, done.stderr
+        assert done.stderr.startswith(f"ketapump: {option} ") and str(blocker) in done.stderr
+        assert not (tmp_path / "log.jsonl").exists() and not (tmp_path / "out").exists()
+    assert db.read_bytes() == before
+
+
+def test_a_read_only_or_damaged_course_database_is_refused_without_a_traceback(tmp_path: Path) -> None:
+    db = new_course_db(tmp_path / "db" / "course.sqlite3")
+    args = ["session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70", "--yes"]
+    args += ["--course-db", str(db), "--log", str(tmp_path / "log.jsonl"), "--out", str(tmp_path / "out")]
+    read_only = ketapump_with_read_only(db.parent, *args)
+    assert read_only.returncode == os.EX_IOERR, read_only.stderr
+    assert read_only.stderr.startswith(f"ketapump: {db}: ") and "Traceback" not in read_only.stderr
+    with db.open("r+b") as f:  # garbage over the schema's page
+        f.seek(100)
+        f.write(b"\xa5" * 3000)
+    damaged = ketapump(*args)
+    assert damaged.returncode == os.EX_DATAERR, damaged.stderr
+    assert f"{db}: " in damaged.stderr and "Traceback" not in damaged.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_number_option_is_a_usage_error() -> None:
+    done = ketapump("session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70kg")
+    assert done.returncode == 2 and "--weight-kg" in done.stderr
 
 
 @pytest.mark.parametrize("answer", ["n"])
