@@ -307,6 +307,27 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
     assert show.returncode == 0 and "ended_operator" in show.stdout
 
 
+def _session_process(tmp_path: Path, patient: str, db: Path, log: Path, out: Path) -> subprocess.Popen[str]:
+    """``ketapump session`` on the simulator at 60× real time (a short transport timeout keeps the pump's
+    watchdog inside its limit at that scale) with a 5-min observation, as a background process."""
+    protocol = _short_observation_protocol(tmp_path)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
+         "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", patient, "--weight-kg", "70",
+         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_phase(proc: subprocess.Popen[str], log: Path, phase: str, poll_s: float = 0.05) -> None:
+    """Returns once the session's log records the start of ``phase``."""
+    deadline = time.monotonic() + 120
+    while f'"phase":"{phase}"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{phase} never started"
+        time.sleep(poll_s)
+
+
 @pytest.mark.parametrize("sigints", [2, 3])
 def test_a_burst_of_sigints_during_the_infusion_still_gives_the_full_observation_and_a_report(
     tmp_path: Path, sigints: int
@@ -314,19 +335,9 @@ def test_a_burst_of_sigints_during_the_infusion_still_gives_the_full_observation
     """Two or three SIGINTs 0.2 s apart: the first stops the pump, the others are recorded and ignored;
     the observation runs its full minimum, and the summary, the report and the closing records follow."""
     log, db, out = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3"), tmp_path / "out"
-    protocol = _short_observation_protocol(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
-         "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", "p-9", "--weight-kg", "70",
-         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = _session_process(tmp_path, "p-9", db, log, out)
     try:
-        deadline = time.monotonic() + 120
-        while '"phase":"infusion"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the infusion never started"
-            time.sleep(0.05)
+        _wait_for_phase(proc, log, "infusion")
         time.sleep(0.5)
         for _ in range(sigints):
             proc.send_signal(signal.SIGINT)
@@ -353,19 +364,9 @@ def test_a_stop_during_take_up_ends_the_infusion_and_is_recorded(tmp_path: Path)
     """The documented rule: from take-up on the pump has moved, so the session is in the course history
     and a stop ends the infusion (exit 3); only a stop before the pump moves aborts (exit 7)."""
     log, db = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
-    protocol = _short_observation_protocol(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
-         "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", "p-3", "--weight-kg", "70",
-         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(tmp_path / "out")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = _session_process(tmp_path, "p-3", db, log, tmp_path / "out")
     try:
-        deadline = time.monotonic() + 120
-        while '"phase":"take_up"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "take-up never started"
-            time.sleep(0.01)
+        _wait_for_phase(proc, log, "take_up", poll_s=0.01)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=180)
     finally:

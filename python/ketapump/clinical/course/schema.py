@@ -13,8 +13,14 @@ writes to a file that is not a current course database:
   an I/O error, locked by another writer for too long).
 
 The schema is :data:`STEPS`, applied in order: a new database runs every step, a migration the steps
-above the file's version, in one transaction. A step is one self-contained change; a new version adds a
-step, never edits an old one.
+above the file's version, in one transaction (:func:`_apply_steps`, shared by both). A step is one
+self-contained change; a new version adds a step, never edits an old one. Adding version N:
+
+1. write ``_STEP_N`` (its DDL) and ``_step_N(conn, stamp)`` (runs it, then moves any existing rows; it
+   must not commit: it runs inside the migration's transaction, so a failure leaves the file unchanged);
+2. register it in :data:`STEPS` (``SCHEMA_VERSION`` follows);
+3. add a test that migrates a version N-1 file and opens the result (``tests/test_course.py``'s
+   ``_version_1_database`` shows how to build an older file: its steps, its ``user_version``, rows).
 """
 
 from __future__ import annotations
@@ -347,12 +353,20 @@ def create_schema(conn: sqlite3.Connection, at: _dt.datetime) -> str:
     created = _stamp("course database", "at", at)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
+    _apply_steps(conn, 0, created)
+    return str(conn.execute("SELECT database_id FROM database_identity").fetchone()[0])
+
+
+def _apply_steps(conn: sqlite3.Connection, version: int, stamp: str) -> None:
+    """The steps above ``version`` in one transaction, the header marked current; then checkpointed, so
+    the file itself (not only its WAL) carries the new version. Version 0 is a new database: it must be
+    empty inside the transaction (another process cannot slip its own schema in between)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             raise CourseError("course database", "is not empty")
-        for version in sorted(STEPS):
-            STEPS[version](conn, created)
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            STEPS[step](conn, stamp)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
@@ -360,8 +374,8 @@ def create_schema(conn: sqlite3.Connection, at: _dt.datetime) -> str:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA wal_checkpoint(FULL)")
-    return str(conn.execute("SELECT database_id FROM database_identity").fetchone()[0])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -398,18 +412,7 @@ def migrate_file(where: Path, *, at: _dt.datetime) -> Migration:
             check_integrity(conn, subject)
             backup = where.with_name(f"{where.name}.v{version}-{stamp.replace(':', '')}.bak")
             _backup(conn, backup)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    STEPS[step](conn, stamp)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA wal_checkpoint(FULL)")
+            _apply_steps(conn, version, stamp)
         except sqlite3.Error as e:
             raise sqlite_error(subject, e) from e
     finally:
