@@ -483,10 +483,19 @@ def test_a_full_disk_mid_run_leaves_a_log_that_verifies_up_to_its_marked_end(tmp
     up to the mark instead of ending in half a record."""
     mount, kept = tmp_path / "small", tmp_path / "kept"
     done = ketapump_on_a_small_disk(
-        mount, 64, kept,
-        "run", "--pump", "sim://", "--rate-ml-h", "60", "--volume-ml", "10",
-        "--log", str(mount / "run.jsonl"),
-    )  # fmt: skip
+        mount,
+        64,
+        kept,
+        "run",
+        "--pump",
+        "sim://",
+        "--rate-ml-h",
+        "60",
+        "--volume-ml",
+        "30",
+        "--log",
+        str(mount / "run.jsonl"),
+    )  # fmt: skip  (a 30-min run logs ~140 KB: the disk fills at about half of it)
     assert done.returncode == os.EX_IOERR, done.stderr
     assert "No space left on device (the log's end is marked); the pump was told to stop" in done.stderr
     log = kept / "run.jsonl"
@@ -500,8 +509,41 @@ def test_a_full_disk_mid_run_leaves_a_log_that_verifies_up_to_its_marked_end(tmp
         "log_closed",
     )
     assert failed["seq"] == failed["failed_seq"] and closed["records"] == result.records
+    assert failed["lost_records"] >= 1  # a tick's group commit: all of its records, none on disk
     code, out, _ = _run_cli(str(log))
     assert code == 0 and "incomplete tail marked by its writer" in out
+
+
+def test_a_group_commit_that_finds_the_disk_full_is_cut_back_and_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick's records fail together: the chain goes back to the last record on disk, the mark names the
+    first lost record and how many were lost, and the file verifies up to the mark."""
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    writer.write("session_started", rate_ml_h=5.0)
+    on_disk = writer.next_seq
+    real_write, calls = os.write, [0]
+
+    def full_once(fd: int, data: bytes | memoryview) -> int:
+        calls[0] += 1
+        if calls[0] == 1:  # the group's one write: half of it lands, then the disk is full
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    with pytest.raises(AuditWriteError, match="No space left on device"), record_group():
+        for i in range(4):
+            writer.write("state_transition", i=i)
+        monkeypatch.setattr(os, "write", full_once)
+    monkeypatch.undo()
+    writer.close()
+    failed, closed = _records(log)[-2:]
+    assert (failed["event"], failed["seq"], failed["failed_seq"]) == ("audit_write_failed", on_disk, on_disk)
+    assert (failed["failed_event"], failed["lost_records"]) == ("state_transition", 4)
+    assert closed["event"] == "log_closed" and closed["records"] == on_disk + 2
+    result = verify(log)
+    assert (result.ok, result.status, result.records) == (True, "write_failed", on_disk + 2), result
 
 
 def test_write_failure_is_sticky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -883,7 +925,7 @@ def test_a_crash_in_a_tick_before_its_commit_loses_that_tick_and_nothing_else(tm
     records, sent = crash(tmp_path / "crashed", f"tick:{tick}")
 
     def content(r: dict[str, object]) -> dict[str, object]:
-        return {k: v for k, v in r.items() if k not in {"timestamp", "mono_ns", "prev", "hash", "pid"}}
+        return {k: v for k, v in r.items() if k not in {"timestamp", "mono_ns", "prev", "hash", "mac", "pid"}}
 
     # Everything before the killed tick is on disk, whole and in order; nothing of that tick is.
     assert [content(r) for r in records] == [content(r) for r in reference[: len(records)]]
