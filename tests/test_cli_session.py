@@ -251,20 +251,44 @@ def _short_observation_protocol(tmp_path: Path, minutes: float = 5.0) -> Path:
     return protocol
 
 
+def _session_process(tmp_path: Path, patient: str, db: Path, log: Path, out: Path) -> subprocess.Popen[str]:
+    """``ketapump session`` on the simulator at 60× real time (a short transport timeout keeps the pump's
+    watchdog inside its limit at that scale) with a 5-min observation, as a background process."""
+    protocol = _short_observation_protocol(tmp_path)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
+         "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", patient, "--weight-kg", "70",
+         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_phase(proc: subprocess.Popen[str], log: Path, phase: str, poll_s: float = 0.05) -> None:
+    """Returns once the session's log records the start of ``phase``."""
+    deadline = time.monotonic() + 120
+    while f'"phase":"{phase}"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{phase} never started"
+        time.sleep(poll_s)
+
+
+def _end_session(proc: subprocess.Popen[str], timeout: float = 180) -> tuple[str, str]:
+    """Waits for a background session to end (killed if it outlasts ``timeout``); its exit code must be
+    one the README documents. Returns its stdout and stderr."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_documented(["session"], proc.returncode, stderr)
+    return stdout, stderr
+
+
 def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_and_records(
     tmp_path: Path,
 ) -> None:
     log, db = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
-    # The standard protocol with a 5-min observation, at 60× real time on the simulator (a short
-    # transport timeout keeps the pump's watchdog inside its limit at that scale).
-    protocol = _short_observation_protocol(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
-         "--pump", "sim://?timeout=0.02", "--time-scale", "60",
-         "--patient", "p-9", "--weight-kg", "70", "--yes", "--json",
-         "--course-db", str(db), "--log", str(log), "--out", str(tmp_path / "out")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = _session_process(tmp_path, "p-9", db, log, tmp_path / "out")
 
     def events() -> list[dict[str, object]]:
         return (
@@ -291,11 +315,10 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
         wait_for("resumed")
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert_documented(["session"], proc.returncode, proc.stderr)
+    except BaseException:
+        proc.kill()
+        raise
+    out, err = _end_session(proc)
     assert proc.returncode == EXIT_INTERLOCK, err
     summary = json.loads(out)
     assert summary["outcome"] == "ended_operator" and summary["log_verified"]
@@ -305,27 +328,6 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
     assert "observation_ended" in names and "session_complete" in names
     show = ketapump("course", "show", "p-9", "--course-db", str(db), "--json")
     assert show.returncode == 0 and "ended_operator" in show.stdout
-
-
-def _session_process(tmp_path: Path, patient: str, db: Path, log: Path, out: Path) -> subprocess.Popen[str]:
-    """``ketapump session`` on the simulator at 60× real time (a short transport timeout keeps the pump's
-    watchdog inside its limit at that scale) with a 5-min observation, as a background process."""
-    protocol = _short_observation_protocol(tmp_path)
-    return subprocess.Popen(
-        [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
-         "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", patient, "--weight-kg", "70",
-         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def _wait_for_phase(proc: subprocess.Popen[str], log: Path, phase: str, poll_s: float = 0.05) -> None:
-    """Returns once the session's log records the start of ``phase``."""
-    deadline = time.monotonic() + 120
-    while f'"phase":"{phase}"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{phase} never started"
-        time.sleep(poll_s)
 
 
 @pytest.mark.parametrize("sigints", [2, 3])
@@ -342,11 +344,10 @@ def test_a_burst_of_sigints_during_the_infusion_still_gives_the_full_observation
         for _ in range(sigints):
             proc.send_signal(signal.SIGINT)
             time.sleep(0.2)
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert_documented(["session"], proc.returncode, proc.stderr)
+    except BaseException:
+        proc.kill()
+        raise
+    stdout, stderr = _end_session(proc)
     assert proc.returncode == EXIT_INTERLOCK, stderr
     summary = json.loads(stdout)
     assert summary["outcome"] == "ended_operator" and summary["log_verified"] is True
@@ -368,11 +369,10 @@ def test_a_stop_during_take_up_ends_the_infusion_and_is_recorded(tmp_path: Path)
     try:
         _wait_for_phase(proc, log, "take_up", poll_s=0.01)
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert_documented(["session"], proc.returncode, proc.stderr)
+    except BaseException:
+        proc.kill()
+        raise
+    stdout, stderr = _end_session(proc)
     assert proc.returncode == EXIT_INTERLOCK, stderr
     assert json.loads(stdout)["outcome"] == "ended_operator"
     show = ketapump("course", "show", "p-3", "--course-db", str(db), "--json")
