@@ -31,9 +31,7 @@ def verify_command(
     ] = None,
     key_file: Annotated[
         Path | None,
-        typer.Option(
-            help="The audit key that wrote it (default: this installation's, see docs/audit-log.md)."
-        ),
+        typer.Option(help="The audit key that wrote it (default: this installation's key)."),
     ] = None,
     course_db: Annotated[
         Path | None,
