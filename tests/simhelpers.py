@@ -7,6 +7,7 @@ import contextlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -118,3 +119,10 @@ def ketapump(
     )
     assert_documented(args, done.returncode, done.stderr)
     return done
+
+
+def new_course_db(path: Path) -> Path:
+    """A new, empty course database at ``path``, made as a user makes one (``ketapump course init``)."""
+    done = ketapump("course", "init", str(path))
+    assert done.returncode == 0, done.stderr
+    return path

@@ -21,11 +21,16 @@ from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from cli_contract import assert_documented
+from fshelpers import ketapump_on_a_small_disk
 from ketapump.bridge.audit import (
     GENESIS_HASH,
     AuditWriter,
+    Seal,
     VerifyResult,
     audit_logger,
     canonical_json,
@@ -35,8 +40,10 @@ from ketapump.bridge.audit import (
     remove_diagnostics,
     verify,
 )
+from ketapump.bridge.auditkey import load_key
 from ketapump.cli import app
 from ketapump.errors import AuditWriteError, KetapumpError
+from simhelpers import ketapump
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +66,8 @@ def _records(path: Path) -> list[dict[str, object]]:
 
 
 def _write_chain(path: Path, n: int = 5) -> AuditWriter:
-    """A log_opened record followed by ``n`` rate_set records (lines 2..n+1), closed again."""
+    """A log_opened record followed by ``n`` rate_set records (lines 2..n+1), closed again (log_closed,
+    line n+2)."""
     writer = AuditWriter.open(path)
     for i in range(n):
         writer.write("rate_set", pump_id="p1", rate_ml_h=1.5 + i, operator="op-7")
@@ -69,6 +77,7 @@ def _write_chain(path: Path, n: int = 5) -> AuditWriter:
 
 def _run_cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, ["log", "verify", *args])
+    assert_documented(["log", "verify", *args], result.exit_code, result.stderr)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -81,18 +90,21 @@ def test_chain_verifies_and_records_are_well_formed(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     writer = _write_chain(log, 5)
     result = verify(log)
-    assert result == VerifyResult(True, 6, writer.last_hash, None, "")
+    assert result == VerifyResult(True, 7, writer.last_hash, None, "", "ok", writer.key_id)
     recs = _records(log)
-    assert [r["seq"] for r in recs] == list(range(6))
+    assert [r["seq"] for r in recs] == list(range(7))
     assert recs[0]["event"] == "log_opened"
     assert recs[0]["prev"] == GENESIS_HASH
     assert recs[0]["chain_from"] is None
+    assert recs[0]["key_id"] == writer.key_id == load_key().key_id
+    assert (recs[-1]["event"], recs[-1]["records"]) == ("log_closed", 7)
     for before, rec in itertools.pairwise(recs):
         assert rec["prev"] == before["hash"]
     for line, rec in zip(_lines(log), recs, strict=True):
         assert line == canonical_json(rec) + "\n"
-        body = {k: v for k, v in rec.items() if k != "hash"}
+        body = {k: v for k, v in rec.items() if k not in {"hash", "mac"}}
         assert rec["hash"] == record_hash(str(rec["prev"]), body)
+        assert load_key().verifies(str(rec["hash"]), str(rec["mac"]))
         assert str(rec["timestamp"]).endswith("Z")
         assert isinstance(rec["mono_ns"], int)
     assert [r["mono_ns"] for r in recs] == sorted(r["mono_ns"] for r in recs)  # type: ignore[type-var]
@@ -103,7 +115,7 @@ def test_cli_reports_ok_with_record_count_and_final_hash(tmp_path: Path) -> None
     writer = _write_chain(log, 3)
     code, out, err = _run_cli(str(log))
     assert code == 0, err
-    assert out.strip() == f"OK: 4 records, final hash {writer.last_hash}"
+    assert out.strip() == f"OK: 5 records, final hash {writer.last_hash}"
 
 
 def _edit_field(path: Path) -> int:
@@ -155,7 +167,7 @@ def _reformat(path: Path) -> int:
         (_edit_field, "hash mismatch"),
         (_delete_line, "seq 3 follows seq 1 (expected 2)"),
         (_swap_lines, "seq 3 follows seq 1 (expected 2)"),
-        (_truncate_last, "truncated last line"),
+        (_truncate_last, "incomplete last write"),
         (_non_json, "not valid JSON"),
         (_reformat, "not in canonical form"),
     ],
@@ -187,19 +199,71 @@ def test_deleting_the_first_line_is_reported_at_line_1(tmp_path: Path) -> None:
     assert "expected 'log_opened' seq 0" in result.reason
 
 
-def test_recomputed_hash_with_broken_link_is_caught(tmp_path: Path) -> None:
-    """An editor who also recomputes the record's own hash still breaks the next line's prev link."""
+def _rechain(lines: list[str], start: int) -> list[str]:
+    """What someone without the key can do: recompute every SHA-256 from line ``start`` (0-based) on."""
+    out = lines[:start]
+    prev = json.loads(lines[start - 1])["hash"] if start else GENESIS_HASH
+    for line in lines[start:]:
+        rec = json.loads(line)
+        rec["prev"] = prev
+        rec["hash"] = prev = record_hash(prev, {k: v for k, v in rec.items() if k not in {"hash", "mac"}})
+        out.append(canonical_json(rec) + "\n")
+    return out
+
+
+def test_an_edit_rechained_to_the_end_is_caught_as_forged(tmp_path: Path) -> None:
+    """An editor who recomputes the edited record's hash and every later link still lacks the key."""
     log = tmp_path / "audit.jsonl"
     _write_chain(log, 4)
     lines = _lines(log)
     rec = json.loads(lines[2])
     rec["rate_ml_h"] = 0.1
-    rec["hash"] = record_hash(rec["prev"], {k: v for k, v in rec.items() if k != "hash"})
     lines[2] = canonical_json(rec) + "\n"
-    log.write_text("".join(lines), encoding="utf-8")
+    log.write_text("".join(_rechain(lines, 2)), encoding="utf-8")
     result = verify(log)
-    assert (result.bad_line, result.records) == (4, 3)
-    assert "prev does not match the hash of line 3" in result.reason
+    assert (result.ok, result.status, result.bad_line, result.records) == (False, "forged", 3, 2)
+    assert "forged (bad MAC)" in result.reason
+    code, _, err = _run_cli(str(log))
+    assert code == os.EX_DATAERR and f"{log}: line 3: forged (bad MAC)" in err
+
+
+def test_a_forged_record_appended_with_its_hash_recomputed_is_caught(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write_chain(log, 3)
+    lines = _lines(log)
+    forged = json.loads(lines[-1]) | {"event": "rate_set", "rate_ml_h": 1.0, "seq": len(lines)}
+    lines.append(canonical_json(forged) + "\n")
+    log.write_text("".join(_rechain(lines, len(lines) - 1)), encoding="utf-8")
+    result = verify(log)
+    assert (result.status, result.bad_line, result.records) == ("forged", len(lines), len(lines) - 1)
+
+
+def test_dropped_closing_records_are_caught(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    writer = _write_chain(log, 3)
+    lines = _lines(log)
+    log.write_text("".join(lines[:-2]), encoding="utf-8")  # a whole-line cut: every record still authentic
+    result = verify(log)
+    assert (result.ok, result.status, result.records) == (False, "closing_missing", 3)
+    assert "closing records missing after record 3" in result.reason
+    # A seal stored elsewhere when the log was closed catches a cut back to an earlier closed state too.
+    log.write_text("".join(lines), encoding="utf-8")
+    assert verify(log, seal=Seal(writer.next_seq, writer.last_hash, "the course history")).ok
+    sealed = verify(log, seal=Seal(writer.next_seq + 2, "0" * 64, "the course history"))
+    assert sealed.status == "closing_missing"
+    assert "the course history recorded 7 records" in sealed.reason
+
+
+def test_a_log_written_with_another_key_cannot_be_authenticated(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    other = load_key(tmp_path / "other.key", create=True)
+    writer = AuditWriter.open(log, key=other)
+    writer.write("rate_set", rate_ml_h=1.0)
+    writer.close()
+    assert verify(log, key=other).ok
+    result = verify(log)
+    assert (result.ok, result.status, result.bad_line) == (False, "unauthenticated", 1)
+    assert other.key_id in result.reason
 
 
 def test_empty_file_fails_verification(tmp_path: Path) -> None:
@@ -224,17 +288,11 @@ def test_cli_in_a_real_process(tmp_path: Path) -> None:
     _write_chain(log, 4)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ketapump", "log", "verify", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return ketapump("log", "verify", *args, timeout=60)
 
     ok = run(str(log))
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith("OK: 5 records, final hash ")
+    assert ok.stdout.startswith("OK: 6 records, final hash ")
     _delete_line(log)
     bad = run(str(log))
     assert bad.returncode == 65
@@ -252,13 +310,13 @@ def test_reopen_continues_seq_and_chain(tmp_path: Path) -> None:
     first = _write_chain(log, 3)
     second = AuditWriter.open(log)
     assert second is not first
-    assert second.next_seq == 5  # 0..3 written, seq 4 is the log_reopened record
+    assert second.next_seq == 6  # 0..4 written (4: log_closed), seq 5 is the log_reopened record
     second.write("alarm_raised", alarm="occlusion")
     second.close()
     recs = _records(log)
-    assert [r["seq"] for r in recs] == list(range(6))
-    assert recs[4]["event"] == "log_reopened"
-    assert recs[4]["prev"] == first.last_hash
+    assert [r["seq"] for r in recs] == list(range(8))
+    assert recs[5]["event"] == "log_reopened"
+    assert recs[5]["prev"] == first.last_hash
     assert verify(log).ok
 
 
@@ -355,10 +413,11 @@ def test_concurrent_threads_leave_one_valid_chain(tmp_path: Path) -> None:
     for th in threads:
         th.join()
     assert errors == []
+    AuditWriter.open(log).close()
     result = verify(log)
     assert result.ok, result
-    assert result.records == 1 + n_threads * per_thread
-    recs = _records(log)[1:]
+    assert result.records == 2 + n_threads * per_thread
+    recs = _records(log)[1:-1]
     for t in range(n_threads):
         assert [r["i"] for r in recs if r["thread"] == t] == list(range(per_thread))
 
@@ -408,14 +467,83 @@ def test_missing_directory_fails_open_naming_the_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_full_device_fails_with_audit_write_error() -> None:
+def test_a_device_is_not_an_audit_log() -> None:
     with pytest.raises(AuditWriteError) as info:
         AuditWriter.open("/dev/full")
     assert info.value.path == "/dev/full"
-    assert "No space left on device" in str(info.value)
+    assert "is not a regular file" in str(info.value)
     assert isinstance(info.value, OSError)
     assert isinstance(info.value, KetapumpError)
     assert "/dev/full" not in AuditWriter._registry  # a failed open leaves nothing behind
+
+
+def test_a_full_disk_mid_run_leaves_a_log_that_verifies_up_to_its_marked_end(tmp_path: Path) -> None:
+    """A real run whose log is on a 64 KiB file system: the write that finds the disk full is cut back,
+    the writer marks the end in the space it kept, the pump is stopped, and the log verifies (exit 0)
+    up to the mark instead of ending in half a record."""
+    mount, kept = tmp_path / "small", tmp_path / "kept"
+    done = ketapump_on_a_small_disk(
+        mount,
+        64,
+        kept,
+        "run",
+        "--pump",
+        "sim://",
+        "--rate-ml-h",
+        "60",
+        "--volume-ml",
+        "30",
+        "--log",
+        str(mount / "run.jsonl"),
+    )  # fmt: skip  (a 30-min run logs ~140 KB: the disk fills at about half of it)
+    assert done.returncode == os.EX_IOERR, done.stderr
+    assert "No space left on device (the log's end is marked); the pump was told to stop" in done.stderr
+    log = kept / "run.jsonl"
+    assert log.read_bytes().endswith(b"\n")
+    result = verify(log)
+    assert (result.ok, result.status) == (True, "write_failed"), result
+    failed, closed = _records(log)[-2:]
+    assert (failed["event"], failed["error"], closed["event"]) == (
+        "audit_write_failed",
+        "No space left on device",
+        "log_closed",
+    )
+    assert failed["seq"] == failed["failed_seq"] and closed["records"] == result.records
+    assert failed["lost_records"] >= 1  # a tick's group commit: all of its records, none on disk
+    code, out, _ = _run_cli(str(log))
+    assert code == 0 and "incomplete tail marked by its writer" in out
+
+
+def test_a_group_commit_that_finds_the_disk_full_is_cut_back_and_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick's records fail together: the chain goes back to the last record on disk, the mark names the
+    first lost record and how many were lost, and the file verifies up to the mark."""
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter.open(log)
+    writer.write("session_started", rate_ml_h=5.0)
+    on_disk = writer.next_seq
+    real_write, calls = os.write, [0]
+
+    def full_once(fd: int, data: bytes | memoryview) -> int:
+        calls[0] += 1
+        if calls[0] == 1:  # the group's one write: half of it lands, then the disk is full
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    with pytest.raises(AuditWriteError, match="No space left on device"), record_group():
+        for i in range(4):
+            writer.write("state_transition", i=i)
+        monkeypatch.setattr(os, "write", full_once)
+    monkeypatch.undo()
+    writer.close()
+    failed, closed = _records(log)[-2:]
+    assert (failed["event"], failed["seq"], failed["failed_seq"]) == ("audit_write_failed", on_disk, on_disk)
+    assert (failed["failed_event"], failed["lost_records"]) == ("state_transition", 4)
+    assert closed["event"] == "log_closed" and closed["records"] == on_disk + 2
+    result = verify(log)
+    assert (result.ok, result.status, result.records) == (True, "write_failed", on_disk + 2), result
 
 
 def test_write_failure_is_sticky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -481,6 +609,7 @@ def test_non_finite_values_are_written_as_valid_json(tmp_path: Path) -> None:
         "-inf",
         {"v": [1.0, "nan"]},
     )
+    writer.close()
     assert verify(log).ok
 
 
@@ -489,6 +618,7 @@ def test_field_values_round_trip_through_the_hash(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     writer = AuditWriter.open(log)
     writer.write("odd_values", t=(1, 2), p=tmp_path, m={1: "a"}, s="bad\udc80", big=10**30, tiny=1e-300)
+    writer.close()
     assert verify(log).ok
 
 
@@ -522,6 +652,7 @@ def test_bound_logger_writes_bound_context(tmp_path: Path) -> None:
     )
     assert (rec2["level"], rec2["pressure_kpa"], rec2["session_id"]) == ("warning", "nan", "s-1")
     assert rec2["seq"] == rec1["seq"] + 1  # type: ignore[operator]
+    writer.close()
     assert verify(log).ok
 
 
@@ -550,6 +681,7 @@ def test_exception_is_recorded_as_structured_traceback(tmp_path: Path) -> None:
     assert rec["level"] == "error"
     assert "pump did not answer" in json.dumps(rec["exception"])
     assert secret not in _lines(log)[-1]
+    AuditWriter.open(log).close()
     assert verify(log).ok
 
 
@@ -580,6 +712,7 @@ def test_diagnostics_go_to_their_own_stream_not_the_audit_file(tmp_path: Path) -
     assert "retrying" not in audit_text
     assert "reconnect" not in audit_text
     assert "rate_command" not in stream.getvalue()
+    AuditWriter.open(log).close()
     assert verify(log).ok
 
 
@@ -633,9 +766,10 @@ def test_a_group_is_chained_at_once_and_written_with_one_fsync_per_commit(
         writer.write("command_failed", consecutive=1)
         assert len(_lines(log)) == 6
     assert fsyncs == [writer._fd] * 2 and writer.syncs == 3  # log_opened, the commit, the exit
+    writer.close()  # log_closed ends the file
     result = verify(log)
-    assert result.ok and result.records == 8 and result.final_hash == writer.last_hash
-    assert [r["seq"] for r in _records(log)] == list(range(8))
+    assert result.ok and result.records == 9 and result.final_hash == writer.last_hash
+    assert [r["seq"] for r in _records(log)] == list(range(9))
 
 
 def test_a_block_inside_an_open_group_joins_it_and_an_empty_group_writes_nothing(
@@ -667,7 +801,8 @@ def test_a_write_from_another_thread_is_durable_when_it_returns(tmp_path: Path, 
         other.join()
         assert [r["event"] for r in _records(log)] == ["log_opened", "tick", "operator_note"]
         writer.write("tick", n=2)
-    assert verify(log).ok and verify(log).records == 4
+    writer.close()
+    assert verify(log).ok and verify(log).records == 5
 
 
 def test_an_edit_inside_a_group_committed_file_is_caught(tmp_path: Path) -> None:
@@ -707,7 +842,7 @@ def test_close_commits_what_a_group_still_holds(tmp_path: Path) -> None:
     with record_group():
         writer.write("session_ended")
         writer.close()
-    assert [r["event"] for r in _records(log)] == ["log_opened", "session_ended"]
+    assert [r["event"] for r in _records(log)] == ["log_opened", "session_ended", "log_closed"]
     assert verify(log).ok
 
 
@@ -764,9 +899,13 @@ def crash(tmp_path: Path, where: str) -> tuple[list[dict[str, object]], list[flo
         check=False,
     )
     assert run.returncode == -9, run.stdout + run.stderr
+    records = _records(log)
     result = verify(log)
-    assert result.ok, result  # whole records only: the crash cut between two group commits
-    return _records(log), [float(line) for line in sent.read_text().split()]
+    # Whole, authentic records only (the crash cut between two group commits); a killed writer never
+    # wrote log_closed, and verify says exactly that after the last of them.
+    assert result.status == "closing_missing" and result.records == len(records), result
+    assert result.bad_line == len(records) + 1 and "the log ends without log_closed" in result.reason
+    return records, [float(line) for line in sent.read_text().split()]
 
 
 def test_a_crash_while_the_pump_is_being_commanded_finds_the_command_on_disk(tmp_path: Path) -> None:
@@ -786,7 +925,7 @@ def test_a_crash_in_a_tick_before_its_commit_loses_that_tick_and_nothing_else(tm
     records, sent = crash(tmp_path / "crashed", f"tick:{tick}")
 
     def content(r: dict[str, object]) -> dict[str, object]:
-        return {k: v for k, v in r.items() if k not in {"timestamp", "mono_ns", "prev", "hash", "pid"}}
+        return {k: v for k, v in r.items() if k not in {"timestamp", "mono_ns", "prev", "hash", "mac", "pid"}}
 
     # Everything before the killed tick is on disk, whole and in order; nothing of that tick is.
     assert [content(r) for r in records] == [content(r) for r in reference[: len(records)]]
@@ -794,3 +933,104 @@ def test_a_crash_in_a_tick_before_its_commit_loses_that_tick_and_nothing_else(tm
     # Its new rate never reached the pump, and the log says exactly what the pump was told.
     assert sent == [120.0]
     assert [r["rate_ml_h"] for r in records if r["event"] == "command"] == sent
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tampering with a real session log: every edit is caught
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_log(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The lines of a real session's log: ``ketapump run`` of 1 mL on the simulator, as a user runs it."""
+    log = tmp_path_factory.mktemp("real") / "run.jsonl"
+    done = ketapump("run", "--pump", "sim://", "--rate-ml-h", "60", "--volume-ml", "1", "--log", str(log))
+    assert done.returncode == 0, done.stderr
+    assert verify(log).ok
+    return _lines(log)
+
+
+def _tweak(value: object) -> object:
+    """A different value of the same kind (what an editor would write instead)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 1.5 + 0.25
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, 0]
+    if isinstance(value, dict):
+        return {**value, "added": 1}
+    return 0
+
+
+def _renumbered(lines: list[str], start: int) -> list[str]:
+    """Lines from ``start`` on given consecutive ``seq`` and recomputed ``prev`` and SHA-256 ``hash``:
+    everything an editor without the key can make consistent."""
+    out = lines[:start]
+    prev = json.loads(lines[start - 1])["hash"] if start else GENESIS_HASH
+    seq = json.loads(lines[start - 1])["seq"] + 1 if start else 0
+    for line in lines[start:]:
+        rec = json.loads(line)
+        rec["seq"], rec["prev"] = seq, prev
+        rec["hash"] = prev = record_hash(prev, {k: v for k, v in rec.items() if k not in {"hash", "mac"}})
+        out.append(canonical_json(rec) + "\n")
+        seq += 1
+    return out
+
+
+@st.composite
+def _edits(draw: st.DrawFn, lines: list[str]) -> tuple[str, bytes]:
+    """One edit of the log (what it is, the edited file): change a field, drop, swap or duplicate a
+    record, truncate, or append a forged record; each but truncation optionally re-chained with
+    recomputed SHA-256 hashes, as someone without the key would."""
+    n = len(lines)
+    kind = draw(st.sampled_from(["change", "drop", "swap", "duplicate", "truncate", "append"]))
+    rechain = draw(st.booleans())
+    edited = list(lines)
+    at = draw(st.integers(0, n - 1))
+    if kind == "change":
+        rec = json.loads(edited[at])
+        key = draw(st.sampled_from(sorted(rec)))
+        rec[key] = _tweak(rec[key])
+        edited[at] = canonical_json(rec) + "\n"
+    elif kind == "drop":
+        del edited[at]
+    elif kind == "swap":
+        other = draw(st.integers(0, n - 1).filter(lambda j: edited[j] != edited[at]))
+        edited[at], edited[other] = edited[other], edited[at]
+        at = min(at, other)
+    elif kind == "duplicate":
+        edited.insert(at, edited[at])
+    elif kind == "append":
+        rec = json.loads(edited[draw(st.integers(1, n - 1))])
+        rec["delivered_ml"] = draw(st.floats(0.0, 100.0, allow_nan=False))
+        edited.append(canonical_json(rec) + "\n")
+        at = n
+    if kind == "truncate":
+        data = "".join(lines).encode("utf-8")
+        return f"truncate at byte {at}", data[: draw(st.integers(0, len(data) - 1))]
+    if rechain and edited:
+        edited = _renumbered(edited, min(at, len(edited) - 1))
+    return f"{kind} line {at + 1}{' re-chained' if rechain else ''}", "".join(edited).encode("utf-8")
+
+
+def test_every_random_edit_of_a_real_session_log_is_rejected(real_log: list[str], tmp_path: Path) -> None:
+    """Change, drop, swap, duplicate, truncate or append — with or without every SHA-256 recomputed —
+    and ``log verify`` rejects the log: the chain, the MACs and the closing record leave no edit out."""
+    target = tmp_path / "edited.jsonl"
+
+    @settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(edit=_edits(real_log))
+    def check(edit: tuple[str, bytes]) -> None:
+        what, data = edit
+        assume(data != "".join(real_log).encode("utf-8"))
+        target.write_bytes(data)
+        result = verify(target)
+        assert not result.ok, f"{what}: accepted as {result.status}"
+        assert result.status in {"edited", "forged", "reordered", "truncated", "closing_missing", "empty"}
+
+    check()

@@ -20,7 +20,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from ketapump import _core
-from ketapump.bridge import audit
+from ketapump.bridge import RecoveryError, audit, make_driver, recover_delivered_ml
 from ketapump.bridge.loop import ControlLoop, InfusionPlan
 from ketapump.clock import ScaledClock, VirtualClock
 from ketapump.config import kernel_config
@@ -245,32 +245,117 @@ def test_killed_bridge_stops_the_pump_by_its_watchdog_and_a_resume_recovers(tmp_
         assert recovered[0]["recovered_ml"] > 0.04
         # The resumed run continues the same session, and the second file continues the first one's chain.
         first_session = {json.loads(line).get("session_id") for line in first.read_text().splitlines()[1:]}
-        assert first_session == {r["session_id"] for r in records[1:]}
+        assert first_session == {r["session_id"] for r in records[1:-1]}
+        assert records[-1]["event"] == "log_closed" and audit.verify(second).ok
         chained = audit.verify(second, expect_prev=audit.verify(first).final_hash)
         assert chained.ok, chained.reason
 
 
-def test_resume_is_refused_when_pump_and_record_disagree(tmp_path: Path) -> None:
+def _killed_run(endpoint: str, log: Path, *args: str) -> None:
+    """``ketapump run`` on the pump at ``endpoint`` until it infuses for real, then killed outright (its
+    record ends without its closing records, as a crash leaves it)."""
+    bridge = subprocess.Popen(
+        [sys.executable, "-m", "ketapump", "run", "--pump", f"modbus-tcp://{endpoint}?unit=1", "--json",
+         "--log", str(log), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and asyncio.run(pump_register(endpoint, "infused_ml")) < 0.05:
+            assert bridge.poll() is None, bridge.communicate()
+            time.sleep(0.1)
+        # A telemetry summary after the start (the recovery point, 10 s in) is in the record before the kill.
+        while sum('"event":"telemetry"' in line for line in log.read_text().splitlines()) < 2:
+            assert bridge.poll() is None, bridge.communicate()
+            time.sleep(0.1)
+    finally:
+        bridge.kill()
+        bridge.communicate()
+    assert audit.verify(log).status == "closing_missing"
+
+
+def test_a_resume_is_bound_to_its_record_order_and_pump(tmp_path: Path) -> None:
+    """A resume continues exactly the recorded session on the recorded pump: every mismatch is refused
+    with the field named (exit 65), before the pump is touched."""
+    order = ("--rate-ml-h", "120", "--volume-ml", "1")
     with sim_process("--no-modbus-rtu", "--no-nesp") as (_proc, endpoints):
+        endpoint = str(endpoints["modbus_tcp"])
+        url = f"modbus-tcp://{endpoint}?unit=1"
+        record = tmp_path / "first.jsonl"
+        _killed_run(endpoint, record, *order)
+
+        def resume(*args: str, record: Path = record) -> subprocess.CompletedProcess[str]:
+            new = tmp_path / f"resume-{len(list(tmp_path.iterdir()))}.jsonl"
+            return ketapump("run", "--pump", url, "--resume", str(record), "--log", str(new), *args)
+
+        for args, field in (
+            (("--rate-ml-h", "120", "--volume-ml", "50"), "volume_ml 50 is not the recorded 1"),
+            (("--rate-ml-h", "60", "--volume-ml", "1"), "rate_ml_h 60 is not the recorded 120"),
+            ((*order, "--syringe", "bd-plastipak-20"), "syringe_diameter_mm"),
+        ):
+            refused = resume(*args)
+            assert refused.returncode == os.EX_DATAERR, refused.stderr
+            assert "cannot resume: the order does not match the session record" in refused.stderr
+            assert field in refused.stderr
+        # An edited record: one telemetry summary's counter changed (the chain and the MAC catch it).
+        edited = tmp_path / "edited.jsonl"
+        lines = record.read_text().splitlines(keepends=True)
+        at = next(i for i, line in enumerate(lines) if '"event":"telemetry"' in line)
+        lines[at] = lines[at].replace('"pump_infused_ml":', '"pump_infused_ml":1', 1)
+        edited.write_text("".join(lines))
+        refused = resume(*order, record=edited)
+        assert refused.returncode == os.EX_DATAERR
+        assert f"line {at + 1}: hash mismatch" in refused.stderr and "fails verification" in refused.stderr
+        # Nothing above touched the pump: the record's own resume still recovers and completes.
+        done = resume(*order, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["session_delivered_ml"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_resume_on_another_pump_or_a_fresh_one_is_refused(tmp_path: Path) -> None:
+    order = ("--rate-ml-h", "120", "--volume-ml", "1")
+    record = tmp_path / "first.jsonl"
+    with sim_process("--no-modbus-rtu", "--no-nesp") as (_proc, endpoints):
+        _killed_run(str(endpoints["modbus_tcp"]), record, *order)
+    # Another session's record, continued on another pump (serial 2): refused by the pump's identity.
+    scenario = tmp_path / "other-pump.toml"
+    scenario.write_text("schema_version = 1\n[pump]\nserial = 2\n", encoding="utf-8")
+    with sim_process("--no-modbus-rtu", "--no-nesp", "--scenario", str(scenario)) as (_proc, endpoints):
         url = f"modbus-tcp://{endpoints['modbus_tcp']}?unit=1"
-        record = tmp_path / "other.jsonl"
-        writer = audit.AuditWriter.open(record)
-        writer.write(
-            "telemetry",
-            session_id="a-recorded-session",
-            delivered_ml=3.0,
-            session_delivered_ml=3.0,
-            pump_infused_ml=3.0,  # this fresh pump has infused nothing: not the recorded session
-            pump_infused_ml_at_start=0.0,
+        refused = ketapump(
+            "run", "--pump", url, *order, "--resume", str(record), "--log", str(tmp_path / "b.jsonl")
         )
-        writer.close()
+        assert refused.returncode == os.EX_DATAERR, refused.stderr
+        assert "not the pump of the session record" in refused.stderr
+        assert "serial_number 2 is not the recorded 1" in refused.stderr
+    # The same model and serial, freshly powered: its counter is below the record.
+    with sim_process("--no-modbus-rtu", "--no-nesp") as (_proc, endpoints):
         asyncio.run(acknowledge(str(endpoints["modbus_tcp"])))  # not a power loss: the counters are live
-        result = ketapump(
-            "run", "--pump", url, "--rate-ml-h", "60", "--volume-ml", "5", "--resume", str(record),
-            "--log", str(tmp_path / "new.jsonl"),
-        )  # fmt: skip
-        assert result.returncode == os.EX_DATAERR
-        assert "below the record" in result.stderr
+        url = f"modbus-tcp://{endpoints['modbus_tcp']}?unit=1"
+        refused = ketapump(
+            "run", "--pump", url, *order, "--resume", str(record), "--log", str(tmp_path / "c.jsonl")
+        )
+        assert refused.returncode == os.EX_DATAERR
+        assert "below the record" in refused.stderr
+
+
+def test_the_recovery_window_is_the_recorded_rate_not_the_new_one() -> None:
+    records = [
+        {"event": "session_started", "rate_ml_h": 6.0},
+        {
+            "event": "telemetry",
+            "pump_infused_ml": 1.0,
+            "pump_infused_ml_at_start": 0.0,
+            "delivered_ml": 1.0,
+            "session_delivered_ml": 1.0,
+        },
+    ]
+    slack_s = 20.0
+    # At 6 mL/h, 20 s deliver 0.033 mL: a counter 0.5 mL on is more than the recorded session could do.
+    with pytest.raises(RecoveryError, match="exceeds what the session could have delivered"):
+        recover_delivered_ml(records, 1.5, frozenset(), rate_ml_h=6.0, slack_s=slack_s)
+    # (At the 1200 mL/h ceiling the same counter would pass: the window must come from the record.)
+    assert recover_delivered_ml(records, 1.5, frozenset(), rate_ml_h=1200.0, slack_s=slack_s) == 1.5
 
 
 # ----- the audit log of a real run ---------------------------------------------------------------
@@ -326,6 +411,62 @@ def test_unreachable_endpoints_fail_fast_naming_the_endpoint(url: str, tmp_path:
     assert elapsed < 10  # interpreter start-up included; the transport's own bound is 0.6 s
 
 
+def test_an_unresponsive_pump_fails_within_its_bound_with_reasons(tmp_path: Path) -> None:
+    """A pump that accepts the connection and never answers: the run fails within timeout × (retries +
+    1) + one control period (the old loop asked the silent pump to stop, a second full retry round), and
+    every retry warning says why."""
+    timeout_s, retries = 1.0, 2
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+        url = f"modbus-tcp://127.0.0.1:{silent.getsockname()[1]}?timeout={timeout_s:g}&retries={retries}"
+        clock = ScaledClock()
+        config = kernel_config()
+        period_s = float(config.as_dict()["control_period_s"])
+        driver = make_driver(url, clock, period_s, 1.0)
+        loop = ControlLoop(driver, config, clock, Events())
+
+        async def body() -> float:
+            start = time.monotonic()
+            with pytest.raises(TransportError, match="no answer within 1 s after 3 attempts"):
+                await loop.run(InfusionPlan(rate_ml_h=10.0, volume_ml=1.0, syringe_diameter_mm=26.59))
+            return time.monotonic() - start
+
+        elapsed = asyncio.run(body())
+        bound = timeout_s * (retries + 1) + period_s
+        assert timeout_s * (retries + 1) - 0.05 <= elapsed <= bound + 0.5, elapsed
+        # The command line: exit 69 naming the endpoint, and no retry warning without its reason.
+        done = ketapump(
+            "run", "--pump", url, "--rate-ml-h", "10", "--volume-ml", "1", "--log", str(tmp_path / "l")
+        )
+    assert done.returncode == os.EX_UNAVAILABLE, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "failed (attempt" in line]
+    assert len(warnings) == retries + 1
+    assert all("no answer within 1 s" in line for line in warnings), warnings
+
+
+def test_a_run_is_refused_before_the_pump_is_touched_naming_value_and_limit(tmp_path: Path) -> None:
+    """A rate that would never end (1e-9 mL/h), a port out of range and an unwritable --log are each
+    refused at once, naming the value and the limit, and nothing is written."""
+    log = tmp_path / "run.jsonl"
+    run = ["run", "--pump", "sim://", "--volume-ml", "1", "--log", str(log)]
+    slow = ketapump(*run, "--rate-ml-h", "1e-9")
+    assert slow.returncode == os.EX_DATAERR
+    assert "rate_ml_h 1e-09 is below the minimum min_rate_ml_h (0.1)" in slow.stderr
+    fast = ketapump(*run, "--rate-ml-h", "1000")
+    assert "rate_ml_h 1000 is above the hard limit max_rate_ml_h (120)" in fast.stderr
+    port = ketapump("run", "--pump", "modbus-tcp://127.0.0.1:99999", "--rate-ml-h", "10", "--volume-ml", "1")
+    assert port.returncode == os.EX_DATAERR and "has port 99999, outside [1, 65535]" in port.stderr
+    blocker = tmp_path / "a-file"
+    blocker.touch()
+    unwritable = ketapump(*run[:-1], str(blocker / "run.jsonl"), "--rate-ml-h", "10")
+    assert unwritable.returncode == os.EX_CANTCREAT
+    assert f"--log {blocker / 'run.jsonl'}: cannot create this file: {blocker} is not a directory" in (
+        unwritable.stderr
+    )
+    assert not log.exists()
+
+
 def test_wrong_new_era_address_times_out_naming_the_endpoint(tmp_path: Path) -> None:
     with sim_process("--no-modbus-tcp", "--no-modbus-rtu") as (_proc, endpoints):
         url = f"nesp://{endpoints['nesp_pty']}?address=5&safe=0&timeout=0.3&retries=1"
@@ -372,6 +513,8 @@ def test_records_carry_session_and_pump_ids(tmp_path: Path) -> None:
         == 0
     )
     records = [json.loads(line) for line in log.read_text().splitlines()][1:]
+    closing = records.pop()
+    assert closing["event"] == "log_closed" and closing["records"] == len(records) + 2
     sessions = {r["session_id"] for r in records}
     assert len(sessions) == 1 and all(r["pump"] == "sim://" for r in records)
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))

@@ -37,6 +37,7 @@ from cli_contract import (
 from ketapump import _core
 from ketapump.cli import app
 from simhelpers import ketapump as run_cli
+from simhelpers import new_course_db
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -213,7 +214,7 @@ def test_results_go_to_stdout_and_progress_to_stderr(tmp_path: Path) -> None:
 
 
 def test_a_session_without_yes_and_no_terminal_exits_with_the_pre_check_code(tmp_path: Path) -> None:
-    out, log, db = tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
+    out, log, db = tmp_path / "out", tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
     args = ["session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70"]
     args += ["--out", str(out), "--log", str(log), "--course-db", str(db)]
     # stdin at its end (an empty pipe, /dev/null), or no stdin at all (its descriptor closed).
@@ -230,7 +231,9 @@ def test_a_session_without_yes_and_no_terminal_exits_with_the_pre_check_code(tmp
         assert "checklist item not answered: baseline vitals recorded" in done.stderr
         assert "stdin is not a terminal" in done.stderr and "--yes" in done.stderr
         assert "Aborted" not in done.stderr
-        assert not out.exists() and not log.exists() and not db.exists()
+        assert not out.exists() and not log.exists()
+        unknown = run_cli("course", "show", "p", "--course-db", str(db))  # nothing in the course history
+        assert unknown.returncode == os.EX_NOINPUT, unknown.stderr
 
 
 def test_a_sex_that_is_not_female_or_male_is_a_usage_error() -> None:

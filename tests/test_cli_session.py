@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from matplotlib import image
 
+from cli_contract import assert_documented
+from fshelpers import ketapump_on_a_small_disk, ketapump_with_read_only
 from ketapump.clinical.course import CourseHistory
-from simhelpers import ketapump
+from simhelpers import ketapump, new_course_db
 
 EXIT_INTERLOCK, EXIT_LIMIT, EXIT_ABORTED = 3, 6, 7
 
@@ -123,7 +125,7 @@ def test_sessions_on_the_cli_follow_the_course_rules(tmp_path: Path) -> None:
     env = os.environ | {"XDG_STATE_HOME": str(tmp_path / "state")}
     # The patient's previous session started 30 h ago (the course history, written through its API).
     started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=30)
-    with CourseHistory.open(db) as course:
+    with CourseHistory.create(db, at=started) as course:
         course.ensure_patient("p-7", 70.0, None, at=started)
         course.begin_session("earlier", "p-7", "ketamine-depression", started, 35.0)
         course.end_session("earlier", started + datetime.timedelta(minutes=45), 35.0, "complete")
@@ -150,13 +152,87 @@ def test_sessions_on_the_cli_follow_the_course_rules(tmp_path: Path) -> None:
     assert reason in show.stdout
 
 
+def test_the_course_history_cannot_be_emptied_mistyped_or_sidestepped(tmp_path: Path) -> None:
+    """The course rules hold across every way around them: a patient id spelt differently, an emptied
+    database, a mistyped path (each once let a second full dose through)."""
+    db = new_course_db(tmp_path / "base.sqlite3")
+    env = os.environ | {"XDG_STATE_HOME": str(tmp_path / "state")}
+
+    def session(patient: str, course_db: Path = db) -> subprocess.CompletedProcess[str]:
+        return ketapump(
+            "session", "--protocol", "ketamine-depression", "--patient", patient, "--weight-kg", "70",
+            "--yes", "--course-db", str(course_db), "--out", str(tmp_path / "out"), "--json", env=env,
+        )  # fmt: skip
+
+    first = session("pc")
+    assert first.returncode == 0, first.stderr
+    for spelling in ("PC ", " Pc", "pc"):
+        again = session(spelling)
+        assert again.returncode == EXIT_LIMIT, (spelling, again.stderr)
+    show = json.loads(ketapump("course", "show", "PC", "--course-db", str(db), "--json").stdout)
+    assert [e["session"]["patient_id"] for e in show["sessions"]] == ["pc"]
+    bad_id = session("p c")
+    assert bad_id.returncode == os.EX_DATAERR and "is not valid: a patient id is trimmed" in bad_id.stderr
+
+    mistyped = tmp_path / "base.sqlit3"
+    refused = session("pc", mistyped)
+    assert refused.returncode == os.EX_NOINPUT
+    assert f"{mistyped}: no such course database" in refused.stderr and not mistyped.exists()
+
+    db.write_bytes(b"")  # `: > base.sqlite3`
+    refused = session("pc")
+    assert refused.returncode == os.EX_DATAERR, refused.stderr
+    assert f"{db}: is an empty file, not a course database" in refused.stderr
+    assert db.read_bytes() == b"" and "Traceback" not in refused.stderr
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    db = new_course_db(tmp_path / "course.sqlite3")
+    before = db.read_bytes()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    common = ["session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70"]
+    common += ["--yes", "--course-db", str(db)]
+    for args, option in (
+        (["--out", str(blocker / "out"), "--log", str(tmp_path / "log.jsonl")], "--out"),
+        (["--out", str(tmp_path / "out"), "--log", str(blocker / "log.jsonl")], "--log"),
+        (["--out", str(blocker), "--log", str(tmp_path / "log.jsonl")], "--out"),
+    ):
+        done = ketapump(*common, *args)
+        assert done.returncode == os.EX_CANTCREAT, done.stderr
+        assert done.stderr.startswith(f"ketapump: {option} ") and str(blocker) in done.stderr
+        assert not (tmp_path / "log.jsonl").exists() and not (tmp_path / "out").exists()
+    assert db.read_bytes() == before
+
+
+def test_a_read_only_or_damaged_course_database_is_refused_without_a_traceback(tmp_path: Path) -> None:
+    db = new_course_db(tmp_path / "db" / "course.sqlite3")
+    args = ["session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70", "--yes"]
+    args += ["--course-db", str(db), "--log", str(tmp_path / "log.jsonl"), "--out", str(tmp_path / "out")]
+    read_only = ketapump_with_read_only(db.parent, *args)
+    assert read_only.returncode == os.EX_IOERR, read_only.stderr
+    assert read_only.stderr.startswith(f"ketapump: {db}: ") and "Traceback" not in read_only.stderr
+    with db.open("r+b") as f:  # garbage over the schema's page
+        f.seek(100)
+        f.write(b"\xa5" * 3000)
+    damaged = ketapump(*args)
+    assert damaged.returncode == os.EX_DATAERR, damaged.stderr
+    assert f"{db}: " in damaged.stderr and "Traceback" not in damaged.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_number_option_is_a_usage_error() -> None:
+    done = ketapump("session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70kg")
+    assert done.returncode == 2 and "--weight-kg" in done.stderr
+
+
 @pytest.mark.parametrize("answer", ["n"])
 def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_moves(
     tmp_path: Path, answer: str
 ) -> None:
     done = ketapump(
         "session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70",
-        "--course-db", str(tmp_path / "c.sqlite3"), "--log", str(tmp_path / "log.jsonl"),
+        "--course-db", str(new_course_db(tmp_path / "c.sqlite3")), "--log", str(tmp_path / "log.jsonl"),
         "--out", str(tmp_path / "out"), stdin=f"{answer}\n" * 8, timeout=120,
     )  # fmt: skip
     assert done.returncode == EXIT_ABORTED, done.stderr
@@ -165,25 +241,54 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
     assert "command" not in events and "checklist_answered" in events
 
 
-def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_and_records(
-    tmp_path: Path,
-) -> None:
-    log, db = tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
-    # The standard protocol with a 5-min observation, at 60× real time on the simulator (a short
-    # transport timeout keeps the pump's watchdog inside its limit at that scale).
+def _short_observation_protocol(tmp_path: Path, minutes: float = 5.0) -> Path:
     protocol = tmp_path / "short-observation.toml"
     shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
     protocol.write_text(
-        shipped.read_text(encoding="utf-8").replace("min_minutes = 30.0", "min_minutes = 5.0"),
+        shipped.read_text(encoding="utf-8").replace("min_minutes = 30.0", f"min_minutes = {minutes}"),
         encoding="utf-8",
     )
-    proc = subprocess.Popen(
+    return protocol
+
+
+def _session_process(tmp_path: Path, patient: str, db: Path, log: Path, out: Path) -> subprocess.Popen[str]:
+    """``ketapump session`` on the simulator at 60× real time (a short transport timeout keeps the pump's
+    watchdog inside its limit at that scale) with a 5-min observation, as a background process."""
+    protocol = _short_observation_protocol(tmp_path)
+    return subprocess.Popen(
         [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
-         "--pump", "sim://?timeout=0.02", "--time-scale", "60",
-         "--patient", "p-9", "--weight-kg", "70", "--yes", "--json",
-         "--course-db", str(db), "--log", str(log), "--out", str(tmp_path / "out")],
+         "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", patient, "--weight-kg", "70",
+         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def _wait_for_phase(proc: subprocess.Popen[str], log: Path, phase: str, poll_s: float = 0.05) -> None:
+    """Returns once the session's log records the start of ``phase``."""
+    deadline = time.monotonic() + 120
+    while f'"phase":"{phase}"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{phase} never started"
+        time.sleep(poll_s)
+
+
+def _end_session(proc: subprocess.Popen[str], timeout: float = 180) -> tuple[str, str]:
+    """Waits for a background session to end (killed if it outlasts ``timeout``); its exit code must be
+    one the README documents. Returns its stdout and stderr."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_documented(["session"], proc.returncode, stderr)
+    return stdout, stderr
+
+
+def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_and_records(
+    tmp_path: Path,
+) -> None:
+    log, db = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
+    proc = _session_process(tmp_path, "p-9", db, log, tmp_path / "out")
 
     def events() -> list[dict[str, object]]:
         return (
@@ -210,10 +315,10 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
         wait_for("resumed")
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    except BaseException:
+        proc.kill()
+        raise
+    out, err = _end_session(proc)
     assert proc.returncode == EXIT_INTERLOCK, err
     summary = json.loads(out)
     assert summary["outcome"] == "ended_operator" and summary["log_verified"]
@@ -223,6 +328,85 @@ def test_signals_pause_resume_and_stop_a_running_session_which_still_observes_an
     assert "observation_ended" in names and "session_complete" in names
     show = ketapump("course", "show", "p-9", "--course-db", str(db), "--json")
     assert show.returncode == 0 and "ended_operator" in show.stdout
+
+
+@pytest.mark.parametrize("sigints", [2, 3])
+def test_a_burst_of_sigints_during_the_infusion_still_gives_the_full_observation_and_a_report(
+    tmp_path: Path, sigints: int
+) -> None:
+    """Two or three SIGINTs 0.2 s apart: the first stops the pump, the others are recorded and ignored;
+    the observation runs its full minimum, and the summary, the report and the closing records follow."""
+    log, db, out = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3"), tmp_path / "out"
+    proc = _session_process(tmp_path, "p-9", db, log, out)
+    try:
+        _wait_for_phase(proc, log, "infusion")
+        time.sleep(0.5)
+        for _ in range(sigints):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+    except BaseException:
+        proc.kill()
+        raise
+    stdout, stderr = _end_session(proc)
+    assert proc.returncode == EXIT_INTERLOCK, stderr
+    summary = json.loads(stdout)
+    assert summary["outcome"] == "ended_operator" and summary["log_verified"] is True
+    assert summary["observation_min"] >= 5.0
+    assert Path(summary["report"]).is_file() and (out / "series.csv").is_file()
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    refused = [r for r in records if r["event"] == "request_refused" and r.get("request") == "stop"]
+    assert len(refused) == sigints - 1 and all(r["source"] == "signal" for r in refused)
+    assert [r["event"] for r in records][-2:] == ["session_complete", "log_closed"]
+    verify = ketapump("log", "verify", str(log))
+    assert verify.returncode == 0 and f"its end matches {db}" in verify.stdout
+
+
+def test_a_stop_during_take_up_ends_the_infusion_and_is_recorded(tmp_path: Path) -> None:
+    """The documented rule: from take-up on the pump has moved, so the session is in the course history
+    and a stop ends the infusion (exit 3); only a stop before the pump moves aborts (exit 7)."""
+    log, db = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
+    proc = _session_process(tmp_path, "p-3", db, log, tmp_path / "out")
+    try:
+        _wait_for_phase(proc, log, "take_up", poll_s=0.01)
+        proc.send_signal(signal.SIGTERM)
+    except BaseException:
+        proc.kill()
+        raise
+    stdout, stderr = _end_session(proc)
+    assert proc.returncode == EXIT_INTERLOCK, stderr
+    assert json.loads(stdout)["outcome"] == "ended_operator"
+    show = ketapump("course", "show", "p-3", "--course-db", str(db), "--json")
+    (entry,) = json.loads(show.stdout)["sessions"]
+    assert entry["session"]["outcome"] == "ended_operator"
+
+
+def test_a_disk_filling_mid_session_ends_it_with_every_record_closed(tmp_path: Path) -> None:
+    """The audit log on a 64 KiB file system fills during the infusion: the pump is stopped, the session
+    is ended in the course history (not left "in progress"), the report is written, the summary printed
+    (exit 74), and the log verifies up to the end its writer marked, its seal in the history."""
+    db, out = new_course_db(tmp_path / "course.sqlite3"), tmp_path / "out"
+    mount, kept = tmp_path / "small", tmp_path / "kept"
+    done = ketapump_on_a_small_disk(
+        mount, 64, kept,
+        "session", "--protocol", "ketamine-depression", "--patient", "p-5", "--weight-kg", "70", "--yes",
+        "--json", "--course-db", str(db), "--out", str(out), "--log", str(mount / "audit.jsonl"),
+    )  # fmt: skip
+    assert done.returncode == os.EX_IOERR, done.stderr
+    assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["outcome"] == "failed" and summary["log_verified"] is True
+    assert 0.0 < summary["delivered_mg"] < 35.0
+    assert Path(summary["report"]).is_file() and len(summary["plots"]) == 4
+    with CourseHistory.open(db) as course:
+        (session,) = course.sessions("p-5")
+        assert session.outcome == "ended_error" and not session.in_progress
+        assert session.delivered_mg == pytest.approx(summary["delivered_mg"])
+        seal = course.log_seal(session.session_id)
+    log = kept / "audit.jsonl"
+    verify = ketapump("log", "verify", str(log), "--course-db", str(db))
+    assert verify.returncode == 0, verify.stderr
+    assert "incomplete tail marked by its writer" in verify.stdout and "its end matches" in verify.stdout
+    assert seal is not None and seal.records == len(log.read_text(encoding="utf-8").splitlines())
 
 
 def test_a_file_or_shipped_name_not_found_exits_66_and_invalid_content_65(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_every_numeric_field_refuses_non_finite(field: str, bad: float) -> None:
         kernel_config(**{field: bad})
     assert info.value.field == field
     assert info.value.problem == "must be a finite number"
-    assert str(info.value) == f"{field} must be a finite number"
+    assert str(info.value) == f"{field} {bad} must be a finite number"
 
 
 @pytest.mark.parametrize("field", FLOAT_FIELDS)
@@ -39,8 +39,9 @@ def test_every_numeric_field_refuses_negative(field: str) -> None:
 
 
 def test_zero_syringe_diameter_names_the_field() -> None:
-    with pytest.raises(ConfigurationError, match=r"^syringe_diameter_mm is below the allowed minimum$"):
+    with pytest.raises(ConfigurationError) as info:
         kernel_config(syringe_diameter_mm=0.0)
+    assert str(info.value) == "syringe_diameter_mm 0 is below the allowed minimum (0)"
 
 
 def test_nan_rate_limit_names_the_field() -> None:
@@ -54,10 +55,11 @@ def test_hard_limit_below_soft_limit_names_both() -> None:
         kernel_config(max_rate_ml_h=150.0, hard_max_rate_ml_h=100.0)
     assert info.value.field == "max_rate_ml_h"
     assert info.value.problem == "is above the hard limit hard_max_rate_ml_h"
+    assert str(info.value) == "max_rate_ml_h 150 is above the hard limit hard_max_rate_ml_h (100)"
 
 
 def test_occlusion_threshold_above_its_hard_limit() -> None:
-    with pytest.raises(ConfigurationError, match="occlusion_threshold_mmhg is above the hard limit"):
+    with pytest.raises(ConfigurationError, match="occlusion_threshold_mmhg 1200 is above the hard limit"):
         kernel_config(occlusion_threshold_mmhg=1200.0)
 
 
@@ -120,8 +122,26 @@ def test_bad_program_is_refused_and_nothing_changes(rate: float, vtbi: float, fi
 
 def test_program_above_cumulative_cap_is_refused() -> None:
     kernel = _core.SafetyKernel(kernel_config(prior_delivered_mg=100.0))
-    with pytest.raises(ConfigurationError, match="vtbi_ml is above the hard limit hard_cap_mg"):
+    with pytest.raises(ConfigurationError, match=r"vtbi_ml 35 is above the hard limit hard_cap_mg \(20\)"):
         kernel.load(52.5, 35.0)
+
+
+@pytest.mark.parametrize(
+    ("rate", "message"),
+    [
+        (5000.0, "rate_ml_h 5000 is above the allowed maximum (2000)"),
+        (1000.0, "rate_ml_h 1000 is above the hard limit max_rate_ml_h (120)"),
+        (1e-9, "rate_ml_h 1e-09 is below the minimum min_rate_ml_h (0.1)"),
+        (0.0, "rate_ml_h 0 is below the allowed minimum (0)"),
+        (math.inf, "rate_ml_h inf must be a finite number"),
+    ],
+)
+def test_every_refused_rate_names_its_value_and_the_limit(rate: float, message: str) -> None:
+    """A ÷1000 slip is refused like a ×1000 one (a program at 1e-9 mL/h would never end)."""
+    with pytest.raises(ConfigurationError) as info:
+        _core.SafetyKernel(kernel_config()).load(rate, 1.0)
+    assert str(info.value) == message
+    assert info.value.value == rate or math.isnan(rate)
 
 
 def test_configuration_error_is_a_value_error() -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli_contract import assert_documented
+from fshelpers import ketapump_with_read_only
 from ketapump.cli import app
 from ketapump.clinical.course import (
     APPLICATION_ID,
@@ -34,8 +36,12 @@ from ketapump.clinical.course import (
     Session,
     default_course_path,
     load_course_settings,
+    near_patient_ids,
+    normalise_patient_id,
+    schema,
 )
 from ketapump.errors import CourseError, CourseRecordNotFoundError, KetapumpError
+from simhelpers import ketapump
 
 T0 = dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.UTC)  # a Monday, 09:00 UTC
 US = dt.timedelta(microseconds=1)
@@ -52,7 +58,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def history(db: Path) -> Iterator[CourseHistory]:
-    with CourseHistory.open(db) as h:
+    with CourseHistory.create(db, at=T0 - DAY) as h:
         h.ensure_patient("p-1", 70.0, 175.0, at=T0 - DAY)
         yield h
 
@@ -87,16 +93,24 @@ def test_default_path_follows_xdg_data_home(monkeypatch: pytest.MonkeyPatch, tmp
     assert default_course_path() == tmp_path / "home" / ".local" / "share" / "ketapump" / "course.sqlite3"
 
 
-def test_default_path_is_used_and_created_on_first_open(
+def test_the_default_path_is_used_and_a_database_is_created_only_explicitly(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    where = tmp_path / "xdg" / "ketapump" / "course.sqlite3"
+    with pytest.raises(CourseRecordNotFoundError, match=r"no such course database.*ketapump course init"):
+        CourseHistory.open()
+    assert not where.parent.exists()  # opening never creates, not even the directory
+    with CourseHistory.create(at=T0) as made:
+        assert made.path == where
+        made_id = made.database_id
     with CourseHistory.open() as h:
-        assert h.path == tmp_path / "xdg" / "ketapump" / "course.sqlite3"
-    assert (tmp_path / "xdg" / "ketapump" / "course.sqlite3").is_file()
+        assert (h.path, h.database_id) == (where, made_id)
+    with pytest.raises(CourseError, match="exists already"):
+        CourseHistory.create(at=T0)  # never over a file, not even its own
 
 
-def test_new_file_gets_schema_version_and_durable_settings(history: CourseHistory, db: Path) -> None:
+def test_new_file_gets_schema_version_identity_and_durable_settings(history: CourseHistory, db: Path) -> None:
     conn = history._conn
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -107,41 +121,214 @@ def test_new_file_gets_schema_version_and_durable_settings(history: CourseHistor
         assert raw.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert tables == {"patients", "sessions", "alarms", "notes", "overrides"}
+        assert tables == {
+            "patients", "sessions", "alarms", "notes", "overrides", "database_identity", "log_seals"
+        }  # fmt: skip
+        (database_id,) = raw.execute("SELECT database_id FROM database_identity").fetchone()
+        assert database_id == history.database_id and len(database_id) == 32
+        with pytest.raises(sqlite3.DatabaseError, match="never changes"):
+            raw.execute("UPDATE database_identity SET database_id = ?", ("0" * 32,))
     finally:
         raw.close()
+    # Two databases never share an id: a log names the one history it was checked against.
+    with CourseHistory.create(db.with_name("other.sqlite3"), at=T0) as other:
+        assert other.database_id != history.database_id
 
 
-def test_missing_file_is_not_created_without_create(tmp_path: Path) -> None:
+def test_missing_and_mistyped_paths_are_refused_and_never_created(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "course.sqlite3"
     with pytest.raises(CourseRecordNotFoundError, match="no such course database") as info:
-        CourseHistory.open(path, create=False)
+        CourseHistory.open(path)
     assert info.value.subject == str(path)
     assert not path.parent.exists()
+    real = tmp_path / "base.sqlite3"
+    CourseHistory.create(real, at=T0).close()
+    mistyped = tmp_path / "base.sqlit3"
+    with pytest.raises(CourseRecordNotFoundError, match=str(mistyped)):
+        CourseHistory.open(mistyped)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.sqlite3"]
 
 
-def test_foreign_newer_and_damaged_files_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [b"", b"\0" * 4096], ids=["emptied", "zeroed"])
+def test_an_emptied_database_is_refused_and_left_as_it_is(tmp_path: Path, content: bytes) -> None:
+    """`: > course.sqlite3` must not turn into a fresh, empty history that lets every dose cap pass."""
+    db = tmp_path / "course.sqlite3"
+    with CourseHistory.create(db, at=T0) as h:
+        h.ensure_patient("p-1", 70.0, at=T0)
+    db.write_bytes(content)
+    with pytest.raises(CourseError) as info:
+        CourseHistory.open(db)
+    assert str(db) in str(info.value)
+    assert "empty file" in str(info.value) if not content else "not a database" in str(info.value)
+    assert db.read_bytes() == content  # nothing written into it
+    assert not Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists()
+
+
+def test_foreign_newer_older_and_damaged_files_are_refused(tmp_path: Path) -> None:
     other = tmp_path / "other.sqlite3"
     conn = sqlite3.connect(other)
     conn.execute("CREATE TABLE t (x)")
     conn.commit()
     conn.close()
+    before = other.read_bytes()
     with pytest.raises(CourseError, match="some other program"):
         CourseHistory.open(other)
+    assert other.read_bytes() == before  # another program's file is not switched to WAL, or touched
 
     newer = tmp_path / "newer.sqlite3"
-    CourseHistory.open(newer).close()
+    CourseHistory.create(newer, at=T0).close()
     conn = sqlite3.connect(newer)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(CourseError, match=rf"newer ketapump \(schema {SCHEMA_VERSION + 1}"):
         CourseHistory.open(newer)
 
+    older = _version_1_database(tmp_path / "older.sqlite3", ["p-1"])
+    with pytest.raises(CourseError, match=r"has schema version 1; .* `ketapump course migrate ") as info:
+        CourseHistory.open(older)
+    assert f"ketapump course migrate {older}`" in str(info.value)
+
     garbage = tmp_path / "garbage.sqlite3"
     garbage.write_bytes(b"this is not a database, it is a text file" * 100)
     with pytest.raises(CourseError, match="not a database") as info:
         CourseHistory.open(garbage)
     assert str(garbage) in str(info.value)
+
+
+def _damage_a_table_page(db: Path) -> None:
+    """Garbage over the sessions table's first page, as a bad sector or a stray write would leave."""
+    conn = sqlite3.connect(db)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sessions'").fetchone()
+    conn.close()
+    with db.open("r+b") as f:
+        f.seek((root - 1) * page_size + 8)
+        f.write(b"\xa5" * (page_size - 16))
+
+
+def test_a_database_with_a_damaged_page_is_refused_when_opened(tmp_path: Path) -> None:
+    db = tmp_path / "course.sqlite3"
+    with CourseHistory.create(db, at=T0) as h:
+        h.ensure_patient("p-1", 70.0, at=T0)
+        for i, day in enumerate(SERIES_DAYS):
+            run_session(h, f"s-{i}", T0 + day * DAY)
+    _damage_a_table_page(db)
+    with pytest.raises(CourseError, match="is damaged") as info:
+        CourseHistory.open(db)
+    assert str(db) in str(info.value) and not isinstance(info.value, CourseRecordNotFoundError)
+
+
+def _version_1_database(path: Path, patients: list[str]) -> Path:
+    """A database as ketapump wrote it at schema version 1 (the first step only), with ``patients``
+    (ids as version 1 took them) and one ended session each."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    schema.STEPS[1](conn, "2025-01-06T09:00:00.000000Z")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    for i, patient in enumerate(patients):
+        conn.execute(
+            "INSERT INTO patients VALUES (?, 70.0, NULL, '2025-01-06T09:00:00.000000Z', "
+            "'2025-01-06T09:00:00.000000Z')",
+            (patient,),
+        )
+        conn.execute(
+            "INSERT INTO sessions VALUES (?, ?, 'ketamine-depression', 70.0, '2025-01-06T09:00:00.000000Z',"
+            " 35.0, NULL, '2025-01-06T09:45:00.000000Z', 35.0, 'complete')",
+            (f"s-{i}", patient),
+        )
+        conn.execute(
+            "INSERT INTO overrides (patient_id, session_id, kind, reason, at) VALUES (?, ?, 'k', 'r', "
+            "'2025-01-06T09:00:00.000000Z')",
+            (patient, f"s-{i}"),
+        )
+    conn.execute("COMMIT")
+    conn.close()
+    return path
+
+
+def test_an_older_database_is_migrated_only_explicitly_with_a_backup(tmp_path: Path) -> None:
+    db = _version_1_database(tmp_path / "course.sqlite3", ["PC ", "p-2"])
+    with pytest.raises(CourseError, match="has schema version 1"):
+        CourseHistory.open(db)  # never migrated implicitly
+    done = CourseHistory.migrate(db, at=T0)
+    assert (done.from_version, done.to_version) == (1, SCHEMA_VERSION)
+    assert done.backup is not None and done.backup.name.startswith("course.sqlite3.v1-")
+    raw = sqlite3.connect(done.backup)
+    try:  # the backup is the whole version-1 database, ids as they were
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert {r[0] for r in raw.execute("SELECT patient_id FROM patients")} == {"PC ", "p-2"}
+    finally:
+        raw.close()
+    with CourseHistory.open(db) as h:
+        # One rule for ids: "PC " is the patient "pc", sessions and overrides follow it.
+        assert [s.session_id for s in h.sessions("pc")] == ["s-0"]
+        assert [o.session_id for o in h.overrides("PC")] == ["s-0"]
+        assert len(h.database_id) == 32
+        # The triggers lifted for the rewrite are back.
+        with pytest.raises(sqlite3.IntegrityError, match="an ended session cannot be changed"):
+            h._conn.execute("UPDATE sessions SET outcome = 'x' WHERE session_id = 's-0'")
+        with pytest.raises(sqlite3.IntegrityError, match="overrides are append-only"):
+            h._conn.execute("UPDATE overrides SET reason = 'x'")
+    again = CourseHistory.migrate(db, at=T0)
+    assert again.backup is None and again.from_version == again.to_version == SCHEMA_VERSION
+
+
+def test_a_migration_that_would_merge_two_patients_changes_nothing(tmp_path: Path) -> None:
+    db = _version_1_database(tmp_path / "course.sqlite3", ["PC", "pc"])
+    with pytest.raises(CourseError, match="'PC', 'pc' would all become 'pc': merge them first"):
+        CourseHistory.migrate(db, at=T0)
+    raw = sqlite3.connect(db)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert {r[0] for r in raw.execute("SELECT patient_id FROM patients")} == {"PC", "pc"}
+    finally:
+        raw.close()
+
+
+def test_patient_ids_follow_one_rule_everywhere(history: CourseHistory) -> None:
+    assert normalise_patient_id("  PC-7 ") == "pc-7"
+    for bad in ("", "   ", "p 1", "p/1", "-p", "ü1", "x" * 65):
+        with pytest.raises(CourseError, match="is not valid: a patient id is trimmed, lower-cased"):
+            normalise_patient_id(bad)
+    history.ensure_patient(" PC ", 70.0, at=T0)
+    for spelling in ("pc", "PC", "Pc", "pc ", " PC "):
+        assert history.patient(spelling).patient_id == "pc"
+    run_session(history, "s-1", T0, patient="PC ")
+    assert [s.session_id for s in history.sessions("pc")] == ["s-1"]
+    assert history.delivered_mg_between("Pc", T0, T0 + H) == 35.0
+    # The schema holds the rule too: a hand-made insert of an unnormalised id is refused.
+    with pytest.raises(sqlite3.IntegrityError, match="a patient id is trimmed, lower-case"):
+        history._conn.execute(
+            "INSERT INTO patients VALUES ('PX', 70.0, NULL, '2025-01-06T09:00:00.000000Z', "
+            "'2025-01-06T09:00:00.000000Z')"
+        )
+
+
+def test_near_patient_ids_are_found(history: CourseHistory) -> None:
+    for known in ("pc-1", "anna.berg", "jo"):
+        history.ensure_patient(known, 70.0, at=T0)
+    assert history.near_patients("pc1") == ["pc-1"]  # separators only
+    assert history.near_patients("pc_1") == ["pc-1"]
+    assert history.near_patients("anna.brg") == ["anna.berg"]  # one deletion
+    assert history.near_patients("anan.berg") == ["anna.berg"]  # neighbours swapped
+    assert history.near_patients("anna.berx") == ["anna.berg"]  # one substitution
+    assert history.near_patients("ja") == []  # short ids: only separators count
+    assert history.near_patients("pc-1") == []  # the patient itself is not a near duplicate
+    assert near_patient_ids("bob-2", ["bob-1", "bob-3", "bob-22"]) == ["bob-1", "bob-22", "bob-3"]
+
+
+def test_a_log_seal_round_trips_and_is_written_once(history: CourseHistory) -> None:
+    run_session(history, "s-1", T0)
+    assert history.log_seal("s-1") is None
+    seal = history.seal_log("s-1", "/logs/s-1.jsonl", 42, "ab" * 32, "k1", T0 + H)
+    assert history.log_seal("s-1") == seal
+    assert (seal.records, seal.head, seal.key_id) == (42, "ab" * 32, "k1")
+    with pytest.raises(CourseError, match="sealed already"):
+        history.seal_log("s-1", "/logs/s-1.jsonl", 43, "cd" * 32, "k1", T0 + H)
+    with pytest.raises(CourseRecordNotFoundError):
+        history.seal_log("s-404", "/logs/x.jsonl", 1, "ab" * 32, None, T0)
 
 
 def test_course_errors_fit_the_hierarchy() -> None:
@@ -284,7 +471,7 @@ def test_a_transaction_block_commits_all_or_nothing(history: CourseHistory, db: 
 def test_a_second_process_handle_writes_while_the_first_is_open(history: CourseHistory, db: Path) -> None:
     """A CLI note while the orchestrator holds the file open: WAL lets both in, one writer at a time."""
     history.begin_session("s-1", "p-1", "KP-40MIN", T0, 35.0)
-    with CourseHistory.open(db, create=False) as other:
+    with CourseHistory.open(db) as other:
         other.add_note("s-1", "from the other handle", T0 + H)
     history.record_alarm("s-1", T0 + 2 * H, "occlusion", "")
     assert [n.text for n in history.notes("s-1")] == ["from the other handle"]
@@ -503,7 +690,7 @@ def test_the_numbers_come_from_the_data_file(db: Path, tmp_path: Path) -> None:
         encoding="utf-8",
     )
     settings = load_course_settings(custom)
-    with CourseHistory.open(db, settings=settings) as h:
+    with CourseHistory.create(db, at=T0, settings=settings) as h:
         h.ensure_patient("p-1", 70.0, at=T0)
         run_session(h, "s-1", T0)
         run_session(h, "s-2", T0 + 2 * DAY)
@@ -556,7 +743,7 @@ from ketapump.clinical.course import CourseHistory
 
 path, first, pause_at, alarms = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 t0 = dt.datetime(2025, 1, 6, 9, tzinfo=dt.UTC)
-with CourseHistory.open(path) as h:
+with CourseHistory.open(path, create=True) as h:
     h.ensure_patient("p-crash", 70.0, at=t0)
     i = first
     while True:
@@ -644,7 +831,7 @@ def test_history_survives_a_writer_killed_mid_write(db: Path) -> None:
         first = max(int(s.removeprefix("s-")) for s in present) + 1
     assert mid_kills == 2
     # The library itself reopens the file (recovering the WAL) and reads the whole course.
-    with CourseHistory.open(db, create=False) as h:
+    with CourseHistory.open(db) as h:
         sessions = h.sessions("p-crash")
         assert {s.session_id for s in sessions} == present
         assert len(sessions) >= 2 * kills
@@ -658,13 +845,14 @@ def test_history_survives_a_writer_killed_mid_write(db: Path) -> None:
 
 def _cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, ["course", *args])
+    assert_documented(["course", *args], result.exit_code, result.stderr)
     return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture
 def course_db(db: Path) -> Path:
     """A database with a complete initial series for p-1 and an alarm, a note and an override."""
-    with CourseHistory.open(db) as h:
+    with CourseHistory.create(db, at=T0) as h:
         h.ensure_patient("p-1", 70.0, 175.0, at=T0)
         for i, day in enumerate(SERIES_DAYS):
             run_session(h, f"s-{i + 1}", T0 + day * DAY)
@@ -708,7 +896,7 @@ def test_cli_note_adds_a_note_and_refuses_a_late_one(course_db: Path) -> None:
     )
     assert code == 65
     assert str(course_db) in err and "session s-6" in err and "accepted for 24 h" in err
-    with CourseHistory.open(course_db, create=False) as h:
+    with CourseHistory.open(course_db) as h:
         assert [n.text for n in h.notes("s-6")] == ["slept well"]
 
 
@@ -738,6 +926,60 @@ def test_cli_damaged_database_exits_65_and_bad_time_is_a_usage_error(tmp_path: P
     assert "'yesterday' is not an ISO-8601 time" in err
 
 
+def test_cli_init_creates_a_database_once_and_migrate_upgrades_an_older_one(tmp_path: Path) -> None:
+    db = tmp_path / "clinic" / "course.sqlite3"
+    code, out, err = _cli("init", str(db))
+    assert code == 0, err
+    with CourseHistory.open(db) as h:
+        assert out.strip() == f"created course database {db} (id {h.database_id})"
+    code, _, err = _cli("init", str(db))
+    assert code == os.EX_CANTCREAT and f"{db}: exists already" in err
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()
+    assert _cli("init", str(empty))[0] == os.EX_CANTCREAT and empty.read_bytes() == b""
+    older = _version_1_database(tmp_path / "older.sqlite3", ["p-1"])
+    code, _, err = _cli("show", "p-1", "--course-db", str(older))
+    assert code == os.EX_DATAERR and "ketapump course migrate" in err
+    code, out, err = _cli("migrate", str(older))
+    assert code == 0, err
+    assert f"migrated {older} from schema 1 to {SCHEMA_VERSION}; backup: {older}.v1-" in out
+    assert _cli("show", "p-1", "--course-db", str(older))[0] == 0
+    code, out, _ = _cli("migrate", str(older))
+    assert code == 0 and "nothing to do" in out
+
+
+def test_cli_show_on_an_empty_file_refuses_and_leaves_it_untouched(tmp_path: Path) -> None:
+    empty = tmp_path / "course.sqlite3"
+    empty.touch()
+    for args in (["show", "p-1"], ["note", "s-1", "hello"]):
+        code, out, err = _cli(*args, "--course-db", str(empty))
+        assert code == os.EX_DATAERR, err
+        assert f"{empty}: is an empty file, not a course database" in err and out == ""
+        assert empty.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["course.sqlite3"]
+
+
+def test_cli_damaged_page_exits_65_without_a_traceback(course_db: Path) -> None:
+    _damage_a_table_page(course_db)
+    for args in (["show", "p-1"], ["note", "s-1", "hello"]):
+        result = ketapump("course", *args, "--course-db", str(course_db), timeout=120)
+        assert result.returncode == os.EX_DATAERR, result.stderr
+        assert result.stderr.startswith(f"ketapump: {course_db}: is damaged")
+        assert "Traceback" not in result.stderr
+
+
+def test_cli_read_only_database_exits_74_without_a_traceback(course_db: Path) -> None:
+    note = ketapump_with_read_only(
+        course_db.parent, "course", "note", "s-6", "slept well", "--course-db", str(course_db),
+        "--at", "2025-01-24T12:00:00Z",
+    )  # fmt: skip
+    assert note.returncode == os.EX_IOERR, note.stderr
+    assert note.stderr.startswith(f"ketapump: {course_db}: ") and "Traceback" not in note.stderr
+    assert "read" in note.stderr  # read-only / readonly, as SQLite words it
+    with CourseHistory.open(course_db) as h:
+        assert h.notes("s-6") == ()
+
+
 def test_cli_default_database_location_as_a_real_process(course_db: Path, tmp_path: Path) -> None:
     """The installed entry point, in its own process, finds the database under $XDG_DATA_HOME."""
     home = tmp_path / "xdg"
@@ -746,23 +988,11 @@ def test_cli_default_database_location_as_a_real_process(course_db: Path, tmp_pa
     for suffix in ("-wal", "-shm"):
         assert not Path(f"{course_db}{suffix}").exists()  # closed cleanly: nothing left beside it
     env = os.environ | {"XDG_DATA_HOME": str(home)}
-    result = subprocess.run(
-        [sys.executable, "-m", "ketapump", "course", "show", "p-1", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    result = ketapump("course", "show", "p-1", "--json", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["initial_series"]["counted"] == 6
-    result = subprocess.run(
-        [sys.executable, "-m", "ketapump", "course", "show", "p-1"],
-        capture_output=True,
-        text=True,
-        env=os.environ | {"XDG_DATA_HOME": str(tmp_path / "empty")},
-        timeout=120,
-        check=False,
+    result = ketapump(
+        "course", "show", "p-1", env=os.environ | {"XDG_DATA_HOME": str(tmp_path / "empty")}, timeout=120
     )
     assert result.returncode == 66
     assert str(tmp_path / "empty" / "ketapump" / "course.sqlite3") in result.stderr

@@ -309,7 +309,7 @@ def test_impossible_values_are_hard_findings(changes: dict[str, Any], kind: str,
 
 
 def test_a_negative_session_count_is_a_programming_error() -> None:
-    with pytest.raises(ConfigurationError, match="sessions_in_7_days is below the allowed minimum"):
+    with pytest.raises(ConfigurationError, match=r"sessions_in_7_days -1 is below the allowed minimum \(0\)"):
         check(KETAMINE, _order(sessions_in_7_days=-1))
 
 
@@ -595,7 +595,9 @@ def test_the_kernel_refuses_a_rate_above_the_hard_dose_rate() -> None:
     assert config.ceiling_ml_h == 140.0
     kernel = _core.SafetyKernel(config)
     kernel.step(0.0, 0.0, 0.0, 0.0)  # first telemetry sample
-    with pytest.raises(ConfigurationError, match=r"^rate_ml_h is above the hard limit max_rate_ml_h$"):
+    with pytest.raises(
+        ConfigurationError, match=r"^rate_ml_h 141 is above the hard limit max_rate_ml_h \(140\)$"
+    ):
         kernel.load(141.0, STANDARD.vtbi_ml)
     assert kernel.state == "idle"
     kernel.load(STANDARD.rate_ml_h, STANDARD.vtbi_ml, take_up=False)
@@ -631,7 +633,7 @@ def test_the_kernel_refuses_a_volume_above_what_the_windows_leave() -> None:
     overrides = kernel_overrides(KETAMINE, order)
     assert overrides["hard_cap_mg"] == pytest.approx(56.0)
     kernel = _core.SafetyKernel(kernel_config(**overrides, syringe_fill_ml=60.0))
-    with pytest.raises(ConfigurationError, match=r"^vtbi_ml is above the hard limit hard_cap_mg$"):
+    with pytest.raises(ConfigurationError, match=r"^vtbi_ml 57 is above the hard limit hard_cap_mg \(56\)$"):
         kernel.load(52.5, 57.0)
     kernel.load(52.5, order.vtbi_ml)
     assert kernel.state == "armed"

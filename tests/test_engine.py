@@ -44,11 +44,12 @@ from ketapump.clinical import (
     demo_patient,
     load_library,
     load_protocol,
+    plan_dose,
 )
 from ketapump.clinical.events import EventStream
 from ketapump.clinical.vitals import PatientScript, ScriptedMonitor
 from ketapump.clock import VirtualClock
-from ketapump.errors import LimitRefused
+from ketapump.errors import CourseStorageError, LimitRefused
 from ketapump.wire import ReferencePumpDriver, RegisterTransport, open_transport
 
 NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
@@ -87,7 +88,7 @@ class Chair:
         transport = open_transport("sim://", clock=self.clock, pump=self.pump)
         assert isinstance(transport, RegisterTransport)
         self.log = Log()
-        self.course = CourseHistory.open(tmp_path / "course.sqlite3")
+        self.course = CourseHistory.create(tmp_path / "course.sqlite3", at=NOW)
         self.session = Session(
             SessionContext(
                 session_id="s-1",
@@ -280,6 +281,119 @@ def test_an_unknown_command_is_refused_at_once(tmp_path: Path) -> None:
         chair.session.command("bolus", "now")
     assert chair.session.answer("q-none", True) is False
     chair.course.close()
+
+
+# ----- care is never skipped -------------------------------------------------------------------------
+
+
+def test_stops_during_the_observation_are_recorded_and_refused(tmp_path: Path) -> None:
+    """A burst of stops (a second and third SIGINT) never shortens the observation."""
+    chair = Chair(tmp_path)
+    at_infusion_time(chair, 600.0, lambda: chair.session.stop("SIGINT", source="signal"))
+    stops: list[float] = []
+
+    def stop_again(event: PhaseChanged) -> None:
+        if event.phase == "observation":
+            for _ in range(3):
+                chair.session.stop("SIGINT again", source="signal")
+            stops.append(event.t_s)
+
+    chair.on(PhaseChanged, stop_again)
+    result = chair.run()
+    assert result.outcome == "ended_operator" and stops
+    assert result.observation_min >= load_protocol("ketamine-depression").observation.min_minutes
+    stop_actions = [a for a in chair.of(ActionTaken) if a.action == "stop"]
+    assert [a.accepted for a in stop_actions] == [True, False, False, False]
+    assert all("the observation continues" in a.why for a in stop_actions[1:])
+    refused = [r for r in chair.log.named("request_refused") if r["request"] == "stop"]
+    assert len(refused) == 3 and all(r["source"] == "signal" for r in refused)
+    assert chair.log.named("observation_ended")[0]["why"] == "minimum elapsed, vitals within band"
+
+
+def test_a_second_stop_while_the_pump_is_stopping_is_recorded_and_ignored(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+    at_infusion_time(chair, 300.0, lambda: [chair.session.stop("SIGINT", source="signal") for _ in range(2)])
+    result = chair.run()
+    stop_actions = [(a.accepted, a.why) for a in chair.of(ActionTaken) if a.action == "stop"]
+    assert stop_actions == [(True, ""), (False, "the pump is already stopping; the observation follows")]
+    assert len(chair.log.named("operator_stop_requested")) == 1
+    assert result.observation_min >= 30.0
+
+
+def test_only_end_observation_with_a_reason_ends_the_observation_early(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+
+    def at_observation(event: PhaseChanged) -> None:
+        if event.phase == "observation":
+            chair.session.end_observation("   ", operator="dr-a")  # no reason: refused
+            chair.session.end_observation("patient transferred to the ward", source="web", operator="dr-a")
+        if event.phase == "infusion":
+            chair.session.end_observation("too early", operator="dr-a")  # nothing to end yet
+
+    chair.on(PhaseChanged, at_observation)
+    result = chair.run()
+    ends = [(a.accepted, a.why) for a in chair.of(ActionTaken) if a.action == "end_observation"]
+    assert ends == [
+        (False, "no observation is running (infusion)"),
+        (False, "ending the observation early needs a reason"),
+        (True, ""),
+    ]
+    assert result.observation_min < 1.0
+    (ended,) = chair.log.named("observation_ended")
+    assert ended["why"] == "ended early by the operator: patient transferred to the ward"
+    assert (ended["operator"], ended["source"]) == ("dr-a", "web")
+    assert [a["code"] for a in result.alarms] == ["observation_ended_early"]
+
+
+def test_a_course_history_that_stops_taking_writes_mid_infusion_stops_the_pump_and_ends_the_session(
+    tmp_path: Path,
+) -> None:
+    """SQLite refuses every write from 600 s into the infusion (the connection turned read-only, as a
+    read-only remount or a full disk does); the vitals alarm at 900 s cannot be recorded: the pump is
+    stopped, the patient still observed, and the session ends with the storage error."""
+    crossing = {"kind": "crossing", "channel": "hr", "at_s": 900.0, "duration_s": 60.0, "value": 130.0}
+    chair = Chair(
+        tmp_path, script=PatientScript.model_validate(demo_patient().model_dump() | {"event": [crossing]})
+    )
+    at_infusion_time(chair, 600.0, lambda: chair.course._conn.execute("PRAGMA query_only = ON"))
+    with pytest.raises(CourseStorageError, match="cannot be read or written"):
+        chair.run()
+    assert chair.pump.run_mode == 0
+    assert 10.0 < chair.pump.delivered_ml < 20.0  # stopped at the failed write (~15 min of 40)
+    names = [r["event"] for r in chair.log.records]
+    assert "course_write_failed" in names and "session_failed" in names
+    assert names.index("course_write_failed") < names.index("operator_stop")
+    assert "observation_ended" in names  # the patient was observed all the same
+    (end,) = chair.of(SessionEnded)
+    assert end.outcome == "failed" and end.delivered_mg > 10.0
+    # What the session reached is still a whole result (the runner writes its report from it).
+    partial = chair.session.result(plan_dose(load_protocol("ketamine-depression"), PATIENT))
+    assert partial.outcome == "failed" and partial.delivered_mg == pytest.approx(end.delivered_mg)
+    assert [p for p, _t in partial.phases][-2:] == ["observation", "discharge"]
+    # The history never saw the end: the session stays open and keeps counting its programmed dose.
+    with CourseHistory.open(tmp_path / "course.sqlite3") as course:
+        assert course.session("s-1").in_progress
+
+
+def test_a_new_patient_near_a_recorded_one_needs_a_reason(tmp_path: Path) -> None:
+    chair = Chair(tmp_path, patient=Patient("p1", weight_kg=70.0, height_cm=175.0, sex="male"))
+    chair.course.ensure_patient("p-1", 70.0, at=NOW - datetime.timedelta(days=3))
+    with pytest.raises(SessionAbortedError, match="patient p1 is not in the course history, but p-1 is"):
+        chair.run()
+    assert chair.pump.delivered_ml == 0.0
+    (asked,) = [q for q in chair.of(QuestionAsked) if q.subject == "new_patient"]
+    assert asked.question == "soft_limit"
+    confirmed = Chair(
+        tmp_path / "again",
+        patient=Patient("p1", weight_kg=70.0, height_cm=175.0, sex="male"),
+        operator=ScriptedOperator(reasons={"new_patient": "twin sibling, checked the ID card"}),
+    )
+    confirmed.course.ensure_patient("p-1", 70.0, at=NOW - datetime.timedelta(days=3))
+    assert confirmed.run().outcome == "complete"
+    with CourseHistory.open(tmp_path / "again" / "course.sqlite3") as course:
+        assert [(o.kind, o.reason) for o in course.overrides("p1")] == [
+            ("new_patient", "twin sibling, checked the ID card")
+        ]
 
 
 # ----- questions -----------------------------------------------------------------------------------

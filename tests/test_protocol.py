@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ketapump.clinical.druglib import load_library
 from ketapump.clinical.protocol import (
     Patient,
     ProtocolError,
@@ -17,7 +18,9 @@ from ketapump.clinical.protocol import (
     plan_dose,
     shipped_protocols,
 )
+from ketapump.clinical.vitals import load_patient_script
 from ketapump.errors import ConfigurationError
+from ketapump.sim import load_scenario
 
 MINIMAL = """
 schema_version = 1
@@ -180,3 +183,43 @@ def test_vitals_overrides_are_checked_with_the_protocol() -> None:
     assert problem.startswith("vitals:")
     assert "vitals.hr_max_bmp: Extra inputs are not permitted" in problem
     assert "vitals.sbp_max_mmhg" in problem
+
+
+def test_strings_are_never_coerced_to_numbers_or_booleans(tmp_path: Path) -> None:
+    """A data file says 0.5 or true: "0.5", "yes" and 1-for-true are refused, each with its path, in
+    protocols, drug libraries, scenarios and patient scripts alike (the old lax types read them)."""
+    protocol = parse_protocol_text(
+        'schema_version = 1\nname = "lax"\n[drug]\nname = "ketamine"\nconcentration_mg_per_ml = "1.0"\n'
+        '[dose]\nmg_per_kg = "0.5"\nduration_min = 40\n[take_up]\nenabled = "yes"\n'
+        '[observation]\nmin_minutes = "30"\n'
+    )
+    for path in (
+        "drug.concentration_mg_per_ml",
+        "dose.mg_per_kg",
+        "take_up.enabled",
+        "observation.min_minutes",
+    ):
+        assert f"{path}: Input should be a valid" in protocol, path
+    assert "duration_min" not in protocol  # an integer is a number
+    library = tmp_path / "library.toml"
+    library.write_text(
+        'schema_version = 1\n[drugs.ketamine.dose_mg_per_kg]\nhard_max = "1.0"\n', encoding="utf-8"
+    )
+    with pytest.raises(ConfigurationError, match=r"drugs\.ketamine\.dose_mg_per_kg\.hard_max"):
+        load_library(library)
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text('schema_version = 1\n[pump]\nseed = "7"\nslack_taken_up = 1\n', encoding="utf-8")
+    with pytest.raises(ConfigurationError) as info:
+        load_scenario(scenario)
+    assert "pump.seed" in str(info.value) and "pump.slack_taken_up" in str(info.value)
+    script = tmp_path / "patient.toml"
+    script.write_text('schema_version = 1\n[baseline]\nsbp_mmhg = "122"\n', encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=r"baseline\.sbp_mmhg"):
+        load_patient_script(script)
+
+
+def parse_protocol_text(text: str) -> str:
+    """The problems an invalid protocol text is refused with (one string)."""
+    with pytest.raises(ProtocolError) as info:
+        parse_protocol(text)
+    return str(info.value)

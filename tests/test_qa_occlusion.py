@@ -23,6 +23,7 @@ import matplotlib.image
 import pytest
 from pymodbus.client import ModbusTcpClient
 
+from cli_contract import assert_documented
 from ketapump import _core
 from ketapump.clock import VirtualClock
 from ketapump.qa import occlusion
@@ -311,6 +312,7 @@ def test_cli_on_a_pump_by_url_asks_the_operator_to_close_and_open_the_line(tmp_p
             proc.stdin.flush()
         out, rest = proc.communicate(timeout=120)
         clamp.close()
+    assert_documented(["qa", "occlusion"], proc.returncode, (stderr + rest).decode())
     assert proc.returncode == 0, (stderr + rest).decode()
     report = json.loads(out)
     # The operator's clamp was timed like the simulator's fault: within the bound, at the threshold.

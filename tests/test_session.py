@@ -91,7 +91,7 @@ def run_session(
     memory = memory or MemoryLog()
     result: SessionResult | None = None
     error: BaseException | None = None
-    with CourseHistory.open(db) as course:
+    with CourseHistory.open(db, create=True) as course:
         if history:
             course.ensure_patient(PATIENT.patient_id, PATIENT.weight_kg, PATIENT.height_cm, at=NOW)
         for i, (hours_before, mg) in enumerate(history):
@@ -144,7 +144,7 @@ class MemoryLog:
 
 def recorded_sessions(db: Path) -> tuple[Any, ...]:
     """The patient's sessions in the course history (none if the patient was never recorded)."""
-    with CourseHistory.open(db, create=False) as course:
+    with CourseHistory.open(db) as course:
         try:
             return course.sessions(PATIENT.patient_id)
         except CourseRecordNotFoundError:
@@ -186,7 +186,7 @@ def test_a_nominal_session_runs_every_phase_delivers_the_dose_and_records_everyt
         assert run.named(event), event
     assert [e["phase"] for e in run.named("phase_started")] == [p for p, _ in r.phases]
     # The course history holds the session, ended, with its dose.
-    with CourseHistory.open(run.db, create=False) as course:
+    with CourseHistory.open(run.db) as course:
         (session,) = course.sessions(PATIENT.patient_id)
         assert session.outcome == "complete"
         assert math.isclose(session.delivered_mg, r.delivered_mg)
@@ -215,7 +215,7 @@ def test_a_scripted_crossing_pauses_within_one_second_and_the_session_completes_
     # Resumed by the operator once clear; the whole dose still arrives (no catch-up, just later).
     assert run.named("resumed")
     assert r.outcome == "complete" and math.isclose(r.delivered_mg, 35.0, rel_tol=0.02)
-    with CourseHistory.open(run.db, create=False) as course:
+    with CourseHistory.open(run.db) as course:
         assert [a.code for a in course.alarms("s-new")] == [f"vitals_crossing_{channel}"]
 
 
@@ -236,7 +236,7 @@ def test_vitals_that_stay_out_of_range_keep_the_infusion_paused_until_the_operat
     assert 8.0 < r.delivered_mg < 10.5
     # Observation ran to its maximum and says the vitals never came back.
     assert r.alarms[-1]["code"] == "vitals_not_back_in_band"
-    with CourseHistory.open(run.db, create=False) as course:
+    with CourseHistory.open(run.db) as course:
         (session,) = course.sessions(PATIENT.patient_id)
         assert session.outcome == "ended_operator"
         assert math.isclose(session.delivered_mg, r.delivered_mg)
@@ -332,7 +332,7 @@ def test_course_rules_block_unless_overridden_with_a_logged_reason(
     assert allowed.result.outcome == "complete"
     (confirmed,) = [e for e in allowed.named("soft_limit_confirmed") if e["kind"] == kind]
     assert confirmed["reason"] == reason
-    with CourseHistory.open(allowed.db, create=False) as course:
+    with CourseHistory.open(allowed.db) as course:
         assert [(o.kind, o.reason) for o in course.overrides(PATIENT.patient_id)] == [(kind, reason)]
 
 
@@ -415,7 +415,7 @@ def test_a_session_that_fails_mid_infusion_stops_the_pump_and_is_ended_in_the_co
     assert isinstance(run.error, AuditWriteError)
     (failed,) = run.named("session_failed")
     assert run.pump.value("motor_running") == 0
-    with CourseHistory.open(run.db, create=False) as course:
+    with CourseHistory.open(run.db) as course:
         (session,) = course.sessions(PATIENT.patient_id)
         assert session.outcome == "ended_error"
         assert 0.0 < session.delivered_mg == failed["delivered_mg"] < 35.0
@@ -493,7 +493,7 @@ def test_an_interlock_before_the_first_tick_ends_the_session_with_a_report_point
     assert r.outcome == "ended_interlock" and r.delivered_mg == 0.0
     assert "air_in_line" in [a["code"] for a in r.alarms]
     assert len(r.points) >= 1 and r.observation_min == 0.0
-    with CourseHistory.open(run.db, create=False) as course:
+    with CourseHistory.open(run.db) as course:
         (session,) = course.sessions(PATIENT.patient_id)
         assert session.outcome == "ended_interlock"
         assert [a.code for a in course.alarms("s-new")] == ["air_in_line"]

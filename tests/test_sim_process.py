@@ -18,7 +18,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from ketapump import _core
 from ketapump.sim.scenario import load_scenario
-from simhelpers import REGMAP, sim_process
+from simhelpers import REGMAP, ketapump, sim_process
 
 MBPOLL = shutil.which("mbpoll")
 needs_mbpoll = pytest.mark.skipif(
@@ -57,13 +57,7 @@ def test_a_bad_scenario_is_refused_with_every_problem(tmp_path: Path) -> None:
         'schema_version = 1\n[pump]\nsyringe = "nope"\nseed = -1\n'
         '[[fault]]\nat_s = 1.0\nname = "fault_gremlin"\nvalue = 1\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "ketapump", "sim", "--scenario", str(scenario)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = ketapump("sim", "--scenario", str(scenario), timeout=60)
     assert result.returncode == os.EX_DATAERR
     assert result.stdout == ""
     for problem in ("pump.syringe", "pump.seed", "fault.0.name"):

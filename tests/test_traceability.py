@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from ketapump.qa.trace import Register, check, load, matrix, resolves
+from simhelpers import ketapump
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTER = ROOT / "python" / "ketapump" / "data" / "hazards.toml"  # shipped: ketapump/data/hazards.toml
 
 
 def trace_cli(register: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ketapump", "qa", "trace", "--register", str(register)]
-    return subprocess.run(
-        [*command, "--root", str(ROOT)], capture_output=True, text=True, timeout=60, check=False
-    )
+    return ketapump("qa", "trace", "--register", str(register), "--root", str(ROOT), timeout=60)
 
 
 def test_the_shipped_register_has_no_broken_link() -> None:

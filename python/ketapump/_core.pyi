@@ -50,9 +50,9 @@ class KernelConfig:
 
     Every setting is a required keyword argument; :func:`ketapump.config.kernel_config` fills them
     from the shipped defaults file. A value out of range raises
-    :class:`~ketapump.errors.ConfigurationError` naming the field, e.g.
-    ``syringe_diameter_mm is below the allowed minimum`` or
-    ``max_rate_ml_h is above the hard limit hard_max_rate_ml_h``.
+    :class:`~ketapump.errors.ConfigurationError` naming the field, its value and the limit, e.g.
+    ``syringe_diameter_mm 0 is below the allowed minimum (0)`` or
+    ``max_rate_ml_h 250 is above the hard limit hard_max_rate_ml_h (200)``.
 
     Settings:
 
@@ -64,6 +64,8 @@ class KernelConfig:
     - ``max_rate_ml_h``: Configured rate ceiling (mL/h, ≤ hard_max_rate_ml_h).
     - ``hard_max_rate_ml_h``: Absolute rate ceiling (mL/h).
     - ``pump_max_rate_ml_h``: The pump's own maximum rate (mL/h).
+    - ``min_rate_ml_h``: The lowest programmed rate (mL/h, > 0, ≤ the ceiling): the pump's lowest even
+      rate; a run always ends, and a ÷1000 slip is refused like a ×1000 one.
     - ``dose_tolerance``: Allowed over-delivery as a fraction of the programmed volume (0–0.10).
     - ``hard_cap_mg``: Hard cumulative drug cap (mg), including prior_delivered_mg.
     - ``prior_delivered_mg``: Drug already delivered before this kernel (mg), counted against the cap.
@@ -125,6 +127,7 @@ class KernelConfig:
         max_rate_ml_h: float,
         hard_max_rate_ml_h: float,
         pump_max_rate_ml_h: float,
+        min_rate_ml_h: float,
         dose_tolerance: float,
         hard_cap_mg: float,
         prior_delivered_mg: float,

@@ -16,11 +16,13 @@ maps its errors through one function (``rust/src/errors.rs``) onto this module's
     │   └── PumpTimeoutError (+ TimeoutError)     no answer within the timeout; names the endpoint
     ├── AuditWriteError (+ OSError)               the audit log could not be written; names the file
     └── CourseError (+ ValueError)                a course-history write refused; names the record
-        └── CourseRecordNotFoundError (+ LookupError)  no such patient, session or database file
+        ├── CourseRecordNotFoundError (+ LookupError)  no such patient, session or database file
+        └── CourseStorageError                    the database cannot be read or written (read-only, full…)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -41,13 +43,27 @@ class ConfigurationError(KetapumpError, ValueError):
     """A configuration value, program or rate was refused.
 
     ``field`` names the offending setting exactly as it is spelled in the configuration;
-    ``problem`` says why (``"must be a finite number"``, ``"is above the hard limit max_rate_ml_h"``…).
+    ``problem`` says why (``"must be a finite number"``, ``"is above the hard limit max_rate_ml_h"``…);
+    ``value`` is the refused value and ``limit`` the limit it broke, when there are numbers to name (the
+    Rust core passes both), so the message reads ``rate_ml_h 1000 is above the hard limit max_rate_ml_h
+    (120)``.
     """
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field} {problem}")
+    def __init__(
+        self, field: str, problem: str, value: float | None = None, limit: float | None = None
+    ) -> None:
+        self.value = value
+        self.limit = None if limit is None or math.isnan(limit) else limit
+        named = field if value is None else f"{field} {_number(value)}"
+        bound = "" if self.limit is None else f" ({_number(self.limit)})"
+        super().__init__(f"{named} {problem}{bound}")
         self.field = field
         self.problem = problem
+
+
+def _number(value: float) -> str:
+    """A number as a message shows it: up to 6 significant digits (``120``, ``0.1``, ``1e-09``)."""
+    return f"{value:.6g}"
 
 
 class LimitError(ConfigurationError):
@@ -142,3 +158,8 @@ class CourseError(KetapumpError, ValueError):
 
 class CourseRecordNotFoundError(CourseError, LookupError):
     """The patient, session or course database named does not exist."""
+
+
+class CourseStorageError(CourseError):
+    """The course database could not be read or written: a read-only file or file system, a full disk,
+    an I/O error, a write lock held too long. The data is not at fault; ``subject`` names the file."""

@@ -60,17 +60,20 @@ fn problem_text(problem: ConfigProblem) -> String {
     match problem {
         ConfigProblem::Value(p) => p.as_str().to_owned(),
         ConfigProblem::AboveHardLimit { other } => format!("is above the hard limit {other}"),
+        ConfigProblem::BelowLimit { other } => format!("is below the minimum {other}"),
         ConfigProblem::Inconsistent { other } => format!("is inconsistent with {other}"),
     }
+}
+
+/// `ConfigurationError(field, problem, value, limit)`: the message names the value and the limit.
+fn configuration_error(c: ConfigError) -> PyErr {
+    ConfigurationError::new_err((c.field, problem_text(c.problem), c.value, c.limit))
 }
 
 impl From<CoreError> for PyErr {
     fn from(e: CoreError) -> Self {
         match e {
-            CoreError::Config(c) => ConfigurationError::new_err((c.field, problem_text(c.problem))),
-            CoreError::Kernel(KernelError::Config(c)) => {
-                ConfigurationError::new_err((c.field, problem_text(c.problem)))
-            }
+            CoreError::Config(c) | CoreError::Kernel(KernelError::Config(c)) => configuration_error(c),
             CoreError::Kernel(KernelError::InvalidTransition { from, command }) => {
                 StateTransitionError::new_err((from.as_str(), command.as_str()))
             }

@@ -75,6 +75,7 @@ kernel_config_class!(
     max_rate_ml_h: f64,
     hard_max_rate_ml_h: f64,
     pump_max_rate_ml_h: f64,
+    min_rate_ml_h: f64,
     dose_tolerance: f64,
     hard_cap_mg: f64,
     prior_delivered_mg: f64,
@@ -347,8 +348,15 @@ pub struct RateController {
 }
 
 fn gain(field: &'static str, value: f64) -> Result<f64, CoreError> {
-    kc::units::check_range(value, 0.0, false, 1.0e9)
-        .map_err(|p| CoreError::Config(kc::ConfigError { field, problem: kc::ConfigProblem::Value(p) }))
+    let (min, max) = (0.0, 1.0e9);
+    kc::units::check_range(value, min, false, max).map_err(|p| {
+        let limit = match p {
+            kc::units::UnitProblem::NotFinite => f64::NAN,
+            kc::units::UnitProblem::BelowMinimum => min,
+            kc::units::UnitProblem::AboveMaximum => max,
+        };
+        CoreError::Config(kc::ConfigError { field, problem: kc::ConfigProblem::Value(p), value, limit })
+    })
 }
 
 #[pymethods]

@@ -11,8 +11,8 @@ use ketapump_core::{ConfigError, ConfigProblem};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-fn refused(field: &'static str, problem: UnitProblem) -> PyErr {
-    CoreError::Config(ConfigError { field, problem: ConfigProblem::Value(problem) }).into()
+fn refused(field: &'static str, problem: UnitProblem, value: f64, limit: f64) -> PyErr {
+    CoreError::Config(ConfigError { field, problem: ConfigProblem::Value(problem), value, limit }).into()
 }
 
 /// An optional number as Python prints it.
@@ -54,8 +54,8 @@ impl Limit {
         for (field, value) in
             [("hard_min", hard_min), ("soft_min", soft_min), ("soft_max", soft_max), ("hard_max", hard_max)]
         {
-            if value.is_some_and(|v| !v.is_finite()) {
-                return Err(refused(field, UnitProblem::NotFinite));
+            if let Some(v) = value.filter(|v| !v.is_finite()) {
+                return Err(refused(field, UnitProblem::NotFinite, v, f64::NAN));
             }
         }
         Ok(Self { hard_min, soft_min, soft_max, hard_max })
@@ -177,8 +177,14 @@ impl DrugOrder {
     ) -> PyResult<Self> {
         // A count is a count: a negative or huge one is a caller's bug, not a limit finding.
         let sessions_in_7_days = u32::try_from(sessions_in_7_days).map_err(|_| {
-            let problem = if sessions_in_7_days < 0 { UnitProblem::BelowMinimum } else { UnitProblem::AboveMaximum };
-            refused("sessions_in_7_days", problem)
+            let (problem, limit) = if sessions_in_7_days < 0 {
+                (UnitProblem::BelowMinimum, 0.0)
+            } else {
+                (UnitProblem::AboveMaximum, f64::from(u32::MAX))
+            };
+            // An i64 count as a float for the message; the precision lost above 2^53 does not matter.
+            #[allow(clippy::cast_precision_loss)]
+            refused("sessions_in_7_days", problem, sessions_in_7_days as f64, limit)
         })?;
         Ok(Self {
             weight_kg,

@@ -17,12 +17,23 @@ only account of what the software did, so it must survive a crash and reveal tam
   bridge stops the pump when it sees one, and the writer refuses every later write (sticky failure) so a
   half-working log can never silently continue with a hole in it.
 * **One chain per file.** Every record carries ``seq``, ``prev`` (the previous record's hash) and
-  ``hash = sha256(prev + canonical_json(record without hash))``. Two writers on one file would fork the
-  chain, so :meth:`AuditWriter.open` returns one shared instance per real path (and an advisory
+  ``hash = sha256(prev + canonical_json(record without hash and mac))``. Two writers on one file would
+  fork the chain, so :meth:`AuditWriter.open` returns one shared instance per real path (and an advisory
   ``flock`` keeps a second process out). A new file starts with a ``log_opened`` record carrying the
-  previous file's final hash, which chains files across rotation.
-* **Verifiable.** :func:`verify` recomputes every hash and names the first bad line; the ``ketapump log
-  verify FILE`` command (:mod:`ketapump.cli.log`) exposes it with sysexits exit codes.
+  previous file's final hash, which chains files across rotation, and ends with a ``log_closed`` record
+  when the writer closes it.
+* **Keyed.** Every record also carries ``mac = HMAC-SHA256(key, hash)`` with the installation's audit key
+  (:mod:`ketapump.bridge.auditkey`), which is not in the log: a record edited and re-chained, or forged
+  and appended with its hash recomputed, fails its MAC. ``log_opened`` names the key (``key_id``).
+* **A full disk loses no evidence silently.** A write that fails part-way is cut back to the last whole
+  record, and the writer marks the end it reached: an ``audit_write_failed`` record (the lost record's
+  event and the error) and ``log_closed``, written into space reserved beyond the end of the file before
+  each record (``fallocate`` without changing the size, where the file system supports it). The log then
+  verifies up to its marked end.
+* **Verifiable.** :func:`verify` recomputes every hash and MAC and names the first bad line and what is
+  wrong with it (:class:`VerifyResult`: ``edited``, ``forged``, ``reordered``, ``truncated``,
+  ``closing_missing``…); the ``ketapump log verify FILE`` command (:mod:`ketapump.cli.log`) exposes it with
+  sysexits exit codes.
 
 Library diagnostics (pymodbus, asyncio, our transports) are a different stream with different rules —
 noisy, lossy and not evidence — and :func:`configure_diagnostics` keeps them out of the audit file.
@@ -42,9 +53,11 @@ steps, but it restarts from an arbitrary origin in every process, so it is not c
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import datetime as _dt
 import enum
+import errno
 import fcntl
 import hashlib
 import json
@@ -58,25 +71,30 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, ClassVar, Final, cast
+from typing import IO, Any, ClassVar, Final, Literal, cast
 
 import structlog
 
+from ketapump.bridge.auditkey import AuditKey, AuditKeyError, load_key
 from ketapump.errors import AuditWriteError
+from ketapump.validation import open_regular_file
 
 __all__ = [
+    "CHAINABLE",
     "DIAGNOSTIC_LOGGERS",
     "GENESIS_HASH",
+    "MAX_RECORD_BYTES",
     "AuditWriter",
     "RecordGroup",
+    "Seal",
     "VerifyResult",
     "audit_logger",
     "canonical_json",
     "configure_diagnostics",
+    "read_records",
     "record_group",
     "record_hash",
     "remove_diagnostics",
-    "session_of",
     "verify",
 ]
 
@@ -86,8 +104,16 @@ GENESIS_HASH: Final = "0" * 64
 #: Loggers whose stdlib records :func:`configure_diagnostics` routes to the diagnostics stream.
 DIAGNOSTIC_LOGGERS: Final = ("pymodbus", "asyncio", "ketapump.transport", "ketapump.sim")
 
+#: The longest line :func:`verify` reads as one record (bytes); a longer one is not a record of ours.
+MAX_RECORD_BYTES: Final = 1024 * 1024
+#: Space kept allocated beyond the end of the file for the records that mark a failed write (bytes).
+MARK_RESERVE_BYTES: Final = 4096
+
 # Keys the writer owns; a caller's field with one of these names would corrupt the chain's bookkeeping.
-_RESERVED: Final = frozenset({"timestamp", "seq", "mono_ns", "prev", "hash"})
+_RESERVED: Final = frozenset({"timestamp", "seq", "mono_ns", "prev", "hash", "mac"})
+# The record a writer adds after a write that failed, and the one it ends every file with.
+_WRITE_FAILED: Final = "audit_write_failed"
+_CLOSED: Final = "log_closed"
 # Stable, greppable event names: a value interpolated into a name (f"set {rate}") breaks every query.
 _EVENT_NAME: Final = re.compile(r"[a-z][a-z0-9_]*\Z")
 _HEX64: Final = re.compile(r"[0-9a-f]{64}\Z")
@@ -109,8 +135,39 @@ def canonical_json(obj: object) -> str:
 
 
 def record_hash(prev: str, record_without_hash: Mapping[str, object]) -> str:
-    """``sha256(prev + canonical_json(record))`` as lowercase hex: the link that chains each record."""
+    """``sha256(prev + canonical_json(record))`` as lowercase hex (the record without ``hash`` and
+    ``mac``): the link that chains each record."""
     return hashlib.sha256((prev + canonical_json(record_without_hash)).encode("utf-8")).hexdigest()
+
+
+def _reserve_space(fd: int, offset: int, length: int) -> bool:
+    """Allocates ``[offset, offset + length)`` of the file without changing its size, so appends into it
+    cannot fail for want of space. Returns ``False`` where the platform or file system cannot (nothing is
+    reserved then); raises ``OSError`` (``ENOSPC``) when the disk is full."""
+    if _FALLOCATE is None:
+        return False
+    if _FALLOCATE(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV}:
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    """glibc's ``fallocate(2)`` wrapper, or ``None`` where there is none (the os module lacks the
+    keep-size mode)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_FALLOC_FL_KEEP_SIZE: Final = 0x01
+_FALLOCATE: Final = _libc_fallocate()
 
 
 def _finite(value: float) -> object:
@@ -161,10 +218,12 @@ def _utc_timestamp() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _check_record(text: str) -> tuple[dict[str, Any] | None, str]:
-    """Parse one line and check it on its own (JSON, fields, own hash, canonical form).
+def _check_record(text: str, key: AuditKey) -> tuple[dict[str, Any] | None, str, str]:
+    """Parse one line and check it on its own (JSON, fields, own hash, canonical form, MAC).
 
-    Returns ``(record, "")`` or ``(None, reason)``; links to neighbouring lines are the caller's job.
+    Returns ``(record, "", "")`` or ``(None, status, reason)`` with ``status`` ``edited`` (the content
+    does not match its hash, or is not a record) or ``forged`` (the hash matches, the MAC does not: it was
+    recomputed without the key). Links to neighbouring lines are the caller's job.
     """
 
     def _no_constants(token: str) -> object:
@@ -173,23 +232,28 @@ def _check_record(text: str) -> tuple[dict[str, Any] | None, str]:
     try:
         obj = json.loads(text, parse_constant=_no_constants)
     except ValueError as exc:
-        return None, f"not valid JSON ({exc})"
+        return None, "edited", f"not valid JSON ({exc})"
     if not isinstance(obj, dict):
-        return None, "not a JSON object"
-    for key in ("hash", "prev"):
-        if not isinstance(obj.get(key), str) or not _HEX64.match(obj[key]):
-            return None, f"missing or malformed {key!r} (expected 64 lowercase hex digits)"
+        return None, "edited", "not a JSON object"
+    for name in ("hash", "prev"):
+        if not isinstance(obj.get(name), str) or not _HEX64.match(obj[name]):
+            return None, "edited", f"missing or malformed {name!r} (expected 64 lowercase hex digits)"
     seq = obj.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        return None, "missing or malformed 'seq' (expected a non-negative integer)"
+        return None, "edited", "missing or malformed 'seq' (expected a non-negative integer)"
     if not isinstance(obj.get("event"), str):
-        return None, "missing or malformed 'event'"
-    body = {k: v for k, v in obj.items() if k != "hash"}
+        return None, "edited", "missing or malformed 'event'"
+    body = {k: v for k, v in obj.items() if k not in {"hash", "mac"}}
     if record_hash(obj["prev"], body) != obj["hash"]:
-        return None, "hash mismatch: the record was modified after it was written"
+        return None, "edited", "hash mismatch: the record was modified after it was written"
     if canonical_json(obj) != text:
-        return None, "not in canonical form: whitespace, key order or escaping was changed"
-    return obj, ""
+        return None, "edited", "not in canonical form: whitespace, key order or escaping was changed"
+    mac = obj.get("mac")
+    if not isinstance(mac, str) or not _HEX64.match(mac):
+        return None, "forged", "forged: no MAC (the record was not written by an audit writer with a key)"
+    if not key.verifies(obj["hash"], mac):
+        return None, "forged", "forged (bad MAC): the hash was recomputed without the audit key"
+    return obj, "", ""
 
 
 def _read_last_line(fd: int, size: int) -> bytes:
@@ -268,7 +332,8 @@ def record_group() -> Iterator[RecordGroup]:
 
 
 class AuditWriter:
-    """The one writer of one audit file: serialises, chains and fsyncs every record under one lock.
+    """The one writer of one audit file: serialises, chains, authenticates and fsyncs every record under
+    one lock.
 
     Obtain it with :meth:`open`, never by calling the class: the registry is what guarantees a single
     chain per file. :meth:`write` is thread-safe; records from all threads form one sequence.
@@ -277,37 +342,49 @@ class AuditWriter:
     _registry: ClassVar[dict[str, AuditWriter]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, path: str, fd: int, *, seq: int, last_hash: str) -> None:
+    def __init__(self, path: str, fd: int, key: AuditKey, *, seq: int, last_hash: str) -> None:
         """Internal: wrap an already opened, locked fd. Use :meth:`open`."""
         self._path = path
         self._fd = fd
+        self._key = key
         self._ino = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        #: Bytes of whole records in the file: what a failed write is cut back to.
+        self._size = os.fstat(fd).st_size
         self._next_seq = seq
         self._last_hash = last_hash
         self._lock = threading.Lock()
         self._failure: AuditWriteError | None = None
         self._closed = False
-        #: Records chained but not yet written (inside a :func:`record_group`), oldest first.
+        #: Records chained but not yet written (inside a :func:`record_group`), oldest first, and their
+        #: events (named by the failure's mark if they cannot be written).
         self._pending = bytearray()
+        self._pending_events: list[str] = []
+        #: ``(next_seq, last_hash)`` of the records on disk: where a failed write cuts the chain back to.
+        self._durable = (seq, last_hash)
         self._syncs = 0
 
     # -- opening ------------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, chain_from: Path | None = None) -> AuditWriter:
+    def open(
+        cls, path: str | os.PathLike[str], *, chain_from: Path | None = None, key: AuditKey | None = None
+    ) -> AuditWriter:
         """The shared writer of ``path``, opening (or creating) the file on first use in this process.
 
-        A new (or empty) file starts with a ``log_opened`` record whose ``prev`` is the final hash of
-        ``chain_from`` (verified in full; a damaged tail is chained past and noted as
-        ``chain_from_problem``) or :data:`GENESIS_HASH`. An existing file continues its chain: its last
-        line gives ``seq`` and ``prev``, and a ``log_reopened`` record marks the restart (``mono_ns``
+        Records are authenticated with ``key`` (default: this installation's audit key, created on first
+        use; :mod:`ketapump.bridge.auditkey`). A new (or empty) file starts with a ``log_opened`` record
+        naming the key and whose ``prev`` is the final hash of ``chain_from`` or :data:`GENESIS_HASH`;
+        ``chain_from`` must verify with the key (a crash may have left it without its closing records,
+        or with an incomplete last line, which is noted as ``chain_from_problem``; an edited or forged
+        one is refused). An existing file continues its chain: its last line, which must verify with the
+        key, gives ``seq`` and ``prev``, and a ``log_reopened`` record marks the restart (``mono_ns``
         restarts with the process). ``chain_from`` is ignored for an existing file, whose first record
         already says what it continues. A file whose last line is incomplete or corrupt is refused
         rather than appended to: start a new file chained from it.
 
-        Raises :class:`AuditWriteError` when the file cannot be opened, locked, read or written, and
-        ``ValueError`` when ``chain_from`` is still open for writing in this process (close it first, or
-        the two files would both keep growing from the same point).
+        Raises :class:`AuditWriteError` when the file cannot be opened, locked, read or written, or the
+        key cannot be had, and ``ValueError`` when ``chain_from`` is still open for writing in this
+        process (close it first, or the two files would both keep growing from the same point).
         """
         real = os.path.realpath(os.fspath(path))
         with cls._registry_lock:
@@ -316,13 +393,17 @@ class AuditWriter:
                 return existing
             if chain_from is not None and os.path.realpath(chain_from) in cls._registry:
                 raise ValueError(f"chain_from {chain_from} is still open for writing; close it first")
-            fd, created = cls._open_fd(real)
+            try:
+                secret = key if key is not None else load_key(create=True)
+            except AuditKeyError as exc:
+                raise AuditWriteError(real, f"no audit key: {exc}") from exc
+            fd, _created = cls._open_fd(real)
             try:
                 for other in cls._registry.values():  # a hard link or bind mount of an open log
                     if other._ino == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
                         os.close(fd)
                         return other
-                writer = cls._start(real, fd, created, chain_from)
+                writer = cls._start(real, fd, secret, chain_from)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -337,7 +418,11 @@ class AuditWriter:
             try:
                 fd, created = os.open(real, flags | os.O_CREAT | os.O_EXCL, 0o640), True
             except FileExistsError:
-                fd, created = os.open(real, flags), False
+                fd, created = os.open(real, flags | os.O_NONBLOCK), False
+                if not os.path.isfile(real):
+                    os.close(fd)
+                    raise AuditWriteError(real, "is not a regular file") from None
+                os.set_blocking(fd, True)
         except OSError as exc:
             raise AuditWriteError(real, f"cannot open: {exc.strerror or exc}") from exc
         try:
@@ -361,27 +446,32 @@ class AuditWriter:
         return fd, created
 
     @classmethod
-    def _start(cls, real: str, fd: int, created: bool, chain_from: Path | None) -> AuditWriter:
+    def _start(cls, real: str, fd: int, key: AuditKey, chain_from: Path | None) -> AuditWriter:
         try:
             size = os.fstat(fd).st_size
             tail = _read_last_line(fd, size) if size > 0 else b""
         except OSError as exc:
             raise AuditWriteError(real, f"cannot read its last record: {exc.strerror or exc}") from exc
         if not tail:
-            opened: dict[str, object] = {"pid": os.getpid(), "chain_from": None, "chain_from_hash": None}
+            opened: dict[str, object] = {
+                "pid": os.getpid(),
+                "key_id": key.key_id,
+                "chain_from": None,
+                "chain_from_hash": None,
+            }
             prev = GENESIS_HASH
             if chain_from is not None:
-                result = verify(chain_from)
-                if result.final_hash is None:
+                result = verify(chain_from, key=key)
+                if result.final_hash is None or result.status not in CHAINABLE:
                     raise AuditWriteError(
                         real, f"cannot chain from {chain_from}: line {result.bad_line}: {result.reason}"
                     )
                 prev = result.final_hash
                 opened |= {"chain_from": str(chain_from), "chain_from_hash": prev}
                 opened["chain_from_records"] = result.records
-                if not result.ok:
+                if result.status not in {"ok", "write_failed"}:
                     opened["chain_from_problem"] = f"line {result.bad_line}: {result.reason}"
-            writer = cls(real, fd, seq=0, last_hash=prev)
+            writer = cls(real, fd, key, seq=0, last_hash=prev)
             writer.write("log_opened", **opened)
             return writer
         if not tail.endswith(b"\n"):
@@ -389,13 +479,13 @@ class AuditWriter:
                 real, "last line is incomplete; verify it and start a new file chained from it"
             )
         try:
-            record, reason = _check_record(tail[:-1].decode("utf-8"))
+            record, _status, reason = _check_record(tail[:-1].decode("utf-8"), key)
         except UnicodeDecodeError:
             record, reason = None, "not valid UTF-8"
         if record is None:
             raise AuditWriteError(real, f"last line is corrupt ({reason}); start a new file chained from it")
-        writer = cls(real, fd, seq=record["seq"] + 1, last_hash=record["hash"])
-        writer.write("log_reopened", pid=os.getpid())
+        writer = cls(real, fd, key, seq=record["seq"] + 1, last_hash=record["hash"])
+        writer.write("log_reopened", pid=os.getpid(), key_id=key.key_id)
         return writer
 
     # -- state --------------------------------------------------------------------------------------------
@@ -412,8 +502,13 @@ class AuditWriter:
 
     @property
     def next_seq(self) -> int:
-        """``seq`` the next record will carry."""
+        """``seq`` the next record will carry (the file's record count when it started at seq 0)."""
         return self._next_seq
+
+    @property
+    def key_id(self) -> str:
+        """The id of the key that authenticates this file's records."""
+        return self._key.key_id
 
     @property
     def failed(self) -> AuditWriteError | None:
@@ -431,23 +526,45 @@ class AuditWriter:
 
     # -- writing ------------------------------------------------------------------------------------------
 
+    def _seal(self, event: str, fields: Mapping[str, object], seq: int, prev: str) -> tuple[bytes, str]:
+        """One record as written: the line (bytes) and its hash. The per-record chain link and MAC are
+        computed here, and only here, whichever way records reach the file."""
+        body = cast(dict[str, object], _jsonable(fields))
+        body["event"] = event
+        body |= {"timestamp": _utc_timestamp(), "seq": seq, "mono_ns": time.monotonic_ns(), "prev": prev}
+        digest = record_hash(prev, body)
+        body["hash"] = digest
+        body["mac"] = self._key.mac(digest)
+        return (canonical_json(body) + "\n").encode("utf-8"), digest
+
+    def _append(self, data: bytes) -> None:
+        """Writes whole records and fsyncs them, first reserving the space they and a failure mark need
+        (raises ``OSError`` with nothing written when the disk has no room for them)."""
+        _reserve_space(self._fd, self._size, len(data) + MARK_RESERVE_BYTES)
+        # A raw fd has no user-space buffer, so os.write is write + flush; loop on short writes.
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        os.fsync(self._fd)
+        self._size += len(data)
+
     def write(self, event: str, **fields: object) -> str:
         """Append one record, durably, and return its hash.
 
         Outside a :func:`record_group`, returns only after write and fsync succeeded, so the caller may act
-        on the logged intent; inside one, the record is chained and buffered, and durable once the group
-        commits. ``event`` must be a stable snake_case name; values go in ``fields`` (non-finite floats
-        become strings, other non-JSON values ``str()``). Raises :class:`AuditWriteError` on any I/O
-        failure (and on every call after one, or after :meth:`close`), ``ValueError`` for a bad event name
-        or a field named like one of the writer's own keys.
+        on the logged intent; inside one, the record is chained, authenticated and buffered, and durable
+        once the group commits. ``event`` must be a stable snake_case name; values go in ``fields``
+        (non-finite floats become strings, other non-JSON values ``str()``). Raises
+        :class:`AuditWriteError` on any I/O failure (and on every call after one, or after :meth:`close`),
+        ``ValueError`` for a bad event name or a field named like one of the writer's own keys. After a
+        failure the file ends at its last whole record, followed (where there is room) by the marks of the
+        failure (:meth:`_fail`).
         """
         if not _EVENT_NAME.match(event):
             raise ValueError(f"audit event name {event!r} is not a stable snake_case name")
         clash = _RESERVED.intersection(fields)
         if clash:
             raise ValueError(f"audit fields {sorted(clash)} are reserved for the writer")
-        body = cast(dict[str, object], _jsonable(fields))
-        body["event"] = event
         with self._lock:
             if self._failure is not None:
                 raise AuditWriteError(
@@ -455,23 +572,22 @@ class AuditWriter:
                 )
             if self._closed:
                 raise AuditWriteError(self._path, "writer is closed")
-            body |= {
-                "timestamp": _utc_timestamp(),
-                "seq": self._next_seq,
-                "mono_ns": time.monotonic_ns(),
-                "prev": self._last_hash,
-            }
-            digest = record_hash(self._last_hash, body)
-            body["hash"] = digest
-            self._pending += (canonical_json(body) + "\n").encode("utf-8")
-            self._next_seq += 1
-            self._last_hash = digest
+            digest = self._chain(event, fields)
             group = _current_group.get()
             if group is not None and group.open:
                 group._join(self)
             else:
                 self._flush()
             return digest
+
+    def _chain(self, event: str, fields: Mapping[str, object]) -> str:
+        """Seals the next record onto the chain and buffers it; the caller holds the lock."""
+        data, digest = self._seal(event, fields, self._next_seq, self._last_hash)
+        self._pending += data
+        self._pending_events.append(event)
+        self._next_seq += 1
+        self._last_hash = digest
+        return digest
 
     def _commit(self) -> None:
         """Writes and fsyncs the buffered records (nothing to do when there are none)."""
@@ -485,37 +601,72 @@ class AuditWriter:
 
     def _flush(self) -> None:
         """Writes every pending record with one ``write`` (looping on short writes) and one ``fsync``;
-        the caller holds the lock. A failure is sticky: the records are lost with the writer."""
-        data = bytes(self._pending)
+        the caller holds the lock. A failure is sticky, and the file's end is marked (:meth:`_fail`)."""
+        if not self._pending:
+            return
+        data, events = bytes(self._pending), list(self._pending_events)
         self._pending.clear()
+        self._pending_events.clear()
         try:
-            # A raw fd has no user-space buffer, so os.write is write + flush; loop on short writes.
-            view = memoryview(data)
+            self._append(data)
+        except OSError as exc:
+            raise self._fail(events, exc) from exc
+        self._durable = (self._next_seq, self._last_hash)
+        self._syncs += 1
+
+    def _fail(self, lost: list[str], exc: OSError) -> AuditWriteError:
+        """After a failed write of the records ``lost`` (their events, oldest first): cut the file back
+        to its last whole record (no space needed) and the chain back to it, then mark the end with
+        ``audit_write_failed`` and ``log_closed`` in the reserved space, so the log verifies up to there.
+        Where even that cannot be written the file still ends at a whole record. The writer refuses every
+        later write; the caller holds the lock."""
+        why = exc.strerror or str(exc)
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._size)
+        self._next_seq, self._last_hash = self._durable
+        failed_seq = self._next_seq
+        failed = {"failed_seq": failed_seq, "failed_event": lost[0], "lost_records": len(lost), "error": why}
+        marked, hash_marked = self._seal(_WRITE_FAILED, failed, failed_seq, self._last_hash)
+        closing = {"records": failed_seq + 2, "reason": "write_failed"}
+        closed, hash_closed = self._seal(_CLOSED, closing, failed_seq + 1, hash_marked)
+        try:
+            view = memoryview(marked + closed)
             while view:
                 view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)
-        except OSError as exc:
-            self._failure = AuditWriteError(
-                self._path,
-                f"write of the records up to seq {self._next_seq - 1} failed: {exc.strerror or exc}",
-            )
-            raise self._failure from exc
-        self._syncs += 1
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+                os.fsync(self._fd)
+            detail = f"write of record seq {failed_seq} failed: {why} (the end could not be marked)"
+        else:
+            self._size += len(marked) + len(closed)
+            self._next_seq += 2
+            self._last_hash = hash_closed
+            self._durable = (self._next_seq, self._last_hash)
+            detail = f"write of record seq {failed_seq} failed: {why} (the log's end is marked)"
+        self._failure = AuditWriteError(self._path, detail)
+        return self._failure
 
     # -- closing ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Commit any buffered records, then release the file and its registry slot; the next
-        :meth:`open` of the path re-opens it. A failed final commit is kept in :attr:`failed`."""
+        """Commits any buffered records and ends the file with a ``log_closed`` record (unless a failure
+        already marked its end), then releases it and its registry slot; the next :meth:`open` of the path
+        re-opens it. Never raises: a failed final commit is kept in :attr:`failed`, and the file then
+        ends at its last whole record or the failure's marks."""
         with self._registry_lock, self._lock:
             if self._closed:
                 return
-            if self._pending and self._failure is None:
+            if self._failure is None:
+                self._chain(_CLOSED, {"records": self._next_seq + 1})
                 with contextlib.suppress(AuditWriteError):
                     self._flush()
             self._closed = True
             if self._registry.get(self._path) is self:
                 del self._registry[self._path]
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # gives back the reserved space
             with contextlib.suppress(OSError):
                 os.close(self._fd)
 
@@ -689,12 +840,40 @@ def remove_diagnostics() -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
+#: What :func:`verify` found (:attr:`VerifyResult.status`), from intact to worst.
+VerifyStatus = Literal[
+    "ok",  # every record authentic, the log closed by its writer
+    "write_failed",  # authentic up to where a failed write stopped the writer, which marked its end there
+    "closing_missing",  # authentic, but the closing records are gone (or the writer died before them)
+    "truncated",  # authentic up to an incomplete last line (a write cut short by a crash)
+    "reordered",  # a record is missing, inserted, duplicated or out of order in the chain
+    "edited",  # a record's content does not match its hash (or is not a record)
+    "forged",  # a record's hash was recomputed without the key: its MAC does not match
+    "unauthenticated",  # the log names a key this installation does not have
+    "empty",  # no records at all
+]
+#: The results a later file may chain from (``run --resume``): authentic as far as they go.
+CHAINABLE: Final = frozenset({"ok", "write_failed", "closing_missing", "truncated"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Seal:
+    """What a log's end must be, recorded elsewhere when it was closed (the course history's
+    :class:`~ketapump.clinical.course.LogSeal`): the number of records and the last one's hash."""
+
+    records: int
+    head: str
+    where: str
+
+
 @dataclasses.dataclass(frozen=True)
 class VerifyResult:
     """Outcome of :func:`verify`.
 
-    ``records`` and ``final_hash`` describe the intact prefix (all of the file when ``ok``); ``bad_line``
-    is the 1-based number of the first line that fails, ``reason`` says how (empty when ``ok``).
+    ``status`` says what was found (:data:`VerifyStatus`); ``ok`` is true for ``ok`` and for a log whose
+    writer marked where a failed write stopped it (``write_failed``). ``records`` and ``final_hash``
+    describe the authentic prefix (all of the file when ``ok``); ``bad_line`` is the 1-based number of the
+    first line that fails, ``reason`` says how (for ``write_failed``, what the writer marked).
     """
 
     ok: bool
@@ -702,69 +881,164 @@ class VerifyResult:
     final_hash: str | None
     bad_line: int | None
     reason: str
+    status: VerifyStatus = "ok"
+    key_id: str | None = None
 
 
-def verify(path: Path, *, expect_prev: str | None = None) -> VerifyResult:
-    """Recompute the chain of an audit file and name the first line that breaks it.
+def verify(
+    path: Path,
+    *,
+    expect_prev: str | None = None,
+    key: AuditKey | None = None,
+    seal: Seal | None = None,
+) -> VerifyResult:
+    """Recompute the chain of an audit file, authenticate every record, and name the first line that
+    fails and how (:data:`VerifyStatus`).
 
-    Checks, line by line: complete line (trailing newline), UTF-8, JSON object, the writer's fields, the
-    record's own hash (an edited value), canonical form (an edited layout), ``seq`` continuity (a dropped
-    or reordered line shows at the line after the gap) and the ``prev`` link. The first line must be
+    Checks, line by line: a regular file; complete lines (trailing newline) no longer than
+    :data:`MAX_RECORD_BYTES`; UTF-8; a JSON object with the writer's fields; the record's own hash (an
+    edited value) and canonical form (an edited layout); its MAC with ``key`` (default: this installation's
+    audit key; a log naming another key cannot be authenticated); ``seq`` continuity and the ``prev`` link
+    (a dropped, duplicated or reordered line shows at the line after the gap). The first line must be
     ``log_opened`` with ``seq`` 0 and a ``prev`` equal to its ``chain_from_hash`` (or the genesis hash),
-    and to ``expect_prev`` when given — the final hash of the previous file, which is how a rotated set of
-    files is checked end to end. A missing *last* line cannot be detected from the file alone; compare
-    ``final_hash`` with the next file's ``log_opened`` record for that. Raises ``OSError`` if the file
-    cannot be read.
+    and to ``expect_prev`` when given — the final hash of the previous file, which is how a rotated set
+    of files is checked end to end. The last record must be ``log_closed``: without it the closing
+    records are missing. ``seal`` (the record count and last hash stored elsewhere when the log was
+    closed) catches a log cut back to an earlier, still-closed state. Raises ``OSError`` (a
+    :class:`~ketapump.validation.FileReadError` for a path that is not a regular file) if the file cannot
+    be read.
     """
     records = 0
     last_hash: str | None = None
+    last: dict[str, Any] | None = None
     last_seq = -1
+    marked: dict[str, Any] | None = None
+    key_id: str | None = None
 
-    def bad(line: int, reason: str) -> VerifyResult:
-        return VerifyResult(False, records, last_hash, line, reason)
+    def bad(line: int, status: VerifyStatus, reason: str) -> VerifyResult:
+        return VerifyResult(False, records, last_hash, line, reason, status, key_id)
 
-    with open(path, "rb") as fh:
+    fd = open_regular_file(path)
+    with os.fdopen(fd, "rb") as fh:
         lineno = 0
-        for lineno, raw in enumerate(fh, start=1):
+        while raw := fh.readline(MAX_RECORD_BYTES + 1):
+            lineno += 1
             if not raw.endswith(b"\n"):
-                return bad(lineno, "truncated last line (no newline): the write did not complete")
+                if len(raw) > MAX_RECORD_BYTES:
+                    return bad(lineno, "edited", f"longer than {MAX_RECORD_BYTES} bytes: not a record")
+                return bad(
+                    lineno,
+                    "truncated",
+                    f"truncated after record {records} (incomplete last write: no newline)",
+                )
             try:
                 text = raw[:-1].decode("utf-8")
             except UnicodeDecodeError as exc:
-                return bad(lineno, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
-            record, reason = _check_record(text)
+                return bad(lineno, "edited", f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            if lineno == 1:
+                declared = _declared_key(text)
+                if declared is None:
+                    # Not keyed: an edit shows as one; an intact unkeyed header is not authentic either.
+                    _, status, reason = _check_record(text, AuditKey(b"", "(none)"))
+                    if status == "edited":
+                        return bad(1, "edited", reason)
+                    head = json.loads(text)
+                    if head.get("event") != "log_opened" or head.get("seq") != 0:
+                        return bad(
+                            1,
+                            "reordered",
+                            f"first record is {head.get('event')!r} seq {head.get('seq')}, "
+                            "expected 'log_opened' seq 0",
+                        )
+                    return bad(1, "forged", "forged: the first record names no audit key")
+                key_id = declared
+                try:
+                    key = key if key is not None else load_key()
+                except AuditKeyError as exc:
+                    return bad(1, "unauthenticated", f"cannot authenticate (key {declared}): {exc}")
+                if key.key_id != declared:
+                    return bad(
+                        1,
+                        "unauthenticated",
+                        f"written with audit key {declared}; the key at {key.path} is {key.key_id}: "
+                        "verify it where it was written, or with that installation's key",
+                    )
+            assert key is not None
+            record, status, reason = _check_record(text, key)
             if record is None:
-                return bad(lineno, reason)
+                return bad(lineno, cast(VerifyStatus, status), reason)
             seq, prev = record["seq"], record["prev"]
             if lineno == 1:
                 if record["event"] != "log_opened" or seq != 0:
                     return bad(
-                        1, f"first record is {record['event']!r} seq {seq}, expected 'log_opened' seq 0"
+                        1,
+                        "reordered",
+                        f"first record is {record['event']!r} seq {seq}, expected 'log_opened' seq 0",
                     )
-                declared = record.get("chain_from_hash") or GENESIS_HASH
-                if prev != declared:
-                    return bad(1, "prev does not match the chain_from_hash this record declares")
+                declared_prev = record.get("chain_from_hash") or GENESIS_HASH
+                if prev != declared_prev:
+                    return bad(1, "reordered", "prev does not match the chain_from_hash this record declares")
                 if expect_prev is not None and prev != expect_prev:
-                    return bad(1, f"prev {prev} does not match the expected previous hash {expect_prev}")
+                    return bad(
+                        1, "reordered", f"prev {prev} does not match the expected previous hash {expect_prev}"
+                    )
             else:
                 if seq != last_seq + 1:
                     return bad(
                         lineno,
+                        "reordered",
                         f"seq {seq} follows seq {last_seq} (expected {last_seq + 1}): "
-                        "a record is missing or out of order",
+                        "a record is missing, duplicated or out of order",
                     )
                 if prev != last_hash:
                     return bad(
                         lineno,
+                        "reordered",
                         f"prev does not match the hash of line {lineno - 1}: "
                         "a record is missing, inserted or out of order",
                     )
             records += 1
             last_hash = record["hash"]
             last_seq = seq
+            last = record
+            if record["event"] == _WRITE_FAILED and marked is None:
+                marked = record
         if lineno == 0:
-            return bad(1, "empty file: expected a log_opened record")
-    return VerifyResult(True, records, last_hash, None, "")
+            return bad(1, "empty", "empty file: expected a log_opened record")
+    assert last is not None
+    if seal is not None and (records < seal.records or (records == seal.records and last_hash != seal.head)):
+        return bad(
+            min(records, seal.records) + 1,
+            "closing_missing",
+            f"closing records missing: {seal.where} recorded {seal.records} records ending in "
+            f"{seal.head[:16]}…, this log has {records} ending in {(last_hash or '')[:16]}…",
+        )
+    if last["event"] != _CLOSED:
+        return bad(
+            lineno + 1,
+            "closing_missing",
+            f"closing records missing after record {records}: the log ends without log_closed "
+            "(records were dropped from its end, or its writer died)",
+        )
+    if marked is not None:
+        reason = (
+            f"incomplete tail marked by its writer: record seq {marked.get('failed_seq')} "
+            f"({marked.get('failed_event')}) could not be written ({marked.get('error')}) and the writer "
+            f"ended the log there; all {records} records verify"
+        )
+        return VerifyResult(True, records, last_hash, None, reason, "write_failed", key_id)
+    return VerifyResult(True, records, last_hash, None, "", "ok", key_id)
+
+
+def _declared_key(first_line: str) -> str | None:
+    """The ``key_id`` a log's first line names (read before the line is checked, to pick the key), or
+    ``None`` when it names none (or is not JSON)."""
+    try:
+        obj = json.loads(first_line)
+    except ValueError:
+        return None
+    key_id = obj.get("key_id") if isinstance(obj, dict) else None
+    return key_id if isinstance(key_id, str) and key_id else None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -772,11 +1046,18 @@ def verify(path: Path, *, expect_prev: str | None = None) -> VerifyResult:
 # --------------------------------------------------------------------------------------------------------
 
 
-def session_of(record: Path) -> str:
-    """The session id of an earlier run's audit record (a resumed run continues the same session)."""
-    with record.open(encoding="utf-8") as f:
-        for line in f:
-            session = json.loads(line).get("session_id")
-            if session:
-                return str(session)
-    raise ValueError("it names no session_id")
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of an audit file that parses as JSON, in order, read bounded (a regular file, lines
+    up to :data:`MAX_RECORD_BYTES`); an incomplete or unparsable line ends the list. Check the file with
+    :func:`verify` first: this reads what it says, it does not authenticate it."""
+    out: list[dict[str, Any]] = []
+    with os.fdopen(open_regular_file(path), "rb") as fh:
+        while (raw := fh.readline(MAX_RECORD_BYTES + 1)).endswith(b"\n"):
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                break
+            if not isinstance(entry, dict):
+                break
+            out.append(entry)
+    return out

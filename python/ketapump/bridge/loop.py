@@ -133,6 +133,8 @@ class ControlLoop:
         self._requests: list[tuple[str, Any]] = []
         self._commanded = _Commanded()
         self._last_sample: tuple[float, PumpTelemetry] | None = None
+        #: Set once the pump was told to move or seen moving: only then does a failure send a stop.
+        self._may_be_moving = False
 
     def request_stop(self) -> None:
         """Operator stop (e.g. SIGINT): the loop stops the pump at its next tick."""
@@ -204,6 +206,8 @@ class ControlLoop:
     async def _send(self, command: _Commanded) -> None:
         """Commands the pump (after :meth:`_announce` logged it and the tick's records were committed)."""
         last = self._commanded
+        if command.direction != "hold":
+            self._may_be_moving = True
         if command.direction == "hold":
             await self.driver.stop()
         elif command.direction == "forward":
@@ -221,19 +225,23 @@ class ControlLoop:
 
         ``recovered_ml`` is what an earlier, interrupted run of the same session delivered; this run
         delivers the rest. Any exception leaving the loop (a failed audit write, a cancellation, a bug)
-        stops the pump first, best effort, and then propagates.
+        stops the pump first, best effort, and then propagates — unless the pump cannot be moving: it was
+        never told to move and never seen moving (a pump that never answered is not asked again, so an
+        unreachable pump fails within its transport's bound, timeout × (retries + 1)).
         """
         try:
             return await self._run(plan, recovered_ml)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await self.driver.stop()
+            if self._may_be_moving:
+                with contextlib.suppress(Exception):
+                    await self.driver.stop()
             raise
 
     async def _run(self, plan: InfusionPlan, recovered_ml: float) -> RunResult:
         log, kernel = self.log, self.kernel
         await self.driver.connect()
         telemetry = await self.driver.read_telemetry()
+        self._may_be_moving = telemetry.motor_running
         if "reset" in telemetry.pump_alarms:
             await self.driver.acknowledge_alarm()
             log.info(
@@ -251,6 +259,7 @@ class ControlLoop:
                 detail="pump alarms latched",
                 stop_confirmed=stopped,
             )
+        identity = await self.driver.identify()
         await self.driver.set_syringe(plan.syringe_diameter_mm)
         remaining = plan.volume_ml - recovered_ml
         kernel.load(plan.rate_ml_h, remaining, take_up=plan.take_up and recovered_ml == 0)
@@ -265,6 +274,7 @@ class ControlLoop:
             pump_infused_ml_at_start=start_infused,
             missing_telemetry=sorted(self.driver.lacks),
             control_period_s=self.period_s,
+            pump_identity=identity,
         )
         t0 = self.clock.now()
         first = self._step(t0, telemetry)

@@ -11,7 +11,6 @@ events as a progress bar, the outcome as a summary.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import signal
 import sys
@@ -40,6 +39,7 @@ from ketapump.cli.common import (
 from ketapump.clinical import (
     Patient,
     ScriptedOperator,
+    Session,
     SessionAbortedError,
     SessionEvent,
     SessionOutcome,
@@ -57,11 +57,14 @@ from ketapump.clinical import (
 from ketapump.errors import (
     AuditWriteError,
     ConfigurationError,
+    CourseError,
+    CourseRecordNotFoundError,
+    CourseStorageError,
     KetapumpError,
     LimitError,
     TransportError,
 )
-from ketapump.validation import input_exit_code
+from ketapump.validation import OutputPathError, input_exit_code
 
 Sex = Literal["female", "male"]
 
@@ -265,8 +268,12 @@ def session(
             out=out,
             time_scale=time_scale,
         )
+    except OutputPathError as e:
+        raise fail(str(e), os.EX_CANTCREAT) from e
     except ConfigurationError as e:
         raise fail(str(e), input_exit_code(e)) from e
+    except CourseError as e:
+        raise fail(str(e), _error_code(e)) from e
     except OSError as e:
         raise fail(str(e), os.EX_NOINPUT) from e
     checklists = setup.protocol.checklists
@@ -285,7 +292,7 @@ def _reasons(confirm: list[str]) -> dict[str, str]:
         kind, sep, reason = item.partition("=")
         if not sep or not reason.strip():
             raise ConfigurationError("--confirm", f"{item!r} is not KIND=REASON with a reason")
-        kinds = [name for name, _unit in _core.LIMIT_KINDS] + ["baseline_vitals"]
+        kinds = [name for name, _unit in _core.LIMIT_KINDS] + ["baseline_vitals", "new_patient"]
         if kind not in kinds:
             raise ConfigurationError("--confirm", f"{kind!r} is not a limit kind ({', '.join(kinds)})")
         reasons[kind] = reason.strip()
@@ -314,33 +321,47 @@ def _ask_checklist(items: list[str]) -> dict[str, bool]:
 
 def _execute(setup: SessionSetup, *, json_output: bool) -> None:
     """Opens the records, runs the session with a progress bar and the operator's signals, prints the
-    summary (stdout) and exits with the session's code."""
+    summary (stdout) and exits with the session's code. Whatever ends the session, its summary is printed
+    and its report written; the signal handlers stay in place until then, so no signal skips either."""
     console = Console(stderr=True)
-    try:
-        runner = SessionRunner.open(setup)
-    except (OSError, ValueError) as e:
-        raise fail(f"cannot open the audit log {setup.log_path}: {e}", os.EX_IOERR) from e
-    except KetapumpError as e:
-        raise fail(str(e), os.EX_DATAERR) from e
-    try:
-        outcome = asyncio.run(_run_with_signals(runner, console, quiet=json_output))
-    except SessionAbortedError as e:
-        raise fail(str(e), EXIT_ABORTED) from e
-    except LimitError as e:
-        raise fail(str(e), EXIT_LIMIT) from e
-    except AuditWriteError as e:
-        raise fail(f"{e}; the pump was told to stop", os.EX_IOERR) from e
-    except TransportError as e:
-        raise fail(str(e), os.EX_UNAVAILABLE) from e
-    except KetapumpError as e:
-        raise fail(str(e), os.EX_DATAERR) from e
-    machine = outcome.summary()
-    if json_output:
-        result_json(machine)
-    else:
-        _print_summary(outcome.result, machine)
+    with _OperatorSignals() as signals:
+        try:
+            runner = SessionRunner.open(setup)
+        except CourseError as e:
+            raise fail(str(e), _error_code(e)) from e
+        except (OSError, ValueError) as e:
+            raise fail(f"cannot open the audit log {setup.log_path}: {e}", os.EX_IOERR) from e
+        signals.attach(runner.session)
+        outcome = asyncio.run(_run_with_progress(runner, console, quiet=json_output))
+        machine = outcome.summary()
+        if json_output:
+            result_json(machine)
+        else:
+            _print_summary(outcome.result, machine)
+        if signals.ignored:
+            console.print(f"ignored after the session ended: {', '.join(signals.ignored)}", highlight=False)
+    error = outcome.error
+    if error is not None:
+        message = f"{error}; the pump was told to stop" if isinstance(error, AuditWriteError) else str(error)
+        if isinstance(error, CourseStorageError):
+            message += "; the pump was stopped and the session ended (the audit log and report hold it)"
+        raise fail(message, _error_code(error))
     if not outcome.complete:
         raise typer.Exit(EXIT_INTERLOCK)
+
+
+def _error_code(error: Exception) -> int:
+    """The documented exit code of what ended a session early (README, ``session`` exit codes)."""
+    codes: list[tuple[type[Exception], int]] = [
+        (SessionAbortedError, EXIT_ABORTED),
+        (LimitError, EXIT_LIMIT),
+        (AuditWriteError, os.EX_IOERR),
+        (CourseRecordNotFoundError, os.EX_NOINPUT),
+        (CourseStorageError, os.EX_IOERR),
+        (TransportError, os.EX_UNAVAILABLE),
+        (KetapumpError, os.EX_DATAERR),
+    ]
+    return next((code for kind, code in codes if isinstance(error, kind)), os.EX_SOFTWARE)
 
 
 #: Operator commands by signal while a session runs.
@@ -352,9 +373,41 @@ SIGNAL_ACTIONS = {
 }
 
 
-async def _run_with_signals(runner: SessionRunner, console: Console, *, quiet: bool) -> SessionOutcome:
-    """Runs the session with SIGINT/SIGTERM as an operator stop, SIGUSR1 pause and SIGUSR2 resume (each
-    a command the session carries out at its next tick) and a progress bar fed by its events."""
+class _OperatorSignals:
+    """The operator's signals as session commands, installed before the records open and kept until
+    the summary is printed: a signal is a command the session records and carries out or refuses (a
+    second stop, a stop during the observation), never an interruption of the process. Before the
+    session exists, or after it ended, a signal is noted and ignored."""
+
+    def __init__(self) -> None:
+        self._session: Session | None = None
+        self._previous: dict[int, Any] = {}
+        #: Signals that arrived when there was no running session to give them to.
+        self.ignored: list[str] = []
+
+    def attach(self, session: Session) -> None:
+        self._session = session
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        action, name = SIGNAL_ACTIONS[signal.Signals(signum)]
+        session = self._session
+        if session is None or session.outcome is not None:
+            self.ignored.append(name)
+            return
+        session.command(action, f"operator signal {name}", source="signal")
+
+    def __enter__(self) -> _OperatorSignals:
+        for sig in SIGNAL_ACTIONS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+async def _run_with_progress(runner: SessionRunner, console: Console, *, quiet: bool) -> SessionOutcome:
+    """Runs the session with a progress bar fed by its events."""
     session = runner.session
     observation_min = runner.setup.protocol.observation.min_minutes
     columns = (TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.fields[detail]}"))
@@ -373,15 +426,7 @@ async def _run_with_signals(runner: SessionRunner, console: Console, *, quiet: b
             progress.update(task, description=event.phase, completed=completed, detail=detail)
 
         session.subscribe(show)
-        loop = asyncio.get_running_loop()
-        for sig, (action, name) in SIGNAL_ACTIONS.items():
-            command = functools.partial(session.command, source="signal")
-            loop.add_signal_handler(sig, command, action, f"operator signal {name}")
-        try:
-            return await runner.run()
-        finally:
-            for sig in SIGNAL_ACTIONS:
-                loop.remove_signal_handler(sig)
+        return await runner.run()
 
 
 def _print_summary(result: SessionResult, machine: dict[str, Any]) -> None:

@@ -1,8 +1,10 @@
-"""``ketapump course show`` and ``course note``: a patient's course history and journal notes.
+"""``ketapump course init``, ``migrate``, ``show`` and ``note``: the course database, a patient's course
+history and journal notes.
 
-Exit codes follow sysexits: 0 done, 65 (EX_DATAERR) refused data (a late note, a damaged or foreign
-file), 66 (EX_NOINPUT) unknown patient or session or no database, 74 (EX_IOERR) the database could not be
-read or written, 2 usage.
+Exit codes follow sysexits: 0 done, 65 (EX_DATAERR) refused data (a late note, an empty, damaged, foreign
+or older file, an invalid patient id), 66 (EX_NOINPUT) unknown patient or session or no database, 73
+(EX_CANTCREAT) ``init`` over an existing file or where none can be made, 74 (EX_IOERR) the database could
+not be read or written, 2 usage.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import typer
 
 from ketapump.cli.common import COURSE_DB_DEFAULT, Command, command_group, fail, result, result_json
 from ketapump.clinical import CourseHistory, CourseSummary, default_course_path
-from ketapump.errors import CourseError, CourseRecordNotFoundError
+from ketapump.errors import CourseError, CourseRecordNotFoundError, CourseStorageError
 
 
 def _parse_time(value: str | None) -> _dt.datetime | None:
@@ -104,6 +106,8 @@ def _course_error(path: Path, error: Exception) -> typer.Exit:
     message = text if text.startswith(str(path)) else f"{path}: {text}"
     if isinstance(error, CourseRecordNotFoundError):
         return fail(message, os.EX_NOINPUT)
+    if isinstance(error, CourseStorageError):
+        return fail(message, os.EX_IOERR)
     if isinstance(error, CourseError):
         return fail(message, os.EX_DATAERR)
     return fail(message, os.EX_IOERR)
@@ -114,6 +118,41 @@ def _db_option() -> Any:
 
 
 course_app = command_group("course", help="Course history: sessions, maintenance timing, notes.")
+
+
+@course_app.command("init", cls=Command)
+def init_command(
+    course_db: Annotated[
+        Path | None,
+        typer.Argument(help="Where to create it (default: $XDG_DATA_HOME/ketapump/course.sqlite3)."),
+    ] = None,
+) -> None:
+    """Create a new, empty course database (never over an existing file)."""
+    path = course_db if course_db is not None else default_course_path()
+    try:
+        with CourseHistory.create(path, at=_dt.datetime.now(_dt.UTC)) as history:
+            database_id = history.database_id
+    except CourseError as e:  # an existing file, or no way to make one: nothing was created
+        raise fail(str(e), os.EX_CANTCREAT) from None
+    result(f"created course database {path} (id {database_id})")
+
+
+@course_app.command("migrate", cls=Command)
+def migrate_command(
+    course_db: Annotated[
+        Path | None, typer.Argument(help="The database (default: $XDG_DATA_HOME/ketapump/course.sqlite3).")
+    ] = None,
+) -> None:
+    """Bring a course database of an older schema up to this ketapump's, keeping a backup of it first."""
+    path = course_db if course_db is not None else default_course_path()
+    try:
+        done = CourseHistory.migrate(path, at=_dt.datetime.now(_dt.UTC))
+    except (CourseError, sqlite3.Error) as e:
+        raise _course_error(path, e) from None
+    if done.backup is None:
+        result(f"{path} is at schema {done.to_version} already: nothing to do")
+    else:
+        result(f"migrated {path} from schema {done.from_version} to {done.to_version}; backup: {done.backup}")
 
 
 @course_app.command("show", cls=Command)
@@ -132,7 +171,7 @@ def show_command(
     path = course_db if course_db is not None else default_course_path()
     at = _parse_time(now) or _dt.datetime.now(_dt.UTC)
     try:
-        with CourseHistory.open(path, create=False) as history:
+        with CourseHistory.open(path, readonly=True) as history:
             summary = history.course_summary(patient, at)
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None
@@ -155,7 +194,7 @@ def note_command(
     path = course_db if course_db is not None else default_course_path()
     when = _parse_time(at) or _dt.datetime.now(_dt.UTC)
     try:
-        with CourseHistory.open(path, create=False) as history:
+        with CourseHistory.open(path) as history:
             note = history.add_note(session, text, when)
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None

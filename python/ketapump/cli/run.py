@@ -1,5 +1,6 @@
 """``ketapump run``: a plain infusion on any pump, every command through the Rust kernel, recorded in the
-hash-chained audit log; ``--resume`` continues a session after a crash."""
+keyed, hash-chained audit log; ``--resume`` continues a session after a crash, bound to its record: the
+record must verify, and the order and the pump must be the recorded ones."""
 
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ from ketapump.bridge import (
     InfusionPlan,
     RecoveryError,
     RunResult,
+    SessionRecord,
     audit_logger,
+    check_order,
     configure_diagnostics,
     control_period_s,
     default_log_path,
     loop_settings,
     make_driver,
+    read_session_record,
     resume_session,
-    session_of,
     syringe_diameter_mm,
 )
 from ketapump.cli.common import (
@@ -51,6 +54,7 @@ from ketapump.cli.common import (
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
+from ketapump.validation import OutputPathError, check_output_path
 from ketapump.wire import PumpDriver, split_url
 
 #: Seconds between telemetry summaries in the audit log (the recovery points of a resume).
@@ -94,10 +98,11 @@ def run(
     """Run a plain infusion on any pump and record it in a hash-chained audit log.
 
     Exit codes: 0 complete, 3 stopped by an interlock or pump alarm, 4 stopped by the operator,
-    5 link lost mid-run (state link_lost), 2 usage, 65 invalid data, 69 pump unreachable, 74 audit log
-    unwritable.
+    5 link lost mid-run (state link_lost), 2 usage, 65 invalid data or a resume its record does not
+    support, 69 pump unreachable, 73 the audit log cannot be created, 74 audit log unwritable.
     """
     console = progress_console()
+    path = log or default_log_path()
     try:
         scheme = split_url(pump)[0]
         diameter = syringe_diameter_mm(syringe)
@@ -110,29 +115,38 @@ def run(
         # A pump without a pressure sensor (New Era) leaves the kernel on stall and volume checks.
         sensor = "pressure_mmhg" not in driver.lacks
         config = kernel_config(**loop_settings(period, defaults), has_pressure_sensor=sensor)
-    except ConfigurationError as e:
+        # The order passes the kernel's checks (rate, volume, syringe) before anything is opened.
+        _core.SafetyKernel(config).load(rate_ml_h, volume_ml, take_up=take_up)
+        check_output_path(path, option="--log", directory=False)
+    except OutputPathError as e:
+        raise fail(str(e), os.EX_CANTCREAT) from e
+    except ConfigurationError as e:  # no input file here: every refusal is invalid data
         raise fail(str(e), os.EX_DATAERR) from e
     if period_s is None and period != float(defaults["control_period_s"]):
         console.print(f"control period {period:g} s of pump time: one tick's round trips at {time_scale:g}×")
-    path = log or default_log_path()
+    plan = InfusionPlan(
+        rate_ml_h=rate_ml_h, volume_ml=volume_ml, syringe_diameter_mm=diameter, take_up=take_up
+    )
+    recorded: SessionRecord | None = None
+    if resume is not None:
+        try:
+            if os.path.realpath(path) == os.path.realpath(resume):
+                raise RecoveryError(f"--log {path} is the record being resumed: give the new run a new file")
+            recorded = read_session_record(resume)
+            check_order(recorded, plan)
+        except RecoveryError as e:
+            raise fail(f"cannot resume: {e}", os.EX_DATAERR) from e
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = AuditWriter.open(path, chain_from=resume)
     except (OSError, ValueError) as e:
         raise fail(f"cannot open the audit log {path}: {e}", os.EX_IOERR) from e
-    try:
-        session_id = session_of(resume) if resume else uuid.uuid4().hex
-    except (OSError, ValueError) as e:
-        writer.close()
-        raise fail(f"cannot read the session record {resume}: {e}", os.EX_DATAERR) from e
+    session_id = recorded.session_id if recorded is not None else uuid.uuid4().hex
     configure_diagnostics(diagnostics if diagnostics else sys.stderr)
     set_diagnostic_levels(debug)
     events = audit_logger(writer, session_id=session_id, pump=pump)
-    plan = InfusionPlan(
-        rate_ml_h=rate_ml_h, volume_ml=volume_ml, syringe_diameter_mm=diameter, take_up=take_up
-    )
     try:
-        outcome = asyncio.run(_run(driver, config, clock, events, plan, resume, console, json_output))
+        outcome = asyncio.run(_run(driver, config, clock, events, plan, recorded, console, json_output))
     except ConfigurationError as e:
         raise fail(str(e), os.EX_DATAERR) from e
     except RecoveryError as e:
@@ -187,18 +201,13 @@ async def _run(
     clock: Clock,
     events: structlog.typing.FilteringBoundLogger,
     plan: InfusionPlan,
-    resume: Path | None,
+    recorded: SessionRecord | None,
     console: Console,
     quiet: bool,
 ) -> RunResult:
-
     recovered = 0.0
-    if resume is not None:
-        # Between the last summary and the watchdog's stop, the pump ran at most at the ceiling.
-        ceiling = float(default_kernel_settings()["max_rate_ml_h"])
-        recovered = await resume_session(
-            driver, resume, events, max_rate_ml_h=ceiling, summary_every_s=SUMMARY_EVERY_S
-        )
+    if recorded is not None:
+        recovered = await resume_session(driver, recorded, events, summary_every_s=SUMMARY_EVERY_S)
     with Progress(console=console, transient=True, disable=quiet) as progress:
         task = progress.add_task("infusing", total=plan.volume_ml)
 

@@ -4,21 +4,26 @@ engine, write the report.
 Every face runs a session the same three steps, so none of them holds a second implementation:
 
 1. :func:`prepare_session` (or :func:`prepare_demo`) validates everything the user gave — protocol,
-   patient, drug library, pump URL, vitals feed, time scale — and connects nothing and writes nothing. A
-   problem raises :class:`~ketapump.errors.ConfigurationError` (or ``OSError`` for a file that cannot be
-   read) before anything is recorded.
-2. :meth:`SessionRunner.open` opens the audit log and the course history and builds the engine
-   (:class:`~ketapump.clinical.session.Session`), which can take commands and subscribers at once.
-3. :meth:`SessionRunner.run` runs the session, closes the records, writes the report and plots and
-   verifies the audit log; it returns a :class:`SessionOutcome`, or raises what the session raised
-   (a refusal, an aborted pre-check, an unreachable pump, an unwritable log) after closing the records.
+   patient (its id normalised by the course history's rule), drug library, pump URL, vitals feed, time
+   scale, and that the report directory and the audit log can be written — and connects nothing and
+   writes nothing. A problem raises :class:`~ketapump.errors.ConfigurationError` (or ``OSError`` for a
+   file that cannot be read) before anything is recorded.
+2. :meth:`SessionRunner.open` opens the course history (an existing one: it is never created here, but
+   for the demo's own) and the audit log, records the history's database id in the log, and builds the
+   engine (:class:`~ketapump.clinical.session.Session`), which can take commands and subscribers at once.
+3. :meth:`SessionRunner.run` runs the session and, however it ends, closes the records (the audit log's
+   closing record; its record count and chain head sealed in the course history), writes the report and
+   plots and verifies the audit log. It returns a :class:`SessionOutcome`; one whose session did not
+   complete carries what it raised (a refusal, an aborted pre-check, an unreachable pump, an unwritable
+   record) as :attr:`SessionOutcome.error`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ from ketapump.bridge import (
     verify,
 )
 from ketapump.clinical import druglib, report
-from ketapump.clinical.course import CourseHistory
+from ketapump.clinical.course import SCHEMA_VERSION, CourseHistory, normalise_patient_id
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
 from ketapump.clinical.session import (
     Operator,
@@ -51,7 +56,8 @@ from ketapump.clinical.vitals import (
 )
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings
-from ketapump.errors import ConfigurationError
+from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError
+from ketapump.validation import check_output_path
 from ketapump.wire import PumpDriver, split_url
 
 #: The demo's patient: weight and height of ``data/patients/demo.toml``'s scripted monitor.
@@ -111,6 +117,11 @@ def prepare_session(
 ) -> SessionSetup:
     """Validates a session request (see the module docstring). ``time_scale`` runs a ``sim://`` pump at
     that many pump seconds per real second (``None``: virtual time) or follows a hw-sim started with it."""
+    try:
+        patient = replace(patient, patient_id=normalise_patient_id(patient.patient_id))
+    except CourseError as e:
+        raise ConfigurationError("patient", e.problem if "patient id" in e.subject else str(e)) from e
+    log_path = log or default_log_path()
     proto = load_protocol(protocol)
     plan = plan_dose(proto, patient)
     lib = druglib.load_library(library)
@@ -125,6 +136,10 @@ def prepare_session(
     settings: dict[str, Any] = dict(loop_settings(period, defaults))
     if "pressure_mmhg" in driver.lacks:
         settings["has_pressure_sensor"] = False
+    # Where the records go, found good before anything is asked or connected, not after the infusion.
+    check_output_path(out, option="--out", directory=True)
+    check_output_path(log_path, option="--log", directory=False)
+    CourseHistory.check_path(course_db)
     return SessionSetup(
         protocol=proto,
         patient=patient,
@@ -135,7 +150,7 @@ def prepare_session(
         vitals=feed,
         operator=operator,
         pump_url=pump,
-        log_path=log or default_log_path(),
+        log_path=log_path,
         db_path=course_db,
         out=out,
         loop_settings=settings,
@@ -194,11 +209,16 @@ class SessionOutcome:
     course_db: Path
     report: Path
     plots: list[Path]
+    #: What ended the session, when it did not complete (a refusal, an aborted pre-check, an unreachable
+    #: pump, an audit log or course history that could not be written); ``None`` otherwise.
+    error: Exception | None = None
+    #: What ``ketapump log verify`` says of the audit log (empty when it verifies).
+    log_detail: str = ""
 
     @property
     def complete(self) -> bool:
         """The session completed and its audit log verifies."""
-        return self.result.outcome == "complete" and self.log_verified
+        return self.error is None and self.result.outcome == "complete" and self.log_verified
 
     def summary(self) -> dict[str, Any]:
         """The machine summary every face prints (``--json``) or serves."""
@@ -216,6 +236,7 @@ class SessionOutcome:
             "discharge_confirmed": r.discharge_confirmed,
             "log": str(self.log_path),
             "log_verified": self.log_verified,
+            "log_detail": self.log_detail,
             "course_db": str(self.course_db),
             "report": str(self.report),
             "plots": [str(p) for p in self.plots],
@@ -230,6 +251,13 @@ class SessionRunner:
         self._writer = writer
         self._course = course
         events = audit_logger(writer, session_id=setup.session_id, pump=setup.pump_url)
+        # The history every limit is checked against, named in the log: a session's record says which.
+        events.info(
+            "course_history_opened",
+            course_db=str(course.path),
+            course_db_id=course.database_id,
+            schema_version=SCHEMA_VERSION,
+        )
         origin = datetime.datetime.now(datetime.UTC)
         self.session = Session(
             SessionContext(
@@ -251,33 +279,41 @@ class SessionRunner:
 
     @classmethod
     def open(cls, setup: SessionSetup) -> SessionRunner:
-        """Opens the audit log and the course history. Raises ``OSError``/``ValueError`` for a log that
-        cannot be opened (nothing else written) and :class:`~ketapump.errors.CourseError` for the
-        history (the log is closed again)."""
+        """Opens the course history, then the audit log. Raises
+        :class:`~ketapump.errors.CourseError` for the history (missing, empty, foreign, older, damaged,
+        unwritable: nothing written anywhere), and ``OSError``/``ValueError`` for a log that cannot be
+        opened (the history is closed again)."""
         log_path = setup.log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         if setup.throwaway_records:
             log_path.unlink(missing_ok=True)
             if setup.db_path is not None:
                 db = setup.db_path
                 for own in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
                     own.unlink(missing_ok=True)  # the demo's own history from an earlier run
-        writer = AuditWriter.open(log_path)
-        try:
+            course = CourseHistory.create(setup.db_path, at=datetime.datetime.now(datetime.UTC))
+        else:
             course = CourseHistory.open(setup.db_path)
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            writer = AuditWriter.open(log_path)
         except BaseException:
-            writer.close()
+            course.close()
             raise
         return cls(setup, writer, course)
 
     async def run(self) -> SessionOutcome:
-        """Runs the session, then closes the records and writes the report (see the module docstring)."""
+        """Runs the session, then, however it ended, closes and seals the records and writes the report
+        (see the module docstring). A ``KeyboardInterrupt`` or cancellation still closes the records and
+        is raised again; every other failure is the outcome's :attr:`~SessionOutcome.error`."""
         setup = self.setup
+        error: Exception | None = None
         try:
             result = await self.session.run()
+        except Exception as e:
+            error = e
+            result = self.session.result(setup.plan)
         finally:
-            self._course.close()
-            self._writer.close()
+            self._close_records()
         verified = verify(setup.log_path)
         plots = report.write_plots(result.points, result.events, setup.out, thresholds=result.thresholds)
         outcome = SessionOutcome(
@@ -287,6 +323,8 @@ class SessionRunner:
             course_db=self._course.path,
             report=setup.out / "report.md",
             plots=plots,
+            error=error,
+            log_detail=verified.reason,
         )
         summary = result.summary() | {
             "patient": setup.patient.patient_id,
@@ -294,10 +332,35 @@ class SessionRunner:
             "log_verified": verified.ok,
             "course_db": str(self._course.path),
         }
+        if error is not None:
+            summary["ended_by"] = str(error)
         outcome.report = report.write_report(
             summary, result.points, result.events, setup.out, plots=plots, thresholds=result.thresholds
         )
         return outcome
+
+    def _close_records(self) -> None:
+        """Closes the audit log (its ``log_closed`` record) and seals it in the course history — its
+        record count and chain head, so ``log verify`` catches closing records dropped later — when the
+        session is there; then closes the history. Never raises: a seal that cannot be written leaves
+        the log checked on its own."""
+        writer, course = self._writer, self._course
+        writer.close()
+        try:
+            with contextlib.suppress(CourseRecordNotFoundError):
+                course.session(self.setup.session_id)
+                course.seal_log(
+                    self.setup.session_id,
+                    self.setup.log_path,
+                    writer.next_seq,
+                    writer.last_hash,
+                    writer.key_id,
+                    datetime.datetime.now(datetime.UTC),
+                )
+        except CourseError:
+            pass  # the history already failed mid-session (recorded in the log), or is gone
+        finally:
+            course.close()
 
 
 __all__ = [

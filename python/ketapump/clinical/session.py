@@ -12,7 +12,8 @@
 
 **One engine, many faces.** :class:`Session` is the only implementation of a clinical session. Commands
 go in — :meth:`Session.pause`, :meth:`~Session.resume`, :meth:`~Session.stop`,
-:meth:`~Session.acknowledge`, :meth:`~Session.answer` — each with a reason, its source (``cli``,
+:meth:`~Session.acknowledge`, :meth:`~Session.end_observation`, :meth:`~Session.answer` — each with a
+reason, its source (``cli``,
 ``signal``, ``api``, ``web``, ``script``) and the operator's name; typed events come out
 (:mod:`ketapump.clinical.events`: phase, tick telemetry, vitals, findings, questions and answers, actions,
 alarms, course records, the end) to every subscriber of :meth:`Session.subscribe`. The engine never
@@ -40,6 +41,10 @@ What this module owns, and what it does not:
 - **Everything is recorded**: every step, answer, confirmation, alarm and pause goes to the audit log
   (and the course history); the series behind the report's plots is sampled every few seconds.
 - **Time is injected**: the session runs on the loop's clock, so a simulated session takes seconds.
+- **Care is never skipped.** A stop ends the infusion, never the observation: once the pump is stopping,
+  further stops are recorded and ignored, and the observation ends early only by
+  :meth:`Session.end_observation` with a reason. A course-history write that fails mid-session stops the
+  pump and ends the session with its records written (:class:`~ketapump.errors.CourseStorageError`).
 """
 
 from __future__ import annotations
@@ -91,7 +96,13 @@ from ketapump.clinical.vitals import (
 )
 from ketapump.clock import Clock
 from ketapump.config import kernel_config
-from ketapump.errors import CourseRecordNotFoundError, KetapumpError, LimitError, TransportError
+from ketapump.errors import (
+    CourseError,
+    CourseRecordNotFoundError,
+    KetapumpError,
+    LimitError,
+    TransportError,
+)
 from ketapump.wire import PumpDriver, PumpTelemetry
 
 #: Seconds between two points of the report's series.
@@ -358,8 +369,8 @@ class _InfusionTicks:
 
 
 #: The operator commands the session takes (:meth:`Session.command`).
-Action = Literal["pause", "resume", "stop", "acknowledge"]
-ACTIONS: Final = ("pause", "resume", "stop", "acknowledge")
+Action = Literal["pause", "resume", "stop", "acknowledge", "end_observation"]
+ACTIONS: Final = ("pause", "resume", "stop", "acknowledge", "end_observation")
 
 
 @dataclass(frozen=True)
@@ -368,6 +379,10 @@ class _Command:
     reason: str
     source: Source
     operator: str | None
+    accepted: bool = False
+
+    def taken(self, accepted: bool) -> _Command:
+        return _Command(self.action, self.reason, self.source, self.operator, accepted)
 
 
 class Session:
@@ -396,10 +411,23 @@ class Session:
         self._delivered_ml = 0.0
         self._latest: dict[str, float] = {}
         self._commands: deque[_Command] = deque()
+        #: Every command carried out or refused, in order.
+        self._actions: list[_Command] = []
         self._questions: dict[str, tuple[Question, asyncio.Future[Answer]]] = {}
         self._question_ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ended = False
+        #: How the session ended (the :class:`~ketapump.clinical.events.SessionEnded` outcome), once it has.
+        self.outcome: str | None = None
+        #: The control loop while the pump runs (a failed course write stops it).
+        self._control: ControlLoop | None = None
+        #: Set once the pump was told to stop for good: a further stop is recorded and ignored.
+        self._stopping = False
+        #: The first course-history write that failed mid-session; the session ends with it.
+        self._course_failure: CourseError | None = None
+        self._run_result: RunResult | None = None
+        self._observation_min = 0.0
+        self._discharged = False
 
     # ----- commands in, events out -------------------------------------------------------------
 
@@ -429,8 +457,14 @@ class Session:
 
     def stop(self, reason: str, *, source: Source = "api", operator: str | None = None) -> None:
         """Stop: before the infusion the session is aborted (nothing delivered); during it the pump
-        stops for good and the session goes on to the observation; during the observation it ends."""
+        stops for good and the session goes on to the observation. A stop while the pump is already
+        stopping, or during the observation, is recorded and refused: it never shortens the observation."""
         self.command("stop", reason, source=source, operator=operator)
+
+    def end_observation(self, reason: str, *, source: Source = "api", operator: str | None = None) -> None:
+        """End the observation before its minimum or before the vitals are back within the band: the
+        operator's explicit decision, refused without a reason, recorded with who and why."""
+        self.command("end_observation", reason, source=source, operator=operator)
 
     def acknowledge(self, reason: str = "", *, source: Source = "api", operator: str | None = None) -> None:
         """The operator has seen the latched alarms (recorded; an alarm never clears by itself)."""
@@ -473,6 +507,7 @@ class Session:
         return taken
 
     def _acted(self, cmd: _Command, *, accepted: bool, why: str = "") -> None:
+        self._actions.append(cmd.taken(accepted))
         self._emit(
             ActionTaken(
                 session_id=self.session_id,
@@ -502,17 +537,49 @@ class Session:
         self._acted(cmd, accepted=True)
 
     def _outside_infusion(self, phase: str) -> bool:
-        """Commands while no pump runs (pre-check, observation): ``True`` if one asked to stop."""
-        stop = False
+        """Commands while no pump runs; ``True`` if one ends the phase. Before the infusion a stop aborts
+        the session. During the observation a stop is recorded and refused (a signal burst never cuts it
+        short); only ``end_observation`` with a reason ends it."""
+        ends = False
         for cmd in self._take_commands():
-            if cmd.action == "stop":
-                stop = True
+            if cmd.action == "stop" and phase == "precheck":
+                ends = True
                 self._acted(cmd, accepted=True)
+            elif cmd.action == "stop":
+                why = f"the {phase} continues: a stop does not end it (end_observation with a reason does)"
+                self._acted(cmd, accepted=False, why=why)
+            elif cmd.action == "end_observation" and phase == "observation":
+                if cmd.reason.strip():
+                    ends = True
+                    self._acted(cmd, accepted=True)
+                else:
+                    self._acted(cmd, accepted=False, why="ending the observation early needs a reason")
             elif cmd.action == "acknowledge":
                 self._acknowledged(cmd)
             else:
-                self._acted(cmd, accepted=False, why=f"no infusion is running ({phase})")
-        return stop
+                self._acted(cmd, accepted=False, why=f"no {_command_scope(cmd.action)} is running ({phase})")
+        return ends
+
+    def _course_write(self, record: str, write: Callable[..., object], *args: Any) -> bool:
+        """A course-history write during the infusion or the observation. One that fails stops the pump
+        (the session cannot be kept on record), is logged and ends the session once its care is done;
+        later writes are not attempted. Returns whether it was written."""
+        if self._course_failure is not None:
+            return False
+        try:
+            write(*args)
+        except CourseError as e:
+            self._course_failure = e
+            self.rec.error("course_write_failed", record=record, error=str(e))
+            self.alarms.append(
+                {"t_min": self._t() / 60.0, "source": "course", "code": "course_history_unwritable"}
+            )
+            self._alarm_event("course", "course_history_unwritable", str(e))
+            if self._control is not None and not self._stopping:
+                self._stopping = True
+                self._control.request_stop()
+            return False
+        return True
 
     async def _ask(self, kind: QuestionKind, subject: str, text: str) -> Answer:
         """Asks the operator; their standing answer, or the one :meth:`answer` brings."""
@@ -629,8 +696,9 @@ class Session:
         )
         self.rec.error("vitals_alarm", phase=phase, detail=alarm.detail, **fields)
         self._alarm_event("vitals", code, alarm.detail)
-        if record:
-            self.ctx.course.record_alarm(self.ctx.session_id, self._calendar(), code, alarm.detail)
+        if record and self._course_write(
+            "alarm", self.ctx.course.record_alarm, self.ctx.session_id, self._calendar(), code, alarm.detail
+        ):
             self._recorded("alarm", code=code)
 
     # ----- the phases ---------------------------------------------------------------------------
@@ -654,6 +722,7 @@ class Session:
 
     def _end(self, outcome: str, plan: DosePlan | None, *, detail: str = "") -> None:
         self._ended = True
+        self.outcome = outcome
         concentration = plan.concentration_mg_per_ml if plan else 0.0
         self._emit(
             SessionEnded(
@@ -699,21 +768,34 @@ class Session:
                     ctx.patient.patient_id, ctx.session_id, c["kind"], c["reason"], self._calendar()
                 )
                 self._recorded("override", kind=c["kind"])
-            run = await self._infuse(plan, order, entry)
+            run = self._run_result = await self._infuse(plan, order, entry)
             delivered_ml = run.session_delivered_ml
             delivered_mg = delivered_ml * plan.concentration_mg_per_ml
-            observation_min = await self._observe(plan) if delivered_ml > 0 else 0.0
+            self._observation_min = await self._observe(plan) if delivered_ml > 0 else 0.0
             self._phase(Phase.DISCHARGE)
-            discharged = await self._checklist("discharge", ctx.protocol.checklists.discharge, abort=False)
+            self._discharged = await self._checklist(
+                "discharge", ctx.protocol.checklists.discharge, abort=False
+            )
+            if self._course_failure is not None:
+                raise self._course_failure
         except BaseException as e:
             # The loop has already told the pump to stop. The course history must not keep a session
             # "in progress" for ever (its programmed dose would count in every later window): it ends
-            # with what the kernel last measured, and why.
+            # with what the kernel last measured, and why (if the history can still be written at all).
             delivered = self._delivered_ml * plan.concentration_mg_per_ml
             with contextlib.suppress(Exception):
                 self.rec.error("session_failed", error=repr(e), delivered_mg=delivered)
-            ctx.course.end_session(ctx.session_id, self._calendar(), delivered, "ended_error")
-            self._recorded("session_ended", outcome="ended_error", delivered_mg=delivered)
+            self._course_failure = None  # the end is recorded whether or not an earlier write failed
+            ended = self._course_write(
+                "session_ended",
+                ctx.course.end_session,
+                ctx.session_id,
+                self._calendar(),
+                delivered,
+                "ended_error",
+            )
+            if ended:
+                self._recorded("session_ended", outcome="ended_error", delivered_mg=delivered)
             raise
         outcome = "complete" if run.reason == "complete" else f"ended_{run.reason}"
         ctx.course.end_session(ctx.session_id, self._calendar(), delivered_mg, outcome)
@@ -725,26 +807,36 @@ class Session:
             programmed_mg=plan.dose_mg,
             delivered_mg=delivered_mg,
             delivered_ml=delivered_ml,
-            observation_min=observation_min,
-            discharge_confirmed=discharged,
+            observation_min=self._observation_min,
+            discharge_confirmed=self._discharged,
+        )
+        return self.result(plan, outcome)
+
+    def result(self, plan: DosePlan, outcome: str | None = None) -> SessionResult:
+        """What the session did so far, as a :class:`SessionResult`: the whole result once it completed,
+        and for a session that ended any other way (``outcome``, default :attr:`outcome`) what it had
+        reached, so its report is written whatever the ending."""
+        delivered_ml = (
+            self._run_result.session_delivered_ml if self._run_result is not None else self._delivered_ml
         )
         return SessionResult(
-            session_id=ctx.session_id,
-            outcome=outcome,
+            session_id=self.ctx.session_id,
+            outcome=outcome or self.outcome or "failed",
             plan=plan,
             programmed_mg=plan.dose_mg,
-            delivered_mg=delivered_mg,
+            delivered_mg=delivered_ml * plan.concentration_mg_per_ml,
             delivered_ml=delivered_ml,
-            run=run,
+            run=self._run_result,
             phases=self.phases,
             alarms=self.alarms,
             pauses=self.pauses,
             confirmations=self.confirmations,
             baseline=self.gate.baseline.model_dump() if self.gate else {},
-            observation_min=observation_min,
-            discharge_confirmed=discharged,
+            observation_min=self._observation_min,
+            discharge_confirmed=self._discharged,
             thresholds=self.thresholds,
-            points=self.points,
+            # A session that ended before its first point still has one: its report always has a series.
+            points=self.points or [self._idle_point(self._t(), 0.0, 0.0, math.nan)],
             events=self.rec.events,
         )
 
@@ -763,6 +855,7 @@ class Session:
             history: CourseHistory | None = ctx.course
         except CourseRecordNotFoundError:
             history = None  # a new patient: this is the course's first session (recorded only once it starts)
+            await self._confirm_new_patient()
         order = druglib.order_for(plan, ctx.patient, history, self._calendar() if history else None)
         findings = druglib.check(entry, order)
         self.rec.info(
@@ -793,6 +886,25 @@ class Session:
             self.confirmations.append({k: fields[k] for k in ("kind", "message", "reason")})
             self.rec.warning("soft_limit_confirmed", **fields)
         return order, entry
+
+    async def _confirm_new_patient(self) -> None:
+        """A new patient id near a recorded one may be a typo that would start a second course, hidden
+        from the course rules: it proceeds only with the operator's reason (``new_patient``)."""
+        patient_id = self.ctx.patient.patient_id
+        near = self.ctx.course.near_patients(patient_id)
+        if not near:
+            return
+        message = (
+            f"patient {patient_id} is not in the course history, but {', '.join(near)} "
+            f"{'is' if len(near) == 1 else 'are'}: a new patient, or a typo (the course rules would not "
+            "count the other's sessions)?"
+        )
+        reason = await self._ask("soft_limit", "new_patient", message)
+        if not isinstance(reason, str) or not reason.strip():
+            self.rec.error("new_patient_not_confirmed", patient=patient_id, near=near)
+            raise SessionAbortedError("precheck", f"{message} Not confirmed with a reason (new_patient)")
+        self.confirmations.append({"kind": "new_patient", "message": message, "reason": reason})
+        self.rec.warning("soft_limit_confirmed", kind="new_patient", message=message, reason=reason)
 
     async def _baseline(self) -> None:
         """Waits for a first reading of every channel (at most two BP intervals) and records it as the
@@ -920,7 +1032,11 @@ class Session:
             syringe_diameter_mm=plan.syringe_diameter_mm,
             take_up=ctx.protocol.take_up.enabled,
         )
-        run = await loop.run(ip)
+        self._control = loop
+        try:
+            run = await loop.run(ip)
+        finally:
+            self._control = None
         if not self.points:  # ended before its first tick (an interlock at the start): one point
             self.points.append(self._idle_point(self._t(), 0.0, 0.0, occlusion_threshold))
         raised = {code: t for t, code in reversed(self.rec.raised)}  # each alarm at its first raising
@@ -929,17 +1045,25 @@ class Session:
             record = {"t_min": t / 60.0, "source": "pump", "phase": "infusion", "code": code}
             self.alarms.append(record)
             at = self.ctx.calendar_origin + datetime.timedelta(seconds=self.t0 + t)
-            ctx.course.record_alarm(ctx.session_id, at, code, run.detail or run.reason)
+            self._course_write(
+                "alarm", ctx.course.record_alarm, ctx.session_id, at, code, run.detail or run.reason
+            )
         return run
 
     def _infusion_command(self, loop: ControlLoop, tick: _InfusionTicks, cmd: _Command, t: float) -> None:
         """An operator command during the infusion: handed to the control loop (and so to the kernel)."""
-        if cmd.action == "stop":
+        if cmd.action == "stop" and self._stopping:
+            # A second SIGINT, a double click: recorded, never escalated into anything else.
+            self._acted(cmd, accepted=False, why="the pump is already stopping; the observation follows")
+        elif cmd.action == "stop":
             self.rec.info(
                 "operator_stop_requested", reason=cmd.reason, source=cmd.source, operator=cmd.operator
             )
+            self._stopping = True
             loop.request_stop()
             self._acted(cmd, accepted=True)
+        elif cmd.action == "end_observation":
+            self._acted(cmd, accepted=False, why="no observation is running (infusion)")
         elif cmd.action == "pause":
             loop.request_pause(f"operator: {cmd.reason}")
             self.pauses.append({"t_min": t / 60.0, "by": "operator", "reason": cmd.reason})
@@ -979,6 +1103,7 @@ class Session:
             return
         if self.ctx.operator.stop_after_pause(t - tick.paused_since_s):
             self.rec.warning("infusion_abandoned", paused_min=(t - tick.paused_since_s) / 60.0)
+            self._stopping = True
             loop.request_stop()
             return
         if self.gate.active():
@@ -1056,7 +1181,18 @@ class Session:
                 self._vitals_alarm(alarm, "observation")
             elapsed_min = (t - start) / 60.0
             if self._outside_infusion("observation"):
-                self.rec.warning("observation_ended", minutes=elapsed_min, why="stopped by the operator")
+                taken = [a for a in self._actions if a.action == "end_observation" and a.accepted][-1]
+                self.rec.warning(
+                    "observation_ended",
+                    minutes=elapsed_min,
+                    why=f"ended early by the operator: {taken.reason}",
+                    source=taken.source,
+                    operator=taken.operator,
+                )
+                self.alarms.append(
+                    {"t_min": t / 60.0, "source": "observation", "code": "observation_ended_early"}
+                )
+                self._alarm_event("observation", "observation_ended_early", taken.reason)
                 return elapsed_min
             settled = self.gate.within_band(spec.band_pct) and not self.gate.active()
             ending = (elapsed_min >= spec.min_minutes and settled) or elapsed_min >= spec.max_minutes
@@ -1080,6 +1216,11 @@ class Session:
                 )
                 self._alarm_event("observation", "vitals_not_back_in_band", "maximum observation reached")
                 return elapsed_min
+
+
+def _command_scope(action: str) -> str:
+    """What must be running for ``action`` to apply, for a refusal's reason."""
+    return "observation" if action == "end_observation" else "infusion"
 
 
 def _failed_outcome(error: BaseException) -> str:

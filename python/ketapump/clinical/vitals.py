@@ -43,9 +43,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ketapump.errors import ConfigurationError
 from ketapump.validation import (
+    MAX_RECORDING_BYTES,
     DocumentError,
+    FileReadError,
     parse_document,
     read_document,
+    read_text_file,
     shipped_settings,
     validate_document,
 )
@@ -611,10 +614,9 @@ def _number(text: str, what: str, where: str) -> float:
 
 def _read_csv(path: Path, offset_s: float) -> list[VitalsSample]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        problem = f"cannot be read: {getattr(e, 'strerror', None) or e}"
-        raise VitalsDataError(f"{path}:", problem, not_found=isinstance(e, FileNotFoundError)) from e
+        text = read_text_file(path, limit_bytes=MAX_RECORDING_BYTES)
+    except FileReadError as e:
+        raise VitalsDataError(f"{path}:", e.problem, not_found=e.not_found) from e
     rows = [
         (n, row)
         for n, row in enumerate(csv.reader(text.splitlines()), start=1)

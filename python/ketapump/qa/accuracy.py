@@ -41,6 +41,7 @@ from ketapump.errors import ConfigurationError
 from ketapump.qa.balance import SamplingClock, SicsBalance
 from ketapump.qa.rig import sim_url_with_syringe
 from ketapump.qa.trumpet import Trumpet, trumpet
+from ketapump.validation import MAX_RECORDING_BYTES, FileReadError, read_text_file
 from ketapump.wire import PumpDriver, ReferencePumpDriver, SimTransport, open_transport, split_url
 
 SAMPLE_MIN = 0.5
@@ -91,17 +92,20 @@ def check_period_fits(rate_ml_h: float, duration_min: float, syringe: str, capac
 def readings_from_csv(path: Path) -> list[tuple[float, float]]:
     """``t_s,grams`` rows; raises ``ValueError`` naming the line of a malformed row."""
     rows: list[tuple[float, float]] = []
-    with path.open(newline="", encoding="utf-8") as f:
-        for n, row in enumerate(csv.reader(f), start=1):
-            if not row or (n == 1 and not row[0].strip().replace(".", "", 1).isdigit()):
-                continue
-            try:
-                t, g = float(row[0]), float(row[1])
-            except (IndexError, ValueError):
-                raise ValueError(f"{path}:{n}: expected t_s,grams, got {row!r}") from None
-            if not (math.isfinite(t) and math.isfinite(g)):
-                raise ValueError(f"{path}:{n}: non-finite value")
-            rows.append((t, g))
+    try:
+        text = read_text_file(path, limit_bytes=MAX_RECORDING_BYTES)
+    except FileReadError as e:
+        raise ValueError(str(e)) from e
+    for n, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or (n == 1 and not row[0].strip().replace(".", "", 1).isdigit()):
+            continue
+        try:
+            t, g = float(row[0]), float(row[1])
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}:{n}: expected t_s,grams, got {row!r}") from None
+        if not (math.isfinite(t) and math.isfinite(g)):
+            raise ValueError(f"{path}:{n}: non-finite value")
+        rows.append((t, g))
     return rows
 
 

@@ -50,9 +50,12 @@ from ketapump import _core
 from ketapump.config import kernel_config
 from ketapump.errors import ConfigurationError
 from ketapump.validation import (
+    MAX_RECORDING_BYTES,
     DocumentError,
+    FileReadError,
     parse_document,
     read_document,
+    read_text_file,
     validate_document,
 )
 
@@ -402,7 +405,9 @@ class Replay:
 def load_record(path: Path) -> tuple[CampaignSpec, _core.KernelConfig, list[dict[str, Any]]]:
     """Reads a failing-seeds record; raises :class:`CampaignSpecError` when it is not one."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(read_text_file(path, limit_bytes=MAX_RECORDING_BYTES))
+    except FileReadError as e:
+        raise CampaignSpecError(str(path), [e.problem], not_found=e.not_found) from e
     except json.JSONDecodeError as e:
         raise CampaignSpecError(str(path), [f"(file): not valid JSON: {e}"]) from e
     if not isinstance(record, dict) or record.get("schema_version") != REPLAY_SCHEMA:

@@ -35,6 +35,7 @@ class RawKernelConfig:
     max_rate_ml_h: float
     hard_max_rate_ml_h: float
     pump_max_rate_ml_h: float
+    min_rate_ml_h: float
     dose_tolerance: float
     hard_cap_mg: float
     prior_delivered_mg: float
@@ -187,10 +188,12 @@ class Program:
 
 
 def validate_rate(config: KernelConfig, rate_ml_h: float) -> float:
-    """A positive finite rate no higher than the effective ceiling (a unit slip is refused). Returns mL/s."""
+    """A finite rate from ``min_rate_ml_h`` to the effective ceiling (a unit slip is refused); in mL/s."""
     rate = _quantity("rate_ml_h", rate_ml_h, ML_PER_HOUR_MAX)
     if rate <= 0.0:
         raise ConfigurationError("rate_ml_h", BELOW_MINIMUM)
+    if rate < config.raw.min_rate_ml_h:
+        raise ConfigurationError("rate_ml_h", "is below the minimum min_rate_ml_h")
     if rate / S_PER_H > config.max_rate_ml_s:
         raise _above_hard("rate_ml_h", "max_rate_ml_h")
     return rate / S_PER_H

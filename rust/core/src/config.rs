@@ -6,7 +6,9 @@
 //! so a user can find the line to fix. Every default lives in a data file outside this crate: the core
 //! holds no clinical number.
 
-use crate::units::{check_range, MgPerMl, Milligrams, Millilitres, Millimetres, MlPerHour, Mmhg, Seconds, UnitProblem};
+use crate::units::{
+    check_range, MgPerMl, Milligrams, Millilitres, Millimetres, MlPerHour, Mmhg, Quantity, Seconds, UnitProblem,
+};
 use core::fmt;
 
 /// Why a configuration or program was refused.
@@ -16,46 +18,83 @@ pub enum ConfigProblem {
     Value(UnitProblem),
     /// A configured limit is above the hard limit it must stay under (`other` names that limit).
     AboveHardLimit { other: &'static str },
+    /// A value is below the lowest another field allows (`other` names it).
+    BelowLimit { other: &'static str },
     /// A value does not fit with another field (`other` names it).
     Inconsistent { other: &'static str },
 }
 
-/// A refused configuration: which field and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A refused configuration: which field, its value, why, and the limit it broke (the bound of its
+/// range, or the value of the field it is compared with; NaN where there is none, as for a NaN value).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConfigError {
     pub field: &'static str,
     pub problem: ConfigProblem,
+    pub value: f64,
+    pub limit: f64,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.problem {
-            ConfigProblem::Value(p) => write!(f, "{} {}", self.field, p),
-            ConfigProblem::AboveHardLimit { other } => {
-                write!(f, "{} is above the hard limit {}", self.field, other)
-            }
-            ConfigProblem::Inconsistent { other } => {
-                write!(f, "{} is inconsistent with {}", self.field, other)
-            }
+impl ConfigProblem {
+    /// The problem as a person reads it, after the field's name and value.
+    pub fn describe(self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigProblem::Value(p) => write!(f, "{p}"),
+            ConfigProblem::AboveHardLimit { other } => write!(f, "is above the hard limit {other}"),
+            ConfigProblem::BelowLimit { other } => write!(f, "is below the minimum {other}"),
+            ConfigProblem::Inconsistent { other } => write!(f, "is inconsistent with {other}"),
         }
     }
 }
 
-fn value_error(field: &'static str) -> impl Fn(UnitProblem) -> ConfigError {
-    move |p| ConfigError { field, problem: ConfigProblem::Value(p) }
+impl fmt::Display for ConfigError {
+    /// `rate_ml_h 1000 is above the hard limit max_rate_ml_h (120)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} ", self.field, self.value)?;
+        self.problem.describe(f)?;
+        if !self.limit.is_nan() {
+            write!(f, " ({})", self.limit)?;
+        }
+        Ok(())
+    }
 }
 
-fn above_hard(field: &'static str, other: &'static str) -> ConfigError {
-    ConfigError { field, problem: ConfigProblem::AboveHardLimit { other } }
+/// A refused value of a range `[min, max]`: the limit is the bound it crossed.
+fn out_of_range(field: &'static str, value: f64, min: f64, max: f64) -> impl Fn(UnitProblem) -> ConfigError {
+    move |problem| {
+        let limit = match problem {
+            UnitProblem::NotFinite => f64::NAN,
+            UnitProblem::BelowMinimum => min,
+            UnitProblem::AboveMaximum => max,
+        };
+        ConfigError { field, problem: ConfigProblem::Value(problem), value, limit }
+    }
 }
 
-fn inconsistent(field: &'static str, other: &'static str) -> ConfigError {
-    ConfigError { field, problem: ConfigProblem::Inconsistent { other } }
+/// A field that must be a valid `Q` (its unit's range).
+fn quantity<Q: Quantity>(field: &'static str, value: f64) -> Result<Q, ConfigError> {
+    Q::new(value).map_err(out_of_range(field, value, Q::MIN, Q::MAX))
+}
+
+/// A field that must be above `min` (a positive rate, a positive volume).
+fn not_above(field: &'static str, value: f64, min: f64) -> ConfigError {
+    ConfigError { field, problem: ConfigProblem::Value(UnitProblem::BelowMinimum), value, limit: min }
+}
+
+fn above_hard(field: &'static str, value: f64, other: &'static str, limit: f64) -> ConfigError {
+    ConfigError { field, problem: ConfigProblem::AboveHardLimit { other }, value, limit }
+}
+
+fn below_limit(field: &'static str, value: f64, other: &'static str, limit: f64) -> ConfigError {
+    ConfigError { field, problem: ConfigProblem::BelowLimit { other }, value, limit }
+}
+
+fn inconsistent(field: &'static str, value: f64, other: &'static str, limit: f64) -> ConfigError {
+    ConfigError { field, problem: ConfigProblem::Inconsistent { other }, value, limit }
 }
 
 /// A dimensionless or compound-unit field: finite and inside `[min, max]` (min exclusive if `strict`).
 fn scalar(field: &'static str, v: f64, min: f64, strict: bool, max: f64) -> Result<f64, ConfigError> {
-    check_range(v, min, strict, max).map_err(value_error(field))
+    check_range(v, min, strict, max).map_err(out_of_range(field, v, min, max))
 }
 
 /// Every kernel setting as plain numbers. Field names are the public names used in errors, the Python
@@ -72,6 +111,9 @@ pub struct RawKernelConfig {
     pub max_rate_ml_h: f64,
     pub hard_max_rate_ml_h: f64,
     pub pump_max_rate_ml_h: f64,
+    /// The lowest rate a program may have (the pump's lowest even rate): a run always ends, and a unit
+    /// slip downwards (÷1000) is refused like one upwards.
+    pub min_rate_ml_h: f64,
     // Dose limits.
     pub dose_tolerance: f64,
     pub hard_cap_mg: f64,
@@ -164,50 +206,63 @@ impl KernelConfig {
     /// Validates every field, then the relations between fields.
     pub fn from_raw(raw: RawKernelConfig) -> Result<Self, ConfigError> {
         let r = &raw;
-        let diameter = Millimetres::new(r.syringe_diameter_mm).map_err(value_error("syringe_diameter_mm"))?;
-        let capacity = Millilitres::new(r.syringe_capacity_ml).map_err(value_error("syringe_capacity_ml"))?;
+        let diameter = quantity::<Millimetres>("syringe_diameter_mm", r.syringe_diameter_mm)?;
+        let capacity = quantity::<Millilitres>("syringe_capacity_ml", r.syringe_capacity_ml)?;
         if capacity.get() <= 0.0 {
-            return Err(value_error("syringe_capacity_ml")(UnitProblem::BelowMinimum));
+            return Err(not_above("syringe_capacity_ml", r.syringe_capacity_ml, 0.0));
         }
-        let fill = Millilitres::new(r.syringe_fill_ml).map_err(value_error("syringe_fill_ml"))?;
+        let fill = quantity::<Millilitres>("syringe_fill_ml", r.syringe_fill_ml)?;
         if fill > capacity {
-            return Err(inconsistent("syringe_fill_ml", "syringe_capacity_ml"));
+            return Err(inconsistent("syringe_fill_ml", r.syringe_fill_ml, "syringe_capacity_ml", capacity.get()));
         }
         let counts = scalar("encoder_counts_per_mm", r.encoder_counts_per_mm, 0.0, true, 1.0e6)?;
-        MgPerMl::new(r.concentration_mg_per_ml).map_err(value_error("concentration_mg_per_ml"))?;
+        quantity::<MgPerMl>("concentration_mg_per_ml", r.concentration_mg_per_ml)?;
 
-        let max_rate = MlPerHour::new(r.max_rate_ml_h).map_err(value_error("max_rate_ml_h"))?;
-        let hard_rate = MlPerHour::new(r.hard_max_rate_ml_h).map_err(value_error("hard_max_rate_ml_h"))?;
-        let pump_rate = MlPerHour::new(r.pump_max_rate_ml_h).map_err(value_error("pump_max_rate_ml_h"))?;
+        let max_rate = quantity::<MlPerHour>("max_rate_ml_h", r.max_rate_ml_h)?;
+        let hard_rate = quantity::<MlPerHour>("hard_max_rate_ml_h", r.hard_max_rate_ml_h)?;
+        let pump_rate = quantity::<MlPerHour>("pump_max_rate_ml_h", r.pump_max_rate_ml_h)?;
         if max_rate.get() <= 0.0 {
-            return Err(value_error("max_rate_ml_h")(UnitProblem::BelowMinimum));
+            return Err(not_above("max_rate_ml_h", r.max_rate_ml_h, 0.0));
         }
         if max_rate > hard_rate {
-            return Err(above_hard("max_rate_ml_h", "hard_max_rate_ml_h"));
+            return Err(above_hard("max_rate_ml_h", r.max_rate_ml_h, "hard_max_rate_ml_h", hard_rate.get()));
         }
         if pump_rate.get() <= 0.0 {
-            return Err(value_error("pump_max_rate_ml_h")(UnitProblem::BelowMinimum));
+            return Err(not_above("pump_max_rate_ml_h", r.pump_max_rate_ml_h, 0.0));
+        }
+        let min_rate = quantity::<MlPerHour>("min_rate_ml_h", r.min_rate_ml_h)?;
+        if min_rate.get() <= 0.0 {
+            return Err(not_above("min_rate_ml_h", r.min_rate_ml_h, 0.0));
+        }
+        let ceiling = max_rate.get().min(hard_rate.get()).min(pump_rate.get());
+        if min_rate.get() > ceiling {
+            return Err(inconsistent("min_rate_ml_h", r.min_rate_ml_h, "max_rate_ml_h", ceiling));
         }
 
         scalar("dose_tolerance", r.dose_tolerance, 0.0, false, 0.10)?;
-        let cap = Milligrams::new(r.hard_cap_mg).map_err(value_error("hard_cap_mg"))?;
-        let prior = Milligrams::new(r.prior_delivered_mg).map_err(value_error("prior_delivered_mg"))?;
+        let cap = quantity::<Milligrams>("hard_cap_mg", r.hard_cap_mg)?;
+        let prior = quantity::<Milligrams>("prior_delivered_mg", r.prior_delivered_mg)?;
         if prior > cap {
-            return Err(inconsistent("prior_delivered_mg", "hard_cap_mg"));
+            return Err(inconsistent("prior_delivered_mg", r.prior_delivered_mg, "hard_cap_mg", cap.get()));
         }
 
-        let threshold = Mmhg::new(r.occlusion_threshold_mmhg).map_err(value_error("occlusion_threshold_mmhg"))?;
+        let threshold = quantity::<Mmhg>("occlusion_threshold_mmhg", r.occlusion_threshold_mmhg)?;
         let hard_threshold =
-            Mmhg::new(r.hard_max_occlusion_threshold_mmhg).map_err(value_error("hard_max_occlusion_threshold_mmhg"))?;
+            quantity::<Mmhg>("hard_max_occlusion_threshold_mmhg", r.hard_max_occlusion_threshold_mmhg)?;
         if threshold.get() <= 0.0 {
-            return Err(value_error("occlusion_threshold_mmhg")(UnitProblem::BelowMinimum));
+            return Err(not_above("occlusion_threshold_mmhg", r.occlusion_threshold_mmhg, 0.0));
         }
         if threshold > hard_threshold {
-            return Err(above_hard("occlusion_threshold_mmhg", "hard_max_occlusion_threshold_mmhg"));
+            return Err(above_hard(
+                "occlusion_threshold_mmhg",
+                r.occlusion_threshold_mmhg,
+                "hard_max_occlusion_threshold_mmhg",
+                hard_threshold.get(),
+            ));
         }
         scalar("slope_rise_mmhg", r.slope_rise_mmhg, 0.0, true, Mmhg::MAX)?;
         scalar("slope_fraction", r.slope_fraction, 0.0, true, 1.0)?;
-        Seconds::new(r.slope_arm_delay_s).map_err(value_error("slope_arm_delay_s"))?;
+        quantity::<Seconds>("slope_arm_delay_s", r.slope_arm_delay_s)?;
         scalar("slope_rearm_increase", r.slope_rearm_increase, 0.0, false, 10.0)?;
         scalar("slope_sustain_s", r.slope_sustain_s, 0.0, false, 3_600.0)?;
         scalar("slope_hold_fraction", r.slope_hold_fraction, 0.0, false, 1.0)?;
@@ -216,30 +271,30 @@ impl KernelConfig {
         scalar("pressure_baseline_s", r.pressure_baseline_s, 0.0, true, 36_000.0)?;
         scalar("compliance_ml_per_mmhg", r.compliance_ml_per_mmhg, 0.0, true, 0.1)?;
         let stiffness = scalar("drive_stiffness_n_per_mm", r.drive_stiffness_n_per_mm, 0.0, false, 1.0e9)?;
-        Mmhg::new(r.backoff_margin_mmhg).map_err(value_error("backoff_margin_mmhg"))?;
-        let backoff_rate = MlPerHour::new(r.backoff_rate_ml_h).map_err(value_error("backoff_rate_ml_h"))?;
+        quantity::<Mmhg>("backoff_margin_mmhg", r.backoff_margin_mmhg)?;
+        let backoff_rate = quantity::<MlPerHour>("backoff_rate_ml_h", r.backoff_rate_ml_h)?;
         if r.backoff && backoff_rate.get() <= 0.0 {
-            return Err(value_error("backoff_rate_ml_h")(UnitProblem::BelowMinimum));
+            return Err(not_above("backoff_rate_ml_h", r.backoff_rate_ml_h, 0.0));
         }
 
         scalar("stall_volume_ml", r.stall_volume_ml, 0.0, true, Millilitres::MAX)?;
         scalar("flow_window_s", r.flow_window_s, 0.0, true, 3_600.0)?;
         scalar("flow_tolerance", r.flow_tolerance, 0.0, true, 1.0)?;
-        Millilitres::new(r.flow_min_volume_ml).map_err(value_error("flow_min_volume_ml"))?;
+        quantity::<Millilitres>("flow_min_volume_ml", r.flow_min_volume_ml)?;
         scalar("uncommanded_volume_ml", r.uncommanded_volume_ml, 0.0, true, Millilitres::MAX)?;
-        Millilitres::new(r.near_empty_ml).map_err(value_error("near_empty_ml"))?;
-        Seconds::new(r.near_empty_s).map_err(value_error("near_empty_s"))?;
+        quantity::<Millilitres>("near_empty_ml", r.near_empty_ml)?;
+        quantity::<Seconds>("near_empty_s", r.near_empty_s)?;
         scalar("stale_after_s", r.stale_after_s, 0.0, true, 3_600.0)?;
         let period = scalar("control_period_s", r.control_period_s, 0.0, true, 60.0)?;
         if r.stale_after_s < period {
-            return Err(inconsistent("stale_after_s", "control_period_s"));
+            return Err(inconsistent("stale_after_s", r.stale_after_s, "control_period_s", period));
         }
 
-        let take_up_rate = MlPerHour::new(r.take_up_rate_ml_h).map_err(value_error("take_up_rate_ml_h"))?;
-        let take_up_max = Millilitres::new(r.take_up_max_ml).map_err(value_error("take_up_max_ml"))?;
-        Millilitres::new(r.take_up_detect_ml).map_err(value_error("take_up_detect_ml"))?;
+        let take_up_rate = quantity::<MlPerHour>("take_up_rate_ml_h", r.take_up_rate_ml_h)?;
+        let take_up_max = quantity::<Millilitres>("take_up_max_ml", r.take_up_max_ml)?;
+        quantity::<Millilitres>("take_up_detect_ml", r.take_up_detect_ml)?;
         if take_up_max.get() > 0.0 && take_up_rate.get() <= 0.0 {
-            return Err(value_error("take_up_rate_ml_h")(UnitProblem::BelowMinimum));
+            return Err(not_above("take_up_rate_ml_h", r.take_up_rate_ml_h, 0.0));
         }
 
         scalar("kp_per_s", r.kp_per_s, 0.0, false, 1_000.0)?;
@@ -257,14 +312,18 @@ impl KernelConfig {
         let drive_compliance =
             if stiffness > 0.0 { N_PER_MM2_PER_MMHG * area_mm2 / stiffness * area_ml_per_mm } else { 0.0 };
         if drive_compliance > r.compliance_ml_per_mmhg {
-            return Err(inconsistent("drive_stiffness_n_per_mm", "compliance_ml_per_mmhg"));
+            return Err(inconsistent(
+                "drive_stiffness_n_per_mm",
+                r.drive_stiffness_n_per_mm,
+                "compliance_ml_per_mmhg",
+                r.compliance_ml_per_mmhg,
+            ));
         }
-        let ceiling = max_rate.get().min(hard_rate.get()).min(pump_rate.get());
         let quantum = area_ml_per_mm / counts;
         Ok(Self {
             raw,
             volume_quantum_ml: quantum,
-            max_rate_ml_s: MlPerHour::new(ceiling).map_err(value_error("max_rate_ml_h"))?.per_second(),
+            max_rate_ml_s: quantity::<MlPerHour>("max_rate_ml_h", ceiling)?.per_second(),
             take_up_rate_ml_s: take_up_rate.per_second().min(ceiling / crate::units::S_PER_H),
             // Every commanded magnitude, retract included, stays under the ceiling.
             backoff_rate_ml_s: backoff_rate.per_second().min(ceiling / crate::units::S_PER_H),
@@ -300,29 +359,37 @@ impl Program {
         delivered_before_mg: f64,
     ) -> Result<Self, ConfigError> {
         let rate_ml_s = validate_rate(config, rate_ml_h)?;
-        let vtbi = Millilitres::new(vtbi_ml).map_err(value_error("vtbi_ml"))?;
+        let vtbi = quantity::<Millilitres>("vtbi_ml", vtbi_ml)?;
         if vtbi.get() <= 0.0 {
-            return Err(value_error("vtbi_ml")(UnitProblem::BelowMinimum));
+            return Err(not_above("vtbi_ml", vtbi_ml, 0.0));
         }
         if vtbi.get() > config.raw.syringe_fill_ml {
-            return Err(inconsistent("vtbi_ml", "syringe_fill_ml"));
+            return Err(inconsistent("vtbi_ml", vtbi_ml, "syringe_fill_ml", config.raw.syringe_fill_ml));
         }
         if delivered_before_mg + vtbi.get() * config.mg_per_ml() > config.raw.hard_cap_mg {
-            return Err(above_hard("vtbi_ml", "hard_cap_mg"));
+            return Err(above_hard(
+                "vtbi_ml",
+                vtbi_ml,
+                "hard_cap_mg",
+                (config.raw.hard_cap_mg - delivered_before_mg) / config.mg_per_ml(),
+            ));
         }
         Ok(Self { rate_ml_s, vtbi_ml: vtbi.get(), take_up })
     }
 }
 
-/// A programmed rate must be a positive finite number no higher than the effective ceiling; a unit
-/// slip (×60, ×1000) is refused, never clamped. Returns mL/s.
+/// A programmed rate must be a finite number from `min_rate_ml_h` to the effective ceiling; a unit
+/// slip (×60, ×1000, ÷1000) is refused, never clamped. Returns mL/s.
 pub fn validate_rate(config: &KernelConfig, rate_ml_h: f64) -> Result<f64, ConfigError> {
-    let rate = MlPerHour::new(rate_ml_h).map_err(value_error("rate_ml_h"))?;
+    let rate = quantity::<MlPerHour>("rate_ml_h", rate_ml_h)?;
     if rate.get() <= 0.0 {
-        return Err(value_error("rate_ml_h")(UnitProblem::BelowMinimum));
+        return Err(not_above("rate_ml_h", rate_ml_h, 0.0));
+    }
+    if rate.get() < config.raw.min_rate_ml_h {
+        return Err(below_limit("rate_ml_h", rate_ml_h, "min_rate_ml_h", config.raw.min_rate_ml_h));
     }
     if rate.per_second() > config.max_rate_ml_s {
-        return Err(above_hard("rate_ml_h", "max_rate_ml_h"));
+        return Err(above_hard("rate_ml_h", rate_ml_h, "max_rate_ml_h", config.max_rate_ml_s * crate::units::S_PER_H));
     }
     Ok(rate.per_second())
 }

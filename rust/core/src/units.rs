@@ -57,6 +57,14 @@ macro_rules! quantity {
         #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
         pub struct $name(f64);
 
+        impl Quantity for $name {
+            const MIN: f64 = $min;
+            const MAX: f64 = $max;
+            fn new(value: f64) -> Result<Self, UnitProblem> {
+                $name::new(value)
+            }
+        }
+
         impl $name {
             /// Unit symbol, for messages and docs.
             pub const UNIT: &'static str = $unit;
@@ -77,6 +85,16 @@ macro_rules! quantity {
             }
         }
     };
+}
+
+/// A validated quantity of a unit, generically: its range and its validated construction.
+pub trait Quantity: Sized {
+    /// Smallest accepted value.
+    const MIN: f64;
+    /// Physical plausibility ceiling.
+    const MAX: f64;
+    /// Validated construction.
+    fn new(value: f64) -> Result<Self, UnitProblem>;
 }
 
 quantity!(

@@ -8,7 +8,7 @@
 use ketapump_core::kernel::{Backoff, Phase};
 use ketapump_core::{
     Alarm, AlarmSet, Cause, Command, ConfigError, ConfigProblem, Direction, KernelConfig, KernelError, MotorCommand,
-    RawKernelConfig, SafetyKernel, State, StateKind, StepOutput, Telemetry, TraceEvent,
+    Program, RawKernelConfig, SafetyKernel, State, StateKind, StepOutput, Telemetry, TraceEvent,
 };
 use std::collections::VecDeque;
 
@@ -26,6 +26,7 @@ fn raw() -> RawKernelConfig {
         max_rate_ml_h: 120.0,
         hard_max_rate_ml_h: 200.0,
         pump_max_rate_ml_h: 1200.0,
+        min_rate_ml_h: 0.1,
         // [dose]
         dose_tolerance: 0.02,
         hard_cap_mg: 120.0,
@@ -1959,7 +1960,9 @@ fn drive_compliance_is_derived_from_the_bore_and_the_stiffness() {
         soft,
         Err(ConfigError {
             field: "drive_stiffness_n_per_mm",
-            problem: ConfigProblem::Inconsistent { other: "compliance_ml_per_mmhg" }
+            problem: ConfigProblem::Inconsistent { other: "compliance_ml_per_mmhg" },
+            value: 10.0,
+            limit: raw().compliance_ml_per_mmhg,
         })
     );
     let negative = KernelConfig::from_raw(RawKernelConfig { drive_stiffness_n_per_mm: -1.0, ..raw() });
@@ -2145,4 +2148,20 @@ fn a_rate_change_reaches_the_command_on_its_tick_while_the_trim_is_held() {
     let out = sim.tick();
     assert!(out.control.held);
     assert_eq!(out.command.rate_ml_s, per_s(6.0) + out.control.proportional_ml_s + out.control.integral_ml_s);
+}
+
+/// Every refused rate names its value and the limit it broke, below as above: a ÷1000 slip is refused
+/// like a ×1000 one, so a program always ends.
+#[test]
+fn refused_rates_name_the_value_and_the_limit() {
+    let config = config_with(|_| {});
+    let refusal = |rate: f64| Program::new(&config, rate, 10.0, false, 0.0).expect_err("refused").to_string();
+    assert_eq!(refusal(1000.0), "rate_ml_h 1000 is above the hard limit max_rate_ml_h (120)");
+    assert_eq!(refusal(0.000_000_001), "rate_ml_h 0.000000001 is below the minimum min_rate_ml_h (0.1)");
+    assert_eq!(refusal(0.0), "rate_ml_h 0 is below the allowed minimum (0)");
+    assert!(Program::new(&config, 0.1, 10.0, false, 0.0).is_ok(), "the minimum itself is a valid rate");
+    let fill = KernelConfig::from_raw(RawKernelConfig { syringe_fill_ml: 70.0, ..raw() }).expect_err("refused");
+    assert_eq!(fill.to_string(), "syringe_fill_ml 70 is inconsistent with syringe_capacity_ml (60)");
+    let slow = KernelConfig::from_raw(RawKernelConfig { min_rate_ml_h: 500.0, ..raw() }).expect_err("refused");
+    assert_eq!(slow.to_string(), "min_rate_ml_h 500 is inconsistent with max_rate_ml_h (120)");
 }

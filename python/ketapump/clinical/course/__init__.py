@@ -22,9 +22,16 @@ How the store is kept trustworthy:
   ``datetime``; nothing here reads the wall clock (only the CLI defaults to "now"), so a demo running in
   virtual time records virtual time. Times are stored as fixed-width UTC ISO-8601 text
   (``2025-01-06T09:00:00.000000Z``), which sorts chronologically as text and reads well in a shell.
+* **Never silently replaced.** A database is created only by an explicit step (:meth:`CourseHistory.create`,
+  ``ketapump course init``) and carries an id of its own (:attr:`CourseHistory.database_id`) that every
+  session's audit log records. Opening a path that is missing, empty, not SQLite, another program's file
+  or damaged is an error naming the path; nothing is created in its place and the file is left as it was.
 * **Versioned.** ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION` and ``PRAGMA application_id`` marks
-  the file as ours; the schema is created on first open, and a file from a newer ketapump, or some other
-  program's SQLite file, is refused rather than misread.
+  the file as ours; a file from a newer ketapump is refused, and an older one is migrated only by an
+  explicit step with a backup first (:meth:`CourseHistory.migrate`, ``ketapump course migrate``).
+* **One patient, one id.** Patient ids are normalised by one rule (:data:`PATIENT_ID_RULE`: trimmed,
+  lower-cased, ``a-z 0-9 . _ -``), so ``"PC "`` and ``"pc"`` are one patient; a new id close to a known one
+  is reported (:meth:`CourseHistory.near_patients`).
 
 Window edges: :meth:`~CourseHistory.last_start`, :meth:`~CourseHistory.starts_between` and
 :meth:`~CourseHistory.delivered_mg_between` include both ends of their window. In a limit check, counting
@@ -42,18 +49,26 @@ The package, one module per part:
 * :mod:`~ketapump.clinical.course.records`: the records handed out (:class:`Patient`, :class:`Session`,
   :class:`Alarm`, :class:`Note`, :class:`Override`, :class:`SeriesEntry`, :class:`InitialSeries`,
   :class:`MaintenanceWindow`, :class:`CourseSummary`);
-* :mod:`~ketapump.clinical.course.store`: :class:`CourseHistory`, the SQLite schema and its preparation.
+* :mod:`~ketapump.clinical.course.schema`: the SQLite schema as numbered steps, and how a file is checked,
+  created and migrated;
+* :mod:`~ketapump.clinical.course.store`: :class:`CourseHistory`.
 
 Import the names below from this package (``from ketapump.clinical.course import CourseHistory``).
 """
 
 from __future__ import annotations
 
-from ketapump.clinical.course.location import default_course_path
+from ketapump.clinical.course.location import (
+    PATIENT_ID_RULE,
+    default_course_path,
+    near_patient_ids,
+    normalise_patient_id,
+)
 from ketapump.clinical.course.records import (
     Alarm,
     CourseSummary,
     InitialSeries,
+    LogSeal,
     MaintenanceWindow,
     Note,
     Override,
@@ -61,11 +76,13 @@ from ketapump.clinical.course.records import (
     SeriesEntry,
     Session,
 )
+from ketapump.clinical.course.schema import APPLICATION_ID, SCHEMA_VERSION, Migration
 from ketapump.clinical.course.settings import CourseSettings, CourseSettingsError, load_course_settings
-from ketapump.clinical.course.store import APPLICATION_ID, SCHEMA_VERSION, CourseHistory
+from ketapump.clinical.course.store import CourseHistory
 
 __all__ = [
     "APPLICATION_ID",
+    "PATIENT_ID_RULE",
     "SCHEMA_VERSION",
     "Alarm",
     "CourseHistory",
@@ -73,7 +90,9 @@ __all__ = [
     "CourseSettingsError",
     "CourseSummary",
     "InitialSeries",
+    "LogSeal",
     "MaintenanceWindow",
+    "Migration",
     "Note",
     "Override",
     "Patient",
@@ -81,4 +100,6 @@ __all__ = [
     "Session",
     "default_course_path",
     "load_course_settings",
+    "near_patient_ids",
+    "normalise_patient_id",
 ]

@@ -6,7 +6,10 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Final
 
 from ketapump.errors import CourseError
 
@@ -53,3 +56,59 @@ def _amount(subject: str, name: str, value: float, *, allow_zero: bool) -> float
     if value < 0 or (value == 0 and not allow_zero):
         raise CourseError(subject, f"{name} must be {'≥' if allow_zero else '>'} 0, not {value!r}")
     return float(value)
+
+
+#: The one rule for patient ids, applied wherever an id enters: surrounding white space is dropped,
+#: letters are lower-cased, and what remains is 1–64 of ``a-z 0-9 . _ -``, starting with a letter or a
+#: digit. ``"PC "``, ``"pc"`` and ``"Pc"`` are one patient.
+PATIENT_ID_RULE: Final = (
+    "trimmed, lower-cased, then 1–64 of the letters a-z, digits and . _ - (starting with a letter or digit)"
+)
+_PATIENT_ID: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
+#: Ids at least this long are near each other at one edit; shorter ones only when equal but for . _ -.
+_NEAR_EDIT_MIN_LENGTH: Final = 4
+
+
+def normalise_patient_id(patient_id: str) -> str:
+    """``patient_id`` under :data:`PATIENT_ID_RULE`; a :class:`CourseError` naming it when it cannot be."""
+    if not isinstance(patient_id, str):
+        raise CourseError("patient id", f"must be text, not {type(patient_id).__name__}")
+    normal = patient_id.strip().lower()
+    if not _PATIENT_ID.match(normal):
+        raise CourseError(f"patient id {patient_id!r}", f"is not valid: a patient id is {PATIENT_ID_RULE}")
+    return normal
+
+
+def near_patient_ids(patient_id: str, known: Iterable[str]) -> list[str]:
+    """The ``known`` ids a new ``patient_id`` could be a typo of: equal once ``.``, ``_`` and ``-`` are
+    dropped, or (for ids of four characters or more) one insertion, deletion, substitution or swap of
+    neighbours apart. Both ids already follow :data:`PATIENT_ID_RULE`."""
+
+    def skeleton(text: str) -> str:
+        return re.sub(r"[._-]", "", text)
+
+    near = []
+    for other in known:
+        if other == patient_id:
+            continue
+        if skeleton(other) == skeleton(patient_id) or (
+            min(len(other), len(patient_id)) >= _NEAR_EDIT_MIN_LENGTH and _one_edit_apart(other, patient_id)
+        ):
+            near.append(other)
+    return sorted(near)
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` differ by exactly one insertion, deletion, substitution or swap of two
+    neighbouring characters."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        swapped = i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
+        return a[i + 1 :] == b[i + 1 :] or swapped
+    return a[i:] == b[i + 1 :]

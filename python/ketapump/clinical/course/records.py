@@ -58,6 +58,19 @@ class Alarm:
 
 
 @dataclasses.dataclass(frozen=True)
+class LogSeal:
+    """How a session's audit log ended, recorded once it was closed: its path, the number of records and
+    the hash of the last one (the chain head), and the id of the key that authenticated it."""
+
+    session_id: str
+    log_path: str
+    records: int
+    head: str
+    key_id: str | None
+    sealed_at: _dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
 class Note:
     session_id: str
     at: _dt.datetime

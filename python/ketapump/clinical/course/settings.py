@@ -10,7 +10,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ketapump.validation import DocumentError, parse_document
+from ketapump.validation import DocumentError, FileReadError, parse_document, read_text_file
 
 SETTINGS_RESOURCE: Final = "course.toml"
 
@@ -69,9 +69,9 @@ def load_course_settings(path: Path | None = None) -> CourseSettings:
     if path is None:
         return _shipped_settings()
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise CourseSettingsError(str(path), [f"cannot be read: {e.strerror}"]) from e
+        text = read_text_file(path)
+    except FileReadError as e:
+        raise CourseSettingsError(str(path), [e.problem], not_found=e.not_found) from e
     return _parse_settings(text, str(path))
 
 

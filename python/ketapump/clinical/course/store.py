@@ -1,5 +1,5 @@
-"""The store: :class:`CourseHistory` over one SQLite file, its schema (:data:`SCHEMA_VERSION`,
-:data:`APPLICATION_ID`) and the schema's creation or check when a file is opened."""
+"""The store: :class:`CourseHistory` over one SQLite file (its schema, and how a file is checked, created
+and migrated, are :mod:`~ketapump.clinical.course.schema`'s)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,27 @@ import datetime as _dt
 import os
 import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal
 
-from ketapump.clinical.course.location import _amount, _iso, _stamp, _text, _time, default_course_path
+from ketapump.clinical.course import schema
+from ketapump.clinical.course.location import (
+    _amount,
+    _iso,
+    _stamp,
+    _text,
+    _time,
+    default_course_path,
+    near_patient_ids,
+    normalise_patient_id,
+)
 from ketapump.clinical.course.records import (
     Alarm,
     CourseSummary,
     InitialSeries,
+    LogSeal,
     MaintenanceWindow,
     Note,
     Override,
@@ -27,86 +37,7 @@ from ketapump.clinical.course.records import (
     Session,
 )
 from ketapump.clinical.course.settings import CourseSettings, load_course_settings
-from ketapump.errors import CourseError, CourseRecordNotFoundError
-
-#: The schema this code reads and writes (``PRAGMA user_version``).
-SCHEMA_VERSION: Final = 1
-#: ``PRAGMA application_id`` of a course database: "KPCH" (ketapump course history).
-APPLICATION_ID: Final = 0x4B504348
-#: How long a write waits for another process's write lock before giving up (a CLI note while the
-#: orchestrator writes).
-BUSY_TIMEOUT_S: Final = 10.0
-
-_SCHEMA: Final = """
-CREATE TABLE patients (
-    patient_id  TEXT PRIMARY KEY NOT NULL CHECK (length(patient_id) > 0),
-    weight_kg   REAL NOT NULL CHECK (weight_kg > 0),
-    height_cm   REAL CHECK (height_cm IS NULL OR height_cm > 0),
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL CHECK (updated_at >= created_at)
-);
-
-CREATE TABLE sessions (
-    session_id     TEXT PRIMARY KEY NOT NULL CHECK (length(session_id) > 0),
-    patient_id     TEXT NOT NULL REFERENCES patients (patient_id),
-    protocol       TEXT NOT NULL CHECK (length(protocol) > 0),
-    weight_kg      REAL NOT NULL CHECK (weight_kg > 0),      -- the weight this session was dosed for
-    started_at     TEXT NOT NULL,
-    programmed_mg  REAL NOT NULL CHECK (programmed_mg > 0),
-    log_path       TEXT,                                     -- the session's audit log
-    ended_at       TEXT,
-    delivered_mg   REAL CHECK (delivered_mg IS NULL OR delivered_mg >= 0),
-    outcome        TEXT CHECK (outcome IS NULL OR length(outcome) > 0),
-    CHECK ((ended_at IS NULL) = (delivered_mg IS NULL) AND (ended_at IS NULL) = (outcome IS NULL)),
-    CHECK (ended_at IS NULL OR ended_at >= started_at)
-);
-CREATE INDEX sessions_by_patient ON sessions (patient_id, started_at);
-
-CREATE TABLE alarms (
-    alarm_id    INTEGER PRIMARY KEY,
-    session_id  TEXT NOT NULL REFERENCES sessions (session_id),
-    at          TEXT NOT NULL,
-    code        TEXT NOT NULL CHECK (length(code) > 0),
-    detail      TEXT NOT NULL
-);
-CREATE INDEX alarms_by_session ON alarms (session_id, at);
-
-CREATE TABLE notes (
-    note_id     INTEGER PRIMARY KEY,
-    session_id  TEXT NOT NULL REFERENCES sessions (session_id),
-    at          TEXT NOT NULL,
-    text        TEXT NOT NULL CHECK (length(trim(text)) > 0)
-);
-CREATE INDEX notes_by_session ON notes (session_id, at);
-
-CREATE TABLE overrides (
-    override_id  INTEGER PRIMARY KEY,
-    patient_id   TEXT NOT NULL REFERENCES patients (patient_id),
-    session_id   TEXT REFERENCES sessions (session_id),      -- NULL: given before a session existed
-    kind         TEXT NOT NULL CHECK (length(kind) > 0),     -- the rule or limit overridden
-    reason       TEXT NOT NULL CHECK (length(trim(reason)) > 0),
-    at           TEXT NOT NULL,
-    who          TEXT CHECK (who IS NULL OR length(trim(who)) > 0)  -- NULL: no operator identity
-);
-CREATE INDEX overrides_by_patient ON overrides (patient_id, at);
-
-CREATE TRIGGER alarms_append_only_u BEFORE UPDATE ON alarms
-    BEGIN SELECT RAISE(ABORT, 'alarms are append-only'); END;
-CREATE TRIGGER alarms_append_only_d BEFORE DELETE ON alarms
-    BEGIN SELECT RAISE(ABORT, 'alarms are append-only'); END;
-CREATE TRIGGER notes_append_only_u BEFORE UPDATE ON notes
-    BEGIN SELECT RAISE(ABORT, 'notes are append-only'); END;
-CREATE TRIGGER notes_append_only_d BEFORE DELETE ON notes
-    BEGIN SELECT RAISE(ABORT, 'notes are append-only'); END;
-CREATE TRIGGER overrides_append_only_u BEFORE UPDATE ON overrides
-    BEGIN SELECT RAISE(ABORT, 'overrides are append-only'); END;
-CREATE TRIGGER overrides_append_only_d BEFORE DELETE ON overrides
-    BEGIN SELECT RAISE(ABORT, 'overrides are append-only'); END;
-CREATE TRIGGER sessions_ended_immutable BEFORE UPDATE ON sessions WHEN OLD.ended_at IS NOT NULL
-    BEGIN SELECT RAISE(ABORT, 'an ended session cannot be changed'); END;
-CREATE TRIGGER sessions_no_delete BEFORE DELETE ON sessions
-    BEGIN SELECT RAISE(ABORT, 'sessions cannot be deleted'); END;
-"""
+from ketapump.errors import CourseError, CourseRecordNotFoundError, CourseStorageError
 
 _SESSION_COLUMNS: Final = (
     "session_id, patient_id, protocol, weight_kg, started_at, programmed_mg, log_path, ended_at, "
@@ -132,14 +63,19 @@ def _session(row: sqlite3.Row) -> Session:
 class CourseHistory:
     """The course history in one SQLite file. Open it with :meth:`open`; use it as a context manager or
     call :meth:`close`. One instance may be shared between threads (calls are serialised); several
-    processes may open the same file (writes wait up to :data:`BUSY_TIMEOUT_S` for each other).
+    processes may open the same file (writes wait up to ``schema.BUSY_TIMEOUT_S`` for each other).
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, settings: CourseSettings) -> None:
-        """Internal: wrap a configured connection. Use :meth:`open`."""
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, settings: CourseSettings, database_id: str
+    ) -> None:
+        """Internal: wrap a configured connection. Use :meth:`open` or :meth:`create`."""
         self._conn = conn
         self.path = path
         self.settings = settings
+        #: This database's id (32 hex digits), fixed when it was created: every session's audit log
+        #: records it, naming the history its limits were checked against.
+        self.database_id = database_id
         self._lock = threading.RLock()
         self._depth = 0
 
@@ -150,51 +86,95 @@ class CourseHistory:
         cls,
         path: str | os.PathLike[str] | None = None,
         *,
-        create: bool = True,
+        create: bool = False,
+        readonly: bool = False,
         settings: CourseSettings | None = None,
     ) -> CourseHistory:
-        """Open (or, with ``create``, create) the course database at ``path`` (default:
-        :func:`default_course_path`), creating its directory and schema as needed.
+        """Open the course database at ``path`` (default: :func:`default_course_path`).
 
-        Raises :class:`CourseRecordNotFoundError` when the file is missing and ``create`` is false, and
-        :class:`CourseError` naming the file when it cannot be opened, is not a course database, or was
-        written by a newer ketapump.
+        Never creates a database unless ``create`` asks for one where no file exists (the demo's own
+        records; otherwise :meth:`create`), never migrates one and never writes to a file before it is
+        known to be a current course database. ``readonly`` opens for queries only.
+
+        Raises :class:`~ketapump.errors.CourseRecordNotFoundError` when there is no file, and
+        :class:`~ketapump.errors.CourseError` naming the file when it is empty, not SQLite, another
+        program's, of an older or newer schema, or damaged;
+        :class:`~ketapump.errors.CourseStorageError` when it cannot be read or written.
         """
         where = Path(path) if path is not None else default_course_path()
+        if create and not os.path.lexists(where):
+            return cls.create(where, at=_dt.datetime.now(_dt.UTC), settings=settings)
         subject = str(where)
-        if create:
-            try:
-                where.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise CourseError(subject, f"cannot create its directory: {e.strerror or e}") from e
-        elif not where.exists():
-            raise CourseRecordNotFoundError(subject, "no such course database")
-        # mode=rw never creates a file, so a mistyped path is reported instead of becoming an empty database.
-        uri = f"file:{urllib.parse.quote(str(where.absolute()))}?mode={'rwc' if create else 'rw'}"
+        schema.check_file(where)
+        conn = schema.connect(where, mode="ro" if readonly else "rw")
         try:
-            conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
-            )
-        except sqlite3.Error as e:
-            raise CourseError(subject, f"cannot open: {e}") from e
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA foreign_keys = ON")
-            if conn.execute("PRAGMA foreign_keys").fetchone()[0] != 1:
-                raise CourseError(subject, "this SQLite cannot enforce foreign keys")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            _prepare_schema(conn, subject)
+            database_id = schema.prepare(conn, subject, writable=not readonly)
         except sqlite3.Error as e:
             conn.close()
-            raise CourseError(subject, f"cannot be used as a course database: {e}") from e
+            raise schema.sqlite_error(subject, e) from e
         except BaseException:
             conn.close()
             raise
-        return cls(conn, where, settings if settings is not None else load_course_settings())
+        return cls(conn, where, settings if settings is not None else load_course_settings(), database_id)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        at: _dt.datetime,
+        settings: CourseSettings | None = None,
+    ) -> CourseHistory:
+        """Create a new course database at ``path`` (its directory too), created at ``at``: the explicit
+        step behind ``ketapump course init``. An existing path, even an empty file, is refused and left as
+        it is."""
+        where = Path(path) if path is not None else default_course_path()
+        subject = str(where)
+        _stamp(subject, "at", at)
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
+            os.close(fd)
+        except FileExistsError:
+            raise CourseError(
+                subject, "exists already; a course database is never created over a file"
+            ) from None
+        except OSError as e:
+            raise CourseStorageError(subject, f"cannot be created: {e.strerror or e}") from e
+        try:
+            conn = schema.connect(where, mode="rw")
+            try:
+                database_id = schema.create_schema(conn, at)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as e:
+            where.unlink(missing_ok=True)
+            raise schema.sqlite_error(subject, e) from e
+        except BaseException:
+            where.unlink(missing_ok=True)  # ours, just made: never a half-created database left behind
+            raise
+        return cls(conn, where, settings if settings is not None else load_course_settings(), database_id)
+
+    @staticmethod
+    def check_path(path: str | os.PathLike[str] | None = None) -> Path:
+        """The database path (default :func:`default_course_path`) once it is known to be there and to
+        be an SQLite file, read without opening it (a session checks this before it asks anything);
+        raises what :meth:`open` raises for a missing, empty or non-SQLite file."""
+        where = Path(path) if path is not None else default_course_path()
+        schema.check_file(where)
+        return where
+
+    @staticmethod
+    def migrate(path: str | os.PathLike[str], *, at: _dt.datetime) -> schema.Migration:
+        """Bring an older course database up to the current schema version, after a backup (see
+        :func:`~ketapump.clinical.course.schema.migrate_file`): the explicit step behind ``ketapump course
+        migrate``; :meth:`open` never migrates."""
+        return schema.migrate_file(Path(path), at=at)
 
     def close(self) -> None:
-        with self._lock:
+        # Closing never fails a caller: every write was committed when its method returned.
+        with self._lock, contextlib.suppress(sqlite3.Error):
             self._conn.close()
 
     def __enter__(self) -> CourseHistory:
@@ -220,14 +200,17 @@ class CourseHistory:
                 finally:
                     self._depth -= 1
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
             try:
+                self._conn.execute("BEGIN IMMEDIATE")
                 yield
                 self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+            except BaseException as e:
+                with contextlib.suppress(sqlite3.Error):
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise schema.sqlite_error(str(self.path), e) from e
                 raise
             finally:
                 self._depth = 0
@@ -240,12 +223,15 @@ class CourseHistory:
             if self._depth:
                 yield
                 return
-            self._conn.execute("BEGIN DEFERRED")
             try:
-                yield
-            finally:
-                if self._conn.in_transaction:
-                    self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN DEFERRED")
+                try:
+                    yield
+                finally:
+                    if self._conn.in_transaction:
+                        self._conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise schema.sqlite_error(str(self.path), e) from e
 
     # -- writes ---------------------------------------------------------------------------------------------
 
@@ -257,8 +243,8 @@ class CourseHistory:
         Sessions keep the weight they were dosed for, so a later change of weight leaves their mg/kg as
         it was. Weight plausibility is the drug library's check; here it only has to be positive.
         """
+        patient_id = normalise_patient_id(patient_id)
         subject = f"patient {patient_id}"
-        _text(subject, "patient_id", patient_id)
         weight = _amount(subject, "weight_kg", weight_kg, allow_zero=False)
         height = None if height_cm is None else _amount(subject, "height_cm", height_cm, allow_zero=False)
         stamp = _stamp(subject, "at", at)
@@ -295,6 +281,7 @@ class CourseHistory:
 
         Until then every dose window it overlaps counts its ``programmed_mg``.
         """
+        patient_id = normalise_patient_id(patient_id)
         subject = f"session {session_id}"
         _text(subject, "session_id", session_id)
         _text(subject, "protocol", protocol)
@@ -376,6 +363,7 @@ class CourseHistory:
         when, and who confirmed it (``None`` where the caller has no operator identity, as in the demo).
         ``session_id`` may be ``None`` when the override was given before the session was begun; when
         given, the session must be this patient's."""
+        patient_id = normalise_patient_id(patient_id)
         subject = f"patient {patient_id}"
         stamp = _stamp(subject, "at", at)
         _text(subject, "kind", kind)
@@ -424,13 +412,67 @@ class CourseHistory:
             )
         return Note(session_id, _time(stamp), text)
 
+    def seal_log(  # noqa: PLR0917 (one record's fields, in the table's order)
+        self,
+        session_id: str,
+        log_path: str | os.PathLike[str],
+        records: int,
+        head: str,
+        key_id: str | None,
+        at: _dt.datetime,
+    ) -> LogSeal:
+        """Record how a session's audit log ended: its record count and the hash of its last record (the
+        chain head), once it is closed. ``ketapump log verify`` compares the file with it, so closing
+        records dropped from the file are caught. A session is sealed once."""
+        subject = f"session {session_id}"
+        stamp = _stamp(subject, "at", at)
+        path = _text(subject, "log_path", os.fspath(log_path))
+        if isinstance(records, bool) or not isinstance(records, int) or records < 1:
+            raise CourseError(subject, f"records must be a positive count, not {records!r}")
+        with self.transaction():
+            self.session(session_id)
+            if self.log_seal(session_id) is not None:
+                raise CourseError(subject, "its audit log is sealed already")
+            self._conn.execute(
+                "INSERT INTO log_seals (session_id, log_path, records, head, key_id, sealed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, path, records, head, key_id, stamp),
+            )
+        return LogSeal(session_id, path, records, head, key_id, _time(stamp))
+
+    def log_seal(self, session_id: str) -> LogSeal | None:
+        """The seal of a session's audit log (:meth:`seal_log`), or ``None`` when it was never sealed."""
+        rows = self._read(
+            "SELECT session_id, log_path, records, head, key_id, sealed_at FROM log_seals "
+            "WHERE session_id = ?",
+            (session_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return LogSeal(
+            r["session_id"], r["log_path"], r["records"], r["head"], r["key_id"], _time(r["sealed_at"])
+        )
+
+    def near_patients(self, patient_id: str) -> list[str]:
+        """The patients already recorded whose id is near ``patient_id`` but not it (a typo would start a
+        second course and hide the first from the course rules; see
+        :func:`~ketapump.clinical.course.location.near_patient_ids`)."""
+        patient_id = normalise_patient_id(patient_id)
+        rows = self._read("SELECT patient_id FROM patients", ())
+        return near_patient_ids(patient_id, (r["patient_id"] for r in rows))
+
     # -- reading records ------------------------------------------------------------------------------------
 
     def _read(self, sql: str, args: tuple[object, ...]) -> list[sqlite3.Row]:
         with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise schema.sqlite_error(str(self.path), e) from e
 
     def patient(self, patient_id: str) -> Patient:
+        patient_id = normalise_patient_id(patient_id)
         rows = self._read(
             "SELECT patient_id, weight_kg, height_cm, created_at, updated_at FROM patients "
             "WHERE patient_id = ?",
@@ -455,6 +497,7 @@ class CourseHistory:
 
     def sessions(self, patient_id: str) -> tuple[Session, ...]:
         """The patient's sessions in order of start."""
+        patient_id = normalise_patient_id(patient_id)
         self.patient(patient_id)
         rows = self._read(
             f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE patient_id = ? ORDER BY started_at, session_id",
@@ -478,6 +521,7 @@ class CourseHistory:
         return tuple(Note(r["session_id"], _time(r["at"]), r["text"]) for r in rows)
 
     def overrides(self, patient_id: str) -> tuple[Override, ...]:
+        patient_id = normalise_patient_id(patient_id)
         self.patient(patient_id)
         rows = self._read(
             "SELECT patient_id, session_id, kind, reason, at, who FROM overrides WHERE patient_id = ? "
@@ -498,6 +542,7 @@ class CourseHistory:
         For the 44 h rule, call it *before* :meth:`begin_session` of the new session, with the proposed
         start; called after, it returns the new session's own start.
         """
+        patient_id = normalise_patient_id(patient_id)
         subject = f"patient {patient_id}"
         stamp = _stamp(subject, "before", before)
         self.patient(patient_id)
@@ -513,6 +558,7 @@ class CourseHistory:
     ) -> tuple[_dt.datetime, ...]:
         """Starts of the patient's sessions in ``[start, end]`` (both ends included), in order; its
         length is the session count the "sessions per 7 days" rule needs. Every outcome counts."""
+        patient_id = normalise_patient_id(patient_id)
         first, last = self._window(patient_id, start, end)
         rows = self._read(
             "SELECT started_at FROM sessions WHERE patient_id = ? AND started_at BETWEEN ? AND ? "
@@ -531,6 +577,7 @@ class CourseHistory:
         never ended because its process died, counts its programmed dose and, having no end, overlaps every
         window from its start on until :meth:`end_session` records what it really delivered.
         """
+        patient_id = normalise_patient_id(patient_id)
         first, last = self._window(patient_id, start, end)
         rows = self._read(
             "SELECT coalesce(sum(coalesce(delivered_mg, programmed_mg)), 0.0) AS mg FROM sessions "
@@ -540,6 +587,7 @@ class CourseHistory:
         return float(rows[0]["mg"])
 
     def _window(self, patient_id: str, start: _dt.datetime, end: _dt.datetime) -> tuple[str, str]:
+        patient_id = normalise_patient_id(patient_id)
         subject = f"patient {patient_id}"
         first, last = _stamp(subject, "start", start), _stamp(subject, "end", end)
         if last < first:
@@ -553,6 +601,7 @@ class CourseHistory:
         """The patient's course as of ``now``: every session (date, dose, mg/kg, interval since the
         previous start), the initial series and, once it is complete, the maintenance window; with the
         alarms, journal notes and overrides. Reported against ``settings``, never enforced."""
+        patient_id = normalise_patient_id(patient_id)
         _stamp(f"patient {patient_id}", "now", now)
         with self._snapshot():
             patient = self.patient(patient_id)
@@ -608,45 +657,3 @@ class CourseHistory:
             notes=tuple(sorted(notes, key=lambda n: n.at)),
             overrides=overrides,
         )
-
-
-def _prepare_schema(conn: sqlite3.Connection, subject: str) -> None:
-    """Create the schema in a new file (one transaction), or check an existing file is ours and current."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        if version == 0 and app_id == 0:
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if tables:
-                raise CourseError(subject, "is an SQLite file of some other program, not a course database")
-            for statement in _statements(_SCHEMA):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif app_id != APPLICATION_ID:
-            raise CourseError(subject, f"is not a course database (application_id {app_id:#x})")
-        elif version > SCHEMA_VERSION:
-            raise CourseError(
-                subject,
-                f"was written by a newer ketapump (schema {version}; this one reads {SCHEMA_VERSION})",
-            )
-        elif version != SCHEMA_VERSION:
-            raise CourseError(subject, f"has unknown schema version {version}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The schema's statements one by one (``executescript`` would commit our transaction first)."""
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            yield buffer.strip()
-            buffer = ""
-    if buffer.strip():
-        raise ValueError(f"incomplete statement in the schema: {buffer.strip()[:60]}")

@@ -50,6 +50,11 @@ class PumpDriver(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def identify(self) -> dict[str, str]:
+        """What the pump says it is, read from the pump (model, firmware, serial number where it has
+        one), each as text. A session's record keeps it, and a resume continues only on the same pump."""
+        return {}
+
     @abstractmethod
     async def set_syringe(self, diameter_mm: float) -> None: ...
 

@@ -144,6 +144,10 @@ class NewEraDriver(PumpDriver):
             raise TransportError(self.transport.url, f"not a New Era pump: VER answered {reply!r}")
         self.model, self.firmware = f"NE{match[1]}", match[2]
 
+    async def identify(self) -> dict[str, str]:
+        """Model and firmware from ``VER`` (read at connect); a New Era pump reports no serial number."""
+        return {"model": self.model or "", "firmware": self.firmware or ""}
+
     async def close(self) -> None:
         """Closes the link. A pump in safe mode that says it is at rest (stopped or paused) is first
         put back in basic mode (``SAF0``): nobody talks to it any more, and in safe mode it would

@@ -46,6 +46,18 @@ class ReferencePumpDriver(PumpDriver):
     async def close(self) -> None:
         await self.transport.close()
 
+    async def identify(self) -> dict[str, str]:
+        """The identity block (registers 0–5), one read: vendor, model, firmware, map version, serial."""
+        names = ("vendor_id", "model", "firmware_version", "map_version", "serial_number")
+        first = self.map[names[0]].address
+        last = self.map[names[-1]]
+        words = await self.transport.read_registers(first, last.address + last.words - first)
+        identity = {}
+        for name in names:
+            r = self.map[name]
+            identity[name] = f"{decode(r, words[r.address - first : r.address - first + r.words]):g}"
+        return identity
+
     async def set_syringe(self, diameter_mm: float) -> None:
         await self._write("syringe_diameter_mm", diameter_mm)
 

@@ -99,8 +99,12 @@ def open_transport(url: str, *, clock: Clock | None = None, pump: _core.SimPump 
         return SimTransport(url, pump, clock or ScaledClock(), timeout_s=timeout_s, retries=retries)
     if scheme == "modbus-tcp":
         host, sep, port = target.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port:
             raise _bad(url, "needs HOST:PORT")
+        if not port.isdigit():
+            raise _bad(url, f"has a malformed port {port!r} (a number from 1 to 65535)")
+        if not 0 < int(port) < 65536:
+            raise _bad(url, f"has port {int(port)}, outside [1, 65535]")
         unit = int(_number(url, params, "unit", 1))
         return ModbusTcpTransport(
             url, host=host, port=int(port), unit=unit, timeout_s=timeout_s, retries=retries

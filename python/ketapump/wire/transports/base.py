@@ -99,6 +99,16 @@ class Transport(ABC):
             raise TransportError(self.url, f"cannot connect: {e}") from e
         self._connected = True
 
+    async def _reconnect(self) -> None:
+        """Opens the link inside a request's attempt (whose timeout bounds it)."""
+        try:
+            await self._connect()
+        except TransportError:
+            raise
+        except (OSError, ConnectionError) as e:
+            raise TransportError(self.url, f"cannot connect: {e}") from e
+        self._connected = True
+
     async def close(self) -> None:
         self._connected = False
         await self._close()
@@ -111,35 +121,47 @@ class Transport(ABC):
         await self.close()
 
     async def request(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Runs ``attempt`` with the timeout, retries and error mapping of this transport."""
+        """Runs ``attempt`` with the timeout, retries and error mapping of this transport. Each attempt,
+        reconnection included, takes at most ``timeout_s``: a request ends within timeout × (retries + 1)."""
         last: Exception | None = None
         for n in range(self.retries + 1):
             try:
-                if not self._connected:
-                    await self.connect()
-                # asyncio.timeout bounds the attempt without wrapping it in a new task (wait_for does).
+                # asyncio.timeout bounds the attempt without wrapping it in a new task (wait_for does);
+                # a reconnection is part of the attempt, never time on top of it.
                 async with asyncio.timeout(self.timeout_s):
+                    if not self._connected:
+                        await self._reconnect()
                     return await attempt()
             except PumpRefusedError:
                 raise
             except (TimeoutError, TransportError, OSError, ConnectionError) as e:
                 last = e
                 log.warning(
-                    "%s: %s failed (attempt %d of %d): %s", self.url, what, n + 1, self.retries + 1, e
-                )
+                    "%s: %s failed (attempt %d of %d): %s",
+                    self.url, what, n + 1, self.retries + 1, _reason(e, self.timeout_s),
+                )  # fmt: skip
                 self._connected = False
                 await self._close()
         if isinstance(last, TimeoutError | PumpTimeoutError):
             raise PumpTimeoutError(
                 self.url, f"{what}: no answer within {self.timeout_s:g} s after {self.retries + 1} attempts"
             ) from last
-        raise TransportError(self.url, f"{what} failed after {self.retries + 1} attempts: {last}") from last
+        raise TransportError(
+            self.url, f"{what} failed after {self.retries + 1} attempts: {_reason(last, self.timeout_s)}"
+        ) from last
 
     @abstractmethod
     async def _connect(self) -> None: ...
 
     @abstractmethod
     async def _close(self) -> None: ...
+
+
+def _reason(error: BaseException | None, timeout_s: float) -> str:
+    """Why an attempt failed, never empty (a ``TimeoutError`` carries no message of its own)."""
+    if isinstance(error, TimeoutError) and not str(error):
+        return f"no answer within {timeout_s:g} s"
+    return str(error) or type(error).__name__
 
 
 class RegisterTransport(Transport):
