@@ -217,16 +217,17 @@ def test_the_human_line_of_a_lost_link_says_so(tmp_path: Path) -> None:
 
 
 def test_a_finished_new_era_run_leaves_the_pump_without_a_safe_mode_alarm(tmp_path: Path) -> None:
-    """The run uses safe mode (5 s, the default); a pump left in it would latch A?T 5 s later."""
-    with sim_process("--no-modbus-tcp", "--no-modbus-rtu", "--time-scale", "10") as (_proc, endpoints):
+    """The run uses safe mode (5 s, the default); a pump left in it would latch A?T 5 s later. 5× is
+    within what the loop accepts for safe=5 with the URL's default timeout (it refuses 10×)."""
+    with sim_process("--no-modbus-tcp", "--no-modbus-rtu", "--time-scale", "5") as (_proc, endpoints):
         pty = str(endpoints["nesp_pty"])
         result = ketapump(
             "run", "--pump", f"nesp://{pty}", "--rate-ml-h", "60", "--volume-ml", "0.5",
-            "--time-scale", "10", "--json", "--log", str(tmp_path / "run.jsonl"),
+            "--time-scale", "5", "--json", "--log", str(tmp_path / "run.jsonl"),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["state"] == "complete"
-        time.sleep(1.0)  # 10 pump seconds: twice the safe-mode timeout
+        time.sleep(2.0)  # 10 pump seconds: twice the safe-mode timeout
         fd = open_pty(pty)
         try:
             os.write(fd, b"0\r")
