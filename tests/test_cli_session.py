@@ -82,6 +82,8 @@ def test_a_session_with_invalid_input_writes_nothing(tmp_path: Path) -> None:
         "--patient",
         "p",
         "--yes",
+        "--operator",
+        "nurse T",
         "--out",
         str(out),
         "--log",
@@ -99,6 +101,29 @@ def test_a_session_with_invalid_input_writes_nothing(tmp_path: Path) -> None:
         assert not out.exists() and not log.exists() and not db.exists(), args
 
 
+def test_a_session_needs_its_operators_name_and_writes_nothing_without_it(tmp_path: Path) -> None:
+    out, log, db = tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
+    env = {k: v for k, v in os.environ.items() if k != "KETAPUMP_OPERATOR"}
+    args = ["session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70", "--yes"]
+    args += ["--out", str(out), "--log", str(log), "--course-db", str(db)]
+    done = ketapump(*args, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "--operator NAME (or $KETAPUMP_OPERATOR)" in done.stderr and "ketamine-depression" in done.stderr
+    blank = ketapump(*args, "--operator", " ", env=env)
+    assert blank.returncode == 2 and "must not be blank" in blank.stderr
+    assert not out.exists() and not log.exists() and not db.exists()
+    # A QA protocol may allow anonymous runs (and the environment may name the operator instead).
+    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
+    qa = tmp_path / "qa.toml"
+    qa.write_text(
+        shipped.read_text(encoding="utf-8") + "\n[session]\nallow_anonymous = true\n", encoding="utf-8"
+    )
+    qa_args = ["--protocol", str(qa), "--json", "--vitals", "sim"]
+    anonymous = ketapump(*args, *qa_args, env=env, timeout=600)
+    assert anonymous.returncode == 0, anonymous.stderr
+    assert json.loads(anonymous.stdout)["operator"] is None
+
+
 def test_the_demo_runs_a_whole_session_and_writes_a_verified_log_a_report_and_real_plots(
     tmp_path: Path,
 ) -> None:
@@ -108,6 +133,16 @@ def test_the_demo_runs_a_whole_session_and_writes_a_verified_log_a_report_and_re
     assert d["outcome"] == "complete"
     assert math.isclose(d["delivered_mg"], d["programmed_mg"], rel_tol=0.02)
     assert d["alarms"] == [] and d["log_verified"] is True
+    # The demo's nurse: nausea at minute 20, slowed to half with an antiemetic, the plan's rate at minute 30.
+    assert d["operator"] == "demo operator"
+    assert [(a["action"], a["by"]) for a in d["actions"] if a["action"] in {"slow", "restore_rate"}] == [
+        ("slow", "demo operator"),
+        ("restore_rate", "demo operator"),
+    ]
+    assert [(m["drug"], m["dose"], m["unit"], m["route"]) for m in d["medications"]] == [
+        ("ondansetron", 4.0, "mg", "iv")
+    ]
+    assert [(o["kind"], o["value"]) for o in d["observations"]] == [("nausea", 2.0), ("nausea", 0.0)]
     verify = ketapump("log", "verify", d["log"])
     assert verify.returncode == 0 and "OK" in verify.stdout
     report = Path(d["report"]).read_text(encoding="utf-8")
@@ -133,7 +168,8 @@ def test_sessions_on_the_cli_follow_the_course_rules(tmp_path: Path) -> None:
     def session(*extra: str) -> subprocess.CompletedProcess[str]:
         return ketapump(
             "session", "--protocol", "ketamine-depression", "--patient", "p-7", "--weight-kg", "70",
-            "--yes", "--course-db", str(db), "--out", str(tmp_path / "out"), "--json", *extra, env=env,
+            "--yes", "--operator", "nurse T", "--course-db", str(db), "--out", str(tmp_path / "out"),
+            "--json", *extra, env=env,
         )  # fmt: skip
 
     blocked = session()
@@ -232,6 +268,7 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
 ) -> None:
     done = ketapump(
         "session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70",
+        "--operator", "nurse T",
         "--course-db", str(new_course_db(tmp_path / "c.sqlite3")), "--log", str(tmp_path / "log.jsonl"),
         "--out", str(tmp_path / "out"), stdin=f"{answer}\n" * 8, timeout=120,
     )  # fmt: skip
@@ -258,7 +295,8 @@ def _session_process(tmp_path: Path, patient: str, db: Path, log: Path, out: Pat
     return subprocess.Popen(
         [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
          "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", patient, "--weight-kg", "70",
-         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(out)],
+         "--yes", "--json", "--operator", "nurse T", "--course-db", str(db), "--log", str(log),
+         "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -427,7 +465,18 @@ def test_a_file_or_shipped_name_not_found_exits_66_and_invalid_content_65(tmp_pa
         done = ketapump(*dose, *args)
         assert done.returncode == os.EX_DATAERR and "is not valid TOML" in done.stderr, (args, done.stderr)
     out, log, db = tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
-    session = ["session", "--patient", "p", "--weight-kg", "70", "--yes", "--out", str(out)]
+    session = [
+        "session",
+        "--patient",
+        "p",
+        "--weight-kg",
+        "70",
+        "--yes",
+        "--operator",
+        "nurse T",
+        "--out",
+        str(out),
+    ]
     session += ["--log", str(log)]
     for args in (
         ["--protocol", missing],

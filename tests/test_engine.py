@@ -54,6 +54,7 @@ from ketapump.wire import ReferencePumpDriver, RegisterTransport, open_transport
 
 NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
 PATIENT = Patient("p-1", weight_kg=70.0, height_cm=175.0, sex="male")
+OPERATOR = "nurse on duty"
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "ketapump"
 
 
@@ -102,6 +103,7 @@ class Chair:
                 vitals=ScriptedMonitor(script or demo_patient()),
                 operator=operator or ScriptedOperator(),
                 calendar_origin=NOW,
+                operator_name=OPERATOR,
             )
         )
         self.events: list[SessionEvent] = []
@@ -214,7 +216,7 @@ def test_pause_and_resume_commands_take_effect_at_the_next_tick_and_are_recorded
     paused = [t for t in ticks if actions[0].t_s < t.t_s <= actions[1].t_s]
     assert paused and paused[0].t_s - actions[0].t_s <= 0.1 + 1e-9
     held = [t for t in paused if t.pump_state == "paused"]
-    assert len(held) >= len(paused) - 2 and all(t.paused_by == "operator" for t in held)
+    assert len(held) >= len(paused) - 2 and all(t.paused_by == ("operator",) for t in held)
     # Only the compressed drive's relaxation follows the stop (~0.02 mL), far below the 0.1 mL allowance.
     assert held[-1].delivered_ml - held[0].delivered_ml < 0.05
     # The audit log names who did what, from where.
@@ -233,8 +235,9 @@ def test_a_resume_into_an_active_vitals_alarm_is_refused_and_says_why(tmp_path: 
     chair.on(AlarmRaised, lambda a: chair.session.resume("looks fine") if a.source == "vitals" else None)
     chair.run()
     refused = [a for a in chair.of(ActionTaken) if a.action == "resume"]
-    assert refused and not refused[0].accepted and refused[0].why == "vitals alarm active"
-    assert chair.log.named("request_refused")[0]["why"] == "vitals alarm active"
+    assert refused and not refused[0].accepted
+    assert refused[0].why == "vitals alarm active: HR 130 bpm ≥ 120 bpm for 10 s"
+    assert chair.log.named("request_refused")[0]["why"] == refused[0].why
 
 
 def test_a_stop_before_the_infusion_aborts_with_nothing_delivered(tmp_path: Path) -> None:
@@ -266,7 +269,10 @@ def test_commands_outside_the_infusion_are_refused_with_the_phase(tmp_path: Path
 def test_an_acknowledgement_is_recorded_with_the_latched_alarms(tmp_path: Path) -> None:
     chair = Chair(tmp_path)
     chair.pump.schedule(300.0, "fault_occlusion", 1.0)
-    chair.on(AlarmRaised, lambda a: chair.session.acknowledge("line clamp found closed", operator="nurse B"))
+    chair.on(
+        AlarmRaised,
+        lambda a: chair.session.acknowledge(a.code, "line clamp found closed", operator="nurse B"),
+    )
     result = chair.run()
     assert result.outcome == "ended_interlock"
     (ack, *_) = [a for a in chair.of(ActionTaken) if a.action == "acknowledge"]
@@ -483,7 +489,7 @@ def _tick(t: float) -> Tick:
     return Tick(
         session_id="s", t_s=t, phase="infusion", pump_state="running", delivered_ml=t, planned_ml=35.0,
         delivered_mg=t, programmed_mg=t, commanded_rate_ml_h=52.5, pressure_mmhg=40.0,
-        occlusion_threshold_mmhg=300.0, alarms=(), paused_by=None, phase_elapsed_s=t,
+        occlusion_threshold_mmhg=300.0, alarms=(), paused_by=(), phase_elapsed_s=t,
     )  # fmt: skip
 
 

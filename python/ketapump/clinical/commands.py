@@ -15,6 +15,7 @@ action                 arguments                                        reason
 ``slow``               ``to_fraction`` (0 < f < 1) or ``to_rate_ml_h``  required
 ``restore_rate``       —                                                optional
 ``stop``               —                                                required
+``end_observation``    —                                                required (else refused)
 ``acknowledge``        ``alarm`` (a code; ``None``: every alarm)        optional
 ``record_observation`` ``kind``, ``value``, ``note`` (data/bedside.toml)  —
 ``give_medication``    ``drug``, ``dose``, ``unit``, ``route``          optional
@@ -39,6 +40,7 @@ Action = Literal[
     "slow",
     "restore_rate",
     "stop",
+    "end_observation",
     "acknowledge",
     "record_observation",
     "give_medication",
@@ -56,6 +58,7 @@ _ARGS: Final[dict[str, tuple[frozenset[str], frozenset[str]]]] = {
     "slow": (frozenset(), frozenset({"to_fraction", "to_rate_ml_h"})),
     "restore_rate": (frozenset(), frozenset()),
     "stop": (frozenset(), frozenset()),
+    "end_observation": (frozenset(), frozenset()),
     "acknowledge": (frozenset(), frozenset({"alarm"})),
     "record_observation": (frozenset({"kind"}), frozenset({"value", "note"})),
     "give_medication": (frozenset({"drug", "dose", "unit", "route"}), frozenset()),
