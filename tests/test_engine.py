@@ -12,6 +12,7 @@ import datetime
 import itertools
 import json
 import math
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from ketapump.clinical import (
     AlarmRaised,
     CourseHistory,
     FindingReported,
+    HoldChanged,
     Patient,
     PhaseChanged,
     Question,
@@ -400,6 +402,51 @@ def test_a_new_patient_near_a_recorded_one_needs_a_reason(tmp_path: Path) -> Non
         assert [(o.kind, o.reason) for o in course.overrides("p1")] == [
             ("new_patient", "twin sibling, checked the ID card")
         ]
+@pytest.mark.parametrize(
+    ("issue", "message"),
+    [
+        (lambda s: s.pause(""), "pause needs a reason"),
+        (lambda s: s.stop("  "), "stop needs a reason"),
+        (lambda s: s.slow("nausea"), "exactly one of to_fraction and to_rate_ml_h"),
+        (lambda s: s.slow("nausea", to_fraction=0.5, to_rate_ml_h=20.0), "exactly one of"),
+        (lambda s: s.slow("nausea", to_fraction=0.0), "between 0 and 1"),
+        (lambda s: s.slow("nausea", to_rate_ml_h=math.inf), "finite number"),
+        (lambda s: s.record_observation("hunger", 2), "unknown observation kind 'hunger'"),
+        (lambda s: s.record_observation("nausea", 5), "off its scale"),
+        (lambda s: s.record_observation("nausea"), "needs a value on its scale"),
+        (lambda s: s.record_observation("other", 1.0, "x"), "takes no value"),
+        (lambda s: s.record_observation("other"), "needs a note"),
+        (lambda s: s.give_medication("ondansetron", 4, "mg", "iv-push"), "unknown route 'iv-push'"),
+        (lambda s: s.give_medication("ondansetron", -4, "mg", "iv"), "positive finite number"),
+        (lambda s: s.give_medication(" ", 4, "mg", "iv"), "drug's name"),
+        (lambda s: s.pause("anxious", operator="\x1b[2J"), "control characters"),
+        (lambda s: s.command("pause", "anxious", to_fraction=0.5), "pause takes no to_fraction"),
+    ],
+)
+def test_a_command_that_is_wrong_in_itself_is_refused_when_issued(
+    tmp_path: Path, issue: Callable[[Session], None], message: str
+) -> None:
+    chair = Chair(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        issue(chair.session)
+    chair.course.close()
+
+
+def test_hold_and_action_events_carry_who_and_what_in_their_json(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+    at_infusion_time(chair, 600.0, lambda: chair.session.pause("patient anxious", source="web"))
+    at_infusion_time(chair, 700.0, lambda: chair.session.resume("settled", source="web"))
+    chair.run()
+    holds = [json.loads(json.dumps(h.as_dict())) for h in chair.of(HoldChanged)]
+    assert [(h["kind"], h["holders"], h["actor"], h["operator"]) for h in holds] == [
+        ("hold", ["operator"], "operator", OPERATOR),
+        ("hold", [], "operator", OPERATOR),
+    ]
+    (pause, resume) = [a.as_dict() for a in chair.of(ActionTaken)]
+    assert pause["detail"] == {"holders": ["operator"]} and resume["detail"]["released"] == ["operator"]
+    ticks = chair.infusion_ticks()
+    assert {t.paused_by for t in ticks} == {(), ("operator",)}
+    assert all(t.planned_rate_ml_h == 52.5 == t.programmed_rate_ml_h for t in ticks)
 
 
 # ----- questions -----------------------------------------------------------------------------------

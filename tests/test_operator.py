@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from matplotlib.image import imread
 
 from ketapump import _core
 from ketapump.clinical import (
@@ -38,6 +40,7 @@ from ketapump.clinical import (
     load_protocol,
 )
 from ketapump.clinical.protocol import Protocol
+from ketapump.clinical.report import ACTOR_COLORS, COLORS, write_plots, write_report
 from ketapump.clinical.vitals import PatientScript, ScriptedMonitor
 from ketapump.clock import VirtualClock
 from ketapump.errors import ConfigurationError
@@ -46,6 +49,7 @@ from ketapump.wire import ReferencePumpDriver, RegisterTransport, open_transport
 NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
 PATIENT = Patient("p-1", weight_kg=70.0, height_cm=175.0, sex="male")
 NURSE = "nurse A"
+ONDANSETRON = {"drug": "ondansetron", "dose": 4.0, "unit": "mg", "route": "iv"}
 DOSE_MG = 35.0  # 0.5 mg/kg × 70 kg at 1 mg/mL: 35 mL at 52.5 mL/h over 40 min
 
 
@@ -394,6 +398,54 @@ def _idle_session(tmp_path: Path) -> Session:
 
 
 # ----- every action on record ------------------------------------------------------------------------
+
+
+def pixels_of(image: Any, color: str, tolerance: float = 0.06) -> Any:
+    rgb = np.array([int(color[i : i + 2], 16) / 255.0 for i in (1, 3, 5)])
+    return np.all(np.abs(image[:, :, :3] - rgb) <= tolerance, axis=2)
+
+
+def test_the_report_and_plots_show_every_action_with_actor_and_reason_and_the_slowed_section(
+    tmp_path: Path,
+) -> None:
+    operator = nurse(
+        (1500.0, "record_observation", "", {"kind": "nausea", "value": 2.0, "note": "queasy"}),
+        (1510.0, "slow", "nausea", {"to_fraction": 0.5}),
+        (
+            1560.0,
+            "give_medication",
+            "nausea",
+            {"drug": "ondansetron", "dose": 4.0, "unit": "mg", "route": "iv"},
+        ),
+        (2110.0, "restore_rate", "nausea resolved"),
+    )
+    r = run(tmp_path, operator=operator)
+    res = r.result
+    lists = {"actions": res.actions, "observations": res.observations, "medications": res.medications}
+    plots = write_plots(res.points, res.events, tmp_path / "out", thresholds=res.thresholds, **lists)
+    summary = res.summary()
+    report = write_report(summary, res.points, res.events, tmp_path / "out", plots=plots).read_text()
+    assert "| Operator | nurse A |" in report
+    assert f"| {_clock_of(res, 1510.0)} | slow | nurse A | operator | script | nausea | yes |" in report
+    assert "## Observations" in report and "| nausea | 2 | 0–4 clinician rating" in report
+    assert "## Medications" in report and "| ondansetron | 4 | mg | iv | nausea | nurse A |" in report
+    dose, rate = imread(plots[0]), imread(plots[1])
+    # The slowed section is shaded on the rate plot (and only there): ten of the ~47 minutes plotted, about
+    # a fifth of the 900-pixel axis (and the legend's patch).
+    slowed = pixels_of(rate, COLORS["slowed"]).any(axis=0)
+    assert 150 < np.count_nonzero(slowed) < 260
+    assert np.count_nonzero(pixels_of(dose, COLORS["slowed"])) == 0
+    # Each action is marked on both time axes, in the operator's colour, and listed with actor and reason.
+    for image in (dose, rate):
+        assert np.count_nonzero(pixels_of(image, ACTOR_COLORS["operator"])) > 300
+        assert image.shape[0] > 450  # the list of actions below the plot
+
+
+def _clock_of(result: SessionResult, infusion_s: float) -> str:
+    """How the report writes the session time ``infusion_s`` into the infusion."""
+    start = dict(result.phases)["take_up"]
+    t = round(start + infusion_s)
+    return f"{t // 3600}:{t // 60 % 60:02d}:{t % 60:02d}"
 
 
 def test_every_action_is_an_audit_event_with_actor_and_reason_and_a_course_record(tmp_path: Path) -> None:

@@ -191,7 +191,7 @@ def demo(
 
     Everything runs in-process on the built-in simulator: the pump (hw-sim physics and firmware, through
     the same driver a real pump uses), a scripted patient monitor and a scripted nurse (nausea at minute
-    20: the infusion slowed to half and an antiemetic given, the plan's rate back at minute 30). Writes to
+    25: the infusion slowed to half and an antiemetic given, the plan's rate back at minute 35). Writes to
     OUT: audit.jsonl (the hash-chained audit log), course.sqlite3 (this demo's course history, recreated
     on each run), report.md, series.csv and four PNG plots. Exit 0 when the session completes, 65 for a
     time scale the loop cannot hold (refused before anything is written).

@@ -225,8 +225,9 @@ def _timeline(
     marks: list[tuple[float, str, str, bool]] = []
     for a in actions:
         t = _seconds(a, _TIME_KEYS)
-        if t is None:
-            continue
+        recorded = a.get("action") in {"record_observation", "give_medication"} and a.get("accepted", True)
+        if t is None or (recorded and (observations or medications)):
+            continue  # listed below with what was seen or given
         reason = f": {a['reason']}" if a.get("reason") else ""
         refused = "" if a.get("accepted", True) else f" — refused ({a.get('why', '')})"
         label = f"{a.get('action')} by {a.get('by', a.get('actor', '?'))}{reason}{refused}"
@@ -245,13 +246,26 @@ def _timeline(
     return sorted(marks, key=lambda mark: mark[0])
 
 
-def _mark_actions(ax: Axes, marks: Sequence[tuple[float, str, str, bool]]) -> None:
-    """Each action on the time axis: a line, and its label (actor and reason) along it."""
-    for t, label, color, accepted in marks:
-        ax.axvline(t / 60.0, color=color, linestyle="-" if accepted else ":", linewidth=1.0, zorder=2)
-        ax.annotate(label, xy=(t / 60.0, 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                    fontsize=6, color=color, va="top", ha="right", xytext=(-1, -2),
-                    textcoords="offset points", annotation_clip=True)  # fmt: skip
+def _figure_with_timeline(marks: Sequence[tuple[float, str, str, bool]]) -> tuple[Figure, Axes]:
+    """A plot, and below it (when there are actions) the numbered list of what was done, by whom and
+    why; each number marks its moment on the plot's time axis."""
+    if not marks:
+        fig, (ax,) = _figure()
+        return fig, ax
+    rows = math.ceil(len(marks) / 2)
+    fig = Figure(figsize=(10, 4.5 + 0.16 * rows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, notes = fig.subplots(2, 1, height_ratios=[4.5, 0.16 * rows + 0.1])
+    notes.axis("off")
+    for n, (t, label, color, accepted) in enumerate(marks, start=1):
+        x = t / 60.0
+        ax.axvline(x, color=color, linestyle="-" if accepted else ":", linewidth=1.0, zorder=2)
+        ax.annotate(str(n), xy=(x, 1.0), xycoords=("data", "axes fraction"), fontsize=7, color=color,
+                    ha="center", va="bottom", xytext=(0, 1), textcoords="offset points")  # fmt: skip
+        column, row = divmod(n - 1, rows)
+        notes.text(0.5 * column, 1.0 - (row + 0.5) / rows, f"{n}  {_clock(t)}  {label}", fontsize=7,
+                   color=color, va="center", ha="left", transform=notes.transAxes, clip_on=True)  # fmt: skip
+    return fig, ax
 
 
 def _spans(t_s: np.ndarray, flags: np.ndarray) -> list[tuple[float, float]]:
@@ -293,9 +307,8 @@ def write_plots(
     marks = _timeline(actions, observations, medications)
     paths: list[Path] = []
 
-    fig, (ax,) = _figure()
+    fig, ax = _figure_with_timeline(marks)
     _decorate(ax, spans, events, legend=True)
-    _mark_actions(ax, marks)
     ax.plot(t_min, _column(points, "delivered_mg"), color=COLORS["delivered"], linewidth=3, label="delivered")
     ax.plot(t_min, _column(points, "programmed_mg"), color=COLORS["programmed"], linestyle="--",
             linewidth=1.5, label="programmed (plan)")  # fmt: skip
@@ -304,20 +317,19 @@ def write_plots(
     _finish(ax)
     paths.append(_save(fig, out_dir / PLOT_FILES["dose"]))
 
-    fig, (ax,) = _figure()
+    fig, ax = _figure_with_timeline(marks)
     _decorate(ax, spans, events, legend=True)
     t_s = _column(points, "t_s")
     planned, programmed = _column(points, "planned_rate_ml_h"), _column(points, "programmed_rate_ml_h")
     with np.errstate(invalid="ignore"):
         slowed = programmed < planned * (1.0 - 1e-6)
     for n, (start, end) in enumerate(_spans(t_s, slowed)):
-        ax.axvspan(start / 60.0, end / 60.0, color=COLORS["slowed"], alpha=0.7, linewidth=0, zorder=0.5,
+        ax.axvspan(start / 60.0, end / 60.0, color=COLORS["slowed"], linewidth=0, zorder=0.5,
                    label="slowed by the operator" if n == 0 else None)  # fmt: skip
     held = np.array([bool(p.held_by) for p in points])
     for n, (start, end) in enumerate(_spans(t_s, held)):
         ax.axvspan(start / 60.0, end / 60.0, facecolor="none", edgecolor="#555555", hatch="//",
                    linewidth=0, zorder=0.6, label="held (paused)" if n == 0 else None)  # fmt: skip
-    _mark_actions(ax, marks)
     if not np.all(np.isnan(planned)):
         ax.plot(t_min, planned, color=COLORS["planned_rate"], linestyle="--", linewidth=1.2,
                 drawstyle="steps-post", label="plan")  # fmt: skip

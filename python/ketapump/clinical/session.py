@@ -551,7 +551,8 @@ class Session:
         that is wrong in itself (an unknown action, a missing reason, an argument out of range) is a
         ``ValueError`` at once; the :class:`~ketapump.clinical.events.ActionTaken` event says whether
         the session carried it out."""
-        cmd = make_command(action, reason, source=source, operator=operator or self.operator_name, **args)
+        who = self.operator_name if operator is None else operator
+        cmd = make_command(action, reason, source=source, operator=who, **args)
         self._commands.append(cmd)
 
     def pause(self, reason: str, *, source: Source = "api", operator: str | None = None) -> None:
@@ -1606,7 +1607,8 @@ class Session:
         if tick.max_s is not None and ends_s > tick.max_s:
             within = volume_within(plan, out.delivered_ml, pace, tick.max_s - elapsed)
             short_ml = max(plan.volume_ml - out.delivered_ml - within, 0.0)
-            info["not_given_by_max_mg"] = short_ml * plan.concentration_mg_per_ml
+            if short_ml > END_OF_DOSE_ML:
+                info["not_given_by_max_mg"] = short_ml * plan.concentration_mg_per_ml
         self.rec.info("infusion_replanned", **info)
         return info
 
