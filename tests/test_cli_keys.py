@@ -8,7 +8,6 @@ import json
 import statistics
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 
 from ketapump.cli.keys import HELP, KeyPrompter, slow_target
 from ketapump.clinical.commands import OperatorCommand, make_command
+from sessionhelpers import short_observation_protocol
 
 EXIT_INTERLOCK = 3
 
@@ -104,12 +104,7 @@ def test_a_slow_target_is_a_percentage_or_a_rate(text: str, args: dict[str, floa
 
 def test_pressing_s_and_typing_a_reason_slows_the_running_pump_on_a_real_terminal(tmp_path: Path) -> None:
     log, db = tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
-    protocol = tmp_path / "short-observation.toml"
-    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
-    protocol.write_text(
-        shipped.read_text(encoding="utf-8").replace("min_minutes = 30.0", "min_minutes = 5.0"),
-        encoding="utf-8",
-    )
+    protocol = short_observation_protocol(tmp_path)
     # 30× real time on the simulator (a short transport timeout keeps the pump's watchdog inside its limit
     # at that scale, with margin for a busy machine); the session's clock follows the pump.
     args = [

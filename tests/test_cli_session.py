@@ -22,6 +22,7 @@ from matplotlib import image
 from cli_contract import assert_documented
 from fshelpers import ketapump_on_a_small_disk, ketapump_with_read_only
 from ketapump.clinical.course import CourseHistory
+from sessionhelpers import short_observation_protocol
 from simhelpers import ketapump, new_course_db
 
 EXIT_INTERLOCK, EXIT_LIMIT, EXIT_ABORTED = 3, 6, 7
@@ -278,20 +279,10 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
     assert "command" not in events and "checklist_answered" in events
 
 
-def _short_observation_protocol(tmp_path: Path, minutes: float = 5.0) -> Path:
-    protocol = tmp_path / "short-observation.toml"
-    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
-    protocol.write_text(
-        shipped.read_text(encoding="utf-8").replace("min_minutes = 30.0", f"min_minutes = {minutes}"),
-        encoding="utf-8",
-    )
-    return protocol
-
-
 def _session_process(tmp_path: Path, patient: str, db: Path, log: Path, out: Path) -> subprocess.Popen[str]:
     """``ketapump session`` on the simulator at 60× real time (a short transport timeout keeps the pump's
     watchdog inside its limit at that scale) with a 5-min observation, as a background process."""
-    protocol = _short_observation_protocol(tmp_path)
+    protocol = short_observation_protocol(tmp_path)
     return subprocess.Popen(
         [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
          "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", patient, "--weight-kg", "70",

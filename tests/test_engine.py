@@ -53,26 +53,12 @@ from ketapump.clinical.vitals import PatientScript, ScriptedMonitor
 from ketapump.clock import VirtualClock
 from ketapump.errors import CourseStorageError, LimitRefused
 from ketapump.wire import ReferencePumpDriver, RegisterTransport, open_transport
+from sessionhelpers import AuditRecords
 
 NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
 PATIENT = Patient("p-1", weight_kg=70.0, height_cm=175.0, sex="male")
 OPERATOR = "nurse on duty"
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "ketapump"
-
-
-class Log:
-    """The audit records in memory (the audit writer has its own tests)."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.records.append({"event": event, **fields})
-
-    warning = error = info
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["event"] == event]
 
 
 class Chair:
@@ -90,7 +76,7 @@ class Chair:
         self.pump = _core.SimPump("bd-plastipak-60", seed=0, fill_ml=40.0)
         transport = open_transport("sim://", clock=self.clock, pump=self.pump)
         assert isinstance(transport, RegisterTransport)
-        self.log = Log()
+        self.log = AuditRecords()
         self.course = CourseHistory.create(tmp_path / "course.sqlite3", at=NOW)
         self.session = Session(
             SessionContext(
@@ -402,6 +388,8 @@ def test_a_new_patient_near_a_recorded_one_needs_a_reason(tmp_path: Path) -> Non
         assert [(o.kind, o.reason) for o in course.overrides("p1")] == [
             ("new_patient", "twin sibling, checked the ID card")
         ]
+
+
 @pytest.mark.parametrize(
     ("issue", "message"),
     [

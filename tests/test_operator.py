@@ -45,27 +45,13 @@ from ketapump.clinical.vitals import PatientScript, ScriptedMonitor
 from ketapump.clock import VirtualClock
 from ketapump.errors import ConfigurationError
 from ketapump.wire import ReferencePumpDriver, RegisterTransport, open_transport
+from sessionhelpers import AuditRecords
 
 NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
 PATIENT = Patient("p-1", weight_kg=70.0, height_cm=175.0, sex="male")
 NURSE = "nurse A"
 ONDANSETRON = {"drug": "ondansetron", "dose": 4.0, "unit": "mg", "route": "iv"}
 DOSE_MG = 35.0  # 0.5 mg/kg × 70 kg at 1 mg/mL: 35 mL at 52.5 mL/h over 40 min
-
-
-class Log:
-    """The audit records in memory (the audit writer has its own tests)."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.records.append({"event": event, **fields})
-
-    warning = error = info
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["event"] == event]
 
 
 def protocol(vitals: dict[str, Any] | None = None, **observation: float) -> Protocol:
@@ -88,7 +74,7 @@ def script(*events: dict[str, Any]) -> PatientScript:
 class Run:
     result: SessionResult
     events: list[SessionEvent]
-    log: Log
+    log: AuditRecords
     db: Path
     monitor: ScriptedMonitor
 
@@ -117,7 +103,7 @@ def run(
     pump = _core.SimPump("bd-plastipak-60", seed=0, fill_ml=40.0)
     transport = open_transport("sim://", clock=clock, pump=pump)
     assert isinstance(transport, RegisterTransport)
-    log = Log()
+    log = AuditRecords()
     monitor = ScriptedMonitor(patient or script())
     db = tmp_path / "course.sqlite3"
     with CourseHistory.open(db) as course:
@@ -390,7 +376,7 @@ def _idle_session(tmp_path: Path) -> Session:
         return Session(
             SessionContext(
                 session_id="s-idle", protocol=protocol(), patient=PATIENT,
-                driver=ReferencePumpDriver(transport), clock=clock, log=Log(), course=course,
+                driver=ReferencePumpDriver(transport), clock=clock, log=AuditRecords(), course=course,
                 library=load_library(None), vitals=ScriptedMonitor(script()), operator=ScriptedOperator(),
                 calendar_origin=NOW, operator_name=NURSE,
             )
@@ -520,7 +506,7 @@ def test_a_session_without_an_operator_does_not_start_unless_the_protocol_allows
     def context(rules: Protocol, name: str | None) -> SessionContext:
         return SessionContext(
             session_id="s-x", protocol=rules, patient=PATIENT, driver=ReferencePumpDriver(transport),
-            clock=clock, log=Log(), course=course, library=load_library(None),
+            clock=clock, log=AuditRecords(), course=course, library=load_library(None),
             vitals=ScriptedMonitor(script()), operator=ScriptedOperator(), calendar_origin=NOW,
             operator_name=name,
         )  # fmt: skip

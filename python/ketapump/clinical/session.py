@@ -674,8 +674,9 @@ class Session:
         """The questions the session is waiting on."""
         return [q for q, f in self._questions.values() if not f.done()]
 
-    def _emit(self, event: SessionEvent) -> None:
-        self.stream.emit(event)
+    def _event(self, kind: type[SessionEvent], **fields: Any) -> None:
+        """Emits an event of ``kind`` now."""
+        self.stream.emit(kind(session_id=self.session_id, t_s=self._t(), **fields))
 
     def _take_commands(self) -> list[OperatorCommand]:
         taken = []
@@ -690,18 +691,15 @@ class Session:
         the course record (observations and medications have their own)."""
         t = self._t()
         detail = {**cmd.args, **(detail or {})}
-        self._emit(
-            ActionTaken(
-                session_id=self.session_id,
-                t_s=t,
-                action=cmd.action,
-                reason=cmd.reason,
-                source=cmd.source,
-                operator=cmd.operator,
-                accepted=accepted,
-                why=why,
-                detail=detail,
-            )
+        self._event(
+            ActionTaken,
+            action=cmd.action,
+            reason=cmd.reason,
+            source=cmd.source,
+            operator=cmd.operator,
+            accepted=accepted,
+            why=why,
+            detail=detail,
         )
         fields = {"reason": cmd.reason, "source": cmd.source, "operator": cmd.operator, "detail": detail}
         if accepted:
@@ -780,27 +778,16 @@ class Session:
 
     def _held(self, change: Change, actor: str, reason: str, operator: str | None = None) -> None:
         """Who holds the pump changed: the event and the audit record."""
-        self._emit(
-            HoldChanged(
-                session_id=self.session_id,
-                t_s=self._t(),
-                holders=change.left,
-                added=change.added,
-                released=change.released,
-                actor=actor,
-                operator=operator,
-                reason=reason,
-            )
-        )
-        self.rec.info(
-            "hold_changed",
-            holders=list(change.left),
-            added=change.added,
-            released=list(change.released),
-            actor=actor,
-            operator=operator,
-            reason=reason,
-        )
+        fields = {
+            "holders": change.left,
+            "added": change.added,
+            "released": change.released,
+            "actor": actor,
+            "operator": operator,
+            "reason": reason,
+        }
+        self._event(HoldChanged, **fields)
+        self.rec.info("hold_changed", **fields)
 
     def _record(self, record: str, write: Callable[[], Any], **detail: Any) -> None:
         """A course-history write: now (through :meth:`_course_write`: one that fails stops the pump), or
@@ -932,15 +919,12 @@ class Session:
         # Pending before it is announced: a subscriber may answer while the event is delivered.
         self._questions[question.question_id] = (question, future)
         future.add_done_callback(lambda _f: self._questions.pop(question.question_id, None))
-        self._emit(
-            QuestionAsked(
-                session_id=self.session_id,
-                t_s=self._t(),
-                question_id=question.question_id,
-                question=kind,
-                subject=subject,
-                text=text,
-            )
+        self._event(
+            QuestionAsked,
+            question_id=question.question_id,
+            question=kind,
+            subject=subject,
+            text=text,
         )
         standing = self.ctx.operator.answer(question)
         if not future.done() and not isinstance(standing, _Pending):
@@ -955,40 +939,23 @@ class Session:
         return await future
 
     def _answered(self, question: Question, value: Answer, source: Source, who: str | None) -> None:
-        self._emit(
-            QuestionAnswered(
-                session_id=self.session_id,
-                t_s=self._t(),
-                question_id=question.question_id,
-                question=question.kind,
-                subject=question.subject,
-                answer=value,
-                source=source,
-            )
-        )
-        self.rec.info(
-            "question_answered", question=question.kind, subject=question.subject, answer=value,
-            source=source, operator=who,
-        )  # fmt: skip
+        fields = {"question": question.kind, "subject": question.subject, "answer": value, "source": source}
+        self._event(QuestionAnswered, question_id=question.question_id, **fields)
+        self.rec.info("question_answered", operator=who, **fields)
 
     def _alarm_event(self, source: str, code: str, detail: str) -> None:
-        self._emit(
-            AlarmRaised(session_id=self.session_id, t_s=self._t(), source=source, code=code, detail=detail)
-        )
+        self._event(AlarmRaised, source=source, code=code, detail=detail)
 
     def _recorded(self, record: str, **detail: Any) -> None:
-        self._emit(RecordWritten(session_id=self.session_id, t_s=self._t(), record=record, detail=detail))
+        self._event(RecordWritten, record=record, detail=detail)
 
     def _tick(self, **fields: Any) -> None:
-        self._emit(
-            Tick(
-                session_id=self.session_id,
-                t_s=self._t(),
-                phase=self.phases[-1][0] if self.phases else Phase.PRECHECK.value,
-                phase_elapsed_s=self._t() - (self.phases[-1][1] if self.phases else 0.0),
-                vitals=dict(self._latest),
-                **fields,
-            )
+        self._event(
+            Tick,
+            phase=self.phases[-1][0] if self.phases else Phase.PRECHECK.value,
+            phase_elapsed_s=self._t() - (self.phases[-1][1] if self.phases else 0.0),
+            vitals=dict(self._latest),
+            **fields,
         )
 
     def _idle_tick(self, plan: DosePlan | None) -> None:
@@ -1020,9 +987,7 @@ class Session:
         previous = self.phases[-1][0] if self.phases else None
         self.phases.append((phase.value, self._t()))
         self.rec.info("phase_started", phase=phase.value)
-        self._emit(
-            PhaseChanged(session_id=self.session_id, t_s=self._t(), phase=phase.value, previous=previous)
-        )
+        self._event(PhaseChanged, phase=phase.value, previous=previous)
 
     def _poll_vitals(self) -> list[VitalsAlarm]:
         """Reads the feed, updates the gate and the latest readings; returns newly raised alarms."""
@@ -1031,11 +996,7 @@ class Session:
         samples = self.ctx.vitals.poll(now)
         for s in samples:
             self._latest[s.channel] = s.value
-            self._emit(
-                VitalsRead(
-                    session_id=self.session_id, t_s=now, channel=s.channel, value=s.value, reading_t_s=s.t_s
-                )
-            )
+            self._event(VitalsRead, channel=s.channel, value=s.value, reading_t_s=s.t_s)
         return self.gate.update(now, samples)
 
     def _vitals_alarm(self, alarm: VitalsAlarm, phase: str, *, record: bool = True) -> None:
@@ -1103,15 +1064,12 @@ class Session:
         self._ended = True
         self.outcome = outcome
         concentration = plan.concentration_mg_per_ml if plan else 0.0
-        self._emit(
-            SessionEnded(
-                session_id=self.session_id,
-                t_s=self._t(),
-                outcome=outcome,
-                delivered_mg=self._delivered_ml * concentration,
-                programmed_mg=plan.dose_mg if plan else 0.0,
-                detail=detail,
-            )
+        self._event(
+            SessionEnded,
+            outcome=outcome,
+            delivered_mg=self._delivered_ml * concentration,
+            programmed_mg=plan.dose_mg if plan else 0.0,
+            detail=detail,
         )
 
     async def _run(self, plan: DosePlan) -> SessionResult:
@@ -1260,14 +1218,11 @@ class Session:
             order=order.as_dict(),
         )
         for f in findings:
-            self._emit(
-                FindingReported(
-                    session_id=self.session_id,
-                    t_s=self._t(),
-                    finding=f.kind,
-                    severity=f.severity,
-                    message=f.message,
-                )
+            self._event(
+                FindingReported,
+                finding=f.kind,
+                severity=f.severity,
+                message=f.message,
             )
         confirmations = []
         confirmed_by: dict[str, str | None] = {}

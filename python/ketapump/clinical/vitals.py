@@ -83,6 +83,12 @@ UNITS: dict[Channel, str] = {
     "sbp": "mmHg", "dbp": "mmHg", "hr": "bpm", "spo2": "%", "rr": "/min", "etco2": "mmHg",
 }  # fmt: skip
 
+#: The name of each channel's value (with its unit) in a baseline and in the noise settings.
+CHANNEL_FIELDS: dict[Channel, str] = {
+    "sbp": "sbp_mmhg", "dbp": "dbp_mmhg", "hr": "hr_bpm", "spo2": "spo2_pct", "rr": "rr_per_min",
+    "etco2": "etco2_mmhg",
+}  # fmt: skip
+
 THRESHOLDS_RESOURCE = "vitals.toml"
 DEMO_PATIENT_RESOURCE = "patients/demo.toml"
 
@@ -306,14 +312,8 @@ class VitalsBaseline(BaseModel):
 
     def value(self, channel: Channel) -> float | None:
         """The channel's baseline; ``None`` for an optional channel without one."""
-        return {
-            "sbp": self.sbp_mmhg,
-            "dbp": self.dbp_mmhg,
-            "hr": self.hr_bpm,
-            "spo2": self.spo2_pct,
-            "rr": self.rr_per_min,
-            "etco2": self.etco2_mmhg,
-        }[channel]
+        value: float | None = getattr(self, CHANNEL_FIELDS[channel])
+        return value
 
     @classmethod
     def from_samples(
@@ -577,14 +577,8 @@ class NoiseSettings(BaseModel):
     bound_sd: _Positive = 3.0
 
     def sd(self, channel: Channel) -> float:
-        return {
-            "sbp": self.sbp_mmhg,
-            "dbp": self.dbp_mmhg,
-            "hr": self.hr_bpm,
-            "spo2": self.spo2_pct,
-            "rr": self.rr_per_min,
-            "etco2": self.etco2_mmhg,
-        }[channel]
+        sd: float = getattr(self, CHANNEL_FIELDS[channel])
+        return sd
 
 
 class KetamineResponse(BaseModel):
