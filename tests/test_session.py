@@ -237,6 +237,8 @@ def test_vitals_that_stay_out_of_range_keep_the_infusion_paused_until_the_stop_r
     assert r.outcome == "ended_vitals"
     (stop,) = [a for a in r.actions if a["action"] == "stop"]
     assert (stop["actor"], stop["by"], stop["source"]) == ("vitals", "vitals", "engine")
+    assert not run.named("operator_stop") and [e["by"] for e in run.named("automatic_stop")] == ["vitals"]
+    assert [e["reason"] for e in run.named("session_ended")] == ["vitals"]
     # About ten minutes' worth of the dose (52.5 mL/h) was given before the pause, and no more.
     assert 8.0 < r.delivered_mg < 10.5
     # Observation ran to its maximum and says the vitals never came back.

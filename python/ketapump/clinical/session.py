@@ -140,6 +140,8 @@ OBSERVATION_STEP_S = 1.0
 SCHEDULE_DEADBAND = 0.02
 #: Volume left below which the end of the dose is taken as reached (the kernel ends it within a tick).
 END_OF_DOSE_ML = 0.01
+#: Who may stop the control loop (its run's reason then names them).
+_STOPPERS: Final = frozenset({"operator", "vitals", "protocol"})
 #: Kernel states in which the pump can be held, slowed or released.
 _INFUSING: Final = frozenset({"running", "paused"})
 
@@ -689,7 +691,6 @@ class Session:
     ) -> None:
         """An operator's command was carried out (or refused, ``why``): the event, the audit record and
         the course record (observations and medications have their own)."""
-        t = self._t()
         detail = {**cmd.args, **(detail or {})}
         self._event(
             ActionTaken,
@@ -706,38 +707,17 @@ class Session:
             self.rec.info("operator_action", action=cmd.action, why=why, **fields)
         else:
             self.rec.warning("request_refused", request=cmd.action, why=why, **fields)
-        self.actions.append(
-            {
-                "t_min": t / 60.0,
-                "action": cmd.action,
-                "by": cmd.operator or "(anonymous)",
-                "actor": "operator",
-                "source": cmd.source,
-                "reason": cmd.reason,
-                "accepted": accepted,
-                "why": why,
-                "detail": dict(detail),
-            }
-        )
         if cmd.action in {"record_observation", "give_medication"} and accepted:
             return
-        at = self._calendar()
-        self._record(
-            "action",
-            lambda: self.ctx.course.record_action(
-                self.session_id,
-                at,
-                cmd.action,
-                actor="operator",
-                who=cmd.operator,
-                source=cmd.source,
-                accepted=accepted,
-                reason=cmd.reason,
-                why=why,
-                detail=dict(detail),
-            ),
-            action=cmd.action,
+        self._action_record(
+            cmd.action,
+            "operator",
+            cmd.operator,
+            cmd.source,
+            cmd.reason,
             accepted=accepted,
+            why=why,
+            detail=detail,
         )
 
     def _automatic(
@@ -745,17 +725,33 @@ class Session:
     ) -> None:
         """An action the session took itself (the vitals gate, the protocol): recorded in its actor's
         name, never a person's."""
+        self._action_record(action, actor, None, "engine", reason, accepted=True, why="", detail=detail)
+
+    def _action_record(
+        self,
+        action: str,
+        actor: Literal["operator", "vitals", "protocol"],
+        who: str | None,
+        source: str,
+        reason: str,
+        *,
+        accepted: bool,
+        why: str,
+        detail: Mapping[str, Any],
+    ) -> None:
+        """One action on the session, by ``actor`` (and ``who``, an operator's name): kept for the report
+        and written to the course history."""
         self.actions.append(
             {
                 "t_min": self._t() / 60.0,
                 "action": action,
-                "by": actor,
+                "by": (who or "(anonymous)") if actor == "operator" else actor,
                 "actor": actor,
-                "source": "engine",
+                "source": source,
                 "reason": reason,
-                "accepted": True,
-                "why": "",
-                "detail": detail,
+                "accepted": accepted,
+                "why": why,
+                "detail": dict(detail),
             }
         )
         at = self._calendar()
@@ -766,13 +762,15 @@ class Session:
                 at,
                 action,
                 actor=actor,
-                who=None,
-                source="engine",
-                accepted=True,
+                who=who,
+                source=source,
+                accepted=accepted,
                 reason=reason,
-                detail=detail,
+                why=why,
+                detail=dict(detail),
             ),
             action=action,
+            accepted=accepted,
             actor=actor,
         )
 
@@ -905,7 +903,7 @@ class Session:
             self._alarm_event("course", "course_history_unwritable", str(e))
             if self._control is not None and not self._stopping:
                 self._stopping = True
-                self._control.request_stop()
+                self._control.request_stop(by="course")
             return False
         return True
 
@@ -1142,7 +1140,7 @@ class Session:
         if run.reason == "complete":
             outcome = "complete"
         else:
-            outcome = f"ended_{stop_cause if run.reason == 'operator' and stop_cause else run.reason}"
+            outcome = f"ended_{stop_cause if run.reason in _STOPPERS and stop_cause else run.reason}"
         ctx.course.end_session(ctx.session_id, self._calendar(), delivered_mg, outcome)
         self._recorded("session_ended", outcome=outcome, delivered_mg=delivered_mg)
         self._phase(Phase.COMPLETE)
@@ -1645,7 +1643,7 @@ class Session:
         tick.stop_cause = "max_duration"
         self.rec.warning("infusion_stopped_at_max_duration", why=why)
         self._automatic("stop", "protocol", why)
-        loop.request_stop()
+        loop.request_stop(by="protocol")
 
     def _gate_infusion(
         self, loop: ControlLoop, tick: _InfusionTicks, out: _core.StepOutput, t: float
@@ -1690,7 +1688,7 @@ class Session:
             self.rec.warning("infusion_abandoned", paused_min=minutes)
             self._automatic("stop", "vitals", f"the vitals kept the infusion paused for {minutes:.1f} min")
             self._stopping = True
-            loop.request_stop()
+            loop.request_stop(by="vitals")
 
     def _point(
         self,
