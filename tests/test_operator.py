@@ -213,6 +213,10 @@ def test_an_operator_pause_nobody_resumes_ends_at_the_maximum_duration_with_the_
     (question,) = [q for q in r.of(QuestionAsked) if q.question == "max_duration"]
     assert "not given" in question.text
     assert [a["code"] for a in r.result.alarms] == ["vitals_crossing_spo2", "max_duration_reached"]
+    # The protocol stopped it, and the audit log says so: no operator stop anywhere in it.
+    assert not r.log.named("operator_stop") and not r.log.named("operator_stop_requested")
+    assert [e["by"] for e in r.log.named("automatic_stop")] == ["protocol"]
+    assert [e["reason"] for e in r.log.named("session_ended")] == ["protocol"]
     with r.course() as course:
         (session,) = course.sessions("p-1")
         assert session.outcome == "ended_max_duration"
@@ -556,6 +560,40 @@ def test_low_limits_pause_hypotension_and_bradycardia(tmp_path: Path, channel: s
     assert [p["by"] for p in r.result.pauses] == ["vitals"]
 
 
+@pytest.mark.parametrize(
+    ("channel", "value", "detail"), [("rr", 6.0, "RR 6 /min < 8 /min"), ("etco2", 58.0, "EtCO₂ 58")]
+)
+def test_a_monitored_capnograph_pauses_on_rr_or_etco2_past_its_delay_and_not_when_unmonitored(
+    tmp_path: Path, channel: str, value: float, detail: str
+) -> None:
+    patient = script(
+        {"kind": "crossing", "channel": channel, "at_s": 900.0, "duration_s": 60.0, "value": value}
+    )
+    patient = patient.model_copy(
+        update={"baseline": patient.baseline.model_copy(update={"rr_per_min": 14.0, "etco2_mmhg": 38.0})}
+    )
+    monitored = protocol({"rr_monitored": True, "etco2_monitored": True})
+    r = run(
+        tmp_path / "monitored",
+        operator=ScriptedOperator(resume_after_s=30.0),
+        patient=patient,
+        rules=monitored,
+    )
+    (alarm,) = r.log.named("vitals_alarm")
+    start = r.infusion_start()
+    assert alarm["code"] == f"vitals_crossing_{channel}" and alarm["detail"].startswith(detail)
+    assert alarm["since_s"] - start == pytest.approx(900.0, abs=5.0)  # the capnograph reads every 5 s
+    paused = [e for e in r.log.named("state_transition") if e["to_state"] == "paused"]
+    # Past its 15-s delay, paused within 1 s; held by the vitals, and released by the operator once clear.
+    assert len(paused) == 1 and 15.0 <= paused[0]["t_s"] - alarm["since_s"] <= 15.0 + 1.0
+    assert [p["by"] for p in r.result.pauses] == ["vitals"]
+    assert r.result.outcome == "complete" and math.isclose(r.result.delivered_mg, DOSE_MG, rel_tol=0.02)
+    assert r.result.baseline[f"{channel}_per_min" if channel == "rr" else f"{channel}_mmhg"] > 0
+    # The same patient without a capnograph on the protocol: nothing is watched, nothing pauses.
+    unwatched = run(tmp_path / "unmonitored", patient=patient)
+    assert not unwatched.log.named("vitals_alarm") and not unwatched.result.pauses
+
+
 def test_a_bp_crossing_asks_the_cuff_for_a_reading_at_once_and_again_while_it_lasts(
     tmp_path: Path,
 ) -> None:
@@ -620,8 +658,11 @@ VITALS_EVENT = st.builds(
 )
 
 
+# Each example is a whole simulated session (seconds on an idle machine, up to a minute beside two busy
+# cores): a few of them, with the time they need under load.
+@pytest.mark.timeout(1200)
 @settings(
-    max_examples=10,
+    max_examples=6,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

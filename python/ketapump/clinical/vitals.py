@@ -403,10 +403,18 @@ class VitalsGate:
         self._run_since: dict[Channel, float] = {}
         self._started_s: float | None = None
         self._now_s: float | None = None
+        # The rules and the baseline are frozen: what they give each channel is worked out once, not on
+        # every update (ten a second for hours).
+        self._in_force = {channel: self._limits(channel) for channel in CHANNELS}
+        self._delay_s = {channel: thresholds.alarm_delay_s(channel) for channel in CHANNELS}
+        self._stale_after_s = {channel: thresholds.stale_after_s(channel) for channel in self.channels}
 
     def limits(self, channel: Channel) -> tuple[float | None, float | None]:
         """The (low, high) limits in force: the absolute ones, the high one lowered to the baseline's
         allowed rise where that is set and lower."""
+        return self._in_force[channel]
+
+    def _limits(self, channel: Channel) -> tuple[float | None, float | None]:
         low, high = self.thresholds.limits(channel)
         rise = self.thresholds.rise_max_pct(channel)
         base = self.baseline.value(channel)
@@ -442,10 +450,10 @@ class VitalsGate:
             alarm = self._reading(s)
             if alarm is not None:
                 raised.append(alarm)
-        for channel in self.channels:
+        for channel, limit in self._stale_after_s.items():
             key = ("stale", channel)
-            limit = self.thresholds.stale_after_s(channel)
-            age = self.age_s(channel)
+            latest = self._latest.get(channel)
+            age = now_s - (latest.t_s if latest is not None else self._started_s)
             if age > limit and key not in self._active:
                 alarm = VitalsAlarm("stale", channel, now_s, limit, age_s=age)
                 self._active[key] = alarm
@@ -457,7 +465,7 @@ class VitalsGate:
         latest = self._latest.get(s.channel)
         newest = latest is None or s.t_s >= latest.t_s
         key = ("crossing", s.channel)
-        delay = self.thresholds.alarm_delay_s(s.channel)
+        delay = self._delay_s[s.channel]
         alarm: VitalsAlarm | None = None
         if newest:
             self._latest[s.channel] = s
@@ -830,7 +838,7 @@ class CsvVitalsFeed:
     Two layouts, told apart by the header line (``#`` lines and blank lines are skipped):
 
     - long: ``t_s,channel,value``, one reading a row;
-    - wide: ``t_s`` then any of ``sbp,dbp,hr,spo2`` as columns; an empty cell is no reading.
+    - wide: ``t_s`` then any of ``sbp,dbp,hr,spo2,rr,etco2`` as columns; an empty cell is no reading.
 
     Times must not go backwards. ``offset_s`` is added to every time (a recording's zero is then the
     session time ``offset_s``). Every problem is a :class:`VitalsDataError` naming ``path:line``.
