@@ -16,6 +16,7 @@ import pytest
 from ketapump.cli.keys import HELP, KeyPrompter, slow_target
 from ketapump.clinical.commands import OperatorCommand, make_command
 from sessionhelpers import short_observation_protocol
+from simhelpers import new_course_db
 
 EXIT_INTERLOCK = 3
 
@@ -102,7 +103,7 @@ def test_a_slow_target_is_a_percentage_or_a_rate(text: str, args: dict[str, floa
 
 
 def test_pressing_s_and_typing_a_reason_slows_the_running_pump_on_a_real_terminal(tmp_path: Path) -> None:
-    log, db = tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
+    log, db = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
     protocol = short_observation_protocol(tmp_path)
     # 30× real time on the simulator (a short transport timeout keeps the pump's watchdog inside its limit
     # at that scale, with margin for a busy machine); the session's clock follows the pump.

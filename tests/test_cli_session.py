@@ -198,7 +198,8 @@ def test_the_course_history_cannot_be_emptied_mistyped_or_sidestepped(tmp_path: 
     def session(patient: str, course_db: Path = db) -> subprocess.CompletedProcess[str]:
         return ketapump(
             "session", "--protocol", "ketamine-depression", "--patient", patient, "--weight-kg", "70",
-            "--yes", "--course-db", str(course_db), "--out", str(tmp_path / "out"), "--json", env=env,
+            "--yes", "--operator", "nurse T", "--course-db", str(course_db), "--out", str(tmp_path / "out"),
+            "--json", env=env,
         )  # fmt: skip
 
     first = session("pc")
@@ -229,7 +230,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_anything_starts(tmp_p
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory", encoding="utf-8")
     common = ["session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70"]
-    common += ["--yes", "--course-db", str(db)]
+    common += ["--yes", "--operator", "nurse T", "--course-db", str(db)]
     for args, option in (
         (["--out", str(blocker / "out"), "--log", str(tmp_path / "log.jsonl")], "--out"),
         (["--out", str(tmp_path / "out"), "--log", str(blocker / "log.jsonl")], "--log"),
@@ -245,7 +246,8 @@ def test_outputs_that_cannot_be_written_are_refused_before_anything_starts(tmp_p
 def test_a_read_only_or_damaged_course_database_is_refused_without_a_traceback(tmp_path: Path) -> None:
     db = new_course_db(tmp_path / "db" / "course.sqlite3")
     args = ["session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70", "--yes"]
-    args += ["--course-db", str(db), "--log", str(tmp_path / "log.jsonl"), "--out", str(tmp_path / "out")]
+    args += ["--operator", "nurse T", "--course-db", str(db), "--log", str(tmp_path / "log.jsonl")]
+    args += ["--out", str(tmp_path / "out")]
     read_only = ketapump_with_read_only(db.parent, *args)
     assert read_only.returncode == os.EX_IOERR, read_only.stderr
     assert read_only.stderr.startswith(f"ketapump: {db}: ") and "Traceback" not in read_only.stderr
@@ -418,7 +420,8 @@ def test_a_disk_filling_mid_session_ends_it_with_every_record_closed(tmp_path: P
     done = ketapump_on_a_small_disk(
         mount, 64, kept,
         "session", "--protocol", "ketamine-depression", "--patient", "p-5", "--weight-kg", "70", "--yes",
-        "--json", "--course-db", str(db), "--out", str(out), "--log", str(mount / "audit.jsonl"),
+        "--json", "--operator", "nurse T", "--course-db", str(db), "--out", str(out),
+        "--log", str(mount / "audit.jsonl"),
     )  # fmt: skip
     assert done.returncode == os.EX_IOERR, done.stderr
     assert "No space left on device" in done.stderr and "Traceback" not in done.stderr

@@ -356,7 +356,9 @@ def test_a_course_history_that_stops_taking_writes_mid_infusion_stops_the_pump_a
     assert 10.0 < chair.pump.delivered_ml < 20.0  # stopped at the failed write (~15 min of 40)
     names = [r["event"] for r in chair.log.records]
     assert "course_write_failed" in names and "session_failed" in names
-    assert names.index("course_write_failed") < names.index("operator_stop")
+    # Stopped in the session's name, never an operator's.
+    assert names.index("course_write_failed") < names.index("automatic_stop") and "operator_stop" not in names
+    assert [r["by"] for r in chair.log.named("automatic_stop")] == ["course"]
     assert "observation_ended" in names  # the patient was observed all the same
     (end,) = chair.of(SessionEnded)
     assert end.outcome == "failed" and end.delivered_mg > 10.0

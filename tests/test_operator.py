@@ -88,7 +88,7 @@ class Run:
         return self.ticks()[0].t_s
 
     def course(self) -> CourseHistory:
-        return CourseHistory.open(self.db, create=False)
+        return CourseHistory.open(self.db)
 
 
 def run(
@@ -106,7 +106,7 @@ def run(
     log = AuditRecords()
     monitor = ScriptedMonitor(patient or script())
     db = tmp_path / "course.sqlite3"
-    with CourseHistory.open(db) as course:
+    with CourseHistory.create(db, at=NOW) as course:
         session = Session(
             SessionContext(
                 session_id="s-1",
@@ -376,7 +376,7 @@ def _idle_session(tmp_path: Path) -> Session:
         "sim://", clock=clock, pump=_core.SimPump("bd-plastipak-60", seed=0, fill_ml=40.0)
     )
     assert isinstance(transport, RegisterTransport)
-    with CourseHistory.open(tmp_path / "idle.sqlite3") as course:
+    with CourseHistory.create(tmp_path / "idle.sqlite3", at=NOW) as course:
         return Session(
             SessionContext(
                 session_id="s-idle", protocol=protocol(), patient=PATIENT,
@@ -515,7 +515,7 @@ def test_a_session_without_an_operator_does_not_start_unless_the_protocol_allows
             operator_name=name,
         )  # fmt: skip
 
-    with CourseHistory.open(tmp_path / "c.sqlite3") as course:
+    with CourseHistory.create(tmp_path / "c.sqlite3", at=NOW) as course:
         with pytest.raises(ConfigurationError, match="operator is required: protocol 'ketamine-depression'"):
             Session(context(protocol(), None))
         for bad in ("", "   ", "a\tb", "x" * 81):
