@@ -145,15 +145,14 @@ def test_pressing_s_and_typing_a_reason_slows_the_running_pump_on_a_real_termina
         if r["event"] == "operator_action"
     ]
     assert actions == [("slow", "keys", "nurse K", "nausea"), ("stop", "keys", "nurse K", "enough for today")]
-    # The pump was told the slowed rate: the first command after the slow-down is half the plan's, and
-    # every later one (the kernel's quiet controller trims for real-time jitter every 10 s) stays well
-    # below the plan's rate until the stop.
+    # The pump was told about half the plan's rate from the slow-down to the stop: every command the
+    # kernel sent is the slowed rate with its quiet controller's trim for real-time jitter (within a
+    # quarter of it), far below the plan's 52.5 mL/h.
     stop = next(i for i, r in enumerate(records) if r["event"] == "operator_stop_requested")
     commanded = [
         r["rate_ml_h"]
         for r in records[records.index(slowed) : stop]
         if r["event"] == "command" and r["direction"] == "forward"
     ]
-    assert commanded and commanded[0] == pytest.approx(26.25)
-    assert max(commanded) < 0.75 * 52.5
+    assert commanded and all(c == pytest.approx(26.25, rel=0.25) for c in commanded), commanded
     assert (tmp_path / "out" / "report.md").exists()

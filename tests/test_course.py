@@ -922,7 +922,10 @@ def test_history_survives_a_writer_killed_mid_write(db: Path) -> None:
                 threading.Event().wait(rng.uniform(0.0, 0.05))
                 break
         os.kill(proc.pid, signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=30)
+        # The rest of stdout through the same reader: readline() may already hold lines it read ahead,
+        # which communicate() (reading the descriptor itself) would never see.
+        rest = proc.stdout.read()
+        proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL
         reported |= {line.split()[1] for line in rest.splitlines() if line.startswith("committed ")}
         present = _check_all_or_nothing(db)
