@@ -401,12 +401,7 @@ def test_the_report_and_plots_show_every_action_with_actor_and_reason_and_the_sl
     operator = nurse(
         (1500.0, "record_observation", "", {"kind": "nausea", "value": 2.0, "note": "queasy"}),
         (1510.0, "slow", "nausea", {"to_fraction": 0.5}),
-        (
-            1560.0,
-            "give_medication",
-            "nausea",
-            {"drug": "ondansetron", "dose": 4.0, "unit": "mg", "route": "iv"},
-        ),
+        (1560.0, "give_medication", "nausea", ONDANSETRON),
         (2110.0, "restore_rate", "nausea resolved"),
     )
     r = run(tmp_path, operator=operator)
@@ -445,12 +440,7 @@ def test_every_action_is_an_audit_event_with_actor_and_reason_and_a_course_recor
         (400.0, "resume", "reassured"),
         (900.0, "record_observation", "", {"kind": "nausea", "value": 2.0}),
         (905.0, "slow", "nausea", {"to_rate_ml_h": 30.0}),
-        (
-            960.0,
-            "give_medication",
-            "nausea",
-            {"drug": "ondansetron", "dose": 4.0, "unit": "mg", "route": "iv"},
-        ),
+        (960.0, "give_medication", "nausea", ONDANSETRON),
         (1500.0, "restore_rate", "settled"),
         (1600.0, "record_observation", "", {"kind": "cadss", "value": 12.0}),
         (1700.0, "acknowledge", "seen", {}),
