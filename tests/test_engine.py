@@ -259,7 +259,7 @@ def test_an_acknowledgement_is_recorded_with_the_latched_alarms(tmp_path: Path) 
     chair.pump.schedule(300.0, "fault_occlusion", 1.0)
     chair.on(
         AlarmRaised,
-        lambda a: chair.session.acknowledge(a.code, "line clamp found closed", operator="nurse B"),
+        lambda a: chair.session.acknowledge("line clamp found closed", alarm=a.code, operator="nurse B"),
     )
     result = chair.run()
     assert result.outcome == "ended_interlock"

@@ -603,14 +603,15 @@ class Session:
 
     def acknowledge(
         self,
-        alarm: str | None = None,
         reason: str = "",
         *,
+        alarm: str | None = None,
         source: Source = "api",
         operator: str | None = None,
     ) -> None:
         """The operator has seen ``alarm`` (a code raised in this session; ``None``: every alarm so
-        far). Recorded; an alarm never clears by itself."""
+        far). Recorded; an alarm never clears by itself. ``reason`` comes first, as it always has, so a
+        face that acknowledged with a reason keeps doing so."""
         self.command("acknowledge", reason, source=source, operator=operator, alarm=alarm)
 
     def record_observation(
