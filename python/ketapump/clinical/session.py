@@ -708,8 +708,6 @@ class Session:
             self.rec.info("operator_action", action=cmd.action, why=why, **fields)
         else:
             self.rec.warning("request_refused", request=cmd.action, why=why, **fields)
-        if cmd.action in {"record_observation", "give_medication"} and accepted:
-            return
         self._action_record(
             cmd.action,
             "operator",
@@ -719,6 +717,8 @@ class Session:
             accepted=accepted,
             why=why,
             detail=detail,
+            # An observation or a medication has its own course record.
+            course=not (accepted and cmd.action in {"record_observation", "give_medication"}),
         )
 
     def _automatic(
@@ -739,9 +739,10 @@ class Session:
         accepted: bool,
         why: str,
         detail: Mapping[str, Any],
+        course: bool = True,
     ) -> None:
         """One action on the session, by ``actor`` (and ``who``, an operator's name): kept for the report
-        and written to the course history."""
+        and, with ``course``, written to the course history's actions."""
         self.actions.append(
             {
                 "t_min": self._t() / 60.0,
@@ -755,6 +756,8 @@ class Session:
                 "detail": dict(detail),
             }
         )
+        if not course:
+            return
         at = self._calendar()
         self._record(
             "action",
