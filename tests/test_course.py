@@ -1095,7 +1095,7 @@ def test_cli_init_creates_a_database_once_and_migrate_upgrades_an_older_one(tmp_
 def test_cli_show_on_an_empty_file_refuses_and_leaves_it_untouched(tmp_path: Path) -> None:
     empty = tmp_path / "course.sqlite3"
     empty.touch()
-    for args in (["show", "p-1"], ["note", "s-1", "hello"]):
+    for args in (["show", "p-1"], ["note", "s-1", "hello", "--operator", "nurse A"]):
         code, out, err = _cli(*args, "--course-db", str(empty))
         assert code == os.EX_DATAERR, err
         assert f"{empty}: is an empty file, not a course database" in err and out == ""
@@ -1105,7 +1105,7 @@ def test_cli_show_on_an_empty_file_refuses_and_leaves_it_untouched(tmp_path: Pat
 
 def test_cli_damaged_page_exits_65_without_a_traceback(course_db: Path) -> None:
     _damage_a_table_page(course_db)
-    for args in (["show", "p-1"], ["note", "s-1", "hello"]):
+    for args in (["show", "p-1"], ["note", "s-1", "hello", "--operator", "nurse A"]):
         result = ketapump("course", *args, "--course-db", str(course_db), timeout=120)
         assert result.returncode == os.EX_DATAERR, result.stderr
         assert result.stderr.startswith(f"ketapump: {course_db}: is damaged")
@@ -1115,7 +1115,7 @@ def test_cli_damaged_page_exits_65_without_a_traceback(course_db: Path) -> None:
 def test_cli_read_only_database_exits_74_without_a_traceback(course_db: Path) -> None:
     note = ketapump_with_read_only(
         course_db.parent, "course", "note", "s-6", "slept well", "--course-db", str(course_db),
-        "--at", "2025-01-24T12:00:00Z",
+        "--at", "2025-01-24T12:00:00Z", "--operator", "nurse A",
     )  # fmt: skip
     assert note.returncode == os.EX_IOERR, note.stderr
     assert note.stderr.startswith(f"ketapump: {course_db}: ") and "Traceback" not in note.stderr
