@@ -537,6 +537,34 @@ def _sim_loop(
 PLAN = InfusionPlan(rate_ml_h=60.0, volume_ml=5.0, syringe_diameter_mm=26.59)
 
 
+@pytest.mark.parametrize(("by", "who"), [("operator", "eng A"), ("operator", None), ("protocol", None)])
+def test_a_stop_is_recorded_and_ended_in_the_name_of_whoever_asked(by: str, who: str | None) -> None:
+    loop, events = _sim_loop(_core.SimPump(seed=1, slack_taken_up=True))
+    loop.on_tick = lambda out, _t: loop.request_stop(by, who=who) if out.delivered_ml > 0.5 else None
+    result = asyncio.run(loop.run(PLAN))
+    assert (result.state, result.reason) == ("stopped", by)
+    (ended,) = events.named("session_ended")
+    assert ended["reason"] == by
+    if by == "operator":
+        (stop,) = events.named("operator_stop")
+        assert stop.get("operator") == who and not events.named("automatic_stop")
+    else:
+        # An automatic rule's stop never reads as an operator's.
+        assert not events.named("operator_stop") and [e["by"] for e in events.named("automatic_stop")] == [by]
+
+
+def test_run_records_its_operator_and_refuses_a_blank_name(tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    args = ("run", "--pump", "sim://", "--rate-ml-h", "60", "--volume-ml", "0.2", "--log", str(log))
+    named = ketapump(*args, "--operator", "eng A")
+    assert named.returncode == 0, named.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["operator"] for r in records if r["event"] == "run_operator"] == ["eng A"]
+    blank = ketapump(*args[:-1], str(tmp_path / "blank.jsonl"), "--operator", "  ")
+    assert blank.returncode == 2 and "--operator" in blank.stderr and "Traceback" not in blank.stderr
+    assert not (tmp_path / "blank.jsonl").exists()
+
+
 def test_occlusion_back_off_retracts_before_the_run_ends() -> None:
     pump = _core.SimPump(seed=11, slack_taken_up=True)
     pump.schedule(120.0, "fault_occlusion", 1)

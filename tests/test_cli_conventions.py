@@ -216,7 +216,7 @@ def test_results_go_to_stdout_and_progress_to_stderr(tmp_path: Path) -> None:
 def test_a_session_without_yes_and_no_terminal_exits_with_the_pre_check_code(tmp_path: Path) -> None:
     out, log, db = tmp_path / "out", tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
     args = ["session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70"]
-    args += ["--out", str(out), "--log", str(log), "--course-db", str(db)]
+    args += ["--operator", "nurse T", "--out", str(out), "--log", str(log), "--course-db", str(db)]
     # stdin at its end (an empty pipe, /dev/null), or no stdin at all (its descriptor closed).
     for stdin in (subprocess.PIPE, subprocess.DEVNULL, None):
         done = subprocess.run(

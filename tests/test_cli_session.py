@@ -22,6 +22,7 @@ from matplotlib import image
 from cli_contract import assert_documented
 from fshelpers import ketapump_on_a_small_disk, ketapump_with_read_only
 from ketapump.clinical.course import CourseHistory
+from sessionhelpers import short_observation_protocol
 from simhelpers import ketapump, new_course_db
 
 EXIT_INTERLOCK, EXIT_LIMIT, EXIT_ABORTED = 3, 6, 7
@@ -82,6 +83,8 @@ def test_a_session_with_invalid_input_writes_nothing(tmp_path: Path) -> None:
         "--patient",
         "p",
         "--yes",
+        "--operator",
+        "nurse T",
         "--out",
         str(out),
         "--log",
@@ -99,6 +102,30 @@ def test_a_session_with_invalid_input_writes_nothing(tmp_path: Path) -> None:
         assert not out.exists() and not log.exists() and not db.exists(), args
 
 
+def test_a_session_needs_its_operators_name_and_writes_nothing_without_it(tmp_path: Path) -> None:
+    out, log, db = tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
+    env = {k: v for k, v in os.environ.items() if k != "KETAPUMP_OPERATOR"}
+    args = ["session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70", "--yes"]
+    args += ["--out", str(out), "--log", str(log), "--course-db", str(db)]
+    done = ketapump(*args, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "--operator NAME (or $KETAPUMP_OPERATOR)" in done.stderr and "ketamine-depression" in done.stderr
+    blank = ketapump(*args, "--operator", " ", env=env)
+    assert blank.returncode == 2 and "must not be blank" in blank.stderr
+    assert not out.exists() and not log.exists() and not db.exists()
+    # A QA protocol may allow anonymous runs (and the environment may name the operator instead).
+    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
+    qa = tmp_path / "qa.toml"
+    qa.write_text(
+        shipped.read_text(encoding="utf-8") + "\n[session]\nallow_anonymous = true\n", encoding="utf-8"
+    )
+    qa_args = ["--protocol", str(qa), "--json", "--vitals", "sim"]
+    new_course_db(db)  # nothing was written without the name; the anonymous run needs its history
+    anonymous = ketapump(*args, *qa_args, env=env, timeout=600)
+    assert anonymous.returncode == 0, anonymous.stderr
+    assert json.loads(anonymous.stdout)["operator"] is None
+
+
 def test_the_demo_runs_a_whole_session_and_writes_a_verified_log_a_report_and_real_plots(
     tmp_path: Path,
 ) -> None:
@@ -108,6 +135,16 @@ def test_the_demo_runs_a_whole_session_and_writes_a_verified_log_a_report_and_re
     assert d["outcome"] == "complete"
     assert math.isclose(d["delivered_mg"], d["programmed_mg"], rel_tol=0.02)
     assert d["alarms"] == [] and d["log_verified"] is True
+    # The demo's nurse: nausea at minute 20, slowed to half with an antiemetic, the plan's rate at minute 30.
+    assert d["operator"] == "demo operator"
+    assert [(a["action"], a["by"]) for a in d["actions"] if a["action"] in {"slow", "restore_rate"}] == [
+        ("slow", "demo operator"),
+        ("restore_rate", "demo operator"),
+    ]
+    assert [(m["drug"], m["dose"], m["unit"], m["route"]) for m in d["medications"]] == [
+        ("ondansetron", 4.0, "mg", "iv")
+    ]
+    assert [(o["kind"], o["value"]) for o in d["observations"]] == [("nausea", 2.0), ("nausea", 0.0)]
     verify = ketapump("log", "verify", d["log"])
     assert verify.returncode == 0 and "OK" in verify.stdout
     report = Path(d["report"]).read_text(encoding="utf-8")
@@ -133,7 +170,8 @@ def test_sessions_on_the_cli_follow_the_course_rules(tmp_path: Path) -> None:
     def session(*extra: str) -> subprocess.CompletedProcess[str]:
         return ketapump(
             "session", "--protocol", "ketamine-depression", "--patient", "p-7", "--weight-kg", "70",
-            "--yes", "--course-db", str(db), "--out", str(tmp_path / "out"), "--json", *extra, env=env,
+            "--yes", "--operator", "nurse T", "--course-db", str(db), "--out", str(tmp_path / "out"),
+            "--json", *extra, env=env,
         )  # fmt: skip
 
     blocked = session()
@@ -161,7 +199,8 @@ def test_the_course_history_cannot_be_emptied_mistyped_or_sidestepped(tmp_path: 
     def session(patient: str, course_db: Path = db) -> subprocess.CompletedProcess[str]:
         return ketapump(
             "session", "--protocol", "ketamine-depression", "--patient", patient, "--weight-kg", "70",
-            "--yes", "--course-db", str(course_db), "--out", str(tmp_path / "out"), "--json", env=env,
+            "--yes", "--operator", "nurse T", "--course-db", str(course_db), "--out", str(tmp_path / "out"),
+            "--json", env=env,
         )  # fmt: skip
 
     first = session("pc")
@@ -192,7 +231,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_anything_starts(tmp_p
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory", encoding="utf-8")
     common = ["session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70"]
-    common += ["--yes", "--course-db", str(db)]
+    common += ["--yes", "--operator", "nurse T", "--course-db", str(db)]
     for args, option in (
         (["--out", str(blocker / "out"), "--log", str(tmp_path / "log.jsonl")], "--out"),
         (["--out", str(tmp_path / "out"), "--log", str(blocker / "log.jsonl")], "--log"),
@@ -208,7 +247,8 @@ def test_outputs_that_cannot_be_written_are_refused_before_anything_starts(tmp_p
 def test_a_read_only_or_damaged_course_database_is_refused_without_a_traceback(tmp_path: Path) -> None:
     db = new_course_db(tmp_path / "db" / "course.sqlite3")
     args = ["session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70", "--yes"]
-    args += ["--course-db", str(db), "--log", str(tmp_path / "log.jsonl"), "--out", str(tmp_path / "out")]
+    args += ["--operator", "nurse T", "--course-db", str(db), "--log", str(tmp_path / "log.jsonl")]
+    args += ["--out", str(tmp_path / "out")]
     read_only = ketapump_with_read_only(db.parent, *args)
     assert read_only.returncode == os.EX_IOERR, read_only.stderr
     assert read_only.stderr.startswith(f"ketapump: {db}: ") and "Traceback" not in read_only.stderr
@@ -232,6 +272,7 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
 ) -> None:
     done = ketapump(
         "session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", "70",
+        "--operator", "nurse T",
         "--course-db", str(new_course_db(tmp_path / "c.sqlite3")), "--log", str(tmp_path / "log.jsonl"),
         "--out", str(tmp_path / "out"), stdin=f"{answer}\n" * 8, timeout=120,
     )  # fmt: skip
@@ -241,24 +282,15 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
     assert "command" not in events and "checklist_answered" in events
 
 
-def _short_observation_protocol(tmp_path: Path, minutes: float = 5.0) -> Path:
-    protocol = tmp_path / "short-observation.toml"
-    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
-    protocol.write_text(
-        shipped.read_text(encoding="utf-8").replace("min_minutes = 30.0", f"min_minutes = {minutes}"),
-        encoding="utf-8",
-    )
-    return protocol
-
-
 def _session_process(tmp_path: Path, patient: str, db: Path, log: Path, out: Path) -> subprocess.Popen[str]:
     """``ketapump session`` on the simulator at 60× real time (a short transport timeout keeps the pump's
     watchdog inside its limit at that scale) with a 5-min observation, as a background process."""
-    protocol = _short_observation_protocol(tmp_path)
+    protocol = short_observation_protocol(tmp_path)
     return subprocess.Popen(
         [sys.executable, "-m", "ketapump", "session", "--protocol", str(protocol),
          "--pump", "sim://?timeout=0.02", "--time-scale", "60", "--patient", patient, "--weight-kg", "70",
-         "--yes", "--json", "--course-db", str(db), "--log", str(log), "--out", str(out)],
+         "--yes", "--json", "--operator", "nurse T", "--course-db", str(db), "--log", str(log),
+         "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -389,7 +421,8 @@ def test_a_disk_filling_mid_session_ends_it_with_every_record_closed(tmp_path: P
     done = ketapump_on_a_small_disk(
         mount, 64, kept,
         "session", "--protocol", "ketamine-depression", "--patient", "p-5", "--weight-kg", "70", "--yes",
-        "--json", "--course-db", str(db), "--out", str(out), "--log", str(mount / "audit.jsonl"),
+        "--json", "--operator", "nurse T", "--course-db", str(db), "--out", str(out),
+        "--log", str(mount / "audit.jsonl"),
     )  # fmt: skip
     assert done.returncode == os.EX_IOERR, done.stderr
     assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
@@ -427,7 +460,18 @@ def test_a_file_or_shipped_name_not_found_exits_66_and_invalid_content_65(tmp_pa
         done = ketapump(*dose, *args)
         assert done.returncode == os.EX_DATAERR and "is not valid TOML" in done.stderr, (args, done.stderr)
     out, log, db = tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
-    session = ["session", "--patient", "p", "--weight-kg", "70", "--yes", "--out", str(out)]
+    session = [
+        "session",
+        "--patient",
+        "p",
+        "--weight-kg",
+        "70",
+        "--yes",
+        "--operator",
+        "nurse T",
+        "--out",
+        str(out),
+    ]
     session += ["--log", str(log)]
     for args in (
         ["--protocol", missing],

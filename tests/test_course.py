@@ -122,7 +122,8 @@ def test_new_file_gets_schema_version_identity_and_durable_settings(history: Cou
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {
-            "patients", "sessions", "alarms", "notes", "overrides", "database_identity", "log_seals"
+            "patients", "sessions", "alarms", "notes", "overrides", "database_identity", "log_seals",
+            "actions", "observations", "medications",
         }  # fmt: skip
         (database_id,) = raw.execute("SELECT database_id FROM database_identity").fetchone()
         assert database_id == history.database_id and len(database_id) == 32
@@ -418,6 +419,109 @@ def test_history_is_append_only_in_the_file_itself(history: CourseHistory, db: P
             )
     finally:
         raw.close()
+
+
+def test_actions_observations_and_medications_round_trip_with_who(history: CourseHistory, db: Path) -> None:
+    run_session(history, "s-1", T0)
+    slow = history.record_action(
+        "s-1", T0 + 20 * dt.timedelta(minutes=1), "slow", actor="operator", who="nurse A", source="keys",
+        accepted=True, reason="nausea", detail={"to_fraction": 0.5, "ends_at_min": 45.1},
+    )  # fmt: skip
+    refused = history.record_action(
+        "s-1", T0 + 21 * dt.timedelta(minutes=1), "resume", actor="operator", who="nurse A", source="web",
+        accepted=False, why="vitals alarm active",
+    )  # fmt: skip
+    hold = history.record_action(
+        "s-1", T0 + H, "hold", actor="vitals", who=None, source="engine", accepted=True
+    )
+    seen = history.record_observation("s-1", T0, "cadss", 14.0, scale="CADSS 0–92", who="dr-a")
+    noted = history.record_observation("s-1", T0, "other", None, note="tingling lips", who="nurse A")
+    given = history.record_medication("s-1", T0, "ondansetron", 4, "mg", "iv", reason="nausea", who="nurse A")
+    history.close()
+    with CourseHistory.open(db) as again:
+        assert again.actions("s-1") == (slow, refused, hold)
+        assert slow.detail == {"to_fraction": 0.5, "ends_at_min": 45.1} and not refused.accepted
+        assert again.observations("s-1") == (seen, noted)
+        assert again.medications("s-1") == (given,) and given.dose == 4.0
+
+
+def test_automation_never_acts_in_a_persons_name_and_bad_records_are_refused(history: CourseHistory) -> None:
+    run_session(history, "s-1", T0)
+    with pytest.raises(CourseError, match="an action by the vitals names no person"):
+        history.record_action(
+            "s-1", T0, "release", actor="vitals", who="nurse A", source="engine", accepted=True
+        )
+    with pytest.raises(CourseError, match="actor must be operator, vitals or protocol"):
+        history.record_action("s-1", T0, "pause", actor="robot", who=None, source="api", accepted=True)  # type: ignore[arg-type]
+    with pytest.raises(CourseError, match="detail must be plain JSON"):
+        history.record_action("s-1", T0, "slow", actor="operator", who="a", source="api", accepted=True,
+                              detail={"x": float("nan")})  # fmt: skip
+    with pytest.raises(CourseError, match="without a value needs a note"):
+        history.record_observation("s-1", T0, "other", None)
+    with pytest.raises(CourseError, match="finite number"):
+        history.record_observation("s-1", T0, "nausea", float("inf"))
+    with pytest.raises(CourseError, match="dose must be > 0"):
+        history.record_medication("s-1", T0, "ondansetron", 0.0, "mg", "iv")
+    with pytest.raises(CourseRecordNotFoundError):
+        history.record_medication("s-404", T0, "ondansetron", 4.0, "mg", "iv")
+    assert history.actions("s-1") == () and history.observations("s-1") == () == history.medications("s-1")
+
+
+def test_the_new_tables_hold_their_rules_in_the_file_itself(history: CourseHistory, db: Path) -> None:
+    run_session(history, "s-1", T0)
+    history.record_action("s-1", T0, "pause", actor="operator", who="a", source="api", accepted=True)
+    history.record_observation("s-1", T0, "nausea", 1.0)
+    history.record_medication("s-1", T0, "ondansetron", 4.0, "mg", "iv")
+    raw = sqlite3.connect(db)
+    try:
+        for sql in (
+            "UPDATE actions SET reason = 'edited'",
+            "DELETE FROM actions",
+            "UPDATE observations SET value = 0",
+            "DELETE FROM observations",
+            "UPDATE medications SET dose = 40",
+            "DELETE FROM medications",
+            # the vitals acting in a person's name
+            "INSERT INTO actions (session_id, at, action, actor, who, source, accepted, reason, why, detail) "
+            "VALUES ('s-1', 'now', 'release', 'vitals', 'nurse A', 'engine', 1, '', '', '{}')",
+        ):
+            with pytest.raises(sqlite3.IntegrityError):
+                raw.execute(sql)
+    finally:
+        raw.close()
+
+
+def test_a_version_2_file_is_migrated_to_version_3_keeping_everything(tmp_path: Path) -> None:
+    """Step 3 (the operator's hand) on a database written before it: names on notes, the actions,
+    observations and medications tables, by the one explicit migration."""
+    old = tmp_path / "v2.sqlite3"
+    stamp = "2025-01-06T09:00:00.000000Z"
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for step in (1, 2):  # version 2 exactly as it was shipped
+        schema.STEPS[step](conn, stamp)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO patients VALUES ('p-1', 70, NULL, ?, ?)", (stamp, stamp))
+    conn.execute(
+        "INSERT INTO sessions VALUES ('s-1', 'p-1', 'P', 70, ?, 35, NULL, NULL, NULL, NULL)", (stamp,)
+    )
+    conn.execute(
+        "INSERT INTO notes (session_id, at, text) VALUES ('s-1', '2025-01-06T10:00:00.000000Z', 'old')"
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    with pytest.raises(CourseError, match="has schema version 2"):
+        CourseHistory.open(old)  # never migrated implicitly
+    done = CourseHistory.migrate(old, at=T0)
+    assert (done.from_version, done.to_version) == (2, SCHEMA_VERSION) and SCHEMA_VERSION == 3
+    with CourseHistory.open(old) as h:
+        assert h.notes("s-1") == (Note("s-1", T0 + H, "old", None),)  # written before names were kept
+        h.record_action("s-1", T0 + H, "pause", actor="operator", who="a", source="api", accepted=True)
+        assert len(h.actions("s-1")) == 1
+        with pytest.raises(sqlite3.IntegrityError, match="actions are append-only"):
+            h._conn.execute("DELETE FROM actions")
 
 
 def test_writes_that_break_the_record_are_refused_and_write_nothing(history: CourseHistory) -> None:
@@ -818,7 +922,10 @@ def test_history_survives_a_writer_killed_mid_write(db: Path) -> None:
                 threading.Event().wait(rng.uniform(0.0, 0.05))
                 break
         os.kill(proc.pid, signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=30)
+        # The rest of stdout through the same reader: readline() may already hold lines it read ahead,
+        # which communicate() (reading the descriptor itself) would never see.
+        rest = proc.stdout.read()
+        proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL
         reported |= {line.split()[1] for line in rest.splitlines() if line.startswith("committed ")}
         present = _check_all_or_nothing(db)
@@ -843,8 +950,9 @@ def test_history_survives_a_writer_killed_mid_write(db: Path) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, ["course", *args])
+def _cli(*args: str, env: dict[str, str | None] | None = None) -> tuple[int, str, str]:
+    # Hermetic: an operator's name in the test runner's environment must not leak in.
+    result = CliRunner().invoke(app, ["course", *args], env={"KETAPUMP_OPERATOR": None} | (env or {}))
     assert_documented(["course", *args], result.exit_code, result.stderr)
     return result.exit_code, result.stdout, result.stderr
 
@@ -859,6 +967,14 @@ def course_db(db: Path) -> Path:
         h.record_alarm("s-2", T0 + 2 * DAY + 10 * dt.timedelta(minutes=1), "occlusion", "310 mmHg")
         h.add_note("s-1", "felt floaty, fine by evening", T0 + 6 * H)
         h.record_override("p-1", "s-2", "min_interval_h", "weekend", T0 + 2 * DAY, who="dr-a")
+        at = T0 + 4 * DAY + 20 * dt.timedelta(minutes=1)
+        h.record_observation("s-3", at, "nausea", 2.0, scale="0–4", note="queasy", who="nurse A")
+        h.record_action(
+            "s-3", at, "slow", actor="operator", who="nurse A", source="keys", accepted=True,
+            reason="nausea", detail={"to_fraction": 0.5},
+        )  # fmt: skip
+        h.record_medication("s-3", at, "ondansetron", 4.0, "mg", "iv", reason="nausea", who="nurse A")
+        h.record_action("s-3", at, "hold", actor="vitals", who=None, source="engine", accepted=True)
     return db
 
 
@@ -872,6 +988,11 @@ def test_cli_show_prints_the_series_maintenance_alarms_and_notes(course_db: Path
     assert "occlusion  310 mmHg" in out
     assert "felt floaty, fine by evening" in out
     assert "min_interval_h by dr-a: weekend" in out
+    # What happened at the chair, per session, each with who did it.
+    assert "session s-3 at the chair:" in out
+    assert "slow by nurse A (keys): nausea" in out and "hold by the vitals (engine)" in out
+    assert "observation nausea 2 (0–4) — queasy by nurse A" in out
+    assert "medication ondansetron 4 mg iv for nausea by nurse A" in out
 
 
 def test_cli_show_json(course_db: Path) -> None:
@@ -882,33 +1003,56 @@ def test_cli_show_json(course_db: Path) -> None:
     assert body["maintenance"]["status"] == "overdue"
     assert body["now"] == "2025-03-08T00:00:00.000000Z"  # no offset given: UTC
     assert [e["session"]["session_id"] for e in body["sessions"]] == [f"s-{i}" for i in range(1, 7)]
+    assert [(o["kind"], o["value"], o["who"]) for o in body["observations"]] == [("nausea", 2.0, "nurse A")]
+    assert [(m["drug"], m["dose"], m["route"]) for m in body["medications"]] == [("ondansetron", 4.0, "iv")]
+    assert [(a["action"], a["actor"], a["who"]) for a in body["actions"]] == [
+        ("slow", "operator", "nurse A"),
+        ("hold", "vitals", None),
+    ]
 
 
 def test_cli_note_adds_a_note_and_refuses_a_late_one(course_db: Path) -> None:
     ended = T0 + 18 * DAY + dt.timedelta(minutes=41)
     code, out, err = _cli(
-        "note", "s-6", "slept well", "--course-db", str(course_db), "--at", (ended + 24 * H).isoformat()
-    )
+        "note", "s-6", "slept well", "--course-db", str(course_db), "--at", (ended + 24 * H).isoformat(),
+        "--operator", "nurse A",
+    )  # fmt: skip
     assert code == 0, err
     assert "note added to session s-6" in out
     code, _, err = _cli(
-        "note", "s-6", "too late", "--course-db", str(course_db), "--at", (ended + 24 * H + US).isoformat()
-    )
+        "note", "s-6", "too late", "--course-db", str(course_db), "--at", (ended + 24 * H + US).isoformat(),
+        env={"KETAPUMP_OPERATOR": "nurse B"},
+    )  # fmt: skip
     assert code == 65
     assert str(course_db) in err and "session s-6" in err and "accepted for 24 h" in err
     with CourseHistory.open(course_db) as h:
-        assert [n.text for n in h.notes("s-6")] == ["slept well"]
+        assert [(n.text, n.who) for n in h.notes("s-6")] == [("slept well", "nurse A")]
+
+
+def test_cli_note_needs_the_operators_name(course_db: Path) -> None:
+    code, _, err = _cli("note", "s-6", "slept well", "--course-db", str(course_db))
+    assert code == 2 and "--operator NAME (or $KETAPUMP_OPERATOR) is required" in err
+    code, _, err = _cli("note", "s-6", "slept well", "--course-db", str(course_db), "--operator", "  ")
+    assert code == 2 and "must not be blank" in err
+    within = (T0 + 18 * DAY + 2 * H).isoformat()
+    code, _, err = _cli(
+        "note", "s-6", "by env", "--course-db", str(course_db), "--at", within,
+        env={"KETAPUMP_OPERATOR": "dr-a"},
+    )  # fmt: skip
+    assert code == 0, err
+    with CourseHistory.open(course_db) as h:
+        assert [(n.text, n.who) for n in h.notes("s-6")] == [("by env", "dr-a")]
 
 
 def test_cli_unknown_patient_session_and_missing_database_exit_66(course_db: Path, tmp_path: Path) -> None:
     code, _, err = _cli("show", "p-404", "--course-db", str(course_db))
     assert code == 66
     assert f"{course_db}: patient p-404: is not in the course history" in err
-    code, _, err = _cli("note", "s-404", "hello", "--course-db", str(course_db))
+    code, _, err = _cli("note", "s-404", "hello", "--course-db", str(course_db), "--operator", "nurse A")
     assert code == 66
     assert f"{course_db}: session s-404: is not in the course history" in err
     missing = tmp_path / "missing.sqlite3"
-    for args in (["show", "p-1"], ["note", "s-1", "hello"]):
+    for args in (["show", "p-1"], ["note", "s-1", "hello", "--operator", "nurse A"]):
         code, _, err = _cli(*args, "--course-db", str(missing))
         assert code == 66
         assert f"{missing}: no such course database" in err
@@ -951,7 +1095,7 @@ def test_cli_init_creates_a_database_once_and_migrate_upgrades_an_older_one(tmp_
 def test_cli_show_on_an_empty_file_refuses_and_leaves_it_untouched(tmp_path: Path) -> None:
     empty = tmp_path / "course.sqlite3"
     empty.touch()
-    for args in (["show", "p-1"], ["note", "s-1", "hello"]):
+    for args in (["show", "p-1"], ["note", "s-1", "hello", "--operator", "nurse A"]):
         code, out, err = _cli(*args, "--course-db", str(empty))
         assert code == os.EX_DATAERR, err
         assert f"{empty}: is an empty file, not a course database" in err and out == ""
@@ -961,7 +1105,7 @@ def test_cli_show_on_an_empty_file_refuses_and_leaves_it_untouched(tmp_path: Pat
 
 def test_cli_damaged_page_exits_65_without_a_traceback(course_db: Path) -> None:
     _damage_a_table_page(course_db)
-    for args in (["show", "p-1"], ["note", "s-1", "hello"]):
+    for args in (["show", "p-1"], ["note", "s-1", "hello", "--operator", "nurse A"]):
         result = ketapump("course", *args, "--course-db", str(course_db), timeout=120)
         assert result.returncode == os.EX_DATAERR, result.stderr
         assert result.stderr.startswith(f"ketapump: {course_db}: is damaged")
@@ -971,7 +1115,7 @@ def test_cli_damaged_page_exits_65_without_a_traceback(course_db: Path) -> None:
 def test_cli_read_only_database_exits_74_without_a_traceback(course_db: Path) -> None:
     note = ketapump_with_read_only(
         course_db.parent, "course", "note", "s-6", "slept well", "--course-db", str(course_db),
-        "--at", "2025-01-24T12:00:00Z",
+        "--at", "2025-01-24T12:00:00Z", "--operator", "nurse A",
     )  # fmt: skip
     assert note.returncode == os.EX_IOERR, note.stderr
     assert note.stderr.startswith(f"ketapump: {course_db}: ") and "Traceback" not in note.stderr

@@ -12,6 +12,7 @@ import datetime
 import itertools
 import json
 import math
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from ketapump.clinical import (
     AlarmRaised,
     CourseHistory,
     FindingReported,
+    HoldChanged,
     Patient,
     PhaseChanged,
     Question,
@@ -51,25 +53,12 @@ from ketapump.clinical.vitals import PatientScript, ScriptedMonitor
 from ketapump.clock import VirtualClock
 from ketapump.errors import CourseStorageError, LimitRefused
 from ketapump.wire import ReferencePumpDriver, RegisterTransport, open_transport
+from sessionhelpers import AuditRecords
 
 NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
 PATIENT = Patient("p-1", weight_kg=70.0, height_cm=175.0, sex="male")
+OPERATOR = "nurse on duty"
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "ketapump"
-
-
-class Log:
-    """The audit records in memory (the audit writer has its own tests)."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.records.append({"event": event, **fields})
-
-    warning = error = info
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["event"] == event]
 
 
 class Chair:
@@ -87,7 +76,7 @@ class Chair:
         self.pump = _core.SimPump("bd-plastipak-60", seed=0, fill_ml=40.0)
         transport = open_transport("sim://", clock=self.clock, pump=self.pump)
         assert isinstance(transport, RegisterTransport)
-        self.log = Log()
+        self.log = AuditRecords()
         self.course = CourseHistory.create(tmp_path / "course.sqlite3", at=NOW)
         self.session = Session(
             SessionContext(
@@ -102,6 +91,7 @@ class Chair:
                 vitals=ScriptedMonitor(script or demo_patient()),
                 operator=operator or ScriptedOperator(),
                 calendar_origin=NOW,
+                operator_name=OPERATOR,
             )
         )
         self.events: list[SessionEvent] = []
@@ -214,7 +204,7 @@ def test_pause_and_resume_commands_take_effect_at_the_next_tick_and_are_recorded
     paused = [t for t in ticks if actions[0].t_s < t.t_s <= actions[1].t_s]
     assert paused and paused[0].t_s - actions[0].t_s <= 0.1 + 1e-9
     held = [t for t in paused if t.pump_state == "paused"]
-    assert len(held) >= len(paused) - 2 and all(t.paused_by == "operator" for t in held)
+    assert len(held) >= len(paused) - 2 and all(t.paused_by == ("operator",) for t in held)
     # Only the compressed drive's relaxation follows the stop (~0.02 mL), far below the 0.1 mL allowance.
     assert held[-1].delivered_ml - held[0].delivered_ml < 0.05
     # The audit log names who did what, from where.
@@ -233,8 +223,9 @@ def test_a_resume_into_an_active_vitals_alarm_is_refused_and_says_why(tmp_path: 
     chair.on(AlarmRaised, lambda a: chair.session.resume("looks fine") if a.source == "vitals" else None)
     chair.run()
     refused = [a for a in chair.of(ActionTaken) if a.action == "resume"]
-    assert refused and not refused[0].accepted and refused[0].why == "vitals alarm active"
-    assert chair.log.named("request_refused")[0]["why"] == "vitals alarm active"
+    assert refused and not refused[0].accepted
+    assert refused[0].why == "vitals alarm active: HR 130 bpm ≥ 120 bpm for 10 s"
+    assert chair.log.named("request_refused")[0]["why"] == refused[0].why
 
 
 def test_a_stop_before_the_infusion_aborts_with_nothing_delivered(tmp_path: Path) -> None:
@@ -266,7 +257,10 @@ def test_commands_outside_the_infusion_are_refused_with_the_phase(tmp_path: Path
 def test_an_acknowledgement_is_recorded_with_the_latched_alarms(tmp_path: Path) -> None:
     chair = Chair(tmp_path)
     chair.pump.schedule(300.0, "fault_occlusion", 1.0)
-    chair.on(AlarmRaised, lambda a: chair.session.acknowledge("line clamp found closed", operator="nurse B"))
+    chair.on(
+        AlarmRaised,
+        lambda a: chair.session.acknowledge("line clamp found closed", alarm=a.code, operator="nurse B"),
+    )
     result = chair.run()
     assert result.outcome == "ended_interlock"
     (ack, *_) = [a for a in chair.of(ActionTaken) if a.action == "acknowledge"]
@@ -362,7 +356,9 @@ def test_a_course_history_that_stops_taking_writes_mid_infusion_stops_the_pump_a
     assert 10.0 < chair.pump.delivered_ml < 20.0  # stopped at the failed write (~15 min of 40)
     names = [r["event"] for r in chair.log.records]
     assert "course_write_failed" in names and "session_failed" in names
-    assert names.index("course_write_failed") < names.index("operator_stop")
+    # Stopped in the session's name, never an operator's.
+    assert names.index("course_write_failed") < names.index("automatic_stop") and "operator_stop" not in names
+    assert [r["by"] for r in chair.log.named("automatic_stop")] == ["course"]
     assert "observation_ended" in names  # the patient was observed all the same
     (end,) = chair.of(SessionEnded)
     assert end.outcome == "failed" and end.delivered_mg > 10.0
@@ -394,6 +390,53 @@ def test_a_new_patient_near_a_recorded_one_needs_a_reason(tmp_path: Path) -> Non
         assert [(o.kind, o.reason) for o in course.overrides("p1")] == [
             ("new_patient", "twin sibling, checked the ID card")
         ]
+
+
+@pytest.mark.parametrize(
+    ("issue", "message"),
+    [
+        (lambda s: s.pause(""), "pause needs a reason"),
+        (lambda s: s.stop("  "), "stop needs a reason"),
+        (lambda s: s.slow("nausea"), "exactly one of to_fraction and to_rate_ml_h"),
+        (lambda s: s.slow("nausea", to_fraction=0.5, to_rate_ml_h=20.0), "exactly one of"),
+        (lambda s: s.slow("nausea", to_fraction=0.0), "between 0 and 1"),
+        (lambda s: s.slow("nausea", to_rate_ml_h=math.inf), "finite number"),
+        (lambda s: s.record_observation("hunger", 2), "unknown observation kind 'hunger'"),
+        (lambda s: s.record_observation("nausea", 5), "off its scale"),
+        (lambda s: s.record_observation("nausea"), "needs a value on its scale"),
+        (lambda s: s.record_observation("other", 1.0, "x"), "takes no value"),
+        (lambda s: s.record_observation("other"), "needs a note"),
+        (lambda s: s.give_medication("ondansetron", 4, "mg", "iv-push"), "unknown route 'iv-push'"),
+        (lambda s: s.give_medication("ondansetron", -4, "mg", "iv"), "positive finite number"),
+        (lambda s: s.give_medication(" ", 4, "mg", "iv"), "drug's name"),
+        (lambda s: s.pause("anxious", operator="\x1b[2J"), "control characters"),
+        (lambda s: s.command("pause", "anxious", to_fraction=0.5), "pause takes no to_fraction"),
+    ],
+)
+def test_a_command_that_is_wrong_in_itself_is_refused_when_issued(
+    tmp_path: Path, issue: Callable[[Session], None], message: str
+) -> None:
+    chair = Chair(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        issue(chair.session)
+    chair.course.close()
+
+
+def test_hold_and_action_events_carry_who_and_what_in_their_json(tmp_path: Path) -> None:
+    chair = Chair(tmp_path)
+    at_infusion_time(chair, 600.0, lambda: chair.session.pause("patient anxious", source="web"))
+    at_infusion_time(chair, 700.0, lambda: chair.session.resume("settled", source="web"))
+    chair.run()
+    holds = [json.loads(json.dumps(h.as_dict())) for h in chair.of(HoldChanged)]
+    assert [(h["kind"], h["holders"], h["actor"], h["operator"]) for h in holds] == [
+        ("hold", ["operator"], "operator", OPERATOR),
+        ("hold", [], "operator", OPERATOR),
+    ]
+    (pause, resume) = [a.as_dict() for a in chair.of(ActionTaken)]
+    assert pause["detail"] == {"holders": ["operator"]} and resume["detail"]["released"] == ["operator"]
+    ticks = chair.infusion_ticks()
+    assert {t.paused_by for t in ticks} == {(), ("operator",)}
+    assert all(t.planned_rate_ml_h == 52.5 == t.programmed_rate_ml_h for t in ticks)
 
 
 # ----- questions -----------------------------------------------------------------------------------
@@ -483,7 +526,7 @@ def _tick(t: float) -> Tick:
     return Tick(
         session_id="s", t_s=t, phase="infusion", pump_state="running", delivered_ml=t, planned_ml=35.0,
         delivered_mg=t, programmed_mg=t, commanded_rate_ml_h=52.5, pressure_mmhg=40.0,
-        occlusion_threshold_mmhg=300.0, alarms=(), paused_by=None, phase_elapsed_s=t,
+        occlusion_threshold_mmhg=300.0, alarms=(), paused_by=(), phase_elapsed_s=t,
     )  # fmt: skip
 
 

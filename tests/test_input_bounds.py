@@ -145,7 +145,8 @@ def test_the_commands_refuse_unreadable_input_with_their_documented_codes(tmp_pa
     for vitals in (f"sim:{path}", f"csv:{path}"):
         session = _ketapump_in_1_gib(
             "session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70",
-            "--vitals", vitals, "--yes", "--course-db", str(db), "--log", str(log), "--out", str(out),
+            "--vitals", vitals, "--yes", "--operator", "nurse T", "--course-db", str(db), "--log", str(log),
+            "--out", str(out),
         )  # fmt: skip
         assert session.returncode == os.EX_DATAERR, session.stderr
         assert PROBLEMS[kind] in session.stderr and "Traceback" not in session.stderr

@@ -319,7 +319,7 @@ def test_the_series_csv_keeps_the_data_behind_the_plots(session: Session, tmp_pa
     path = write_series_csv(session.points, tmp_path / "series.csv")
     assert path.read_text().splitlines()[0] == (
         "t_s,phase,programmed_mg,delivered_mg,commanded_rate_ml_h,measured_rate_ml_h,pressure_mmhg,"
-        "threshold_mmhg,sbp,dbp,hr,spo2"
+        "threshold_mmhg,sbp,dbp,hr,spo2,rr,etco2,planned_rate_ml_h,programmed_rate_ml_h,held_by"
     )
     back = read_series_csv(path)
     assert len(back) == len(session.points)
@@ -331,14 +331,19 @@ def test_the_series_csv_keeps_the_data_behind_the_plots(session: Session, tmp_pa
     assert sum(not math.isnan(p.hr) for p in back) > 0.9 * len(back)
 
 
+HEADER = (
+    "t_s,phase,programmed_mg,delivered_mg,commanded_rate_ml_h,measured_rate_ml_h,pressure_mmhg,"
+    "threshold_mmhg,sbp,dbp,hr,spo2,rr,etco2,planned_rate_ml_h,programmed_rate_ml_h,held_by\n"
+)
+
+
 @pytest.mark.parametrize(
     ("text", "where"),
     [
         ("t_s,phase\n", ":1:"),
-        ("t_s,phase,programmed_mg,delivered_mg,commanded_rate_ml_h,measured_rate_ml_h,pressure_mmhg,"
-         "threshold_mmhg,sbp,dbp,hr,spo2\n0,infusion,1,1,1,1,1,1,,,,\n1,infusion,x,1,1,1,1,1,,,,\n", ":3:"),
-        ("t_s,phase,programmed_mg,delivered_mg,commanded_rate_ml_h,measured_rate_ml_h,pressure_mmhg,"
-         "threshold_mmhg,sbp,dbp,hr,spo2\n0,infusion,1\n", ":2:"),
+        (HEADER + "0,infusion,1,1,1,1,1,1,,,,,,,,,\n1,infusion,x,1,1,1,1,1,,,,,,,,,\n", ":3:"),
+        (HEADER + "0,infusion,1\n", ":2:"),
+        (HEADER + ",infusion,1,1,1,1,1,1,,,,,,,,,\n", ":2:"),  # a point without its time
     ],
 )  # fmt: skip
 def test_a_damaged_series_csv_names_the_line(tmp_path: Path, text: str, where: str) -> None:

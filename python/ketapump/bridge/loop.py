@@ -77,7 +77,8 @@ class RunResult:
     #: ``stopped``), or :data:`LINK_LOST` when the link was lost (reason ``transport``), whatever the
     #: kernel's state (:attr:`kernel_state`) was then.
     state: str
-    #: How the run ended: ``complete``, ``interlock``, ``pump_alarm``, ``transport`` or ``operator``.
+    #: How the run ended: ``complete``, ``interlock``, ``pump_alarm``, ``transport``, or who stopped it
+    #: (:meth:`ControlLoop.request_stop`: ``operator``, or an automatic rule: ``vitals``, ``protocol``).
     reason: str
     #: Volume delivered by this run, measured by the pump's plunger (mL).
     delivered_ml: float
@@ -130,14 +131,20 @@ class ControlLoop:
             )
         self.kernel = _core.SafetyKernel(config)
         self._stop_requested = False
+        self._stopped_by = "operator"
+        self._stopped_by_name: str | None = None
         self._requests: list[tuple[str, Any]] = []
         self._commanded = _Commanded()
         self._last_sample: tuple[float, PumpTelemetry] | None = None
         #: Set once the pump was told to move or seen moving: only then does a failure send a stop.
         self._may_be_moving = False
 
-    def request_stop(self) -> None:
-        """Operator stop (e.g. SIGINT): the loop stops the pump at its next tick."""
+    def request_stop(self, by: str = "operator", *, who: str | None = None) -> None:
+        """Stops the pump at the next tick: the operator's stop (e.g. SIGINT; ``who``: their name, when
+        known), or an automatic rule's (``by``: ``vitals``, ``protocol``), recorded and reported in its own
+        name, never an operator's. The first request decides who stopped the run."""
+        if not self._stop_requested:
+            self._stopped_by, self._stopped_by_name = by, who
         self._stop_requested = True
 
     def request_pause(self, reason: str) -> None:
@@ -298,7 +305,10 @@ class ControlLoop:
             with record_group() as records:
                 if self._stop_requested and kernel.state in {"running", "paused"}:
                     kernel.stop()
-                    log.info("operator_stop")
+                    if self._stopped_by == "operator":
+                        log.info("operator_stop", operator=self._stopped_by_name)
+                    else:
+                        log.info("automatic_stop", by=self._stopped_by)
                 if self._requests:
                     self._apply_requests()
                 fresh: PumpTelemetry | None
@@ -371,7 +381,9 @@ class ControlLoop:
                             LINK_LOST, "transport", out.delivered_ml, recovered_ml, telemetry=final,
                             detail="the pump did not confirm the stop", stop_confirmed=False,
                         )  # fmt: skip
-                    reason = {"complete": "complete", "alarm": "interlock", "stopped": "operator"}[out.state]
+                    reason = {"complete": "complete", "alarm": "interlock", "stopped": self._stopped_by}[
+                        out.state
+                    ]
                     log.info("session_ended", state=out.state, reason=reason, delivered_ml=out.delivered_ml)
                     return self._finish(out.state, reason, out.delivered_ml, recovered_ml, telemetry=final)
 

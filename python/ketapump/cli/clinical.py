@@ -4,8 +4,9 @@
 touching a pump or a record. ``ketapump demo`` runs a complete simulated ketamine session end to end —
 limits, pre-check, take-up, infusion, observation, discharge — on the built-in simulator and writes the
 audit log, the course history, a report and its plots; ``ketapump session`` runs one on any pump. Both are
-adapters of :mod:`ketapump.clinical.runner` and the session engine: options in, signals as commands,
-events as a progress bar, the outcome as a summary.
+adapters of :mod:`ketapump.clinical.runner` and the session engine: options in, signals and the
+operator's keys (:mod:`ketapump.cli.keys`) as commands, events as a progress bar, the outcome as a
+summary.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
+from rich.text import Text
 
 from ketapump import _core
 from ketapump.cli.common import (
@@ -29,14 +31,22 @@ from ketapump.cli.common import (
     EXIT_ABORTED,
     EXIT_INTERLOCK,
     EXIT_LIMIT,
+    EXIT_USAGE,
+    OPERATOR_ENV,
+    OPERATOR_HELP,
     PUMP_HELP,
     Command,
     Renamed,
     command_class,
     fail,
+    operator_name,
     result_json,
 )
+from ketapump.cli.keys import KeyPrompter, operator_keys
 from ketapump.clinical import (
+    DEMO_OPERATOR,
+    ActionTaken,
+    HoldChanged,
     Patient,
     ScriptedOperator,
     Session,
@@ -173,17 +183,23 @@ def demo(
         "ketapump-demo"
     ),
     seed: Annotated[int, typer.Option(min=0, help="Seed of the simulated pump and patient monitor.")] = 0,
+    operator: Annotated[
+        str, typer.Option(envvar=OPERATOR_ENV, help="The name the demo's scripted nurse acts in.")
+    ] = DEMO_OPERATOR,
 ) -> None:
     """Run a complete simulated ketamine session (0.5 mg/kg over 40 min, 70 kg) end to end.
 
     Everything runs in-process on the built-in simulator: the pump (hw-sim physics and firmware, through
-    the same driver a real pump uses) and a scripted patient monitor. Writes to OUT: audit.jsonl (the
-    hash-chained audit log), course.sqlite3 (this demo's course history, recreated on each run),
-    report.md, series.csv and four PNG plots. Exit 0 when the session completes, 65 for a time scale the
-    loop cannot hold (refused before anything is written).
+    the same driver a real pump uses), a scripted patient monitor and a scripted nurse (nausea at minute
+    25: the infusion slowed to half and an antiemetic given, the plan's rate back at minute 35). Writes to
+    OUT: audit.jsonl (the hash-chained audit log), course.sqlite3 (this demo's course history, recreated
+    on each run), report.md, series.csv and four PNG plots. Exit 0 when the session completes, 65 for a
+    time scale the loop cannot hold (refused before anything is written).
     """
+    name = operator_name(operator)
+    assert name is not None
     try:
-        setup = prepare_demo(out=out, seed=seed, time_scale=time_scale)
+        setup = prepare_demo(out=out, seed=seed, time_scale=time_scale, operator_name=name)
     except ConfigurationError as e:
         raise fail(str(e), os.EX_DATAERR) from e
     try:
@@ -236,24 +252,30 @@ def session(
             show_default="virtual time for sim://, else 1.0",
         ),
     ] = None,
-    resume_after_s: Annotated[
-        float, typer.Option(min=0.0, help="After a vitals alarm clears, resume after this long (s).")
-    ] = 120.0,
     stop_after_min: Annotated[
-        float, typer.Option(min=0.0, help="Stop an infusion the vitals have kept paused this long (min).")
+        float,
+        typer.Option(min=0.0, help="Stop an infusion vitals out of range have kept paused this long (min)."),
     ] = 30.0,
     json_output: Annotated[bool, typer.Option("--json", help="Machine summary on stdout.")] = False,
+    operator: Annotated[str | None, typer.Option(envvar=OPERATOR_ENV, help=OPERATOR_HELP)] = None,
 ) -> None:
     """Run a clinical session from a protocol on any pump, recorded in the audit log and course history.
 
-    Everything given is validated before anything is written (exit 65, every problem listed). Checklist
+    Everything given is validated before anything is written (exit 65, every problem listed). The
+    operator's name (--operator or $KETAPUMP_OPERATOR) is recorded with every action and confirmation;
+    a session cannot start without it unless the protocol allows anonymous QA runs (exit 2). Checklist
     items are asked on the terminal unless --yes; a soft limit or course rule proceeds only with
-    --confirm KIND=REASON. While it runs, SIGUSR1 pauses and SIGUSR2 resumes the infusion; SIGINT or
-    SIGTERM stops it (the session still observes and records). Exit codes: 0 complete, 2 usage, 3 ended
-    early (interlock, operator, link), 6 refused by a limit or an unconfirmed soft limit, 7 aborted in
-    the pre-check (also: a checklist item left unanswered, as when stdin is not a terminal and --yes is
-    not given), 65 invalid data, 66 a file not found, 69 pump unreachable, 74 log unwritable.
+    --confirm KIND=REASON (also max_duration=REASON: continue an infusion past the protocol's maximum
+    duration). While it runs on a terminal, single keys act: p pause, r resume, s slow, R back to the
+    plan's rate, x stop, o observation, m medication, a acknowledge (each asks for a reason). For
+    scripts, SIGUSR1 pauses and SIGUSR2 resumes the infusion; SIGINT or SIGTERM stops it (the session
+    still observes and records). A vitals pause ends as the protocol says (vitals.resume). Exit codes: 0
+    complete, 2 usage (no operator), 3 ended early (interlock, operator, vitals, maximum duration, link),
+    6 refused by a limit or an unconfirmed soft limit, 7 aborted in the pre-check (also: a checklist item
+    left unanswered, as when stdin is not a terminal and --yes is not given), 65 invalid data, 66 a file
+    not found, 69 pump unreachable, 74 log unwritable.
     """
+    name = operator_name(operator, required=False)
     try:
         reasons = _reasons(confirm or [])
         setup = prepare_session(
@@ -267,20 +289,25 @@ def session(
             log=log,
             out=out,
             time_scale=time_scale,
+            operator_name=name,
         )
     except OutputPathError as e:
         raise fail(str(e), os.EX_CANTCREAT) from e
     except ConfigurationError as e:
+        if e.field == "operator":  # the protocol wants a name and none was given
+            raise fail(f"--operator NAME (or ${OPERATOR_ENV}): {e}", EXIT_USAGE) from e
         raise fail(str(e), input_exit_code(e)) from e
     except CourseError as e:
         raise fail(str(e), _error_code(e)) from e
     except OSError as e:
         raise fail(str(e), os.EX_NOINPUT) from e
     checklists = setup.protocol.checklists
+    # The person at the terminal resumes a vitals pause themselves (a key, SIGUSR2), unless the protocol
+    # lets the session resume it: no standing resume is made in their name.
     setup.operator = ScriptedOperator(
         answers={} if yes else _ask_checklist(checklists.pre + checklists.discharge),
         reasons=reasons,
-        resume_after_s=resume_after_s,
+        resume_after_s=None,
         stop_after_s=stop_after_min * 60.0,
     )
     _execute(setup, json_output=json_output)
@@ -292,7 +319,11 @@ def _reasons(confirm: list[str]) -> dict[str, str]:
         kind, sep, reason = item.partition("=")
         if not sep or not reason.strip():
             raise ConfigurationError("--confirm", f"{item!r} is not KIND=REASON with a reason")
-        kinds = [name for name, _unit in _core.LIMIT_KINDS] + ["baseline_vitals", "new_patient"]
+        kinds = [name for name, _unit in _core.LIMIT_KINDS] + [
+            "baseline_vitals",
+            "new_patient",
+            "max_duration",
+        ]
         if kind not in kinds:
             raise ConfigurationError("--confirm", f"{kind!r} is not a limit kind ({', '.join(kinds)})")
         reasons[kind] = reason.strip()
@@ -373,6 +404,17 @@ SIGNAL_ACTIONS = {
 }
 
 
+class _SessionProgress(Progress):
+    """The progress bar with a footer: the operator's key prompt and the outcome of their last action."""
+
+    footer = ""
+
+    def get_renderables(self) -> Any:
+        yield self.make_tasks_table(self.tasks)
+        if self.footer:
+            yield Text(self.footer)
+
+
 class _OperatorSignals:
     """The operator's signals as session commands, installed before the records open and kept until
     the summary is printed: a signal is a command the session records and carries out or refuses (a
@@ -407,14 +449,33 @@ class _OperatorSignals:
 
 
 async def _run_with_progress(runner: SessionRunner, console: Console, *, quiet: bool) -> SessionOutcome:
-    """Runs the session with a progress bar fed by its events."""
+    """Runs the session with a progress bar fed by its events, and the operator's keys on a terminal
+    (each a command the session carries out at its next tick)."""
     session = runner.session
+    operator = runner.setup.operator_name
     observation_min = runner.setup.protocol.observation.min_minutes
     columns = (TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.fields[detail]}"))
-    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
+    with _SessionProgress(*columns, console=console, transient=True, disable=quiet) as progress:
         task = progress.add_task("precheck", total=1.0, detail="")
+        status = {"action": ""}
+        keys: list[KeyPrompter] = []
+
+        def redraw() -> None:
+            lines = [status["action"]] + ([keys[0].message, keys[0].prompt] if keys else [])
+            progress.footer = "\n".join(line for line in lines if line)
+            progress.refresh()
 
         def show(event: SessionEvent) -> None:
+            if isinstance(event, ActionTaken):
+                outcome = "done" if event.accepted else f"refused: {event.why}"
+                status["action"] = (
+                    f"{event.action} by {event.operator or 'anonymous'} ({event.source}): {outcome}"
+                )
+                redraw()
+            elif isinstance(event, HoldChanged):
+                held = " and ".join(event.holders) or "nobody"
+                status["action"] = f"held by {held} ({event.actor}: {event.reason})"
+                redraw()
             if not isinstance(event, Tick):
                 return
             if event.phase == "observation":
@@ -422,11 +483,20 @@ async def _run_with_progress(runner: SessionRunner, console: Console, *, quiet: 
             else:
                 done, total, unit = event.delivered_ml, event.planned_ml, "mL"
             detail = f"{done:.1f} / {total:.1f} {unit}" if total else ""
+            if event.pump_state is not None:
+                slowed = event.programmed_rate_ml_h < event.planned_rate_ml_h * (1.0 - 1e-6)
+                detail += f" · {event.programmed_rate_ml_h:.1f} mL/h" + (" (slowed)" if slowed else "")
+                if event.paused_by:
+                    detail += " · held by " + " and ".join(event.paused_by)
             completed = min(done / total, 1.0) if total else 0.0
             progress.update(task, description=event.phase, completed=completed, detail=detail)
 
         session.subscribe(show)
-        return await runner.run()
+        with operator_keys(session, asyncio.get_running_loop(), operator, redraw) as prompter:
+            if prompter is not None:
+                keys.append(prompter)
+                redraw()
+            return await runner.run()
 
 
 def _print_summary(result: SessionResult, machine: dict[str, Any]) -> None:
@@ -438,6 +508,8 @@ def _print_summary(result: SessionResult, machine: dict[str, Any]) -> None:
         f"  programmed {r.programmed_mg:.2f} mg, delivered {r.delivered_mg:.2f} mg "
         f"({machine['error_pct']:+.2f} %)",
         "  phases: " + ", ".join(f"{p} @ {t / 60:.1f} min" for p, t in r.phases),
+        f"  operator {r.operator or '(anonymous QA run)'}; actions: {len(r.actions)}; observations: "
+        f"{len(r.observations)}; medications: {len(r.medications)}",
         f"  observation {r.observation_min:.0f} min; alarms: {len(r.alarms)}; pauses: {len(r.pauses)}",
         f"  audit log {machine['log']} ({'verified' if machine['log_verified'] else 'VERIFY FAILED'})",
         f"  report {machine['report']}; plots: {', '.join(Path(p).name for p in machine['plots'])}",

@@ -25,6 +25,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from ketapump.clinical import check_operator_name
+
 #: Outcomes of the commands that run a pump (``run``, ``session``, ``demo``).
 EXIT_COMPLETE: Final = 0
 EXIT_INTERLOCK: Final = 3  # stopped by a kernel interlock or a pump-side alarm; a session that ended early
@@ -44,6 +46,23 @@ PUMP_HELP: Final = (
 #: Defaults that depend on the environment, as ``--help`` states them.
 AUDIT_LOG_DEFAULT: Final = "$XDG_STATE_HOME/ketapump/logs/run-<UTC time>.jsonl, XDG_STATE_HOME ~/.local/state"
 COURSE_DB_DEFAULT: Final = "$XDG_DATA_HOME/ketapump/course.sqlite3, XDG_DATA_HOME ~/.local/share"
+
+#: Who acts or confirms: every command that does records it (issue 20 reuses it for the course commands).
+OPERATOR_ENV: Final = "KETAPUMP_OPERATOR"
+OPERATOR_HELP: Final = f"Your name, recorded with everything you do or confirm (or ${OPERATOR_ENV})."
+
+
+def operator_name(value: str | None, *, required: bool = True) -> str | None:
+    """The ``--operator`` value, checked (blank, too long or with control characters: a usage error);
+    ``None`` when not given and not ``required``."""
+    if value is None:
+        if required:
+            raise fail(f"--operator NAME (or ${OPERATOR_ENV}) is required", EXIT_USAGE)
+        return None
+    try:
+        return check_operator_name(value)
+    except ValueError as e:
+        raise fail(f"--operator: {e}", EXIT_USAGE) from None
 
 
 def fail(message: str, code: int) -> typer.Exit:

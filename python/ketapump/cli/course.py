@@ -4,7 +4,7 @@ history and journal notes.
 Exit codes follow sysexits: 0 done, 65 (EX_DATAERR) refused data (a late note, an empty, damaged, foreign
 or older file, an invalid patient id), 66 (EX_NOINPUT) unknown patient or session or no database, 73
 (EX_CANTCREAT) ``init`` over an existing file or where none can be made, 74 (EX_IOERR) the database could
-not be read or written, 2 usage.
+not be read or written, 2 usage (``note`` without ``--operator``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ from typing import Annotated, Any
 
 import typer
 
-from ketapump.cli.common import COURSE_DB_DEFAULT, Command, command_group, fail, result, result_json
+from ketapump.cli.common import (
+    COURSE_DB_DEFAULT,
+    OPERATOR_ENV,
+    OPERATOR_HELP,
+    Command,
+    command_group,
+    fail,
+    operator_name,
+    result,
+    result_json,
+)
 from ketapump.clinical import CourseHistory, CourseSummary, default_course_path
 from ketapump.errors import CourseError, CourseRecordNotFoundError, CourseStorageError
 
@@ -89,7 +99,11 @@ def _describe(summary: CourseSummary, path: Path) -> list[str]:
         lines += [f"  {_short(a.at)}  {a.session_id}  {a.code}  {a.detail}".rstrip() for a in summary.alarms]
     if summary.notes:
         lines.append("notes:")
-        lines += [f"  {_short(n.at)}  {n.session_id}  {n.text}" for n in summary.notes]
+        lines += [
+            f"  {_short(n.at)}  {n.session_id}  {n.text}" + (f"  (by {n.who})" if n.who else "")
+            for n in summary.notes
+        ]
+    lines += _at_the_chair(summary)
     if summary.overrides:
         lines.append("overrides:")
         lines += [
@@ -97,6 +111,35 @@ def _describe(summary: CourseSummary, path: Path) -> list[str]:
             f"{o.reason}"
             for o in summary.overrides
         ]
+    return lines
+
+
+def _at_the_chair(summary: CourseSummary) -> list[str]:
+    """Per session: what the operators did, what they saw (observations) and gave (medications)."""
+    lines: list[str] = []
+    for entry in summary.sessions:
+        sid = entry.session.session_id
+        actions = [a for a in summary.actions if a.session_id == sid]
+        seen = [o for o in summary.observations if o.session_id == sid]
+        given = [m for m in summary.medications if m.session_id == sid]
+        if not (actions or seen or given):
+            continue
+        lines.append(f"session {sid} at the chair:")
+        for a in actions:
+            by = (a.who or "(anonymous)") if a.actor == "operator" else f"the {a.actor}"
+            result = "" if a.accepted else f" — refused: {a.why}"
+            reason = f": {a.reason}" if a.reason else ""
+            lines.append(f"  {_short(a.at)}  {a.action} by {by} ({a.source}){reason}{result}")
+        for o in seen:
+            value = "" if o.value is None else f" {o.value:g}" + (f" ({o.scale})" if o.scale else "")
+            note = f" — {o.note}" if o.note else ""
+            lines.append(f"  {_short(o.at)}  observation {o.kind}{value}{note} by {o.who or '(anonymous)'}")
+        for m in given:
+            reason = f" for {m.reason}" if m.reason else ""
+            lines.append(
+                f"  {_short(m.at)}  medication {m.drug} {m.dose:g} {m.unit} {m.route}{reason} "
+                f"by {m.who or '(anonymous)'}"
+            )
     return lines
 
 
@@ -167,7 +210,8 @@ def show_command(
         ),
     ] = None,
 ) -> None:
-    """The patient's sessions, initial series, maintenance timing, alarms, notes and overrides."""
+    """The patient's sessions, initial series, maintenance timing, alarms, notes and overrides, and per
+    session what the operators did, observed and gave."""
     path = course_db if course_db is not None else default_course_path()
     at = _parse_time(now) or _dt.datetime.now(_dt.UTC)
     try:
@@ -189,13 +233,16 @@ def note_command(
     at: Annotated[
         str | None, typer.Option(help="Time of the note (ISO-8601, UTC unless an offset; default now).")
     ] = None,
+    operator: Annotated[str | None, typer.Option(envvar=OPERATOR_ENV, help=OPERATOR_HELP)] = None,
 ) -> None:
-    """Attach a journal note to a session (accepted until 24 h after the session ended)."""
+    """Attach a journal note, in the operator's name, to a session (accepted until 24 h after the
+    session ended)."""
+    who = operator_name(operator)
     path = course_db if course_db is not None else default_course_path()
     when = _parse_time(at) or _dt.datetime.now(_dt.UTC)
     try:
         with CourseHistory.open(path) as history:
-            note = history.add_note(session, text, when)
+            note = history.add_note(session, text, when, who=who)
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None
     result(f"note added to session {note.session_id} at {_short(note.at)}")

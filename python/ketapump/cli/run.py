@@ -5,6 +5,7 @@ record must verify, and the order and the pump must be the recorded ones."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -44,8 +45,11 @@ from ketapump.cli.common import (
     EXIT_INTERLOCK,
     EXIT_LINK_LOST,
     EXIT_OPERATOR_STOP,
+    OPERATOR_ENV,
+    OPERATOR_HELP,
     PUMP_HELP,
     fail,
+    operator_name,
     progress_console,
     result,
     result_json,
@@ -94,13 +98,19 @@ def run(
         bool,
         typer.Option("--debug", help="Trace the transports (and pymodbus's own logging) in diagnostics."),
     ] = False,
+    operator: Annotated[
+        str | None,
+        typer.Option(envvar=OPERATOR_ENV, help=OPERATOR_HELP, show_default="none: an engineering run"),
+    ] = None,
 ) -> None:
-    """Run a plain infusion on any pump and record it in a hash-chained audit log.
+    """Run a plain infusion on any pump and record it in a hash-chained audit log (with the operator's
+    name, when given: who started it, and who stopped it).
 
     Exit codes: 0 complete, 3 stopped by an interlock or pump alarm, 4 stopped by the operator,
     5 link lost mid-run (state link_lost), 2 usage, 65 invalid data or a resume its record does not
     support, 69 pump unreachable, 73 the audit log cannot be created, 74 audit log unwritable.
     """
+    who = operator_name(operator, required=False)
     console = progress_console()
     path = log or default_log_path()
     try:
@@ -145,8 +155,10 @@ def run(
     configure_diagnostics(diagnostics if diagnostics else sys.stderr)
     set_diagnostic_levels(debug)
     events = audit_logger(writer, session_id=session_id, pump=pump)
+    if who is not None:
+        events.info("run_operator", operator=who)
     try:
-        outcome = asyncio.run(_run(driver, config, clock, events, plan, recorded, console, json_output))
+        outcome = asyncio.run(_run(driver, config, clock, events, plan, recorded, console, json_output, who))
     except ConfigurationError as e:
         raise fail(str(e), os.EX_DATAERR) from e
     except RecoveryError as e:
@@ -204,6 +216,7 @@ async def _run(
     recorded: SessionRecord | None,
     console: Console,
     quiet: bool,
+    who: str | None = None,
 ) -> RunResult:
     recovered = 0.0
     if recorded is not None:
@@ -218,7 +231,7 @@ async def _run(
         signals = (signal.SIGINT, signal.SIGTERM)
         aio = asyncio.get_running_loop()
         for sig in signals:
-            aio.add_signal_handler(sig, loop.request_stop)
+            aio.add_signal_handler(sig, functools.partial(loop.request_stop, who=who))
         try:
             return await loop.run(plan, recovered_ml=recovered)
         finally:

@@ -3,19 +3,36 @@
 Owns the protocol files and dose arithmetic (:mod:`~ketapump.clinical.protocol`), the drug library and
 its limit checks (:mod:`~ketapump.clinical.druglib`, the comparisons run in the Rust core), vitals feeds
 and the vitals gate (:mod:`~ketapump.clinical.vitals`), the course history
-(:mod:`~ketapump.clinical.course`), the session engine (:mod:`~ketapump.clinical.session`) and the
+(:mod:`~ketapump.clinical.course`), the session engine (:mod:`~ketapump.clinical.session`) with the
+operator's commands (:mod:`~ketapump.clinical.commands`, :mod:`~ketapump.clinical.bedside`), who holds
+the pump (:mod:`~ketapump.clinical.holds`) and slowing down (:mod:`~ketapump.clinical.pacing`), and the
 report and plots (:mod:`~ketapump.clinical.report`). It imports the bridge and wire layers and the floor;
 the faces above it (CLI, console, public API) drive the session engine and hold no clinical logic. Other
 layers import it through this module: the names below, or its modules as namespaces.
 """
 
-from ketapump.clinical import course, druglib, events, protocol, report, runner, session, vitals
+from ketapump.clinical import (
+    bedside,
+    commands,
+    course,
+    druglib,
+    events,
+    holds,
+    pacing,
+    protocol,
+    report,
+    runner,
+    session,
+    vitals,
+)
+from ketapump.clinical.commands import ACTIONS, OPERATOR_NAME_MAX, check_operator_name
 from ketapump.clinical.course import CourseHistory, CourseSummary, default_course_path
 from ketapump.clinical.druglib import DrugLibrary, LimitFinding, load_library
 from ketapump.clinical.events import (
     ActionTaken,
     AlarmRaised,
     FindingReported,
+    HoldChanged,
     PhaseChanged,
     QuestionAnswered,
     QuestionAsked,
@@ -27,6 +44,7 @@ from ketapump.clinical.events import (
 )
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
 from ketapump.clinical.runner import (
+    DEMO_OPERATOR,
     SessionOutcome,
     SessionRunner,
     SessionSetup,
@@ -38,6 +56,7 @@ from ketapump.clinical.session import (
     Operator,
     Phase,
     Question,
+    ScheduledCommand,
     ScriptedOperator,
     Session,
     SessionAbortedError,
@@ -55,6 +74,9 @@ from ketapump.clinical.vitals import (
 )
 
 __all__ = [
+    "ACTIONS",
+    "DEMO_OPERATOR",
+    "OPERATOR_NAME_MAX",
     "PENDING",
     "ActionTaken",
     "AlarmRaised",
@@ -65,6 +87,7 @@ __all__ = [
     "DosePlan",
     "DrugLibrary",
     "FindingReported",
+    "HoldChanged",
     "LimitFinding",
     "MonitorSettings",
     "Operator",
@@ -76,6 +99,7 @@ __all__ = [
     "QuestionAnswered",
     "QuestionAsked",
     "RecordWritten",
+    "ScheduledCommand",
     "ScriptedMonitor",
     "ScriptedOperator",
     "Session",
@@ -90,14 +114,19 @@ __all__ = [
     "Tick",
     "VitalsFeed",
     "VitalsRead",
+    "bedside",
+    "check_operator_name",
+    "commands",
     "course",
     "default_course_path",
     "demo_patient",
     "druglib",
     "events",
+    "holds",
     "load_library",
     "load_patient_script",
     "load_protocol",
+    "pacing",
     "plan_dose",
     "prepare_demo",
     "prepare_session",

@@ -1,11 +1,11 @@
 """What a running session tells its faces: typed events, and the stream that carries them.
 
-The session engine (:class:`ketapump.clinical.session.Session`) emits one of these for everything a face
-shows or records: the phase, each control tick's telemetry, every finding, question, answer, operator
-action, alarm and course-history record, and the end. The CLI turns them into a progress bar and a
-summary; the console streams them to browsers; the public API hands them to callbacks. None of them is
-the audit log: that keeps its own records (stable event names, hash-chained), written by the engine
-beside these events.
+The session engine (:class:`ketapump.clinical.session.Session`) emits one of these for everything a
+face shows or records: the phase, each control tick's telemetry, every finding, question, answer,
+operator action, change of who holds the pump, alarm and course-history record, and the end. The
+CLI turns them into a progress bar and a summary; the console streams them to browsers; the public
+API hands them to callbacks. None of them is the audit log: that keeps its own records (stable event
+names, hash-chained), written by the engine beside these events.
 
 Each event carries ``session_id``, ``t_s`` (seconds on the session's clock since the session began) and
 ``kind`` (a stable name); :meth:`SessionEvent.as_dict` is its JSON form.
@@ -29,8 +29,9 @@ from typing import Any, ClassVar, Literal
 
 _log = logging.getLogger("ketapump.session")
 
-#: Who acted: the channel an operator's command came through.
-Source = Literal["cli", "signal", "script", "api", "web", "engine"]
+#: The channel an action came through: a face's (``keys``: the terminal's keys during a CLI session), or
+#: ``engine`` for the session's own (the vitals gate, the protocol).
+Source = Literal["cli", "signal", "keys", "script", "api", "web", "engine"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,11 +71,18 @@ class Tick(SessionEvent):
     pressure_mmhg: float
     occlusion_threshold_mmhg: float
     alarms: tuple[str, ...]
-    #: Who holds the pump paused (``operator``, ``vitals``), or ``None``.
-    paused_by: str | None
+    #: Who holds the pump paused, in order (``operator``, ``vitals``, ``limit``: the maximum duration);
+    #: empty while nothing does. The pump follows within one control tick.
+    paused_by: tuple[str, ...]
     #: Seconds since the current phase began.
     phase_elapsed_s: float
     vitals: Mapping[str, float] = field(default_factory=dict)
+    #: The plan's rate at this point of its schedule, and the rate the session has programmed (lower
+    #: while the operator has slowed the infusion); NaN outside the infusion.
+    planned_rate_ml_h: float = math.nan
+    programmed_rate_ml_h: float = math.nan
+    #: While the vitals hold the pump: how long every condition has been clear (``None``: not clear).
+    vitals_clear_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +130,9 @@ class QuestionAnswered(SessionEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class ActionTaken(SessionEvent):
-    """An operator's command, and whether the session carried it out (``accepted``) or why not."""
+    """An operator's command, and whether the session carried it out (``accepted``) or why not;
+    ``detail`` holds its arguments and what it did (a new rate and when the infusion now ends, the
+    holders left, …)."""
 
     kind: ClassVar[str] = "action"
     action: str
@@ -131,6 +141,22 @@ class ActionTaken(SessionEvent):
     operator: str | None
     accepted: bool
     why: str = ""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HoldChanged(SessionEvent):
+    """Who holds the pump paused changed: ``actor`` (``operator``, ``vitals``, ``protocol``) added
+    ``added`` or released ``released``, leaving ``holders``; ``operator`` names the person when the
+    actor is one."""
+
+    kind: ClassVar[str] = "hold"
+    holders: tuple[str, ...]
+    added: str | None
+    released: tuple[str, ...]
+    actor: str
+    operator: str | None
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,7 +171,7 @@ class AlarmRaised(SessionEvent):
 @dataclass(frozen=True, kw_only=True)
 class RecordWritten(SessionEvent):
     """A course-history record was committed (``patient``, ``session_begun``, ``override``, ``alarm``,
-    ``session_ended``)."""
+    ``action``, ``observation``, ``medication``, ``session_ended``)."""
 
     kind: ClassVar[str] = "record"
     record: str
@@ -232,6 +258,7 @@ __all__ = [
     "AlarmRaised",
     "EventStream",
     "FindingReported",
+    "HoldChanged",
     "PhaseChanged",
     "QuestionAnswered",
     "QuestionAsked",

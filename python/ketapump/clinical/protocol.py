@@ -16,6 +16,7 @@ period and the checklists. ``schema_version = 1``::
     mg_per_kg = 0.5
     weight_basis = "actual"            # actual | ideal | adjusted (the last two need height and sex)
     duration_min = 40.0                # or rate_ml_h, not both
+    max_duration_min = 60.0            # a slowed or paused infusion ends here unless the operator continues
 
     [[phases]]                         # optional; their durations add up to the dose's duration
     kind = "ramp"                      # ramp | hold | taper
@@ -38,6 +39,9 @@ period and the checklists. ``schema_version = 1``::
     [checklists]
     pre = ["..."]
     discharge = ["..."]
+
+    [session]
+    allow_anonymous = false            # true only for QA runs: a session without an operator's name
 
 Every problem in a file is reported at once with its dotted path (:class:`ProtocolError`). The dose
 arithmetic here is plain arithmetic; whether the result is allowed is the drug library's decision
@@ -82,11 +86,22 @@ class DoseSpec(_Strict):
     adjusted_factor: float = Field(default=0.4, ge=0, le=1, allow_inf_nan=False)
     duration_min: Positive | None = None
     rate_ml_h: Positive | None = None
+    #: The longest the infusion may last, pauses and slowing included (``None``: the drug library's hard
+    #: maximum duration). At it the session stops delivering and asks whether to continue.
+    max_duration_min: Positive | None = None
 
     @model_validator(mode="after")
     def _duration_or_rate(self) -> DoseSpec:
         if (self.duration_min is None) == (self.rate_ml_h is None):
             raise ValueError("give exactly one of duration_min and rate_ml_h")
+        if (
+            self.duration_min is not None
+            and self.max_duration_min is not None
+            and self.max_duration_min < self.duration_min
+        ):
+            raise ValueError(
+                f"max_duration_min ({self.max_duration_min:g}) is below duration_min ({self.duration_min:g})"
+            )
         return self
 
 
@@ -153,6 +168,11 @@ class Checklists(_Strict):
     ]
 
 
+class SessionSpec(_Strict):
+    #: A session may run without an operator's name: for QA runs only, never a clinical protocol.
+    allow_anonymous: bool = Field(default=False, strict=True)
+
+
 class Protocol(_Strict):
     schema_version: Literal[1]
     name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -166,6 +186,7 @@ class Protocol(_Strict):
     vitals: dict[str, Any] = {}
     observation: ObservationSpec = ObservationSpec()
     checklists: Checklists = Checklists()
+    session: SessionSpec = SessionSpec()
 
     @field_validator("vitals")
     @classmethod
@@ -282,6 +303,8 @@ class DosePlan:
     syringe_diameter_mm: float
     syringe_fill_ml: float
     segments: tuple[Segment, ...]
+    #: The protocol's maximum duration (``None``: none of its own; the drug library's applies).
+    max_duration_min: float | None = None
 
     def rate_at(self, t_s: float) -> float:
         """The planned rate (mL/h) ``t_s`` seconds into the infusion."""
@@ -322,6 +345,7 @@ class DosePlan:
             "syringe": self.syringe,
             "syringe_capacity_ml": self.syringe_capacity_ml,
             "syringe_fill_ml": self.syringe_fill_ml,
+            "max_duration_min": self.max_duration_min,
             "phases": [
                 {
                     "kind": s.kind,
@@ -380,6 +404,12 @@ def plan_dose(protocol: Protocol, patient: Patient) -> DosePlan:
     else:
         assert protocol.dose.rate_ml_h is not None
         duration_min = volume / protocol.dose.rate_ml_h * 60.0
+    max_duration = protocol.dose.max_duration_min
+    if max_duration is not None and duration_min > max_duration:
+        raise ConfigurationError(
+            "dose.max_duration_min",
+            f"is {max_duration:g} min but the dose at rate_ml_h takes {duration_min:.1f} min",
+        )
     mean_rate = volume / (duration_min / 60.0)
     segments = _segments(protocol, volume, duration_min)
     capacity, diameter = _syringe(protocol.syringe.name)
@@ -410,6 +440,7 @@ def plan_dose(protocol: Protocol, patient: Patient) -> DosePlan:
         syringe_diameter_mm=diameter,
         syringe_fill_ml=fill,
         segments=segments,
+        max_duration_min=max_duration,
     )
 
 

@@ -51,7 +51,13 @@ COLORS: dict[str, str] = {
     "dbp": "#1f77b4",
     "hr": "#ff7f0e",
     "spo2": "#17becf",
+    "rr": "#2ca02c",
+    "etco2": "#9467bd",
+    "planned_rate": "#7f7f7f",
+    "slowed": "#f4b6c2",
 }
+#: Marks of the actions on the time axis, by actor.
+ACTOR_COLORS: dict[str, str] = {"operator": "#4b0082", "vitals": "#b00020", "protocol": "#8c564b"}
 #: Phase shading, in order of first appearance.
 PHASE_COLORS = ("#fde9c9", "#d8ecd5", "#d5e3f0", "#eadcf0", "#f6d5d5", "#e5e5e5")
 #: Event markers by kind, in colours no series uses; other kinds are drawn in grey.
@@ -97,6 +103,13 @@ class SeriesPoint:
     dbp: float = NAN
     hr: float = NAN
     spo2: float = NAN
+    rr: float = NAN
+    etco2: float = NAN
+    #: The plan's rate at this point of its schedule, and the rate programmed (lower while slowed).
+    planned_rate_ml_h: float = NAN
+    programmed_rate_ml_h: float = NAN
+    #: Who holds the pump paused (``operator+vitals``…; empty: nobody).
+    held_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +123,8 @@ class SeriesEvent:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(SeriesPoint))
+#: The fields that hold text; every other one is a number.
+_TEXT_FIELDS = frozenset({"phase", "held_by"})
 
 
 # ----- the data ----------------------------------------------------------------------------------
@@ -141,8 +156,11 @@ def read_series_csv(path: Path) -> list[SeriesPoint]:
             if len(row) != len(FIELDS):
                 raise ConfigurationError(f"{path}:{n}:", f"has {len(row)} columns, not {len(FIELDS)}")
             try:
-                values = [float(v) if v else NAN for v in row[2:]]
-                points.append(SeriesPoint(float(row[0]), row[1], *values))
+                values = {
+                    name: cell if name in _TEXT_FIELDS else (float(cell) if cell or name == "t_s" else NAN)
+                    for name, cell in zip(FIELDS, row, strict=True)
+                }
+                points.append(SeriesPoint(**values))  # type: ignore[arg-type]
             except ValueError:
                 raise ConfigurationError(f"{path}:{n}:", "has a value that is not a number") from None
     return points
@@ -197,16 +215,88 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _timeline(
+    actions: Sequence[Mapping[str, Any]],
+    observations: Sequence[Mapping[str, Any]],
+    medications: Sequence[Mapping[str, Any]],
+) -> list[tuple[float, str, str, bool]]:
+    """Every action, observation and medication as (time s, label naming the actor and the reason,
+    colour, carried out)."""
+    marks: list[tuple[float, str, str, bool]] = []
+    for a in actions:
+        t = _seconds(a, _TIME_KEYS)
+        recorded = a.get("action") in {"record_observation", "give_medication"} and a.get("accepted", True)
+        if t is None or (recorded and (observations or medications)):
+            continue  # listed below with what was seen or given
+        reason = f": {a['reason']}" if a.get("reason") else ""
+        refused = "" if a.get("accepted", True) else f" — refused ({a.get('why', '')})"
+        label = f"{a.get('action')} by {a.get('by', a.get('actor', '?'))}{reason}{refused}"
+        color = ACTOR_COLORS.get(str(a.get("actor")), "#555555")
+        marks.append((t, label, color, bool(a.get("accepted", True))))
+    for o in observations:
+        t = _seconds(o, _TIME_KEYS)
+        if t is not None:
+            value = "" if o.get("value") is None else f" {_text(o.get('value'))}"
+            marks.append((t, f"{o.get('kind')}{value} by {o.get('by', '?')}", ACTOR_COLORS["operator"], True))
+    for m in medications:
+        t = _seconds(m, _TIME_KEYS)
+        if t is not None:
+            given = f"{m.get('drug')} {_text(m.get('dose'))} {m.get('unit')} {m.get('route')}"
+            marks.append((t, f"{given} by {m.get('by', '?')}", ACTOR_COLORS["operator"], True))
+    return sorted(marks, key=lambda mark: mark[0])
+
+
+def _figure_with_timeline(marks: Sequence[tuple[float, str, str, bool]]) -> tuple[Figure, Axes]:
+    """A plot, and below it (when there are actions) the numbered list of what was done, by whom and
+    why; each number marks its moment on the plot's time axis."""
+    if not marks:
+        fig, (ax,) = _figure()
+        return fig, ax
+    rows = math.ceil(len(marks) / 2)
+    fig = Figure(figsize=(10, 4.5 + 0.16 * rows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, notes = fig.subplots(2, 1, height_ratios=[4.5, 0.16 * rows + 0.1])
+    notes.axis("off")
+    for n, (t, label, color, accepted) in enumerate(marks, start=1):
+        x = t / 60.0
+        ax.axvline(x, color=color, linestyle="-" if accepted else ":", linewidth=1.0, zorder=2)
+        ax.annotate(str(n), xy=(x, 1.0), xycoords=("data", "axes fraction"), fontsize=7, color=color,
+                    ha="center", va="bottom", xytext=(0, 1), textcoords="offset points")  # fmt: skip
+        column, row = divmod(n - 1, rows)
+        notes.text(0.5 * column, 1.0 - (row + 0.5) / rows, f"{n}  {_clock(t)}  {label}", fontsize=7,
+                   color=color, va="center", ha="left", transform=notes.transAxes, clip_on=True)  # fmt: skip
+    return fig, ax
+
+
+def _spans(t_s: np.ndarray, flags: np.ndarray) -> list[tuple[float, float]]:
+    """The runs of consecutive points where ``flags`` holds, as (start s, end s)."""
+    spans: list[tuple[float, float]] = []
+    start: float | None = None
+    for i, flag in enumerate(flags):
+        if flag and start is None:
+            start = float(t_s[i])
+        if start is not None and (not flag or i == len(flags) - 1):
+            spans.append((start, float(t_s[i])))
+            start = None
+    return spans
+
+
 def write_plots(
     points: Sequence[SeriesPoint],
     events: Sequence[SeriesEvent],
     out_dir: Path,
     *,
     thresholds: VitalsThresholds | None = None,
+    actions: Sequence[Mapping[str, Any]] = (),
+    observations: Sequence[Mapping[str, Any]] = (),
+    medications: Sequence[Mapping[str, Any]] = (),
 ) -> list[Path]:
     """Four PNGs in ``out_dir`` (see :data:`PLOT_FILES`): dose, rate, pressure and vitals, in that order.
 
-    ``thresholds`` are the vital-sign limits drawn (the shipped defaults if not given).
+    ``thresholds`` are the vital-sign limits drawn (the shipped defaults if not given). ``actions``,
+    ``observations`` and ``medications`` (records with a time, as in the session's summary) are marked
+    on the time axis of the dose and rate plots with their actor and reason; the rate plot shades the
+    spans the infusion ran slowed and hatches those it was held.
     """
     if not points:
         raise ConfigurationError("points", "is empty: there is nothing to plot")
@@ -214,9 +304,10 @@ def write_plots(
     out_dir.mkdir(parents=True, exist_ok=True)
     t_min = _column(points, "t_s") / 60.0
     spans = phase_spans(points)
+    marks = _timeline(actions, observations, medications)
     paths: list[Path] = []
 
-    fig, (ax,) = _figure()
+    fig, ax = _figure_with_timeline(marks)
     _decorate(ax, spans, events, legend=True)
     ax.plot(t_min, _column(points, "delivered_mg"), color=COLORS["delivered"], linewidth=3, label="delivered")
     ax.plot(t_min, _column(points, "programmed_mg"), color=COLORS["programmed"], linestyle="--",
@@ -226,14 +317,28 @@ def write_plots(
     _finish(ax)
     paths.append(_save(fig, out_dir / PLOT_FILES["dose"]))
 
-    fig, (ax,) = _figure()
+    fig, ax = _figure_with_timeline(marks)
     _decorate(ax, spans, events, legend=True)
+    t_s = _column(points, "t_s")
+    planned, programmed = _column(points, "planned_rate_ml_h"), _column(points, "programmed_rate_ml_h")
+    with np.errstate(invalid="ignore"):
+        slowed = programmed < planned * (1.0 - 1e-6)
+    for n, (start, end) in enumerate(_spans(t_s, slowed)):
+        ax.axvspan(start / 60.0, end / 60.0, color=COLORS["slowed"], linewidth=0, zorder=0.5,
+                   label="slowed by the operator" if n == 0 else None)  # fmt: skip
+    held = np.array([bool(p.held_by) for p in points])
+    for n, (start, end) in enumerate(_spans(t_s, held)):
+        ax.axvspan(start / 60.0, end / 60.0, facecolor="none", edgecolor="#555555", hatch="//",
+                   linewidth=0, zorder=0.6, label="held (paused)" if n == 0 else None)  # fmt: skip
+    if not np.all(np.isnan(planned)):
+        ax.plot(t_min, planned, color=COLORS["planned_rate"], linestyle="--", linewidth=1.2,
+                drawstyle="steps-post", label="plan")  # fmt: skip
     ax.plot(t_min, _column(points, "commanded_rate_ml_h"), color=COLORS["commanded"], linewidth=2,
             drawstyle="steps-post", label="commanded")  # fmt: skip
     ax.plot(t_min, _column(points, "measured_rate_ml_h"), color=COLORS["measured"], linewidth=1.5,
             label="measured")  # fmt: skip
     ax.set_ylabel("rate (mL/h)")
-    ax.set_title("Commanded and measured rate")
+    ax.set_title("Commanded and measured rate against the plan")
     _finish(ax)
     paths.append(_save(fig, out_dir / PLOT_FILES["rate"]))
 
@@ -248,12 +353,17 @@ def write_plots(
     _finish(ax)
     paths.append(_save(fig, out_dir / PLOT_FILES["pressure"]))
 
-    fig, axes = _figure(rows=3, height_in=8.0)
     panels: list[tuple[tuple[Channel, ...], str]] = [
         (("sbp", "dbp"), "mmHg"),
         (("hr",), "bpm"),
         (("spo2",), "%"),
     ]
+    # The capnograph's channels, when the session had them.
+    capnograph: tuple[tuple[Channel, str], ...] = (("rr", "/min"), ("etco2", "mmHg"))
+    panels += [
+        ((channel,), unit) for channel, unit in capnograph if not np.all(np.isnan(_column(points, channel)))
+    ]
+    fig, axes = _figure(rows=len(panels), height_in=8.0 + 2.0 * (len(panels) - 3))
     for i, (ax, (channels, unit)) in enumerate(zip(axes, panels, strict=True)):
         _decorate(ax, spans, events, legend=i == 0)
         for channel in channels:
@@ -264,10 +374,10 @@ def write_plots(
             x, y = (t_min[have], values[have]) if sparse else (t_min, values)
             ax.plot(x, y, color=COLORS[channel], linewidth=1.5, marker="o" if sparse else None,
                     markersize=4, label=LABELS[channel])  # fmt: skip
-            limit = limits.limit(channel)
-            sign = "<" if channel == "spo2" else "≥"
-            ax.axhline(limit, color=COLORS[channel], linestyle="--", linewidth=1,
-                       label=f"alarm {LABELS[channel]} {sign} {limit:g}")  # fmt: skip
+            for limit, sign in zip(limits.limits(channel), ("<", "≥"), strict=True):
+                if limit is not None:
+                    ax.axhline(limit, color=COLORS[channel], linestyle="--", linewidth=1,
+                               label=f"alarm {LABELS[channel]} {sign} {limit:g}")  # fmt: skip
         ax.set_ylabel(unit)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper left", fontsize="x-small", ncol=2, framealpha=0.8)
@@ -430,6 +540,8 @@ def _summary_rows(summary: Mapping[str, Any], points: Sequence[SeriesPoint]) -> 
         ["Duration", _clock(duration)],
         ["Outcome", _text(summary.get("outcome"))],
     ]
+    if "operator" in summary:
+        rows.insert(2, ["Operator", _text(summary["operator"] or "(anonymous QA run)")])
     if "baseline" in summary:
         rows.append(["Baseline vitals", _text(summary["baseline"])])
     if "observation_min" in summary:
@@ -457,7 +569,7 @@ _KNOWN_KEYS = {
     "title", "session_id", "patient", "protocol", "plan", "programmed_mg", "delivered_mg", "programmed_ml",
     "delivered_ml", "error_pct", "started_at", "ended_at", "duration_s", "outcome", "baseline",
     "observation_min", "notes", "phases", "alarms", "pauses", "confirmations", "audit_log", "log",
-    "log_verified",
+    "log_verified", "operator", "actions", "observations", "medications",
 }  # fmt: skip
 
 
@@ -491,6 +603,14 @@ def _blocks(
         else:
             table = _events_table(events, kinds)
         blocks += [("h2", title), ("table", table)]
+    # Who did what, when and why: every action on the infusion, and what was seen and given.
+    for title, key in (
+        ("Actions", "actions"),
+        ("Observations", "observations"),
+        ("Medications", "medications"),
+    ):
+        if key in summary:
+            blocks += [("h2", title), ("table", _record_table(summary[key]))]
     blocks += [("h2", "Audit log"), ("table", (["", ""], _audit_rows(summary)))]
     other = [[str(k), _text(v)] for k, v in summary.items() if k not in _KNOWN_KEYS]
     if other:
@@ -601,8 +721,9 @@ def write_report(
       ``started_at``, ``ended_at`` (wall-clock text), ``baseline``, ``observation_min``, ``notes``;
     - ``phases``: records with ``name`` or ``phase``, a start (``start_s`` or ``start_min``) and
       optionally an end (``end_s``/``end_min``; else the next phase's start);
-    - ``alarms``, ``pauses``, ``confirmations``: records with a time (``t_s`` or ``t_min``) and any
-      other fields (``detail``, ``reason``, ``by``, ``resumed_min`` …), each shown as a column;
+    - ``alarms``, ``pauses``, ``confirmations``, ``actions``, ``observations``, ``medications``:
+      records with a time (``t_s`` or ``t_min``) and any other fields (``detail``, ``reason``, ``by``,
+      ``resumed_min`` …), each shown as a column; ``operator``;
     - ``audit_log`` (``path``, ``verified``, ``detail``), or ``log`` and ``log_verified``.
 
     Any other key is listed under "Other".
@@ -610,7 +731,10 @@ def write_report(
     if fmt not in ("md", "html"):
         raise ConfigurationError("fmt", f"must be 'md' or 'html', not {fmt!r}")
     if plots is None:
-        plots = write_plots(points, events, out_dir, thresholds=thresholds)
+        plots = write_plots(
+            points, events, out_dir, thresholds=thresholds, actions=summary.get("actions", ()),
+            observations=summary.get("observations", ()), medications=summary.get("medications", ()),
+        )  # fmt: skip
     if len(plots) != len(PLOT_FILES):
         raise ConfigurationError("plots", f"must be the {len(PLOT_FILES)} plots of write_plots")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from ketapump.bridge import (
     verify,
 )
 from ketapump.clinical import druglib, report
+from ketapump.clinical.commands import check_operator_name
 from ketapump.clinical.course import SCHEMA_VERSION, CourseHistory, normalise_patient_id
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
 from ketapump.clinical.session import (
@@ -63,6 +64,8 @@ from ketapump.wire import PumpDriver, split_url
 #: The demo's patient: weight and height of ``data/patients/demo.toml``'s scripted monitor.
 DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="male")
 DEMO_PROTOCOL = "ketamine-depression"
+#: The demo's operator: the scripted nurse of ``data/patients/demo.toml``.
+DEMO_OPERATOR = "demo operator"
 
 
 @dataclass
@@ -88,6 +91,8 @@ class SessionSetup:
     #: The demo's own records, recreated on each run (never a real course history).
     throwaway_records: bool = False
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: The operator running the session (``None`` only where the protocol allows anonymous QA runs).
+    operator_name: str | None = None
 
 
 def vitals_feed(source: str) -> VitalsFeed:
@@ -114,15 +119,18 @@ def prepare_session(
     log: Path | None = None,
     out: Path = Path("ketapump-session"),
     time_scale: float | None = None,
+    operator_name: str | None = None,
 ) -> SessionSetup:
     """Validates a session request (see the module docstring). ``time_scale`` runs a ``sim://`` pump at
-    that many pump seconds per real second (``None``: virtual time) or follows a hw-sim started with it."""
+    that many pump seconds per real second (``None``: virtual time) or follows a hw-sim started with it.
+    ``operator_name`` is required unless the protocol allows anonymous QA runs."""
     try:
         patient = replace(patient, patient_id=normalise_patient_id(patient.patient_id))
     except CourseError as e:
         raise ConfigurationError("patient", e.problem if "patient id" in e.subject else str(e)) from e
     log_path = log or default_log_path()
     proto = load_protocol(protocol)
+    operator_name = _operator_name(operator_name, proto)
     plan = plan_dose(proto, patient)
     lib = druglib.load_library(library)
     lib.drug(plan.drug)
@@ -154,15 +162,35 @@ def prepare_session(
         db_path=course_db,
         out=out,
         loop_settings=settings,
+        operator_name=operator_name,
     )
 
 
-def prepare_demo(*, out: Path, seed: int = 0, time_scale: float | None = None) -> SessionSetup:
+def _operator_name(name: str | None, protocol: Protocol) -> str | None:
+    """The operator's name, checked; refused when missing unless the protocol allows anonymous runs."""
+    if name is None:
+        if protocol.session.allow_anonymous:
+            return None
+        raise ConfigurationError(
+            "operator",
+            f"is required: protocol {protocol.name!r} does not allow a session without its operator's name",
+        )
+    try:
+        return check_operator_name(name)
+    except ValueError as e:
+        raise ConfigurationError("operator", str(e)) from None
+
+
+def prepare_demo(
+    *, out: Path, seed: int = 0, time_scale: float | None = None, operator_name: str = DEMO_OPERATOR
+) -> SessionSetup:
     """The demo: the standard protocol for the 70 kg demo patient on the in-process simulator, its
     records (audit log, course history) in ``out`` and recreated on each run. ``time_scale`` runs it at
     that many pump seconds per real second (``None``: virtual time); its control period and pump watchdog
     come from the same arithmetic as any run's, and a scale the loop cannot hold is refused
-    (:class:`~ketapump.errors.ConfigurationError`, field ``--time-scale``)."""
+    (:class:`~ketapump.errors.ConfigurationError`, field ``--time-scale``). The demo patient's scripted
+    nurse acts at the chair (``[[nurse]]`` in ``data/patients/demo.toml``: a slow-down for nausea with an
+    antiemetic, then the plan's rate again) in ``operator_name``'s name."""
     protocol = load_protocol(DEMO_PROTOCOL)
     plan = plan_dose(protocol, DEMO_PATIENT)
     scale = 1.0 if time_scale is None else time_scale
@@ -181,13 +209,14 @@ def prepare_demo(*, out: Path, seed: int = 0, time_scale: float | None = None) -
         driver=driver,
         clock=clock,
         vitals=ScriptedMonitor(seeded),
-        operator=ScriptedOperator(),
+        operator=ScriptedOperator.from_script(seeded),
         pump_url="sim://",
         log_path=out / "audit.jsonl",
         db_path=out / "course.sqlite3",
         out=out,
         loop_settings=dict(loop_settings(period, defaults)),
         throwaway_records=True,
+        operator_name=_operator_name(operator_name, protocol),
     )
 
 
@@ -226,11 +255,15 @@ class SessionOutcome:
         return {
             "session_id": r.session_id,
             "outcome": r.outcome,
+            "operator": r.operator,
             "programmed_mg": r.programmed_mg,
             "delivered_mg": r.delivered_mg,
             "error_pct": r.summary()["error_pct"],
             "alarms": r.alarms,
             "pauses": r.pauses,
+            "actions": r.actions,
+            "observations": r.observations,
+            "medications": r.medications,
             "confirmations": r.confirmations,
             "observation_min": r.observation_min,
             "discharge_confirmed": r.discharge_confirmed,
@@ -274,6 +307,7 @@ class SessionRunner:
                 calendar_origin=origin - datetime.timedelta(seconds=setup.clock.now()),
                 audit_path=str(setup.log_path),
                 loop_settings=setup.loop_settings,
+                operator_name=setup.operator_name,
             )
         )
 
@@ -315,7 +349,15 @@ class SessionRunner:
         finally:
             self._close_records()
         verified = verify(setup.log_path)
-        plots = report.write_plots(result.points, result.events, setup.out, thresholds=result.thresholds)
+        plots = report.write_plots(
+            result.points,
+            result.events,
+            setup.out,
+            thresholds=result.thresholds,
+            actions=result.actions,
+            observations=result.observations,
+            medications=result.medications,
+        )
         outcome = SessionOutcome(
             result=result,
             log_path=setup.log_path,
@@ -364,6 +406,7 @@ class SessionRunner:
 
 
 __all__ = [
+    "DEMO_OPERATOR",
     "DEMO_PATIENT",
     "DEMO_PROTOCOL",
     "SessionOutcome",

@@ -4,27 +4,30 @@
 
     plan ──▶ PRECHECK ──▶ TAKE_UP ──▶ INFUSION ──▶ OBSERVATION ──▶ DISCHARGE ──▶ COMPLETE
              │ limits       │ slack      │ ▲            │ ≥ min_minutes and
-             │ baseline     │ taken up   │ │ resume     │ vitals within band
+             │ baseline     │ taken up   │ │ released   │ vitals within band
              │ checklist    ▼            ▼ │            │ (or max_minutes: the clinician decides)
-             │           (kernel)      PAUSED ◀── vitals alarm, operator pause
+             │           (kernel)      HELD by {operator, vitals, limit} (see ketapump.clinical.holds)
              ▼
           ABORTED  ◀── a hard limit, an unconfirmed soft limit or checklist item (nothing delivered)
 
 **One engine, many faces.** :class:`Session` is the only implementation of a clinical session. Commands
-go in — :meth:`Session.pause`, :meth:`~Session.resume`, :meth:`~Session.stop`,
-:meth:`~Session.acknowledge`, :meth:`~Session.end_observation`, :meth:`~Session.answer` — each with a
-reason, its source (``cli``,
-``signal``, ``api``, ``web``, ``script``) and the operator's name; typed events come out
-(:mod:`ketapump.clinical.events`: phase, tick telemetry, vitals, findings, questions and answers, actions,
-alarms, course records, the end) to every subscriber of :meth:`Session.subscribe`. The engine never
-prints, never installs signal handlers and knows nothing of typer, HTTP or terminals: the CLI, the
-console and the public API are adapters that turn their input into commands and the events into output.
-A command is queued and carried out at the next control tick (within one control period); its
-:class:`~ketapump.clinical.events.ActionTaken` event says whether it was carried out, or why not.
+go in — :meth:`Session.pause`, :meth:`~Session.resume`, :meth:`~Session.slow`,
+:meth:`~Session.restore_rate`, :meth:`~Session.stop`, :meth:`~Session.acknowledge`,
+:meth:`~Session.end_observation`, :meth:`~Session.record_observation`,
+:meth:`~Session.give_medication`, :meth:`~Session.answer` — each with a reason, its source (``cli``,
+``signal``, ``keys``, ``api``, ``web``, ``script``) and the operator's name
+(:mod:`ketapump.clinical.commands`); typed events come out (:mod:`ketapump.clinical.events`: phase, tick
+telemetry, vitals, findings, questions and answers, actions, holds, alarms, course records, the end) to
+every subscriber of :meth:`Session.subscribe`. The engine never prints, never installs signal handlers
+and knows nothing of typer, HTTP or terminals: the CLI, the console and the public API are adapters that
+turn their input into commands and the events into output. A command is checked when issued (a
+``ValueError`` names what is wrong) and carried out at the next control tick (within one control
+period); its :class:`~ketapump.clinical.events.ActionTaken` event says whether it was carried out, or
+why not.
 
-Questions (a checklist item, a reason for a soft limit) are events too: the session emits
-:class:`~ketapump.clinical.events.QuestionAsked` and takes the operator's standing answer
-(:meth:`Operator.answer`: a script, the CLI's ``--yes``/``--confirm``), or waits for
+Questions (a checklist item, a reason for a soft limit, whether to go on past the maximum duration) are
+events too: the session emits :class:`~ketapump.clinical.events.QuestionAsked` and takes the operator's
+standing answer (:meth:`Operator.answer`: a script, the CLI's ``--yes``/``--confirm``), or waits for
 :meth:`Session.answer`.
 
 What this module owns, and what it does not:
@@ -34,12 +37,18 @@ What this module owns, and what it does not:
   soft ones need the operator's confirmation with a reason, which is logged and kept in the course
   history. The kernel runs with the configuration the library entry derives for this patient.
 - **The pump is the control loop's** (:class:`ketapump.bridge.loop.ControlLoop`): the session only asks it
-  to pause, resume or change rate (a phase's ramp or taper), and every request passes the kernel.
-- **Vitals gate the infusion.** Each control tick the feed is polled and the gate updated; a crossing or
-  a stale feed pauses the infusion at the next tick (within one control period of the reading) and
-  raises an alarm. The operator resumes once the vitals are back within limits.
-- **Everything is recorded**: every step, answer, confirmation, alarm and pause goes to the audit log
-  (and the course history); the series behind the report's plots is sampled every few seconds.
+  to pause, resume, stop or change rate (a phase's ramp or taper, an operator's slow-down), and every
+  request passes the kernel.
+- **Who holds the pump is explicit** (:class:`~ketapump.clinical.holds.Holds`): an operator's pause is
+  only ever released by an operator; a vitals pause (a crossing past its alarm delay, a stale feed)
+  is released as the protocol says (``vitals.resume``: the operator, or automatically once clear); the
+  maximum duration holds the pump until its question is answered. Every change names its actor.
+- **Slowing re-plans the rest of the dose** (:mod:`ketapump.clinical.pacing`): the dose stays, the
+  infusion lasts longer, within the protocol's maximum duration (and the drug library's hard maximum);
+  at the maximum the session says how much was not given and asks whether to continue or stop.
+- **Everything is recorded**: every step, answer, confirmation, alarm, action, hold, observation and
+  medication goes to the audit log and the course history (with who did it); the series behind the
+  report's plots is sampled every few seconds.
 - **Time is injected**: the session runs on the loop's clock, so a simulated session takes seconds.
 - **Care is never skipped.** A stop ends the infusion, never the observation: once the pump is stopping,
   further stops are recorded and ignored, and the observation ends early only by
@@ -64,12 +73,22 @@ from typing import Protocol as Interface
 from ketapump import _core
 from ketapump.bridge import ControlLoop, EventLog, InfusionPlan, RunResult
 from ketapump.clinical import druglib
+from ketapump.clinical.bedside import bedside
+from ketapump.clinical.commands import (
+    ACTIONS,
+    PUMP_ACTIONS,
+    Action,
+    OperatorCommand,
+    check_operator_name,
+    make_command,
+)
 from ketapump.clinical.course import CourseHistory
 from ketapump.clinical.events import (
     ActionTaken,
     AlarmRaised,
     EventStream,
     FindingReported,
+    HoldChanged,
     PhaseChanged,
     QuestionAnswered,
     QuestionAsked,
@@ -81,10 +100,15 @@ from ketapump.clinical.events import (
     Tick,
     VitalsRead,
 )
+from ketapump.clinical.holds import LIMIT, OPERATOR, VITALS, Change, Holds
+from ketapump.clinical.pacing import PLAN, Pace, time_to_finish, volume_within
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, plan_dose
 from ketapump.clinical.report import SeriesEvent, SeriesPoint
 from ketapump.clinical.vitals import (
     CHANNELS,
+    DISCRETE_CHANNELS,
+    OnDemandVitalsFeed,
+    PatientScript,
     ScriptedMonitor,
     VitalsAlarm,
     VitalsBaseline,
@@ -97,6 +121,7 @@ from ketapump.clinical.vitals import (
 from ketapump.clock import Clock
 from ketapump.config import kernel_config
 from ketapump.errors import (
+    ConfigurationError,
     CourseError,
     CourseRecordNotFoundError,
     KetapumpError,
@@ -113,6 +138,12 @@ RATE_WINDOW_S = 30.0
 OBSERVATION_STEP_S = 1.0
 #: Relative change of the planned rate below which a phase's ramp is not sent to the kernel.
 SCHEDULE_DEADBAND = 0.02
+#: Volume left below which the end of the dose is taken as reached (the kernel ends it within a tick).
+END_OF_DOSE_ML = 0.01
+#: Who may stop the control loop (its run's reason then names them).
+_STOPPERS: Final = frozenset({"operator", "vitals", "protocol"})
+#: Kernel states in which the pump can be held, slowed or released.
+_INFUSING: Final = frozenset({"running", "paused"})
 
 
 class Phase(enum.StrEnum):
@@ -136,8 +167,9 @@ class SessionAbortedError(KetapumpError, RuntimeError):
 
 
 #: What a question takes: ``checklist`` → ``True``/``False``; ``soft_limit`` and ``baseline_vitals`` → the
-#: reason to proceed, or ``None`` to decline.
-QuestionKind = Literal["checklist", "soft_limit", "baseline_vitals"]
+#: reason to proceed, or ``None`` to decline; ``max_duration`` → the reason to continue past the
+#: protocol's maximum duration (to the drug library's hard maximum), or ``None`` to stop there.
+QuestionKind = Literal["checklist", "soft_limit", "baseline_vitals", "max_duration"]
 Answer = bool | str | None
 
 
@@ -164,8 +196,8 @@ class Question:
 
 
 class Operator(Interface):
-    """The person at the chair, as the session sees them: standing answers to its questions, the rules
-    for a vitals pause, and commands issued at any time through the session (:meth:`attach`)."""
+    """The person at the chair, as the session sees them: standing answers to its questions, and
+    commands issued at any time through the session (:meth:`attach`)."""
 
     def attach(self, session: Session) -> None:
         """Called once as the session starts: the operator may now act through its commands."""
@@ -173,70 +205,107 @@ class Operator(Interface):
     def answer(self, question: Question) -> Answer | _Pending:
         """The standing answer to ``question``, or :data:`PENDING` to wait for :meth:`Session.answer`."""
 
-    def resume_after_alarm(self, alarm_clear_s: float) -> bool:
-        """The vitals have been back within limits for ``alarm_clear_s``: resume the infusion?"""
-
     def stop_after_pause(self, paused_s: float) -> bool:
-        """The infusion has been paused by the vitals for ``paused_s``: stop it for good?"""
+        """A vitals condition has held the infusion for ``paused_s`` without clearing: stop it for good?"""
+
+
+@dataclass(frozen=True)
+class ScheduledCommand:
+    """A command a :class:`ScriptedOperator` issues once the infusion has run ``at_s`` seconds."""
+
+    at_s: float
+    action: str
+    reason: str = ""
+    args: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ScriptedOperator:
-    """An :class:`Operator` that answers from a script: the demo's, the tests' and the non-interactive
-    CLI's operator.
+    """An :class:`Operator` that acts from a script: the demo's, the tests' and the non-interactive
+    CLI's operator. Its commands are issued in the session operator's name (or ``name``), with source
+    ``script``.
 
-    ``answers`` maps a checklist item to its answer (default: yes); ``reasons`` maps a limit kind to
-    the reason given for it (default: decline); ``scheduled`` are ``(infusion_s, "pause"|"resume"|
-    "stop", reason)``, issued as commands once the infusion has run that long; after a vitals alarm, the
-    infusion is resumed once the vitals have been back within limits for ``resume_after_s`` (``None``:
-    never), and stopped for good once it has been paused by the vitals for ``stop_after_s``.
+    ``answers`` maps a checklist item to its answer (default: yes); ``reasons`` maps a limit kind (or
+    ``max_duration``) to the reason given for it (default: decline); ``scheduled`` are
+    :class:`ScheduledCommand` (or ``(infusion_s, action, reason)`` tuples), issued as commands once the
+    infusion has run that long. ``resume_after_s`` is the scripted nurse's habit after a vitals pause:
+    resume once the vitals have been clear that long (``None``: never; it never resumes a pause of
+    its own: that is for its script). The vitals holding the infusion for ``stop_after_s`` stops it
+    for good.
     """
 
     answers: Mapping[str, bool] = field(default_factory=dict)
     reasons: Mapping[str, str] = field(default_factory=dict)
-    scheduled: Sequence[tuple[float, str, str]] = ()
+    scheduled: Sequence[ScheduledCommand | tuple[Any, ...]] = ()
     resume_after_s: float | None = 60.0
     stop_after_s: float = 1800.0
+    name: str | None = None
     _session: Session | None = None
-    _pushed: list[tuple[str, str]] = field(default_factory=list)
+    _pushed: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    @classmethod
+    def from_script(cls, script: PatientScript, **settings: Any) -> ScriptedOperator:
+        """The nurse of a patient script: its ``[[nurse]]`` actions, scheduled."""
+        scheduled = [ScheduledCommand(n.at_s, n.action, n.reason, n.args()) for n in script.nurse]
+        return cls(scheduled=scheduled, **settings)
 
     def attach(self, session: Session) -> None:
         self._session = session
         pushed, self._pushed = self._pushed, []
-        for kind, reason in pushed:
-            session.command(kind, reason, source="script")
-        if self.scheduled:
-            pending = deque(sorted(self.scheduled, key=lambda entry: entry[0]))
-            infusion_start: list[float] = []
+        for kind, reason, args in pushed:
+            self._issue(kind, reason, args)
+        pending = deque(sorted((_scheduled(entry) for entry in self.scheduled), key=lambda c: c.at_s))
+        infusion_start: list[float] = []
+        resumed_hold: list[bool] = []
 
-            def issue_due(event: SessionEvent) -> None:
-                if not isinstance(event, Tick) or event.pump_state is None:
+        def on_tick(event: SessionEvent) -> None:
+            if not isinstance(event, Tick):
+                return
+            if not infusion_start:
+                if event.pump_state is None:
                     return
-                if not infusion_start:
-                    infusion_start.append(event.t_s)
-                while pending and pending[0][0] <= event.t_s - infusion_start[0]:
-                    _at, kind, reason = pending.popleft()
-                    session.command(kind, reason, source="script")
+                infusion_start.append(event.t_s)
+            while pending and pending[0].at_s <= event.t_s - infusion_start[0]:
+                due = pending.popleft()
+                self._issue(due.action, due.reason, dict(due.args))
+            # The nurse's habit: resume a pause only the vitals hold, once they have been clear long enough.
+            if event.paused_by != (VITALS,):
+                resumed_hold.clear()
+            elif (
+                self.resume_after_s is not None
+                and not resumed_hold
+                and event.vitals_clear_s is not None
+                and event.vitals_clear_s >= self.resume_after_s
+            ):
+                resumed_hold.append(True)
+                self._issue("resume", f"vitals back within limits for {self.resume_after_s:g} s", {})
 
-            session.subscribe(issue_due)
+        session.subscribe(on_tick)
 
-    def push(self, kind: str, reason: str) -> None:
+    def _issue(self, action: str, reason: str, args: dict[str, Any]) -> None:
+        assert self._session is not None
+        self._session.command(action, reason, source="script", operator=self.name, **args)
+
+    def push(self, kind: str, reason: str, **args: Any) -> None:
         """An operator command from outside the script, before or while the session runs."""
         if self._session is None:
-            self._pushed.append((kind, reason))
+            self._pushed.append((kind, reason, args))
         else:
-            self._session.command(kind, reason, source="script")
+            self._issue(kind, reason, args)
 
     def answer(self, question: Question) -> Answer:
         if question.kind == "checklist":
             return self.answers.get(question.text, True)
         return self.reasons.get(question.subject)
 
-    def resume_after_alarm(self, alarm_clear_s: float) -> bool:
-        return self.resume_after_s is not None and alarm_clear_s >= self.resume_after_s
-
     def stop_after_pause(self, paused_s: float) -> bool:
         return paused_s >= self.stop_after_s
+
+
+def _scheduled(entry: ScheduledCommand | tuple[Any, ...]) -> ScheduledCommand:
+    if isinstance(entry, ScheduledCommand):
+        return entry
+    return ScheduledCommand(*entry)
 
 
 @dataclass
@@ -260,17 +329,27 @@ class SessionResult:
     thresholds: VitalsThresholds
     points: list[SeriesPoint]
     events: list[SeriesEvent]
+    #: The operator who ran the session (``None``: an anonymous QA run).
+    operator: str | None = None
+    #: Every action on the session, by whom (operator commands, the vitals' and the protocol's holds).
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    medications: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
             "outcome": self.outcome,
+            "operator": self.operator,
             "programmed_mg": self.programmed_mg,
             "delivered_mg": self.delivered_mg,
             "delivered_ml": self.delivered_ml,
             "error_pct": 100.0 * (self.delivered_mg - self.programmed_mg) / self.programmed_mg,
             "alarms": self.alarms,
             "pauses": self.pauses,
+            "actions": self.actions,
+            "observations": self.observations,
+            "medications": self.medications,
             "confirmations": self.confirmations,
             "phases": [{"phase": p, "start_min": t / 60.0} for p, t in self.phases],
             "baseline": self.baseline,
@@ -283,6 +362,21 @@ class SessionResult:
 class _Recorder:
     """The session's event log: forwards to the audit log, keeps what the report shows, and turns the
     control loop's alarm records into :class:`~ketapump.clinical.events.AlarmRaised` events."""
+
+    #: Audit records the report marks on its time axis.
+    KEPT: Final = frozenset(
+        {
+            "alarm",
+            "pump_alarm",
+            "vitals_alarm",
+            "phase_started",
+            "paused",
+            "resumed",
+            "rate_changed",
+            "max_duration_reached",
+            "cuff_reading_requested",
+        }
+    )
 
     def __init__(
         self, log: EventLog, clock: Clock, t0: float, on_alarm: Callable[[str, str, str], None]
@@ -301,15 +395,7 @@ class _Recorder:
                 self.take_up_done = True
             if fields.get("to_state") in {"alarm", "paused", "running", "complete", "stopped"}:
                 self.events.append(SeriesEvent(t, fields["to_state"], str(fields.get("cause", ""))))
-        elif event in {
-            "alarm",
-            "pump_alarm",
-            "vitals_alarm",
-            "phase_started",
-            "paused",
-            "resumed",
-            "rate_changed",
-        }:
+        elif event in self.KEPT:
             codes = fields.get("raised", ()) if event == "alarm" else fields.get("pump_alarms", ())
             self.raised += [(t, str(code)) for code in codes]
             for code in codes if event in {"alarm", "pump_alarm"} else ():
@@ -350,6 +436,9 @@ class SessionContext:
     audit_path: str = ""
     #: Kernel settings that depend on the transport (control period, gains), from the CLI.
     loop_settings: Mapping[str, Any] = field(default_factory=dict)
+    #: The operator running the session: every command and confirmation without a name of its own is
+    #: theirs. Required unless the protocol allows anonymous QA runs (``session.allow_anonymous``).
+    operator_name: str | None = None
 
 
 @dataclass
@@ -358,31 +447,32 @@ class _InfusionTicks:
 
     plan: DosePlan
     volumes: deque[tuple[float, float]]
+    holds: Holds
+    pace: Pace = PLAN
     started_s: float | None = None
-    #: Who paused the infusion (``vitals`` or ``operator``), and since when, while it is paused.
-    paused_by: str | None = None
-    paused_since_s: float = 0.0
-    #: Since when every vitals condition has been clear, while paused by the vitals.
-    clear_since_s: float | None = None
+    #: Since when a vitals condition has been active without a break, while the vitals hold the pump.
+    vitals_active_since_s: float | None = None
+    #: The rate the session last programmed in the kernel.
     rate_ml_h: float = 0.0
     next_point_s: float = 0.0
+    #: The longest the infusion may last (s from its start; ``None``: no limit), the drug library's
+    #: hard maximum beyond which nothing continues, and the pending question at the maximum.
+    max_s: float | None = None
+    hard_max_s: float | None = None
+    max_question: tuple[Question, asyncio.Future[Answer]] | None = None
+    #: Why the session itself stopped the infusion (``max_duration``, ``vitals``), for the outcome.
+    stop_cause: str | None = None
+    last_state: str = "armed"
+    last_delivered_ml: float = 0.0
+    last_remaining_ml: float = math.inf
 
 
-#: The operator commands the session takes (:meth:`Session.command`).
-Action = Literal["pause", "resume", "stop", "acknowledge", "end_observation"]
-ACTIONS: Final = ("pause", "resume", "stop", "acknowledge", "end_observation")
+@dataclass
+class _CuffFollowUp:
+    """When the cuff was last asked for a reading (a BP crossing is re-measured, not waited out)."""
 
-
-@dataclass(frozen=True)
-class _Command:
-    action: str
-    reason: str
-    source: Source
-    operator: str | None
-    accepted: bool = False
-
-    def taken(self, accepted: bool) -> _Command:
-        return _Command(self.action, self.reason, self.source, self.operator, accepted)
+    last_request_s: float | None = None
+    unavailable_logged: bool = False
 
 
 class Session:
@@ -391,12 +481,15 @@ class Session:
     :meth:`run` returns a :class:`SessionResult`, or raises before anything is delivered
     (:class:`~ketapump.errors.LimitRefused`, :class:`~ketapump.errors.ConfirmationRequired`,
     :class:`SessionAbortedError`); every way it ends emits one
-    :class:`~ketapump.clinical.events.SessionEnded`.
+    :class:`~ketapump.clinical.events.SessionEnded`. Constructing it raises
+    :class:`~ketapump.errors.ConfigurationError` (nothing written) for a session without an operator's
+    name whose protocol does not allow anonymous runs.
     """
 
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
         self.session_id = ctx.session_id
+        self.operator_name = _session_operator(ctx)
         self.t0 = ctx.clock.now()
         self.stream = EventStream()
         self.rec = _Recorder(ctx.log, ctx.clock, self.t0, self._alarm_event)
@@ -405,15 +498,18 @@ class Session:
         self.alarms: list[dict[str, Any]] = []
         self.pauses: list[dict[str, Any]] = []
         self.confirmations: list[dict[str, Any]] = []
+        self.actions: list[dict[str, Any]] = []
+        self.observations: list[dict[str, Any]] = []
+        self.medications: list[dict[str, Any]] = []
         self.points: list[SeriesPoint] = []
         self.gate: VitalsGate | None = None
         #: What the kernel last measured as delivered (mL), for a session that fails mid-infusion.
         self._delivered_ml = 0.0
         self._latest: dict[str, float] = {}
-        self._commands: deque[_Command] = deque()
-        #: Every command carried out or refused, in order.
-        self._actions: list[_Command] = []
+        self._commands: deque[OperatorCommand] = deque()
         self._questions: dict[str, tuple[Question, asyncio.Future[Answer]]] = {}
+        #: Who gave each answer, by question id (a standing answer is the session operator's).
+        self._answered_by: dict[str, str | None] = {}
         self._question_ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ended = False
@@ -428,6 +524,11 @@ class Session:
         self._run_result: RunResult | None = None
         self._observation_min = 0.0
         self._discharged = False
+        #: The operator's accepted ``end_observation``, once given.
+        self._observation_ended_by: OperatorCommand | None = None
+        #: Course-history writes waiting for the session to be begun there (actions in the pre-check).
+        self._unrecorded: list[Callable[[], None]] | None = []
+        self._cuff = _CuffFollowUp()
 
     # ----- commands in, events out -------------------------------------------------------------
 
@@ -437,23 +538,57 @@ class Session:
         return self.stream.subscribe(subscriber)
 
     def command(
-        self, action: str, reason: str, *, source: Source = "api", operator: str | None = None
+        self,
+        action: str,
+        reason: str = "",
+        *,
+        source: Source = "api",
+        operator: str | None = None,
+        **args: Any,
     ) -> None:
         """Queues an operator command for the next control tick (safe to call from any thread).
 
-        ``action`` is one of :data:`ACTIONS`; the :class:`~ketapump.clinical.events.ActionTaken` event
-        says whether it was carried out. An unknown action is a ``ValueError`` at once."""
-        if action not in ACTIONS:
-            raise ValueError(f"unknown session command {action!r} (one of {', '.join(ACTIONS)})")
-        self._commands.append(_Command(action, reason, source, operator))
+        ``action`` is one of :data:`~ketapump.clinical.commands.ACTIONS`, with its arguments
+        (:mod:`ketapump.clinical.commands`); ``operator`` defaults to the session's operator. A command
+        that is wrong in itself (an unknown action, a missing reason, an argument out of range) is a
+        ``ValueError`` at once; the :class:`~ketapump.clinical.events.ActionTaken` event says whether
+        the session carried it out."""
+        who = self.operator_name if operator is None else operator
+        cmd = make_command(action, reason, source=source, operator=who, **args)
+        self._commands.append(cmd)
 
     def pause(self, reason: str, *, source: Source = "api", operator: str | None = None) -> None:
-        """Pause the infusion (held until the operator resumes it)."""
+        """Pause the infusion: held until an operator resumes it, whatever the vitals do."""
         self.command("pause", reason, source=source, operator=operator)
 
     def resume(self, reason: str = "", *, source: Source = "api", operator: str | None = None) -> None:
-        """Resume a paused infusion (refused while a vitals condition is active)."""
+        """Release the operator's pause, and a vitals pause whose conditions have cleared (refused while
+        a vitals condition is active)."""
         self.command("resume", reason, source=source, operator=operator)
+
+    def slow(
+        self,
+        reason: str,
+        *,
+        to_fraction: float | None = None,
+        to_rate_ml_h: float | None = None,
+        source: Source = "api",
+        operator: str | None = None,
+    ) -> None:
+        """Run at ``to_fraction`` of the plan's rate, or at most ``to_rate_ml_h`` (through the kernel's
+        rate path); the rest of the dose takes longer, within the maximum duration."""
+        self.command(
+            "slow",
+            reason,
+            source=source,
+            operator=operator,
+            to_fraction=to_fraction,
+            to_rate_ml_h=to_rate_ml_h,
+        )
+
+    def restore_rate(self, reason: str = "", *, source: Source = "api", operator: str | None = None) -> None:
+        """Back to the plan's rate after a slow-down."""
+        self.command("restore_rate", reason, source=source, operator=operator)
 
     def stop(self, reason: str, *, source: Source = "api", operator: str | None = None) -> None:
         """Stop: before the infusion the session is aborted (nothing delivered); during it the pump
@@ -466,15 +601,58 @@ class Session:
         operator's explicit decision, refused without a reason, recorded with who and why."""
         self.command("end_observation", reason, source=source, operator=operator)
 
-    def acknowledge(self, reason: str = "", *, source: Source = "api", operator: str | None = None) -> None:
-        """The operator has seen the latched alarms (recorded; an alarm never clears by itself)."""
-        self.command("acknowledge", reason, source=source, operator=operator)
+    def acknowledge(
+        self,
+        reason: str = "",
+        *,
+        alarm: str | None = None,
+        source: Source = "api",
+        operator: str | None = None,
+    ) -> None:
+        """The operator has seen ``alarm`` (a code raised in this session; ``None``: every alarm so
+        far). Recorded; an alarm never clears by itself. ``reason`` comes first, as it always has, so a
+        face that acknowledged with a reason keeps doing so."""
+        self.command("acknowledge", reason, source=source, operator=operator, alarm=alarm)
 
-    def answer(self, question_id: str, value: Answer, *, source: Source = "api") -> bool:
+    def record_observation(
+        self,
+        kind: str,
+        value: float | None = None,
+        note: str = "",
+        *,
+        source: Source = "api",
+        operator: str | None = None,
+    ) -> None:
+        """Record a side effect or state on its scale (``data/bedside.toml``: nausea 0–4, CADSS 0–92, …)."""
+        self.command(
+            "record_observation", "", source=source, operator=operator, kind=kind, value=value, note=note
+        )
+
+    def give_medication(
+        self,
+        drug: str,
+        dose: float,
+        unit: str,
+        route: str,
+        reason: str = "",
+        *,
+        source: Source = "api",
+        operator: str | None = None,
+    ) -> None:
+        """Record a medication given (drug, dose, unit, route) at this moment."""
+        self.command(
+            "give_medication", reason, source=source, operator=operator, drug=drug, dose=dose, unit=unit,
+            route=route,
+        )  # fmt: skip
+
+    def answer(
+        self, question_id: str, value: Answer, *, source: Source = "api", operator: str | None = None
+    ) -> bool:
         """Answers a pending question (safe to call from any thread); ``False`` if none has that id.
 
-        A checklist question takes ``True`` or ``False``; a soft limit or baseline question a reason (a
-        non-blank string) or ``None`` to decline. Any other answer is a ``ValueError``."""
+        A checklist question takes ``True`` or ``False``; a soft limit, baseline or maximum-duration
+        question a reason (a non-blank string) or ``None`` to decline. Any other answer is a
+        ``ValueError``. ``operator`` (default: the session's operator) is recorded with the answer."""
         pending = self._questions.get(question_id)
         if pending is None or self._loop is None:
             return False
@@ -484,11 +662,13 @@ class Session:
                 raise ValueError(f"question {question_id} (checklist) takes True or False, got {value!r}")
         elif not (value is None or (isinstance(value, str) and value.strip())):
             raise ValueError(f"question {question_id} ({question.kind}) takes a reason or None: {value!r}")
+        who = check_operator_name(operator) if operator is not None else self.operator_name
 
         def settle() -> None:
             if not future.done():
+                self._answered_by[question_id] = who
                 future.set_result(value)
-                self._answered(question, value, source)
+                self._answered(question, value, source, who)
 
         self._loop.call_soon_threadsafe(settle)
         return True
@@ -497,43 +677,190 @@ class Session:
         """The questions the session is waiting on."""
         return [q for q, f in self._questions.values() if not f.done()]
 
-    def _emit(self, event: SessionEvent) -> None:
-        self.stream.emit(event)
+    def _event(self, kind: type[SessionEvent], **fields: Any) -> None:
+        """Emits an event of ``kind`` now."""
+        self.stream.emit(kind(session_id=self.session_id, t_s=self._t(), **fields))
 
-    def _take_commands(self) -> list[_Command]:
+    def _take_commands(self) -> list[OperatorCommand]:
         taken = []
         while self._commands:
             taken.append(self._commands.popleft())
         return taken
 
-    def _acted(self, cmd: _Command, *, accepted: bool, why: str = "") -> None:
-        self._actions.append(cmd.taken(accepted))
-        self._emit(
-            ActionTaken(
-                session_id=self.session_id,
-                t_s=self._t(),
-                action=cmd.action,
-                reason=cmd.reason,
-                source=cmd.source,
-                operator=cmd.operator,
-                accepted=accepted,
-                why=why,
-            )
+    def _acted(
+        self, cmd: OperatorCommand, *, accepted: bool, why: str = "", detail: Mapping[str, Any] | None = None
+    ) -> None:
+        """An operator's command was carried out (or refused, ``why``): the event, the audit record and
+        the course record (observations and medications have their own)."""
+        detail = {**cmd.args, **(detail or {})}
+        self._event(
+            ActionTaken,
+            action=cmd.action,
+            reason=cmd.reason,
+            source=cmd.source,
+            operator=cmd.operator,
+            accepted=accepted,
+            why=why,
+            detail=detail,
         )
-        fields = {"reason": cmd.reason, "source": cmd.source, "operator": cmd.operator}
+        fields = {"reason": cmd.reason, "source": cmd.source, "operator": cmd.operator, "detail": detail}
         if accepted:
-            self.rec.info("operator_action", action=cmd.action, **fields)
+            self.rec.info("operator_action", action=cmd.action, why=why, **fields)
         else:
             self.rec.warning("request_refused", request=cmd.action, why=why, **fields)
+        self._action_record(
+            cmd.action,
+            "operator",
+            cmd.operator,
+            cmd.source,
+            cmd.reason,
+            accepted=accepted,
+            why=why,
+            detail=detail,
+            # An observation or a medication has its own course record.
+            course=not (accepted and cmd.action in {"record_observation", "give_medication"}),
+        )
 
-    def _acknowledged(self, cmd: _Command) -> None:
+    def _automatic(
+        self, action: str, actor: Literal["vitals", "protocol"], reason: str, **detail: Any
+    ) -> None:
+        """An action the session took itself (the vitals gate, the protocol): recorded in its actor's
+        name, never a person's."""
+        self._action_record(action, actor, None, "engine", reason, accepted=True, why="", detail=detail)
+
+    def _action_record(
+        self,
+        action: str,
+        actor: Literal["operator", "vitals", "protocol"],
+        who: str | None,
+        source: str,
+        reason: str,
+        *,
+        accepted: bool,
+        why: str,
+        detail: Mapping[str, Any],
+        course: bool = True,
+    ) -> None:
+        """One action on the session, by ``actor`` (and ``who``, an operator's name): kept for the report
+        and, with ``course``, written to the course history's actions."""
+        self.actions.append(
+            {
+                "t_min": self._t() / 60.0,
+                "action": action,
+                "by": (who or "(anonymous)") if actor == "operator" else actor,
+                "actor": actor,
+                "source": source,
+                "reason": reason,
+                "accepted": accepted,
+                "why": why,
+                "detail": dict(detail),
+            }
+        )
+        if not course:
+            return
+        at = self._calendar()
+        self._record(
+            "action",
+            lambda: self.ctx.course.record_action(
+                self.session_id,
+                at,
+                action,
+                actor=actor,
+                who=who,
+                source=source,
+                accepted=accepted,
+                reason=reason,
+                why=why,
+                detail=dict(detail),
+            ),
+            action=action,
+            accepted=accepted,
+            actor=actor,
+        )
+
+    def _held(self, change: Change, actor: str, reason: str, operator: str | None = None) -> None:
+        """Who holds the pump changed: the event and the audit record."""
+        fields = {
+            "holders": change.left,
+            "added": change.added,
+            "released": change.released,
+            "actor": actor,
+            "operator": operator,
+            "reason": reason,
+        }
+        self._event(HoldChanged, **fields)
+        self.rec.info("hold_changed", **fields)
+
+    def _record(self, record: str, write: Callable[[], Any], **detail: Any) -> None:
+        """A course-history write: now (through :meth:`_course_write`: one that fails stops the pump), or
+        once the session has been begun there (the pre-check's actions; dropped with a session that never
+        starts, whose audit log keeps them)."""
+
+        def write_and_tell() -> None:
+            write()
+            self._recorded(record, **detail)
+
+        if self._unrecorded is not None:
+            self._unrecorded.append(write_and_tell)
+        elif self._course_write(record, write):
+            self._recorded(record, **detail)
+
+    def _acknowledged(self, cmd: OperatorCommand) -> None:
+        # Kernel and pump alarms join ``self.alarms`` when the infusion ends; the recorder has them now.
+        codes = [a["code"] for a in self.alarms if "code" in a] + [code for _t, code in self.rec.raised]
+        raised = list(dict.fromkeys(codes))
+        alarm = cmd.args.get("alarm")
+        if alarm is not None and alarm not in raised:
+            self._acted(cmd, accepted=False, why=f"no alarm {alarm} was raised in this session")
+            return
         self.rec.info(
             "alarms_acknowledged",
-            alarms=[a["code"] for a in self.alarms if "code" in a],
+            alarms=[alarm] if alarm is not None else raised,
             reason=cmd.reason,
             source=cmd.source,
             operator=cmd.operator,
         )
+        self._acted(cmd, accepted=True)
+
+    def _observed(self, cmd: OperatorCommand) -> None:
+        """An observation or a medication, in any phase: the audit log, the course history, the report."""
+        at, t = self._calendar(), self._t()
+        args = cmd.args
+        if cmd.action == "record_observation":
+            kind, value, note = args["kind"], args.get("value"), args.get("note", "")
+            scale = bedside().kinds[kind].scale
+            self.observations.append(
+                {"t_min": t / 60.0, "kind": kind, "value": value, "scale": scale, "note": note,
+                 "by": cmd.operator or "(anonymous)"}
+            )  # fmt: skip
+            self.rec.info(
+                "observation_recorded", kind=kind, value=value, scale=scale, note=note, source=cmd.source,
+                operator=cmd.operator,
+            )  # fmt: skip
+            self._record(
+                "observation",
+                lambda: self.ctx.course.record_observation(
+                    self.session_id, at, kind, value, scale=scale, note=note, who=cmd.operator
+                ),
+                kind=kind,
+            )
+        else:
+            drug, dose, unit, route = args["drug"], args["dose"], args["unit"], args["route"]
+            self.medications.append(
+                {"t_min": t / 60.0, "drug": drug, "dose": dose, "unit": unit, "route": route,
+                 "reason": cmd.reason, "by": cmd.operator or "(anonymous)"}
+            )  # fmt: skip
+            self.rec.info(
+                "medication_given", drug=drug, dose=dose, unit=unit, route=route, reason=cmd.reason,
+                source=cmd.source, operator=cmd.operator,
+            )  # fmt: skip
+            self._record(
+                "medication",
+                lambda: self.ctx.course.record_medication(
+                    self.session_id, at, drug, dose, unit, route, reason=cmd.reason, who=cmd.operator
+                ),
+                drug=drug,
+            )
         self._acted(cmd, accepted=True)
 
     def _outside_infusion(self, phase: str) -> bool:
@@ -551,11 +878,14 @@ class Session:
             elif cmd.action == "end_observation" and phase == "observation":
                 if cmd.reason.strip():
                     ends = True
+                    self._observation_ended_by = cmd
                     self._acted(cmd, accepted=True)
                 else:
                     self._acted(cmd, accepted=False, why="ending the observation early needs a reason")
             elif cmd.action == "acknowledge":
                 self._acknowledged(cmd)
+            elif cmd.action in {"record_observation", "give_medication"}:
+                self._observed(cmd)
             else:
                 self._acted(cmd, accepted=False, why=f"no {_command_scope(cmd.action)} is running ({phase})")
         return ends
@@ -577,66 +907,57 @@ class Session:
             self._alarm_event("course", "course_history_unwritable", str(e))
             if self._control is not None and not self._stopping:
                 self._stopping = True
-                self._control.request_stop()
+                self._control.request_stop(by="course")
             return False
         return True
 
-    async def _ask(self, kind: QuestionKind, subject: str, text: str) -> Answer:
-        """Asks the operator; their standing answer, or the one :meth:`answer` brings."""
+    def _ask_later(
+        self, kind: QuestionKind, subject: str, text: str
+    ) -> tuple[Question, asyncio.Future[Answer]]:
+        """Asks the operator without waiting: the future holds their standing answer at once, or the
+        one :meth:`answer` brings later."""
         question = Question(f"q{next(self._question_ids)}", kind, subject, text)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         # Pending before it is announced: a subscriber may answer while the event is delivered.
         self._questions[question.question_id] = (question, future)
-        try:
-            self._emit(
-                QuestionAsked(
-                    session_id=self.session_id,
-                    t_s=self._t(),
-                    question_id=question.question_id,
-                    question=kind,
-                    subject=subject,
-                    text=text,
-                )
-            )
-            standing = self.ctx.operator.answer(question)
-            if not future.done() and not isinstance(standing, _Pending):
-                future.set_result(standing)
-                self._answered(question, standing, "script")
-            return await future
-        finally:
-            del self._questions[question.question_id]
-
-    def _answered(self, question: Question, value: Answer, source: Source) -> None:
-        self._emit(
-            QuestionAnswered(
-                session_id=self.session_id,
-                t_s=self._t(),
-                question_id=question.question_id,
-                question=question.kind,
-                subject=question.subject,
-                answer=value,
-                source=source,
-            )
+        future.add_done_callback(lambda _f: self._questions.pop(question.question_id, None))
+        self._event(
+            QuestionAsked,
+            question_id=question.question_id,
+            question=kind,
+            subject=subject,
+            text=text,
         )
+        standing = self.ctx.operator.answer(question)
+        if not future.done() and not isinstance(standing, _Pending):
+            self._answered_by[question.question_id] = self.operator_name
+            future.set_result(standing)
+            self._answered(question, standing, "script", self.operator_name)
+        return question, future
+
+    async def _ask(self, kind: QuestionKind, subject: str, text: str) -> Answer:
+        """Asks the operator; their standing answer, or the one :meth:`answer` brings."""
+        _question, future = self._ask_later(kind, subject, text)
+        return await future
+
+    def _answered(self, question: Question, value: Answer, source: Source, who: str | None) -> None:
+        fields = {"question": question.kind, "subject": question.subject, "answer": value, "source": source}
+        self._event(QuestionAnswered, question_id=question.question_id, **fields)
+        self.rec.info("question_answered", operator=who, **fields)
 
     def _alarm_event(self, source: str, code: str, detail: str) -> None:
-        self._emit(
-            AlarmRaised(session_id=self.session_id, t_s=self._t(), source=source, code=code, detail=detail)
-        )
+        self._event(AlarmRaised, source=source, code=code, detail=detail)
 
     def _recorded(self, record: str, **detail: Any) -> None:
-        self._emit(RecordWritten(session_id=self.session_id, t_s=self._t(), record=record, detail=detail))
+        self._event(RecordWritten, record=record, detail=detail)
 
     def _tick(self, **fields: Any) -> None:
-        self._emit(
-            Tick(
-                session_id=self.session_id,
-                t_s=self._t(),
-                phase=self.phases[-1][0] if self.phases else Phase.PRECHECK.value,
-                phase_elapsed_s=self._t() - (self.phases[-1][1] if self.phases else 0.0),
-                vitals=dict(self._latest),
-                **fields,
-            )
+        self._event(
+            Tick,
+            phase=self.phases[-1][0] if self.phases else Phase.PRECHECK.value,
+            phase_elapsed_s=self._t() - (self.phases[-1][1] if self.phases else 0.0),
+            vitals=dict(self._latest),
+            **fields,
         )
 
     def _idle_tick(self, plan: DosePlan | None) -> None:
@@ -653,7 +974,7 @@ class Session:
             pressure_mmhg=math.nan,
             occlusion_threshold_mmhg=self.points[-1].threshold_mmhg if self.points else math.nan,
             alarms=(),
-            paused_by=None,
+            paused_by=(),
         )
 
     # ----- helpers ------------------------------------------------------------------------------
@@ -668,9 +989,7 @@ class Session:
         previous = self.phases[-1][0] if self.phases else None
         self.phases.append((phase.value, self._t()))
         self.rec.info("phase_started", phase=phase.value)
-        self._emit(
-            PhaseChanged(session_id=self.session_id, t_s=self._t(), phase=phase.value, previous=previous)
-        )
+        self._event(PhaseChanged, phase=phase.value, previous=previous)
 
     def _poll_vitals(self) -> list[VitalsAlarm]:
         """Reads the feed, updates the gate and the latest readings; returns newly raised alarms."""
@@ -679,27 +998,50 @@ class Session:
         samples = self.ctx.vitals.poll(now)
         for s in samples:
             self._latest[s.channel] = s.value
-            self._emit(
-                VitalsRead(
-                    session_id=self.session_id, t_s=now, channel=s.channel, value=s.value, reading_t_s=s.t_s
-                )
-            )
+            self._event(VitalsRead, channel=s.channel, value=s.value, reading_t_s=s.t_s)
         return self.gate.update(now, samples)
 
     def _vitals_alarm(self, alarm: VitalsAlarm, phase: str, *, record: bool = True) -> None:
         """Logs a vitals alarm (and, once the session is in the course history, records it there)."""
         code = f"vitals_{alarm.kind}_{alarm.channel}"
         fields = {"code": code, "channel": alarm.channel, "reading_t_s": alarm.t_s, "limit": alarm.limit}
-        fields |= {"value": alarm.value} if alarm.kind == "crossing" else {"age_s": alarm.age_s}
+        if alarm.kind == "crossing":
+            fields |= {"value": alarm.value, "low": alarm.low, "since_s": alarm.since_s}
+        else:
+            fields |= {"age_s": alarm.age_s}
         self.alarms.append(
             {"t_min": self._t() / 60.0, "source": "vitals", "phase": phase, "detail": alarm.detail, **fields}
         )
         self.rec.error("vitals_alarm", phase=phase, detail=alarm.detail, **fields)
         self._alarm_event("vitals", code, alarm.detail)
-        if record and self._course_write(
-            "alarm", self.ctx.course.record_alarm, self.ctx.session_id, self._calendar(), code, alarm.detail
-        ):
-            self._recorded("alarm", code=code)
+        if record:
+            at = self._calendar()
+            self._record(
+                "alarm",
+                lambda: self.ctx.course.record_alarm(self.ctx.session_id, at, code, alarm.detail),
+                code=code,
+            )
+
+    def _follow_up_cuff(self) -> None:
+        """A BP crossing is re-measured rather than waited out: the cuff is asked for a reading at once
+        and again every ``bp_recheck_s`` while the crossing lasts (where the feed can take one)."""
+        assert self.gate is not None
+        crossing = [a for a in self.gate.active() if a.kind == "crossing" and a.channel in DISCRETE_CHANNELS]
+        if not crossing:
+            return
+        t, cuff = self._t(), self._cuff
+        if cuff.last_request_s is not None and t - cuff.last_request_s < self.thresholds.bp_recheck_s:
+            return
+        cuff.last_request_s = t
+        feed = self.ctx.vitals
+        why = "; ".join(a.detail for a in crossing)
+        if isinstance(feed, OnDemandVitalsFeed) and feed.request_reading(DISCRETE_CHANNELS, t):
+            self.rec.info("cuff_reading_requested", why=why)
+        elif not cuff.unavailable_logged:
+            cuff.unavailable_logged = True
+            self.rec.warning(
+                "cuff_reading_unavailable", why=why, detail="this feed takes no reading on request"
+            )
 
     # ----- the phases ---------------------------------------------------------------------------
 
@@ -724,15 +1066,12 @@ class Session:
         self._ended = True
         self.outcome = outcome
         concentration = plan.concentration_mg_per_ml if plan else 0.0
-        self._emit(
-            SessionEnded(
-                session_id=self.session_id,
-                t_s=self._t(),
-                outcome=outcome,
-                delivered_mg=self._delivered_ml * concentration,
-                programmed_mg=plan.dose_mg if plan else 0.0,
-                detail=detail,
-            )
+        self._event(
+            SessionEnded,
+            outcome=outcome,
+            delivered_mg=self._delivered_ml * concentration,
+            programmed_mg=plan.dose_mg if plan else 0.0,
+            detail=detail,
         )
 
     async def _run(self, plan: DosePlan) -> SessionResult:
@@ -761,14 +1100,19 @@ class Session:
             plan.dose_mg,
             ctx.audit_path,
         )
-        self._recorded("session_begun", programmed_mg=plan.dose_mg)
+        self._recorded("session_begun", programmed_mg=plan.dose_mg, operator=self.operator_name)
         try:
             for c in self.confirmations:
                 ctx.course.record_override(
-                    ctx.patient.patient_id, ctx.session_id, c["kind"], c["reason"], self._calendar()
-                )
+                    ctx.patient.patient_id, ctx.session_id, c["kind"], c["reason"], self._calendar(),
+                    who=c["by"],
+                )  # fmt: skip
                 self._recorded("override", kind=c["kind"])
-            run = self._run_result = await self._infuse(plan, order, entry)
+            unrecorded, self._unrecorded = self._unrecorded or [], None
+            for write in unrecorded:
+                write()
+            run, stop_cause = await self._infuse(plan, order, entry)
+            self._run_result = run
             delivered_ml = run.session_delivered_ml
             delivered_mg = delivered_ml * plan.concentration_mg_per_ml
             self._observation_min = await self._observe(plan) if delivered_ml > 0 else 0.0
@@ -797,7 +1141,10 @@ class Session:
             if ended:
                 self._recorded("session_ended", outcome="ended_error", delivered_mg=delivered)
             raise
-        outcome = "complete" if run.reason == "complete" else f"ended_{run.reason}"
+        if run.reason == "complete":
+            outcome = "complete"
+        else:
+            outcome = f"ended_{stop_cause if run.reason in _STOPPERS and stop_cause else run.reason}"
         ctx.course.end_session(ctx.session_id, self._calendar(), delivered_mg, outcome)
         self._recorded("session_ended", outcome=outcome, delivered_mg=delivered_mg)
         self._phase(Phase.COMPLETE)
@@ -831,18 +1178,27 @@ class Session:
             alarms=self.alarms,
             pauses=self.pauses,
             confirmations=self.confirmations,
-            baseline=self.gate.baseline.model_dump() if self.gate else {},
+            baseline=self.gate.baseline.model_dump(exclude_none=True) if self.gate else {},
             observation_min=self._observation_min,
             discharge_confirmed=self._discharged,
             thresholds=self.thresholds,
             # A session that ended before its first point still has one: its report always has a series.
             points=self.points or [self._idle_point(self._t(), 0.0, 0.0, math.nan)],
             events=self.rec.events,
+            operator=self.operator_name,
+            actions=self.actions,
+            observations=self.observations,
+            medications=self.medications,
         )
 
     def _plan(self) -> DosePlan:
         plan = plan_dose(self.ctx.protocol, self.ctx.patient)
-        self.rec.info("session_planned", patient=self.ctx.patient.patient_id, **plan.as_dict())
+        self.rec.info(
+            "session_planned",
+            patient=self.ctx.patient.patient_id,
+            operator=self.operator_name,
+            **plan.as_dict(),
+        )
         return plan
 
     async def _authorize(self, plan: DosePlan) -> tuple[druglib.Order, druglib.DrugEntry]:
@@ -864,27 +1220,28 @@ class Session:
             order=order.as_dict(),
         )
         for f in findings:
-            self._emit(
-                FindingReported(
-                    session_id=self.session_id,
-                    t_s=self._t(),
-                    finding=f.kind,
-                    severity=f.severity,
-                    message=f.message,
-                )
+            self._event(
+                FindingReported,
+                finding=f.kind,
+                severity=f.severity,
+                message=f.message,
             )
         confirmations = []
+        confirmed_by: dict[str, str | None] = {}
         if not any(f.severity == "hard" for f in findings):  # a hard finding refuses whatever is answered
             for f in findings:
                 if f.severity != "soft":
                     continue
-                reason = await self._ask("soft_limit", f.kind, f.message)
+                question, future = self._ask_later("soft_limit", f.kind, f.message)
+                reason = await future
                 if isinstance(reason, str):
                     confirmations.append(druglib.Confirmation(f.kind, reason))
+                    confirmed_by[f.kind] = self._by(question)
         authorization = druglib.authorize(findings, confirmations)  # raises on hard/unconfirmed
         for fields in authorization.events():
-            self.confirmations.append({k: fields[k] for k in ("kind", "message", "reason")})
-            self.rec.warning("soft_limit_confirmed", **fields)
+            by = confirmed_by.get(fields["kind"], self.operator_name)
+            self.confirmations.append({k: fields[k] for k in ("kind", "message", "reason")} | {"by": by})
+            self.rec.warning("soft_limit_confirmed", operator=by, **fields)
         return order, entry
 
     async def _confirm_new_patient(self) -> None:
@@ -899,55 +1256,76 @@ class Session:
             f"{'is' if len(near) == 1 else 'are'}: a new patient, or a typo (the course rules would not "
             "count the other's sessions)?"
         )
-        reason = await self._ask("soft_limit", "new_patient", message)
+        question, future = self._ask_later("soft_limit", "new_patient", message)
+        reason = await future
         if not isinstance(reason, str) or not reason.strip():
             self.rec.error("new_patient_not_confirmed", patient=patient_id, near=near)
             raise SessionAbortedError("precheck", f"{message} Not confirmed with a reason (new_patient)")
-        self.confirmations.append({"kind": "new_patient", "message": message, "reason": reason})
-        self.rec.warning("soft_limit_confirmed", kind="new_patient", message=message, reason=reason)
+        by = self._by(question)
+        self.confirmations.append({"kind": "new_patient", "message": message, "reason": reason, "by": by})
+        self.rec.warning(
+            "soft_limit_confirmed", kind="new_patient", message=message, reason=reason, operator=by
+        )
+
+    def _by(self, question: Question) -> str | None:
+        """Who answered ``question`` (a standing answer is the session operator's)."""
+        return self._answered_by.get(question.question_id, self.operator_name)
 
     async def _baseline(self) -> None:
-        """Waits for a first reading of every channel (at most two BP intervals) and records it as the
-        baseline; a baseline above the warning levels needs a confirmation with a reason."""
+        """Waits for a first reading of every watched channel (at most two BP intervals) and records it
+        as the baseline; a baseline above the warning levels needs a confirmation with a reason."""
         ctx = self.ctx
+        channels = set(self.thresholds.channels())
         readings: list[VitalsSample] = []
-        deadline = self._t() + max(self.thresholds.stale_after_s(c) for c in CHANNELS)
-        while set(CHANNELS) - {s.channel for s in readings}:
+        deadline = self._t() + max(self.thresholds.stale_after_s(c) for c in channels)
+        while channels - {s.channel for s in readings}:
             if self._t() > deadline:
-                missing = sorted(set(CHANNELS) - {s.channel for s in readings})
+                missing = sorted(channels - {s.channel for s in readings})
                 self.rec.error("baseline_missing", channels=missing)
                 raise SessionAbortedError("precheck", f"no baseline reading of {', '.join(missing)}")
             readings += ctx.vitals.poll(self._t())
-            if set(CHANNELS) - {s.channel for s in readings}:
+            if channels - {s.channel for s in readings}:
                 self._stop_if_asked("precheck")
                 self._idle_tick(None)
                 await ctx.clock.sleep_until(ctx.clock.now() + OBSERVATION_STEP_S)
-        baseline = VitalsBaseline.from_samples(readings)
+        baseline = VitalsBaseline.from_samples(readings, self.thresholds.channels())
         self.gate = VitalsGate(self.thresholds, baseline)
         self._latest = {s.channel: s.value for s in readings}
-        self.rec.info("baseline_recorded", **baseline.model_dump())
+        self.rec.info("baseline_recorded", **baseline.model_dump(exclude_none=True))
         # A patient already past a limit is not started: the gate would never see the crossing "arrive".
-        out_of_range = self.gate.update(self._t(), readings)
+        # (The alarm delay of a continuous channel is not waited out here: at rest there is no artefact
+        # to ride out that a second reading would not show, and nothing has been given yet.)
+        out_of_range = self.gate.out_of_range(readings)
+        self.gate.update(self._t(), readings)
         for alarm in out_of_range:
             self._vitals_alarm(alarm, "precheck", record=False)
         if out_of_range:
             details = "; ".join(a.detail for a in out_of_range)
             raise SessionAbortedError("precheck", f"vitals out of range at baseline: {details}")
         for warning in self.gate.baseline_warnings():
-            reason = await self._ask("baseline_vitals", "baseline_vitals", warning)
+            question, future = self._ask_later("baseline_vitals", "baseline_vitals", warning)
+            reason = await future
             if not isinstance(reason, str) or not reason.strip():
                 self.rec.error("baseline_refused", warning=warning)
                 raise SessionAbortedError("precheck", f"{warning}, not confirmed")
-            self.confirmations.append({"kind": "baseline_vitals", "message": warning, "reason": reason})
-            self.rec.warning("soft_limit_confirmed", kind="baseline_vitals", message=warning, reason=reason)
+            by = self._by(question)
+            self.confirmations.append(
+                {"kind": "baseline_vitals", "message": warning, "reason": reason, "by": by}
+            )
+            self.rec.warning(
+                "soft_limit_confirmed", kind="baseline_vitals", message=warning, reason=reason, operator=by
+            )
 
     async def _checklist(self, name: str, items: Sequence[str], *, abort: bool) -> bool:
         """Asks every item; returns whether all were confirmed. An unconfirmed item aborts the session
         (``abort``: the pre-check, nothing delivered yet) or is an alarm for the clinician (discharge)."""
         confirmed = True
         for item in items:
-            answer = await self._ask("checklist", name, item) is True
-            self.rec.info("checklist_answered", checklist=name, item=item, confirmed=answer)
+            question, future = self._ask_later("checklist", name, item)
+            answer = await future is True
+            self.rec.info(
+                "checklist_answered", checklist=name, item=item, confirmed=answer, operator=self._by(question)
+            )
             if not answer and abort:
                 raise SessionAbortedError(name, f"checklist item not confirmed: {item}")
             if not answer:
@@ -970,7 +1348,25 @@ class Session:
             self.rec.warning("operator_stop_requested", phase=phase)
             raise SessionAbortedError(phase, "stopped by the operator")
 
-    async def _infuse(self, plan: DosePlan, order: druglib.Order, entry: druglib.DrugEntry) -> RunResult:
+    def _max_duration_s(self, plan: DosePlan, entry: druglib.DrugEntry) -> tuple[float | None, float | None]:
+        """The infusion's maximum duration (s): the protocol's, never past the drug library's hard
+        maximum; and that hard maximum (``None``: no such limit)."""
+        hard_min = entry.duration_min.hard_max
+        hard = hard_min * 60.0 if hard_min is not None else None
+        own = plan.max_duration_min * 60.0 if plan.max_duration_min is not None else None
+        if own is None:
+            return hard, hard
+        if hard is not None and own > hard:
+            self.rec.warning(
+                "max_duration_capped", protocol_min=plan.max_duration_min, drug_library_hard_max_min=hard_min
+            )
+            return hard, hard
+        return own, hard
+
+    async def _infuse(
+        self, plan: DosePlan, order: druglib.Order, entry: druglib.DrugEntry
+    ) -> tuple[RunResult, str | None]:
+        """The infusion, to its end; returns the run and why the session itself stopped it, if it did."""
         ctx = self.ctx
         # The drug library's limits come last: nothing the transport set-up passes can loosen them.
         settings = {
@@ -984,18 +1380,31 @@ class Session:
         config = kernel_config(**settings)
         occlusion_threshold = float(config.as_dict()["occlusion_threshold_mmhg"])
         loop = ControlLoop(ctx.driver, config, ctx.clock, self.rec, on_tick=None)
-        tick = _InfusionTicks(plan, volumes=deque(), rate_ml_h=plan.rate_at(0.0))
+        max_s, hard_max_s = self._max_duration_s(plan, entry)
+        tick = _InfusionTicks(
+            plan,
+            volumes=deque(),
+            holds=Holds(self.thresholds.resume, self.thresholds.resume_after_s),
+            rate_ml_h=plan.rate_at(0.0),
+            max_s=max_s,
+            hard_max_s=hard_max_s,
+        )
         self._phase(Phase.TAKE_UP if ctx.protocol.take_up.enabled else Phase.INFUSION)
 
         def on_tick(out: _core.StepOutput, telemetry: PumpTelemetry | None) -> None:
             t = self._t()
             self._delivered_ml = out.delivered_ml
+            tick.last_state, tick.last_delivered_ml = out.state, out.delivered_ml
+            tick.last_remaining_ml = out.remaining_ml
             if tick.started_s is None:
                 tick.started_s = t
                 if isinstance(ctx.vitals, ScriptedMonitor):
                     ctx.vitals.mark_infusion_start(t)  # the simulated patient responds from now
             if self.phases[-1][0] == Phase.TAKE_UP and (self.rec.take_up_done or out.delivered_ml > 0.01):
                 self._phase(Phase.INFUSION)
+            planned_rate = plan.rate_at(plan.time_for_ml(out.delivered_ml))
+            holds = tick.holds
+            clear = holds.clear_since_s
             self._tick(
                 pump_state=out.state,
                 delivered_ml=out.delivered_ml,
@@ -1006,14 +1415,19 @@ class Session:
                 pressure_mmhg=telemetry.pressure_mmhg if telemetry is not None else math.nan,
                 occlusion_threshold_mmhg=occlusion_threshold,
                 alarms=tuple(out.alarms),
-                paused_by=tick.paused_by if out.state == "paused" else None,
+                paused_by=holds.holders,
+                planned_rate_ml_h=planned_rate,
+                programmed_rate_ml_h=tick.rate_ml_h,
+                vitals_clear_s=t - clear if clear is not None and VITALS in holds.holders else None,
             )
             self._gate_infusion(loop, tick, out, t)
             for cmd in self._take_commands():
-                self._infusion_command(loop, tick, cmd, t)
-            # A phase's ramp or taper follows the delivered volume, so a pause shifts it, not skips it.
-            if len(plan.segments) > 1 and out.state == "running":
-                rate = plan.rate_at(plan.time_for_ml(out.delivered_ml))
+                self._infusion_command(loop, tick, cmd, out, t)
+            self._watch_duration(loop, tick, out, t)
+            # A phase's ramp or taper follows the delivered volume, so a pause shifts it, not skips it; a
+            # slow-down scales it. Never faster than the plan.
+            if out.state == "running":
+                rate = tick.pace.rate(planned_rate)
                 if abs(rate - tick.rate_ml_h) > SCHEDULE_DEADBAND * tick.rate_ml_h:
                     tick.rate_ml_h = rate
                     loop.request_rate(rate, "protocol phase schedule")
@@ -1023,7 +1437,14 @@ class Session:
                     tick.volumes.popleft()
             if t >= tick.next_point_s:
                 tick.next_point_s = t + SERIES_EVERY_S
-                self._point(t, out, telemetry, tick, occlusion_threshold)
+                self._point(
+                    t,
+                    out=out,
+                    telemetry=telemetry,
+                    tick=tick,
+                    threshold=occlusion_threshold,
+                    planned_rate=planned_rate,
+                )
 
         loop.on_tick = on_tick
         ip = InfusionPlan(
@@ -1037,6 +1458,8 @@ class Session:
             run = await loop.run(ip)
         finally:
             self._control = None
+            if tick.max_question is not None and not tick.max_question[1].done():
+                tick.max_question[1].cancel()  # the infusion ended: nothing left to decide
         if not self.points:  # ended before its first tick (an interlock at the start): one point
             self.points.append(self._idle_point(self._t(), 0.0, 0.0, occlusion_threshold))
         raised = {code: t for t, code in reversed(self.rec.raised)}  # each alarm at its first raising
@@ -1048,79 +1471,238 @@ class Session:
             self._course_write(
                 "alarm", ctx.course.record_alarm, ctx.session_id, at, code, run.detail or run.reason
             )
-        return run
+        return run, tick.stop_cause
 
-    def _infusion_command(self, loop: ControlLoop, tick: _InfusionTicks, cmd: _Command, t: float) -> None:
+    def _infusion_command(
+        self, loop: ControlLoop, tick: _InfusionTicks, cmd: OperatorCommand, out: _core.StepOutput, t: float
+    ) -> None:
         """An operator command during the infusion: handed to the control loop (and so to the kernel)."""
-        if cmd.action == "stop" and self._stopping:
+        action = cmd.action
+        if action == "stop" and self._stopping:
             # A second SIGINT, a double click: recorded, never escalated into anything else.
             self._acted(cmd, accepted=False, why="the pump is already stopping; the observation follows")
-        elif cmd.action == "stop":
+        elif action == "stop":
             self.rec.info(
                 "operator_stop_requested", reason=cmd.reason, source=cmd.source, operator=cmd.operator
             )
             self._stopping = True
             loop.request_stop()
             self._acted(cmd, accepted=True)
-        elif cmd.action == "end_observation":
+        elif action == "end_observation":
             self._acted(cmd, accepted=False, why="no observation is running (infusion)")
-        elif cmd.action == "pause":
-            loop.request_pause(f"operator: {cmd.reason}")
-            self.pauses.append({"t_min": t / 60.0, "by": "operator", "reason": cmd.reason})
-            tick.paused_by = "operator"
-            self._acted(cmd, accepted=True)
-        elif cmd.action == "acknowledge":
+        elif action == "acknowledge":
             self._acknowledged(cmd)
-        elif self.gate is not None and self.gate.active():
-            # The operator cannot resume into an active vitals alarm.
-            self._acted(cmd, accepted=False, why="vitals alarm active")
-        else:
-            loop.request_resume(f"operator: {cmd.reason}")
-            tick.paused_by = None
-            self._acted(cmd, accepted=True)
+        elif action in {"record_observation", "give_medication"}:
+            self._observed(cmd)
+        elif out.state not in _INFUSING:
+            self._acted(cmd, accepted=False, why=f"the pump is not infusing ({out.state})")
+        elif action == "pause":
+            change = tick.holds.operator_pause()
+            if change.accepted:
+                if change.kernel == "pause":
+                    loop.request_pause(f"operator: {cmd.reason}")
+                self.pauses.append(
+                    {"t_min": t / 60.0, "by": "operator", "who": cmd.operator, "reason": cmd.reason}
+                )
+                self._held(change, OPERATOR, cmd.reason, cmd.operator)
+            self._acted(cmd, accepted=change.accepted, why=change.why, detail={"holders": list(change.left)})
+        elif action == "resume":
+            assert self.gate is not None
+            active = self.gate.active()
+            detail = "; ".join(a.detail for a in active)
+            change = tick.holds.operator_resume(vitals_active=bool(active), active_detail=detail)
+            if change.accepted:
+                if change.kernel == "resume":
+                    loop.request_resume(f"operator: {cmd.reason}" if cmd.reason else "operator")
+                self._held(change, OPERATOR, cmd.reason, cmd.operator)
+            self._acted(
+                cmd,
+                accepted=change.accepted,
+                why=change.why,
+                detail={"released": list(change.released), "holders": list(change.left)},
+            )
+        elif action == "slow":
+            self._slow(loop, tick, cmd, out, t)
+        else:  # restore_rate
+            if not tick.pace.slowed:
+                self._acted(cmd, accepted=False, why="not slowed")
+                return
+            tick.pace = PLAN
+            planned = tick.plan.rate_at(tick.plan.time_for_ml(out.delivered_ml))
+            tick.rate_ml_h = planned
+            loop.request_rate(planned, f"operator restored the plan's rate: {cmd.reason}".rstrip(": "))
+            self._acted(cmd, accepted=True, detail=self._replan(tick, out, t))
+
+    def _slow(
+        self, loop: ControlLoop, tick: _InfusionTicks, cmd: OperatorCommand, out: _core.StepOutput, t: float
+    ) -> None:
+        """A slow-down: a new pace, through the kernel's rate path, and the rest of the dose re-planned."""
+        planned = tick.plan.rate_at(tick.plan.time_for_ml(out.delivered_ml))
+        fraction, cap = cmd.args.get("to_fraction"), cmd.args.get("to_rate_ml_h")
+        if cap is not None and cap >= planned:
+            self._acted(
+                cmd, accepted=False, why=f"{cap:g} mL/h is not slower than the plan's {planned:.3g} mL/h"
+            )
+            return
+        tick.pace = Pace(fraction=fraction) if fraction is not None else Pace(cap_ml_h=cap)
+        rate = tick.pace.rate(planned)
+        tick.rate_ml_h = rate
+        loop.request_rate(rate, f"operator slowed to {tick.pace.describe()}: {cmd.reason}")
+        self._acted(cmd, accepted=True, detail=self._replan(tick, out, t))
+
+    def _replan(self, tick: _InfusionTicks, out: _core.StepOutput, t: float) -> dict[str, Any]:
+        """When the infusion now ends at its pace, and what the maximum duration would leave ungiven."""
+        plan, pace = tick.plan, tick.pace
+        elapsed = t - (tick.started_s if tick.started_s is not None else t)
+        ends_s = elapsed + time_to_finish(plan, out.delivered_ml, pace)
+        info: dict[str, Any] = {
+            "pace": pace.describe(),
+            "rate_ml_h": tick.rate_ml_h,
+            "ends_at_min": ends_s / 60.0,
+            "max_min": tick.max_s / 60.0 if tick.max_s is not None else None,
+        }
+        if tick.max_s is not None and ends_s > tick.max_s:
+            within = volume_within(plan, out.delivered_ml, pace, tick.max_s - elapsed)
+            short_ml = max(plan.volume_ml - out.delivered_ml - within, 0.0)
+            if short_ml > END_OF_DOSE_ML:
+                info["not_given_by_max_mg"] = short_ml * plan.concentration_mg_per_ml
+        self.rec.info("infusion_replanned", **info)
+        return info
+
+    def _watch_duration(
+        self, loop: ControlLoop, tick: _InfusionTicks, out: _core.StepOutput, t: float
+    ) -> None:
+        """At the maximum duration the pump is held and the operator asked whether to continue (to the
+        drug library's hard maximum) or stop; at the hard maximum it stops."""
+        if tick.max_s is None or tick.started_s is None or out.state not in _INFUSING:
+            return
+        if tick.max_question is not None:
+            question, future = tick.max_question
+            if future.done():
+                tick.max_question = None
+                self._max_duration_answered(loop, tick, future.result(), self._by(question))
+            return
+        if t - tick.started_s < tick.max_s or LIMIT in tick.holds.holders or tick.stop_cause is not None:
+            return
+        short_ml = max(out.remaining_ml, 0.0)
+        if short_ml <= END_OF_DOSE_ML:
+            return  # the dose is in: the kernel ends it at this tick
+        plan = tick.plan
+        short_mg = short_ml * plan.concentration_mg_per_ml
+        reached = f"maximum duration ({tick.max_s / 60.0:g} min) reached"
+        not_given = f"{short_mg:.2f} mg ({100.0 * short_ml / plan.volume_ml:.1f} %) not given"
+        change = tick.holds.limit_hold()
+        if change.kernel == "pause":
+            loop.request_pause(reached)
+        self._held(change, "protocol", f"{reached}; {not_given}")
+        self._automatic("hold", "protocol", f"{reached}; {not_given}", not_given_mg=short_mg)
+        self.rec.warning("max_duration_reached", max_min=tick.max_s / 60.0, not_given_mg=short_mg)
+        self.alarms.append(
+            {"t_min": t / 60.0, "source": "protocol", "code": "max_duration_reached", "detail": not_given}
+        )
+        self._alarm_event("protocol", "max_duration_reached", f"{reached}; {not_given}")
+        at = self._calendar()
+        self._record(
+            "alarm",
+            lambda: self.ctx.course.record_alarm(self.session_id, at, "max_duration_reached", not_given),
+            code="max_duration_reached",
+        )
+        if tick.hard_max_s is not None and tick.max_s >= tick.hard_max_s:
+            self._stop_at_max(loop, tick, f"{reached}: the drug library's hard maximum; {not_given}")
+            return
+        further = f"{tick.hard_max_s / 60.0:g} min" if tick.hard_max_s is not None else "the end of the dose"
+        text = (
+            f"The infusion reached its maximum duration ({tick.max_s / 60.0:g} min) with {not_given}. "
+            f"Continue to {further} (give a reason), or stop here?"
+        )
+        tick.max_question = self._ask_later("max_duration", "max_duration", text)
+
+    def _max_duration_answered(
+        self, loop: ControlLoop, tick: _InfusionTicks, answer: Answer, by: str | None
+    ) -> None:
+        if not isinstance(answer, str):
+            self._stop_at_max(loop, tick, "maximum duration reached: the operator stopped the infusion there")
+            return
+        tick.max_s = tick.hard_max_s
+        message = "continued past the protocol's maximum duration"
+        self.confirmations.append({"kind": "max_duration", "message": message, "reason": answer, "by": by})
+        self.rec.warning(
+            "soft_limit_confirmed", kind="max_duration", reason=answer, operator=by, message=message
+        )
+        at = self._calendar()
+        self._record(
+            "override",
+            lambda: self.ctx.course.record_override(
+                self.ctx.patient.patient_id, self.session_id, "max_duration", answer, at, who=by
+            ),
+            kind="max_duration",
+        )
+        change = tick.holds.limit_release()
+        if change.kernel == "resume":
+            loop.request_resume("continued past the maximum duration")
+        self._held(change, "protocol", f"continued: {answer}", by)
+        self._automatic("release", "protocol", f"continued past the maximum duration: {answer}")
+
+    def _stop_at_max(self, loop: ControlLoop, tick: _InfusionTicks, why: str) -> None:
+        tick.stop_cause = "max_duration"
+        self.rec.warning("infusion_stopped_at_max_duration", why=why)
+        self._automatic("stop", "protocol", why)
+        loop.request_stop(by="protocol")
 
     def _gate_infusion(
         self, loop: ControlLoop, tick: _InfusionTicks, out: _core.StepOutput, t: float
     ) -> None:
-        """Vitals during the infusion: a new alarm pauses at the next tick; once every condition has
-        cleared, the operator decides when to resume."""
+        """Vitals during the infusion: an active condition holds the pump (alongside an operator's pause,
+        never taking it over); once every condition has cleared, the vitals' hold is released as the
+        protocol says, and never anyone else's."""
         assert self.gate is not None
         for alarm in self._poll_vitals():
             self._vitals_alarm(alarm, "infusion")
+        self._follow_up_cuff()
+        if out.state not in _INFUSING:
+            return
         active = self.gate.active()
-        # Level-triggered: whatever paused or resumed it before, a vitals condition that is active pauses
-        # a running pump at the next tick, and takes over an operator's pause (so only the vitals rule,
-        # clear for the operator's standing time, resumes it).
-        if active and tick.paused_by != "vitals" and out.state in {"running", "paused"}:
-            detail = "; ".join(a.detail for a in active)
-            if out.state == "running":
+        detail = "; ".join(a.detail for a in active)
+        change = tick.holds.vitals(active=bool(active), now_s=t)
+        if change.added == VITALS:
+            if change.kernel == "pause":
                 loop.request_pause(f"vitals: {detail}")
             else:
-                self.rec.warning("pause_held_by_vitals", reason=detail)
+                self.rec.warning("pause_held_by_vitals", reason=detail, holders=list(change.left))
             self.pauses.append({"t_min": t / 60.0, "by": "vitals", "reason": detail})
-            tick.paused_by, tick.paused_since_s, tick.clear_since_s = "vitals", t, None
-        if tick.paused_by != "vitals" or out.state != "paused":
+            self._held(change, VITALS, detail)
+            self._automatic("hold", "vitals", detail, holders=list(change.left))
+        elif VITALS in change.released:
+            why = f"vitals within limits for {self.thresholds.resume_after_s:g} s (vitals.resume = auto)"
+            if change.kernel == "resume":
+                loop.request_resume(why)
+            self._held(change, VITALS, why)
+            self._automatic("release", "vitals", why, holders=list(change.left))
+        # The operator's standing rule: vitals that stay out of range this long end the infusion. Only the
+        # time a condition is active counts (once clear, waiting for the operator's resume is not theirs).
+        if not active or VITALS not in tick.holds.holders:
+            tick.vitals_active_since_s = None
             return
-        if self.ctx.operator.stop_after_pause(t - tick.paused_since_s):
-            self.rec.warning("infusion_abandoned", paused_min=(t - tick.paused_since_s) / 60.0)
+        if tick.vitals_active_since_s is None:
+            tick.vitals_active_since_s = t
+        since = tick.vitals_active_since_s
+        if tick.stop_cause is None and self.ctx.operator.stop_after_pause(t - since):
+            minutes = (t - since) / 60.0
+            tick.stop_cause = "vitals"
+            self.rec.warning("infusion_abandoned", paused_min=minutes)
+            self._automatic("stop", "vitals", f"the vitals kept the infusion paused for {minutes:.1f} min")
             self._stopping = True
-            loop.request_stop()
-            return
-        if self.gate.active():
-            tick.clear_since_s = None
-        elif tick.clear_since_s is None:
-            tick.clear_since_s = t
-        elif self.ctx.operator.resume_after_alarm(t - tick.clear_since_s):
-            loop.request_resume("vitals back within limits; operator resumed")
-            tick.paused_by = tick.clear_since_s = None
+            loop.request_stop(by="vitals")
 
     def _point(
         self,
         t: float,
+        *,
         out: _core.StepOutput,
         telemetry: PumpTelemetry | None,
         tick: _InfusionTicks,
         threshold: float,
+        planned_rate: float,
     ) -> None:
         plan, volumes = tick.plan, tick.volumes
         measured = math.nan
@@ -1138,6 +1720,9 @@ class Session:
                 measured_rate_ml_h=measured,
                 pressure_mmhg=telemetry.pressure_mmhg if telemetry is not None else math.nan,
                 threshold_mmhg=threshold,
+                planned_rate_ml_h=planned_rate,
+                programmed_rate_ml_h=tick.rate_ml_h,
+                held_by="+".join(tick.holds.holders),
                 **self._vitals_now(),
             )
         )
@@ -1159,8 +1744,8 @@ class Session:
             **self._vitals_now(),
         )
 
-    def _vitals_now(self) -> dict[str, float]:
-        return {ch: self._latest.get(ch, math.nan) for ch in ("sbp", "dbp", "hr", "spo2")}
+    def _vitals_now(self) -> dict[str, Any]:
+        return {ch: self._latest.get(ch, math.nan) for ch in CHANNELS}
 
     async def _observe(self, plan: DosePlan) -> float:
         """Observation: at least ``min_minutes`` and until every channel is within the band of its
@@ -1179,9 +1764,11 @@ class Session:
             t = self._t()
             for alarm in self._poll_vitals():
                 self._vitals_alarm(alarm, "observation")
+            self._follow_up_cuff()
             elapsed_min = (t - start) / 60.0
             if self._outside_infusion("observation"):
-                taken = [a for a in self._actions if a.action == "end_observation" and a.accepted][-1]
+                taken = self._observation_ended_by
+                assert taken is not None
                 self.rec.warning(
                     "observation_ended",
                     minutes=elapsed_min,
@@ -1223,6 +1810,22 @@ def _command_scope(action: str) -> str:
     return "observation" if action == "end_observation" else "infusion"
 
 
+def _session_operator(ctx: SessionContext) -> str | None:
+    """The session's operator, checked; ``None`` only where the protocol allows anonymous QA runs."""
+    if ctx.operator_name is None:
+        if not ctx.protocol.session.allow_anonymous:
+            raise ConfigurationError(
+                "operator",
+                f"is required: protocol {ctx.protocol.name!r} does not allow a session without its "
+                "operator's name (session.allow_anonymous is for QA runs)",
+            )
+        return None
+    try:
+        return check_operator_name(ctx.operator_name)
+    except ValueError as e:
+        raise ConfigurationError("operator", str(e)) from None
+
+
 def _failed_outcome(error: BaseException) -> str:
     """How a session that raised ended, for its :class:`~ketapump.clinical.events.SessionEnded`."""
     if isinstance(error, LimitError):
@@ -1235,11 +1838,14 @@ def _failed_outcome(error: BaseException) -> str:
 __all__ = [
     "ACTIONS",
     "PENDING",
+    "PUMP_ACTIONS",
+    "Action",
     "Answer",
     "Operator",
     "Phase",
     "Question",
     "QuestionKind",
+    "ScheduledCommand",
     "ScriptedOperator",
     "Session",
     "SessionAbortedError",

@@ -1,24 +1,36 @@
 """Vital signs: feeds that deliver timestamped readings, and the gate that turns them into alarms.
 
-Why: S13 (safety-targets.md) asks that the infusion pause within 1 s of a reading past a threshold,
-that every scripted crossing be caught and in-range noise never raise, and that a stale feed itself be
-an alarm. The session orchestrator calls ``feed.poll(now_s)`` and ``gate.update(now_s, samples)`` every
-control tick (10 Hz) and pauses the infusion on any alarm returned, so a crossing is caught at the tick
-its reading arrives.
+Why: S13 (safety-targets.md) asks that the infusion pause within 1 s of a real crossing of a threshold,
+that every scripted crossing be caught and in-range noise and single-sample artefacts never raise, and
+that a stale feed itself be an alarm. The session engine calls ``feed.poll(now_s)`` and
+``gate.update(now_s, samples)`` every control tick (10 Hz) and pauses the infusion on any alarm returned.
 
 Time is injected: ``now_s`` and every ``t_s`` are the session clock (:mod:`ketapump.clock`); nothing here
 reads the wall clock, so a session runs faster than real time and reproducibly.
 
 **One reading per channel.** A :class:`VitalsSample` is ``(t_s, channel, value)`` with the channels
-``sbp`` and ``dbp`` (mmHg, taken together by a non-invasive cuff every 10 min), ``hr`` (bpm) and ``spo2``
-(%, both continuous, every 1 s). Staleness is then per channel: each has its own interval.
+``sbp`` and ``dbp`` (mmHg, taken together by a non-invasive cuff every 10 min: *discrete* readings),
+``hr`` (bpm) and ``spo2`` (%), both *continuous* (every 1 s), and the optional ``rr`` (breaths/min) and
+``etco2`` (mmHg) of a capnograph, watched only when the rules say they are monitored. Staleness is per
+channel: each has its own interval.
+
+**When a reading alarms** (:class:`VitalsGate`):
+
+- past a limit: above (≥) a channel's maximum or below (<) its minimum. Both kinds are on by default
+  (hypertension, tachycardia; hypotension SBP < 90, bradycardia HR < 50, desaturation SpO₂ < 90). A
+  maximum may also be relative to the patient's baseline (e.g. SBP + 30 %), whichever is lower;
+- a discrete reading (the cuff) alarms at once; a continuous one only once its channel has stayed past
+  the limit for the channel's alarm delay (e.g. 10 s for SpO₂, as bedside monitors do), so a one-second
+  artefact never alarms while a real desaturation alarms within delay + one reading;
+- a channel whose newest reading is older than ``stale_factor`` × its interval is itself an alarm.
 
 Feeds (:class:`VitalsFeed`: ``poll(now_s)`` returns every reading timestamped ≤ ``now_s`` not yet
-returned, in time order):
+returned, in time order; a feed that can take a reading on request is also a
+:class:`OnDemandVitalsFeed`):
 
 - :class:`ScriptedMonitor`: the simulator's patient monitor, driven by a :class:`PatientScript` (TOML,
   see ``data/patients/demo.toml``): seeded bounded noise, the ketamine response, scripted crossings and
-  dropouts;
+  dropouts, cuff readings on request, and the nurse's scripted actions for tests and the demo;
 - :class:`CsvVitalsFeed`: replay of a recorded file (long ``t_s,channel,value`` or wide ``t_s,sbp,…``);
 - :class:`CallbackVitalsFeed`: an integrator's monitor pushes readings from any thread.
 
@@ -28,6 +40,7 @@ protocol may override by name (:func:`vitals_thresholds`).
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
 import threading
@@ -36,11 +49,12 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol, get_args
+from typing import Annotated, Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from ketapump.clinical.commands import NurseAction
 from ketapump.errors import ConfigurationError
 from ketapump.validation import (
     MAX_RECORDING_BYTES,
@@ -53,12 +67,27 @@ from ketapump.validation import (
     validate_document,
 )
 
-Channel = Literal["sbp", "dbp", "hr", "spo2"]
+Channel = Literal["sbp", "dbp", "hr", "spo2", "rr", "etco2"]
 #: Every channel, in the order reports list them.
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
+#: The channels every session watches; the others only when the rules say they are monitored.
+CORE_CHANNELS: tuple[Channel, ...] = ("sbp", "dbp", "hr", "spo2")
+OPTIONAL_CHANNELS: tuple[Channel, ...] = ("rr", "etco2")
+#: Channels read one reading at a time by a cuff: a reading past a limit alarms at once.
+DISCRETE_CHANNELS: tuple[Channel, ...] = ("sbp", "dbp")
 #: How people write each channel, and its unit.
-LABELS: dict[Channel, str] = {"sbp": "SBP", "dbp": "DBP", "hr": "HR", "spo2": "SpO₂"}
-UNITS: dict[Channel, str] = {"sbp": "mmHg", "dbp": "mmHg", "hr": "bpm", "spo2": "%"}
+LABELS: dict[Channel, str] = {
+    "sbp": "SBP", "dbp": "DBP", "hr": "HR", "spo2": "SpO₂", "rr": "RR", "etco2": "EtCO₂",
+}  # fmt: skip
+UNITS: dict[Channel, str] = {
+    "sbp": "mmHg", "dbp": "mmHg", "hr": "bpm", "spo2": "%", "rr": "/min", "etco2": "mmHg",
+}  # fmt: skip
+
+#: The name of each channel's value (with its unit) in a baseline and in the noise settings.
+CHANNEL_FIELDS: dict[Channel, str] = {
+    "sbp": "sbp_mmhg", "dbp": "dbp_mmhg", "hr": "hr_bpm", "spo2": "spo2_pct", "rr": "rr_per_min",
+    "etco2": "etco2_mmhg",
+}  # fmt: skip
 
 THRESHOLDS_RESOURCE = "vitals.toml"
 DEMO_PATIENT_RESOURCE = "patients/demo.toml"
@@ -119,50 +148,135 @@ class VitalsFeed(Protocol):
         ...
 
 
+@runtime_checkable
+class OnDemandVitalsFeed(Protocol):
+    """A feed that can be asked for a reading now (a cuff that can be started between its cycles)."""
+
+    def request_reading(self, channels: tuple[Channel, ...], now_s: float) -> bool:
+        """Starts a measurement of ``channels``; its readings arrive through :meth:`poll` once taken.
+        ``False``: this feed cannot measure them on request."""
+        ...
+
+
 # ----- rules ---------------------------------------------------------------------------------------
 
 _Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: A low limit: 0 turns it off (no reading is below 0).
+_Low = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+#: A rise over baseline in percent: 0 turns it off.
+_Rise = Annotated[float, Field(ge=0, le=200, allow_inf_nan=False)]
+_Delay = Annotated[float, Field(ge=0, le=120, allow_inf_nan=False)]
+
+#: Each channel's (low, high) limit settings (``None``: the channel has no limit of that kind).
+_LIMIT_FIELDS: dict[Channel, tuple[str | None, str | None]] = {
+    "sbp": ("sbp_min_mmhg", "sbp_max_mmhg"),
+    "dbp": (None, "dbp_max_mmhg"),
+    "hr": ("hr_min_bpm", "hr_max_bpm"),
+    "spo2": ("spo2_min_pct", None),
+    "rr": ("rr_min_per_min", "rr_max_per_min"),
+    "etco2": ("etco2_min_mmhg", "etco2_max_mmhg"),
+}
+_RISE_FIELDS: dict[Channel, str] = {
+    "sbp": "sbp_rise_max_pct",
+    "dbp": "dbp_rise_max_pct",
+    "hr": "hr_rise_max_pct",
+}
 
 
 class VitalsThresholds(BaseModel):
-    """The vital-sign rules (clinical-protocol.md, "Vital-sign rules"); defaults in ``data/vitals.toml``."""
+    """The vital-sign rules (clinical-protocol.md, "Vital-sign rules"); defaults in ``data/vitals.toml``,
+    where every setting is explained."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sbp_max_mmhg: _Positive
+    sbp_min_mmhg: _Low
     dbp_max_mmhg: _Positive
     hr_max_bpm: _Positive
+    hr_min_bpm: _Low
     spo2_min_pct: float = Field(gt=0, le=100, allow_inf_nan=False)
+    rr_max_per_min: _Positive
+    rr_min_per_min: _Low
+    etco2_max_mmhg: _Positive
+    etco2_min_mmhg: _Low
+    sbp_rise_max_pct: _Rise
+    dbp_rise_max_pct: _Rise
+    hr_rise_max_pct: _Rise
+    hr_alarm_delay_s: _Delay
+    spo2_alarm_delay_s: _Delay
+    rr_alarm_delay_s: _Delay
+    etco2_alarm_delay_s: _Delay
+    rr_monitored: StrictBool
+    etco2_monitored: StrictBool
     bp_interval_s: _Positive
     hr_interval_s: _Positive
     spo2_interval_s: _Positive
+    rr_interval_s: _Positive
+    etco2_interval_s: _Positive
     stale_factor: float = Field(ge=1, allow_inf_nan=False)
+    bp_recheck_s: _Positive
+    resume: Literal["clinician", "auto"]
+    resume_after_s: float = Field(ge=0, allow_inf_nan=False)
     baseline_sbp_warn_mmhg: _Positive
     baseline_dbp_warn_mmhg: _Positive
     band_pct: float = Field(gt=0, lt=100, allow_inf_nan=False)
 
+    @model_validator(mode="after")
+    def _low_below_high(self) -> VitalsThresholds:
+        for low_field, high_field in _LIMIT_FIELDS.values():
+            if low_field is None or high_field is None:
+                continue
+            low, high = getattr(self, low_field), getattr(self, high_field)
+            if low >= high:
+                raise ValueError(f"{low_field} ({low:g}) must be below {high_field} ({high:g})")
+        return self
+
+    def channels(self) -> tuple[Channel, ...]:
+        """The channels watched: the core ones and the optional ones that are monitored."""
+        optional = tuple(c for c in OPTIONAL_CHANNELS if getattr(self, f"{c}_monitored"))
+        return CORE_CHANNELS + optional
+
     def interval_s(self, channel: Channel) -> float:
         """The expected interval between two readings of ``channel``."""
-        if channel in ("sbp", "dbp"):
-            return self.bp_interval_s
-        return self.hr_interval_s if channel == "hr" else self.spo2_interval_s
+        interval: float = getattr(
+            self, "bp_interval_s" if channel in DISCRETE_CHANNELS else f"{channel}_interval_s"
+        )
+        return interval
 
     def stale_after_s(self, channel: Channel) -> float:
         """Age of the newest reading past which ``channel`` is stale."""
         return self.stale_factor * self.interval_s(channel)
 
-    def limit(self, channel: Channel) -> float:
-        return {
-            "sbp": self.sbp_max_mmhg,
-            "dbp": self.dbp_max_mmhg,
-            "hr": self.hr_max_bpm,
-            "spo2": self.spo2_min_pct,
-        }[channel]
+    def alarm_delay_s(self, channel: Channel) -> float:
+        """How long ``channel`` must stay past a limit before it alarms (0 for a discrete reading)."""
+        if channel in DISCRETE_CHANNELS:
+            return 0.0
+        delay: float = getattr(self, f"{channel}_alarm_delay_s")
+        return delay
+
+    def limits(self, channel: Channel) -> tuple[float | None, float | None]:
+        """The channel's absolute (low, high) limits; ``None``: no limit of that kind (a low limit of 0
+        is off)."""
+        low_field, high_field = _LIMIT_FIELDS[channel]
+        low = getattr(self, low_field) if low_field is not None else None
+        high = getattr(self, high_field) if high_field is not None else None
+        return (low if low else None), high
+
+    def rise_max_pct(self, channel: Channel) -> float | None:
+        """The highest rise over baseline allowed (%), or ``None`` when off."""
+        name = _RISE_FIELDS.get(channel)
+        rise = getattr(self, name) if name is not None else 0.0
+        return rise or None
 
     def crossed(self, channel: Channel, value: float) -> bool:
-        """Whether ``value`` is past the channel's limit (≥ the maximum; < the SpO₂ minimum)."""
-        limit = self.limit(channel)
-        return value < limit if channel == "spo2" else value >= limit
+        """Whether ``value`` is past an absolute limit (≥ the maximum, < the minimum). The gate also
+        applies the limits relative to the baseline (:meth:`VitalsGate.limits`)."""
+        low, high = self.limits(channel)
+        return _past(value, low, high)
+
+
+def _past(value: float, low: float | None, high: float | None) -> bool:
+    return (low is not None and value < low) or (high is not None and value >= high)
 
 
 @cache
@@ -184,7 +298,8 @@ def vitals_thresholds(
 
 
 class VitalsBaseline(BaseModel):
-    """A patient's resting vital signs, recorded before the infusion."""
+    """A patient's resting vital signs, recorded before the infusion (``rr`` and ``etco2`` only when
+    they are monitored)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -192,24 +307,39 @@ class VitalsBaseline(BaseModel):
     dbp_mmhg: _Positive
     hr_bpm: _Positive
     spo2_pct: float = Field(gt=0, le=100, allow_inf_nan=False)
+    rr_per_min: _Positive | None = None
+    etco2_mmhg: _Positive | None = None
 
-    def value(self, channel: Channel) -> float:
-        return {"sbp": self.sbp_mmhg, "dbp": self.dbp_mmhg, "hr": self.hr_bpm, "spo2": self.spo2_pct}[channel]
+    def value(self, channel: Channel) -> float | None:
+        """The channel's baseline; ``None`` for an optional channel without one."""
+        value: float | None = getattr(self, CHANNEL_FIELDS[channel])
+        return value
 
     @classmethod
-    def from_samples(cls, samples: Iterable[VitalsSample]) -> VitalsBaseline:
-        """The mean of each channel's readings (e.g. those polled during the preparation).
+    def from_samples(
+        cls, samples: Iterable[VitalsSample], channels: Iterable[Channel] = CORE_CHANNELS
+    ) -> VitalsBaseline:
+        """The mean of each of ``channels``' readings (e.g. those polled during the preparation).
 
         Raises :class:`VitalsDataError` naming a channel without a reading.
         """
-        values: dict[Channel, list[float]] = {c: [] for c in CHANNELS}
+        wanted = tuple(channels)
+        values: dict[Channel, list[float]] = {c: [] for c in wanted}
         for s in samples:
-            values[s.channel].append(s.value)
-        missing = [c for c in CHANNELS if not values[c]]
+            if s.channel in values:
+                values[s.channel].append(s.value)
+        missing = [c for c in wanted if not values[c]]
         if missing:
             raise VitalsDataError("baseline", f"has no reading of {', '.join(missing)}")
         mean = {c: float(np.mean(v)) for c, v in values.items()}
-        return cls(sbp_mmhg=mean["sbp"], dbp_mmhg=mean["dbp"], hr_bpm=mean["hr"], spo2_pct=mean["spo2"])
+        return cls(
+            sbp_mmhg=mean["sbp"],
+            dbp_mmhg=mean["dbp"],
+            hr_bpm=mean["hr"],
+            spo2_pct=mean["spo2"],
+            rr_per_min=mean.get("rr"),
+            etco2_mmhg=mean.get("etco2"),
+        )
 
 
 # ----- the gate ----------------------------------------------------------------------------------
@@ -219,7 +349,9 @@ class VitalsBaseline(BaseModel):
 class VitalsAlarm:
     """A condition newly raised by :meth:`VitalsGate.update`.
 
-    ``crossing``: ``t_s`` is the reading's time, ``value`` the reading, ``limit`` the threshold passed.
+    ``crossing``: ``t_s`` is the time of the reading that raised it, ``value`` that reading, ``limit``
+    the threshold passed (``low``: a minimum), ``since_s`` the time of the first reading of the run past
+    the limit (earlier than ``t_s`` by at least the channel's alarm delay).
     ``stale``: ``t_s`` is when the gate noticed, ``age_s`` the age of the channel's newest reading (or of
     the gate's first update when there was none), ``limit`` the allowed age.
     """
@@ -230,36 +362,70 @@ class VitalsAlarm:
     limit: float
     value: float | None = None
     age_s: float | None = None
+    low: bool = False
+    since_s: float | None = None
 
     @property
     def detail(self) -> str:
         """One line for people and the audit log."""
         label, unit = LABELS[self.channel], UNITS[self.channel]
         if self.kind == "crossing":
-            sign = "<" if self.channel == "spo2" else "≥"
-            return f"{label} {self.value:g} {unit} {sign} {self.limit:g} {unit}"
+            sign = "<" if self.low else "≥"
+            held = self.t_s - self.since_s if self.since_s is not None else 0.0
+            lasting = f" for {held:g} s" if held > 0 else ""
+            return f"{label} {self.value:g} {unit} {sign} {self.limit:g} {unit}{lasting}"
         return f"{label} feed stale: newest reading {self.age_s:.1f} s old (limit {self.limit:g} s)"
 
 
 class VitalsGate:
     """Turns readings into alarms. Pure: no I/O, no clock; the caller hands it ``now_s``.
 
-    - ``crossing``: raised on the first reading past a limit; active until a newer reading is back in
-      range (then it can be raised again by a later crossing);
-    - ``stale``: raised when a channel's newest reading is older than ``stale_factor × interval``;
-      active until a reading arrives. A channel never read counts its age from the first update.
+    - ``crossing``: raised once a channel has been past one of its limits (:meth:`limits`) for its
+      alarm delay (:meth:`VitalsThresholds.alarm_delay_s`, measured between reading times: the first
+      reading past the limit and the current one); at once for a discrete channel. Any newer reading
+      back in range ends the run and, once raised, clears the alarm (a later crossing raises again);
+    - ``stale``: raised when a watched channel's newest reading is older than ``stale_factor ×
+      interval``; active until a reading arrives. A channel never read counts its age from the first
+      update.
 
-    A reading older than the channel's newest (a late arrival) still raises a crossing, but never clears
-    one nor refreshes the channel.
+    A reading older than the channel's newest (a late arrival) still raises a crossing on a discrete
+    channel, but never clears one, never refreshes the channel and never counts toward a delay.
+    Readings of a channel that is not watched are ignored.
     """
 
     def __init__(self, thresholds: VitalsThresholds, baseline: VitalsBaseline) -> None:
         self.thresholds = thresholds
         self.baseline = baseline
+        self.channels = thresholds.channels()
         self._latest: dict[Channel, VitalsSample] = {}
         self._active: dict[tuple[str, Channel], VitalsAlarm] = {}
+        #: The time of the first reading of each channel's current run past a limit.
+        self._run_since: dict[Channel, float] = {}
         self._started_s: float | None = None
         self._now_s: float | None = None
+        # The rules and the baseline are frozen: what they give each channel is worked out once, not on
+        # every update (ten a second for hours).
+        self._in_force = {channel: self._limits(channel) for channel in CHANNELS}
+        self._delay_s = {channel: thresholds.alarm_delay_s(channel) for channel in CHANNELS}
+        self._stale_after_s = {channel: thresholds.stale_after_s(channel) for channel in self.channels}
+
+    def limits(self, channel: Channel) -> tuple[float | None, float | None]:
+        """The (low, high) limits in force: the absolute ones, the high one lowered to the baseline's
+        allowed rise where that is set and lower."""
+        return self._in_force[channel]
+
+    def _limits(self, channel: Channel) -> tuple[float | None, float | None]:
+        low, high = self.thresholds.limits(channel)
+        rise = self.thresholds.rise_max_pct(channel)
+        base = self.baseline.value(channel)
+        if rise is not None and base is not None:
+            relative = base * (1.0 + rise / 100.0)
+            high = relative if high is None else min(high, relative)
+        return low, high
+
+    def crossed(self, channel: Channel, value: float) -> bool:
+        """Whether ``value`` is past a limit in force."""
+        return _past(value, *self.limits(channel))
 
     def update(self, now_s: float, samples: Iterable[VitalsSample]) -> list[VitalsAlarm]:
         """Takes the readings that arrived by ``now_s``; returns the alarms newly raised, oldest first.
@@ -279,30 +445,61 @@ class VitalsGate:
                 raise VitalsDataError(
                     "sample.t_s", f"of a {s.channel} reading ({s.t_s:g} s) is later than now ({now_s:g} s)"
                 )
-            latest = self._latest.get(s.channel)
-            newest = latest is None or s.t_s >= latest.t_s
-            key = ("crossing", s.channel)
-            if self.thresholds.crossed(s.channel, s.value):
-                if key not in self._active:
-                    alarm = VitalsAlarm(
-                        "crossing", s.channel, s.t_s, self.thresholds.limit(s.channel), value=s.value
-                    )
-                    self._active[key] = alarm
-                    raised.append(alarm)
-            elif newest:
-                self._active.pop(key, None)
-            if newest:
-                self._latest[s.channel] = s
-                self._active.pop(("stale", s.channel), None)
-        for channel in CHANNELS:
+            if s.channel not in self.channels:
+                continue
+            alarm = self._reading(s)
+            if alarm is not None:
+                raised.append(alarm)
+        for channel, limit in self._stale_after_s.items():
             key = ("stale", channel)
-            limit = self.thresholds.stale_after_s(channel)
-            age = self.age_s(channel)
+            latest = self._latest.get(channel)
+            age = now_s - (latest.t_s if latest is not None else self._started_s)
             if age > limit and key not in self._active:
                 alarm = VitalsAlarm("stale", channel, now_s, limit, age_s=age)
                 self._active[key] = alarm
                 raised.append(alarm)
         return raised
+
+    def _reading(self, s: VitalsSample) -> VitalsAlarm | None:
+        """One reading of a watched channel: the crossing it raises, if any."""
+        latest = self._latest.get(s.channel)
+        newest = latest is None or s.t_s >= latest.t_s
+        key = ("crossing", s.channel)
+        delay = self._delay_s[s.channel]
+        alarm: VitalsAlarm | None = None
+        if newest:
+            self._latest[s.channel] = s
+            self._active.pop(("stale", s.channel), None)
+        if not self.crossed(s.channel, s.value):
+            if newest:
+                self._active.pop(key, None)
+                self._run_since.pop(s.channel, None)
+            return None
+        if not newest and delay > 0:
+            return None  # a late reading cannot say how long the channel has been past its limit
+        since = self._run_since.setdefault(s.channel, s.t_s) if newest else s.t_s
+        if key not in self._active and s.t_s - since >= delay:
+            low, high = self.limits(s.channel)
+            is_low = low is not None and s.value < low
+            limit = low if is_low else high
+            assert limit is not None
+            alarm = VitalsAlarm("crossing", s.channel, s.t_s, limit, value=s.value, low=is_low, since_s=since)
+            self._active[key] = alarm
+        return alarm
+
+    def out_of_range(self, samples: Iterable[VitalsSample]) -> list[VitalsAlarm]:
+        """The readings of watched channels past a limit, at once (no alarm delay), one per channel:
+        the pre-check's test that nothing starts on a patient already out of range. Changes nothing."""
+        found: dict[Channel, VitalsAlarm] = {}
+        for s in sorted(samples, key=lambda s: s.t_s):
+            if s.channel in found or s.channel not in self.channels or not self.crossed(s.channel, s.value):
+                continue
+            low, high = self.limits(s.channel)
+            is_low = low is not None and s.value < low
+            limit = low if is_low else high
+            assert limit is not None
+            found[s.channel] = VitalsAlarm("crossing", s.channel, s.t_s, limit, value=s.value, low=is_low)
+        return list(found.values())
 
     def age_s(self, channel: Channel) -> float:
         """Age of ``channel``'s newest reading at the last update (since the first update if none)."""
@@ -315,23 +512,28 @@ class VitalsGate:
         """The alarms whose condition still holds, in the order they were raised."""
         return list(self._active.values())
 
+    def pending(self) -> list[Channel]:
+        """Channels past a limit whose alarm delay has not run out yet (nothing is raised for them yet)."""
+        return [c for c in self._run_since if ("crossing", c) not in self._active]
+
     def latest(self, channel: Channel) -> VitalsSample | None:
         """The channel's newest reading."""
         return self._latest.get(channel)
 
     def deviation_pct(self, channel: Channel) -> float | None:
-        """How far the newest reading is from baseline, in % of baseline (None without a reading)."""
+        """How far the newest reading is from baseline, in % of baseline (None without a reading or a
+        baseline)."""
         latest = self._latest.get(channel)
-        if latest is None:
-            return None
         base = self.baseline.value(channel)
+        if latest is None or base is None:
+            return None
         return 100.0 * (latest.value - base) / base
 
     def within_band(self, pct: float | None = None) -> bool:
-        """Whether the newest reading of every channel is within ±``pct`` % of its baseline and no channel
-        is stale (the end-of-observation rule; ``pct`` defaults to ``thresholds.band_pct``)."""
+        """Whether the newest reading of every watched channel is within ±``pct`` % of its baseline and
+        no channel is stale (the end-of-observation rule; ``pct`` defaults to ``thresholds.band_pct``)."""
         band = self.thresholds.band_pct if pct is None else pct
-        for channel in CHANNELS:
+        for channel in self.channels:
             deviation = self.deviation_pct(channel)
             if deviation is None or abs(deviation) > band or ("stale", channel) in self._active:
                 return False
@@ -352,7 +554,8 @@ class VitalsGate:
 
 
 class MonitorSettings(BaseModel):
-    """How the simulated monitor samples."""
+    """How the simulated monitor samples: each stream's interval, and how long the cuff takes to measure
+    when asked for a reading between its cycles."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -360,12 +563,15 @@ class MonitorSettings(BaseModel):
     bp_interval_s: _Positive = 600.0
     hr_interval_s: _Positive = 1.0
     spo2_interval_s: _Positive = 1.0
+    rr_interval_s: _Positive = 5.0
+    etco2_interval_s: _Positive = 5.0
+    cuff_measure_s: float = Field(default=30.0, ge=0, le=300, allow_inf_nan=False)
 
 
 class NoiseSettings(BaseModel):
     """Reading noise: a standard deviation per channel, bounded at ``bound_sd`` deviations so in-range
-    noise can never pass a limit. HR and SpO₂ drift slowly (first-order, ``correlation_s``); each cuff
-    reading is independent."""
+    noise can never pass a limit. The continuous channels drift slowly (first-order,
+    ``correlation_s``); each cuff reading is independent."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -373,11 +579,14 @@ class NoiseSettings(BaseModel):
     dbp_mmhg: float = Field(default=3.0, ge=0, allow_inf_nan=False)
     hr_bpm: float = Field(default=2.0, ge=0, allow_inf_nan=False)
     spo2_pct: float = Field(default=0.6, ge=0, allow_inf_nan=False)
+    rr_per_min: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    etco2_mmhg: float = Field(default=1.5, ge=0, allow_inf_nan=False)
     correlation_s: _Positive = 30.0
     bound_sd: _Positive = 3.0
 
     def sd(self, channel: Channel) -> float:
-        return {"sbp": self.sbp_mmhg, "dbp": self.dbp_mmhg, "hr": self.hr_bpm, "spo2": self.spo2_pct}[channel]
+        sd: float = getattr(self, CHANNEL_FIELDS[channel])
+        return sd
 
 
 class KetamineResponse(BaseModel):
@@ -393,6 +602,8 @@ class KetamineResponse(BaseModel):
     dbp_rise_mmhg: float = Field(default=8.0, allow_inf_nan=False)
     hr_rise_bpm: float = Field(default=8.0, allow_inf_nan=False)
     spo2_change_pct: float = Field(default=0.0, allow_inf_nan=False)
+    rr_change_per_min: float = Field(default=0.0, allow_inf_nan=False)
+    etco2_change_mmhg: float = Field(default=0.0, allow_inf_nan=False)
     onset_s: float = Field(default=0.0, allow_inf_nan=False)
     peak_s: float = Field(default=2400.0, allow_inf_nan=False)
     resolved_s: float = Field(default=5400.0, allow_inf_nan=False)
@@ -418,11 +629,14 @@ class KetamineResponse(BaseModel):
             "dbp": self.dbp_rise_mmhg,
             "hr": self.hr_rise_bpm,
             "spo2": self.spo2_change_pct,
+            "rr": self.rr_change_per_min,
+            "etco2": self.etco2_change_mmhg,
         }[channel]
 
 
 class CrossingEvent(BaseModel):
-    """From ``at_s`` for ``duration_s`` (script time), every reading of ``channel`` is ``value``."""
+    """From ``at_s`` for ``duration_s`` (script time), every reading of ``channel`` is ``value`` (an
+    excursion in range, a crossing, or a one-reading artefact)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -439,7 +653,7 @@ class DropoutEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["dropout"]
-    channel: Literal["sbp", "dbp", "hr", "spo2", "bp"]
+    channel: Literal["sbp", "dbp", "hr", "spo2", "rr", "etco2", "bp"]
     at_s: float = Field(allow_inf_nan=False)
     duration_s: _Positive
 
@@ -448,7 +662,10 @@ ScriptedEvent = Annotated[CrossingEvent | DropoutEvent, Field(discriminator="kin
 
 
 class PatientScript(BaseModel):
-    """A simulated patient: baseline, noise, the ketamine response and scripted events (TOML).
+    """A simulated patient: baseline, noise, the ketamine response, scripted events (TOML) and, for
+    tests and the demo, the nurse's scripted actions at the chair (``[[nurse]]``, played by
+    :meth:`ketapump.clinical.session.ScriptedOperator.from_script`). The monitor reports RR and EtCO₂
+    when the baseline has them.
 
     Script time is seconds from the infusion start (negative: before it).
     """
@@ -463,6 +680,7 @@ class PatientScript(BaseModel):
     noise: NoiseSettings = NoiseSettings()
     response: KetamineResponse = KetamineResponse()
     event: list[ScriptedEvent] = []
+    nurse: list[NurseAction] = []
 
 
 def parse_patient_script(text: str, where: str) -> PatientScript:
@@ -482,7 +700,9 @@ def demo_patient() -> PatientScript:
     return parse_patient_script(resource.read_text(encoding="utf-8"), DEMO_PATIENT_RESOURCE)
 
 
-_STREAMS: dict[str, tuple[Channel, ...]] = {"bp": ("sbp", "dbp"), "hr": ("hr",), "spo2": ("spo2",)}
+_STREAMS: dict[str, tuple[Channel, ...]] = {
+    "bp": ("sbp", "dbp"), "hr": ("hr",), "spo2": ("spo2",), "rr": ("rr",), "etco2": ("etco2",),
+}  # fmt: skip
 _NOISE_BLOCK = 512
 
 
@@ -512,12 +732,14 @@ class _Noise:
 class ScriptedMonitor:
     """The simulator's patient monitor: readings from ``script`` on the session clock.
 
-    Readings of each stream (the cuff's SBP + DBP, HR, SpO₂) fall at ``start_s + k × interval``. A
-    reading is the baseline plus the ketamine response plus bounded noise, rounded to whole units as a
-    monitor shows it (SpO₂ at most 100 %); a scripted crossing replaces it by its exact value, a dropout
-    suppresses it. Script time zero is ``infusion_start_s`` (by default ``start_s``); the orchestrator
-    may move it with :meth:`mark_infusion_start` once the infusion really starts. The same script, seed
-    and calls give the same readings, however often ``poll`` is called.
+    Readings of each stream (the cuff's SBP + DBP, HR, SpO₂, and RR and EtCO₂ when the script's
+    baseline has them) fall at ``start_s + k × interval``. A reading is the baseline plus the ketamine
+    response plus bounded noise, rounded to whole units as a monitor shows it (SpO₂ at most 100 %); a
+    scripted crossing replaces it by its exact value, a dropout suppresses it. Script time zero is
+    ``infusion_start_s`` (by default ``start_s``); the orchestrator may move it with
+    :meth:`mark_infusion_start` once the infusion really starts. :meth:`request_reading` starts the cuff
+    between its cycles: its reading arrives ``monitor.cuff_measure_s`` later. The same script, seed and
+    calls give the same readings, however often ``poll`` is called.
     """
 
     def __init__(
@@ -527,11 +749,26 @@ class ScriptedMonitor:
         self.start_s = start_s
         self.infusion_start_s = start_s if infusion_start_s is None else infusion_start_s
         m, noise = script.monitor, script.noise
-        self._interval = {"bp": m.bp_interval_s, "hr": m.hr_interval_s, "spo2": m.spo2_interval_s}
-        self._next = dict.fromkeys(_STREAMS, 0)
+        self._interval = {
+            "bp": m.bp_interval_s,
+            "hr": m.hr_interval_s,
+            "spo2": m.spo2_interval_s,
+            "rr": m.rr_interval_s,
+            "etco2": m.etco2_interval_s,
+        }
+        self._streams = {
+            stream: channels
+            for stream, channels in _STREAMS.items()
+            if all(script.baseline.value(c) is not None for c in channels)
+        }
+        self._next = dict.fromkeys(self._streams, 0)
+        #: Times of the cuff readings asked for between its cycles, not yet taken.
+        self._requested: list[float] = []
+        #: Every request, as (asked at, reading due at).
+        self.requests: list[tuple[float, float]] = []
         self._noise: dict[Channel, _Noise] = {}
         for index, channel in enumerate(CHANNELS):
-            stream = "bp" if channel in ("sbp", "dbp") else channel
+            stream = "bp" if channel in DISCRETE_CHANNELS else channel
             a = 0.0 if stream == "bp" else math.exp(-self._interval[stream] / noise.correlation_s)
             self._noise[channel] = _Noise(m.seed, index, noise.sd(channel), noise.bound_sd, a)
 
@@ -539,22 +776,39 @@ class ScriptedMonitor:
         """Script time zero (the response and events) is now session time ``t_s``."""
         self.infusion_start_s = t_s
 
+    def request_reading(self, channels: tuple[Channel, ...], now_s: float) -> bool:
+        """Starts the cuff now when ``channels`` are SBP/DBP (its reading is due ``cuff_measure_s``
+        later); a cuff already measuring is not started twice. The continuous channels need no request."""
+        if not set(channels) <= set(DISCRETE_CHANNELS):
+            return False
+        if not any(t >= now_s for t in self._requested):
+            due = now_s + self.script.monitor.cuff_measure_s
+            bisect.insort(self._requested, due)
+            self.requests.append((now_s, due))
+        return True
+
     def nominal(self, t_s: float, channel: Channel) -> float:
         """The noiseless value at session time ``t_s``: baseline plus the ketamine response."""
         r = self.script.response
-        return self.script.baseline.value(channel) + r.rise(channel) * r.fraction(t_s - self.infusion_start_s)
+        base = self.script.baseline.value(channel)
+        assert base is not None, f"the script's baseline has no {channel}"
+        return base + r.rise(channel) * r.fraction(t_s - self.infusion_start_s)
 
     def poll(self, now_s: float) -> list[VitalsSample]:
-        out: list[VitalsSample] = []
-        for stream, channels in _STREAMS.items():
+        due: list[tuple[float, str]] = []
+        for stream in self._streams:
             interval = self._interval[stream]
             while (t := self.start_s + self._next[stream] * interval) <= now_s:
                 self._next[stream] += 1
-                for channel in channels:
-                    value = self._reading(t, channel)
-                    if value is not None:
-                        out.append(VitalsSample(t, channel, value))
-        out.sort(key=lambda s: s.t_s)
+                due.append((t, stream))
+        while self._requested and self._requested[0] <= now_s:
+            due.append((self._requested.pop(0), "bp"))
+        out: list[VitalsSample] = []
+        for t, stream in sorted(due):  # noise is drawn in time order
+            for channel in self._streams[stream]:
+                value = self._reading(t, channel)
+                if value is not None:
+                    out.append(VitalsSample(t, channel, value))
         return out
 
     def _reading(self, t_s: float, channel: Channel) -> float | None:
@@ -565,7 +819,7 @@ class ScriptedMonitor:
             if not event.at_s <= script_t < event.at_s + event.duration_s:
                 continue
             if isinstance(event, DropoutEvent):
-                if event.channel == channel or (event.channel == "bp" and channel in ("sbp", "dbp")):
+                if event.channel == channel or (event.channel == "bp" and channel in DISCRETE_CHANNELS):
                     return None
             elif event.channel == channel:
                 crossing = event.value
@@ -584,7 +838,7 @@ class CsvVitalsFeed:
     Two layouts, told apart by the header line (``#`` lines and blank lines are skipped):
 
     - long: ``t_s,channel,value``, one reading a row;
-    - wide: ``t_s`` then any of ``sbp,dbp,hr,spo2`` as columns; an empty cell is no reading.
+    - wide: ``t_s`` then any of ``sbp,dbp,hr,spo2,rr,etco2`` as columns; an empty cell is no reading.
 
     Times must not go backwards. ``offset_s`` is added to every time (a recording's zero is then the
     session time ``offset_s``). Every problem is a :class:`VitalsDataError` naming ``path:line``.
@@ -687,12 +941,16 @@ class CallbackVitalsFeed:
         dbp: float | None = None,
         hr: float | None = None,
         spo2: float | None = None,
+        rr: float | None = None,
+        etco2: float | None = None,
     ) -> None:
         """Queues the readings a monitor reported together (e.g. a cuff's SBP and DBP), all or none."""
-        given: dict[Channel, float | None] = {"sbp": sbp, "dbp": dbp, "hr": hr, "spo2": spo2}
+        given: dict[Channel, float | None] = {
+            "sbp": sbp, "dbp": dbp, "hr": hr, "spo2": spo2, "rr": rr, "etco2": etco2,
+        }  # fmt: skip
         samples = [VitalsSample(t_s, c, v) for c, v in given.items() if v is not None]
         if not samples:
-            raise VitalsDataError("push_reading", "needs at least one of sbp, dbp, hr, spo2")
+            raise VitalsDataError("push_reading", f"needs at least one of {', '.join(CHANNELS)}")
         with self._lock:
             self._pending.extend(samples)
 

@@ -1,4 +1,5 @@
-"""Course history: each patient's infusion sessions, alarms, journal notes and overrides, kept in SQLite.
+"""Course history: each patient's infusion sessions, alarms, journal notes and overrides, and each
+session's operator actions, observations of side effects and medications given, kept in SQLite.
 
 A course of ketamine infusions lasts weeks: an initial series of six over 2–3 weeks, then maintenance
 every 2–6 weeks. The rules that decide whether a new session may start (44 h since the last start, at
@@ -65,12 +66,15 @@ from ketapump.clinical.course.location import (
     normalise_patient_id,
 )
 from ketapump.clinical.course.records import (
+    ActionRecord,
     Alarm,
     CourseSummary,
     InitialSeries,
     LogSeal,
     MaintenanceWindow,
+    Medication,
     Note,
+    Observation,
     Override,
     Patient,
     SeriesEntry,
@@ -84,6 +88,7 @@ __all__ = [
     "APPLICATION_ID",
     "PATIENT_ID_RULE",
     "SCHEMA_VERSION",
+    "ActionRecord",
     "Alarm",
     "CourseHistory",
     "CourseSettings",
@@ -92,8 +97,10 @@ __all__ = [
     "InitialSeries",
     "LogSeal",
     "MaintenanceWindow",
+    "Medication",
     "Migration",
     "Note",
+    "Observation",
     "Override",
     "Patient",
     "SeriesEntry",

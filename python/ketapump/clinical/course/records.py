@@ -1,5 +1,6 @@
-"""The records the course history hands out: patients, sessions, alarms, notes, overrides, and the
-course summary (series, initial series, maintenance window). Frozen values; the store creates them."""
+"""The records the course history hands out: patients, sessions, alarms, notes, overrides, the operator's
+actions, observations and medications of each session, and the course summary (series, initial series,
+maintenance window). Frozen values; the store creates them."""
 
 from __future__ import annotations
 
@@ -72,9 +73,60 @@ class LogSeal:
 
 @dataclasses.dataclass(frozen=True)
 class Note:
+    """A journal note; ``who`` wrote it (``None``: written before operator names were recorded)."""
+
     session_id: str
     at: _dt.datetime
     text: str
+    who: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionRecord:
+    """Something done to a session's infusion, and by whom: an operator's command (``actor`` is
+    ``operator``, ``who`` their name, ``source`` the channel it came through) whether carried out
+    (``accepted``) or refused (``why``), or the vitals gate or the protocol holding or releasing the
+    pump (``actor`` ``vitals`` or ``protocol``, ``who`` ``None``). ``detail`` holds the action's
+    arguments and what it did (the holders left, a new rate, …)."""
+
+    session_id: str
+    at: _dt.datetime
+    action: str
+    actor: str
+    who: str | None
+    source: str
+    accepted: bool
+    reason: str
+    why: str
+    detail: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """A side effect or state the nurse recorded: its ``kind`` (nausea, dissociation, …), its ``value``
+    on ``scale`` (``None`` for a kind without one), a note, and who recorded it."""
+
+    session_id: str
+    at: _dt.datetime
+    kind: str
+    value: float | None
+    scale: str
+    note: str
+    who: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Medication:
+    """A medication given during a session (an antiemetic for nausea, …), and who gave it."""
+
+    session_id: str
+    at: _dt.datetime
+    drug: str
+    dose: float
+    unit: str
+    route: str
+    reason: str
+    who: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +197,9 @@ class CourseSummary:
     alarms: tuple[Alarm, ...]
     notes: tuple[Note, ...]
     overrides: tuple[Override, ...]
+    observations: tuple[Observation, ...] = ()
+    medications: tuple[Medication, ...] = ()
+    actions: tuple[ActionRecord, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types; times as UTC ISO-8601 with ``Z``."""

@@ -151,6 +151,65 @@ CREATE TRIGGER patients_id_normalised BEFORE INSERT ON patients
 """
 
 
+def _append_only(*tables: str) -> str:
+    """Triggers that refuse every update and delete of ``tables``' rows (the file keeps its own rules)."""
+    return "".join(
+        f"CREATE TRIGGER {table}_append_only_{kind} BEFORE {verb} ON {table}\n"
+        f"    BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END;\n"
+        for table in tables
+        for kind, verb in (("u", "UPDATE"), ("d", "DELETE"))
+    )
+
+
+# Step 3, the operator's hand: who wrote each journal note, and each session's operator actions (and the
+# vitals gate's and the protocol's holds), observations of side effects and medications given.
+_STEP_3: Final = """
+ALTER TABLE notes ADD COLUMN who TEXT CHECK (who IS NULL OR length(trim(who)) > 0);
+
+CREATE TABLE actions (
+    action_id   INTEGER PRIMARY KEY,
+    session_id  TEXT NOT NULL REFERENCES sessions (session_id),
+    at          TEXT NOT NULL,
+    action      TEXT NOT NULL CHECK (length(action) > 0),    -- pause, resume, slow, hold, release, …
+    actor       TEXT NOT NULL CHECK (actor IN ('operator', 'vitals', 'protocol')),
+    who         TEXT CHECK (who IS NULL OR length(trim(who)) > 0),  -- the operator's name
+    source      TEXT NOT NULL CHECK (length(source) > 0),    -- cli, signal, keys, api, web, script, engine
+    accepted    INTEGER NOT NULL CHECK (accepted IN (0, 1)),
+    reason      TEXT NOT NULL,
+    why         TEXT NOT NULL,                               -- why it was refused, or what it left
+    detail      TEXT NOT NULL CHECK (json_valid(detail)),
+    CHECK (actor = 'operator' OR who IS NULL)                -- automation never acts in a person's name
+);
+CREATE INDEX actions_by_session ON actions (session_id, at);
+
+CREATE TABLE observations (
+    observation_id INTEGER PRIMARY KEY,
+    session_id  TEXT NOT NULL REFERENCES sessions (session_id),
+    at          TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (length(kind) > 0),      -- nausea, dissociation, cadss, …
+    value       REAL,                                        -- on the kind's scale; NULL: none
+    scale       TEXT NOT NULL,
+    note        TEXT NOT NULL,
+    who         TEXT CHECK (who IS NULL OR length(trim(who)) > 0),
+    CHECK (value IS NOT NULL OR length(trim(note)) > 0)
+);
+CREATE INDEX observations_by_session ON observations (session_id, at);
+
+CREATE TABLE medications (
+    medication_id INTEGER PRIMARY KEY,
+    session_id  TEXT NOT NULL REFERENCES sessions (session_id),
+    at          TEXT NOT NULL,
+    drug        TEXT NOT NULL CHECK (length(trim(drug)) > 0),
+    dose        REAL NOT NULL CHECK (dose > 0),
+    unit        TEXT NOT NULL CHECK (length(unit) > 0),
+    route       TEXT NOT NULL CHECK (length(route) > 0),
+    reason      TEXT NOT NULL,
+    who         TEXT CHECK (who IS NULL OR length(trim(who)) > 0)
+);
+CREATE INDEX medications_by_session ON medications (session_id, at);
+""" + _append_only("actions", "observations", "medications")
+
+
 def _step_1(conn: sqlite3.Connection, _created_at: str) -> None:
     for statement in _statements(_STEP_1):
         conn.execute(statement)
@@ -167,7 +226,12 @@ def _step_2(conn: sqlite3.Connection, created_at: str) -> None:
 
 
 #: Version → the step that brings a database from the version before it to this one.
-STEPS: Final[dict[int, Callable[[sqlite3.Connection, str], None]]] = {1: _step_1, 2: _step_2}
+def _step_3(conn: sqlite3.Connection, _created_at: str) -> None:
+    for statement in _statements(_STEP_3):
+        conn.execute(statement)
+
+
+STEPS: Final[dict[int, Callable[[sqlite3.Connection, str], None]]] = {1: _step_1, 2: _step_2, 3: _step_3}
 #: The schema this code reads and writes (``PRAGMA user_version``).
 SCHEMA_VERSION: Final = max(STEPS)
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
+import math
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from ketapump.clinical.course import schema
 from ketapump.clinical.course.location import (
@@ -25,12 +27,15 @@ from ketapump.clinical.course.location import (
     normalise_patient_id,
 )
 from ketapump.clinical.course.records import (
+    ActionRecord,
     Alarm,
     CourseSummary,
     InitialSeries,
     LogSeal,
     MaintenanceWindow,
+    Medication,
     Note,
+    Observation,
     Override,
     Patient,
     SeriesEntry,
@@ -385,13 +390,15 @@ class CourseHistory:
             )
         return Override(patient_id, session_id, kind, reason, _time(stamp), who)
 
-    def add_note(self, session_id: str, text: str, at: _dt.datetime) -> Note:
-        """Attach a journal note to a session. Accepted from the session's start until
-        ``journal.within_h`` (24 h) after it ended, both ends included; refused otherwise with a
+    def add_note(self, session_id: str, text: str, at: _dt.datetime, *, who: str | None = None) -> Note:
+        """Attach a journal note, written by ``who``, to a session. Accepted from the session's start
+        until ``journal.within_h`` (24 h) after it ended, both ends included; refused otherwise with a
         :class:`CourseError`, and for an unknown session with :class:`CourseRecordNotFoundError`."""
         subject = f"session {session_id}"
         stamp = _stamp(subject, "at", at)
         _text(subject, "text", text)
+        if who is not None:
+            _text(subject, "who", who)
         within_h = self.settings.journal.within_h
         with self.transaction():
             session = self.session(session_id)
@@ -408,9 +415,125 @@ class CourseHistory:
                         f"({_iso(session.ended_at)}); journal notes are accepted for {within_h:g} h",
                     )
             self._conn.execute(
-                "INSERT INTO notes (session_id, at, text) VALUES (?, ?, ?)", (session_id, stamp, text)
+                "INSERT INTO notes (session_id, at, text, who) VALUES (?, ?, ?, ?)",
+                (session_id, stamp, text, who),
             )
-        return Note(session_id, _time(stamp), text)
+        return Note(session_id, _time(stamp), text, who)
+
+    def record_action(
+        self,
+        session_id: str,
+        at: _dt.datetime,
+        action: str,
+        *,
+        actor: Literal["operator", "vitals", "protocol"],
+        who: str | None,
+        source: str,
+        accepted: bool,
+        reason: str = "",
+        why: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> ActionRecord:
+        """Append an action on a session's infusion (see :class:`ActionRecord`). Only an operator's
+        action names a person: ``who`` must be ``None`` for the vitals gate and the protocol."""
+        subject = f"session {session_id}"
+        stamp = _stamp(subject, "at", at)
+        _text(subject, "action", action)
+        _text(subject, "source", source)
+        if actor not in ("operator", "vitals", "protocol"):
+            raise CourseError(subject, f"actor must be operator, vitals or protocol, not {actor!r}")
+        if who is not None:
+            if actor != "operator":
+                raise CourseError(subject, f"an action by the {actor} names no person (who={who!r})")
+            _text(subject, "who", who)
+        if not isinstance(accepted, bool):
+            raise CourseError(subject, "accepted must be true or false")
+        for name, value in (("reason", reason), ("why", why)):
+            if not isinstance(value, str):
+                raise CourseError(subject, f"{name} must be text")
+        try:
+            body = json.dumps(detail or {}, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise CourseError(subject, f"detail must be plain JSON data: {e}") from e
+        with self.transaction():
+            self.session(session_id)
+            self._conn.execute(
+                "INSERT INTO actions (session_id, at, action, actor, who, source, accepted, reason, why, "
+                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, stamp, action, actor, who, source, int(accepted), reason, why, body),
+            )
+        return ActionRecord(
+            session_id, _time(stamp), action, actor, who, source, accepted, reason, why, json.loads(body)
+        )
+
+    def record_observation(
+        self,
+        session_id: str,
+        at: _dt.datetime,
+        kind: str,
+        value: float | None,
+        *,
+        scale: str = "",
+        note: str = "",
+        who: str | None = None,
+    ) -> Observation:
+        """Append an observation (a side effect on its scale, or a note). Which kinds and scales exist
+        is the bedside vocabulary's business (``data/bedside.toml``); here a value must be finite and an
+        observation without one must have a note."""
+        subject = f"session {session_id}"
+        stamp = _stamp(subject, "at", at)
+        _text(subject, "kind", kind)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise CourseError(subject, f"an observation's value must be a finite number, not {value!r}")
+        if not isinstance(scale, str) or not isinstance(note, str):
+            raise CourseError(subject, "scale and note must be text")
+        if value is None and not note.strip():
+            raise CourseError(subject, "an observation without a value needs a note")
+        if who is not None:
+            _text(subject, "who", who)
+        stored = None if value is None else float(value)
+        with self.transaction():
+            self.session(session_id)
+            self._conn.execute(
+                "INSERT INTO observations (session_id, at, kind, value, scale, note, who) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (session_id, stamp, kind, stored, scale, note, who),
+            )
+        return Observation(session_id, _time(stamp), kind, stored, scale, note, who)
+
+    def record_medication(  # noqa: PLR0917 (the record's fields, in the order people say them)
+        self,
+        session_id: str,
+        at: _dt.datetime,
+        drug: str,
+        dose: float,
+        unit: str,
+        route: str,
+        *,
+        reason: str = "",
+        who: str | None = None,
+    ) -> Medication:
+        """Append a medication given during a session."""
+        subject = f"session {session_id}"
+        stamp = _stamp(subject, "at", at)
+        _text(subject, "drug", drug)
+        amount = _amount(subject, "dose", dose, allow_zero=False)
+        _text(subject, "unit", unit)
+        _text(subject, "route", route)
+        if not isinstance(reason, str):
+            raise CourseError(subject, "reason must be text")
+        if who is not None:
+            _text(subject, "who", who)
+        with self.transaction():
+            self.session(session_id)
+            self._conn.execute(
+                "INSERT INTO medications (session_id, at, drug, dose, unit, route, reason, who) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, stamp, drug, amount, unit, route, reason, who),
+            )
+        return Medication(session_id, _time(stamp), drug, amount, unit, route, reason, who)
 
     def seal_log(  # noqa: PLR0917 (one record's fields, in the table's order)
         self,
@@ -516,9 +639,69 @@ class CourseHistory:
     def notes(self, session_id: str) -> tuple[Note, ...]:
         self.session(session_id)
         rows = self._read(
-            "SELECT session_id, at, text FROM notes WHERE session_id = ? ORDER BY at, note_id", (session_id,)
+            "SELECT session_id, at, text, who FROM notes WHERE session_id = ? ORDER BY at, note_id",
+            (session_id,),
         )
-        return tuple(Note(r["session_id"], _time(r["at"]), r["text"]) for r in rows)
+        return tuple(Note(r["session_id"], _time(r["at"]), r["text"], r["who"]) for r in rows)
+
+    def actions(self, session_id: str) -> tuple[ActionRecord, ...]:
+        """The session's actions in the order they were taken."""
+        self.session(session_id)
+        rows = self._read(
+            "SELECT session_id, at, action, actor, who, source, accepted, reason, why, detail FROM actions "
+            "WHERE session_id = ? ORDER BY at, action_id",
+            (session_id,),
+        )
+        return tuple(
+            ActionRecord(
+                r["session_id"],
+                _time(r["at"]),
+                r["action"],
+                r["actor"],
+                r["who"],
+                r["source"],
+                bool(r["accepted"]),
+                r["reason"],
+                r["why"],
+                json.loads(r["detail"]),
+            )
+            for r in rows
+        )
+
+    def observations(self, session_id: str) -> tuple[Observation, ...]:
+        self.session(session_id)
+        rows = self._read(
+            "SELECT session_id, at, kind, value, scale, note, who FROM observations WHERE session_id = ? "
+            "ORDER BY at, observation_id",
+            (session_id,),
+        )
+        return tuple(
+            Observation(
+                r["session_id"], _time(r["at"]), r["kind"], r["value"], r["scale"], r["note"], r["who"]
+            )
+            for r in rows
+        )
+
+    def medications(self, session_id: str) -> tuple[Medication, ...]:
+        self.session(session_id)
+        rows = self._read(
+            "SELECT session_id, at, drug, dose, unit, route, reason, who FROM medications "
+            "WHERE session_id = ? ORDER BY at, medication_id",
+            (session_id,),
+        )
+        return tuple(
+            Medication(
+                r["session_id"],
+                _time(r["at"]),
+                r["drug"],
+                r["dose"],
+                r["unit"],
+                r["route"],
+                r["reason"],
+                r["who"],
+            )
+            for r in rows
+        )
 
     def overrides(self, patient_id: str) -> tuple[Override, ...]:
         patient_id = normalise_patient_id(patient_id)
@@ -609,6 +792,9 @@ class CourseHistory:
             alarms = tuple(a for s in sessions for a in self.alarms(s.session_id))
             notes = tuple(n for s in sessions for n in self.notes(s.session_id))
             overrides = self.overrides(patient_id)
+            observations = tuple(o for s in sessions for o in self.observations(s.session_id))
+            medications = tuple(m for s in sessions for m in self.medications(s.session_id))
+            actions = tuple(a for s in sessions for a in self.actions(s.session_id))
         series_cfg = self.settings.initial_series
         counted_outcomes = set(series_cfg.counted_outcomes)
         entries: list[SeriesEntry] = []
@@ -656,4 +842,7 @@ class CourseHistory:
             alarms=tuple(sorted(alarms, key=lambda a: a.at)),
             notes=tuple(sorted(notes, key=lambda n: n.at)),
             overrides=overrides,
+            observations=observations,
+            medications=medications,
+            actions=actions,
         )
