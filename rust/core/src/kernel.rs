@@ -259,6 +259,8 @@ struct FlowPoint {
     target_ml: f64,
     commanded_ml: f64,
     measured_ml: f64,
+    /// What the line pressure compresses the drive by, C_d·p (mL; 0 without a pressure sensor).
+    compression_ml: f64,
 }
 
 /// Line-pressure estimator behind the slope detector and the back-off target.
@@ -310,10 +312,18 @@ pub struct SafetyKernel {
     since_motion_ml: f64,
     motion_ref_ml: f64,
     moved_since_start: bool,
+    /// Started without take-up: the first plunger motion ends the run-in through the lead-screw slack
+    /// (an implicit take-up at the programmed rate).
+    awaiting_first_motion: bool,
+    /// Lowest motor lead over the plunger beyond the drive model (commanded − encoder − C_d·p, mL) since
+    /// delivery (re)started: the encoder cross-check measures the lead's growth above it.
+    lead_floor_ml: Option<f64>,
     /// Highest volume seen since (re)start, for reverse-motion detection.
     peak_ml: f64,
     flow: [FlowPoint; FLOW_POINTS],
     flow_len: usize,
+    /// The last large rate step: when, and the drive's compression C_d·p then (mL).
+    rate_step: Option<(f64, f64)>,
     pressure: PressureTrack,
     /// Lowest filtered line pressure since the program was loaded: the pressure the line relaxes to
     /// with the motor stopped (the drive's spring settles back to it).
@@ -359,9 +369,12 @@ impl SafetyKernel {
             since_motion_ml: 0.0,
             motion_ref_ml: 0.0,
             moved_since_start: false,
+            awaiting_first_motion: false,
+            lead_floor_ml: None,
             peak_ml: 0.0,
             flow: [FlowPoint::default(); FLOW_POINTS],
             flow_len: 0,
+            rate_step: None,
             pressure: PressureTrack::default(),
             rest_mmhg: None,
             release: None,
@@ -414,12 +427,16 @@ impl SafetyKernel {
     /// drive compliance × (line pressure − rest pressure), the rise counted up to the occlusion
     /// threshold. Zero without a pressure sensor, a pressure sample, or a characterised drive.
     pub fn drive_release_ml(&self) -> f64 {
+        self.rest_mmhg.map_or(0.0, |rest| self.drive_release_above_ml(rest))
+    }
+
+    /// The drive's release down to `rest_mmhg`: C_d × (p − rest), the rise clamped to [0, threshold].
+    fn drive_release_above_ml(&self, rest_mmhg: f64) -> f64 {
         let c_d = self.cfg.drive_compliance_ml_per_mmhg;
-        match self.rest_mmhg {
-            Some(rest) if c_d > 0.0 && self.cfg.raw.has_pressure_sensor && self.pressure.initialised => {
-                c_d * (self.pressure.last_raw_mmhg - rest).max(0.0).min(self.cfg.raw.occlusion_threshold_mmhg)
-            }
-            _ => 0.0,
+        if c_d > 0.0 && self.cfg.raw.has_pressure_sensor && self.pressure.initialised {
+            c_d * (self.pressure.last_raw_mmhg - rest_mmhg).max(0.0).min(self.cfg.raw.occlusion_threshold_mmhg)
+        } else {
+            0.0
         }
     }
 
@@ -492,6 +509,8 @@ impl SafetyKernel {
             _ => return Err(self.refuse(Command::Start)),
         };
         self.begin_motion();
+        // Without take-up a freshly loaded syringe may still have its slack to cross.
+        self.awaiting_first_motion = self.state == State::Armed && phase == Phase::Infusing;
         self.transition(State::Running(phase), Cause::Operator(Command::Start));
         Ok(())
     }
@@ -531,6 +550,8 @@ impl SafetyKernel {
             return Err(self.refuse(Command::Acknowledge));
         }
         self.latched = AlarmSet::EMPTY;
+        // Motion the operator has been told of is not raised again; motion from here on is.
+        self.hold_origin_ml = None;
         self.transition(State::Stopped, Cause::Operator(Command::Acknowledge));
         Ok(())
     }
@@ -582,8 +603,15 @@ impl SafetyKernel {
         match validate_rate(&self.cfg, rate_ml_h) {
             Ok(rate_ml_s) => {
                 self.program = Some(Program { rate_ml_s, ..program });
-                if rate_ml_s > program.rate_ml_s * (1.0 + self.cfg.raw.slope_rearm_increase) {
+                let step = 1.0 + self.cfg.raw.slope_rearm_increase;
+                if rate_ml_s > program.rate_ml_s * step {
                     self.pressure.armed_at_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.slope_arm_delay_s;
+                }
+                // The drive relaxes (or compresses) by C_d·ΔP through the line's time constant after a
+                // large step: a window spanning it would read as a deviation of the new, small rate.
+                if rate_ml_s > program.rate_ml_s * step || rate_ml_s * step < program.rate_ml_s {
+                    self.flow_len = 0;
+                    self.rate_step = Some((self.now_s.unwrap_or(0.0), self.drive_compression_ml()));
                 }
                 self.transition(self.state, Cause::Operator(Command::SetRate));
                 Ok(())
@@ -605,9 +633,19 @@ impl SafetyKernel {
         self.since_motion_ml = 0.0;
         self.motion_ref_ml = volume;
         self.moved_since_start = false;
+        self.awaiting_first_motion = false;
         self.peak_ml = volume;
+        self.restart_delivery_checks(self.now_s.unwrap_or(0.0));
+    }
+
+    /// Where delivery at the programmed rate (re)starts — a start or resume, the end of take-up, the
+    /// first motion after a start without take-up: the flow window and the encoder cross-check start
+    /// afresh, and the slope detector is silent while the line climbs to its working pressure.
+    fn restart_delivery_checks(&mut self, now_s: f64) {
         self.flow_len = 0;
-        self.pressure.armed_at_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.slope_arm_delay_s;
+        self.rate_step = None;
+        self.lead_floor_ml = None;
+        self.pressure.armed_at_s = now_s + self.cfg.raw.slope_arm_delay_s;
     }
 
     /// Latches `alarms`; enters `Alarm` (starting a back-off after an occlusion while running).
@@ -690,6 +728,10 @@ impl SafetyKernel {
             if fresh {
                 self.check_sample(sample, &mut raised);
             }
+            self.raise(raised);
+        } else if fresh && self.state == State::Complete {
+            // Watch after the end: the program is done, but the plunger must not move on by itself.
+            self.check_uncommanded(sample.volume_ml, &mut raised);
             self.raise(raised);
         }
 
@@ -800,16 +842,59 @@ impl SafetyKernel {
             if s.volume_ml < self.peak_ml - 2.0 * q {
                 raised.insert(Alarm::ReverseMotion);
             }
-            self.check_stall(s.volume_ml, raised);
-            if matches!(self.state, State::Running(Phase::Infusing)) {
+            let infusing = matches!(self.state, State::Running(Phase::Infusing));
+            // Until the first motion after a start without take-up, the stall check alone watches (its
+            // allowance is the take-up bound): the flow window would read the slack as a deviation.
+            if infusing && !self.awaiting_first_motion {
                 self.check_flow(s, raised);
             }
-        } else if self.last_command.direction != Direction::Retract {
-            let origin = self.hold_origin_ml.map_or(s.volume_ml, |o| o.min(s.volume_ml));
-            self.hold_origin_ml = Some(origin);
-            if s.volume_ml - origin > r.uncommanded_volume_ml {
-                raised.insert(Alarm::UncommandedDelivery);
+            self.check_stall(s.volume_ml, raised);
+            if infusing && self.moved_since_start {
+                self.check_encoder(s.volume_ml, raised);
             }
+        } else {
+            self.check_uncommanded(s.volume_ml, raised);
+        }
+    }
+
+    /// The plunger must not advance while no forward motion is commanded (held, stopped, in alarm, and
+    /// after the end): free flow, or a siphon pulling it through the lead-screw slack. What the drive
+    /// still pushes it on by as the pressure falls once the motor stops is expected, so the reference
+    /// is the volume plus that release, and it follows a plunger that moves back. The release is
+    /// counted down to the lower of the rest pressure and 0 mmHg: a program loaded onto a line still
+    /// pressurised (a bridge restart) would otherwise take its relaxation for a siphon.
+    fn check_uncommanded(&mut self, volume_ml: f64, raised: &mut AlarmSet) {
+        if self.last_command.direction == Direction::Retract {
+            return;
+        }
+        let rest = self.rest_mmhg.map_or(0.0, |rest| rest.min(0.0));
+        let expected = volume_ml + self.drive_release_above_ml(rest);
+        let origin = self.hold_origin_ml.map_or(expected, |o| o.min(expected));
+        self.hold_origin_ml = Some(origin);
+        if expected - origin > self.cfg.raw.uncommanded_volume_ml {
+            raised.insert(Alarm::UncommandedDelivery);
+        }
+    }
+
+    /// The second measure of delivery: the motor's commanded volume. Between them sits only the drive
+    /// train, compressed by C_d·p, so `commanded − encoder − C_d·p` stays constant on a healthy pump
+    /// (it falls by C_d·(stiction − running) at breakaway: the safe direction). Its rise above its
+    /// lowest value since delivery (re)started is motor motion the encoder did not see — a slipping
+    /// encoder, a slipping drive — and alarms beyond `encoder_mismatch_ml`, a bound set by the volume,
+    /// not by a fraction of the flow as the flow window is. Without a pressure sensor the drive's
+    /// compression is unknown up to C_d × the occlusion threshold, which is added to the bound.
+    fn check_encoder(&mut self, volume_ml: f64, raised: &mut AlarmSet) {
+        let r = &self.cfg.raw;
+        let unknown = if r.has_pressure_sensor {
+            0.0
+        } else {
+            self.cfg.drive_compliance_ml_per_mmhg * r.occlusion_threshold_mmhg
+        };
+        let lead = self.commanded_ml - volume_ml - self.drive_compression_ml();
+        let floor = self.lead_floor_ml.map_or(lead, |f| f.min(lead));
+        self.lead_floor_ml = Some(floor);
+        if lead - floor > r.encoder_mismatch_ml + unknown {
+            raised.insert(Alarm::EncoderMismatch);
         }
     }
 
@@ -863,6 +948,12 @@ impl SafetyKernel {
             self.since_motion_ml = 0.0;
             self.motion_ref_ml = volume_ml;
             self.moved_since_start = true;
+            if core::mem::take(&mut self.awaiting_first_motion) {
+                // The slack is crossed: deliver from here as after a take-up, with no catch-up for
+                // the run-in and no flow window spanning it.
+                self.restart_controller = true;
+                self.restart_delivery_checks(self.now_s.unwrap_or(0.0));
+            }
         }
         let allowance =
             if self.moved_since_start { r.stall_volume_ml } else { r.stall_volume_ml.max(r.take_up_max_ml) };
@@ -871,16 +962,32 @@ impl SafetyKernel {
         }
     }
 
+    /// What the line pressure compresses the drive train by, C_d·p (mL; 0 without a pressure sensor).
+    fn drive_compression_ml(&self) -> f64 {
+        if self.cfg.raw.has_pressure_sensor {
+            self.cfg.drive_compliance_ml_per_mmhg * self.pressure.last_raw_mmhg
+        } else {
+            0.0
+        }
+    }
+
     /// Over the flow window, the measured volume must follow both the target (set rate) and the
     /// commanded motor volume within `flow_tolerance`: catches under-infusion, over-infusion,
-    /// siphoning and a slipping drive.
+    /// siphoning and a slipping drive. A drive relaxing as the pressure falls pushes the plunger on by
+    /// C_d·(p_then − p_now) beyond the motor's volume, and the controller then takes that back from the
+    /// target: after a rate step down this is most of a small window's volume, so the relaxation is
+    /// allowed on top of the tolerance — over the window, and since the last large rate step while the
+    /// window still overlaps the `flow_window_s` after it. Never a rising pressure's compression: that
+    /// is how the commanded comparison sees an occlusion.
     fn check_flow(&mut self, s: &Telemetry, raised: &mut AlarmSet) {
         let r = self.cfg.raw;
+        let compression_ml = self.drive_compression_ml();
         let point = FlowPoint {
             t_s: s.t_s,
             target_ml: self.controller.target_ml(),
             commanded_ml: self.commanded_ml,
             measured_ml: s.volume_ml,
+            compression_ml,
         };
         let interval = r.flow_window_s / (FLOW_POINTS - 1) as f64;
         let newest = if self.flow_len == 0 { None } else { Some(self.flow[self.flow_len - 1]) };
@@ -897,8 +1004,13 @@ impl SafetyKernel {
             return;
         }
         let measured = point.measured_ml - oldest.measured_ml;
+        let since_step = match self.rate_step {
+            Some((t_s, compression)) if oldest.t_s < t_s + r.flow_window_s => compression - compression_ml,
+            _ => 0.0,
+        };
+        let relaxed = (oldest.compression_ml - compression_ml).max(since_step).max(0.0);
         let off = |expected: f64| {
-            expected >= r.flow_min_volume_ml && (measured - expected).abs() > r.flow_tolerance * expected
+            expected >= r.flow_min_volume_ml && (measured - expected).abs() > r.flow_tolerance * expected + relaxed
         };
         if off(point.target_ml - oldest.target_ml) || off(point.commanded_ml - oldest.commanded_ml) {
             raised.insert(Alarm::FlowDeviation);
@@ -931,8 +1043,7 @@ impl SafetyKernel {
                         let take_up_left = self.cfg.raw.take_up_max_ml - commanded_ml;
                         if volume - origin_ml >= self.cfg.raw.take_up_detect_ml || take_up_left <= 0.0 {
                             self.restart_controller = true;
-                            self.flow_len = 0;
-                            self.pressure.armed_at_s = now_s + self.cfg.raw.slope_arm_delay_s;
+                            self.restart_delivery_checks(now_s);
                             self.transition(State::Running(Phase::Infusing), Cause::TakeUpDone);
                             return self.infuse(program, volume, dt_s, dose_headroom);
                         }

@@ -328,13 +328,33 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
     let measured_ml = plant.encoder_volume_ml() - origin_ml;
 
     // The line is eventually opened and left alone: whatever the compliance stored reaches the patient.
+    // A completed program stays loaded and watched meanwhile, as the bridge keeps stepping the kernel
+    // until it is unloaded: a siphon after the end is the kernel's to catch, and its command is obeyed.
     plant.set_motor_rate_ml_h(0.0).map_err(plant_err("run"))?;
+    motor_ml_h_now = 0.0;
     plant.clear_occlusion();
+    let mut watching = kernel.as_mut().filter(|k| !completed_at_restart && k.state_kind() == StateKind::Complete);
     let settle_ticks = (spec.run.settle_s / dt).ceil() as u64;
     for _ in 0..settle_ticks {
         plant.step(dt).map_err(plant_err("run.settle_s"))?;
         peak_delivered = peak_delivered.max(plant.delivered_ml());
+        if let Some(kernel) = watching.as_mut() {
+            n += 1;
+            let t = n as f64 * dt;
+            let out = kernel.step(t, &sample_at(&plant, t, &mut noise, air));
+            latch.observe(t, &out);
+            let motor = motor_ml_h(&out);
+            if motor != motor_ml_h_now {
+                plant.set_motor_rate_ml_h(motor).map_err(plant_err("run.settle_s"))?;
+                motor_ml_h_now = motor;
+            }
+            if n % 10 == 0 || out.state != last_state {
+                hash = hash_tick(hash, n, &out);
+                last_state = out.state;
+            }
+        }
     }
+    plant.set_motor_rate_ml_h(0.0).map_err(plant_err("run"))?;
     let delivered_ml = plant.delivered_ml();
     hash = fnv1a(hash, delivered_ml.to_bits());
 
