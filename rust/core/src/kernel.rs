@@ -88,13 +88,17 @@ pub enum Phase {
     Infusing,
 }
 
-/// The post-occlusion back-off in progress.
+/// A retract in progress in `Alarm`: the post-occlusion back-off, or the siphon catch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
-    /// Volume the retract may still take (mL): starts at compliance × (pressure − baseline).
+    /// Volume the retract may still take (mL): compliance × (pressure − baseline) for a back-off, the
+    /// slack bound `take_up_max_ml` for a catch.
     pub remaining_ml: f64,
-    /// Back-off ends once the pressure is at or below this (mmHg).
+    /// A back-off ends once the pressure is at or below this (mmHg); −∞ for a catch.
     pub target_mmhg: f64,
+    /// A catch: the highest encoder volume since it began (mL). It ends once the plunger is two counts
+    /// below it — the clamp behind the flange has caught the plunger and begins to pull it back.
+    pub catch_peak_ml: Option<f64>,
 }
 
 /// States, each owning the data only it needs.
@@ -660,14 +664,34 @@ impl SafetyKernel {
         // permits it (an occlusion seen first by the flow or stall check leaves the same volume in the
         // line), and any alarm that does not (stale or invalid telemetry, air, ...) ends it.
         let permitted = fresh.iter().all(Alarm::permits_backoff);
+        let siphon = fresh == AlarmSet(Alarm::UncommandedDelivery.bit());
         let next = match self.state {
             State::Alarm(backoff) if permitted => State::Alarm(backoff),
             State::Running(_) if permitted => State::Alarm(self.backoff_plan()),
+            State::Armed | State::Paused | State::Stopped | State::Complete if siphon => {
+                State::Alarm(self.catch_plan())
+            }
             _ => State::Alarm(None),
         };
         for alarm in fresh.iter() {
             self.transition(next, Cause::Alarm(alarm));
         }
+    }
+
+    /// The siphon catch, on a held plunger's `uncommanded_delivery` alone: a pump raised above the
+    /// patient pulls the plunger through the lead-screw slack (up to 0.2 mL) once nothing pushes it, and
+    /// the alarm alone would not stop it. Retracting the nut at `backoff_rate_ml_h` closes the gap to
+    /// the clamp behind the flange in seconds; the plunger stops, and the catch ends when the encoder
+    /// shows it pulled back two counts (at most one tick's retract more: ≈ 8 µL at 300 mL/h is drawn
+    /// back), or when the slack bound `take_up_max_ml` has been retracted (a plunger not held by the
+    /// drive at all). Not without `backoff` configured.
+    fn catch_plan(&self) -> Option<Backoff> {
+        let r = &self.cfg.raw;
+        (r.backoff && r.take_up_max_ml > 0.0).then(|| Backoff {
+            remaining_ml: r.take_up_max_ml,
+            target_mmhg: f64::NEG_INFINITY,
+            catch_peak_ml: Some(self.last_volume_ml.unwrap_or(0.0)),
+        })
     }
 
     /// The back-off for an alarm raised while running: only with a pressure sensor whose estimator has
@@ -683,7 +707,7 @@ impl SafetyKernel {
             return None;
         }
         let stored_ml = r.compliance_ml_per_mmhg * (self.pressure.last_raw_mmhg - self.pressure.baseline_mmhg);
-        Some(Backoff { remaining_ml: stored_ml.max(0.0), target_mmhg })
+        Some(Backoff { remaining_ml: stored_ml.max(0.0), target_mmhg, catch_peak_ml: None })
     }
 
     // ----- the tick --------------------------------------------------------------------------
@@ -1062,7 +1086,10 @@ impl SafetyKernel {
             }
             State::Alarm(Some(backoff)) => {
                 let pressure = self.pressure.last_raw_mmhg;
-                if pressure <= backoff.target_mmhg || backoff.remaining_ml <= 0.0 {
+                let volume = self.last_volume_ml.unwrap_or(0.0);
+                let catch_peak_ml = backoff.catch_peak_ml.map(|peak| peak.max(volume));
+                let caught = catch_peak_ml.is_some_and(|peak| volume <= peak - 2.0 * self.cfg.volume_quantum_ml);
+                if caught || pressure <= backoff.target_mmhg || backoff.remaining_ml <= 0.0 {
                     self.state = State::Alarm(None);
                     return (MotorCommand::HOLD, ClampReason::Unchanged, ControlStatus::default());
                 }
@@ -1072,8 +1099,11 @@ impl SafetyKernel {
                     period_s: period,
                 };
                 let (rate, reason) = clamp_rate(self.cfg.backoff_rate_ml_s, limits);
-                self.state =
-                    State::Alarm(Some(Backoff { remaining_ml: backoff.remaining_ml - rate * period, ..backoff }));
+                self.state = State::Alarm(Some(Backoff {
+                    remaining_ml: backoff.remaining_ml - rate * period,
+                    catch_peak_ml,
+                    ..backoff
+                }));
                 (MotorCommand::retract(rate), reason, ControlStatus::default())
             }
             _ => (MotorCommand::HOLD, ClampReason::Unchanged, ControlStatus::default()),

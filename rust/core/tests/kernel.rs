@@ -55,7 +55,7 @@ fn raw() -> RawKernelConfig {
         flow_window_s: 120.0,
         flow_tolerance: 0.10,
         flow_min_volume_ml: 0.02,
-        uncommanded_volume_ml: 0.05,
+        uncommanded_volume_ml: 0.03,
         encoder_mismatch_ml: 0.02,
         // [level]
         near_empty_ml: 1.0,
@@ -356,7 +356,11 @@ fn paused() -> Sim {
 }
 
 fn stopped() -> Sim {
-    let mut sim = running();
+    stopped_with(config())
+}
+
+fn stopped_with(cfg: KernelConfig) -> Sim {
+    let mut sim = running_with(cfg, 60.0, 10.0);
     sim.k.stop().expect("stop");
     sim.run(1.0);
     sim.drain();
@@ -1444,7 +1448,7 @@ fn occlusion_backoff_retracts_to_near_baseline() {
     assert!(out.raised.contains(Alarm::OcclusionSlope) || out.raised.contains(Alarm::OcclusionPressure));
     let c = sim.cfg.raw.compliance_ml_per_mmhg;
     let margin = sim.cfg.raw.backoff_margin_mmhg;
-    let Some(Backoff { remaining_ml, target_mmhg }) = (match sim.k.state() {
+    let Some(Backoff { remaining_ml, target_mmhg, catch_peak_ml: None }) = (match sim.k.state() {
         State::Alarm(b) => b,
         other => panic!("{other:?}"),
     }) else {
@@ -1774,7 +1778,7 @@ fn flow_deviation_in_a_pressurised_line_backs_off() {
     let p_alarm = sim.pressure();
     let margin = sim.cfg.raw.backoff_margin_mmhg;
     assert!(p_alarm > BASELINE_MMHG + margin && p_alarm < 750.0, "{p_alarm} mmHg at the alarm");
-    let Some(Backoff { remaining_ml, target_mmhg }) = backoff_of(&sim) else {
+    let Some(Backoff { remaining_ml, target_mmhg, catch_peak_ml: None }) = backoff_of(&sim) else {
         panic!("no back-off after flow_deviation at {p_alarm} mmHg")
     };
     let stored = sim.cfg.raw.compliance_ml_per_mmhg * (p_alarm - BASELINE_MMHG);
@@ -2183,19 +2187,26 @@ fn refused_rates_name_the_value_and_the_limit() {
 #[test]
 fn complete_uncommanded_delivery_to_alarm() {
     // Complete → Alarm: a siphon pulling the plunger through the slack after the dose (a pump raised
-    // 50 cm: ~11 mL/h) is caught within uncommanded_volume_ml, and the motor holds.
+    // 50 cm: ~11 mL/h) is seen within uncommanded_volume_ml, and caught: the motor retracts until the
+    // plunger has moved back two counts (the clamp behind the flange holds it), then holds.
     let mut sim = complete();
     let origin = sim.measured();
     sim.creep_ml_s = 0.003;
-    let out = sim.run_until_alarm(60.0).expect("the siphon after the end is caught");
+    let out = sim.run_until_alarm(60.0).expect("the siphon after the end is seen");
     let crept = sim.measured() - origin;
     let limit = sim.cfg.raw.uncommanded_volume_ml;
     assert!(crept > limit && crept <= limit + 0.0003 + sim.q(), "{crept} mL crept before the alarm");
     assert_eq!(out.raised, set(&[Alarm::UncommandedDelivery]));
-    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_eq!(out.command, MotorCommand { direction: Direction::Retract, rate_ml_s: sim.cfg.backoff_rate_ml_s });
     assert_only_event(&mut sim, StateKind::Complete, StateKind::Alarm, Cause::Alarm(Alarm::UncommandedDelivery));
+    assert!(matches!(sim.k.state(), State::Alarm(Some(Backoff { catch_peak_ml: Some(_), .. }))));
+    // The next tick shows the plunger pulled back: the catch ends, the motor holds.
+    let out = sim.tick();
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_eq!(sim.k.state(), State::Alarm(None));
+    assert!(sim.retracted_ml <= sim.cfg.backoff_rate_ml_s * sim.period() + 1e-12, "{}", sim.retracted_ml);
     // Latched like any other. Acknowledged, the motion already reported is not raised again — but on
-    // this 0.2 mL dose the 0.05 mL siphoned is 25 % over, which the overdose check (Stopped is
+    // this 0.2 mL dose the 0.03 mL siphoned is 15 % over, which the overdose check (Stopped is
     // monitored) now raises.
     sim.creep_ml_s = 0.0;
     assert!(sim.run(5.0).iter().all(|o| o.state == StateKind::Alarm && o.command == MotorCommand::HOLD));
@@ -2252,7 +2263,9 @@ fn the_drive_release_after_a_stop_or_the_end_is_not_uncommanded_delivery() {
             let outs = relax(&mut sim, 20.0, extra_ml);
             let alarmed = outs.iter().any(|o| o.raised.contains(Alarm::UncommandedDelivery));
             assert_eq!(alarmed, extra_ml > 0.0, "{how}, {extra_ml} mL beyond the release");
-            assert!(outs.iter().all(|o| o.command == MotorCommand::HOLD), "{how}");
+            // Nothing moves the motor forward; only the catch of the free flow retracts.
+            assert!(outs.iter().all(|o| o.command.direction != Direction::Forward), "{how}");
+            assert_eq!(sim.retracted_ml > 0.0, alarmed, "{how}");
         }
     }
 }
@@ -2356,4 +2369,36 @@ fn a_large_rate_step_down_and_the_drive_relaxing_raise_nothing() {
         let expected = if gain < 1.0 { set(&[Alarm::FlowDeviation]) } else { AlarmSet::EMPTY };
         assert_eq!(raised, expected, "gain {gain}");
     }
+}
+
+#[test]
+fn a_siphon_catch_is_bounded_by_the_slack_when_nothing_holds_the_plunger() {
+    // Stopped → Alarm on a plunger that the retract never catches (it floats free of the drive): the
+    // catch retracts take_up_max_ml at most, then holds. With the back-off configured off: no catch.
+    for backoff in [true, false] {
+        let mut sim = stopped_with(config_with(|r| r.backoff = backoff));
+        sim.creep_ml_s = 0.3; // a free flow faster than the retract can outrun: never pulled back
+        let out = sim.run_until_alarm(10.0).expect("the free flow is seen");
+        assert_eq!(out.raised, set(&[Alarm::UncommandedDelivery]));
+        let outs = sim.run(60.0);
+        assert!(outs.iter().all(|o| o.command.direction != Direction::Forward));
+        let bound = if backoff { sim.cfg.raw.take_up_max_ml } else { 0.0 };
+        assert!(
+            sim.retracted_ml <= bound + 1e-9 && sim.retracted_ml >= bound - sim.cfg.backoff_rate_ml_s * sim.period(),
+            "retracted {} mL (bound {bound})",
+            sim.retracted_ml
+        );
+        assert_eq!(sim.k.state(), State::Alarm(None));
+    }
+}
+
+#[test]
+fn an_uncommanded_delivery_with_another_alarm_is_not_caught() {
+    // The syringe taken out as the plunger moves: nothing is held, so nothing is retracted.
+    let mut sim = stopped();
+    sim.pos_ml += sim.cfg.raw.uncommanded_volume_ml + 0.01;
+    let out = sim.tick_with(|t| t.syringe_present = false);
+    assert!(out.raised.contains(Alarm::UncommandedDelivery) && out.raised.contains(Alarm::SyringeMissing));
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_eq!(sim.k.state(), State::Alarm(None));
 }

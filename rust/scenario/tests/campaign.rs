@@ -49,7 +49,7 @@ fn raw() -> RawKernelConfig {
         flow_window_s: 120.0,
         flow_tolerance: 0.10,
         flow_min_volume_ml: 0.02,
-        uncommanded_volume_ml: 0.05,
+        uncommanded_volume_ml: 0.03,
         encoder_mismatch_ml: 0.02,
         near_empty_ml: 1.0,
         near_empty_s: 180.0,
