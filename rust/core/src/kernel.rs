@@ -16,8 +16,9 @@
 //!      │                                     ▲  │ start                              │
 //!      │                         acknowledge │  └──────▶ Running                     │
 //!      │                                     │                                       │
-//!      │     any alarm in Armed, Running,    │                                       │
-//!      │     Paused or Stopped ──────────▶ Alarm ↺ more alarms latch, silence        │
+//!      │     any alarm in Armed, Running,    │      uncommanded delivery (watched    │
+//!      │     Paused or Stopped ──────────▶ Alarm ◀───────────── after the end) ──────┤
+//!      │                                   ↺ more alarms latch, silence              │
 //!      └──────────────────────────────────────────────────────────── unload ────────┘
 //! ```
 //!
@@ -28,8 +29,8 @@
 //!   retracts the plunger until the line pressure is back to baseline + `backoff_margin_mmhg`, never
 //!   more than the volume the line's compliance stored (compliance × (pressure − baseline)).
 //! - The back-off is planned on the `Running → Alarm` arrow when (a) every alarm raised on it
-//!   [permits a back-off](Alarm::permits_backoff) — the occlusion, slope, stall, flow-deviation,
-//!   overdose and cap checks, any of which may see an occlusion first — and (b) a pressure sensor is
+//!   [permits a back-off](Alarm::permits_backoff) — the occlusion, slope, stall, encoder cross-check,
+//!   flow-deviation, overdose and cap checks, any of which may see an occlusion first — and (b) a pressure sensor is
 //!   fitted, its estimator has a sample, and the last pressure is above baseline + margin. Any other
 //!   alarm (stale or invalid telemetry, clock, air, syringe missing, end of travel, reverse motion,
 //!   uncommanded delivery, an invalid rate command), on that arrow or during the back-off, holds the
@@ -37,7 +38,15 @@
 //! - `Running → Complete` ("dose delivered") when the encoder volume plus what the compressed drive
 //!   will still push the plunger on by once the motor stops ([`SafetyKernel::drive_release_ml`])
 //!   reaches the programmed volume; that release counts as delivered from then on.
-//! - `Idle` and `Complete` are not monitored (no program is in force); every other state is.
+//! - `Idle` is not monitored (no program is loaded); `Complete` is *watched*: only for uncommanded
+//!   delivery (a siphon pulling the plunger on after the dose), never for staleness or the syringe;
+//!   every other state is monitored.
+//! - A held plunger's `uncommanded_delivery` alone (from `Armed`, `Paused`, `Stopped` or `Complete`)
+//!   plans a *catch*: the nut retracts until the plunger is pulled back two counts (the clamp behind
+//!   the flange holds it), at most `take_up_max_ml` (`catch_plan`).
+//! - While infusing, the encoder is cross-checked against the motor's commanded volume through the
+//!   drive model (`encoder_mismatch`); a start without take-up counts the first plunger motion as the
+//!   end of a take-up (controller, flow window and cross-check restart there).
 //! - Every transition, and every alarm raised while already in `Alarm`, is recorded in the trace ring.
 //!
 //! Every forward (and back-off) rate passes [`clamp_rate`], the single choke point.
