@@ -703,7 +703,8 @@ class ReferenceKernel:
             if infusing and not self._awaiting_first_motion:
                 self._check_flow(s, raised)
             self._check_stall(s.volume_ml, raised)
-            if infusing and self._moved_since_start:
+            # The cross-check needs the drive model: not with an uncharacterised drive (C_d = 0).
+            if infusing and self._moved_since_start and self._cfg.drive_compliance_ml_per_mmhg > 0.0:
                 self._check_encoder(s.volume_ml, raised)
         else:
             self._check_uncommanded(s.volume_ml, raised)

@@ -882,7 +882,8 @@ impl SafetyKernel {
                 self.check_flow(s, raised);
             }
             self.check_stall(s.volume_ml, raised);
-            if infusing && self.moved_since_start {
+            // The cross-check needs the drive model: not with an uncharacterised drive (C_d = 0).
+            if infusing && self.moved_since_start && self.cfg.drive_compliance_ml_per_mmhg > 0.0 {
                 self.check_encoder(s.volume_ml, raised);
             }
         } else {
@@ -915,7 +916,8 @@ impl SafetyKernel {
     /// lowest value since delivery (re)started is motor motion the encoder did not see — a slipping
     /// encoder, a slipping drive — and alarms beyond `encoder_mismatch_ml`, a bound set by the volume,
     /// not by a fraction of the flow as the flow window is. Without a pressure sensor the drive's
-    /// compression is unknown up to C_d × the occlusion threshold, which is added to the bound.
+    /// compression is unknown up to C_d × the occlusion threshold, which is added to the bound; with an
+    /// uncharacterised drive (`drive_stiffness_n_per_mm = 0`) there is no model and no cross-check.
     fn check_encoder(&mut self, volume_ml: f64, raised: &mut AlarmSet) {
         let r = &self.cfg.raw;
         let unknown = if r.has_pressure_sensor {

@@ -2402,3 +2402,12 @@ fn an_uncommanded_delivery_with_another_alarm_is_not_caught() {
     assert_eq!(out.command, MotorCommand::HOLD);
     assert_eq!(sim.k.state(), State::Alarm(None));
 }
+
+#[test]
+fn without_a_characterised_drive_there_is_no_encoder_cross_check() {
+    // drive_stiffness_n_per_mm = 0: no model of the compression, so a lag (here a 3 % slip) is left to
+    // the flow window; the same slip alarms at once with the drive characterised (above).
+    let mut sim = running_with(config_with(|r| r.drive_stiffness_n_per_mm = 0.0), 60.0, 10.0);
+    sim.gain = 0.97;
+    assert!(sim.run(100.0).iter().all(|o| o.raised.is_empty()), "{:?}", sim.k.alarms());
+}
