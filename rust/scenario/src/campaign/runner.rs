@@ -75,6 +75,24 @@ fn hash_tick(hash: u64, n: u64, out: &StepOutput) -> u64 {
     fnv1a(h, out.command.rate_ml_s.to_bits())
 }
 
+/// The pump runs what the kernel commands (a new rate only when it changes).
+fn obey(plant: &mut Plant, out: &StepOutput, motor_ml_h_now: &mut f64, field: &str) -> Result<(), CampaignError> {
+    let motor = motor_ml_h(out);
+    if motor != *motor_ml_h_now {
+        plant.set_motor_rate_ml_h(motor).map_err(plant_err(field))?;
+        *motor_ml_h_now = motor;
+    }
+    Ok(())
+}
+
+/// Hashes the tick every second and at every state change.
+fn record(hash: &mut u64, last_state: &mut StateKind, n: u64, out: &StepOutput) {
+    if n % 10 == 0 || out.state != *last_state {
+        *hash = hash_tick(*hash, n, out);
+        *last_state = out.state;
+    }
+}
+
 fn plant_err(field: &str) -> impl Fn(ketapump_hwsim::PlantError) -> CampaignError + '_ {
     move |e| err(field, format!("refused by the plant: {e}"))
 }
@@ -293,15 +311,8 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
         if first_alarm.is_none() && !out.alarms.is_empty() {
             first_alarm = Some((n, t));
         }
-        let motor = motor_ml_h(&out);
-        if motor != motor_ml_h_now {
-            plant.set_motor_rate_ml_h(motor).map_err(plant_err("run"))?;
-            motor_ml_h_now = motor;
-        }
-        if n % 10 == 0 || out.state != last_state {
-            hash = hash_tick(hash, n, &out);
-            last_state = out.state;
-        }
+        obey(&mut plant, &out, &mut motor_ml_h_now, "run")?;
+        record(&mut hash, &mut last_state, n, &out);
 
         if out.state == StateKind::Complete {
             break;
@@ -343,15 +354,8 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
             let t = n as f64 * dt;
             let out = kernel.step(t, &sample_at(&plant, t, &mut noise, air));
             latch.observe(t, &out);
-            let motor = motor_ml_h(&out);
-            if motor != motor_ml_h_now {
-                plant.set_motor_rate_ml_h(motor).map_err(plant_err("run.settle_s"))?;
-                motor_ml_h_now = motor;
-            }
-            if n % 10 == 0 || out.state != last_state {
-                hash = hash_tick(hash, n, &out);
-                last_state = out.state;
-            }
+            obey(&mut plant, &out, &mut motor_ml_h_now, "run.settle_s")?;
+            record(&mut hash, &mut last_state, n, &out);
         }
     }
     plant.set_motor_rate_ml_h(0.0).map_err(plant_err("run"))?;
