@@ -297,6 +297,7 @@ def kernel_overrides(draw: st.DrawFn) -> dict[str, Any]:
         "flow_tolerance": draw(st.floats(0.02, 0.5)),
         "flow_min_volume_ml": draw(st.floats(0.0, 0.02)),
         "uncommanded_volume_ml": draw(st.floats(0.001, 0.1)),
+        "encoder_mismatch_ml": draw(st.sampled_from([0.001, 0.02, 0.02, 1.0e3])),
         "near_empty_ml": draw(st.floats(0.0, 2.0)),
         "near_empty_s": draw(st.floats(0.0, 300.0)),
         "take_up_rate_ml_h": draw(st.floats(10.0, 1_200.0)),
@@ -696,14 +697,24 @@ def occluded_then(event: Tick, **overrides: Any) -> KernelPair:
 
 
 def test_stall_in_an_occluded_line_backs_off() -> None:
-    pair = occluded_then(Tick(event="stall", amount=1.0))
+    # The encoder cross-check, which sees a jam first, out of the way: the stall check on its own.
+    pair = occluded_then(Tick(event="stall", amount=1.0), encoder_mismatch_ml=1.0e3)
     assert "stall" in pair.seen_causes
     assert not {"occlusion_pressure", "occlusion_slope"} & pair.seen_causes
     assert "retract" in pair.seen_directions
 
 
+def test_encoder_mismatch_in_an_occluded_line_backs_off() -> None:
+    pair = occluded_then(Tick(event="stall", amount=1.0))
+    assert "encoder_mismatch" in pair.seen_causes
+    assert not {"occlusion_pressure", "occlusion_slope", "stall"} & pair.seen_causes
+    assert "retract" in pair.seen_directions
+
+
 def test_flow_deviation_in_an_occluded_line_backs_off() -> None:
-    pair = occluded_then(Tick(event="stall", amount=1.0), flow_window_s=2.0, stall_volume_ml=0.5)
+    pair = occluded_then(
+        Tick(event="stall", amount=1.0), flow_window_s=2.0, stall_volume_ml=0.5, encoder_mismatch_ml=1.0e3
+    )
     assert "flow_deviation" in pair.seen_causes
     assert not {"occlusion_pressure", "occlusion_slope", "stall"} & pair.seen_causes
     assert "retract" in pair.seen_directions

@@ -77,10 +77,14 @@ def test_nominal_sessions_with_noise_and_a_50_cm_head_change_never_alarm(height_
             assert o["alarms"] == [] and o["state"] == "complete", o
         elif o["alarms"]:
             # Raised: the pump 50 cm above the cannula siphons (the line pulls the plunger through the
-            # lead-screw slack); at the lowest rates the flow check sees the plunger run ahead of the
-            # command and alarms after the raise. A true over-infusion alarm, not an occlusion one.
-            assert o["alarms"] == ["flow_deviation"] and o["first_alarm_s"] > o["faults"][0]["at_s"], o
-            assert o["rate_ml_h"] < 10.0, o
+            # lead-screw slack). At the lowest rates the flow check sees the plunger run ahead of the
+            # command and alarms after the raise; after the end of the dose the watch sees the siphon and
+            # the kernel catches it (uncommanded_delivery, during the watched settle). True over-infusion
+            # alarms, not occlusion ones.
+            # (A run stopped by the flow check is then held, and the siphon is seen there too.)
+            assert set(o["alarms"]) <= {"flow_deviation", "uncommanded_delivery"}, o
+            if "flow_deviation" in o["alarms"]:
+                assert o["first_alarm_s"] > o["faults"][0]["at_s"] and o["rate_ml_h"] < 10.0, o
         else:
             assert o["state"] == "complete" and not o["timed_out"], o
     # Both ends of the rate range are covered (log-uniform draws).

@@ -99,7 +99,10 @@ class KernelConfig:
     - ``flow_window_s``: Window of the flow-deviation check (s).
     - ``flow_tolerance``: Allowed flow deviation over the window (fraction).
     - ``flow_min_volume_ml``: Smallest expected window volume for which the flow check applies (mL).
-    - ``uncommanded_volume_ml``: Plunger advance allowed while not infusing before an alarm (mL).
+    - ``uncommanded_volume_ml``: Plunger advance allowed while not infusing (held, stopped, in alarm, after
+      the end) beyond the drive's predicted release, before an alarm (mL).
+    - ``encoder_mismatch_ml``: Motor volume the plunger encoder may miss beyond the drive model
+      (C_d × pressure) before ``encoder_mismatch`` (mL).
     - ``near_empty_ml``: Near-empty warning when less than this is left in the syringe (mL).
     - ``near_empty_s``: Near-empty warning when less than this much time is left at the set rate (s).
     - ``stale_after_s``: Telemetry older than this is stale (s, ≥ control_period_s).
@@ -154,6 +157,7 @@ class KernelConfig:
         flow_tolerance: float,
         flow_min_volume_ml: float,
         uncommanded_volume_ml: float,
+        encoder_mismatch_ml: float,
         near_empty_ml: float,
         near_empty_s: float,
         stale_after_s: float,

@@ -102,6 +102,7 @@ kernel_config_class!(
     flow_tolerance: f64,
     flow_min_volume_ml: f64,
     uncommanded_volume_ml: f64,
+    encoder_mismatch_ml: f64,
     near_empty_ml: f64,
     near_empty_s: f64,
     stale_after_s: f64,

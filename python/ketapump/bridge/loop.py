@@ -116,8 +116,13 @@ class ControlLoop:
         summary_every_s: float = 10.0,
         max_transport_failures: int = 3,
         on_tick: Callable[[_core.StepOutput, PumpTelemetry | None], None] | None = None,
+        watch_after_end_s: float = 0.0,
     ) -> None:
         self.driver = driver
+        #: How long a completed program stays watched (the kernel keeps stepping): a siphon after the end
+        #: raises ``uncommanded_delivery`` and the kernel's catch is carried out (docs/safety-kernel.md).
+        self.watch_after_end_s = watch_after_end_s
+        self._watch_until: float | None = None
         self.config = config
         self.clock = clock
         self.log = log
@@ -371,7 +376,11 @@ class ControlLoop:
                         stop_confirmed=stopped,
                     )
                 # The end: a final state once the kernel commands hold (an occlusion back-off retracts first).
-                if out.state in {"complete", "alarm", "stopped"} and out.direction == "hold":
+                if (
+                    out.state in {"complete", "alarm", "stopped"}
+                    and out.direction == "hold"
+                    and not self._watching_after_end(out.state, now)
+                ):
                     stopped = await self._safe_stop()
                     final = await self._final_telemetry(last)
                     self._summary(out, final, start_infused, recovered_ml)
@@ -386,6 +395,15 @@ class ControlLoop:
                     ]
                     log.info("session_ended", state=out.state, reason=reason, delivered_ml=out.delivered_ml)
                     return self._finish(out.state, reason, out.delivered_ml, recovered_ml, telemetry=final)
+
+    def _watching_after_end(self, state: str, now: float) -> bool:
+        """Whether a completed program is still within ``watch_after_end_s`` of its completion."""
+        if state != "complete" or self.watch_after_end_s <= 0.0:
+            return False
+        if self._watch_until is None:
+            self._watch_until = now + self.watch_after_end_s
+            self.log.info("watching_after_end", watch_s=self.watch_after_end_s)
+        return now < self._watch_until
 
     async def _end_by_pump(
         self,

@@ -62,6 +62,7 @@ class RawKernelConfig:
     flow_tolerance: float
     flow_min_volume_ml: float
     uncommanded_volume_ml: float
+    encoder_mismatch_ml: float
     near_empty_ml: float
     near_empty_s: float
     stale_after_s: float

@@ -37,6 +37,7 @@ ALARMS: Final = (
     "uncommanded_delivery",
     "reverse_motion",
     "clock_invalid",
+    "encoder_mismatch",
 )
 
 # Unit-check problems (``UnitProblem::as_str``).

@@ -44,12 +44,14 @@ class Infusing:
 
 @dataclass(frozen=True)
 class Backoff:
-    """The post-occlusion back-off in progress."""
+    """A retract in progress in ``alarm``: the post-occlusion back-off, or the siphon catch."""
 
     #: Volume the retract may still take (mL).
     remaining_ml: float
-    #: Back-off ends once the pressure is at or below this (mmHg).
+    #: A back-off ends once the pressure is at or below this (mmHg); −∞ for a catch.
     target_mmhg: float
+    #: A catch: the highest encoder volume since it began (mL); it ends two counts below it.
+    catch_peak_ml: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,15 @@ RUNNING_INFUSING: Final = State("running", phase=Infusing())
 #: can see an occlusion first. Never telemetry, clock, air, syringe missing or empty, reverse motion,
 #: uncommanded delivery or an invalid rate command: no retract on an untrusted pressure or where unsafe.
 _BACKOFF_ALARMS: Final = frozenset(
-    {"occlusion_pressure", "occlusion_slope", "stall", "flow_deviation", "overdose", "cumulative_cap"}
+    {
+        "occlusion_pressure",
+        "occlusion_slope",
+        "stall",
+        "encoder_mismatch",
+        "flow_deviation",
+        "overdose",
+        "cumulative_cap",
+    }
 )
 
 
@@ -165,6 +175,8 @@ class FlowPoint:
     target_ml: float
     commanded_ml: float
     measured_ml: float
+    #: What the line pressure compresses the drive by, C_d·p (mL; 0 without a pressure sensor).
+    compression_ml: float
 
 
 @dataclass
@@ -232,10 +244,17 @@ class ReferenceKernel:
         self._since_motion_ml = 0.0
         self._motion_ref_ml = 0.0
         self._moved_since_start = False
+        # Started without take-up: the first plunger motion ends the run-in through the slack.
+        self._awaiting_first_motion = False
+        # Lowest motor lead beyond the drive model (commanded − encoder − C_d·p, mL) since delivery
+        # (re)started: the encoder cross-check measures the lead's rise above it.
+        self._lead_floor_ml: float | None = None
         # Highest volume seen since (re)start, for reverse-motion detection.
         self._peak_ml = 0.0
         # Flow-deviation checkpoints, oldest first (at most FLOW_POINTS).
         self._flow: list[FlowPoint] = []
+        # The last large rate step: (when, the drive's compression C_d·p then in mL).
+        self._rate_step: tuple[float, float] | None = None
         self._pressure = PressureTrack()
         # Lowest filtered line pressure since the program was loaded (the line's pressure at rest).
         self._rest_mmhg: float | None = None
@@ -287,10 +306,20 @@ class ReferenceKernel:
     @property
     def drive_release_ml(self) -> float:
         """Volume the compressed drive will still push the plunger on by once the motor stops (mL)."""
+        return 0.0 if self._rest_mmhg is None else self._drive_release_above_ml(self._rest_mmhg)
+
+    def _drive_release_above_ml(self, rest_mmhg: float) -> float:
+        """The drive's release down to ``rest_mmhg``: C_d × (p − rest), the rise clamped to [0, threshold]."""
         c_d = self._cfg.drive_compliance_ml_per_mmhg
-        r, p, rest = self._cfg.raw, self._pressure, self._rest_mmhg
-        if rest is not None and c_d > 0.0 and r.has_pressure_sensor and p.initialised:
-            return c_d * _fmin(_fmax(p.last_raw_mmhg - rest, 0.0), r.occlusion_threshold_mmhg)
+        r, p = self._cfg.raw, self._pressure
+        if c_d > 0.0 and r.has_pressure_sensor and p.initialised:
+            return c_d * _fmin(_fmax(p.last_raw_mmhg - rest_mmhg, 0.0), r.occlusion_threshold_mmhg)
+        return 0.0
+
+    def _drive_compression_ml(self) -> float:
+        """What the line pressure compresses the drive train by, C_d·p (mL; 0 without a pressure sensor)."""
+        if self._cfg.raw.has_pressure_sensor:
+            return self._cfg.drive_compliance_ml_per_mmhg * self._pressure.last_raw_mmhg
         return 0.0
 
     @property
@@ -375,6 +404,8 @@ class ReferenceKernel:
         else:
             raise self._refuse("start")
         self._begin_motion()
+        # Without take-up a freshly loaded syringe may still have its slack to cross.
+        self._awaiting_first_motion = self._state == ARMED and isinstance(phase, Infusing)
         self._transition(_running(phase), "start")
 
     def pause(self) -> None:
@@ -401,6 +432,8 @@ class ReferenceKernel:
         if self._state.kind != "alarm":
             raise self._refuse("acknowledge")
         self._latched = AlarmSet()
+        # Motion the operator has been told of is not raised again; motion from here on is.
+        self._hold_origin_ml = None
         self._transition(STOPPED, "acknowledge")
 
     def silence(self) -> None:
@@ -440,8 +473,13 @@ class ReferenceKernel:
             raise InterlockError("rate_command_invalid", f"{cause.field} {cause.problem}") from cause
         self._program = replace(program, rate_ml_s=rate_ml_s)
         # Only an increase above slope_rearm_increase re-arms (silences) the slope detector.
-        if rate_ml_s > program.rate_ml_s * (1.0 + self._cfg.raw.slope_rearm_increase):
+        step = 1.0 + self._cfg.raw.slope_rearm_increase
+        if rate_ml_s > program.rate_ml_s * step:
             self._pressure.armed_at_s = self._now_or_zero() + self._cfg.raw.slope_arm_delay_s
+        # A step beyond it either way restarts the flow window (the drive relaxes or compresses by C_d·ΔP).
+        if rate_ml_s > program.rate_ml_s * step or rate_ml_s * step < program.rate_ml_s:
+            self._flow.clear()
+            self._rate_step = (self._now_or_zero(), self._drive_compression_ml())
         self._transition(self._state, "set_rate")
 
     def _begin_motion(self) -> None:
@@ -452,9 +490,17 @@ class ReferenceKernel:
         self._since_motion_ml = 0.0
         self._motion_ref_ml = volume
         self._moved_since_start = False
+        self._awaiting_first_motion = False
         self._peak_ml = volume
+        self._restart_delivery_checks(self._now_or_zero())
+
+    def _restart_delivery_checks(self, now_s: float) -> None:
+        """Where delivery at the programmed rate (re)starts: the flow window and the encoder cross-check
+        start afresh, and the slope detector is silent while the line climbs to its working pressure."""
         self._flow.clear()
-        self._pressure.armed_at_s = self._now_or_zero() + self._cfg.raw.slope_arm_delay_s
+        self._rate_step = None
+        self._lead_floor_ml = None
+        self._pressure.armed_at_s = now_s + self._cfg.raw.slope_arm_delay_s
 
     def _raise(self, alarms: AlarmSet) -> None:
         """Latches ``alarms``; enters ``alarm`` (starting a back-off after an occlusion while running)."""
@@ -465,14 +511,26 @@ class ReferenceKernel:
         self._silenced_until_s = -math.inf
         # Back-off only when every alarm raised permits it; any other alarm ends it.
         permitted = all(_permits_backoff(alarm) for alarm in fresh.names())
+        siphon = fresh.names() == ("uncommanded_delivery",)
         if self._state.kind == "alarm" and permitted:
             next_state = _alarm(self._state.backoff)
         elif self._state.is_running and permitted:
             next_state = _alarm(self._backoff_plan())
+        elif self._state in (ARMED, PAUSED, STOPPED, COMPLETE) and siphon:
+            next_state = _alarm(self._catch_plan())
         else:
             next_state = _alarm(None)
         for alarm in fresh.names():
             self._transition(next_state, alarm)
+
+    def _catch_plan(self) -> Backoff | None:
+        """The siphon catch on a held plunger's ``uncommanded_delivery`` alone (``catch_plan``): retract
+        at the back-off rate until the plunger is pulled back two counts, at most ``take_up_max_ml``."""
+        r = self._cfg.raw
+        if not (r.backoff and r.take_up_max_ml > 0.0):
+            return None
+        peak = self._last_volume_ml if self._last_volume_ml is not None else 0.0
+        return Backoff(remaining_ml=r.take_up_max_ml, target_mmhg=-math.inf, catch_peak_ml=peak)
 
     def _backoff_plan(self) -> Backoff | None:
         """Only with a sensor that has a sample and a line above baseline + margin (else nothing stored)."""
@@ -546,6 +604,10 @@ class ReferenceKernel:
                 raised.insert("telemetry_stale")
             if fresh:
                 self._check_sample(sample, raised)
+            self._raise(raised)
+        elif fresh and self._state == COMPLETE:
+            # Watch after the end: the program is done, but the plunger must not move on by itself.
+            self._check_uncommanded(sample.volume_ml, raised)
             self._raise(raised)
 
         command, clamp, control = self._command(now_s, dt_s)
@@ -636,14 +698,43 @@ class ReferenceKernel:
             self._peak_ml = _fmax(self._peak_ml, s.volume_ml)
             if s.volume_ml < self._peak_ml - 2.0 * q:
                 raised.insert("reverse_motion")
-            self._check_stall(s.volume_ml, raised)
-            if self._state.is_infusing:
+            infusing = self._state.is_infusing
+            # Until the first motion after a start without take-up only the stall check watches.
+            if infusing and not self._awaiting_first_motion:
                 self._check_flow(s, raised)
-        elif self._last_command.direction != RETRACT:
-            origin = s.volume_ml if self._hold_origin_ml is None else _fmin(self._hold_origin_ml, s.volume_ml)
-            self._hold_origin_ml = origin
-            if s.volume_ml - origin > r.uncommanded_volume_ml:
-                raised.insert("uncommanded_delivery")
+            self._check_stall(s.volume_ml, raised)
+            # The cross-check needs the drive model: not with an uncharacterised drive (C_d = 0).
+            if infusing and self._moved_since_start and self._cfg.drive_compliance_ml_per_mmhg > 0.0:
+                self._check_encoder(s.volume_ml, raised)
+        else:
+            self._check_uncommanded(s.volume_ml, raised)
+
+    def _check_uncommanded(self, volume_ml: float, raised: AlarmSet) -> None:
+        """No plunger advance while no forward motion is commanded, beyond the drive's release counted
+        down to min(rest, 0 mmHg) (``SafetyKernel::check_uncommanded``)."""
+        if self._last_command.direction == RETRACT:
+            return
+        rest = 0.0 if self._rest_mmhg is None else _fmin(self._rest_mmhg, 0.0)
+        expected = volume_ml + self._drive_release_above_ml(rest)
+        origin = expected if self._hold_origin_ml is None else _fmin(self._hold_origin_ml, expected)
+        self._hold_origin_ml = origin
+        if expected - origin > self._cfg.raw.uncommanded_volume_ml:
+            raised.insert("uncommanded_delivery")
+
+    def _check_encoder(self, volume_ml: float, raised: AlarmSet) -> None:
+        """``commanded − encoder − C_d·p`` rising above its floor by more than ``encoder_mismatch_ml``
+        (plus C_d × the threshold without a pressure sensor) is motion the encoder did not see."""
+        r = self._cfg.raw
+        unknown = (
+            0.0
+            if r.has_pressure_sensor
+            else self._cfg.drive_compliance_ml_per_mmhg * r.occlusion_threshold_mmhg
+        )
+        lead = self._commanded_ml - volume_ml - self._drive_compression_ml()
+        floor = lead if self._lead_floor_ml is None else _fmin(self._lead_floor_ml, lead)
+        self._lead_floor_ml = floor
+        if lead - floor > r.encoder_mismatch_ml + unknown:
+            raised.insert("encoder_mismatch")
 
     def _check_slope(self, raised: AlarmSet) -> None:
         """Fires while the filtered slope is at or above ``slope_fraction``·Q/C and the pressure has
@@ -684,6 +775,11 @@ class ReferenceKernel:
             self._since_motion_ml = 0.0
             self._motion_ref_ml = volume_ml
             self._moved_since_start = True
+            if self._awaiting_first_motion:
+                # The slack is crossed: deliver from here as after a take-up.
+                self._awaiting_first_motion = False
+                self._restart_controller = True
+                self._restart_delivery_checks(self._now_or_zero())
         allowance = (
             r.stall_volume_ml if self._moved_since_start else _fmax(r.stall_volume_ml, r.take_up_max_ml)
         )
@@ -691,13 +787,17 @@ class ReferenceKernel:
             raised.insert("stall")
 
     def _check_flow(self, s: Telemetry, raised: AlarmSet) -> None:
-        """Over the flow window the measured volume must follow the target and the commanded volume."""
+        """Over the flow window the measured volume must follow the target and the commanded volume; the
+        drive's relaxation as the pressure falls (over the window, and since a large rate step while the
+        window overlaps the ``flow_window_s`` after it) is allowed on top of the tolerance."""
         r = self._cfg.raw
+        compression_ml = self._drive_compression_ml()
         point = FlowPoint(
             t_s=s.t_s,
             target_ml=self._controller.target_ml,
             commanded_ml=self._commanded_ml,
             measured_ml=s.volume_ml,
+            compression_ml=compression_ml,
         )
         interval = r.flow_window_s / float(FLOW_POINTS - 1)
         newest = self._flow[-1] if self._flow else None
@@ -709,9 +809,16 @@ class ReferenceKernel:
         if len(self._flow) < 2 or point.t_s - oldest.t_s < r.flow_window_s:
             return
         measured = point.measured_ml - oldest.measured_ml
+        since_step = 0.0
+        if self._rate_step is not None and oldest.t_s < self._rate_step[0] + r.flow_window_s:
+            since_step = self._rate_step[1] - compression_ml
+        relaxed = _fmax(_fmax(oldest.compression_ml - compression_ml, since_step), 0.0)
 
         def off(expected: float) -> bool:
-            return expected >= r.flow_min_volume_ml and abs(measured - expected) > r.flow_tolerance * expected
+            return (
+                expected >= r.flow_min_volume_ml
+                and abs(measured - expected) > r.flow_tolerance * expected + relaxed
+            )
 
         if off(point.target_ml - oldest.target_ml) or off(point.commanded_ml - oldest.commanded_ml):
             raised.insert("flow_deviation")
@@ -741,8 +848,7 @@ class ReferenceKernel:
                 take_up_left = self._cfg.raw.take_up_max_ml - phase.commanded_ml
                 if volume - phase.origin_ml >= self._cfg.raw.take_up_detect_ml or take_up_left <= 0.0:
                     self._restart_controller = True
-                    self._flow.clear()
-                    self._pressure.armed_at_s = now_s + self._cfg.raw.slope_arm_delay_s
+                    self._restart_delivery_checks(now_s)
                     self._transition(RUNNING_INFUSING, "take_up_done")
                     return self._infuse(program, volume, dt_s, dose_headroom)
                 rate, reason = clamp_rate(
@@ -759,7 +865,10 @@ class ReferenceKernel:
         if state.kind == "alarm" and state.backoff is not None:
             backoff = state.backoff
             pressure = self._pressure.last_raw_mmhg
-            if pressure <= backoff.target_mmhg or backoff.remaining_ml <= 0.0:
+            volume = self._last_volume_ml if self._last_volume_ml is not None else 0.0
+            catch_peak_ml = None if backoff.catch_peak_ml is None else _fmax(backoff.catch_peak_ml, volume)
+            caught = catch_peak_ml is not None and volume <= catch_peak_ml - 2.0 * self._cfg.volume_quantum_ml
+            if caught or pressure <= backoff.target_mmhg or backoff.remaining_ml <= 0.0:
                 self._state = _alarm(None)
                 return MOTOR_HOLD, "unchanged", ControlStatus()
             rate, reason = clamp_rate(
@@ -768,7 +877,11 @@ class ReferenceKernel:
                 headroom_ml=backoff.remaining_ml,
                 period_s=period,
             )
-            self._state = _alarm(replace(backoff, remaining_ml=backoff.remaining_ml - rate * period))
+            self._state = _alarm(
+                replace(
+                    backoff, remaining_ml=backoff.remaining_ml - rate * period, catch_peak_ml=catch_peak_ml
+                )
+            )
             return MotorCommand.retract(rate), reason, ControlStatus()
         return MOTOR_HOLD, "unchanged", ControlStatus()
 

@@ -32,10 +32,13 @@ pub enum Alarm {
     ReverseMotion = 13,
     /// The kernel's clock was non-finite or went backwards.
     ClockInvalid = 14,
+    /// The plunger encoder fell behind the motor's commanded volume by more than the drive model
+    /// explains (a slipping encoder, a slipping drive).
+    EncoderMismatch = 15,
 }
 
 impl Alarm {
-    pub const ALL: [Alarm; 15] = [
+    pub const ALL: [Alarm; 16] = [
         Alarm::Overdose,
         Alarm::CumulativeCap,
         Alarm::RateCommandInvalid,
@@ -51,6 +54,7 @@ impl Alarm {
         Alarm::UncommandedDelivery,
         Alarm::ReverseMotion,
         Alarm::ClockInvalid,
+        Alarm::EncoderMismatch,
     ];
 
     /// Stable name used in logs and in Python.
@@ -71,6 +75,7 @@ impl Alarm {
             Alarm::UncommandedDelivery => "uncommanded_delivery",
             Alarm::ReverseMotion => "reverse_motion",
             Alarm::ClockInvalid => "clock_invalid",
+            Alarm::EncoderMismatch => "encoder_mismatch",
         }
     }
 
@@ -80,8 +85,8 @@ impl Alarm {
     }
 
     /// Whether this alarm may start (or leave running) the post-occlusion back-off. An occlusion can be
-    /// seen first by any check that watches delivery — the pressure and slope detectors, the stall check
-    /// (the drive cannot push against the line), the flow check (the plunger lags the target), the dose
+    /// seen first by any check that watches delivery — the pressure and slope detectors, the stall and
+    /// encoder cross-checks (the drive cannot push against the line, or slips while it tries), the flow check (the plunger lags the target), the dose
     /// and cap checks (the motor ran on) — and every one of them leaves the compressed volume in the
     /// line, so each may back off; whether there is anything to back off is the pressure's to say.
     ///
@@ -99,6 +104,7 @@ impl Alarm {
             Alarm::OcclusionPressure
                 | Alarm::OcclusionSlope
                 | Alarm::Stall
+                | Alarm::EncoderMismatch
                 | Alarm::FlowDeviation
                 | Alarm::Overdose
                 | Alarm::CumulativeCap

@@ -154,6 +154,9 @@ pub struct RawKernelConfig {
     pub flow_tolerance: f64,
     pub flow_min_volume_ml: f64,
     pub uncommanded_volume_ml: f64,
+    /// How far the plunger encoder may fall behind the motor's commanded volume, beyond what the drive
+    /// model explains (drive compliance × the line pressure's change), before `encoder_mismatch` (mL).
+    pub encoder_mismatch_ml: f64,
     // Syringe level.
     pub near_empty_ml: f64,
     pub near_empty_s: f64,
@@ -282,6 +285,7 @@ impl KernelConfig {
         scalar("flow_tolerance", r.flow_tolerance, 0.0, true, 1.0)?;
         quantity::<Millilitres>("flow_min_volume_ml", r.flow_min_volume_ml)?;
         scalar("uncommanded_volume_ml", r.uncommanded_volume_ml, 0.0, true, Millilitres::MAX)?;
+        scalar("encoder_mismatch_ml", r.encoder_mismatch_ml, 0.0, true, Millilitres::MAX)?;
         quantity::<Millilitres>("near_empty_ml", r.near_empty_ml)?;
         quantity::<Seconds>("near_empty_s", r.near_empty_s)?;
         scalar("stale_after_s", r.stale_after_s, 0.0, true, 3_600.0)?;

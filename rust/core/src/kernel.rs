@@ -16,8 +16,9 @@
 //!      │                                     ▲  │ start                              │
 //!      │                         acknowledge │  └──────▶ Running                     │
 //!      │                                     │                                       │
-//!      │     any alarm in Armed, Running,    │                                       │
-//!      │     Paused or Stopped ──────────▶ Alarm ↺ more alarms latch, silence        │
+//!      │     any alarm in Armed, Running,    │      uncommanded delivery (watched    │
+//!      │     Paused or Stopped ──────────▶ Alarm ◀───────────── after the end) ──────┤
+//!      │                                   ↺ more alarms latch, silence              │
 //!      └──────────────────────────────────────────────────────────── unload ────────┘
 //! ```
 //!
@@ -28,8 +29,8 @@
 //!   retracts the plunger until the line pressure is back to baseline + `backoff_margin_mmhg`, never
 //!   more than the volume the line's compliance stored (compliance × (pressure − baseline)).
 //! - The back-off is planned on the `Running → Alarm` arrow when (a) every alarm raised on it
-//!   [permits a back-off](Alarm::permits_backoff) — the occlusion, slope, stall, flow-deviation,
-//!   overdose and cap checks, any of which may see an occlusion first — and (b) a pressure sensor is
+//!   [permits a back-off](Alarm::permits_backoff) — the occlusion, slope, stall, encoder cross-check,
+//!   flow-deviation, overdose and cap checks, any of which may see an occlusion first — and (b) a pressure sensor is
 //!   fitted, its estimator has a sample, and the last pressure is above baseline + margin. Any other
 //!   alarm (stale or invalid telemetry, clock, air, syringe missing, end of travel, reverse motion,
 //!   uncommanded delivery, an invalid rate command), on that arrow or during the back-off, holds the
@@ -37,7 +38,15 @@
 //! - `Running → Complete` ("dose delivered") when the encoder volume plus what the compressed drive
 //!   will still push the plunger on by once the motor stops ([`SafetyKernel::drive_release_ml`])
 //!   reaches the programmed volume; that release counts as delivered from then on.
-//! - `Idle` and `Complete` are not monitored (no program is in force); every other state is.
+//! - `Idle` is not monitored (no program is loaded); `Complete` is *watched*: only for uncommanded
+//!   delivery (a siphon pulling the plunger on after the dose), never for staleness or the syringe;
+//!   every other state is monitored.
+//! - A held plunger's `uncommanded_delivery` alone (from `Armed`, `Paused`, `Stopped` or `Complete`)
+//!   plans a *catch*: the nut retracts until the plunger is pulled back two counts (the clamp behind
+//!   the flange holds it), at most `take_up_max_ml` (`catch_plan`).
+//! - While infusing, the encoder is cross-checked against the motor's commanded volume through the
+//!   drive model (`encoder_mismatch`); a start without take-up counts the first plunger motion as the
+//!   end of a take-up (controller, flow window and cross-check restart there).
 //! - Every transition, and every alarm raised while already in `Alarm`, is recorded in the trace ring.
 //!
 //! Every forward (and back-off) rate passes [`clamp_rate`], the single choke point.
@@ -88,13 +97,17 @@ pub enum Phase {
     Infusing,
 }
 
-/// The post-occlusion back-off in progress.
+/// A retract in progress in `Alarm`: the post-occlusion back-off, or the siphon catch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
-    /// Volume the retract may still take (mL): starts at compliance × (pressure − baseline).
+    /// Volume the retract may still take (mL): compliance × (pressure − baseline) for a back-off, the
+    /// slack bound `take_up_max_ml` for a catch.
     pub remaining_ml: f64,
-    /// Back-off ends once the pressure is at or below this (mmHg).
+    /// A back-off ends once the pressure is at or below this (mmHg); −∞ for a catch.
     pub target_mmhg: f64,
+    /// A catch: the highest encoder volume since it began (mL). It ends once the plunger is two counts
+    /// below it — the clamp behind the flange has caught the plunger and begins to pull it back.
+    pub catch_peak_ml: Option<f64>,
 }
 
 /// States, each owning the data only it needs.
@@ -259,6 +272,8 @@ struct FlowPoint {
     target_ml: f64,
     commanded_ml: f64,
     measured_ml: f64,
+    /// What the line pressure compresses the drive by, C_d·p (mL; 0 without a pressure sensor).
+    compression_ml: f64,
 }
 
 /// Line-pressure estimator behind the slope detector and the back-off target.
@@ -310,10 +325,18 @@ pub struct SafetyKernel {
     since_motion_ml: f64,
     motion_ref_ml: f64,
     moved_since_start: bool,
+    /// Started without take-up: the first plunger motion ends the run-in through the lead-screw slack
+    /// (an implicit take-up at the programmed rate).
+    awaiting_first_motion: bool,
+    /// Lowest motor lead over the plunger beyond the drive model (commanded − encoder − C_d·p, mL) since
+    /// delivery (re)started: the encoder cross-check measures the lead's growth above it.
+    lead_floor_ml: Option<f64>,
     /// Highest volume seen since (re)start, for reverse-motion detection.
     peak_ml: f64,
     flow: [FlowPoint; FLOW_POINTS],
     flow_len: usize,
+    /// The last large rate step: when, and the drive's compression C_d·p then (mL).
+    rate_step: Option<(f64, f64)>,
     pressure: PressureTrack,
     /// Lowest filtered line pressure since the program was loaded: the pressure the line relaxes to
     /// with the motor stopped (the drive's spring settles back to it).
@@ -359,9 +382,12 @@ impl SafetyKernel {
             since_motion_ml: 0.0,
             motion_ref_ml: 0.0,
             moved_since_start: false,
+            awaiting_first_motion: false,
+            lead_floor_ml: None,
             peak_ml: 0.0,
             flow: [FlowPoint::default(); FLOW_POINTS],
             flow_len: 0,
+            rate_step: None,
             pressure: PressureTrack::default(),
             rest_mmhg: None,
             release: None,
@@ -414,12 +440,16 @@ impl SafetyKernel {
     /// drive compliance × (line pressure − rest pressure), the rise counted up to the occlusion
     /// threshold. Zero without a pressure sensor, a pressure sample, or a characterised drive.
     pub fn drive_release_ml(&self) -> f64 {
+        self.rest_mmhg.map_or(0.0, |rest| self.drive_release_above_ml(rest))
+    }
+
+    /// The drive's release down to `rest_mmhg`: C_d × (p − rest), the rise clamped to [0, threshold].
+    fn drive_release_above_ml(&self, rest_mmhg: f64) -> f64 {
         let c_d = self.cfg.drive_compliance_ml_per_mmhg;
-        match self.rest_mmhg {
-            Some(rest) if c_d > 0.0 && self.cfg.raw.has_pressure_sensor && self.pressure.initialised => {
-                c_d * (self.pressure.last_raw_mmhg - rest).max(0.0).min(self.cfg.raw.occlusion_threshold_mmhg)
-            }
-            _ => 0.0,
+        if c_d > 0.0 && self.cfg.raw.has_pressure_sensor && self.pressure.initialised {
+            c_d * (self.pressure.last_raw_mmhg - rest_mmhg).max(0.0).min(self.cfg.raw.occlusion_threshold_mmhg)
+        } else {
+            0.0
         }
     }
 
@@ -492,6 +522,8 @@ impl SafetyKernel {
             _ => return Err(self.refuse(Command::Start)),
         };
         self.begin_motion();
+        // Without take-up a freshly loaded syringe may still have its slack to cross.
+        self.awaiting_first_motion = self.state == State::Armed && phase == Phase::Infusing;
         self.transition(State::Running(phase), Cause::Operator(Command::Start));
         Ok(())
     }
@@ -531,6 +563,8 @@ impl SafetyKernel {
             return Err(self.refuse(Command::Acknowledge));
         }
         self.latched = AlarmSet::EMPTY;
+        // Motion the operator has been told of is not raised again; motion from here on is.
+        self.hold_origin_ml = None;
         self.transition(State::Stopped, Cause::Operator(Command::Acknowledge));
         Ok(())
     }
@@ -582,8 +616,15 @@ impl SafetyKernel {
         match validate_rate(&self.cfg, rate_ml_h) {
             Ok(rate_ml_s) => {
                 self.program = Some(Program { rate_ml_s, ..program });
-                if rate_ml_s > program.rate_ml_s * (1.0 + self.cfg.raw.slope_rearm_increase) {
+                let step = 1.0 + self.cfg.raw.slope_rearm_increase;
+                if rate_ml_s > program.rate_ml_s * step {
                     self.pressure.armed_at_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.slope_arm_delay_s;
+                }
+                // The drive relaxes (or compresses) by C_d·ΔP through the line's time constant after a
+                // large step: a window spanning it would read as a deviation of the new, small rate.
+                if rate_ml_s > program.rate_ml_s * step || rate_ml_s * step < program.rate_ml_s {
+                    self.flow_len = 0;
+                    self.rate_step = Some((self.now_s.unwrap_or(0.0), self.drive_compression_ml()));
                 }
                 self.transition(self.state, Cause::Operator(Command::SetRate));
                 Ok(())
@@ -605,9 +646,19 @@ impl SafetyKernel {
         self.since_motion_ml = 0.0;
         self.motion_ref_ml = volume;
         self.moved_since_start = false;
+        self.awaiting_first_motion = false;
         self.peak_ml = volume;
+        self.restart_delivery_checks(self.now_s.unwrap_or(0.0));
+    }
+
+    /// Where delivery at the programmed rate (re)starts — a start or resume, the end of take-up, the
+    /// first motion after a start without take-up: the flow window and the encoder cross-check start
+    /// afresh, and the slope detector is silent while the line climbs to its working pressure.
+    fn restart_delivery_checks(&mut self, now_s: f64) {
         self.flow_len = 0;
-        self.pressure.armed_at_s = self.now_s.unwrap_or(0.0) + self.cfg.raw.slope_arm_delay_s;
+        self.rate_step = None;
+        self.lead_floor_ml = None;
+        self.pressure.armed_at_s = now_s + self.cfg.raw.slope_arm_delay_s;
     }
 
     /// Latches `alarms`; enters `Alarm` (starting a back-off after an occlusion while running).
@@ -622,14 +673,34 @@ impl SafetyKernel {
         // permits it (an occlusion seen first by the flow or stall check leaves the same volume in the
         // line), and any alarm that does not (stale or invalid telemetry, air, ...) ends it.
         let permitted = fresh.iter().all(Alarm::permits_backoff);
+        let siphon = fresh == AlarmSet(Alarm::UncommandedDelivery.bit());
         let next = match self.state {
             State::Alarm(backoff) if permitted => State::Alarm(backoff),
             State::Running(_) if permitted => State::Alarm(self.backoff_plan()),
+            State::Armed | State::Paused | State::Stopped | State::Complete if siphon => {
+                State::Alarm(self.catch_plan())
+            }
             _ => State::Alarm(None),
         };
         for alarm in fresh.iter() {
             self.transition(next, Cause::Alarm(alarm));
         }
+    }
+
+    /// The siphon catch, on a held plunger's `uncommanded_delivery` alone: a pump raised above the
+    /// patient pulls the plunger through the lead-screw slack (up to 0.2 mL) once nothing pushes it, and
+    /// the alarm alone would not stop it. Retracting the nut at `backoff_rate_ml_h` closes the gap to
+    /// the clamp behind the flange in seconds; the plunger stops, and the catch ends when the encoder
+    /// shows it pulled back two counts (at most one tick's retract more: ≈ 8 µL at 300 mL/h is drawn
+    /// back), or when the slack bound `take_up_max_ml` has been retracted (a plunger not held by the
+    /// drive at all). Not without `backoff` configured.
+    fn catch_plan(&self) -> Option<Backoff> {
+        let r = &self.cfg.raw;
+        (r.backoff && r.take_up_max_ml > 0.0).then(|| Backoff {
+            remaining_ml: r.take_up_max_ml,
+            target_mmhg: f64::NEG_INFINITY,
+            catch_peak_ml: Some(self.last_volume_ml.unwrap_or(0.0)),
+        })
     }
 
     /// The back-off for an alarm raised while running: only with a pressure sensor whose estimator has
@@ -645,7 +716,7 @@ impl SafetyKernel {
             return None;
         }
         let stored_ml = r.compliance_ml_per_mmhg * (self.pressure.last_raw_mmhg - self.pressure.baseline_mmhg);
-        Some(Backoff { remaining_ml: stored_ml.max(0.0), target_mmhg })
+        Some(Backoff { remaining_ml: stored_ml.max(0.0), target_mmhg, catch_peak_ml: None })
     }
 
     // ----- the tick --------------------------------------------------------------------------
@@ -690,6 +761,10 @@ impl SafetyKernel {
             if fresh {
                 self.check_sample(sample, &mut raised);
             }
+            self.raise(raised);
+        } else if fresh && self.state == State::Complete {
+            // Watch after the end: the program is done, but the plunger must not move on by itself.
+            self.check_uncommanded(sample.volume_ml, &mut raised);
             self.raise(raised);
         }
 
@@ -800,16 +875,61 @@ impl SafetyKernel {
             if s.volume_ml < self.peak_ml - 2.0 * q {
                 raised.insert(Alarm::ReverseMotion);
             }
-            self.check_stall(s.volume_ml, raised);
-            if matches!(self.state, State::Running(Phase::Infusing)) {
+            let infusing = matches!(self.state, State::Running(Phase::Infusing));
+            // Until the first motion after a start without take-up, the stall check alone watches (its
+            // allowance is the take-up bound): the flow window would read the slack as a deviation.
+            if infusing && !self.awaiting_first_motion {
                 self.check_flow(s, raised);
             }
-        } else if self.last_command.direction != Direction::Retract {
-            let origin = self.hold_origin_ml.map_or(s.volume_ml, |o| o.min(s.volume_ml));
-            self.hold_origin_ml = Some(origin);
-            if s.volume_ml - origin > r.uncommanded_volume_ml {
-                raised.insert(Alarm::UncommandedDelivery);
+            self.check_stall(s.volume_ml, raised);
+            // The cross-check needs the drive model: not with an uncharacterised drive (C_d = 0).
+            if infusing && self.moved_since_start && self.cfg.drive_compliance_ml_per_mmhg > 0.0 {
+                self.check_encoder(s.volume_ml, raised);
             }
+        } else {
+            self.check_uncommanded(s.volume_ml, raised);
+        }
+    }
+
+    /// The plunger must not advance while no forward motion is commanded (held, stopped, in alarm, and
+    /// after the end): free flow, or a siphon pulling it through the lead-screw slack. What the drive
+    /// still pushes it on by as the pressure falls once the motor stops is expected, so the reference
+    /// is the volume plus that release, and it follows a plunger that moves back. The release is
+    /// counted down to the lower of the rest pressure and 0 mmHg: a program loaded onto a line still
+    /// pressurised (a bridge restart) would otherwise take its relaxation for a siphon.
+    fn check_uncommanded(&mut self, volume_ml: f64, raised: &mut AlarmSet) {
+        if self.last_command.direction == Direction::Retract {
+            return;
+        }
+        let rest = self.rest_mmhg.map_or(0.0, |rest| rest.min(0.0));
+        let expected = volume_ml + self.drive_release_above_ml(rest);
+        let origin = self.hold_origin_ml.map_or(expected, |o| o.min(expected));
+        self.hold_origin_ml = Some(origin);
+        if expected - origin > self.cfg.raw.uncommanded_volume_ml {
+            raised.insert(Alarm::UncommandedDelivery);
+        }
+    }
+
+    /// The second measure of delivery: the motor's commanded volume. Between them sits only the drive
+    /// train, compressed by C_d·p, so `commanded − encoder − C_d·p` stays constant on a healthy pump
+    /// (it falls by C_d·(stiction − running) at breakaway: the safe direction). Its rise above its
+    /// lowest value since delivery (re)started is motor motion the encoder did not see — a slipping
+    /// encoder, a slipping drive — and alarms beyond `encoder_mismatch_ml`, a bound set by the volume,
+    /// not by a fraction of the flow as the flow window is. Without a pressure sensor the drive's
+    /// compression is unknown up to C_d × the occlusion threshold, which is added to the bound; with an
+    /// uncharacterised drive (`drive_stiffness_n_per_mm = 0`) there is no model and no cross-check.
+    fn check_encoder(&mut self, volume_ml: f64, raised: &mut AlarmSet) {
+        let r = &self.cfg.raw;
+        let unknown = if r.has_pressure_sensor {
+            0.0
+        } else {
+            self.cfg.drive_compliance_ml_per_mmhg * r.occlusion_threshold_mmhg
+        };
+        let lead = self.commanded_ml - volume_ml - self.drive_compression_ml();
+        let floor = self.lead_floor_ml.map_or(lead, |f| f.min(lead));
+        self.lead_floor_ml = Some(floor);
+        if lead - floor > r.encoder_mismatch_ml + unknown {
+            raised.insert(Alarm::EncoderMismatch);
         }
     }
 
@@ -863,6 +983,12 @@ impl SafetyKernel {
             self.since_motion_ml = 0.0;
             self.motion_ref_ml = volume_ml;
             self.moved_since_start = true;
+            if core::mem::take(&mut self.awaiting_first_motion) {
+                // The slack is crossed: deliver from here as after a take-up, with no catch-up for
+                // the run-in and no flow window spanning it.
+                self.restart_controller = true;
+                self.restart_delivery_checks(self.now_s.unwrap_or(0.0));
+            }
         }
         let allowance =
             if self.moved_since_start { r.stall_volume_ml } else { r.stall_volume_ml.max(r.take_up_max_ml) };
@@ -871,16 +997,32 @@ impl SafetyKernel {
         }
     }
 
+    /// What the line pressure compresses the drive train by, C_d·p (mL; 0 without a pressure sensor).
+    fn drive_compression_ml(&self) -> f64 {
+        if self.cfg.raw.has_pressure_sensor {
+            self.cfg.drive_compliance_ml_per_mmhg * self.pressure.last_raw_mmhg
+        } else {
+            0.0
+        }
+    }
+
     /// Over the flow window, the measured volume must follow both the target (set rate) and the
     /// commanded motor volume within `flow_tolerance`: catches under-infusion, over-infusion,
-    /// siphoning and a slipping drive.
+    /// siphoning and a slipping drive. A drive relaxing as the pressure falls pushes the plunger on by
+    /// C_d·(p_then − p_now) beyond the motor's volume, and the controller then takes that back from the
+    /// target: after a rate step down this is most of a small window's volume, so the relaxation is
+    /// allowed on top of the tolerance — over the window, and since the last large rate step while the
+    /// window still overlaps the `flow_window_s` after it. Never a rising pressure's compression: that
+    /// is how the commanded comparison sees an occlusion.
     fn check_flow(&mut self, s: &Telemetry, raised: &mut AlarmSet) {
         let r = self.cfg.raw;
+        let compression_ml = self.drive_compression_ml();
         let point = FlowPoint {
             t_s: s.t_s,
             target_ml: self.controller.target_ml(),
             commanded_ml: self.commanded_ml,
             measured_ml: s.volume_ml,
+            compression_ml,
         };
         let interval = r.flow_window_s / (FLOW_POINTS - 1) as f64;
         let newest = if self.flow_len == 0 { None } else { Some(self.flow[self.flow_len - 1]) };
@@ -897,8 +1039,13 @@ impl SafetyKernel {
             return;
         }
         let measured = point.measured_ml - oldest.measured_ml;
+        let since_step = match self.rate_step {
+            Some((t_s, compression)) if oldest.t_s < t_s + r.flow_window_s => compression - compression_ml,
+            _ => 0.0,
+        };
+        let relaxed = (oldest.compression_ml - compression_ml).max(since_step).max(0.0);
         let off = |expected: f64| {
-            expected >= r.flow_min_volume_ml && (measured - expected).abs() > r.flow_tolerance * expected
+            expected >= r.flow_min_volume_ml && (measured - expected).abs() > r.flow_tolerance * expected + relaxed
         };
         if off(point.target_ml - oldest.target_ml) || off(point.commanded_ml - oldest.commanded_ml) {
             raised.insert(Alarm::FlowDeviation);
@@ -931,8 +1078,7 @@ impl SafetyKernel {
                         let take_up_left = self.cfg.raw.take_up_max_ml - commanded_ml;
                         if volume - origin_ml >= self.cfg.raw.take_up_detect_ml || take_up_left <= 0.0 {
                             self.restart_controller = true;
-                            self.flow_len = 0;
-                            self.pressure.armed_at_s = now_s + self.cfg.raw.slope_arm_delay_s;
+                            self.restart_delivery_checks(now_s);
                             self.transition(State::Running(Phase::Infusing), Cause::TakeUpDone);
                             return self.infuse(program, volume, dt_s, dose_headroom);
                         }
@@ -951,7 +1097,10 @@ impl SafetyKernel {
             }
             State::Alarm(Some(backoff)) => {
                 let pressure = self.pressure.last_raw_mmhg;
-                if pressure <= backoff.target_mmhg || backoff.remaining_ml <= 0.0 {
+                let volume = self.last_volume_ml.unwrap_or(0.0);
+                let catch_peak_ml = backoff.catch_peak_ml.map(|peak| peak.max(volume));
+                let caught = catch_peak_ml.is_some_and(|peak| volume <= peak - 2.0 * self.cfg.volume_quantum_ml);
+                if caught || pressure <= backoff.target_mmhg || backoff.remaining_ml <= 0.0 {
                     self.state = State::Alarm(None);
                     return (MotorCommand::HOLD, ClampReason::Unchanged, ControlStatus::default());
                 }
@@ -961,8 +1110,11 @@ impl SafetyKernel {
                     period_s: period,
                 };
                 let (rate, reason) = clamp_rate(self.cfg.backoff_rate_ml_s, limits);
-                self.state =
-                    State::Alarm(Some(Backoff { remaining_ml: backoff.remaining_ml - rate * period, ..backoff }));
+                self.state = State::Alarm(Some(Backoff {
+                    remaining_ml: backoff.remaining_ml - rate * period,
+                    catch_peak_ml,
+                    ..backoff
+                }));
                 (MotorCommand::retract(rate), reason, ControlStatus::default())
             }
             _ => (MotorCommand::HOLD, ClampReason::Unchanged, ControlStatus::default()),

@@ -75,6 +75,24 @@ fn hash_tick(hash: u64, n: u64, out: &StepOutput) -> u64 {
     fnv1a(h, out.command.rate_ml_s.to_bits())
 }
 
+/// The pump runs what the kernel commands (a new rate only when it changes).
+fn obey(plant: &mut Plant, out: &StepOutput, motor_ml_h_now: &mut f64, field: &str) -> Result<(), CampaignError> {
+    let motor = motor_ml_h(out);
+    if motor != *motor_ml_h_now {
+        plant.set_motor_rate_ml_h(motor).map_err(plant_err(field))?;
+        *motor_ml_h_now = motor;
+    }
+    Ok(())
+}
+
+/// Hashes the tick every second and at every state change.
+fn record(hash: &mut u64, last_state: &mut StateKind, n: u64, out: &StepOutput) {
+    if n % 10 == 0 || out.state != *last_state {
+        *hash = hash_tick(*hash, n, out);
+        *last_state = out.state;
+    }
+}
+
 fn plant_err(field: &str) -> impl Fn(ketapump_hwsim::PlantError) -> CampaignError + '_ {
     move |e| err(field, format!("refused by the plant: {e}"))
 }
@@ -293,15 +311,8 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
         if first_alarm.is_none() && !out.alarms.is_empty() {
             first_alarm = Some((n, t));
         }
-        let motor = motor_ml_h(&out);
-        if motor != motor_ml_h_now {
-            plant.set_motor_rate_ml_h(motor).map_err(plant_err("run"))?;
-            motor_ml_h_now = motor;
-        }
-        if n % 10 == 0 || out.state != last_state {
-            hash = hash_tick(hash, n, &out);
-            last_state = out.state;
-        }
+        obey(&mut plant, &out, &mut motor_ml_h_now, "run")?;
+        record(&mut hash, &mut last_state, n, &out);
 
         if out.state == StateKind::Complete {
             break;
@@ -328,13 +339,26 @@ pub fn run_scenario(config: &KernelConfig, spec: &CampaignSpec, sc: &Scenario) -
     let measured_ml = plant.encoder_volume_ml() - origin_ml;
 
     // The line is eventually opened and left alone: whatever the compliance stored reaches the patient.
+    // A completed program stays loaded and watched meanwhile, as the bridge keeps stepping the kernel
+    // until it is unloaded: a siphon after the end is the kernel's to catch, and its command is obeyed.
     plant.set_motor_rate_ml_h(0.0).map_err(plant_err("run"))?;
+    motor_ml_h_now = 0.0;
     plant.clear_occlusion();
+    let mut watching = kernel.as_mut().filter(|k| !completed_at_restart && k.state_kind() == StateKind::Complete);
     let settle_ticks = (spec.run.settle_s / dt).ceil() as u64;
     for _ in 0..settle_ticks {
         plant.step(dt).map_err(plant_err("run.settle_s"))?;
         peak_delivered = peak_delivered.max(plant.delivered_ml());
+        if let Some(kernel) = watching.as_mut() {
+            n += 1;
+            let t = n as f64 * dt;
+            let out = kernel.step(t, &sample_at(&plant, t, &mut noise, air));
+            latch.observe(t, &out);
+            obey(&mut plant, &out, &mut motor_ml_h_now, "run.settle_s")?;
+            record(&mut hash, &mut last_state, n, &out);
+        }
     }
+    plant.set_motor_rate_ml_h(0.0).map_err(plant_err("run"))?;
     let delivered_ml = plant.delivered_ml();
     hash = fnv1a(hash, delivered_ml.to_bits());
 
