@@ -2,7 +2,7 @@
 //! read by the Python driver too), and any other map in the same schema that a real pump's vendor
 //! documents ("bring your own map", `docs/register-map.md`). One schema, two parsers: this one and
 //! `python/ketapump/wire/regmap.py` accept and refuse the same files, each problem named by the same
-//! dotted path (`tests/test_register_map_schema.py` runs both on the same files).
+//! dotted path (`tests/test_register_map_byo.py` runs both on the same files).
 //!
 //! A map decides the **layout** only: where each register sits, its data type (`u16`, `i16`, `u32`,
 //! `i32`, `f32`), its scaling (`value = raw × gain + offset`), the word and byte order of two-register

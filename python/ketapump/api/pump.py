@@ -52,6 +52,8 @@ class PumpInfo:
     syringe_capacity_ml: float
     #: Telemetry this pump cannot measure (``{"pressure_mmhg"}``: occlusion by stall only).
     lacks: frozenset[str]
+    #: What this pump cannot do, one line each (from its register map; see docs/register-map.md).
+    missing_features: tuple[str, ...]
     #: Pump seconds per real second (``None``: a simulator in virtual time).
     time_scale: float | None
 
@@ -77,6 +79,7 @@ class AsyncPump:
             syringe=syringe,
             syringe_capacity_ml=capacity_ml,
             lacks=frozenset(driver.lacks),
+            missing_features=driver.missing_features,
             time_scale=time_scale,
         )
         #: The driver and clock :func:`ketapump.infuse` runs the control loop with.

@@ -130,6 +130,8 @@ def run(
         raise fail(str(e), os.EX_CANTCREAT) from e
     except ConfigurationError as e:  # no input file here: every refusal is invalid data
         raise fail(str(e), os.EX_DATAERR) from e
+    for line in driver.missing_features:
+        console.print(f"pump: {line}")
     if period_s is None and period != float(defaults["control_period_s"]):
         console.print(f"control period {period:g} s of pump time: one tick's round trips at {time_scale:g}×")
     plan = InfusionPlan(
