@@ -90,6 +90,8 @@ def test_refusals_and_bad_input_raise_the_projects_errors() -> None:
         ketapump.open_pump("bogus://x")
     with pytest.raises(ketapump.ConfigurationError, match="syringe"):
         ketapump.open_pump("sim://", syringe="no-such-syringe")
+    with pytest.raises(ketapump.ConfigurationError, match="time_scale"):
+        ketapump.simulate(time_scale=0.0)  # refused, never taken for real time
     with pytest.raises(ketapump.ConfigurationError, match="virtual_time"):
         ketapump.open_pump("modbus-tcp://127.0.0.1:1", virtual_time=True)
     pump = ketapump.simulate()
@@ -160,7 +162,13 @@ def test_infuse_stops_on_an_interlock(tmp_path: Path) -> None:
 
 def test_infuse_refuses_nonsense_before_anything_moves(tmp_path: Path) -> None:
     with ketapump.simulate() as pump:
-        for rate, volume in ((0.0, 1.0), (float("nan"), 1.0), (60.0, -1.0)):
+        for rate, volume in (
+            (0.0, 1.0),
+            (float("nan"), 1.0),
+            (60.0, -1.0),
+            (True, 1.0),
+            (60.0, float("inf")),
+        ):
             with pytest.raises(ketapump.ConfigurationError):
                 ketapump.infuse(pump, rate_ml_h=rate, volume_ml=volume, log=tmp_path / "x.jsonl")
         assert not (tmp_path / "x.jsonl").exists()

@@ -52,7 +52,8 @@ InfusionResult = RunResult
 
 def _check(rate_ml_h: float, volume_ml: float) -> None:
     for name, value in (("rate_ml_h", rate_ml_h), ("volume_ml", volume_ml)):
-        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and value > 0):
             raise ConfigurationError(name, f"must be a finite number > 0, not {value!r}")
 
 

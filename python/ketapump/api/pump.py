@@ -408,14 +408,7 @@ def simulate(
     :func:`ketapump.infuse`, as fast as the CPU allows. A number runs it that many pump seconds per real
     second. :attr:`Pump.async_pump` gives the asyncio handle; :func:`simulate_async` opens one directly.
     """
-    sim = _core.SimPump(syringe, seed=seed, fill_ml=fill_ml)
-    return open_pump(
-        "sim://",
-        syringe=syringe,
-        time_scale=time_scale or 1.0,
-        sim_pump=sim,
-        virtual_time=time_scale is None,
-    )
+    return Pump(lambda: simulate_async(syringe=syringe, seed=seed, fill_ml=fill_ml, time_scale=time_scale))
 
 
 async def simulate_async(
@@ -430,7 +423,7 @@ async def simulate_async(
     return await open_pump_async(
         "sim://",
         syringe=syringe,
-        time_scale=time_scale or 1.0,
+        time_scale=1.0 if time_scale is None else time_scale,
         sim_pump=sim,
         virtual_time=time_scale is None,
     )
