@@ -25,6 +25,7 @@ CUFF_EVERY_S = 300.0
 def main(out: Path) -> int:
     monitor = ketapump.CallbackVitalsFeed()
     monitor.push_reading(0.0, **CUFF, **CONTINUOUS)  # the baseline
+    course_db = ketapump.init_course(out / "course.sqlite3")  # or an existing course database
     patient = ketapump.Patient("example-patient", weight_kg=70.0, height_cm=175.0, sex="male")
     session = ketapump.Session(
         "ketamine-depression",
@@ -32,7 +33,7 @@ def main(out: Path) -> int:
         pump="sim://",
         vitals=monitor,
         log=out / "audit.jsonl",
-        course_db=out / "course.sqlite3",
+        course_db=course_db,
         out=out,
     )
     pushed_s = [0.0, 0.0]  # the newest continuous and cuff readings

@@ -226,7 +226,7 @@ def test_a_session_takes_api_commands_and_emits_events(tmp_path: Path) -> None:
         "ketamine-depression",
         patient,
         log=tmp_path / "audit.jsonl",
-        course_db=tmp_path / "course.sqlite3",
+        course_db=ketapump.init_course(tmp_path / "course.sqlite3"),
         out=tmp_path,
     )
     actions: list[ketapump.ActionTaken] = []

@@ -14,7 +14,7 @@ from ketapump.api.pump import (
     simulate,
     simulate_async,
 )
-from ketapump.api.session import Session
+from ketapump.api.session import Session, init_course
 
 __all__ = [
     "AsyncPump",
@@ -25,6 +25,7 @@ __all__ = [
     "Session",
     "infuse",
     "infuse_async",
+    "init_course",
     "open_pump",
     "open_pump_async",
     "simulate",

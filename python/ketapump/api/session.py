@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import os
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from ketapump.clinical import (
+    CourseHistory,
     Operator,
     Patient,
     Question,
@@ -27,6 +29,14 @@ from ketapump.clinical import Session as Engine
 Answer = bool | str | None
 
 
+def init_course(path: str | os.PathLike[str]) -> Path:
+    """Creates a new, empty course database at ``path`` (``ketapump course init PATH``): a session
+    records into an existing one only. An existing file is refused and left as it is
+    (:class:`~ketapump.errors.CourseError`)."""
+    with CourseHistory.create(path, at=datetime.datetime.now(datetime.UTC)) as history:
+        return history.path
+
+
 class Session:
     """One clinical session: validated and its records opened when built, run by :meth:`run` (or
     :meth:`run_async`). Commands (:meth:`pause`, :meth:`resume`, :meth:`stop`, :meth:`acknowledge`,
@@ -35,7 +45,8 @@ class Session:
 
     ``vitals`` is ``"sim"`` (the demo patient's scripted monitor), ``"sim:SCRIPT.toml"``,
     ``"csv:PATH"``, or a feed object (:class:`~ketapump.CallbackVitalsFeed` for a monitor your code
-    reads). ``operator`` answers the session's questions (default: a :class:`~ketapump.ScriptedOperator`
+    reads). ``course_db`` is an existing course database (:func:`init_course` creates one).
+    ``operator`` answers the session's questions (default: a :class:`~ketapump.ScriptedOperator`
     that confirms every checklist item and declines every soft limit). ``time_scale=None`` runs a
     ``sim://`` pump in virtual time (a 40-minute session in seconds).
 

@@ -93,16 +93,17 @@ class ReferencePumpDriver(PumpDriver):
         await self.transport.close()
 
     async def identify(self) -> dict[str, str]:
-        """The identity block (registers 0–5), one read: vendor, model, firmware, map version, serial."""
+        """The identity block (registers 0–5 on the reference pump; those its map has on another),
+        one read per run of adjacent registers: vendor, model, firmware, map version, serial."""
         names = ("vendor_id", "model", "firmware_version", "map_version", "serial_number")
-        first = self.map[names[0]].address
-        last = self.map[names[-1]]
-        words = await self.transport.read_registers(first, last.address + last.words - first)
-        identity = {}
-        for name in names:
-            r = self.map[name]
-            identity[name] = f"{decode(r, words[r.address - first : r.address - first + r.words]):g}"
-        return identity
+        present = [self.map[name] for name in names if name in self.map]
+        words: dict[int, int] = {}
+        for start, count in read_runs(present):
+            for offset, word in enumerate(await self.transport.read_registers(start, count)):
+                words[start + offset] = word
+        return {
+            r.name: f"{self.map.decode(r, [words[r.address + i] for i in range(r.words)]):g}" for r in present
+        }
 
     async def set_syringe(self, diameter_mm: float) -> None:
         """Tells the pump the syringe's diameter; a pump whose map has no diameter register is set up
