@@ -32,6 +32,7 @@ def main(out: Path) -> int:
         patient,
         pump="sim://",
         vitals=monitor,
+        operator_name="Dr Example",
         log=out / "audit.jsonl",
         course_db=course_db,
         out=out,

@@ -225,6 +225,7 @@ def test_a_session_takes_api_commands_and_emits_events(tmp_path: Path) -> None:
     session = ketapump.Session(
         "ketamine-depression",
         patient,
+        operator_name="Dr Example",
         log=tmp_path / "audit.jsonl",
         course_db=ketapump.init_course(tmp_path / "course.sqlite3"),
         out=tmp_path,

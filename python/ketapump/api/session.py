@@ -45,7 +45,8 @@ class Session:
 
     ``vitals`` is ``"sim"`` (the demo patient's scripted monitor), ``"sim:SCRIPT.toml"``,
     ``"csv:PATH"``, or a feed object (:class:`~ketapump.CallbackVitalsFeed` for a monitor your code
-    reads). ``course_db`` is an existing course database (:func:`init_course` creates one).
+    reads). ``operator_name`` is the person responsible (required unless the protocol allows anonymous
+    QA runs). ``course_db`` is an existing course database (:func:`init_course` creates one).
     ``operator`` answers the session's questions (default: a :class:`~ketapump.ScriptedOperator`
     that confirms every checklist item and declines every soft limit). ``time_scale=None`` runs a
     ``sim://`` pump in virtual time (a 40-minute session in seconds).
@@ -67,6 +68,7 @@ class Session:
         log: str | os.PathLike[str] | None = None,
         out: str | os.PathLike[str] = "ketapump-session",
         time_scale: float | None = None,
+        operator_name: str | None = None,
     ) -> None:
         setup = prepare_session(
             protocol=protocol,
@@ -79,6 +81,7 @@ class Session:
             log=Path(log) if log is not None else None,
             out=Path(out),
             time_scale=time_scale,
+            operator_name=operator_name,
         )
         if not isinstance(vitals, str):
             setup = dataclasses.replace(setup, vitals=vitals)
