@@ -1,6 +1,8 @@
 """One contract, every transport: the same tests drive the reference pump in-process (``sim://``),
 over Modbus TCP and Modbus RTU (hw-sim served on loopback and on a PTY), and a New Era pump
-(``nesp://``, hw-sim's NE-1000 emulation on a PTY).
+(``nesp://``, hw-sim's NE-1000 emulation on a PTY), and a pump with a bring-your-own register map
+(``examples/register-maps/acme-sp200.toml``: another unit, layout, scaling, word and byte order,
+function codes, no pressure sensor) over Modbus TCP and RTU (``+map``).
 
 All run at 20× time scale so minutes of pumping take seconds.
 """
@@ -10,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from ketapump import _core
 from ketapump.clock import ScaledClock
+from ketapump.sim import serve_register_map
 from ketapump.wire.drivers.base import PumpDriver
 from ketapump.wire.drivers.nesp import NewEraDriver
 from ketapump.wire.drivers.reference import ReferencePumpDriver
@@ -24,7 +28,8 @@ from ketapump.wire.transports.nesp import NespTransport
 from simhelpers import serving
 
 TIME_SCALE = 20.0
-KINDS = ["sim", "modbus-tcp", "modbus-rtu", "nesp"]
+KINDS = ["sim", "modbus-tcp", "modbus-rtu", "nesp", "modbus-tcp+map", "modbus-rtu+map"]
+EXAMPLE_MAP = Path(__file__).resolve().parents[1] / "examples" / "register-maps" / "acme-sp200.toml"
 
 
 @contextlib.asynccontextmanager
@@ -36,12 +41,20 @@ async def pump_under_test(kind: str) -> AsyncIterator[PumpDriver]:
         assert isinstance(transport, RegisterTransport)
         yield ReferencePumpDriver(transport, watchdog_ms=5000)
         return
+    if kind.endswith("+map"):
+        serve_register_map(pump, EXAMPLE_MAP)
     async with serving(pump, time_scale=TIME_SCALE) as server:
         server.clock = clock
         if kind == "modbus-tcp":
             url = f"modbus-tcp://{server.endpoints['modbus_tcp']}?unit=1&timeout=0.5"
         elif kind == "modbus-rtu":
             url = f"modbus-rtu://{server.endpoints['modbus_rtu_pty']}?baud=19200&unit=1&timeout=0.5"
+        elif kind == "modbus-tcp+map":  # the map's unit id (7) is the URL's default
+            url = f"modbus-tcp://{server.endpoints['modbus_tcp']}?timeout=0.5&map={EXAMPLE_MAP}"
+        elif kind == "modbus-rtu+map":
+            url = (
+                f"modbus-rtu://{server.endpoints['modbus_rtu_pty']}?baud=19200&timeout=0.5&map={EXAMPLE_MAP}"
+            )
         else:
             url = f"nesp://{server.endpoints['nesp_pty']}?address=0&baud=19200&safe=0&timeout=0.5"
         transport = open_transport(url)
@@ -122,7 +135,7 @@ def test_a_refused_rate_is_an_answer_not_a_retry(kind: str) -> None:
 def test_missing_telemetry_is_declared(kind: str) -> None:
     async def body() -> None:
         async with pump_under_test(kind) as driver:
-            if kind == "nesp":
+            if kind == "nesp" or kind.endswith("+map"):
                 assert "pressure_mmhg" in driver.lacks
             else:
                 assert driver.lacks == frozenset()

@@ -9,7 +9,7 @@ The layers, lowest first (``docs/architecture.md``)::
     clinical   ketapump.clinical    protocols, limits, vitals, course, session engine, report
     qa         ketapump.qa          accuracy, occlusion, campaigns, trace, pytest plugin
     cli        ketapump.cli         the command line
-    top        ketapump (__init__, __main__): the public face
+    top        ketapump (__init__, __main__) and ketapump.api: the public face
 
 A module may import its own layer's modules and the *doors* (package ``__init__``, names in its
 ``__all__``) of lower layers. Every import counts: at module level, inside functions and under
@@ -64,7 +64,7 @@ def module_name(path: Path, root: Path) -> str:
 
 def layer_of(module: str) -> str:
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] == "__main__":
+    if len(parts) == 1 or parts[1] in {"__main__", "api"}:
         return "top"
     if parts[1] in FLOOR:
         return "floor"

@@ -22,9 +22,7 @@
 //! which run from the first step even while the slack is being taken up.
 
 use crate::plant::{Plant, PlantConfig, PlantError};
-use crate::regmap::{
-    decode, encode, Access, ModbusException, Register, RegisterMap, MAX_READ_REGISTERS, MAX_WRITE_REGISTERS,
-};
+use crate::regmap::{Access, ModbusException, Register, RegisterMap, MAX_READ_REGISTERS, MAX_WRITE_REGISTERS};
 use crate::rng::SplitMix64;
 
 /// Pump-side alarm bits (register `alarm_bits`).
@@ -103,7 +101,11 @@ struct ScheduledFault {
 /// One simulated pump.
 #[derive(Debug, Clone)]
 pub struct Firmware {
+    /// What each register means: the shipped map's names, access and the firmware's own limits.
     map: RegisterMap,
+    /// How the registers appear on Modbus: the shipped map, or another map in the same schema
+    /// ([`Firmware::set_wire_map`]): addresses, types, scaling, word and byte order, function codes.
+    wire: RegisterMap,
     plant: Plant,
     serial: u32,
     rng: SplitMix64,
@@ -144,8 +146,10 @@ impl Firmware {
         let plant = Plant::new(plant_cfg)?;
         let encoder = plant.encoder_volume_ml();
         let motor_steps = plant.motor_position_steps();
+        let shipped = RegisterMap::shipped();
         let mut fw = Self {
-            map: RegisterMap::shipped(),
+            wire: shipped.clone(),
+            map: shipped,
             plant,
             serial,
             rng: SplitMix64::new(seed),
@@ -176,8 +180,18 @@ impl Firmware {
         Ok(fw)
     }
 
+    /// The shipped map: what each register means (names, access, the firmware's limits).
     pub fn map(&self) -> &RegisterMap {
         &self.map
+    }
+    /// The map Modbus requests are served with.
+    pub fn wire_map(&self) -> &RegisterMap {
+        &self.wire
+    }
+    /// Serves Modbus with `map` (checked by [`RegisterMap::parse`]) instead of the shipped map: the
+    /// same firmware, laid out as `map` says; registers it lacks are simply not there.
+    pub fn set_wire_map(&mut self, map: RegisterMap) {
+        self.wire = map;
     }
     pub fn plant(&self) -> &Plant {
         &self.plant
@@ -484,7 +498,7 @@ impl Firmware {
             "vendor_id" => f64::from(VENDOR_ID),
             "model" => f64::from(MODEL),
             "firmware_version" => f64::from(FIRMWARE_VERSION),
-            "map_version" => f64::from(self.map.map_version),
+            "map_version" => f64::from(self.wire.map_version),
             "serial_number" => f64::from(self.serial),
             "pump_max_rate_ml_h" => PUMP_MAX_RATE_ML_H,
             "syringe_diameter_mm" => self.diameter_mm,
@@ -538,9 +552,9 @@ impl Firmware {
         let mut a = address;
         let end = u32::from(address) + u32::from(count);
         while u32::from(a) < end {
-            let (register, offset) = self.map.at(a).ok_or(ModbusException::IllegalDataAddress)?;
+            let (register, offset) = self.wire.at(a).ok_or(ModbusException::IllegalDataAddress)?;
             let value = if register.access == Access::Wo { 0.0 } else { self.value(&register.name) };
-            let encoded = encode(register.ty, value);
+            let encoded = self.wire.encode_saturating(register, value);
             for word in encoded.into_iter().skip(usize::from(offset)) {
                 if u32::from(a) >= end {
                     break;
@@ -563,7 +577,7 @@ impl Firmware {
         let mut i = 0usize;
         while i < values.len() {
             let a = address.checked_add(i as u16).ok_or(ModbusException::IllegalDataAddress)?;
-            let (register, offset) = self.map.at(a).ok_or(ModbusException::IllegalDataAddress)?;
+            let (register, offset) = self.wire.at(a).ok_or(ModbusException::IllegalDataAddress)?;
             let words = usize::from(register.ty.words());
             if offset != 0 || i + words > values.len() || register.access == Access::Ro {
                 return Err(ModbusException::IllegalDataAddress);
@@ -573,8 +587,10 @@ impl Firmware {
         }
         let mut writes: Vec<(String, f64)> = Vec::with_capacity(targets.len());
         for (register, words) in targets {
-            let value = decode(register.ty, words);
-            if !register.accepts(value) {
+            let value = self.wire.decode(register, words);
+            // The map's own range first, then the firmware's (a map cannot widen what the pump does).
+            let own = self.map.by_name(&register.name).ok_or(ModbusException::IllegalDataAddress)?;
+            if !register.accepts(value) || !own.accepts(value) {
                 return Err(ModbusException::IllegalDataValue);
             }
             writes.push((register.name.clone(), value));

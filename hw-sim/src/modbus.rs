@@ -69,7 +69,7 @@ pub fn handle_pdu(fw: &mut Firmware, pdu: &[u8]) -> Vec<u8> {
         return exception(0, ModbusException::IllegalFunction as u8);
     };
     let refuse = |e: ModbusException| exception(function, e as u8);
-    if !fw.map().serves_function(function) {
+    if !fw.wire_map().serves_function(function) {
         return refuse(ModbusException::IllegalFunction);
     }
     let word = |i: usize| u16::from_be_bytes([pdu[i], pdu[i + 1]]);

@@ -399,6 +399,12 @@ class SimPump:
     @staticmethod
     def register_map_toml() -> str:
         """The register map compiled into the simulator (TOML)."""
+    def set_register_map(self, text: str) -> list[tuple[str, str]]:
+        """Serves Modbus with another map in the shipped schema (TOML text); returns its problems as
+        ``(dotted path, message)`` pairs and keeps the current map if there is any."""
+    @property
+    def unit_id(self) -> int:
+        """The Modbus unit id of the map being served."""
     def advance_to(self, t_s: float) -> None:
         """Advance to pump time ``t_s`` (s); earlier times are ignored."""
     @property

@@ -73,6 +73,25 @@ impl SimPump {
         hw::regmap::REGISTER_MAP_TOML
     }
 
+    /// Serves Modbus with another register map in the shipped schema (TOML text: a bring-your-own
+    /// map); returns its problems as `(path, message)` pairs, the map refused if there is any (empty:
+    /// the map is served from now on).
+    fn set_register_map(&mut self, text: &str) -> Vec<(String, String)> {
+        match hw::RegisterMap::parse(text) {
+            Ok(map) => {
+                self.fw.set_wire_map(map);
+                Vec::new()
+            }
+            Err(problems) => problems.into_iter().map(|p| (p.path, p.message)).collect(),
+        }
+    }
+
+    /// The Modbus unit id of the map being served.
+    #[getter]
+    fn unit_id(&self) -> u8 {
+        self.fw.wire_map().unit_id
+    }
+
     /// Advances the pump to pump time `t_s` (earlier times are ignored).
     fn advance_to(&mut self, t_s: f64) -> PyResult<()> {
         Ok(self.fw.advance_to(t_s).map_err(CoreError::from)?)

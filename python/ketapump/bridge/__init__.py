@@ -32,6 +32,7 @@ from ketapump.bridge.runtime import (
     default_log_path,
     loop_settings,
     make_driver,
+    run_kernel_config,
     syringe_diameter_mm,
     syringe_spec,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "read_session_record",
     "recover_delivered_ml",
     "resume_session",
+    "run_kernel_config",
     "syringe_diameter_mm",
     "syringe_spec",
     "verify",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ketapump import _core
 from ketapump.clock import Clock, VirtualClock
-from ketapump.config import default_kernel_settings
+from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.errors import ConfigurationError
 from ketapump.wire import (
     NespTransport,
@@ -190,6 +190,14 @@ def _advice(transport: Transport, timing: LoopTiming, limit_s: float) -> str:
     if term == "control period" and timing.period_requested:
         return "ask for a shorter --period-s, or leave the period to the transport"
     return "lower the time scale"
+
+
+def run_kernel_config(driver: PumpDriver, period_s: float) -> _core.KernelConfig:
+    """The kernel configuration for a plain run on ``driver`` at ``period_s``: the shipped defaults, the
+    gains and staleness that period needs (:func:`loop_settings`), and no pressure checks on a pump that
+    measures no line pressure (its occlusion is then detected by stall and delivered volume only)."""
+    settings = loop_settings(period_s, default_kernel_settings())
+    return kernel_config(**settings, has_pressure_sensor="pressure_mmhg" not in driver.lacks)
 
 
 def make_driver(

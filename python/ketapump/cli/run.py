@@ -32,10 +32,10 @@ from ketapump.bridge import (
     configure_diagnostics,
     control_period_s,
     default_log_path,
-    loop_settings,
     make_driver,
     read_session_record,
     resume_session,
+    run_kernel_config,
     syringe_diameter_mm,
 )
 from ketapump.cli.common import (
@@ -56,7 +56,7 @@ from ketapump.cli.common import (
     set_diagnostic_levels,
 )
 from ketapump.clock import Clock, ScaledClock, VirtualClock
-from ketapump.config import default_kernel_settings, kernel_config
+from ketapump.config import default_kernel_settings
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
 from ketapump.validation import OutputPathError, check_output_path
 from ketapump.wire import PumpDriver, split_url
@@ -122,9 +122,7 @@ def run(
         period = control_period_s(scheme, scale, period_s, float(defaults["control_period_s"]))
         clock: Clock = VirtualClock() if scheme == "sim" else ScaledClock(time_scale)
         driver = make_driver(pump, clock, period, time_scale, period_requested=period_s is not None)
-        # A pump without a pressure sensor (New Era) leaves the kernel on stall and volume checks.
-        sensor = "pressure_mmhg" not in driver.lacks
-        config = kernel_config(**loop_settings(period, defaults), has_pressure_sensor=sensor)
+        config = run_kernel_config(driver, period)
         # The order passes the kernel's checks (rate, volume, syringe) before anything is opened.
         _core.SafetyKernel(config).load(rate_ml_h, volume_ml, take_up=take_up)
         check_output_path(path, option="--log", directory=False)
@@ -132,6 +130,8 @@ def run(
         raise fail(str(e), os.EX_CANTCREAT) from e
     except ConfigurationError as e:  # no input file here: every refusal is invalid data
         raise fail(str(e), os.EX_DATAERR) from e
+    for line in driver.missing_features:
+        console.print(f"pump: {line}")
     if period_s is None and period != float(defaults["control_period_s"]):
         console.print(f"control period {period:g} s of pump time: one tick's round trips at {time_scale:g}×")
     plan = InfusionPlan(

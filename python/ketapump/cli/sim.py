@@ -18,7 +18,7 @@ from ketapump.bridge import configure_diagnostics
 from ketapump.cli.common import fail, set_diagnostic_levels
 from ketapump.clock import ScaledClock
 from ketapump.errors import ConfigurationError
-from ketapump.sim import Scenario, SimServer, load_scenario
+from ketapump.sim import Scenario, SimServer, load_scenario, serve_register_map
 from ketapump.validation import input_exit_code
 
 
@@ -36,13 +36,21 @@ def sim(
     debug: Annotated[
         bool, typer.Option("--debug", help="Trace every frame in and out in the diagnostics.")
     ] = False,
+    register_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve Modbus with this register map (TOML, docs/register-map.md: bring your own map).",
+            show_default="the reference pump's",
+        ),
+    ] = None,
 ) -> None:
     """Run a simulated pump until SIGINT/SIGTERM.
 
     Prints one JSON line naming the endpoints (keys modbus_tcp, modbus_rtu_pty, nesp_pty; null when not
-    served). Modbus unit id 1, New Era address 0. Diagnostics (each rejected frame, rate-limited; every
-    frame with --debug) go to stderr as JSON lines. Exit codes: 65 invalid scenario or option, 66
-    scenario file not found, 69 cannot serve (e.g. the port is taken).
+    served). Modbus unit id 1 (or the --register-map's), New Era address 0. Diagnostics (each rejected
+    frame, rate-limited; every frame with --debug) go to stderr as JSON lines. Exit codes: 65 invalid
+    scenario, register map or option, 66 scenario or register map not found, 69 cannot serve (e.g. the
+    port is taken).
     """
     try:
         plan = load_scenario(scenario) if scenario else Scenario(schema_version=1)
@@ -51,6 +59,8 @@ def sim(
             # Validated like the file itself (model_copy alone would not check the new values).
             plan = Scenario.model_validate(plan.model_dump() | {"pump": plan.pump.model_dump() | overrides})
         pump = plan.build_pump()
+        if register_map is not None:
+            serve_register_map(pump, register_map)
     except ConfigurationError as e:
         raise fail(str(e), input_exit_code(e)) from e
     except ValueError as e:

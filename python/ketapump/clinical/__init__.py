@@ -69,6 +69,7 @@ from ketapump.clinical.vitals import (
     MonitorSettings,
     ScriptedMonitor,
     VitalsFeed,
+    VitalsSample,
     demo_patient,
     load_patient_script,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "Tick",
     "VitalsFeed",
     "VitalsRead",
+    "VitalsSample",
     "bedside",
     "check_operator_name",
     "commands",

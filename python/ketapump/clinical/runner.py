@@ -335,6 +335,13 @@ class SessionRunner:
             raise
         return cls(setup, writer, course)
 
+    def close(self) -> None:
+        """Closes the records of a session that will not run (:meth:`run` closes them itself)."""
+        try:
+            self._course.close()
+        finally:
+            self._writer.close()
+
     async def run(self) -> SessionOutcome:
         """Runs the session, then, however it ended, closes and seals the records and writes the report
         (see the module docstring). A ``KeyboardInterrupt`` or cancellation still closes the records and

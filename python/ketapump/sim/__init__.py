@@ -7,7 +7,7 @@ bridge reaches it only through a transport. Other layers import it through this 
 """
 
 from ketapump.sim.scenario import FaultEvent, PumpSettings, Scenario, ScenarioError, load_scenario
-from ketapump.sim.server import SimServer, wire_time_s
+from ketapump.sim.server import SimServer, serve_register_map, wire_time_s
 
 __all__ = [
     "FaultEvent",
@@ -16,5 +16,6 @@ __all__ = [
     "ScenarioError",
     "SimServer",
     "load_scenario",
+    "serve_register_map",
     "wire_time_s",
 ]

@@ -30,13 +30,21 @@ import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from ketapump import _core
 from ketapump.clock import Clock
-from ketapump.wire import TCP_IDLE_TIMEOUT_S, TCP_MAX_UNREAD_BYTES, RegisterMap, load_register_map
+from ketapump.wire import (
+    TCP_IDLE_TIMEOUT_S,
+    TCP_MAX_UNREAD_BYTES,
+    RegisterMap,
+    RegisterMapError,
+    load_register_map,
+    read_register_map,
+)
 
 #: How often the ticker advances the pump (real seconds).
 TICK_S = 0.01
@@ -324,15 +332,29 @@ class TcpConnection(asyncio.Protocol):
             self._arm_idle(limit - idle_s)
 
 
+def serve_register_map(pump: _core.SimPump, path: str | os.PathLike[str]) -> RegisterMap:
+    """Makes ``pump`` answer Modbus with the bring-your-own map at ``path`` (``ketapump sim
+    --register-map``) and returns it. The file is checked by both parsers (the bridge's, here, and the
+    simulator's, in Rust); :class:`~ketapump.wire.RegisterMapError` lists every problem, and the pump
+    keeps its map."""
+    regmap = read_register_map(path)
+    text = Path(path).read_text(encoding="utf-8")
+    refused = pump.set_register_map(text)
+    if refused:  # the two parsers disagree: a defect, reported as the simulator's problems
+        raise RegisterMapError(str(path), refused)
+    return regmap
+
+
 class SimServer:
-    """Serves one simulated pump on any of Modbus TCP, Modbus RTU (PTY) and New Era ASCII (PTY)."""
+    """Serves one simulated pump on any of Modbus TCP, Modbus RTU (PTY) and New Era ASCII (PTY); the
+    Modbus endpoints answer the unit id of the map the pump serves (``unit_id`` overrides it)."""
 
     def __init__(
         self,
         pump: _core.SimPump,
         clock: Clock,
         *,
-        unit_id: int = 1,
+        unit_id: int | None = None,
         nesp_address: int = 0,
         baud: int = 19_200,
         pace: bool = True,
@@ -341,7 +363,7 @@ class SimServer:
     ) -> None:
         self.pump = pump
         self.clock = clock
-        self.unit_id = unit_id
+        self.unit_id = pump.unit_id if unit_id is None else unit_id
         self.nesp_address = nesp_address
         self.baud = baud
         self.pace = pace

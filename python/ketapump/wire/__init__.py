@@ -14,7 +14,10 @@ from ketapump.wire.regmap import (
     TCP_IDLE_TIMEOUT_S,
     TCP_MAX_UNREAD_BYTES,
     RegisterMap,
+    RegisterMapError,
     load_register_map,
+    parse_register_map,
+    read_register_map,
     render_markdown,
 )
 from ketapump.wire.transports import open_transport, split_url
@@ -46,11 +49,14 @@ __all__ = [
     "PumpTelemetry",
     "ReferencePumpDriver",
     "RegisterMap",
+    "RegisterMapError",
     "RegisterTransport",
     "SimTransport",
     "Transport",
     "load_register_map",
     "open_transport",
+    "parse_register_map",
+    "read_register_map",
     "render_markdown",
     "split_url",
 ]

@@ -42,6 +42,9 @@ class PumpDriver(ABC):
 
     #: Telemetry fields this pump family cannot provide (e.g. ``{"pressure_mmhg"}``).
     lacks: frozenset[str] = frozenset()
+    #: What this pump cannot do, one line each for the operator to read before a run (e.g. "no
+    #: pressure: occlusion by stall only" for a register map without a pressure register).
+    missing_features: tuple[str, ...] = ()
 
     @abstractmethod
     async def connect(self) -> None:

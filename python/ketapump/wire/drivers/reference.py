@@ -1,65 +1,115 @@
-"""Driver for the "ketapump reference pump" register map (docs/register-map.md), over any register
-transport: Modbus TCP, Modbus RTU, or the in-process simulator.
+"""Driver for the "ketapump reference pump" register map (docs/register-map.md), or any map in the same
+schema (a bring-your-own map, ``?map=PATH``), over any register transport: Modbus TCP, Modbus RTU, or
+the in-process simulator.
+
+The map decides where each register is, how its value is scaled and laid out, which function codes
+carry requests, and which registers exist: a register the map lacks is a feature the pump lacks
+(:attr:`ReferencePumpDriver.missing_features`), never an error at run time.
 """
 
 from __future__ import annotations
 
+import math
+
 from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
-from ketapump.wire.regmap import RegisterMap, decode, encode, load_register_map
+from ketapump.wire.regmap import Register, RegisterMap, load_register_map
 from ketapump.wire.transports.base import RegisterTransport
 
 #: Pump-side alarm bits (register ``alarm_bits``).
 PUMP_ALARMS = {0: "reset", 1: "watchdog", 2: "motor_stall", 3: "end_of_travel", 4: "over_pressure"}
 RUN_STOP, RUN_INFUSE, RUN_WITHDRAW = 0, 1, 2
+#: The registers one telemetry sample reads (those the map has).
+TELEMETRY = (
+    "plunger_volume_ml",
+    "line_pressure_mmhg",
+    "air_in_line",
+    "syringe_present",
+    "end_of_travel",
+    "motor_running",
+    "alarm_bits",
+    "infused_ml",
+)
+#: Most registers one Modbus read may ask for.
+MAX_READ_REGISTERS = 125
+
+
+def read_runs(registers: list[Register]) -> list[tuple[int, int]]:
+    """``(address, count)`` reads covering ``registers``: adjacent registers share one read (an address
+    between them that the map lacks would be refused, so gaps split reads)."""
+    runs: list[tuple[int, int]] = []
+    for r in sorted(registers, key=lambda r: r.address):
+        if runs:
+            start, count = runs[-1]
+            if r.address == start + count and count + r.words <= MAX_READ_REGISTERS:
+                runs[-1] = (start, count + r.words)
+                continue
+        runs.append((r.address, r.words))
+    return runs
 
 
 class ReferencePumpDriver(PumpDriver):
-    """Typed operations on the reference pump. Telemetry is one block read (registers 30–48)."""
+    """Typed operations on a register-map pump. Telemetry is one read per run of adjacent registers
+    (one read, registers 30–48, on the reference pump)."""
 
-    def __init__(self, transport: RegisterTransport, *, watchdog_ms: int = 500) -> None:
+    def __init__(
+        self, transport: RegisterTransport, *, watchdog_ms: int = 500, regmap: RegisterMap | None = None
+    ) -> None:
         self.transport = transport
         self.watchdog_ms = watchdog_ms
-        self.map: RegisterMap = load_register_map()
-        first = self.map["encoder_counts"]
-        last = self.map["heartbeat_age_ms"]
-        self._telemetry_span = (first.address, last.address + last.words - first.address)
+        self.map: RegisterMap = regmap or transport.register_map or load_register_map()
+        self._telemetry = [self.map[name] for name in TELEMETRY if name in self.map]
+        self._runs = read_runs(self._telemetry)
         self._beat = 0
+        if "line_pressure_mmhg" not in self.map:
+            self.lacks = frozenset({"pressure_mmhg"})
+        #: What this pump cannot do, one line each (empty for the reference pump).
+        self.missing_features: tuple[str, ...] = tuple(self.map.missing_features())
+        codes = self.map.function_codes
+        transport.read_function = 3 if 3 in codes else 4
+        transport.write_single = 6 in codes
         # A transport that must prove its line is in step (Modbus RTU) writes fresh values to the
         # heartbeat: any value is valid there, and a write only refreshes the watchdog, which the loop
         # refreshes every tick anyway.
-        transport.sync_register = self.map["heartbeat"].address
+        heartbeat = self.map.get("heartbeat")
+        transport.sync_register = heartbeat.address if heartbeat is not None else None
 
     async def _write(self, name: str, value: float) -> None:
         register = self.map[name]
-        await self.transport.write_registers(register.address, encode(register, value))
+        await self.transport.write_registers(register.address, self.map.encode(register, value))
 
     async def _read(self, name: str) -> float:
         register = self.map[name]
-        return decode(register, await self.transport.read_registers(register.address, register.words))
+        words = await self.transport.read_registers(register.address, register.words)
+        return self.map.decode(register, words)
 
     async def connect(self) -> None:
         """Connects and sets the watchdog period; a latched power-up alarm is left for the caller to
         see in the telemetry (and acknowledge explicitly), so a restart never goes unnoticed."""
         await self.transport.connect()
-        await self._write("watchdog_ms", self.watchdog_ms)
+        if "watchdog_ms" in self.map:
+            await self._write("watchdog_ms", self.watchdog_ms)
 
     async def close(self) -> None:
         await self.transport.close()
 
     async def identify(self) -> dict[str, str]:
-        """The identity block (registers 0–5), one read: vendor, model, firmware, map version, serial."""
+        """The identity block (registers 0–5 on the reference pump; those its map has on another),
+        one read per run of adjacent registers: vendor, model, firmware, map version, serial."""
         names = ("vendor_id", "model", "firmware_version", "map_version", "serial_number")
-        first = self.map[names[0]].address
-        last = self.map[names[-1]]
-        words = await self.transport.read_registers(first, last.address + last.words - first)
-        identity = {}
-        for name in names:
-            r = self.map[name]
-            identity[name] = f"{decode(r, words[r.address - first : r.address - first + r.words]):g}"
-        return identity
+        present = [self.map[name] for name in names if name in self.map]
+        words: dict[int, int] = {}
+        for start, count in read_runs(present):
+            for offset, word in enumerate(await self.transport.read_registers(start, count)):
+                words[start + offset] = word
+        return {
+            r.name: f"{self.map.decode(r, [words[r.address + i] for i in range(r.words)]):g}" for r in present
+        }
 
     async def set_syringe(self, diameter_mm: float) -> None:
-        await self._write("syringe_diameter_mm", diameter_mm)
+        """Tells the pump the syringe's diameter; a pump whose map has no diameter register is set up
+        on the pump itself (:attr:`missing_features` says so)."""
+        if "syringe_diameter_mm" in self.map:
+            await self._write("syringe_diameter_mm", diameter_mm)
 
     async def set_rate_ml_h(self, rate_ml_h: float) -> None:
         await self._write("rate_ml_h", rate_ml_h)
@@ -68,34 +118,43 @@ class ReferencePumpDriver(PumpDriver):
         await self._write("run_mode", RUN_INFUSE)
 
     async def withdraw(self, rate_ml_h: float) -> None:
-        """Retracts at ``rate_ml_h`` (occlusion back-off), rate and direction in ONE write (registers
-        20–22): two writes would leave the pump infusing at the back-off rate into an occluded line
-        between them. The firmware validates the whole write before applying any of it."""
+        """Retracts at ``rate_ml_h`` (occlusion back-off), rate and direction in ONE write when the map
+        puts ``run_mode`` right after ``rate_ml_h`` and the pump takes function 16: two writes would
+        leave the pump infusing at the back-off rate into an occluded line between them. The firmware
+        validates the whole write before applying any of it. Otherwise the pump is only stopped."""
         rate, mode = self.map["rate_ml_h"], self.map["run_mode"]
-        assert mode.address == rate.address + rate.words, "rate_ml_h and run_mode are adjacent"
-        await self.transport.write_registers(rate.address, [*encode(rate, rate_ml_h), RUN_WITHDRAW])
+        if mode.address != rate.address + rate.words or 16 not in self.map.function_codes:
+            await self.stop()
+            return
+        words = [*self.map.encode(rate, rate_ml_h), *self.map.encode(mode, RUN_WITHDRAW)]
+        await self.transport.write_registers(rate.address, words)
 
     async def stop(self) -> None:
         await self._write("run_mode", RUN_STOP)
 
     async def read_telemetry(self) -> PumpTelemetry:
-        start, count = self._telemetry_span
-        words = await self.transport.read_registers(start, count)
+        words: dict[int, int] = {}
+        for start, count in self._runs:
+            for offset, word in enumerate(await self.transport.read_registers(start, count)):
+                words[start + offset] = word
 
-        def value(name: str) -> float:
-            r = self.map[name]
-            return decode(r, words[r.address - start : r.address - start + r.words])
+        def value(name: str, default: float = math.nan) -> float:
+            r = self.map.get(name)
+            if r is None:
+                return default
+            return self.map.decode(r, [words[r.address + i] for i in range(r.words)])
 
         bits = int(value("alarm_bits"))
+        infused = value("infused_ml")
         return PumpTelemetry(
-            volume_ml=value("plunger_volume_ml"),
+            volume_ml=value("plunger_volume_ml", infused),
             pressure_mmhg=value("line_pressure_mmhg"),
             motor_running=value("motor_running") == 1,
-            air_in_line=value("air_in_line") == 1,
-            syringe_present=value("syringe_present") == 1,
-            end_of_travel=value("end_of_travel") == 1,
+            air_in_line=value("air_in_line", 0) == 1,
+            syringe_present=value("syringe_present", 1) == 1,
+            end_of_travel=value("end_of_travel", 0) == 1,
             pump_alarms=frozenset(name for bit, name in PUMP_ALARMS.items() if bits >> bit & 1),
-            infused_ml=value("infused_ml"),
+            infused_ml=infused,
         )
 
     async def read_delivered_ml(self) -> float:
@@ -105,5 +164,8 @@ class ReferencePumpDriver(PumpDriver):
         await self._write("alarm_ack", 1)
 
     async def heartbeat(self) -> None:
+        """Refreshes the pump's watchdog; a pump without a heartbeat register has none to refresh."""
+        if "heartbeat" not in self.map:
+            return
         self._beat = (self._beat + 1) % 65_536
         await self._write("heartbeat", self._beat)

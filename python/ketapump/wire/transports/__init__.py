@@ -2,11 +2,13 @@
 
 ======================================================  ==========================================
 ``sim://?syringe=bd-plastipak-50&seed=0``                the simulated pump, in-process
-``modbus-tcp://HOST:PORT?unit=1``                        Modbus TCP
-``modbus-rtu://PATH?baud=19200&parity=N&unit=1``         Modbus RTU (PATH: a device or pyserial URL)
+``modbus-tcp://HOST:PORT?unit=1&map=PATH``               Modbus TCP
+``modbus-rtu://PATH?baud=19200&parity=N&unit=1&map=P``   Modbus RTU (PATH: a device or pyserial URL)
 ``nesp://PATH?address=0&baud=19200&safe=5``              New Era ASCII, basic (safe=0) or safe mode
 ======================================================  ==========================================
 
+A Modbus URL's ``map`` is a bring-your-own register map (docs/register-map.md): it is read and checked
+when the transport is built (every problem listed), and its ``unit_id`` is the default ``unit``.
 Every URL may also carry ``timeout`` (seconds per attempt) and ``retries``. An unknown scheme, an
 unknown parameter or a malformed value fails at once with a message listing the valid forms.
 """
@@ -19,7 +21,8 @@ from urllib.parse import parse_qsl
 from ketapump import _core
 from ketapump.clock import Clock, ScaledClock
 from ketapump.errors import ConfigurationError
-from ketapump.wire.transports.base import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Transport
+from ketapump.wire.regmap import read_register_map
+from ketapump.wire.transports.base import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, RegisterTransport, Transport
 from ketapump.wire.transports.modbus import ModbusTcpTransport
 from ketapump.wire.transports.nesp import NespTransport
 from ketapump.wire.transports.rtu import ModbusRtuTransport
@@ -27,15 +30,15 @@ from ketapump.wire.transports.sim import SimTransport
 
 VALID_FORMS = (
     "sim://?syringe=bd-plastipak-50&seed=0",
-    "modbus-tcp://HOST:PORT?unit=1",
-    "modbus-rtu://PATH?baud=19200&parity=N&unit=1",
+    "modbus-tcp://HOST:PORT?unit=1&map=PATH",
+    "modbus-rtu://PATH?baud=19200&parity=N&unit=1&map=PATH",
     "nesp://PATH?address=0&baud=19200&safe=5",
 )
 COMMON = {"timeout", "retries"}
 KEYS = {
     "sim": {"syringe", "seed", "slack_taken_up"} | COMMON,
-    "modbus-tcp": {"unit"} | COMMON,
-    "modbus-rtu": {"baud", "parity", "unit"} | COMMON,
+    "modbus-tcp": {"unit", "map"} | COMMON,
+    "modbus-rtu": {"baud", "parity", "unit", "map"} | COMMON,
     "nesp": {"address", "baud", "safe"} | COMMON,
 }
 
@@ -97,6 +100,11 @@ def open_transport(url: str, *, clock: Clock | None = None, pump: _core.SimPump 
                 slack_taken_up=params.get("slack_taken_up", "false").lower() in {"1", "true", "yes"},
             )
         return SimTransport(url, pump, clock or ScaledClock(), timeout_s=timeout_s, retries=retries)
+    regmap = read_register_map(params["map"]) if params.get("map") else None
+    if "map" in params and regmap is None:
+        raise _bad(url, "has an empty map")
+    default_unit = regmap.unit_id if regmap is not None else 1
+    transport: RegisterTransport
     if scheme == "modbus-tcp":
         host, sep, port = target.rpartition(":")
         if not sep or not host or not port:
@@ -105,23 +113,27 @@ def open_transport(url: str, *, clock: Clock | None = None, pump: _core.SimPump 
             raise _bad(url, f"has a malformed port {port!r} (a number from 1 to 65535)")
         if not 0 < int(port) < 65536:
             raise _bad(url, f"has port {int(port)}, outside [1, 65535]")
-        unit = int(_number(url, params, "unit", 1))
-        return ModbusTcpTransport(
+        unit = int(_number(url, params, "unit", default_unit))
+        transport = ModbusTcpTransport(
             url, host=host, port=int(port), unit=unit, timeout_s=timeout_s, retries=retries
         )
+        transport.register_map = regmap
+        return transport
     if scheme == "modbus-rtu":
         if not target:
             raise _bad(url, "needs a device path")
         parity = params.get("parity", "N").upper()
         if parity not in {"N", "E", "O"}:
             raise _bad(url, f"has a malformed parity={parity!r}")
-        return ModbusRtuTransport(
+        transport = ModbusRtuTransport(
             url,
             path=target,
             baud=int(_number(url, params, "baud", 19_200)),
             parity=parity,
-            unit=int(_number(url, params, "unit", 1)),
+            unit=int(_number(url, params, "unit", default_unit)),
             timeout_s=timeout_s,
             retries=retries,
         )
+        transport.register_map = regmap
+        return transport
     return NespTransport.from_url(url, target, params, timeout_s=timeout_s, retries=retries)

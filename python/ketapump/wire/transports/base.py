@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ketapump.errors import PumpTimeoutError, TransportError
+from ketapump.wire.regmap import RegisterMap
 
 log = logging.getLogger("ketapump.transport")
 
@@ -171,6 +172,12 @@ class RegisterTransport(Transport):
     #: reference pump's ``heartbeat``, set by its driver). A transport whose replies carry no request
     #: id (Modbus RTU) writes fresh values to it to prove the line is in step; others ignore it.
     sync_register: int | None = None
+    #: The function that reads registers (3, or 4 for a pump that answers only "read input registers").
+    read_function: int = 3
+    #: Whether one register is written with function 6 (otherwise with 16 and a quantity of 1).
+    write_single: bool = True
+    #: A bring-your-own map from the URL (``?map=PATH``); ``None``: the reference pump's.
+    register_map: RegisterMap | None = None
 
     async def read_registers(self, address: int, count: int) -> list[int]:
         return await self.request(f"read {count} at {address}", lambda: self._read(address, count))

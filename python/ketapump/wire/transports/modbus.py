@@ -51,7 +51,9 @@ class ModbusTcpTransport(RegisterTransport):
     async def _read(self, address: int, count: int) -> list[int]:
         what = f"read {count} at {address}"
         try:
-            rr = await self._live().read_holding_registers(address, count=count, device_id=self.unit)
+            client = self._live()
+            read = client.read_input_registers if self.read_function == 4 else client.read_holding_registers
+            rr = await read(address, count=count, device_id=self.unit)
         except ModbusException as e:
             raise TransportError(self.url, str(e)) from e
         self._check(rr, what)
@@ -62,7 +64,7 @@ class ModbusTcpTransport(RegisterTransport):
     async def _write(self, address: int, values: list[int]) -> None:
         client = self._live()
         try:
-            if len(values) == 1:
+            if len(values) == 1 and self.write_single:
                 rr = await client.write_register(address, values[0], device_id=self.unit)
             else:
                 rr = await client.write_registers(address, values, device_id=self.unit)

@@ -72,13 +72,16 @@ class Expected:
     starts: bytes
 
 
-def read_request(unit: int, address: int, count: int) -> tuple[bytes, Expected]:
-    body = struct.pack(">BBHH", unit, 3, address, count)
-    return body + crc16_modbus(body), Expected(unit, 3, 5 + 2 * count, bytes([2 * count]))
+def read_request(unit: int, address: int, count: int, function: int = 3) -> tuple[bytes, Expected]:
+    body = struct.pack(">BBHH", unit, function, address, count)
+    return body + crc16_modbus(body), Expected(unit, function, 5 + 2 * count, bytes([2 * count]))
 
 
-def write_request(unit: int, address: int, values: list[int]) -> tuple[bytes, Expected]:
-    if len(values) == 1:
+def write_request(
+    unit: int, address: int, values: list[int], *, single: bool = True
+) -> tuple[bytes, Expected]:
+    """Function 6 for one value (when ``single``), 16 otherwise."""
+    if len(values) == 1 and single:
         body = struct.pack(">BBHH", unit, 6, address, values[0])
         return body + crc16_modbus(body), Expected(unit, 6, 8, body[2:6])
     body = struct.pack(f">BBHHB{len(values)}H", unit, 16, address, len(values), 2 * len(values), *values)
@@ -160,12 +163,12 @@ class ModbusRtuTransport(RegisterTransport):
     # -- requests ---------------------------------------------------------------------------------
 
     async def _read(self, address: int, count: int) -> list[int]:
-        request, expected = read_request(self.unit, address, count)
+        request, expected = read_request(self.unit, address, count, self.read_function)
         reply = await self._exchange(request, expected, f"read {count} at {address}")
         return list(struct.unpack(f">{count}H", reply[3 : 3 + 2 * count]))
 
     async def _write(self, address: int, values: list[int]) -> None:
-        request, expected = write_request(self.unit, address, values)
+        request, expected = write_request(self.unit, address, values, single=self.write_single)
         await self._exchange(request, expected, f"write at {address}")
 
     async def _exchange(self, request: bytes, expected: Expected, what: str) -> bytes:
@@ -216,7 +219,9 @@ class ModbusRtuTransport(RegisterTransport):
             self._wait_for_silence(port, min(deadline, time.monotonic() + (deadline - time.monotonic()) / 2))
         else:
             self._nonce = (self._nonce + 1) % 0x10000
-            probe, expected = write_request(self.unit, self.sync_register, [self._nonce])
+            probe, expected = write_request(
+                self.unit, self.sync_register, [self._nonce], single=self.write_single
+            )
             self._send(port, probe)
             while True:
                 reply = self._receive(port, expected, deadline, resyncing=True)
