@@ -446,7 +446,12 @@ def test_vitals_already_out_of_range_at_baseline_abort_the_precheck(tmp_path: Pa
 
 def test_the_operator_cannot_resume_into_an_active_vitals_alarm(tmp_path: Path) -> None:
     crossing = {"kind": "crossing", "channel": "hr", "at_s": 600.0, "duration_s": 1500.0, "value": 140.0}
-    operator = ScriptedOperator(scheduled=[(700.0, "resume", "looks fine to me")], resume_after_s=60.0)
+    # The 26-min hold takes the infusion past the protocol's 60-min maximum: the nurse continues.
+    operator = ScriptedOperator(
+        scheduled=[(700.0, "resume", "looks fine to me")],
+        resume_after_s=60.0,
+        reasons={"max_duration": "held for tachycardia; finish the dose"},
+    )
     run = run_session(tmp_path, script=script_with(crossing), operator=operator)
     r = run.result
     assert r is not None
@@ -459,9 +464,10 @@ def test_the_operator_cannot_resume_into_an_active_vitals_alarm(tmp_path: Path) 
     ]
     assert running_high == []
     # Resumed by the (scripted) operator once the vitals had been clear for a minute, in their name.
-    (resumed,) = run.named("resumed")
+    resumed, continued = run.named("resumed")
     assert resumed["reason"] == "operator: vitals back within limits for 60 s"
-    (action,) = [e for e in run.named("operator_action") if e["action"] == "resume"]
+    assert continued["reason"] == "continued past the maximum duration"
+    action = next(e for e in run.named("operator_action") if e["action"] == "resume")
     assert (action["operator"], action["source"]) == (OPERATOR, "script")
     assert r.outcome == "complete"
 
