@@ -301,10 +301,25 @@ class DosePlan:
     syringe: str
     syringe_capacity_ml: float
     syringe_diameter_mm: float
+    #: The dose plus the line prime: what the syringe(s) must hold.
     syringe_fill_ml: float
+    line_prime_ml: float
     segments: tuple[Segment, ...]
     #: The protocol's maximum duration (``None``: none of its own; the drug library's applies).
     max_duration_min: float | None = None
+
+    @property
+    def syringes_needed(self) -> int:
+        """How many fills of the syringe the dose and the line prime take (1: it fits)."""
+        if not (math.isfinite(self.syringe_fill_ml) and self.syringe_fill_ml > 0):
+            return 1
+        return max(1, math.ceil(self.syringe_fill_ml / self.syringe_capacity_ml - 1e-12))
+
+    @property
+    def concentration_for_one_syringe_mg_per_ml(self) -> float:
+        """The lowest concentration at which the dose and the line prime fit one syringe."""
+        room_ml = self.syringe_capacity_ml - self.line_prime_ml
+        return math.inf if room_ml <= 0 else self.dose_mg / room_ml
 
     def rate_at(self, t_s: float) -> float:
         """The planned rate (mL/h) ``t_s`` seconds into the infusion."""
@@ -346,6 +361,7 @@ class DosePlan:
             "syringe_capacity_ml": self.syringe_capacity_ml,
             "syringe_fill_ml": self.syringe_fill_ml,
             "max_duration_min": self.max_duration_min,
+            "syringes_needed": self.syringes_needed,
             "phases": [
                 {
                     "kind": s.kind,
@@ -389,8 +405,9 @@ def plan_dose(protocol: Protocol, patient: Patient) -> DosePlan:
     """The dose, volume, rates and schedule ``protocol`` gives ``patient``.
 
     Raises :class:`ConfigurationError` for a patient the arithmetic cannot serve (non-finite or
-    non-positive weight, missing height/sex for the weight basis, a dose the syringe cannot hold).
-    Whether the dose is *allowed* is :func:`ketapump.clinical.druglib.check`'s decision, not this function's.
+    non-positive weight or height, missing height/sex for the weight basis). Whether the dose is
+    *allowed* — its limits, and whether one syringe holds it (:attr:`DosePlan.syringes_needed`) — is
+    :func:`ketapump.clinical.druglib.review`'s decision, not this function's.
     """
     for name, value in (("weight_kg", patient.weight_kg), ("height_cm", patient.height_cm)):
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -414,13 +431,6 @@ def plan_dose(protocol: Protocol, patient: Patient) -> DosePlan:
     segments = _segments(protocol, volume, duration_min)
     capacity, diameter = _syringe(protocol.syringe.name)
     fill = volume + protocol.syringe.line_prime_ml
-    if fill > capacity:
-        raise ConfigurationError(
-            "syringe",
-            f"{protocol.syringe.name} holds {capacity:g} mL but the dose needs {fill:.1f} mL "
-            f"({volume:.1f} mL + {protocol.syringe.line_prime_ml:g} mL line prime): "
-            "use a higher concentration or a larger syringe",
-        )
     return DosePlan(
         protocol=protocol.name,
         drug=protocol.drug.name,
@@ -439,6 +449,7 @@ def plan_dose(protocol: Protocol, patient: Patient) -> DosePlan:
         syringe_capacity_ml=capacity,
         syringe_diameter_mm=diameter,
         syringe_fill_ml=fill,
+        line_prime_ml=protocol.syringe.line_prime_ml,
         segments=segments,
         max_duration_min=max_duration,
     )

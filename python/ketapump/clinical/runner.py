@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ from ketapump.clinical.vitals import (
 )
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings
-from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError
+from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError, LimitError
 from ketapump.validation import check_output_path
 from ketapump.wire import PumpDriver, split_url
 
@@ -225,7 +226,26 @@ def _sim_pump_for(url: str, plan: DosePlan) -> _core.SimPump | None:
     scheme, _path, params = split_url(url)
     if scheme != "sim":
         return None
-    return _core.SimPump(plan.syringe, seed=int(params.get("seed", "0")), fill_ml=plan.syringe_fill_ml)
+    # A dose one syringe cannot hold is refused by the session's review (syringe_fill_ml), not here.
+    fill_ml = min(plan.syringe_fill_ml, plan.syringe_capacity_ml)
+    return _core.SimPump(plan.syringe, seed=int(params.get("seed", "0")), fill_ml=fill_ml)
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _monotonic_utc() -> Callable[[], datetime.datetime]:
+    """The wall clock in UTC that never steps back (a clock set back mid-session must not make a
+    session end before it began): each reading is at least the one before."""
+    last = _utc_now()
+
+    def now() -> datetime.datetime:
+        nonlocal last
+        last = max(last, _utc_now())
+        return last
+
+    return now
 
 
 @dataclass
@@ -273,6 +293,18 @@ class SessionOutcome:
             "course_db": str(self.course_db),
             "report": str(self.report),
             "plots": [str(p) for p in self.plots],
+            **self._refusal(),
+        }
+
+    def _refusal(self) -> dict[str, Any]:
+        """For a session refused by its findings: every finding, hard ones first, and the kinds a
+        confirmation needs (the same objects ``dose --json`` prints)."""
+        if not isinstance(self.error, LimitError):
+            return {}
+        findings = [*self.error.findings, *self.error.also]
+        return {
+            "findings": [f.as_dict() for f in findings if isinstance(f, druglib.LimitFinding)],
+            "needs_confirmation": [f.kind for f in findings if f.severity == "soft"],
         }
 
 
@@ -291,7 +323,7 @@ class SessionRunner:
             course_db_id=course.database_id,
             schema_version=SCHEMA_VERSION,
         )
-        origin = datetime.datetime.now(datetime.UTC)
+        origin = _utc_now()
         self.session = Session(
             SessionContext(
                 session_id=setup.session_id,
@@ -308,6 +340,8 @@ class SessionRunner:
                 audit_path=str(setup.log_path),
                 loop_settings=setup.loop_settings,
                 operator_name=setup.operator_name,
+                # Course records carry true times, whatever clock the pump runs on.
+                true_time=_monotonic_utc(),
             )
         )
 

@@ -431,9 +431,14 @@ class SessionContext:
     library: druglib.DrugLibrary
     vitals: VitalsFeed
     operator: Operator
-    #: UTC time of the clock's zero on the course's calendar (a simulated session runs in virtual time).
+    #: UTC time of the clock's zero on the course's calendar, used when ``true_time`` is ``None`` (a test
+    #: that lays a simulated course out on a calendar of its own).
     calendar_origin: datetime.datetime
     audit_path: str = ""
+    #: The wall clock (UTC) every course-history record is stamped with. A session on a virtual or
+    #: scaled clock then never writes a time later than now into a real course history: its simulated
+    #: span is in the audit log's ``t_s`` (pump seconds), not in the calendar.
+    true_time: Callable[[], datetime.datetime] | None = None
     #: Kernel settings that depend on the transport (control period, gains), from the CLI.
     loop_settings: Mapping[str, Any] = field(default_factory=dict)
     #: The operator running the session: every command and confirmation without a name of its own is
@@ -983,7 +988,15 @@ class Session:
         return self.ctx.clock.now() - self.t0
 
     def _calendar(self) -> datetime.datetime:
-        return self.ctx.calendar_origin + datetime.timedelta(seconds=self.ctx.clock.now())
+        return self._calendar_at(self.ctx.clock.now())
+
+    def _calendar_at(self, clock_s: float) -> datetime.datetime:
+        """The course-history time of clock second ``clock_s``: the wall clock's now when the session
+        has one (``true_time``: a record made later never carries an earlier or future time), else the
+        test's calendar."""
+        if self.ctx.true_time is not None:
+            return self.ctx.true_time()
+        return self.ctx.calendar_origin + datetime.timedelta(seconds=clock_s)
 
     def _phase(self, phase: Phase) -> None:
         previous = self.phases[-1][0] if self.phases else None
@@ -1212,8 +1225,9 @@ class Session:
         except CourseRecordNotFoundError:
             history = None  # a new patient: this is the course's first session (recorded only once it starts)
             await self._confirm_new_patient()
-        order = druglib.order_for(plan, ctx.patient, history, self._calendar() if history else None)
-        findings = druglib.check(entry, order)
+        at = self._calendar() if history else None
+        order = druglib.order_for(plan, ctx.patient, history, at, entry=entry)
+        findings = druglib.review(entry, plan, order)
         self.rec.info(
             "limits_checked",
             findings=[f.as_dict() for f in findings],
@@ -1467,7 +1481,7 @@ class Session:
             t = raised.get(code, self._t())
             record = {"t_min": t / 60.0, "source": "pump", "phase": "infusion", "code": code}
             self.alarms.append(record)
-            at = self.ctx.calendar_origin + datetime.timedelta(seconds=self.t0 + t)
+            at = self._calendar_at(self.t0 + t)
             self._course_write(
                 "alarm", ctx.course.record_alarm, ctx.session_id, at, code, run.detail or run.reason
             )
