@@ -1140,3 +1140,50 @@ def test_cli_default_database_location_as_a_real_process(course_db: Path, tmp_pa
     )
     assert result.returncode == 66
     assert str(tmp_path / "empty" / "ketapump" / "course.sqlite3") in result.stderr
+
+
+def test_a_second_session_cannot_begin_while_one_is_open_for_the_patient(history: CourseHistory) -> None:
+    history.begin_session("s-open", "p-1", "ketamine-depression", T0, 35.0)
+    with pytest.raises(
+        CourseError, match=r"patient p-1: session s-open is in progress since 2025-01-06T09:00"
+    ):
+        history.begin_session("s-next", "p-1", "ketamine-depression", T0 + 3 * DAY, 35.0)
+    assert [s.session_id for s in history.sessions("p-1")] == ["s-open"]  # nothing written
+    # Another patient is not held up.
+    history.ensure_patient("p-2", 60.0, None, at=T0)
+    history.begin_session("s-other", "p-2", "ketamine-depression", T0 + H, 30.0)
+    # Once ended, the next one begins.
+    history.end_session("s-open", T0 + H, 35.0, "complete")
+    history.begin_session("s-next", "p-1", "ketamine-depression", T0 + 3 * DAY, 35.0)
+
+
+def test_cli_end_closes_a_session_a_crash_left_open_with_its_dose_and_a_reason(db: Path) -> None:
+    with CourseHistory.open(db) as h:
+        h.ensure_patient("p-1", 70.0, 175.0, at=T0)
+        h.begin_session("s-crash", "p-1", "ketamine-depression", T0, 35.0)
+    at = (T0 + H).isoformat()
+    code, _out, err = _cli(
+        "end", "s-crash", "--delivered-mg", "12.5", "--reason", " ", "--course-db", str(db)
+    )
+    assert code == os.EX_DATAERR and "--reason must not be blank" in err
+    args = (
+        "end",
+        "s-crash",
+        "--delivered-mg",
+        "12.5",
+        "--reason",
+        "power cut; log shows 12.5 mg",
+        "--at",
+        at,
+    )
+    code, out, err = _cli(*args, "--course-db", str(db))
+    assert code == 0, err
+    assert "session s-crash ended at 2025-01-06 10:00Z: 12.5 mg, ended_unfinished" in out
+    with CourseHistory.open(db, create=False) as h:
+        s = h.session("s-crash")
+        assert (s.delivered_mg, s.outcome, s.ended_at) == (12.5, "ended_unfinished", T0 + H)
+        assert [n.text for n in h.notes("s-crash")] == ["ended by hand: power cut; log shows 12.5 mg"]
+    code, _out, err = _cli(*args, "--course-db", str(db))  # ended once
+    assert code == os.EX_DATAERR and "already ended" in err
+    code, _out, err = _cli("end", "nope", "--delivered-mg", "1", "--reason", "x", "--course-db", str(db))
+    assert code == os.EX_NOINPUT, err

@@ -1,5 +1,5 @@
-"""``ketapump course init``, ``migrate``, ``show`` and ``note``: the course database, a patient's course
-history and journal notes.
+"""``ketapump course init``, ``migrate``, ``show``, ``note`` and ``end``: the course database, a patient's
+course history, journal notes, and ending a session a crash left open.
 
 Exit codes follow sysexits: 0 done, 65 (EX_DATAERR) refused data (a late note, an empty, damaged, foreign
 or older file, an invalid patient id), 66 (EX_NOINPUT) unknown patient or session or no database, 73
@@ -246,3 +246,40 @@ def note_command(
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None
     result(f"note added to session {note.session_id} at {_short(note.at)}")
+
+
+#: The outcome of a session ended from the command line (a crash left it open): not "complete", so it
+#: does not count in the initial series unless the course settings name it.
+ENDED_BY_HAND = "ended_unfinished"
+
+
+@course_app.command("end", cls=Command)
+def end_command(
+    session: Annotated[str, typer.Argument(help="Session id (in progress: a crash left it open).")],
+    delivered_mg: Annotated[
+        float, typer.Option(min=0.0, help="The dose it delivered (mg), from its audit log or the pump.")
+    ],
+    reason: Annotated[str, typer.Option(help="Why it is ended by hand (kept as a journal note).")],
+    course_db: Annotated[Path | None, _db_option()] = None,
+    at: Annotated[
+        str | None, typer.Option(help="When it ended (ISO-8601, UTC unless an offset; default now).")
+    ] = None,
+) -> None:
+    """End a session a crash left in progress, with the dose it delivered and a reason.
+
+    Until it is ended, its programmed dose counts in every dose window and no other session of the
+    patient can start. The outcome is `ended_unfinished`; the reason is kept as a journal note.
+    """
+    path = course_db if course_db is not None else default_course_path()
+    when = _parse_time(at) or _dt.datetime.now(_dt.UTC)
+    if not reason.strip():
+        raise fail("--reason must not be blank", os.EX_DATAERR)
+    try:
+        with CourseHistory.open(path) as history, history.transaction():
+            ended = history.end_session(session, when, delivered_mg, ENDED_BY_HAND)
+            history.add_note(session, f"ended by hand: {reason.strip()}", when)
+    except (CourseError, sqlite3.Error) as e:
+        raise _course_error(path, e) from None
+    result(
+        f"session {ended.session_id} ended at {_short(ended.ended_at)}: {delivered_mg:g} mg, {ENDED_BY_HAND}"
+    )

@@ -1225,6 +1225,8 @@ class Session:
         except CourseRecordNotFoundError:
             history = None  # a new patient: this is the course's first session (recorded only once it starts)
             await self._confirm_new_patient()
+        if history is not None:
+            history.refuse_if_open(ctx.patient.patient_id)  # before anything is asked or the pump touched
         at = self._calendar() if history else None
         order = druglib.order_for(plan, ctx.patient, history, at, entry=entry)
         findings = druglib.review(entry, plan, order)

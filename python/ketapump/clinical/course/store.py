@@ -284,7 +284,9 @@ class CourseHistory:
     ) -> Session:
         """Record that a session started; it is in progress until :meth:`end_session`.
 
-        Until then every dose window it overlaps counts its ``programmed_mg``.
+        Until then every dose window it overlaps counts its ``programmed_mg``. Refused
+        (:class:`~ketapump.errors.CourseError`) while another session of the patient is in progress
+        (:meth:`refuse_if_open`).
         """
         patient_id = normalise_patient_id(patient_id)
         subject = f"session {session_id}"
@@ -302,6 +304,7 @@ class CourseHistory:
                     subject,
                     f"already exists (patient {existing['patient_id']}, started {existing['started_at']})",
                 )
+            self.refuse_if_open(patient_id)
             self._conn.execute(
                 f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
                 (
@@ -315,6 +318,22 @@ class CourseHistory:
                 ),
             )
             return self.session(session_id)
+
+    def open_sessions(self, patient_id: str) -> tuple[Session, ...]:
+        """The patient's sessions still in progress (none, unless one is running or a crash left it)."""
+        return tuple(s for s in self.sessions(patient_id) if s.in_progress)
+
+    def refuse_if_open(self, patient_id: str) -> None:
+        """Raises :class:`~ketapump.errors.CourseError` if a session of the patient is in progress: one
+        patient has one infusion at a time, and a session a crash left open must be ended (with what its
+        audit log says it delivered: ``ketapump course end``) before the next one starts."""
+        for session in self.open_sessions(patient_id):
+            raise CourseError(
+                f"patient {patient_id}",
+                f"session {session.session_id} is in progress since {_iso(session.started_at)}: one session "
+                "at a time; if it is not running (a crash left it open), end it with `ketapump course end "
+                f"{session.session_id} --delivered-mg MG --reason TEXT` from its audit log first",
+            )
 
     def end_session(
         self, session_id: str, ended_at: _dt.datetime, delivered_mg: float, outcome: str
