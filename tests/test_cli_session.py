@@ -345,7 +345,7 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
         "--out", str(tmp_path / "out"), stdin=f"{answer}\n" * 8, timeout=120,
     )  # fmt: skip
     assert done.returncode == EXIT_ABORTED, done.stderr
-    assert "checklist item not confirmed: baseline vitals recorded" in done.stderr
+    assert "checklist item not confirmed: IV placed and patent" in done.stderr
     events = [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert "command" not in events and "checklist_answered" in events
 

@@ -230,3 +230,11 @@ def parse_protocol_text(text: str) -> str:
     with pytest.raises(ProtocolError) as info:
         parse_protocol(text)
     return str(info.value)
+
+
+@pytest.mark.parametrize("name", shipped_protocols())
+def test_every_shipped_protocol_checks_the_iv_line_the_sitter_and_driving(name: str) -> None:
+    checklists = load_protocol(name).checklists
+    assert "IV placed and patent" in checklists.pre
+    assert "sitter present (name and phone recorded)" in checklists.discharge
+    assert "no driving until the next day" in checklists.discharge

@@ -157,6 +157,7 @@ class ObservationSpec(_Strict):
 
 class Checklists(_Strict):
     pre: list[str] = [
+        "IV placed and patent",
         "baseline vitals recorded",
         "sitter or driver present",
         "syringe identity and concentration confirmed",
@@ -164,7 +165,8 @@ class Checklists(_Strict):
     discharge: list[str] = [
         "vitals back within band",
         "patient alert and oriented",
-        "sitter or driver present",
+        "sitter present (name and phone recorded)",
+        "no driving until the next day",
     ]
 
 
