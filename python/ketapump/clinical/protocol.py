@@ -50,6 +50,7 @@ arithmetic here is plain arithmetic; whether the result is allowed is the drug l
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -239,6 +240,17 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
         shipped = resources.files("ketapump.data").joinpath(SHIPPED_DIR, f"{name_or_path}.toml")
         return parse_protocol(shipped.read_text(encoding="utf-8"), source=f"{name_or_path} (shipped)")
     return read_document(Protocol, path, ProtocolError)
+
+
+def protocol_sha256(name_or_path: str | Path) -> str:
+    """The SHA-256 (hex) of a protocol's file as :func:`load_protocol` finds it (a path, or a shipped
+    name), so a report names exactly the reviewed text a session ran."""
+    path = Path(name_or_path)
+    if not path.exists() and isinstance(name_or_path, str) and "/" not in name_or_path:
+        data = resources.files("ketapump.data").joinpath(SHIPPED_DIR, f"{name_or_path}.toml").read_bytes()
+    else:
+        data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest()
 
 
 def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
@@ -489,5 +501,6 @@ __all__ = [
     "load_protocol",
     "parse_protocol",
     "plan_dose",
+    "protocol_sha256",
     "shipped_protocols",
 ]

@@ -1478,6 +1478,15 @@ class Session:
                 tick.max_question[1].cancel()  # the infusion ended: nothing left to decide
         if not self.points:  # ended before its first tick (an interlock at the start): one point
             self.points.append(self._idle_point(self._t(), 0.0, 0.0, occlusion_threshold))
+        # One source for the delivered dose: the run's final measure (after an alarm's back-off it is
+        # below the last tick's) closes the series, so report, plots and the summary print one number.
+        self._delivered_ml = run.session_delivered_ml
+        final_mg = run.session_delivered_ml * plan.concentration_mg_per_ml
+        last = self.points[-1]
+        if final_mg != last.delivered_mg:
+            self.points.append(
+                self._idle_point(max(self._t(), last.t_s), last.programmed_mg, final_mg, last.threshold_mmhg)
+            )
         raised = {code: t for t, code in reversed(self.rec.raised)}  # each alarm at its first raising
         for code in run.alarms + run.pump_alarms:
             t = raised.get(code, self._t())
