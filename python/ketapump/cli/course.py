@@ -1,10 +1,11 @@
 """``ketapump course init``, ``migrate``, ``show``, ``note`` and ``end``: the course database, a patient's
 course history, journal notes, and ending a session a crash left open.
 
-Exit codes follow sysexits: 0 done, 65 (EX_DATAERR) refused data (a late note, an empty, damaged, foreign
-or older file, an invalid patient id), 66 (EX_NOINPUT) unknown patient or session or no database, 73
-(EX_CANTCREAT) ``init`` over an existing file or where none can be made, 74 (EX_IOERR) the database could
-not be read or written, 2 usage (``note`` without ``--operator``).
+Exit codes follow sysexits: 0 done (a late note is kept and flagged), 65 (EX_DATAERR) refused data (a
+note before its session, an empty, damaged, foreign or older file, an invalid patient id), 66
+(EX_NOINPUT) unknown patient or session or no database, 73 (EX_CANTCREAT) ``init`` over an existing file
+or where none can be made, 74 (EX_IOERR) the database could not be read or written, 2 usage (``note``
+without ``--operator``).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _describe(summary: CourseSummary, path: Path) -> list[str]:
     if summary.notes:
         lines.append("notes:")
         lines += [
-            f"  {_short(n.at)}  {n.session_id}  {n.text}" + (f"  (by {n.who})" if n.who else "")
+            f"  {_short(n.at)}  {n.session_id}  {n.text}" + (f"  (by {n.who})" if n.who else "") + _late(n.late_h)
             for n in summary.notes
         ]
     lines += _at_the_chair(summary)
@@ -141,6 +142,10 @@ def _at_the_chair(summary: CourseSummary) -> list[str]:
                 f"by {m.who or '(anonymous)'}"
             )
     return lines
+
+
+def _late(late_h: float | None) -> str:
+    return "" if late_h is None else f"  (LATE: {late_h:.1f} h after the journal window)"
 
 
 def _course_error(path: Path, error: Exception) -> typer.Exit:
@@ -235,8 +240,8 @@ def note_command(
     ] = None,
     operator: Annotated[str | None, typer.Option(envvar=OPERATOR_ENV, help=OPERATOR_HELP)] = None,
 ) -> None:
-    """Attach a journal note, in the operator's name, to a session (accepted until 24 h after the
-    session ended)."""
+    """Attach a journal note, in the operator's name, to a session (due within 24 h of its end; a later
+    one is kept, flagged late)."""
     who = operator_name(operator)
     path = course_db if course_db is not None else default_course_path()
     when = _parse_time(at) or _dt.datetime.now(_dt.UTC)
@@ -245,7 +250,7 @@ def note_command(
             note = history.add_note(session, text, when, who=who)
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None
-    result(f"note added to session {note.session_id} at {_short(note.at)}")
+    result(f"note added to session {note.session_id} at {_short(note.at)}{_late(note.late_h)}")
 
 
 #: The outcome of a session ended from the command line (a crash left it open): not "complete", so it

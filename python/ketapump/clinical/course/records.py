@@ -73,12 +73,15 @@ class LogSeal:
 
 @dataclasses.dataclass(frozen=True)
 class Note:
-    """A journal note; ``who`` wrote it (``None``: written before operator names were recorded)."""
+    """A journal note; ``who`` wrote it (``None``: written before operator names were recorded).
+    ``late_h``: how many hours after the journal window (``journal.within_h`` after the session ended)
+    it was written, ``None`` when within it. A late note is kept and flagged."""
 
     session_id: str
     at: _dt.datetime
     text: str
     who: str | None = None
+    late_h: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -410,34 +410,26 @@ class CourseHistory:
         return Override(patient_id, session_id, kind, reason, _time(stamp), who)
 
     def add_note(self, session_id: str, text: str, at: _dt.datetime, *, who: str | None = None) -> Note:
-        """Attach a journal note, written by ``who``, to a session. Accepted from the session's start
-        until ``journal.within_h`` (24 h) after it ended, both ends included; refused otherwise with a
-        :class:`CourseError`, and for an unknown session with :class:`CourseRecordNotFoundError`."""
+        """Attach a journal note, written by ``who``, to a session, from the session's start on. A note
+        written more than ``journal.within_h`` (24 h) after the session ended is kept and flagged late
+        (:attr:`Note.late_h`); one before the session started is refused (:class:`CourseError`), and
+        one for an unknown session too (:class:`CourseRecordNotFoundError`)."""
         subject = f"session {session_id}"
         stamp = _stamp(subject, "at", at)
         _text(subject, "text", text)
         if who is not None:
             _text(subject, "who", who)
-        within_h = self.settings.journal.within_h
         with self.transaction():
             session = self.session(session_id)
             if at < session.started_at:
                 raise CourseError(
                     subject, f"a note at {stamp} is before the session started ({_iso(session.started_at)})"
                 )
-            if session.ended_at is not None:
-                late_h = (at - session.ended_at) / _dt.timedelta(hours=1)
-                if late_h > within_h:
-                    raise CourseError(
-                        subject,
-                        f"a note at {stamp} is {late_h:.1f} h after the session ended "
-                        f"({_iso(session.ended_at)}); journal notes are accepted for {within_h:g} h",
-                    )
             self._conn.execute(
                 "INSERT INTO notes (session_id, at, text, who) VALUES (?, ?, ?, ?)",
                 (session_id, stamp, text, who),
             )
-        return Note(session_id, _time(stamp), text, who)
+        return Note(session_id, _time(stamp), text, who, self._late_h(session, at))
 
     def record_action(
         self,
@@ -554,6 +546,13 @@ class CourseHistory:
             )
         return Medication(session_id, _time(stamp), drug, amount, unit, route, reason, who)
 
+    def _late_h(self, session: Session, at: _dt.datetime) -> float | None:
+        """Hours past the journal window a note at ``at`` is, or ``None`` within it (both ends in)."""
+        if session.ended_at is None:
+            return None
+        late = (at - session.ended_at) / _dt.timedelta(hours=1) - self.settings.journal.within_h
+        return late if late > 0 else None
+
     def seal_log(  # noqa: PLR0917 (one record's fields, in the table's order)
         self,
         session_id: str,
@@ -656,12 +655,15 @@ class CourseHistory:
         return tuple(Alarm(r["session_id"], _time(r["at"]), r["code"], r["detail"]) for r in rows)
 
     def notes(self, session_id: str) -> tuple[Note, ...]:
-        self.session(session_id)
+        session = self.session(session_id)
         rows = self._read(
             "SELECT session_id, at, text, who FROM notes WHERE session_id = ? ORDER BY at, note_id",
             (session_id,),
         )
-        return tuple(Note(r["session_id"], _time(r["at"]), r["text"], r["who"]) for r in rows)
+        return tuple(
+            Note(r["session_id"], _time(r["at"]), r["text"], r["who"], self._late_h(session, _time(r["at"])))
+            for r in rows
+        )
 
     def actions(self, session_id: str) -> tuple[ActionRecord, ...]:
         """The session's actions in the order they were taken."""
