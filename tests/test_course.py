@@ -124,6 +124,7 @@ def test_new_file_gets_schema_version_identity_and_durable_settings(history: Cou
         assert tables == {
             "patients", "sessions", "alarms", "notes", "overrides", "database_identity", "log_seals",
             "actions", "observations", "medications",
+            "scores", "standing_overrides",
         }  # fmt: skip
         (database_id,) = raw.execute("SELECT database_id FROM database_identity").fetchone()
         assert database_id == history.database_id and len(database_id) == 32
@@ -1034,12 +1035,23 @@ def test_cli_note_adds_a_note_and_flags_a_late_one(course_db: Path) -> None:
     assert code == 0, err
     assert "(LATE: 6.0 h after the journal window)" in out
     code, _, err = _cli(
-        "note", "s-6", "too early", "--course-db", str(course_db), "--at", T0.isoformat(), "--operator", "nurse B"
+        "note",
+        "s-6",
+        "too early",
+        "--course-db",
+        str(course_db),
+        "--at",
+        T0.isoformat(),
+        "--operator",
+        "nurse B",
     )
     assert code == 65
     assert str(course_db) in err and "session s-6" in err and "before the session started" in err
     with CourseHistory.open(course_db) as h:
-        assert [(n.text, n.who) for n in h.notes("s-6")] == [("slept well", "nurse A"), ("late entry", "nurse B")]
+        assert [(n.text, n.who) for n in h.notes("s-6")] == [
+            ("slept well", "nurse A"),
+            ("late entry", "nurse B"),
+        ]
     code, out, err = _cli("show", "p-1", "--course-db", str(course_db))
     assert code == 0, err
     assert "late entry  (by nurse B)  (LATE: 6.0 h after the journal window)" in out

@@ -674,7 +674,9 @@ def test_the_kernel_refuses_a_volume_above_what_the_windows_leave() -> None:
     assert KETAMINE.cap_tolerance_pct == 2.0
     assert overrides["hard_cap_mg"] == pytest.approx(60.2)
     kernel = _core.SafetyKernel(kernel_config(**overrides, syringe_capacity_ml=100.0, syringe_fill_ml=62.0))
-    with pytest.raises(ConfigurationError, match=r"^vtbi_ml 61 is above the hard limit hard_cap_mg \(60\.2\)$"):
+    with pytest.raises(
+        ConfigurationError, match=r"^vtbi_ml 61 is above the hard limit hard_cap_mg \(60\.2\)$"
+    ):
         kernel.load(52.5, 61.0)
     kernel.load(52.5, order.vtbi_ml)
     assert kernel.state == "armed"

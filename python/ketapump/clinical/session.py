@@ -1244,9 +1244,21 @@ class Session:
             )
         confirmations = []
         confirmed_by: dict[str, str | None] = {}
+        standing: dict[str, tuple[str, str]] = {}  # kind → (reason, who granted it)
+        if history is not None and at is not None:
+            for o in history.standing_overrides(ctx.patient.patient_id, at):  # the latest grant first
+                until = o.expires_at.strftime("%Y-%m-%d %H:%MZ")
+                standing.setdefault(
+                    o.kind, (f"standing override by {o.who} until {until}: {o.reason}", o.who)
+                )
         if not any(f.severity == "hard" for f in findings):  # a hard finding refuses whatever is answered
             for f in findings:
                 if f.severity != "soft":
+                    continue
+                if f.kind in standing:  # decided in advance, with its author and expiry: not asked again
+                    standing_reason, granted_by = standing[f.kind]
+                    confirmations.append(druglib.Confirmation(f.kind, standing_reason))
+                    confirmed_by[f.kind] = granted_by
                     continue
                 question, future = self._ask_later("soft_limit", f.kind, f.message)
                 reason = await future

@@ -66,6 +66,7 @@ from ketapump.clinical.course.location import (
     near_patient_ids,
     normalise_patient_id,
 )
+from ketapump.clinical.course.outcomes import INSTRUMENTS, Score, Trend, plot_trend
 from ketapump.clinical.course.records import (
     ActionRecord,
     Alarm,
@@ -80,6 +81,7 @@ from ketapump.clinical.course.records import (
     Patient,
     SeriesEntry,
     Session,
+    StandingOverride,
 )
 from ketapump.clinical.course.schema import APPLICATION_ID, SCHEMA_VERSION, Migration
 from ketapump.clinical.course.settings import CourseSettings, CourseSettingsError, load_course_settings
@@ -87,6 +89,7 @@ from ketapump.clinical.course.store import CourseHistory
 
 __all__ = [
     "APPLICATION_ID",
+    "INSTRUMENTS",
     "PATIENT_ID_RULE",
     "SCHEMA_VERSION",
     "ActionRecord",
@@ -104,10 +107,14 @@ __all__ = [
     "Observation",
     "Override",
     "Patient",
+    "Score",
     "SeriesEntry",
     "Session",
+    "StandingOverride",
+    "Trend",
     "default_course_path",
     "load_course_settings",
     "near_patient_ids",
     "normalise_patient_id",
+    "plot_trend",
 ]

@@ -26,6 +26,7 @@ from ketapump.clinical.course.location import (
     near_patient_ids,
     normalise_patient_id,
 )
+from ketapump.clinical.course.outcomes import Score, check_score, trends
 from ketapump.clinical.course.records import (
     ActionRecord,
     Alarm,
@@ -40,6 +41,7 @@ from ketapump.clinical.course.records import (
     Patient,
     SeriesEntry,
     Session,
+    StandingOverride,
 )
 from ketapump.clinical.course.settings import CourseSettings, load_course_settings
 from ketapump.errors import CourseError, CourseRecordNotFoundError, CourseStorageError
@@ -408,6 +410,112 @@ class CourseHistory:
                 (patient_id, session_id, kind, reason, stamp, who),
             )
         return Override(patient_id, session_id, kind, reason, _time(stamp), who)
+
+    def record_score(
+        self,
+        patient_id: str,
+        instrument: str,
+        score: int,
+        at: _dt.datetime,
+        *,
+        session_id: str | None = None,
+        who: str | None = None,
+    ) -> Score:
+        """Append a rating-scale score (PHQ-9 0–27, MADRS 0–60, whole numbers) for a visit, with who
+        recorded it; ``session_id`` (the patient's) when it belongs to an infusion. Out of range, an
+        unknown scale or another patient's session: :class:`CourseError`, nothing written."""
+        subject = f"patient {patient_id}"
+        stamp = _stamp(subject, "at", at)
+        value = check_score(subject, instrument, score)
+        if who is not None:
+            _text(subject, "who", who)
+        with self.transaction():
+            self.patient(patient_id)
+            if session_id is not None:
+                self._own_session(patient_id, session_id)
+            self._conn.execute(
+                "INSERT INTO scores (patient_id, session_id, at, instrument, score, who) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (patient_id, session_id, stamp, instrument, value, who),
+            )
+        return Score(patient_id, session_id, _time(stamp), instrument, value, who)
+
+    def scores(self, patient_id: str) -> tuple[Score, ...]:
+        """The patient's scores in time order."""
+        self.patient(patient_id)
+        rows = self._read(
+            "SELECT patient_id, session_id, at, instrument, score, who FROM scores WHERE patient_id = ? "
+            "ORDER BY at, score_id",
+            (patient_id,),
+        )
+        return tuple(
+            Score(r["patient_id"], r["session_id"], _time(r["at"]), r["instrument"], r["score"], r["who"])
+            for r in rows
+        )
+
+    def grant_standing_override(
+        self,
+        patient_id: str,
+        kind: str,
+        reason: str,
+        *,
+        who: str,
+        granted_at: _dt.datetime,
+        expires_at: _dt.datetime,
+    ) -> StandingOverride:
+        """Append a standing override: the soft limit or course rule ``kind`` is confirmed for every
+        session of the patient that starts from ``granted_at`` up to ``expires_at`` (both included),
+        with ``reason``, by ``who`` (required: a standing decision has an author). An expiry not after
+        the grant: :class:`CourseError`."""
+        subject = f"patient {patient_id}"
+        granted = _stamp(subject, "granted_at", granted_at)
+        expires = _stamp(subject, "expires_at", expires_at)
+        for name, value in (("kind", kind), ("reason", reason), ("who", who)):
+            _text(subject, name, value)
+        if expires_at <= granted_at:
+            raise CourseError(
+                subject, f"a standing override must expire after it is granted ({expires} ≤ {granted})"
+            )
+        with self.transaction():
+            self.patient(patient_id)
+            self._conn.execute(
+                "INSERT INTO standing_overrides (patient_id, kind, reason, who, granted_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (patient_id, kind, reason.strip(), who.strip(), granted, expires),
+            )
+        return StandingOverride(patient_id, kind, reason.strip(), who.strip(), _time(granted), _time(expires))
+
+    def standing_overrides(
+        self, patient_id: str, at: _dt.datetime | None = None
+    ) -> tuple[StandingOverride, ...]:
+        """The patient's standing overrides (in force at ``at`` when given), latest grant first."""
+        self.patient(patient_id)
+        sql = (
+            "SELECT patient_id, kind, reason, who, granted_at, expires_at FROM standing_overrides "
+            "WHERE patient_id = ?"
+        )
+        args: tuple[object, ...] = (patient_id,)
+        if at is not None:
+            stamp = _stamp(f"patient {patient_id}", "at", at)
+            sql += " AND granted_at <= ? AND expires_at >= ?"
+            args += (stamp, stamp)
+        rows = self._read(sql + " ORDER BY granted_at DESC, standing_id DESC", args)
+        return tuple(
+            StandingOverride(
+                r["patient_id"],
+                r["kind"],
+                r["reason"],
+                r["who"],
+                _time(r["granted_at"]),
+                _time(r["expires_at"]),
+            )
+            for r in rows
+        )
+
+    def _own_session(self, patient_id: str, session_id: str) -> None:
+        owner = self.session(session_id).patient_id
+        if owner != patient_id:
+            raise CourseError(f"session {session_id}", f"belongs to patient {owner}, not {patient_id}")
 
     def add_note(self, session_id: str, text: str, at: _dt.datetime, *, who: str | None = None) -> Note:
         """Attach a journal note, written by ``who``, to a session, from the session's start on. A note
@@ -804,7 +912,8 @@ class CourseHistory:
     def course_summary(self, patient_id: str, now: _dt.datetime) -> CourseSummary:
         """The patient's course as of ``now``: every session (date, dose, mg/kg, interval since the
         previous start), the initial series and, once it is complete, the maintenance window; with the
-        alarms, journal notes and overrides. Reported against ``settings``, never enforced."""
+        alarms, journal notes, overrides (and standing ones) and the outcome scores' trends. Reported
+        against ``settings``, never enforced."""
         patient_id = normalise_patient_id(patient_id)
         _stamp(f"patient {patient_id}", "now", now)
         with self._snapshot():
@@ -816,6 +925,7 @@ class CourseHistory:
             observations = tuple(o for s in sessions for o in self.observations(s.session_id))
             medications = tuple(m for s in sessions for m in self.medications(s.session_id))
             actions = tuple(a for s in sessions for a in self.actions(s.session_id))
+            standing = self.standing_overrides(patient_id)
         series_cfg = self.settings.initial_series
         counted_outcomes = set(series_cfg.counted_outcomes)
         entries: list[SeriesEntry] = []
@@ -866,4 +976,6 @@ class CourseHistory:
             observations=observations,
             medications=medications,
             actions=actions,
+            standing_overrides=standing,
+            outcomes=trends(self.scores(patient_id), self.settings.outcomes),
         )
