@@ -186,3 +186,18 @@ def test_a_standing_override_confirms_its_soft_finding_in_a_session_without_aski
         with CourseHistory.open(folder / "course.sqlite3") as h:
             (override,) = h.overrides(PATIENT.patient_id)
             assert override.session_id == "s-new" and "dr-a" in override.reason
+
+
+def test_the_maintenance_summary_names_the_outcome(tmp_path: Path) -> None:
+    db = tmp_path / "course.sqlite3"
+    with CourseHistory.open(db) as h:
+        h.ensure_patient("p-1", 70.0, 175.0, at=T0 - DAY)
+        h.record_score("p-1", "phq9", 22, T0 - H, who="dr-a")
+        for i, day in enumerate((0, 2, 4, 7, 9, 11)):
+            h.begin_session(f"s-{i}", "p-1", "ketamine-depression", T0 + day * DAY, 35.0)
+            h.end_session(f"s-{i}", T0 + day * DAY + H, 35.0, "complete")
+        h.record_score("p-1", "phq9", 10, T0 + 11 * DAY + 2 * H, session_id="s-5", who="dr-a")
+    code, out, err = _cli("show", "p-1", "--course-db", str(db), "--now", (T0 + 30 * DAY).isoformat())
+    assert code == 0, err
+    (line,) = [line for line in out.splitlines() if line.startswith("maintenance:")]
+    assert line.endswith("— DUE as of 2025-02-05 09:00Z (outcomes: PHQ-9 response)")

@@ -91,9 +91,10 @@ def _describe(summary: CourseSummary, path: Path) -> list[str]:
         lines.append("maintenance: after the initial series")
     else:
         label = {"not_due": "not yet due", "due": "DUE", "overdue": "OVERDUE"}[m.status]
+        status = "; ".join(f"{t.label} {t.status}" for t in summary.outcomes.values())
         lines.append(
             f"maintenance: due from {_short(m.due_from)}, overdue after {_short(m.overdue_after)} "
-            f"— {label} as of {_short(summary.now)}"
+            f"— {label} as of {_short(summary.now)}" + (f" (outcomes: {status})" if status else "")
         )
     for session_id in summary.open_sessions:
         lines.append(
