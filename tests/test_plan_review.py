@@ -25,7 +25,9 @@ from ketapump.clinical.druglib import (
     window_start,
 )
 from ketapump.clinical.protocol import Patient, load_protocol, parse_protocol, plan_dose
+from ketapump.clinical.session import ScriptedOperator
 from ketapump.errors import ConfirmationRequired, LimitRefused
+from test_session import run_session
 
 KETAMINE = load_library().drug("ketamine")
 STANDARD = load_protocol("ketamine-depression")  # 0.5 mg/kg over 40 min at 1 mg/mL, actual weight
@@ -151,6 +153,32 @@ def test_numbers_print_as_a_clinician_reads_them() -> None:
 
 
 # ----- the course rules on a clinic's calendar --------------------------------------------------------
+
+
+def test_three_full_doses_a_week_on_the_simulator_are_allowed_and_a_fourth_is_refused(tmp_path: Path) -> None:
+    """Three 1.0 mg/kg sessions (Mon, Wed, Fri) run on the simulated pump, each delivering what the
+    simulator delivers (a hair over the dose): the third is within the 3.0 mg/kg cap (confirmed as a
+    soft finding above 2.25), and a fourth on Sunday is refused by the hard cap."""
+    full_dose_kinds = ("dose_mg_per_kg", "cumulative_1h_mg_per_kg", "cumulative_4h_mg_per_kg")
+    reasons = dict.fromkeys((*full_dose_kinds, "cumulative_7d_mg_per_kg"), "full-dose course")
+    delivered = []
+    for day in (0, 2, 4):
+        run = run_session(
+            tmp_path, protocol=FULL_DOSE, now=MONDAY + day * DAY, session_id=f"full-{day}",
+            operator=ScriptedOperator(reasons=reasons),
+        )  # fmt: skip
+        assert run.error is None, run.error
+        assert run.result is not None and run.result.outcome == "complete"
+        delivered.append(run.result.delivered_mg)
+    # The simulator delivers a hair over: before the third, 2.0000x mg/kg, so the third's total is above
+    # 3.0 mg/kg, which a cap compared without the delivery tolerance would have refused outright.
+    assert delivered[0] + delivered[1] > 140.0
+    fourth = run_session(
+        tmp_path, protocol=FULL_DOSE, now=MONDAY + 6 * DAY, session_id="full-6",
+        operator=ScriptedOperator(reasons=reasons | {"sessions_in_7_days": "x"}),
+    )  # fmt: skip
+    assert isinstance(fourth.error, LimitRefused)
+    assert [f.kind for f in fourth.error.findings] == ["cumulative_7d_mg_per_kg"]
 
 
 def _begin(history: CourseHistory, sid: str, start: dt.datetime, mg: float, delivered: float) -> None:
