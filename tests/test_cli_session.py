@@ -75,10 +75,12 @@ def test_300_kg_lists_the_weight_vtbi_and_syringe_findings_exits_6_and_json_prin
 def test_a_session_refused_by_its_findings_lists_them_all_with_kinds_and_json_prints_them(
     tmp_path: Path,
 ) -> None:
+    db = new_course_db(tmp_path / "c.sqlite3")
+
     def session(weight: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return ketapump(
             "session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", weight,
-            "--yes", "--course-db", str(tmp_path / "c.sqlite3"), "--log", str(tmp_path / f"{weight}.jsonl"),
+            "--yes", "--course-db", str(db), "--log", str(tmp_path / f"{weight}-{len(extra)}.jsonl"),
             "--out", str(tmp_path / "out"), *extra,
         )  # fmt: skip
 
@@ -108,7 +110,7 @@ def test_150_kg_with_66_cm_is_flagged_and_its_session_names_the_kinds_to_confirm
     assert d["needs_confirmation"] == ["height_cm", "dosing_weight_pct"]
     session = ketapump(
         "session", *args, "--sex", "male", "--patient", "p", "--yes",
-        "--course-db", str(tmp_path / "c.sqlite3"), "--log", str(tmp_path / "log.jsonl"),
+        "--course-db", str(new_course_db(tmp_path / "c.sqlite3")), "--log", str(tmp_path / "log.jsonl"),
         "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert session.returncode == EXIT_LIMIT
@@ -566,7 +568,7 @@ def test_a_virtual_time_session_records_true_times_and_a_second_open_session_is_
 ) -> None:
     """A simulated session runs 70 pump minutes in seconds: its course records carry the wall clock (no
     time later than now, none before it began), not its real start plus 70 simulated minutes."""
-    db = tmp_path / "course.sqlite3"
+    db = new_course_db(tmp_path / "course.sqlite3")
     env = os.environ | {"XDG_STATE_HOME": str(tmp_path / "state")}
 
     def session(patient: str) -> subprocess.CompletedProcess[str]:
@@ -579,7 +581,7 @@ def test_a_virtual_time_session_records_true_times_and_a_second_open_session_is_
     done = session("p-true")
     after = datetime.datetime.now(datetime.UTC)
     assert done.returncode == 0, done.stderr
-    with CourseHistory.open(db, create=False) as course:
+    with CourseHistory.open(db) as course:
         (s,) = course.sessions("p-true")
         assert s.ended_at is not None
         assert before <= s.started_at <= s.ended_at <= after
@@ -593,5 +595,5 @@ def test_a_virtual_time_session_records_true_times_and_a_second_open_session_is_
     assert refused.returncode == os.EX_DATAERR, refused.stderr
     assert "session crashed is in progress since" in refused.stderr
     assert "ketapump course end crashed" in refused.stderr
-    with CourseHistory.open(db, create=False) as course:
+    with CourseHistory.open(db) as course:
         assert [s.session_id for s in course.sessions("p-open")] == ["crashed"]

@@ -1186,7 +1186,7 @@ def test_a_second_session_cannot_begin_while_one_is_open_for_the_patient(history
 
 
 def test_cli_end_closes_a_session_a_crash_left_open_with_its_dose_and_a_reason(db: Path) -> None:
-    with CourseHistory.open(db) as h:
+    with CourseHistory.create(db, at=T0) as h:
         h.ensure_patient("p-1", 70.0, 175.0, at=T0)
         h.begin_session("s-crash", "p-1", "ketamine-depression", T0, 35.0)
     at = (T0 + H).isoformat()
@@ -1207,7 +1207,7 @@ def test_cli_end_closes_a_session_a_crash_left_open_with_its_dose_and_a_reason(d
     code, out, err = _cli(*args, "--course-db", str(db))
     assert code == 0, err
     assert "session s-crash ended at 2025-01-06 10:00Z: 12.5 mg, ended_unfinished" in out
-    with CourseHistory.open(db, create=False) as h:
+    with CourseHistory.open(db) as h:
         s = h.session("s-crash")
         assert (s.delivered_mg, s.outcome, s.ended_at) == (12.5, "ended_unfinished", T0 + H)
         assert [n.text for n in h.notes("s-crash")] == ["ended by hand: power cut; log shows 12.5 mg"]

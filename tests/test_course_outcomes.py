@@ -82,6 +82,7 @@ def test_a_version_2_file_is_migrated_to_the_scores_and_standing_overrides(tmp_p
     migrated with a backup, its rows kept, the new tables there."""
     old = tmp_path / "v2.sqlite3"
     conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")  # as ketapump writes its files
     conn.execute("BEGIN")
     for step in (1, 2):
         schema.STEPS[step](conn, "2025-01-06T09:00:00.000000Z")
@@ -94,7 +95,7 @@ def test_a_version_2_file_is_migrated_to_the_scores_and_standing_overrides(tmp_p
     with pytest.raises(CourseError, match="course migrate"):
         CourseHistory.open(old)
     migration = CourseHistory.migrate(old, at=T0)
-    assert migration.backup.exists()
+    assert migration.backup is not None and migration.backup.exists()
     with CourseHistory.open(old) as h:
         assert h.patient("p-old").weight_kg == 70
         h.record_score("p-old", "phq9", 15, T0)
@@ -190,7 +191,7 @@ def test_a_standing_override_confirms_its_soft_finding_in_a_session_without_aski
 
 def test_the_maintenance_summary_names_the_outcome(tmp_path: Path) -> None:
     db = tmp_path / "course.sqlite3"
-    with CourseHistory.open(db) as h:
+    with CourseHistory.create(db, at=T0 - DAY) as h:
         h.ensure_patient("p-1", 70.0, 175.0, at=T0 - DAY)
         h.record_score("p-1", "phq9", 22, T0 - H, who="dr-a")
         for i, day in enumerate((0, 2, 4, 7, 9, 11)):

@@ -127,7 +127,7 @@ def test_the_bmi_is_checked_only_on_an_actual_weight_protocol_with_a_height() ->
 
 @pytest.fixture
 def history(tmp_path: Path) -> Iterator[CourseHistory]:
-    with CourseHistory.open(tmp_path / "course.sqlite3") as h:
+    with CourseHistory.create(tmp_path / "course.sqlite3", at=MONDAY - 30 * DAY) as h:
         yield h
 
 

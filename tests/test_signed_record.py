@@ -18,6 +18,7 @@ from ketapump.clinical import ScriptedOperator, SessionRunner, prepare_session
 from ketapump.clinical.protocol import Patient
 from ketapump.clinical.report import outcome_words
 from ketapump.wire import ReferencePumpDriver, SimTransport
+from simhelpers import new_course_db
 
 
 def _rows(report: str) -> dict[str, str]:
@@ -36,7 +37,7 @@ def test_the_report_names_everything_a_signature_needs_and_agrees_after_an_alarm
         patient=Patient("p-signed", 70.0, 175.0, "male"),
         operator=ScriptedOperator(),
         pump="sim://",
-        course_db=tmp_path / "course.sqlite3",
+        course_db=new_course_db(tmp_path / "course.sqlite3"),
         log=tmp_path / "audit.jsonl",
         out=tmp_path / "out",
     )

@@ -89,10 +89,10 @@ macro_rules! drug_limits_class {
             #[allow(clippy::too_many_arguments)]
             fn new($($field: Option<PyRef<'_, Limit>>,)* cap_tolerance: f64) -> PyResult<Self> {
                 if !cap_tolerance.is_finite() {
-                    return Err(refused("cap_tolerance", UnitProblem::NotFinite));
+                    return Err(refused("cap_tolerance", UnitProblem::NotFinite, cap_tolerance, f64::NAN));
                 }
                 if cap_tolerance < 0.0 {
-                    return Err(refused("cap_tolerance", UnitProblem::BelowMinimum));
+                    return Err(refused("cap_tolerance", UnitProblem::BelowMinimum, cap_tolerance, 0.0));
                 }
                 Ok(Self {
                     inner: lim::DrugLimits {
