@@ -77,17 +77,17 @@ def test_scores_are_recorded_with_who_and_refused_out_of_range(db: Path) -> None
     raw.close()
 
 
-def test_a_version_2_file_is_migrated_to_the_scores_and_standing_overrides(tmp_path: Path) -> None:
-    """Step 3 on a file of the version before it: refused on open (with the command that migrates it),
+def test_a_version_3_file_is_migrated_to_the_scores_and_standing_overrides(tmp_path: Path) -> None:
+    """Step 4 on a file of the version before it: refused on open (with the command that migrates it),
     migrated with a backup, its rows kept, the new tables there."""
-    old = tmp_path / "v2.sqlite3"
+    old = tmp_path / "v3.sqlite3"
     conn = sqlite3.connect(old, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")  # as ketapump writes its files
     conn.execute("BEGIN")
-    for step in (1, 2):
+    for step in (1, 2, 3):
         schema.STEPS[step](conn, "2025-01-06T09:00:00.000000Z")
     conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute("PRAGMA user_version = 3")
     conn.execute("INSERT INTO patients VALUES ('p-old', 70, NULL, '2025-01-01T00:00:00.000000Z', "
                  "'2025-01-01T00:00:00.000000Z')")  # fmt: skip
     conn.execute("COMMIT")
@@ -100,7 +100,7 @@ def test_a_version_2_file_is_migrated_to_the_scores_and_standing_overrides(tmp_p
         assert h.patient("p-old").weight_kg == 70
         h.record_score("p-old", "phq9", 15, T0)
     raw = sqlite3.connect(old)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     raw.close()
 
 

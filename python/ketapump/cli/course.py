@@ -32,8 +32,7 @@ from ketapump.cli.common import (
     result,
     result_json,
 )
-from ketapump.clinical import CourseHistory, CourseSummary, default_course_path
-from ketapump.clinical.course import plot_trend
+from ketapump.clinical import CourseHistory, CourseSummary, default_course_path, plot_trend
 from ketapump.errors import CourseError, CourseRecordNotFoundError, CourseStorageError
 
 
