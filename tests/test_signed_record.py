@@ -36,6 +36,7 @@ def test_the_report_names_everything_a_signature_needs_and_agrees_after_an_alarm
         protocol="ketamine-depression",
         patient=Patient("p-signed", 70.0, 175.0, "male"),
         operator=ScriptedOperator(),
+        operator_name="nurse-a",
         pump="sim://",
         course_db=new_course_db(tmp_path / "course.sqlite3"),
         log=tmp_path / "audit.jsonl",
@@ -55,6 +56,7 @@ def test_the_report_names_everything_a_signature_needs_and_agrees_after_an_alarm
     shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
     assert rows["Protocol file SHA-256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
     assert rows["Patient"] == "p-signed"
+    assert rows["Operator"] == "nurse-a"
     assert rows["Pump"] == "sim://"
     assert rows["Syringe"] == "bd-plastipak-60 (60 mL), filled with 36.0 mL"
     assert rows["Concentration"] == "1 mg/mL ketamine"
