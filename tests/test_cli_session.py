@@ -80,8 +80,8 @@ def test_a_session_refused_by_its_findings_lists_them_all_with_kinds_and_json_pr
     def session(weight: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return ketapump(
             "session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", weight,
-            "--yes", "--course-db", str(db), "--log", str(tmp_path / f"{weight}-{len(extra)}.jsonl"),
-            "--out", str(tmp_path / "out"), *extra,
+            "--operator", "nurse-a", "--yes", "--course-db", str(db),
+            "--log", str(tmp_path / f"{weight}-{len(extra)}.jsonl"), "--out", str(tmp_path / "out"), *extra,
         )  # fmt: skip
 
     refused = session("300", "--json")
@@ -109,7 +109,7 @@ def test_150_kg_with_66_cm_is_flagged_and_its_session_names_the_kinds_to_confirm
     d = json.loads(done.stdout)
     assert d["needs_confirmation"] == ["height_cm", "dosing_weight_pct"]
     session = ketapump(
-        "session", *args, "--sex", "male", "--patient", "p", "--yes",
+        "session", *args, "--sex", "male", "--patient", "p", "--operator", "nurse-a", "--yes",
         "--course-db", str(new_course_db(tmp_path / "c.sqlite3")), "--log", str(tmp_path / "log.jsonl"),
         "--out", str(tmp_path / "out"),
     )  # fmt: skip
@@ -574,7 +574,8 @@ def test_a_virtual_time_session_records_true_times_and_a_second_open_session_is_
     def session(patient: str) -> subprocess.CompletedProcess[str]:
         return ketapump(
             "session", "--protocol", "ketamine-depression", "--patient", patient, "--weight-kg", "70",
-            "--yes", "--course-db", str(db), "--out", str(tmp_path / "out"), "--json", env=env,
+            "--operator", "nurse-a", "--yes", "--course-db", str(db), "--out", str(tmp_path / "out"),
+            "--json", env=env,
         )  # fmt: skip
 
     before = datetime.datetime.now(datetime.UTC)
