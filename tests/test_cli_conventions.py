@@ -228,7 +228,7 @@ def test_a_session_without_yes_and_no_terminal_exits_with_the_pre_check_code(tmp
         )  # fmt: skip
         assert_documented(args, done.returncode, done.stderr)
         assert done.returncode == 7, done.stderr
-        assert "checklist item not answered: baseline vitals recorded" in done.stderr
+        assert "checklist item not answered: IV placed and patent" in done.stderr
         assert "stdin is not a terminal" in done.stderr and "--yes" in done.stderr
         assert "Aborted" not in done.stderr
         assert not out.exists() and not log.exists()

@@ -49,6 +49,76 @@ def test_dose_refused_by_a_hard_limit_exits_6_naming_it(tmp_path: Path) -> None:
     assert "duration 10.0 min is below the hard minimum 30.0 min" in done.stdout
 
 
+def test_300_kg_lists_the_weight_vtbi_and_syringe_findings_exits_6_and_json_prints_them() -> None:
+    """Pounds typed as kg: every finding, hard ones first, not exit 65 behind the syringe's capacity."""
+    args = ("dose", "--protocol", "ketamine-depression", "--weight-kg", "300")
+    done = ketapump(*args)
+    assert done.returncode == EXIT_LIMIT, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("HARD", "SOFT"))]
+    assert [line.split()[0] for line in lines] == ["HARD", "HARD", "HARD"]
+    assert "weight 300.0 kg exceeds the hard maximum 250.0 kg" in lines[0]
+    assert "volume to be infused 150.0 mL exceeds the hard maximum 120.0 mL" in lines[1]
+    assert "syringe fill 151.0 mL" in lines[2]
+    assert "remedy: a concentration of at least 2.54 mg/mL" in done.stdout
+    machine = ketapump(*args, "--json")
+    assert machine.returncode == EXIT_LIMIT
+    d = json.loads(machine.stdout)
+    assert [(f["kind"], f["severity"]) for f in d["findings"]] == [
+        ("weight_kg", "hard"),
+        ("vtbi_ml", "hard"),
+        ("syringe_fill_ml", "hard"),
+    ]
+    assert d["allowed"] is False and d["syringes_needed"] == 3
+    assert len(d["findings"][2]["remedies"]) == 3
+
+
+def test_a_session_refused_by_its_findings_lists_them_all_with_kinds_and_json_prints_them(
+    tmp_path: Path,
+) -> None:
+    db = new_course_db(tmp_path / "c.sqlite3")
+
+    def session(weight: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return ketapump(
+            "session", "--protocol", "ketamine-depression", "--patient", "p", "--weight-kg", weight,
+            "--operator", "nurse-a", "--yes", "--course-db", str(db),
+            "--log", str(tmp_path / f"{weight}-{len(extra)}.jsonl"), "--out", str(tmp_path / "out"), *extra,
+        )  # fmt: skip
+
+    refused = session("300", "--json")
+    assert refused.returncode == EXIT_LIMIT
+    d = json.loads(refused.stdout)
+    assert d["outcome"] == "refused"
+    assert [f["kind"] for f in d["findings"]] == ["weight_kg", "vtbi_ml", "syringe_fill_ml"]
+    # 134 kg: the syringe finding with its remedies, and the soft VTBI naming the KIND to confirm.
+    refused = session("134", "--confirm", "vtbi_ml=large patient, reviewed")
+    assert refused.returncode == EXIT_LIMIT
+    assert "syringe fill 68.0 mL (67.0 mL + 1 mL line prime) exceeds the 60 mL" in refused.stderr
+    assert "[soft: confirm as vtbi_ml=REASON]" in refused.stderr
+    machine = session("134", "--json")
+    assert machine.returncode == EXIT_LIMIT
+    d = json.loads(machine.stdout)
+    assert d["needs_confirmation"] == ["vtbi_ml"]
+    assert d["findings"][0]["remedies"][0].startswith("a concentration of at least 1.14 mg/mL")
+
+
+def test_150_kg_with_66_cm_is_flagged_and_its_session_names_the_kinds_to_confirm(tmp_path: Path) -> None:
+    """Inches typed as cm on an adjusted-weight protocol: dosed on 43.1 kg without a word before."""
+    args = ("--protocol", "ketamine-depression-tapered", "--weight-kg", "150", "--height-cm", "66")
+    done = ketapump("dose", *args, "--sex", "male", "--json")
+    assert done.returncode == 0, done.stderr  # soft findings: the session asks for their reasons
+    d = json.loads(done.stdout)
+    assert d["needs_confirmation"] == ["height_cm", "dosing_weight_pct"]
+    session = ketapump(
+        "session", *args, "--sex", "male", "--patient", "p", "--operator", "nurse-a", "--yes",
+        "--course-db", str(new_course_db(tmp_path / "c.sqlite3")), "--log", str(tmp_path / "log.jsonl"),
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert session.returncode == EXIT_LIMIT
+    assert "height 66.0 cm is below the soft minimum 130.0 cm" in session.stderr
+    assert "[soft: confirm as height_cm=REASON]" in session.stderr
+    assert "[soft: confirm as dosing_weight_pct=REASON]" in session.stderr
+
+
 def test_invalid_protocol_and_library_files_list_every_problem_and_exit_65(tmp_path: Path) -> None:
     protocol = tmp_path / "bad.toml"
     protocol.write_text(
@@ -277,7 +347,7 @@ def test_an_unconfirmed_checklist_item_on_the_terminal_aborts_before_the_pump_mo
         "--out", str(tmp_path / "out"), stdin=f"{answer}\n" * 8, timeout=120,
     )  # fmt: skip
     assert done.returncode == EXIT_ABORTED, done.stderr
-    assert "checklist item not confirmed: baseline vitals recorded" in done.stderr
+    assert "checklist item not confirmed: IV placed and patent" in done.stderr
     events = [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert "command" not in events and "checklist_answered" in events
 
@@ -491,3 +561,40 @@ def test_a_file_or_shipped_name_not_found_exits_66_and_invalid_content_65(tmp_pa
     assert done.returncode == os.EX_NOINPUT and "missing.toml" in done.stderr
     done = ketapump("sim", "--scenario", str(bad))
     assert done.returncode == os.EX_DATAERR and "is not valid TOML" in done.stderr
+
+
+def test_a_virtual_time_session_records_true_times_and_a_second_open_session_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A simulated session runs 70 pump minutes in seconds: its course records carry the wall clock (no
+    time later than now, none before it began), not its real start plus 70 simulated minutes."""
+    db = new_course_db(tmp_path / "course.sqlite3")
+    env = os.environ | {"XDG_STATE_HOME": str(tmp_path / "state")}
+
+    def session(patient: str) -> subprocess.CompletedProcess[str]:
+        return ketapump(
+            "session", "--protocol", "ketamine-depression", "--patient", patient, "--weight-kg", "70",
+            "--operator", "nurse-a", "--yes", "--course-db", str(db), "--out", str(tmp_path / "out"),
+            "--json", env=env,
+        )  # fmt: skip
+
+    before = datetime.datetime.now(datetime.UTC)
+    done = session("p-true")
+    after = datetime.datetime.now(datetime.UTC)
+    assert done.returncode == 0, done.stderr
+    with CourseHistory.open(db) as course:
+        (s,) = course.sessions("p-true")
+        assert s.ended_at is not None
+        assert before <= s.started_at <= s.ended_at <= after
+        stamps = [course.patient("p-true").updated_at]
+        stamps += [a.at for a in course.alarms(s.session_id)] + [o.at for o in course.overrides("p-true")]
+        assert all(before <= t <= after for t in stamps), stamps
+        # A session a crash left open: the next one is refused before the pump moves.
+        course.ensure_patient("p-open", 70.0, None, at=before)
+        course.begin_session("crashed", "p-open", "ketamine-depression", before, 35.0)
+    refused = session("p-open")
+    assert refused.returncode == os.EX_DATAERR, refused.stderr
+    assert "session crashed is in progress since" in refused.stderr
+    assert "ketapump course end crashed" in refused.stderr
+    with CourseHistory.open(db) as course:
+        assert [s.session_id for s in course.sessions("p-open")] == ["crashed"]

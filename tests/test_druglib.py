@@ -44,11 +44,16 @@ KETAMINE = load_library().drug("ketamine")
 
 
 def _strict_library() -> DrugEntry:
-    """The shipped library with the course rules made hard as well (hard 24 h, hard 4 sessions)."""
+    """The shipped library with the course rules and the plausibility checks made hard as well (hard
+    24 h, hard 4 sessions, height 100–250 cm, BMI ≤ 80, weight change ≤ 50 %, dosing weight ≥ 30 %)."""
     text = SHIPPED.read_text(encoding="utf-8")
     for table, bound in [
         ("[drugs.ketamine.hours_since_last_start]\n", "hard_min = 24.0\n"),
         ("[drugs.ketamine.sessions_in_7_days]\n", "hard_max = 4.0\n"),
+        ("[drugs.ketamine.height_cm]\n", "hard_min = 100.0\nhard_max = 250.0\n"),
+        ("[drugs.ketamine.bmi_kg_m2]\n", "hard_max = 80.0\n"),
+        ("[drugs.ketamine.weight_change_pct]\n", "hard_max = 50.0\n"),
+        ("[drugs.ketamine.dosing_weight_pct]\n", "hard_min = 30.0\n"),
     ]:
         assert table in text
         text = text.replace(table, table + bound)
@@ -93,7 +98,8 @@ def test_the_shipped_library_loads_and_the_standard_order_passes() -> None:
 def test_the_tables_are_the_cores_kinds() -> None:
     """One list of kinds: the core's, the file's tables and the entry's fields agree."""
     assert [k for k in KINDS if k != "dosing_weight_kg"] == list(LIMIT_TABLES)
-    assert set(DrugEntry.model_fields) == {"display_name", *LIMIT_TABLES}
+    tolerances = {"cap_tolerance_pct", "week_window_tolerance_h"}
+    assert set(DrugEntry.model_fields) == {"display_name", *LIMIT_TABLES, *tolerances}
     assert dict(_core.LIMIT_KINDS)["dose_rate_mg_per_kg_h"] == "mg/kg/h"
 
 
@@ -206,6 +212,18 @@ HARD_CASES: list[tuple[str, dict[str, Any], str]] = [
         "sessions_in_7_days",
         {"sessions_in_7_days": 5},
         "5 sessions in the last 7 days exceed the hard maximum 4",
+    ),
+    ("height_cm", {"height_cm": 66.0}, "height 66.0 cm is below the hard minimum 100.0 cm"),
+    ("bmi_kg_m2", {"bmi_kg_m2": 90.0}, "body-mass index 90.0 kg/m² exceeds the hard maximum 80.0 kg/m²"),
+    (
+        "weight_change_pct",
+        {"weight_change_pct": 114.3},
+        "weight change since the last recorded weight 114.3 % exceeds the hard maximum 50.0 %",
+    ),
+    (
+        "dosing_weight_pct",
+        {"dosing_weight_kg": 43.1, "dosing_weight_pct": 28.7},
+        "dosing weight as a share of the actual weight 28.7 % is below the hard minimum 30.0 %",
     ),
 ]
 
@@ -369,6 +387,27 @@ SOFT_CASES: list[tuple[str, dict[str, Any], str]] = [
         "sessions_in_7_days",
         {"sessions_in_7_days": 4},
         "4 sessions in the last 7 days exceed the soft maximum 3",
+    ),
+    (
+        "height_cm",
+        {"height_cm": 120.0},
+        "height 120.0 cm is below the soft minimum 130.0 cm (inches typed as cm?)",
+    ),
+    (
+        "bmi_kg_m2",
+        {"bmi_kg_m2": 45.0},
+        "body-mass index 45.0 kg/m² exceeds the soft maximum 40.0 kg/m² on an actual-weight protocol",
+    ),
+    (
+        "weight_change_pct",
+        {"weight_change_pct": 12.5},
+        "weight change since the last recorded weight 12.5 % exceeds the soft maximum 10.0 %",
+    ),
+    (
+        "dosing_weight_pct",
+        {"dosing_weight_kg": 45.0, "dosing_weight_pct": 35.0},
+        "dosing weight as a share of the actual weight 35.0 % is below the soft minimum 40.0 % "
+        "(check height and weight)",
     ),
 ]
 
@@ -618,7 +657,8 @@ def test_the_kernel_refuses_a_rate_above_the_hard_dose_rate() -> None:
 
 
 def test_the_kernel_refuses_a_volume_above_what_the_windows_leave() -> None:
-    """2.2 mg/kg given this week: (3.0 − 2.2) × 70 kg = 56 mg left; the kernel refuses 57 mL at 1 mg/mL."""
+    """2.2 mg/kg given this week: (3.0 × 1.02 − 2.2) × 70 kg = 60.2 mg left (the cap's 2 % delivery
+    tolerance included); the kernel refuses 61 mL at 1 mg/mL."""
     order = Order.infusion(
         weight_kg=70.0,
         concentration_mg_per_ml=1.0,
@@ -631,10 +671,13 @@ def test_the_kernel_refuses_a_volume_above_what_the_windows_leave() -> None:
     (finding,) = check(KETAMINE, order)
     assert (finding.kind, finding.severity) == ("cumulative_7d_mg_per_kg", "soft")
     overrides = kernel_overrides(KETAMINE, order)
-    assert overrides["hard_cap_mg"] == pytest.approx(56.0)
-    kernel = _core.SafetyKernel(kernel_config(**overrides, syringe_fill_ml=60.0))
-    with pytest.raises(ConfigurationError, match=r"^vtbi_ml 57 is above the hard limit hard_cap_mg \(56\)$"):
-        kernel.load(52.5, 57.0)
+    assert KETAMINE.cap_tolerance_pct == 2.0
+    assert overrides["hard_cap_mg"] == pytest.approx(60.2)
+    kernel = _core.SafetyKernel(kernel_config(**overrides, syringe_capacity_ml=100.0, syringe_fill_ml=62.0))
+    with pytest.raises(
+        ConfigurationError, match=r"^vtbi_ml 61 is above the hard limit hard_cap_mg \(60\.2\)$"
+    ):
+        kernel.load(52.5, 61.0)
     kernel.load(52.5, order.vtbi_ml)
     assert kernel.state == "armed"
 
@@ -642,7 +685,8 @@ def test_the_kernel_refuses_a_volume_above_what_the_windows_leave() -> None:
 # ----- property: the core agrees with the file --------------------------------------------------------
 
 _FLOORS_STRICT = {"weight_kg", "dosing_weight_kg", "concentration_mg_per_ml", "dose_mg_per_kg"}
-_FLOORS_STRICT |= {"dose_rate_mg_per_kg_h", "duration_min", "vtbi_ml"}
+_FLOORS_STRICT |= {"dose_rate_mg_per_kg_h", "duration_min", "vtbi_ml", "height_cm", "bmi_kg_m2"}
+_FLOORS_STRICT |= {"dosing_weight_pct"}
 _DELIVERED = {
     "concentration_mg_per_ml",
     "dose_mg_per_kg",
@@ -672,6 +716,8 @@ def _outside_hard_bounds(entry: DrugEntry, kind: str, value: float, order: dict[
         floor_ok = value >= 0
     limit = entry.limit(kind)
     hard_max = limit.hard_max if limit.hard_max is not None else (0.0 if kind in _DELIVERED else math.inf)
+    if kind.startswith("cumulative_"):
+        hard_max *= 1 + entry.cap_tolerance_pct / 100  # the documented delivery tolerance of the caps
     hard_min = limit.hard_min if limit.hard_min is not None else -math.inf
     return not (floor_ok and hard_min <= value <= hard_max)
 
@@ -700,6 +746,10 @@ orders = st.builds(
     cumulative_7d_mg_per_kg=st.none() | _values(3.5),
     hours_since_last_start=st.none() | _values(60.0),
     sessions_in_7_days=st.integers(min_value=0, max_value=6),
+    height_cm=st.none() | _values(260.0),
+    bmi_kg_m2=st.none() | _values(90.0),
+    weight_change_pct=st.none() | _values(60.0),
+    dosing_weight_pct=st.none() | _values(100.0),
 )
 
 

@@ -61,10 +61,17 @@ def test_the_standard_protocol_matches_the_reference_table(
     assert math.isclose(plan.syringe_fill_ml, dose_mg + 1.0)  # + the line prime
 
 
-def test_a_dose_the_syringe_cannot_hold_is_refused_naming_both_volumes() -> None:
+def test_a_dose_the_syringe_cannot_hold_is_planned_and_counts_its_syringes() -> None:
+    """The plan is arithmetic: a dose one syringe cannot hold is planned (whether it may run is the
+    review's finding, tests/test_druglib.py), with the syringes it takes and the concentration that fits."""
+    protocol = load_protocol("ketamine-depression")
+    assert plan_dose(protocol, Patient("p", 118.0)).syringes_needed == 1  # 59 + 1 mL: exactly full
     # 120 kg at 1 mg/mL: 60 mL + 1 mL prime in a 60 mL syringe.
-    with pytest.raises(ConfigurationError, match=r"holds 60 mL but the dose needs 61\.0 mL"):
-        plan_dose(load_protocol("ketamine-depression"), Patient("p", 120.0))
+    plan = plan_dose(protocol, Patient("p", 120.0))
+    assert (plan.syringe_fill_ml, plan.syringe_capacity_ml, plan.syringes_needed) == (61.0, 60.0, 2)
+    assert math.isclose(plan.concentration_for_one_syringe_mg_per_ml, 60.0 / 59.0)
+    assert plan.as_dict()["syringes_needed"] == 2
+    assert plan_dose(protocol, Patient("p", 300.0)).syringes_needed == 3  # 151 mL
 
 
 def test_ideal_and_adjusted_weight_follow_the_formulas() -> None:
@@ -223,3 +230,11 @@ def parse_protocol_text(text: str) -> str:
     with pytest.raises(ProtocolError) as info:
         parse_protocol(text)
     return str(info.value)
+
+
+@pytest.mark.parametrize("name", shipped_protocols())
+def test_every_shipped_protocol_checks_the_iv_line_the_sitter_and_driving(name: str) -> None:
+    checklists = load_protocol(name).checklists
+    assert "IV placed and patent" in checklists.pre
+    assert "sitter present (name and phone recorded)" in checklists.discharge
+    assert "no driving until the next day" in checklists.discharge

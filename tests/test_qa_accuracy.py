@@ -79,3 +79,23 @@ def test_a_malformed_or_incomplete_recording_names_the_problem(tmp_path: Path) -
     short.write_text("0,0\n30,0.05\n")
     result = qa("--balance", f"csv:{short}", "--rate-ml-h", "6", "--out", str(tmp_path / "r"))
     assert result.returncode == os.EX_DATAERR and "missing at 60 s" in result.stderr
+
+
+@pytest.mark.parametrize("minutes", ["20", "22", "45", "60", "61.5"])
+def test_a_period_shorter_than_the_method_is_refused_naming_its_minimum_before_the_pump_moves(
+    minutes: str, tmp_path: Path
+) -> None:
+    """The same message whatever the duration, naming the method's 62 min; checked before anything runs:
+    the pump given here does not exist, so reaching it would be exit 69, not 65."""
+    for source in (["--pump", "modbus-tcp://127.0.0.1:9", "--balance", "sics:/dev/null"], []):
+        result = qa(*source, "--rate-ml-h", "5", "--duration-min", minutes, "--out", str(tmp_path))
+        assert result.returncode == os.EX_DATAERR, result.stderr
+        assert f"duration {float(minutes):g} min is shorter than the method's minimum period 62 min" in (
+            result.stderr
+        )
+        assert "longest observation window, 31 min" in result.stderr
+    assert not (tmp_path / "accuracy.json").exists()
+    result = qa("--rate-ml-h", "5", "--duration-min", "62.2", "--out", str(tmp_path))
+    assert result.returncode == os.EX_DATAERR and "not a whole number of 0.5-min balance samples" in (
+        result.stderr
+    )

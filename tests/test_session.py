@@ -71,6 +71,8 @@ def run_session(
     pump_url: str = "sim://",
     scheduled: Sequence[tuple[float, str, float]] = (),
     resistance_mmhg_s_per_ml: float | None = None,
+    now: datetime.datetime = NOW,
+    session_id: str = "s-new",
 ) -> Run:
     """One session; ``history`` holds earlier sessions as (hours before NOW, delivered mg).
 
@@ -100,17 +102,17 @@ def run_session(
             course.begin_session(f"old-{i}", PATIENT.patient_id, "ketamine-depression", start, mg)
             course.end_session(f"old-{i}", start + datetime.timedelta(minutes=40), mg, "complete")
         ctx = SessionContext(
-            session_id="s-new",
+            session_id=session_id,
             protocol=load_protocol(protocol) if "\n" not in protocol else parse_protocol(protocol),
             patient=PATIENT,
             driver=ReferencePumpDriver(transport),
             clock=clock,
-            log=audit.audit_logger(writer, session_id="s-new") if writer else memory,
+            log=audit.audit_logger(writer, session_id=session_id) if writer else memory,
             course=course,
             library=druglib.load_library(None),
             vitals=ScriptedMonitor(script or demo_patient()),
             operator=operator or ScriptedOperator(),
-            calendar_origin=NOW,
+            calendar_origin=now,
             operator_name=OPERATOR,
             audit_path=str(log),
         )

@@ -554,7 +554,15 @@ class DrugLimits:
         vtbi_ml: Limit | None = None,
         hours_since_last_start: Limit | None = None,
         sessions_in_7_days: Limit | None = None,
-    ) -> DrugLimits: ...
+        height_cm: Limit | None = None,
+        bmi_kg_m2: Limit | None = None,
+        weight_change_pct: Limit | None = None,
+        dosing_weight_pct: Limit | None = None,
+        cap_tolerance: float = 0.0,
+    ) -> DrugLimits:
+        """``cap_tolerance``: the fraction (0.02 = 2 %) the cumulative totals may pass their maxima by
+        (delivery within the kernel's dose tolerance); a finding names the configured bound. Not finite
+        or negative: :class:`~ketapump.errors.ConfigurationError`."""
 
 @final
 class DrugOrder:
@@ -580,6 +588,10 @@ class DrugOrder:
         cumulative_7d_mg_per_kg: float,
         hours_since_last_start: float | None,
         sessions_in_7_days: int,
+        height_cm: float | None = None,
+        bmi_kg_m2: float | None = None,
+        weight_change_pct: float | None = None,
+        dosing_weight_pct: float | None = None,
     ) -> DrugOrder: ...
     @property
     def weight_kg(self) -> float: ...
@@ -610,6 +622,17 @@ class DrugOrder:
     def hours_since_last_start(self) -> float | None: ...
     @property
     def sessions_in_7_days(self) -> int: ...
+    @property
+    def height_cm(self) -> float | None: ...
+    @property
+    def bmi_kg_m2(self) -> float | None:
+        """``None``: not checked (no height, or a protocol not dosed on actual weight)."""
+    @property
+    def weight_change_pct(self) -> float | None:
+        """|actual − last recorded| in % of the last recorded weight; ``None``: none recorded."""
+    @property
+    def dosing_weight_pct(self) -> float | None:
+        """The dosing weight in % of the actual weight; ``None``: dosed on the actual weight."""
 
 @final
 class Finding:

@@ -29,10 +29,23 @@ from typing import Protocol
 
 class Finding(Protocol):
     """What a limit error needs of a finding (:class:`ketapump.clinical.druglib.LimitFinding` is one):
-    a message a person can act on. Declared here so the floor never imports the clinical layer."""
+    its kind (what ``KIND=REASON`` confirms), its severity and a message a person can act on. Declared
+    here so the floor never imports the clinical layer."""
 
     @property
+    def kind(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
     def message(self) -> str: ...
+
+
+def finding_line(finding: Finding) -> str:
+    """One finding as a refusal lists it: a hard one as it is, a soft one with the kind a reason confirms
+    (``… [soft: confirm as vtbi_ml=REASON]``)."""
+    if finding.severity == "soft":
+        return f"{finding.message} [soft: confirm as {finding.kind}=REASON]"
+    return f"{finding.message} [hard]"
 
 
 class KetapumpError(Exception):
@@ -69,23 +82,26 @@ def _number(value: float) -> str:
 class LimitError(ConfigurationError):
     """An order is outside its drug's limits (checked by the Rust core, :mod:`ketapump.clinical.druglib`).
 
-    ``findings`` holds every finding concerned, ``problems`` their human messages; ``field`` is
-    ``"order"``.
+    ``findings`` holds every finding concerned, ``problems`` their human messages; ``also`` the order's
+    other findings (a refusal by a hard limit still lists the soft ones it will need confirmed), so the
+    message lists every finding, hard ones first, each soft one with its kind; ``field`` is ``"order"``.
     """
 
-    def __init__(self, problem: str, findings: Sequence[Finding]) -> None:
+    def __init__(self, problem: str, findings: Sequence[Finding], also: Sequence[Finding] = ()) -> None:
         self.findings: tuple[Finding, ...] = tuple(findings)
+        self.also: tuple[Finding, ...] = tuple(also)
         self.problems = [f.message for f in self.findings]
-        super().__init__("order", f"{problem}:\n  " + "\n  ".join(self.problems))
+        lines = [finding_line(f) for f in (*self.findings, *self.also)]
+        super().__init__("order", f"{problem}:\n  " + "\n  ".join(lines))
 
 
 class LimitRefused(LimitError):  # noqa: N818 (the name the orchestrator and docs use)
     """A hard limit was crossed: the order is refused and must be re-programmed; every hard finding is
     listed. No confirmation can lift it."""
 
-    def __init__(self, findings: Sequence[Finding]) -> None:
+    def __init__(self, findings: Sequence[Finding], also: Sequence[Finding] = ()) -> None:
         n = len(findings)
-        super().__init__(f"is refused by {n} hard limit{'s' if n != 1 else ''}", findings)
+        super().__init__(f"is refused by {n} hard limit{'s' if n != 1 else ''}", findings, also)
 
 
 class ConfirmationRequired(LimitError):  # noqa: N818 (ditto)

@@ -85,10 +85,21 @@ macro_rules! drug_limits_class {
         #[pymethods]
         impl DrugLimits {
             #[new]
-            #[pyo3(signature = (*, $($field = None),*))]
+            #[pyo3(signature = (*, $($field = None,)* cap_tolerance = 0.0))]
             #[allow(clippy::too_many_arguments)]
-            fn new($($field: Option<PyRef<'_, Limit>>),*) -> Self {
-                Self { inner: lim::DrugLimits { $($field: $field.map_or(lim::Limit::NONE, |l| l.core_limit())),* } }
+            fn new($($field: Option<PyRef<'_, Limit>>,)* cap_tolerance: f64) -> PyResult<Self> {
+                if !cap_tolerance.is_finite() {
+                    return Err(refused("cap_tolerance", UnitProblem::NotFinite, cap_tolerance, f64::NAN));
+                }
+                if cap_tolerance < 0.0 {
+                    return Err(refused("cap_tolerance", UnitProblem::BelowMinimum, cap_tolerance, 0.0));
+                }
+                Ok(Self {
+                    inner: lim::DrugLimits {
+                        $($field: $field.map_or(lim::Limit::NONE, |l| l.core_limit()),)*
+                        cap_tolerance,
+                    },
+                })
             }
 
             fn __repr__(&self) -> String {
@@ -112,6 +123,10 @@ drug_limits_class!(
     vtbi_ml,
     hours_since_last_start,
     sessions_in_7_days,
+    height_cm,
+    bmi_kg_m2,
+    weight_change_pct,
+    dosing_weight_pct,
 );
 
 /// An order as the core checks it (every field required; see `ketapump.druglib.Order`).
@@ -131,6 +146,10 @@ pub struct DrugOrder {
     cumulative_7d_mg_per_kg: f64,
     hours_since_last_start: Option<f64>,
     sessions_in_7_days: u32,
+    height_cm: Option<f64>,
+    bmi_kg_m2: Option<f64>,
+    weight_change_pct: Option<f64>,
+    dosing_weight_pct: Option<f64>,
 }
 
 impl DrugOrder {
@@ -150,6 +169,10 @@ impl DrugOrder {
             cumulative_7d_mg_per_kg: self.cumulative_7d_mg_per_kg,
             hours_since_last_start: self.hours_since_last_start,
             sessions_in_7_days: self.sessions_in_7_days,
+            height_cm: self.height_cm,
+            bmi_kg_m2: self.bmi_kg_m2,
+            weight_change_pct: self.weight_change_pct,
+            dosing_weight_pct: self.dosing_weight_pct,
         }
     }
 }
@@ -157,7 +180,7 @@ impl DrugOrder {
 #[pymethods]
 impl DrugOrder {
     #[new]
-    #[pyo3(signature = (*, weight_kg, dosing_weight_kg, concentration_mg_per_ml, dose_mg_per_kg, dose_rate_mg_per_kg_h, duration_min, vtbi_ml, bolus_mg_per_kg, bolus_rate_mg_per_kg_min, cumulative_1h_mg_per_kg, cumulative_4h_mg_per_kg, cumulative_7d_mg_per_kg, hours_since_last_start, sessions_in_7_days))]
+    #[pyo3(signature = (*, weight_kg, dosing_weight_kg, concentration_mg_per_ml, dose_mg_per_kg, dose_rate_mg_per_kg_h, duration_min, vtbi_ml, bolus_mg_per_kg, bolus_rate_mg_per_kg_min, cumulative_1h_mg_per_kg, cumulative_4h_mg_per_kg, cumulative_7d_mg_per_kg, hours_since_last_start, sessions_in_7_days, height_cm = None, bmi_kg_m2 = None, weight_change_pct = None, dosing_weight_pct = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         weight_kg: f64,
@@ -174,6 +197,10 @@ impl DrugOrder {
         cumulative_7d_mg_per_kg: f64,
         hours_since_last_start: Option<f64>,
         sessions_in_7_days: i64,
+        height_cm: Option<f64>,
+        bmi_kg_m2: Option<f64>,
+        weight_change_pct: Option<f64>,
+        dosing_weight_pct: Option<f64>,
     ) -> PyResult<Self> {
         // A count is a count: a negative or huge one is a caller's bug, not a limit finding.
         let sessions_in_7_days = u32::try_from(sessions_in_7_days).map_err(|_| {
@@ -201,6 +228,10 @@ impl DrugOrder {
             cumulative_7d_mg_per_kg,
             hours_since_last_start,
             sessions_in_7_days,
+            height_cm,
+            bmi_kg_m2,
+            weight_change_pct,
+            dosing_weight_pct,
         })
     }
 

@@ -92,10 +92,13 @@ def dose(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine output on stdout.")] = False,
 ) -> None:
-    """Dose calculator: mg, mL, mL/h, duration, syringe fill, and the limits that apply.
+    """Dose calculator: mg, mL, mL/h, duration, syringe fill, and every finding of the order.
 
+    Every check is made and every finding listed, hard ones first: the drug library's limits (weight,
+    height, BMI, dosing weight, dose, rate, concentration, duration, VTBI) and the syringe's capacity
+    (with its remedies); each soft finding names the KIND that `session --confirm KIND=REASON` needs.
     Exit codes: 0 allowed (soft findings need a confirmation when the session runs), 2 usage, 6 refused
-    by a hard limit, 65 invalid protocol, library or patient data, 66 protocol or library file (or
+    by a hard finding, 65 invalid protocol, library or patient data, 66 protocol or library file (or
     shipped protocol name) not found.
     """
     try:
@@ -104,7 +107,7 @@ def dose(
         patient = Patient("dose-calculator", weight_kg, height_cm, sex)
         plan = plan_dose(proto, patient)
         entry = lib.drug(plan.drug)
-        findings = druglib.check(entry, druglib.order_for(plan, patient))
+        findings = druglib.review(entry, plan, druglib.order_for(plan, patient, entry=entry))
     except ConfigurationError as e:
         raise fail(str(e), input_exit_code(e)) from e
     result: dict[str, Any] = {
@@ -116,6 +119,7 @@ def dose(
         "limits": druglib.applicable_limits(entry),
         "findings": [f.as_dict() for f in findings],
         "allowed": not any(f.severity == "hard" for f in findings),
+        "needs_confirmation": [f.kind for f in findings if f.severity == "soft"],
     }
     if json_output:
         result_json(result)
@@ -143,15 +147,20 @@ def _print_dose(plan: dict[str, Any], result: dict[str, Any]) -> None:
                 f"{ph['from_ml_h']:.2f} → {ph['to_ml_h']:.2f} mL/h"
             )
     echo(f"duration        {plan['duration_min']:.1f} min")
+    syringes = plan["syringes_needed"]
+    fits = "" if syringes == 1 else f"; needs {syringes} syringes"
     echo(
         f"syringe fill    {plan['syringe_fill_ml']:.1f} mL in {plan['syringe']} "
-        f"({plan['syringe_capacity_ml']:g} mL; includes the line prime)"
+        f"({plan['syringe_capacity_ml']:g} mL; includes the line prime{fits})"
     )
     echo(f"limits ({plan['drug']}, drug library):")
     for kind, bounds in result["limits"].items():
         echo(f"  {kind:<28} soft {_range(bounds, 'soft')}   hard {_range(bounds, 'hard')}  {bounds['unit']}")
     for f in result["findings"]:
-        echo(f"{f['severity'].upper():<6}          {f['message']}")
+        confirm = f"  [confirm as {f['kind']}=REASON]" if f["severity"] == "soft" else ""
+        echo(f"{f['severity'].upper():<6}          {f['message']}{confirm}")
+        for remedy in f["remedies"]:
+            echo(f"                  remedy: {remedy}")
     if not result["findings"]:
         echo("findings        none: within every limit")
 

@@ -1,10 +1,12 @@
-"""``ketapump course init``, ``migrate``, ``show`` and ``note``: the course database, a patient's course
-history and journal notes.
+"""``ketapump course init``, ``migrate``, ``show``, ``note``, ``end``, ``score`` and ``allow``: the course
+database, a patient's course history (with the outcome scores' trend), journal notes, ending a session a
+crash left open, recording PHQ-9/MADRS scores, and standing overrides with an expiry.
 
-Exit codes follow sysexits: 0 done, 65 (EX_DATAERR) refused data (a late note, an empty, damaged, foreign
-or older file, an invalid patient id), 66 (EX_NOINPUT) unknown patient or session or no database, 73
-(EX_CANTCREAT) ``init`` over an existing file or where none can be made, 74 (EX_IOERR) the database could
-not be read or written, 2 usage (``note`` without ``--operator``).
+Exit codes follow sysexits: 0 done (a late note is kept and flagged), 65 (EX_DATAERR) refused data (a
+note before its session, an empty, damaged, foreign or older file, an invalid patient id), 66
+(EX_NOINPUT) unknown patient or session or no database, 73 (EX_CANTCREAT) ``init`` over an existing file
+or where none can be made, 74 (EX_IOERR) the database could not be read or written, 2 usage (``note``
+without ``--operator``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ketapump import _core
 from ketapump.cli.common import (
     COURSE_DB_DEFAULT,
     OPERATOR_ENV,
@@ -25,10 +28,11 @@ from ketapump.cli.common import (
     command_group,
     fail,
     operator_name,
+    output_dir,
     result,
     result_json,
 )
-from ketapump.clinical import CourseHistory, CourseSummary, default_course_path
+from ketapump.clinical import CourseHistory, CourseSummary, default_course_path, plot_trend
 from ketapump.errors import CourseError, CourseRecordNotFoundError, CourseStorageError
 
 
@@ -86,9 +90,10 @@ def _describe(summary: CourseSummary, path: Path) -> list[str]:
         lines.append("maintenance: after the initial series")
     else:
         label = {"not_due": "not yet due", "due": "DUE", "overdue": "OVERDUE"}[m.status]
+        status = "; ".join(f"{t.label} {t.status}" for t in summary.outcomes.values())
         lines.append(
             f"maintenance: due from {_short(m.due_from)}, overdue after {_short(m.overdue_after)} "
-            f"— {label} as of {_short(summary.now)}"
+            f"— {label} as of {_short(summary.now)}" + (f" (outcomes: {status})" if status else "")
         )
     for session_id in summary.open_sessions:
         lines.append(
@@ -100,10 +105,20 @@ def _describe(summary: CourseSummary, path: Path) -> list[str]:
     if summary.notes:
         lines.append("notes:")
         lines += [
-            f"  {_short(n.at)}  {n.session_id}  {n.text}" + (f"  (by {n.who})" if n.who else "")
+            f"  {_short(n.at)}  {n.session_id}  {n.text}"
+            + (f"  (by {n.who})" if n.who else "")
+            + _late(n.late_h)
             for n in summary.notes
         ]
     lines += _at_the_chair(summary)
+    lines += _outcome_lines(summary)
+    if summary.standing_overrides:
+        lines.append("standing overrides:")
+        lines += [
+            f"  {o.kind} by {o.who} from {_short(o.granted_at)} until {_short(o.expires_at)}"
+            f"{'' if o.granted_at <= summary.now <= o.expires_at else ' (not in force now)'}: {o.reason}"
+            for o in summary.standing_overrides
+        ]
     if summary.overrides:
         lines.append("overrides:")
         lines += [
@@ -141,6 +156,25 @@ def _at_the_chair(summary: CourseSummary) -> list[str]:
                 f"by {m.who or '(anonymous)'}"
             )
     return lines
+
+
+def _outcome_lines(summary: CourseSummary) -> list[str]:
+    """Each rating scale's trend: the scores, the change from the baseline and what it means."""
+    if not summary.outcomes:
+        return ["outcomes: no PHQ-9 or MADRS scores recorded"]
+    lines = ["outcomes:"]
+    for trend in summary.outcomes.values():
+        scores = " → ".join(str(v) for _, v in trend.points)
+        change = "" if trend.change_pct is None else f", {-trend.change_pct:+.0f} % from baseline"
+        lines.append(
+            f"  {trend.label}: {scores}{change} — {trend.status.upper()} "
+            f"(response ≥ {trend.response_reduction_pct:g} % reduction, remission ≤ {trend.remission_max})"
+        )
+    return lines
+
+
+def _late(late_h: float | None) -> str:
+    return "" if late_h is None else f"  (LATE: {late_h:.1f} h after the journal window)"
 
 
 def _course_error(path: Path, error: Exception) -> typer.Exit:
@@ -209,9 +243,12 @@ def show_command(
             help="Reference time for maintenance timing (ISO-8601, UTC unless an offset).", show_default="now"
         ),
     ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the outcome scores' trend (PHQ-9, MADRS) as a PNG here.")
+    ] = None,
 ) -> None:
-    """The patient's sessions, initial series, maintenance timing, alarms, notes and overrides, and per
-    session what the operators did, observed and gave."""
+    """The patient's sessions, initial series, maintenance timing, outcome scores' trend, alarms, notes
+    and overrides (standing ones included), and per session what the operators did, observed and gave."""
     path = course_db if course_db is not None else default_course_path()
     at = _parse_time(now) or _dt.datetime.now(_dt.UTC)
     try:
@@ -219,6 +256,14 @@ def show_command(
             summary = history.course_summary(patient, at)
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None
+    if plot is not None:
+        if not summary.outcomes:
+            raise fail(f"{path}: patient {patient}: no PHQ-9 or MADRS scores to plot", os.EX_DATAERR)
+        output_dir(plot.parent if str(plot.parent) else Path("."))
+        try:
+            plot_trend(list(summary.outcomes.values()), plot, title=f"patient {patient}: outcome scores")
+        except OSError as e:
+            raise fail(f"cannot write {plot}: {e.strerror or e}", os.EX_CANTCREAT) from e
     if json_output:
         result_json(summary.to_json())
     else:
@@ -235,8 +280,8 @@ def note_command(
     ] = None,
     operator: Annotated[str | None, typer.Option(envvar=OPERATOR_ENV, help=OPERATOR_HELP)] = None,
 ) -> None:
-    """Attach a journal note, in the operator's name, to a session (accepted until 24 h after the
-    session ended)."""
+    """Attach a journal note, in the operator's name, to a session (due within 24 h of its end; a later
+    one is kept, flagged late)."""
     who = operator_name(operator)
     path = course_db if course_db is not None else default_course_path()
     when = _parse_time(at) or _dt.datetime.now(_dt.UTC)
@@ -245,4 +290,106 @@ def note_command(
             note = history.add_note(session, text, when, who=who)
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None
-    result(f"note added to session {note.session_id} at {_short(note.at)}")
+    result(f"note added to session {note.session_id} at {_short(note.at)}{_late(note.late_h)}")
+
+
+#: The outcome of a session ended from the command line (a crash left it open): not "complete", so it
+#: does not count in the initial series unless the course settings name it.
+ENDED_BY_HAND = "ended_unfinished"
+
+
+@course_app.command("end", cls=Command)
+def end_command(
+    session: Annotated[str, typer.Argument(help="Session id (in progress: a crash left it open).")],
+    delivered_mg: Annotated[
+        float, typer.Option(min=0.0, help="The dose it delivered (mg), from its audit log or the pump.")
+    ],
+    reason: Annotated[str, typer.Option(help="Why it is ended by hand (kept as a journal note).")],
+    course_db: Annotated[Path | None, _db_option()] = None,
+    at: Annotated[
+        str | None, typer.Option(help="When it ended (ISO-8601, UTC unless an offset; default now).")
+    ] = None,
+) -> None:
+    """End a session a crash left in progress, with the dose it delivered and a reason.
+
+    Until it is ended, its programmed dose counts in every dose window and no other session of the
+    patient can start. The outcome is `ended_unfinished`; the reason is kept as a journal note.
+    """
+    path = course_db if course_db is not None else default_course_path()
+    when = _parse_time(at) or _dt.datetime.now(_dt.UTC)
+    if not reason.strip():
+        raise fail("--reason must not be blank", os.EX_DATAERR)
+    try:
+        with CourseHistory.open(path) as history, history.transaction():
+            ended = history.end_session(session, when, delivered_mg, ENDED_BY_HAND)
+            history.add_note(session, f"ended by hand: {reason.strip()}", when)
+    except (CourseError, sqlite3.Error) as e:
+        raise _course_error(path, e) from None
+    result(
+        f"session {ended.session_id} ended at {_short(ended.ended_at)}: {delivered_mg:g} mg, {ENDED_BY_HAND}"
+    )
+
+
+@course_app.command("score", cls=Command)
+def score_command(
+    patient: Annotated[str, typer.Argument(help="Patient id.")],
+    phq9: Annotated[int | None, typer.Option("--phq9", help="PHQ-9 score (0–27).")] = None,
+    madrs: Annotated[int | None, typer.Option("--madrs", help="MADRS score (0–60).")] = None,
+    session: Annotated[str | None, typer.Option(help="The session the visit belongs to.")] = None,
+    operator: Annotated[str | None, typer.Option(envvar=OPERATOR_ENV, help=OPERATOR_HELP)] = None,
+    course_db: Annotated[Path | None, _db_option()] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Time of the rating (ISO-8601, UTC unless an offset; default now).")
+    ] = None,
+) -> None:
+    """Record a visit's PHQ-9 and/or MADRS score, with who rated it (both in one transaction)."""
+    who = operator_name(operator)
+    assert who is not None  # required: a usage error without one
+    given = {name: value for name, value in (("phq9", phq9), ("madrs", madrs)) if value is not None}
+    if not given:
+        raise fail("give --phq9 N and/or --madrs N", 2)
+    path = course_db if course_db is not None else default_course_path()
+    when = _parse_time(at) or _dt.datetime.now(_dt.UTC)
+    try:
+        with CourseHistory.open(path, create=False) as history, history.transaction():
+            recorded = [
+                history.record_score(patient, name, value, when, session_id=session, who=who)
+                for name, value in given.items()
+            ]
+    except (CourseError, sqlite3.Error) as e:
+        raise _course_error(path, e) from None
+    shown = ", ".join(f"{s.instrument.upper().replace('PHQ9', 'PHQ-9')} {s.score}" for s in recorded)
+    result(f"recorded for patient {patient} at {_short(when)} by {who}: {shown}")
+
+
+@course_app.command("allow", cls=Command)
+def allow_command(
+    patient: Annotated[str, typer.Argument(help="Patient id.")],
+    kind: Annotated[
+        str, typer.Argument(help="The soft limit or course rule (a limit kind, e.g. hours_since_last_start).")
+    ],
+    reason: Annotated[str, typer.Option(help="Why (recorded with every session it confirms).")],
+    until: Annotated[str, typer.Option(help="When it expires (ISO-8601, UTC unless an offset).")],
+    operator: Annotated[str | None, typer.Option(envvar=OPERATOR_ENV, help=OPERATOR_HELP)] = None,
+    course_db: Annotated[Path | None, _db_option()] = None,
+    at: Annotated[str | None, typer.Option(help="When it takes effect (default now).")] = None,
+) -> None:
+    """Grant a standing override: the soft finding KIND is confirmed with REASON for every session of the
+    patient that starts before it expires (hard limits are never lifted)."""
+    who = operator_name(operator)
+    assert who is not None  # required: a usage error without one
+    kinds = [name for name, _unit in _core.LIMIT_KINDS]
+    if kind not in kinds:
+        raise fail(f"{kind!r} is not a limit kind ({', '.join(kinds)})", os.EX_DATAERR)
+    path = course_db if course_db is not None else default_course_path()
+    granted = _parse_time(at) or _dt.datetime.now(_dt.UTC)
+    expires = _parse_time(until)
+    assert expires is not None
+    try:
+        with CourseHistory.open(path, create=False) as history:
+            o = history.grant_standing_override(
+                patient, kind, reason, who=who, granted_at=granted, expires_at=expires
+            )
+    except (CourseError, sqlite3.Error) as e:
+        raise _course_error(path, e) from None
+    result(f"standing override for patient {patient}: {o.kind} until {_short(o.expires_at)} by {o.who}")

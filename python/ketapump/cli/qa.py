@@ -244,7 +244,8 @@ def qa_accuracy(
 
     With --balance sim the pump (sim://) is run through the bridge for the whole period; with
     --balance sics:PORT the pump at --pump is run and a serial balance weighed every 30 s; with --balance
-    csv:PATH an existing recording is analysed. A period the syringe cannot hold is refused (exit 65).
+    csv:PATH an existing recording is analysed. A period shorter than the method's minimum (62 min) or one
+    the syringe cannot hold is refused before the pump moves (exit 65).
     Exit codes: 0 analysed (the verdict is in the report), 2 usage, 65 invalid data, 66 no such file,
     69 pump or balance unreachable, 73 OUT cannot be written, 76 the balance answered with an error or
     garbled bytes.
@@ -252,6 +253,7 @@ def qa_accuracy(
     if not duration_min > 0:
         raise typer.BadParameter("must be more than 0", param_hint="--duration-min")
     try:
+        accuracy.check_duration(duration_min)  # before any pump moves or any file is read
         if balance == "sim":
             pump = pump or DEFAULT_PUMP
             if split_url(pump)[0] != "sim":

@@ -26,7 +26,7 @@ from ketapump.clinical import (
     vitals,
 )
 from ketapump.clinical.commands import ACTIONS, OPERATOR_NAME_MAX, check_operator_name
-from ketapump.clinical.course import CourseHistory, CourseSummary, default_course_path
+from ketapump.clinical.course import CourseHistory, CourseSummary, default_course_path, plot_trend
 from ketapump.clinical.druglib import DrugLibrary, LimitFinding, load_library
 from ketapump.clinical.events import (
     ActionTaken,
@@ -130,6 +130,7 @@ __all__ = [
     "load_protocol",
     "pacing",
     "plan_dose",
+    "plot_trend",
     "prepare_demo",
     "prepare_session",
     "protocol",

@@ -56,6 +56,10 @@ LIMIT_TABLES = (
     "vtbi_ml",
     "hours_since_last_start",
     "sessions_in_7_days",
+    "height_cm",
+    "bmi_kg_m2",
+    "weight_change_pct",
+    "dosing_weight_pct",
 )
 
 #: How each kind is named in a message, and what follows the limit ("per session").
@@ -74,6 +78,10 @@ _LABELS: dict[str, tuple[str, str]] = {
     "vtbi_ml": ("volume to be infused", ""),
     "hours_since_last_start": ("time since the last session start", ""),
     "sessions_in_7_days": ("sessions in the last 7 days", ""),
+    "height_cm": ("height", " (inches typed as cm?)"),
+    "bmi_kg_m2": ("body-mass index", " on an actual-weight protocol"),
+    "weight_change_pct": ("weight change since the last recorded weight", ""),
+    "dosing_weight_pct": ("dosing weight as a share of the actual weight", " (check height and weight)"),
 }
 
 
@@ -153,6 +161,16 @@ class DrugEntry(BaseModel):
     vtbi_ml: Limit = Limit()
     hours_since_last_start: Limit = Limit()
     sessions_in_7_days: Limit = Limit()
+    height_cm: Limit = Limit()
+    bmi_kg_m2: Limit = Limit()
+    weight_change_pct: Limit = Limit()
+    dosing_weight_pct: Limit = Limit()
+    #: How far (%) a cumulative total may pass its maxima before it counts as crossed (delivery within
+    #: the kernel's dose tolerance); findings name the configured bound.
+    cap_tolerance_pct: float = Field(default=0.0, ge=0, le=10, allow_inf_nan=False)
+    #: The 7-day course rules count the window (start + this many hours, start + 7 days]: a course at
+    #: the same weekday and about the same clock time a week later does not count last week's visit.
+    week_window_tolerance_h: float = Field(default=0.0, ge=0, le=48, allow_inf_nan=False)
 
     def limit(self, kind: str) -> Limit:
         """The limit that applies to a finding's ``kind`` (the weight limits for the dosing weight)."""
@@ -164,7 +182,8 @@ class DrugEntry(BaseModel):
 
     def core_limits(self) -> _core.DrugLimits:
         """These limits as the Rust core takes them."""
-        return _core.DrugLimits(**{table: getattr(self, table).core() for table in LIMIT_TABLES})
+        tables = {table: getattr(self, table).core() for table in LIMIT_TABLES}
+        return _core.DrugLimits(**tables, cap_tolerance=self.cap_tolerance_pct / 100.0)
 
 
 class DrugLibrary(BaseModel):
@@ -235,6 +254,10 @@ class Order:
     cumulative_7d_mg_per_kg: float | None = None
     hours_since_last_start: float | None = None
     sessions_in_7_days: int = 1
+    height_cm: float | None = None
+    bmi_kg_m2: float | None = None
+    weight_change_pct: float | None = None
+    dosing_weight_pct: float | None = None
 
     @classmethod
     def infusion(
@@ -314,16 +337,30 @@ class LimitFinding:
     limit: float | None
     unit: str
     message: str
+    #: What would clear the finding, for the person re-programming the order.
+    remedies: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["remedies"] = list(self.remedies)
+        return d
 
 
-def _number(x: float, kind: str) -> str:
+def _number(x: float, kind: str, *, apart_from: float | None = None) -> str:
+    """A value as a clinician reads it: at most two decimals (``1.0``, ``0.75``, ``46.5``), more only
+    where two decimals would print it equal to the limit it is compared with (``3.0000043`` vs ``3.0``)."""
     if kind == "sessions_in_7_days" and math.isfinite(x):
         return str(int(x))
-    text = f"{x:.6g}"
-    return text if any(c in text for c in ".en") else f"{text}.0"
+    if not math.isfinite(x):
+        return str(x)
+    if 0 < abs(x) < 0.05:
+        return f"{x:.2g}"  # a small value keeps two significant digits rather than printing as 0.0
+    for decimals in range(3, 8):
+        text = f"{x:.{decimals}f}".rstrip("0")
+        text = text + "0" if text.endswith(".") else text
+        if apart_from is None or x == apart_from or text != _number(apart_from, kind):
+            return text
+    return f"{x:.10g}"
 
 
 def _message(f: _core.Finding) -> str:
@@ -331,11 +368,12 @@ def _message(f: _core.Finding) -> str:
     label, suffix = _LABELS[kind]
     if bound == "non_finite" or limit is None:
         return f"{label} {_number(value, kind)} is not a finite number"
+    shown_value = _number(value, kind, apart_from=limit)
     if kind == "sessions_in_7_days":
-        shown, exceeds, is_below = f"{_number(value, kind)} {label}", "exceed", "are below"
+        shown, exceeds, is_below = f"{shown_value} {label}", "exceed", "are below"
         lim = _number(limit, kind)
     else:
-        shown, exceeds, is_below = f"{label} {_number(value, kind)} {unit}", "exceeds", "is below"
+        shown, exceeds, is_below = f"{label} {shown_value} {unit}", "exceeds", "is below"
         lim = f"{_number(limit, kind)} {unit}"
     if bound == "max":
         return f"{shown} {exceeds} the {severity} maximum {lim}{suffix}"
@@ -371,6 +409,45 @@ def check(entry: DrugEntry, order: Order) -> list[LimitFinding]:
     return [_finding(f) for f in _core.check_order(entry.core_limits(), order.core())]
 
 
+#: The kind of the syringe-capacity finding (not a drug-library table: the limit is the syringe's).
+SYRINGE_KIND = "syringe_fill_ml"
+
+
+def syringe_finding(plan: DosePlan) -> LimitFinding | None:
+    """The finding of a dose that one syringe cannot hold, with its remedies (the concentration at which
+    it fits, or the number of syringes), or ``None`` when it fits.
+
+    Hard: the session cannot change syringes part-way yet, so the order must be re-programmed.
+    """
+    if plan.syringes_needed <= 1:
+        return None
+    fill, capacity = plan.syringe_fill_ml, plan.syringe_capacity_ml
+    needed = plan.syringes_needed
+    concentration = plan.concentration_for_one_syringe_mg_per_ml
+    remedies = (
+        f"a concentration of at least {concentration:.2f} mg/mL fits one {plan.syringe} "
+        f"(the drug library's concentration limits apply)",
+        f"{needed} syringes of {capacity:g} mL ({needed - 1} syringe change{'s' if needed > 2 else ''}): "
+        "not yet supported during a session",
+        "a larger syringe, if the pump takes one",
+    )
+    message = (
+        f"syringe fill {fill:.1f} mL ({plan.volume_ml:.1f} mL + {plan.line_prime_ml:g} mL line prime) "
+        f"exceeds the {capacity:g} mL of one {plan.syringe}"
+    )
+    return LimitFinding(SYRINGE_KIND, "hard", "max", fill, capacity, "mL", message, remedies)
+
+
+def review(entry: DrugEntry, plan: DosePlan, order: Order) -> list[LimitFinding]:
+    """Every finding of a planned order, hard ones first: the drug library's (:func:`check`, every
+    limit including the plausibility and course rules) and the syringe's capacity."""
+    findings = check(entry, order)
+    syringe = syringe_finding(plan)
+    if syringe is not None:
+        findings.append(syringe)
+    return sorted(findings, key=lambda f: f.severity != "hard")
+
+
 class CourseRecord(Protocol):
     """What :func:`order_for` reads from the course history
     (:class:`ketapump.clinical.course.CourseHistory`)."""
@@ -385,6 +462,15 @@ class CourseRecord(Protocol):
         self, patient_id: str, start: datetime.datetime, end: datetime.datetime
     ) -> float: ...
 
+    def patient(self, patient_id: str) -> RecordedPatient: ...
+
+
+class RecordedPatient(Protocol):
+    """The patient as the course history last recorded them."""
+
+    @property
+    def weight_kg(self) -> float: ...
+
 
 #: The rolling windows of the cumulative limits.
 WINDOWS = {
@@ -394,11 +480,50 @@ WINDOWS = {
 }
 
 
+def window_start(entry: DrugEntry | None, window: str, at: datetime.datetime) -> datetime.datetime:
+    """The first instant of a rolling window ending at ``at``: ``at`` minus its span, and for the 7-day
+    course rules (sessions in 7 days, the 7-day cap) plus the library's ``week_window_tolerance_h``, so
+    the same weekday's visit a week earlier at up to that much later a clock time is outside it
+    (``entry`` ``None``: no tolerance)."""
+    start = at - WINDOWS[window]
+    if window == "7d" and entry is not None:
+        start += datetime.timedelta(hours=entry.week_window_tolerance_h)
+    return start
+
+
+class Plausibility(NamedTuple):
+    """The plausibility values of an order (see :func:`plausibility`)."""
+
+    height_cm: float | None
+    bmi_kg_m2: float | None
+    weight_change_pct: float | None
+    dosing_weight_pct: float | None
+
+
+def plausibility(plan: DosePlan, patient: Patient, last_weight_kg: float | None) -> Plausibility:
+    """The plausibility values of an order (the library's limits decide which are findings):
+    ``height_cm``; ``bmi_kg_m2`` on an actual-weight protocol with a known height; ``weight_change_pct``,
+    the change from the last recorded weight in % of it; ``dosing_weight_pct``, the ideal or adjusted
+    dosing weight in % of the actual weight."""
+    height = patient.height_cm
+    weight = patient.weight_kg
+    bmi = None
+    if plan.weight_basis == "actual" and height is not None and height > 0:
+        bmi = weight / (height / 100.0) ** 2
+    change = None
+    if last_weight_kg is not None and last_weight_kg > 0:
+        change = abs(weight - last_weight_kg) / last_weight_kg * 100.0
+    share = None if plan.weight_basis == "actual" else plan.basis_weight_kg / weight * 100.0
+    return Plausibility(height, bmi, change, share)
+
+
 def order_for(
     plan: DosePlan,
     patient: Patient,
     course: CourseRecord | None = None,
     at: datetime.datetime | None = None,
+    *,
+    entry: DrugEntry | None = None,
 ) -> Order:
     """The order a protocol's dose plan makes for ``patient``, with the course totals when a history
     is given.
@@ -406,23 +531,28 @@ def order_for(
     The mg/kg figures are on the plan's basis weight (the dosing weight); the dose rate checked is the
     schedule's peak (a ramped protocol's hold rate), not its mean. With ``course`` and the proposed
     start ``at``, the totals are the mg delivered in each window ending at ``at`` (divided by the
-    dosing weight) plus this dose, the hours since the latest start at or before ``at``, and the
-    sessions started in the 7 days up to ``at`` plus this one. The patient must exist in the history.
-    Without ``course``, the order is checked as a first session.
+    dosing weight) plus this dose, the hours since the latest start at or before ``at``, the sessions
+    started in the 7 days up to ``at`` plus this one, and the weight change from the patient's last
+    recorded weight. ``entry`` (the drug's library entry) sets the 7-day window's tolerance
+    (:func:`window_start`). The patient must exist in the history. Without ``course``, the order is
+    checked as a first session.
     """
     w = plan.basis_weight_kg
     given = dict.fromkeys(WINDOWS, 0.0)
     hours: float | None = None
     sessions = 1
+    last_weight: float | None = None
     if course is not None:
         if at is None:
             raise ConfigurationError("at", "is needed with a course history (the proposed start)")
         pid = patient.patient_id
-        for window, span in WINDOWS.items():
-            given[window] = course.delivered_mg_between(pid, at - span, at)
+        for window in WINDOWS:
+            given[window] = course.delivered_mg_between(pid, window_start(entry, window, at), at)
         last = course.last_start(pid, at)
         hours = None if last is None else (at - last).total_seconds() / 3600.0
-        sessions = len(course.starts_between(pid, at - WINDOWS["7d"], at)) + 1
+        week = window_start(entry, "7d", at)
+        sessions = len(course.starts_between(pid, week, at)) + 1
+        last_weight = course.patient(pid).weight_kg
     infusion = Order.infusion(
         weight_kg=patient.weight_kg,
         dosing_weight_kg=None if plan.weight_basis == "actual" else w,
@@ -436,10 +566,15 @@ def order_for(
         sessions_in_7_days=sessions,
     )
     # The plan's own volume, and its schedule's peak rather than the mean rate.
+    checks = plausibility(plan, patient, last_weight)
     return replace(
         infusion,
         dose_rate_mg_per_kg_h=plan.peak_rate_ml_h * plan.concentration_mg_per_ml / w,
         vtbi_ml=plan.volume_ml,
+        height_cm=checks.height_cm,
+        bmi_kg_m2=checks.bmi_kg_m2,
+        weight_change_pct=checks.weight_change_pct,
+        dosing_weight_pct=checks.dosing_weight_pct,
     )
 
 
@@ -490,7 +625,7 @@ def authorize(findings: Sequence[LimitFinding], confirmations: Iterable[Confirma
     """
     hard = [f for f in findings if f.severity == "hard"]
     if hard:
-        raise LimitRefused(hard)
+        raise LimitRefused(hard, also=[f for f in findings if f.severity != "hard"])
     reasons: dict[str, str] = {}
     for c in confirmations:
         reason = c.reason.strip()

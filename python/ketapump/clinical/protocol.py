@@ -50,6 +50,7 @@ arithmetic here is plain arithmetic; whether the result is allowed is the drug l
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -157,6 +158,7 @@ class ObservationSpec(_Strict):
 
 class Checklists(_Strict):
     pre: list[str] = [
+        "IV placed and patent",
         "baseline vitals recorded",
         "sitter or driver present",
         "syringe identity and concentration confirmed",
@@ -164,7 +166,8 @@ class Checklists(_Strict):
     discharge: list[str] = [
         "vitals back within band",
         "patient alert and oriented",
-        "sitter or driver present",
+        "sitter present (name and phone recorded)",
+        "no driving until the next day",
     ]
 
 
@@ -239,6 +242,17 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
     return read_document(Protocol, path, ProtocolError)
 
 
+def protocol_sha256(name_or_path: str | Path) -> str:
+    """The SHA-256 (hex) of a protocol's file as :func:`load_protocol` finds it (a path, or a shipped
+    name), so a report names exactly the reviewed text a session ran."""
+    path = Path(name_or_path)
+    if not path.exists() and isinstance(name_or_path, str) and "/" not in name_or_path:
+        data = resources.files("ketapump.data").joinpath(SHIPPED_DIR, f"{name_or_path}.toml").read_bytes()
+    else:
+        data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
 def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
     return parse_document(Protocol, text, source, ProtocolError)
 
@@ -301,10 +315,25 @@ class DosePlan:
     syringe: str
     syringe_capacity_ml: float
     syringe_diameter_mm: float
+    #: The dose plus the line prime: what the syringe(s) must hold.
     syringe_fill_ml: float
+    line_prime_ml: float
     segments: tuple[Segment, ...]
     #: The protocol's maximum duration (``None``: none of its own; the drug library's applies).
     max_duration_min: float | None = None
+
+    @property
+    def syringes_needed(self) -> int:
+        """How many fills of the syringe the dose and the line prime take (1: it fits)."""
+        if not (math.isfinite(self.syringe_fill_ml) and self.syringe_fill_ml > 0):
+            return 1
+        return max(1, math.ceil(self.syringe_fill_ml / self.syringe_capacity_ml - 1e-12))
+
+    @property
+    def concentration_for_one_syringe_mg_per_ml(self) -> float:
+        """The lowest concentration at which the dose and the line prime fit one syringe."""
+        room_ml = self.syringe_capacity_ml - self.line_prime_ml
+        return math.inf if room_ml <= 0 else self.dose_mg / room_ml
 
     def rate_at(self, t_s: float) -> float:
         """The planned rate (mL/h) ``t_s`` seconds into the infusion."""
@@ -346,6 +375,7 @@ class DosePlan:
             "syringe_capacity_ml": self.syringe_capacity_ml,
             "syringe_fill_ml": self.syringe_fill_ml,
             "max_duration_min": self.max_duration_min,
+            "syringes_needed": self.syringes_needed,
             "phases": [
                 {
                     "kind": s.kind,
@@ -389,8 +419,9 @@ def plan_dose(protocol: Protocol, patient: Patient) -> DosePlan:
     """The dose, volume, rates and schedule ``protocol`` gives ``patient``.
 
     Raises :class:`ConfigurationError` for a patient the arithmetic cannot serve (non-finite or
-    non-positive weight, missing height/sex for the weight basis, a dose the syringe cannot hold).
-    Whether the dose is *allowed* is :func:`ketapump.clinical.druglib.check`'s decision, not this function's.
+    non-positive weight or height, missing height/sex for the weight basis). Whether the dose is
+    *allowed* — its limits, and whether one syringe holds it (:attr:`DosePlan.syringes_needed`) — is
+    :func:`ketapump.clinical.druglib.review`'s decision, not this function's.
     """
     for name, value in (("weight_kg", patient.weight_kg), ("height_cm", patient.height_cm)):
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -414,13 +445,6 @@ def plan_dose(protocol: Protocol, patient: Patient) -> DosePlan:
     segments = _segments(protocol, volume, duration_min)
     capacity, diameter = _syringe(protocol.syringe.name)
     fill = volume + protocol.syringe.line_prime_ml
-    if fill > capacity:
-        raise ConfigurationError(
-            "syringe",
-            f"{protocol.syringe.name} holds {capacity:g} mL but the dose needs {fill:.1f} mL "
-            f"({volume:.1f} mL + {protocol.syringe.line_prime_ml:g} mL line prime): "
-            "use a higher concentration or a larger syringe",
-        )
     return DosePlan(
         protocol=protocol.name,
         drug=protocol.drug.name,
@@ -439,6 +463,7 @@ def plan_dose(protocol: Protocol, patient: Patient) -> DosePlan:
         syringe_capacity_ml=capacity,
         syringe_diameter_mm=diameter,
         syringe_fill_ml=fill,
+        line_prime_ml=protocol.syringe.line_prime_ml,
         segments=segments,
         max_duration_min=max_duration,
     )
@@ -476,5 +501,6 @@ __all__ = [
     "load_protocol",
     "parse_protocol",
     "plan_dose",
+    "protocol_sha256",
     "shipped_protocols",
 ]

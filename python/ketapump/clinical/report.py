@@ -491,11 +491,79 @@ def _phases(summary: Mapping[str, Any], points: Sequence[SeriesPoint]) -> list[l
         if start is not None and end is not None:
             end = max(start, end)
         rows.append([_text(phase.get("name", phase.get("phase"))), _clock(start), _clock(end)])
+    outcome = summary.get("outcome")
+    if rows and rows[-1][0] == "complete" and outcome not in (None, "complete"):
+        rows[-1][0] = f"ended ({outcome_words(outcome)})"  # the session's end, not a complete dose
     return rows
 
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+#: What a signed record names beside the numbers (``ketapump.clinical.runner.record_fields``), with the
+#: label a clinician reads.
+_RECORD_LABELS = {
+    "clock": "Clock",
+    "pump": "Pump",
+    "syringe": "Syringe",
+    "concentration": "Concentration",
+    "rate": "Rate",
+    "protocol_sha256": "Protocol file SHA-256",
+    "software": "Software",
+}
+
+#: How a session ended, in words (the outcome codes of the course history and the session's result).
+_OUTCOME_WORDS = {
+    "refused": "refused before anything was given",
+    "aborted": "aborted in the pre-check: nothing was given",
+    "failed": "failed: see the audit log",
+    "ended_unfinished": "ended by hand after a crash left it open",
+}
+
+
+#: Vital signs by their keys in a summary (``sbp_mmhg``) and in a series point (``sbp``): label and unit.
+_VITALS_WORDS = {
+    "sbp": ("SBP", "mmHg"),
+    "dbp": ("DBP", "mmHg"),
+    "hr": ("HR", "/min"),
+    "spo2": ("SpO₂", "%"),
+    "rr": ("RR", "/min"),
+    "etco2": ("EtCO₂", "mmHg"),
+}
+
+
+def _vitals_words(vitals: Mapping[str, Any]) -> str:
+    """``SBP 123 mmHg, DBP 78 mmHg, HR 71 /min, SpO₂ 98 %``; an unknown channel keeps its name."""
+    parts = []
+    for key, value in vitals.items():
+        label, unit = _VITALS_WORDS.get(str(key).split("_")[0], (str(key), ""))
+        number = _number(value)
+        shown = "—" if number is None or math.isnan(number) else f"{number:.0f}"
+        parts.append(f"{label} {shown} {unit}".rstrip())
+    return ", ".join(parts) if parts else "—"
+
+
+def _last_vitals(points: Sequence[SeriesPoint]) -> dict[str, float]:
+    """Each channel's last reading of the session (the vitals at discharge)."""
+    last: dict[str, float] = {}
+    for point in points:
+        for channel in ("sbp", "dbp", "hr", "spo2"):
+            value = getattr(point, channel)
+            if not math.isnan(value):
+                last[channel] = value
+    return last
+
+
+def outcome_words(outcome: Any) -> str:
+    """A session's outcome as a clinician reads it: ``ended_pump_alarm`` is "ended early: pump alarm"."""
+    if not isinstance(outcome, str):
+        return _text(outcome)
+    if outcome in _OUTCOME_WORDS:
+        return _OUTCOME_WORDS[outcome]
+    if outcome.startswith("ended_"):
+        return "ended early: " + outcome.removeprefix("ended_").replace("_", " ")
+    return outcome.replace("_", " ")
 
 
 def _summary_rows(summary: Mapping[str, Any], points: Sequence[SeriesPoint]) -> list[list[str]]:
@@ -538,12 +606,17 @@ def _summary_rows(summary: Mapping[str, Any], points: Sequence[SeriesPoint]) -> 
             if key in summary
         ),
         ["Duration", _clock(duration)],
-        ["Outcome", _text(summary.get("outcome"))],
+        ["Outcome", outcome_words(summary.get("outcome"))],
     ]
     if "operator" in summary:
         rows.insert(2, ["Operator", _text(summary["operator"] or "(anonymous QA run)")])
+    rows += [[label, _text(summary[key])] for key, label in _RECORD_LABELS.items() if key in summary]
     if "baseline" in summary:
-        rows.append(["Baseline vitals", _text(summary["baseline"])])
+        baseline = summary["baseline"]
+        rows.append(["Baseline vitals", _vitals_words(baseline) if isinstance(baseline, Mapping) else "—"])
+    discharge = _last_vitals(points)
+    if discharge:
+        rows.append(["Vitals at discharge", _vitals_words(discharge)])
     if "observation_min" in summary:
         rows.append(["Observation", f"{_text(summary['observation_min'])} min"])
     return rows
@@ -569,7 +642,7 @@ _KNOWN_KEYS = {
     "title", "session_id", "patient", "protocol", "plan", "programmed_mg", "delivered_mg", "programmed_ml",
     "delivered_ml", "error_pct", "started_at", "ended_at", "duration_s", "outcome", "baseline",
     "observation_min", "notes", "phases", "alarms", "pauses", "confirmations", "audit_log", "log",
-    "log_verified", "operator", "actions", "observations", "medications",
+    "log_verified", "operator", "actions", "observations", "medications", *_RECORD_LABELS,
 }  # fmt: skip
 
 

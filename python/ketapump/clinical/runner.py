@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,14 @@ from ketapump.bridge import (
 from ketapump.clinical import druglib, report
 from ketapump.clinical.commands import check_operator_name
 from ketapump.clinical.course import SCHEMA_VERSION, CourseHistory, normalise_patient_id
-from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
+from ketapump.clinical.protocol import (
+    DosePlan,
+    Patient,
+    Protocol,
+    load_protocol,
+    plan_dose,
+    protocol_sha256,
+)
 from ketapump.clinical.session import (
     Operator,
     ScriptedOperator,
@@ -57,7 +65,7 @@ from ketapump.clinical.vitals import (
 )
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings
-from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError
+from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError, LimitError
 from ketapump.validation import check_output_path
 from ketapump.wire import PumpDriver, split_url
 
@@ -93,6 +101,8 @@ class SessionSetup:
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: The operator running the session (``None`` only where the protocol allows anonymous QA runs).
     operator_name: str | None = None
+    #: SHA-256 of the protocol file the session runs (empty: not known).
+    protocol_sha256: str = ""
 
 
 def vitals_feed(source: str) -> VitalsFeed:
@@ -131,6 +141,7 @@ def prepare_session(
     log_path = log or default_log_path()
     proto = load_protocol(protocol)
     operator_name = _operator_name(operator_name, proto)
+    digest = protocol_sha256(protocol)
     plan = plan_dose(proto, patient)
     lib = druglib.load_library(library)
     lib.drug(plan.drug)
@@ -163,6 +174,7 @@ def prepare_session(
         out=out,
         loop_settings=settings,
         operator_name=operator_name,
+        protocol_sha256=digest,
     )
 
 
@@ -217,6 +229,7 @@ def prepare_demo(
         loop_settings=dict(loop_settings(period, defaults)),
         throwaway_records=True,
         operator_name=_operator_name(operator_name, protocol),
+        protocol_sha256=protocol_sha256(DEMO_PROTOCOL),
     )
 
 
@@ -225,7 +238,58 @@ def _sim_pump_for(url: str, plan: DosePlan) -> _core.SimPump | None:
     scheme, _path, params = split_url(url)
     if scheme != "sim":
         return None
-    return _core.SimPump(plan.syringe, seed=int(params.get("seed", "0")), fill_ml=plan.syringe_fill_ml)
+    # A dose one syringe cannot hold is refused by the session's review (syringe_fill_ml), not here.
+    fill_ml = min(plan.syringe_fill_ml, plan.syringe_capacity_ml)
+    return _core.SimPump(plan.syringe, seed=int(params.get("seed", "0")), fill_ml=fill_ml)
+
+
+def wall_time(at: datetime.datetime) -> str:
+    """A time as a clinician signs it: UTC and the machine's local time."""
+    local = at.astimezone()
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC ({local:%Y-%m-%d %H:%M:%S} {local.tzname() or 'local'})"
+
+
+def record_fields(
+    setup: SessionSetup, started: datetime.datetime, ended: datetime.datetime
+) -> dict[str, Any]:
+    """What a signed record names beside the session's own numbers: when (UTC and local, wall clock),
+    who, the protocol file's hash, the pump, the syringe, the software."""
+    plan = setup.plan
+    version = _core.__version__
+    clock = "virtual time (simulated)" if isinstance(setup.clock, VirtualClock) else "real time"
+    if isinstance(setup.clock, ScaledClock) and setup.clock.time_scale != 1.0:
+        clock = f"{setup.clock.time_scale:g}× real time (simulated)"
+    return {
+        "patient": setup.patient.patient_id,
+        "started_at": wall_time(started),
+        "ended_at": wall_time(ended),
+        "clock": clock,
+        "protocol_sha256": setup.protocol_sha256,
+        "pump": setup.pump_url,
+        "syringe": f"{plan.syringe} ({plan.syringe_capacity_ml:g} mL), filled with "
+        f"{plan.syringe_fill_ml:.1f} mL",
+        "concentration": f"{plan.concentration_mg_per_ml:g} mg/mL {plan.drug}",
+        "rate": f"{plan.rate_ml_h:.2f} mL/h mean, {plan.peak_rate_ml_h:.2f} mL/h peak",
+        # One workspace version for the package and the Rust safety core it was built with.
+        "software": f"ketapump {version}, safety core {version} ({_core.BUILD_PROFILE} build)",
+    }
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _monotonic_utc() -> Callable[[], datetime.datetime]:
+    """The wall clock in UTC that never steps back (a clock set back mid-session must not make a
+    session end before it began): each reading is at least the one before."""
+    last = _utc_now()
+
+    def now() -> datetime.datetime:
+        nonlocal last
+        last = max(last, _utc_now())
+        return last
+
+    return now
 
 
 @dataclass
@@ -273,6 +337,18 @@ class SessionOutcome:
             "course_db": str(self.course_db),
             "report": str(self.report),
             "plots": [str(p) for p in self.plots],
+            **self._refusal(),
+        }
+
+    def _refusal(self) -> dict[str, Any]:
+        """For a session refused by its findings: every finding, hard ones first, and the kinds a
+        confirmation needs (the same objects ``dose --json`` prints)."""
+        if not isinstance(self.error, LimitError):
+            return {}
+        findings = [*self.error.findings, *self.error.also]
+        return {
+            "findings": [f.as_dict() for f in findings if isinstance(f, druglib.LimitFinding)],
+            "needs_confirmation": [f.kind for f in findings if f.severity == "soft"],
         }
 
 
@@ -291,7 +367,7 @@ class SessionRunner:
             course_db_id=course.database_id,
             schema_version=SCHEMA_VERSION,
         )
-        origin = datetime.datetime.now(datetime.UTC)
+        origin = _utc_now()
         self.session = Session(
             SessionContext(
                 session_id=setup.session_id,
@@ -308,6 +384,8 @@ class SessionRunner:
                 audit_path=str(setup.log_path),
                 loop_settings=setup.loop_settings,
                 operator_name=setup.operator_name,
+                # Course records carry true times, whatever clock the pump runs on.
+                true_time=_monotonic_utc(),
             )
         )
 
@@ -348,6 +426,7 @@ class SessionRunner:
         is raised again; every other failure is the outcome's :attr:`~SessionOutcome.error`."""
         setup = self.setup
         error: Exception | None = None
+        started = _utc_now()
         try:
             result = await self.session.run()
         except Exception as e:
@@ -355,6 +434,7 @@ class SessionRunner:
             result = self.session.result(setup.plan)
         finally:
             self._close_records()
+        ended = _utc_now()
         verified = verify(setup.log_path)
         plots = report.write_plots(
             result.points,
@@ -375,12 +455,15 @@ class SessionRunner:
             error=error,
             log_detail=verified.reason,
         )
-        summary = result.summary() | {
-            "patient": setup.patient.patient_id,
-            "log": str(setup.log_path),
-            "log_verified": verified.ok,
-            "course_db": str(self._course.path),
-        }
+        summary = (
+            result.summary()
+            | record_fields(setup, started, ended)
+            | {
+                "log": str(setup.log_path),
+                "log_verified": verified.ok,
+                "course_db": str(self._course.path),
+            }
+        )
         if error is not None:
             summary["ended_by"] = str(error)
         outcome.report = report.write_report(
@@ -421,5 +504,7 @@ __all__ = [
     "SessionSetup",
     "prepare_demo",
     "prepare_session",
+    "record_fields",
     "vitals_feed",
+    "wall_time",
 ]

@@ -431,9 +431,14 @@ class SessionContext:
     library: druglib.DrugLibrary
     vitals: VitalsFeed
     operator: Operator
-    #: UTC time of the clock's zero on the course's calendar (a simulated session runs in virtual time).
+    #: UTC time of the clock's zero on the course's calendar, used when ``true_time`` is ``None`` (a test
+    #: that lays a simulated course out on a calendar of its own).
     calendar_origin: datetime.datetime
     audit_path: str = ""
+    #: The wall clock (UTC) every course-history record is stamped with. A session on a virtual or
+    #: scaled clock then never writes a time later than now into a real course history: its simulated
+    #: span is in the audit log's ``t_s`` (pump seconds), not in the calendar.
+    true_time: Callable[[], datetime.datetime] | None = None
     #: Kernel settings that depend on the transport (control period, gains), from the CLI.
     loop_settings: Mapping[str, Any] = field(default_factory=dict)
     #: The operator running the session: every command and confirmation without a name of its own is
@@ -983,7 +988,15 @@ class Session:
         return self.ctx.clock.now() - self.t0
 
     def _calendar(self) -> datetime.datetime:
-        return self.ctx.calendar_origin + datetime.timedelta(seconds=self.ctx.clock.now())
+        return self._calendar_at(self.ctx.clock.now())
+
+    def _calendar_at(self, clock_s: float) -> datetime.datetime:
+        """The course-history time of clock second ``clock_s``: the wall clock's now when the session
+        has one (``true_time``: a record made later never carries an earlier or future time), else the
+        test's calendar."""
+        if self.ctx.true_time is not None:
+            return self.ctx.true_time()
+        return self.ctx.calendar_origin + datetime.timedelta(seconds=clock_s)
 
     def _phase(self, phase: Phase) -> None:
         previous = self.phases[-1][0] if self.phases else None
@@ -1212,8 +1225,11 @@ class Session:
         except CourseRecordNotFoundError:
             history = None  # a new patient: this is the course's first session (recorded only once it starts)
             await self._confirm_new_patient()
-        order = druglib.order_for(plan, ctx.patient, history, self._calendar() if history else None)
-        findings = druglib.check(entry, order)
+        if history is not None:
+            history.refuse_if_open(ctx.patient.patient_id)  # before anything is asked or the pump touched
+        at = self._calendar() if history else None
+        order = druglib.order_for(plan, ctx.patient, history, at, entry=entry)
+        findings = druglib.review(entry, plan, order)
         self.rec.info(
             "limits_checked",
             findings=[f.as_dict() for f in findings],
@@ -1228,9 +1244,21 @@ class Session:
             )
         confirmations = []
         confirmed_by: dict[str, str | None] = {}
+        standing: dict[str, tuple[str, str]] = {}  # kind → (reason, who granted it)
+        if history is not None and at is not None:
+            for o in history.standing_overrides(ctx.patient.patient_id, at):  # the latest grant first
+                until = o.expires_at.strftime("%Y-%m-%d %H:%MZ")
+                standing.setdefault(
+                    o.kind, (f"standing override by {o.who} until {until}: {o.reason}", o.who)
+                )
         if not any(f.severity == "hard" for f in findings):  # a hard finding refuses whatever is answered
             for f in findings:
                 if f.severity != "soft":
+                    continue
+                if f.kind in standing:  # decided in advance, with its author and expiry: not asked again
+                    standing_reason, granted_by = standing[f.kind]
+                    confirmations.append(druglib.Confirmation(f.kind, standing_reason))
+                    confirmed_by[f.kind] = granted_by
                     continue
                 question, future = self._ask_later("soft_limit", f.kind, f.message)
                 reason = await future
@@ -1462,12 +1490,21 @@ class Session:
                 tick.max_question[1].cancel()  # the infusion ended: nothing left to decide
         if not self.points:  # ended before its first tick (an interlock at the start): one point
             self.points.append(self._idle_point(self._t(), 0.0, 0.0, occlusion_threshold))
+        # One source for the delivered dose: the run's final measure (after an alarm's back-off it is
+        # below the last tick's) closes the series, so report, plots and the summary print one number.
+        self._delivered_ml = run.session_delivered_ml
+        final_mg = run.session_delivered_ml * plan.concentration_mg_per_ml
+        last = self.points[-1]
+        if final_mg != last.delivered_mg:
+            self.points.append(
+                self._idle_point(max(self._t(), last.t_s), last.programmed_mg, final_mg, last.threshold_mmhg)
+            )
         raised = {code: t for t, code in reversed(self.rec.raised)}  # each alarm at its first raising
         for code in run.alarms + run.pump_alarms:
             t = raised.get(code, self._t())
             record = {"t_min": t / 60.0, "source": "pump", "phase": "infusion", "code": code}
             self.alarms.append(record)
-            at = self.ctx.calendar_origin + datetime.timedelta(seconds=self.t0 + t)
+            at = self._calendar_at(self.t0 + t)
             self._course_write(
                 "alarm", ctx.course.record_alarm, ctx.session_id, at, code, run.detail or run.reason
             )

@@ -40,7 +40,7 @@ from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.errors import ConfigurationError
 from ketapump.qa.balance import SamplingClock, SicsBalance
 from ketapump.qa.rig import sim_url_with_syringe
-from ketapump.qa.trumpet import Trumpet, trumpet
+from ketapump.qa.trumpet import IEC_WINDOWS_MIN, Trumpet, trumpet
 from ketapump.validation import MAX_RECORDING_BYTES, FileReadError, read_text_file
 from ketapump.wire import PumpDriver, ReferencePumpDriver, SimTransport, open_transport, split_url
 
@@ -63,6 +63,28 @@ def verdict(result: Trumpet, rate_ml_h: float) -> Verdict:
     if rate_ml_h >= 5.0:
         s2 = s2 and all(abs(v) <= 2.0 for p, pair in result.ep.items() if p >= 11.0 for v in pair)
     return Verdict(s1_mean_error=abs(result.mean_error_pct) <= 2.0, s2_trumpet=s2)
+
+
+#: The shortest period the method analyses: its second half must hold the longest window.
+MIN_DURATION_MIN = 2 * max(IEC_WINDOWS_MIN)
+
+
+def check_duration(duration_min: float) -> None:
+    """``ConfigurationError`` naming the method's minimum period (62 min: the second half must hold the
+    longest observation window, 31 min) or its sample interval, for a period the analysis cannot use.
+    Checked before a pump moves: on a real balance a refused period would otherwise waste the run."""
+    longest = max(IEC_WINDOWS_MIN)
+    if not (math.isfinite(duration_min) and duration_min >= MIN_DURATION_MIN):
+        raise ConfigurationError(
+            "duration",
+            f"{duration_min:g} min is shorter than the method's minimum period {MIN_DURATION_MIN:g} min "
+            f"(the second half is analysed and must hold the longest observation window, {longest:g} min)",
+        )
+    samples = duration_min / SAMPLE_MIN
+    if abs(samples - round(samples)) > 1e-9:
+        raise ConfigurationError(
+            "duration", f"{duration_min:g} min is not a whole number of {SAMPLE_MIN:g}-min balance samples"
+        )
 
 
 def required_volume_ml(rate_ml_h: float, duration_min: float) -> float:
@@ -204,6 +226,7 @@ async def run_accuracy(
 ) -> list[tuple[float, float]]:
     """Runs the pump through the bridge for the period (plus one sample); returns the balance
     readings: the simulator's own, or those of ``balance`` read every 30 s of the pump's clock."""
+    check_duration(duration_min)
     capacity, diameter = syringe_spec(syringe)
     volume = check_period_fits(rate, duration_min, syringe, capacity)
     # The syringe is filled to its capacity (as the simulator fills it).

@@ -56,10 +56,19 @@ pub enum LimitKind {
     HoursSinceLastStart = 12,
     /// Sessions in the last 7 days, this one included: a course rule.
     SessionsIn7Days = 13,
+    /// Height (cm): plausibility (inches typed as cm); checked when the patient's height is known.
+    Height = 14,
+    /// Body-mass index (kg/m²) on an actual-weight protocol: plausibility and dosing caution.
+    Bmi = 15,
+    /// Change of the actual weight from the last recorded one (% of the recorded weight, absolute).
+    WeightChange = 16,
+    /// The dosing weight (ideal or adjusted) as a percentage of the actual weight: far below it, the
+    /// height or the weight is likely wrong.
+    DosingWeightShare = 17,
 }
 
 /// How many kinds there are (the capacity of [`Findings`]).
-pub const KIND_COUNT: usize = 14;
+pub const KIND_COUNT: usize = 18;
 
 impl LimitKind {
     /// Every kind, in code order.
@@ -78,6 +87,10 @@ impl LimitKind {
         LimitKind::Vtbi,
         LimitKind::HoursSinceLastStart,
         LimitKind::SessionsIn7Days,
+        LimitKind::Height,
+        LimitKind::Bmi,
+        LimitKind::WeightChange,
+        LimitKind::DosingWeightShare,
     ];
 
     /// Stable name: the library table and the finding's kind.
@@ -97,6 +110,10 @@ impl LimitKind {
             LimitKind::Vtbi => "vtbi_ml",
             LimitKind::HoursSinceLastStart => "hours_since_last_start",
             LimitKind::SessionsIn7Days => "sessions_in_7_days",
+            LimitKind::Height => "height_cm",
+            LimitKind::Bmi => "bmi_kg_m2",
+            LimitKind::WeightChange => "weight_change_pct",
+            LimitKind::DosingWeightShare => "dosing_weight_pct",
         }
     }
 
@@ -116,6 +133,9 @@ impl LimitKind {
             LimitKind::Vtbi => "mL",
             LimitKind::HoursSinceLastStart => "h",
             LimitKind::SessionsIn7Days => "sessions",
+            LimitKind::Height => "cm",
+            LimitKind::Bmi => "kg/m²",
+            LimitKind::WeightChange | LimitKind::DosingWeightShare => "%",
         }
     }
 
@@ -208,6 +228,14 @@ pub struct DrugLimits {
     pub vtbi_ml: Limit,
     pub hours_since_last_start: Limit,
     pub sessions_in_7_days: Limit,
+    pub height_cm: Limit,
+    pub bmi_kg_m2: Limit,
+    pub weight_change_pct: Limit,
+    pub dosing_weight_pct: Limit,
+    /// How far (a fraction, 0.02 = 2 %) a cumulative total may pass a maximum of the cumulative kinds
+    /// before it counts as crossed: doses delivered within the kernel's dose tolerance must not make a
+    /// course of full doses cross its cap by rounding. Not finite or negative: 0.
+    pub cap_tolerance: f64,
 }
 
 impl DrugLimits {
@@ -226,6 +254,11 @@ impl DrugLimits {
         vtbi_ml: Limit::NONE,
         hours_since_last_start: Limit::NONE,
         sessions_in_7_days: Limit::NONE,
+        height_cm: Limit::NONE,
+        bmi_kg_m2: Limit::NONE,
+        weight_change_pct: Limit::NONE,
+        dosing_weight_pct: Limit::NONE,
+        cap_tolerance: 0.0,
     };
 
     /// The limit that applies to `kind`.
@@ -244,6 +277,22 @@ impl DrugLimits {
             LimitKind::Vtbi => self.vtbi_ml,
             LimitKind::HoursSinceLastStart => self.hours_since_last_start,
             LimitKind::SessionsIn7Days => self.sessions_in_7_days,
+            LimitKind::Height => self.height_cm,
+            LimitKind::Bmi => self.bmi_kg_m2,
+            LimitKind::WeightChange => self.weight_change_pct,
+            LimitKind::DosingWeightShare => self.dosing_weight_pct,
+        }
+    }
+
+    /// The factor a maximum of `kind` is widened by: `1 + cap_tolerance` for the cumulative totals,
+    /// 1 for every other kind.
+    pub fn max_factor(&self, kind: LimitKind) -> f64 {
+        let cumulative = matches!(kind, LimitKind::Cumulative1h | LimitKind::Cumulative4h | LimitKind::Cumulative7d);
+        let tolerance = self.cap_tolerance;
+        if cumulative && tolerance.is_finite() && tolerance > 0.0 {
+            1.0 + tolerance
+        } else {
+            1.0
         }
     }
 }
@@ -275,6 +324,14 @@ pub struct Order {
     pub hours_since_last_start: Option<f64>,
     /// Sessions in the last 7 days, this one included.
     pub sessions_in_7_days: u32,
+    /// Height (cm), `None` when not known.
+    pub height_cm: Option<f64>,
+    /// Body-mass index (kg/m²), `None` when not checked (no height, or a protocol not on actual weight).
+    pub bmi_kg_m2: Option<f64>,
+    /// |actual − last recorded weight| in % of the last recorded weight; `None`: no recorded weight.
+    pub weight_change_pct: Option<f64>,
+    /// Dosing weight in % of the actual weight; `None`: dosed on the actual weight.
+    pub dosing_weight_pct: Option<f64>,
 }
 
 impl Order {
@@ -295,6 +352,10 @@ impl Order {
             LimitKind::Vtbi => Some(self.vtbi_ml),
             LimitKind::HoursSinceLastStart => self.hours_since_last_start,
             LimitKind::SessionsIn7Days => Some(f64::from(self.sessions_in_7_days)),
+            LimitKind::Height => self.height_cm,
+            LimitKind::Bmi => self.bmi_kg_m2,
+            LimitKind::WeightChange => self.weight_change_pct,
+            LimitKind::DosingWeightShare => self.dosing_weight_pct,
         }
     }
 
@@ -312,8 +373,13 @@ impl Order {
             | LimitKind::Dose
             | LimitKind::DoseRate
             | LimitKind::Duration
-            | LimitKind::Vtbi => (0.0, true),
-            LimitKind::Bolus | LimitKind::BolusRate | LimitKind::HoursSinceLastStart => (0.0, false),
+            | LimitKind::Vtbi
+            | LimitKind::Height
+            | LimitKind::Bmi
+            | LimitKind::DosingWeightShare => (0.0, true),
+            LimitKind::Bolus | LimitKind::BolusRate | LimitKind::HoursSinceLastStart | LimitKind::WeightChange => {
+                (0.0, false)
+            }
             // A dose that is not a number is refused on its own; the total then only must not be negative.
             LimitKind::Cumulative1h | LimitKind::Cumulative4h | LimitKind::Cumulative7d => {
                 (if self.dose_mg_per_kg.is_finite() { self.dose_mg_per_kg } else { 0.0 }, false)
@@ -383,8 +449,9 @@ pub fn effective_hard_max(kind: LimitKind, limit: Limit) -> Option<f64> {
     }
 }
 
-/// Checks one value against its floor and its limit: the most severe finding, or none.
-fn check_value(kind: LimitKind, limit: Limit, value: f64, floor: (f64, bool)) -> Option<Finding> {
+/// Checks one value against its floor and its limit (its maxima widened by `max_factor`): the most
+/// severe finding, or none. A finding names the configured bound, not the widened one.
+fn check_value(kind: LimitKind, limit: Limit, value: f64, floor: (f64, bool), max_factor: f64) -> Option<Finding> {
     let finding = |severity, bound, limit: Option<f64>| Some(Finding { kind, severity, bound, value, limit });
     if !value.is_finite() {
         return finding(Severity::Hard, Bound::NonFinite, None);
@@ -396,13 +463,13 @@ fn check_value(kind: LimitKind, limit: Limit, value: f64, floor: (f64, bool)) ->
     if let Some(min) = bound(limit.hard_min).filter(|&min| value < min) {
         return finding(Severity::Hard, Bound::Min, Some(min));
     }
-    if let Some(max) = effective_hard_max(kind, limit).filter(|&max| value > max) {
+    if let Some(max) = effective_hard_max(kind, limit).filter(|&max| value > max * max_factor) {
         return finding(Severity::Hard, Bound::Max, Some(max));
     }
     if let Some(min) = bound(limit.soft_min).filter(|&min| value < min) {
         return finding(Severity::Soft, Bound::Min, Some(min));
     }
-    if let Some(max) = bound(limit.soft_max).filter(|&max| value > max) {
+    if let Some(max) = bound(limit.soft_max).filter(|&max| value > max * max_factor) {
         return finding(Severity::Soft, Bound::Max, Some(max));
     }
     None
@@ -413,7 +480,9 @@ fn check_value(kind: LimitKind, limit: Limit, value: f64, floor: (f64, bool)) ->
 pub fn check_order(limits: &DrugLimits, order: &Order) -> Findings {
     let mut findings = Findings::EMPTY;
     for (slot, kind) in findings.slots.iter_mut().zip(LimitKind::ALL) {
-        *slot = order.value(kind).and_then(|value| check_value(kind, limits.get(kind), value, order.floor(kind)));
+        let factor = limits.max_factor(kind);
+        *slot =
+            order.value(kind).and_then(|value| check_value(kind, limits.get(kind), value, order.floor(kind), factor));
     }
     findings
 }
@@ -451,7 +520,7 @@ pub fn kernel_limits(limits: &DrugLimits, order: &Order, device_max_rate_ml_h: f
     for kind in [LimitKind::Cumulative1h, LimitKind::Cumulative4h, LimitKind::Cumulative7d] {
         if let (Some(cap), Some(total)) = (effective_hard_max(kind, limits.get(kind)), order.value(kind)) {
             let given_before = total - order.dose_mg_per_kg;
-            hard_cap_mg = hard_cap_mg.min((cap - given_before) * weight);
+            hard_cap_mg = hard_cap_mg.min((cap * limits.max_factor(kind) - given_before) * weight);
         }
     }
     let settings = KernelLimits { concentration_mg_per_ml: concentration, max_rate_ml_h, hard_cap_mg };
@@ -488,6 +557,11 @@ mod tests {
         vtbi_ml: limit(None, None, Some(60.0), Some(120.0)),
         hours_since_last_start: limit(Some(24.0), Some(44.0), None, None),
         sessions_in_7_days: limit(None, None, Some(3.0), Some(4.0)),
+        height_cm: limit(Some(100.0), Some(130.0), Some(220.0), Some(250.0)),
+        bmi_kg_m2: limit(None, Some(16.0), Some(40.0), Some(80.0)),
+        weight_change_pct: limit(None, None, Some(10.0), Some(50.0)),
+        dosing_weight_pct: limit(Some(30.0), Some(50.0), None, None),
+        cap_tolerance: 0.0,
     };
 
     /// 0.5 mg/kg over 40 min at 1 mg/mL, 70 kg, second session of the week.
@@ -506,6 +580,10 @@ mod tests {
         cumulative_7d_mg_per_kg: 1.0,
         hours_since_last_start: Some(72.0),
         sessions_in_7_days: 2,
+        height_cm: Some(175.0),
+        bmi_kg_m2: Some(22.9),
+        weight_change_pct: Some(1.0),
+        dosing_weight_pct: None,
     };
 
     fn with(kind: LimitKind, value: f64) -> Order {
@@ -532,6 +610,10 @@ mod tests {
             LimitKind::HoursSinceLastStart => o.hours_since_last_start = Some(value),
             // Counts above u32 are not representable; the tests use small ones.
             LimitKind::SessionsIn7Days => o.sessions_in_7_days = value as u32,
+            LimitKind::Height => o.height_cm = Some(value),
+            LimitKind::Bmi => o.bmi_kg_m2 = Some(value),
+            LimitKind::WeightChange => o.weight_change_pct = Some(value),
+            LimitKind::DosingWeightShare => o.dosing_weight_pct = Some(value),
         }
         o
     }
@@ -595,6 +677,9 @@ mod tests {
             (LimitKind::Cumulative7d, 3.5, 3.0),
             (LimitKind::Vtbi, 130.0, 120.0),
             (LimitKind::SessionsIn7Days, 5.0, 4.0),
+            (LimitKind::Height, 260.0, 250.0),
+            (LimitKind::Bmi, 90.0, 80.0),
+            (LimitKind::WeightChange, 120.0, 50.0),
         ] {
             expect(kind, value, Severity::Hard, Bound::Max, Some(max));
         }
@@ -610,6 +695,8 @@ mod tests {
             (LimitKind::DoseRate, 0.01, 0.05),
             (LimitKind::Duration, 20.0, 30.0),
             (LimitKind::HoursSinceLastStart, 12.0, 24.0),
+            (LimitKind::Height, 66.0, 100.0),
+            (LimitKind::DosingWeightShare, 28.7, 30.0),
         ] {
             expect(kind, value, Severity::Hard, Bound::Min, Some(min));
         }
@@ -633,6 +720,12 @@ mod tests {
             (LimitKind::Vtbi, 70.0, Bound::Max, 60.0),
             (LimitKind::HoursSinceLastStart, 30.0, Bound::Min, 44.0),
             (LimitKind::SessionsIn7Days, 4.0, Bound::Max, 3.0),
+            (LimitKind::Height, 120.0, Bound::Min, 130.0),
+            (LimitKind::Height, 230.0, Bound::Max, 220.0),
+            (LimitKind::Bmi, 45.0, Bound::Max, 40.0),
+            (LimitKind::Bmi, 15.0, Bound::Min, 16.0),
+            (LimitKind::WeightChange, 12.0, Bound::Max, 10.0),
+            (LimitKind::DosingWeightShare, 40.0, Bound::Min, 50.0),
         ] {
             expect(kind, value, Severity::Soft, bound, Some(limit));
         }
@@ -694,6 +787,10 @@ mod tests {
             (LimitKind::Cumulative1h, 0.4, 0.5),
             (LimitKind::Cumulative7d, 0.0, 0.5),
             (LimitKind::SessionsIn7Days, 0.0, 1.0),
+            (LimitKind::Height, 0.0, 0.0),
+            (LimitKind::Bmi, 0.0, 0.0),
+            (LimitKind::WeightChange, -1.0, 0.0),
+            (LimitKind::DosingWeightShare, -20.0, 0.0),
         ] {
             for limits in [&KETAMINE, &none] {
                 let findings = check_order(limits, &with(kind, value));
@@ -866,6 +963,62 @@ mod tests {
         assert_eq!(kernel_limits(&DrugLimits::NONE, &STANDARD, 200.0), None);
         // A soft finding does not stop the derivation: it is confirmed before the session.
         assert!(kernel_limits(&KETAMINE, &with(LimitKind::Dose, 0.8), 200.0).is_some());
+    }
+
+    #[test]
+    fn plausibility_kinds_are_not_checked_when_unknown() {
+        let order =
+            Order { height_cm: None, bmi_kg_m2: None, weight_change_pct: None, dosing_weight_pct: None, ..STANDARD };
+        assert!(check_order(&KETAMINE, &order).is_empty());
+        // A missing hard maximum of a plausibility kind is no bound (nothing is delivered by it).
+        assert!(!LimitKind::Height.missing_hard_max_is_zero() && !LimitKind::Bmi.missing_hard_max_is_zero());
+    }
+
+    /// Three full doses a week, each delivered a few parts per million over: within the tolerance.
+    const TOLERANT: DrugLimits = DrugLimits { cap_tolerance: 0.02, ..KETAMINE };
+
+    #[test]
+    fn cumulative_maxima_are_widened_by_the_cap_tolerance_and_named_as_configured() {
+        let third = with(LimitKind::Cumulative7d, 3.000_004_3);
+        expect(LimitKind::Cumulative7d, 3.000_004_3, Severity::Hard, Bound::Max, Some(3.0));
+        let findings = check_order(&TOLERANT, &third);
+        // Still above the soft maximum (2.25), which names its configured value.
+        assert_eq!(
+            findings.get(LimitKind::Cumulative7d).map(|f| (f.severity, f.limit)),
+            Some((Severity::Soft, Some(2.25)))
+        );
+        // At the soft max plus the tolerance: nothing; just above the widened hard max: hard.
+        assert!(check_order(&TOLERANT, &with(LimitKind::Cumulative7d, 2.25 * 1.02)).is_empty());
+        let over = check_order(&TOLERANT, &with(LimitKind::Cumulative7d, 3.0 * 1.02 + 1e-9));
+        assert_eq!(over.get(LimitKind::Cumulative7d).map(|f| (f.severity, f.limit)), Some((Severity::Hard, Some(3.0))));
+        // Every other kind keeps its bound exactly.
+        for kind in LimitKind::ALL {
+            let cumulative =
+                matches!(kind, LimitKind::Cumulative1h | LimitKind::Cumulative4h | LimitKind::Cumulative7d);
+            assert_eq!(TOLERANT.max_factor(kind), if cumulative { 1.02 } else { 1.0 }, "{kind:?}");
+        }
+        expect(LimitKind::Vtbi, 120.0 + 1e-9, Severity::Hard, Bound::Max, Some(120.0));
+        assert!(check_order(&TOLERANT, &with(LimitKind::Dose, 1.0 + 1e-9)).has_hard());
+        // A tolerance that is not a finite positive fraction is none.
+        for bad in [f64::NAN, -0.5, f64::INFINITY] {
+            assert_eq!(DrugLimits { cap_tolerance: bad, ..KETAMINE }.max_factor(LimitKind::Cumulative7d), 1.0);
+        }
+    }
+
+    #[test]
+    fn the_kernel_cap_leaves_the_tolerance_for_a_full_third_dose() {
+        // Two 1.0 mg/kg sessions delivered 2.0000043 mg/kg: a third full dose still fits the cap.
+        let order = Order {
+            dose_mg_per_kg: 1.0,
+            cumulative_1h_mg_per_kg: 1.0,
+            cumulative_4h_mg_per_kg: 1.0,
+            cumulative_7d_mg_per_kg: 3.000_004_3,
+            ..STANDARD
+        };
+        let k = kernel_limits(&TOLERANT, &order, 200.0).unwrap();
+        assert!((k.hard_cap_mg - 70.0).abs() < 1e-9, "{k:?}");
+        let k = kernel_limits(&KETAMINE, &order, 200.0);
+        assert_eq!(k, None, "without the tolerance the total crosses the hard cap");
     }
 
     #[test]

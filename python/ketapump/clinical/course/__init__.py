@@ -20,9 +20,10 @@ How the store is kept trustworthy:
   overrides are append-only and an ended session is immutable (triggers refuse the change). Another
   program editing the file with the ``sqlite3`` shell meets the same rules.
 * **Time is an argument.** Every method that records or compares a time takes it as a timezone-aware
-  ``datetime``; nothing here reads the wall clock (only the CLI defaults to "now"), so a demo running in
-  virtual time records virtual time. Times are stored as fixed-width UTC ISO-8601 text
-  (``2025-01-06T09:00:00.000000Z``), which sorts chronologically as text and reads well in a shell.
+  ``datetime``; nothing here reads the wall clock (the session runner stamps records with the wall
+  clock in UTC, whatever clock the pump runs on; the CLI defaults to "now"). Times are stored as
+  fixed-width UTC ISO-8601 text (``2025-01-06T09:00:00.000000Z``), which sorts chronologically as text
+  and reads well in a shell.
 * **Never silently replaced.** A database is created only by an explicit step (:meth:`CourseHistory.create`,
   ``ketapump course init``) and carries an id of its own (:attr:`CourseHistory.database_id`) that every
   session's audit log records. Opening a path that is missing, empty, not SQLite, another program's file
@@ -65,6 +66,7 @@ from ketapump.clinical.course.location import (
     near_patient_ids,
     normalise_patient_id,
 )
+from ketapump.clinical.course.outcomes import INSTRUMENTS, Score, Trend, plot_trend
 from ketapump.clinical.course.records import (
     ActionRecord,
     Alarm,
@@ -79,6 +81,7 @@ from ketapump.clinical.course.records import (
     Patient,
     SeriesEntry,
     Session,
+    StandingOverride,
 )
 from ketapump.clinical.course.schema import APPLICATION_ID, SCHEMA_VERSION, Migration
 from ketapump.clinical.course.settings import CourseSettings, CourseSettingsError, load_course_settings
@@ -86,6 +89,7 @@ from ketapump.clinical.course.store import CourseHistory
 
 __all__ = [
     "APPLICATION_ID",
+    "INSTRUMENTS",
     "PATIENT_ID_RULE",
     "SCHEMA_VERSION",
     "ActionRecord",
@@ -103,10 +107,14 @@ __all__ = [
     "Observation",
     "Override",
     "Patient",
+    "Score",
     "SeriesEntry",
     "Session",
+    "StandingOverride",
+    "Trend",
     "default_course_path",
     "load_course_settings",
     "near_patient_ids",
     "normalise_patient_id",
+    "plot_trend",
 ]

@@ -9,6 +9,7 @@ import datetime as _dt
 from typing import Any, Literal
 
 from ketapump.clinical.course.location import _iso
+from ketapump.clinical.course.outcomes import Trend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +74,15 @@ class LogSeal:
 
 @dataclasses.dataclass(frozen=True)
 class Note:
-    """A journal note; ``who`` wrote it (``None``: written before operator names were recorded)."""
+    """A journal note; ``who`` wrote it (``None``: written before operator names were recorded).
+    ``late_h``: how many hours after the journal window (``journal.within_h`` after the session ended)
+    it was written, ``None`` when within it. A late note is kept and flagged."""
 
     session_id: str
     at: _dt.datetime
     text: str
     who: str | None = None
+    late_h: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +147,19 @@ class Override:
 
 
 @dataclasses.dataclass(frozen=True)
+class StandingOverride:
+    """A soft limit or course rule (``kind``) confirmed in advance for every session of the patient that
+    starts from ``granted_at`` up to ``expires_at``: why, and who decided it."""
+
+    patient_id: str
+    kind: str
+    reason: str
+    who: str
+    granted_at: _dt.datetime
+    expires_at: _dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
 class SeriesEntry:
     """A session in the course listing: ``interval_h`` since the previous session's start (``None`` for
     the first), and whether it ``counts`` toward the series (its outcome is one of the counted ones)."""
@@ -200,6 +217,9 @@ class CourseSummary:
     observations: tuple[Observation, ...] = ()
     medications: tuple[Medication, ...] = ()
     actions: tuple[ActionRecord, ...] = ()
+    standing_overrides: tuple[StandingOverride, ...] = ()
+    #: Each rating scale's trend (baseline, latest, response, remission), by scale.
+    outcomes: dict[str, Trend] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types; times as UTC ISO-8601 with ``Z``."""

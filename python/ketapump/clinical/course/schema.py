@@ -210,6 +210,36 @@ CREATE INDEX medications_by_session ON medications (session_id, at);
 """ + _append_only("actions", "observations", "medications")
 
 
+# Step 4: each visit's rating-scale scores (PHQ-9, MADRS: ranges checked by the file) and standing
+# per-patient overrides of a soft limit or course rule, with their author and expiry.
+_STEP_4: Final = """
+CREATE TABLE scores (
+    score_id    INTEGER PRIMARY KEY,
+    patient_id  TEXT NOT NULL REFERENCES patients (patient_id),
+    session_id  TEXT REFERENCES sessions (session_id),       -- NULL: a visit without an infusion
+    at          TEXT NOT NULL,
+    instrument  TEXT NOT NULL CHECK (instrument IN ('phq9', 'madrs')),
+    score       INTEGER NOT NULL CHECK (
+        typeof(score) = 'integer' AND score >= 0
+        AND score <= CASE instrument WHEN 'phq9' THEN 27 ELSE 60 END
+    ),
+    who         TEXT CHECK (who IS NULL OR length(trim(who)) > 0)
+);
+CREATE INDEX scores_by_patient ON scores (patient_id, at);
+
+CREATE TABLE standing_overrides (
+    standing_id  INTEGER PRIMARY KEY,
+    patient_id   TEXT NOT NULL REFERENCES patients (patient_id),
+    kind         TEXT NOT NULL CHECK (length(kind) > 0),     -- the soft limit or course rule it confirms
+    reason       TEXT NOT NULL CHECK (length(trim(reason)) > 0),
+    who          TEXT NOT NULL CHECK (length(trim(who)) > 0),
+    granted_at   TEXT NOT NULL,
+    expires_at   TEXT NOT NULL CHECK (expires_at > granted_at)
+);
+CREATE INDEX standing_overrides_by_patient ON standing_overrides (patient_id, kind, expires_at);
+""" + _append_only("scores", "standing_overrides")
+
+
 def _step_1(conn: sqlite3.Connection, _created_at: str) -> None:
     for statement in _statements(_STEP_1):
         conn.execute(statement)
@@ -225,13 +255,23 @@ def _step_2(conn: sqlite3.Connection, created_at: str) -> None:
     _normalise_existing_patient_ids(conn)
 
 
-#: Version → the step that brings a database from the version before it to this one.
 def _step_3(conn: sqlite3.Connection, _created_at: str) -> None:
     for statement in _statements(_STEP_3):
         conn.execute(statement)
 
 
-STEPS: Final[dict[int, Callable[[sqlite3.Connection, str], None]]] = {1: _step_1, 2: _step_2, 3: _step_3}
+def _step_4(conn: sqlite3.Connection, _created_at: str) -> None:
+    for statement in _statements(_STEP_4):
+        conn.execute(statement)
+
+
+#: Version → the step that brings a database from the version before it to this one.
+STEPS: Final[dict[int, Callable[[sqlite3.Connection, str], None]]] = {
+    1: _step_1,
+    2: _step_2,
+    3: _step_3,
+    4: _step_4,
+}
 #: The schema this code reads and writes (``PRAGMA user_version``).
 SCHEMA_VERSION: Final = max(STEPS)
 

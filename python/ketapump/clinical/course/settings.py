@@ -1,5 +1,6 @@
 """The course's clinician-owned numbers (``data/course.toml``): the initial series, the maintenance
-window, the journal-note window, every problem in a file listed with its path; no defaults in code."""
+window, the journal-note window, response and remission on the rating scales; every problem in a file
+listed with its path; no defaults in code."""
 
 from __future__ import annotations
 
@@ -44,6 +45,21 @@ class JournalSettings(BaseModel):
     within_h: _Positive
 
 
+class OutcomeSettings(BaseModel):
+    """Response and remission on the rating scales (:mod:`ketapump.clinical.course.outcomes`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    response_reduction_pct: float = Field(gt=0, le=100, allow_inf_nan=False)
+    remission_phq9_max: int = Field(ge=0, le=27)
+    remission_madrs_max: int = Field(ge=0, le=60)
+
+    def remission_max(self, instrument: str) -> int:
+        """The highest score of ``instrument`` that is a remission."""
+        limit: int = getattr(self, f"remission_{instrument}_max")
+        return limit
+
+
 class CourseSettings(BaseModel):
     """The course's numbers, as in ``data/course.toml`` (every field required: no defaults in code)."""
 
@@ -53,6 +69,7 @@ class CourseSettings(BaseModel):
     initial_series: InitialSeriesSettings
     maintenance: MaintenanceSettings
     journal: JournalSettings
+    outcomes: OutcomeSettings
 
 
 class CourseSettingsError(DocumentError):

@@ -26,6 +26,7 @@ from ketapump.clinical.course.location import (
     near_patient_ids,
     normalise_patient_id,
 )
+from ketapump.clinical.course.outcomes import Score, check_score, trends
 from ketapump.clinical.course.records import (
     ActionRecord,
     Alarm,
@@ -40,6 +41,7 @@ from ketapump.clinical.course.records import (
     Patient,
     SeriesEntry,
     Session,
+    StandingOverride,
 )
 from ketapump.clinical.course.settings import CourseSettings, load_course_settings
 from ketapump.errors import CourseError, CourseRecordNotFoundError, CourseStorageError
@@ -284,7 +286,9 @@ class CourseHistory:
     ) -> Session:
         """Record that a session started; it is in progress until :meth:`end_session`.
 
-        Until then every dose window it overlaps counts its ``programmed_mg``.
+        Until then every dose window it overlaps counts its ``programmed_mg``. Refused
+        (:class:`~ketapump.errors.CourseError`) while another session of the patient is in progress
+        (:meth:`refuse_if_open`).
         """
         patient_id = normalise_patient_id(patient_id)
         subject = f"session {session_id}"
@@ -302,6 +306,7 @@ class CourseHistory:
                     subject,
                     f"already exists (patient {existing['patient_id']}, started {existing['started_at']})",
                 )
+            self.refuse_if_open(patient_id)
             self._conn.execute(
                 f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
                 (
@@ -315,6 +320,22 @@ class CourseHistory:
                 ),
             )
             return self.session(session_id)
+
+    def open_sessions(self, patient_id: str) -> tuple[Session, ...]:
+        """The patient's sessions still in progress (none, unless one is running or a crash left it)."""
+        return tuple(s for s in self.sessions(patient_id) if s.in_progress)
+
+    def refuse_if_open(self, patient_id: str) -> None:
+        """Raises :class:`~ketapump.errors.CourseError` if a session of the patient is in progress: one
+        patient has one infusion at a time, and a session a crash left open must be ended (with what its
+        audit log says it delivered: ``ketapump course end``) before the next one starts."""
+        for session in self.open_sessions(patient_id):
+            raise CourseError(
+                f"patient {patient_id}",
+                f"session {session.session_id} is in progress since {_iso(session.started_at)}: one session "
+                "at a time; if it is not running (a crash left it open), end it with `ketapump course end "
+                f"{session.session_id} --delivered-mg MG --reason TEXT` from its audit log first",
+            )
 
     def end_session(
         self, session_id: str, ended_at: _dt.datetime, delivered_mg: float, outcome: str
@@ -390,35 +411,133 @@ class CourseHistory:
             )
         return Override(patient_id, session_id, kind, reason, _time(stamp), who)
 
+    def record_score(
+        self,
+        patient_id: str,
+        instrument: str,
+        score: int,
+        at: _dt.datetime,
+        *,
+        session_id: str | None = None,
+        who: str | None = None,
+    ) -> Score:
+        """Append a rating-scale score (PHQ-9 0–27, MADRS 0–60, whole numbers) for a visit, with who
+        recorded it; ``session_id`` (the patient's) when it belongs to an infusion. Out of range, an
+        unknown scale or another patient's session: :class:`CourseError`, nothing written."""
+        subject = f"patient {patient_id}"
+        stamp = _stamp(subject, "at", at)
+        value = check_score(subject, instrument, score)
+        if who is not None:
+            _text(subject, "who", who)
+        with self.transaction():
+            self.patient(patient_id)
+            if session_id is not None:
+                self._own_session(patient_id, session_id)
+            self._conn.execute(
+                "INSERT INTO scores (patient_id, session_id, at, instrument, score, who) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (patient_id, session_id, stamp, instrument, value, who),
+            )
+        return Score(patient_id, session_id, _time(stamp), instrument, value, who)
+
+    def scores(self, patient_id: str) -> tuple[Score, ...]:
+        """The patient's scores in time order."""
+        self.patient(patient_id)
+        rows = self._read(
+            "SELECT patient_id, session_id, at, instrument, score, who FROM scores WHERE patient_id = ? "
+            "ORDER BY at, score_id",
+            (patient_id,),
+        )
+        return tuple(
+            Score(r["patient_id"], r["session_id"], _time(r["at"]), r["instrument"], r["score"], r["who"])
+            for r in rows
+        )
+
+    def grant_standing_override(
+        self,
+        patient_id: str,
+        kind: str,
+        reason: str,
+        *,
+        who: str,
+        granted_at: _dt.datetime,
+        expires_at: _dt.datetime,
+    ) -> StandingOverride:
+        """Append a standing override: the soft limit or course rule ``kind`` is confirmed for every
+        session of the patient that starts from ``granted_at`` up to ``expires_at`` (both included),
+        with ``reason``, by ``who`` (required: a standing decision has an author). An expiry not after
+        the grant: :class:`CourseError`."""
+        subject = f"patient {patient_id}"
+        granted = _stamp(subject, "granted_at", granted_at)
+        expires = _stamp(subject, "expires_at", expires_at)
+        for name, value in (("kind", kind), ("reason", reason), ("who", who)):
+            _text(subject, name, value)
+        if expires_at <= granted_at:
+            raise CourseError(
+                subject, f"a standing override must expire after it is granted ({expires} ≤ {granted})"
+            )
+        with self.transaction():
+            self.patient(patient_id)
+            self._conn.execute(
+                "INSERT INTO standing_overrides (patient_id, kind, reason, who, granted_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (patient_id, kind, reason.strip(), who.strip(), granted, expires),
+            )
+        return StandingOverride(patient_id, kind, reason.strip(), who.strip(), _time(granted), _time(expires))
+
+    def standing_overrides(
+        self, patient_id: str, at: _dt.datetime | None = None
+    ) -> tuple[StandingOverride, ...]:
+        """The patient's standing overrides (in force at ``at`` when given), latest grant first."""
+        self.patient(patient_id)
+        sql = (
+            "SELECT patient_id, kind, reason, who, granted_at, expires_at FROM standing_overrides "
+            "WHERE patient_id = ?"
+        )
+        args: tuple[object, ...] = (patient_id,)
+        if at is not None:
+            stamp = _stamp(f"patient {patient_id}", "at", at)
+            sql += " AND granted_at <= ? AND expires_at >= ?"
+            args += (stamp, stamp)
+        rows = self._read(sql + " ORDER BY granted_at DESC, standing_id DESC", args)
+        return tuple(
+            StandingOverride(
+                r["patient_id"],
+                r["kind"],
+                r["reason"],
+                r["who"],
+                _time(r["granted_at"]),
+                _time(r["expires_at"]),
+            )
+            for r in rows
+        )
+
+    def _own_session(self, patient_id: str, session_id: str) -> None:
+        owner = self.session(session_id).patient_id
+        if owner != patient_id:
+            raise CourseError(f"session {session_id}", f"belongs to patient {owner}, not {patient_id}")
+
     def add_note(self, session_id: str, text: str, at: _dt.datetime, *, who: str | None = None) -> Note:
-        """Attach a journal note, written by ``who``, to a session. Accepted from the session's start
-        until ``journal.within_h`` (24 h) after it ended, both ends included; refused otherwise with a
-        :class:`CourseError`, and for an unknown session with :class:`CourseRecordNotFoundError`."""
+        """Attach a journal note, written by ``who``, to a session, from the session's start on. A note
+        written more than ``journal.within_h`` (24 h) after the session ended is kept and flagged late
+        (:attr:`Note.late_h`); one before the session started is refused (:class:`CourseError`), and
+        one for an unknown session too (:class:`CourseRecordNotFoundError`)."""
         subject = f"session {session_id}"
         stamp = _stamp(subject, "at", at)
         _text(subject, "text", text)
         if who is not None:
             _text(subject, "who", who)
-        within_h = self.settings.journal.within_h
         with self.transaction():
             session = self.session(session_id)
             if at < session.started_at:
                 raise CourseError(
                     subject, f"a note at {stamp} is before the session started ({_iso(session.started_at)})"
                 )
-            if session.ended_at is not None:
-                late_h = (at - session.ended_at) / _dt.timedelta(hours=1)
-                if late_h > within_h:
-                    raise CourseError(
-                        subject,
-                        f"a note at {stamp} is {late_h:.1f} h after the session ended "
-                        f"({_iso(session.ended_at)}); journal notes are accepted for {within_h:g} h",
-                    )
             self._conn.execute(
                 "INSERT INTO notes (session_id, at, text, who) VALUES (?, ?, ?, ?)",
                 (session_id, stamp, text, who),
             )
-        return Note(session_id, _time(stamp), text, who)
+        return Note(session_id, _time(stamp), text, who, self._late_h(session, at))
 
     def record_action(
         self,
@@ -535,6 +654,13 @@ class CourseHistory:
             )
         return Medication(session_id, _time(stamp), drug, amount, unit, route, reason, who)
 
+    def _late_h(self, session: Session, at: _dt.datetime) -> float | None:
+        """Hours past the journal window a note at ``at`` is, or ``None`` within it (both ends in)."""
+        if session.ended_at is None:
+            return None
+        late = (at - session.ended_at) / _dt.timedelta(hours=1) - self.settings.journal.within_h
+        return late if late > 0 else None
+
     def seal_log(  # noqa: PLR0917 (one record's fields, in the table's order)
         self,
         session_id: str,
@@ -637,12 +763,15 @@ class CourseHistory:
         return tuple(Alarm(r["session_id"], _time(r["at"]), r["code"], r["detail"]) for r in rows)
 
     def notes(self, session_id: str) -> tuple[Note, ...]:
-        self.session(session_id)
+        session = self.session(session_id)
         rows = self._read(
             "SELECT session_id, at, text, who FROM notes WHERE session_id = ? ORDER BY at, note_id",
             (session_id,),
         )
-        return tuple(Note(r["session_id"], _time(r["at"]), r["text"], r["who"]) for r in rows)
+        return tuple(
+            Note(r["session_id"], _time(r["at"]), r["text"], r["who"], self._late_h(session, _time(r["at"])))
+            for r in rows
+        )
 
     def actions(self, session_id: str) -> tuple[ActionRecord, ...]:
         """The session's actions in the order they were taken."""
@@ -783,7 +912,8 @@ class CourseHistory:
     def course_summary(self, patient_id: str, now: _dt.datetime) -> CourseSummary:
         """The patient's course as of ``now``: every session (date, dose, mg/kg, interval since the
         previous start), the initial series and, once it is complete, the maintenance window; with the
-        alarms, journal notes and overrides. Reported against ``settings``, never enforced."""
+        alarms, journal notes, overrides (and standing ones) and the outcome scores' trends. Reported
+        against ``settings``, never enforced."""
         patient_id = normalise_patient_id(patient_id)
         _stamp(f"patient {patient_id}", "now", now)
         with self._snapshot():
@@ -795,6 +925,7 @@ class CourseHistory:
             observations = tuple(o for s in sessions for o in self.observations(s.session_id))
             medications = tuple(m for s in sessions for m in self.medications(s.session_id))
             actions = tuple(a for s in sessions for a in self.actions(s.session_id))
+            standing = self.standing_overrides(patient_id)
         series_cfg = self.settings.initial_series
         counted_outcomes = set(series_cfg.counted_outcomes)
         entries: list[SeriesEntry] = []
@@ -845,4 +976,6 @@ class CourseHistory:
             observations=observations,
             medications=medications,
             actions=actions,
+            standing_overrides=standing,
+            outcomes=trends(self.scores(patient_id), self.settings.outcomes),
         )
