@@ -14,12 +14,15 @@ pub const REGISTER_MAP_TOML: &str = include_str!("../../python/ketapump/data/reg
 
 /// Function codes the request handler ([`crate::modbus::handle_pdu`]) implements; a map may list any of
 /// them. 3 and 4 read holding registers (the same registers: the map has no separate input registers),
-/// 6 writes one register, 16 writes several.
-pub const IMPLEMENTED_FUNCTION_CODES: [u8; 4] = [3, 4, 6, 16];
+/// 6 writes one register, 16 writes several, 23 writes several and then reads several in one
+/// transaction (the bridge's telemetry read and heartbeat each cycle).
+pub const IMPLEMENTED_FUNCTION_CODES: [u8; 5] = [3, 4, 6, 16, 23];
 /// Most registers one read may ask for (Modbus application protocol, function 3).
 pub const MAX_READ_REGISTERS: u16 = 125;
 /// Most registers one write may carry (function 16).
 pub const MAX_WRITE_REGISTERS: u16 = 123;
+/// Most registers function 23 (read/write multiple) may write (Modbus application protocol 6.17).
+pub const MAX_READ_WRITE_WRITE_REGISTERS: u16 = 121;
 
 /// Modbus exception codes the simulated firmware answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,11 +222,11 @@ description = ""
     #[test]
     fn unimplemented_or_repeated_function_codes_are_refused() {
         let shipped = REGISTER_MAP_TOML;
-        let five = shipped.replace("function_codes = [3, 4, 6, 16]", "function_codes = [3, 5]");
+        let five = shipped.replace("function_codes = [3, 4, 6, 16, 23]", "function_codes = [3, 5]");
         assert!(RegisterMap::parse(&five).unwrap_err().contains("function code 5 is not implemented"));
-        let twice = shipped.replace("function_codes = [3, 4, 6, 16]", "function_codes = [3, 16, 3]");
+        let twice = shipped.replace("function_codes = [3, 4, 6, 16, 23]", "function_codes = [3, 16, 3]");
         assert!(RegisterMap::parse(&twice).unwrap_err().contains("listed twice"));
-        assert!(RegisterMap::shipped().serves_function(16));
+        assert!(RegisterMap::shipped().serves_function(16) && RegisterMap::shipped().serves_function(23));
         assert!(!RegisterMap::shipped().serves_function(5));
     }
 

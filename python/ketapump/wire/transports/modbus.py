@@ -69,3 +69,22 @@ class ModbusTcpTransport(RegisterTransport):
         except ModbusException as e:
             raise TransportError(self.url, str(e)) from e
         self._check(rr, f"write at {address}")
+
+    async def _write_and_read(
+        self, write_address: int, values: list[int], read_address: int, count: int
+    ) -> list[int]:
+        what = f"write {len(values)} at {write_address} and read {count} at {read_address}"
+        try:
+            rr = await self._live().readwrite_registers(
+                read_address=read_address,
+                read_count=count,
+                write_address=write_address,
+                values=values,
+                device_id=self.unit,
+            )
+        except ModbusException as e:
+            raise TransportError(self.url, str(e)) from e
+        self._check(rr, what)
+        if len(rr.registers) != count:
+            raise TransportError(self.url, f"{what}: got {len(rr.registers)} registers")
+        return list(rr.registers)
