@@ -40,15 +40,16 @@ def main(paths: list[str]) -> None:
         rows.append(("kernel step / Python no-op call", ratio, 3.0, False))
     if "test_bridge_tick_body_on_sim" in m:
         rows.append(("bridge tick body p50 (µs)", m["test_bridge_tick_body_on_sim"]["p50_us"], 20.0, False))
-    for name, info in m.items():
+    for info in m.values():
         if "ratio_median_over_floor" in info:
             label = f"{info['protocol']} round trip / wire floor"
             rows.append((label, info["ratio_median_over_floor"], 1.2, False))
-        if name == "test_poll_capacity[64pumps-100Hz]":
-            rows.append(("64 pumps × 100 Hz: cycles on time", info["on_time_fraction"], 0.999, True))
-            rows.append(
-                ("bridge/bare pymodbus CPU per request", info["cpu_ratio_bridge_over_bare"], 1.1, False)
-            )
+        if info.get("group") == "poll-capacity" and (info["pumps"], info["rate_hz"]) == (64, 100):
+            cycle = info["cycle"]
+            on_time = info["on_time_fraction"]["median"]
+            rows.append((f"64 pumps × 100 Hz ({cycle}): cycles on time", on_time, 0.999, True))
+            ratio = info["cpu_ratio_bridge_over_bare"]["median"]
+            rows.append((f"bridge/bare pymodbus CPU per cycle ({cycle})", ratio, 1.1, False))
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.2))
     labels = [r[0] for r in rows]
     score = [r[1] / r[2] if not r[3] else r[2] / r[1] for r in rows]  # ≤ 1 meets the target
