@@ -511,7 +511,7 @@ mod tests {
         }
         // 122 registers to write: one more than function 23 allows.
         let mut long = vec![23, 0, 30, 0, 1, 0, 24, 0, 122, 244];
-        long.extend(std::iter::repeat(0).take(244));
+        long.extend(std::iter::repeat_n(0, 244));
         assert_eq!(handle_pdu(&mut fw, &long), vec![0x97, 3]);
     }
 
