@@ -12,22 +12,18 @@ tick woke at or after its deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import QUICK
+from conftest import QUICK, busy_cores, print_uncaptured
 from ketapump.clock import ScaledClock
 
-ROOT = Path(__file__).resolve().parents[1]
 SECONDS = 0.5 if QUICK else 3.0
 PERIODS_S = [0.010, 0.001]
 TARGET_P99_MS_AT_1KHZ = 0.3
@@ -87,22 +83,6 @@ LOOPS: dict[str, Callable[[float, int], list[float]]] = {
 }
 
 
-@contextlib.contextmanager
-def busy(cores: int) -> Iterator[None]:
-    if cores == 0:
-        yield
-        return
-    proc = subprocess.Popen(
-        [str(ROOT / "tools" / "busy"), str(cores), "--seconds", "300"], stdout=subprocess.PIPE
-    )
-    assert proc.stdout is not None and proc.stdout.readline().startswith(b"busy: ")
-    try:
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -111,33 +91,29 @@ def quantile(values: list[float], q: float) -> float:
 @pytest.fixture(scope="module", autouse=True)
 def summary(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    if not RESULTS:
-        return
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    guard = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
-    with guard:
-        print("\nloop lateness (ms): p50 / p99 / max")
-        for r in RESULTS:
-            print(
-                f"  {r['rate_hz']:>5.0f} Hz {r['loop']:<28} {r['load']:<22} "
-                f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f} / {r['max_ms']:.3f}  (load {r['loadavg']:.1f})"
-            )
+    if RESULTS:
+        lines = ["", "loop lateness (ms): p50 / p99 / max"] + [
+            f"  {r['rate_hz']:>5.0f} Hz {r['loop']:<28} {r['load']:<22} "
+            f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f} / {r['max_ms']:.3f}  (load {r['loadavg']:.1f})"
+            for r in RESULTS
+        ]
+        print_uncaptured(request, "\n".join(lines))
 
 
 @pytest.mark.benchmark(group="loop-lateness")
-@pytest.mark.parametrize("busy_cores", [0, 2], ids=["as-is", "beside-busy-2"])
+@pytest.mark.parametrize("cores", [0, 2], ids=["as-is", "beside-busy-2"])
 @pytest.mark.parametrize("period_s", PERIODS_S, ids=lambda p: f"{1 / p:.0f}Hz")
 @pytest.mark.parametrize("name", list(LOOPS))
-def test_loop_lateness(benchmark: Any, name: str, period_s: float, busy_cores: int) -> None:
+def test_loop_lateness(benchmark: Any, name: str, period_s: float, cores: int) -> None:
     ticks = round(SECONDS / period_s)
     loadavg = os.getloadavg()[0]
-    with busy(busy_cores):
+    with busy_cores(cores):
         late = benchmark.pedantic(LOOPS[name], args=(period_s, ticks), rounds=1, iterations=1)
     assert len(late) == ticks and min(late) >= 0.0
     info = {
         "loop": name,
         "rate_hz": 1 / period_s,
-        "load": "beside tools/busy 2" if busy_cores else "machine as it is",
+        "load": "beside tools/busy 2" if cores else "machine as it is",
         "loadavg": loadavg,
         "ticks": ticks,
         "p50_ms": statistics.median(late) * 1e3,

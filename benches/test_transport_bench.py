@@ -49,6 +49,7 @@ from typing import Any, cast
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from conftest import QUICK, print_uncaptured
 from ketapump import _core
 from ketapump.clock import ScaledClock
 from ketapump.sim.server import SimServer, wire_time_s
@@ -57,8 +58,6 @@ from ketapump.wire.transports import open_transport
 from ketapump.wire.transports.base import RegisterTransport
 from ketapump.wire.transports.nesp import NespTransport
 from ketapump.wire.transports.rtu import ModbusRtuTransport, frame_gap_s
-
-QUICK = bool(os.environ.get("KETAPUMP_BENCH_QUICK"))  # as benches/conftest.py
 
 POLL_CASES = [(1, 100)] if QUICK else [(16, 100), (64, 50), (64, 100)]  # (pumps, Hz)
 CYCLES = ["read+write", "one-transaction"]
@@ -175,12 +174,8 @@ def sim_processes() -> Iterator[Callable[[int], SimProcess]]:
 def summary_table(request: pytest.FixtureRequest) -> Iterator[None]:
     """Prints the measured figures as one table when the module is done."""
     yield
-    if not RESULTS:
-        return
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    guard = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
-    with guard:
-        print("\n" + format_table(RESULTS))
+    if RESULTS:
+        print_uncaptured(request, "\n" + format_table(RESULTS))
 
 
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:

@@ -10,6 +10,9 @@ connection after a failed attempt. Modbus RTU has no such id: its master is
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
@@ -49,9 +52,17 @@ class ModbusTcpTransport(RegisterTransport):
             raise modbus_refusal(self.url, what, int(getattr(response, "exception_code", 0) or 0))
 
     async def _read(self, address: int, count: int) -> list[int]:
-        what = f"read {count} at {address}"
+        client = self._live()
+        return await self._registers(
+            lambda: client.read_holding_registers(address, count=count, device_id=self.unit),
+            f"read {count} at {address}",
+            count,
+        )
+
+    async def _registers(self, send: Callable[[], Awaitable[Any]], what: str, count: int) -> list[int]:
+        """The registers the reply to ``send()`` carries: exactly ``count`` of them, or an error."""
         try:
-            rr = await self._live().read_holding_registers(address, count=count, device_id=self.unit)
+            rr = await send()
         except ModbusException as e:
             raise TransportError(self.url, str(e)) from e
         self._check(rr, what)
@@ -73,18 +84,16 @@ class ModbusTcpTransport(RegisterTransport):
     async def _write_and_read(
         self, write_address: int, values: list[int], read_address: int, count: int
     ) -> list[int]:
+        client = self._live()
         what = f"write {len(values)} at {write_address} and read {count} at {read_address}"
-        try:
-            rr = await self._live().readwrite_registers(
+        return await self._registers(
+            lambda: client.readwrite_registers(
                 read_address=read_address,
                 read_count=count,
                 write_address=write_address,
                 values=values,
                 device_id=self.unit,
-            )
-        except ModbusException as e:
-            raise TransportError(self.url, str(e)) from e
-        self._check(rr, what)
-        if len(rr.registers) != count:
-            raise TransportError(self.url, f"{what}: got {len(rr.registers)} registers")
-        return list(rr.registers)
+            ),
+            what,
+            count,
+        )
