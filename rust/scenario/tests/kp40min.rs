@@ -14,6 +14,7 @@ fn raw() -> RawKernelConfig {
         max_rate_ml_h: 120.0,
         hard_max_rate_ml_h: 200.0,
         pump_max_rate_ml_h: 1200.0,
+        min_rate_ml_h: 0.1,
         dose_tolerance: 0.02,
         hard_cap_mg: 120.0,
         prior_delivered_mg: 0.0,
