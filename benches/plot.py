@@ -30,8 +30,16 @@ def main(paths: list[str]) -> None:
     rows: list[tuple[str, float, float, bool]] = []  # label, measured, target, higher is better
     if {"test_kp40min_rust", "test_kp40min_python_reference"} <= m.keys():
         ratio = m["test_kp40min_python_reference"]["median"] / m["test_kp40min_rust"]["median"]
-        rows.append(("KP-40MIN Rust/Python speed-up", ratio, 100.0, True))
-        rows.append(("KP-40MIN ns/tick", m["test_kp40min_rust"]["ns_per_tick"], 10.0, False))
+        rows.append(("KP-40MIN Rust/Python speed-up", ratio, 300.0, True))
+        rows.append(("KP-40MIN ns/tick, one run", m["test_kp40min_rust"]["ns_per_tick"], 40.0, False))
+    for lanes in (1, 2, 4, 8):
+        lane = m.get(f"test_kp40min_lanes[{lanes}]")
+        if lane is not None and "ns_per_tick_per_lane" in lane:
+            label = f"KP-40MIN ns/tick per lane, {lanes} lanes"
+            rows.append((label, lane["ns_per_tick_per_lane"], 10.0, False))
+    campaign = m.get("test_campaign_runs_per_second_on_two_worker_threads")
+    if campaign is not None and campaign.get("runs") == 10_000:
+        rows.append(("10 000 campaign runs, 2 workers (s)", campaign["median"], 10.0, False))
     if {"test_boundary_kernel_step_from_python", "test_boundary_python_noop_call"} <= m.keys():
         ratio = (
             m["test_boundary_kernel_step_from_python"]["median"]
