@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from conftest import QUICK
+from conftest import QUICK, busy_cores
 from ketapump import _core
 from ketapump.bridge import ControlLoop, InfusionPlan, NullLog, control_period_s, make_driver, syringe_spec
 from ketapump.bridge.runtime import JITTER_REAL_S, loop_timing
@@ -185,13 +185,8 @@ def test_demo_audit_log_and_fsyncs(benchmark: Any, counted_fsyncs: list[int], tm
 
 @pytest.fixture
 def two_busy_cores() -> Iterator[None]:
-    busy = subprocess.Popen([str(ROOT / "tools" / "busy"), "2", "--seconds", "600"], stdout=subprocess.PIPE)
-    assert busy.stdout is not None and busy.stdout.readline().startswith(b"busy: ")
-    try:
+    with busy_cores(2):
         yield
-    finally:
-        busy.terminate()
-        busy.wait(timeout=10)
 
 
 @pytest.mark.benchmark(group="jitter")

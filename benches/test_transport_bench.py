@@ -5,14 +5,20 @@ Quick smoke (1 pump, 100 Hz, 0.5 s):
 ``KETAPUMP_BENCH_QUICK=1 python -m pytest benches/test_transport_bench.py --benchmark-disable``.
 
 poll-capacity
-    N simulated pumps served by hw-sim (Modbus TCP on loopback) in a *separate* process, so that the
-    server's CPU does not count against the bridge. The benchmark process runs one asyncio loop with N
-    ``ReferencePumpDriver(open_transport("modbus-tcp://..."))``; every cycle, for every pump: read the
-    telemetry block, write the rate, write the heartbeat. Cycles are paced by absolute deadlines; a cycle
-    is on time when all its pumps' requests have finished before the next deadline; a cycle that overruns
-    makes the loop skip the deadlines already passed (they count as missed). The same campaign is run
-    with bare pymodbus ``AsyncModbusTcpClient``s doing the same register operations, to compare CPU time
-    per request.
+    N simulated pumps served by hw-sim (Modbus TCP on loopback) in a *separate* process, pinned to the
+    last CPU while the benchmark process is pinned to the first (where the machine has two or more;
+    other work on the machine is not excluded), so that the servers neither count against the bridge
+    nor compete with it for one core. The benchmark process runs one asyncio loop with N
+    ``ReferencePumpDriver(open_transport("modbus-tcp://..."))``. Two kinds of cycle, for every pump:
+    ``read+write`` (the target's two operations: read the telemetry block, write the rate: two
+    transactions) and ``one-transaction`` (the heartbeat written and the telemetry read in one function
+    23 transaction, the cycle a quiet loop needs when the rate does not change). Cycles are paced by
+    absolute deadlines; a cycle is on time when all its pumps' requests have finished before the next
+    deadline; a cycle that overruns makes the loop skip the deadlines already passed (they count as
+    missed). Bare pymodbus ``AsyncModbusTcpClient``s do the same transactions on the same servers, in
+    rounds interleaved with the bridge's (bridge, bare, bare, bridge, …) so that a change of load on
+    the shared machine falls on both; the CPU ratio is taken round by round and reported as min /
+    median / max.
 
 serial
     Modbus RTU (read 10 registers) and New Era ASCII (``RAT`` query, basic mode) round trips on a PTY,
@@ -20,8 +26,8 @@ serial
     bytes actually exchanged (for RTU plus the 3.5-character inter-frame silence a master must keep).
 
 Targets (reported, not asserted — only correctness is asserted): 64 pumps × 100 Hz with ≥ 99.9 % of
-cycles on time; the bridge adds ≤ 10 % CPU per request over bare pymodbus; RTU round trip ≤ 1.2× the
-wire floor.
+cycles on time with one transaction per pump per cycle; the bridge adds ≤ 10 % CPU per cycle over bare
+pymodbus doing the same transactions; RTU round trip ≤ 1.2× the wire floor.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +49,7 @@ from typing import Any, cast
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from conftest import QUICK, print_uncaptured
 from ketapump import _core
 from ketapump.clock import ScaledClock
 from ketapump.sim.server import SimServer, wire_time_s
@@ -51,12 +59,11 @@ from ketapump.wire.transports.base import RegisterTransport
 from ketapump.wire.transports.nesp import NespTransport
 from ketapump.wire.transports.rtu import ModbusRtuTransport, frame_gap_s
 
-QUICK = bool(os.environ.get("KETAPUMP_BENCH_QUICK"))  # as benches/conftest.py
-
-PUMP_COUNTS = [1] if QUICK else [1, 16, 64]
-RATES_HZ = [100] if QUICK else [20, 50, 100]
-CAMPAIGN_S = 0.5 if QUICK else 3.0
-REQUESTS_PER_PUMP = 3  # telemetry read + rate write + heartbeat write
+POLL_CASES = [(1, 100)] if QUICK else [(16, 100), (64, 50), (64, 100)]  # (pumps, Hz)
+CYCLES = ["read+write", "one-transaction"]
+TRANSACTIONS_PER_PUMP = {"read+write": 2, "one-transaction": 1}
+ROUND_S = 0.5 if QUICK else 2.0
+ROUNDS = 1 if QUICK else 3  # per side, interleaved
 
 TELEMETRY = (30, 19)  # encoder_counts .. heartbeat_age_ms
 RATE_REGISTER = 20  # f32, 2 words
@@ -116,6 +123,11 @@ class SimProcess:
             raise RuntimeError(f"simulator process gave no endpoints: {self.stderr.read()}")
         self.endpoints: list[str] = json.loads(line)
         assert len(self.endpoints) == n
+        # On the last CPU, apart from the benchmark process (test_poll_capacity pins itself to the
+        # others); where the machine has one CPU, or cannot pin, both share what there is.
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(cpus) > 1:
+            os.sched_setaffinity(self.proc.pid, {cpus[-1]})
 
     def cpu_s(self) -> float | None:
         """CPU seconds (user + system) the server process has used, from /proc; None elsewhere."""
@@ -162,12 +174,8 @@ def sim_processes() -> Iterator[Callable[[int], SimProcess]]:
 def summary_table(request: pytest.FixtureRequest) -> Iterator[None]:
     """Prints the measured figures as one table when the module is done."""
     yield
-    if not RESULTS:
-        return
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    guard = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
-    with guard:
-        print("\n" + format_table(RESULTS))
+    if RESULTS:
+        print_uncaptured(request, "\n" + format_table(RESULTS))
 
 
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -175,20 +183,28 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     poll = [(name, r) for name, r in rows if r.get("group") == "poll-capacity"]
     serial = [(name, r) for name, r in rows if r.get("group") == "serial"]
     if poll:
-        lines.append("poll capacity (Modbus TCP, loopback; server in its own process)")
+        lines.append(
+            "poll capacity (Modbus TCP, loopback; servers in their own process"
+            f"{', pinned apart' if all(r.get('pinned') for _, r in poll) else ''}); "
+            "bridge and bare rounds interleaved: median [min–max] over rounds"
+        )
         header = (
-            f"{'pumps':>5} {'Hz':>4} {'on time':>8} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7} "
-            f"{'bridge µs/req':>13} {'bare µs/req':>11} {'ratio':>6} {'bare on time':>12} {'srv CPU':>7}"
+            f"{'pumps':>5} {'Hz':>4} {'cycle':<16} {'on time':>22} {'bare on time':>22} "
+            f"{'bridge µs/cycle':>15} {'bare µs/cycle':>13} {'CPU ratio':>20} {'srv CPU':>7}"
         )
         lines += [header, "-" * len(header)]
+
+        def mmm(v: dict[str, float], fmt: str) -> str:
+            return f"{v['median']:{fmt}} [{v['min']:{fmt}}–{v['max']:{fmt}}]"
+
         for _, r in poll:
             srv = r.get("server_cpu_utilisation")
             lines.append(
-                f"{r['pumps']:>5} {r['rate_hz']:>4} {r['on_time_fraction']:>8.2%} "
-                f"{r['cycle_latency_p50_ms']:>7.2f} {r['cycle_latency_p99_ms']:>7.2f} "
-                f"{r['requests_per_s']:>7.0f} {r['cpu_us_per_request']:>13.1f} "
-                f"{r['bare_cpu_us_per_request']:>11.1f} {r['cpu_ratio_bridge_over_bare']:>6.3f} "
-                f"{r['bare_on_time_fraction']:>12.2%} {'-' if srv is None else f'{srv:.0%}':>7}"
+                f"{r['pumps']:>5} {r['rate_hz']:>4} {r['cycle']:<16} "
+                f"{mmm(r['on_time_fraction'], '.1%'):>22} {mmm(r['bare_on_time_fraction'], '.1%'):>22} "
+                f"{r['cpu_us_per_pump_cycle']['median']:>15.1f} "
+                f"{r['bare_cpu_us_per_pump_cycle']['median']:>13.1f} "
+                f"{mmm(r['cpu_ratio_bridge_over_bare'], '.3f'):>20} {'-' if srv is None else f'{srv:.0%}':>7}"
             )
     if serial:
         lines.append("serial round trip on a PTY paced at 19 200 baud")
@@ -225,7 +241,6 @@ async def campaign(
     period = 1.0 / rate_hz
     deadlines = max(1, round(duration_s * rate_hz))
     durations: list[float] = []
-    lateness: list[float] = []
     errors: list[BaseException] = []
     on_time = cycles = 0
     cpu0 = time.process_time()
@@ -242,25 +257,18 @@ async def campaign(
         cycles += 1
         errors += [r for r in results if isinstance(r, BaseException)]
         durations.append(end - start)
-        lateness.append(start - due)
         if end <= due + period:
             on_time += 1
         k = max(k + 1, math.ceil((end - t0) / period))
-    wall = loop.time() - t0
     cpu = time.process_time() - cpu0
-    requests = cycles * n_pumps * REQUESTS_PER_PUMP
     return {
         "deadlines": deadlines,
         "cycles_run": cycles,
-        "on_time_cycles": on_time,
         "on_time_fraction": on_time / deadlines,
-        "cycle_latency_p50_ms": percentile(durations, 50) * 1e3,
         "cycle_latency_p99_ms": percentile(durations, 99) * 1e3,
-        "wake_lateness_p99_ms": percentile(lateness, 99) * 1e3,
-        "requests": requests,
-        "requests_per_s": requests / wall,
-        "cpu_s": cpu,
-        "cpu_us_per_request": cpu / requests * 1e6,
+        # CPU of this process per pump and cycle: everything the client side spends on one pump's
+        # transactions (the asyncio loop's share included).
+        "cpu_us_per_pump_cycle": cpu / (cycles * n_pumps) * 1e6,
         "errors": [repr(e) for e in errors[:5]],
         "error_count": len(errors),
     }
@@ -297,37 +305,92 @@ def rate_for(pump: int, k: int) -> float:
     return 5.0 + (pump + k) % 20
 
 
-@pytest.mark.parametrize("rate_hz", RATES_HZ, ids=lambda r: f"{r}Hz")
-@pytest.mark.parametrize("n_pumps", PUMP_COUNTS, ids=lambda n: f"{n}pumps")
+@contextlib.contextmanager
+def pinned(cpus: set[int]) -> Iterator[bool]:
+    """This process on ``cpus`` for the block (True), where the OS allows pinning (else False)."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield False
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield True
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+@pytest.mark.parametrize("kind", CYCLES)
+@pytest.mark.parametrize(("n_pumps", "rate_hz"), POLL_CASES, ids=[f"{n}pumps-{hz}Hz" for n, hz in POLL_CASES])
 def test_poll_capacity(
-    benchmark: Any, sim_processes: Callable[[int], SimProcess], n_pumps: int, rate_hz: int
+    benchmark: Any,
+    sim_processes: Callable[[int], SimProcess],
+    n_pumps: int,
+    rate_hz: int,
+    kind: str,
 ) -> None:
     sim = sim_processes(n_pumps)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     loop = asyncio.new_event_loop()
+    bridge_rounds: list[dict[str, Any]] = []
+    bare_rounds: list[dict[str, Any]] = []
+    telemetry_ok = [0]
+    bare_bad = [0]
     try:
-        # --- the bridge: one driver per pump, all on this loop ----------------------------------
         drivers = [
             ReferencePumpDriver(cast(RegisterTransport, open_transport(f"modbus-tcp://{ep}")))
             for ep in sim.endpoints
         ]
         loop.run_until_complete(gather(*(d.connect() for d in drivers)))
-        telemetry_ok = [0]
+        clients = loop.run_until_complete(bare_clients(sim.endpoints))
 
         async def bridge_cycle(pump: int, k: int) -> None:
             driver = drivers[pump]
-            t = await driver.read_telemetry()
+            if kind == "read+write":
+                t = await driver.read_telemetry()
+                await driver.set_rate_ml_h(rate_for(pump, k))
+            else:
+                t = await driver.heartbeat_and_read_telemetry()
             if t.syringe_present and math.isfinite(t.volume_ml) and math.isfinite(t.pressure_mmhg):
                 telemetry_ok[0] += 1
-            await driver.set_rate_ml_h(rate_for(pump, k))
-            await driver.heartbeat()
+
+        async def bare_cycle(pump: int, k: int) -> None:
+            client = clients[pump]
+            if kind == "read+write":
+                rr = await client.read_holding_registers(TELEMETRY[0], count=TELEMETRY[1], device_id=1)
+                words = client.convert_to_registers(rate_for(pump, k), client.DATATYPE.FLOAT32)
+                wr = await client.write_registers(RATE_REGISTER, words, device_id=1)
+                bad = rr.isError() or len(rr.registers) != TELEMETRY[1] or wr.isError()
+            else:
+                rr = await client.readwrite_registers(
+                    read_address=TELEMETRY[0],
+                    read_count=TELEMETRY[1],
+                    write_address=HEARTBEAT_REGISTER,
+                    values=[(k + 1) % 65_536],
+                    device_id=1,
+                )
+                bad = rr.isError() or len(rr.registers) != TELEMETRY[1]
+            if bad:
+                bare_bad[0] += 1
+
+        def one(cycle: Callable[[int, int], Awaitable[None]]) -> dict[str, Any]:
+            return loop.run_until_complete(campaign(cycle, n_pumps, rate_hz, ROUND_S))
+
+        def interleaved() -> None:
+            # bridge, bare, bare, bridge, …: neither side always runs first after the other.
+            for r in range(ROUNDS):
+                order = [(bridge_cycle, bridge_rounds), (bare_cycle, bare_rounds)]
+                for cycle, rounds in order if r % 2 == 0 else order[::-1]:
+                    rounds.append(one(cycle))
 
         server_cpu0 = sim.cpu_s()
         wall0 = time.perf_counter()
-        bridge: dict[str, Any] = benchmark.pedantic(
-            lambda: loop.run_until_complete(campaign(bridge_cycle, n_pumps, rate_hz, CAMPAIGN_S)),
-            rounds=1,
-            iterations=1,
-        )
+        # The servers run on the last CPU (SimProcess pins them there); this process on the others.
+        with pinned(set(cpus[:-1]) if len(cpus) > 1 else set(cpus)) as is_pinned:
+            benchmark.pedantic(interleaved, rounds=1, iterations=1)
         server_cpu1 = sim.cpu_s()
         server_util = (
             None
@@ -336,21 +399,6 @@ def test_poll_capacity(
         )
         last_rates = loop.run_until_complete(gather(*(d._read("rate_ml_h") for d in drivers)))
         loop.run_until_complete(gather(*(d.close() for d in drivers)))
-
-        # --- bare pymodbus: same operations, same servers, same pacing --------------------------
-        clients = loop.run_until_complete(bare_clients(sim.endpoints))
-        bare_bad = [0]
-
-        async def bare_cycle(pump: int, k: int) -> None:
-            client = clients[pump]
-            rr = await client.read_holding_registers(TELEMETRY[0], count=TELEMETRY[1], device_id=1)
-            words = client.convert_to_registers(rate_for(pump, k), client.DATATYPE.FLOAT32)
-            wr = await client.write_registers(RATE_REGISTER, words, device_id=1)
-            hr = await client.write_register(HEARTBEAT_REGISTER, (k + 1) % 65_536, device_id=1)
-            if rr.isError() or len(rr.registers) != TELEMETRY[1] or wr.isError() or hr.isError():
-                bare_bad[0] += 1
-
-        bare = loop.run_until_complete(campaign(bare_cycle, n_pumps, rate_hz, CAMPAIGN_S))
         for client in clients:
             client.close()
     finally:
@@ -358,29 +406,38 @@ def test_poll_capacity(
         loop.close()
 
     # Correctness: every request answered, telemetry sane, the last command reached each pump.
-    assert bridge["error_count"] == 0, bridge["errors"]
-    assert telemetry_ok[0] == bridge["cycles_run"] * n_pumps
-    assert all(1.0 <= r <= 30.0 for r in last_rates), last_rates
-    assert bare["error_count"] == 0, bare["errors"]
+    for r in bridge_rounds + bare_rounds:
+        assert r["error_count"] == 0, r["errors"]
+    assert telemetry_ok[0] == sum(r["cycles_run"] for r in bridge_rounds) * n_pumps
     assert bare_bad[0] == 0
+    if kind == "read+write":
+        assert all(1.0 <= r <= 30.0 for r in last_rates), last_rates
 
+    ratios = [
+        b["cpu_us_per_pump_cycle"] / p["cpu_us_per_pump_cycle"]
+        for b, p in zip(bridge_rounds, bare_rounds, strict=True)
+    ]
     info: dict[str, Any] = {
         "group": "poll-capacity",
+        "cycle": kind,
         "pumps": n_pumps,
         "rate_hz": rate_hz,
-        "duration_s": CAMPAIGN_S,
-        **{k: v for k, v in bridge.items() if k not in {"errors"}},
-        "bare_on_time_fraction": bare["on_time_fraction"],
-        "bare_cycle_latency_p99_ms": bare["cycle_latency_p99_ms"],
-        "bare_requests_per_s": bare["requests_per_s"],
-        "bare_cpu_us_per_request": bare["cpu_us_per_request"],
-        "cpu_ratio_bridge_over_bare": bridge["cpu_us_per_request"] / bare["cpu_us_per_request"],
+        "transactions_per_pump_cycle": TRANSACTIONS_PER_PUMP[kind],
+        "round_s": ROUND_S,
+        "rounds_per_side": ROUNDS,
+        "pinned": is_pinned and len(cpus) > 1,
+        "on_time_fraction": spread([r["on_time_fraction"] for r in bridge_rounds]),
+        "bare_on_time_fraction": spread([r["on_time_fraction"] for r in bare_rounds]),
+        "cycle_latency_p99_ms": spread([r["cycle_latency_p99_ms"] for r in bridge_rounds]),
+        "cpu_us_per_pump_cycle": spread([r["cpu_us_per_pump_cycle"] for r in bridge_rounds]),
+        "bare_cpu_us_per_pump_cycle": spread([r["cpu_us_per_pump_cycle"] for r in bare_rounds]),
+        "cpu_ratio_bridge_over_bare": spread(ratios),
         "server_cpu_utilisation": server_util,
         "target_on_time_fraction": TARGET_ON_TIME if (n_pumps, rate_hz) == (64, 100) else None,
         "target_cpu_ratio": TARGET_CPU_RATIO,
     }
     benchmark.extra_info.update(info)
-    RESULTS.append((f"poll {n_pumps}x{rate_hz}Hz", info))
+    RESULTS.append((f"poll {n_pumps}x{rate_hz}Hz {kind}", info))
 
 
 # ----- serial round trips --------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """`ketapump qa campaign`: seeded fault campaigns of the real kernel against the hw-sim plant, run
-through the CLI in real subprocesses (local process pool, a local Dask cluster), a deliberately broken
+through the CLI in real subprocesses (local worker threads, a local Dask cluster), a deliberately broken
 kernel configuration caught and replayed exactly, and spec errors with their dotted paths."""
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_campaign_on_a_local_dask_cluster_matches_the_local_run(tmp_path: Path) 
     assert report["backend"] == f"dask {cluster.scheduler_address}"
 
 
-def test_process_pool_and_in_process_runs_agree_seed_by_seed() -> None:
+def test_worker_threads_and_one_thread_agree_seed_by_seed() -> None:
     spec, config = load_spec("default")
     seeds = list(range(40, 80))
     one = run_campaign(spec, config, seeds)

@@ -292,7 +292,7 @@ def test_new_era_broken_packets_are_answered_and_never_executed(sim: ThreadedSim
 
 # ----- function codes outside the map -----------------------------------------------------------------
 
-OUTSIDE = [code for code in range(256) if code not in (3, 4, 6, 16)]
+OUTSIDE = [code for code in range(256) if code not in (3, 4, 6, 16, 23)]
 
 
 def test_every_function_code_outside_the_map_is_exception_1_and_changes_nothing(sim: ThreadedSim) -> None:

@@ -67,10 +67,10 @@ def check_pdu(request: bytes | None, pdu: bytes) -> None:
         if request is not None:
             assert function == (request[0] | 0x80) & 0xFF, (request.hex(" "), pdu.hex(" "))
         return
-    assert function in (3, 4, 6, 16), pdu.hex(" ")
+    assert function in (3, 4, 6, 16, 23), pdu.hex(" ")
     if request is not None:
         assert function == request[0], (request.hex(" "), pdu.hex(" "))
-    if function in (3, 4):
+    if function in (3, 4, 23):
         assert len(pdu) == 2 + pdu[1] and pdu[1] % 2 == 0 and pdu[1] > 0, pdu.hex(" ")
         if request is not None:
             assert pdu[1] == 2 * struct.unpack(">H", request[3:5])[0]

@@ -22,7 +22,7 @@
 //! wrong unit learns it at once.
 
 use crate::firmware::Firmware;
-use crate::regmap::{ModbusException, MAX_WRITE_REGISTERS};
+use crate::regmap::{ModbusException, MAX_READ_REGISTERS, MAX_READ_WRITE_WRITE_REGISTERS, MAX_WRITE_REGISTERS};
 use crate::wire::RejectLog;
 
 /// CRC-16/MODBUS (reflected 0xA001, init 0xFFFF), sent low byte first.
@@ -79,13 +79,7 @@ pub fn handle_pdu(fw: &mut Firmware, pdu: &[u8]) -> Vec<u8> {
                 return refuse(ModbusException::IllegalDataValue);
             }
             match fw.read_registers(word(1), word(3)) {
-                Ok(words) => {
-                    let mut out = vec![function, (words.len() * 2) as u8];
-                    for w in words {
-                        out.extend_from_slice(&w.to_be_bytes());
-                    }
-                    out
-                }
+                Ok(words) => read_reply(function, &words),
                 Err(e) => refuse(e),
             }
         }
@@ -112,9 +106,49 @@ pub fn handle_pdu(fw: &mut Firmware, pdu: &[u8]) -> Vec<u8> {
                 Err(e) => refuse(e),
             }
         }
+        23 => {
+            // Read/write multiple registers: the write is applied first, then the read answers (so a
+            // read may see the value just written). Both ranges are checked before anything is
+            // written: a request one of whose halves would be refused changes nothing.
+            if pdu.len() < 10 {
+                return refuse(ModbusException::IllegalDataValue);
+            }
+            let (read_address, read_count) = (word(1), word(3));
+            let (write_address, write_count, bytes) = (word(5), word(7), usize::from(pdu[9]));
+            if read_count == 0
+                || read_count > MAX_READ_REGISTERS
+                || write_count == 0
+                || write_count > MAX_READ_WRITE_WRITE_REGISTERS
+                || bytes != usize::from(write_count) * 2
+                || pdu.len() != 10 + bytes
+            {
+                return refuse(ModbusException::IllegalDataValue);
+            }
+            if let Err(e) = fw.read_registers(read_address, read_count) {
+                return refuse(e);
+            }
+            let values: Vec<u16> = (0..usize::from(write_count)).map(|i| word(10 + 2 * i)).collect();
+            if let Err(e) = fw.write_registers(write_address, &values) {
+                return refuse(e);
+            }
+            match fw.read_registers(read_address, read_count) {
+                Ok(words) => read_reply(function, &words),
+                Err(e) => refuse(e),
+            }
+        }
         // Listed in a map but not implemented: RegisterMap::parse refuses such a map.
         _ => refuse(ModbusException::IllegalFunction),
     }
+}
+
+/// A read's normal reply: the function code, the byte count and the registers, big-endian.
+fn read_reply(function: u8, words: &[u16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + 2 * words.len());
+    out.extend_from_slice(&[function, (words.len() * 2) as u8]);
+    for w in words {
+        out.extend_from_slice(&w.to_be_bytes());
+    }
+    out
 }
 
 // ----- RTU -----------------------------------------------------------------------------------------
@@ -127,6 +161,7 @@ fn request_len(buf: &[u8]) -> Option<usize> {
     match *buf.get(1)? {
         3 | 4 | 6 => Some(8),
         16 => buf.get(6).map(|&n| 9 + usize::from(n)),
+        23 => buf.get(10).map(|&n| 13 + usize::from(n)),
         // Any other function: only the inter-frame gap can end it.
         _ => None,
     }
@@ -422,7 +457,7 @@ mod tests {
         // fc5 "write coil 22 ON" would start the motor on a server that mapped coils onto registers.
         assert_eq!(handle_pdu(&mut fw, &[5, 0, 22, 0xFF, 0]), vec![0x85, 1]);
         assert_eq!(handle_pdu(&mut fw, &[15, 0, 22, 0, 1, 1, 1]), vec![0x8F, 1]);
-        for code in [1u8, 2, 8, 11, 17, 20, 23, 24, 43, 200, 255] {
+        for code in [1u8, 2, 8, 11, 17, 20, 24, 43, 200, 255] {
             assert_eq!(handle_pdu(&mut fw, &[code, 0, 0, 0, 1]), vec![code | 0x80, 1], "fc {code}");
         }
         assert_eq!(fw.run_mode(), crate::firmware::RunMode::Stop);
@@ -442,6 +477,52 @@ mod tests {
         // Addresses before values: clear_counters = 9 is out of range, but word 27 is unmapped: 2.
         assert_eq!(handle_pdu(&mut fw, &[16, 0, 26, 0, 2, 4, 0, 9, 0, 0]), vec![0x90, 2]);
         assert_eq!(handle_pdu(&mut fw, &[16, 0, 25, 0, 2, 4, 0, 100, 0, 9]), vec![0x90, 3]);
+    }
+
+    #[test]
+    fn fc23_writes_then_reads_in_one_transaction() {
+        let mut fw = pump();
+        // Write the heartbeat (24) to 7 and read registers 24–25 back: the read sees the write.
+        let reply = handle_pdu(&mut fw, &[23, 0, 24, 0, 2, 0, 24, 0, 1, 2, 0, 7]);
+        assert_eq!(reply, vec![23, 4, 0, 7, 0x01, 0xF4]); // heartbeat 7, watchdog 500 ms
+                                                          // Read the telemetry block (30, 19 registers) while writing the heartbeat.
+        let reply = handle_pdu(&mut fw, &[23, 0, 30, 0, 19, 0, 24, 0, 1, 2, 0, 8]);
+        assert_eq!((reply[0], reply[1], reply.len()), (23, 38, 40));
+        assert_eq!(handle_pdu(&mut fw, &[3, 0, 24, 0, 1]), vec![3, 2, 0, 8]);
+    }
+
+    #[test]
+    fn fc23_refuses_as_a_whole_and_writes_nothing() {
+        let mut fw = pump();
+        let heartbeat = |fw: &mut Firmware| handle_pdu(fw, &[3, 0, 24, 0, 1]);
+        let before = heartbeat(&mut fw);
+        let refused: [(&[u8], u8); 7] = [
+            (&[23, 0, 30, 0, 0, 0, 24, 0, 1, 2, 0, 9], 3),   // read quantity 0
+            (&[23, 0, 30, 0, 126, 0, 24, 0, 1, 2, 0, 9], 3), // read quantity 126
+            (&[23, 0, 30, 0, 19, 0, 24, 0, 0, 0], 3),        // write quantity 0
+            (&[23, 0, 30, 0, 19, 0, 24, 0, 1, 3, 0, 9], 3),  // byte count
+            (&[23, 0, 30, 0, 19, 0, 24, 0, 1, 2, 0], 3),     // short
+            (&[23, 0xFF, 0, 0, 1, 0, 24, 0, 1, 2, 0, 9], 2), // the read range is outside the map
+            (&[23, 0, 30, 0, 19, 0, 30, 0, 1, 2, 0, 9], 2),  // the write is to a read-only register
+        ];
+        for (pdu, code) in refused {
+            assert_eq!(handle_pdu(&mut fw, pdu), vec![23 | 0x80, code], "{pdu:?}");
+            assert_eq!(heartbeat(&mut fw), before, "{pdu:?} wrote");
+        }
+        // 122 registers to write: one more than function 23 allows.
+        let mut long = vec![23, 0, 30, 0, 1, 0, 24, 0, 122, 244];
+        long.extend(std::iter::repeat_n(0, 244));
+        assert_eq!(handle_pdu(&mut fw, &long), vec![0x97, 3]);
+    }
+
+    #[test]
+    fn an_rtu_fc23_frame_ends_at_its_byte_count() {
+        let mut port = RtuPort::new(1, 19_200);
+        let frame = with_crc(vec![1, 23, 0, 30, 0, 19, 0, 24, 0, 1, 2, 0, 9]);
+        let (head, tail) = frame.split_at(7);
+        assert!(port.feed(0.0, head).is_empty());
+        let frames = port.feed(0.0001, tail);
+        assert_eq!(frames, vec![(1, frame[1..frame.len() - 2].to_vec())]);
     }
 
     #[test]

@@ -308,6 +308,12 @@ pub struct Plant {
     period_ns: u64,
     next_sample_ns: u64,
     readings: Vec<BalanceReading>,
+    // Memos of pure functions of their keys (the hot loop asks the same question every tick).
+    max_sub_ns: u64,
+    /// The last `dt` asked for (bits) and its length in whole nanoseconds.
+    last_dt: (u64, u64),
+    /// The last (substep bits, resistance bits) and the fluid's decay factor over that substep.
+    last_decay: (u64, u64, f64),
 }
 
 impl Plant {
@@ -351,6 +357,10 @@ impl Plant {
             period_ns,
             next_sample_ns: 0,
             readings: Vec::new(),
+            max_sub_ns: ((cfg.max_substep_s * NS_PER_S).round() as u64).max(1),
+            // Seeds that are true answers (a dt of 0 is 0 ns) or can never be asked (NaN keys).
+            last_dt: (0.0_f64.to_bits(), 0),
+            last_decay: (u64::MAX, u64::MAX, f64::NAN),
             cfg,
         };
         plant.sample_balance_if_due();
@@ -481,7 +491,7 @@ impl Plant {
     }
 
     pub fn encoder_counts(&self) -> i64 {
-        (self.encoder_mm * self.cfg.encoder_counts_per_mm).floor() as i64
+        floor_to_i64(self.encoder_mm * self.cfg.encoder_counts_per_mm)
     }
 
     pub fn encoder_volume_ml(&self) -> f64 {
@@ -545,9 +555,16 @@ impl Plant {
 
     /// Advances the plant by `dt_s` seconds (rounded to whole nanoseconds).
     pub fn step(&mut self, dt_s: f64) -> Result<(), PlantError> {
-        let dt_s = check(dt_s, "dt", |v| (0.0..=1.0e6).contains(&v))?;
-        let end_ns = self.t_ns + (dt_s * NS_PER_S).round() as u64;
-        let max_sub_ns = ((self.cfg.max_substep_s * NS_PER_S).round() as u64).max(1);
+        let dt_ns = if dt_s.to_bits() == self.last_dt.0 {
+            self.last_dt.1
+        } else {
+            let dt_s = check(dt_s, "dt", |v| (0.0..=1.0e6).contains(&v))?;
+            let ns = (dt_s * NS_PER_S).round() as u64;
+            self.last_dt = (dt_s.to_bits(), ns);
+            ns
+        };
+        let end_ns = self.t_ns + dt_ns;
+        let max_sub_ns = self.max_sub_ns;
         while self.t_ns < end_ns {
             let h_ns = (end_ns - self.t_ns).min(max_sub_ns).min(self.next_sample_ns - self.t_ns);
             self.substep(self.t_ns + h_ns, h_ns as f64 / NS_PER_S);
@@ -574,7 +591,8 @@ impl Plant {
     }
 
     fn advance_motor(&mut self, end_ns: u64) {
-        let issued = self.origin_steps + self.steps_since_origin(end_ns).trunc() as i64;
+        // `as` truncates toward zero (and saturates) exactly as `trunc()` then `as` would.
+        let issued = self.origin_steps + self.steps_since_origin(end_ns) as i64;
         let steps = issued - self.motor_steps;
         if steps == 0 {
             return;
@@ -658,7 +676,13 @@ impl Plant {
     fn relax_fluid(&mut self, h_s: f64) {
         let resistance = self.cfg.resistance_mmhg_s_per_ml * self.occlusion_factor;
         let p_eq = self.patient_pressure_mmhg - self.head_height_cm * MMHG_PER_CM_H2O;
-        let decay = (-h_s / (resistance * self.fluid_c)).exp();
+        let decay = if (h_s.to_bits(), resistance.to_bits()) == (self.last_decay.0, self.last_decay.1) {
+            self.last_decay.2
+        } else {
+            let decay = (-h_s / (resistance * self.fluid_c)).exp();
+            self.last_decay = (h_s.to_bits(), resistance.to_bits(), decay);
+            decay
+        };
         let p_new = p_eq + (self.pressure_mmhg - p_eq) * decay;
         self.delivered_ml += self.fluid_c * (self.pressure_mmhg - p_new);
         self.pressure_mmhg = p_new;
@@ -678,9 +702,62 @@ impl Plant {
     }
 }
 
+/// `v.floor() as i64` without the library call `floor` is on x86-64's baseline: the cast truncates
+/// toward zero (saturating; NaN gives 0), one less below zero when that rounded up. Equal for every
+/// `f64`, infinities and NaN included (tested).
+#[inline]
+fn floor_to_i64(v: f64) -> i64 {
+    let t = v as i64;
+    if (t as f64) > v {
+        t.saturating_sub(1)
+    } else {
+        t
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floor_to_i64_is_floor_then_cast() {
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut cases = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            2.5,
+            -2.5,
+            1e-300,
+            -1e-300,
+            4.503_599_627_370_495e15,
+            -4.5e15,
+            9.223_372_036_854_775e18,
+            -9.223_372_036_854_775e18,
+            1e19,
+            -1e19,
+            f64::MAX,
+            f64::MIN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::EPSILON,
+            -f64::EPSILON,
+        ];
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(f64::from_bits(x));
+            cases.push((x % 2_000_000) as f64 / 7.0 - 100_000.0);
+        }
+        for v in cases {
+            assert_eq!(floor_to_i64(v), v.floor() as i64, "{v:e}");
+        }
+    }
 
     fn plant50() -> Plant {
         Plant::new(PlantConfig::nominal_for("bd-plastipak-50").unwrap()).unwrap()

@@ -21,8 +21,9 @@ pub const REGISTER_MAP_TOML: &str = include_str!("../../python/ketapump/data/reg
 
 /// Function codes the request handler ([`crate::modbus::handle_pdu`]) implements; a map may list any of
 /// them. 3 and 4 read holding registers (the same registers: the map has no separate input registers),
-/// 6 writes one register, 16 writes several.
-pub const IMPLEMENTED_FUNCTION_CODES: [u8; 4] = [3, 4, 6, 16];
+/// 6 writes one register, 16 writes several, 23 writes several and then reads several in one
+/// transaction (the bridge's telemetry read and heartbeat each cycle).
+pub const IMPLEMENTED_FUNCTION_CODES: [u8; 5] = [3, 4, 6, 16, 23];
 /// Most registers one read may ask for (Modbus application protocol, function 3).
 pub const MAX_READ_REGISTERS: u16 = 125;
 /// Most registers one write may carry (function 16).
@@ -37,6 +38,9 @@ const TOP_KEYS: [&str; 8] =
     ["schema_version", "name", "map_version", "unit_id", "word_order", "byte_order", "function_codes", "register"];
 const REGISTER_KEYS: [&str; 11] =
     ["name", "address", "type", "access", "block", "description", "unit", "min", "max", "gain", "offset"];
+
+/// Most registers function 23 (read/write multiple) may write (Modbus application protocol 6.17).
+pub const MAX_READ_WRITE_WRITE_REGISTERS: u16 = 121;
 
 /// Modbus exception codes the simulated firmware answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -642,7 +646,7 @@ mod tests {
     #[test]
     fn every_problem_is_listed_with_its_path() {
         let text = REGISTER_MAP_TOML
-            .replace("function_codes = [3, 4, 6, 16]", "function_codes = [3, 5, 3]")
+            .replace("function_codes = [3, 4, 6, 16, 23]", "function_codes = [3, 5, 3]")
             .replace("word_order = \"big\"", "word_order = \"middle\"\ncolour = 1")
             .replace(
                 "name = \"vendor_id\"\naddress = 0\ntype = \"u16\"",
@@ -663,7 +667,7 @@ mod tests {
         // Without function 16 no writable two-register value can be written: each is named too.
         assert!(got.iter().any(|p| p == "register[8].type"), "{got:?}");
         // No write function left: the two-register writable values cannot be written either.
-        let no_writes = REGISTER_MAP_TOML.replace("function_codes = [3, 4, 6, 16]", "function_codes = [3, 6]");
+        let no_writes = REGISTER_MAP_TOML.replace("function_codes = [3, 4, 6, 16, 23]", "function_codes = [3, 6]");
         assert!(paths(&no_writes).iter().all(|p| p.ends_with(".type")));
     }
 

@@ -31,6 +31,7 @@ __all__ = [
     "clamp_rate",
     "run_campaign",
     "run_kp40min",
+    "run_kp40min_lanes",
 ]
 
 __version__: Final[str]
@@ -492,6 +493,16 @@ def run_kp40min(config: KernelConfig, ticks: int | None = None) -> dict[str, obj
     25:00 to 27:00) for ``ticks`` 1 ms ticks (default all 2 400 000). Returns ``ticks``, ``state``,
     ``alarms``, ``first_alarm_tick``, ``delivered_ml``, ``plunger_ml``, ``pressure_mmhg`` and
     ``trace_hash``, identical to :func:`ketapump.reference.run_kp40min` on the same settings.
+    """
+
+def run_kp40min_lanes(
+    config: KernelConfig, runs: int, lanes: int, ticks: int | None = None
+) -> list[dict[str, object]]:
+    """Run ``runs`` independent KP-40MIN closed loops stepped together in lockstep lanes of ``lanes``
+    (1, 2, 4 or 8; anything else raises :class:`~ketapump.errors.ConfigurationError`), GIL released.
+
+    Each outcome is exactly what :func:`run_kp40min` returns for the same ``config`` and ``ticks``;
+    lanes only let the runs' independent dependency chains overlap in the CPU.
     """
 
 # ----- Drug-library limits (rust/core/src/limits.rs) -------------------------------------------------

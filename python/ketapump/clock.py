@@ -6,15 +6,27 @@ any scenario runs faster than real time and reproducibly.
   simulated pump then goes as fast as the CPU allows.
 
 ``sleep_until`` takes an absolute deadline: a periodic loop scheduled by deadlines does not drift,
-and the kernel is always handed the measured time, never the assumed one (asyncio sleeps are
-quantised to about a millisecond).
+and the kernel is always handed the measured time, never the assumed one.
+
+asyncio's own sleeps wake up to about a millisecond late (the event loop's poll timeout is rounded up
+to whole milliseconds), which is noise at a 100 ms control period and a whole period at 1 kHz. So a
+:class:`ScaledClock` wait of at most :data:`PRECISE_WAIT_S` of real time is timed by one shared
+thread (:class:`DeadlineWaker`) that sleeps until the absolute deadline and then wakes the event loop
+through its self-pipe; longer waits stay plain asyncio sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
+import threading
 import time
 from typing import Protocol
+
+#: Real-time waits up to this long (a control period of 10 ms or less) are timed by the waker thread.
+PRECISE_WAIT_S = 0.010
 
 
 class Clock(Protocol):
@@ -27,8 +39,71 @@ class Clock(Protocol):
         ...
 
 
+class DeadlineWaker:
+    """One daemon thread that resolves asyncio futures at absolute ``time.monotonic()`` deadlines.
+
+    The thread waits on a condition with a timeout (a monotonic-clock wait in CPython), which wakes
+    within tens of microseconds where an event loop's poll rounds up to the next millisecond. A due
+    future is completed on its own loop with ``call_soon_threadsafe``, which writes to the loop's
+    self-pipe and so ends its poll at once. A cancelled waiter is simply skipped when due; a waiter
+    whose loop has closed is dropped. The thread starts with the first waiter.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._order = itertools.count()  # ties in deadline wake in arrival order
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Returns at or after ``time.monotonic()`` = ``deadline``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._changed:
+            heapq.heappush(self._due, (deadline, next(self._order), loop, future))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ketapump-deadlines", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        await future
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due:
+                    self._changed.wait()
+                deadline, _, loop, future = self._due[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._changed.wait(wait)  # a new, earlier deadline also ends the wait
+                    continue
+                heapq.heappop(self._due)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a cancelled sleeper is gone
+        future.set_result(None)
+
+
+#: The process's waker, shared by every clock.
+DEADLINES = DeadlineWaker()
+
+
+async def sleep_until_monotonic(deadline: float) -> None:
+    """Returns at or after ``time.monotonic()`` = ``deadline``: through :data:`DEADLINES` when the wait
+    is at most :data:`PRECISE_WAIT_S`, else an asyncio sleep."""
+    delay = deadline - time.monotonic()
+    if delay > PRECISE_WAIT_S:
+        await asyncio.sleep(delay)
+    elif delay > 0:
+        await DEADLINES.sleep_until(deadline)
+
+
 class ScaledClock:
-    """Real monotonic time multiplied by ``time_scale``."""
+    """Real monotonic time multiplied by ``time_scale``. Waits of at most :data:`PRECISE_WAIT_S` real
+    seconds are timed by :data:`DEADLINES`; longer ones are asyncio sleeps."""
 
     def __init__(self, time_scale: float = 1.0) -> None:
         if not time_scale > 0:
@@ -40,9 +115,7 @@ class ScaledClock:
         return (time.monotonic() - self._t0) * self.time_scale
 
     async def sleep_until(self, t_s: float) -> None:
-        delay = (t_s - self.now()) / self.time_scale
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await sleep_until_monotonic(self._t0 + t_s / self.time_scale)
 
 
 class VirtualClock:

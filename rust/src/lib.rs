@@ -424,6 +424,32 @@ fn run_kp40min<'py>(py: Python<'py>, config: &KernelConfig, ticks: Option<u64>) 
     let cfg = config.inner;
     // The one place the GIL is released: a whole run, no Python objects touched.
     let o = py.detach(|| ketapump_scenario::run_kp40min(cfg, &scenario, ticks.unwrap_or(scenario.ticks)));
+    kp40min_dict(py, &o)
+}
+
+/// Runs `runs` independent KP-40MIN closed loops stepped together in lockstep lanes of `lanes`
+/// (1, 2, 4 or 8), GIL released; returns one outcome per run, each exactly what `run_kp40min` gives.
+#[pyfunction]
+#[pyo3(signature = (config, runs, lanes, ticks = None))]
+fn run_kp40min_lanes<'py>(
+    py: Python<'py>,
+    config: &KernelConfig,
+    runs: usize,
+    lanes: usize,
+    ticks: Option<u64>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    if ![1, 2, 4, 8].contains(&lanes) {
+        let problem = format!("must be 1, 2, 4 or 8 (got {lanes})");
+        return Err(CoreError::Campaign { field: "lanes".to_owned(), problem }.into());
+    }
+    let scenarios = vec![ketapump_scenario::Kp40Min::STANDARD; runs];
+    let cfg = config.inner;
+    let ticks = ticks.unwrap_or(ketapump_scenario::Kp40Min::STANDARD.ticks);
+    let outcomes = py.detach(|| ketapump_scenario::run_kp40min_lanes(cfg, &scenarios, ticks, lanes));
+    outcomes.iter().map(|o| kp40min_dict(py, o)).collect()
+}
+
+fn kp40min_dict<'py>(py: Python<'py>, o: &ketapump_scenario::Outcome) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("ticks", o.ticks)?;
     d.set_item("state", o.state.as_str())?;
@@ -457,6 +483,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RateController>()?;
     m.add_function(wrap_pyfunction!(clamp_rate, m)?)?;
     m.add_function(wrap_pyfunction!(run_kp40min, m)?)?;
+    m.add_function(wrap_pyfunction!(run_kp40min_lanes, m)?)?;
     m.add_function(wrap_pyfunction!(campaign::run_campaign, m)?)?;
     m.add_class::<sim::SimPump>()?;
     m.add_class::<sim::RtuPort>()?;

@@ -47,7 +47,9 @@ def qa_campaign(
         typer.Argument(help="Spec file (TOML) or shipped name (e.g. 'default'); not with a replay file."),
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Number of runs (seeds BASE … BASE+N−1).")] = 1_000,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Local worker threads (each batch runs in Rust, GIL released).")
+    ] = 1,
     dask: Annotated[
         str | None, typer.Option(help="Dask scheduler address (tcp://HOST:8786): run there instead.")
     ] = None,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 import tty
@@ -36,7 +37,7 @@ from typing import Any
 import structlog
 
 from ketapump import _core
-from ketapump.clock import Clock
+from ketapump.clock import Clock, sleep_until_monotonic
 from ketapump.wire import (
     TCP_IDLE_TIMEOUT_S,
     TCP_MAX_UNREAD_BYTES,
@@ -216,26 +217,33 @@ class SerialEndpoint:
         data = self.line.read()
         if not data:
             return
+        now = time.monotonic()
         self.diagnostics.trace(self.line.path, "rx", data)
+        # The request's last byte is in, at 19 200 baud, its wire time after its first byte was sent.
         request_wire = wire_time_s(len(data), self.baud) if self.pace else 0.0
-        self._queue(self.process(time.monotonic(), data), request_wire)
+        self._queue(self.process(now, data), now + request_wire)
 
     def on_tick(self, line_s: float) -> None:
         if self.idle is not None:
-            self._queue(self.idle(line_s), 0.0)
+            self._queue(self.idle(line_s), time.monotonic())
 
-    def _queue(self, replies: list[tuple[bytes, int]], after_s: float) -> None:
+    def _queue(self, replies: list[tuple[bytes, int]], ready_at: float) -> None:
         for reply, delay_ms in replies:
-            self.queue.put_nowait((after_s + delay_ms / 1000.0, reply))
+            self.queue.put_nowait((ready_at + delay_ms / 1000.0, reply))
         self.diagnostics.rejected(self.line.path, self.take_rejects())
 
     async def write_replies(self) -> None:
+        """Each reply leaves when it is ready and the previous one has left, and is written when its
+        last byte would have crossed the line: absolute deadlines (``time.monotonic()``), so the time
+        spent between replies is not added to the next one's wait."""
+        line_free_at = -math.inf
         while True:
-            wait_s, reply = await self.queue.get()
+            ready_at, reply = await self.queue.get()
+            due = max(ready_at, line_free_at)
             if self.pace:
-                wait_s += wire_time_s(len(reply), self.baud)
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
+                due += wire_time_s(len(reply), self.baud)
+            line_free_at = due
+            await sleep_until_monotonic(due)
             self.diagnostics.trace(self.line.path, "tx", reply)
             dropped = self.line.write(reply)
             if dropped:

@@ -82,6 +82,13 @@ FUNCTION_CODES: dict[int, FunctionCode] = {
         "address, quantity 1–123, byte count (2 × quantity), the values",
         "address, quantity",
     ),
+    23: FunctionCode(
+        "read/write multiple registers: the write is applied first, then the read answers; nothing is"
+        " written unless both ranges are valid",
+        "read address, read quantity 1–125, write address, write quantity 1–121, byte count"
+        " (2 × write quantity), the values",
+        "byte count, the registers read",
+    ),
 }
 #: Modbus TCP: a connection that sends nothing for this long (real seconds) is closed.
 TCP_IDLE_TIMEOUT_S = 60.0
@@ -508,7 +515,8 @@ def _wire_rules(regmap: RegisterMap) -> list[str]:
         "|---|---|---|",
         "| 1 | 1 illegal function | a function code not listed above |",
         "| 2 | 3 illegal data value | the request's structure: a length wrong for its function, a "
-        "quantity outside 1–125 (read) or 1–123 (write), a byte count other than 2 × quantity |",
+        "quantity outside 1–125 (read) or 1–123 (write; 1–121 in function 23), a byte count other than 2 × "
+        "the write quantity |",
         "| 3 | 2 illegal data address | any word outside the map, a write to a `ro` register or to part "
         "of a two-register value |",
         "| 4 | 3 illegal data value | a written value outside [min, max], non-integral for an integer "

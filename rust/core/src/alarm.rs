@@ -123,6 +123,7 @@ pub struct AlarmSet(pub u32);
 impl AlarmSet {
     pub const EMPTY: AlarmSet = AlarmSet(0);
 
+    #[inline(always)]
     pub fn insert(&mut self, alarm: Alarm) {
         self.0 |= alarm.bit();
     }

@@ -51,6 +51,7 @@ pub struct RateLimits {
 /// Clamps a requested forward rate (mL/s) into `[0, min(max, headroom / period)]`.
 ///
 /// Returns the rate and the branch that decided it. The result is always finite and `>= 0`.
+#[inline(always)]
 pub fn clamp_rate(requested_ml_s: f64, limits: RateLimits) -> (f64, ClampReason) {
     if !requested_ml_s.is_finite() {
         return (0.0, ClampReason::NonFinite);
@@ -85,6 +86,7 @@ pub fn clamp_rate(requested_ml_s: f64, limits: RateLimits) -> (f64, ClampReason)
 /// The largest rate whose period's volume does not exceed the headroom: `headroom / period`, rounded
 /// down when the division rounded up (so `rate × period ≤ headroom` holds exactly in f64), and zero when
 /// it is below the smallest normal f64 (a subnormal quotient has lost the precision that bound needs).
+#[inline(always)]
 fn headroom_rate(headroom_ml: f64, period_s: f64) -> f64 {
     let mut rate = headroom_ml / period_s;
     if rate < f64::MIN_POSITIVE {

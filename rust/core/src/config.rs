@@ -338,6 +338,7 @@ impl KernelConfig {
     }
 
     /// Drug (mg) per mL at the configured concentration.
+    #[inline(always)]
     pub fn mg_per_ml(&self) -> f64 {
         self.raw.concentration_mg_per_ml
     }

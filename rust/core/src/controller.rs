@@ -131,6 +131,7 @@ impl RateController {
     }
 
     /// One control step.
+    #[inline(always)]
     pub fn step(&mut self, setpoint_ml_s: f64, measured_ml: f64, dt_s: f64) -> Result<ControlStatus, ControlError> {
         if !(setpoint_ml_s.is_finite() && measured_ml.is_finite() && dt_s.is_finite()) {
             return Err(ControlError::NonFiniteInput);

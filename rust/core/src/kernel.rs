@@ -182,6 +182,7 @@ pub struct MotorCommand {
 impl MotorCommand {
     pub const HOLD: MotorCommand = MotorCommand { direction: Direction::Hold, rate_ml_s: 0.0 };
 
+    #[inline(always)]
     fn forward(rate_ml_s: f64) -> Self {
         if rate_ml_s > 0.0 {
             MotorCommand { direction: Direction::Forward, rate_ml_s }
@@ -190,6 +191,7 @@ impl MotorCommand {
         }
     }
 
+    #[inline(always)]
     fn retract(rate_ml_s: f64) -> Self {
         if rate_ml_s > 0.0 {
             MotorCommand { direction: Direction::Retract, rate_ml_s }
@@ -426,6 +428,7 @@ impl SafetyKernel {
 
     /// Measured volume delivered by the current program (mL). From the completion of the dose on, the
     /// drive release predicted then counts as delivered until the plunger has moved that far.
+    #[inline(always)]
     pub fn delivered_ml(&self) -> f64 {
         match (self.origin_ml, self.last_volume_ml) {
             (Some(origin), Some(volume)) => match self.release {
@@ -439,6 +442,7 @@ impl SafetyKernel {
     /// Volume the compressed drive train will still push the plunger on by once the motor stops (mL):
     /// drive compliance × (line pressure − rest pressure), the rise counted up to the occlusion
     /// threshold. Zero without a pressure sensor, a pressure sample, or a characterised drive.
+    #[inline(always)]
     pub fn drive_release_ml(&self) -> f64 {
         self.rest_mmhg.map_or(0.0, |rest| self.drive_release_above_ml(rest))
     }
@@ -454,14 +458,17 @@ impl SafetyKernel {
     }
 
     /// Drug delivered over the kernel's life plus what was delivered before it (mg).
+    #[inline(always)]
     pub fn cumulative_mg(&self) -> f64 {
         self.cfg.raw.prior_delivered_mg + self.completed_mg + self.delivered_ml() * self.cfg.mg_per_ml()
     }
 
+    #[inline(always)]
     fn remaining_ml(&self) -> f64 {
         self.program.map_or(0.0, |p| (p.vtbi_ml - self.delivered_ml()).max(0.0))
     }
 
+    #[inline(always)]
     fn syringe_left_ml(&self) -> f64 {
         self.cfg.raw.syringe_fill_ml - self.completed_ml - self.delivered_ml()
     }
@@ -662,6 +669,7 @@ impl SafetyKernel {
     }
 
     /// Latches `alarms`; enters `Alarm` (starting a back-off after an occlusion while running).
+    #[inline(always)]
     fn raise(&mut self, alarms: AlarmSet) {
         let fresh = alarms.difference(self.latched);
         if fresh.is_empty() {
@@ -722,6 +730,7 @@ impl SafetyKernel {
     // ----- the tick --------------------------------------------------------------------------
 
     /// One control tick at kernel time `now_s` with the latest telemetry sample.
+    #[inline(always)]
     pub fn step(&mut self, now_s: f64, sample: &Telemetry) -> StepOutput {
         let latched_before = self.latched;
         let mut raised = AlarmSet::EMPTY;
@@ -773,6 +782,7 @@ impl SafetyKernel {
     }
 
     /// Validates the sample; records it and returns true when it is valid and fresh.
+    #[inline(always)]
     fn accept_sample(&mut self, now_s: f64, s: &Telemetry, raised: &mut AlarmSet) -> bool {
         let pressure_ok = !self.cfg.raw.has_pressure_sensor
             || (s.pressure_mmhg.is_finite() && (-300.0..=5_000.0).contains(&s.pressure_mmhg));
@@ -812,6 +822,7 @@ impl SafetyKernel {
         true
     }
 
+    #[inline(always)]
     fn track_pressure(&mut self, raw_mmhg: f64, dt_s: f64) {
         let r = &self.cfg.raw;
         let p = &mut self.pressure;
@@ -837,6 +848,7 @@ impl SafetyKernel {
     }
 
     /// Interlocks that read a fresh, valid sample.
+    #[inline(always)]
     fn check_sample(&mut self, s: &Telemetry, raised: &mut AlarmSet) {
         let r = self.cfg.raw;
         let q = self.cfg.volume_quantum_ml;
@@ -946,6 +958,7 @@ impl SafetyKernel {
     /// pressure is not taken for an occlusion). The baseline follows a falling pressure at once and a rising one only slowly
     /// (`pressure_baseline_s`) and only while it is not rising like an occlusion, so an occlusion can
     /// neither drag the baseline up with it nor shrink the back-off that uses it.
+    #[inline(always)]
     fn check_slope(&mut self, raised: &mut AlarmSet) {
         let r = self.cfg.raw;
         let now = self.now_s.unwrap_or(0.0);
@@ -977,6 +990,7 @@ impl SafetyKernel {
 
     /// Commanded forward motion with no plunger motion. Until the plunger has moved once since the
     /// start, the allowance is the larger of the stall volume and the take-up bound (lead-screw slack).
+    #[inline(always)]
     fn check_stall(&mut self, volume_ml: f64, raised: &mut AlarmSet) {
         let r = self.cfg.raw;
         if volume_ml - self.motion_ref_ml >= self.cfg.volume_quantum_ml / 2.0 {
@@ -1014,6 +1028,7 @@ impl SafetyKernel {
     /// allowed on top of the tolerance — over the window, and since the last large rate step while the
     /// window still overlaps the `flow_window_s` after it. Never a rising pressure's compression: that
     /// is how the commanded comparison sees an occlusion.
+    #[inline(always)]
     fn check_flow(&mut self, s: &Telemetry, raised: &mut AlarmSet) {
         let r = self.cfg.raw;
         let compression_ml = self.drive_compression_ml();
@@ -1053,6 +1068,7 @@ impl SafetyKernel {
     }
 
     /// The command for this tick, after the interlocks have run.
+    #[inline(always)]
     fn command(&mut self, now_s: f64, dt_s: f64) -> (MotorCommand, ClampReason, ControlStatus) {
         let period = self.cfg.raw.control_period_s;
         let q = self.cfg.volume_quantum_ml;
@@ -1125,6 +1141,7 @@ impl SafetyKernel {
     /// measured dose left and the commanded motor volume left, so a plunger that stops reporting motion
     /// can never make the kernel command more than the program's tolerance plus the volume the drive and
     /// line can store below the occlusion threshold (the motor leads the plunger by compliance × pressure).
+    #[inline(always)]
     fn infuse(
         &mut self,
         program: Program,
@@ -1159,6 +1176,7 @@ impl SafetyKernel {
         (MotorCommand::forward(rate), reason, control)
     }
 
+    #[inline(always)]
     fn finish(
         &mut self,
         command: MotorCommand,

@@ -93,77 +93,172 @@ fn direction_code(d: Direction) -> u64 {
     d as u64
 }
 
-/// Runs KP-40MIN (or a prefix of it: `ticks` ≤ the scenario's) and returns how it ended.
-pub fn run_kp40min(config: KernelConfig, scenario: &Kp40Min, ticks: u64) -> Outcome {
-    let s = scenario;
-    let mut kernel = SafetyKernel::new(config);
-    let lag = s.dt_s / s.lag_tau_s;
-    let dt_over_c = s.dt_s / s.compliance_ml_per_mmhg;
-    let inv_r_open = 1.0 / s.resistance_mmhg_s_per_ml;
-    let inv_r_occluded = 1.0 / (s.resistance_mmhg_s_per_ml * s.occlusion_factor);
-    let counts_per_ml = s.counts_per_mm / s.ml_per_mm;
-    let ml_per_count = s.ml_per_mm / s.counts_per_mm;
+/// One KP-40MIN run in progress: its kernel, plant state and trace. [`run_kp40min`] steps one;
+/// [`run_kp40min_lanes`] steps several side by side (lockstep lanes).
+#[derive(Debug, Clone)]
+pub struct Kp40MinRun {
+    kernel: SafetyKernel,
+    scenario: Kp40Min,
+    lag: f64,
+    dt_over_c: f64,
+    inv_r_open: f64,
+    inv_r_occluded: f64,
+    counts_per_ml: f64,
+    ml_per_count: f64,
+    /// Drive flow (mL/s), plunger volume (mL), line pressure (mmHg).
+    q: f64,
+    x: f64,
+    p: f64,
+    hash: u64,
+    last_state: StateKind,
+    first_alarm_tick: Option<u64>,
+    /// The command the plant holds until the next tick: signed rate (mL/s).
+    drive_ml_s: f64,
+    n: u64,
+}
 
-    let (mut q, mut x, mut p) = (0.0_f64, 0.0_f64, 0.0_f64);
-    let mut hash = FNV_OFFSET;
-    let mut last_state = StateKind::Idle;
-    let mut first_alarm_tick = None;
-    let sample = |t: f64, x: f64, p: f64| Telemetry {
-        t_s: t,
-        volume_ml: libm_floor(x * counts_per_ml) * ml_per_count,
-        pressure_mmhg: p,
-        motor_running: false,
-        air_in_line: false,
-        syringe_present: true,
-        end_of_travel: false,
-    };
-    let _ = kernel.load(s.schedule[0].1, s.vtbi_ml, false);
-    kernel.step(0.0, &sample(0.0, x, p));
-    let _ = kernel.start();
-    let mut command = (Direction::Hold, 0.0_f64);
-    let mut n = 0;
-    while n < ticks.min(s.ticks) {
-        n += 1;
-        // The plant runs the held command for one tick.
-        let u = match command.0 {
-            Direction::Forward => command.1,
-            Direction::Retract => -command.1,
-            Direction::Hold => 0.0,
+impl Kp40MinRun {
+    /// A fresh kernel, shown the idle pump once, loaded and started on the scenario's program.
+    pub fn new(config: KernelConfig, scenario: &Kp40Min) -> Self {
+        let s = *scenario;
+        let mut run = Kp40MinRun {
+            kernel: SafetyKernel::new(config),
+            scenario: s,
+            lag: s.dt_s / s.lag_tau_s,
+            dt_over_c: s.dt_s / s.compliance_ml_per_mmhg,
+            inv_r_open: 1.0 / s.resistance_mmhg_s_per_ml,
+            inv_r_occluded: 1.0 / (s.resistance_mmhg_s_per_ml * s.occlusion_factor),
+            counts_per_ml: s.counts_per_mm / s.ml_per_mm,
+            ml_per_count: s.ml_per_mm / s.counts_per_mm,
+            q: 0.0,
+            x: 0.0,
+            p: 0.0,
+            hash: FNV_OFFSET,
+            last_state: StateKind::Idle,
+            first_alarm_tick: None,
+            drive_ml_s: 0.0,
+            n: 0,
         };
-        q += (u - q) * lag;
-        x += q * s.dt_s;
+        let _ = run.kernel.load(s.schedule[0].1, s.vtbi_ml, false);
+        let first = run.sample(0.0);
+        run.kernel.step(0.0, &first);
+        let _ = run.kernel.start();
+        run
+    }
+
+    #[inline(always)]
+    fn sample(&self, t_s: f64) -> Telemetry {
+        Telemetry {
+            t_s,
+            volume_ml: libm_floor(self.x * self.counts_per_ml) * self.ml_per_count,
+            pressure_mmhg: self.p,
+            motor_running: false,
+            air_in_line: false,
+            syringe_present: true,
+            end_of_travel: false,
+        }
+    }
+
+    /// One tick: the plant runs the held command for dt, the schedule applies, the kernel steps on
+    /// the new sample and its command is held for the next tick; the trace hash folds the tick in
+    /// every 1 000 ticks and at every state change.
+    #[inline(always)]
+    pub fn tick(&mut self) {
+        let s = &self.scenario;
+        self.n += 1;
+        let n = self.n;
+        self.q += (self.drive_ml_s - self.q) * self.lag;
+        self.x += self.q * s.dt_s;
         let occluded = n >= s.occlusion_start_tick && n < s.occlusion_end_tick;
-        let inv_r = if occluded { inv_r_occluded } else { inv_r_open };
-        p += (q - p * inv_r) * dt_over_c;
+        let inv_r = if occluded { self.inv_r_occluded } else { self.inv_r_open };
+        self.p += (self.q - self.p * inv_r) * self.dt_over_c;
         for &(at, rate) in &s.schedule[1..] {
             if n == at {
-                let _ = kernel.set_rate(rate);
+                let _ = self.kernel.set_rate(rate);
             }
         }
         let t = n as f64 * s.dt_s;
-        let out = kernel.step(t, &sample(t, x, p));
-        command = (out.command.direction, out.command.rate_ml_s);
-        if first_alarm_tick.is_none() && !out.alarms.is_empty() {
-            first_alarm_tick = Some(n);
+        let sample = self.sample(t);
+        let out = self.kernel.step(t, &sample);
+        self.drive_ml_s = match out.command.direction {
+            Direction::Forward => out.command.rate_ml_s,
+            Direction::Retract => -out.command.rate_ml_s,
+            Direction::Hold => 0.0,
+        };
+        if self.first_alarm_tick.is_none() && !out.alarms.is_empty() {
+            self.first_alarm_tick = Some(n);
         }
-        if n % 1_000 == 0 || out.state != last_state {
-            hash = fnv1a(hash, n);
+        if n % 1_000 == 0 || out.state != self.last_state {
+            let mut hash = fnv1a(self.hash, n);
             hash = fnv1a(hash, state_code(out.state));
             hash = fnv1a(hash, direction_code(out.command.direction));
-            hash = fnv1a(hash, out.command.rate_ml_s.to_bits());
-            last_state = out.state;
+            self.hash = fnv1a(hash, out.command.rate_ml_s.to_bits());
+            self.last_state = out.state;
         }
     }
-    Outcome {
-        ticks: n,
-        state: kernel.state_kind(),
-        alarm_bits: kernel.alarms().0,
-        first_alarm_tick,
-        delivered_ml: kernel.delivered_ml(),
-        plunger_ml: x,
-        pressure_mmhg: p,
-        trace_hash: hash,
+
+    /// How the run stands now.
+    pub fn outcome(&self) -> Outcome {
+        Outcome {
+            ticks: self.n,
+            state: self.kernel.state_kind(),
+            alarm_bits: self.kernel.alarms().0,
+            first_alarm_tick: self.first_alarm_tick,
+            delivered_ml: self.kernel.delivered_ml(),
+            plunger_ml: self.x,
+            pressure_mmhg: self.p,
+            trace_hash: self.hash,
+        }
     }
+}
+
+/// Runs KP-40MIN (or a prefix of it: `ticks` ≤ the scenario's) and returns how it ended.
+pub fn run_kp40min(config: KernelConfig, scenario: &Kp40Min, ticks: u64) -> Outcome {
+    let mut run = Kp40MinRun::new(config, scenario);
+    for _ in 0..ticks.min(scenario.ticks) {
+        run.tick();
+    }
+    run.outcome()
+}
+
+/// Lanes stepped together by [`run_kp40min_lanes`]: a fixed-size group keeps the lanes in registers
+/// and lets the compiler unroll the inner loop.
+const LANE_GROUPS: [usize; 4] = [8, 4, 2, 1];
+
+/// Runs one KP-40MIN per scenario in lockstep lanes: every tick steps each lane once, so the
+/// lanes' independent dependency chains overlap in the CPU. Each lane's outcome is exactly the one
+/// [`run_kp40min`] gives for its scenario (the lanes share nothing); they come back in order.
+/// `lanes` (1, 2, 4 or 8; anything else is rounded down to one of these, at least 1) is how many are
+/// stepped together.
+pub fn run_kp40min_lanes(config: KernelConfig, scenarios: &[Kp40Min], ticks: u64, lanes: usize) -> Vec<Outcome> {
+    let width = LANE_GROUPS.into_iter().find(|&w| w <= lanes.max(1)).unwrap_or(1);
+    let mut outcomes = Vec::with_capacity(scenarios.len());
+    for group in scenarios.chunks(width) {
+        match group.len() {
+            8 => outcomes.extend(run_group::<8>(config, group, ticks)),
+            4 => outcomes.extend(run_group::<4>(config, group, ticks)),
+            2 => outcomes.extend(run_group::<2>(config, group, ticks)),
+            _ => outcomes.extend(group.iter().map(|s| run_kp40min(config, s, ticks))),
+        }
+    }
+    outcomes
+}
+
+fn run_group<const N: usize>(config: KernelConfig, group: &[Kp40Min], ticks: u64) -> [Outcome; N] {
+    let mut runs: [Kp40MinRun; N] = core::array::from_fn(|i| Kp40MinRun::new(config, &group[i]));
+    // Lanes of different lengths: all step to the shortest, then each finishes alone.
+    let common = group.iter().map(|s| ticks.min(s.ticks)).min().unwrap_or(0);
+    for _ in 0..common {
+        for run in runs.iter_mut() {
+            run.tick();
+        }
+    }
+    for (run, s) in runs.iter_mut().zip(group) {
+        for _ in common..ticks.min(s.ticks) {
+            run.tick();
+        }
+    }
+    runs.each_ref().map(Kp40MinRun::outcome)
 }
 
 /// `floor` without `std` or `libm`: exact for |v| < 2⁵², the range of encoder counts.

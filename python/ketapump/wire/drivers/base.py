@@ -90,3 +90,9 @@ class PumpDriver(ABC):
     @abstractmethod
     async def heartbeat(self) -> None:
         """Proves the bridge is alive (register heartbeat, or a status query in New Era safe mode)."""
+
+    async def heartbeat_and_read_telemetry(self) -> PumpTelemetry:
+        """A control cycle's traffic: the heartbeat, then the telemetry. Drivers whose pump can do
+        both in one transaction override this."""
+        await self.heartbeat()
+        return await self.read_telemetry()

@@ -72,6 +72,9 @@ class ReferencePumpDriver(PumpDriver):
         # refreshes every tick anyway.
         heartbeat = self.map.get("heartbeat")
         transport.sync_register = heartbeat.address if heartbeat is not None else None
+        # Function 23 where the map lists it and the telemetry is one read: the heartbeat and the
+        # telemetry in one transaction.
+        self._one_transaction = 23 in codes and heartbeat is not None and len(self._runs) == 1
 
     async def _write(self, name: str, value: float) -> None:
         register = self.map[name]
@@ -135,8 +138,24 @@ class ReferencePumpDriver(PumpDriver):
     async def read_telemetry(self) -> PumpTelemetry:
         words: dict[int, int] = {}
         for start, count in self._runs:
-            for offset, word in enumerate(await self.transport.read_registers(start, count)):
-                words[start + offset] = word
+            got = await self.transport.read_registers(start, count)
+            words.update(zip(range(start, start + count), got, strict=True))
+        return self._telemetry_from(words)
+
+    async def heartbeat_and_read_telemetry(self) -> PumpTelemetry:
+        """The heartbeat written and the telemetry read in one function 23 transaction (the pump
+        applies the write first), or two requests where the map does not allow it."""
+        if not self._one_transaction:
+            return await super().heartbeat_and_read_telemetry()
+        heartbeat = self.map["heartbeat"]
+        ((start, count),) = self._runs
+        got = await self.transport.write_and_read_registers(
+            heartbeat.address, self.map.encode(heartbeat, self._next_beat()), start, count
+        )
+        return self._telemetry_from(dict(zip(range(start, start + count), got, strict=True)))
+
+    def _telemetry_from(self, words: dict[int, int]) -> PumpTelemetry:
+        """The telemetry sample in ``words`` (address → word), the map's missing registers defaulted."""
 
         def value(name: str, default: float = math.nan) -> float:
             r = self.map.get(name)
@@ -167,5 +186,8 @@ class ReferencePumpDriver(PumpDriver):
         """Refreshes the pump's watchdog; a pump without a heartbeat register has none to refresh."""
         if "heartbeat" not in self.map:
             return
+        await self._write("heartbeat", self._next_beat())
+
+    def _next_beat(self) -> int:
         self._beat = (self._beat + 1) % 65_536
-        await self._write("heartbeat", self._beat)
+        return self._beat

@@ -185,6 +185,18 @@ class RegisterTransport(Transport):
     async def write_registers(self, address: int, values: list[int]) -> None:
         await self.request(f"write {len(values)} at {address}", lambda: self._write(address, values))
 
+    async def write_and_read_registers(
+        self, write_address: int, values: list[int], read_address: int, count: int
+    ) -> list[int]:
+        """Writes ``values`` at ``write_address``, then reads ``count`` registers at ``read_address``,
+        under one timeout: one Modbus function 23 transaction where the link has it (the pump applies
+        the write, then answers the read; it refuses both or neither), else the write and the read one
+        after the other."""
+        return await self.request(
+            f"write {len(values)} at {write_address} and read {count} at {read_address}",
+            lambda: self._write_and_read(write_address, values, read_address, count),
+        )
+
     @abstractmethod
     async def _read(self, address: int, count: int) -> list[int]:
         """MUST raise PumpRefusedError for a Modbus exception answer."""
@@ -192,6 +204,13 @@ class RegisterTransport(Transport):
     @abstractmethod
     async def _write(self, address: int, values: list[int]) -> None:
         """MUST raise PumpRefusedError for a Modbus exception answer."""
+
+    async def _write_and_read(
+        self, write_address: int, values: list[int], read_address: int, count: int
+    ) -> list[int]:
+        """Two exchanges; a transport that speaks function 23 makes it one."""
+        await self._write(write_address, values)
+        return await self._read(read_address, count)
 
 
 class CommandTransport(Transport):

@@ -10,6 +10,9 @@ connection after a failed attempt. Modbus RTU has no such id: its master is
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
@@ -49,11 +52,18 @@ class ModbusTcpTransport(RegisterTransport):
             raise modbus_refusal(self.url, what, int(getattr(response, "exception_code", 0) or 0))
 
     async def _read(self, address: int, count: int) -> list[int]:
-        what = f"read {count} at {address}"
+        client = self._live()
+        read = client.read_input_registers if self.read_function == 4 else client.read_holding_registers
+        return await self._registers(
+            lambda: read(address, count=count, device_id=self.unit),
+            f"read {count} at {address}",
+            count,
+        )
+
+    async def _registers(self, send: Callable[[], Awaitable[Any]], what: str, count: int) -> list[int]:
+        """The registers the reply to ``send()`` carries: exactly ``count`` of them, or an error."""
         try:
-            client = self._live()
-            read = client.read_input_registers if self.read_function == 4 else client.read_holding_registers
-            rr = await read(address, count=count, device_id=self.unit)
+            rr = await send()
         except ModbusException as e:
             raise TransportError(self.url, str(e)) from e
         self._check(rr, what)
@@ -71,3 +81,20 @@ class ModbusTcpTransport(RegisterTransport):
         except ModbusException as e:
             raise TransportError(self.url, str(e)) from e
         self._check(rr, f"write at {address}")
+
+    async def _write_and_read(
+        self, write_address: int, values: list[int], read_address: int, count: int
+    ) -> list[int]:
+        client = self._live()
+        what = f"write {len(values)} at {write_address} and read {count} at {read_address}"
+        return await self._registers(
+            lambda: client.readwrite_registers(
+                read_address=read_address,
+                read_count=count,
+                write_address=write_address,
+                values=values,
+                device_id=self.unit,
+            ),
+            what,
+            count,
+        )

@@ -1,0 +1,117 @@
+//! KP-40MIN: lockstep lanes give each lane exactly the outcome of a single run.
+
+use ketapump_core::{KernelConfig, RawKernelConfig};
+use ketapump_scenario::{run_kp40min, run_kp40min_lanes, Kp40Min};
+
+/// The shipped kernel defaults with KP-40MIN's overrides (python/ketapump/reference/kp40min.py).
+fn raw() -> RawKernelConfig {
+    RawKernelConfig {
+        syringe_diameter_mm: 26.59,
+        syringe_capacity_ml: 60.0,
+        syringe_fill_ml: 50.0,
+        encoder_counts_per_mm: 3200.0,
+        concentration_mg_per_ml: 1.0,
+        max_rate_ml_h: 120.0,
+        hard_max_rate_ml_h: 200.0,
+        pump_max_rate_ml_h: 1200.0,
+        min_rate_ml_h: 0.1,
+        dose_tolerance: 0.02,
+        hard_cap_mg: 120.0,
+        prior_delivered_mg: 0.0,
+        has_pressure_sensor: true,
+        occlusion_threshold_mmhg: 300.0,
+        hard_max_occlusion_threshold_mmhg: 1034.0,
+        slope_detector: true,
+        slope_rise_mmhg: 40.0,
+        slope_fraction: 0.5,
+        slope_arm_delay_s: 60.0,
+        slope_rearm_increase: 0.10,
+        slope_sustain_s: 30.0,
+        slope_hold_fraction: 0.8,
+        slope_sustained_rise_mmhg: 25.0,
+        pressure_filter_s: 5.0,
+        pressure_baseline_s: 120.0,
+        compliance_ml_per_mmhg: 0.0028,
+        drive_stiffness_n_per_mm: 100.0,
+        backoff: true,
+        backoff_margin_mmhg: 20.0,
+        backoff_rate_ml_h: 300.0,
+        stall_volume_ml: 0.05,
+        flow_window_s: 120.0,
+        flow_tolerance: 0.10,
+        flow_min_volume_ml: 0.02,
+        uncommanded_volume_ml: 0.03,
+        encoder_mismatch_ml: 0.02,
+        near_empty_ml: 1.0,
+        near_empty_s: 180.0,
+        stale_after_s: 1.0,
+        control_period_s: 0.1,
+        take_up_rate_ml_h: 120.0,
+        take_up_max_ml: 0.5,
+        take_up_detect_ml: 0.005,
+        kp_per_s: 0.05,
+        ki_per_s2: 0.0,
+        integral_limit_ml_s: 0.01,
+        slew_ml_h_per_s: 1_000_000.0,
+        control_deadband_counts: 2.0,
+        control_hold_s: 10.0,
+        silence_s: 120.0,
+    }
+}
+
+fn config() -> KernelConfig {
+    KernelConfig::from_raw(RawKernelConfig {
+        syringe_diameter_mm: 26.5995,
+        encoder_counts_per_mm: 3200.0,
+        control_period_s: 0.001,
+        stale_after_s: 0.1,
+        kp_per_s: 2.0,
+        ki_per_s2: 0.5,
+        integral_limit_ml_s: 0.01,
+        control_deadband_counts: 0.0,
+        control_hold_s: 0.0,
+        max_rate_ml_h: 1188.0,
+        hard_max_rate_ml_h: 1200.0,
+        occlusion_threshold_mmhg: 300.0,
+        ..raw()
+    })
+    .expect("the KP-40MIN configuration is valid")
+}
+
+/// KP-40MIN shortened (the occlusion and the schedule moved in), shifted by `lane` so every lane of a
+/// group runs a different scenario of a different length.
+fn short(lane: u64) -> Kp40Min {
+    Kp40Min {
+        ticks: 90_000 + 1_000 * lane,
+        occlusion_start_tick: 65_000 + 500 * lane,
+        occlusion_end_tick: 85_000,
+        schedule: [(0, 10.0 + lane as f64), (5_000, 20.0), (60_000, 10.0)],
+        ..Kp40Min::STANDARD
+    }
+}
+
+#[test]
+fn every_lane_ends_exactly_as_its_single_run() {
+    let cfg = config();
+    let scenarios: Vec<Kp40Min> = (0..11).map(short).collect();
+    let singles: Vec<_> = scenarios.iter().map(|s| run_kp40min(cfg, s, u64::MAX)).collect();
+    // The lanes differ (else the check could not tell lanes apart)...
+    assert!(singles.windows(2).all(|w| w[0].trace_hash != w[1].trace_hash));
+    // ...each reaches the occlusion alarm (a state change mid-run), each at its own tick.
+    assert!(singles.iter().all(|o| o.first_alarm_tick.is_some()));
+    assert!(singles.windows(2).all(|w| w[0].first_alarm_tick != w[1].first_alarm_tick));
+    for lanes in [1, 2, 3, 4, 8, 16] {
+        let grouped = run_kp40min_lanes(cfg, &scenarios, u64::MAX, lanes);
+        assert_eq!(grouped, singles, "{lanes} lanes");
+    }
+}
+
+#[test]
+fn a_tick_limit_applies_to_every_lane() {
+    let cfg = config();
+    let scenarios = [short(0), short(3)];
+    let lanes = run_kp40min_lanes(cfg, &scenarios, 7_000, 2);
+    assert!(lanes.iter().all(|o| o.ticks == 7_000));
+    assert_eq!(lanes[1], run_kp40min(cfg, &scenarios[1], 7_000));
+    assert_eq!(run_kp40min_lanes(cfg, &[], 7_000, 4), vec![]);
+}

@@ -1,0 +1,96 @@
+"""The deadline waker behind ScaledClock's short waits: never early, in deadline order, cancellable,
+shared by several event loops, and harmless when a loop closes with a sleeper still waiting. (How
+late it wakes is measured in benches/test_precise_loop_bench.py, never asserted here.)"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from ketapump.clock import DEADLINES, PRECISE_WAIT_S, DeadlineWaker, ScaledClock
+
+
+def test_a_scaled_clock_never_wakes_before_its_deadline() -> None:
+    async def run() -> list[tuple[float, float]]:
+        clock = ScaledClock(1.0)
+        seen = []
+        deadline = clock.now()
+        for _ in range(50):
+            deadline += 0.001
+            await clock.sleep_until(deadline)
+            seen.append((deadline, clock.now()))
+        # A wait longer than the waker's takes asyncio's path, and is not early either.
+        deadline = clock.now() + 3 * PRECISE_WAIT_S
+        await clock.sleep_until(deadline)
+        seen.append((deadline, clock.now()))
+        return seen
+
+    for deadline, woke in asyncio.run(run()):
+        assert woke >= deadline
+
+
+def test_sleepers_wake_in_deadline_order_whatever_order_they_came_in() -> None:
+    waker = DeadlineWaker()
+
+    async def run() -> list[int]:
+        woke: list[int] = []
+        base = time.monotonic() + 0.005
+
+        async def sleeper(i: int, offset_s: float) -> None:
+            await waker.sleep_until(base + offset_s)
+            assert time.monotonic() >= base + offset_s
+            woke.append(i)
+
+        await asyncio.gather(*(sleeper(i, off) for i, off in enumerate([0.004, 0.001, 0.003, 0.0, 0.002])))
+        return woke
+
+    assert asyncio.run(run()) == [3, 1, 4, 2, 0]
+
+
+def test_a_cancelled_sleeper_is_skipped_and_the_others_still_wake() -> None:
+    waker = DeadlineWaker()
+
+    async def run() -> bool:
+        first = asyncio.ensure_future(waker.sleep_until(time.monotonic() + 0.002))
+        second = asyncio.ensure_future(waker.sleep_until(time.monotonic() + 0.004))
+        await asyncio.sleep(0)
+        first.cancel()
+        await second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return second.done() and not second.cancelled()
+
+    assert asyncio.run(run())
+
+
+def test_several_event_loops_share_the_waker_and_a_closed_loop_harms_nothing() -> None:
+    results: dict[str, float] = {}
+
+    def in_thread(name: str, wait_s: float) -> None:
+        async def run() -> None:
+            deadline = time.monotonic() + wait_s
+            await DEADLINES.sleep_until(deadline)
+            results[name] = time.monotonic() - deadline
+
+        asyncio.run(run())
+
+    threads = [threading.Thread(target=in_thread, args=(f"loop{i}", 0.002 * (i + 1))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(results) == ["loop0", "loop1", "loop2", "loop3"]
+    assert all(late >= 0 for late in results.values())
+
+    # A loop that closes while its sleeper waits: the waker drops it and serves the next loop.
+    orphan = asyncio.new_event_loop()
+    task = orphan.create_task(DEADLINES.sleep_until(time.monotonic() + 0.003))
+    orphan.run_until_complete(asyncio.sleep(0))
+    task.cancel()
+    orphan.run_until_complete(asyncio.sleep(0))
+    orphan.close()
+    in_thread("after", 0.005)
+    assert results["after"] >= 0

@@ -1,0 +1,37 @@
+"""KP-40MIN in Rust (one run, and lockstep lanes) ends exactly as the pure-Python reference model: the
+same state, alarms, volumes and trace hash. (How fast is benches/test_kernel_bench.py's business.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from ketapump import _core
+from ketapump.config import default_kernel_settings, kernel_config
+from ketapump.errors import ConfigurationError
+from ketapump.reference import KP40MIN_OVERRIDES, run_kp40min
+
+# A prefix: the take-off transient and 40 folds of the trace hash (the whole scenario, with its rate
+# changes and occlusion alarm, is the benchmark's: the reference model takes ~20 µs a tick).
+TICKS = 40_000
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, object]:
+    return run_kp40min(default_kernel_settings() | KP40MIN_OVERRIDES, TICKS)
+
+
+def test_rust_ends_as_the_reference_model(reference: dict[str, object]) -> None:
+    rust = _core.run_kp40min(kernel_config(**KP40MIN_OVERRIDES), TICKS)
+    assert rust == reference
+    assert rust["ticks"] == TICKS and rust["state"] == "running"
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8])
+def test_every_lane_ends_as_the_reference_model(reference: dict[str, object], lanes: int) -> None:
+    outcomes = _core.run_kp40min_lanes(kernel_config(**KP40MIN_OVERRIDES), 11, lanes, TICKS)
+    assert outcomes == [reference] * 11
+
+
+def test_a_lane_count_without_a_group_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="lanes"):
+        _core.run_kp40min_lanes(kernel_config(**KP40MIN_OVERRIDES), 4, 3, 10)
