@@ -152,6 +152,11 @@ def test_a_session_emits_its_phases_ticks_questions_records_and_one_end(tmp_path
     assert ticks[0].planned_ml == result.plan.volume_ml
     assert {t.phase for t in ticks} == {"take_up", "infusion"}
     assert all(t.pressure_mmhg < t.occlusion_threshold_mmhg for t in ticks if math.isfinite(t.pressure_mmhg))
+    # The measured rate (the pump's volume counter over 30 s) follows the commanded one mid-infusion.
+    middle = [t for t in ticks if t.phase == "infusion" and 600.0 < t.t_s - ticks[0].t_s < 1800.0]
+    assert middle and all(
+        math.isclose(t.measured_rate_ml_h, t.commanded_rate_ml_h, rel_tol=0.05) for t in middle
+    )
     observation = [t for t in chair.of(Tick) if t.phase == "observation"]
     assert len(observation) >= 60 * result.observation_min - 2
     # Every vitals reading, every checklist question with its answer, every course record.
@@ -456,7 +461,9 @@ def test_a_question_without_a_standing_answer_waits_for_an_answer_from_another_t
         # A browser's request arrives on another thread; the session is waiting on its own loop.
         assert [p.question_id for p in chair.session.pending_questions()] in ([], [q.question_id])
         threading.Thread(
-            target=chair.session.answer, args=(q.question_id, True), kwargs={"source": "web"}
+            target=chair.session.answer,
+            args=(q.question_id, True),
+            kwargs={"source": "web", "operator": "nurse C"},
         ).start()
 
     chair.on(QuestionAsked, answer_from_a_thread)
@@ -464,7 +471,12 @@ def test_a_question_without_a_standing_answer_waits_for_an_answer_from_another_t
     assert result.outcome == "complete"
     answers = chair.of(QuestionAnswered)
     assert answers and all(a.source == "web" and a.answer is True for a in answers)
+    assert all(a.operator == "nurse C" for a in answers)
     assert len(answers) == len(chair.of(QuestionAsked))
+    # Who answered, from where, is in the audit log with the question.
+    recorded = chair.log.named("question_answered")
+    assert [r["text"] for r in recorded] == [q.text for q in chair.of(QuestionAsked)]
+    assert all(r["source"] == "web" and r["operator"] == "nurse C" and r["answer"] for r in recorded)
 
 
 def test_a_no_to_a_precheck_question_aborts_before_anything_is_delivered(tmp_path: Path) -> None:

@@ -68,6 +68,8 @@ class Tick(SessionEvent):
     #: What the plan would have delivered by now (the plan line of the dose plot).
     programmed_mg: float
     commanded_rate_ml_h: float
+    #: The rate the pump's volume counter shows over the last 30 s (NaN until it spans some time).
+    measured_rate_ml_h: float = math.nan
     pressure_mmhg: float
     occlusion_threshold_mmhg: float
     alarms: tuple[str, ...]
@@ -126,6 +128,7 @@ class QuestionAnswered(SessionEvent):
     subject: str
     answer: bool | str | None
     source: Source
+    operator: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

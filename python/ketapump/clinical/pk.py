@@ -101,13 +101,16 @@ class PlasmaEstimator:
         self.v1_l = model.v1_l_per_kg * weight_kg
         m = model
         # Amounts (mg) per compartment; d/dt x = A x + e1 · u, per second.
-        rates = np.array(
-            [
-                [-(m.k10_per_min + m.k12_per_min + m.k13_per_min), m.k21_per_min, m.k31_per_min],
-                [m.k12_per_min, -m.k21_per_min, 0.0],
-                [m.k13_per_min, 0.0, -m.k31_per_min],
-            ]
-        )[: m.compartments, : m.compartments] / 60.0
+        rates = (
+            np.array(
+                [
+                    [-(m.k10_per_min + m.k12_per_min + m.k13_per_min), m.k21_per_min, m.k31_per_min],
+                    [m.k12_per_min, -m.k21_per_min, 0.0],
+                    [m.k13_per_min, 0.0, -m.k31_per_min],
+                ]
+            )[: m.compartments, : m.compartments]
+            / 60.0
+        )
         eigenvalues, vectors = np.linalg.eig(rates)
         # A mamillary model's rate matrix has real, distinct, negative eigenvalues.
         self._lambda = [float(v) for v in np.real(eigenvalues)]

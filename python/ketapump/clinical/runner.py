@@ -20,9 +20,12 @@ Every face runs a session the same three steps, so none of them holds a second i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
+import json
 import uuid
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ from ketapump.clinical.session import (
     Session,
     SessionContext,
     SessionResult,
+    check_order,
 )
 from ketapump.clinical.vitals import (
     CsvVitalsFeed,
@@ -57,7 +61,7 @@ from ketapump.clinical.vitals import (
 )
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings
-from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError
+from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError, LimitError
 from ketapump.validation import check_output_path
 from ketapump.wire import PumpDriver, split_url
 
@@ -220,6 +224,149 @@ def prepare_demo(
     )
 
 
+@dataclass(frozen=True)
+class SessionCheck:
+    """What the session's pre-check will make of an order, asked before anything is opened."""
+
+    #: Every finding the Rust core reports against the order (hard and soft), in its order.
+    findings: list[druglib.LimitFinding]
+    #: What the pre-check will raise with the reasons given (``LimitRefused`` for a hard finding,
+    #: ``ConfirmationRequired`` for a soft one without a reason), or ``None``: it proceeds.
+    refusal: LimitError | None
+
+
+def check_session(
+    setup: SessionSetup, reasons: Mapping[str, str], *, at: datetime.datetime | None = None
+) -> SessionCheck:
+    """The drug-library and course-rule check of the session's pre-check, against the course history as
+    it stands ``at`` (default: now) and with ``reasons`` (limit kind → reason) as the operator's
+    standing answers: a face can refuse with every finding before it opens the records. The session
+    checks again when it runs (the history may change in between). Reads the history, writes nothing."""
+    when = at or datetime.datetime.now(datetime.UTC)
+    try:
+        course: CourseHistory | None = CourseHistory.open(setup.db_path, create=False)
+    except CourseRecordNotFoundError:
+        course = None  # no history yet: the order is checked as a first session
+    try:
+        findings = check_order(setup.plan, setup.patient, setup.library, course, when)[2]
+    finally:
+        if course is not None:
+            course.close()
+    confirmations = [druglib.Confirmation(kind, reason) for kind, reason in reasons.items()]
+    try:
+        druglib.authorize(findings, confirmations)
+    except LimitError as e:
+        return SessionCheck(findings, e)
+    return SessionCheck(findings, None)
+
+
+@dataclass(frozen=True)
+class InterruptedSession:
+    """A session the course history holds as begun and never ended, and no process runs it any more;
+    what its audit log says about it, and the recovery ``ketapump run --resume`` offers."""
+
+    session_id: str
+    patient_id: str
+    protocol: str
+    started_at: datetime.datetime
+    programmed_mg: float
+    log_path: str | None
+    #: From the audit log (``None`` when it cannot be read): the pump URL and the plan.
+    pump: str | None = None
+    rate_ml_h: float | None = None
+    volume_ml: float | None = None
+    syringe: str | None = None
+    #: The session's delivered volume at the log's last telemetry summary.
+    delivered_ml: float | None = None
+    #: Why the log could not be used for a resume, if it could not.
+    problem: str = ""
+
+    def resume_command(self) -> list[str] | None:
+        """``ketapump run --resume`` for this session's infusion: it reconciles the delivered volume
+        with the pump's own counter, refuses if they disagree, and continues the infusion into a new
+        log chained to the old one. ``None`` when the log does not hold what it needs."""
+        if None in (self.pump, self.rate_ml_h, self.volume_ml, self.syringe, self.log_path):
+            return None
+        old = Path(str(self.log_path))
+        return [
+            "ketapump",
+            "run",
+            "--pump",
+            str(self.pump),
+            "--rate-ml-h",
+            f"{self.rate_ml_h:g}",
+            "--volume-ml",
+            f"{self.volume_ml:g}",
+            "--syringe",
+            str(self.syringe),
+            "--resume",
+            str(old),
+            "--log",
+            str(old.with_name(old.stem + "-resumed.jsonl")),
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        command = self.resume_command()
+        return {
+            "session_id": self.session_id,
+            "patient_id": self.patient_id,
+            "protocol": self.protocol,
+            "started_at": self.started_at.isoformat(),
+            "programmed_mg": self.programmed_mg,
+            "log": self.log_path,
+            "pump": self.pump,
+            "rate_ml_h": self.rate_ml_h,
+            "volume_ml": self.volume_ml,
+            "syringe": self.syringe,
+            "delivered_ml": self.delivered_ml,
+            "problem": self.problem,
+            "resume_command": command,
+        }
+
+
+def interrupted_sessions(db_path: Path | None, *, running: Collection[str] = ()) -> list[InterruptedSession]:
+    """The sessions of the course history at ``db_path`` that began and never ended, except those in
+    ``running`` (the ones this process runs), each with what its audit log holds. No history: none."""
+    try:
+        course = CourseHistory.open(db_path, create=False)
+    except CourseRecordNotFoundError:
+        return []
+    try:
+        unfinished = [s for s in course.sessions_in_progress() if s.session_id not in running]
+    finally:
+        course.close()
+    found = []
+    for s in unfinished:
+        base = InterruptedSession(
+            s.session_id, s.patient_id, s.protocol, s.started_at, s.programmed_mg, s.log_path
+        )
+        found.append(_with_log(base))
+    return found
+
+
+def _with_log(session: InterruptedSession) -> InterruptedSession:
+    """``session`` completed from its audit log: the pump it ran, its plan, the last delivered volume."""
+    if not session.log_path:
+        return replace(session, problem="the course history names no audit log")
+    fields: dict[str, Any] = {}
+    try:
+        with Path(session.log_path).open(encoding="utf-8") as f:
+            for line in f:
+                entry = json.loads(line)
+                if entry.get("session_id") != session.session_id:
+                    continue
+                fields.setdefault("pump", entry.get("pump"))
+                if entry.get("event") == "session_planned":
+                    fields |= {k: entry.get(k) for k in ("rate_ml_h", "volume_ml", "syringe")}
+                elif entry.get("event") == "telemetry":
+                    fields["delivered_ml"] = entry.get("session_delivered_ml")
+    except (OSError, json.JSONDecodeError) as e:
+        return replace(session, problem=f"cannot read the audit log: {e}")
+    if "rate_ml_h" not in fields:
+        fields["problem"] = "the audit log holds no plan for this session"
+    return replace(session, **fields)
+
+
 def _sim_pump_for(url: str, plan: DosePlan) -> _core.SimPump | None:
     """For ``sim://``: a simulated pump with the protocol's syringe, filled as the plan says."""
     scheme, _path, params = split_url(url)
@@ -348,6 +495,12 @@ class SessionRunner:
             result = self.session.result(setup.plan)
         finally:
             self._close_records()
+        # Verifying the log and drawing the plots take a CPU second or more: off the event loop, where
+        # they would hold up every other session a process runs (``ketapump serve``'s chairs).
+        return await asyncio.to_thread(self._write_records, result, error)
+
+    def _write_records(self, result: SessionResult, error: Exception | None) -> SessionOutcome:
+        setup = self.setup
         verified = verify(setup.log_path)
         plots = report.write_plots(
             result.points,
@@ -409,9 +562,13 @@ __all__ = [
     "DEMO_OPERATOR",
     "DEMO_PATIENT",
     "DEMO_PROTOCOL",
+    "InterruptedSession",
+    "SessionCheck",
     "SessionOutcome",
     "SessionRunner",
     "SessionSetup",
+    "check_session",
+    "interrupted_sessions",
     "prepare_demo",
     "prepare_session",
     "vitals_feed",

@@ -649,6 +649,7 @@ class Session:
         self, question_id: str, value: Answer, *, source: Source = "api", operator: str | None = None
     ) -> bool:
         """Answers a pending question (safe to call from any thread); ``False`` if none has that id.
+        The answer, its source and the operator's name go to the audit log (``question_answered``).
 
         A checklist question takes ``True`` or ``False``; a soft limit, baseline or maximum-duration
         question a reason (a non-blank string) or ``None`` to decline. Any other answer is a
@@ -942,8 +943,10 @@ class Session:
 
     def _answered(self, question: Question, value: Answer, source: Source, who: str | None) -> None:
         fields = {"question": question.kind, "subject": question.subject, "answer": value, "source": source}
-        self._event(QuestionAnswered, question_id=question.question_id, **fields)
-        self.rec.info("question_answered", operator=who, **fields)
+        self._event(QuestionAnswered, question_id=question.question_id, operator=who, **fields)
+        self.rec.info(
+            "question_answered", question_id=question.question_id, text=question.text, operator=who, **fields
+        )
 
     def _alarm_event(self, source: str, code: str, detail: str) -> None:
         self._event(AlarmRaised, source=source, code=code, detail=detail)
@@ -971,6 +974,7 @@ class Session:
             delivered_mg=delivered_ml * concentration,
             programmed_mg=self.points[-1].programmed_mg if self.points else 0.0,
             commanded_rate_ml_h=0.0,
+            measured_rate_ml_h=0.0,
             pressure_mmhg=math.nan,
             occlusion_threshold_mmhg=self.points[-1].threshold_mmhg if self.points else math.nan,
             alarms=(),
@@ -1205,15 +1209,11 @@ class Session:
         """Checks the order against the drug library and the course (in the Rust core); asks the
         operator for a reason for every soft finding; refuses on any hard one."""
         ctx = self.ctx
-        entry = ctx.library.drug(plan.drug)
         try:
             ctx.course.patient(ctx.patient.patient_id)
-            history: CourseHistory | None = ctx.course
         except CourseRecordNotFoundError:
-            history = None  # a new patient: this is the course's first session (recorded only once it starts)
-            await self._confirm_new_patient()
-        order = druglib.order_for(plan, ctx.patient, history, self._calendar() if history else None)
-        findings = druglib.check(entry, order)
+            await self._confirm_new_patient()  # a new patient: recorded only once the session starts
+        order, entry, findings = check_order(plan, ctx.patient, ctx.library, ctx.course, self._calendar())
         self.rec.info(
             "limits_checked",
             findings=[f.as_dict() for f in findings],
@@ -1402,6 +1402,10 @@ class Session:
                     ctx.vitals.mark_infusion_start(t)  # the simulated patient responds from now
             if self.phases[-1][0] == Phase.TAKE_UP and (self.rec.take_up_done or out.delivered_ml > 0.01):
                 self._phase(Phase.INFUSION)
+            if telemetry is not None:
+                tick.volumes.append((t, telemetry.volume_ml))
+                while tick.volumes and tick.volumes[0][0] < t - RATE_WINDOW_S:
+                    tick.volumes.popleft()
             planned_rate = plan.rate_at(plan.time_for_ml(out.delivered_ml))
             holds = tick.holds
             clear = holds.clear_since_s
@@ -1412,6 +1416,7 @@ class Session:
                 delivered_mg=out.delivered_ml * plan.concentration_mg_per_ml,
                 programmed_mg=plan.planned_ml(max(t - tick.started_s, 0.0)) * plan.concentration_mg_per_ml,
                 commanded_rate_ml_h=out.rate_ml_h if out.direction == "forward" else 0.0,
+                measured_rate_ml_h=_measured_rate_ml_h(tick.volumes),
                 pressure_mmhg=telemetry.pressure_mmhg if telemetry is not None else math.nan,
                 occlusion_threshold_mmhg=occlusion_threshold,
                 alarms=tuple(out.alarms),
@@ -1431,10 +1436,6 @@ class Session:
                 if abs(rate - tick.rate_ml_h) > SCHEDULE_DEADBAND * tick.rate_ml_h:
                     tick.rate_ml_h = rate
                     loop.request_rate(rate, "protocol phase schedule")
-            if telemetry is not None:
-                tick.volumes.append((t, telemetry.volume_ml))
-                while tick.volumes and tick.volumes[0][0] < t - RATE_WINDOW_S:
-                    tick.volumes.popleft()
             if t >= tick.next_point_s:
                 tick.next_point_s = t + SERIES_EVERY_S
                 self._point(
@@ -1704,11 +1705,8 @@ class Session:
         threshold: float,
         planned_rate: float,
     ) -> None:
-        plan, volumes = tick.plan, tick.volumes
-        measured = math.nan
-        if len(volumes) >= 2 and volumes[-1][0] > volumes[0][0]:
-            (ta, va), (tb, vb) = volumes[0], volumes[-1]
-            measured = (vb - va) / (tb - ta) * 3600.0
+        plan = tick.plan
+        measured = _measured_rate_ml_h(tick.volumes)
         started = self.phases[1][1] if len(self.phases) > 1 else 0.0
         self.points.append(
             SeriesPoint(
@@ -1826,6 +1824,36 @@ def _session_operator(ctx: SessionContext) -> str | None:
         raise ConfigurationError("operator", str(e)) from None
 
 
+def _measured_rate_ml_h(volumes: deque[tuple[float, float]]) -> float:
+    """The rate the pump's volume counter shows over the window (NaN until it spans some time)."""
+    if len(volumes) >= 2 and volumes[-1][0] > volumes[0][0]:
+        (ta, va), (tb, vb) = volumes[0], volumes[-1]
+        return (vb - va) / (tb - ta) * 3600.0
+    return math.nan
+
+
+def check_order(
+    plan: DosePlan,
+    patient: Patient,
+    library: druglib.DrugLibrary,
+    course: CourseHistory | None,
+    at: datetime.datetime,
+) -> tuple[druglib.Order, druglib.DrugEntry, list[druglib.LimitFinding]]:
+    """The order ``plan`` makes for ``patient`` starting at ``at``, with the totals of the patient's
+    course (none: a new patient, or no history), its drug's library entry and every finding the Rust
+    core reports against it. What the session's pre-check refuses or asks a reason for; a face may ask
+    it before starting (:func:`ketapump.clinical.runner.check_session`). Writes nothing."""
+    entry = library.drug(plan.drug)
+    history = course
+    if course is not None:
+        try:
+            course.patient(patient.patient_id)
+        except CourseRecordNotFoundError:
+            history = None  # a new patient: this is the course's first session (recorded once it starts)
+    order = druglib.order_for(plan, patient, history, at if history else None)
+    return order, entry, druglib.check(entry, order)
+
+
 def _failed_outcome(error: BaseException) -> str:
     """How a session that raised ended, for its :class:`~ketapump.clinical.events.SessionEnded`."""
     if isinstance(error, LimitError):
@@ -1851,4 +1879,5 @@ __all__ = [
     "SessionAbortedError",
     "SessionContext",
     "SessionResult",
+    "check_order",
 ]
