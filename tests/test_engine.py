@@ -494,6 +494,37 @@ def test_a_no_to_a_precheck_question_aborts_before_anything_is_delivered(tmp_pat
     assert chair.of(SessionEnded)[0].outcome == "aborted"
 
 
+def test_a_stop_while_a_precheck_question_waits_aborts_at_once(tmp_path: Path) -> None:
+    chair = Chair(tmp_path, operator=WaitingOperator())
+    # The browser's STOP while a checklist item waits for the nurse: no answer ever comes.
+    chair.on(QuestionAsked, lambda q: chair.session.stop("patient left", source="web", operator="nurse D"))
+    with pytest.raises(SessionAbortedError, match="stopped by the operator"):
+        chair.run()
+    assert chair.pump.delivered_ml == 0.0
+    (stop,) = chair.of(ActionTaken)
+    assert (stop.action, stop.accepted, stop.operator) == ("stop", True, "nurse D")
+    assert chair.of(SessionEnded)[0].outcome == "aborted"
+    assert chair.log.named("operator_action")[0]["reason"] == "patient left"
+
+
+def test_a_stop_while_a_discharge_question_waits_leaves_the_items_unconfirmed(tmp_path: Path) -> None:
+    chair = Chair(tmp_path, operator=WaitingOperator())
+
+    def answer_or_stop(q: QuestionAsked) -> None:
+        if q.subject == "pre":
+            chair.session.answer(q.question_id, True, source="web")
+        else:
+            chair.session.stop("patient collected early", source="web", operator="nurse D")
+
+    chair.on(QuestionAsked, answer_or_stop)
+    result = chair.run()
+    assert result.outcome == "complete" and not result.discharge_confirmed
+    discharge = [a for a in chair.of(QuestionAnswered) if a.subject == "discharge"]
+    assert discharge and all(a.answer is False and a.source == "engine" for a in discharge)
+    assert len(discharge) == len(load_protocol("ketamine-depression").checklists.discharge)
+    assert [(a.action, a.accepted) for a in chair.of(ActionTaken)] == [("stop", True)]
+
+
 # ----- delivery ------------------------------------------------------------------------------------
 
 

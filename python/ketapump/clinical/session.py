@@ -529,6 +529,8 @@ class Session:
         #: Course-history writes waiting for the session to be begun there (actions in the pre-check).
         self._unrecorded: list[Callable[[], None]] | None = []
         self._cuff = _CuffFollowUp()
+        #: An operator stopped the session while it waited on a question (see :meth:`_stop_while_asking`).
+        self._stopped_asking = False
 
     # ----- commands in, events out -------------------------------------------------------------
 
@@ -556,6 +558,9 @@ class Session:
         who = self.operator_name if operator is None else operator
         cmd = make_command(action, reason, source=source, operator=who, **args)
         self._commands.append(cmd)
+        if action == "stop" and self._loop is not None:
+            # A stop does not wait for the answer to a pending question (a checklist item in a browser).
+            self._loop.call_soon_threadsafe(self._stop_while_asking)
 
     def pause(self, reason: str, *, source: Source = "api", operator: str | None = None) -> None:
         """Pause the infusion: held until an operator resumes it, whatever the vitals do."""
@@ -912,6 +917,24 @@ class Session:
             return False
         return True
 
+    def _stop_while_asking(self) -> None:
+        """A stop while the pre-check waits on a question (a checklist item on a console's card): the
+        session is aborted at once, nothing delivered, the stop carried out and recorded. In any other
+        phase the stop waits its turn as usual (during the observation and discharge it is refused:
+        ``end_observation`` ends the observation)."""
+        waiting = [f for _q, f in self._questions.values() if not f.done()]
+        phase = self.phases[-1][0] if self.phases else Phase.PRECHECK.value
+        if not waiting or phase != Phase.PRECHECK:
+            return
+        if not self._stopped_asking:
+            if not any(c.action == "stop" for c in self._commands):
+                return
+            self._outside_infusion(phase)
+            self._stopped_asking = True
+            self.rec.warning("operator_stop_requested", phase=phase)
+        for future in waiting:
+            future.set_exception(SessionAbortedError(phase, "stopped by the operator"))
+
     def _ask_later(
         self, kind: QuestionKind, subject: str, text: str
     ) -> tuple[Question, asyncio.Future[Answer]]:
@@ -934,6 +957,8 @@ class Session:
             self._answered_by[question.question_id] = self.operator_name
             future.set_result(standing)
             self._answered(question, standing, "script", self.operator_name)
+        elif not future.done():
+            self._stop_while_asking()  # a stop already given is not held up by this question
         return question, future
 
     async def _ask(self, kind: QuestionKind, subject: str, text: str) -> Answer:
