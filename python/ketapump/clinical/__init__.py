@@ -48,6 +48,7 @@ from ketapump.clinical.pk import MODELS as PK_MODELS
 from ketapump.clinical.pk import PkModel, PlasmaEstimator, pk_model
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
 from ketapump.clinical.runner import (
+    CONFIRMABLE,
     DEMO_OPERATOR,
     InterruptedSession,
     SessionCheck,
@@ -89,6 +90,7 @@ __all__ = [
     "ACTIONS",
     "ActionTaken",
     "AlarmRaised",
+    "CONFIRMABLE",
     "CallbackVitalsFeed",
     "CourseHistory",
     "CourseSummary",

@@ -3,7 +3,7 @@
 The session engine (:class:`ketapump.clinical.session.Session`) emits one of these for everything a
 face shows or records: the phase, each control tick's telemetry, every finding, question, answer,
 operator action, change of who holds the pump, alarm and course-history record, and the end. The
-CLI turns them into a progress bar and a summary; the console streams them to browsers; the public
+CLI turns them into a live chair card and a summary; the console streams them to browsers; the public
 API hands them to callbacks. None of them is the audit log: that keeps its own records (stable event
 names, hash-chained), written by the engine beside these events.
 

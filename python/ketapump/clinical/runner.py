@@ -43,6 +43,7 @@ from ketapump.bridge import (
 from ketapump.clinical import druglib, report
 from ketapump.clinical.commands import check_operator_name
 from ketapump.clinical.course import SCHEMA_VERSION, CourseHistory, normalise_patient_id
+from ketapump.clinical.events import Source
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
 from ketapump.clinical.session import (
     Operator,
@@ -64,6 +65,15 @@ from ketapump.config import default_kernel_settings
 from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError, LimitError
 from ketapump.validation import check_output_path
 from ketapump.wire import PumpDriver, split_url
+
+#: What a reason may be given for (``--confirm KIND=REASON``, a console's confirmations): each limit
+#: kind of the drug library and course rules, an elevated baseline, a new patient whose record is near
+#: a recorded one, and an infusion past its maximum duration.
+CONFIRMABLE: tuple[str, ...] = (
+    *(name for name, _unit in _core.LIMIT_KINDS),
+    "baseline_vitals",
+    "new_patient",
+)
 
 #: The demo's patient: weight and height of ``data/patients/demo.toml``'s scripted monitor.
 DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="male")
@@ -97,6 +107,8 @@ class SessionSetup:
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: The operator running the session (``None`` only where the protocol allows anonymous QA runs).
     operator_name: str | None = None
+    #: The face the session was started through (in the audit log with the plan).
+    source: Source = "cli"
 
 
 def vitals_feed(source: str) -> VitalsFeed:
@@ -455,6 +467,7 @@ class SessionRunner:
                 audit_path=str(setup.log_path),
                 loop_settings=setup.loop_settings,
                 operator_name=setup.operator_name,
+                source=setup.source,
             )
         )
 
@@ -559,6 +572,7 @@ class SessionRunner:
 
 
 __all__ = [
+    "CONFIRMABLE",
     "DEMO_OPERATOR",
     "DEMO_PATIENT",
     "DEMO_PROTOCOL",

@@ -439,6 +439,8 @@ class SessionContext:
     #: The operator running the session: every command and confirmation without a name of its own is
     #: theirs. Required unless the protocol allows anonymous QA runs (``session.allow_anonymous``).
     operator_name: str | None = None
+    #: The face the session was started through (recorded with the plan).
+    source: Source = "cli"
 
 
 @dataclass
@@ -1226,6 +1228,7 @@ class Session:
             "session_planned",
             patient=self.ctx.patient.patient_id,
             operator=self.operator_name,
+            source=self.ctx.source,
             **plan.as_dict(),
         )
         return plan
