@@ -347,8 +347,9 @@ class Clinic:
                 time_scale=settings.time_scale,
             )
         except ConfigurationError as e:
-            problems = getattr(e, "problems", None) or [str(e)]
-            raise ConsoleError(422, "invalid_session", "the session cannot be run", problems=problems) from e
+            listed = getattr(e, "problems", None)
+            problems = [f"{e.field}: {p}" for p in listed] if listed else [str(e)]
+            raise ConsoleError(422, "invalid_session", str(e), problems=problems) from e
         except OSError as e:
             raise ConsoleError(422, "invalid_session", str(e), problems=[str(e)]) from e
         setup.session_id, setup.started_by, setup.source = session_id, request.operator, source

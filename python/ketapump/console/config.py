@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import re
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ketapump.clinical import (
     PK_MODELS,
@@ -101,23 +102,31 @@ class ClinicConfig(BaseModel):
     clinic: ClinicSettings = ClinicSettings()
     chair: list[ChairConfig] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> ClinicConfig:
-        ids = [c.id for c in self.chair]
-        twice = sorted({i for i in ids if ids.count(i) > 1})
-        if twice:
-            raise ValueError(f"chair ids must be unique: {', '.join(twice)} given more than once")
-        return self
-
 
 def load_clinic(path: Path) -> ClinicConfig:
     """Reads ``path`` and checks it whole (see the module docstring); raises :class:`ClinicConfigError`
     listing every problem (``not_found`` when the file is not there)."""
-    config = read_document(ClinicConfig, path, ClinicConfigError)
-    problems = chair_problems(config)
+    try:
+        config = read_document(ClinicConfig, path, ClinicConfigError)
+    except ClinicConfigError as e:
+        if e.not_found:
+            raise
+        raise ClinicConfigError(str(path), e.problems + _repeated_ids(path)) from e
+    problems = _repeated_ids(path) or chair_problems(config)
     if problems:
         raise ClinicConfigError(str(path), problems)
     return config
+
+
+def _repeated_ids(path: Path) -> list[str]:
+    """A chair id given twice (checked on the raw document, so it is listed beside any other problem)."""
+    try:
+        chairs = tomllib.loads(path.read_text(encoding="utf-8")).get("chair", [])
+    except (OSError, tomllib.TOMLDecodeError):
+        return []  # already reported
+    ids = [c.get("id") for c in chairs if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    return [f"chair: chair ids must be unique: {', '.join(twice)} given more than once"] if twice else []
 
 
 def chair_problems(config: ClinicConfig) -> list[str]:
