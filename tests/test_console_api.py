@@ -276,6 +276,18 @@ def test_beyond_loopback_a_token_is_required_to_start_and_for_every_api_call(tmp
             )
             assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
             assert start_session(client).status_code == 201
+        # The terminal client without the token: refused, exit 77.
+        argv = ["console", base + "/"]
+        attached = subprocess.run(
+            [sys.executable, "-m", "ketapump", *argv],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert attached.returncode == os.EX_NOPERM and "refused the token" in attached.stderr
+        assert_documented(argv, attached.returncode, attached.stderr)
 
 
 def test_on_loopback_without_a_token_a_foreign_host_name_is_refused(tmp_path: Path) -> None:
