@@ -51,7 +51,7 @@ async def attach(url: str, token: str | None, console: Console) -> str:
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = httpx.Timeout(10.0, read=None)  # the stream is quiet between events
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as client:
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as client:
         try:
             reply = await client.get("/api/chairs")
         except httpx.HTTPError as e:
