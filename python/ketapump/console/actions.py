@@ -90,7 +90,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "Pause",
         "required",
         "Why pause the infusion?",
-        shown_when=frozenset({"running", "take_up", "armed"}),
+        shown_when=frozenset({"running", "armed"}),
     ),
     ActionSpec(
         "resume",
