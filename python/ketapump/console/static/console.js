@@ -73,10 +73,26 @@
   }
 
   // ----- the reason prompt ----------------------------------------------------------------------------
+  const PROMPT_HTML = `<form method="dialog" id="prompt-form">
+      <strong id="prompt-title"></strong>
+      <label><span id="prompt-text"></span><input id="prompt-input" autocomplete="off"></label>
+      <menu><button type="button" id="prompt-cancel">Cancel</button><button value="ok" class="primary" id="prompt-ok">OK</button></menu>
+    </form>`;
+
+  function promptDialog() {
+    let dialog = $("prompt-dialog");
+    if (!dialog) {
+      dialog = el("dialog");
+      dialog.id = "prompt-dialog";
+      dialog.innerHTML = PROMPT_HTML;
+      document.body.appendChild(dialog);
+    }
+    return dialog;
+  }
+
   function ask(title, text, opts) {
     opts = opts || {};
-    const dialog = $("prompt-dialog");
-    if (!dialog) return Promise.resolve(window.prompt(text, opts.value || ""));
+    const dialog = promptDialog();
     $("prompt-title").textContent = title;
     $("prompt-text").textContent = text;
     const input = $("prompt-input");
