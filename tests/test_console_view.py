@@ -7,10 +7,12 @@ import asyncio
 import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
+from ketapump.bridge.runtime import JITTER_REAL_S
 from ketapump.clinical import (
     ActionTaken,
     AlarmRaised,
@@ -25,6 +27,7 @@ from ketapump.clinical import (
 )
 from ketapump.clinical import Patient as ClinicalPatient
 from ketapump.console import (
+    SHARED_LOOP_JITTER_S,
     ActionSpec,
     ChairView,
     ClinicConfigError,
@@ -34,6 +37,7 @@ from ketapump.console import (
     load_clinic,
     render_card,
 )
+from ketapump.errors import ConfigurationError
 
 
 def _tick(t: float, delivered_mg: float = 0.0, **fields: object) -> Tick:
@@ -278,3 +282,41 @@ def test_a_clinic_file_is_checked_whole_with_every_problem_named(tmp_path: Path)
     with pytest.raises(ClinicConfigError) as missing:
         load_clinic(tmp_path / "none.toml")
     assert missing.value.not_found
+
+
+def test_a_shared_loop_sizes_each_chairs_watchdog_for_its_jitter_and_refuses_a_scale_it_cannot_hold(
+    tmp_path: Path,
+) -> None:
+    # Every chair of a serve ticks on one event loop beside the HTTP server: its pump's watchdog outlasts
+    # SHARED_LOOP_JITTER_S of real scheduling delay, where a lone session's outlasts JITTER_REAL_S.
+    patient = ClinicalPatient("p-1", 70.0, 175.0, "male")
+
+    def setup(scale: float, jitter: float | None) -> Any:
+        return prepare_session(
+            protocol="ketamine-depression",
+            patient=patient,
+            operator=ScriptedOperator(),
+            pump="sim://",
+            log=tmp_path / "unused.jsonl",
+            out=tmp_path,
+            time_scale=scale,
+            jitter_real_s=jitter,
+        )
+
+    lone, shared = setup(10.0, None), setup(10.0, SHARED_LOOP_JITTER_S)
+    assert SHARED_LOOP_JITTER_S > JITTER_REAL_S
+    assert shared.driver.watchdog_ms - lone.driver.watchdog_ms == pytest.approx(
+        1_000.0 * 10.0 * (SHARED_LOOP_JITTER_S - JITTER_REAL_S), abs=1.0
+    )
+    assert shared.driver.watchdog_ms >= 1_000.0 * 10.0 * SHARED_LOOP_JITTER_S
+    setup(30.0, None)  # a lone session holds 30x ...
+    with pytest.raises(ConfigurationError, match="largest time scale is 19") as refused:
+        setup(30.0, SHARED_LOOP_JITTER_S)  # ... a chair of a serve cannot
+    assert "scheduling jitter" in str(refused.value)
+    path = tmp_path / "clinic.toml"
+    path.write_text(
+        'schema_version = 1\n[clinic]\ntime_scale = 30\n[[chair]]\nid = "a"\npump = "sim://"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ClinicConfigError, match=r"chair\[0\]\.pump: .*largest time scale is 19"):
+        load_clinic(path)

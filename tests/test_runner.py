@@ -75,7 +75,8 @@ def test_a_session_left_in_progress_is_offered_for_resume_from_its_audit_log(tmp
     async def run_until_infusing_then_die() -> None:
         # The process dies mid-infusion: its task is cancelled after the first telemetry summaries.
         task = asyncio.create_task(runner.run())
-        while runner.session.phases[-1][0] != "infusion" or runner.session.ctx.clock.now() < 100.0:
+        session = runner.session
+        while not session.phases or session.phases[-1][0] != "infusion" or session.ctx.clock.now() < 100.0:
             await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -136,10 +136,14 @@ def prepare_session(
     out: Path = Path("ketapump-session"),
     time_scale: float | None = None,
     operator_name: str | None = None,
+    jitter_real_s: float | None = None,
 ) -> SessionSetup:
     """Validates a session request (see the module docstring). ``time_scale`` runs a ``sim://`` pump at
     that many pump seconds per real second (``None``: virtual time) or follows a hw-sim started with it.
-    ``operator_name`` is required unless the protocol allows anonymous QA runs."""
+    ``operator_name`` is required unless the protocol allows anonymous QA runs. ``jitter_real_s`` is
+    the scheduling jitter (real s) the pump's watchdog must also outlast, where it exceeds a lone
+    session's (:data:`ketapump.bridge.JITTER_REAL_S`): one event loop running several sessions
+    (``serve``)."""
     try:
         patient = replace(patient, patient_id=normalise_patient_id(patient.patient_id))
     except CourseError as e:
@@ -156,7 +160,8 @@ def prepare_session(
     period = control_period_s(scheme, scale, None, float(defaults["control_period_s"]))
     clock: Clock = VirtualClock() if scheme == "sim" and time_scale is None else ScaledClock(scale)
     feed = vitals_feed(vitals)
-    driver = make_driver(pump, clock, period, scale, sim_pump=_sim_pump_for(pump, plan))
+    jitter = {} if jitter_real_s is None else {"jitter_real_s": jitter_real_s}
+    driver = make_driver(pump, clock, period, scale, sim_pump=_sim_pump_for(pump, plan), **jitter)
     settings: dict[str, Any] = dict(loop_settings(period, defaults))
     if "pressure_mmhg" in driver.lacks:
         settings["has_pressure_sensor"] = False

@@ -24,7 +24,14 @@ from ketapump.console.clinic import (
     PatientIn,
     StartRequest,
 )
-from ketapump.console.config import ChairConfig, ClinicConfig, ClinicConfigError, ClinicSettings, load_clinic
+from ketapump.console.config import (
+    SHARED_LOOP_JITTER_S,
+    ChairConfig,
+    ClinicConfig,
+    ClinicConfigError,
+    ClinicSettings,
+    load_clinic,
+)
 from ketapump.console.demo import DEMO_CHAIRS, DEMO_TIME_SCALE, demo_clinic
 from ketapump.console.server import bind, check_bind, serve, url_of
 from ketapump.console.stream import Subscription, sse
@@ -38,6 +45,7 @@ __all__ = [
     "ACTIONS",
     "DEMO_CHAIRS",
     "DEMO_TIME_SCALE",
+    "SHARED_LOOP_JITTER_S",
     "WEB_PACKAGES",
     "ActionParam",
     "ActionRequest",

@@ -45,7 +45,7 @@ from ketapump.clinical import (
     prepare_session,
 )
 from ketapump.console.actions import ActionSpec
-from ketapump.console.config import ChairConfig, ClinicConfig
+from ketapump.console.config import SHARED_LOOP_JITTER_S, ChairConfig, ClinicConfig
 from ketapump.console.stream import Subscription
 from ketapump.console.view import ChairView, SessionInfo
 from ketapump.errors import ConfigurationError, CourseRecordNotFoundError, KetapumpError, LimitRefused
@@ -345,6 +345,7 @@ class Clinic:
                 log=self.log_dir() / f"{chair_id}-{stamp}-{session_id[:8]}.jsonl",
                 out=settings.out_dir / chair_id / f"{stamp}-{session_id[:8]}",
                 time_scale=settings.time_scale,
+                jitter_real_s=SHARED_LOOP_JITTER_S,
             )
         except ConfigurationError as e:
             listed = getattr(e, "problems", None)

@@ -47,6 +47,11 @@ from ketapump.clinical import (
 from ketapump.errors import ConfigurationError
 from ketapump.validation import DocumentError, read_document
 
+#: The scheduling jitter (real s) each chair's pump watchdog outlasts: the event loop of a ``serve``
+#: carries every chair's control loop, the HTTP server and the event streams, so a tick can wait for all
+#: of them (measured: docs/console.md, "Timing").
+SHARED_LOOP_JITTER_S = 0.5
+
 CHAIR_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
@@ -151,6 +156,7 @@ def chair_problems(config: ClinicConfig) -> list[str]:
                         log=Path(scratch) / "unused.jsonl",
                         out=Path(scratch),
                         time_scale=config.clinic.time_scale,
+                        jitter_real_s=SHARED_LOOP_JITTER_S,
                     ),
                 ),
             )
@@ -170,6 +176,7 @@ def chair_problems(config: ClinicConfig) -> list[str]:
 
 
 __all__ = [
+    "SHARED_LOOP_JITTER_S",
     "ChairConfig",
     "ClinicConfig",
     "ClinicConfigError",

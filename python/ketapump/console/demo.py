@@ -23,9 +23,6 @@ from ketapump.console.config import ChairConfig, ClinicConfig, ClinicSettings
 
 #: Pump seconds per real second of the demo.
 DEMO_TIME_SCALE = 10.0
-#: The simulated pump's watchdog (pump s) the demo's URLs size: the longest the pump allows, so at a high
-#: time scale a busy machine's scheduling pauses (in real time) do not stop the demo's pumps.
-DEMO_WATCHDOG_S = 9.0
 DEMO_OPERATOR = "demo"
 
 #: (chair id, name, patient script, patient) of each demo chair.
@@ -67,14 +64,11 @@ def demo_clinic(
         own.unlink(missing_ok=True)
     for log in logs.glob("*.jsonl"):
         log.unlink()
-    # The pump's watchdog outlasts one fully retried request (2 attempts × timeout, in pump time) plus two
-    # periods: the timeout of an in-process pump (which never times out) sets the watchdog's length.
-    timeout = min(1.0, (DEMO_WATCHDOG_S - 0.2) / (2.0 * time_scale))
     chairs = [
         ChairConfig(
             id=chair_id,
             name=name,
-            pump=f"sim://?seed={index}&timeout={timeout:.4g}",
+            pump=f"sim://?seed={index}",
             vitals=f"sim:{patient_script(script)}",
         )
         for index, (chair_id, name, script, _patient) in enumerate(DEMO_CHAIRS, start=1)
