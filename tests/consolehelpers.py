@@ -20,10 +20,10 @@ import httpx
 
 from cli_contract import assert_documented
 
-#: The tests' time scale: the infusion moves (a 40-min infusion takes 8 min) while the simulated pump's
-#: watchdog (sized by the URL's timeout: 9.2 pump s = 1.8 real s) outlasts a loaded machine's pauses.
+#: The tests' time scale: the infusion moves (a 40-min infusion takes 8 min); each chair's pump watchdog
+#: outlasts the serve's shared-loop jitter (console.SHARED_LOOP_JITTER_S, real time).
 TIME_SCALE = 5.0
-SIM_PUMP = "sim://?seed={seed}&timeout=0.9"
+SIM_PUMP = "sim://?seed={seed}"
 READY_TIMEOUT_S = 60.0
 
 

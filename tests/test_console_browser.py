@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,15 +141,9 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         wait.until(lambda d: d.find_elements("css selector", "#record tr td"))
         wait.until(lambda d: "operator_action" in d.find_element("id", "record").text)
         assert "patient feels dizzy" in browser.find_element("id", "record").text
-        time.sleep(1.0)
+        # Each plot is drawn (an explicit wait: the page draws them once its series has loaded).
         for plot in ("plot-dose", "plot-rate", "plot-pressure", "plot-vitals", "plot-plasma"):
-            drawn = browser.execute_script(
-                "const c = document.getElementById(arguments[0]);"
-                "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-                "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n;",
-                plot,
-            )
-            assert drawn > 500, plot
+            wait.until(lambda d, plot=plot: drawn_pixels(d, plot) > 500, message=plot)
         assert "model estimate" in browser.find_element("id", "plasma-caption").text
         detail = tmp_path / "chair.png"
         browser.save_screenshot(str(detail))
@@ -159,6 +152,17 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         assert errors == []
         latencies = browser.execute_script("return window.ketapumpLatencies")
         assert len(latencies) > 5 and all(-0.5 < x < 30 for x in latencies)
+
+
+def drawn_pixels(driver: Any, canvas_id: str) -> int:
+    """How many pixels of a canvas are painted."""
+    painted: int = driver.execute_script(
+        "const c = document.getElementById(arguments[0]);"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n;",
+        canvas_id,
+    )
+    return painted
 
 
 def assert_a_real_picture(path: Path) -> None:

@@ -27,13 +27,16 @@ from ketapump.clinical import (
 )
 from ketapump.clinical import Patient as ClinicalPatient
 from ketapump.console import (
+    ACTIONS,
     SHARED_LOOP_JITTER_S,
+    ActionParam,
     ActionSpec,
     ChairView,
     ClinicConfigError,
     SessionInfo,
     Subscription,
     available_actions,
+    engine_commands,
     load_clinic,
     render_card,
 )
@@ -229,22 +232,48 @@ def test_the_stream_starts_with_every_card_and_ends_with_why_it_was_closed() -> 
 # ----- the action table -----------------------------------------------------------------------------------
 
 
-def test_every_action_is_one_table_row_checked_before_it_is_sent() -> None:
-    actions = available_actions()
-    assert list(actions) == ["pause", "resume", "acknowledge", "stop"]
-    assert actions["stop"].shown_when == frozenset() and actions["stop"].style == "danger"
-    assert actions["pause"].check("", {}) == ["reason: pause needs a reason"]
-    assert actions["resume"].check("", {}) == []
-    assert actions["pause"].check("why", {"rate": 1}) == ["params.rate: pause takes no such value"]
-    # A row for a command the engine does not have (yet) stays hidden; a parameter is typed.
-    from ketapump.console import ACTIONS, ActionParam  # noqa: PLC0415
+def test_every_engine_command_is_one_table_row_and_only_those_are_offered() -> None:
+    # Generic over the engine: every command it takes has a row (a route, a button, a form) ...
+    rows = {a.command: a for a in ACTIONS}
+    assert set(engine_commands()) <= rows.keys(), set(engine_commands()) - rows.keys()
+    # ... and only the rows whose command it takes are offered, in the table's order, STOP last.
+    offered = available_actions()
+    assert [a.command for a in offered.values()] == [
+        a.command for a in ACTIONS if a.command in engine_commands()
+    ]
+    assert list(offered)[-1] == "stop" and offered["stop"].style == "danger"
+    assert offered["stop"].shown_when == frozenset()  # never hidden while a session runs
+    hidden = ActionSpec("bolus", "give_bolus", "Bolus", "required", "Why?")
+    assert "give_bolus" not in engine_commands()
+    assert hidden.command not in {a.command for a in offered.values()}
 
-    slow = ActionSpec(
-        "slow", "slow", "Slow", "required", "Why?", params=(ActionParam("factor", "number", "Factor"),)
+
+def test_a_request_is_checked_as_a_form_would_be_before_it_is_sent() -> None:
+    pause = available_actions()["pause"]
+    assert pause.check("", {}) == ["reason: pause needs a reason"]
+    assert pause.check("why", {"rate": 1}) == ["params.rate: pause takes no such value"]
+    assert available_actions()["resume"].check("", {}) == []
+    dose = ActionSpec(
+        "dose",
+        "give_dose",
+        "Dose",
+        "optional",
+        "Why?",
+        params=(
+            ActionParam("mg", "number", "Dose", "mg"),
+            ActionParam("route", "choice", "Route", vocabulary="routes"),
+            ActionParam("note", "text", "Note", required=False),
+        ),
     )
-    assert "slow" not in available_actions() and slow not in ACTIONS
-    assert slow.check("why", {"factor": "half"}) == ["params.factor: must be a number"]
-    assert slow.check("why", {}) == ["params.factor: slow needs it"]
+    assert dose.check("", {"mg": "half", "route": 3}) == [
+        "params.mg: must be a number",
+        "params.route: must be text",
+    ]
+    assert dose.check("", {}) == ["params.mg: dose needs it", "params.route: dose needs it"]
+    assert dose.check("", {"mg": 2, "route": "iv", "note": None}) == []  # an optional value left out
+    described = dose.as_dict()
+    assert [p["name"] for p in described["params"]] == ["mg", "route", "note"]
+    assert described["params"][2]["required"] is False
 
 
 # ----- the clinic file ---------------------------------------------------------------------------------

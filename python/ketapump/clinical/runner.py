@@ -32,6 +32,7 @@ from typing import Any
 
 from ketapump import _core
 from ketapump.bridge import (
+    JITTER_REAL_S,
     AuditWriter,
     audit_logger,
     control_period_s,
@@ -160,8 +161,8 @@ def prepare_session(
     period = control_period_s(scheme, scale, None, float(defaults["control_period_s"]))
     clock: Clock = VirtualClock() if scheme == "sim" and time_scale is None else ScaledClock(scale)
     feed = vitals_feed(vitals)
-    jitter = {} if jitter_real_s is None else {"jitter_real_s": jitter_real_s}
-    driver = make_driver(pump, clock, period, scale, sim_pump=_sim_pump_for(pump, plan), **jitter)
+    jitter = JITTER_REAL_S if jitter_real_s is None else jitter_real_s
+    driver = make_driver(pump, clock, period, scale, sim_pump=_sim_pump_for(pump, plan), jitter_real_s=jitter)
     settings: dict[str, Any] = dict(loop_settings(period, defaults))
     if "pressure_mmhg" in driver.lacks:
         settings["has_pressure_sensor"] = False

@@ -11,7 +11,7 @@ floor; only the CLI imports it. The web stack (fastapi, uvicorn, httpx: the ``co
 imported only where it is used, so the terminal card works without it.
 """
 
-from ketapump.console.actions import ACTIONS, ActionParam, ActionSpec, available_actions
+from ketapump.console.actions import ACTIONS, ActionParam, ActionSpec, available_actions, engine_commands
 from ketapump.console.app import create_app, is_loopback
 from ketapump.console.card import LiveCard, render_board, render_card
 from ketapump.console.clinic import (
@@ -73,6 +73,7 @@ __all__ = [
     "check_bind",
     "create_app",
     "demo_clinic",
+    "engine_commands",
     "is_loopback",
     "load_clinic",
     "render_board",

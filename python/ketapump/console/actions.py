@@ -1,20 +1,24 @@
-"""The operator actions a chair offers, as one table: each row is a route
-(``POST /api/chairs/{chair}/actions/{name}``), a button on the browser's card (the page builds its
-buttons from ``GET /api/actions``) and the session-engine command it becomes. Adding an action the
-engine has learnt is one row here: the route, the button, the reason prompt, the audit record (the
-engine writes it, with the operator's name and the source) and the event that says whether it was carried
-out all follow from it.
+"""The operator actions a chair offers, as one table over the session engine's commands: each row is a
+route (``POST /api/chairs/{chair}/actions/{name}``), a button on the browser's card (the page builds its
+buttons and their forms from ``GET /api/actions``) and the engine command it becomes.
 
-A row's ``command`` names a method of :class:`ketapump.clinical.Session` that takes
-``(reason, *, source, operator, **params)``; ``params`` are the extra values the action takes (a slowed
-rate, a medication), validated by type before the command is sent. The engine, not this table, decides
-whether an action is possible now: the console never greys out STOP, and a refused action comes back as
-an ``action`` event with the engine's reason.
+A row names an engine command (:meth:`ketapump.clinical.Session.command`: ``(action, reason, *, source,
+operator, **args)``) and says how a face asks for it: its label, its reason prompt, when its button is
+shown, and the values it takes (``params``: typed, required or optional, a choice from a vocabulary).
+The console sends every action through that one method, so adding an action the engine has learnt is
+one row here: the route, the button and its form, the audit record (the engine writes it, with the
+operator's name and the source) and the event that says whether it was carried out all follow. A row
+whose command the engine does not have stays hidden (:func:`available_actions`).
+
+The console checks only what a form needs (a reason where one is required, the values' names and types);
+the engine checks the rest when the command is issued (a ``ValueError``: the request is refused with its
+message) and decides at its next tick whether the action is possible now (the ``action`` event, with the
+engine's reason). The console never greys out STOP.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,12 +27,31 @@ from ketapump.clinical import Session, Source, session
 
 @dataclass(frozen=True)
 class ActionParam:
-    """An extra value an action takes: its name, its type, how the form labels it, its unit."""
+    """A value an action takes: its name (the engine command's argument), its type, how the form labels
+    it, its unit, whether it must be given and, for a choice, where its options come from."""
 
     name: str
-    kind: Literal["number", "text"]
+    kind: Literal["number", "text", "choice"]
     label: str
     unit: str = ""
+    required: bool = True
+    #: For a ``choice``: the name of a vocabulary (:data:`VOCABULARIES`).
+    vocabulary: str = ""
+
+    def choices(self) -> list[dict[str, str]]:
+        """The options of a choice: ``{"value", "label"}`` each (none: not a choice)."""
+        source = VOCABULARIES.get(self.vocabulary)
+        return source() if source is not None else []
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "label": self.label,
+            "unit": self.unit,
+            "required": self.required,
+            "choices": self.choices(),
+        }
 
 
 @dataclass(frozen=True)
@@ -42,45 +65,71 @@ class ActionSpec:
     reason: Literal["required", "optional"]
     prompt: str
     style: Literal["normal", "danger"] = "normal"
-    #: Shown when the chair's pump is in one of these states (empty: always, e.g. STOP).
+    #: Shown when the chair's pump is in one of these states (empty: whenever a session runs, e.g. STOP).
     shown_when: frozenset[str] = frozenset()
     params: tuple[ActionParam, ...] = field(default_factory=tuple)
+    #: What the reason is pre-filled with (STOP: so Enter sends it at once).
+    default_reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "command": self.command,
             "label": self.label,
             "reason": self.reason,
             "prompt": self.prompt,
+            "default_reason": self.default_reason,
             "style": self.style,
             "shown_when": sorted(self.shown_when),
-            "params": [p.__dict__ for p in self.params],
+            "params": [p.as_dict() for p in self.params],
         }
 
     def check(self, reason: str, params: Mapping[str, Any]) -> list[str]:
-        """Every problem of a request for this action (empty: it can be sent)."""
+        """Every problem of a request for this action a form can see (empty: it can be sent)."""
         problems = []
         if self.reason == "required" and not reason.strip():
             problems.append(f"reason: {self.name} needs a reason")
         known = {p.name: p for p in self.params}
-        for name in params.keys() - known.keys():
+        for name in sorted(params.keys() - known.keys()):
             problems.append(f"params.{name}: {self.name} takes no such value")
         for name, spec in known.items():
             value = params.get(name)
             if value is None:
-                problems.append(f"params.{name}: {self.name} needs it")
+                if spec.required:
+                    problems.append(f"params.{name}: {self.name} needs it")
             elif spec.kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float)):
                 problems.append(f"params.{name}: must be a number")
-            elif spec.kind == "text" and not (isinstance(value, str) and value.strip()):
+            elif spec.kind != "number" and not (isinstance(value, str) and value.strip()):
                 problems.append(f"params.{name}: must be text")
         return problems
 
     def send(
         self, target: Session, reason: str, params: Mapping[str, Any], *, source: Source, operator: str
     ) -> None:
-        """Queues the command on ``target`` (carried out at its next control tick)."""
-        getattr(target, self.command)(reason, source=source, operator=operator, **params)
+        """Issues the command on ``target`` (carried out at its next control tick); ``ValueError`` if the
+        engine finds the command wrong in itself."""
+        given = {name: value for name, value in params.items() if value is not None}
+        target.command(self.command, reason, source=source, operator=operator, **given)
 
+
+def _observation_kinds() -> list[dict[str, str]]:
+    return []
+
+
+def _dose_units() -> list[dict[str, str]]:
+    return []
+
+
+def _routes() -> list[dict[str, str]]:
+    return []
+
+
+#: Where a choice's options come from: the engine's bedside vocabulary (clinician-owned data).
+VOCABULARIES: dict[str, Callable[[], list[dict[str, str]]]] = {
+    "observation_kinds": _observation_kinds,
+    "dose_units": _dose_units,
+    "routes": _routes,
+}
 
 #: Every action, in the order the card shows its buttons (STOP last, on its own).
 ACTIONS: tuple[ActionSpec, ...] = (
@@ -101,20 +150,81 @@ ACTIONS: tuple[ActionSpec, ...] = (
         shown_when=frozenset({"paused"}),
     ),
     ActionSpec(
+        "slow",
+        "slow",
+        "Slow",
+        "required",
+        "Why slow the infusion?",
+        shown_when=frozenset({"running", "paused"}),
+        params=(
+            ActionParam(
+                "to_fraction", "number", "To this fraction of the plan's rate", "0–1", required=False
+            ),
+            ActionParam("to_rate_ml_h", "number", "Or at most this rate", "mL/h", required=False),
+        ),
+    ),
+    ActionSpec(
+        "restore",
+        "restore_rate",
+        "Restore rate",
+        "optional",
+        "Back to the plan's rate: anything to note?",
+        shown_when=frozenset({"running", "paused"}),
+    ),
+    ActionSpec(
         "acknowledge",
         "acknowledge",
         "Acknowledge alarms",
         "optional",
         "What was found?",
     ),
-    ActionSpec("stop", "stop", "STOP", "required", "Why stop?", style="danger"),
+    ActionSpec(
+        "observation",
+        "record_observation",
+        "Observation",
+        "optional",
+        "Anything to add?",
+        params=(
+            ActionParam("kind", "choice", "What was observed", vocabulary="observation_kinds"),
+            ActionParam("value", "number", "On its scale", required=False),
+            ActionParam("note", "text", "Note", required=False),
+        ),
+    ),
+    ActionSpec(
+        "medication",
+        "give_medication",
+        "Medication",
+        "optional",
+        "Why was it given?",
+        params=(
+            ActionParam("drug", "text", "Drug"),
+            ActionParam("dose", "number", "Dose"),
+            ActionParam("unit", "choice", "Unit", vocabulary="dose_units"),
+            ActionParam("route", "choice", "Route", vocabulary="routes"),
+        ),
+    ),
+    ActionSpec(
+        "stop",
+        "stop",
+        "STOP",
+        "required",
+        "Why stop?",
+        style="danger",
+        default_reason="stopped by the operator",
+    ),
 )
 
 
+def engine_commands() -> Sequence[str]:
+    """The commands the session engine takes (:data:`ketapump.clinical.session.ACTIONS`)."""
+    return tuple(session.ACTIONS)
+
+
 def available_actions() -> dict[str, ActionSpec]:
-    """The actions whose command the session engine has (a row for a command still to come stays
-    hidden until the engine takes it)."""
-    return {a.name: a for a in ACTIONS if a.command in session.ACTIONS and hasattr(Session, a.command)}
+    """The actions whose command the session engine has, by name (a row for a command still to come
+    stays hidden until the engine takes it)."""
+    commands = set(engine_commands())
+    return {a.name: a for a in ACTIONS if a.command in commands}
 
 
-__all__ = ["ACTIONS", "ActionParam", "ActionSpec", "available_actions"]
+__all__ = ["ACTIONS", "VOCABULARIES", "ActionParam", "ActionSpec", "available_actions", "engine_commands"]

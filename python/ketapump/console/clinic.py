@@ -119,10 +119,16 @@ class StartRequest(_Request):
 
 
 class ActionRequest(_Request):
-    """An operator action on a chair's session."""
+    """An operator action on a chair's session: why, and the values the action takes (``GET
+    /api/actions`` lists them)."""
 
     reason: str = Field(default="", max_length=500)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("reason")
+    @classmethod
+    def _trimmed(cls, value: str) -> str:
+        return value.strip()  # as the engine records it
 
 
 class AnswerRequest(_Request):
@@ -239,7 +245,13 @@ class Chair:
         future: asyncio.Future[ActionTaken] = asyncio.get_running_loop().create_future()
         waiter = _ActionWaiter(spec.command, request.operator, request.reason, future)
         self._waiters.append(waiter)
-        spec.send(runner.session, request.reason, request.params, source=source, operator=request.operator)
+        try:
+            spec.send(
+                runner.session, request.reason, request.params, source=source, operator=request.operator
+            )
+        except ValueError as e:  # the engine finds the command wrong in itself: nothing was queued
+            self._waiters.remove(waiter)
+            raise ConsoleError(422, "invalid_action", f"{spec.name}: {e}", problems=[str(e)]) from e
         try:
             taken = await asyncio.wait_for(asyncio.shield(future), ACTION_WAIT_S)
         except TimeoutError:

@@ -129,7 +129,7 @@ def _repeated_ids(path: Path) -> list[str]:
         chairs = tomllib.loads(path.read_text(encoding="utf-8")).get("chair", [])
     except (OSError, tomllib.TOMLDecodeError):
         return []  # already reported
-    ids = [c.get("id") for c in chairs if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    ids: list[str] = [c["id"] for c in chairs if isinstance(c, dict) and isinstance(c.get("id"), str)]
     twice = sorted({i for i in ids if ids.count(i) > 1})
     return [f"chair: chair ids must be unique: {', '.join(twice)} given more than once"] if twice else []
 

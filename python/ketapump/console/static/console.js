@@ -75,6 +75,7 @@
   // ----- the reason prompt ----------------------------------------------------------------------------
   const PROMPT_HTML = `<form method="dialog" id="prompt-form">
       <strong id="prompt-title"></strong>
+      <div id="prompt-params"></div>
       <label><span id="prompt-text"></span><input id="prompt-input" autocomplete="off"></label>
       <menu><button type="button" id="prompt-cancel">Cancel</button><button value="ok" class="primary" id="prompt-ok">OK</button></menu>
     </form>`;
@@ -90,15 +91,55 @@
     return dialog;
   }
 
+  // A field of an action's form (GET /api/actions: number, text, or a choice from a vocabulary).
+  function paramField(p) {
+    const label = el("label");
+    label.append(el("span", "", `${p.label}${p.unit ? " (" + p.unit + ")" : ""}${p.required ? "" : " — optional"}`));
+    let input;
+    if (p.kind === "choice") {
+      input = el("select");
+      if (!p.required) input.append(el("option", "", ""));
+      for (const c of p.choices || []) {
+        const option = el("option", "", c.label || c.value);
+        option.value = c.value;
+        input.append(option);
+      }
+    } else {
+      input = el("input");
+      input.type = p.kind === "number" ? "number" : "text";
+      if (p.kind === "number") input.step = "any";
+      input.autocomplete = "off";
+    }
+    input.name = p.name;
+    input.dataset.param = p.name;
+    input.dataset.kind = p.kind;
+    input.required = !!p.required;
+    label.append(input);
+    return label;
+  }
+
+  // Asks for a text (the reason) and, with opts.params, the action's values: resolves to the text (or,
+  // with params, {reason, params}), or null when cancelled.
   function ask(title, text, opts) {
     opts = opts || {};
     const dialog = promptDialog();
     $("prompt-title").textContent = title;
     $("prompt-text").textContent = text;
+    const fields = (opts.params || []).map(paramField);
+    $("prompt-params").replaceChildren(...fields);
     const input = $("prompt-input");
     input.value = opts.value || "";
     input.required = !!opts.required;
     input.type = opts.type || "text";
+    const values = () => {
+      const params = {};
+      for (const f of $("prompt-params").querySelectorAll("[data-param]")) {
+        const raw = f.value.trim();
+        if (raw === "") continue; // left out: the engine says if it was needed
+        params[f.dataset.param] = f.dataset.kind === "number" ? Number(raw) : raw;
+      }
+      return params;
+    };
     return new Promise((resolve) => {
       const done = (value) => {
         $("prompt-form").onsubmit = null;
@@ -109,12 +150,13 @@
       $("prompt-form").onsubmit = (e) => {
         e.preventDefault();
         if (opts.required && !input.value.trim()) return;
-        done(input.value);
+        done(opts.params ? { reason: input.value, params: values() } : input.value);
       };
       $("prompt-cancel").onclick = () => done(null);
       dialog.showModal();
-      input.focus();
-      input.select();
+      const first = fields.length ? fields[0].querySelector("[data-param]") : input;
+      first.focus();
+      if (first.select) first.select();
     });
   }
 
@@ -366,17 +408,13 @@
     const who = await operator();
     if (!who) return;
     const name = (state.cards[chair] || {}).name || chair;
-    const reason = await ask(`${spec.label} — ${name}`, spec.prompt, {
+    const answer = await ask(`${spec.label} — ${name}`, spec.prompt, {
       required: spec.reason === "required",
-      value: spec.name === "stop" ? "stopped by the operator" : "",
+      value: spec.default_reason || "",
+      params: spec.params,
     });
-    if (reason === null) return;
-    const params = {};
-    for (const p of spec.params || []) {
-      const value = await ask(spec.label, `${p.label}${p.unit ? " (" + p.unit + ")" : ""}`, { required: true, type: p.kind === "number" ? "number" : "text" });
-      if (value === null) return;
-      params[p.name] = p.kind === "number" ? Number(value) : value;
-    }
+    if (answer === null) return;
+    const { reason, params } = answer;
     try {
       const verdict = await api(`/api/chairs/${encodeURIComponent(chair)}/actions/${spec.name}`, { method: "POST", body: { operator: who, reason, params } });
       flash(chair, verdict.status === "refused" ? `${spec.label} refused: ${verdict.why}` : `${spec.label}: ${verdict.status}`, verdict.status === "refused");
