@@ -4,6 +4,7 @@ reading its event stream with httpx."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import select
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 
 from cli_contract import assert_documented
+from ketapump.clinical import CourseHistory
 
 #: The tests' time scale: the infusion moves (a 40-min infusion takes 8 min); each chair's pump watchdog
 #: outlasts the serve's shared-loop jitter (console.SHARED_LOOP_JITTER_S, real time).
@@ -48,6 +50,9 @@ def clinic_file(tmp_path: Path, *, chairs: int = 1, time_scale: float = TIME_SCA
         ]
     path = tmp_path / "clinic.toml"
     path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    course = tmp_path / "course.sqlite3"
+    if not course.exists():  # a course history is created explicitly (ketapump course init)
+        CourseHistory.create(course, at=datetime.datetime.now(datetime.UTC)).close()
     return path
 
 

@@ -109,11 +109,19 @@ def test_a_session_on_a_simulated_chair_streams_its_events_and_takes_actions_wit
         assert stopped.json()["status"] == "done" and stopped.json()["accepted"]
         c = card_when(client, lambda c: c["phase"] == "observation")
         log = c["session"]["log"]
-
         unknown = act(client, "bolus", "now")
         assert unknown.status_code == 404 and unknown.json()["code"] == "unknown_action"
         busy = start_session(client)
         assert busy.status_code == 409 and busy.json()["code"] == "chair_busy"
+        # In the observation a stop is refused (the engine's rule); only end_observation with a reason
+        # ends it early.
+        late = act(client, "stop", "stop again")
+        assert late.json()["status"] == "refused" and "observation" in late.json()["why"], late.text
+        blank = act(client, "end_observation", " ")
+        assert blank.status_code == 422 and blank.json()["code"] == "invalid_action"
+        ended = act(client, "end_observation", "patient collected by their driver")
+        assert ended.json()["status"] == "done", ended.text
+        card_when(client, lambda c: c["state"] == "ended")
 
     # The audit log names every action, its reason, its operator and its source.
     records = audit_records(log)
@@ -128,6 +136,7 @@ def test_a_session_on_a_simulated_chair_streams_its_events_and_takes_actions_wit
         ("resume", "twice", "nurse A", "api"),
     ]
     assert ("stop", "patient asked to stop", "nurse A", "api") in actions
+    assert ("end_observation", "patient collected by their driver", "nurse A", "api") in actions
     (planned,) = [r for r in records if r["event"] == "session_planned"]
     assert planned["operator"] == "nurse A" and planned["source"] == "api"
     # SIGTERM ended the session: its pump told to stop, the course history not left "in progress".
@@ -215,7 +224,8 @@ def test_stop_while_a_checklist_item_waits_aborts_with_nothing_delivered(tmp_pat
 
 def test_refusals_return_every_finding_and_write_nothing(tmp_path: Path) -> None:
     now = datetime.datetime.now(datetime.UTC)
-    with CourseHistory.open(tmp_path / "course.sqlite3") as course:  # an earlier session 20 h ago
+    with CourseHistory.create(tmp_path / "course.sqlite3", at=now - datetime.timedelta(days=3)) as course:
+        # an earlier session 20 h ago
         course.ensure_patient("p-1", 70.0, 175.0, at=now - datetime.timedelta(days=3))
         course.begin_session(
             "earlier", "p-1", "ketamine-depression", now - datetime.timedelta(hours=20), 35.0

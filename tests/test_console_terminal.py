@@ -4,6 +4,7 @@ its own session's card live and shows a pause; ``ketapump console URL`` draws ev
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ import pexpect
 
 from cli_contract import assert_documented
 from consolehelpers import serving
+from ketapump.clinical import CourseHistory
 
 ENV = {**os.environ, "COLUMNS": "120", "LINES": "60", "TERM": "xterm-256color"}
 ENV.pop("NO_COLOR", None)
@@ -25,6 +27,7 @@ def spawn(*args: str) -> pexpect.spawn:
 
 
 def test_a_session_on_a_terminal_draws_its_card_live_and_shows_a_pause(tmp_path: Path) -> None:
+    CourseHistory.create(tmp_path / "course.sqlite3", at=datetime.datetime.now(datetime.UTC)).close()
     child = spawn(
         "session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70",
         "--height-cm", "175", "--sex", "male", "--yes", "--time-scale", "5", "--pump", "sim://?timeout=0.9",

@@ -4,6 +4,7 @@ drawn from it, the per-client stream's throttling and bounds, the action table, 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from ketapump.bridge.runtime import JITTER_REAL_S
 from ketapump.clinical import (
     ActionTaken,
     AlarmRaised,
+    CourseHistory,
     PhaseChanged,
     PlasmaEstimator,
     ScriptedOperator,
@@ -58,6 +60,7 @@ def _tick(t: float, delivered_mg: float = 0.0, **fields: object) -> Tick:
 
 
 def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Path) -> None:
+    CourseHistory.create(tmp_path / "course.sqlite3", at=datetime.datetime.now(datetime.UTC)).close()
     setup = prepare_session(
         protocol="ketamine-depression",
         patient=ClinicalPatient("p-1", 70.0, 175.0, "male"),
@@ -311,6 +314,18 @@ def test_a_clinic_file_is_checked_whole_with_every_problem_named(tmp_path: Path)
     with pytest.raises(ClinicConfigError) as missing:
         load_clinic(tmp_path / "none.toml")
     assert missing.value.not_found
+    # The course history is never created by serve: a missing one is named with the command that makes it.
+    absent = tmp_path / "no-course.sqlite3"
+    path.write_text(
+        f'schema_version = 1\n[clinic]\ncourse_db = "{absent}"\n[[chair]]\nid = "a"\npump = "sim://"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ClinicConfigError) as no_course:
+        load_clinic(path)
+    assert no_course.value.problems == [
+        f"clinic.course_db: {absent} does not exist: create it with `ketapump course init {absent}`"
+    ]
+    assert not absent.exists()
 
 
 def test_a_shared_loop_sizes_each_chairs_watchdog_for_its_jitter_and_refuses_a_scale_it_cannot_hold(
@@ -319,6 +334,8 @@ def test_a_shared_loop_sizes_each_chairs_watchdog_for_its_jitter_and_refuses_a_s
     # Every chair of a serve ticks on one event loop beside the HTTP server: its pump's watchdog outlasts
     # SHARED_LOOP_JITTER_S of real scheduling delay, where a lone session's outlasts JITTER_REAL_S.
     patient = ClinicalPatient("p-1", 70.0, 175.0, "male")
+    course = tmp_path / "course.sqlite3"
+    CourseHistory.create(course, at=datetime.datetime.now(datetime.UTC)).close()
 
     def setup(scale: float, jitter: float | None) -> Any:
         return prepare_session(
@@ -326,6 +343,7 @@ def test_a_shared_loop_sizes_each_chairs_watchdog_for_its_jitter_and_refuses_a_s
             patient=patient,
             operator=ScriptedOperator(),
             pump="sim://",
+            course_db=course,
             log=tmp_path / "unused.jsonl",
             out=tmp_path,
             time_scale=scale,
@@ -344,7 +362,8 @@ def test_a_shared_loop_sizes_each_chairs_watchdog_for_its_jitter_and_refuses_a_s
     assert "scheduling jitter" in str(refused.value)
     path = tmp_path / "clinic.toml"
     path.write_text(
-        'schema_version = 1\n[clinic]\ntime_scale = 30\n[[chair]]\nid = "a"\npump = "sim://"\n',
+        f'schema_version = 1\n[clinic]\ntime_scale = 30\ncourse_db = "{course}"\n'
+        '[[chair]]\nid = "a"\npump = "sim://"\n',
         encoding="utf-8",
     )
     with pytest.raises(ClinicConfigError, match=r"chair\[0\]\.pump: .*largest time scale is 19"):

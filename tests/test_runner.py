@@ -22,12 +22,14 @@ from ketapump.clinical import (
     interrupted_sessions,
     prepare_session,
 )
-from ketapump.errors import ConfirmationRequired, LimitRefused
+from ketapump.errors import ConfirmationRequired, CourseRecordNotFoundError, LimitRefused
 
 NOW = datetime.datetime.now(datetime.UTC)
 
 
 def setup_for(tmp_path: Path, patient: Patient) -> SessionSetup:
+    if not (tmp_path / "course.sqlite3").exists():
+        CourseHistory.create(tmp_path / "course.sqlite3", at=NOW - datetime.timedelta(days=30)).close()
     return prepare_session(
         protocol="ketamine-depression",
         patient=patient,
@@ -44,11 +46,16 @@ def test_a_hard_finding_is_a_refusal_with_every_finding_and_nothing_is_written(t
     assert isinstance(check.refusal, LimitRefused)
     assert "weight_kg" in {f.kind for f in check.findings if f.severity == "hard"}
     assert {f.kind for f in check.refusal.findings} <= {f.kind for f in check.findings}
-    assert not (tmp_path / "course.sqlite3").exists() and not (tmp_path / "audit.jsonl").exists()
+    assert not (tmp_path / "audit.jsonl").exists()
+    with (
+        CourseHistory.open(tmp_path / "course.sqlite3", readonly=True) as course,
+        pytest.raises(CourseRecordNotFoundError),
+    ):
+        course.patient("p-light")  # nothing recorded
 
 
 def test_a_course_rule_needs_a_reason_and_proceeds_with_one(tmp_path: Path) -> None:
-    with CourseHistory.open(tmp_path / "course.sqlite3") as course:
+    with CourseHistory.create(tmp_path / "course.sqlite3", at=NOW - datetime.timedelta(days=3)) as course:
         course.ensure_patient("p-1", 70.0, 175.0, at=NOW - datetime.timedelta(days=2))
         start = NOW - datetime.timedelta(hours=20)
         course.begin_session("earlier", "p-1", "ketamine-depression", start, 35.0)
@@ -85,7 +92,7 @@ def test_a_session_left_in_progress_is_offered_for_resume_from_its_audit_log(tmp
     asyncio.run(run_until_infusing_then_die())
     # The cancelled session ended in the course history ("ended_error"): a killed process leaves no
     # such end. Simulate the kill by a course history that still holds the session in progress.
-    with CourseHistory.open(tmp_path / "other.sqlite3") as course:
+    with CourseHistory.create(tmp_path / "other.sqlite3", at=NOW) as course:
         course.ensure_patient("p-1", 70.0, 175.0, at=NOW)
         course.begin_session(setup.session_id, "p-1", "ketamine-depression", NOW, 35.0, setup.log_path)
         course.begin_session("running-here", "p-1", "ketamine-depression", NOW, 35.0, setup.log_path)
@@ -101,7 +108,7 @@ def test_a_session_left_in_progress_is_offered_for_resume_from_its_audit_log(tmp
 
 def test_no_history_means_no_interrupted_session_and_an_unreadable_log_is_named(tmp_path: Path) -> None:
     assert interrupted_sessions(tmp_path / "none.sqlite3") == []
-    with CourseHistory.open(tmp_path / "c.sqlite3") as course:
+    with CourseHistory.create(tmp_path / "c.sqlite3", at=NOW) as course:
         course.ensure_patient("p-1", 70.0, at=NOW)
         course.begin_session("s-gone", "p-1", "ketamine-depression", NOW, 35.0, tmp_path / "gone.jsonl")
     (found,) = interrupted_sessions(tmp_path / "c.sqlite3")

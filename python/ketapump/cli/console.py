@@ -27,7 +27,7 @@ from ketapump.console import (
     load_clinic,
     serve,
 )
-from ketapump.errors import ConfigurationError
+from ketapump.errors import ConfigurationError, CourseError
 from ketapump.validation import input_exit_code
 
 TOKEN_HELP = (
@@ -99,6 +99,8 @@ def serve_command(
             clinic_config, starts = demo_clinic(out, time_scale or DEMO_TIME_SCALE)
         except OSError as e:
             raise fail(f"cannot create {out}: {e.strerror or e}", os.EX_CANTCREAT) from e
+        except CourseError as e:
+            raise fail(f"cannot create the demo's course history: {e}", os.EX_CANTCREAT) from e
     try:
         sock = bind(host, port)
     except OSError as e:

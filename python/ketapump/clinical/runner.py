@@ -262,7 +262,7 @@ def check_session(
     checks again when it runs (the history may change in between). Reads the history, writes nothing."""
     when = at or datetime.datetime.now(datetime.UTC)
     try:
-        course: CourseHistory | None = CourseHistory.open(setup.db_path, create=False)
+        course: CourseHistory | None = CourseHistory.open(setup.db_path, readonly=True)
     except CourseRecordNotFoundError:
         course = None  # no history yet: the order is checked as a first session
     try:
@@ -346,7 +346,7 @@ def interrupted_sessions(db_path: Path | None, *, running: Collection[str] = ())
     """The sessions of the course history at ``db_path`` that began and never ended, except those in
     ``running`` (the ones this process runs), each with what its audit log holds. No history: none."""
     try:
-        course = CourseHistory.open(db_path, create=False)
+        course = CourseHistory.open(db_path, readonly=True)
     except CourseRecordNotFoundError:
         return []
     try:

@@ -65,7 +65,8 @@ class ActionSpec:
     reason: Literal["required", "optional"]
     prompt: str
     style: Literal["normal", "danger"] = "normal"
-    #: Shown when the chair's pump is in one of these states (empty: whenever a session runs, e.g. STOP).
+    #: Shown when the chair's pump is in one of these states, or the session in one of these phases
+    #: (empty: whenever a session runs, e.g. STOP).
     shown_when: frozenset[str] = frozenset()
     params: tuple[ActionParam, ...] = field(default_factory=tuple)
     #: What the reason is pre-filled with (STOP: so Enter sends it at once).
@@ -202,6 +203,14 @@ ACTIONS: tuple[ActionSpec, ...] = (
             ActionParam("unit", "choice", "Unit", vocabulary="dose_units"),
             ActionParam("route", "choice", "Route", vocabulary="routes"),
         ),
+    ),
+    ActionSpec(
+        "end_observation",
+        "end_observation",
+        "End observation",
+        "required",
+        "Why end the observation early? (recorded, and an alarm for the clinician)",
+        shown_when=frozenset({"observation"}),
     ),
     ActionSpec(
         "stop",

@@ -48,7 +48,13 @@ from ketapump.console.actions import ActionSpec
 from ketapump.console.config import SHARED_LOOP_JITTER_S, ChairConfig, ClinicConfig
 from ketapump.console.stream import Subscription
 from ketapump.console.view import ChairView, SessionInfo
-from ketapump.errors import ConfigurationError, CourseRecordNotFoundError, KetapumpError, LimitRefused
+from ketapump.errors import (
+    ConfigurationError,
+    CourseError,
+    CourseRecordNotFoundError,
+    KetapumpError,
+    LimitRefused,
+)
 
 _log = logging.getLogger("ketapump.console")
 
@@ -359,6 +365,8 @@ class Clinic:
                 time_scale=settings.time_scale,
                 jitter_real_s=SHARED_LOOP_JITTER_S,
             )
+        except CourseError as e:  # the clinic's course history is gone or damaged since start-up
+            raise ConsoleError(503, "records_unavailable", f"the course history cannot be used: {e}") from e
         except ConfigurationError as e:
             listed = getattr(e, "problems", None)
             problems = [f"{e.field}: {p}" for p in listed] if listed else [str(e)]
@@ -398,7 +406,7 @@ class Clinic:
     def course(self, patient_id: str) -> dict[str, Any]:
         """A patient's course: the summary, and every session with its alarms and notes."""
         try:
-            history = CourseHistory.open(self.config.clinic.course_db, create=False)
+            history = CourseHistory.open(self.config.clinic.course_db, readonly=True)
         except CourseRecordNotFoundError as e:
             raise ConsoleError(404, "no_course_history", str(e)) from e
         try:

@@ -7,7 +7,7 @@ feed and the defaults of a session started on it, and where records go.
 
     [clinic]
     name = "Ketamine clinic"
-    course_db = "/var/lib/ketapump/course.sqlite3"   # default: the course history's default location
+    course_db = "/var/lib/ketapump/course.sqlite3"   # must exist (ketapump course init); default location
     log_dir = "/var/lib/ketapump/logs"               # audit logs; default: $XDG_STATE_HOME/ketapump/logs
     out_dir = "ketapump-serve"                       # reports, one folder per chair and session
     time_scale = 1.0                                 # pump s per real s (sim://, a scaled hw-sim)
@@ -20,10 +20,12 @@ feed and the defaults of a session started on it, and where records go.
     vitals = "csv:/srv/monitor/chair-1.csv"          # sim, sim:SCRIPT.toml or csv:PATH
     protocol = "ketamine-depression"                 # the start form's default
 
-The file is checked whole, as far as a session can be checked before its patient is known: every chair's
-pump URL, vitals feed and protocol go through the same :func:`ketapump.clinical.prepare_session` a session
-starts with (so a watchdog the URL's retries cannot fit, or a protocol that does not load, is found at
-start-up). Every problem is listed with its path (``chair[1].pump: …``); a missing file is told apart.
+The file is checked whole, as far as a session can be checked before its patient is known: the
+course history must exist and be current (``ketapump course init`` creates it; ``serve`` never
+does), and every chair's pump URL, vitals feed and protocol go through the same
+:func:`ketapump.clinical.prepare_session` a session starts with (so a watchdog the URL's retries
+cannot fit, or a protocol that does not load, is found at start-up). Every problem is listed with
+its path (``chair[1].pump: …``); a missing file is told apart.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ketapump.clinical import (
     PK_MODELS,
+    CourseHistory,
     Patient,
     ScriptedOperator,
+    default_course_path,
     load_protocol,
     prepare_session,
     vitals_feed,
 )
-from ketapump.errors import ConfigurationError
+from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError
 from ketapump.validation import DocumentError, read_document
 
 #: The scheduling jitter (real s) each chair's pump watchdog outlasts: the event loop of a ``serve``
@@ -117,7 +121,7 @@ def load_clinic(path: Path) -> ClinicConfig:
         if e.not_found:
             raise
         raise ClinicConfigError(str(path), e.problems + _repeated_ids(path)) from e
-    problems = _repeated_ids(path) or chair_problems(config)
+    problems = _repeated_ids(path) or (course_problems(config) + chair_problems(config))
     if problems:
         raise ClinicConfigError(str(path), problems)
     return config
@@ -132,6 +136,19 @@ def _repeated_ids(path: Path) -> list[str]:
     ids: list[str] = [c["id"] for c in chairs if isinstance(c, dict) and isinstance(c.get("id"), str)]
     twice = sorted({i for i in ids if ids.count(i) > 1})
     return [f"chair: chair ids must be unique: {', '.join(twice)} given more than once"] if twice else []
+
+
+def course_problems(config: ClinicConfig) -> list[str]:
+    """Whether the clinic's course history is there and current (it is never created here: ``ketapump
+    course init`` does that, explicitly)."""
+    where = config.clinic.course_db or default_course_path()
+    try:
+        CourseHistory.open(where, readonly=True).close()
+    except CourseRecordNotFoundError:
+        return [f"clinic.course_db: {where} does not exist: create it with `ketapump course init {where}`"]
+    except CourseError as e:
+        return [f"clinic.course_db: {e}"]
+    return []
 
 
 def chair_problems(config: ClinicConfig) -> list[str]:
@@ -155,6 +172,7 @@ def chair_problems(config: ClinicConfig) -> list[str]:
                         vitals=c.vitals,
                         log=Path(scratch) / "unused.jsonl",
                         out=Path(scratch),
+                        course_db=config.clinic.course_db,
                         time_scale=config.clinic.time_scale,
                         jitter_real_s=SHARED_LOOP_JITTER_S,
                     ),
@@ -164,6 +182,8 @@ def chair_problems(config: ClinicConfig) -> list[str]:
             for field, step in steps:
                 try:
                     step()
+                except CourseError:
+                    pass  # the course history is one for every chair: course_problems names it once
                 except ConfigurationError as e:
                     listed = getattr(e, "problems", None) or [str(e)]
                     found += [f"chair[{index}].{field}: {problem}" for problem in listed]
@@ -182,5 +202,6 @@ __all__ = [
     "ClinicConfigError",
     "ClinicSettings",
     "chair_problems",
+    "course_problems",
     "load_clinic",
 ]

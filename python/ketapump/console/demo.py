@@ -15,9 +15,11 @@ demo's own (``--out``, recreated on each run: never a real course history).
 
 from __future__ import annotations
 
+import datetime
 from importlib import resources
 from pathlib import Path
 
+from ketapump.clinical import CourseHistory
 from ketapump.console.clinic import PatientIn, StartRequest
 from ketapump.console.config import ChairConfig, ClinicConfig, ClinicSettings
 
@@ -62,6 +64,7 @@ def demo_clinic(
     course = out / "course.sqlite3"
     for own in (course, course.with_name(course.name + "-wal"), course.with_name(course.name + "-shm")):
         own.unlink(missing_ok=True)
+    CourseHistory.create(course, at=datetime.datetime.now(datetime.UTC)).close()  # the demo's own
     for log in logs.glob("*.jsonl"):
         log.unlink()
     chairs = [

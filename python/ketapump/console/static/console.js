@@ -357,7 +357,8 @@
     const active = card.state === "active";
     buttons.start.hidden = active;
     for (const spec of state.actions) {
-      const shown = spec.name === "stop" || (active && (!spec.shown_when.length || spec.shown_when.includes(card.pump_state)));
+      const states = [card.pump_state, card.phase];
+      const shown = spec.name === "stop" || (active && (!spec.shown_when.length || states.some((x) => spec.shown_when.includes(x))));
       buttons[spec.name].hidden = !shown; // STOP is never hidden and never disabled
     }
   }
