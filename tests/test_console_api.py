@@ -94,7 +94,7 @@ def test_a_session_on_a_simulated_chair_streams_its_events_and_takes_actions_wit
         assert paused.status_code == 200, paused.text
         assert paused.json() | {"status": "done", "accepted": True, "source": "api"} == paused.json()
         c = card_when(client, lambda c: c["pump_state"] == "paused")
-        assert c["paused_by"] == "operator" and c["last_action"]["reason"] == "patient anxious"
+        assert c["paused_by"] == ["operator"] and c["last_action"]["reason"] == "patient anxious"
         held = c["delivered_ml"]
         later = card_when(client, lambda later: later["t_s"] >= c["t_s"] + 10.0)  # 10 s of session time
         assert later["pump_state"] == "paused" and later["delivered_ml"] - held < 0.05  # nothing delivered
@@ -103,7 +103,38 @@ def test_a_session_on_a_simulated_chair_streams_its_events_and_takes_actions_wit
         assert resumed.json()["status"] == "done"
         wait_for(lambda: infusing(client))
         again = act(client, "resume", "twice")
-        assert again.json()["status"] == "done"  # resuming a running pump changes nothing
+        assert again.json()["status"] == "refused" and again.json()["why"]  # nothing holds the pump
+
+        # Slow to half (through the kernel's rate path), record what was seen and given, restore.
+        slowed = act(client, "slow", "nausea", params={"to_fraction": 0.5})
+        assert slowed.json()["status"] == "done", slowed.text
+        c = card_when(client, lambda c: c["slowed"])
+        assert c["programmed_rate_ml_h"] == pytest.approx(c["planned_rate_ml_h"] * 0.5)
+        assert "slow" in {a["name"] for a in client.get("/api/actions").json()}
+        too_fast = act(client, "slow", "x", params={"to_fraction": 1.5})  # the engine's own check
+        assert too_fast.status_code == 422 and too_fast.json()["code"] == "invalid_action"
+        assert "to_fraction must be between 0 and 1" in too_fast.json()["problems"][0]
+        unknown_kind = act(client, "observation", params={"kind": "hunger", "value": 1})
+        assert (
+            unknown_kind.status_code == 422 and "unknown observation kind" in unknown_kind.json()["message"]
+        )
+        observed = act(client, "observation", params={"kind": "nausea", "value": 2, "note": "queasy"})
+        assert observed.json()["status"] == "done", observed.text
+        given = act(
+            client,
+            "medication",
+            "nausea",
+            params={"drug": "ondansetron", "dose": 4, "unit": "mg", "route": "iv"},
+            operator="nurse B",
+        )
+        assert given.json()["status"] == "done", given.text
+        restored = act(client, "restore", "settled")
+        assert restored.json()["status"] == "done", restored.text
+        c = card_when(client, lambda c: not c["slowed"] and c["medications"])
+        assert [(o["kind"], o["value"], o["operator"]) for o in c["observations"]] == [
+            ("nausea", 2, "nurse A")
+        ]
+        assert [(m["drug"], m["operator"]) for m in c["medications"]] == [("ondansetron", "nurse B")]
 
         stopped = act(client, "stop", "patient asked to stop")
         assert stopped.json()["status"] == "done" and stopped.json()["accepted"]
@@ -130,19 +161,39 @@ def test_a_session_on_a_simulated_chair_streams_its_events_and_takes_actions_wit
         for r in records
         if r["event"] == "operator_action"
     ]
-    assert actions[:3] == [
+    assert actions[:2] == [
         ("pause", "patient anxious", "nurse A", "api"),
         ("resume", "settled", "nurse A", "api"),
-        ("resume", "twice", "nurse A", "api"),
+    ]
+    refusals = [
+        (r["request"], r["reason"], r["operator"]) for r in records if r["event"] == "request_refused"
+    ]
+    assert refusals == [("resume", "twice", "nurse A"), ("stop", "stop again", "nurse A")]
+    assert actions[2:6] == [
+        ("slow", "nausea", "nurse A", "api"),
+        ("record_observation", "", "nurse A", "api"),
+        ("give_medication", "nausea", "nurse B", "api"),
+        ("restore_rate", "settled", "nurse A", "api"),
     ]
     assert ("stop", "patient asked to stop", "nurse A", "api") in actions
     assert ("end_observation", "patient collected by their driver", "nurse A", "api") in actions
+    (seen,) = [r for r in records if r["event"] == "observation_recorded"]
+    assert (seen["kind"], seen["value"], seen["operator"], seen["source"]) == ("nausea", 2, "nurse A", "api")
+    (med,) = [r for r in records if r["event"] == "medication_given"]
+    assert (med["drug"], med["dose"], med["operator"]) == ("ondansetron", 4, "nurse B")
     (planned,) = [r for r in records if r["event"] == "session_planned"]
     assert planned["operator"] == "nurse A" and planned["source"] == "api"
     # SIGTERM ended the session: its pump told to stop, the course history not left "in progress".
     with CourseHistory.open(tmp_path / "course.sqlite3", create=False) as course:
         (ended,) = course.sessions("p-1")
         assert not ended.in_progress
+        # The course holds the actions, the observation and the medication, each with who.
+        assert [(a.action, a.who, a.source) for a in course.actions(ended.session_id)][:2] == [
+            ("pause", "nurse A", "api"),
+            ("resume", "nurse A", "api"),
+        ]
+        assert [(o.kind, o.who) for o in course.observations(ended.session_id)] == [("nausea", "nurse A")]
+        assert [(m.drug, m.who) for m in course.medications(ended.session_id)] == [("ondansetron", "nurse B")]
 
 
 def test_several_chairs_run_side_by_side_and_an_action_on_one_leaves_the_others_alone(

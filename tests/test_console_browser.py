@@ -63,11 +63,12 @@ def texts(driver: Any) -> dict[str, str]:
 
 
 def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any, tmp_path: Path) -> None:
+    """Also the operator's other actions through their forms (slow, an observation) and chair 3's
+    scripted nausea on its card."""
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
     wait = WebDriverWait(browser, 60)
-    # 5x: chair 2's blood-pressure surge (script minute 12) comes after ~2.4 real minutes, well after the
-    # pause below, so the pause stays the operator's.
+    # 5x: the infusions move fast enough to see; an operator's pause holds whatever the vitals do later.
     with serving("--demo", "--time-scale", "5", "--out", str(tmp_path / "demo")) as served:
         browser.get(served.url)
         wait.until(lambda d: len(d.find_elements("css selector", ".card")) == 3)
@@ -106,7 +107,7 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         badge = browser.find_element("css selector", "#card-chair-2 [data-f=badge]").text
         assert badge.lower() == "paused by operator"
         assert (
-            "pause by Nurse Selenium — done (patient feels dizzy)"
+            "pause by Nurse Selenium (web) — done (patient feels dizzy)"
             in browser.find_element("css selector", "#card-chair-2 [data-f=last]").text
         )
         assert browser.find_element("css selector", "#card-chair-2 button[data-action=resume]").is_displayed()
@@ -116,7 +117,7 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         # In the API, and in the audit log: the operator, the reason, the source.
         with served.client() as client:
             card = client.get("/api/chairs/chair-2").json()
-        assert card["pump_state"] == "paused" and card["paused_by"] == "operator"
+        assert card["pump_state"] == "paused" and card["paused_by"] == ["operator"]
         last = card["last_action"]
         assert (last["action"], last["operator"], last["source"], last["accepted"]) == (
             "pause",
@@ -131,6 +132,35 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
             "Nurse Selenium",
             "web",
         )
+
+        # Chair 1: slow to half through the action's form (its values typed, its reason given) ...
+        act_in_form(browser, wait, "chair-1", "slow", {"to_fraction": "0.5"}, reason="patient nauseous")
+        wait.until(
+            lambda d: "slowed" in d.find_element("css selector", "#card-chair-1 [data-f=badge]").text.lower()
+        )
+        assert "(slowed from" in browser.find_element("css selector", "#card-chair-1 [data-f=rate]").text
+        # ... and record what was seen, the kind chosen from the bedside vocabulary.
+        act_in_form(browser, wait, "chair-1", "observation", {"kind": "nausea", "value": "1"}, reason="")
+        wait.until(
+            lambda d: (
+                "observed nausea 1" in d.find_element("css selector", "#card-chair-1 [data-f=bedside]").text
+            )
+        )
+        # Chair 3's scripted nurse: nausea recorded at minute 8, the infusion slowed, an antiemetic given.
+        long_wait = WebDriverWait(browser, 300)
+        long_wait.until(
+            lambda d: (
+                "given ondansetron 4 mg iv"
+                in d.find_element("css selector", "#card-chair-3 [data-f=bedside]").text
+            )
+        )
+        assert (
+            "observed nausea 2" in browser.find_element("css selector", "#card-chair-3 [data-f=bedside]").text
+        )
+        with served.client() as client:
+            one = client.get("/api/chairs/chair-1").json()
+        assert one["slowed"] and [o["kind"] for o in one["observations"]] == ["nausea"]
+        assert one["last_action"]["operator"] == "Nurse Selenium" and one["last_action"]["source"] == "web"
 
         shot = tmp_path / "console.png"
         assert browser.save_screenshot(str(shot))
@@ -152,6 +182,29 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         assert errors == []
         latencies = browser.execute_script("return window.ketapumpLatencies")
         assert len(latencies) > 5 and all(-0.5 < x < 30 for x in latencies)
+
+
+def act_in_form(
+    driver: Any, wait: Any, chair: str, action: str, values: dict[str, str], *, reason: str
+) -> None:
+    """Presses an action's button on a chair's card, fills its form (choices selected, numbers typed)
+    and sends it."""
+    from selenium.webdriver.support.ui import Select  # noqa: PLC0415
+
+    driver.find_element("css selector", f"#card-{chair} button[data-action={action}]").click()
+    wait.until(lambda d: d.find_element("id", "prompt-dialog").get_attribute("open") is not None)
+    for name, value in values.items():
+        field = driver.find_element("css selector", f"#prompt-params [data-param={name}]")
+        if field.tag_name == "select":
+            Select(field).select_by_value(value)
+        else:
+            field.clear()
+            field.send_keys(value)
+    reason_field = driver.find_element("id", "prompt-input")
+    reason_field.clear()
+    reason_field.send_keys(reason)
+    driver.find_element("id", "prompt-ok").click()
+    wait.until(lambda d: d.find_element("id", "prompt-dialog").get_attribute("open") is None)
 
 
 def drawn_pixels(driver: Any, canvas_id: str) -> int:

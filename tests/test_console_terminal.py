@@ -30,7 +30,8 @@ def test_a_session_on_a_terminal_draws_its_card_live_and_shows_a_pause(tmp_path:
     CourseHistory.create(tmp_path / "course.sqlite3", at=datetime.datetime.now(datetime.UTC)).close()
     child = spawn(
         "session", "--protocol", "ketamine-depression", "--patient", "p-1", "--weight-kg", "70",
-        "--height-cm", "175", "--sex", "male", "--yes", "--time-scale", "5", "--pump", "sim://?timeout=0.9",
+        "--height-cm", "175", "--sex", "male", "--yes", "--time-scale", "5", "--pump", "sim://",
+        "--operator", "nurse T",
         "--course-db", str(tmp_path / "course.sqlite3"), "--log", str(tmp_path / "audit.jsonl"),
         "--out", str(tmp_path / "out"),
     )  # fmt: skip
@@ -49,9 +50,9 @@ def test_a_session_on_a_terminal_draws_its_card_live_and_shows_a_pause(tmp_path:
             child.expect(label)
         child.kill(signal.SIGUSR1)  # the operator's pause
         child.expect("PAUSED by operator")
-        child.expect("last action: pause by")
+        child.expect(r"last action: pause by nurse T \(signal\): done")
         child.kill(signal.SIGUSR2)
-        child.expect("last action: resume by")
+        child.expect(r"last action: resume by nurse T \(signal\): done")
     finally:
         child.terminate(force=True)
 
@@ -70,7 +71,7 @@ def test_console_attaches_to_a_running_serve_and_follows_its_chairs(tmp_path: Pa
                 )
                 assert reply.status_code == 200, reply.text
             child.expect("PAUSED by operator")
-            child.expect("last action: pause by nurse T: done")
+            child.expect(r"last action: pause by nurse T \(api\): done")
             child.sendintr()
             child.expect(pexpect.EOF)
         finally:

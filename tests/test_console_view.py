@@ -24,6 +24,8 @@ from ketapump.clinical import (
     SessionRunner,
     Tick,
     VitalsRead,
+    bedside,
+    commands,
     pk_model,
     prepare_session,
 )
@@ -51,7 +53,7 @@ def _tick(t: float, delivered_mg: float = 0.0, **fields: object) -> Tick:
         "delivered_ml": delivered_mg, "planned_ml": 35.0, "delivered_mg": delivered_mg,
         "programmed_mg": delivered_mg,
         "commanded_rate_ml_h": 52.5, "pressure_mmhg": 40.0, "occlusion_threshold_mmhg": 300.0, "alarms": (),
-        "paused_by": None, "phase_elapsed_s": t,
+        "paused_by": (), "phase_elapsed_s": t,
     }  # fmt: skip
     return Tick(**(base | fields))  # type: ignore[arg-type]
 
@@ -65,6 +67,7 @@ def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Pa
         protocol="ketamine-depression",
         patient=ClinicalPatient("p-1", 70.0, 175.0, "male"),
         operator=ScriptedOperator(),
+        operator_name="nurse T",
         course_db=tmp_path / "course.sqlite3",
         log=tmp_path / "audit.jsonl",
         out=tmp_path / "out",
@@ -99,8 +102,9 @@ def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Pa
     assert m["remaining_s"] == pytest.approx(1200.0, rel=0.05)
     vitals = m["vitals"]
     assert set(vitals) == {"sbp", "dbp", "hr", "spo2"}  # type: ignore[arg-type]
-    assert all(v["value"] is not None and v["limit"] is not None for v in vitals.values())  # type: ignore[attr-defined]
-    assert vitals["spo2"]["limit_kind"] == "min" and vitals["sbp"]["limit_kind"] == "max"  # type: ignore[index]
+    assert all(v["value"] is not None and v["high"] is not None for k, v in vitals.items() if k != "spo2")  # type: ignore[attr-defined]
+    assert vitals["spo2"]["low"] == 90.0 and vitals["spo2"]["high"] is None  # type: ignore[index]
+    assert vitals["sbp"]["low"] == 90.0 and vitals["sbp"]["high"] == 180.0  # type: ignore[index]
     plasma = m["plasma"]
     assert plasma["label"] == "model estimate (Clements 1981)" and plasma["ug_ml"] > 0.05  # type: ignore[index]
     # The series: a point every 5 s of session time, the estimate on each.
@@ -160,11 +164,17 @@ def test_the_terminal_card_draws_the_same_state() -> None:
     view.info = SessionInfo(
         session_id="s", patient={"id": "p-9", "weight_kg": 81.0, "height_cm": None, "sex": None},
         protocol="ketamine-depression", plan={"dose_mg": 40.5, "volume_ml": 40.5, "rate_ml_h": 60.75},
-        limits={"hr": {"limit": 120.0, "kind": "max", "label": "HR", "unit": "bpm"}}, observation_min=30.0,
+        limits={"hr": {"low": 50.0, "high": 120.0, "label": "HR", "unit": "bpm"}}, observation_min=30.0,
         log="a.jsonl", out="out", pump="sim://",
     )  # fmt: skip
     view.apply(
-        _tick(100.0, delivered_mg=1.5, pump_state="paused", paused_by="operator", vitals={"hr": 121.0})
+        _tick(
+            100.0,
+            delivered_mg=1.5,
+            pump_state="paused",
+            paused_by=("operator", "vitals"),
+            vitals={"hr": 121.0},
+        )
     )
     view.apply(
         AlarmRaised(
@@ -177,7 +187,8 @@ def test_the_terminal_card_draws_the_same_state() -> None:
     )
     text = _text(view.snapshot())
     expected_texts = (
-        "p-9 (81 kg) — ketamine-depression", "PAUSED by operator", "1.50 of 40.50 mg", "alarm ≥ 120",
+        "p-9 (81 kg) — ketamine-depression", "PAUSED by operator and vitals", "1.50 of 40.50 mg",
+        "alarm < 50 or ≥ 120",
         "ALARM: vitals_crossing_hr", "model estimate", "52.5 mL/h commanded",
     )  # fmt: skip
     for expected in expected_texts:
@@ -249,6 +260,24 @@ def test_every_engine_command_is_one_table_row_and_only_those_are_offered() -> N
     hidden = ActionSpec("bolus", "give_bolus", "Bolus", "required", "Why?")
     assert "give_bolus" not in engine_commands()
     assert hidden.command not in {a.command for a in offered.values()}
+
+
+def test_each_rows_reason_and_values_are_the_engines() -> None:
+    # A form asks for a reason exactly where the engine requires one, and for the values it takes.
+    for spec in available_actions().values():
+        assert (spec.reason == "required") == (spec.command in commands.REASON_REQUIRED), spec.name
+        with pytest.raises(ValueError, match="takes no"):
+            commands.make_command(spec.command, "why", source="web", operator="n", not_a_value=1)
+        for param in spec.params:  # each value the row offers is one the command takes
+            try:
+                commands.make_command(spec.command, "why", source="web", operator="n", **{param.name: None})
+            except ValueError as e:
+                assert "takes no" not in str(e), (spec.name, param.name)
+    # A choice's options are the bedside vocabulary's.
+    observation = {p.name: p for p in available_actions()["observation"].params}
+    assert [c["value"] for c in observation["kind"].choices()] == list(bedside.bedside().kinds)
+    medication = {p.name: p for p in available_actions()["medication"].params}
+    assert [c["value"] for c in medication["route"].choices()] == bedside.bedside().medication.routes
 
 
 def test_a_request_is_checked_as_a_form_would_be_before_it_is_sent() -> None:
@@ -342,6 +371,7 @@ def test_a_shared_loop_sizes_each_chairs_watchdog_for_its_jitter_and_refuses_a_s
             protocol="ketamine-depression",
             patient=patient,
             operator=ScriptedOperator(),
+            operator_name="nurse T",
             pump="sim://",
             course_db=course,
             log=tmp_path / "unused.jsonl",

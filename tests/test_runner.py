@@ -34,6 +34,7 @@ def setup_for(tmp_path: Path, patient: Patient) -> SessionSetup:
         protocol="ketamine-depression",
         patient=patient,
         operator=ScriptedOperator(),
+        operator_name="nurse T",
         course_db=tmp_path / "course.sqlite3",
         log=tmp_path / "audit.jsonl",
         out=tmp_path / "out",

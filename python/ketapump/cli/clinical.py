@@ -395,6 +395,39 @@ SIGNAL_ACTIONS = {
 }
 
 
+class _OperatorSignals:
+    """The operator's signals as session commands, installed before the records open and kept until
+    the summary is printed: a signal is a command the session records and carries out or refuses (a
+    second stop, a stop during the observation), never an interruption of the process. Before the
+    session exists, or after it ended, a signal is noted and ignored."""
+
+    def __init__(self) -> None:
+        self._session: Session | None = None
+        self._previous: dict[int, Any] = {}
+        #: Signals that arrived when there was no running session to give them to.
+        self.ignored: list[str] = []
+
+    def attach(self, session: Session) -> None:
+        self._session = session
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        action, name = SIGNAL_ACTIONS[signal.Signals(signum)]
+        session = self._session
+        if session is None or session.outcome is not None:
+            self.ignored.append(name)
+            return
+        session.command(action, f"operator signal {name}", source="signal")
+
+    def __enter__(self) -> _OperatorSignals:
+        for sig in SIGNAL_ACTIONS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 async def _run_live(runner: SessionRunner, console: Console, *, quiet: bool) -> SessionOutcome:
     """Runs the session with its chair card drawn live on a terminal (the card ``ketapump console``
     draws) and the operator's keys under it (each a command the session carries out at its next tick)."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ketapump.clinical import Session, Source, session
+from ketapump.clinical import Session, Source, bedside, session
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class ActionParam:
             "label": self.label,
             "unit": self.unit,
             "required": self.required,
+            "vocabulary": self.vocabulary,
             "choices": self.choices(),
         }
 
@@ -114,22 +115,28 @@ class ActionSpec:
 
 
 def _observation_kinds() -> list[dict[str, str]]:
-    return []
+    kinds = bedside.bedside().kinds
+    return [
+        {"value": name, "label": f"{name.replace('_', ' ')} — {kind.scale or 'a note says what was seen'}"}
+        for name, kind in kinds.items()
+    ]
 
 
 def _dose_units() -> list[dict[str, str]]:
-    return []
+    return [{"value": unit, "label": unit} for unit in bedside.bedside().medication.units]
 
 
 def _routes() -> list[dict[str, str]]:
-    return []
+    return [{"value": route, "label": route} for route in bedside.bedside().medication.routes]
 
 
-#: Where a choice's options come from: the engine's bedside vocabulary (clinician-owned data).
+#: Where a choice's options come from: the engine's bedside vocabulary (clinician-owned data), or, for
+#: ``chair_alarms``, the alarms raised on the chair (the page fills them from its card).
 VOCABULARIES: dict[str, Callable[[], list[dict[str, str]]]] = {
     "observation_kinds": _observation_kinds,
     "dose_units": _dose_units,
     "routes": _routes,
+    "chair_alarms": list,
 }
 
 #: Every action, in the order the card shows its buttons (STOP last, on its own).
@@ -178,6 +185,15 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "Acknowledge alarms",
         "optional",
         "What was found?",
+        params=(
+            ActionParam(
+                "alarm",
+                "choice",
+                "Which alarm (none chosen: every one)",
+                required=False,
+                vocabulary="chair_alarms",
+            ),
+        ),
     ),
     ActionSpec(
         "observation",

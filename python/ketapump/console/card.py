@@ -5,7 +5,7 @@ session`` on a terminal draws its own session's card live (:class:`LiveCard`).""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -43,9 +43,9 @@ def _status(card: Mapping[str, Any]) -> Text:
         outcome = ended.get("outcome") or "ended"
         style = "green" if outcome == "complete" and not error else "yellow"
         return Text(f"ended: {outcome}", style=f"bold {style}")
-    pump, paused_by = card.get("pump_state"), card.get("paused_by")
+    pump, holders = card.get("pump_state"), card.get("paused_by") or []
     if pump == "paused":
-        return Text(f"PAUSED by {paused_by or '?'}", style="bold yellow")
+        return Text(f"PAUSED by {' and '.join(holders) or '?'}", style="bold yellow")
     if pump in {"alarm", "stopped"}:
         return Text(pump.upper(), style="bold red")
     return Text(card.get("phase") or "starting", style="bold green")
@@ -87,9 +87,13 @@ def _numbers(card: Mapping[str, Any]) -> Table:
         f"({_num(card.get('delivered_ml'), '.2f')} of {_num(card.get('planned_ml'), '.2f')} mL); "
         f"plan now {_num(card.get('programmed_mg'), '.2f')} mg",
     )
+    programmed = card.get("programmed_rate_ml_h")
+    rate = f"{_num(programmed)} mL/h" + (" (slowed)" if card.get("slowed") else "") + " programmed, "
+    if card.get("slowed"):
+        rate += f"plan {_num(card.get('planned_rate_ml_h'))} mL/h, "
     grid.add_row(
         "rate",
-        f"{_num(card.get('commanded_rate_ml_h'))} mL/h commanded, "
+        (rate if programmed is not None else "") + f"{_num(card.get('commanded_rate_ml_h'))} mL/h commanded, "
         f"{_num(card.get('measured_rate_ml_h'))} mL/h measured",
     )
     grid.add_row(
@@ -110,16 +114,22 @@ def _vitals_table(card: Mapping[str, Any]) -> Table:
     for header in ("vital", "now", "", "limit"):
         table.add_column(header, style="dim" if header in {"vital", "limit"} else None)
     for entry in card["vitals"].values():
-        sign = "<" if entry["limit_kind"] == "min" else "≥"
         value = f"{_num(entry['value'], '.0f')} {entry['unit']}"
         style = "bold red" if entry["past_limit"] else ""
         table.add_row(
             entry["label"],
             Text(value, style=style),
             ARROWS.get(entry["trend"], " "),
-            f"alarm {sign} {_num(entry['limit'], 'g')}",
+            limits_text(entry),
         )
     return table
+
+
+def limits_text(entry: Mapping[str, Any]) -> str:
+    """A vital's alarm limits as people say them: ``alarm < 90 or ≥ 180``."""
+    parts = [f"< {entry['low']:g}"] if entry.get("low") is not None else []
+    parts += [f"≥ {entry['high']:g}"] if entry.get("high") is not None else []
+    return "alarm " + " or ".join(parts) if parts else ""
 
 
 def _unacknowledged(card: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -133,11 +143,18 @@ def _alarms_and_questions(card: Mapping[str, Any]) -> Iterable[RenderableType]:
         yield Text(f"{mark}: {alarm['code']} — {alarm['detail']}", style=style)
     for question in card.get("questions", []):
         yield Text(f"waiting for an answer: {question['text']}", style="bold magenta")
+    for seen in card.get("observations", [])[-2:]:
+        value = "" if seen.get("value") is None else f" {seen['value']:g}"
+        note = f" ({seen['note']})" if seen.get("note") else ""
+        yield Text(f"observed at {_clock(seen['t_s'])}: {seen['kind']}{value}{note}", style="magenta")
+    for given in card.get("medications", [])[-2:]:
+        what = f"{given['drug']} {given['dose']:g} {given['unit']} {given['route']}"
+        yield Text(f"given at {_clock(given['t_s'])}: {what}", style="magenta")
     action = card.get("last_action")
     if action:
         verdict = "done" if action["accepted"] else f"refused ({action['why']})"
-        who = action.get("operator") or action["source"]
-        yield Text(f"last action: {action['action']} by {who}: {verdict}", style="dim")
+        who = action.get("operator") or "anonymous"
+        yield Text(f"last action: {action['action']} by {who} ({action['source']}): {verdict}", style="dim")
 
 
 def render_board(cards: Iterable[Mapping[str, Any]]) -> Group:
@@ -148,22 +165,32 @@ def render_board(cards: Iterable[Mapping[str, Any]]) -> Group:
 class LiveCard:
     """A session's card drawn live on a terminal while it runs (``ketapump session``): a
     :class:`ChairView` subscribed to the session, redrawn at most :data:`REDRAW_HZ` times a second from
-    the session's own loop (the drawing thread only ever sees finished renderables)."""
+    the session's own loop (the drawing thread only ever sees finished renderables). ``footer`` gives the
+    lines drawn under the card (the operator's key prompt)."""
 
     def __init__(self, runner: SessionRunner, console: Console, *, name: str = "session") -> None:
         self.session: Session = runner.session
         self.view = ChairView(name, name, runner.setup.pump_url)
-        self.view.begin(SessionInfo.of(runner))
-        self.live = Live(render_card(self.view.snapshot()), console=console, refresh_per_second=REDRAW_HZ)
+        self.view.begin(SessionInfo.of(runner, started_by=runner.setup.operator_name))
+        self.footer: Callable[[], Iterable[str]] = tuple
+        self.live = Live(self._render(), console=console, refresh_per_second=REDRAW_HZ)
         self._drawn_at = 0.0
         self._unsubscribe = self.session.subscribe(self._take)
 
+    def _render(self) -> RenderableType:
+        lines = [line for line in self.footer() if line]
+        card = render_card(self.view.snapshot())
+        return Group(card, Text("\n".join(lines))) if lines else card
+
+    def redraw(self) -> None:
+        """Draws the card and its footer now."""
+        self._drawn_at = time.monotonic()
+        self.live.update(self._render())
+
     def _take(self, event: SessionEvent) -> None:
         self.view.apply(event)
-        now = time.monotonic()
-        if now - self._drawn_at >= 1.0 / REDRAW_HZ or event.kind != "tick":
-            self._drawn_at = now
-            self.live.update(render_card(self.view.snapshot()))
+        if time.monotonic() - self._drawn_at >= 1.0 / REDRAW_HZ or event.kind != "tick":
+            self.redraw()
 
     def __enter__(self) -> LiveCard:
         self.live.start()
@@ -173,7 +200,8 @@ class LiveCard:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._unsubscribe()
-        self.live.update(render_card(self.view.snapshot()))
+        self.footer = tuple
+        self.redraw()
         self.live.stop()
 
 

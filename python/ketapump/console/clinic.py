@@ -40,6 +40,7 @@ from ketapump.clinical import (
     SessionEvent,
     SessionRunner,
     Source,
+    check_operator_name,
     check_session,
     interrupted_sessions,
     prepare_session,
@@ -85,9 +86,7 @@ class _Request(BaseModel):
     @field_validator("operator")
     @classmethod
     def _named(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must name the operator")
-        return value.strip()
+        return check_operator_name(value)  # as the engine records it
 
 
 class PatientIn(BaseModel):
@@ -110,7 +109,11 @@ class StartRequest(_Request):
     #: ``ask``: each checklist item waits for an answer on the chair's card; ``confirmed``: the operator
     #: confirms every item now (the CLI's ``--yes``).
     checklist: Literal["ask", "confirmed"] = "ask"
-    resume_after_s: float = Field(default=120.0, ge=0, allow_inf_nan=False)
+    #: A standing order: resume a pause only the vitals hold once they have been clear this long (s),
+    #: recorded as the ``standing order``'s (source ``script``). None: an operator resumes it from the
+    #: card (or the protocol's ``vitals.resume = "auto"`` does).
+    resume_after_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    #: The vitals holding the infusion this long (min) stop it for good.
     stop_after_min: float = Field(default=30.0, ge=0, allow_inf_nan=False)
 
     @field_validator("confirmations")
@@ -145,6 +148,11 @@ class AnswerRequest(_Request):
 
 
 # ----- the operator a console session runs with ----------------------------------------------------
+
+#: Who the audit log names for a start request's standing order (``resume_after_s``), and for a chair's
+#: scripted nurse (``nurse = "script"``): never the person who started the session.
+STANDING_ORDER = "standing order"
+SCRIPTED_NURSE = "scripted nurse"
 
 
 @dataclass
@@ -346,17 +354,21 @@ class Clinic:
         session_id = uuid.uuid4().hex
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         p = request.patient
+        nurse = chair.config.nurse == "script"
         operator = ConsoleOperator(
             reasons=request.confirmations,
             confirm_checklists=request.checklist == "confirmed",
+            scheduled=chair.config.nurse_script(),
             resume_after_s=request.resume_after_s,
             stop_after_s=request.stop_after_min * 60.0,
+            name=SCRIPTED_NURSE if nurse else STANDING_ORDER,
         )
         try:
             setup = prepare_session(
                 protocol=request.protocol or chair.config.protocol,
                 patient=Patient(p.id, p.weight_kg, p.height_cm, p.sex),
                 operator=operator,
+                operator_name=request.operator,
                 pump=chair.config.pump,
                 vitals=chair.config.vitals,
                 course_db=settings.course_db,
@@ -373,7 +385,7 @@ class Clinic:
             raise ConsoleError(422, "invalid_session", str(e), problems=problems) from e
         except OSError as e:
             raise ConsoleError(422, "invalid_session", str(e), problems=[str(e)]) from e
-        setup.session_id, setup.started_by, setup.source = session_id, request.operator, source
+        setup.session_id, setup.source = session_id, source
         check = check_session(setup, request.confirmations)
         if check.refusal is not None:
             refused = isinstance(check.refusal, LimitRefused)
@@ -404,7 +416,8 @@ class Clinic:
         ]
 
     def course(self, patient_id: str) -> dict[str, Any]:
-        """A patient's course: the summary, and every session with its alarms and notes."""
+        """A patient's course: the summary, and every session with its alarms, notes, actions,
+        observations and medications."""
         try:
             history = CourseHistory.open(self.config.clinic.course_db, readonly=True)
         except CourseRecordNotFoundError as e:
@@ -416,6 +429,11 @@ class Clinic:
                     "session": _plain(dataclasses.asdict(s)),
                     "alarms": [_plain(dataclasses.asdict(a)) for a in history.alarms(s.session_id)],
                     "notes": [_plain(dataclasses.asdict(n)) for n in history.notes(s.session_id)],
+                    "actions": [_plain(dataclasses.asdict(a)) for a in history.actions(s.session_id)],
+                    "observations": [
+                        _plain(dataclasses.asdict(o)) for o in history.observations(s.session_id)
+                    ],
+                    "medications": [_plain(dataclasses.asdict(m)) for m in history.medications(s.session_id)],
                 }
                 for s in history.sessions(patient_id)
             ]

@@ -33,15 +33,18 @@ from __future__ import annotations
 import re
 import tempfile
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ketapump.clinical import (
     PK_MODELS,
     CourseHistory,
     Patient,
+    ScheduledCommand,
+    ScriptedMonitor,
     ScriptedOperator,
     default_course_path,
     load_protocol,
@@ -91,6 +94,9 @@ class ChairConfig(BaseModel):
     pump: str
     vitals: str = "sim"
     protocol: str = "ketamine-depression"
+    #: ``person``: a nurse acts from the card; ``script``: the chair's simulated patient script
+    #: (``vitals = "sim:SCRIPT.toml"``) also plays its nurse, its ``[[nurse]]`` entries (demos, tests).
+    nurse: Literal["person", "script"] = "person"
 
     @field_validator("id")
     @classmethod
@@ -99,9 +105,25 @@ class ChairConfig(BaseModel):
             raise ValueError("must be 1-32 lowercase letters, digits or dashes (it is part of URLs)")
         return value
 
+    @model_validator(mode="after")
+    def _scripted_nurse_needs_a_script(self) -> ChairConfig:
+        if self.nurse == "script" and not self.vitals.startswith("sim"):
+            raise ValueError(
+                'nurse = "script" plays a simulated patient script: vitals must be sim or sim:SCRIPT'
+            )
+        return self
+
     @property
     def title(self) -> str:
         return self.name or self.id
+
+    def nurse_script(self) -> Sequence[ScheduledCommand | tuple[Any, ...]]:
+        """The scripted nurse's commands (none unless ``nurse = "script"``)."""
+        if self.nurse != "script":
+            return ()
+        feed = vitals_feed(self.vitals)
+        script = feed.script if isinstance(feed, ScriptedMonitor) else None
+        return ScriptedOperator.from_script(script).scheduled if script is not None else ()
 
 
 class ClinicConfig(BaseModel):
@@ -168,6 +190,7 @@ def chair_problems(config: ClinicConfig) -> list[str]:
                         protocol=c.protocol,
                         patient=patient,
                         operator=ScriptedOperator(),
+                        operator_name="config-check",
                         pump=c.pump,
                         vitals=c.vitals,
                         log=Path(scratch) / "unused.jsonl",

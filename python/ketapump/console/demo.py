@@ -3,10 +3,11 @@ scale that makes the screen move (10× by default: the 40-min infusion takes 4 m
 
 - chair 1: an uneventful session (the shipped demo patient);
 - chair 2: a blood-pressure surge mid-infusion (``data/patients/bp-crossing.toml``): the vitals gate
-  pauses the pump, which resumes once the readings have settled;
-- chair 3: an anxious patient with a high heart rate and a short run of tachycardia
-  (``data/patients/anxious.toml``). The issue asks for a patient with nausea here; the simulated patient
-  cannot script side effects yet, so this chair shows what its vitals script supports today.
+  pauses the pump; a standing order resumes it once the readings have been back in range for a minute;
+- chair 3: an anxious patient who becomes nauseous (``data/patients/anxious.toml``), with a scripted
+  nurse (its ``[[nurse]]`` entries): nausea recorded at minute 8, the infusion slowed to half and
+  ondansetron given, the plan's rate restored once it has settled; a short run of tachycardia at
+  minute 25 pauses the pump.
 
 Everything runs in-process on the simulator (``sim://``: hw-sim physics and firmware behind the same driver
 a real pump uses), through the same session engine and records as any session. The records are the
@@ -19,33 +20,35 @@ import datetime
 from importlib import resources
 from pathlib import Path
 
-from ketapump.clinical import CourseHistory
+from ketapump.clinical import DEMO_OPERATOR, CourseHistory
 from ketapump.console.clinic import PatientIn, StartRequest
 from ketapump.console.config import ChairConfig, ClinicConfig, ClinicSettings
 
 #: Pump seconds per real second of the demo.
 DEMO_TIME_SCALE = 10.0
-DEMO_OPERATOR = "demo"
 
-#: (chair id, name, patient script, patient) of each demo chair.
+#: (chair id, name, patient script, patient, whether the script's nurse acts) of each demo chair.
 DEMO_CHAIRS = (
     (
         "chair-1",
         "Chair 1",
         "demo.toml",
         PatientIn(id="demo-ana", weight_kg=62.0, height_cm=165.0, sex="female"),
+        False,
     ),
     (
         "chair-2",
         "Chair 2",
         "bp-crossing.toml",
         PatientIn(id="demo-ben", weight_kg=84.0, height_cm=180.0, sex="male"),
+        False,
     ),
     (
         "chair-3",
         "Chair 3",
         "anxious.toml",
         PatientIn(id="demo-cat", weight_kg=70.0, height_cm=172.0, sex="female"),
+        True,
     ),
 )
 
@@ -73,8 +76,9 @@ def demo_clinic(
             name=name,
             pump=f"sim://?seed={index}",
             vitals=f"sim:{patient_script(script)}",
+            nurse="script" if scripted else "person",
         )
-        for index, (chair_id, name, script, _patient) in enumerate(DEMO_CHAIRS, start=1)
+        for index, (chair_id, name, script, _patient, scripted) in enumerate(DEMO_CHAIRS, start=1)
     ]
     config = ClinicConfig(
         schema_version=1,
@@ -92,7 +96,7 @@ def demo_clinic(
             chair_id,
             StartRequest(operator=DEMO_OPERATOR, patient=patient, checklist="confirmed", resume_after_s=60.0),
         )
-        for chair_id, _name, _script, patient in DEMO_CHAIRS
+        for chair_id, _name, _script, patient, _scripted in DEMO_CHAIRS
     ]
     return config, starts
 

@@ -55,7 +55,8 @@ class SessionInfo:
     patient: dict[str, Any]
     protocol: str
     plan: dict[str, Any]
-    #: Each vitals channel's limit: ``{"sbp": {"limit": 180, "kind": "max", "label": "SBP", …}}``.
+    #: Each watched channel's absolute limits (an alarm below ``low`` or at ``high`` and above; ``None``:
+    #: none of that kind): ``{"sbp": {"low": 90, "high": 180, "label": "SBP", "unit": "mmHg"}}``.
     limits: dict[str, dict[str, Any]]
     observation_min: float
     log: str
@@ -68,15 +69,15 @@ class SessionInfo:
     def of(cls, runner: SessionRunner, *, started_by: str | None = None, source: str = "cli") -> SessionInfo:
         setup, session = runner.setup, runner.session
         thresholds = session.thresholds
-        limits: dict[str, dict[str, Any]] = {
-            channel: {
-                "limit": thresholds.limit(channel),
-                "kind": "min" if channel == "spo2" else "max",
+        limits: dict[str, dict[str, Any]] = {}
+        for channel in thresholds.channels():  # the channels this session watches
+            low, high = thresholds.limits(channel)
+            limits[channel] = {
+                "low": low,
+                "high": high,
                 "label": vitals.LABELS[channel],
                 "unit": vitals.UNITS[channel],
             }
-            for channel in vitals.CHANNELS
-        }
         p = setup.patient
         return cls(
             session_id=setup.session_id,
@@ -132,6 +133,9 @@ class ChairView:
         self.findings: list[dict[str, Any]] = []
         self.questions: dict[str, dict[str, Any]] = {}
         self.last_action: dict[str, Any] | None = None
+        #: The observations and medications recorded at the chair (newest last).
+        self.observations: list[dict[str, Any]] = []
+        self.medications: list[dict[str, Any]] = []
         self.ended: dict[str, Any] | None = None
         #: What a face adds when the session is over: the runner's summary, or why it failed.
         self.outcome: dict[str, Any] | None = None
@@ -185,12 +189,27 @@ class ChairView:
             self.questions.pop(event.question_id, None)
         elif isinstance(event, ActionTaken):
             self.last_action = event.as_dict()
-            if event.action == "acknowledge" and event.accepted:
-                for alarm in self.alarms:
-                    alarm["acknowledged"] = True
+            if event.accepted:
+                self._take_action(event)
         elif isinstance(event, SessionEnded):
             self.ended = event.as_dict()
             self.questions.clear()
+
+    def _take_action(self, event: ActionTaken) -> None:
+        """What an action carried out changes on the card: acknowledged alarms, the bedside records."""
+        detail, who = (
+            dict(event.detail),
+            {"t_s": event.t_s, "operator": event.operator, "reason": event.reason},
+        )
+        if event.action == "acknowledge":
+            code = detail.get("alarm")  # none: every alarm so far
+            for alarm in self.alarms:
+                if code is None or alarm["code"] == code:
+                    alarm["acknowledged"] = True
+        elif event.action == "record_observation":
+            self.observations.append({**who, **detail})
+        elif event.action == "give_medication":
+            self.medications.append({**who, **detail})
 
     def _take_tick(self, tick: Tick) -> None:
         self.tick = tick
@@ -248,7 +267,11 @@ class ChairView:
             "phase_elapsed_s": t.phase_elapsed_s if t else None,
             "remaining_s": self._remaining_s(),
             "pump_state": t.pump_state if t else None,
-            "paused_by": t.paused_by if t else None,
+            "paused_by": list(t.paused_by) if t else [],
+            "planned_rate_ml_h": _finite(t.planned_rate_ml_h) if t else None,
+            "programmed_rate_ml_h": _finite(t.programmed_rate_ml_h) if t else None,
+            "slowed": self._slowed(),
+            "vitals_clear_s": t.vitals_clear_s if t else None,
             "delivered_ml": t.delivered_ml if t else 0.0,
             "planned_ml": t.planned_ml if t and t.planned_ml else (info.plan["volume_ml"] if info else None),
             "delivered_mg": t.delivered_mg if t else 0.0,
@@ -264,11 +287,20 @@ class ChairView:
             "findings": list(self.findings),
             "questions": list(self.questions.values()),
             "last_action": self.last_action,
+            "observations": list(self.observations),
+            "medications": list(self.medications),
             "plasma": self._plasma_estimate(),
             "ended": self.ended,
             "outcome": self.outcome,
             "error": self.error,
         }
+
+    def _slowed(self) -> bool:
+        """Whether the operator has the infusion running slower than the plan."""
+        t = self.tick
+        if t is None or not (math.isfinite(t.planned_rate_ml_h) and math.isfinite(t.programmed_rate_ml_h)):
+            return False
+        return t.programmed_rate_ml_h < t.planned_rate_ml_h * (1.0 - 1e-6)
 
     def _remaining_s(self) -> float | None:
         """Of the infusion: the volume left at the commanded rate; of the observation: its minimum."""
@@ -286,14 +318,15 @@ class ChairView:
     def _vitals(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         limits = self.info.limits if self.info else {}
-        for channel in vitals.CHANNELS:
+        for channel in [c for c in vitals.CHANNELS if c in limits or c in self.vitals]:
             vital = self.vitals.get(channel)
             limit = limits.get(channel, {})
+            low, high = limit.get("low"), limit.get("high")
             entry: dict[str, Any] = {
                 "label": vitals.LABELS[channel],
                 "unit": vitals.UNITS[channel],
-                "limit": limit.get("limit"),
-                "limit_kind": limit.get("kind"),
+                "low": low,
+                "high": high,
                 "value": None,
                 "t_s": None,
                 "trend": None,
@@ -301,9 +334,9 @@ class ChairView:
             }
             if vital is not None:
                 entry |= {"value": vital.value, "t_s": vital.t_s, "trend": _trend(vital)}
-                if limit:
-                    kind, bound = limit["kind"], limit["limit"]
-                    entry["past_limit"] = vital.value < bound if kind == "min" else vital.value >= bound
+                entry["past_limit"] = (low is not None and vital.value < low) or (
+                    high is not None and vital.value >= high
+                )
             out[channel] = entry
         return out
 

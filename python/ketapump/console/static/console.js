@@ -227,6 +227,13 @@
     return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
   }
   const ARROW = { up: "↑", down: "↓", steady: "→" };
+  // A vital's alarm limits as people say them: "alarm < 90 or ≥ 180 mmHg".
+  function limitsText(v) {
+    const parts = [];
+    if (v.low !== null && v.low !== undefined) parts.push(`< ${v.low}`);
+    if (v.high !== null && v.high !== undefined) parts.push(`≥ ${v.high}`);
+    return parts.length ? `alarm ${parts.join(" or ")} ${v.unit}` : "";
+  }
   function el(tag, cls, text) {
     const e = document.createElement(tag);
     if (cls) e.className = cls;
@@ -248,6 +255,7 @@
     <div class="estimate" data-f="plasma"></div>
     <div class="alarms" data-f="alarms"></div>
     <div data-f="questions"></div>
+    <div class="bedside" data-f="bedside"></div>
     <div class="last" data-f="last"></div>
     <div class="ended-line" data-f="ended"></div>
     <div class="error" data-f="error"></div>
@@ -295,15 +303,17 @@
     root.classList.toggle("alarmed", unacked.length > 0 || ["alarm", "stopped"].includes(card.pump_state));
     root.dataset.state = card.state;
     root.dataset.pumpState = card.pump_state || "";
-    root.dataset.pausedBy = card.paused_by || "";
+    const holders = card.paused_by || [];
+    root.dataset.pausedBy = holders.join(" ");
     f.name.textContent = card.name;
     let badge = "idle", cls = "";
     if (card.state === "ended") {
       badge = "ended: " + ((card.ended && card.ended.outcome) || "error");
       cls = "ended";
     } else if (card.state === "active") {
-      if (card.pump_state === "paused") [badge, cls] = ["paused by " + (card.paused_by || "?"), "paused"];
+      if (card.pump_state === "paused") [badge, cls] = ["paused by " + (holders.join(" and ") || "?"), "paused"];
       else if (["alarm", "stopped"].includes(card.pump_state)) [badge, cls] = [card.pump_state, "alarm"];
+      else if (card.slowed) [badge, cls] = [(card.phase || "infusion") + " · slowed", "paused"];
       else [badge, cls] = [card.phase || "starting", "running"];
     }
     f.badge.textContent = badge;
@@ -322,7 +332,9 @@
       ? `${num(card.delivered_mg, 2)} of ${num(dose, 2)} mg (${num(card.delivered_ml, 2)} of ${num(card.planned_ml, 2)} mL) · plan ${num(card.programmed_mg, 2)} mg`
       : "—";
     f.dosebar.style.width = (dose ? Math.min(100, (100 * card.delivered_mg) / dose) : 0) + "%";
-    f.rate.textContent = s ? `${num(card.commanded_rate_ml_h)} mL/h commanded · ${num(card.measured_rate_ml_h)} mL/h measured` : "—";
+    const programmed = card.programmed_rate_ml_h;
+    const plan = programmed === null || programmed === undefined ? "" : `${num(programmed)} mL/h${card.slowed ? " (slowed from " + num(card.planned_rate_ml_h) + ")" : ""} programmed · `;
+    f.rate.textContent = s ? `${plan}${num(card.commanded_rate_ml_h)} mL/h commanded · ${num(card.measured_rate_ml_h)} mL/h measured` : "—";
     const threshold = card.occlusion_threshold_mmhg;
     f.pressure.textContent = s ? `${num(card.pressure_mmhg, 0)} mmHg · alarm at ${num(threshold, 0)} mmHg` : "—";
     f.pressurebar.style.width = (threshold && card.pressure_mmhg ? Math.min(100, (100 * card.pressure_mmhg) / threshold) : 0) + "%";
@@ -333,7 +345,7 @@
           el("td", "", v.label),
           el("td", "v", v.value === null ? "—" : `${num(v.value, 0)} ${v.unit}`),
           el("td", "", ARROW[v.trend] || ""),
-          el("td", "lim", v.limit === null ? "" : `alarm ${v.limit_kind === "min" ? "<" : "≥"} ${v.limit} ${v.unit}`)
+          el("td", "lim", limitsText(v))
         );
         return row;
       })
@@ -350,8 +362,12 @@
     renderQuestions(card, parts);
     const last = card.last_action;
     f.last.textContent = last
-      ? `last action: ${last.action} by ${last.operator || last.source} — ${last.accepted ? "done" : "refused: " + last.why}${last.reason ? " (" + last.reason + ")" : ""}`
+      ? `last action: ${last.action} by ${last.operator || "anonymous"} (${last.source}) — ${last.accepted ? "done" : "refused: " + last.why}${last.reason ? " (" + last.reason + ")" : ""}`
       : "";
+    f.bedside.replaceChildren(
+      ...(card.observations || []).slice(-3).map((o) => el("div", "", `${clock(o.t_s)} observed ${o.kind}${o.value === null || o.value === undefined ? "" : " " + o.value}${o.note ? " (" + o.note + ")" : ""} · ${o.operator || "anonymous"}`)),
+      ...(card.medications || []).slice(-3).map((m) => el("div", "", `${clock(m.t_s)} given ${m.drug} ${m.dose} ${m.unit} ${m.route}${m.reason ? " (" + m.reason + ")" : ""} · ${m.operator || "anonymous"}`))
+    );
     f.ended.textContent = card.ended ? `session ${card.ended.outcome}: ${num(card.ended.delivered_mg, 2)} of ${num(card.ended.programmed_mg, 2)} mg delivered` : "";
     f.error.textContent = card.error || "";
     const active = card.state === "active";
@@ -409,15 +425,20 @@
     const who = await operator();
     if (!who) return;
     const name = (state.cards[chair] || {}).name || chair;
+    const card = state.cards[chair] || {};
+    const alarms = [...new Set((card.alarms || []).filter((a) => !a.acknowledged).map((a) => a.code))];
+    const params = (spec.params || []).map((p) =>
+      p.vocabulary === "chair_alarms" ? Object.assign({}, p, { choices: alarms.map((code) => ({ value: code, label: code })) }) : p
+    );
     const answer = await ask(`${spec.label} — ${name}`, spec.prompt, {
       required: spec.reason === "required",
       value: spec.default_reason || "",
-      params: spec.params,
+      params,
     });
     if (answer === null) return;
-    const { reason, params } = answer;
     try {
-      const verdict = await api(`/api/chairs/${encodeURIComponent(chair)}/actions/${spec.name}`, { method: "POST", body: { operator: who, reason, params } });
+      const body = { operator: who, reason: answer.reason, params: answer.params };
+      const verdict = await api(`/api/chairs/${encodeURIComponent(chair)}/actions/${spec.name}`, { method: "POST", body });
       flash(chair, verdict.status === "refused" ? `${spec.label} refused: ${verdict.why}` : `${spec.label}: ${verdict.status}`, verdict.status === "refused");
     } catch (e) {
       flash(chair, e.message, true);
@@ -606,7 +627,12 @@
       { label: "DBP", points: at("dbp") },
       { label: "HR", points: at("hr") },
       { label: "SpO₂", points: at("spo2") },
-    ], { hlines: ["sbp", "dbp", "hr", "spo2"].map((c) => ({ y: limits[c] && limits[c].limit, label: `${c} limit`, color: "#c0182a" })) });
+    ], {
+      hlines: ["sbp", "dbp", "hr", "spo2"].flatMap((c) => [
+        { y: limits[c] && limits[c].high, label: `${c} high`, color: "#c0182a" },
+        { y: limits[c] && limits[c].low, label: `${c} low`, color: "#c0182a" },
+      ]),
+    });
     plot($("plot-plasma"), [{ label: "plasma (model estimate)", points: at("plasma_ug_ml"), color: "#7a2e8e" }], { zero: true });
     const plasma = card && card.plasma;
     if (plasma && $("plasma-caption")) $("plasma-caption").textContent = `Predicted plasma ketamine (µg/mL) — ${plasma.label}, not a measurement: ${plasma.citation}`;
@@ -732,8 +758,13 @@
       setConnection("loaded", "live");
       $("course-summary").replaceChildren(el("pre", "", JSON.stringify(course.summary, null, 2)));
       $("course-sessions").replaceChildren(
-        ...course.sessions.map(({ session: s, alarms, notes }) => {
+        ...course.sessions.map(({ session: s, alarms, notes, actions, observations, medications }) => {
           const row = el("tr");
+          const time = (at) => (at || "").slice(11, 19);
+          const acted = (actions || []).map((a) => `${time(a.at)} ${a.action} by ${a.who || a.actor}${a.accepted ? "" : " (refused: " + a.why + ")"}${a.reason ? ": " + a.reason : ""}`);
+          const bedside = (observations || [])
+            .map((o) => `${time(o.at)} ${o.kind}${o.value === null ? "" : " " + o.value}${o.note ? " (" + o.note + ")" : ""} · ${o.who || "?"}`)
+            .concat((medications || []).map((m) => `${time(m.at)} ${m.drug} ${m.dose} ${m.unit} ${m.route} · ${m.who || "?"}`));
           row.append(
             el("td", "", s.started_at),
             el("td", "", s.protocol),
@@ -741,6 +772,8 @@
             el("td", "", s.delivered_mg === null ? "in progress" : `${num(s.delivered_mg, 2)} mg`),
             el("td", "", s.outcome || "—"),
             el("td", "", alarms.map((a) => a.code).join(", ")),
+            el("td", "", acted.join(" · ")),
+            el("td", "", bedside.join(" · ")),
             el("td", "", notes.map((n) => n.text).join(" · "))
           );
           return row;
