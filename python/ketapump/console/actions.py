@@ -66,8 +66,8 @@ class ActionSpec:
     reason: Literal["required", "optional"]
     prompt: str
     style: Literal["normal", "danger"] = "normal"
-    #: Shown when the chair's pump is in one of these states, or the session in one of these phases
-    #: (empty: whenever a session runs, e.g. STOP).
+    #: Shown when the chair's pump is in one of these states, the session in one of these phases, or
+    #: ``slowed`` while the operator has slowed the infusion (empty: whenever a session runs, e.g. STOP).
     shown_when: frozenset[str] = frozenset()
     params: tuple[ActionParam, ...] = field(default_factory=tuple)
     #: What the reason is pre-filled with (STOP: so Enter sends it at once).
@@ -177,7 +177,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "Restore rate",
         "optional",
         "Back to the plan's rate: anything to note?",
-        shown_when=frozenset({"running", "paused"}),
+        shown_when=frozenset({"slowed"}),
     ),
     ActionSpec(
         "acknowledge",

@@ -143,18 +143,26 @@ def _alarms_and_questions(card: Mapping[str, Any]) -> Iterable[RenderableType]:
         yield Text(f"{mark}: {alarm['code']} — {alarm['detail']}", style=style)
     for question in card.get("questions", []):
         yield Text(f"waiting for an answer: {question['text']}", style="bold magenta")
-    for seen in card.get("observations", [])[-2:]:
-        value = "" if seen.get("value") is None else f" {seen['value']:g}"
-        note = f" ({seen['note']})" if seen.get("note") else ""
-        yield Text(f"observed at {_clock(seen['t_s'])}: {seen['kind']}{value}{note}", style="magenta")
-    for given in card.get("medications", [])[-2:]:
-        what = f"{given['drug']} {given['dose']:g} {given['unit']} {given['route']}"
-        yield Text(f"given at {_clock(given['t_s'])}: {what}", style="magenta")
+    for _t, text in _bedside(card)[-4:]:
+        yield Text(text, style="magenta")
     action = card.get("last_action")
     if action:
         verdict = "done" if action["accepted"] else f"refused ({action['why']})"
         who = action.get("operator") or "anonymous"
         yield Text(f"last action: {action['action']} by {who} ({action['source']}): {verdict}", style="dim")
+
+
+def _bedside(card: Mapping[str, Any]) -> list[tuple[float, str]]:
+    """The observations and medications recorded, in time order."""
+    lines = []
+    for seen in card.get("observations", []):
+        value = "" if seen.get("value") is None else f" {seen['value']:g}"
+        note = f" ({seen['note']})" if seen.get("note") else ""
+        lines.append((seen["t_s"], f"{_clock(seen['t_s'])} observed {seen['kind']}{value}{note}"))
+    for given in card.get("medications", []):
+        what = f"{given['drug']} {given['dose']:g} {given['unit']} {given['route']}"
+        lines.append((given["t_s"], f"{_clock(given['t_s'])} given {what}"))
+    return sorted(lines, key=lambda line: line[0])
 
 
 def render_board(cards: Iterable[Mapping[str, Any]]) -> Group:

@@ -364,16 +364,17 @@
     f.last.textContent = last
       ? `last action: ${last.action} by ${last.operator || "anonymous"} (${last.source}) — ${last.accepted ? "done" : "refused: " + last.why}${last.reason ? " (" + last.reason + ")" : ""}`
       : "";
-    f.bedside.replaceChildren(
-      ...(card.observations || []).slice(-3).map((o) => el("div", "", `${clock(o.t_s)} observed ${o.kind}${o.value === null || o.value === undefined ? "" : " " + o.value}${o.note ? " (" + o.note + ")" : ""} · ${o.operator || "anonymous"}`)),
-      ...(card.medications || []).slice(-3).map((m) => el("div", "", `${clock(m.t_s)} given ${m.drug} ${m.dose} ${m.unit} ${m.route}${m.reason ? " (" + m.reason + ")" : ""} · ${m.operator || "anonymous"}`))
-    );
+    const bedside = (card.observations || [])
+      .map((o) => [o.t_s, `${clock(o.t_s)} observed ${o.kind}${o.value === null || o.value === undefined ? "" : " " + o.value}${o.note ? " (" + o.note + ")" : ""} · ${o.operator || "anonymous"}`])
+      .concat((card.medications || []).map((m) => [m.t_s, `${clock(m.t_s)} given ${m.drug} ${m.dose} ${m.unit} ${m.route}${m.reason ? " (" + m.reason + ")" : ""} · ${m.operator || "anonymous"}`]))
+      .sort((a, b) => a[0] - b[0]);
+    f.bedside.replaceChildren(...bedside.slice(-4).map(([, text]) => el("div", "", text)));
     f.ended.textContent = card.ended ? `session ${card.ended.outcome}: ${num(card.ended.delivered_mg, 2)} of ${num(card.ended.programmed_mg, 2)} mg delivered` : "";
     f.error.textContent = card.error || "";
     const active = card.state === "active";
     buttons.start.hidden = active;
     for (const spec of state.actions) {
-      const states = [card.pump_state, card.phase];
+      const states = [card.pump_state, card.phase].concat(card.slowed ? ["slowed"] : []);
       const shown = spec.name === "stop" || (active && (!spec.shown_when.length || states.some((x) => spec.shown_when.includes(x))));
       buttons[spec.name].hidden = !shown; // STOP is never hidden and never disabled
     }
