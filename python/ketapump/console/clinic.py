@@ -233,6 +233,8 @@ class Chair:
         try:
             outcome = await runner.run()
             self.view.outcome = outcome.summary()
+            if outcome.error is not None:  # what ended a session that did not complete (runner.run's)
+                self.view.error = str(outcome.error)
         except asyncio.CancelledError:
             self.view.error = "the console shut down: the pump was told to stop"
             raise
