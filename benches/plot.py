@@ -48,6 +48,18 @@ def main(paths: list[str]) -> None:
         rows.append(("kernel step / Python no-op call", ratio, 3.0, False))
     if "test_bridge_tick_body_on_sim" in m:
         rows.append(("bridge tick body p50 (µs)", m["test_bridge_tick_body_on_sim"]["p50_us"], 20.0, False))
+    if "test_telemetry_to_browser_latency" in m:
+        rows.append(
+            (
+                "console: tick to browser p95 (ms)",
+                m["test_telemetry_to_browser_latency"]["p95_ms"],
+                250.0,
+                False,
+            )
+        )
+    if "test_serve_cpu_with_16_chairs_at_10_hz" in m:
+        share = m["test_serve_cpu_with_16_chairs_at_10_hz"]["cpu_pct_of_one_core"]
+        rows.append(("console: serve CPU, 16 chairs × 10 Hz (%)", share, 50.0, False))
     for info in m.values():
         if "ratio_median_over_floor" in info:
             label = f"{info['protocol']} round trip / wire floor"

@@ -116,7 +116,9 @@ def test_pressing_s_and_typing_a_reason_slows_the_running_pump_on_a_real_termina
     screen = io.StringIO()
     child.logfile_read = screen  # what the terminal showed, for a failure's message
     try:
-        child.expect(r"[1-9]\.\d / 35\.0 mL · 52\.5 mL/h")  # past the take-up, at the plan's rate
+        # The session's chair card: past the take-up, at the plan's rate.
+        child.expect(r"[1-9]\.\d\d of 35\.00 mL\)")
+        child.expect(r"52\.5 mL/h programmed")
         child.send("s")
         child.expect(r"slow to \(% of the plan, or N mL/h\)")
         child.send("50\r")

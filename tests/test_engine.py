@@ -152,6 +152,11 @@ def test_a_session_emits_its_phases_ticks_questions_records_and_one_end(tmp_path
     assert ticks[0].planned_ml == result.plan.volume_ml
     assert {t.phase for t in ticks} == {"take_up", "infusion"}
     assert all(t.pressure_mmhg < t.occlusion_threshold_mmhg for t in ticks if math.isfinite(t.pressure_mmhg))
+    # The measured rate (the pump's volume counter over 30 s) follows the commanded one mid-infusion.
+    middle = [t for t in ticks if t.phase == "infusion" and 600.0 < t.t_s - ticks[0].t_s < 1800.0]
+    assert middle and all(
+        math.isclose(t.measured_rate_ml_h, t.commanded_rate_ml_h, rel_tol=0.05) for t in middle
+    )
     observation = [t for t in chair.of(Tick) if t.phase == "observation"]
     assert len(observation) >= 60 * result.observation_min - 2
     # Every vitals reading, every checklist question with its answer, every course record.
@@ -456,7 +461,9 @@ def test_a_question_without_a_standing_answer_waits_for_an_answer_from_another_t
         # A browser's request arrives on another thread; the session is waiting on its own loop.
         assert [p.question_id for p in chair.session.pending_questions()] in ([], [q.question_id])
         threading.Thread(
-            target=chair.session.answer, args=(q.question_id, True), kwargs={"source": "web"}
+            target=chair.session.answer,
+            args=(q.question_id, True),
+            kwargs={"source": "web", "operator": "nurse C"},
         ).start()
 
     chair.on(QuestionAsked, answer_from_a_thread)
@@ -464,7 +471,12 @@ def test_a_question_without_a_standing_answer_waits_for_an_answer_from_another_t
     assert result.outcome == "complete"
     answers = chair.of(QuestionAnswered)
     assert answers and all(a.source == "web" and a.answer is True for a in answers)
+    assert all(a.operator == "nurse C" for a in answers)
     assert len(answers) == len(chair.of(QuestionAsked))
+    # Who answered, from where, is in the audit log with the question.
+    recorded = chair.log.named("question_answered")
+    assert [r["text"] for r in recorded] == [q.text for q in chair.of(QuestionAsked)]
+    assert all(r["source"] == "web" and r["operator"] == "nurse C" and r["answer"] for r in recorded)
 
 
 def test_a_no_to_a_precheck_question_aborts_before_anything_is_delivered(tmp_path: Path) -> None:
@@ -480,6 +492,39 @@ def test_a_no_to_a_precheck_question_aborts_before_anything_is_delivered(tmp_pat
         chair.run()
     assert chair.pump.delivered_ml == 0.0
     assert chair.of(SessionEnded)[0].outcome == "aborted"
+
+
+def test_a_stop_while_a_precheck_question_waits_aborts_at_once(tmp_path: Path) -> None:
+    chair = Chair(tmp_path, operator=WaitingOperator())
+    # The browser's STOP while a checklist item waits for the nurse: no answer ever comes.
+    chair.on(QuestionAsked, lambda q: chair.session.stop("patient left", source="web", operator="nurse D"))
+    with pytest.raises(SessionAbortedError, match="stopped by the operator"):
+        chair.run()
+    assert chair.pump.delivered_ml == 0.0
+    (stop,) = chair.of(ActionTaken)
+    assert (stop.action, stop.accepted, stop.operator) == ("stop", True, "nurse D")
+    assert chair.of(SessionEnded)[0].outcome == "aborted"
+    assert chair.log.named("operator_action")[0]["reason"] == "patient left"
+
+
+def test_a_stop_while_a_discharge_question_waits_is_refused_and_the_question_still_waits(
+    tmp_path: Path,
+) -> None:
+    chair = Chair(tmp_path, operator=WaitingOperator())
+    stopped: list[str] = []
+
+    def answer_or_stop(q: QuestionAsked) -> None:
+        if q.subject == "discharge" and not stopped:
+            stopped.append(q.question_id)  # STOP first: the discharge is not cut short by it
+            chair.session.stop("patient collected early", source="web", operator="nurse D")
+            threading.Timer(0.2, chair.session.answer, (q.question_id, True), {"source": "web"}).start()
+        else:
+            chair.session.answer(q.question_id, True, source="web")
+
+    chair.on(QuestionAsked, answer_or_stop)
+    result = chair.run()
+    assert result.outcome == "complete" and result.discharge_confirmed
+    assert ("stop", True) not in [(a.action, a.accepted) for a in chair.of(ActionTaken)]
 
 
 # ----- delivery ------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ The layers, lowest first (``docs/architecture.md``)::
     sim        ketapump.sim         the simulator's servers           ┐ siblings: neither imports
     bridge     ketapump.bridge      control loop, audit log, recovery ┘ the other
     clinical   ketapump.clinical    protocols, limits, vitals, course, session engine, report
-    qa         ketapump.qa          accuracy, occlusion, campaigns, trace, pytest plugin
+    qa         ketapump.qa          accuracy, occlusion, campaigns, trace, pytest plugin  ┐ siblings
+    console    ketapump.console     the operator console (serve, API, web pages, cards)  ┘
     cli        ketapump.cli         the command line
     top        ketapump (__init__, __main__) and ketapump.api: the public face
 
@@ -200,7 +201,7 @@ def test_the_package_keeps_its_layers_and_doors() -> None:
 
 
 def test_every_layer_has_a_door_that_says_what_it_owns_and_may_import() -> None:
-    for layer in ("wire", "sim", "bridge", "clinical", "qa", "cli"):
+    for layer in ("wire", "sim", "bridge", "clinical", "qa", "console", "cli"):
         door = PACKAGE_ROOT / "ketapump" / layer / "__init__.py"
         doc = ast.get_docstring(ast.parse(door.read_text(encoding="utf-8")))
         assert doc, f"{door} has no docstring"
@@ -296,7 +297,7 @@ def test_the_checker_accepts_imports_through_doors(tmp_path: Path) -> None:
 def test_the_architecture_page_names_every_layer_and_only_files_that_exist() -> None:
     repo = PACKAGE_ROOT.parent
     text = (repo / "docs" / "architecture.md").read_text(encoding="utf-8")
-    for layer in ("wire", "sim", "bridge", "clinical", "qa", "cli"):
+    for layer in ("wire", "sim", "bridge", "clinical", "qa", "console", "cli"):
         assert f"ketapump.{layer}" in text, layer
     named = set(re.findall(r"`([\w./-]+\.(?:py|toml|rs|md))`", text))
     assert len(named) > 10

@@ -28,6 +28,7 @@ from ketapump.bridge.recovery import (
     resume_session,
 )
 from ketapump.bridge.runtime import (
+    JITTER_REAL_S,
     control_period_s,
     default_log_path,
     loop_settings,
@@ -39,6 +40,7 @@ from ketapump.bridge.runtime import (
 
 __all__ = [
     "CHAINABLE",
+    "JITTER_REAL_S",
     "LINK_LOST",
     "AuditKey",
     "AuditKeyError",

@@ -123,9 +123,17 @@ class LoopTiming:
 
 
 def loop_timing(
-    transport: Transport, period_s: float, time_scale: float, *, virtual: bool, period_requested: bool = False
+    transport: Transport,
+    period_s: float,
+    time_scale: float,
+    *,
+    virtual: bool,
+    period_requested: bool = False,
+    jitter_real_s: float = JITTER_REAL_S,
 ) -> LoopTiming:
-    """The :class:`LoopTiming` of a run on ``transport`` at ``time_scale`` with this control period."""
+    """The :class:`LoopTiming` of a run on ``transport`` at ``time_scale`` with this control period;
+    ``jitter_real_s`` is the scheduling jitter its loop must absorb (real s: more than
+    :data:`JITTER_REAL_S` where one event loop carries several sessions, as ``serve`` does)."""
     scheme = split_url(transport.url)[0]
     real_s = 0.0 if virtual else time_scale
     retried = 0.0 if scheme == "sim" else transport.timeout_s * (transport.retries + 1)
@@ -136,11 +144,16 @@ def loop_timing(
         period_requested=period_requested,
         round_trips_s=MIN_REAL_PERIOD_S[scheme] * real_s,
         retries_s=retried * real_s,
-        jitter_s=JITTER_REAL_S * real_s,
+        jitter_s=jitter_real_s * real_s,
     )
 
 
-def largest_time_scale(transport: Transport, requested_period_s: float | None, limit_s: float) -> float:
+def largest_time_scale(
+    transport: Transport,
+    requested_period_s: float | None,
+    limit_s: float,
+    jitter_real_s: float = JITTER_REAL_S,
+) -> float:
     """The largest time scale at which a heartbeat gap stays within ``limit_s`` on this transport (its
     timeout and retries as given; the control period as requested or derived), rounded down to one
     decimal; 0 when none does."""
@@ -149,7 +162,8 @@ def largest_time_scale(transport: Transport, requested_period_s: float | None, l
 
     def gap(scale: float) -> float:
         period = control_period_s(scheme, scale, requested_period_s, default)
-        return loop_timing(transport, period, scale, virtual=False).heartbeat_gap_s
+        timing = loop_timing(transport, period, scale, virtual=False, jitter_real_s=jitter_real_s)
+        return timing.heartbeat_gap_s
 
     low, high = 0.0, 1.0
     while gap(high) <= limit_s and high < 1.0e6:
@@ -208,6 +222,7 @@ def make_driver(
     *,
     sim_pump: _core.SimPump | None = None,
     period_requested: bool = False,
+    jitter_real_s: float = JITTER_REAL_S,
 ) -> PumpDriver:
     """The driver for a pump URL: New Era for ``nesp://``, the reference register map otherwise.
 
@@ -217,24 +232,32 @@ def make_driver(
     safe-mode timeout) is refused with a :class:`~ketapump.errors.ConfigurationError` (field
     ``--time-scale``) naming every term, the largest one, the setting that shrinks it and the largest time
     scale that works. ``sim_pump`` is the simulated pump a ``sim://`` URL runs (default: one built from
-    the URL); ``period_requested`` says the operator chose the period (``--period-s``).
+    the URL); ``period_requested`` says the operator chose the period (``--period-s``);
+    ``jitter_real_s`` is the scheduling jitter the loop must absorb (see :func:`loop_timing`).
     """
     transport = open_transport(url, clock=clock, pump=sim_pump)
     virtual = isinstance(clock, VirtualClock)
-    timing = loop_timing(transport, period_s, time_scale, virtual=virtual, period_requested=period_requested)
+    timing = loop_timing(
+        transport,
+        period_s,
+        time_scale,
+        virtual=virtual,
+        period_requested=period_requested,
+        jitter_real_s=jitter_real_s,
+    )
     requested = period_s if period_requested else None
     if isinstance(transport, NespTransport):
         safe_s = float(transport.safe_s)
         if 0.0 < safe_s < timing.heartbeat_gap_s:
             advice = f"raise the URL's safe (up to 255 s), or {_advice(transport, timing, safe_s)}"
-            largest = largest_time_scale(transport, requested, safe_s)
+            largest = largest_time_scale(transport, requested, safe_s, jitter_real_s)
             limit = f"its safe-mode timeout (safe={transport.safe_s})"
             raise _refusal(timing, safe_s, limit, advice, largest)
         return NewEraDriver(transport)
     assert isinstance(transport, RegisterTransport)
     if timing.watchdog_ms > WATCHDOG_MAX_MS:
         limit_s = WATCHDOG_MAX_MS / 1_000.0
-        largest = largest_time_scale(transport, requested, limit_s)
+        largest = largest_time_scale(transport, requested, limit_s, jitter_real_s)
         raise _refusal(
             timing, limit_s, "the longest pump watchdog", _advice(transport, timing, limit_s), largest
         )

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from ketapump import _core
-from ketapump.cli import clinical, course, log, qa, run, sim
+from ketapump.cli import clinical, console, course, log, qa, run, sim
 from ketapump.cli.common import Command, command_group, result
 
 app = command_group(
@@ -68,6 +68,7 @@ app.command(cls=Command)(run.run)
 app.add_typer(log.log_app, name="log")
 app.add_typer(course.course_app, name="course")
 clinical.register_cli(app)
+console.register_cli(app)
 app.add_typer(qa.qa_app, name="qa")
 
 

@@ -5,13 +5,14 @@ touching a pump or a record. ``ketapump demo`` runs a complete simulated ketamin
 limits, pre-check, take-up, infusion, observation, discharge — on the built-in simulator and writes the
 audit log, the course history, a report and its plots; ``ketapump session`` runs one on any pump. Both are
 adapters of :mod:`ketapump.clinical.runner` and the session engine: options in, signals and the
-operator's keys (:mod:`ketapump.cli.keys`) as commands, events as a progress bar, the outcome as a
-summary.
+operator's keys (:mod:`ketapump.cli.keys`) as commands, events as a live chair card on a terminal, the
+outcome as a summary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -20,10 +21,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.text import Text
 
-from ketapump import _core
 from ketapump.cli.common import (
     AUDIT_LOG_DEFAULT,
     COURSE_DB_DEFAULT,
@@ -42,21 +40,18 @@ from ketapump.cli.common import (
     operator_name,
     result_json,
 )
-from ketapump.cli.keys import KeyPrompter, operator_keys
+from ketapump.cli.keys import operator_keys
 from ketapump.clinical import (
+    CONFIRMABLE,
     DEMO_OPERATOR,
-    ActionTaken,
-    HoldChanged,
     Patient,
     ScriptedOperator,
     Session,
     SessionAbortedError,
-    SessionEvent,
     SessionOutcome,
     SessionResult,
     SessionRunner,
     SessionSetup,
-    Tick,
     druglib,
     load_library,
     load_protocol,
@@ -64,6 +59,7 @@ from ketapump.clinical import (
     prepare_demo,
     prepare_session,
 )
+from ketapump.console import LiveCard
 from ketapump.errors import (
     AuditWriteError,
     ConfigurationError,
@@ -328,13 +324,8 @@ def _reasons(confirm: list[str]) -> dict[str, str]:
         kind, sep, reason = item.partition("=")
         if not sep or not reason.strip():
             raise ConfigurationError("--confirm", f"{item!r} is not KIND=REASON with a reason")
-        kinds = [name for name, _unit in _core.LIMIT_KINDS] + [
-            "baseline_vitals",
-            "new_patient",
-            "max_duration",
-        ]
-        if kind not in kinds:
-            raise ConfigurationError("--confirm", f"{kind!r} is not a limit kind ({', '.join(kinds)})")
+        if kind not in CONFIRMABLE:
+            raise ConfigurationError("--confirm", f"{kind!r} is not a limit kind ({', '.join(CONFIRMABLE)})")
         reasons[kind] = reason.strip()
     return reasons
 
@@ -360,7 +351,7 @@ def _ask_checklist(items: list[str]) -> dict[str, bool]:
 
 
 def _execute(setup: SessionSetup, *, json_output: bool) -> None:
-    """Opens the records, runs the session with a progress bar and the operator's signals, prints the
+    """Opens the records, runs the session with its live card and the operator's signals, prints the
     summary (stdout) and exits with the session's code. Whatever ends the session, its summary is printed
     and its report written; the signal handlers stay in place until then, so no signal skips either."""
     console = Console(stderr=True)
@@ -372,7 +363,7 @@ def _execute(setup: SessionSetup, *, json_output: bool) -> None:
         except (OSError, ValueError) as e:
             raise fail(f"cannot open the audit log {setup.log_path}: {e}", os.EX_IOERR) from e
         signals.attach(runner.session)
-        outcome = asyncio.run(_run_with_progress(runner, console, quiet=json_output))
+        outcome = asyncio.run(_run_live(runner, console, quiet=json_output))
         machine = outcome.summary()
         if json_output:
             result_json(machine)
@@ -413,17 +404,6 @@ SIGNAL_ACTIONS = {
 }
 
 
-class _SessionProgress(Progress):
-    """The progress bar with a footer: the operator's key prompt and the outcome of their last action."""
-
-    footer = ""
-
-    def get_renderables(self) -> Any:
-        yield self.make_tasks_table(self.tasks)
-        if self.footer:
-            yield Text(self.footer)
-
-
 class _OperatorSignals:
     """The operator's signals as session commands, installed before the records open and kept until
     the summary is printed: a signal is a command the session records and carries out or refuses (a
@@ -457,53 +437,16 @@ class _OperatorSignals:
             signal.signal(sig, handler)
 
 
-async def _run_with_progress(runner: SessionRunner, console: Console, *, quiet: bool) -> SessionOutcome:
-    """Runs the session with a progress bar fed by its events, and the operator's keys on a terminal
-    (each a command the session carries out at its next tick)."""
+async def _run_live(runner: SessionRunner, console: Console, *, quiet: bool) -> SessionOutcome:
+    """Runs the session with its chair card drawn live on a terminal (the card ``ketapump console``
+    draws) and the operator's keys under it (each a command the session carries out at its next tick)."""
     session = runner.session
-    operator = runner.setup.operator_name
-    observation_min = runner.setup.protocol.observation.min_minutes
-    columns = (TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.fields[detail]}"))
-    with _SessionProgress(*columns, console=console, transient=True, disable=quiet) as progress:
-        task = progress.add_task("precheck", total=1.0, detail="")
-        status = {"action": ""}
-        keys: list[KeyPrompter] = []
-
-        def redraw() -> None:
-            lines = [status["action"]] + ([keys[0].message, keys[0].prompt] if keys else [])
-            progress.footer = "\n".join(line for line in lines if line)
-            progress.refresh()
-
-        def show(event: SessionEvent) -> None:
-            if isinstance(event, ActionTaken):
-                outcome = "done" if event.accepted else f"refused: {event.why}"
-                status["action"] = (
-                    f"{event.action} by {event.operator or 'anonymous'} ({event.source}): {outcome}"
-                )
-                redraw()
-            elif isinstance(event, HoldChanged):
-                held = " and ".join(event.holders) or "nobody"
-                status["action"] = f"held by {held} ({event.actor}: {event.reason})"
-                redraw()
-            if not isinstance(event, Tick):
-                return
-            if event.phase == "observation":
-                done, total, unit = event.phase_elapsed_s / 60.0, observation_min, "min"
-            else:
-                done, total, unit = event.delivered_ml, event.planned_ml, "mL"
-            detail = f"{done:.1f} / {total:.1f} {unit}" if total else ""
-            if event.pump_state is not None:
-                slowed = event.programmed_rate_ml_h < event.planned_rate_ml_h * (1.0 - 1e-6)
-                detail += f" · {event.programmed_rate_ml_h:.1f} mL/h" + (" (slowed)" if slowed else "")
-                if event.paused_by:
-                    detail += " · held by " + " and ".join(event.paused_by)
-            completed = min(done / total, 1.0) if total else 0.0
-            progress.update(task, description=event.phase, completed=completed, detail=detail)
-
-        session.subscribe(show)
-        with operator_keys(session, asyncio.get_running_loop(), operator, redraw) as prompter:
-            if prompter is not None:
-                keys.append(prompter)
+    live = LiveCard(runner, console) if console.is_terminal and not quiet else None
+    with live or contextlib.nullcontext():
+        redraw = live.redraw if live is not None else lambda: None
+        with operator_keys(session, asyncio.get_running_loop(), runner.setup.operator_name, redraw) as keys:
+            if live is not None and keys is not None:
+                live.footer = lambda: (keys.message, keys.prompt)
                 redraw()
             return await runner.run()
 

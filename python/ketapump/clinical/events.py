@@ -3,7 +3,7 @@
 The session engine (:class:`ketapump.clinical.session.Session`) emits one of these for everything a
 face shows or records: the phase, each control tick's telemetry, every finding, question, answer,
 operator action, change of who holds the pump, alarm and course-history record, and the end. The
-CLI turns them into a progress bar and a summary; the console streams them to browsers; the public
+CLI turns them into a live chair card and a summary; the console streams them to browsers; the public
 API hands them to callbacks. None of them is the audit log: that keeps its own records (stable event
 names, hash-chained), written by the engine beside these events.
 
@@ -68,6 +68,8 @@ class Tick(SessionEvent):
     #: What the plan would have delivered by now (the plan line of the dose plot).
     programmed_mg: float
     commanded_rate_ml_h: float
+    #: The rate the pump's volume counter shows over the last 30 s (NaN until it spans some time).
+    measured_rate_ml_h: float = math.nan
     pressure_mmhg: float
     occlusion_threshold_mmhg: float
     alarms: tuple[str, ...]
@@ -126,6 +128,7 @@ class QuestionAnswered(SessionEvent):
     subject: str
     answer: bool | str | None
     source: Source
+    operator: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

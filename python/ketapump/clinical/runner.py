@@ -20,16 +20,19 @@ Every face runs a session the same three steps, so none of them holds a second i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
+import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ketapump import _core
 from ketapump.bridge import (
+    JITTER_REAL_S,
     AuditWriter,
     audit_logger,
     control_period_s,
@@ -41,6 +44,7 @@ from ketapump.bridge import (
 from ketapump.clinical import druglib, report
 from ketapump.clinical.commands import check_operator_name
 from ketapump.clinical.course import SCHEMA_VERSION, CourseHistory, normalise_patient_id
+from ketapump.clinical.events import Source
 from ketapump.clinical.protocol import (
     DosePlan,
     Patient,
@@ -55,6 +59,7 @@ from ketapump.clinical.session import (
     Session,
     SessionContext,
     SessionResult,
+    check_order,
 )
 from ketapump.clinical.vitals import (
     CsvVitalsFeed,
@@ -68,6 +73,15 @@ from ketapump.config import default_kernel_settings
 from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError, LimitError
 from ketapump.validation import check_output_path
 from ketapump.wire import PumpDriver, split_url
+
+#: What a reason may be given for (``--confirm KIND=REASON``, a console's confirmations): each limit
+#: kind of the drug library and course rules, an elevated baseline, a new patient whose record is near
+#: a recorded one, and an infusion past its maximum duration.
+CONFIRMABLE: tuple[str, ...] = (
+    *(name for name, _unit in _core.LIMIT_KINDS),
+    "baseline_vitals",
+    "new_patient",
+)
 
 #: The demo's patient: weight and height of ``data/patients/demo.toml``'s scripted monitor.
 DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="male")
@@ -103,6 +117,8 @@ class SessionSetup:
     operator_name: str | None = None
     #: SHA-256 of the protocol file the session runs (empty: not known).
     protocol_sha256: str = ""
+    #: The face the session was started through (in the audit log with the plan).
+    source: Source = "cli"
 
 
 def vitals_feed(source: str) -> VitalsFeed:
@@ -130,10 +146,14 @@ def prepare_session(
     out: Path = Path("ketapump-session"),
     time_scale: float | None = None,
     operator_name: str | None = None,
+    jitter_real_s: float | None = None,
 ) -> SessionSetup:
     """Validates a session request (see the module docstring). ``time_scale`` runs a ``sim://`` pump at
     that many pump seconds per real second (``None``: virtual time) or follows a hw-sim started with it.
-    ``operator_name`` is required unless the protocol allows anonymous QA runs."""
+    ``operator_name`` is required unless the protocol allows anonymous QA runs. ``jitter_real_s`` is
+    the scheduling jitter (real s) the pump's watchdog must also outlast, where it exceeds a lone
+    session's (:data:`ketapump.bridge.JITTER_REAL_S`): one event loop running several sessions
+    (``serve``)."""
     try:
         patient = replace(patient, patient_id=normalise_patient_id(patient.patient_id))
     except CourseError as e:
@@ -151,7 +171,8 @@ def prepare_session(
     period = control_period_s(scheme, scale, None, float(defaults["control_period_s"]))
     clock: Clock = VirtualClock() if scheme == "sim" and time_scale is None else ScaledClock(scale)
     feed = vitals_feed(vitals)
-    driver = make_driver(pump, clock, period, scale, sim_pump=_sim_pump_for(pump, plan))
+    jitter = JITTER_REAL_S if jitter_real_s is None else jitter_real_s
+    driver = make_driver(pump, clock, period, scale, sim_pump=_sim_pump_for(pump, plan), jitter_real_s=jitter)
     settings: dict[str, Any] = dict(loop_settings(period, defaults))
     if "pressure_mmhg" in driver.lacks:
         settings["has_pressure_sensor"] = False
@@ -231,6 +252,149 @@ def prepare_demo(
         operator_name=_operator_name(operator_name, protocol),
         protocol_sha256=protocol_sha256(DEMO_PROTOCOL),
     )
+
+
+@dataclass(frozen=True)
+class SessionCheck:
+    """What the session's pre-check will make of an order, asked before anything is opened."""
+
+    #: Every finding the Rust core reports against the order (hard and soft), in its order.
+    findings: list[druglib.LimitFinding]
+    #: What the pre-check will raise with the reasons given (``LimitRefused`` for a hard finding,
+    #: ``ConfirmationRequired`` for a soft one without a reason), or ``None``: it proceeds.
+    refusal: LimitError | None
+
+
+def check_session(
+    setup: SessionSetup, reasons: Mapping[str, str], *, at: datetime.datetime | None = None
+) -> SessionCheck:
+    """The drug-library and course-rule check of the session's pre-check, against the course history as
+    it stands ``at`` (default: now) and with ``reasons`` (limit kind → reason) as the operator's
+    standing answers: a face can refuse with every finding before it opens the records. The session
+    checks again when it runs (the history may change in between). Reads the history, writes nothing."""
+    when = at or datetime.datetime.now(datetime.UTC)
+    try:
+        course: CourseHistory | None = CourseHistory.open(setup.db_path, readonly=True)
+    except CourseRecordNotFoundError:
+        course = None  # no history yet: the order is checked as a first session
+    try:
+        findings = check_order(setup.plan, setup.patient, setup.library, course, when)[2]
+    finally:
+        if course is not None:
+            course.close()
+    confirmations = [druglib.Confirmation(kind, reason) for kind, reason in reasons.items()]
+    try:
+        druglib.authorize(findings, confirmations)
+    except LimitError as e:
+        return SessionCheck(findings, e)
+    return SessionCheck(findings, None)
+
+
+@dataclass(frozen=True)
+class InterruptedSession:
+    """A session the course history holds as begun and never ended, and no process runs it any more;
+    what its audit log says about it, and the recovery ``ketapump run --resume`` offers."""
+
+    session_id: str
+    patient_id: str
+    protocol: str
+    started_at: datetime.datetime
+    programmed_mg: float
+    log_path: str | None
+    #: From the audit log (``None`` when it cannot be read): the pump URL and the plan.
+    pump: str | None = None
+    rate_ml_h: float | None = None
+    volume_ml: float | None = None
+    syringe: str | None = None
+    #: The session's delivered volume at the log's last telemetry summary.
+    delivered_ml: float | None = None
+    #: Why the log could not be used for a resume, if it could not.
+    problem: str = ""
+
+    def resume_command(self) -> list[str] | None:
+        """``ketapump run --resume`` for this session's infusion: it reconciles the delivered volume
+        with the pump's own counter, refuses if they disagree, and continues the infusion into a new
+        log chained to the old one. ``None`` when the log does not hold what it needs."""
+        if None in (self.pump, self.rate_ml_h, self.volume_ml, self.syringe, self.log_path):
+            return None
+        old = Path(str(self.log_path))
+        return [
+            "ketapump",
+            "run",
+            "--pump",
+            str(self.pump),
+            "--rate-ml-h",
+            f"{self.rate_ml_h:g}",
+            "--volume-ml",
+            f"{self.volume_ml:g}",
+            "--syringe",
+            str(self.syringe),
+            "--resume",
+            str(old),
+            "--log",
+            str(old.with_name(old.stem + "-resumed.jsonl")),
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        command = self.resume_command()
+        return {
+            "session_id": self.session_id,
+            "patient_id": self.patient_id,
+            "protocol": self.protocol,
+            "started_at": self.started_at.isoformat(),
+            "programmed_mg": self.programmed_mg,
+            "log": self.log_path,
+            "pump": self.pump,
+            "rate_ml_h": self.rate_ml_h,
+            "volume_ml": self.volume_ml,
+            "syringe": self.syringe,
+            "delivered_ml": self.delivered_ml,
+            "problem": self.problem,
+            "resume_command": command,
+        }
+
+
+def interrupted_sessions(db_path: Path | None, *, running: Collection[str] = ()) -> list[InterruptedSession]:
+    """The sessions of the course history at ``db_path`` that began and never ended, except those in
+    ``running`` (the ones this process runs), each with what its audit log holds. No history: none."""
+    try:
+        course = CourseHistory.open(db_path, readonly=True)
+    except CourseRecordNotFoundError:
+        return []
+    try:
+        unfinished = [s for s in course.sessions_in_progress() if s.session_id not in running]
+    finally:
+        course.close()
+    found = []
+    for s in unfinished:
+        base = InterruptedSession(
+            s.session_id, s.patient_id, s.protocol, s.started_at, s.programmed_mg, s.log_path
+        )
+        found.append(_with_log(base))
+    return found
+
+
+def _with_log(session: InterruptedSession) -> InterruptedSession:
+    """``session`` completed from its audit log: the pump it ran, its plan, the last delivered volume."""
+    if not session.log_path:
+        return replace(session, problem="the course history names no audit log")
+    fields: dict[str, Any] = {}
+    try:
+        with Path(session.log_path).open(encoding="utf-8") as f:
+            for line in f:
+                entry = json.loads(line)
+                if entry.get("session_id") != session.session_id:
+                    continue
+                fields.setdefault("pump", entry.get("pump"))
+                if entry.get("event") == "session_planned":
+                    fields |= {k: entry.get(k) for k in ("rate_ml_h", "volume_ml", "syringe")}
+                elif entry.get("event") == "telemetry":
+                    fields["delivered_ml"] = entry.get("session_delivered_ml")
+    except (OSError, json.JSONDecodeError) as e:
+        return replace(session, problem=f"cannot read the audit log: {e}")
+    if "rate_ml_h" not in fields:
+        fields["problem"] = "the audit log holds no plan for this session"
+    return replace(session, **fields)
 
 
 def _sim_pump_for(url: str, plan: DosePlan) -> _core.SimPump | None:
@@ -386,6 +550,7 @@ class SessionRunner:
                 operator_name=setup.operator_name,
                 # Course records carry true times, whatever clock the pump runs on.
                 true_time=_monotonic_utc(),
+                source=setup.source,
             )
         )
 
@@ -435,6 +600,18 @@ class SessionRunner:
         finally:
             self._close_records()
         ended = _utc_now()
+        # Verifying the log and drawing the plots take a CPU second or more: off the event loop, where
+        # they would hold up every other session a process runs (``ketapump serve``'s chairs).
+        return await asyncio.to_thread(self._write_records, result, error, started, ended)
+
+    def _write_records(
+        self,
+        result: SessionResult,
+        error: Exception | None,
+        started: datetime.datetime,
+        ended: datetime.datetime,
+    ) -> SessionOutcome:
+        setup = self.setup
         verified = verify(setup.log_path)
         plots = report.write_plots(
             result.points,
@@ -496,12 +673,17 @@ class SessionRunner:
 
 
 __all__ = [
+    "CONFIRMABLE",
     "DEMO_OPERATOR",
     "DEMO_PATIENT",
     "DEMO_PROTOCOL",
+    "InterruptedSession",
+    "SessionCheck",
     "SessionOutcome",
     "SessionRunner",
     "SessionSetup",
+    "check_session",
+    "interrupted_sessions",
     "prepare_demo",
     "prepare_session",
     "record_fields",

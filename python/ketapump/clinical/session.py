@@ -444,6 +444,8 @@ class SessionContext:
     #: The operator running the session: every command and confirmation without a name of its own is
     #: theirs. Required unless the protocol allows anonymous QA runs (``session.allow_anonymous``).
     operator_name: str | None = None
+    #: The face the session was started through (recorded with the plan).
+    source: Source = "cli"
 
 
 @dataclass
@@ -534,6 +536,8 @@ class Session:
         #: Course-history writes waiting for the session to be begun there (actions in the pre-check).
         self._unrecorded: list[Callable[[], None]] | None = []
         self._cuff = _CuffFollowUp()
+        #: An operator stopped the session while it waited on a question (see :meth:`_stop_while_asking`).
+        self._stopped_asking = False
 
     # ----- commands in, events out -------------------------------------------------------------
 
@@ -561,6 +565,9 @@ class Session:
         who = self.operator_name if operator is None else operator
         cmd = make_command(action, reason, source=source, operator=who, **args)
         self._commands.append(cmd)
+        if action == "stop" and self._loop is not None:
+            # A stop does not wait for the answer to a pending question (a checklist item in a browser).
+            self._loop.call_soon_threadsafe(self._stop_while_asking)
 
     def pause(self, reason: str, *, source: Source = "api", operator: str | None = None) -> None:
         """Pause the infusion: held until an operator resumes it, whatever the vitals do."""
@@ -654,6 +661,7 @@ class Session:
         self, question_id: str, value: Answer, *, source: Source = "api", operator: str | None = None
     ) -> bool:
         """Answers a pending question (safe to call from any thread); ``False`` if none has that id.
+        The answer, its source and the operator's name go to the audit log (``question_answered``).
 
         A checklist question takes ``True`` or ``False``; a soft limit, baseline or maximum-duration
         question a reason (a non-blank string) or ``None`` to decline. Any other answer is a
@@ -916,6 +924,24 @@ class Session:
             return False
         return True
 
+    def _stop_while_asking(self) -> None:
+        """A stop while the pre-check waits on a question (a checklist item on a console's card): the
+        session is aborted at once, nothing delivered, the stop carried out and recorded. In any other
+        phase the stop waits its turn as usual (during the observation and discharge it is refused:
+        ``end_observation`` ends the observation)."""
+        waiting = [f for _q, f in self._questions.values() if not f.done()]
+        phase = self.phases[-1][0] if self.phases else Phase.PRECHECK.value
+        if not waiting or phase != Phase.PRECHECK:
+            return
+        if not self._stopped_asking:
+            if not any(c.action == "stop" for c in self._commands):
+                return
+            self._outside_infusion(phase)
+            self._stopped_asking = True
+            self.rec.warning("operator_stop_requested", phase=phase)
+        for future in waiting:
+            future.set_exception(SessionAbortedError(phase, "stopped by the operator"))
+
     def _ask_later(
         self, kind: QuestionKind, subject: str, text: str
     ) -> tuple[Question, asyncio.Future[Answer]]:
@@ -938,6 +964,8 @@ class Session:
             self._answered_by[question.question_id] = self.operator_name
             future.set_result(standing)
             self._answered(question, standing, "script", self.operator_name)
+        elif not future.done():
+            self._stop_while_asking()  # a stop already given is not held up by this question
         return question, future
 
     async def _ask(self, kind: QuestionKind, subject: str, text: str) -> Answer:
@@ -947,8 +975,10 @@ class Session:
 
     def _answered(self, question: Question, value: Answer, source: Source, who: str | None) -> None:
         fields = {"question": question.kind, "subject": question.subject, "answer": value, "source": source}
-        self._event(QuestionAnswered, question_id=question.question_id, **fields)
-        self.rec.info("question_answered", operator=who, **fields)
+        self._event(QuestionAnswered, question_id=question.question_id, operator=who, **fields)
+        self.rec.info(
+            "question_answered", question_id=question.question_id, text=question.text, operator=who, **fields
+        )
 
     def _alarm_event(self, source: str, code: str, detail: str) -> None:
         self._event(AlarmRaised, source=source, code=code, detail=detail)
@@ -976,6 +1006,7 @@ class Session:
             delivered_mg=delivered_ml * concentration,
             programmed_mg=self.points[-1].programmed_mg if self.points else 0.0,
             commanded_rate_ml_h=0.0,
+            measured_rate_ml_h=0.0,
             pressure_mmhg=math.nan,
             occlusion_threshold_mmhg=self.points[-1].threshold_mmhg if self.points else math.nan,
             alarms=(),
@@ -1210,6 +1241,7 @@ class Session:
             "session_planned",
             patient=self.ctx.patient.patient_id,
             operator=self.operator_name,
+            source=self.ctx.source,
             **plan.as_dict(),
         )
         return plan
@@ -1218,18 +1250,16 @@ class Session:
         """Checks the order against the drug library and the course (in the Rust core); asks the
         operator for a reason for every soft finding; refuses on any hard one."""
         ctx = self.ctx
-        entry = ctx.library.drug(plan.drug)
+        history: CourseHistory | None = ctx.course
         try:
             ctx.course.patient(ctx.patient.patient_id)
-            history: CourseHistory | None = ctx.course
         except CourseRecordNotFoundError:
-            history = None  # a new patient: this is the course's first session (recorded only once it starts)
+            history = None  # a new patient: recorded only once the session starts
             await self._confirm_new_patient()
-        if history is not None:
-            history.refuse_if_open(ctx.patient.patient_id)  # before anything is asked or the pump touched
-        at = self._calendar() if history else None
-        order = druglib.order_for(plan, ctx.patient, history, at, entry=entry)
-        findings = druglib.review(entry, plan, order)
+        else:
+            ctx.course.refuse_if_open(ctx.patient.patient_id)  # before anything is asked or the pump touched
+        at = self._calendar()
+        order, entry, findings = check_order(plan, ctx.patient, ctx.library, ctx.course, at)
         self.rec.info(
             "limits_checked",
             findings=[f.as_dict() for f in findings],
@@ -1245,7 +1275,7 @@ class Session:
         confirmations = []
         confirmed_by: dict[str, str | None] = {}
         standing: dict[str, tuple[str, str]] = {}  # kind → (reason, who granted it)
-        if history is not None and at is not None:
+        if history is not None:
             for o in history.standing_overrides(ctx.patient.patient_id, at):  # the latest grant first
                 until = o.expires_at.strftime("%Y-%m-%d %H:%MZ")
                 standing.setdefault(
@@ -1430,6 +1460,10 @@ class Session:
                     ctx.vitals.mark_infusion_start(t)  # the simulated patient responds from now
             if self.phases[-1][0] == Phase.TAKE_UP and (self.rec.take_up_done or out.delivered_ml > 0.01):
                 self._phase(Phase.INFUSION)
+            if telemetry is not None:
+                tick.volumes.append((t, telemetry.volume_ml))
+                while tick.volumes and tick.volumes[0][0] < t - RATE_WINDOW_S:
+                    tick.volumes.popleft()
             planned_rate = plan.rate_at(plan.time_for_ml(out.delivered_ml))
             holds = tick.holds
             clear = holds.clear_since_s
@@ -1440,6 +1474,7 @@ class Session:
                 delivered_mg=out.delivered_ml * plan.concentration_mg_per_ml,
                 programmed_mg=plan.planned_ml(max(t - tick.started_s, 0.0)) * plan.concentration_mg_per_ml,
                 commanded_rate_ml_h=out.rate_ml_h if out.direction == "forward" else 0.0,
+                measured_rate_ml_h=_measured_rate_ml_h(tick.volumes),
                 pressure_mmhg=telemetry.pressure_mmhg if telemetry is not None else math.nan,
                 occlusion_threshold_mmhg=occlusion_threshold,
                 alarms=tuple(out.alarms),
@@ -1459,10 +1494,6 @@ class Session:
                 if abs(rate - tick.rate_ml_h) > SCHEDULE_DEADBAND * tick.rate_ml_h:
                     tick.rate_ml_h = rate
                     loop.request_rate(rate, "protocol phase schedule")
-            if telemetry is not None:
-                tick.volumes.append((t, telemetry.volume_ml))
-                while tick.volumes and tick.volumes[0][0] < t - RATE_WINDOW_S:
-                    tick.volumes.popleft()
             if t >= tick.next_point_s:
                 tick.next_point_s = t + SERIES_EVERY_S
                 self._point(
@@ -1741,11 +1772,8 @@ class Session:
         threshold: float,
         planned_rate: float,
     ) -> None:
-        plan, volumes = tick.plan, tick.volumes
-        measured = math.nan
-        if len(volumes) >= 2 and volumes[-1][0] > volumes[0][0]:
-            (ta, va), (tb, vb) = volumes[0], volumes[-1]
-            measured = (vb - va) / (tb - ta) * 3600.0
+        plan = tick.plan
+        measured = _measured_rate_ml_h(tick.volumes)
         started = self.phases[1][1] if len(self.phases) > 1 else 0.0
         self.points.append(
             SeriesPoint(
@@ -1863,6 +1891,36 @@ def _session_operator(ctx: SessionContext) -> str | None:
         raise ConfigurationError("operator", str(e)) from None
 
 
+def _measured_rate_ml_h(volumes: deque[tuple[float, float]]) -> float:
+    """The rate the pump's volume counter shows over the window (NaN until it spans some time)."""
+    if len(volumes) >= 2 and volumes[-1][0] > volumes[0][0]:
+        (ta, va), (tb, vb) = volumes[0], volumes[-1]
+        return (vb - va) / (tb - ta) * 3600.0
+    return math.nan
+
+
+def check_order(
+    plan: DosePlan,
+    patient: Patient,
+    library: druglib.DrugLibrary,
+    course: CourseHistory | None,
+    at: datetime.datetime,
+) -> tuple[druglib.Order, druglib.DrugEntry, list[druglib.LimitFinding]]:
+    """The order ``plan`` makes for ``patient`` starting at ``at``, with the totals of the patient's
+    course (none: a new patient, or no history), its drug's library entry and every finding the Rust
+    core reports against it. What the session's pre-check refuses or asks a reason for; a face may ask
+    it before starting (:func:`ketapump.clinical.runner.check_session`). Writes nothing."""
+    entry = library.drug(plan.drug)
+    history = course
+    if course is not None:
+        try:
+            course.patient(patient.patient_id)
+        except CourseRecordNotFoundError:
+            history = None  # a new patient: this is the course's first session (recorded once it starts)
+    order = druglib.order_for(plan, patient, history, at if history else None, entry=entry)
+    return order, entry, druglib.review(entry, plan, order)
+
+
 def _failed_outcome(error: BaseException) -> str:
     """How a session that raised ended, for its :class:`~ketapump.clinical.events.SessionEnded`."""
     if isinstance(error, LimitError):
@@ -1888,4 +1946,5 @@ __all__ = [
     "SessionAbortedError",
     "SessionContext",
     "SessionResult",
+    "check_order",
 ]

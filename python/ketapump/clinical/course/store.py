@@ -754,6 +754,15 @@ class CourseHistory:
         )
         return tuple(_session(row) for row in rows)
 
+    def sessions_in_progress(self) -> tuple[Session, ...]:
+        """Every patient's sessions that began and never ended, in order of start: running now
+        somewhere, or interrupted (the process that ran them died)."""
+        rows = self._read(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL ORDER BY started_at, session_id",
+            (),
+        )
+        return tuple(_session(row) for row in rows)
+
     def alarms(self, session_id: str) -> tuple[Alarm, ...]:
         self.session(session_id)
         rows = self._read(
