@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -195,3 +197,17 @@ def test_a_ten_minute_guarded_infusion_delivers_within_one_percent(tmp_path: Pat
         # The pump's own counter, read over Modbus TCP from the same simulated pump.
         assert asyncio.run(_infused_ml(str(endpoints["modbus_tcp"]))) == pytest.approx(10.0, rel=0.01)
     assert audit.verify(log).ok
+
+
+def test_the_public_api_opens_a_harvard_pump_and_says_what_it_lacks() -> None:
+    root = Path(__file__).resolve().parents[1]
+    with sim_process("--no-modbus-tcp", "--no-modbus-rtu", "--no-nesp", "--harvard") as (_proc, endpoints):
+        url = f"harvard://{endpoints['harvard_pty']}"
+        done = subprocess.run(
+            [sys.executable, str(root / "examples" / "read_telemetry.py"), url],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"pump:              {url}" in done.stdout
+    assert "line pressure:     nan mmHg" in done.stdout
+    assert "no pressure sensor: occlusion is detected by stall only" in done.stdout

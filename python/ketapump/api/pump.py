@@ -46,7 +46,7 @@ class PumpInfo:
     """What a handle knows about its pump before any request."""
 
     url: str
-    #: ``sim``, ``modbus-tcp``, ``modbus-rtu`` or ``nesp``.
+    #: ``sim``, ``modbus-tcp``, ``modbus-rtu``, ``nesp`` or ``harvard``.
     scheme: str
     syringe: str
     syringe_capacity_ml: float
@@ -237,8 +237,8 @@ async def open_pump_async(
     sim_pump: _core.SimPump | None = None,
     virtual_time: bool = False,
 ) -> AsyncPump:
-    """Opens the pump at ``url`` (``sim://``, ``modbus-tcp://``, ``modbus-rtu://``, ``nesp://``; see
-    docs/api.md) and tells it the syringe's diameter.
+    """Opens the pump at ``url`` (``sim://``, ``modbus-tcp://``, ``modbus-rtu://``, ``nesp://``,
+    ``harvard://``; see docs/api.md) and tells it the syringe's diameter.
 
     ``time_scale`` follows a ``ketapump sim`` started with the same ``--time-scale`` (pump seconds per
     real second). ``sim_pump`` and ``virtual_time`` serve ``sim://`` (see :func:`ketapump.simulate`).
