@@ -25,7 +25,7 @@ from typing import Any
 
 from ketapump.errors import TransportError
 from ketapump.wire.transports.base import CommandTransport, PumpRefusedError
-from ketapump.wire.transports.serial import WORKER_SHARE, SerialLink
+from ketapump.wire.transports.serial import WORKER_SHARE, LineInStep
 
 log = logging.getLogger("ketapump.transport")
 
@@ -122,7 +122,7 @@ def split_reply(buf: bytearray) -> HarvardReply | None:
         body.append(match[3])
 
 
-class HarvardTransport(CommandTransport):
+class HarvardTransport(LineInStep, CommandTransport):
     """A Harvard Apparatus Pump 11 Elite / PHD ULTRA at one address on a serial line.
 
     ``command(text)`` sends ``<address><text>\\r\\n`` and returns :attr:`HarvardReply.text` of its
@@ -136,19 +136,7 @@ class HarvardTransport(CommandTransport):
         self.path = path
         self.address = address
         self.baud = baud
-        self.link = SerialLink(url, path, baud=baud, timeout_s=timeout_s)
-        #: Replies (and runs of garbage) received that did not answer their request: never used.
-        self.discarded = 0
-        #: Re-synchronisations completed.
-        self.resyncs = 0
-        self._in_step = False
-
-    async def _connect(self) -> None:
-        self._in_step = False  # a reopened port: replies to an earlier session may still come
-        await self.link.open()
-
-    async def _close(self) -> None:
-        await self.link.close()
+        self._open_line(url, path, baud=baud, timeout_s=timeout_s)
 
     async def exchange(self, text: str) -> HarvardReply:
         """Sends ``text`` (without the address) and returns its checked reply."""
@@ -206,31 +194,14 @@ class HarvardTransport(CommandTransport):
             self._discard(repr(reply).encode(), "a reply while re-synchronising")
 
     def _read_reply(self, port: Any, buf: bytearray, deadline: float) -> HarvardReply:
-        while True:
-            try:
-                reply = split_reply(buf)
-            except ValueError as e:
-                self._discard(buf, "bytes that are no reply")
-                raise TransportError(self.url, f"garbage on the line: {e}") from e
-            if reply is not None:
-                log.debug("%s: rx %r", self.url, reply)
-                return reply
-            if time.monotonic() >= deadline:
-                got = f" (partial: {bytes(buf[:16])!r})" if buf else ""
-                raise TimeoutError(f"no reply within {self.timeout_s:g} s{got}")
-            if not self.link.is_open(port):
-                raise TransportError(self.url, "link closed while waiting for the reply")
-            buf += port.read(max(1, port.in_waiting))
+        reply = self._read_one(port, buf, deadline, split_reply)
+        log.debug("%s: rx %r", self.url, reply)
+        return reply
 
     def _write(self, port: Any, text: str) -> None:
         request = f"{self.address}{text}\r\n".encode("ascii")
         log.debug("%s: tx %r", self.url, request)
         port.write(request)
-
-    def _discard(self, data: bytes | bytearray, why: str) -> None:
-        self.discarded += 1
-        self._in_step = False
-        log.warning("%s: discarded %s: %r", self.url, why, bytes(data[:32]))
 
     def _check_reply(self, text: str, shape: re.Pattern[str] | None, reply: HarvardReply) -> None:
         """Address, error replies and the body's shape for ``text``; PumpRefusedError for an error
