@@ -1,4 +1,5 @@
-"""A serial port for the serial transports (``modbus-rtu://``, ``nesp://``), used from worker threads.
+"""A serial port for the serial transports (``modbus-rtu://``, ``nesp://``, ``harvard://``), used from
+worker threads.
 
 pyserial blocks, so every exchange runs in a worker thread (:func:`asyncio.to_thread`) and the event
 loop, which also runs the safety kernel, never waits on the wire. A :class:`threading.Lock` (not an
