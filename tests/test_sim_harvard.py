@@ -38,16 +38,17 @@ async def _infused_ml(endpoint: str) -> float:
         client.close()
 
 
-def _exchange(path: str, request: bytes, wait_s: float = 0.3) -> bytes:
-    """Raw bytes in, raw bytes out: what any serial client would see."""
+def _exchange(path: str, request: bytes, expect_bytes: int) -> bytes:
+    """Raw bytes in, raw bytes out, as any serial client sees them: reads until ``expect_bytes`` are in
+    (then a little longer, so a reply with more bytes than expected shows), or 2 s for silence."""
     with serial.Serial(path, 115_200, timeout=0.05) as port:
         port.reset_input_buffer()
         port.write(request)
         got = b""
-        end = time.monotonic() + wait_s
-        while time.monotonic() < end:
+        end = time.monotonic() + (2.0 if expect_bytes else 0.5)
+        while time.monotonic() < end and (not expect_bytes or len(got) < expect_bytes):
             got += port.read(256)
-        return got
+        return got + port.read(256)
 
 
 def test_the_endpoint_answers_each_request_and_each_malformed_one_with_the_protocols_errors() -> None:
@@ -74,7 +75,7 @@ def test_the_endpoint_answers_each_request_and_each_malformed_one_with_the_proto
                 b"7ver\r\n": b"",  # another address: silence, as on a daisy chain
             }
             for request, expected in cases.items():
-                got = await asyncio.to_thread(_exchange, path, request)
+                got = await asyncio.to_thread(_exchange, path, request, len(expected))
                 assert got == expected, request
             # The rate the pump refused was not applied.
             assert pump.value("rate_ml_h") == pytest.approx(52.5)
