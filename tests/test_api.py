@@ -133,6 +133,64 @@ def test_the_handle_keeps_the_watchdog_in_real_time_over_modbus_tcp() -> None:
     asyncio.run(body())
 
 
+def test_close_ends_the_keep_alive_and_stops_the_motor_wherever_a_heartbeat_is_in_flight() -> None:
+    """The close lands at each event-loop step of a heartbeat in flight (a heartbeat takes a few steps on
+    loopback; twelve cover it with room). Where the cancellation meets the reply arriving, Python 3.11's
+    ``asyncio.wait_for`` inside pymodbus drops it: the keep-alive must still end, and the close must still
+    stop the motor within its own deadline (it once waited on that keep-alive forever)."""
+
+    async def body() -> None:
+        sim = _core.SimPump("bd-plastipak-50", seed=1, slack_taken_up=True)
+        async with serving(sim, modbus_rtu=False, nesp=False) as server:
+            url = f"modbus-tcp://{server.endpoints['modbus_tcp']}"
+            for steps in range(12):
+                pump = await ketapump.open_pump_async(url)
+                await pump.acknowledge_alarms()
+                await pump.set_rate_ml_h(30.0)
+                await pump.start()
+                assert server.advanced().run_mode == 1
+                while not pump._lock.locked():  # the keep-alive's heartbeat holds the link
+                    await asyncio.sleep(0)
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                keepalive = pump._keepalive
+                started = time.monotonic()
+                async with asyncio.timeout(pump.close_deadline_s):  # (the old close swallowed this)
+                    await pump.close()
+                assert time.monotonic() - started < pump.close_deadline_s, steps
+                assert keepalive is not None and keepalive.done(), steps
+                assert server.advanced().run_mode == 0, steps
+
+    asyncio.run(body())
+
+
+def test_close_on_a_slow_link_stops_the_motor_after_the_heartbeat_in_flight() -> None:
+    """Replies delayed to most of the transport's timeout: the close lands at points through a heartbeat
+    in flight, waits for it, and the stop still gets its own deadline (it once shared one with that wait)."""
+
+    async def body() -> None:
+        sim = _core.SimPump("bd-plastipak-50", seed=1, slack_taken_up=True)
+        async with serving(sim, modbus_rtu=False, nesp=False) as server:
+            url = f"modbus-tcp://{server.endpoints['modbus_tcp']}"
+            for into_heartbeat_s in (0.0, 0.05, 0.1, 0.14):
+                pump = await ketapump.open_pump_async(url)
+                await pump.acknowledge_alarms()
+                await pump.set_rate_ml_h(30.0)
+                await pump.start()
+                sim.inject("fault_comm_delay_ms", 150)  # the transport's timeout is 0.2 s
+                while not pump._lock.locked():
+                    await asyncio.sleep(0)
+                await asyncio.sleep(into_heartbeat_s)
+                started = time.monotonic()
+                async with asyncio.timeout(pump.close_deadline_s):
+                    await pump.close()
+                assert time.monotonic() - started < pump.close_deadline_s, into_heartbeat_s
+                sim.inject("fault_comm_delay_ms", 0)
+                assert server.advanced().run_mode == 0, into_heartbeat_s
+
+    asyncio.run(body())
+
+
 # ----- guarded infusions ------------------------------------------------------------------------------
 
 

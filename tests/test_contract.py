@@ -1,6 +1,7 @@
 """One contract, every transport: the same tests drive the reference pump in-process (``sim://``),
 over Modbus TCP and Modbus RTU (hw-sim served on loopback and on a PTY), and a New Era pump
-(``nesp://``, hw-sim's NE-1000 emulation on a PTY), and a pump with a bring-your-own register map
+(``nesp://``, hw-sim's NE-1000 emulation on a PTY), a Harvard Apparatus Pump 11 Elite (``harvard://``, the
+simulator's Elite endpoint on a PTY), and a pump with a bring-your-own register map
 (``examples/register-maps/acme-sp200.toml``: another unit, layout, scaling, word and byte order,
 function codes, no pressure sensor) over Modbus TCP and RTU (``+map``).
 
@@ -20,15 +21,17 @@ from ketapump import _core
 from ketapump.clock import ScaledClock
 from ketapump.sim import serve_register_map
 from ketapump.wire.drivers.base import PumpDriver
+from ketapump.wire.drivers.harvard import HarvardDriver
 from ketapump.wire.drivers.nesp import NewEraDriver
 from ketapump.wire.drivers.reference import ReferencePumpDriver
 from ketapump.wire.transports import open_transport
 from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
+from ketapump.wire.transports.harvard import HarvardTransport
 from ketapump.wire.transports.nesp import NespTransport
 from simhelpers import serving
 
 TIME_SCALE = 20.0
-KINDS = ["sim", "modbus-tcp", "modbus-rtu", "nesp", "modbus-tcp+map", "modbus-rtu+map"]
+KINDS = ["sim", "modbus-tcp", "modbus-rtu", "nesp", "harvard", "modbus-tcp+map", "modbus-rtu+map"]
 EXAMPLE_MAP = Path(__file__).resolve().parents[1] / "examples" / "register-maps" / "acme-sp200.toml"
 
 
@@ -43,7 +46,7 @@ async def pump_under_test(kind: str) -> AsyncIterator[PumpDriver]:
         return
     if kind.endswith("+map"):
         serve_register_map(pump, EXAMPLE_MAP)
-    async with serving(pump, time_scale=TIME_SCALE) as server:
+    async with serving(pump, time_scale=TIME_SCALE, harvard=kind == "harvard") as server:
         server.clock = clock
         if kind == "modbus-tcp":
             url = f"modbus-tcp://{server.endpoints['modbus_tcp']}?unit=1&timeout=0.5"
@@ -55,12 +58,17 @@ async def pump_under_test(kind: str) -> AsyncIterator[PumpDriver]:
             url = (
                 f"modbus-rtu://{server.endpoints['modbus_rtu_pty']}?baud=19200&timeout=0.5&map={EXAMPLE_MAP}"
             )
+        elif kind == "harvard":
+            url = f"harvard://{server.endpoints['harvard_pty']}?address=0&baud=115200&timeout=0.5"
         else:
             url = f"nesp://{server.endpoints['nesp_pty']}?address=0&baud=19200&safe=0&timeout=0.5"
         transport = open_transport(url)
         if kind == "nesp":
             assert isinstance(transport, NespTransport)
             yield NewEraDriver(transport)
+        elif kind == "harvard":
+            assert isinstance(transport, HarvardTransport)
+            yield HarvardDriver(transport)
         else:
             assert isinstance(transport, RegisterTransport)
             yield ReferencePumpDriver(transport, watchdog_ms=5000)
@@ -81,7 +89,8 @@ def test_power_up_alarm_is_seen_and_acknowledged(kind: str) -> None:
         async with pump_under_test(kind) as driver:
             await driver.connect()
             telemetry = await driver.read_telemetry()
-            if kind != "nesp":  # New Era reports the power-up alarm once, as a reply the driver consumes
+            # New Era reports the power-up alarm once, as a reply the driver consumes; an Elite has none.
+            if kind not in {"nesp", "harvard"}:
                 assert "reset" in telemetry.pump_alarms
             await driver.acknowledge_alarm()
             assert (await driver.read_telemetry()).pump_alarms == frozenset()
@@ -135,7 +144,7 @@ def test_a_refused_rate_is_an_answer_not_a_retry(kind: str) -> None:
 def test_missing_telemetry_is_declared(kind: str) -> None:
     async def body() -> None:
         async with pump_under_test(kind) as driver:
-            if kind == "nesp" or kind.endswith("+map"):
+            if kind in {"nesp", "harvard"} or kind.endswith("+map"):
                 assert "pressure_mmhg" in driver.lacks
             else:
                 assert driver.lacks == frozenset()

@@ -46,7 +46,7 @@ class PumpInfo:
     """What a handle knows about its pump before any request."""
 
     url: str
-    #: ``sim``, ``modbus-tcp``, ``modbus-rtu`` or ``nesp``.
+    #: ``sim``, ``modbus-tcp``, ``modbus-rtu``, ``nesp`` or ``harvard``.
     scheme: str
     syringe: str
     syringe_capacity_ml: float
@@ -92,6 +92,9 @@ class AsyncPump:
         attempts = int(getattr(transport, "retries", 0)) + 1
         #: The longest any one operation may take (real seconds).
         self.deadline_s = float(getattr(transport, "timeout_s", 1.0)) * attempts + DEADLINE_MARGIN_S
+        #: The longest :meth:`close` may take: a heartbeat in flight ends, the stop, the link's close —
+        #: each bounded by one operation's deadline, none counted against another's.
+        self.close_deadline_s = 3 * self.deadline_s
         self._lock = asyncio.Lock()
         self._keepalive: asyncio.Task[None] | None = None
         self._guarded = False
@@ -114,19 +117,30 @@ class AsyncPump:
             self._keepalive = asyncio.create_task(self._keep_alive(), name=f"keepalive {self.info.url}")
 
     async def close(self) -> None:
-        """Stops the motor (best effort) and closes the link. Safe to call twice."""
+        """Stops the motor (best effort) and closes the link, within :attr:`close_deadline_s`. Safe to
+        call twice."""
         if self._closed:
             return
         self._closed = True
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
         try:
+            await self._end_keep_alive()
             with contextlib.suppress(Exception):
                 await self._call(self.driver.stop(), closing=True)
         finally:
             await asyncio.wait_for(self.driver.close(), self.deadline_s)
+
+    async def _end_keep_alive(self) -> None:
+        """Ends the keep-alive before the stop, so the stop has the link and its whole deadline.
+
+        Cancelling alone is not enough: Python 3.11's ``asyncio.wait_for`` (inside pymodbus) drops a
+        cancellation that lands as its reply arrives, so the task also ends on ``_closed`` after the
+        heartbeat in flight. ``asyncio.wait`` bounds the wait by that heartbeat's own deadline and,
+        unlike awaiting the task, neither passes this coroutine's cancellation on nor swallows it."""
+        task = self._keepalive
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=self.deadline_s)
 
     async def _call(self, operation: Coroutine[Any, Any, T], *, closing: bool = False) -> T:
         """One driver operation, alone on the link and within the deadline."""
@@ -144,9 +158,9 @@ class AsyncPump:
         infusion owns the link (its loop refreshes it then). A failed refresh is left to the next
         operation to report: the pump's watchdog stops the motor if the link is really gone."""
         real_period_s = self.period_s / (self.info.time_scale or 1.0)
-        while True:
+        while not self._closed:
             await asyncio.sleep(real_period_s)
-            if not self._guarded:
+            if not self._guarded and not self._closed:
                 with contextlib.suppress(Exception):
                     await self._call(self.driver.heartbeat())
 
@@ -223,8 +237,8 @@ async def open_pump_async(
     sim_pump: _core.SimPump | None = None,
     virtual_time: bool = False,
 ) -> AsyncPump:
-    """Opens the pump at ``url`` (``sim://``, ``modbus-tcp://``, ``modbus-rtu://``, ``nesp://``; see
-    docs/api.md) and tells it the syringe's diameter.
+    """Opens the pump at ``url`` (``sim://``, ``modbus-tcp://``, ``modbus-rtu://``, ``nesp://``,
+    ``harvard://``; see docs/api.md) and tells it the syringe's diameter.
 
     ``time_scale`` follows a ``ketapump sim`` started with the same ``--time-scale`` (pump seconds per
     real second). ``sim_pump`` and ``virtual_time`` serve ``sim://`` (see :func:`ketapump.simulate`).
@@ -319,7 +333,7 @@ class Pump:
         if self._closed:
             return
         try:
-            self._run(self._pump.close(), deadline_s=2 * self._pump.deadline_s + DEADLINE_MARGIN_S)
+            self._run(self._pump.close(), deadline_s=self._pump.close_deadline_s + DEADLINE_MARGIN_S)
         finally:
             self._closed = True
             self._shutdown()

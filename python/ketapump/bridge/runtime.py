@@ -19,6 +19,8 @@ from ketapump.clock import Clock, VirtualClock
 from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.errors import ConfigurationError
 from ketapump.wire import (
+    HarvardDriver,
+    HarvardTransport,
     NespTransport,
     NewEraDriver,
     PumpDriver,
@@ -42,7 +44,7 @@ def default_log_path() -> Path:
 #: command, a heartbeat: 0.12 s is a 19-register RTU read plus two writes at 19 200 baud) and, for the
 #: in-process simulator, the tick's own work (kernel step, audit commit). The control period is stretched
 #: to at least this much real time, so a scaled run never falls behind its deadlines.
-MIN_REAL_PERIOD_S = {"sim": 0.005, "modbus-tcp": 0.005, "modbus-rtu": 0.12, "nesp": 0.06}
+MIN_REAL_PERIOD_S = {"sim": 0.005, "modbus-tcp": 0.005, "modbus-rtu": 0.12, "nesp": 0.06, "harvard": 0.06}
 
 #: Scheduling jitter a tick must absorb (real s): how late a tick may start plus how long its work may be
 #: held up (preemption, a slow fsync) on this project's 2-core machine with both cores busy. Measured
@@ -224,7 +226,8 @@ def make_driver(
     period_requested: bool = False,
     jitter_real_s: float = JITTER_REAL_S,
 ) -> PumpDriver:
-    """The driver for a pump URL: New Era for ``nesp://``, the reference register map otherwise.
+    """The driver for a pump URL: New Era for ``nesp://``, Harvard for ``harvard://``, the reference
+    register map otherwise.
 
     The reference pump's watchdog is set from the run's :class:`LoopTiming`, so that it outlasts the
     longest heartbeat gap the loop can produce; a New Era pump's safe-mode timeout (the URL's ``safe``)
@@ -254,6 +257,8 @@ def make_driver(
             limit = f"its safe-mode timeout (safe={transport.safe_s})"
             raise _refusal(timing, safe_s, limit, advice, largest)
         return NewEraDriver(transport)
+    if isinstance(transport, HarvardTransport):
+        return HarvardDriver(transport)  # no watchdog to size: the driver lists it as missing
     assert isinstance(transport, RegisterTransport)
     if timing.watchdog_ms > WATCHDOG_MAX_MS:
         limit_s = WATCHDOG_MAX_MS / 1_000.0

@@ -39,8 +39,8 @@ EXIT_USAGE: Final = 2  # a usage error (typer's code for an unknown option or a 
 #: ``--pump``: the same option, help and default wherever a command drives a pump.
 DEFAULT_PUMP: Final = "sim://"
 PUMP_HELP: Final = (
-    "Pump URL: sim:// (the built-in simulator), modbus-tcp://HOST:PORT, modbus-rtu://PATH or "
-    "nesp://PATH (README, 'Pump URLs')."
+    "Pump URL: sim:// (the built-in simulator), modbus-tcp://HOST:PORT, modbus-rtu://PATH, "
+    "nesp://PATH or harvard://PATH (README, 'Pump URLs')."
 )
 
 #: Defaults that depend on the environment, as ``--help`` states them.

@@ -26,6 +26,9 @@ def sim(
     modbus_tcp: Annotated[bool, typer.Option(help="Serve Modbus TCP.")] = True,
     modbus_rtu: Annotated[bool, typer.Option(help="Serve Modbus RTU on a PTY.")] = True,
     nesp: Annotated[bool, typer.Option(help="Serve New Era ASCII on a PTY.")] = True,
+    harvard: Annotated[
+        bool, typer.Option(help="Serve the Harvard Apparatus Pump 11 Elite command set on a PTY.")
+    ] = False,
     tcp_port: Annotated[int, typer.Option(min=0, max=65535, help="Modbus TCP port (0 = ephemeral).")] = 0,
     bind: Annotated[str, typer.Option(help="Address to bind Modbus TCP to.")] = "127.0.0.1",
     syringe: Annotated[str | None, typer.Option(help="Syringe from the catalogue.")] = None,
@@ -46,8 +49,9 @@ def sim(
 ) -> None:
     """Run a simulated pump until SIGINT/SIGTERM.
 
-    Prints one JSON line naming the endpoints (keys modbus_tcp, modbus_rtu_pty, nesp_pty; null when not
-    served). Modbus unit id 1 (or the --register-map's), New Era address 0. Diagnostics (each rejected
+    Prints one JSON line naming the endpoints (keys modbus_tcp, modbus_rtu_pty, nesp_pty, and harvard_pty
+    with --harvard; null when not served). Modbus unit id 1 (or the --register-map's), New Era and
+    Harvard address 0. Diagnostics (each rejected
     frame, rate-limited; every frame with --debug) go to stderr as JSON lines. Exit codes: 65 invalid
     scenario, register map or option, 66 scenario or register map not found, 69 cannot serve (e.g. the
     port is taken).
@@ -60,6 +64,11 @@ def sim(
             plan = Scenario.model_validate(plan.model_dump() | {"pump": plan.pump.model_dump() | overrides})
         pump = plan.build_pump()
         if register_map is not None:
+            if harvard:
+                raise ConfigurationError(
+                    "--harvard",
+                    "serves the reference pump's registers: it cannot be combined with --register-map",
+                )
             serve_register_map(pump, register_map)
     except ConfigurationError as e:
         raise fail(str(e), input_exit_code(e)) from e
@@ -67,7 +76,7 @@ def sim(
         raise fail(str(e), os.EX_DATAERR) from e
     configure_diagnostics(sys.stderr)
     set_diagnostic_levels(debug)
-    asyncio.run(_serve(pump, time_scale, modbus_tcp, tcp_port, bind, modbus_rtu, nesp, baud))
+    asyncio.run(_serve(pump, time_scale, modbus_tcp, tcp_port, bind, modbus_rtu, nesp, harvard, baud))
 
 
 async def _serve(
@@ -78,6 +87,7 @@ async def _serve(
     bind: str,
     rtu: bool,
     nesp: bool,
+    harvard: bool,
     baud: int,
 ) -> None:
     server = SimServer(pump, ScaledClock(time_scale), baud=baud)
@@ -87,7 +97,7 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     try:
         endpoints = await server.start(
-            modbus_tcp=modbus_tcp, tcp_port=tcp_port, bind=bind, modbus_rtu=rtu, nesp=nesp
+            modbus_tcp=modbus_tcp, tcp_port=tcp_port, bind=bind, modbus_rtu=rtu, nesp=nesp, harvard=harvard
         )
     except OSError as e:
         await server.stop()

@@ -1,4 +1,5 @@
-"""Serve a simulated pump: Modbus TCP (loopback socket), Modbus RTU and New Era ASCII on PTYs.
+"""Serve a simulated pump: Modbus TCP (loopback socket), Modbus RTU, New Era ASCII and the Harvard
+Apparatus Elite command set on PTYs.
 
 One :class:`~ketapump._core.SimPump` sits behind every endpoint; all of them run in one asyncio loop,
 so the pump is never touched concurrently. Pump time is the clock's time (real time × scale,
@@ -38,6 +39,7 @@ import structlog
 
 from ketapump import _core
 from ketapump.clock import Clock, sleep_until_monotonic
+from ketapump.sim.harvard import HarvardPort
 from ketapump.wire import (
     TCP_IDLE_TIMEOUT_S,
     TCP_MAX_UNREAD_BYTES,
@@ -379,6 +381,7 @@ class SimServer:
         self.tcp_max_unread_bytes = tcp_max_unread_bytes
         self.regmap: RegisterMap = load_register_map()
         self.endpoints: dict[str, str | None] = {"modbus_tcp": None, "modbus_rtu_pty": None, "nesp_pty": None}
+        self.harvard_address = 0
         self.tcp_diagnostics = WireDiagnostics("modbus_tcp")
         self.tcp_clients: set[TcpConnection] = set()
         self._tcp: asyncio.Server | None = None
@@ -396,8 +399,10 @@ class SimServer:
         bind: str = "127.0.0.1",
         modbus_rtu: bool = True,
         nesp: bool = True,
+        harvard: bool = False,
     ) -> dict[str, str | None]:
-        """Starts the chosen endpoints and returns their addresses."""
+        """Starts the chosen endpoints and returns their addresses (``harvard_pty`` only when asked
+        for: the Elite endpoint acknowledges the pump's power-up alarm, which the others report)."""
         loop = asyncio.get_running_loop()
         if modbus_tcp:
             self._tcp = await loop.create_server(
@@ -433,6 +438,19 @@ class SimServer:
             )
             self._add_serial(loop, endpoint)
             self.endpoints["nesp_pty"] = endpoint.line.path
+        if harvard:
+            elite = HarvardPort(self.advanced, self.regmap, self.harvard_address)
+            elite.prepare()
+            endpoint = SerialEndpoint(
+                PtyLine(),
+                self.baud,
+                self.pace,
+                process=elite.process,
+                take_rejects=elite.take_rejects,
+                diagnostics=WireDiagnostics("harvard"),
+            )
+            self._add_serial(loop, endpoint)
+            self.endpoints["harvard_pty"] = endpoint.line.path
         self._ticker = asyncio.create_task(self._tick())
         return dict(self.endpoints)
 

@@ -1,13 +1,14 @@
 """The wire layer: everything that talks to a pump, and nothing that decides what to tell it.
 
-Owns the transports chosen by URL (``sim://``, ``modbus-tcp://``, ``modbus-rtu://``, ``nesp://``; their
-base class owns timeouts, retries and error mapping), the pump drivers that turn registers or ASCII
-commands into typed operations with units in their names, and the register map both the simulator and
-the reference driver read. It may import only the floor (``ketapump._core``, ``errors``, ``config``,
-``validation``, ``clock``). Other layers import it through this module.
+Owns the transports chosen by URL (``sim://``, ``modbus-tcp://``, ``modbus-rtu://``, ``nesp://``,
+``harvard://``; their base class owns timeouts, retries and error mapping), the pump drivers that turn
+registers or ASCII commands into typed operations with units in their names, and the register map both
+the simulator and the reference driver read. It may import only the floor (``ketapump._core``,
+``errors``, ``config``, ``validation``, ``clock``). Other layers import it through this module.
 """
 
 from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
+from ketapump.wire.drivers.harvard import HarvardDriver
 from ketapump.wire.drivers.nesp import NewEraDriver
 from ketapump.wire.drivers.reference import ReferencePumpDriver
 from ketapump.wire.regmap import (
@@ -29,6 +30,7 @@ from ketapump.wire.transports.base import (
     RegisterTransport,
     Transport,
 )
+from ketapump.wire.transports.harvard import HarvardTransport
 from ketapump.wire.transports.modbus import ModbusTcpTransport
 from ketapump.wire.transports.nesp import NespTransport
 from ketapump.wire.transports.rtu import ModbusRtuTransport
@@ -40,6 +42,8 @@ __all__ = [
     "TCP_IDLE_TIMEOUT_S",
     "TCP_MAX_UNREAD_BYTES",
     "CommandTransport",
+    "HarvardDriver",
+    "HarvardTransport",
     "ModbusRtuTransport",
     "ModbusTcpTransport",
     "NespTransport",

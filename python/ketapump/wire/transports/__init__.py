@@ -5,6 +5,7 @@
 ``modbus-tcp://HOST:PORT?unit=1&map=PATH``               Modbus TCP
 ``modbus-rtu://PATH?baud=19200&parity=N&unit=1&map=P``   Modbus RTU (PATH: a device or pyserial URL)
 ``nesp://PATH?address=0&baud=19200&safe=5``              New Era ASCII, basic (safe=0) or safe mode
+``harvard://PATH?address=0&baud=115200``                 Harvard Apparatus Pump 11 Elite / PHD ULTRA
 ======================================================  ==========================================
 
 A Modbus URL's ``map`` is a bring-your-own register map (docs/register-map.md): it is read and checked
@@ -23,6 +24,8 @@ from ketapump.clock import Clock, ScaledClock
 from ketapump.errors import ConfigurationError
 from ketapump.wire.regmap import read_register_map
 from ketapump.wire.transports.base import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, RegisterTransport, Transport
+from ketapump.wire.transports.harvard import DEFAULT_BAUD as HARVARD_BAUD
+from ketapump.wire.transports.harvard import HarvardTransport
 from ketapump.wire.transports.modbus import ModbusTcpTransport
 from ketapump.wire.transports.nesp import NespTransport
 from ketapump.wire.transports.rtu import ModbusRtuTransport
@@ -33,6 +36,7 @@ VALID_FORMS = (
     "modbus-tcp://HOST:PORT?unit=1&map=PATH",
     "modbus-rtu://PATH?baud=19200&parity=N&unit=1&map=PATH",
     "nesp://PATH?address=0&baud=19200&safe=5",
+    "harvard://PATH?address=0&baud=115200",
 )
 COMMON = {"timeout", "retries"}
 KEYS = {
@@ -40,6 +44,7 @@ KEYS = {
     "modbus-tcp": {"unit", "map"} | COMMON,
     "modbus-rtu": {"baud", "parity", "unit", "map"} | COMMON,
     "nesp": {"address", "baud", "safe"} | COMMON,
+    "harvard": {"address", "baud"} | COMMON,
 }
 
 
@@ -65,6 +70,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "timeout": (1e-3, 60.0),
     "retries": (0, 10),
     "unit": (1, 247),  # 0 is broadcast: a pump never answers it
+    "address": (0, 99),
     "baud": (300, 4_000_000),
     "seed": (0, 2**63),
 }
@@ -100,6 +106,17 @@ def open_transport(url: str, *, clock: Clock | None = None, pump: _core.SimPump 
                 slack_taken_up=params.get("slack_taken_up", "false").lower() in {"1", "true", "yes"},
             )
         return SimTransport(url, pump, clock or ScaledClock(), timeout_s=timeout_s, retries=retries)
+    if scheme == "harvard":
+        if not target:
+            raise _bad(url, "needs a device path")
+        return HarvardTransport(
+            url,
+            path=target,
+            address=int(_number(url, params, "address", 0)),
+            baud=int(_number(url, params, "baud", HARVARD_BAUD)),
+            timeout_s=timeout_s,
+            retries=retries,
+        )
     regmap = read_register_map(params["map"]) if params.get("map") else None
     if "map" in params and regmap is None:
         raise _bad(url, "has an empty map")

@@ -43,7 +43,7 @@ from ketapump.wire.transports.base import (
     CommandTransport,
     PumpRefusedError,
 )
-from ketapump.wire.transports.serial import WORKER_SHARE, SerialLink
+from ketapump.wire.transports.serial import WORKER_SHARE, LineInStep
 
 log = logging.getLogger("ketapump.transport")
 
@@ -271,7 +271,7 @@ def parse_nesp_url(url: str) -> NespUrl:
     return NespUrl(path, address, baud, safe_s, timeout_s, retries)
 
 
-class NespTransport(CommandTransport):
+class NespTransport(LineInStep, CommandTransport):
     """A New Era pump at one address on a serial line.
 
     ``command(text)`` sends ``<address><text>`` (``text`` without the address, e.g. ``"RAT52.50MH"``,
@@ -293,14 +293,9 @@ class NespTransport(CommandTransport):
         self.address = parsed.address
         self.baud = parsed.baud
         self.safe_s = parsed.safe_s
-        self.link = SerialLink(url, self.path, baud=self.baud, timeout_s=timeout_s)
+        self._open_line(url, self.path, baud=self.baud, timeout_s=timeout_s)
         #: True while the pump answers in safe frames (the framing of its last reply).
         self.safe_mode = False
-        #: Replies (and runs of garbage) received that did not answer their command: never used.
-        self.discarded = 0
-        #: Re-synchronisations completed.
-        self.resyncs = 0
-        self._in_step = False
 
     @classmethod
     def from_url(
@@ -311,15 +306,6 @@ class NespTransport(CommandTransport):
         alike."""
         del target, params
         return cls(url, timeout_s=timeout_s, retries=retries)
-
-    # -- link -------------------------------------------------------------------------------------
-
-    async def _connect(self) -> None:
-        self._in_step = False  # a reopened port: replies to an earlier session may still come
-        await self.link.open()
-
-    async def _close(self) -> None:
-        await self.link.close()
 
     # -- commands ---------------------------------------------------------------------------------
 
@@ -382,41 +368,27 @@ class NespTransport(CommandTransport):
             self._discard(data.encode(), "a reply while re-synchronising")
 
     def _read_reply(self, port: Any, buf: bytearray, deadline: float) -> str:
-        """Reads one reply frame from ``buf`` and the port (the frame's bytes leave ``buf``); returns
-        its data and notes its framing. Garbage fails the attempt at once (the next one starts with a
-        flushed line and a re-synchronisation)."""
-        while True:
-            try:
-                size = frame_size(buf)
-            except FrameError as e:
-                self._discard(buf, "bytes that start no frame")
-                raise TransportError(self.url, f"garbage on the line: {e}") from e
-            if size is not None:
-                frame = bytes(buf[:size])
-                del buf[:size]
-                try:
-                    data, safe = decode_frame(frame)
-                except FrameError as e:
-                    self._discard(frame, "a malformed frame")
-                    raise TransportError(self.url, str(e)) from e
-                self.safe_mode = safe
-                log.debug("%s: rx %r", self.url, frame)
-                return data
-            if time.monotonic() >= deadline:
-                got = f" (partial: {bytes(buf[:16])!r})" if buf else ""
-                raise TimeoutError(f"no reply within {self.timeout_s:g} s{got}")
-            if not self.link.is_open(port):
-                raise TransportError(self.url, "link closed while waiting for the reply")
-            buf += port.read(max(1, port.in_waiting))
+        """Reads one reply frame (its bytes leave ``buf``); returns its data and notes its framing."""
+        return self._read_one(port, buf, deadline, self._take_frame)
+
+    def _take_frame(self, buf: bytearray) -> str | None:
+        size = frame_size(buf)  # a FrameError (a ValueError) here: garbage
+        if size is None:
+            return None
+        frame = bytes(buf[:size])
+        del buf[:size]
+        try:
+            data, safe = decode_frame(frame)
+        except FrameError as e:
+            self._discard(frame, "a malformed frame")
+            raise TransportError(self.url, str(e)) from e
+        self.safe_mode = safe
+        log.debug("%s: rx %r", self.url, frame)
+        return data
 
     def _write(self, port: Any, request: bytes) -> None:
         log.debug("%s: tx %r", self.url, request)
         port.write(request)
-
-    def _discard(self, data: bytes | bytearray, why: str) -> None:
-        self.discarded += 1
-        self._in_step = False
-        log.warning("%s: discarded %s: %r", self.url, why, bytes(data[:32]))
 
     def _check_reply(self, text: str, data: str) -> str:
         """Validates address, status and the data's shape for ``text``; raises PumpRefusedError for an

@@ -1,4 +1,5 @@
-"""A serial port for the serial transports (``modbus-rtu://``, ``nesp://``), used from worker threads.
+"""A serial port for the serial transports (``modbus-rtu://``, ``nesp://``, ``harvard://``), used from
+worker threads.
 
 pyserial blocks, so every exchange runs in a worker thread (:func:`asyncio.to_thread`) and the event
 loop, which also runs the safety kernel, never waits on the wire. A :class:`threading.Lock` (not an
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +27,8 @@ import serial  # type: ignore[import-untyped]
 from ketapump.errors import TransportError
 
 T = TypeVar("T")
+
+log = logging.getLogger("ketapump.transport")
 
 #: Seconds one blocking read waits before the worker re-checks its deadline and the port.
 POLL_S = 0.02
@@ -108,3 +113,54 @@ class SerialLink:
                 return work(port)
 
         return await asyncio.to_thread(locked)
+
+
+class LineInStep:
+    """What a command transport on a :class:`SerialLink` whose replies carry no request id keeps (New
+    Era, Harvard): the link, whether the line is known to be in step (nothing late can still arrive),
+    the replies discarded and the re-synchronisations made, and the read loop that fails fast on
+    garbage. Mixed in before :class:`~ketapump.wire.transports.base.CommandTransport`."""
+
+    url: str
+    timeout_s: float
+
+    def _open_line(self, url: str, path: str, *, baud: int, timeout_s: float) -> None:
+        self.link = SerialLink(url, path, baud=baud, timeout_s=timeout_s)
+        #: Replies (and runs of garbage) received that did not answer their request: never used.
+        self.discarded = 0
+        #: Re-synchronisations completed.
+        self.resyncs = 0
+        self._in_step = False
+
+    async def _connect(self) -> None:
+        self._in_step = False  # a reopened port: replies to an earlier session may still come
+        await self.link.open()
+
+    async def _close(self) -> None:
+        await self.link.close()
+
+    def _discard(self, data: bytes | bytearray, why: str) -> None:
+        self.discarded += 1
+        self._in_step = False
+        log.warning("%s: discarded %s: %r", self.url, why, bytes(data[:32]))
+
+    def _read_one(
+        self, port: Any, buf: bytearray, deadline: float, take: Callable[[bytearray], T | None]
+    ) -> T:
+        """Reads until ``take`` takes one reply off the front of ``buf`` (None: more bytes needed;
+        ValueError: the bytes can start no reply, which fails the attempt at once — the next one
+        starts with a flushed line and a re-synchronisation)."""
+        while True:
+            try:
+                reply = take(buf)
+            except ValueError as e:
+                self._discard(buf, "bytes that start no reply")
+                raise TransportError(self.url, f"garbage on the line: {e}") from e
+            if reply is not None:
+                return reply
+            if time.monotonic() >= deadline:
+                got = f" (partial: {bytes(buf[:16])!r})" if buf else ""
+                raise TimeoutError(f"no reply within {self.timeout_s:g} s{got}")
+            if not self.link.is_open(port):
+                raise TransportError(self.url, "link closed while waiting for the reply")
+            buf += port.read(max(1, port.in_waiting))
