@@ -57,7 +57,7 @@ def test_the_example_map_differs_from_the_reference_in_every_dimension() -> None
     assert example.unit_id != SHIPPED.unit_id
     assert (example.word_order, example.byte_order) == ("little", "little")
     assert (SHIPPED.word_order, SHIPPED.byte_order) == ("big", "big")
-    assert set(example.function_codes) == {4, 16} and set(SHIPPED.function_codes) == {3, 4, 6, 16}
+    assert set(example.function_codes) == {4, 16} and set(SHIPPED.function_codes) == {3, 4, 6, 16, 23}
     assert {r.type for r in example.registers} == {"u16", "i16", "u32", "i32"}
     assert any(r.gain != 1.0 for r in example.registers) and any(r.offset for r in example.registers)
     assert all(SHIPPED[r.name].address != r.address for r in example.registers)

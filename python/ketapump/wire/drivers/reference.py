@@ -33,15 +33,24 @@ TELEMETRY = (
 MAX_READ_REGISTERS = 125
 
 
-def read_runs(registers: list[Register]) -> list[tuple[int, int]]:
-    """``(address, count)`` reads covering ``registers``: adjacent registers share one read (an address
-    between them that the map lacks would be refused, so gaps split reads)."""
+def read_runs(registers: list[Register], regmap: RegisterMap) -> list[tuple[int, int]]:
+    """``(address, count)`` reads covering ``registers``. Registers share one read when every address
+    between them belongs to a readable register of the map (the reference pump's telemetry, 32–43, is
+    one read across ``status``); an address the map lacks, or a write-only one, would be refused, so
+    such a gap splits the reads."""
+    readable = {r.address + i for r in regmap.registers if r.access != "wo" for i in range(r.words)}
     runs: list[tuple[int, int]] = []
     for r in sorted(registers, key=lambda r: r.address):
         if runs:
             start, count = runs[-1]
-            if r.address == start + count and count + r.words <= MAX_READ_REGISTERS:
-                runs[-1] = (start, count + r.words)
+            end = start + count
+            joined = r.address + r.words - start
+            if (
+                end <= r.address
+                and joined <= MAX_READ_REGISTERS
+                and readable.issuperset(range(end, r.address))
+            ):
+                runs[-1] = (start, joined)
                 continue
         runs.append((r.address, r.words))
     return runs
@@ -58,7 +67,7 @@ class ReferencePumpDriver(PumpDriver):
         self.watchdog_ms = watchdog_ms
         self.map: RegisterMap = regmap or transport.register_map or load_register_map()
         self._telemetry = [self.map[name] for name in TELEMETRY if name in self.map]
-        self._runs = read_runs(self._telemetry)
+        self._runs = read_runs(self._telemetry, self.map)
         self._beat = 0
         if "line_pressure_mmhg" not in self.map:
             self.lacks = frozenset({"pressure_mmhg"})
@@ -101,7 +110,7 @@ class ReferencePumpDriver(PumpDriver):
         names = ("vendor_id", "model", "firmware_version", "map_version", "serial_number")
         present = [self.map[name] for name in names if name in self.map]
         words: dict[int, int] = {}
-        for start, count in read_runs(present):
+        for start, count in read_runs(present, self.map):
             for offset, word in enumerate(await self.transport.read_registers(start, count)):
                 words[start + offset] = word
         return {
