@@ -285,14 +285,19 @@ def test_kernel_first_infusing_ticks_by_hand() -> None:
     assert out.rate_ml_h == pytest.approx(36.0, rel=1e-12)
     assert out.remaining_ml == 1.0
     out = k.step(0.3, 0.3, 0.0024, 0.0)
-    # dt = 0.2: target = 0 + 0.01·0.2 = 0.002, measured 0.0024 (ahead): e = −0.0004, P = 2·e = −0.0008,
-    # I = e·0.2 = −0.00008 → ki·I = −0.00004: u = 0.01 − 0.0008 − 0.00004 = 0.00916 mL/s = 32.976 mL/h,
-    # inside every limit (headroom rate min(0.9976 mL, 1.018 mL) / 0.1 s ≈ 10 mL/s).
-    assert out.rate_ml_h == pytest.approx(32.976, rel=1e-9)
+    # Without a take-up the plunger's first motion ends the run-in: the controller restarts on target
+    # there (target = measured 0.0024), so this tick is the feed-forward again.
+    assert out.rate_ml_h == pytest.approx(36.0, rel=1e-12)
     assert out.delivered_ml == pytest.approx(0.0024, rel=1e-12)
-    assert out.remaining_ml == pytest.approx(0.9976, rel=1e-12)
-    # The first command, 0.01 mL/s, was held for 0.2 s: 0.002 mL commanded.
-    assert k.commanded_ml == pytest.approx(0.002, rel=1e-12)
+    out = k.step(0.5, 0.5, 0.0048, 0.0)
+    # dt = 0.2: target = 0.0024 + 0.01·0.2 = 0.0044, measured 0.0048 (ahead): e = −0.0004, P = 2·e =
+    # −0.0008, I = e·0.2 = −0.00008 → ki·I = −0.00004: u = 0.01 − 0.0008 − 0.00004 = 0.00916 mL/s =
+    # 32.976 mL/h, inside every limit (headroom rate min(0.9952 mL, 1.018 mL) / 0.1 s ≈ 10 mL/s).
+    assert out.rate_ml_h == pytest.approx(32.976, rel=1e-9)
+    assert out.delivered_ml == pytest.approx(0.0048, rel=1e-12)
+    assert out.remaining_ml == pytest.approx(0.9952, rel=1e-12)
+    # 0.01 mL/s held from 0.1 s to 0.5 s: 0.004 mL commanded.
+    assert k.commanded_ml == pytest.approx(0.004, rel=1e-12)
     assert [(e.from_state, e.to_state, e.cause) for e in k.drain_trace()] == [
         ("idle", "armed", "load"),
         ("armed", "running", "start"),
@@ -322,5 +327,6 @@ def test_kernel_operator_errors() -> None:
 def test_alarm_names_are_in_code_order() -> None:
     assert ALARMS[0] == "overdose"
     assert ALARMS[5] == "occlusion_pressure"
-    assert ALARMS[-1] == "clock_invalid"
-    assert len(ALARMS) == 15
+    assert ALARMS[14] == "clock_invalid"
+    assert ALARMS[-1] == "encoder_mismatch"
+    assert len(ALARMS) == 16

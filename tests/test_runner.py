@@ -96,7 +96,9 @@ def test_a_session_left_in_progress_is_offered_for_resume_from_its_audit_log(tmp
     with CourseHistory.create(tmp_path / "other.sqlite3", at=NOW) as course:
         course.ensure_patient("p-1", 70.0, 175.0, at=NOW)
         course.begin_session(setup.session_id, "p-1", "ketamine-depression", NOW, 35.0, setup.log_path)
-        course.begin_session("running-here", "p-1", "ketamine-depression", NOW, 35.0, setup.log_path)
+        # Another chair's session, running in this process (one open session per patient: another one).
+        course.ensure_patient("p-2", 80.0, 180.0, at=NOW)
+        course.begin_session("running-here", "p-2", "ketamine-depression", NOW, 35.0, tmp_path / "p2.jsonl")
     (found,) = interrupted_sessions(tmp_path / "other.sqlite3", running={"running-here"})
     assert found.session_id == setup.session_id and found.problem == ""
     assert found.pump == "sim://" and found.rate_ml_h == 52.5 and found.volume_ml == 35.0
