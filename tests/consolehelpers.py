@@ -21,6 +21,7 @@ import httpx
 
 from cli_contract import assert_documented
 from ketapump.clinical import CourseHistory
+from ketapump.clinical.course import near_patient_ids
 
 #: The tests' time scale: the infusion moves (a 40-min infusion takes 8 min); each chair's pump watchdog
 #: outlasts the serve's shared-loop jitter (console.SHARED_LOOP_JITTER_S, real time).
@@ -116,6 +117,14 @@ def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
         if served.process.poll() is None:
             code, err = served.stop()
             assert code == 0, err[-3000:]
+
+
+def patient_ids(count: int) -> list[str]:
+    """``count`` patient ids no two of which are one typo apart (``p-10`` and ``p-11`` are: a session
+    for the second waits for a ``new_patient`` reason once the first is recorded)."""
+    ids = [f"p{n:02d}-{n:02d}" for n in range(1, count + 1)]  # two digits differ between any two
+    assert not any(near_patient_ids(i, ids) for i in ids)
+    return ids
 
 
 def start_session(client: httpx.Client, chair: str = "chair-1", **body: Any) -> httpx.Response:

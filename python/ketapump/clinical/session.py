@@ -1306,18 +1306,14 @@ class Session:
         """A new patient id near a recorded one may be a typo that would start a second course, hidden
         from the course rules: it proceeds only with the operator's reason (``new_patient``)."""
         patient_id = self.ctx.patient.patient_id
-        near = self.ctx.course.near_patients(patient_id)
-        if not near:
+        finding = new_patient_finding(self.ctx.course, patient_id)
+        if finding is None:
             return
-        message = (
-            f"patient {patient_id} is not in the course history, but {', '.join(near)} "
-            f"{'is' if len(near) == 1 else 'are'}: a new patient, or a typo (the course rules would not "
-            "count the other's sessions)?"
-        )
-        question, future = self._ask_later("soft_limit", "new_patient", message)
+        message = finding.message
+        question, future = self._ask_later("soft_limit", NEW_PATIENT, message)
         reason = await future
         if not isinstance(reason, str) or not reason.strip():
-            self.rec.error("new_patient_not_confirmed", patient=patient_id, near=near)
+            self.rec.error("new_patient_not_confirmed", patient=patient_id, near=list(finding.near))
             raise SessionAbortedError("precheck", f"{message} Not confirmed with a reason (new_patient)")
         by = self._by(question)
         self.confirmations.append({"kind": "new_patient", "message": message, "reason": reason, "by": by})
@@ -1921,6 +1917,52 @@ def check_order(
     return order, entry, druglib.review(entry, plan, order)
 
 
+#: The kind of the new-patient finding (``--confirm new_patient=REASON``).
+NEW_PATIENT: Final = "new_patient"
+
+
+@dataclass(frozen=True)
+class NewPatientFinding:
+    """A patient id the course history does not hold, one typo from ids it does: a second course that
+    would hide the first from the course rules, or a new patient. A soft finding: it proceeds only with
+    a reason (``new_patient``)."""
+
+    patient_id: str
+    #: The recorded ids it is near.
+    near: tuple[str, ...]
+    kind: str = NEW_PATIENT
+    severity: str = "soft"
+
+    @property
+    def message(self) -> str:
+        near = ", ".join(self.near)
+        return (
+            f"patient {self.patient_id} is not in the course history, but {near} "
+            f"{'is' if len(self.near) == 1 else 'are'}: a new patient, or a typo (the course rules would "
+            "not count the other's sessions)?"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "severity": self.severity,
+            "message": self.message,
+            "patient_id": self.patient_id,
+            "near": list(self.near),
+        }
+
+
+def new_patient_finding(course: CourseHistory, patient_id: str) -> NewPatientFinding | None:
+    """The new-patient finding for ``patient_id`` against ``course`` (see :class:`NewPatientFinding`);
+    ``None`` for a recorded patient or a new one near nobody. Reads the history, writes nothing."""
+    try:
+        course.patient(patient_id)
+    except CourseRecordNotFoundError:
+        near = course.near_patients(patient_id)
+        return NewPatientFinding(patient_id, tuple(near)) if near else None
+    return None
+
+
 def _failed_outcome(error: BaseException) -> str:
     """How a session that raised ended, for its :class:`~ketapump.clinical.events.SessionEnded`."""
     if isinstance(error, LimitError):
@@ -1932,10 +1974,12 @@ def _failed_outcome(error: BaseException) -> str:
 
 __all__ = [
     "ACTIONS",
+    "NEW_PATIENT",
     "PENDING",
     "PUMP_ACTIONS",
     "Action",
     "Answer",
+    "NewPatientFinding",
     "Operator",
     "Phase",
     "Question",
@@ -1947,4 +1991,5 @@ __all__ = [
     "SessionContext",
     "SessionResult",
     "check_order",
+    "new_patient_finding",
 ]
