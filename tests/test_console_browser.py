@@ -86,6 +86,13 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         before = texts(browser)
         wait.until(lambda d: all(texts(d)[chair] != text for chair, text in before.items()))  # all three move
         assert browser.find_element("id", "connection").text == "live"
+        # Each vital: its value, trend, alarm limits in force, baseline and the observation's band.
+        with served.client() as client:
+            sbp = client.get("/api/chairs/chair-1").json()["vitals"]["sbp"]
+        row = browser.find_element("css selector", "#card-chair-1 tr[data-channel=sbp]").text
+        band = f"band ±20 % {tenth(sbp['band_low'])}–{tenth(sbp['band_high'])}"
+        assert f"baseline {tenth(sbp['baseline'])} · {band}" in row, row
+        assert "alarm < 90 or ≥ 180 mmHg" in row and any(arrow in row for arrow in "↑↓→"), row
 
         # The operator names themself once, then pauses chair 2 with a reason.
         operator = browser.find_element("id", "operator")
@@ -182,6 +189,11 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         assert errors == []
         latencies = browser.execute_script("return window.ketapumpLatencies")
         assert len(latencies) > 5 and all(-0.5 < x < 30 for x in latencies)
+
+
+def tenth(x: float) -> str:
+    """A number as the card prints a limit or baseline: to a tenth, no trailing zero."""
+    return f"{round(x, 1):g}"
 
 
 def act_in_form(

@@ -86,6 +86,7 @@ from ketapump.clinical.course import CourseHistory
 from ketapump.clinical.events import (
     ActionTaken,
     AlarmRaised,
+    BaselineRecorded,
     EventStream,
     FindingReported,
     HoldChanged,
@@ -1346,6 +1347,14 @@ class Session:
         self.gate = VitalsGate(self.thresholds, baseline)
         self._latest = {s.channel: s.value for s in readings}
         self.rec.info("baseline_recorded", **baseline.model_dump(exclude_none=True))
+        watched = self.thresholds.channels()
+        self._event(
+            BaselineRecorded,
+            baseline={c: v for c in watched if (v := baseline.value(c)) is not None},
+            limits={c: self.gate.limits(c) for c in watched},
+            rise_max_pct={c: r for c in watched if (r := self.thresholds.rise_max_pct(c)) is not None},
+            band_pct=ctx.protocol.observation.band_pct,
+        )
         # A patient already past a limit is not started: the gate would never see the crossing "arrive".
         # (The alarm delay of a continuous channel is not waited out here: at rest there is no artefact
         # to ride out that a second reading would not show, and nothing has been given yet.)
