@@ -30,8 +30,16 @@ SIM_PUMP = "sim://?seed={seed}"
 READY_TIMEOUT_S = 60.0
 
 
-def clinic_file(tmp_path: Path, *, chairs: int = 1, time_scale: float = TIME_SCALE, extra: str = "") -> Path:
-    """A clinic of ``chairs`` simulated chairs, its records under ``tmp_path``."""
+def clinic_file(
+    tmp_path: Path,
+    *,
+    chairs: int = 1,
+    time_scale: float = TIME_SCALE,
+    extra: str = "",
+    vitals: str | None = None,
+) -> Path:
+    """A clinic of ``chairs`` simulated chairs, its records under ``tmp_path``; ``vitals``: every chair's
+    vitals feed (default: the demo patient)."""
     text = [
         "schema_version = 1",
         "[clinic]",
@@ -48,6 +56,7 @@ def clinic_file(tmp_path: Path, *, chairs: int = 1, time_scale: float = TIME_SCA
             f'id = "chair-{n}"',
             f'name = "Chair {n}"',
             f'pump = "{SIM_PUMP.format(seed=n)}"',
+            *([f'vitals = "{vitals}"'] if vitals else []),
         ]
     path = tmp_path / "clinic.toml"
     path.write_text("\n".join(text) + "\n", encoding="utf-8")

@@ -1,12 +1,14 @@
 """The web console in a real browser (Debian's Chromium, driven by Selenium): ``serve --demo``'s three
 chair cards update live; pausing chair 2 with a reason changes its card, its state in the API and its
-audit log; the chair's detail page draws its plots and its record; a screenshot is a real picture."""
+audit log; the chair's detail page draws its plots and its record; a screenshot is a real picture; a
+latched alarm is acknowledged from its card."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from consolehelpers import audit_records, serving
+from consolehelpers import audit_records, clinic_file, serving, start_session
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -189,6 +191,50 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         assert errors == []
         latencies = browser.execute_script("return window.ketapumpLatencies")
         assert len(latencies) > 5 and all(-0.5 < x < 30 for x in latencies)
+
+
+def test_a_latched_alarm_is_acknowledged_on_the_card_with_what_was_found(
+    browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+
+    # The demo patient, whose heart rate reads 131 bpm from 20 s into the infusion for two minutes.
+    script = tmp_path / "tachycardia.toml"
+    crossing = '[[event]]\nkind = "crossing"\nchannel = "hr"\nat_s = 20.0\nduration_s = 120.0\n'
+    crossing += "value = 131.0\n"
+    demo = resources.files("ketapump.data").joinpath("patients", "demo.toml").read_text(encoding="utf-8")
+    script.write_text(demo + crossing, encoding="utf-8")
+    wait = WebDriverWait(browser, 120)
+    with serving("--config", str(clinic_file(tmp_path, vitals=f"sim:{script}"))) as served:
+        with served.client() as client:
+            assert start_session(client).status_code == 201
+        browser.get(served.url)
+        browser.find_element("id", "operator").send_keys("Nurse Selenium")
+        operator = browser.find_element("id", "operator")
+        browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", operator)
+        alarms = "#card-chair-1 [data-f=alarms]"
+        wait.until(lambda d: "ALARM · vitals_crossing_hr" in d.find_element("css selector", alarms).text)
+        card = browser.find_element("id", "card-chair-1")
+        assert "alarmed" in card.get_attribute("class").split()
+        found = "anxious, settled"
+        act_in_form(browser, wait, "chair-1", "acknowledge", {"alarm": "vitals_crossing_hr"}, reason=found)
+        wait.until(
+            lambda d: "acknowledged · vitals_crossing_hr" in d.find_element("css selector", alarms).text
+        )
+        # Latched, not cleared: the alarm stays listed, acknowledged; the card no longer flags it.
+        assert "ALARM ·" not in browser.find_element("css selector", alarms).text
+        with served.client() as client:
+            c = client.get("/api/chairs/chair-1").json()
+        assert [(a["code"], a["acknowledged"]) for a in c["alarms"]] == [("vitals_crossing_hr", True)]
+        assert (c["pump_state"], c["paused_by"]) == ("paused", ["vitals"])  # until a nurse resumes it
+        wait.until(lambda d: "alarmed" not in d.find_element("id", "card-chair-1").get_attribute("class"))
+    (record,) = [r for r in audit_records(c["session"]["log"]) if r["event"] == "alarms_acknowledged"]
+    assert (record["alarms"], record["reason"], record["operator"], record["source"]) == (
+        ["vitals_crossing_hr"],
+        found,
+        "Nurse Selenium",
+        "web",
+    )
 
 
 def tenth(x: float) -> str:
