@@ -62,10 +62,11 @@ def _tick(t: float, delivered_mg: float = 0.0, **fields: object) -> Tick:
 # ----- the view of a real session -------------------------------------------------------------------
 
 
-def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Path) -> None:
+def _viewed_session(tmp_path: Path, protocol: str = "ketamine-depression") -> tuple[SessionRunner, ChairView]:
+    """A session on virtual time (ready to run) and a chair view fed its events."""
     CourseHistory.create(tmp_path / "course.sqlite3", at=datetime.datetime.now(datetime.UTC)).close()
     setup = prepare_session(
-        protocol="ketamine-depression",
+        protocol=protocol,
         patient=ClinicalPatient("p-1", 70.0, 175.0, "male"),
         operator=ScriptedOperator(),
         operator_name="nurse T",
@@ -76,8 +77,13 @@ def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Pa
     runner = SessionRunner.open(setup)
     view = ChairView("chair-1", "Chair 1", "sim://")
     view.begin(SessionInfo.of(runner, started_by="nurse A", source="api"))
-    seen: list[dict[str, object]] = []
     runner.session.subscribe(view.apply)
+    return runner, view
+
+
+def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Path) -> None:
+    runner, view = _viewed_session(tmp_path)
+    seen: list[dict[str, object]] = []
     runner.session.subscribe(lambda e: seen.append(view.snapshot()) if isinstance(e, PhaseChanged) else None)
     mid: list[dict[str, object]] = []
     runner.session.subscribe(
@@ -124,20 +130,7 @@ def test_the_card_shows_each_vitals_limits_in_force_relative_to_the_baseline_and
     protocol = tmp_path / "relative.toml"
     rules = "\n[vitals]\nsbp_rise_max_pct = 40.0\nhr_rise_max_pct = 50.0\n"
     protocol.write_text(shipped.read_text(encoding="utf-8") + rules, encoding="utf-8")
-    CourseHistory.create(tmp_path / "course.sqlite3", at=datetime.datetime.now(datetime.UTC)).close()
-    setup = prepare_session(
-        protocol=str(protocol),
-        patient=ClinicalPatient("p-1", 70.0, 175.0, "male"),
-        operator=ScriptedOperator(),
-        operator_name="nurse T",
-        course_db=tmp_path / "course.sqlite3",
-        log=tmp_path / "audit.jsonl",
-        out=tmp_path / "out",
-    )
-    runner = SessionRunner.open(setup)
-    view = ChairView("chair-1", "Chair 1", "sim://")
-    view.begin(SessionInfo.of(runner))
-    runner.session.subscribe(view.apply)
+    runner, view = _viewed_session(tmp_path, str(protocol))
     before: list[dict[str, Any]] = []
     mid: list[dict[str, Any]] = []
     runner.session.subscribe(

@@ -349,12 +349,13 @@
       ...Object.entries(card.vitals || {}).map(([channel, v]) => {
         const row = el("tr", v.past_limit ? "past" : v.within_band === false ? "outband" : "");
         row.dataset.channel = channel;
+        const limits = el("td", "lim", limitsText(v));
+        limits.append(el("div", "base", baselineText(v)));
         row.append(
           el("td", "", v.label),
           el("td", "v", v.value === null ? "—" : `${num(v.value, 0)} ${v.unit}`),
           el("td", "", ARROW[v.trend] || ""),
-          el("td", "lim", limitsText(v)),
-          el("td", "lim base", baselineText(v))
+          limits
         );
         return row;
       })
