@@ -6,6 +6,7 @@ latched alarm is acknowledged from its card."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from importlib import resources
@@ -284,6 +285,16 @@ def assert_a_real_picture(path: Path) -> None:
     rgb = pixels[..., :3].reshape(-1, 3)
     assert rgb.std(axis=0).max() > 0.05
     assert len(np.unique((rgb * 255).astype(int), axis=0)) > 50
+
+
+def test_the_readme_shows_serve_demo_right_after_set_up_with_a_real_screenshot() -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = [block.split("```", 1)[0].strip() for block in setup.split("```sh\n")[1:]]
+    assert commands[0].endswith("ketapump demo") and commands[1].endswith("ketapump serve --demo")
+    (shot,) = re.findall(r"!\[[^]]*\]\((docs/[^)]+\.png)\)", setup)
+    assert_a_real_picture(root / shot)
 
 
 def test_the_browser_test_can_tell_a_blank_picture(tmp_path: Path) -> None:
