@@ -26,7 +26,14 @@ import pytest
 from conftest import QUICK
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from consolehelpers import clinic_file, patient_ids, serving, start_session, wait_for
+from consolehelpers import (
+    clinic_file,
+    patient_ids,
+    serving,
+    start_session,
+    wait_all_running,
+    wait_for,
+)
 
 CHAIRS = 16
 WINDOW_S = 5.0 if QUICK else 30.0
@@ -59,10 +66,7 @@ def test_serve_cpu_with_16_chairs_at_10_hz(benchmark: Any, tmp_path: Path) -> No
             for n, patient in enumerate(patient_ids(CHAIRS), start=1):
                 reply = start_session(client, f"chair-{n}", patient={"id": patient, "weight_kg": 70.0})
                 assert reply.status_code == 201, reply.text
-            wait_for(
-                lambda: all(c["pump_state"] == "running" for c in client.get("/api/chairs").json()),
-                timeout=120,
-            )
+            wait_all_running(client)
             stop, counts = threading.Event(), {}
             follower = threading.Thread(target=_follow, args=(served.url, stop, counts), daemon=True)
             follower.start()

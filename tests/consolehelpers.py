@@ -182,6 +182,20 @@ def wait_for(check: Any, *, timeout: float = 60.0, every: float = 0.2) -> Any:
         time.sleep(every)
 
 
+def wait_all_running(client: httpx.Client, *, timeout: float = 120.0) -> None:
+    """Waits until every chair's pump runs; if one does not, fails naming each such chair with its phase
+    and the questions it waits on."""
+
+    def stalled() -> list[tuple[str, Any, Any]]:
+        cards = client.get("/api/chairs").json()
+        return [(c["chair"], c["phase"], c["questions"]) for c in cards if c["pump_state"] != "running"]
+
+    try:
+        wait_for(lambda: not stalled(), timeout=timeout)
+    except AssertionError:
+        assert stalled() == []  # which chairs, in which phase, waiting on which question
+
+
 def audit_records(log: str) -> list[dict[str, Any]]:
     with open(log, encoding="utf-8") as f:
         return [json.loads(line) for line in f]

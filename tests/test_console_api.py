@@ -23,6 +23,7 @@ from consolehelpers import (
     serving,
     start_serve,
     start_session,
+    wait_all_running,
     wait_for,
 )
 from ketapump.clinical import CourseHistory
@@ -354,15 +355,7 @@ def test_sixteen_simulated_chairs_all_reach_running(tmp_path: Path) -> None:
         for n, patient in enumerate(patient_ids(chairs), start=1):
             reply = start_session(client, f"chair-{n}", patient={"id": patient, "weight_kg": 70.0})
             assert reply.status_code == 201, reply.text
-
-        def stalled() -> list[tuple[str, Any, Any]]:
-            cards = client.get("/api/chairs").json()
-            return [(c["chair"], c["phase"], c["questions"]) for c in cards if c["pump_state"] != "running"]
-
-        try:
-            wait_for(lambda: not stalled(), timeout=120.0)
-        except AssertionError:
-            assert stalled() == []  # which chairs, in which phase, waiting on which question
+        wait_all_running(client)
 
 
 # ----- the token, the origin, CORS -------------------------------------------------------------------
