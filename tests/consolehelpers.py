@@ -21,6 +21,7 @@ import httpx
 
 from cli_contract import assert_documented
 from ketapump.clinical import CourseHistory
+from ketapump.clinical.course import near_patient_ids
 
 #: The tests' time scale: the infusion moves (a 40-min infusion takes 8 min); each chair's pump watchdog
 #: outlasts the serve's shared-loop jitter (console.SHARED_LOOP_JITTER_S, real time).
@@ -29,8 +30,16 @@ SIM_PUMP = "sim://?seed={seed}"
 READY_TIMEOUT_S = 60.0
 
 
-def clinic_file(tmp_path: Path, *, chairs: int = 1, time_scale: float = TIME_SCALE, extra: str = "") -> Path:
-    """A clinic of ``chairs`` simulated chairs, its records under ``tmp_path``."""
+def clinic_file(
+    tmp_path: Path,
+    *,
+    chairs: int = 1,
+    time_scale: float = TIME_SCALE,
+    extra: str = "",
+    vitals: str | None = None,
+) -> Path:
+    """A clinic of ``chairs`` simulated chairs, its records under ``tmp_path``; ``vitals``: every chair's
+    vitals feed (default: the demo patient)."""
     text = [
         "schema_version = 1",
         "[clinic]",
@@ -47,6 +56,7 @@ def clinic_file(tmp_path: Path, *, chairs: int = 1, time_scale: float = TIME_SCA
             f'id = "chair-{n}"',
             f'name = "Chair {n}"',
             f'pump = "{SIM_PUMP.format(seed=n)}"',
+            *([f'vitals = "{vitals}"'] if vitals else []),
         ]
     path = tmp_path / "clinic.toml"
     path.write_text("\n".join(text) + "\n", encoding="utf-8")
@@ -118,6 +128,14 @@ def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
             assert code == 0, err[-3000:]
 
 
+def patient_ids(count: int) -> list[str]:
+    """``count`` patient ids no two of which are one typo apart (``p-10`` and ``p-11`` are: a session
+    for the second waits for a ``new_patient`` reason once the first is recorded)."""
+    ids = [f"p{n:02d}-{n:02d}" for n in range(1, count + 1)]  # two digits differ between any two
+    assert not any(near_patient_ids(i, ids) for i in ids)
+    return ids
+
+
 def start_session(client: httpx.Client, chair: str = "chair-1", **body: Any) -> httpx.Response:
     request = {
         "operator": "nurse A",
@@ -162,6 +180,20 @@ def wait_for(check: Any, *, timeout: float = 60.0, every: float = 0.2) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached within {timeout} s: {check}")
         time.sleep(every)
+
+
+def wait_all_running(client: httpx.Client, *, timeout: float = 120.0) -> None:
+    """Waits until every chair's pump runs; if one does not, fails naming each such chair with its phase
+    and the questions it waits on."""
+
+    def stalled() -> list[tuple[str, Any, Any]]:
+        cards = client.get("/api/chairs").json()
+        return [(c["chair"], c["phase"], c["questions"]) for c in cards if c["pump_state"] != "running"]
+
+    try:
+        wait_for(lambda: not stalled(), timeout=timeout)
+    except AssertionError:
+        assert stalled() == []  # which chairs, in which phase, waiting on which question
 
 
 def audit_records(log: str) -> list[dict[str, Any]]:

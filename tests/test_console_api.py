@@ -19,9 +19,11 @@ from consolehelpers import (
     audit_records,
     clinic_file,
     events,
+    patient_ids,
     serving,
     start_serve,
     start_session,
+    wait_all_running,
     wait_for,
 )
 from ketapump.clinical import CourseHistory
@@ -312,6 +314,48 @@ def test_refusals_return_every_finding_and_write_nothing(tmp_path: Path) -> None
         assert [o["reason"] for o in course["overrides"]] == ["psychiatrist's order"]
         assert len(course["sessions"]) == 2
         assert client.get("/api/patients/nobody/course").json()["code"] == "patient_not_found"
+
+
+def test_a_new_patient_one_typo_from_a_recorded_one_is_refused_up_front_until_given_a_reason(
+    tmp_path: Path,
+) -> None:
+    # The cause of the 16-chair bench's stall: p-11 is one typo from p-10, so its session waited in the
+    # pre-check for a new_patient reason the start request was never told it needed (it answered 201).
+    now = datetime.datetime.now(datetime.UTC)
+    with CourseHistory.create(tmp_path / "course.sqlite3", at=now - datetime.timedelta(days=3)) as course:
+        course.ensure_patient("p-10", 70.0, 175.0, at=now - datetime.timedelta(days=3))
+    with serving("--config", str(clinic_file(tmp_path))) as served, served.client() as client:
+        patient = {"id": "p-11", "weight_kg": 70.0}
+        refused = start_session(client, patient=patient)
+        assert refused.status_code == 422, refused.text
+        body = refused.json()
+        assert (body["code"], body["needs_reason"]) == ("confirmation_required", ["new_patient"])
+        (finding,) = body["findings"]
+        assert (finding["kind"], finding["severity"], finding["near"]) == ("new_patient", "soft", ["p-10"])
+        assert "p-11 is not in the course history, but p-10 is" in body["message"]
+        assert card(client)["state"] == "idle"
+        assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").iterdir())
+        # A hard finding refuses as before, and still lists the reason the start will also need.
+        light = start_session(client, patient={"id": "p-11", "weight_kg": 25.0})
+        assert light.json()["code"] == "limit_refused", light.text
+        assert {f["kind"] for f in light.json()["findings"]} >= {"weight_kg", "new_patient"}
+        # With the reason it starts, never stops to ask, and the reason is the course's override.
+        reason = "a new patient: checked the ID card"
+        started = start_session(client, patient=patient, confirmations={"new_patient": reason})
+        assert started.status_code == 201, started.text
+        assert not wait_for(lambda: infusing(client))["questions"]
+        overrides = client.get("/api/patients/p-11/course").json()["overrides"]
+        assert [(o["kind"], o["reason"]) for o in overrides] == [("new_patient", reason)]
+
+
+def test_sixteen_simulated_chairs_all_reach_running(tmp_path: Path) -> None:
+    chairs = 16
+    clinic = clinic_file(tmp_path, chairs=chairs, time_scale=1.0)
+    with serving("--config", str(clinic)) as served, served.client() as client:
+        for n, patient in enumerate(patient_ids(chairs), start=1):
+            reply = start_session(client, f"chair-{n}", patient={"id": patient, "weight_kg": 70.0})
+            assert reply.status_code == 201, reply.text
+        wait_all_running(client)
 
 
 # ----- the token, the origin, CORS -------------------------------------------------------------------

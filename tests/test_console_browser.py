@@ -1,12 +1,15 @@
 """The web console in a real browser (Debian's Chromium, driven by Selenium): ``serve --demo``'s three
 chair cards update live; pausing chair 2 with a reason changes its card, its state in the API and its
-audit log; the chair's detail page draws its plots and its record; a screenshot is a real picture."""
+audit log; the chair's detail page draws its plots and its record; a screenshot is a real picture; a
+latched alarm is acknowledged from its card."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from consolehelpers import audit_records, serving
+from consolehelpers import audit_records, clinic_file, serving, start_session
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -86,6 +89,13 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         before = texts(browser)
         wait.until(lambda d: all(texts(d)[chair] != text for chair, text in before.items()))  # all three move
         assert browser.find_element("id", "connection").text == "live"
+        # Each vital: its value, trend, alarm limits in force, baseline and the observation's band.
+        with served.client() as client:
+            sbp = client.get("/api/chairs/chair-1").json()["vitals"]["sbp"]
+        row = browser.find_element("css selector", "#card-chair-1 tr[data-channel=sbp]").text
+        band = f"band ±20 % {tenth(sbp['band_low'])}–{tenth(sbp['band_high'])}"
+        assert f"baseline {tenth(sbp['baseline'])} · {band}" in row, row
+        assert "alarm < 90 or ≥ 180 mmHg" in row and any(arrow in row for arrow in "↑↓→"), row
 
         # The operator names themself once, then pauses chair 2 with a reason.
         operator = browser.find_element("id", "operator")
@@ -184,6 +194,55 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         assert len(latencies) > 5 and all(-0.5 < x < 30 for x in latencies)
 
 
+def test_a_latched_alarm_is_acknowledged_on_the_card_with_what_was_found(
+    browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+
+    # The demo patient, whose heart rate reads 131 bpm from 20 s into the infusion for two minutes.
+    script = tmp_path / "tachycardia.toml"
+    crossing = '[[event]]\nkind = "crossing"\nchannel = "hr"\nat_s = 20.0\nduration_s = 120.0\n'
+    crossing += "value = 131.0\n"
+    demo = resources.files("ketapump.data").joinpath("patients", "demo.toml").read_text(encoding="utf-8")
+    script.write_text(demo + crossing, encoding="utf-8")
+    wait = WebDriverWait(browser, 120)
+    with serving("--config", str(clinic_file(tmp_path, vitals=f"sim:{script}"))) as served:
+        with served.client() as client:
+            assert start_session(client).status_code == 201
+        browser.get(served.url)
+        browser.find_element("id", "operator").send_keys("Nurse Selenium")
+        operator = browser.find_element("id", "operator")
+        browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", operator)
+        alarms = "#card-chair-1 [data-f=alarms]"
+        wait.until(lambda d: "ALARM · vitals_crossing_hr" in d.find_element("css selector", alarms).text)
+        card = browser.find_element("id", "card-chair-1")
+        assert "alarmed" in card.get_attribute("class").split()
+        found = "anxious, settled"
+        act_in_form(browser, wait, "chair-1", "acknowledge", {"alarm": "vitals_crossing_hr"}, reason=found)
+        wait.until(
+            lambda d: "acknowledged · vitals_crossing_hr" in d.find_element("css selector", alarms).text
+        )
+        # Latched, not cleared: the alarm stays listed, acknowledged; the card no longer flags it.
+        assert "ALARM ·" not in browser.find_element("css selector", alarms).text
+        with served.client() as client:
+            c = client.get("/api/chairs/chair-1").json()
+        assert [(a["code"], a["acknowledged"]) for a in c["alarms"]] == [("vitals_crossing_hr", True)]
+        assert (c["pump_state"], c["paused_by"]) == ("paused", ["vitals"])  # until a nurse resumes it
+        wait.until(lambda d: "alarmed" not in d.find_element("id", "card-chair-1").get_attribute("class"))
+    (record,) = [r for r in audit_records(c["session"]["log"]) if r["event"] == "alarms_acknowledged"]
+    assert (record["alarms"], record["reason"], record["operator"], record["source"]) == (
+        ["vitals_crossing_hr"],
+        found,
+        "Nurse Selenium",
+        "web",
+    )
+
+
+def tenth(x: float) -> str:
+    """A number as the card prints a limit or baseline: to a tenth, no trailing zero."""
+    return f"{round(x, 1):g}"
+
+
 def act_in_form(
     driver: Any, wait: Any, chair: str, action: str, values: dict[str, str], *, reason: str
 ) -> None:
@@ -226,6 +285,16 @@ def assert_a_real_picture(path: Path) -> None:
     rgb = pixels[..., :3].reshape(-1, 3)
     assert rgb.std(axis=0).max() > 0.05
     assert len(np.unique((rgb * 255).astype(int), axis=0)) > 50
+
+
+def test_the_readme_shows_serve_demo_right_after_set_up_with_a_real_screenshot() -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = [block.split("```", 1)[0].strip() for block in setup.split("```sh\n")[1:]]
+    assert commands[0].endswith("ketapump demo") and commands[1].endswith("ketapump serve --demo")
+    (shot,) = re.findall(r"!\[[^]]*\]\((docs/[^)]+\.png)\)", setup)
+    assert_a_real_picture(root / shot)
 
 
 def test_the_browser_test_can_tell_a_blank_picture(tmp_path: Path) -> None:

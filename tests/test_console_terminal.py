@@ -46,6 +46,7 @@ def test_a_session_on_a_terminal_draws_its_card_live_and_shows_a_pause(tmp_path:
             "model estimate",
             "SBP",
             "SpO₂",
+            r"\(band ±20 % ",  # each vital's baseline and the observation's band
         ):
             child.expect(label)
         child.kill(signal.SIGUSR1)  # the operator's pause

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import itertools
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,11 @@ def _tick(t: float, delivered_mg: float = 0.0, **fields: object) -> Tick:
 # ----- the view of a real session -------------------------------------------------------------------
 
 
-def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Path) -> None:
+def _viewed_session(tmp_path: Path, protocol: str = "ketamine-depression") -> tuple[SessionRunner, ChairView]:
+    """A session on virtual time (ready to run) and a chair view fed its events."""
     CourseHistory.create(tmp_path / "course.sqlite3", at=datetime.datetime.now(datetime.UTC)).close()
     setup = prepare_session(
-        protocol="ketamine-depression",
+        protocol=protocol,
         patient=ClinicalPatient("p-1", 70.0, 175.0, "male"),
         operator=ScriptedOperator(),
         operator_name="nurse T",
@@ -75,8 +77,13 @@ def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Pa
     runner = SessionRunner.open(setup)
     view = ChairView("chair-1", "Chair 1", "sim://")
     view.begin(SessionInfo.of(runner, started_by="nurse A", source="api"))
-    seen: list[dict[str, object]] = []
     runner.session.subscribe(view.apply)
+    return runner, view
+
+
+def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Path) -> None:
+    runner, view = _viewed_session(tmp_path)
+    seen: list[dict[str, object]] = []
     runner.session.subscribe(lambda e: seen.append(view.snapshot()) if isinstance(e, PhaseChanged) else None)
     mid: list[dict[str, object]] = []
     runner.session.subscribe(
@@ -113,6 +120,50 @@ def test_the_view_of_a_whole_session_shows_what_the_engine_reported(tmp_path: Pa
     assert points and min(gaps) >= 5.0 - 1e-9
     assert all(p["plasma_ug_ml"] is not None for p in points)
     assert card["session"]["started_by"] == "nurse A"  # type: ignore[index]
+
+
+def test_the_card_shows_each_vitals_limits_in_force_relative_to_the_baseline_and_its_band(
+    tmp_path: Path,
+) -> None:
+    # A protocol whose rules set maxima relative to the baseline (SBP + 40 %, HR + 50 %; DBP none).
+    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
+    protocol = tmp_path / "relative.toml"
+    rules = "\n[vitals]\nsbp_rise_max_pct = 40.0\nhr_rise_max_pct = 50.0\n"
+    protocol.write_text(shipped.read_text(encoding="utf-8") + rules, encoding="utf-8")
+    runner, view = _viewed_session(tmp_path, str(protocol))
+    before: list[dict[str, Any]] = []
+    mid: list[dict[str, Any]] = []
+    runner.session.subscribe(
+        lambda e: before.append(view.snapshot()) if isinstance(e, PhaseChanged) and not before else None
+    )
+    runner.session.subscribe(
+        lambda e: mid.append(view.snapshot()) if isinstance(e, Tick) and 1200 < e.t_s < 1201 else None
+    )
+    assert asyncio.run(runner.run()).result.outcome == "complete"
+    # Before the baseline: the absolute limits, no baseline.
+    sbp = before[0]["vitals"]["sbp"]
+    assert (sbp["high"], sbp["baseline"], sbp["high_relative"]) == (180.0, None, False)
+    assert sbp["within_band"] is None
+    # Once it is recorded: the gate's own limits in force, each relative one named, and the band.
+    gate = runner.session.gate
+    assert gate is not None
+    vitals = mid[0]["vitals"]
+    for channel, relative in (("sbp", True), ("hr", True), ("dbp", False), ("spo2", False)):
+        v, base = vitals[channel], gate.baseline.value(channel)
+        assert base is not None and v["baseline"] == base
+        assert (v["low"], v["high"]) == gate.limits(channel), channel
+        assert v["high_relative"] is relative, channel
+        assert (v["band_pct"], v["band_low"], v["band_high"]) == (20.0, base * 0.8, base * 1.2)
+        assert v["within_band"] is (abs(v["value"] - base) <= 0.2 * base), channel
+    assert vitals["sbp"]["high"] == pytest.approx(vitals["sbp"]["baseline"] * 1.4)
+    assert vitals["sbp"]["high"] < 180.0
+    assert vitals["sbp"]["rise_max_pct"] == 40.0 and vitals["dbp"]["rise_max_pct"] is None
+    assert (vitals["dbp"]["high"], vitals["spo2"]["low"]) == (110.0, 90.0)
+    # The terminal card says the same.
+    text = _text(mid[0])
+    high = f"{round(vitals['sbp']['high'], 1):g}"
+    assert f"alarm < 90 or ≥ {high} (baseline +40 %)" in text
+    assert f"{vitals['sbp']['baseline']:g} (band ±20 %" in text
 
 
 def test_the_plasma_estimate_is_the_model_fed_with_the_delivered_dose() -> None:

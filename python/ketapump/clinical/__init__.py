@@ -32,6 +32,7 @@ from ketapump.clinical.druglib import DrugLibrary, LimitFinding, load_library
 from ketapump.clinical.events import (
     ActionTaken,
     AlarmRaised,
+    BaselineRecorded,
     FindingReported,
     HoldChanged,
     PhaseChanged,
@@ -96,6 +97,7 @@ __all__ = [
     "PK_MODELS",
     "ActionTaken",
     "AlarmRaised",
+    "BaselineRecorded",
     "CallbackVitalsFeed",
     "CourseHistory",
     "CourseSummary",

@@ -2,7 +2,8 @@
 
 The session engine (:class:`ketapump.clinical.session.Session`) emits one of these for everything a
 face shows or records: the phase, each control tick's telemetry, every finding, question, answer,
-operator action, change of who holds the pump, alarm and course-history record, and the end. The
+operator action, change of who holds the pump, alarm and course-history record, the baseline vitals
+with the limits they set, and the end. The
 CLI turns them into a live chair card and a summary; the console streams them to browsers; the public
 API hands them to callbacks. None of them is the audit log: that keeps its own records (stable event
 names, hash-chained), written by the engine beside these events.
@@ -94,6 +95,24 @@ class VitalsRead(SessionEvent):
     value: float
     #: When the monitor took the reading (session clock).
     reading_t_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineRecorded(SessionEvent):
+    """The patient's baseline vitals were recorded (the pre-check), and with them the limits in force
+    for the rest of the session: each watched channel's absolute limits, its maximum lowered to the
+    baseline plus the rules' allowed rise where one is set (``rise_max_pct``) and lower, and the band
+    (baseline ± ``band_pct`` %) every channel must be back within before the observation can end."""
+
+    kind: ClassVar[str] = "baseline"
+    #: Channel → baseline value (each watched channel).
+    baseline: Mapping[str, float]
+    #: Channel → the (low, high) alarm limits in force (``None``: no limit of that kind).
+    limits: Mapping[str, tuple[float | None, float | None]]
+    #: Channel → the allowed rise over baseline (%), for the channels where the rules set one.
+    rise_max_pct: Mapping[str, float]
+    #: The observation's band: ± this % of baseline.
+    band_pct: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,6 +278,7 @@ def _jsonable(value: Any) -> Any:
 __all__ = [
     "ActionTaken",
     "AlarmRaised",
+    "BaselineRecorded",
     "EventStream",
     "FindingReported",
     "HoldChanged",

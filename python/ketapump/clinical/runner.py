@@ -54,12 +54,15 @@ from ketapump.clinical.protocol import (
     protocol_sha256,
 )
 from ketapump.clinical.session import (
+    NEW_PATIENT,
+    NewPatientFinding,
     Operator,
     ScriptedOperator,
     Session,
     SessionContext,
     SessionResult,
     check_order,
+    new_patient_finding,
 )
 from ketapump.clinical.vitals import (
     CsvVitalsFeed,
@@ -70,7 +73,14 @@ from ketapump.clinical.vitals import (
 )
 from ketapump.clock import Clock, ScaledClock, VirtualClock
 from ketapump.config import default_kernel_settings
-from ketapump.errors import ConfigurationError, CourseError, CourseRecordNotFoundError, LimitError
+from ketapump.errors import (
+    ConfigurationError,
+    ConfirmationRequired,
+    CourseError,
+    CourseRecordNotFoundError,
+    LimitError,
+    LimitRefused,
+)
 from ketapump.validation import check_output_path
 from ketapump.wire import PumpDriver, split_url
 
@@ -80,7 +90,7 @@ from ketapump.wire import PumpDriver, split_url
 CONFIRMABLE: tuple[str, ...] = (
     *(name for name, _unit in _core.LIMIT_KINDS),
     "baseline_vitals",
-    "new_patient",
+    NEW_PATIENT,
 )
 
 #: The demo's patient: weight and height of ``data/patients/demo.toml``'s scripted monitor.
@@ -258,8 +268,9 @@ def prepare_demo(
 class SessionCheck:
     """What the session's pre-check will make of an order, asked before anything is opened."""
 
-    #: Every finding the Rust core reports against the order (hard and soft), in its order.
-    findings: list[druglib.LimitFinding]
+    #: Every finding the Rust core reports against the order (hard and soft), in its order, then the
+    #: new-patient finding (a new id one typo from a recorded one), if any.
+    findings: list[druglib.LimitFinding | NewPatientFinding]
     #: What the pre-check will raise with the reasons given (``LimitRefused`` for a hard finding,
     #: ``ConfirmationRequired`` for a soft one without a reason), or ``None``: it proceeds.
     refusal: LimitError | None
@@ -268,10 +279,11 @@ class SessionCheck:
 def check_session(
     setup: SessionSetup, reasons: Mapping[str, str], *, at: datetime.datetime | None = None
 ) -> SessionCheck:
-    """The drug-library and course-rule check of the session's pre-check, against the course history as
-    it stands ``at`` (default: now) and with ``reasons`` (limit kind → reason) as the operator's
-    standing answers: a face can refuse with every finding before it opens the records. The session
-    checks again when it runs (the history may change in between). Reads the history, writes nothing."""
+    """The drug-library, course-rule and new-patient checks of the session's pre-check, against the
+    course history as it stands ``at`` (default: now) and with ``reasons`` (limit kind → reason) as the
+    operator's standing answers: a face can refuse with every finding before it opens the records,
+    rather than start a session that waits on a question its client never sees. The session checks
+    again when it runs (the history may change in between). Reads the history, writes nothing."""
     when = at or datetime.datetime.now(datetime.UTC)
     try:
         course: CourseHistory | None = CourseHistory.open(setup.db_path, readonly=True)
@@ -279,15 +291,27 @@ def check_session(
         course = None  # no history yet: the order is checked as a first session
     try:
         findings = check_order(setup.plan, setup.patient, setup.library, course, when)[2]
+        near = new_patient_finding(course, setup.patient.patient_id) if course is not None else None
     finally:
         if course is not None:
             course.close()
     confirmations = [druglib.Confirmation(kind, reason) for kind, reason in reasons.items()]
+    refusal: LimitError | None = None
     try:
         druglib.authorize(findings, confirmations)
     except LimitError as e:
-        return SessionCheck(findings, e)
-    return SessionCheck(findings, None)
+        refusal = e
+    if near is None:
+        return SessionCheck(list(findings), refusal)
+    # The new-patient question the session would ask (and wait on) before anything else.
+    if not reasons.get(NEW_PATIENT, "").strip():
+        if refusal is None:
+            refusal = ConfirmationRequired([near])
+        elif isinstance(refusal, ConfirmationRequired):
+            refusal = ConfirmationRequired([*refusal.findings, near])
+        else:
+            refusal = LimitRefused(list(refusal.findings), also=[*refusal.also, near])
+    return SessionCheck([*findings, near], refusal)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ from ketapump.clinical.course import CourseHistory
 from ketapump.clinical.events import (
     ActionTaken,
     AlarmRaised,
+    BaselineRecorded,
     EventStream,
     FindingReported,
     HoldChanged,
@@ -1306,18 +1307,14 @@ class Session:
         """A new patient id near a recorded one may be a typo that would start a second course, hidden
         from the course rules: it proceeds only with the operator's reason (``new_patient``)."""
         patient_id = self.ctx.patient.patient_id
-        near = self.ctx.course.near_patients(patient_id)
-        if not near:
+        finding = new_patient_finding(self.ctx.course, patient_id)
+        if finding is None:
             return
-        message = (
-            f"patient {patient_id} is not in the course history, but {', '.join(near)} "
-            f"{'is' if len(near) == 1 else 'are'}: a new patient, or a typo (the course rules would not "
-            "count the other's sessions)?"
-        )
-        question, future = self._ask_later("soft_limit", "new_patient", message)
+        message = finding.message
+        question, future = self._ask_later("soft_limit", NEW_PATIENT, message)
         reason = await future
         if not isinstance(reason, str) or not reason.strip():
-            self.rec.error("new_patient_not_confirmed", patient=patient_id, near=near)
+            self.rec.error("new_patient_not_confirmed", patient=patient_id, near=list(finding.near))
             raise SessionAbortedError("precheck", f"{message} Not confirmed with a reason (new_patient)")
         by = self._by(question)
         self.confirmations.append({"kind": "new_patient", "message": message, "reason": reason, "by": by})
@@ -1350,6 +1347,14 @@ class Session:
         self.gate = VitalsGate(self.thresholds, baseline)
         self._latest = {s.channel: s.value for s in readings}
         self.rec.info("baseline_recorded", **baseline.model_dump(exclude_none=True))
+        watched = self.thresholds.channels()
+        self._event(
+            BaselineRecorded,
+            baseline={c: v for c in watched if (v := baseline.value(c)) is not None},
+            limits={c: self.gate.limits(c) for c in watched},
+            rise_max_pct={c: r for c in watched if (r := self.thresholds.rise_max_pct(c)) is not None},
+            band_pct=ctx.protocol.observation.band_pct,
+        )
         # A patient already past a limit is not started: the gate would never see the crossing "arrive".
         # (The alarm delay of a continuous channel is not waited out here: at rest there is no artefact
         # to ride out that a second reading would not show, and nothing has been given yet.)
@@ -1921,6 +1926,52 @@ def check_order(
     return order, entry, druglib.review(entry, plan, order)
 
 
+#: The kind of the new-patient finding (``--confirm new_patient=REASON``).
+NEW_PATIENT: Final = "new_patient"
+
+
+@dataclass(frozen=True)
+class NewPatientFinding:
+    """A patient id the course history does not hold, one typo from ids it does: a second course that
+    would hide the first from the course rules, or a new patient. A soft finding: it proceeds only with
+    a reason (``new_patient``)."""
+
+    patient_id: str
+    #: The recorded ids it is near.
+    near: tuple[str, ...]
+    kind: str = NEW_PATIENT
+    severity: str = "soft"
+
+    @property
+    def message(self) -> str:
+        near = ", ".join(self.near)
+        return (
+            f"patient {self.patient_id} is not in the course history, but {near} "
+            f"{'is' if len(self.near) == 1 else 'are'}: a new patient, or a typo (the course rules would "
+            "not count the other's sessions)?"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "severity": self.severity,
+            "message": self.message,
+            "patient_id": self.patient_id,
+            "near": list(self.near),
+        }
+
+
+def new_patient_finding(course: CourseHistory, patient_id: str) -> NewPatientFinding | None:
+    """The new-patient finding for ``patient_id`` against ``course`` (see :class:`NewPatientFinding`);
+    ``None`` for a recorded patient or a new one near nobody. Reads the history, writes nothing."""
+    try:
+        course.patient(patient_id)
+    except CourseRecordNotFoundError:
+        near = course.near_patients(patient_id)
+        return NewPatientFinding(patient_id, tuple(near)) if near else None
+    return None
+
+
 def _failed_outcome(error: BaseException) -> str:
     """How a session that raised ended, for its :class:`~ketapump.clinical.events.SessionEnded`."""
     if isinstance(error, LimitError):
@@ -1932,10 +1983,12 @@ def _failed_outcome(error: BaseException) -> str:
 
 __all__ = [
     "ACTIONS",
+    "NEW_PATIENT",
     "PENDING",
     "PUMP_ACTIONS",
     "Action",
     "Answer",
+    "NewPatientFinding",
     "Operator",
     "Phase",
     "Question",
@@ -1947,4 +2000,5 @@ __all__ = [
     "SessionContext",
     "SessionResult",
     "check_order",
+    "new_patient_finding",
 ]

@@ -111,25 +111,39 @@ def _numbers(card: Mapping[str, Any]) -> Table:
 
 def _vitals_table(card: Mapping[str, Any]) -> Table:
     table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 2))
-    for header in ("vital", "now", "", "limit"):
-        table.add_column(header, style="dim" if header in {"vital", "limit"} else None)
+    for header in ("vital", "now", "", "limit", "baseline"):
+        table.add_column(header, style="dim" if header in {"vital", "limit", "baseline"} else None)
     for entry in card["vitals"].values():
         value = f"{_num(entry['value'], '.0f')} {entry['unit']}"
-        style = "bold red" if entry["past_limit"] else ""
+        style = "bold red" if entry["past_limit"] else "yellow" if entry.get("within_band") is False else ""
         table.add_row(
             entry["label"],
             Text(value, style=style),
             ARROWS.get(entry["trend"], " "),
             limits_text(entry),
+            baseline_text(entry),
         )
     return table
 
 
+def _tenth(x: float) -> str:
+    return f"{round(x, 1):g}"
+
+
 def limits_text(entry: Mapping[str, Any]) -> str:
-    """A vital's alarm limits as people say them: ``alarm < 90 or ≥ 180``."""
-    parts = [f"< {entry['low']:g}"] if entry.get("low") is not None else []
-    parts += [f"≥ {entry['high']:g}"] if entry.get("high") is not None else []
-    return "alarm " + " or ".join(parts) if parts else ""
+    """A vital's alarm limits in force as people say them: ``alarm < 90 or ≥ 146.4 (baseline +20 %)``."""
+    parts = [f"< {_tenth(entry['low'])}"] if entry.get("low") is not None else []
+    parts += [f"≥ {_tenth(entry['high'])}"] if entry.get("high") is not None else []
+    relative = f" (baseline +{_tenth(entry['rise_max_pct'])} %)" if entry.get("high_relative") else ""
+    return "alarm " + " or ".join(parts) + relative if parts else ""
+
+
+def baseline_text(entry: Mapping[str, Any]) -> str:
+    """A vital's baseline and the observation's band around it: ``122 (band ±20 % 97.6–146.4)``."""
+    if entry.get("baseline") is None:
+        return "—"
+    band = f"{_tenth(entry['band_low'])}–{_tenth(entry['band_high'])}"
+    return f"{_tenth(entry['baseline'])} (band ±{_tenth(entry['band_pct'])} % {band})"
 
 
 def _unacknowledged(card: Mapping[str, Any]) -> list[Mapping[str, Any]]:

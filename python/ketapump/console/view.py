@@ -18,6 +18,7 @@ from typing import Any
 from ketapump.clinical import (
     ActionTaken,
     AlarmRaised,
+    BaselineRecorded,
     FindingReported,
     PhaseChanged,
     PlasmaEstimator,
@@ -56,7 +57,8 @@ class SessionInfo:
     protocol: str
     plan: dict[str, Any]
     #: Each watched channel's absolute limits (an alarm below ``low`` or at ``high`` and above; ``None``:
-    #: none of that kind): ``{"sbp": {"low": 90, "high": 180, "label": "SBP", "unit": "mmHg"}}``.
+    #: none of that kind): ``{"sbp": {"low": 90, "high": 180, "label": "SBP", "unit": "mmHg"}}``. Once
+    #: the baseline is recorded, the card's vitals show the limits in force (some relative to it).
     limits: dict[str, dict[str, Any]]
     observation_min: float
     log: str
@@ -128,6 +130,8 @@ class ChairView:
     def _reset(self) -> None:
         self.tick: Tick | None = None
         self.phase: str | None = None
+        #: The patient's baseline and the limits it sets (the pre-check's event), once recorded.
+        self.baseline: BaselineRecorded | None = None
         self.vitals: dict[str, _Vital] = {}
         self.alarms: list[dict[str, Any]] = []
         self.findings: list[dict[str, Any]] = []
@@ -174,6 +178,8 @@ class ChairView:
                     "acknowledged": False,
                 }
             )
+        elif isinstance(event, BaselineRecorded):
+            self.baseline = event
         elif isinstance(event, FindingReported):
             self.findings.append(
                 {"finding": event.finding, "severity": event.severity, "message": event.message}
@@ -316,27 +322,53 @@ class ChairView:
         return None
 
     def _vitals(self) -> dict[str, dict[str, Any]]:
+        """Each vital: its newest value and trend, the alarm limits in force (``low``, ``high``; until
+        the baseline is recorded, the absolute ones), and once it is, the baseline, the allowed rise over
+        it where the rules set one (``rise_max_pct``; ``high_relative``: that rise is the maximum in
+        force) and the observation's band around it (``band_low``–``band_high``, ``within_band``)."""
         out: dict[str, dict[str, Any]] = {}
         limits = self.info.limits if self.info else {}
+        base = self.baseline
         for channel in [c for c in vitals.CHANNELS if c in limits or c in self.vitals]:
             vital = self.vitals.get(channel)
             limit = limits.get(channel, {})
-            low, high = limit.get("low"), limit.get("high")
+            absolute_high = limit.get("high")
+            low, high = limit.get("low"), absolute_high
             entry: dict[str, Any] = {
                 "label": vitals.LABELS[channel],
                 "unit": vitals.UNITS[channel],
-                "low": low,
-                "high": high,
                 "value": None,
                 "t_s": None,
                 "trend": None,
                 "past_limit": False,
+                "baseline": None,
+                "rise_max_pct": None,
+                "high_relative": False,
+                "band_pct": None,
+                "band_low": None,
+                "band_high": None,
+                "within_band": None,
             }
+            value = base.baseline.get(channel) if base is not None else None
+            if base is not None and value is not None:
+                low, high = base.limits.get(channel, (low, high))
+                band = base.band_pct / 100.0
+                entry |= {
+                    "baseline": value,
+                    "rise_max_pct": base.rise_max_pct.get(channel),
+                    "high_relative": high is not None and high != absolute_high,
+                    "band_pct": base.band_pct,
+                    "band_low": value * (1.0 - band),
+                    "band_high": value * (1.0 + band),
+                }
+            entry |= {"low": low, "high": high}
             if vital is not None:
                 entry |= {"value": vital.value, "t_s": vital.t_s, "trend": _trend(vital)}
                 entry["past_limit"] = (low is not None and vital.value < low) or (
                     high is not None and vital.value >= high
                 )
+                if entry["baseline"] is not None:
+                    entry["within_band"] = entry["band_low"] <= vital.value <= entry["band_high"]
             out[channel] = entry
         return out
 

@@ -227,12 +227,19 @@
     return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
   }
   const ARROW = { up: "↑", down: "↓", steady: "→" };
-  // A vital's alarm limits as people say them: "alarm < 90 or ≥ 180 mmHg".
+  // A vital's alarm limits in force as people say them: "alarm < 90 or ≥ 146 mmHg (baseline +20 %)".
+  const tenth = (x) => String(Math.round(x * 10) / 10); // 146.4, 90, 92.5
   function limitsText(v) {
     const parts = [];
-    if (v.low !== null && v.low !== undefined) parts.push(`< ${v.low}`);
-    if (v.high !== null && v.high !== undefined) parts.push(`≥ ${v.high}`);
-    return parts.length ? `alarm ${parts.join(" or ")} ${v.unit}` : "";
+    if (v.low !== null && v.low !== undefined) parts.push(`< ${tenth(v.low)}`);
+    if (v.high !== null && v.high !== undefined) parts.push(`≥ ${tenth(v.high)}`);
+    const relative = v.high_relative ? ` (baseline +${tenth(v.rise_max_pct)} %)` : "";
+    return parts.length ? `alarm ${parts.join(" or ")} ${v.unit}${relative}` : "";
+  }
+  // Its baseline and the observation's band around it: "baseline 122 · band ±20 % 98–146".
+  function baselineText(v) {
+    if (v.baseline === null || v.baseline === undefined) return "baseline —";
+    return `baseline ${tenth(v.baseline)} · band ±${tenth(v.band_pct)} % ${tenth(v.band_low)}–${tenth(v.band_high)}`;
   }
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -339,13 +346,16 @@
     f.pressure.textContent = s ? `${num(card.pressure_mmhg, 0)} mmHg · alarm at ${num(threshold, 0)} mmHg` : "—";
     f.pressurebar.style.width = (threshold && card.pressure_mmhg ? Math.min(100, (100 * card.pressure_mmhg) / threshold) : 0) + "%";
     f.vitals.replaceChildren(
-      ...Object.values(card.vitals || {}).map((v) => {
-        const row = el("tr", v.past_limit ? "past" : "");
+      ...Object.entries(card.vitals || {}).map(([channel, v]) => {
+        const row = el("tr", v.past_limit ? "past" : v.within_band === false ? "outband" : "");
+        row.dataset.channel = channel;
+        const limits = el("td", "lim", limitsText(v));
+        limits.append(el("div", "base", baselineText(v)));
         row.append(
           el("td", "", v.label),
           el("td", "v", v.value === null ? "—" : `${num(v.value, 0)} ${v.unit}`),
           el("td", "", ARROW[v.trend] || ""),
-          el("td", "lim", limitsText(v))
+          limits
         );
         return row;
       })
@@ -612,7 +622,7 @@
   function drawPlots(card) {
     const pts = state.series;
     const at = (key) => pts.map((p) => [p.t_s / 60, p[key]]);
-    const limits = (card && card.session && card.session.limits) || {};
+    const limits = (card && card.vitals) || {}; // the limits in force (some relative to the baseline)
     plot($("plot-dose"), [
       { label: "delivered", points: at("delivered_mg") },
       { label: "plan", points: at("programmed_mg"), dash: true, color: "#555" },
