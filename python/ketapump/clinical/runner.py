@@ -645,6 +645,9 @@ class SessionRunner:
             actions=result.actions,
             observations=result.observations,
             medications=result.medications,
+            planned=result.planned_schedule(),
+            baseline=result.baseline,
+            band_pct=result.observation_band_pct,
         )
         outcome = SessionOutcome(
             result=result,

@@ -104,7 +104,7 @@ from ketapump.clinical.events import (
 from ketapump.clinical.holds import LIMIT, OPERATOR, VITALS, Change, Holds
 from ketapump.clinical.pacing import PLAN, Pace, time_to_finish, volume_within
 from ketapump.clinical.protocol import DosePlan, Patient, Protocol, plan_dose
-from ketapump.clinical.report import SeriesEvent, SeriesPoint
+from ketapump.clinical.report import PlannedPoint, SeriesEvent, SeriesPoint
 from ketapump.clinical.vitals import (
     CHANNELS,
     DISCRETE_CHANNELS,
@@ -336,6 +336,21 @@ class SessionResult:
     actions: list[dict[str, Any]] = field(default_factory=list)
     observations: list[dict[str, Any]] = field(default_factory=list)
     medications: list[dict[str, Any]] = field(default_factory=list)
+    #: The band around the baseline that ends the observation (the protocol's ``observation.band_pct``).
+    observation_band_pct: float = math.nan
+
+    def planned_schedule(self, every_s: float = SERIES_EVERY_S) -> list[PlannedPoint]:
+        """The plan's whole schedule on the session's clock, from the infusion's start (the take-up's)
+        to the plan's end: what the plots continue past an infusion that ended early."""
+        start = next((t for name, t in self.phases if name in (Phase.TAKE_UP, Phase.INFUSION)), None)
+        if start is None:
+            return []
+        plan, end_s = self.plan, self.plan.segments[-1].end_s
+        steps = math.ceil(end_s / every_s)
+        return [
+            PlannedPoint(start + t, plan.planned_ml(t) * plan.concentration_mg_per_ml, plan.rate_at(t))
+            for t in (min(k * every_s, end_s) for k in range(steps + 1))
+        ]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -1234,6 +1249,7 @@ class Session:
             actions=self.actions,
             observations=self.observations,
             medications=self.medications,
+            observation_band_pct=self.ctx.protocol.observation.band_pct,
         )
 
     def _plan(self) -> DosePlan:
