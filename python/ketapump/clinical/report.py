@@ -24,6 +24,7 @@ import dataclasses
 import html
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -668,6 +669,7 @@ _RECORD_LABELS = {
     "rate": "Rate",
     "protocol_sha256": "Protocol file SHA-256",
     "software": "Software",
+    "sitter": "Sitter",
 }
 
 #: How a session ended, in words (the outcome codes of the course history and the session's result).
@@ -928,18 +930,79 @@ def _html(blocks: list[Block]) -> str:
     return "\n".join(parts) + "\n"
 
 
+#: A PDF page (A4, portrait) and the report's text on it: monospaced, so its tables keep their columns.
+PDF_PAGE_IN = (8.27, 11.69)
+_PDF_LINES_PER_PAGE = 64
+_PDF_COLUMNS = 118
+
+
+def _pdf_lines(blocks: list[Block]) -> list[tuple[str, str]]:
+    """The report's text as ``(style, line)``, wrapped to the page (the plots go on pages of their own)."""
+    lines: list[tuple[str, str]] = []
+    for kind, body in blocks:
+        if kind == "img":
+            continue
+        style = kind if kind in ("h1", "h2") else "text"
+        text = _markdown([(kind, body)]).rstrip("\n")
+        for line in text.splitlines() or [""]:
+            wrapped = textwrap.wrap(line, _PDF_COLUMNS, subsequent_indent="    ") or [""]
+            lines += [(style, part) for part in wrapped]
+        lines.append(("text", ""))
+    return lines
+
+
+def _pdf(blocks: list[Block], summary: Mapping[str, Any], path: Path) -> None:
+    """The report as a PDF: its text pages, then one page per plot (the PNGs the Markdown report links).
+    matplotlib writes it with the fonts it ships (DejaVu): no system font is needed."""
+    from matplotlib.backends.backend_pdf import PdfPages  # noqa: PLC0415 (loaded only when a PDF is written)
+    from matplotlib.image import imread  # noqa: PLC0415
+
+    title = next((str(body) for kind, body in blocks if kind == "h1"), "Session report")
+    metadata = {
+        "Title": f"{title}: patient {_text(summary.get('patient'))}, "
+        f"session {_text(summary.get('session_id'))}",
+        "Creator": "ketapump",
+        "CreationDate": None,
+    }
+    lines = _pdf_lines(blocks)
+    sizes = {"h1": 13.0, "h2": 10.0, "text": 6.8}
+    with PdfPages(path, metadata=metadata) as pdf:
+        for start in range(0, len(lines), _PDF_LINES_PER_PAGE):
+            fig = Figure(figsize=PDF_PAGE_IN)
+            FigureCanvasAgg(fig)
+            for row, (style, line) in enumerate(lines[start : start + _PDF_LINES_PER_PAGE]):
+                weight = "normal" if style == "text" else "bold"
+                y = 0.96 - row * (0.92 / _PDF_LINES_PER_PAGE)
+                fig.text(
+                    0.06, y, line, family="DejaVu Sans Mono", fontsize=sizes[style], weight=weight, va="top"
+                )
+            pdf.savefig(fig)
+        for kind, body in blocks:
+            if kind != "img":
+                continue
+            caption, _, image = body
+            fig = Figure(figsize=PDF_PAGE_IN)
+            FigureCanvasAgg(fig)
+            ax = fig.add_axes((0.04, 0.2, 0.92, 0.72))
+            ax.imshow(imread(image), interpolation="none")  # the PNG's own pixels, not resampled
+            ax.set_axis_off()
+            ax.set_title(caption, fontsize=11)
+            pdf.savefig(fig)
+
+
 def write_report(
     summary: Mapping[str, Any],
     points: Sequence[SeriesPoint],
     events: Sequence[SeriesEvent],
     out_dir: Path,
     *,
-    fmt: Literal["md", "html"] = "md",
+    fmt: Literal["md", "html", "pdf"] = "md",
     thresholds: VitalsThresholds | None = None,
     plots: Sequence[Path] | None = None,
 ) -> Path:
-    """Writes the report (``report.md`` with the plots beside it, or one self-contained ``report.html``)
-    and ``series.csv`` into ``out_dir``; returns the report's path. The plots are drawn unless ``plots``
+    """Writes the report (``report.md`` with the plots beside it, one self-contained ``report.html``, or
+    ``report.pdf``: the same text, then a page per plot) and ``series.csv`` into ``out_dir``; returns the
+    report's path. The plots are drawn unless ``plots``
     passes those :func:`write_plots` already wrote.
 
     ``summary`` keys, all optional (a missing value shows as ``—``; a missing list is taken from
@@ -958,8 +1021,8 @@ def write_report(
 
     Any other key is listed under "Other".
     """
-    if fmt not in ("md", "html"):
-        raise ConfigurationError("fmt", f"must be 'md' or 'html', not {fmt!r}")
+    if fmt not in ("md", "html", "pdf"):
+        raise ConfigurationError("fmt", f"must be 'md', 'html' or 'pdf', not {fmt!r}")
     if plots is None:
         plots = write_plots(
             points, events, out_dir, thresholds=thresholds, actions=summary.get("actions", ()),
@@ -971,5 +1034,8 @@ def write_report(
     series_csv = write_series_csv(points, out_dir / "series.csv")
     blocks = _blocks(summary, points, events, plots, series_csv)
     path = out_dir / f"report.{fmt}"
-    path.write_text(_markdown(blocks) if fmt == "md" else _html(blocks), encoding="utf-8")
+    if fmt == "pdf":
+        _pdf(blocks, summary, path)
+    else:
+        path.write_text(_markdown(blocks) if fmt == "md" else _html(blocks), encoding="utf-8")
     return path
