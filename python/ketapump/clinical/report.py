@@ -954,7 +954,9 @@ def _pdf_lines(blocks: list[Block]) -> list[tuple[str, str]]:
 def _pdf(blocks: list[Block], summary: Mapping[str, Any], path: Path) -> None:
     """The report as a PDF: its text pages, then one page per plot (the PNGs the Markdown report links).
     matplotlib writes it with the fonts it ships (DejaVu): no system font is needed."""
-    from matplotlib.backends.backend_pdf import PdfPages  # noqa: PLC0415 (loaded only when a PDF is written)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (loaded only when drawn)
+    from matplotlib.backends.backend_pdf import PdfPages  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
     from matplotlib.image import imread  # noqa: PLC0415
 
     title = next((str(body) for kind, body in blocks if kind == "h1"), "Session report")
