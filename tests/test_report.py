@@ -464,8 +464,8 @@ def test_the_html_report_is_one_self_contained_file(session: Session, tmp_path: 
 
 
 def test_the_report_refuses_an_unknown_format(session: Session, tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="fmt must be 'md' or 'html'"):
-        write_report({}, session.points, [], tmp_path, fmt="pdf")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="fmt must be 'md', 'html' or 'pdf', not 'docx'"):
+        write_report({}, session.points, [], tmp_path, fmt="docx")  # type: ignore[arg-type]
 
 
 def test_the_pdf_report_is_a_valid_pdf_with_the_reports_text_and_a_page_per_plot(
