@@ -375,10 +375,10 @@ def draw_plots(
     if not np.all(np.isnan(planned_rate)):
         ax.plot(t_min, planned_rate, color=COLORS["planned_rate"], linestyle="--", linewidth=1.2,
                 drawstyle="steps-post", label="plan")  # fmt: skip
-    if after_end:
+    if after_end:  # over the target line it often lies on
         ax.plot([p.t_s / 60.0 for p in after_end], [p.rate_ml_h for p in after_end],
-                color=COLORS["planned_rate"], linestyle=":", linewidth=2, drawstyle="steps-post",
-                label=NOT_GIVEN)  # fmt: skip
+                color=COLORS["programmed"], linestyle=":", linewidth=2.5, drawstyle="steps-post",
+                zorder=3, label=NOT_GIVEN)  # fmt: skip
     target = target_rate_ml_h(points, planned)
     if target is not None:
         ax.axhline(target, color=COLORS["target"], linestyle="-.", linewidth=1.2, zorder=1.5)
