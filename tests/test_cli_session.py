@@ -598,3 +598,40 @@ def test_a_virtual_time_session_records_true_times_and_a_second_open_session_is_
     assert "ketapump course end crashed" in refused.stderr
     with CourseHistory.open(db) as course:
         assert [s.session_id for s in course.sessions("p-open")] == ["crashed"]
+
+
+def test_the_sitter_is_given_by_name_and_phone_checked_before_anything_is_written(tmp_path: Path) -> None:
+    out, log, db = tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "course.sqlite3"
+    common = [
+        "session", "--protocol", str(short_observation_protocol(tmp_path)), "--patient", "p-s", "--weight-kg",
+        "70", "--yes", "--operator", "nurse T", "--out", str(out), "--log", str(log), "--course-db", str(db),
+    ]  # fmt: skip
+    for args, option, words in (
+        (["--sitter-name", "Ann Lee"], "--sitter-phone", "is needed too"),
+        (["--sitter-phone", "+44 20 7946 0958"], "--sitter-name", "is needed too"),
+        (
+            ["--sitter-name", "Ann Lee", "--sitter-phone", "ask at the desk"],
+            "--sitter-phone",
+            "not a phone number",
+        ),
+        (
+            ["--sitter-name", " ", "--sitter-phone", "+44 20 7946 0958"],
+            "--sitter-name",
+            "printable characters",
+        ),
+    ):
+        done = ketapump(*common, *args)
+        assert done.returncode == os.EX_DATAERR, (args, done.stderr)
+        assert option in done.stderr and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert_documented(["session"], done.returncode, done.stderr)
+        assert not out.exists() and not log.exists() and not db.exists(), args
+    new_course_db(db)
+    done = ketapump(
+        *common, "--sitter-name", "Ann Lee", "--sitter-phone", "+44 20 7946 0958", "--json", timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["sitter"] == {"name": "Ann Lee", "phone": "+44 20 7946 0958"}
+    assert summary["discharge_confirmed"] is True and summary["alarms"] == []
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "| Sitter | Ann Lee, phone +44 20 7946 0958 |" in report

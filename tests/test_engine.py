@@ -49,6 +49,7 @@ from ketapump.clinical import (
     plan_dose,
 )
 from ketapump.clinical.events import EventStream
+from ketapump.clinical.protocol import Sitter
 from ketapump.clinical.vitals import PatientScript, ScriptedMonitor
 from ketapump.clock import VirtualClock
 from ketapump.errors import CourseStorageError, LimitRefused
@@ -92,6 +93,7 @@ class Chair:
                 operator=operator or ScriptedOperator(),
                 calendar_origin=NOW,
                 operator_name=OPERATOR,
+                sitter=Sitter("a sitter", "+44 20 7946 0000"),
             )
         )
         self.events: list[SessionEvent] = []
@@ -163,7 +165,8 @@ def test_a_session_emits_its_phases_ticks_questions_records_and_one_end(tmp_path
     assert {v.channel for v in chair.of(VitalsRead)} == {"sbp", "dbp", "hr", "spo2"}
     protocol = load_protocol("ketamine-depression")
     asked = chair.of(QuestionAsked)
-    assert [q.text for q in asked] == protocol.checklists.pre + protocol.checklists.discharge
+    sitter = ["sitter present: a sitter, phone +44 20 7946 0000"]  # by the name and phone recorded
+    assert [q.text for q in asked] == protocol.checklists.pre + protocol.checklists.discharge + sitter
     answered = {a.question_id: a for a in chair.of(QuestionAnswered)}
     assert all(answered[q.question_id].answer is True for q in asked)
     assert all(answered[q.question_id].source == "script" for q in asked)

@@ -39,7 +39,7 @@ from ketapump.clinical import (
     load_library,
     load_protocol,
 )
-from ketapump.clinical.protocol import Protocol
+from ketapump.clinical.protocol import Protocol, Sitter
 from ketapump.clinical.report import ACTOR_COLORS, COLORS, write_plots, write_report
 from ketapump.clinical.vitals import PatientScript, ScriptedMonitor
 from ketapump.clock import VirtualClock
@@ -121,6 +121,7 @@ def run(
                 operator=operator or ScriptedOperator(),
                 calendar_origin=NOW,
                 operator_name=NURSE,
+                sitter=Sitter("a sitter", "+44 20 7946 0000"),
             )
         )
         events: list[SessionEvent] = []

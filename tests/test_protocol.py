@@ -4,6 +4,7 @@ arithmetic of clinical-protocol.md, weight bases, phases."""
 from __future__ import annotations
 
 import math
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from ketapump.clinical.druglib import load_library
 from ketapump.clinical.protocol import (
     Patient,
     ProtocolError,
+    Sitter,
     ideal_body_weight_kg,
     load_protocol,
     parse_protocol,
@@ -236,5 +238,49 @@ def parse_protocol_text(text: str) -> str:
 def test_every_shipped_protocol_checks_the_iv_line_the_sitter_and_driving(name: str) -> None:
     checklists = load_protocol(name).checklists
     assert "IV placed and patent" in checklists.pre
-    assert "sitter present (name and phone recorded)" in checklists.discharge
+    assert checklists.sitter is True  # by the name and phone recorded (Sitter), not a line of text
     assert "no driving until the next day" in checklists.discharge
+
+
+def test_the_sitter_as_a_line_of_text_is_refused_with_where_it_is_recorded_instead() -> None:
+    shipped = resources.files("ketapump.data").joinpath("protocols", "ketamine-depression.toml")
+    text = shipped.read_text(encoding="utf-8").replace(
+        '"no driving until the next day",',
+        '"no driving until the next day", "Sitter present (name and phone recorded)",',
+    )
+    message = parse_protocol_text(text)
+    assert "checklists.discharge" in message and "recorded as fields (checklists.sitter = true" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "phone"),
+    [
+        ("Ann Lee", "+44 20 7946 0958"),
+        ("  Jo  ", "(202) 555-0142"),
+        ("Dr. O'Neil", "030/1234567"),
+        ("李", "0612345678"),
+    ],
+)
+def test_a_sitter_is_a_name_and_a_plausible_phone(name: str, phone: str) -> None:
+    sitter = Sitter(name, phone)
+    assert sitter.as_dict() == {"name": name.strip(), "phone": phone.strip()}
+
+
+@pytest.mark.parametrize(
+    ("name", "phone", "field"),
+    [
+        ("", "+44 20 7946 0958", "sitter name"),
+        ("   ", "+44 20 7946 0958", "sitter name"),
+        ("a\tb", "+44 20 7946 0958", "sitter name"),
+        ("x" * 101, "+44 20 7946 0958", "sitter name"),
+        ("Ann Lee", "", "sitter phone"),
+        ("Ann Lee", "12345", "sitter phone"),  # too short for a number
+        ("Ann Lee", "+1234567890123456", "sitter phone"),  # more digits than E.164 allows
+        ("Ann Lee", "call her at the desk", "sitter phone"),
+        ("Ann Lee", "0612345678 ext 2", "sitter phone"),
+        ("Ann Lee", "++44 20 7946 0958", "sitter phone"),
+    ],
+)
+def test_a_sitter_without_a_name_or_a_plausible_phone_is_refused(name: str, phone: str, field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field} "):
+        Sitter(name, phone)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from pypdf import PdfReader
 
 from ketapump import _core
 from ketapump.bridge import audit
@@ -463,5 +464,33 @@ def test_the_html_report_is_one_self_contained_file(session: Session, tmp_path: 
 
 
 def test_the_report_refuses_an_unknown_format(session: Session, tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="fmt must be 'md' or 'html'"):
-        write_report({}, session.points, [], tmp_path, fmt="pdf")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="fmt must be 'md', 'html' or 'pdf', not 'docx'"):
+        write_report({}, session.points, [], tmp_path, fmt="docx")  # type: ignore[arg-type]
+
+
+def test_the_pdf_report_is_a_valid_pdf_with_the_reports_text_and_a_page_per_plot(
+    session: Session, tmp_path: Path
+) -> None:
+    markdown = write_report(session.summary, session.points, session.events, tmp_path / "md").read_text()
+    path = write_report(session.summary, session.points, session.events, tmp_path / "pdf", fmt="pdf")
+    assert path == tmp_path / "pdf" / "report.pdf"
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF-1.") and data.rstrip().endswith(b"%%EOF")
+    pdf = PdfReader(path, strict=True)
+    assert "P-0042" in str(pdf.metadata.title)
+    text = "\n".join(page.extract_text() for page in pdf.pages)
+    # The text pages carry the report's own rows (the same numbers as the Markdown report) ...
+    for first_cell in ("Delivered", "Programmed", "Verification"):
+        assert " | ".join(table_row(markdown, first_cell)) in " ".join(text.split()), first_cell
+    assert "id: P-0042" in text and "not a certified medical device" in text
+
+    # ... then one page per plot, each the PNG the Markdown report links, at its own size.
+    def draws_an_image(page: Any) -> bool:
+        return re.search(rb"/I\d+\s+Do\b", page.get_contents().get_data()) is not None
+
+    assert [draws_an_image(page) for page in pdf.pages] == [False] * (len(pdf.pages) - 4) + [True] * 4
+    titles = ("Cumulative dose", "Commanded and measured rate", "Line pressure", "Vital signs")
+    for page, title in zip(pdf.pages[-4:], titles, strict=True):
+        assert title in page.extract_text()
+    sizes = sorted(image.image.size for image in pdf.pages[-1].images if image.image is not None)
+    assert sizes == [(1000, 450)] * 3 + [(1000, 800)]

@@ -18,7 +18,7 @@ from ketapump import _core
 from ketapump.bridge import audit
 from ketapump.clinical import druglib
 from ketapump.clinical.course import CourseHistory
-from ketapump.clinical.protocol import Patient, load_protocol, parse_protocol
+from ketapump.clinical.protocol import SITTER_ITEM, Patient, Sitter, load_protocol, parse_protocol
 from ketapump.clinical.session import (
     ScriptedOperator,
     Session,
@@ -42,6 +42,7 @@ from ketapump.wire.transports.base import RegisterTransport
 NOW = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
 PATIENT = Patient("p-1", weight_kg=70.0, height_cm=175.0, sex="male")
 OPERATOR = "nurse on duty"
+SITTER = Sitter("Ann Lee", "+44 20 7946 0958")
 
 
 @dataclass
@@ -73,6 +74,7 @@ def run_session(
     resistance_mmhg_s_per_ml: float | None = None,
     now: datetime.datetime = NOW,
     session_id: str = "s-new",
+    sitter: Sitter | None = SITTER,
 ) -> Run:
     """One session; ``history`` holds earlier sessions as (hours before NOW, delivered mg).
 
@@ -115,6 +117,7 @@ def run_session(
             calendar_origin=now,
             operator_name=OPERATOR,
             audit_path=str(log),
+            sitter=sitter,
         )
         try:
             result = asyncio.run(Session(ctx).run())
@@ -184,7 +187,8 @@ def test_a_nominal_session_runs_every_phase_delivers_the_dose_and_records_everyt
     assert audit.verify(run.log).ok
     answered = run.named("checklist_answered")
     protocol = load_protocol("ketamine-depression")
-    assert [a["item"] for a in answered] == protocol.checklists.pre + protocol.checklists.discharge
+    checklists = protocol.checklists
+    assert [a["item"] for a in answered] == checklists.pre + checklists.discharge + [SITTER.item]
     assert all(a["confirmed"] for a in answered)
     for event in ("session_planned", "limits_checked", "baseline_recorded", "observation_ended"):
         assert run.named(event), event
@@ -243,8 +247,10 @@ def test_vitals_that_stay_out_of_range_keep_the_infusion_paused_until_the_stop_r
     assert [e["reason"] for e in run.named("session_ended")] == ["vitals"]
     # About ten minutes' worth of the dose (52.5 mL/h) was given before the pause, and no more.
     assert 8.0 < r.delivered_mg < 10.5
-    # Observation ran to its maximum and says the vitals never came back.
-    assert r.alarms[-1]["code"] == "vitals_not_back_in_band"
+    # Observation ran to its maximum and says the vitals never came back; without an operator's reason for
+    # that, the discharge is refused.
+    assert [a["code"] for a in r.alarms[-2:]] == ["vitals_not_back_in_band", "discharge_refused"]
+    assert r.discharge_confirmed is False
     with CourseHistory.open(run.db) as course:
         (session,) = course.sessions(PATIENT.patient_id)
         assert session.outcome == "ended_vitals"
@@ -511,3 +517,101 @@ def test_an_unreachable_pump_is_not_a_session_start_in_the_course_history(tmp_pa
     assert isinstance(run.error, TransportError) and "127.0.0.1:1" in str(run.error)
     assert run.named("pump_unreachable")
     assert recorded_sessions(run.db) == ()
+
+
+# ----- discharge: the sitter by name and phone, and never after an unfinished observation without a reason
+
+
+def _short_observation() -> str:
+    protocol = load_protocol("ketamine-depression").model_dump()
+    protocol["observation"] |= {"min_minutes": 5.0, "max_minutes": 10.0}
+    return _toml(protocol)
+
+
+#: HR stays 40 % above the demo patient's baseline from just after the infusion (not past its 120 limit):
+#: the observation reaches its maximum with the vitals out of the band.
+RAISED_HR = {"kind": "crossing", "channel": "hr", "at_s": 2460.0, "duration_s": 1e6, "value": 100.0}
+
+
+def test_a_settled_observation_is_discharged_with_the_sitter_asked_for_by_name_and_phone(
+    tmp_path: Path,
+) -> None:
+    run = run_session(tmp_path)
+    r = run.result
+    assert r is not None and r.outcome == "complete"
+    assert r.discharge_confirmed is True and not run.named("discharge_refused")
+    assert r.sitter == {"name": "Ann Lee", "phone": "+44 20 7946 0958"}
+    (recorded,) = run.named("sitter_recorded")
+    assert (recorded["name"], recorded["phone"]) == ("Ann Lee", "+44 20 7946 0958")
+    asked = [e["item"] for e in run.named("checklist_answered") if e["checklist"] == "discharge"]
+    assert asked == [*load_protocol("ketamine-depression").checklists.discharge, SITTER.item]
+    assert SITTER.item == "sitter present: Ann Lee, phone +44 20 7946 0958"
+
+
+def test_a_discharge_without_a_recorded_sitter_is_not_confirmed(tmp_path: Path) -> None:
+    run = run_session(tmp_path, sitter=None)
+    r = run.result
+    assert r is not None and r.outcome == "complete" and r.sitter is None
+    assert r.discharge_confirmed is False
+    assert r.alarms[-1] == r.alarms[-1] | {
+        "code": "discharge_not_confirmed",
+        "item": SITTER_ITEM,
+        "why": "no sitter's name and phone were recorded",
+    }
+    assert run.named("checklist_not_confirmed")[-1]["item"] == SITTER_ITEM
+
+
+def test_a_sitter_the_operator_does_not_see_is_not_confirmed(tmp_path: Path) -> None:
+    run = run_session(tmp_path, operator=ScriptedOperator(answers={SITTER.item: False}))
+    r = run.result
+    assert r is not None and r.discharge_confirmed is False
+    assert r.alarms[-1] == r.alarms[-1] | {"code": "discharge_not_confirmed", "item": SITTER.item}
+
+
+def test_a_discharge_after_an_observation_that_ended_out_of_band_without_a_reason_is_refused(
+    tmp_path: Path,
+) -> None:
+    run = run_session(tmp_path, protocol=_short_observation(), script=script_with(RAISED_HR))
+    r = run.result
+    assert r is not None and r.outcome == "complete"
+    assert r.discharge_confirmed is False
+    assert [a["code"] for a in r.alarms[-2:]] == ["vitals_not_back_in_band", "discharge_refused"]
+    why = r.alarms[-1]["why"]
+    assert why == (
+        "discharge cannot be confirmed: the observation ended at its maximum (10 min) with the vitals not "
+        "back within ±20 % of baseline, and no operator's reason was given "
+        "(confirm observation_incomplete=REASON)"
+    )
+    assert run.named("discharge_refused")[0]["why"] == why
+    # Refused outright: not one discharge item was asked, the sitter's included.
+    assert not [e for e in run.named("checklist_answered") if e["checklist"] == "discharge"]
+
+
+def test_a_discharge_after_an_observation_that_ended_out_of_band_goes_ahead_with_the_operators_reason(
+    tmp_path: Path,
+) -> None:
+    reason = "reviewed by Dr B: HR 100 with no symptoms, patient alert"
+    operator = ScriptedOperator(reasons={"observation_incomplete": reason})
+    run = run_session(
+        tmp_path, protocol=_short_observation(), script=script_with(RAISED_HR), operator=operator
+    )
+    r = run.result
+    assert r is not None and r.discharge_confirmed is True
+    assert r.alarms[-1]["code"] == "vitals_not_back_in_band"
+    assert r.confirmations[-1] == {
+        "kind": "observation_incomplete",
+        "message": "the observation ended at its maximum (10 min) with the vitals not back within ±20 % of "
+        "baseline",
+        "reason": reason,
+        "by": OPERATOR,
+    }
+    assert run.named("soft_limit_confirmed")[-1]["kind"] == "observation_incomplete"
+
+
+def test_an_observation_the_operator_ended_early_with_a_reason_can_be_discharged(tmp_path: Path) -> None:
+    operator = ScriptedOperator(scheduled=[(2500.0, "end_observation", "transferred to the ward")])
+    run = run_session(tmp_path, operator=operator)
+    r = run.result
+    assert r is not None and r.observation_min < 5.0
+    assert [a["code"] for a in r.alarms] == ["observation_ended_early"]
+    assert r.discharge_confirmed is True and not run.named("discharge_refused")

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         SessionEnded,
         SessionEvent,
         SessionOutcome,
+        Sitter,
         Tick,
         VitalsSample,
     )
@@ -104,6 +105,7 @@ _HOMES = {
             "SessionEnded",
             "SessionEvent",
             "SessionOutcome",
+            "Sitter",
             "Tick",
             "VitalsSample",
         ),
@@ -158,6 +160,7 @@ __all__ = [
     "SessionEnded",
     "SessionEvent",
     "SessionOutcome",
+    "Sitter",
     "Tick",
     "TransportError",
     "VitalsSample",

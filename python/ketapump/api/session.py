@@ -21,6 +21,7 @@ from ketapump.clinical import (
     SessionEvent,
     SessionOutcome,
     SessionRunner,
+    Sitter,
     VitalsFeed,
     prepare_session,
 )
@@ -49,7 +50,8 @@ class Session:
     QA runs). ``course_db`` is an existing course database (:func:`init_course` creates one).
     ``operator`` answers the session's questions (default: a :class:`~ketapump.ScriptedOperator`
     that confirms every checklist item and declines every soft limit). ``time_scale=None`` runs a
-    ``sim://`` pump in virtual time (a 40-minute session in seconds).
+    ``sim://`` pump in virtual time (a 40-minute session in seconds). ``sitter`` (name and phone) is who
+    takes the patient home: the discharge asks that they are present, and is not confirmed without one.
 
     Raises :class:`~ketapump.errors.ConfigurationError` for anything invalid (protocol, patient, URL,
     feed) before anything is written, ``OSError`` when a record cannot be opened.
@@ -69,6 +71,7 @@ class Session:
         out: str | os.PathLike[str] = "ketapump-session",
         time_scale: float | None = None,
         operator_name: str | None = None,
+        sitter: Sitter | None = None,
     ) -> None:
         setup = prepare_session(
             protocol=protocol,
@@ -82,6 +85,7 @@ class Session:
             out=Path(out),
             time_scale=time_scale,
             operator_name=operator_name,
+            sitter=sitter,
         )
         if not isinstance(vitals, str):
             setup = dataclasses.replace(setup, vitals=vitals)

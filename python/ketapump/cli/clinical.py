@@ -52,6 +52,7 @@ from ketapump.clinical import (
     SessionResult,
     SessionRunner,
     SessionSetup,
+    Sitter,
     druglib,
     load_library,
     load_protocol,
@@ -263,6 +264,10 @@ def session(
     ] = 30.0,
     json_output: Annotated[bool, typer.Option("--json", help="Machine summary on stdout.")] = False,
     operator: Annotated[str | None, typer.Option(envvar=OPERATOR_ENV, help=OPERATOR_HELP)] = None,
+    sitter_name: Annotated[
+        str | None, typer.Option(help="Who takes the patient home (with --sitter-phone), for the discharge.")
+    ] = None,
+    sitter_phone: Annotated[str | None, typer.Option(help="The sitter's phone number.")] = None,
 ) -> None:
     """Run a clinical session from a protocol on any pump, recorded in the audit log and course history.
 
@@ -271,8 +276,11 @@ def session(
     a session cannot start without it unless the protocol allows anonymous QA runs (exit 2). Checklist
     items are asked on the terminal unless --yes; a soft limit or course rule proceeds only with
     --confirm KIND=REASON (also max_duration=REASON: continue an infusion past the protocol's maximum
-    duration). While it runs on a terminal, single keys act: p pause, r resume, s slow, R back to the
-    plan's rate, x stop, o observation, m medication, a acknowledge (each asks for a reason). For
+    duration; observation_incomplete=REASON: discharge after an observation that ended with the vitals
+    out of the band). The discharge asks that the sitter given by --sitter-name and --sitter-phone is
+    present (without them it is not confirmed: an alarm). While it runs on a terminal, single keys act:
+    p pause, r resume, s slow, R back to the plan's rate, x stop, o observation, m medication, a
+    acknowledge (each asks for a reason). For
     scripts, SIGUSR1 pauses and SIGUSR2 resumes the infusion; SIGINT or SIGTERM stops it (the session
     still observes and records). A vitals pause ends as the protocol says (vitals.resume). Exit codes: 0
     complete, 2 usage (no operator), 3 ended early (interlock, operator, vitals, maximum duration, link),
@@ -283,6 +291,7 @@ def session(
     name = operator_name(operator, required=False)
     try:
         reasons = _reasons(confirm or [])
+        sitter = _sitter(sitter_name, sitter_phone)
         setup = prepare_session(
             protocol=protocol,
             patient=Patient(patient, weight_kg, height_cm, sex),
@@ -295,6 +304,7 @@ def session(
             out=out,
             time_scale=time_scale,
             operator_name=name,
+            sitter=sitter,
         )
     except OutputPathError as e:
         raise fail(str(e), os.EX_CANTCREAT) from e
@@ -307,15 +317,30 @@ def session(
     except OSError as e:
         raise fail(str(e), os.EX_NOINPUT) from e
     checklists = setup.protocol.checklists
+    sitter_items = [sitter.item] if sitter is not None and checklists.sitter else []
     # The person at the terminal resumes a vitals pause themselves (a key, SIGUSR2), unless the protocol
     # lets the session resume it: no standing resume is made in their name.
     setup.operator = ScriptedOperator(
-        answers={} if yes else _ask_checklist(checklists.pre + checklists.discharge),
+        answers={} if yes else _ask_checklist(checklists.pre + checklists.discharge + sitter_items),
         reasons=reasons,
         resume_after_s=None,
         stop_after_s=stop_after_min * 60.0,
     )
     _execute(setup, json_output=json_output)
+
+
+def _sitter(name: str | None, phone: str | None) -> Sitter | None:
+    """The sitter from --sitter-name and --sitter-phone: both or neither, each checked."""
+    if name is None and phone is None:
+        return None
+    if name is None or phone is None:
+        missing = "--sitter-name" if name is None else "--sitter-phone"
+        raise ConfigurationError(missing, "is needed too: the sitter is recorded by name and phone")
+    try:
+        return Sitter(name, phone)
+    except ValueError as e:
+        field = "--sitter-phone" if str(e).startswith("sitter phone") else "--sitter-name"
+        raise ConfigurationError(field, str(e)) from None
 
 
 def _reasons(confirm: list[str]) -> dict[str, str]:

@@ -47,7 +47,7 @@ from ketapump.clinical.events import (
 )
 from ketapump.clinical.pk import MODELS as PK_MODELS
 from ketapump.clinical.pk import PkModel, PlasmaEstimator, pk_model
-from ketapump.clinical.protocol import DosePlan, Patient, Protocol, load_protocol, plan_dose
+from ketapump.clinical.protocol import DosePlan, Patient, Protocol, Sitter, load_protocol, plan_dose
 from ketapump.clinical.runner import (
     CONFIRMABLE,
     DEMO_OPERATOR,
@@ -134,6 +134,7 @@ __all__ = [
     "SessionResult",
     "SessionRunner",
     "SessionSetup",
+    "Sitter",
     "Source",
     "Tick",
     "VitalsFeed",

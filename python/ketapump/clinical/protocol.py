@@ -39,6 +39,7 @@ period and the checklists. ``schema_version = 1``::
     [checklists]
     pre = ["..."]
     discharge = ["..."]
+    sitter = true                      # discharge asks for the sitter recorded by name and phone (Sitter)
 
     [session]
     allow_anonymous = false            # true only for QA runs: a session without an operator's name
@@ -166,9 +167,61 @@ class Checklists(_Strict):
     discharge: list[str] = [
         "vitals back within band",
         "patient alert and oriented",
-        "sitter present (name and phone recorded)",
         "no driving until the next day",
     ]
+    #: Discharge asks that the session's sitter is present, by the name and phone recorded for them
+    #: (:class:`Sitter`); without a recorded sitter the discharge is not confirmed.
+    sitter: bool = Field(default=True, strict=True)
+
+    @field_validator("discharge")
+    @classmethod
+    def _sitter_is_structured(cls, items: list[str]) -> list[str]:
+        if any(item.strip().lower() == SITTER_ITEM for item in items):
+            raise ValueError(
+                f"{SITTER_ITEM!r} is not a text item: the sitter's name and phone are recorded as fields "
+                "(checklists.sitter = true, the default)"
+            )
+        return items
+
+
+#: The discharge item of a sitter, as a text line: what :class:`Sitter` records as fields instead.
+SITTER_ITEM = "sitter present (name and phone recorded)"
+#: A phone number's characters besides its digits (grouping), and its digits' count (E.164: at most 15).
+_PHONE_GROUPING = frozenset(" -.()/")
+_PHONE_DIGITS = (6, 15)
+
+
+@dataclass(frozen=True)
+class Sitter:
+    """The person who takes the patient home: a name and a phone number, each checked (a name that is not
+    blank, a phone of 6–15 digits, an optional leading ``+``, grouped by spaces, dashes, dots, brackets
+    or slashes). Raises ``ValueError`` naming the field."""
+
+    name: str
+    phone: str
+
+    def __post_init__(self) -> None:
+        name, phone = self.name.strip(), self.phone.strip()
+        if not name or not name.isprintable() or len(name) > 100:
+            raise ValueError(f"sitter name {self.name!r} must be 1–100 printable characters")
+        body = phone.removeprefix("+")
+        digits = [c for c in body if c.isdigit()]
+        low, high = _PHONE_DIGITS
+        if not all(c.isdigit() or c in _PHONE_GROUPING for c in body) or not low <= len(digits) <= high:
+            raise ValueError(
+                f"sitter phone {self.phone!r} is not a phone number ({low}–{high} digits, an optional "
+                "leading '+', grouped by spaces, dashes, dots, brackets or slashes)"
+            )
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "phone", phone)
+
+    @property
+    def item(self) -> str:
+        """The discharge checklist item that asks for this sitter."""
+        return f"sitter present: {self.name}, phone {self.phone}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "phone": self.phone}
 
 
 class SessionSpec(_Strict):
@@ -491,11 +544,13 @@ def _syringe(name: str) -> tuple[float, float]:
 
 
 __all__ = [
+    "SITTER_ITEM",
     "DosePlan",
     "Patient",
     "Protocol",
     "ProtocolError",
     "Segment",
+    "Sitter",
     "basis_weight_kg",
     "ideal_body_weight_kg",
     "load_protocol",

@@ -24,6 +24,7 @@ import dataclasses
 import html
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ COLORS: dict[str, str] = {
     "rr": "#2ca02c",
     "etco2": "#9467bd",
     "planned_rate": "#7f7f7f",
+    "target": "#000000",
     "slowed": "#f4b6c2",
 }
 #: Marks of the actions on the time axis, by actor.
@@ -72,6 +74,18 @@ EVENT_STYLES: dict[str, tuple[str, str]] = {
     "phase": ("#7f7f7f", ":"),
     "phase_started": ("#7f7f7f", ":"),
 }
+#: Phases and event kinds as a reader names them (any other: its identifier with spaces).
+WORDS: dict[str, str] = {
+    "take_up": "take-up",
+    "phase_started": "phase started",
+    "rate_changed": "rate changed",
+    "vitals_alarm": "vitals alarm",
+    "pump_alarm": "pump alarm",
+    "max_duration_reached": "maximum duration reached",
+    "cuff_reading_requested": "cuff reading requested",
+}
+#: Phases in which the pump runs the plan (their end is where the infusion ended).
+INFUSING_PHASES = frozenset({"take_up", "infusion"})
 PLOT_FILES = {
     "dose": "dose.png",
     "rate": "rate.png",
@@ -199,15 +213,20 @@ def _decorate(
     """Phases shaded, events as vertical lines, one legend entry per phase and event kind."""
     colors: dict[str, str] = {}
     for phase, start, end in spans:
-        label = phase if legend and phase not in colors else None
+        label = words(phase) if legend and phase not in colors else None
         color = colors.setdefault(phase, PHASE_COLORS[len(colors) % len(PHASE_COLORS)])
         ax.axvspan(start / 60.0, end / 60.0, color=color, alpha=0.6, linewidth=0, label=label, zorder=0)
     seen: set[str] = set()
     for e in events:
         color, style = EVENT_STYLES.get(e.kind, ("#bbbbbb", "-."))
-        label = e.kind if legend and e.kind not in seen else None
+        label = words(e.kind) if legend and e.kind not in seen else None
         seen.add(e.kind)
         ax.axvline(e.t_s / 60.0, color=color, linestyle=style, linewidth=1.2, label=label, zorder=1)
+
+
+def words(name: str) -> str:
+    """A phase or event kind as a reader names it (``take_up`` is "take-up")."""
+    return WORDS.get(name, name.replace("_", " "))
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -285,44 +304,67 @@ def write_plots(
     points: Sequence[SeriesPoint],
     events: Sequence[SeriesEvent],
     out_dir: Path,
+    **drawing: Any,
+) -> list[Path]:
+    """:func:`draw_plots`' four figures as PNGs in ``out_dir`` (see :data:`PLOT_FILES`): dose, rate,
+    pressure and vitals, in that order."""
+    figures = draw_plots(points, events, **drawing)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [_save(figures[name], out_dir / file) for name, file in PLOT_FILES.items()]
+
+
+def draw_plots(
+    points: Sequence[SeriesPoint],
+    events: Sequence[SeriesEvent],
     *,
     thresholds: VitalsThresholds | None = None,
     actions: Sequence[Mapping[str, Any]] = (),
     observations: Sequence[Mapping[str, Any]] = (),
     medications: Sequence[Mapping[str, Any]] = (),
-) -> list[Path]:
-    """Four PNGs in ``out_dir`` (see :data:`PLOT_FILES`): dose, rate, pressure and vitals, in that order.
+    planned: Sequence[PlannedPoint] = (),
+    baseline: Mapping[str, float] | None = None,
+    band_pct: float | None = None,
+) -> dict[str, Figure]:
+    """The four figures, by :data:`PLOT_FILES`' names: dose, rate, pressure and vitals.
 
-    ``thresholds`` are the vital-sign limits drawn (the shipped defaults if not given). ``actions``,
-    ``observations`` and ``medications`` (records with a time, as in the session's summary) are marked
-    on the time axis of the dose and rate plots with their actor and reason; the rate plot shades the
-    spans the infusion ran slowed and hatches those it was held.
+    ``thresholds`` are the vital-sign limits drawn (the shipped defaults if not given), each labelled at
+    its right end. ``actions``, ``observations`` and ``medications`` (records with a time, as in the
+    session's summary) are marked on the time axis of the dose and rate plots with their actor and
+    reason; the rate plot marks the target rate and labels the take-up, shades the spans the infusion
+    ran slowed and hatches those it was held. ``planned`` is the plan's whole schedule on the session's
+    clock (:class:`PlannedPoint`): where the infusion ended before it, the plan continues dashed as
+    "planned, not given". ``baseline`` (by channel, ``sbp`` or ``sbp_mmhg``) and ``band_pct`` draw the
+    band around the baseline that ends the observation, over the observation. Legends sit beside the
+    plots, never over them.
     """
     if not points:
         raise ConfigurationError("points", "is empty: there is nothing to plot")
     limits = thresholds or vitals_thresholds()
-    out_dir.mkdir(parents=True, exist_ok=True)
     t_min = _column(points, "t_s") / 60.0
     spans = phase_spans(points)
     marks = _timeline(actions, observations, medications)
-    paths: list[Path] = []
+    after_end = _after_infusion(points, planned)
+    figures: dict[str, Figure] = {}
 
     fig, ax = _figure_with_timeline(marks)
     _decorate(ax, spans, events, legend=True)
     ax.plot(t_min, _column(points, "delivered_mg"), color=COLORS["delivered"], linewidth=3, label="delivered")
     ax.plot(t_min, _column(points, "programmed_mg"), color=COLORS["programmed"], linestyle="--",
             linewidth=1.5, label="programmed (plan)")  # fmt: skip
+    if after_end:
+        ax.plot([p.t_s / 60.0 for p in after_end], [p.cumulative_mg for p in after_end],
+                color=COLORS["programmed"], linestyle=":", linewidth=2, label=NOT_GIVEN)  # fmt: skip
     ax.set_ylabel("cumulative dose (mg)")
     ax.set_title("Cumulative dose against the plan")
     _finish(ax)
-    paths.append(_save(fig, out_dir / PLOT_FILES["dose"]))
+    figures["dose"] = fig
 
     fig, ax = _figure_with_timeline(marks)
     _decorate(ax, spans, events, legend=True)
     t_s = _column(points, "t_s")
-    planned, programmed = _column(points, "planned_rate_ml_h"), _column(points, "programmed_rate_ml_h")
+    planned_rate, programmed = _column(points, "planned_rate_ml_h"), _column(points, "programmed_rate_ml_h")
     with np.errstate(invalid="ignore"):
-        slowed = programmed < planned * (1.0 - 1e-6)
+        slowed = programmed < planned_rate * (1.0 - 1e-6)
     for n, (start, end) in enumerate(_spans(t_s, slowed)):
         ax.axvspan(start / 60.0, end / 60.0, color=COLORS["slowed"], linewidth=0, zorder=0.5,
                    label="slowed by the operator" if n == 0 else None)  # fmt: skip
@@ -330,17 +372,32 @@ def write_plots(
     for n, (start, end) in enumerate(_spans(t_s, held)):
         ax.axvspan(start / 60.0, end / 60.0, facecolor="none", edgecolor="#555555", hatch="//",
                    linewidth=0, zorder=0.6, label="held (paused)" if n == 0 else None)  # fmt: skip
-    if not np.all(np.isnan(planned)):
-        ax.plot(t_min, planned, color=COLORS["planned_rate"], linestyle="--", linewidth=1.2,
+    if not np.all(np.isnan(planned_rate)):
+        ax.plot(t_min, planned_rate, color=COLORS["planned_rate"], linestyle="--", linewidth=1.2,
                 drawstyle="steps-post", label="plan")  # fmt: skip
+    if after_end:  # over the target line it often lies on
+        ax.plot([p.t_s / 60.0 for p in after_end], [p.rate_ml_h for p in after_end],
+                color=COLORS["programmed"], linestyle=":", linewidth=2.5, drawstyle="steps-post",
+                zorder=3, label=NOT_GIVEN)  # fmt: skip
+    target = target_rate_ml_h(points, planned)
+    if target is not None:
+        ax.axhline(target, color=COLORS["target"], linestyle="-.", linewidth=1.2, zorder=1.5)
+        _label_line(ax, target, f"target {target:.2f} mL/h", COLORS["target"])
     ax.plot(t_min, _column(points, "commanded_rate_ml_h"), color=COLORS["commanded"], linewidth=2,
             drawstyle="steps-post", label="commanded")  # fmt: skip
     ax.plot(t_min, _column(points, "measured_rate_ml_h"), color=COLORS["measured"], linewidth=1.5,
             label="measured")  # fmt: skip
+    take_up = take_up_peak(points)
+    if take_up is not None:
+        at_s, rate = take_up
+        ax.annotate(f"take-up: plunger slack closed at {rate:.0f} mL/h (not an overshoot)",
+                    xy=(at_s / 60.0, rate), xytext=(12, -4), textcoords="offset points", ha="left",
+                    va="top", fontsize="small", color=COLORS["commanded"],
+                    arrowprops={"arrowstyle": "->", "color": COLORS["commanded"]})  # fmt: skip
     ax.set_ylabel("rate (mL/h)")
     ax.set_title("Commanded and measured rate against the plan")
     _finish(ax)
-    paths.append(_save(fig, out_dir / PLOT_FILES["rate"]))
+    figures["rate"] = fig
 
     fig, (ax,) = _figure()
     _decorate(ax, spans, events, legend=True)
@@ -351,7 +408,7 @@ def write_plots(
     ax.set_ylabel("pressure (mmHg)")
     ax.set_title("Line pressure and the occlusion alarm threshold")
     _finish(ax)
-    paths.append(_save(fig, out_dir / PLOT_FILES["pressure"]))
+    figures["pressure"] = fig
 
     panels: list[tuple[tuple[Channel, ...], str]] = [
         (("sbp", "dbp"), "mmHg"),
@@ -363,9 +420,12 @@ def write_plots(
     panels += [
         ((channel,), unit) for channel, unit in capnograph if not np.all(np.isnan(_column(points, channel)))
     ]
+    observation = [(start, end) for phase, start, end in spans if phase == "observation"]
+    bands = observation_band(baseline, band_pct)
     fig, axes = _figure(rows=len(panels), height_in=8.0 + 2.0 * (len(panels) - 3))
     for i, (ax, (channels, unit)) in enumerate(zip(axes, panels, strict=True)):
         _decorate(ax, spans, events, legend=i == 0)
+        drawn: list[float] = []
         for channel in channels:
             values = _column(points, channel)
             have = ~np.isnan(values)
@@ -374,23 +434,121 @@ def write_plots(
             x, y = (t_min[have], values[have]) if sparse else (t_min, values)
             ax.plot(x, y, color=COLORS[channel], linewidth=1.5, marker="o" if sparse else None,
                     markersize=4, label=LABELS[channel])  # fmt: skip
+            drawn += [float(v) for v in values[have]]
+            if channel in bands:
+                low, high = bands[channel]
+                for n, (start, end) in enumerate(observation):
+                    ax.fill_between([start / 60.0, end / 60.0], low, high, color=COLORS[channel], alpha=0.12,
+                                    linewidth=0, zorder=0.8, label=f"{LABELS[channel]} {band_words(band_pct)}"
+                                    if n == 0 else None)  # fmt: skip
+                drawn += [low, high]
+            # Limits are labelled at their right end (not in the legend), each channel in its own style.
             for limit, sign in zip(limits.limits(channel), ("<", "≥"), strict=True):
                 if limit is not None:
-                    ax.axhline(limit, color=COLORS[channel], linestyle="--", linewidth=1,
-                               label=f"alarm {LABELS[channel]} {sign} {limit:g}")  # fmt: skip
+                    ax.axhline(limit, color=COLORS[channel], linestyle=LIMIT_STYLES.get(channel, "--"),
+                               linewidth=1.2)  # fmt: skip
+                    _label_line(ax, limit, f"{LABELS[channel]} {sign} {limit:g}", COLORS[channel])
+                    drawn.append(limit)
+        if drawn:  # every limit and band inside the axes, with room for its label
+            low, high = min(drawn), max(drawn)
+            margin = 0.08 * (high - low or 1.0)
+            ax.set_ylim(low - margin, high + margin)
         ax.set_ylabel(unit)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper left", fontsize="x-small", ncol=2, framealpha=0.8)
+        _legend(ax, fontsize="x-small")
     axes[0].set_title("Vital signs and their alarm limits")
     axes[-1].set_xlabel("time (min)")
-    paths.append(_save(fig, out_dir / PLOT_FILES["vitals"]))
-    return paths
+    figures["vitals"] = fig
+    return figures
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPoint:
+    """The plan at one instant of its schedule, on the session's clock: what it has given by then and
+    its rate."""
+
+    t_s: float
+    cumulative_mg: float
+    rate_ml_h: float
+
+
+#: The legend's words for the plan after the infusion ended early.
+NOT_GIVEN = "planned, not given (the infusion ended early)"
+#: Alarm-limit line styles by channel: SBP and DBP share a panel, so their limits differ in style too.
+LIMIT_STYLES: dict[str, str] = {"sbp": "--", "dbp": ":"}
+
+
+def _after_infusion(points: Sequence[SeriesPoint], planned: Sequence[PlannedPoint]) -> list[PlannedPoint]:
+    """The plan's schedule from where the infusion ended to the plan's end, when the infusion ended
+    before the plan did (an alarm, a stop): empty otherwise."""
+    infusing = [p.t_s for p in points if p.phase in INFUSING_PHASES]
+    if not infusing or not planned:
+        return []
+    ended_s = infusing[-1]
+    rest = [p for p in planned if p.t_s > ended_s]
+    if not rest:
+        return []
+    before = [p for p in planned if p.t_s <= ended_s]
+    return ([before[-1]] if before else []) + rest
+
+
+def target_rate_ml_h(points: Sequence[SeriesPoint], planned: Sequence[PlannedPoint] = ()) -> float | None:
+    """The plan's target rate (its highest scheduled rate, mL/h), from the schedule or the series."""
+    rates = [p.rate_ml_h for p in planned] or [p.planned_rate_ml_h for p in points]
+    finite = [r for r in rates if math.isfinite(r) and r > 0]
+    return max(finite) if finite else None
+
+
+def take_up_peak(points: Sequence[SeriesPoint]) -> tuple[float, float] | None:
+    """When the take-up's commanded rate peaked, and that rate: ``(t_s, mL/h)`` (``None``: no take-up)."""
+    take_up = [p for p in points if p.phase == "take_up" and p.commanded_rate_ml_h > 0]
+    if not take_up:
+        return None
+    peak = max(take_up, key=lambda p: p.commanded_rate_ml_h)
+    return peak.t_s, peak.commanded_rate_ml_h
+
+
+def observation_band(
+    baseline: Mapping[str, float] | None, band_pct: float | None
+) -> dict[str, tuple[float, float]]:
+    """Each channel's band around its baseline that ends the observation: ``(low, high)`` (SpO₂ never
+    above 100 %)."""
+    if not baseline or band_pct is None or not math.isfinite(band_pct):
+        return {}
+    bands = {}
+    for key, value in baseline.items():
+        number = _number(value)
+        if number is not None and math.isfinite(number):
+            channel = str(key).split("_")[0]
+            high = number * (1.0 + band_pct / 100.0)
+            bands[channel] = (
+                number * (1.0 - band_pct / 100.0),
+                min(high, 100.0) if channel == "spo2" else high,
+            )
+    return bands
+
+
+def band_words(band_pct: float | None) -> str:
+    return f"±{band_pct:g} % of baseline (ends the observation)"
+
+
+def _label_line(ax: Axes, y: float, text: str, color: str) -> None:
+    """A horizontal line's label at its right end, just above it, inside the axes."""
+    ax.annotate(text, xy=(1.0, y), xycoords=("axes fraction", "data"), xytext=(-4, 2),
+                textcoords="offset points", ha="right", va="bottom", fontsize="x-small", color=color,
+                gid="limit-label")  # fmt: skip
+
+
+def _legend(ax: Axes, fontsize: str) -> None:
+    """The legend beside the plot (right of the axes), so it never hides a line or a limit."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=fontsize,
+              framealpha=0.8)  # fmt: skip
 
 
 def _finish(ax: Axes) -> None:
     ax.set_xlabel("time (min)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize="small", framealpha=0.8)
+    _legend(ax, fontsize="small")
 
 
 # ----- the report --------------------------------------------------------------------------------
@@ -511,6 +669,7 @@ _RECORD_LABELS = {
     "rate": "Rate",
     "protocol_sha256": "Protocol file SHA-256",
     "software": "Software",
+    "sitter": "Sitter",
 }
 
 #: How a session ended, in words (the outcome codes of the course history and the session's result).
@@ -771,18 +930,81 @@ def _html(blocks: list[Block]) -> str:
     return "\n".join(parts) + "\n"
 
 
+#: A PDF page (A4, portrait) and the report's text on it: monospaced, so its tables keep their columns.
+PDF_PAGE_IN = (8.27, 11.69)
+_PDF_LINES_PER_PAGE = 64
+_PDF_COLUMNS = 118
+
+
+def _pdf_lines(blocks: list[Block]) -> list[tuple[str, str]]:
+    """The report's text as ``(style, line)``, wrapped to the page (the plots go on pages of their own)."""
+    lines: list[tuple[str, str]] = []
+    for kind, body in blocks:
+        if kind == "img":
+            continue
+        style = kind if kind in ("h1", "h2") else "text"
+        text = _markdown([(kind, body)]).rstrip("\n")
+        for line in text.splitlines() or [""]:
+            wrapped = textwrap.wrap(line, _PDF_COLUMNS, subsequent_indent="    ") or [""]
+            lines += [(style, part) for part in wrapped]
+        lines.append(("text", ""))
+    return lines
+
+
+def _pdf(blocks: list[Block], summary: Mapping[str, Any], path: Path) -> None:
+    """The report as a PDF: its text pages, then one page per plot (the PNGs the Markdown report links).
+    matplotlib writes it with the fonts it ships (DejaVu): no system font is needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (loaded only when drawn)
+    from matplotlib.backends.backend_pdf import PdfPages  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.image import imread  # noqa: PLC0415
+
+    title = next((str(body) for kind, body in blocks if kind == "h1"), "Session report")
+    metadata = {
+        "Title": f"{title}: patient {_text(summary.get('patient'))}, "
+        f"session {_text(summary.get('session_id'))}",
+        "Creator": "ketapump",
+        "CreationDate": None,
+    }
+    lines = _pdf_lines(blocks)
+    sizes = {"h1": 13.0, "h2": 10.0, "text": 6.8}
+    with PdfPages(path, metadata=metadata) as pdf:
+        for start in range(0, len(lines), _PDF_LINES_PER_PAGE):
+            fig = Figure(figsize=PDF_PAGE_IN)
+            FigureCanvasAgg(fig)
+            for row, (style, line) in enumerate(lines[start : start + _PDF_LINES_PER_PAGE]):
+                weight = "normal" if style == "text" else "bold"
+                y = 0.96 - row * (0.92 / _PDF_LINES_PER_PAGE)
+                fig.text(
+                    0.06, y, line, family="DejaVu Sans Mono", fontsize=sizes[style], weight=weight, va="top"
+                )
+            pdf.savefig(fig)
+        for kind, body in blocks:
+            if kind != "img":
+                continue
+            caption, _, image = body
+            fig = Figure(figsize=PDF_PAGE_IN)
+            FigureCanvasAgg(fig)
+            ax = fig.add_axes((0.04, 0.2, 0.92, 0.72))
+            ax.imshow(imread(image), interpolation="none")  # the PNG's own pixels, not resampled
+            ax.set_axis_off()
+            ax.set_title(caption, fontsize=11)
+            pdf.savefig(fig)
+
+
 def write_report(
     summary: Mapping[str, Any],
     points: Sequence[SeriesPoint],
     events: Sequence[SeriesEvent],
     out_dir: Path,
     *,
-    fmt: Literal["md", "html"] = "md",
+    fmt: Literal["md", "html", "pdf"] = "md",
     thresholds: VitalsThresholds | None = None,
     plots: Sequence[Path] | None = None,
 ) -> Path:
-    """Writes the report (``report.md`` with the plots beside it, or one self-contained ``report.html``)
-    and ``series.csv`` into ``out_dir``; returns the report's path. The plots are drawn unless ``plots``
+    """Writes the report (``report.md`` with the plots beside it, one self-contained ``report.html``, or
+    ``report.pdf``: the same text, then a page per plot) and ``series.csv`` into ``out_dir``; returns the
+    report's path. The plots are drawn unless ``plots``
     passes those :func:`write_plots` already wrote.
 
     ``summary`` keys, all optional (a missing value shows as ``—``; a missing list is taken from
@@ -801,8 +1023,8 @@ def write_report(
 
     Any other key is listed under "Other".
     """
-    if fmt not in ("md", "html"):
-        raise ConfigurationError("fmt", f"must be 'md' or 'html', not {fmt!r}")
+    if fmt not in ("md", "html", "pdf"):
+        raise ConfigurationError("fmt", f"must be 'md', 'html' or 'pdf', not {fmt!r}")
     if plots is None:
         plots = write_plots(
             points, events, out_dir, thresholds=thresholds, actions=summary.get("actions", ()),
@@ -814,5 +1036,8 @@ def write_report(
     series_csv = write_series_csv(points, out_dir / "series.csv")
     blocks = _blocks(summary, points, events, plots, series_csv)
     path = out_dir / f"report.{fmt}"
-    path.write_text(_markdown(blocks) if fmt == "md" else _html(blocks), encoding="utf-8")
+    if fmt == "pdf":
+        _pdf(blocks, summary, path)
+    else:
+        path.write_text(_markdown(blocks) if fmt == "md" else _html(blocks), encoding="utf-8")
     return path

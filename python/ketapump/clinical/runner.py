@@ -49,12 +49,14 @@ from ketapump.clinical.protocol import (
     DosePlan,
     Patient,
     Protocol,
+    Sitter,
     load_protocol,
     plan_dose,
     protocol_sha256,
 )
 from ketapump.clinical.session import (
     NEW_PATIENT,
+    OBSERVATION_INCOMPLETE,
     NewPatientFinding,
     Operator,
     ScriptedOperator,
@@ -91,6 +93,7 @@ CONFIRMABLE: tuple[str, ...] = (
     *(name for name, _unit in _core.LIMIT_KINDS),
     "baseline_vitals",
     NEW_PATIENT,
+    OBSERVATION_INCOMPLETE,
 )
 
 #: The demo's patient: weight and height of ``data/patients/demo.toml``'s scripted monitor.
@@ -98,6 +101,8 @@ DEMO_PATIENT = Patient("demo-patient", weight_kg=70.0, height_cm=175.0, sex="mal
 DEMO_PROTOCOL = "ketamine-depression"
 #: The demo's operator: the scripted nurse of ``data/patients/demo.toml``.
 DEMO_OPERATOR = "demo operator"
+#: The demo patient's sitter (a number from the range reserved for fiction).
+DEMO_SITTER = Sitter("demo sitter", "+1 202 555 0142")
 
 
 @dataclass
@@ -129,6 +134,8 @@ class SessionSetup:
     protocol_sha256: str = ""
     #: The face the session was started through (in the audit log with the plan).
     source: Source = "cli"
+    #: Who takes the patient home (``None``: not recorded; the discharge then is not confirmed).
+    sitter: Sitter | None = None
 
 
 def vitals_feed(source: str) -> VitalsFeed:
@@ -157,6 +164,7 @@ def prepare_session(
     time_scale: float | None = None,
     operator_name: str | None = None,
     jitter_real_s: float | None = None,
+    sitter: Sitter | None = None,
 ) -> SessionSetup:
     """Validates a session request (see the module docstring). ``time_scale`` runs a ``sim://`` pump at
     that many pump seconds per real second (``None``: virtual time) or follows a hw-sim started with it.
@@ -206,6 +214,7 @@ def prepare_session(
         loop_settings=settings,
         operator_name=operator_name,
         protocol_sha256=digest,
+        sitter=sitter,
     )
 
 
@@ -261,6 +270,7 @@ def prepare_demo(
         throwaway_records=True,
         operator_name=_operator_name(operator_name, protocol),
         protocol_sha256=protocol_sha256(DEMO_PROTOCOL),
+        sitter=DEMO_SITTER,
     )
 
 
@@ -460,6 +470,7 @@ def record_fields(
         "rate": f"{plan.rate_ml_h:.2f} mL/h mean, {plan.peak_rate_ml_h:.2f} mL/h peak",
         # One workspace version for the package and the Rust safety core it was built with.
         "software": f"ketapump {version}, safety core {version} ({_core.BUILD_PROFILE} build)",
+        "sitter": f"{setup.sitter.name}, phone {setup.sitter.phone}" if setup.sitter else "not recorded",
     }
 
 
@@ -519,6 +530,7 @@ class SessionOutcome:
             "confirmations": r.confirmations,
             "observation_min": r.observation_min,
             "discharge_confirmed": r.discharge_confirmed,
+            "sitter": r.sitter,
             "log": str(self.log_path),
             "log_verified": self.log_verified,
             "log_detail": self.log_detail,
@@ -575,6 +587,7 @@ class SessionRunner:
                 # Course records carry true times, whatever clock the pump runs on.
                 true_time=_monotonic_utc(),
                 source=setup.source,
+                sitter=setup.sitter,
             )
         )
 
@@ -645,6 +658,9 @@ class SessionRunner:
             actions=result.actions,
             observations=result.observations,
             medications=result.medications,
+            planned=result.planned_schedule(),
+            baseline=result.baseline,
+            band_pct=result.observation_band_pct,
         )
         outcome = SessionOutcome(
             result=result,
@@ -701,6 +717,7 @@ __all__ = [
     "DEMO_OPERATOR",
     "DEMO_PATIENT",
     "DEMO_PROTOCOL",
+    "DEMO_SITTER",
     "InterruptedSession",
     "SessionCheck",
     "SessionOutcome",

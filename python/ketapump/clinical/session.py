@@ -103,8 +103,8 @@ from ketapump.clinical.events import (
 )
 from ketapump.clinical.holds import LIMIT, OPERATOR, VITALS, Change, Holds
 from ketapump.clinical.pacing import PLAN, Pace, time_to_finish, volume_within
-from ketapump.clinical.protocol import DosePlan, Patient, Protocol, plan_dose
-from ketapump.clinical.report import SeriesEvent, SeriesPoint
+from ketapump.clinical.protocol import SITTER_ITEM, DosePlan, Patient, Protocol, Sitter, plan_dose
+from ketapump.clinical.report import PlannedPoint, SeriesEvent, SeriesPoint
 from ketapump.clinical.vitals import (
     CHANNELS,
     DISCRETE_CHANNELS,
@@ -133,6 +133,8 @@ from ketapump.wire import PumpDriver, PumpTelemetry
 
 #: Seconds between two points of the report's series.
 SERIES_EVERY_S = 5.0
+#: The confirmation a discharge needs after an observation that ended with the vitals out of the band.
+OBSERVATION_INCOMPLETE = "observation_incomplete"
 #: Window over which the measured rate is estimated from the plunger (s).
 RATE_WINDOW_S = 30.0
 #: Observation is checked once a second.
@@ -336,6 +338,23 @@ class SessionResult:
     actions: list[dict[str, Any]] = field(default_factory=list)
     observations: list[dict[str, Any]] = field(default_factory=list)
     medications: list[dict[str, Any]] = field(default_factory=list)
+    #: The band around the baseline that ends the observation (the protocol's ``observation.band_pct``).
+    observation_band_pct: float = math.nan
+    #: The sitter recorded for the discharge (``name``, ``phone``; ``None``: none recorded).
+    sitter: dict[str, str] | None = None
+
+    def planned_schedule(self, every_s: float = SERIES_EVERY_S) -> list[PlannedPoint]:
+        """The plan's whole schedule on the session's clock, from the infusion's start (the take-up's)
+        to the plan's end: what the plots continue past an infusion that ended early."""
+        start = next((t for name, t in self.phases if name in (Phase.TAKE_UP, Phase.INFUSION)), None)
+        if start is None:
+            return []
+        plan, end_s = self.plan, self.plan.segments[-1].end_s
+        steps = math.ceil(end_s / every_s)
+        return [
+            PlannedPoint(start + t, plan.planned_ml(t) * plan.concentration_mg_per_ml, plan.rate_at(t))
+            for t in (min(k * every_s, end_s) for k in range(steps + 1))
+        ]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -356,6 +375,7 @@ class SessionResult:
             "baseline": self.baseline,
             "observation_min": self.observation_min,
             "discharge_confirmed": self.discharge_confirmed,
+            "sitter": self.sitter,
             "plan": self.plan.as_dict(),
         }
 
@@ -447,6 +467,9 @@ class SessionContext:
     operator_name: str | None = None
     #: The face the session was started through (recorded with the plan).
     source: Source = "cli"
+    #: Who takes the patient home, by name and phone (``None``: not recorded; a protocol whose discharge
+    #: asks for the sitter then ends with the discharge not confirmed).
+    sitter: Sitter | None = None
 
 
 @dataclass
@@ -532,6 +555,9 @@ class Session:
         self._run_result: RunResult | None = None
         self._observation_min = 0.0
         self._discharged = False
+        #: How the observation fell short of its end (vitals not back within the band), when it did and no
+        #: operator's reason came with it (an operator's early end has one).
+        self._observation_unsettled: str | None = None
         #: The operator's accepted ``end_observation``, once given.
         self._observation_ended_by: OperatorCommand | None = None
         #: Course-history writes waiting for the session to be begun there (actions in the pre-check).
@@ -1162,9 +1188,7 @@ class Session:
             delivered_mg = delivered_ml * plan.concentration_mg_per_ml
             self._observation_min = await self._observe(plan) if delivered_ml > 0 else 0.0
             self._phase(Phase.DISCHARGE)
-            self._discharged = await self._checklist(
-                "discharge", ctx.protocol.checklists.discharge, abort=False
-            )
+            self._discharged = await self._discharge()
             if self._course_failure is not None:
                 raise self._course_failure
         except BaseException as e:
@@ -1234,6 +1258,8 @@ class Session:
             actions=self.actions,
             observations=self.observations,
             medications=self.medications,
+            observation_band_pct=self.ctx.protocol.observation.band_pct,
+            sitter=self.ctx.sitter.as_dict() if self.ctx.sitter else None,
         )
 
     def _plan(self) -> DosePlan:
@@ -1379,6 +1405,52 @@ class Session:
                 "soft_limit_confirmed", kind="baseline_vitals", message=warning, reason=reason, operator=by
             )
 
+    async def _discharge(self) -> bool:
+        """The discharge: refused (not confirmed, an alarm naming what is missing) while the observation
+        ended before the vitals were back within the band and no operator gave a reason for it; else
+        its checklist, then the sitter recorded for the session (a protocol's ``checklists.sitter``)."""
+        checklists = self.ctx.protocol.checklists
+        unsettled = self._observation_unsettled
+        if unsettled is not None:
+            question, future = self._ask_later("soft_limit", OBSERVATION_INCOMPLETE, unsettled)
+            reason = await future
+            if not isinstance(reason, str) or not reason.strip():
+                why = (
+                    f"discharge cannot be confirmed: {unsettled}, and no operator's reason "
+                    f"was given (confirm {OBSERVATION_INCOMPLETE}=REASON)"
+                )
+                self.rec.error("discharge_refused", why=why)
+                self.alarms.append(
+                    {
+                        "t_min": self._t() / 60.0,
+                        "source": "discharge",
+                        "code": "discharge_refused",
+                        "why": why,
+                    }
+                )
+                self._alarm_event("discharge", "discharge_refused", why)
+                return False
+            by = self._by(question)
+            self.confirmations.append(
+                {"kind": OBSERVATION_INCOMPLETE, "message": unsettled, "reason": reason, "by": by}
+            )
+            self.rec.warning(
+                "soft_limit_confirmed",
+                kind=OBSERVATION_INCOMPLETE,
+                message=unsettled,
+                reason=reason,
+                operator=by,
+            )
+        confirmed = await self._checklist("discharge", checklists.discharge, abort=False)
+        if not checklists.sitter:
+            return confirmed
+        sitter = self.ctx.sitter
+        if sitter is None:
+            self._not_confirmed("discharge", SITTER_ITEM, "no sitter's name and phone were recorded")
+            return False
+        self.rec.info("sitter_recorded", name=sitter.name, phone=sitter.phone)
+        return await self._checklist("discharge", [sitter.item], abort=False) and confirmed
+
     async def _checklist(self, name: str, items: Sequence[str], *, abort: bool) -> bool:
         """Asks every item; returns whether all were confirmed. An unconfirmed item aborts the session
         (``abort``: the pre-check, nothing delivered yet) or is an alarm for the clinician (discharge)."""
@@ -1393,17 +1465,20 @@ class Session:
                 raise SessionAbortedError(name, f"checklist item not confirmed: {item}")
             if not answer:
                 confirmed = False
-                self.rec.error("checklist_not_confirmed", checklist=name, item=item)
-                self.alarms.append(
-                    {
-                        "t_min": self._t() / 60.0,
-                        "source": "checklist",
-                        "code": f"{name}_not_confirmed",
-                        "item": item,
-                    }
-                )
-                self._alarm_event("checklist", f"{name}_not_confirmed", item)
+                self._not_confirmed(name, item)
         return confirmed
+
+    def _not_confirmed(self, name: str, item: str, why: str = "") -> None:
+        """A checklist item not confirmed (``why``: it could not be asked): an alarm for the clinician."""
+        self.rec.error("checklist_not_confirmed", checklist=name, item=item, **({"why": why} if why else {}))
+        alarm = {
+            "t_min": self._t() / 60.0,
+            "source": "checklist",
+            "code": f"{name}_not_confirmed",
+            "item": item,
+        }
+        self.alarms.append(alarm | ({"why": why} if why else {}))
+        self._alarm_event("checklist", f"{name}_not_confirmed", f"{item}: {why}" if why else item)
 
     def _stop_if_asked(self, phase: str) -> None:
         """An operator stop before the infusion starts aborts the session: nothing is delivered."""
@@ -1871,6 +1946,10 @@ class Session:
                 self.alarms.append(
                     {"t_min": t / 60.0, "source": "observation", "code": "vitals_not_back_in_band"}
                 )
+                self._observation_unsettled = (
+                    f"the observation ended at its maximum ({spec.max_minutes:g} min) with the vitals not "
+                    f"back within ±{spec.band_pct:g} % of baseline"
+                )
                 self._alarm_event("observation", "vitals_not_back_in_band", "maximum observation reached")
                 return elapsed_min
 
@@ -1984,6 +2063,7 @@ def _failed_outcome(error: BaseException) -> str:
 __all__ = [
     "ACTIONS",
     "NEW_PATIENT",
+    "OBSERVATION_INCOMPLETE",
     "PENDING",
     "PUMP_ACTIONS",
     "Action",
