@@ -40,12 +40,12 @@ BUILD_PROFILE: Final[Literal["debug", "release"]]
 """The cargo profile this module was compiled with (``release`` unless built for debugging)."""
 
 ALARMS: Final[list[str]]
+#: The most syringes one program may span (``SafetyKernel.load(..., syringes=)``).
+MAX_SYRINGES: Final[int]
 """Every alarm name, in code order."""
 
 _Direction = Literal["hold", "forward", "retract"]
-_StateName = Literal[
-    "idle", "armed", "running", "paused", "alarm", "stopped", "complete", "syringe_change"
-]
+_StateName = Literal["idle", "armed", "running", "paused", "alarm", "stopped", "complete", "syringe_change"]
 
 @final
 class KernelConfig:
@@ -292,9 +292,7 @@ class SafetyKernel:
     """
 
     def __new__(cls, config: KernelConfig) -> SafetyKernel: ...
-    def load(
-        self, rate_ml_h: float, vtbi_ml: float, take_up: bool = True, syringes: int = 1
-    ) -> None:
+    def load(self, rate_ml_h: float, vtbi_ml: float, take_up: bool = True, syringes: int = 1) -> None:
         """Load a program (from idle, stopped or complete): a rate and a volume to be infused, given
         over ``syringes`` syringes (1 to 16): the VTBI may be what the syringe in the pump still holds
         plus ``syringes − 1`` full ones. Raises :class:`~ketapump.errors.ConfigurationError` otherwise."""

@@ -487,6 +487,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Which build is loaded (`ketapump --version`): benchmarks and timings mean nothing on a debug one.
     m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
     m.add("ALARMS", kc::Alarm::ALL.map(kc::Alarm::as_str).to_vec())?;
+    m.add("MAX_SYRINGES", kc::MAX_SYRINGES)?;
     m.add_class::<KernelConfig>()?;
     m.add_class::<SafetyKernel>()?;
     m.add_class::<StepOutput>()?;

@@ -188,7 +188,7 @@ class Program:
         return cls(rate_ml_s=rate_ml_s, vtbi_ml=vtbi, take_up=take_up)
 
 
-#: The most syringes one program may span (``MAX_SYRINGES``).
+#: The most syringes one program may span (``MAX_SYRINGES``; the binding exports the core's).
 MAX_SYRINGES: Final = 16
 
 
