@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, final
 __all__ = [
     "ALARMS",
     "BUILD_PROFILE",
+    "MAX_SYRINGES",
     "ControlStatus",
     "KernelConfig",
     "ModbusTcpConnection",
