@@ -55,7 +55,8 @@ def test_300_kg_lists_the_weight_vtbi_and_syringe_findings_exits_6_and_json_prin
     done = ketapump(*args)
     assert done.returncode == EXIT_LIMIT, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith(("HARD", "SOFT"))]
-    assert [line.split()[0] for line in lines] == ["HARD", "HARD", "HARD"]
+    # The syringe's capacity is soft: the session would run the dose as 3 syringes (hard limits refuse it).
+    assert [line.split()[0] for line in lines] == ["HARD", "HARD", "SOFT"]
     assert "weight 300.0 kg exceeds the hard maximum 250.0 kg" in lines[0]
     assert "volume to be infused 150.0 mL exceeds the hard maximum 120.0 mL" in lines[1]
     assert "syringe fill 151.0 mL" in lines[2]
@@ -66,7 +67,7 @@ def test_300_kg_lists_the_weight_vtbi_and_syringe_findings_exits_6_and_json_prin
     assert [(f["kind"], f["severity"]) for f in d["findings"]] == [
         ("weight_kg", "hard"),
         ("vtbi_ml", "hard"),
-        ("syringe_fill_ml", "hard"),
+        ("syringe_fill_ml", "soft"),
     ]
     assert d["allowed"] is False and d["syringes_needed"] == 3
     assert len(d["findings"][2]["remedies"]) == 3
@@ -89,16 +90,52 @@ def test_a_session_refused_by_its_findings_lists_them_all_with_kinds_and_json_pr
     d = json.loads(refused.stdout)
     assert d["outcome"] == "refused"
     assert [f["kind"] for f in d["findings"]] == ["weight_kg", "vtbi_ml", "syringe_fill_ml"]
-    # 134 kg: the syringe finding with its remedies, and the soft VTBI naming the KIND to confirm.
+    # 134 kg: the syringe finding (soft: run as two syringes) with its remedies, naming its KIND.
     refused = session("134", "--confirm", "vtbi_ml=large patient, reviewed")
     assert refused.returncode == EXIT_LIMIT
-    assert "syringe fill 68.0 mL (67.0 mL + 1 mL line prime) exceeds the 60 mL" in refused.stderr
-    assert "[soft: confirm as vtbi_ml=REASON]" in refused.stderr
+    assert (
+        "syringe fill 68.0 mL (67.0 mL + 1 mL line prime) exceeds the 60 mL of one bd-plastipak-60: "
+        "the session runs it as 2 syringes (1 syringe change)"
+    ) in refused.stderr
+    assert "[soft: confirm as syringe_fill_ml=REASON]" in refused.stderr
     machine = session("134", "--json")
     assert machine.returncode == EXIT_LIMIT
     d = json.loads(machine.stdout)
-    assert d["needs_confirmation"] == ["vtbi_ml"]
-    assert d["findings"][0]["remedies"][0].startswith("a concentration of at least 1.14 mg/mL")
+    assert d["needs_confirmation"] == ["vtbi_ml", "syringe_fill_ml"]
+    syringe = next(f for f in d["findings"] if f["kind"] == "syringe_fill_ml")
+    assert syringe["remedies"][0].startswith("a concentration of at least 1.14 mg/mL")
+    assert syringe["remedies"][1].startswith("2 syringes of 60 mL (1 syringe change): the session runs it so")
+
+
+def test_134_kg_runs_as_two_syringes_on_sim_and_delivers_the_planned_dose(tmp_path: Path) -> None:
+    """The standard protocol at 1 mg/mL for 134 kg: 67 mL, more than one 60 mL syringe. The session
+    pauses after the first syringe's share, asks for the next syringe (confirmed by the operator,
+    recorded), the simulator loads it, the new slack is taken up, and the dose is delivered whole."""
+    log = tmp_path / "log.jsonl"
+    done = ketapump(
+        "session", "--protocol", "ketamine-depression", "--patient", "p-134", "--weight-kg", "134",
+        "--operator", "nurse A", "--yes", "--course-db", str(new_course_db(tmp_path / "c.sqlite3")),
+        "--log", str(log), "--out", str(tmp_path / "out"), "--json",
+        "--confirm", "vtbi_ml=large patient, reviewed", "--confirm", "syringe_fill_ml=two syringes drawn up",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    d = json.loads(done.stdout)
+    assert d["outcome"] == "complete" and d["alarms"] == [] and d["log_verified"] is True
+    assert d["programmed_mg"] == 67.0
+    assert math.isclose(d["delivered_mg"], 67.0, rel_tol=0.02)
+    (change,) = d["syringe_changes"]
+    assert change | {"syringe": 2, "of": 2, "by": "nurse A", "simulated": True} == change
+    # The first syringe gave its planned share (half the dose), not its last drop.
+    assert math.isclose(change["delivered_ml"], 33.5, abs_tol=0.2)
+    assert {c["kind"] for c in d["confirmations"]} == {"vtbi_ml", "syringe_fill_ml"}
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    asked = [e for e in events if e["event"] == "question_answered" and e.get("question") == "syringe_change"]
+    assert [(e["answer"], e["operator"]) for e in asked] == [(True, "nurse A")]
+    causes = [e["cause"] for e in events if e["event"] == "state_transition"]
+    # The kernel: paused, the change, the new syringe loaded, resumed with its own take-up.
+    i = causes.index("change_syringe")
+    assert causes[i - 1 : i + 4] == ["pause", "change_syringe", "syringe_loaded", "resume", "take_up_done"]
+    assert causes.count("take_up_done") == 2 and causes[-1] == "dose_complete"
 
 
 def test_150_kg_with_66_cm_is_flagged_and_its_session_names_the_kinds_to_confirm(tmp_path: Path) -> None:

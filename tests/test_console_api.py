@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import math
 import os
 import signal
 import socket
@@ -514,3 +515,56 @@ def test_a_restarted_serve_lists_the_sessions_a_killed_one_left_unfinished(tmp_p
         # A session running in this serve is not "interrupted".
         assert start_session(client, patient={"id": "p-2", "weight_kg": 70.0}).status_code == 201
         assert [s["session_id"] for s in client.get("/api/interrupted").json()] == [session_id]
+
+
+def test_a_two_syringe_session_asks_for_the_next_syringe_on_the_card_answered_over_http(
+    tmp_path: Path,
+) -> None:
+    """134 kg on the standard protocol (67 mL: two 60 mL syringes) on a simulated chair: after the first
+    syringe's share the pump is held and the card asks for the next syringe; answered over HTTP (with
+    the operator's name), the simulator loads it, the new slack is taken up and the dose runs on, counted
+    across both syringes. Time scale 18 (near the fastest a chair allows): the 40-min infusion takes
+    about 2 min 15 s."""
+    with (
+        serving("--config", str(clinic_file(tmp_path, time_scale=18.0))) as served,
+        served.client() as client,
+    ):
+        started = start_session(
+            client,
+            patient={"id": "p-134", "weight_kg": 134.0},
+            confirmations={"vtbi_ml": "large patient, reviewed", "syringe_fill_ml": "two syringes drawn up"},
+        )
+        assert started.status_code == 201, started.text
+        asking = card_when(
+            client, lambda c: any(q["question"] == "syringe_change" for q in c["questions"]), timeout=300.0
+        )
+        (q,) = [q for q in asking["questions"] if q["question"] == "syringe_change"]
+        assert "Load syringe 2" in q["text"]
+        assert asking["pump_state"] == "syringe_change" and "syringe" in asking["paused_by"]
+        assert math.isclose(asking["delivered_ml"], 33.5, abs_tol=0.3)
+        # The hold is the syringe's: an operator's resume does not lift it.
+        refused = act(client, "resume", "trying to go on")
+        assert refused.json()["status"] == "refused", refused.text
+        bad = client.post(
+            f"/api/chairs/chair-1/questions/{q['question_id']}", json={"operator": "nurse B", "value": "ok"}
+        )
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_answer"
+        ok = client.post(
+            f"/api/chairs/chair-1/questions/{q['question_id']}", json={"operator": "nurse B", "value": True}
+        )
+        assert ok.status_code == 200, ok.text
+        card_when(client, lambda c: c["pump_state"] == "running" and c["delivered_ml"] > 34.0, timeout=60.0)
+        done = card_when(
+            client, lambda c: c["phase"] in {"observation", "discharge", "complete"}, timeout=300.0
+        )
+        assert math.isclose(done["delivered_ml"], 67.0, rel_tol=0.02), done
+        log = done["session"]["log"]
+        ended = act(client, "end_observation", "test: the syringe change is what is checked")
+        assert ended.status_code == 200, ended.text
+    records = audit_records(log)
+    answered = [r for r in records if r["event"] == "question_answered" and r["question"] == "syringe_change"]
+    assert [(r["answer"], r["operator"], r["source"]) for r in answered] == [(True, "nurse B", "api")]
+    (changed,) = [r for r in records if r["event"] == "syringe_changed"]
+    assert changed["by"] == "nurse B" and changed["simulated"] is True and changed["syringe"] == 2
+    causes = [r["cause"] for r in records if r["event"] == "state_transition"]
+    assert causes.count("take_up_done") == 2 and "syringe_loaded" in causes

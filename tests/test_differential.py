@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -157,7 +157,7 @@ class KernelPair:
     def compare_views(self) -> None:
         assert self.rust.state == self.ref.state, f"state {self.where()}"
         assert tuple(self.rust.alarms) == self.ref.alarms, f"alarms {self.where()}"
-        for name in ("delivered_ml", "commanded_ml", "cumulative_mg"):
+        for name in ("delivered_ml", "commanded_ml", "cumulative_mg", "syringe_left_ml"):
             assert close(getattr(self.rust, name), getattr(self.ref, name)), (
                 f"{name}: rust {getattr(self.rust, name)!r} vs reference {getattr(self.ref, name)!r} "
                 f"at {self.where()}"
@@ -328,6 +328,7 @@ PLANT_EVENTS = [
     "slip_back",
     "siphon",
     "stop_siphon",
+    "swap_syringe",
     "air",
     "no_syringe",
     "end_of_travel",
@@ -347,7 +348,11 @@ COMMANDS = [
     "unload",
     "set_rate",
     "set_rate",
+    "change_syringe",
+    "syringe_loaded",
 ]
+#: Syringe counts for ``load``: mostly one, sometimes a dose of several, sometimes out of range.
+SYRINGE_COUNTS = st.sampled_from([1, 1, 1, 2, 3, 16, 0, 17, -1])
 
 
 @dataclass(frozen=True)
@@ -364,6 +369,7 @@ class Tick:
     rate: float = 30.0
     vtbi: float = 0.5
     take_up: bool = True
+    syringes: int = 1
 
 
 QUIET = Tick()
@@ -372,7 +378,12 @@ AMOUNT = st.floats(0.0, 1.0)
 #: Clean telemetry: only plant events (occlusion, stall, slip, siphon, flags) disturb the run.
 PLANT_TICKS = st.builds(Tick, event=st.sampled_from(PLANT_EVENTS), amount=AMOUNT)
 COMMAND_TICKS = st.builds(
-    Tick, command=st.sampled_from(COMMANDS), rate=RATES, vtbi=VTBIS, take_up=st.booleans()
+    Tick,
+    command=st.sampled_from(COMMANDS),
+    rate=RATES,
+    vtbi=VTBIS,
+    take_up=st.booleans(),
+    syringes=SYRINGE_COUNTS,
 )
 #: One fault at a time, an operator command, or (rarely) everything at once.
 NOISY_TICKS = st.one_of(
@@ -418,12 +429,15 @@ class Scenario:
     perturbations: dict[int, Tick]
     #: Drain and compare the trace rings every this many ticks (large values overflow the ring).
     drain_every: int = 1
+    #: The program's syringe count.
+    syringes: int = 1
 
 
 @st.composite
 def scenarios(draw: st.DrawFn, kind: str) -> Scenario:
     """``kind``: "noisy" (every fault), "plant" (clean telemetry, plant faults), "operator" (clean
-    telemetry, random operator commands) or "occlusion" (clean telemetry, the line occludes)."""
+    telemetry, random operator commands), "occlusion" (clean telemetry, the line occludes) or
+    "syringes" (clean telemetry, a dose of several syringes changed at random times)."""
     overrides = draw(kernel_overrides())
     if kind == "occlusion":
         overrides["has_pressure_sensor"] = True
@@ -432,9 +446,10 @@ def scenarios(draw: st.DrawFn, kind: str) -> Scenario:
     )
     fill = overrides["syringe_fill_ml"]
     cap_ml = (120.0 - overrides["prior_delivered_mg"]) / overrides["concentration_mg_per_ml"]
+    syringes = draw(st.integers(2, 3)) if kind == "syringes" else 1
     if draw(st.integers(0, 9)) > 0:  # mostly a valid program
         rate = ceiling * draw(st.floats(0.01, 1.0))
-        vtbi = min(draw(st.floats(0.005, 2.0)), 0.999 * min(fill, cap_ml))
+        vtbi = min(draw(st.floats(0.005, 2.0 * syringes)), 0.999 * min(syringes * fill, cap_ml))
     else:
         rate, vtbi = draw(RATES), draw(VTBIS)
     length = draw(st.integers(1, 600))
@@ -446,6 +461,18 @@ def scenarios(draw: st.DrawFn, kind: str) -> Scenario:
         perturbations = draw(st.dictionaries(ticks, PLANT_TICKS, max_size=4))
     elif kind == "operator":
         perturbations = draw(st.dictionaries(ticks, COMMAND_TICKS, max_size=20))
+    elif kind == "syringes":
+        perturbations = {}
+        for at in draw(st.lists(st.integers(0, max(last - 4, 0)), max_size=4)):
+            fill_ml = draw(st.sampled_from([fill, fill, 0.5 * fill, math.nan, 1.0e3]))
+            amount = draw(AMOUNT)
+            perturbations[at] = Tick(command="pause")
+            perturbations[at + 1] = Tick(command="change_syringe")
+            perturbations[at + 2] = Tick(event=draw(st.sampled_from(["no_syringe", "end_of_travel"])))
+            perturbations[at + 3] = Tick(
+                command="syringe_loaded", event="swap_syringe", vtbi=fill_ml, amount=amount
+            )
+            perturbations[at + 4] = Tick(command=draw(st.sampled_from(["resume", "stop", "start"])))
     else:
         follow_up = st.builds(Tick, command=st.sampled_from(["acknowledge", "start", "silence", "stop"]))
         perturbations = draw(st.dictionaries(ticks, follow_up, max_size=6))
@@ -466,6 +493,7 @@ def scenarios(draw: st.DrawFn, kind: str) -> Scenario:
         length=length,
         perturbations=perturbations,
         drain_every=draw(st.sampled_from([1, 1, 1, 7, 200])),
+        syringes=syringes,
     )
 
 
@@ -487,7 +515,7 @@ def run_scenario(scenario: Scenario) -> KernelPair:
     )
     clock = scenario.start_time_s
     last_t = clock
-    program = (scenario.rate, scenario.vtbi, scenario.take_up)
+    program = (scenario.rate, scenario.vtbi, scenario.take_up, scenario.syringes)
 
     if scenario.load_before_first_step and pair.command("load", *program) and scenario.auto_start:
         pair.command("start")
@@ -523,6 +551,9 @@ def run_scenario(scenario: Scenario) -> KernelPair:
                 plant.siphon_ml_s = 0.01 * tick.amount
             case "stop_siphon":
                 plant.siphon_ml_s = 0.0
+            case "swap_syringe":  # a new syringe: its plunger reads anywhere, its slack is open
+                plant.volume_ml = 10.0 * tick.amount
+                plant.slack_ml = 0.2 * tick.amount
 
         now = {
             "backwards": clock - 1.0 - tick.amount,
@@ -565,7 +596,9 @@ def run_scenario(scenario: Scenario) -> KernelPair:
             case "none":
                 pass
             case "load":
-                pair.command("load", tick.rate, tick.vtbi, tick.take_up)
+                pair.command("load", tick.rate, tick.vtbi, tick.take_up, tick.syringes)
+            case "syringe_loaded":
+                pair.command("syringe_loaded", tick.vtbi)
             case "set_rate":
                 pair.command("set_rate", tick.rate)
             case name:
@@ -594,6 +627,14 @@ def test_kernel_matches_reference_model_on_clean_telemetry(scenario: Scenario) -
 @given(scenarios("operator"))
 def test_kernel_matches_reference_model_under_operator_commands(scenario: Scenario) -> None:
     """Clean telemetry, random (valid and invalid) operator commands: pause, resume, set_rate, reload..."""
+    run_scenario(scenario)
+
+
+@SETTINGS
+@given(scenarios("syringes"))
+def test_kernel_matches_reference_model_through_syringe_changes(scenario: Scenario) -> None:
+    """A dose of several syringes, paused, changed (the syringe out, a new plunger reference, new
+    slack), loaded with a valid or refused fill, and resumed or stopped at random times."""
     run_scenario(scenario)
 
 
@@ -841,3 +882,21 @@ def test_rate_controller_matches(
 
 def test_alarm_names_match() -> None:
     assert tuple(core.ALARMS) == ALARMS
+
+
+def test_a_dose_of_two_syringes_matches_and_completes() -> None:
+    """Fill 1 mL, 1.5 mL over two syringes: the kernel holds at the first syringe's end, the change
+    re-references the plunger (it reads 0.3 mL on the new syringe) and the dose completes in both."""
+    swap = {
+        330: Tick(command="pause"),
+        331: Tick(command="change_syringe"),
+        332: Tick(event="no_syringe"),
+        333: Tick(command="syringe_loaded", event="swap_syringe", amount=0.03, vtbi=1.0),
+        334: Tick(command="resume"),
+    }
+    scenario = fixed_scenario(700, swap, vtbi=1.5, take_up=True, slack_ml=0.01, syringe_fill_ml=1.0)
+    pair = run_scenario(replace(scenario, syringes=2))
+    assert {"change_syringe", "syringe_loaded", "take_up_done", "dose_complete"} <= pair.seen_causes
+    assert "syringe_change" in pair.seen_states
+    assert pair.rust.state == "complete"
+    assert math.isclose(pair.rust.delivered_ml, 1.5, abs_tol=2 * pair.config.volume_quantum_ml)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ketapump.clinical.holds import LIMIT, OPERATOR, VITALS, Change, Holds
+from ketapump.clinical.holds import LIMIT, OPERATOR, SYRINGE, VITALS, Change, Holds
 
 
 def holds(resume: Any = "clinician", after_s: float = 120.0) -> Holds:
@@ -140,6 +140,20 @@ def test_an_operator_resume_leaves_the_limit_hold_and_says_so() -> None:
     assert h.limit_release().kernel == "resume"
 
 
+def test_the_syringe_holds_until_the_next_one_is_loaded_and_no_resume_lifts_it() -> None:
+    h = holds()
+    assert h.syringe_hold() == Change(True, added=SYRINGE, kernel="pause", left=(SYRINGE,))
+    assert h.syringe_hold().accepted is False
+    refused = h.operator_resume(vitals_active=False)
+    assert refused == Change(
+        False, "held for a syringe change: load the next syringe and answer its question", left=(SYRINGE,)
+    )
+    h.operator_pause()  # an operator's pause during the change stays after it
+    assert h.syringe_release() == Change(True, released=(SYRINGE,), left=(OPERATOR,))
+    assert h.syringe_release().accepted is False
+    assert h.operator_resume(vitals_active=False).kernel == "resume"
+
+
 def test_a_bad_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="'clinician' or 'auto'"):
         Holds("sometimes", 1.0)  # type: ignore[arg-type]
@@ -155,6 +169,8 @@ EVENTS = st.one_of(
     st.tuples(st.just("vitals"), st.booleans(), st.floats(0.0, 200.0)),
     st.tuples(st.just("limit_hold")),
     st.tuples(st.just("limit_release")),
+    st.tuples(st.just("syringe_hold")),
+    st.tuples(st.just("syringe_release")),
 )
 
 
@@ -183,6 +199,10 @@ def test_any_sequence_keeps_the_pump_held_by_its_holders_and_only_an_operator_re
             change = h.vitals(active=vitals_active, now_s=now)
         elif kind == "limit_hold":
             change = h.limit_hold()
+        elif kind == "syringe_hold":
+            change = h.syringe_hold()
+        elif kind == "syringe_release":
+            change = h.syringe_release()
         else:
             change = h.limit_release()
         after = h.holders

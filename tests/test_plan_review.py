@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def _kinds(findings: list[druglib.LimitFinding]) -> list[tuple[str, str]]:
 def test_300_kg_lists_weight_vtbi_and_syringe_findings_hard_first() -> None:
     """Pounds typed as kg: the weight and VTBI hard maxima are reported beside the syringe's capacity."""
     findings = _findings(STANDARD, Patient("p", 300.0))
-    assert _kinds(findings) == [("weight_kg", "hard"), ("vtbi_ml", "hard"), ("syringe_fill_ml", "hard")]
+    assert _kinds(findings) == [("weight_kg", "hard"), ("vtbi_ml", "hard"), ("syringe_fill_ml", "soft")]
     weight, vtbi, syringe = findings
     assert weight.message == "weight 300.0 kg exceeds the hard maximum 250.0 kg"
     assert vtbi.message == "volume to be infused 150.0 mL exceeds the hard maximum 120.0 mL"
@@ -61,26 +62,31 @@ def test_300_kg_lists_weight_vtbi_and_syringe_findings_hard_first() -> None:
     with pytest.raises(LimitRefused) as info:
         authorize(findings, [])
     text = str(info.value)
-    assert text.startswith("order is refused by 3 hard limits:")
+    assert text.startswith("order is refused by 2 hard limits:")
     for finding in findings:
         assert finding.message in text
 
 
 def test_134_kg_gets_the_syringe_finding_with_its_remedies_and_the_soft_vtbi_with_its_kind() -> None:
     findings = _findings(STANDARD, Patient("p", 134.0))
-    assert _kinds(findings) == [("syringe_fill_ml", "hard"), ("vtbi_ml", "soft")]
-    syringe = findings[0]
+    # Runnable as two syringes: soft, confirmed like any soft finding.
+    assert _kinds(findings) == [("vtbi_ml", "soft"), ("syringe_fill_ml", "soft")]
+    syringe = findings[1]
     # 67 mg: 67 mL + 1 mL prime; 67 mg in 59 mL fits at 1.14 mg/mL.
     assert syringe.message == (
-        "syringe fill 68.0 mL (67.0 mL + 1 mL line prime) exceeds the 60 mL of one bd-plastipak-60"
+        "syringe fill 68.0 mL (67.0 mL + 1 mL line prime) exceeds the 60 mL of one bd-plastipak-60: "
+        "the session runs it as 2 syringes (1 syringe change)"
     )
     assert syringe.remedies[0].startswith("a concentration of at least 1.14 mg/mL fits one bd-plastipak-60")
-    assert syringe.remedies[1].startswith("2 syringes of 60 mL (1 syringe change)")
-    with pytest.raises(LimitRefused) as info:
+    assert syringe.remedies[1].startswith("2 syringes of 60 mL (1 syringe change): the session runs it so")
+    with pytest.raises(ConfirmationRequired) as info:
         authorize(findings, [Confirmation("vtbi_ml", "reviewed")])
-    # The refusal lists the soft finding too, with the kind its confirmation needs.
-    assert [f.kind for f in info.value.also] == ["vtbi_ml"]
-    assert "[soft: confirm as vtbi_ml=REASON]" in str(info.value)
+    assert "[soft: confirm as syringe_fill_ml=REASON]" in str(info.value)
+    authorize(findings, [Confirmation("vtbi_ml", "reviewed"), Confirmation("syringe_fill_ml", "2 drawn up")])
+    # Beyond the kernel's 16 syringes it is hard (not runnable).
+    many = replace(plan_dose(STANDARD, Patient("p", 134.0)), syringe_fill_ml=17 * 60.0)
+    (hard,) = [f for f in [druglib.syringe_finding(many)] if f is not None]
+    assert hard.severity == "hard" and "more than the 16 one session may use" in hard.remedies[1]
     # At the concentration the remedy names, it fits one syringe.
     text = STANDARD.model_dump()
     text["drug"]["concentration_mg_per_ml"] = 1.14

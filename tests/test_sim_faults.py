@@ -199,6 +199,22 @@ async def _silent(server: SimServer, client: Client) -> None:
     rtu.close()
 
 
+@case("fault_load_syringe")
+async def _load_syringe(server: SimServer, client: Client) -> None:
+    await running(client, 600.0)
+    await keep_alive(client, 0.3)  # 18 pump seconds: 3 mL out of the barrel
+    left = await read(client, "syringe_volume_ml")
+    assert left < 50.0 - 2.0
+    refused = await write(client, "fault_load_syringe", 1)  # never into a running pump
+    assert refused.isError() and refused.exception_code == 4
+    await inject(client, "run_mode", 0)
+    at = await read(client, "plunger_volume_ml")
+    await inject(client, "fault_load_syringe", 1)
+    assert abs(await read(client, "syringe_volume_ml") - 50.0) < 0.01  # a new full syringe
+    # The encoder counts on (the stopped drive's spring may still relax the plunger a count or two).
+    assert abs(await read(client, "plunger_volume_ml") - at) < 0.01
+
+
 def test_every_fault_register_has_a_wire_test() -> None:
     assert set(CASES) == {r.name for r in REGMAP.block("fault")}
 

@@ -683,6 +683,13 @@ impl Firmware {
                 let _ = self.plant.set_head_height_cm(value);
             }
             "fault_syringe_removed" => self.faults.syringe_removed = on,
+            "fault_load_syringe" => {
+                // The operator's hands: never into a pump whose motor is running.
+                if self.run_mode != RunMode::Stop {
+                    return Err(ModbusException::ServerDeviceFailure);
+                }
+                self.plant.load_syringe();
+            }
             "fault_reset" => self.power_cycle(),
             "fault_comm_drop_pct" => self.faults.comm_drop_pct = value as u16,
             "fault_comm_delay_ms" => self.faults.comm_delay_ms = value as u16,

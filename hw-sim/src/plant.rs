@@ -417,6 +417,20 @@ impl Plant {
         self.unclamped = unclamped;
     }
 
+    /// The operator swaps the syringe for a new one of the same type holding `fill_ml`: the barrel is
+    /// full again from where its seal now sits, and the pusher meets the new flange at the far end of
+    /// the slack (the new syringe's slack must be taken up again). The encoder keeps counting plunger
+    /// travel from where it is. The line is reconnected to the new syringe at rest: its pressure is the
+    /// hydrostatic equilibrium again (as at power-up), so nothing pushes the new plunger back.
+    pub fn load_syringe(&mut self) {
+        self.pressure_mmhg = self.patient_pressure_mmhg - self.head_height_cm * MMHG_PER_CM_H2O;
+        let capacity_ml = self.cfg.syringe.capacity_ml;
+        self.seal_max_mm = self.seal_mm + self.cfg.fill_ml / self.ml_per_mm;
+        self.seal_min_mm = self.seal_mm - (capacity_ml - self.cfg.fill_ml) / self.ml_per_mm;
+        self.contact_offset_mm = self.nut_mm() - self.seal_mm + self.cfg.slack_mm;
+        self.motion = SealMotion::Stuck;
+    }
+
     /// A stalled motor keeps counting the steps it is sent, but the nut does not move.
     pub fn set_motor_stalled(&mut self, stalled: bool) {
         self.motor_stalled = stalled;

@@ -247,3 +247,40 @@ fn a_batch_refused_for_the_pump_state_writes_nothing() {
     fw.write_registers(20, &words).unwrap();
     assert_eq!((read(&fw, "rate_ml_h"), fw.run_mode()), (42.0, RunMode::Infuse));
 }
+
+/// The operator's syringe change (`fault_load_syringe`): refused while the motor runs; once stopped, a
+/// new full syringe replaces an empty one — the end of travel clears, the barrel reads full, the new
+/// slack is crossed before the plunger moves, and the encoder counts on from where it was.
+#[test]
+fn a_new_syringe_is_loaded_only_while_stopped_and_delivers_again() {
+    let mut cfg = PlantConfig::nominal_for("bd-plastipak-50").unwrap();
+    cfg.slack_taken_up = true;
+    cfg.fill_ml = 1.0;
+    let mut fw = Firmware::new(cfg, 1234).unwrap();
+    write(&mut fw, "alarm_ack", 1.0).unwrap();
+    write(&mut fw, "rate_ml_h", 600.0).unwrap();
+    write(&mut fw, "run_mode", 1.0).unwrap();
+    run_to(&mut fw, 3.0);
+    assert_eq!(write(&mut fw, "fault_load_syringe", 1.0), Err(ModbusException::ServerDeviceFailure));
+    run_to(&mut fw, 12.0);
+    assert_eq!(read(&fw, "end_of_travel"), 1.0);
+    let emptied_at = read(&fw, "plunger_volume_ml");
+    assert!((emptied_at - 1.0).abs() < 0.01, "{emptied_at}");
+    write(&mut fw, "run_mode", 0.0).unwrap();
+    assert_eq!(write(&mut fw, "fault_load_syringe", 0.0), Err(ModbusException::IllegalDataValue));
+    write(&mut fw, "fault_load_syringe", 1.0).unwrap();
+    assert_eq!(read(&fw, "end_of_travel"), 0.0);
+    // The end-of-travel alarm's condition is gone with the empty syringe: it can be acknowledged.
+    write(&mut fw, "alarm_ack", 1.0).unwrap();
+    assert!((read(&fw, "syringe_volume_ml") - 1.0).abs() < 1e-3);
+    assert_eq!(read(&fw, "plunger_volume_ml"), emptied_at);
+    // The new slack (0.3 mm ≈ 0.17 mL here) is crossed first: at 60 mL/h that takes about 10 s.
+    write(&mut fw, "rate_ml_h", 60.0).unwrap();
+    write(&mut fw, "run_mode", 1.0).unwrap();
+    run_to(&mut fw, 15.0);
+    assert_eq!(read(&fw, "plunger_volume_ml"), emptied_at);
+    run_to(&mut fw, 60.0);
+    let moved = read(&fw, "plunger_volume_ml") - emptied_at;
+    assert!(moved > 0.3 && moved < 0.8, "{moved}");
+    assert_eq!(read(&fw, "alarm_bits"), 0.0);
+}

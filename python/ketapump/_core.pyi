@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, final
 __all__ = [
     "ALARMS",
     "BUILD_PROFILE",
+    "MAX_SYRINGES",
     "ControlStatus",
     "KernelConfig",
     "ModbusTcpConnection",
@@ -40,10 +41,12 @@ BUILD_PROFILE: Final[Literal["debug", "release"]]
 """The cargo profile this module was compiled with (``release`` unless built for debugging)."""
 
 ALARMS: Final[list[str]]
+#: The most syringes one program may span (``SafetyKernel.load(..., syringes=)``).
+MAX_SYRINGES: Final[int]
 """Every alarm name, in code order."""
 
 _Direction = Literal["hold", "forward", "retract"]
-_StateName = Literal["idle", "armed", "running", "paused", "alarm", "stopped", "complete"]
+_StateName = Literal["idle", "armed", "running", "paused", "alarm", "stopped", "complete", "syringe_change"]
 
 @final
 class KernelConfig:
@@ -282,11 +285,24 @@ class SafetyKernel:
     any monitored state ``→ alarm``, ``alarm →acknowledge→ stopped →start→ running``. Alarms latch
     until acknowledged; nothing restarts by itself. Operator commands raise
     :class:`~ketapump.errors.StateTransitionError` when not valid in the current state.
+
+    A dose of several syringes: ``paused`` (or ``stopped``) ``→change_syringe→ syringe_change
+    →syringe_loaded→ paused`` (or ``stopped``), then ``resume`` (``start``) takes up the new syringe's
+    slack. The dose's delivered volume, cumulative drug and limits run on across syringes; the
+    syringe's level and plunger reference restart (docs/safety-kernel.md).
     """
 
     def __new__(cls, config: KernelConfig) -> SafetyKernel: ...
-    def load(self, rate_ml_h: float, vtbi_ml: float, take_up: bool = True) -> None:
-        """Load a program (from idle, stopped or complete): a rate and a volume to be infused."""
+    def load(self, rate_ml_h: float, vtbi_ml: float, take_up: bool = True, syringes: int = 1) -> None:
+        """Load a program (from idle, stopped or complete): a rate and a volume to be infused, given
+        over ``syringes`` syringes (1 to 16): the VTBI may be what the syringe in the pump still holds
+        plus ``syringes − 1`` full ones. Raises :class:`~ketapump.errors.ConfigurationError` otherwise."""
+    def change_syringe(self) -> None:
+        """Begin a syringe change (paused or stopped, the motor already holding → syringe_change).
+        The syringe out of the pump, its end stop and a jumping plunger are not alarms there."""
+    def syringe_loaded(self, fill_ml: float) -> None:
+        """End the change (→ the paused or stopped state it began in): a new syringe holding
+        ``fill_ml`` (at most the configured capacity, else ConfigurationError, nothing changed)."""
     def start(self) -> None:
         """Start delivery (armed, with take-up if requested; or stopped)."""
     def pause(self) -> None: ...
@@ -335,6 +351,9 @@ class SafetyKernel:
     @property
     def cumulative_mg(self) -> float:
         """Drug delivered including prior_delivered_mg and earlier programs."""
+    @property
+    def syringe_left_ml(self) -> float:
+        """What the syringe in the pump still holds (mL)."""
 
 @final
 class RateController:

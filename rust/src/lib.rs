@@ -253,9 +253,17 @@ impl SafetyKernel {
         Self { inner: kc::SafetyKernel::new(config.inner) }
     }
 
-    #[pyo3(signature = (rate_ml_h, vtbi_ml, take_up = true))]
-    fn load(&mut self, rate_ml_h: f64, vtbi_ml: f64, take_up: bool) -> PyResult<()> {
-        Ok(self.inner.load(rate_ml_h, vtbi_ml, take_up).map_err(CoreError::from)?)
+    #[pyo3(signature = (rate_ml_h, vtbi_ml, take_up = true, syringes = 1))]
+    fn load(&mut self, rate_ml_h: f64, vtbi_ml: f64, take_up: bool, syringes: i64) -> PyResult<()> {
+        // Out of u32's range is out of the core's (1..=MAX_SYRINGES) too: refused there, never a panic.
+        let count = u32::try_from(syringes.clamp(0, i64::from(u32::MAX))).unwrap_or(0);
+        Ok(self.inner.load_syringes(rate_ml_h, vtbi_ml, take_up, count).map_err(CoreError::from)?)
+    }
+    fn change_syringe(&mut self) -> PyResult<()> {
+        Ok(self.inner.change_syringe().map_err(CoreError::from)?)
+    }
+    fn syringe_loaded(&mut self, fill_ml: f64) -> PyResult<()> {
+        Ok(self.inner.syringe_loaded(fill_ml).map_err(CoreError::from)?)
     }
     fn start(&mut self) -> PyResult<()> {
         Ok(self.inner.start().map_err(CoreError::from)?)
@@ -338,6 +346,10 @@ impl SafetyKernel {
     #[getter]
     fn cumulative_mg(&self) -> f64 {
         self.inner.cumulative_mg()
+    }
+    #[getter]
+    fn syringe_left_ml(&self) -> f64 {
+        self.inner.syringe_left_ml()
     }
 }
 
@@ -475,6 +487,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Which build is loaded (`ketapump --version`): benchmarks and timings mean nothing on a debug one.
     m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
     m.add("ALARMS", kc::Alarm::ALL.map(kc::Alarm::as_str).to_vec())?;
+    m.add("MAX_SYRINGES", kc::MAX_SYRINGES)?;
     m.add_class::<KernelConfig>()?;
     m.add_class::<SafetyKernel>()?;
     m.add_class::<StepOutput>()?;

@@ -64,6 +64,8 @@ class InfusionPlan:
     volume_ml: float
     syringe_diameter_mm: float
     take_up: bool = True
+    #: Syringes the volume is given over (the kernel's limits are the whole volume's).
+    syringes: int = 1
 
 
 #: The end state of a run that lost its link to the pump (reason ``transport``): whatever the kernel
@@ -160,6 +162,16 @@ class ControlLoop:
         """Resumes a paused infusion at the next tick at the programmed rate (no catch-up)."""
         self._requests.append(("resume", reason))
 
+    def request_syringe_change(self, reason: str) -> None:
+        """Begins a syringe change at the next tick (the kernel paused, its motor already holding): the
+        syringe may come out of the pump."""
+        self._requests.append(("change_syringe", reason))
+
+    def request_syringe_loaded(self, fill_ml: float, reason: str) -> None:
+        """Ends the syringe change at the next tick: a new syringe holding ``fill_ml`` is in the pump
+        (the kernel takes up its slack at the resume)."""
+        self._requests.append(("syringe_loaded", (fill_ml, reason)))
+
     def request_rate(self, rate_ml_h: float, reason: str) -> None:
         """Changes the programmed rate at the next tick (a protocol's ramp or taper). The kernel validates
         it: a rate it refuses latches ``rate_command_invalid`` and stops the pump."""
@@ -178,6 +190,13 @@ class ControlLoop:
                 elif kind == "resume":
                     kernel.resume()
                     self.log.info("resumed", reason=arg)
+                elif kind == "change_syringe":
+                    kernel.change_syringe()
+                    self.log.info("syringe_change_begun", reason=arg, delivered_ml=kernel.delivered_ml)
+                elif kind == "syringe_loaded":
+                    fill_ml, reason = arg
+                    kernel.syringe_loaded(fill_ml)
+                    self.log.info("syringe_loaded", fill_ml=fill_ml, reason=reason)
                 else:
                     rate, reason = arg
                     kernel.set_rate(rate)
@@ -187,6 +206,8 @@ class ControlLoop:
             except InterlockError as e:
                 # The kernel latched the alarm itself; the next step reports it and the loop stops.
                 self.log.error("request_refused", request=kind, alarm=e.alarm, detail=e.detail)
+            except ConfigurationError as e:  # a syringe fill the kernel refuses: nothing changed
+                self.log.error("request_refused", request=kind, field=e.field, detail=e.problem)
 
     # ----- pump commands ----------------------------------------------------------------------
 
@@ -274,7 +295,9 @@ class ControlLoop:
         identity = await self.driver.identify()
         await self.driver.set_syringe(plan.syringe_diameter_mm)
         remaining = plan.volume_ml - recovered_ml
-        kernel.load(plan.rate_ml_h, remaining, take_up=plan.take_up and recovered_ml == 0)
+        kernel.load(
+            plan.rate_ml_h, remaining, take_up=plan.take_up and recovered_ml == 0, syringes=plan.syringes
+        )
         start_infused = telemetry.infused_ml
         log.info(
             "session_started",
@@ -283,6 +306,7 @@ class ControlLoop:
             remaining_ml=remaining,
             recovered_ml=recovered_ml,
             syringe_diameter_mm=plan.syringe_diameter_mm,
+            syringes=plan.syringes,
             pump_infused_ml_at_start=start_infused,
             missing_telemetry=sorted(self.driver.lacks),
             control_period_s=self.period_s,
@@ -308,7 +332,7 @@ class ControlLoop:
             # One group commit per tick: every record of the tick is written and fsync-ed once, before
             # the pump is commanded; what a failure or the end adds after that is committed on leaving.
             with record_group() as records:
-                if self._stop_requested and kernel.state in {"running", "paused"}:
+                if self._stop_requested and kernel.state in {"running", "paused", "syringe_change"}:
                     kernel.stop()
                     if self._stopped_by == "operator":
                         log.info("operator_stop", operator=self._stopped_by_name)

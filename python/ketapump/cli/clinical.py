@@ -245,7 +245,11 @@ def session(
         bool,
         typer.Option(
             "--yes",
-            help="Answer every checklist item yes (scripted runs); without it they are asked on stdin.",
+            help=(
+                "Answer every checklist item yes and confirm each syringe change of a dose of several "
+                "syringes (scripted runs); without it the items are asked on stdin, and such a dose "
+                "stops at its first syringe change (no prompt mid-run: use the console to answer it)."
+            ),
         ),
     ] = False,
     out: Annotated[Path, typer.Option(help="Directory for the report and plots.")] = Path("ketapump-session"),
@@ -323,6 +327,7 @@ def session(
     setup.operator = ScriptedOperator(
         answers={} if yes else _ask_checklist(checklists.pre + checklists.discharge + sitter_items),
         reasons=reasons,
+        syringe_changes=yes,
         resume_after_s=None,
         stop_after_s=stop_after_min * 60.0,
     )

@@ -246,21 +246,26 @@ def qa_accuracy(
 
     With --balance sim the pump (sim://) is run through the bridge for the whole period; with
     --balance sics:PORT the pump at --pump is run and a serial balance weighed every 30 s; with --balance
-    csv:PATH an existing recording is analysed. A period shorter than the method's minimum (62 min) or one
-    the syringe cannot hold is refused before the pump moves (exit 65).
+    csv:PATH an existing recording is analysed. A period shorter than the method's minimum (62 min) is
+    refused before the pump moves (exit 65), and on a real pump one the syringe cannot hold; on the
+    simulator such a period runs over several syringes, the changes left out of the analysis (listed
+    in the report as syringe_changes).
     Exit codes: 0 analysed (the verdict is in the report), 2 usage, 65 invalid data, 66 no such file,
     69 pump or balance unreachable, 73 OUT cannot be written, 76 the balance answered with an error or
     garbled bytes.
     """
     if not duration_min > 0:
         raise typer.BadParameter("must be more than 0", param_hint="--duration-min")
+    changes: list[accuracy.SyringeChange] = []
     try:
         accuracy.check_duration(duration_min)  # before any pump moves or any file is read
         if balance == "sim":
             pump = pump or DEFAULT_PUMP
             if split_url(pump)[0] != "sim":
                 raise ConfigurationError("balance", "'sim' weighs the simulator: it needs --pump sim://…")
-            readings = asyncio.run(accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min))
+            readings = asyncio.run(
+                accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, changes=changes)
+            )
         elif balance.startswith("sics:"):
             if pump is None:
                 # No default here: a real balance weighing the simulator by mistake would look like a
@@ -293,6 +298,15 @@ def qa_accuracy(
             "s1_met": verdict.s1_mean_error,
             "s2_met": verdict.s2_trumpet,
             "plots": [str(p) for p in plots],
+            # Each syringe change (the simulator over several syringes), and the samples left out.
+            "syringe_changes": [
+                {
+                    "paused_min": c.paused_s / 60.0,
+                    "resumed_min": c.resumed_s / 60.0,
+                    "excluded_min": [k * accuracy.SAMPLE_MIN for k in c.cut_slots()],
+                }
+                for c in changes
+            ],
         }
         (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     except OSError as e:

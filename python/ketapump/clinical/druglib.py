@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -411,31 +411,44 @@ def check(entry: DrugEntry, order: Order) -> list[LimitFinding]:
 
 #: The kind of the syringe-capacity finding (not a drug-library table: the limit is the syringe's).
 SYRINGE_KIND = "syringe_fill_ml"
+#: The most syringes one session gives a dose over (the safety kernel's).
+MAX_SYRINGES: Final = _core.MAX_SYRINGES
 
 
 def syringe_finding(plan: DosePlan) -> LimitFinding | None:
     """The finding of a dose that one syringe cannot hold, with its remedies (the concentration at which
     it fits, or the number of syringes), or ``None`` when it fits.
 
-    Hard: the session cannot change syringes part-way yet, so the order must be re-programmed.
+    Soft (confirmed as ``syringe_fill_ml=REASON``): the session runs the dose as that many syringes,
+    pausing before each is spent for the operator to load the next (docs/clinical.md, syringe changes).
+    Hard only beyond :data:`MAX_SYRINGES`.
     """
     if plan.syringes_needed <= 1:
         return None
     fill, capacity = plan.syringe_fill_ml, plan.syringe_capacity_ml
     needed = plan.syringes_needed
     concentration = plan.concentration_for_one_syringe_mg_per_ml
+    runnable = needed <= MAX_SYRINGES
+    changes = f"{needed - 1} syringe change{'s' if needed > 2 else ''}"
     remedies = (
         f"a concentration of at least {concentration:.2f} mg/mL fits one {plan.syringe} "
         f"(the drug library's concentration limits apply)",
-        f"{needed} syringes of {capacity:g} mL ({needed - 1} syringe change{'s' if needed > 2 else ''}): "
-        "not yet supported during a session",
+        f"{needed} syringes of {capacity:g} mL ({changes}): "
+        + (
+            "the session runs it so, pausing before each syringe is spent for the next to be loaded"
+            if runnable
+            else f"more than the {MAX_SYRINGES} one session may use"
+        ),
         "a larger syringe, if the pump takes one",
     )
     message = (
         f"syringe fill {fill:.1f} mL ({plan.volume_ml:.1f} mL + {plan.line_prime_ml:g} mL line prime) "
         f"exceeds the {capacity:g} mL of one {plan.syringe}"
     )
-    return LimitFinding(SYRINGE_KIND, "hard", "max", fill, capacity, "mL", message, remedies)
+    if runnable:
+        message += f": the session runs it as {needed} syringes ({changes})"
+    severity: Severity = "soft" if runnable else "hard"
+    return LimitFinding(SYRINGE_KIND, severity, "max", fill, capacity, "mL", message, remedies)
 
 
 def review(entry: DrugEntry, plan: DosePlan, order: Order) -> list[LimitFinding]:

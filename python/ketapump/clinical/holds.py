@@ -12,6 +12,8 @@ only by its own rule:
   an operator's resume (the operator's own pause, if any, stays too).
 - ``limit``: the infusion reached the protocol's maximum duration. Released only by the answer to the
   session's question (continue, or stop).
+- ``syringe``: a syringe of a dose of several is spent. Released only once the operator has loaded
+  the next one (the session's question) and the kernel has taken the change.
 
 Both pause kinds can be held at once; the record names every holder at every moment.
 
@@ -28,6 +30,7 @@ Both pause kinds can be held at once; the record names every holder at every mom
     {vitals}           ── vitals(clear ≥ resume_after_s), "auto" ──▶ {}
     {operator, vitals} ── vitals(clear ≥ resume_after_s), "auto" ──▶ {operator}   (never further)
     S ── limit_hold ──▶ S ∪ {limit}           S ── limit_release ──▶ S − {limit}
+    S ── syringe_hold ──▶ S ∪ {syringe}       S ── syringe_release ──▶ S − {syringe}
 
     refused: operator_pause while the operator holds; operator_resume with nothing an operator can
     release (no hold, or only the limit's).
@@ -40,12 +43,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-Holder = Literal["operator", "vitals", "limit"]
+Holder = Literal["operator", "vitals", "limit", "syringe"]
 OPERATOR: Final = "operator"
 VITALS: Final = "vitals"
 LIMIT: Final = "limit"
+SYRINGE: Final = "syringe"
 #: The order holders are listed in.
-HOLDERS: Final[tuple[Holder, ...]] = (OPERATOR, VITALS, LIMIT)
+HOLDERS: Final[tuple[Holder, ...]] = (OPERATOR, VITALS, LIMIT, SYRINGE)
 ResumePolicy = Literal["clinician", "auto"]
 
 
@@ -109,7 +113,11 @@ class Holds:
             detail = f": {active_detail}" if active_detail else ""
             return Change(False, f"vitals alarm active{detail}", left=self.holders)
         if not self._held & {OPERATOR, VITALS}:
-            why = "held at the maximum duration: answer its question" if LIMIT in self._held else "not paused"
+            why = "not paused"
+            if LIMIT in self._held:
+                why = "held at the maximum duration: answer its question"
+            elif SYRINGE in self._held:
+                why = "held for a syringe change: load the next syringe and answer its question"
             return Change(False, why, left=self.holders)
         change = self._release((OPERATOR, VITALS))
         if change.left:
@@ -144,5 +152,27 @@ class Holds:
             return Change(False, "not held at the maximum duration", left=self.holders)
         return self._release((LIMIT,))
 
+    def syringe_hold(self) -> Change:
+        """A syringe of the dose is spent: held until the next one is loaded."""
+        if SYRINGE in self._held:
+            return Change(False, "already held for a syringe change", left=self.holders)
+        return self._add(SYRINGE)
 
-__all__ = ["HOLDERS", "LIMIT", "OPERATOR", "VITALS", "Change", "Holder", "Holds", "ResumePolicy"]
+    def syringe_release(self) -> Change:
+        """The next syringe is in (and its change taken by the kernel)."""
+        if SYRINGE not in self._held:
+            return Change(False, "not held for a syringe change", left=self.holders)
+        return self._release((SYRINGE,))
+
+
+__all__ = [
+    "HOLDERS",
+    "LIMIT",
+    "OPERATOR",
+    "SYRINGE",
+    "VITALS",
+    "Change",
+    "Holder",
+    "Holds",
+    "ResumePolicy",
+]

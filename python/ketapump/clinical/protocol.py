@@ -383,6 +383,19 @@ class DosePlan:
         return max(1, math.ceil(self.syringe_fill_ml / self.syringe_capacity_ml - 1e-12))
 
     @property
+    def syringe_volumes_ml(self) -> tuple[float, ...]:
+        """The dose's volume given from each syringe (mL): the session changes the syringe once each
+        has given its share, long before its plunger's end stop. Shared equally, the first syringe's
+        share never more than it holds beside the line prime (it primes the line); each later
+        syringe is a full one."""
+        n = self.syringes_needed
+        if n <= 1:
+            return (self.volume_ml,)
+        first = min(self.volume_ml / n, self.syringe_capacity_ml - self.line_prime_ml)
+        rest = (self.volume_ml - first) / (n - 1)
+        return (first, *([rest] * (n - 1)))
+
+    @property
     def concentration_for_one_syringe_mg_per_ml(self) -> float:
         """The lowest concentration at which the dose and the line prime fit one syringe."""
         room_ml = self.syringe_capacity_ml - self.line_prime_ml

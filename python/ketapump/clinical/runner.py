@@ -88,9 +88,10 @@ from ketapump.wire import PumpDriver, split_url
 
 #: What a reason may be given for (``--confirm KIND=REASON``, a console's confirmations): each limit
 #: kind of the drug library and course rules, an elevated baseline, a new patient whose record is near
-#: a recorded one, and an infusion past its maximum duration.
+#: a recorded one, an infusion past its maximum duration, and a dose given over several syringes.
 CONFIRMABLE: tuple[str, ...] = (
     *(name for name, _unit in _core.LIMIT_KINDS),
+    druglib.SYRINGE_KIND,
     "baseline_vitals",
     NEW_PATIENT,
     OBSERVATION_INCOMPLETE,
@@ -527,6 +528,7 @@ class SessionOutcome:
             "actions": r.actions,
             "observations": r.observations,
             "medications": r.medications,
+            "syringe_changes": r.syringe_changes,
             "confirmations": r.confirmations,
             "observation_min": r.observation_min,
             "discharge_confirmed": r.discharge_confirmed,

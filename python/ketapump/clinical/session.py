@@ -146,7 +146,7 @@ END_OF_DOSE_ML = 0.01
 #: Who may stop the control loop (its run's reason then names them).
 _STOPPERS: Final = frozenset({"operator", "vitals", "protocol"})
 #: Kernel states in which the pump can be held, slowed or released.
-_INFUSING: Final = frozenset({"running", "paused"})
+_INFUSING: Final = frozenset({"running", "paused", "syringe_change"})
 
 
 class Phase(enum.StrEnum):
@@ -172,7 +172,9 @@ class SessionAbortedError(KetapumpError, RuntimeError):
 #: What a question takes: ``checklist`` → ``True``/``False``; ``soft_limit`` and ``baseline_vitals`` → the
 #: reason to proceed, or ``None`` to decline; ``max_duration`` → the reason to continue past the
 #: protocol's maximum duration (to the drug library's hard maximum), or ``None`` to stop there.
-QuestionKind = Literal["checklist", "soft_limit", "baseline_vitals", "max_duration"]
+#: ``syringe_change`` → ``True`` once the operator has loaded the next syringe of a dose of several,
+#: ``False`` to stop the infusion there.
+QuestionKind = Literal["checklist", "soft_limit", "baseline_vitals", "max_duration", "syringe_change"]
 Answer = bool | str | None
 
 
@@ -243,6 +245,8 @@ class ScriptedOperator:
     resume_after_s: float | None = 60.0
     stop_after_s: float = 1800.0
     name: str | None = None
+    #: The answer to a syringe change (``True``: the next syringe is loaded; ``False``: stop there).
+    syringe_changes: bool = True
     _session: Session | None = None
     _pushed: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
@@ -299,6 +303,8 @@ class ScriptedOperator:
     def answer(self, question: Question) -> Answer:
         if question.kind == "checklist":
             return self.answers.get(question.text, True)
+        if question.kind == "syringe_change":
+            return self.syringe_changes
         return self.reasons.get(question.subject)
 
     def stop_after_pause(self, paused_s: float) -> bool:
@@ -342,6 +348,9 @@ class SessionResult:
     observation_band_pct: float = math.nan
     #: The sitter recorded for the discharge (``name``, ``phone``; ``None``: none recorded).
     sitter: dict[str, str] | None = None
+    #: Each syringe change (a dose of several syringes): ``t_min``, ``syringe`` (the one loaded, from
+    #: 2), ``delivered_ml`` before it, ``by`` (who confirmed it), ``simulated`` (the simulator loaded it).
+    syringe_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def planned_schedule(self, every_s: float = SERIES_EVERY_S) -> list[PlannedPoint]:
         """The plan's whole schedule on the session's clock, from the infusion's start (the take-up's)
@@ -370,6 +379,7 @@ class SessionResult:
             "actions": self.actions,
             "observations": self.observations,
             "medications": self.medications,
+            "syringe_changes": self.syringe_changes,
             "confirmations": self.confirmations,
             "phases": [{"phase": p, "start_min": t / 60.0} for p, t in self.phases],
             "baseline": self.baseline,
@@ -496,6 +506,33 @@ class _InfusionTicks:
     last_state: str = "armed"
     last_delivered_ml: float = 0.0
     last_remaining_ml: float = math.inf
+    syringe: _SyringeChange | None = None
+
+
+@dataclass
+class _SyringeChange:
+    """A dose of several syringes: where each change falls, and how far the one under way has come.
+
+    ``stage``: ``None`` (infusing syringe ``index``), ``pausing`` (its share is given: the pump is
+    being paused), ``changing`` (the kernel is told the syringe comes out), ``asking`` (the operator is
+    asked to load the next one), ``loading`` (the simulator's stand-in for their hands), ``loaded`` (the
+    kernel is told the new syringe is in; the hold is released once it has taken it)."""
+
+    #: Cumulative delivered volume at which each syringe but the last is spent (mL).
+    boundaries_ml: tuple[float, ...]
+    #: What each new syringe holds (mL).
+    fill_ml: float
+    index: int = 0
+    stage: str | None = None
+    question: tuple[Question, asyncio.Future[Answer]] | None = None
+    loading: asyncio.Future[bool] | None = None
+    #: Who answered the change's question, and whether the simulator loaded the syringe.
+    by: str | None = None
+    simulated: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.boundaries_ml) + 1
 
 
 @dataclass
@@ -532,6 +569,8 @@ class Session:
         self.actions: list[dict[str, Any]] = []
         self.observations: list[dict[str, Any]] = []
         self.medications: list[dict[str, Any]] = []
+        #: Each syringe change of a dose of several: when, at what delivered volume, by whom.
+        self.syringe_changes: list[dict[str, Any]] = []
         self.points: list[SeriesPoint] = []
         self.gate: VitalsGate | None = None
         #: What the kernel last measured as delivered (mL), for a session that fails mid-infusion.
@@ -690,16 +729,18 @@ class Session:
         """Answers a pending question (safe to call from any thread); ``False`` if none has that id.
         The answer, its source and the operator's name go to the audit log (``question_answered``).
 
-        A checklist question takes ``True`` or ``False``; a soft limit, baseline or maximum-duration
-        question a reason (a non-blank string) or ``None`` to decline. Any other answer is a
-        ``ValueError``. ``operator`` (default: the session's operator) is recorded with the answer."""
+        A checklist or syringe-change question takes ``True`` or ``False``; a soft limit, baseline or
+        maximum-duration question a reason (a non-blank string) or ``None`` to decline. Any other answer
+        is a ``ValueError``. ``operator`` (default: the session's operator) is recorded with the answer."""
         pending = self._questions.get(question_id)
         if pending is None or self._loop is None:
             return False
         question, future = pending
-        if question.kind == "checklist":
+        if question.kind in {"checklist", "syringe_change"}:
             if not isinstance(value, bool):
-                raise ValueError(f"question {question_id} (checklist) takes True or False, got {value!r}")
+                raise ValueError(
+                    f"question {question_id} ({question.kind}) takes True or False, got {value!r}"
+                )
         elif not (value is None or (isinstance(value, str) and value.strip())):
             raise ValueError(f"question {question_id} ({question.kind}) takes a reason or None: {value!r}")
         who = check_operator_name(operator) if operator is not None else self.operator_name
@@ -1260,6 +1301,7 @@ class Session:
             medications=self.medications,
             observation_band_pct=self.ctx.protocol.observation.band_pct,
             sitter=self.ctx.sitter.as_dict() if self.ctx.sitter else None,
+            syringe_changes=self.syringe_changes,
         )
 
     def _plan(self) -> DosePlan:
@@ -1513,7 +1555,9 @@ class Session:
             "concentration_mg_per_ml": plan.concentration_mg_per_ml,
             "syringe_diameter_mm": plan.syringe_diameter_mm,
             "syringe_capacity_ml": plan.syringe_capacity_ml,
-            "syringe_fill_ml": plan.syringe_fill_ml,
+            # A dose of several syringes: each is filled to its capacity (the kernel's limits are the
+            # whole dose's, its syringe level each syringe's).
+            "syringe_fill_ml": min(plan.syringe_fill_ml, plan.syringe_capacity_ml),
         }
         config = kernel_config(**settings)
         occlusion_threshold = float(config.as_dict()["occlusion_threshold_mmhg"])
@@ -1527,6 +1571,12 @@ class Session:
             max_s=max_s,
             hard_max_s=hard_max_s,
         )
+        shares = plan.syringe_volumes_ml
+        if len(shares) > 1:
+            tick.syringe = _SyringeChange(
+                boundaries_ml=tuple(itertools.accumulate(shares[:-1])), fill_ml=plan.syringe_capacity_ml
+            )
+            self.rec.info("syringes_planned", syringes=len(shares), volumes_ml=list(shares))
         self._phase(Phase.TAKE_UP if ctx.protocol.take_up.enabled else Phase.INFUSION)
 
         def on_tick(out: _core.StepOutput, telemetry: PumpTelemetry | None) -> None:
@@ -1567,6 +1617,8 @@ class Session:
             for cmd in self._take_commands():
                 self._infusion_command(loop, tick, cmd, out, t)
             self._watch_duration(loop, tick, out, t)
+            if tick.syringe is not None:
+                self._watch_syringe(loop, tick, tick.syringe, out, t)
             # A phase's ramp or taper follows the delivered volume, so a pause shifts it, not skips it; a
             # slow-down scales it. Never faster than the plan.
             if out.state == "running":
@@ -1591,6 +1643,7 @@ class Session:
             volume_ml=plan.volume_ml,
             syringe_diameter_mm=plan.syringe_diameter_mm,
             take_up=ctx.protocol.take_up.enabled,
+            syringes=len(shares),
         )
         self._control = loop
         try:
@@ -1599,6 +1652,9 @@ class Session:
             self._control = None
             if tick.max_question is not None and not tick.max_question[1].done():
                 tick.max_question[1].cancel()  # the infusion ended: nothing left to decide
+            asked = tick.syringe.question if tick.syringe is not None else None
+            if asked is not None and not asked[1].done():
+                asked[1].cancel()
         if not self.points:  # ended before its first tick (an interlock at the start): one point
             self.points.append(self._idle_point(self._t(), 0.0, 0.0, occlusion_threshold))
         # One source for the delivered dose: the run's final measure (after an alarm's back-off it is
@@ -1790,6 +1846,84 @@ class Session:
             loop.request_resume("continued past the maximum duration")
         self._held(change, "protocol", f"continued: {answer}", by)
         self._automatic("release", "protocol", f"continued past the maximum duration: {answer}")
+
+    def _watch_syringe(
+        self, loop: ControlLoop, tick: _InfusionTicks, change: _SyringeChange, out: _core.StepOutput, t: float
+    ) -> None:
+        """A dose of several syringes: once a syringe has given its planned share the pump is paused
+        (by its own hold, which no operator's resume or vitals release lifts), the kernel told the
+        syringe comes out, and the operator asked to load the next one; once they confirm, the new
+        syringe goes in (the simulator loads it on ``sim://``), the kernel takes it and the infusion
+        resumes with the new syringe's take-up. Declining stops the infusion there. One stage per tick:
+        each waits for the kernel state the previous one asked for."""
+        if tick.stop_cause is not None or self._stopping:
+            return
+        if change.stage is None:
+            due = (
+                change.index < len(change.boundaries_ml)
+                and out.delivered_ml >= change.boundaries_ml[change.index]
+            )
+            if due and out.state == "running":
+                hold = tick.holds.syringe_hold()
+                if hold.kernel == "pause":
+                    loop.request_pause(f"syringe {change.index + 1} of {change.count} has given its share")
+                self._held(hold, "protocol", f"syringe {change.index + 1} of {change.count} spent")
+                self.rec.info("syringe_spent", syringe=change.index + 1, delivered_ml=out.delivered_ml)
+                change.stage = "pausing"
+        elif change.stage == "pausing" and out.state == "paused" and out.direction == "hold":
+            loop.request_syringe_change(f"syringe {change.index + 1} of {change.count} comes out")
+            change.stage = "changing"
+        elif change.stage == "changing" and out.state == "syringe_change":
+            text = (
+                f"Syringe {change.index + 1} of {change.count} has given its share "
+                f"({out.delivered_ml:.1f} of {tick.plan.volume_ml:.1f} mL). Load syringe "
+                f"{change.index + 2} ({change.fill_ml:g} mL, {tick.plan.syringe}, "
+                f"{tick.plan.concentration_mg_per_ml:g} mg/mL) and confirm; decline to stop the infusion."
+            )
+            self._automatic("syringe_change", "protocol", text, syringe=change.index + 2)
+            change.question = self._ask_later("syringe_change", f"syringe {change.index + 2}", text)
+            change.stage = "asking"
+        elif change.stage == "asking" and change.question is not None and change.question[1].done():
+            question, future = change.question
+            change.question = None
+            change.by = self._by(question)
+            if future.result() is not True:
+                why = f"syringe {change.index + 2} not loaded: the operator stopped the infusion"
+                tick.stop_cause = "syringe_change"
+                self.rec.warning("syringe_change_declined", syringe=change.index + 2, operator=change.by)
+                self._automatic("stop", "protocol", why)
+                loop.request_stop(by="protocol")
+                return
+            change.loading = asyncio.ensure_future(self.ctx.driver.simulate_syringe_change())
+            change.stage = "loading"
+        elif change.stage == "loading" and change.loading is not None and change.loading.done():
+            try:
+                change.simulated = change.loading.result()
+            except Exception as e:  # the simulated pump refused: stop, never resume on the old syringe
+                tick.stop_cause = "syringe_change"
+                self.rec.error("syringe_load_failed", error=str(e))
+                loop.request_stop(by="protocol")
+                return
+            loop.request_syringe_loaded(change.fill_ml, f"syringe {change.index + 2} loaded")
+            change.stage = "loaded"
+        elif change.stage == "loaded" and out.state == "paused":
+            record = {
+                "t_min": t / 60.0,
+                "syringe": change.index + 2,
+                "of": change.count,
+                "delivered_ml": out.delivered_ml,
+                "fill_ml": change.fill_ml,
+                "by": change.by,
+                "simulated": change.simulated,
+            }
+            self.syringe_changes.append(record)
+            self.rec.info("syringe_changed", **record)
+            release = tick.holds.syringe_release()
+            if release.kernel == "resume":
+                loop.request_resume(f"syringe {change.index + 2} loaded: take-up, then the plan's rate")
+            self._held(release, "protocol", f"syringe {change.index + 2} loaded", change.by)
+            change.index += 1
+            change.stage = None
 
     def _stop_at_max(self, loop: ControlLoop, tick: _InfusionTicks, why: str) -> None:
         tick.stop_cause = "max_duration"

@@ -141,7 +141,8 @@ class ActionRequest(_Request):
 
 
 class AnswerRequest(_Request):
-    """The answer to a question the session waits on: ``true``/``false`` for a checklist item; a reason
+    """The answer to a question the session waits on: ``true``/``false`` for a checklist item, and for a
+    syringe change (``true``: the next syringe is loaded; ``false``: stop the infusion there); a reason
     (or ``null`` to decline) for a soft limit or an elevated baseline."""
 
     value: bool | str | None

@@ -9,9 +9,16 @@ trumpet curve (:mod:`ketapump.qa.trumpet`). Balance sources:
 - ``sics:PORT``: a laboratory balance on a serial line, read every 30 s of the pump's clock
   (:mod:`ketapump.qa.balance`).
 
-A run must fit in the syringe: the period plus one sample at the set rate. At 52.5 mL/h the method's
-T = 120 min needs 105 mL, more than the largest syringe (60 mL), so such a period is refused and the
-longest period that fits is named (docs/qa.md: 52.5 mL/h is shown over 68 min, second half analysed).
+A run on a real pump must fit in the syringe: the period plus one sample at the set rate (a longer
+period is refused, naming the longest that fits). On the simulator (``sim://`` with its own balance) a
+longer period runs over several syringes, as a session does: at 52.5 mL/h the method's T = 120 min
+needs 105 mL, three 50 mL syringes (two 60 mL ones). Each change pauses the pump, the simulator loads
+a new full syringe, the kernel takes up its slack, and delivery resumes. The balance keeps weighing
+throughout; the analysis leaves out the change: the 30 s samples from the last one before the pause
+to the first one :data:`SETTLE_AFTER_CHANGE_MIN` after the new syringe's take-up ended are cut, and
+the samples after them are joined on (their mass less what the cut interval gained), so every
+analysed sample is one of steady delivery at the set rate and the analysed period is T of delivery
+(docs/qa.md, syringe changes).
 
 Targets (safety-targets.md): S1 |A| ≤ 2 %; S2 |Ep| ≤ 5 % at P = 2 min (≤ 10 % at 1 mL/h) and
 ≤ 2 % for P ≥ 11 min at rates ≥ 5 mL/h.
@@ -24,6 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ketapump import _core
 from ketapump.bridge import (
@@ -109,6 +117,130 @@ def check_period_fits(rate_ml_h: float, duration_min: float, syringe: str, capac
             f"it holds is {longest_period_min(rate_ml_h, capacity_ml)} min",
         )
     return needed
+
+
+#: After a syringe change, how long the line takes to be back at the set rate once the new syringe's
+#: take-up has ended (the line re-pressurises through its compliance): left out of the analysis.
+SETTLE_AFTER_CHANGE_MIN = 2.0
+#: What one change may cut from the delivery the balance records (min): the part of a sample before
+#: the pause, the take-up and the settling, each sample rounded outward.
+CHANGE_BUDGET_MIN = SETTLE_AFTER_CHANGE_MIN + 2 * SAMPLE_MIN + 1.0
+#: Left in each syringe (mL): the share it gives stops short of its end of travel.
+SYRINGE_MARGIN_ML = 1.0
+
+
+@dataclass(frozen=True)
+class SyringeChange:
+    """One syringe change of a run: when the pump was paused for it, and when the new syringe's
+    take-up ended (pump seconds)."""
+
+    paused_s: float
+    resumed_s: float
+
+    def cut_slots(self) -> tuple[int, int]:
+        """The balance samples the change spans: from the last at or before the pause to the first
+        :data:`SETTLE_AFTER_CHANGE_MIN` after the take-up (sample indices; the first is kept)."""
+        period_s = SAMPLE_MIN * 60.0
+        first = math.floor(self.paused_s / period_s + 1e-9)
+        last = math.ceil((self.resumed_s + SETTLE_AFTER_CHANGE_MIN * 60.0) / period_s - 1e-9)
+        return first, last
+
+
+def syringes_for(rate_ml_h: float, duration_min: float, capacity_ml: float) -> tuple[int, float]:
+    """How many syringes a period takes on the simulator and the volume the run delivers (the period,
+    one sample, and what each change may cut)."""
+    count = 1
+    while True:
+        volume = rate_ml_h * (duration_min + RUN_PAST_T_MIN + (count - 1) * CHANGE_BUDGET_MIN) / 60.0
+        if volume <= count * (capacity_ml - SYRINGE_MARGIN_ML) or (count == 1 and volume <= capacity_ml):
+            return count, volume
+        count += 1
+
+
+def splice_readings(
+    readings: list[tuple[float, float]], changes: list[SyringeChange]
+) -> list[tuple[float, float]]:
+    """The balance readings with each change's samples cut out and the later ones joined on (their time
+    moved back by the cut, their mass less what the cut interval gained): a record of steady delivery."""
+    period_s = SAMPLE_MIN * 60.0
+    by_slot = {round(t / period_s): g for t, g in readings}
+    shift, offset_g = 0, 0.0
+    cuts = sorted(c.cut_slots() for c in changes)
+    spliced: list[tuple[float, float]] = []
+    for slot in sorted(by_slot):
+        if any(a < slot < b for a, b in cuts):
+            continue
+        joins = [(a, b) for a, b in cuts if slot == b and a in by_slot]
+        for a, b in joins:
+            # The first sample after the cut is the last one before it, joined on: the record goes on
+            # from there (its mass less what the cut interval gained, its time less the cut).
+            shift += b - a
+            offset_g += by_slot[b] - by_slot[a]
+        if not joins:
+            spliced.append(((slot - shift) * period_s, by_slot[slot] - offset_g))
+    return spliced
+
+
+class _TakeUpWatch:
+    """An :class:`~ketapump.bridge.EventLog` that keeps only the kernel's take-up ends (pump seconds)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.take_up_done_s: list[float] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        if event == "state_transition" and fields.get("cause") == "take_up_done":
+            self.take_up_done_s.append(self.clock.now())
+
+    def warning(self, event: str, **fields: Any) -> None:
+        return None
+
+    def error(self, event: str, **fields: Any) -> None:
+        return None
+
+
+async def run_over_syringes(
+    transport: SimTransport,
+    config: _core.KernelConfig,
+    clock: Clock,
+    plan: InfusionPlan,
+    capacity_ml: float,
+) -> list[SyringeChange]:
+    """Runs ``plan`` on the simulator over ``plan.syringes`` syringes, changing each once it has given
+    its equal share: pause, the kernel's syringe change, the simulator loads a full syringe, resume with
+    the new syringe's take-up. Returns the changes; a run that does not complete is a
+    ``ConfigurationError``."""
+    share = plan.volume_ml / plan.syringes
+    watch = _TakeUpWatch(clock)
+    loop = ControlLoop(ReferencePumpDriver(transport), config, clock, watch)
+    changes: list[SyringeChange] = []
+    stage: list[Any] = [None, 0.0]  # the change under way, and when its pause was asked
+
+    def on_tick(out: _core.StepOutput, _telemetry: object) -> None:
+        now = clock.now()
+        spent = out.delivered_ml >= share * (len(changes) + 1) and len(changes) < plan.syringes - 1
+        if stage[0] is None and spent and out.state == "running":
+            loop.request_pause("syringe spent")
+            stage[:] = ["pausing", now]
+        elif stage[0] == "pausing" and out.state == "paused" and out.direction == "hold":
+            loop.request_syringe_change("syringe spent")
+            stage[0] = "changing"
+        elif stage[0] == "changing" and out.state == "syringe_change":
+            transport.pump.inject("fault_load_syringe", 1)  # the operator's hands, on the simulator
+            loop.request_syringe_loaded(capacity_ml, "a full syringe loaded")
+            stage[0] = "loaded"
+        elif stage[0] == "loaded" and out.state == "paused":
+            loop.request_resume("new syringe loaded")
+            stage[0] = "resuming"
+        elif stage[0] == "resuming" and len(watch.take_up_done_s) > len(changes) + 1:
+            changes.append(SyringeChange(paused_s=stage[1], resumed_s=watch.take_up_done_s[-1]))
+            stage[0] = None
+
+    loop.on_tick = on_tick
+    result = await loop.run(plan)
+    if result.state != "complete":
+        raise ConfigurationError("pump", f"the run ended {result.state} ({', '.join(result.alarms)})")
+    return changes
 
 
 def readings_from_csv(path: Path) -> list[tuple[float, float]]:
@@ -222,20 +354,32 @@ async def record_period(
 
 
 async def run_accuracy(
-    url: str, rate: float, syringe: str, duration_min: float, balance: SicsBalance | None = None
+    url: str,
+    rate: float,
+    syringe: str,
+    duration_min: float,
+    balance: SicsBalance | None = None,
+    *,
+    changes: list[SyringeChange] | None = None,
 ) -> list[tuple[float, float]]:
     """Runs the pump through the bridge for the period (plus one sample); returns the balance
-    readings: the simulator's own, or those of ``balance`` read every 30 s of the pump's clock."""
+    readings: the simulator's own, or those of ``balance`` read every 30 s of the pump's clock. On the
+    simulator a period longer than one syringe runs over several (each change appended to
+    ``changes``), and the readings returned are the spliced ones (:func:`splice_readings`)."""
     check_duration(duration_min)
     capacity, diameter = syringe_spec(syringe)
-    volume = check_period_fits(rate, duration_min, syringe, capacity)
+    over_syringes = split_url(url)[0] == "sim" and balance is None
+    if over_syringes:
+        count, volume = syringes_for(rate, duration_min, capacity)
+    else:
+        count, volume = 1, check_period_fits(rate, duration_min, syringe, capacity)
     # The syringe is filled to its capacity (as the simulator fills it).
     syringe_settings = {
         "syringe_diameter_mm": diameter,
         "syringe_capacity_ml": capacity,
         "syringe_fill_ml": capacity,
     }
-    plan = InfusionPlan(rate_ml_h=rate, volume_ml=volume, syringe_diameter_mm=diameter)
+    plan = InfusionPlan(rate_ml_h=rate, volume_ml=volume, syringe_diameter_mm=diameter, syringes=count)
     scheme = split_url(url)[0]
     clock: Clock
     if scheme == "sim":
@@ -244,6 +388,13 @@ async def run_accuracy(
         assert isinstance(transport, SimTransport)
         driver: PumpDriver = ReferencePumpDriver(transport)
         config = kernel_config(**syringe_settings)
+        if count > 1:
+            done = await run_over_syringes(transport, config, clock, plan, capacity)
+            cut_s = sum((b - a) * SAMPLE_MIN * 60.0 for a, b in (c.cut_slots() for c in done))
+            transport.pump.advance_to(max(transport.pump.t_s, duration_min * 60.0 + cut_s))
+            if changes is not None:
+                changes.extend(done)
+            return splice_readings(transport.pump.balance_readings(), done)
         if balance is None:
             result = await ControlLoop(driver, config, clock, NullLog()).run(plan)
             if result.state != "complete":

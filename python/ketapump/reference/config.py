@@ -188,6 +188,29 @@ class Program:
         return cls(rate_ml_s=rate_ml_s, vtbi_ml=vtbi, take_up=take_up)
 
 
+#: The most syringes one program may span (``MAX_SYRINGES``; the binding exports the core's).
+MAX_SYRINGES: Final = 16
+
+
+def validate_syringes(syringes: int) -> float:
+    """``validate_syringes``: a program's syringe count, 1 to :data:`MAX_SYRINGES`."""
+    count = float(syringes)
+    problem = _check_range(count, 1.0, False, float(MAX_SYRINGES))
+    if problem is not None:
+        raise ConfigurationError("syringes", problem)
+    return count
+
+
+def validate_fill(config: KernelConfig, fill_ml: float) -> float:
+    """``validate_fill``: a syringe put into the pump holds a positive volume up to the capacity."""
+    fill = _quantity("syringe_fill_ml", fill_ml, MILLILITRES_MAX)
+    if fill <= 0.0:
+        raise ConfigurationError("syringe_fill_ml", BELOW_MINIMUM)
+    if fill > config.raw.syringe_capacity_ml:
+        raise _inconsistent("syringe_fill_ml", "syringe_capacity_ml")
+    return fill
+
+
 def validate_rate(config: KernelConfig, rate_ml_h: float) -> float:
     """A finite rate from ``min_rate_ml_h`` to the effective ceiling (a unit slip is refused); in mL/s."""
     rate = _quantity("rate_ml_h", rate_ml_h, ML_PER_HOUR_MAX)

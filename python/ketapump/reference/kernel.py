@@ -10,7 +10,13 @@ from typing import Final
 from ketapump.errors import ConfigurationError, InterlockError, StateTransitionError
 from ketapump.reference.alarm import AlarmSet
 from ketapump.reference.clamp import clamp_rate
-from ketapump.reference.config import KernelConfig, Program, validate_rate
+from ketapump.reference.config import (
+    KernelConfig,
+    Program,
+    validate_fill,
+    validate_rate,
+    validate_syringes,
+)
 from ketapump.reference.controller import ControlStatus, Gains, ReferenceController
 from ketapump.reference.f64 import (
     F64_MIN,
@@ -63,6 +69,8 @@ class State:
     phase: TakeUp | Infusing | None = None
     #: ``alarm`` only (None: no back-off).
     backoff: Backoff | None = None
+    #: ``syringe_change`` only: it returns to ``stopped`` (else ``paused``).
+    from_stopped: bool = False
 
     @property
     def is_monitored(self) -> bool:
@@ -84,6 +92,8 @@ PAUSED: Final = State("paused")
 STOPPED: Final = State("stopped")
 COMPLETE: Final = State("complete")
 RUNNING_INFUSING: Final = State("running", phase=Infusing())
+SYRINGE_CHANGE_PAUSED: Final = State("syringe_change")
+SYRINGE_CHANGE_STOPPED: Final = State("syringe_change", from_stopped=True)
 
 
 #: Alarms that may start (or leave running) the back-off (``Alarm::permits_backoff``): every check that
@@ -235,6 +245,16 @@ class ReferenceKernel:
         # Volume and drug delivered by earlier programs on this kernel.
         self._completed_ml = 0.0
         self._completed_mg = 0.0
+        # Volume the current program delivered from earlier syringes (mL).
+        self._carried_ml = 0.0
+        # Volume delivered on this kernel (all programs) when the syringe in the pump went in (mL).
+        self._syringe_start_ml = 0.0
+        # What the syringe in the pump held when it went in (mL).
+        self._syringe_fill_ml = cfg.raw.syringe_fill_ml
+        # A new syringe is in: its slack is taken up at the next start or resume.
+        self._take_up_pending = False
+        # The plunger reference is re-taken from the next sample (a new syringe): no jump check on it.
+        self._rereference = False
         # Forward motor volume commanded while infusing (integral of the held command).
         self._commanded_ml = 0.0
         self._last_command = MOTOR_HOLD
@@ -296,12 +316,14 @@ class ReferenceKernel:
     def delivered_ml(self) -> float:
         """Measured volume delivered by the current program (mL); from the completion on, the drive
         release predicted then counts as delivered until the plunger has moved that far."""
+        this_syringe = 0.0
         if self._origin_ml is not None and self._last_volume_ml is not None:
             if self._release is not None:
                 at_ml, release_ml = self._release
-                return _fmax(self._last_volume_ml, at_ml + release_ml) - self._origin_ml
-            return self._last_volume_ml - self._origin_ml
-        return 0.0
+                this_syringe = _fmax(self._last_volume_ml, at_ml + release_ml) - self._origin_ml
+            else:
+                this_syringe = self._last_volume_ml - self._origin_ml
+        return self._carried_ml + this_syringe
 
     @property
     def drive_release_ml(self) -> float:
@@ -347,8 +369,10 @@ class ReferenceKernel:
             return 0.0
         return _fmax(self._program.vtbi_ml - self.delivered_ml, 0.0)
 
-    def _syringe_left_ml(self) -> float:
-        return self._cfg.raw.syringe_fill_ml - self._completed_ml - self.delivered_ml
+    @property
+    def syringe_left_ml(self) -> float:
+        """What the syringe in the pump still holds (mL)."""
+        return self._syringe_fill_ml - (self._completed_ml + self.delivered_ml - self._syringe_start_ml)
 
     # ----- operator commands -----------------------------------------------------------------------
 
@@ -361,16 +385,19 @@ class ReferenceKernel:
         t = self._now_or_zero()
         self._trace.push(t, from_kind, to.kind, cause, self.delivered_ml)
 
-    def load(self, rate_ml_h: float, vtbi_ml: float, take_up: bool = True) -> None:
-        """``idle``, ``stopped`` or ``complete`` → ``armed``; a program in force is closed first."""
+    def load(self, rate_ml_h: float, vtbi_ml: float, take_up: bool = True, syringes: int = 1) -> None:
+        """``idle``, ``stopped`` or ``complete`` → ``armed``; a program in force is closed first. The
+        VTBI may span ``syringes`` syringes (``load_syringes``)."""
         if self._state not in (IDLE, STOPPED, COMPLETE):
             raise self._refuse("load")
+        count = validate_syringes(max(0, min(int(syringes), 2**32 - 1)))
         delivered = self.delivered_ml
         completed_mg = self._completed_mg + delivered * self._cfg.mg_per_ml
         available = replace(
             self._cfg,
             raw=replace(
-                self._cfg.raw, syringe_fill_ml=self._cfg.raw.syringe_fill_ml - self._completed_ml - delivered
+                self._cfg.raw,
+                syringe_fill_ml=self.syringe_left_ml + (count - 1.0) * self._cfg.raw.syringe_fill_ml,
             ),
         )
         program = Program.new(
@@ -378,6 +405,7 @@ class ReferenceKernel:
         )
         self._completed_ml += delivered
         self._completed_mg = completed_mg
+        self._carried_ml = 0.0
         self._program = program
         self._origin_ml = self._last_volume_ml
         self._release = None
@@ -390,23 +418,25 @@ class ReferenceKernel:
     def start(self) -> None:
         """``armed`` → ``running`` (with take-up if the program asks for it); ``stopped`` → ``running``."""
         program = self._program
+        take_up = self._cfg.raw.take_up_max_ml > 0.0
+        pending = self._take_up_pending
         phase: TakeUp | Infusing
-        if (
-            self._state == ARMED
-            and program is not None
-            and program.take_up
-            and self._cfg.raw.take_up_max_ml > 0.0
-        ):
-            origin = self._last_volume_ml if self._last_volume_ml is not None else 0.0
-            phase = TakeUp(commanded_ml=0.0, origin_ml=origin)
+        wants_take_up = (self._state == ARMED and program is not None and program.take_up) or pending
+        if self._state in (ARMED, STOPPED) and program is not None and wants_take_up and take_up:
+            phase = self._take_up_phase()
         elif self._state in (ARMED, STOPPED) and program is not None:
             phase = Infusing()
         else:
             raise self._refuse("start")
         self._begin_motion()
         # Without take-up a freshly loaded syringe may still have its slack to cross.
-        self._awaiting_first_motion = self._state == ARMED and isinstance(phase, Infusing)
+        self._awaiting_first_motion = (self._state == ARMED or pending) and isinstance(phase, Infusing)
+        self._take_up_pending = False
         self._transition(_running(phase), "start")
+
+    def _take_up_phase(self) -> TakeUp:
+        origin = self._last_volume_ml if self._last_volume_ml is not None else 0.0
+        return TakeUp(commanded_ml=0.0, origin_ml=origin)
 
     def pause(self) -> None:
         """``running`` → ``paused``."""
@@ -418,14 +448,48 @@ class ReferenceKernel:
         """``paused`` → ``running`` at the programmed rate, tracking from the current volume."""
         if self._state != PAUSED:
             raise self._refuse("resume")
+        # After a syringe change the new syringe's slack is taken up first.
+        pending = self._take_up_pending
+        phase: TakeUp | Infusing = (
+            self._take_up_phase() if pending and self._cfg.raw.take_up_max_ml > 0.0 else Infusing()
+        )
         self._begin_motion()
-        self._transition(RUNNING_INFUSING, "resume")
+        self._awaiting_first_motion = pending and isinstance(phase, Infusing)
+        self._take_up_pending = False
+        self._transition(_running(phase), "resume")
 
     def stop(self) -> None:
-        """``running`` or ``paused`` → ``stopped``."""
-        if not (self._state.is_running or self._state == PAUSED):
+        """``running``, ``paused`` or ``syringe_change`` → ``stopped``."""
+        if not (self._state.is_running or self._state == PAUSED or self._state.kind == "syringe_change"):
             raise self._refuse("stop")
         self._transition(STOPPED, "stop")
+
+    def change_syringe(self) -> None:
+        """``paused`` or ``stopped`` → ``syringe_change`` (a program loaded, the motor holding)."""
+        if self._state == PAUSED:
+            to = SYRINGE_CHANGE_PAUSED
+        elif self._state == STOPPED:
+            to = SYRINGE_CHANGE_STOPPED
+        else:
+            raise self._refuse("change_syringe")
+        if self._program is None or self._last_command.direction != HOLD:
+            raise self._refuse("change_syringe")
+        self._carried_ml = self.delivered_ml
+        self._origin_ml = None
+        self._rereference = True
+        self._hold_origin_ml = None
+        self._transition(to, "change_syringe")
+
+    def syringe_loaded(self, fill_ml: float) -> None:
+        """``syringe_change`` → ``paused`` or ``stopped``: a new syringe holding ``fill_ml``."""
+        if self._state.kind != "syringe_change":
+            raise self._refuse("syringe_loaded")
+        fill = validate_fill(self._cfg, fill_ml)
+        self._syringe_start_ml = self._completed_ml + self.delivered_ml
+        self._syringe_fill_ml = fill
+        self._take_up_pending = True
+        self._hold_origin_ml = None
+        self._transition(STOPPED if self._state.from_stopped else PAUSED, "syringe_loaded")
 
     def acknowledge(self) -> None:
         """``alarm`` → ``stopped``, clearing the latch."""
@@ -450,6 +514,7 @@ class ReferenceKernel:
         delivered = self.delivered_ml
         self._completed_ml += delivered
         self._completed_mg += delivered * self._cfg.mg_per_ml
+        self._carried_ml = 0.0
         self._program = None
         self._origin_ml = None
         self._hold_origin_ml = None
@@ -627,7 +692,9 @@ class ReferenceKernel:
             and (self._last_sample_t_s is None or s.t_s >= self._last_sample_t_s)
         )
         v, t = self._last_volume_ml, self._last_sample_t_s
-        if v is not None and t is not None:
+        if self._rereference:
+            jump_ok = True  # a new syringe's plunger may read anywhere: a new reference, not a jump
+        elif v is not None and t is not None:
             bound = 2.0 * self._cfg.raw.pump_max_rate_ml_h / S_PER_H * _fmax(s.t_s - t, 0.0) + 1.0
             jump_ok = abs(s.volume_ml - v) <= bound
         else:
@@ -638,8 +705,10 @@ class ReferenceKernel:
         prev_t = self._last_sample_t_s
         if prev_t == s.t_s:
             return False  # the same sample again: not fresh
-        if self._origin_ml is None and self._program is not None:
+        changing = self._state.kind == "syringe_change"
+        if self._origin_ml is None and self._program is not None and not changing:
             self._origin_ml = s.volume_ml
+            self._rereference = False
         self._last_sample_t_s = s.t_s
         self._last_volume_ml = s.volume_ml
         if self._cfg.raw.has_pressure_sensor:
@@ -672,13 +741,15 @@ class ReferenceKernel:
         r = self._cfg.raw
         q = self._cfg.volume_quantum_ml
         running = self._state.is_running
+        # The syringe is out of the pump, or going in, during a syringe change.
+        changing = self._state.kind == "syringe_change"
 
-        if not s.syringe_present:
+        if not s.syringe_present and not changing:
             raised.insert("syringe_missing")
         if s.air_in_line:
             raised.insert("air_in_line")
         # Only the plunger's end of travel: `load` already bounds the volume by what the syringe holds.
-        if s.end_of_travel:
+        if s.end_of_travel and not changing:
             raised.insert("syringe_empty")
 
         if r.has_pressure_sensor:
@@ -706,7 +777,7 @@ class ReferenceKernel:
             # The cross-check needs the drive model: not with an uncharacterised drive (C_d = 0).
             if infusing and self._moved_since_start and self._cfg.drive_compliance_ml_per_mmhg > 0.0:
                 self._check_encoder(s.volume_ml, raised)
-        else:
+        elif not changing:
             self._check_uncommanded(s.volume_ml, raised)
 
     def _check_uncommanded(self, volume_ml: float, raised: AlarmSet) -> None:
@@ -842,7 +913,8 @@ class ReferenceKernel:
                 return MOTOR_HOLD, "dose_exhausted", ControlStatus()
             volume = self._last_volume_ml if self._last_volume_ml is not None else 0.0
             cap_ml = (self._cfg.raw.hard_cap_mg - self.cumulative_mg) / self._cfg.mg_per_ml
-            dose_headroom = _fmin(program.vtbi_ml - release - delivered, cap_ml)
+            # Never past what the syringe in the pump holds (a dose of several syringes).
+            dose_headroom = _fmin(_fmin(program.vtbi_ml - release - delivered, cap_ml), self.syringe_left_ml)
             phase = state.phase
             if isinstance(phase, TakeUp):
                 take_up_left = self._cfg.raw.take_up_max_ml - phase.commanded_ml
@@ -924,7 +996,7 @@ class ReferenceKernel:
         now = self._now_or_zero()
         near_empty = False
         if self._program is not None and self._state.is_monitored:
-            left = self._syringe_left_ml()
+            left = self.syringe_left_ml
             rate = self._program.rate_ml_s
             near_empty = left <= self._cfg.raw.near_empty_ml or (
                 rate > 0.0 and left / rate <= self._cfg.raw.near_empty_s

@@ -383,6 +383,27 @@ impl Program {
     }
 }
 
+/// The most syringes one program may span ([`crate::SafetyKernel::load_syringes`]).
+pub const MAX_SYRINGES: u32 = 16;
+
+/// A program's syringe count: 1 to [`MAX_SYRINGES`].
+pub fn validate_syringes(syringes: u32) -> Result<f64, ConfigError> {
+    let count = f64::from(syringes);
+    scalar("syringes", count, 1.0, false, f64::from(MAX_SYRINGES))
+}
+
+/// The fill of a syringe put into the pump: a positive volume, at most the configured capacity.
+pub fn validate_fill(config: &KernelConfig, fill_ml: f64) -> Result<f64, ConfigError> {
+    let fill = quantity::<Millilitres>("syringe_fill_ml", fill_ml)?.get();
+    if fill <= 0.0 {
+        return Err(not_above("syringe_fill_ml", fill_ml, 0.0));
+    }
+    if fill > config.raw.syringe_capacity_ml {
+        return Err(inconsistent("syringe_fill_ml", fill_ml, "syringe_capacity_ml", config.raw.syringe_capacity_ml));
+    }
+    Ok(fill)
+}
+
 /// A programmed rate must be a finite number from `min_rate_ml_h` to the effective ceiling; a unit
 /// slip (×60, ×1000, ÷1000) is refused, never clamped. Returns mL/s.
 pub fn validate_rate(config: &KernelConfig, rate_ml_h: f64) -> Result<f64, ConfigError> {

@@ -13,6 +13,7 @@
 //!      │                   stop (Running/Paused)│                                │  │
 //!      │  unload                                ▼          load (new program)    │  │
 //!      ├─────────────────────────────────── Stopped ──────────────▶ Armed ◀──────┘  │
+//!      │                                  (see the syringe change below)             │
 //!      │                                     ▲  │ start                              │
 //!      │                         acknowledge │  └──────▶ Running                     │
 //!      │                                     │                                       │
@@ -21,6 +22,28 @@
 //!      │                                   ↺ more alarms latch, silence              │
 //!      └──────────────────────────────────────────────────────────── unload ────────┘
 //! ```
+//!
+//! The syringe change (a dose larger than one syringe), from a motor at rest only:
+//!
+//! ```text
+//!     Paused ──change_syringe──▶ SyringeChange{Paused} ──syringe_loaded──▶ Paused ──resume──▶ Running(TakeUp)
+//!     Stopped ─change_syringe──▶ SyringeChange{Stopped} ─syringe_loaded──▶ Stopped ──start──▶ Running(TakeUp)
+//!                                      │ stop                    any alarm
+//!                                      ▼                              ▼
+//!                                   Stopped                         Alarm
+//! ```
+//!
+//! - The *dose's* accounting runs on across syringes: the delivered volume, the cumulative drug, the
+//!   overdose check and the program's VTBI are the whole dose's ([`SafetyKernel::load_syringes`] admits a
+//!   VTBI of up to that many syringes). The *syringe's* level restarts: its fill, the near-empty warning,
+//!   the plunger position the delivered volume is measured from (re-taken from the first sample after
+//!   `syringe_loaded`, whatever the new plunger reads), and the slack (the next start or resume runs the
+//!   take-up). The forward rate is also clamped to what the syringe in the pump still holds, so the kernel
+//!   never drives a plunger into its end stop.
+//! - In `SyringeChange` the motor holds and the syringe is expected out of the pump: `syringe_missing`,
+//!   the end-of-travel switch, plunger jumps and uncommanded motion are not interlocks there; staleness,
+//!   air, pressure, overdose and the cap still are. `change_syringe` is refused while a forward or
+//!   retract command is still in force (the tick after a pause holds the motor).
 //!
 //! Rules the diagram encodes:
 //! - Alarms **latch**: the only way out of `Alarm` is `acknowledge`, which leads to `Stopped`; from
@@ -67,6 +90,7 @@ pub enum StateKind {
     Alarm,
     Stopped,
     Complete,
+    SyringeChange,
 }
 
 impl StateKind {
@@ -79,6 +103,7 @@ impl StateKind {
             StateKind::Alarm => "alarm",
             StateKind::Stopped => "stopped",
             StateKind::Complete => "complete",
+            StateKind::SyringeChange => "syringe_change",
         }
     }
 
@@ -120,6 +145,11 @@ pub enum State {
     Alarm(Option<Backoff>),
     Stopped,
     Complete,
+    /// The operator is swapping the syringe; `stopped`: the state it returns to is `Stopped` (else
+    /// `Paused`).
+    SyringeChange {
+        stopped: bool,
+    },
 }
 
 impl State {
@@ -132,6 +162,7 @@ impl State {
             State::Alarm(_) => StateKind::Alarm,
             State::Stopped => StateKind::Stopped,
             State::Complete => StateKind::Complete,
+            State::SyringeChange { .. } => StateKind::SyringeChange,
         }
     }
 }
@@ -213,6 +244,8 @@ pub enum Command {
     Silence,
     Unload,
     SetRate,
+    ChangeSyringe,
+    SyringeLoaded,
 }
 
 impl Command {
@@ -227,6 +260,8 @@ impl Command {
             Command::Silence => "silence",
             Command::Unload => "unload",
             Command::SetRate => "set_rate",
+            Command::ChangeSyringe => "change_syringe",
+            Command::SyringeLoaded => "syringe_loaded",
         }
     }
 }
@@ -318,6 +353,17 @@ pub struct SafetyKernel {
     /// Volume and drug delivered by earlier programs on this kernel.
     completed_ml: f64,
     completed_mg: f64,
+    /// Volume the current program delivered from earlier syringes (mL): `origin_ml` is the plunger
+    /// position of the syringe in the pump.
+    carried_ml: f64,
+    /// Volume delivered on this kernel (all programs) when the syringe in the pump went in (mL).
+    syringe_start_ml: f64,
+    /// What the syringe in the pump held when it went in (mL).
+    syringe_fill_ml: f64,
+    /// A new syringe is in: its slack is taken up at the next start or resume.
+    take_up_pending: bool,
+    /// The plunger reference is re-taken from the next sample (a new syringe): no jump check on it.
+    rereference: bool,
     /// Forward motor volume commanded while infusing (integral of the held command).
     commanded_ml: f64,
     last_command: MotorCommand,
@@ -378,6 +424,11 @@ impl SafetyKernel {
             origin_ml: None,
             completed_ml: 0.0,
             completed_mg: 0.0,
+            carried_ml: 0.0,
+            syringe_start_ml: 0.0,
+            syringe_fill_ml: cfg.raw.syringe_fill_ml,
+            take_up_pending: false,
+            rereference: false,
             commanded_ml: 0.0,
             last_command: MotorCommand::HOLD,
             hold_origin_ml: None,
@@ -430,13 +481,14 @@ impl SafetyKernel {
     /// drive release predicted then counts as delivered until the plunger has moved that far.
     #[inline(always)]
     pub fn delivered_ml(&self) -> f64 {
-        match (self.origin_ml, self.last_volume_ml) {
+        let this_syringe = match (self.origin_ml, self.last_volume_ml) {
             (Some(origin), Some(volume)) => match self.release {
                 Some((at_ml, release_ml)) => volume.max(at_ml + release_ml) - origin,
                 None => volume - origin,
             },
             _ => 0.0,
-        }
+        };
+        self.carried_ml + this_syringe
     }
 
     /// Volume the compressed drive train will still push the plunger on by once the motor stops (mL):
@@ -468,9 +520,10 @@ impl SafetyKernel {
         self.program.map_or(0.0, |p| (p.vtbi_ml - self.delivered_ml()).max(0.0))
     }
 
+    /// What the syringe in the pump still holds (mL).
     #[inline(always)]
-    fn syringe_left_ml(&self) -> f64 {
-        self.cfg.raw.syringe_fill_ml - self.completed_ml - self.delivered_ml()
+    pub fn syringe_left_ml(&self) -> f64 {
+        self.syringe_fill_ml - (self.completed_ml + self.delivered_ml() - self.syringe_start_ml)
     }
 
     // ----- operator commands -----------------------------------------------------------------
@@ -488,16 +541,31 @@ impl SafetyKernel {
     }
 
     /// Loads a program (`Idle`, `Stopped` or `Complete` → `Armed`). A program in force is closed and
-    /// its delivered drug carried into the cumulative total.
+    /// its delivered drug carried into the cumulative total. The VTBI must fit in the syringe in the
+    /// pump; [`SafetyKernel::load_syringes`] admits a dose given over several syringes.
     pub fn load(&mut self, rate_ml_h: f64, vtbi_ml: f64, take_up: bool) -> Result<(), KernelError> {
+        self.load_syringes(rate_ml_h, vtbi_ml, take_up, 1)
+    }
+
+    /// [`SafetyKernel::load`] for a dose given over `syringes` syringes (1 to [`MAX_SYRINGES`]): the
+    /// VTBI may be what the syringe in the pump still holds plus `syringes − 1` full syringes. The
+    /// limits (VTBI, overdose, cumulative cap) are the whole dose's; see the syringe change.
+    pub fn load_syringes(
+        &mut self,
+        rate_ml_h: f64,
+        vtbi_ml: f64,
+        take_up: bool,
+        syringes: u32,
+    ) -> Result<(), KernelError> {
         if !matches!(self.state, State::Idle | State::Stopped | State::Complete) {
             return Err(self.refuse(Command::Load));
         }
+        let count = crate::config::validate_syringes(syringes).map_err(KernelError::Config)?;
         let delivered = self.delivered_ml();
         let completed_mg = self.completed_mg + delivered * self.cfg.mg_per_ml();
         let available = KernelConfig {
             raw: crate::config::RawKernelConfig {
-                syringe_fill_ml: self.cfg.raw.syringe_fill_ml - self.completed_ml - delivered,
+                syringe_fill_ml: self.syringe_left_ml() + (count - 1.0) * self.cfg.raw.syringe_fill_ml,
                 ..self.cfg.raw
             },
             ..self.cfg
@@ -507,6 +575,7 @@ impl SafetyKernel {
                 .map_err(KernelError::Config)?;
         self.completed_ml += delivered;
         self.completed_mg = completed_mg;
+        self.carried_ml = 0.0;
         self.program = Some(program);
         self.origin_ml = self.last_volume_ml;
         self.release = None;
@@ -521,16 +590,17 @@ impl SafetyKernel {
     /// Starts delivery (`Armed` → `Running`, with take-up if the program asks for it; `Stopped` →
     /// `Running` at the programmed rate).
     pub fn start(&mut self) -> Result<(), KernelError> {
+        let take_up = self.cfg.raw.take_up_max_ml > 0.0;
         let phase = match (self.state, self.program) {
-            (State::Armed, Some(p)) if p.take_up && self.cfg.raw.take_up_max_ml > 0.0 => {
-                Phase::TakeUp { commanded_ml: 0.0, origin_ml: self.last_volume_ml.unwrap_or(0.0) }
-            }
+            (State::Armed, Some(p)) if (p.take_up || self.take_up_pending) && take_up => self.take_up_phase(),
+            (State::Stopped, Some(_)) if self.take_up_pending && take_up => self.take_up_phase(),
             (State::Armed | State::Stopped, Some(_)) => Phase::Infusing,
             _ => return Err(self.refuse(Command::Start)),
         };
         self.begin_motion();
         // Without take-up a freshly loaded syringe may still have its slack to cross.
-        self.awaiting_first_motion = self.state == State::Armed && phase == Phase::Infusing;
+        self.awaiting_first_motion = (self.state == State::Armed || self.take_up_pending) && phase == Phase::Infusing;
+        self.take_up_pending = false;
         self.transition(State::Running(phase), Cause::Operator(Command::Start));
         Ok(())
     }
@@ -549,17 +619,68 @@ impl SafetyKernel {
         if self.state != State::Paused {
             return Err(self.refuse(Command::Resume));
         }
+        // After a syringe change the new syringe's slack is taken up first.
+        let phase = if self.take_up_pending && self.cfg.raw.take_up_max_ml > 0.0 {
+            self.take_up_phase()
+        } else {
+            Phase::Infusing
+        };
         self.begin_motion();
-        self.transition(State::Running(Phase::Infusing), Cause::Operator(Command::Resume));
+        self.awaiting_first_motion = self.take_up_pending && phase == Phase::Infusing;
+        self.take_up_pending = false;
+        self.transition(State::Running(phase), Cause::Operator(Command::Resume));
         Ok(())
     }
 
-    /// `Running` or `Paused` → `Stopped`.
+    fn take_up_phase(&self) -> Phase {
+        Phase::TakeUp { commanded_ml: 0.0, origin_ml: self.last_volume_ml.unwrap_or(0.0) }
+    }
+
+    /// `Running`, `Paused` or `SyringeChange` → `Stopped` (a syringe change is abandoned: the
+    /// plunger reference is re-taken from the next sample, the dose's accounting runs on).
     pub fn stop(&mut self) -> Result<(), KernelError> {
-        if !matches!(self.state, State::Running(_) | State::Paused) {
+        if !matches!(self.state, State::Running(_) | State::Paused | State::SyringeChange { .. }) {
             return Err(self.refuse(Command::Stop));
         }
         self.transition(State::Stopped, Cause::Operator(Command::Stop));
+        Ok(())
+    }
+
+    /// `Paused` or `Stopped` → `SyringeChange`: the operator takes the syringe out. Refused without a
+    /// program, or while the last command still moves the motor. The current syringe's delivery is
+    /// carried into the dose; the plunger reference is dropped until `syringe_loaded`.
+    pub fn change_syringe(&mut self) -> Result<(), KernelError> {
+        let stopped = match self.state {
+            State::Paused => false,
+            State::Stopped => true,
+            _ => return Err(self.refuse(Command::ChangeSyringe)),
+        };
+        if self.program.is_none() || self.last_command.direction != Direction::Hold {
+            return Err(self.refuse(Command::ChangeSyringe));
+        }
+        self.carried_ml = self.delivered_ml();
+        self.origin_ml = None;
+        self.rereference = true;
+        self.hold_origin_ml = None;
+        self.transition(State::SyringeChange { stopped }, Cause::Operator(Command::ChangeSyringe));
+        Ok(())
+    }
+
+    /// `SyringeChange` → `Paused` or `Stopped` (where the change began): a new syringe holding
+    /// `fill_ml` (at most the configured capacity) is in the pump. Its plunger position is taken from
+    /// the next sample, its level starts at `fill_ml`, and its slack is taken up at the next resume or
+    /// start. A refused fill changes nothing.
+    pub fn syringe_loaded(&mut self, fill_ml: f64) -> Result<(), KernelError> {
+        let State::SyringeChange { stopped } = self.state else {
+            return Err(self.refuse(Command::SyringeLoaded));
+        };
+        let fill = crate::config::validate_fill(&self.cfg, fill_ml).map_err(KernelError::Config)?;
+        self.syringe_start_ml = self.completed_ml + self.delivered_ml();
+        self.syringe_fill_ml = fill;
+        self.take_up_pending = true;
+        self.hold_origin_ml = None;
+        let to = if stopped { State::Stopped } else { State::Paused };
+        self.transition(to, Cause::Operator(Command::SyringeLoaded));
         Ok(())
     }
 
@@ -595,6 +716,7 @@ impl SafetyKernel {
         let delivered = self.delivered_ml();
         self.completed_ml += delivered;
         self.completed_mg += delivered * self.cfg.mg_per_ml();
+        self.carried_ml = 0.0;
         self.program = None;
         self.origin_ml = None;
         self.hold_origin_ml = None;
@@ -792,7 +914,9 @@ impl SafetyKernel {
             && pressure_ok
             && s.t_s <= now_s
             && self.last_sample_t_s.is_none_or(|prev| s.t_s >= prev);
+        // A new syringe's plunger may read anywhere: its first position is a new reference, not a jump.
         let jump_ok = match (self.last_volume_ml, self.last_sample_t_s) {
+            _ if self.rereference => true,
             (Some(v), Some(t)) => {
                 let bound = 2.0 * self.cfg.raw.pump_max_rate_ml_h / crate::units::S_PER_H * (s.t_s - t).max(0.0) + 1.0;
                 (s.volume_ml - v).abs() <= bound
@@ -807,8 +931,10 @@ impl SafetyKernel {
         if prev_t == Some(s.t_s) {
             return false; // the same sample again: not fresh
         }
-        if self.origin_ml.is_none() && self.program.is_some() {
+        let changing = matches!(self.state, State::SyringeChange { .. });
+        if self.origin_ml.is_none() && self.program.is_some() && !changing {
             self.origin_ml = Some(s.volume_ml);
+            self.rereference = false;
         }
         self.last_sample_t_s = Some(s.t_s);
         self.last_volume_ml = Some(s.volume_ml);
@@ -853,15 +979,17 @@ impl SafetyKernel {
         let r = self.cfg.raw;
         let q = self.cfg.volume_quantum_ml;
         let running = matches!(self.state, State::Running(_));
+        // The syringe is out of the pump, or going in, during a syringe change.
+        let changing = matches!(self.state, State::SyringeChange { .. });
 
-        if !s.syringe_present {
+        if !s.syringe_present && !changing {
             raised.insert(Alarm::SyringeMissing);
         }
         if s.air_in_line {
             raised.insert(Alarm::AirInLine);
         }
         // Only the plunger's end of travel: `load` already bounds the volume by what the syringe holds.
-        if s.end_of_travel {
+        if s.end_of_travel && !changing {
             raised.insert(Alarm::SyringeEmpty);
         }
 
@@ -898,7 +1026,7 @@ impl SafetyKernel {
             if infusing && self.moved_since_start && self.cfg.drive_compliance_ml_per_mmhg > 0.0 {
                 self.check_encoder(s.volume_ml, raised);
             }
-        } else {
+        } else if !changing {
             self.check_uncommanded(s.volume_ml, raised);
         }
     }
@@ -1088,7 +1216,9 @@ impl SafetyKernel {
                 }
                 let volume = self.last_volume_ml.unwrap_or(0.0);
                 let cap_ml = (self.cfg.raw.hard_cap_mg - self.cumulative_mg()) / self.cfg.mg_per_ml();
-                let dose_headroom = (program.vtbi_ml - release - delivered).min(cap_ml);
+                // Never past what the syringe in the pump holds: a dose of several syringes pauses for
+                // the change before the plunger reaches its end stop.
+                let dose_headroom = (program.vtbi_ml - release - delivered).min(cap_ml).min(self.syringe_left_ml());
                 match phase {
                     Phase::TakeUp { commanded_ml, origin_ml } => {
                         let take_up_left = self.cfg.raw.take_up_max_ml - commanded_ml;

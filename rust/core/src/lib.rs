@@ -24,7 +24,7 @@ pub mod units;
 
 pub use alarm::{Alarm, AlarmSet, Warning};
 pub use clamp::{clamp_rate, ClampReason, RateLimits};
-pub use config::{ConfigError, ConfigProblem, KernelConfig, Program, RawKernelConfig};
+pub use config::{ConfigError, ConfigProblem, KernelConfig, Program, RawKernelConfig, MAX_SYRINGES};
 pub use controller::{ControlError, ControlStatus, Gains, RateController};
 pub use kernel::{
     Command, Direction, KernelError, MotorCommand, SafetyKernel, State, StateKind, StepOutput, Telemetry,

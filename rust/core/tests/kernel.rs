@@ -712,7 +712,7 @@ fn rate_change_keeps_state() {
 
 // ===== refused commands ============================================================================
 
-const COMMANDS: [Command; 9] = [
+const COMMANDS: [Command; 11] = [
     Command::Load,
     Command::Start,
     Command::Pause,
@@ -722,6 +722,8 @@ const COMMANDS: [Command; 9] = [
     Command::Silence,
     Command::Unload,
     Command::SetRate,
+    Command::ChangeSyringe,
+    Command::SyringeLoaded,
 ];
 
 /// Issues an operator command with valid arguments, so a refusal can only come from the state.
@@ -736,20 +738,23 @@ fn issue(k: &mut SafetyKernel, command: Command) -> Result<(), KernelError> {
         Command::Silence => k.silence(),
         Command::Unload => k.unload(),
         Command::SetRate => k.set_rate(30.0),
+        Command::ChangeSyringe => k.change_syringe(),
+        Command::SyringeLoaded => k.syringe_loaded(50.0),
     }
 }
 
 #[test]
 fn commands_not_allowed_in_a_state_are_refused_and_change_nothing() {
     use Command::*;
-    let table: [(StateKind, Sim, &[Command]); 7] = [
+    let table: [(StateKind, Sim, &[Command]); 8] = [
         (StateKind::Idle, idle(), &[Load]),
         (StateKind::Armed, armed(), &[Start, Unload, SetRate]),
         (StateKind::Running, running(), &[Pause, Stop, SetRate]),
-        (StateKind::Paused, paused(), &[Resume, Stop, SetRate]),
+        (StateKind::Paused, paused(), &[Resume, Stop, SetRate, ChangeSyringe]),
         (StateKind::Alarm, in_alarm(), &[Acknowledge, Silence]),
-        (StateKind::Stopped, stopped(), &[Start, Load, Unload, SetRate]),
+        (StateKind::Stopped, stopped(), &[Start, Load, Unload, SetRate, ChangeSyringe]),
         (StateKind::Complete, complete(), &[Load, Unload]),
+        (StateKind::SyringeChange, changing(false), &[SyringeLoaded, Stop]),
     ];
     for (kind, sim, allowed) in table {
         assert_eq!(sim.state(), kind);
@@ -2410,4 +2415,184 @@ fn without_a_characterised_drive_there_is_no_encoder_cross_check() {
     let mut sim = running_with(config_with(|r| r.drive_stiffness_n_per_mm = 0.0), 60.0, 10.0);
     sim.gain = 0.97;
     assert!(sim.run(100.0).iter().all(|o| o.raised.is_empty()), "{:?}", sim.k.alarms());
+}
+
+// ===== the syringe change ==========================================================================
+
+/// Paused (or Stopped) and then in `SyringeChange`, the syringe out of the pump.
+fn changing(from_stopped: bool) -> Sim {
+    let mut sim = if from_stopped { stopped() } else { paused() };
+    sim.k.change_syringe().expect("change_syringe");
+    sim.tick();
+    sim.drain();
+    assert_eq!(sim.state(), StateKind::SyringeChange);
+    sim
+}
+
+/// The physical swap in the ideal plant: a new syringe whose plunger reads `reads_ml`, with slack.
+fn swap_syringe(sim: &mut Sim, reads_ml: f64, slack_ml: f64) {
+    sim.pos_ml = reads_ml;
+    sim.slack_ml = slack_ml;
+}
+
+#[test]
+fn paused_change_syringe_to_syringe_change() {
+    let mut sim = paused();
+    sim.k.change_syringe().unwrap();
+    assert_eq!(sim.k.state(), State::SyringeChange { stopped: false });
+    assert_only_event(&mut sim, StateKind::Paused, StateKind::SyringeChange, Cause::Operator(Command::ChangeSyringe));
+}
+
+#[test]
+fn stopped_change_syringe_to_syringe_change() {
+    let mut sim = stopped();
+    sim.k.change_syringe().unwrap();
+    assert_eq!(sim.k.state(), State::SyringeChange { stopped: true });
+    assert_only_event(&mut sim, StateKind::Stopped, StateKind::SyringeChange, Cause::Operator(Command::ChangeSyringe));
+}
+
+#[test]
+fn syringe_change_loaded_returns_to_paused_or_stopped() {
+    for (from_stopped, to) in [(false, StateKind::Paused), (true, StateKind::Stopped)] {
+        let mut sim = changing(from_stopped);
+        sim.k.syringe_loaded(50.0).unwrap();
+        assert_only_event(&mut sim, StateKind::SyringeChange, to, Cause::Operator(Command::SyringeLoaded));
+    }
+}
+
+#[test]
+fn syringe_change_stop_to_stopped() {
+    let mut sim = changing(false);
+    let delivered = sim.k.delivered_ml();
+    sim.k.stop().unwrap();
+    assert_only_event(&mut sim, StateKind::SyringeChange, StateKind::Stopped, Cause::Operator(Command::Stop));
+    // An abandoned change: the plunger reference is re-taken, the dose's delivery runs on unchanged.
+    swap_syringe(&mut sim, 0.0, 0.0);
+    let outs = sim.run(1.0);
+    assert!(outs.iter().all(|o| o.alarms.is_empty()), "{:?}", outs.last());
+    assert_eq!(sim.k.delivered_ml(), delivered);
+}
+
+#[test]
+fn syringe_change_alarm_latches() {
+    let mut sim = changing(false);
+    sim.air = true;
+    let out = sim.tick();
+    assert_eq!(out.raised, set(&[Alarm::AirInLine]));
+    assert_has_event(&sim.drain(), StateKind::SyringeChange, StateKind::Alarm, Cause::Alarm(Alarm::AirInLine));
+    // Telemetry that stops also alarms in the change (the pump must still be watched).
+    let mut sim = changing(true);
+    sim.frozen = Some(sim.sample());
+    assert_eq!(sim.run_until_alarm(5.0).unwrap().raised, set(&[Alarm::TelemetryStale]));
+}
+
+#[test]
+fn the_syringe_out_of_the_pump_is_not_an_alarm_during_the_change() {
+    let mut sim = changing(false);
+    let delivered = sim.k.delivered_ml();
+    sim.present = false;
+    sim.eot = true;
+    sim.run(2.0);
+    // The new plunger reads far from the old one: a reference, not a jump, and the dose is unchanged.
+    sim.present = true;
+    sim.eot = false;
+    swap_syringe(&mut sim, 0.0, 0.2);
+    let outs = sim.run(2.0);
+    assert!(outs.iter().all(|o| o.alarms.is_empty() && o.command == MotorCommand::HOLD), "{:?}", outs.last());
+    assert_eq!(sim.k.delivered_ml(), delivered);
+    // The same jump outside a change is invalid telemetry.
+    let mut sim = paused();
+    swap_syringe(&mut sim, 0.0, 0.0);
+    assert!(sim.tick().raised.contains(Alarm::TelemetryInvalid));
+}
+
+#[test]
+fn change_syringe_is_refused_while_the_motor_is_commanded() {
+    let mut sim = running();
+    sim.k.pause().unwrap();
+    // The pause has not reached the motor yet: the last command is still forward.
+    assert_eq!(
+        sim.k.change_syringe(),
+        Err(KernelError::InvalidTransition { from: StateKind::Paused, command: Command::ChangeSyringe })
+    );
+    sim.tick();
+    sim.k.change_syringe().unwrap();
+}
+
+#[test]
+fn syringe_loaded_refuses_a_fill_beyond_the_capacity_and_changes_nothing() {
+    for fill in [f64::NAN, 0.0, -1.0, 60.5] {
+        let mut sim = changing(false);
+        let before = format!("{:?}", sim.k);
+        let err = sim.k.syringe_loaded(fill).unwrap_err();
+        assert!(matches!(err, KernelError::Config(ConfigError { field: "syringe_fill_ml", .. })), "{fill}: {err:?}");
+        assert_eq!(format!("{:?}", sim.k), before);
+    }
+}
+
+#[test]
+fn load_syringes_admits_the_whole_dose_and_refuses_more() {
+    let mut sim = idle();
+    // Fill 50 mL: one syringe refuses 80 mL, two admit up to 100 mL, and no more.
+    assert!(matches!(sim.k.load(60.0, 80.0, false), Err(KernelError::Config(ConfigError { field: "vtbi_ml", .. }))));
+    assert!(matches!(
+        sim.k.load_syringes(60.0, 100.5, false, 2),
+        Err(KernelError::Config(ConfigError { field: "vtbi_ml", .. }))
+    ));
+    for n in [0, 17] {
+        let err = sim.k.load_syringes(60.0, 10.0, false, n).unwrap_err();
+        assert!(matches!(err, KernelError::Config(ConfigError { field: "syringes", .. })), "{n}: {err:?}");
+    }
+    sim.k.load_syringes(60.0, 100.0, false, 2).unwrap();
+    assert_eq!(sim.state(), StateKind::Armed);
+}
+
+/// A dose of two syringes: the kernel holds at the first syringe's end (never drives into its end
+/// stop), the change restarts the syringe's level and takes up the new slack, and the dose completes
+/// at its whole VTBI with the delivered volume counted across both.
+#[test]
+fn a_dose_of_two_syringes_runs_to_its_whole_volume() {
+    let cfg = config_with(|r| {
+        r.syringe_fill_ml = 5.0;
+        r.near_empty_s = 10.0;
+    });
+    let mut sim = Sim::new(cfg);
+    sim.tick();
+    sim.k.load_syringes(120.0, 8.0, true, 2).unwrap();
+    sim.k.start().unwrap();
+    // Up to the end of the first syringe: then the kernel commands nothing more.
+    let held = sim.run_until(400.0, |s, o| s.k.delivered_ml() > 4.0 && o.command == MotorCommand::HOLD).expect("held");
+    assert!(held.near_empty);
+    assert!(sim.k.syringe_left_ml() >= -sim.q(), "{}", sim.k.syringe_left_ml());
+    let first = sim.k.delivered_ml();
+    assert!((first - 5.0).abs() <= 2.0 * sim.q(), "{first}");
+    sim.k.pause().unwrap();
+    sim.tick();
+    sim.k.change_syringe().unwrap();
+    swap_syringe(&mut sim, 1.25, 0.2);
+    sim.run(1.0);
+    sim.k.syringe_loaded(5.0).unwrap();
+    sim.tick();
+    assert!(!sim.tick().near_empty);
+    assert!((sim.k.syringe_left_ml() - 5.0).abs() < 1e-9);
+    sim.drain();
+    sim.k.resume().unwrap();
+    assert!(matches!(sim.k.state(), State::Running(Phase::TakeUp { .. })));
+    let done = sim.run_until(400.0, |s, _| s.state() == StateKind::Complete).expect("completes");
+    assert!(done.alarms.is_empty(), "{done:?}");
+    let events = sim.drain();
+    assert_has_event(&events, StateKind::Running, StateKind::Running, Cause::TakeUpDone);
+    assert!((sim.k.delivered_ml() - 8.0).abs() <= 2.0 * sim.q(), "{}", sim.k.delivered_ml());
+    assert!((sim.k.cumulative_mg() - 8.0).abs() <= 2.0 * sim.q());
+}
+
+/// From `Stopped`, a start after the change runs the new syringe's take-up.
+#[test]
+fn start_after_a_change_takes_up_the_new_slack() {
+    let mut sim = changing(true);
+    swap_syringe(&mut sim, 0.0, 0.2);
+    sim.k.syringe_loaded(50.0).unwrap();
+    sim.tick();
+    sim.k.start().unwrap();
+    assert!(matches!(sim.k.state(), State::Running(Phase::TakeUp { .. })));
 }

@@ -399,8 +399,15 @@
       ...questions.map((q) => {
         const box = el("div", "question");
         box.dataset.question = q.question_id;
-        box.append(el("div", "", (q.question === "checklist" ? "Checklist: " : "Needs a reason: ") + q.text));
-        if (q.question === "checklist") {
+        const label = { checklist: "Checklist: ", syringe_change: "Syringe change: " }[q.question] || "Needs a reason: ";
+        box.append(el("div", "", label + q.text));
+        if (q.question === "syringe_change") {
+          const loaded = el("button", "primary", "Next syringe loaded");
+          const stop = el("button", "", "Stop the infusion");
+          loaded.addEventListener("click", () => answer(card.chair, q, true));
+          stop.addEventListener("click", () => answer(card.chair, q, false));
+          box.append(loaded, stop);
+        } else if (q.question === "checklist") {
           const yes = el("button", "primary", "Yes");
           const no = el("button", "", "No");
           yes.addEventListener("click", () => answer(card.chair, q, true));

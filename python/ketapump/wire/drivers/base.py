@@ -91,6 +91,12 @@ class PumpDriver(ABC):
     async def heartbeat(self) -> None:
         """Proves the bridge is alive (register heartbeat, or a status query in New Era safe mode)."""
 
+    async def simulate_syringe_change(self) -> bool:
+        """The simulator's stand-in for the operator's hands at a syringe change: a simulated pump loads
+        a new full syringe and this returns True. A real pump returns False: the operator swapped the
+        syringe physically (the bridge takes up its slack when the infusion resumes)."""
+        return False
+
     async def heartbeat_and_read_telemetry(self) -> PumpTelemetry:
         """A control cycle's traffic: the heartbeat, then the telemetry. Drivers whose pump can do
         both in one transaction override this."""

@@ -14,6 +14,7 @@ import math
 from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
 from ketapump.wire.regmap import Register, RegisterMap, load_register_map
 from ketapump.wire.transports.base import RegisterTransport
+from ketapump.wire.transports.sim import SimTransport
 
 #: Pump-side alarm bits (register ``alarm_bits``).
 PUMP_ALARMS = {0: "reset", 1: "watchdog", 2: "motor_stall", 3: "end_of_travel", 4: "over_pressure"}
@@ -143,6 +144,14 @@ class ReferencePumpDriver(PumpDriver):
 
     async def stop(self) -> None:
         await self._write("run_mode", RUN_STOP)
+
+    async def simulate_syringe_change(self) -> bool:
+        """On the in-process simulator (``sim://``): the operator's syringe change, register
+        ``fault_load_syringe`` (a new full syringe of the same type). Any other pump: False."""
+        if not isinstance(self.transport, SimTransport) or "fault_load_syringe" not in self.map:
+            return False
+        await self._write("fault_load_syringe", 1)
+        return True
 
     async def read_telemetry(self) -> PumpTelemetry:
         words: dict[int, int] = {}
