@@ -568,3 +568,17 @@ def test_a_two_syringe_session_asks_for_the_next_syringe_on_the_card_answered_ov
     assert changed["by"] == "nurse B" and changed["simulated"] is True and changed["syringe"] == 2
     causes = [r["cause"] for r in records if r["event"] == "state_transition"]
     assert causes.count("take_up_done") == 2 and "syringe_loaded" in causes
+
+
+def test_the_sitter_given_at_start_is_checked_and_reaches_the_session(tmp_path: Path) -> None:
+    # Without a sitter the discharge is never confirmed: the console must be able to record one, checked
+    # as the CLI's --sitter-name/--sitter-phone are.
+    with serving("--config", str(clinic_file(tmp_path))) as served, served.client() as client:
+        bad = start_session(client, sitter={"name": "Sam Doe", "phone": "call me"})
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_request"
+        assert any("sitter" in p and "phone" in p for p in bad.json()["problems"]), bad.json()
+        assert card(client)["state"] == "idle"
+        started = start_session(client, sitter={"name": " Sam Doe ", "phone": "+44 20 7946 0958"})
+        assert started.status_code == 201, started.text
+        assert card(client)["session"]["sitter"] == {"name": "Sam Doe", "phone": "+44 20 7946 0958"}
+        client.post("/api/chairs/chair-1/actions/stop", json={"operator": "nurse A", "reason": "test over"})

@@ -51,6 +51,7 @@ from ketapump.clinical.protocol import DosePlan, Patient, Protocol, Sitter, load
 from ketapump.clinical.runner import (
     CONFIRMABLE,
     DEMO_OPERATOR,
+    DEMO_SITTER,
     InterruptedSession,
     SessionCheck,
     SessionOutcome,
@@ -92,6 +93,7 @@ __all__ = [
     "ACTIONS",
     "CONFIRMABLE",
     "DEMO_OPERATOR",
+    "DEMO_SITTER",
     "OPERATOR_NAME_MAX",
     "PENDING",
     "PK_MODELS",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ketapump.bridge import default_log_path
 from ketapump.clinical import (
@@ -39,6 +39,7 @@ from ketapump.clinical import (
     ScriptedOperator,
     SessionEvent,
     SessionRunner,
+    Sitter,
     Source,
     check_operator_name,
     check_session,
@@ -98,6 +99,24 @@ class PatientIn(BaseModel):
     sex: Literal["female", "male"] | None = None
 
 
+class SitterIn(BaseModel):
+    """The person who takes the patient home (the CLI's ``--sitter-name`` and ``--sitter-phone``),
+    checked as the engine checks them (:class:`~ketapump.clinical.Sitter`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    phone: str = Field(min_length=1, max_length=40)
+
+    @model_validator(mode="after")
+    def _plausible(self) -> SitterIn:
+        self.checked()  # a ValueError naming the field becomes the 422's problem
+        return self
+
+    def checked(self) -> Sitter:
+        return Sitter(self.name, self.phone)
+
+
 class StartRequest(_Request):
     """Start a session on a chair (the CLI's ``ketapump session`` options, as JSON)."""
 
@@ -115,6 +134,8 @@ class StartRequest(_Request):
     resume_after_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     #: The vitals holding the infusion this long (min) stop it for good.
     stop_after_min: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    #: Who takes the patient home, asked for at discharge (without one the discharge is not confirmed).
+    sitter: SitterIn | None = None
 
     @field_validator("confirmations")
     @classmethod
@@ -379,6 +400,7 @@ class Clinic:
                 out=settings.out_dir / chair_id / f"{stamp}-{session_id[:8]}",
                 time_scale=settings.time_scale,
                 jitter_real_s=SHARED_LOOP_JITTER_S,
+                sitter=request.sitter.checked() if request.sitter else None,
             )
         except CourseError as e:  # the clinic's course history is gone or damaged since start-up
             raise ConsoleError(503, "records_unavailable", f"the course history cannot be used: {e}") from e
@@ -488,5 +510,6 @@ __all__ = [
     "ConsoleError",
     "ConsoleOperator",
     "PatientIn",
+    "SitterIn",
     "StartRequest",
 ]

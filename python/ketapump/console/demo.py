@@ -20,8 +20,8 @@ import datetime
 from importlib import resources
 from pathlib import Path
 
-from ketapump.clinical import DEMO_OPERATOR, CourseHistory
-from ketapump.console.clinic import PatientIn, StartRequest
+from ketapump.clinical import DEMO_OPERATOR, DEMO_SITTER, CourseHistory
+from ketapump.console.clinic import PatientIn, SitterIn, StartRequest
 from ketapump.console.config import ChairConfig, ClinicConfig, ClinicSettings
 
 #: Pump seconds per real second of the demo.
@@ -94,7 +94,13 @@ def demo_clinic(
     starts = [
         (
             chair_id,
-            StartRequest(operator=DEMO_OPERATOR, patient=patient, checklist="confirmed", resume_after_s=60.0),
+            StartRequest(
+                operator=DEMO_OPERATOR,
+                patient=patient,
+                checklist="confirmed",
+                resume_after_s=60.0,
+                sitter=SitterIn(name=DEMO_SITTER.name, phone=DEMO_SITTER.phone),
+            ),
         )
         for chair_id, _name, _script, patient, _scripted in DEMO_CHAIRS
     ]

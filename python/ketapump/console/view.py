@@ -66,6 +66,9 @@ class SessionInfo:
     pump: str
     started_by: str | None = None
     source: str = "cli"
+    #: Who takes the patient home (``name``, ``phone``; ``None``: none recorded, so the discharge will
+    #: not be confirmed).
+    sitter: dict[str, str] | None = None
 
     @classmethod
     def of(cls, runner: SessionRunner, *, started_by: str | None = None, source: str = "cli") -> SessionInfo:
@@ -93,6 +96,7 @@ class SessionInfo:
             pump=setup.pump_url,
             started_by=started_by,
             source=source,
+            sitter=setup.sitter.as_dict() if setup.sitter else None,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -108,6 +112,7 @@ class SessionInfo:
             "pump": self.pump,
             "started_by": self.started_by,
             "source": self.source,
+            "sitter": self.sitter,
         }
 
 

@@ -329,7 +329,8 @@
       const course = el("a", "", s.patient.id);
       course.href = "/patients/" + encodeURIComponent(s.patient.id);
       course.title = "the patient's course";
-      f.who.replaceChildren(course, document.createTextNode(` · ${s.patient.weight_kg} kg · ${s.protocol} · started by ${s.started_by || "?"}`));
+      const sitter = s.sitter ? `sitter ${s.sitter.name}, ${s.sitter.phone}` : "no sitter recorded";
+      f.who.replaceChildren(course, document.createTextNode(` · ${s.patient.weight_kg} kg · ${s.protocol} · started by ${s.started_by || "?"} · ${sitter}`));
     } else {
       f.who.textContent = `no session · pump ${card.pump}`;
     }
@@ -499,6 +500,8 @@
         checklist: form.checklist.value,
         confirmations,
       };
+      if (form.sitter_name.value.trim() || form.sitter_phone.value.trim())
+        body.sitter = { name: form.sitter_name.value.trim(), phone: form.sitter_phone.value.trim() };
       if (form.height_cm.value) body.patient.height_cm = Number(form.height_cm.value);
       if (form.sex.value) body.patient.sex = form.sex.value;
       try {
