@@ -117,6 +117,7 @@ def test_134_kg_runs_as_two_syringes_on_sim_and_delivers_the_planned_dose(tmp_pa
         "--operator", "nurse A", "--yes", "--course-db", str(new_course_db(tmp_path / "c.sqlite3")),
         "--log", str(log), "--out", str(tmp_path / "out"), "--json",
         "--confirm", "vtbi_ml=large patient, reviewed", "--confirm", "syringe_fill_ml=two syringes drawn up",
+        "--sitter-name", "Sam Doe", "--sitter-phone", "+44 20 7946 0958",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     d = json.loads(done.stdout)
@@ -136,6 +137,12 @@ def test_134_kg_runs_as_two_syringes_on_sim_and_delivers_the_planned_dose(tmp_pa
     i = causes.index("change_syringe")
     assert causes[i - 1 : i + 4] == ["pause", "change_syringe", "syringe_loaded", "resume", "take_up_done"]
     assert causes.count("take_up_done") == 2 and causes[-1] == "dose_complete"
+    # The signed record names both syringes and the change, with who confirmed it.
+    report = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| Syringe | 2 × bd-plastipak-60 (60 mL), giving 33.5 + 33.5 mL" in report
+    changes = report.split("## Syringe changes", 1)[1].split("##", 1)[0]
+    assert "nurse A" in changes and "| 2 |" in changes
+    assert "| Discharge | confirmed |" in report
 
 
 def test_150_kg_with_66_cm_is_flagged_and_its_session_names_the_kinds_to_confirm(tmp_path: Path) -> None:

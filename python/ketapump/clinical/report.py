@@ -778,6 +778,9 @@ def _summary_rows(summary: Mapping[str, Any], points: Sequence[SeriesPoint]) -> 
         rows.append(["Vitals at discharge", _vitals_words(discharge)])
     if "observation_min" in summary:
         rows.append(["Observation", f"{_text(summary['observation_min'])} min"])
+    if "discharge_confirmed" in summary:
+        confirmed = summary["discharge_confirmed"]
+        rows.append(["Discharge", "confirmed" if confirmed else "not confirmed (see the alarms)"])
     return rows
 
 
@@ -801,7 +804,8 @@ _KNOWN_KEYS = {
     "title", "session_id", "patient", "protocol", "plan", "programmed_mg", "delivered_mg", "programmed_ml",
     "delivered_ml", "error_pct", "started_at", "ended_at", "duration_s", "outcome", "baseline",
     "observation_min", "notes", "phases", "alarms", "pauses", "confirmations", "audit_log", "log",
-    "log_verified", "operator", "actions", "observations", "medications", *_RECORD_LABELS,
+    "log_verified", "operator", "actions", "observations", "medications", "syringe_changes",
+    "discharge_confirmed", *_RECORD_LABELS,
 }  # fmt: skip
 
 
@@ -843,6 +847,8 @@ def _blocks(
     ):
         if key in summary:
             blocks += [("h2", title), ("table", _record_table(summary[key]))]
+    if summary.get("syringe_changes"):  # a dose of several syringes: each change, who confirmed it
+        blocks += [("h2", "Syringe changes"), ("table", _record_table(summary["syringe_changes"]))]
     blocks += [("h2", "Audit log"), ("table", (["", ""], _audit_rows(summary)))]
     other = [[str(k), _text(v)] for k, v in summary.items() if k not in _KNOWN_KEYS]
     if other:

@@ -465,14 +465,23 @@ def record_fields(
         "clock": clock,
         "protocol_sha256": setup.protocol_sha256,
         "pump": setup.pump_url,
-        "syringe": f"{plan.syringe} ({plan.syringe_capacity_ml:g} mL), filled with "
-        f"{plan.syringe_fill_ml:.1f} mL",
+        "syringe": _syringes(plan),
         "concentration": f"{plan.concentration_mg_per_ml:g} mg/mL {plan.drug}",
         "rate": f"{plan.rate_ml_h:.2f} mL/h mean, {plan.peak_rate_ml_h:.2f} mL/h peak",
         # One workspace version for the package and the Rust safety core it was built with.
         "software": f"ketapump {version}, safety core {version} ({_core.BUILD_PROFILE} build)",
         "sitter": f"{setup.sitter.name}, phone {setup.sitter.phone}" if setup.sitter else "not recorded",
     }
+
+
+def _syringes(plan: DosePlan) -> str:
+    """The syringe a record names: its fill, or each syringe's share of a dose of several."""
+    syringe = f"{plan.syringe} ({plan.syringe_capacity_ml:g} mL)"
+    shares = plan.syringe_volumes_ml
+    if len(shares) == 1:
+        return f"{syringe}, filled with {plan.syringe_fill_ml:.1f} mL"
+    given = " + ".join(f"{v:.1f}" for v in shares)
+    return f"{len(shares)} × {syringe}, giving {given} mL (the first also primes the line)"
 
 
 def _utc_now() -> datetime.datetime:
