@@ -15,6 +15,7 @@ import pytest
 
 from ketapump.cli.keys import HELP, KeyPrompter, slow_target
 from ketapump.clinical.commands import OperatorCommand, make_command
+from ketapump.clinical.session import Question
 from sessionhelpers import short_observation_protocol
 from simhelpers import new_course_db
 
@@ -32,6 +33,23 @@ class Commands:
         self, action: str, reason: str = "", *, source: Any, operator: str | None, **args: Any
     ) -> None:
         self.sent.append(make_command(action, reason, source=source, operator=operator, **args))
+
+
+class Asking(Commands):
+    """A stand-in session with questions pending; :meth:`answer` keeps what it was told."""
+
+    def __init__(self, *questions: Question) -> None:
+        super().__init__()
+        self.questions = list(questions)
+        self.answered: list[tuple[str, object, str, str | None]] = []
+
+    def pending_questions(self) -> list[Question]:
+        return list(self.questions)
+
+    def answer(self, question_id: str, value: object, *, source: str, operator: str | None) -> bool:
+        self.answered.append((question_id, value, source, operator))
+        self.questions = [q for q in self.questions if q.question_id != question_id]
+        return True
 
 
 def prompter() -> tuple[KeyPrompter, Commands]:
@@ -99,6 +117,19 @@ def test_a_slow_target_is_a_percentage_or_a_rate(text: str, args: dict[str, floa
     assert slow_target(text) == args
 
 
+def test_l_answers_the_syringe_change_the_session_waits_on_and_nothing_else() -> None:
+    checklist = Question("q1", "checklist", "discharge", "sitter present")
+    change = Question("q2", "syringe_change", "syringe 2", "load syringe 2 of 2")
+    session = Asking(checklist, change)
+    keys = KeyPrompter(session, "nurse K")  # type: ignore[arg-type]
+    keys.feed("l")
+    assert session.answered == [("q2", True, "keys", "nurse K")]  # not the checklist item
+    assert keys.message == "syringe 2 loaded: sent" and keys.prompt == HELP
+    keys.feed("l")  # nothing is waiting now: nothing is answered, and the operator is told
+    assert session.answered == [("q2", True, "keys", "nurse K")]
+    assert keys.message == "no syringe change is waiting" and session.sent == []
+
+
 # ----- on a real terminal ----------------------------------------------------------------------------
 
 
@@ -158,3 +189,49 @@ def test_pressing_s_and_typing_a_reason_slows_the_running_pump_on_a_real_termina
     ]
     assert commanded and all(c == pytest.approx(26.25, rel=0.25) for c in commanded), commanded
     assert (tmp_path / "out" / "report.md").exists()
+
+
+def test_a_dose_of_two_syringes_waits_at_the_change_for_the_l_key_on_a_real_terminal(tmp_path: Path) -> None:
+    """134 kg at 1 mg/mL: 67 mL, two syringes. On a terminal in scaled time nobody confirms the change in
+    advance (--yes confirms only the checklists): the session pauses after the first syringe's share
+    and waits, the card asks, and the key l tells it the next syringe is loaded."""
+    log, db = tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
+    args = [
+        "-m", "ketapump", "session", "--protocol", str(short_observation_protocol(tmp_path)),
+        "--pump", "sim://?timeout=0.05", "--time-scale", "30", "--patient", "p-134", "--weight-kg", "134",
+        "--yes", "--operator", "nurse K", "--confirm", "vtbi_ml=large patient, reviewed",
+        "--confirm", "syringe_fill_ml=two syringes drawn up", "--course-db", str(db), "--log", str(log),
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    child = pexpect.spawn(sys.executable, args, dimensions=(40, 200), encoding="utf-8", timeout=120)
+    screen = io.StringIO()
+    child.logfile_read = screen
+    try:
+        child.expect("syringe 2")  # the card shows the question; the pump is paused for the change
+        time.sleep(1.0)  # it waits: a few pump seconds pass with nothing answered
+        child.send("l")
+        child.expect("syringe 2 loaded: sent")
+        child.expect(r"[1-9]\d\.\d\d of 67\.00 mL\)")  # delivering again, past the first share's start
+        child.send("x")
+        child.expect("STOP the infusion")
+        child.send("test over\r")
+        child.expect(pexpect.EOF, timeout=120)
+    except pexpect.ExceptionPexpect as e:
+        raise AssertionError(
+            f"{e.__class__.__name__}; the terminal showed:\n{screen.getvalue()[-4000:]}"
+        ) from e
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == EXIT_INTERLOCK, screen.getvalue()[-4000:]
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    (answered,) = [
+        r for r in records if r["event"] == "question_answered" and r.get("question") == "syringe_change"
+    ]
+    assert (answered["answer"], answered["operator"], answered["source"]) == (True, "nurse K", "keys")
+    transitions = [r for r in records if r["event"] == "state_transition"]
+    causes = [r["cause"] for r in transitions]
+    i = causes.index("change_syringe")
+    assert causes[i - 1 : i + 3] == ["pause", "change_syringe", "syringe_loaded", "resume"]
+    # The pump stayed in the change until the key: at least the second the test waited.
+    waited_ns = answered["mono_ns"] - transitions[i]["mono_ns"]
+    assert waited_ns >= 1e9 and records.index(transitions[i]) < records.index(answered)

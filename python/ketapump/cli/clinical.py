@@ -40,7 +40,7 @@ from ketapump.cli.common import (
     operator_name,
     result_json,
 )
-from ketapump.cli.keys import operator_keys
+from ketapump.cli.keys import TerminalKeys, operator_keys
 from ketapump.clinical import (
     CONFIRMABLE,
     DEMO_OPERATOR,
@@ -60,6 +60,7 @@ from ketapump.clinical import (
     prepare_demo,
     prepare_session,
 )
+from ketapump.clock import VirtualClock
 from ketapump.console import LiveCard
 from ketapump.errors import (
     AuditWriteError,
@@ -246,9 +247,10 @@ def session(
         typer.Option(
             "--yes",
             help=(
-                "Answer every checklist item yes and confirm each syringe change of a dose of several "
-                "syringes (scripted runs); without it the items are asked on stdin, and such a dose "
-                "stops at its first syringe change (no prompt mid-run: use the console to answer it)."
+                "Answer every checklist item yes and, off a terminal or in virtual time, confirm each "
+                "syringe change of a dose of several syringes (scripted runs); without it the items are "
+                "asked on stdin and such a dose stops at its first change. On a terminal in real or "
+                "scaled time the session waits at each change for the key l (next syringe loaded)."
             ),
         ),
     ] = False,
@@ -284,7 +286,7 @@ def session(
     out of the band). The discharge asks that the sitter given by --sitter-name and --sitter-phone is
     present (without them it is not confirmed: an alarm). While it runs on a terminal, single keys act:
     p pause, r resume, s slow, R back to the plan's rate, x stop, o observation, m medication, a
-    acknowledge (each asks for a reason). For
+    acknowledge (each asks for a reason), l the next syringe is loaded (when the session asks). For
     scripts, SIGUSR1 pauses and SIGUSR2 resumes the infusion; SIGINT or SIGTERM stops it (the session
     still observes and records). A vitals pause ends as the protocol says (vitals.resume). Exit codes: 0
     complete, 2 usage (no operator), 3 ended early (interlock, operator, vitals, maximum duration, link),
@@ -324,10 +326,13 @@ def session(
     sitter_items = [sitter.item] if sitter is not None and checklists.sitter else []
     # The person at the terminal resumes a vitals pause themselves (a key, SIGUSR2), unless the protocol
     # lets the session resume it: no standing resume is made in their name.
+    # A syringe change is a person's act: on a terminal in real (or scaled) time the session waits for
+    # their `l` key; a script confirms it in advance with --yes (virtual time gives nobody time to act).
+    asked_live = TerminalKeys.available() and not isinstance(setup.clock, VirtualClock)
     setup.operator = ScriptedOperator(
         answers={} if yes else _ask_checklist(checklists.pre + checklists.discharge + sitter_items),
         reasons=reasons,
-        syringe_changes=yes,
+        syringe_changes=None if asked_live else yes,
         resume_after_s=None,
         stop_after_s=stop_after_min * 60.0,
     )

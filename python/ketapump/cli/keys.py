@@ -15,6 +15,8 @@ key         action                                         asks for
 ``o``       record an observation                          kind, value (optional), note
 ``m``       record a medication given                      drug, dose, unit, route, reason (optional)
 ``a``       acknowledge an alarm                           its code (Enter: every alarm), a reason
+``l``       the next syringe is loaded (a dose of several  nothing: it answers the session's question
+            syringes, when the session asks for it)
 ==========  =============================================  ===========================================
 
 In a prompt, Enter takes the answer, Backspace deletes, Ctrl-U clears and Esc cancels. Signals stay
@@ -43,6 +45,8 @@ from ketapump.clinical import Session, bedside
 _Field = tuple[str, str, bool]
 _ROUTES = "/".join(bedside.bedside().medication.routes)
 _UNITS = "/".join(bedside.bedside().medication.units)
+#: The ``l`` key's action: not a command but the answer to the session's syringe-change question.
+SYRINGE_LOADED: Final = "syringe_loaded"
 #: Each key's action and its prompts.
 KEYS: Final[dict[str, tuple[str, tuple[_Field, ...]]]] = {
     "p": ("pause", (("reason", "pause: reason", False),)),
@@ -75,9 +79,11 @@ KEYS: Final[dict[str, tuple[str, tuple[_Field, ...]]]] = {
             ("reason", "reason (Enter: none)", True),
         ),
     ),
+    "l": (SYRINGE_LOADED, ()),
 }
 HELP: Final = (
     "keys: p pause · r resume · s slow · R plan rate · x stop · o observation · m medication · a ack"
+    " · l syringe loaded"
 )
 _ESC, _ENTER, _BACKSPACE, _CLEAR = "\x1b", ("\r", "\n"), ("\x7f", "\b"), "\x15"
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(%|ml/h)?\s*$", re.IGNORECASE)
@@ -131,6 +137,8 @@ class KeyPrompter:
         if self._key is None:
             if ch in KEYS:
                 self._key, self._answers, self._buffer, self.message = ch, {}, "", ""
+                if not KEYS[ch][1]:  # nothing to ask: act at once
+                    self._take()
             return
         if ch == _ESC:
             self.message = f"{KEYS[self._key][0]} cancelled"
@@ -147,6 +155,10 @@ class KeyPrompter:
     def _take(self) -> None:
         assert self._key is not None
         action, fields = KEYS[self._key]
+        if action == SYRINGE_LOADED:
+            self._key = None
+            self._syringe_loaded()
+            return
         name, _text, optional = fields[len(self._answers)]
         if not self._buffer.strip() and not optional:
             self.message = f"{name} is needed (Esc: cancel)"
@@ -162,6 +174,18 @@ class KeyPrompter:
             self.message = f"{action} not sent: {e}"
             return
         self.message = f"{action} sent"
+
+    def _syringe_loaded(self) -> None:
+        """Answers the syringe change the session waits on: the operator has loaded the next syringe."""
+        waiting = [q for q in self.session.pending_questions() if q.kind == "syringe_change"]
+        if not waiting:
+            self.message = "no syringe change is waiting"
+            return
+        question = waiting[0]
+        if self.session.answer(question.question_id, True, source="keys", operator=self.operator):
+            self.message = f"{question.subject} loaded: sent"
+        else:
+            self.message = "the syringe change was already answered"
 
     def _arguments(self, action: str) -> dict[str, Any]:
         """The command's arguments from the answers (``ValueError`` for one that is not a number)."""

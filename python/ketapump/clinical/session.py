@@ -245,8 +245,9 @@ class ScriptedOperator:
     resume_after_s: float | None = 60.0
     stop_after_s: float = 1800.0
     name: str | None = None
-    #: The answer to a syringe change (``True``: the next syringe is loaded; ``False``: stop there).
-    syringe_changes: bool = True
+    #: The answer to a syringe change (``True``: the next syringe is loaded; ``False``: stop there;
+    #: ``None``: none in advance, the session waits for the person at the chair's ``answer``).
+    syringe_changes: bool | None = True
     _session: Session | None = None
     _pushed: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
@@ -300,11 +301,11 @@ class ScriptedOperator:
         else:
             self._issue(kind, reason, args)
 
-    def answer(self, question: Question) -> Answer:
+    def answer(self, question: Question) -> Answer | _Pending:
         if question.kind == "checklist":
             return self.answers.get(question.text, True)
         if question.kind == "syringe_change":
-            return self.syringe_changes
+            return PENDING if self.syringe_changes is None else self.syringe_changes
         return self.reasons.get(question.subject)
 
     def stop_after_pause(self, paused_s: float) -> bool:
