@@ -115,7 +115,9 @@ def test_phases_deliver_the_dose_in_the_duration_with_the_shape_asked() -> None:
         assert math.isclose(plan.planned_ml(plan.time_for_ml(ml)), ml, abs_tol=1e-9)
 
 
-STEPPED = MINIMAL + """
+STEPPED = (
+    MINIMAL
+    + """
 [[phases]]
 kind = "hold"
 duration_min = 10.0
@@ -135,6 +137,7 @@ duration_min = 7.0
 from_pct = 40.0
 to_pct = 100.0
 """
+)
 
 
 @pytest.mark.parametrize(
