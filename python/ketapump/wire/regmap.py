@@ -20,7 +20,7 @@ import os
 import struct
 import tomllib
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -134,17 +134,23 @@ class RegisterMap:
     #: The file the map was read from (empty for the shipped map).
     source: str = ""
 
-    def __getitem__(self, name: str) -> Register:
+    @cached_property
+    def _by_name(self) -> dict[str, Register]:
+        """The registers by name (the first of a name, as a search in order finds it): a driver looks
+        registers up by name at every control tick."""
+        by_name: dict[str, Register] = {}
         for register in self.registers:
-            if register.name == name:
-                return register
-        raise KeyError(name)
+            by_name.setdefault(register.name, register)
+        return by_name
+
+    def __getitem__(self, name: str) -> Register:
+        return self._by_name[name]
 
     def __contains__(self, name: object) -> bool:
-        return any(r.name == name for r in self.registers)
+        return name in self._by_name
 
     def get(self, name: str) -> Register | None:
-        return next((r for r in self.registers if r.name == name), None)
+        return self._by_name.get(name)
 
     def block(self, block: str) -> tuple[Register, ...]:
         return tuple(r for r in self.registers if r.block == block)
