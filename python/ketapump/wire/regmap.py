@@ -148,7 +148,7 @@ class RegisterMap:
         return self._by_name[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._by_name
+        return isinstance(name, str) and name in self._by_name
 
     def get(self, name: str) -> Register | None:
         return self._by_name.get(name)
