@@ -114,7 +114,7 @@ def test_s1_s2_beside_the_command_counts(benchmark: Any, rate_ml_h: float) -> No
 # ----- the demo ---------------------------------------------------------------------------------------
 
 
-def demo_process(out: Path) -> dict[str, Any]:
+def demo_process(out: Path, env: dict[str, str]) -> dict[str, Any]:
     started = time.perf_counter()
     run = subprocess.run(
         [sys.executable, "-m", "ketapump", "demo", "--json", "--out", str(out)],
@@ -122,6 +122,7 @@ def demo_process(out: Path) -> dict[str, Any]:
         text=True,
         timeout=300,
         check=False,
+        env=env,
     )
     wall = time.perf_counter() - started
     assert run.returncode == 0, run.stderr
@@ -129,9 +130,25 @@ def demo_process(out: Path) -> dict[str, Any]:
 
 
 @pytest.mark.benchmark(group="demo")
-def test_demo_wall_time(benchmark: Any) -> None:
+@pytest.mark.parametrize("bytecode", ["cached", "compiled-each-start"])
+def test_demo_wall_time(benchmark: Any, bytecode: str) -> None:
+    """``cached``: as Python runs by default (the package's bytecode written on the first start, here in
+    a folder of the benchmark's own, and read on the next: one warm-up round); ``compiled-each-start``:
+    as with PYTHONDONTWRITEBYTECODE=1 and no bytecode beside the sources, every start compiles the
+    package (an editable install on the project's machines, where the environment sets it)."""
     with tempfile.TemporaryDirectory() as tmp:
-        outcome = benchmark.pedantic(demo_process, args=(Path(tmp),), rounds=1 if QUICK else 3, iterations=1)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        if bytecode == "cached":
+            env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
+        else:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        outcome = benchmark.pedantic(
+            demo_process,
+            args=(Path(tmp) / "demo", env),
+            rounds=1 if QUICK else 3,
+            iterations=1,
+            warmup_rounds=int(bytecode == "cached"),
+        )
     benchmark.extra_info.update(wall_s=round(outcome["wall_s"], 2), outcome=outcome["outcome"])
     assert outcome["outcome"] == "complete" and outcome["log_verified"]
 

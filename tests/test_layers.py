@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -314,3 +316,17 @@ def test_the_architecture_page_names_every_layer_and_only_files_that_exist() -> 
 
     for action in (*ACTIONS, "answer"):
         assert action in text
+
+
+# ----- what a command loads at start-up -------------------------------------------------------------
+
+
+def test_the_command_line_loads_no_plotting_library_until_a_plot_is_drawn() -> None:
+    """matplotlib is most of a command's start-up and most commands draw nothing: the report and the
+    course outcomes import it where they draw (in a fresh interpreter, as ``ketapump`` starts)."""
+    probe = "import sys, ketapump.cli; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

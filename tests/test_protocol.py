@@ -115,6 +115,61 @@ def test_phases_deliver_the_dose_in_the_duration_with_the_shape_asked() -> None:
         assert math.isclose(plan.planned_ml(plan.time_for_ml(ml)), ml, abs_tol=1e-9)
 
 
+STEPPED = (
+    MINIMAL
+    + """
+[[phases]]
+kind = "hold"
+duration_min = 10.0
+[[phases]]
+kind = "taper"
+duration_min = 7.0
+from_pct = 100.0
+to_pct = 40.0
+[[phases]]
+kind = "hold"
+duration_min = 16.0
+from_pct = 40.0
+to_pct = 40.0
+[[phases]]
+kind = "ramp"
+duration_min = 7.0
+from_pct = 40.0
+to_pct = 100.0
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "patient"),
+    [
+        ("ketamine-depression", Patient("p", 70.0)),
+        ("ketamine-depression", Patient("p", 53.3)),
+        ("ketamine-depression-60min", Patient("p", 88.8)),
+        ("ketamine-depression-tapered", Patient("p", 70.0, 175.0, "male")),
+        ("ketamine-depression-tapered", Patient("p", 131.0, 162.0, "female")),
+        (STEPPED, Patient("p", 61.7)),
+    ],
+)
+def test_the_planned_rate_by_delivered_volume_is_the_bisections_answer_to_the_bit(
+    source: str, patient: Patient
+) -> None:
+    """A session asks every tick for the plan's rate at its delivered volume; the shortcut inside a
+    constant-rate segment must give exactly ``rate_at(time_for_ml(v))``: on a fine grid, at every
+    segment's boundary volumes and their neighbouring floats, and past either end."""
+    protocol = parse_protocol(source) if source.startswith("\n") else load_protocol(source)
+    plan = plan_dose(protocol, patient)
+    assert any(s.from_ml_h == s.to_ml_h for s in plan.segments)  # the shortcut is exercised
+    volumes = [plan.volume_ml * i / 1_000 for i in range(-10, 1_011)]
+    for segment in plan.segments:
+        for t in (segment.start_s, segment.end_s):
+            at = plan.planned_ml(t)
+            for v in (at, at * (1 + 1e-9), at * (1 - 1e-9), at * (1 + 2e-9), at * (1 - 2e-9)):
+                volumes += [v, math.nextafter(v, math.inf), math.nextafter(v, -math.inf)]
+    for v in volumes:
+        assert plan.planned_rate_for_ml(v) == plan.rate_at(plan.time_for_ml(v)), v
+
+
 def test_a_rate_instead_of_a_duration_gives_the_duration() -> None:
     text = MINIMAL.replace("duration_min = 40.0", "rate_ml_h = 35.0")
     plan = plan_dose(parse_protocol(text), Patient("p", 70.0))

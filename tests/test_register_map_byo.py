@@ -11,6 +11,7 @@ map with exit 65 and every problem.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ketapump import _core
 from ketapump.clock import ScaledClock
@@ -334,6 +337,28 @@ def test_ketapump_run_on_ketapump_sim_with_the_example_map(tmp_path: Path) -> No
             "--log", str(tmp_path / "rtu.jsonl"), "--pump", rtu, "--json", timeout=240,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    regtype=st.sampled_from(["u16", "i16", "u32", "i32", "f32"]),
+    word_order=st.sampled_from(["big", "little"]),
+    byte_order=st.sampled_from(["big", "little"]),
+    gain=st.sampled_from([1.0, 0.01, 0.1, 2.5]),
+    offset=st.sampled_from([0.0, -40.0, 273.15]),
+    words=st.lists(st.integers(0, 0xFFFF), min_size=2, max_size=2),
+)
+def test_a_registers_decoder_gives_the_float_decode_gives_to_the_bit(
+    *, regtype: str, word_order: str, byte_order: str, gain: float, offset: float, words: list[int]
+) -> None:
+    """The driver decodes its telemetry with :meth:`RegisterMap.decoder` (worked out once per register);
+    it must give exactly what :meth:`RegisterMap.decode` gives, NaN payloads and every layout included."""
+    shipped = load_register_map()
+    register = dataclasses.replace(shipped["plunger_volume_ml"], type=regtype, gain=gain, offset=offset)
+    regmap = dataclasses.replace(shipped, word_order=word_order, byte_order=byte_order)
+    expected = regmap.decode(register, words)
+    got = regmap.decoder(register)(words)
+    assert struct.pack(">d", got) == struct.pack(">d", expected)
 
 
 def test_a_map_file_is_data_not_code() -> None:

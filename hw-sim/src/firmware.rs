@@ -595,8 +595,13 @@ impl Firmware {
             }
             writes.push((register.name.clone(), value));
         }
-        // All or nothing, also for refusals that depend on state (exception 4): the batch runs on a
-        // copy, which replaces the firmware only if every register was accepted. Writes are rare.
+        // One register (the heartbeat every control tick, a rate, a run mode): `apply` refuses before
+        // it changes anything, so it is all or nothing by itself, without copying the firmware.
+        if let [(name, value)] = writes.as_slice() {
+            return self.apply(name, *value);
+        }
+        // All or nothing, also for refusals that depend on state (exception 4): a batch runs on a
+        // copy, which replaces the firmware only if every register was accepted.
         let mut trial = self.clone();
         for (name, value) in writes {
             trial.apply(&name, value)?;
@@ -616,7 +621,8 @@ impl Firmware {
         self.apply(name, value)
     }
 
-    /// Applies one validated write.
+    /// Applies one validated write. A refusal MUST come before anything is changed: a single-register
+    /// write relies on it to be all or nothing (`write_registers`).
     fn apply(&mut self, name: &str, value: f64) -> Result<(), ModbusException> {
         let on = value != 0.0;
         match name {

@@ -1,7 +1,7 @@
 //! The simulated firmware through its register semantics: power-up, run, watchdog, alarms, faults.
 
 use ketapump_hwsim::firmware::{alarm, RunMode};
-use ketapump_hwsim::regmap::{decode, encode, RegType};
+use ketapump_hwsim::regmap::{decode, encode, Access, RegType};
 use ketapump_hwsim::{Firmware, ModbusException, PlantConfig};
 
 fn pump() -> Firmware {
@@ -283,4 +283,26 @@ fn a_new_syringe_is_loaded_only_while_stopped_and_delivers_again() {
     let moved = read(&fw, "plunger_volume_ml") - emptied_at;
     assert!(moved > 0.3 && moved < 0.8, "{moved}");
     assert_eq!(read(&fw, "alarm_bits"), 0.0);
+}
+
+/// Every readable register's words: the pump's state as a client can see it.
+fn snapshot(fw: &Firmware) -> Vec<(String, Vec<u16>)> {
+    let registers: Vec<_> = fw.map().registers.iter().filter(|r| r.access != Access::Wo).cloned().collect();
+    registers.iter().map(|r| (r.name.clone(), fw.read_registers(r.address, r.ty.words()).unwrap())).collect()
+}
+
+#[test]
+fn a_single_write_refused_for_the_pump_state_changes_nothing() {
+    // A one-register write is applied without a trial copy: each refusal must come before any change.
+    let mut alarmed = pump();
+    let before = snapshot(&alarmed);
+    assert_eq!(write(&mut alarmed, "run_mode", 1.0), Err(ModbusException::ServerDeviceFailure));
+    assert_eq!(snapshot(&alarmed), before);
+    let mut running = infusing(10.0);
+    run_to(&mut running, 2.0);
+    let before = snapshot(&running);
+    for (name, value) in [("syringe_diameter_mm", 20.0), ("clear_counters", 1.0), ("fault_load_syringe", 1.0)] {
+        assert_eq!(write(&mut running, name, value), Err(ModbusException::ServerDeviceFailure), "{name}");
+        assert_eq!(snapshot(&running), before, "{name}");
+    }
 }

@@ -7,9 +7,10 @@ long the rest takes at a pace, and :func:`volume_within` how much of it a time b
 session can say when the infusion now ends and, if that is past the maximum duration, how much would
 not be given.
 
-The schedule is followed by delivered volume (the session asks for ``plan.rate_at(plan.time_for_ml(
-delivered))``), so these integrate over plan time τ: at the plan's rate ``r(τ)`` the pump delivers what
-the plan would in ``dτ`` in ``dτ × r / pace.rate(r)`` seconds. Pure arithmetic; no clock.
+The schedule is followed by delivered volume (the session asks for ``plan.planned_rate_for_ml(
+delivered)``, that is ``plan.rate_at(plan.time_for_ml(delivered))``), so these integrate over plan
+time τ: at the plan's rate ``r(τ)`` the pump delivers what the plan would in ``dτ`` in
+``dτ × r / pace.rate(r)`` seconds. Pure arithmetic; no clock.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ arithmetic here is plain arithmetic; whether the result is allowed is the drug l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -421,6 +422,28 @@ class DosePlan:
             mid = (lo + hi) / 2.0
             lo, hi = (mid, hi) if self.planned_ml(mid) < volume_ml else (lo, mid)
         return lo
+
+    def planned_rate_for_ml(self, volume_ml: float) -> float:
+        """The plan's rate (mL/h) once ``volume_ml`` is delivered: ``rate_at(time_for_ml(volume_ml))``, the
+        rate a session follows by delivered volume at every tick. Inside a constant-rate segment, clear of
+        its ends by far more than rounding can move the bisection, that is the segment's rate, taken
+        without bisecting (the same float: the bisection ends inside the segment, whose ``rate_at`` is
+        its constant); anywhere else the bisection decides."""
+        for above_ml, below_ml, rate_ml_h in self._constant_rate_volumes:
+            if above_ml < volume_ml < below_ml:
+                return rate_ml_h
+        return self.rate_at(self.time_for_ml(volume_ml))
+
+    @functools.cached_property
+    def _constant_rate_volumes(self) -> tuple[tuple[float, float, float], ...]:
+        """``(volume above, volume below, rate)`` of each constant-rate segment: the planned volumes at
+        its start and end, each moved inwards by a margin (10⁻⁹ of the dose) far above rounding noise."""
+        margin = 1e-9 * max(self.volume_ml, 1.0)
+        return tuple(
+            (self.planned_ml(s.start_s) + margin, self.planned_ml(s.end_s) - margin, s.from_ml_h)
+            for s in self.segments
+            if s.from_ml_h == s.to_ml_h and s.end_s > s.start_s
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {

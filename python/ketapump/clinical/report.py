@@ -13,7 +13,8 @@ this module turns them into
   with the plots embedded.
 
 Plotting uses :class:`matplotlib.figure.Figure` with the Agg canvas directly: importing this module
-changes no global matplotlib state (no ``matplotlib.use``, no pyplot).
+changes no global matplotlib state (no ``matplotlib.use``, no pyplot), and matplotlib itself is imported
+only when a plot is drawn (it is most of a command's start-up, and most commands draw none).
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ketapump.clinical.vitals import LABELS, Channel, VitalsThresholds, vitals_thresholds
 from ketapump.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 NAN = math.nan
 
@@ -201,6 +203,9 @@ def phase_spans(points: Sequence[SeriesPoint]) -> list[tuple[str, float, float]]
 
 
 def _figure(rows: int = 1, height_in: float = 4.5) -> tuple[Figure, list[Axes]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (see the module docstring)
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
     fig = Figure(figsize=(10, height_in), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
@@ -271,6 +276,9 @@ def _figure_with_timeline(marks: Sequence[tuple[float, str, str, bool]]) -> tupl
     if not marks:
         fig, (ax,) = _figure()
         return fig, ax
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (see the module docstring)
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
     rows = math.ceil(len(marks) / 2)
     fig = Figure(figsize=(10, 4.5 + 0.16 * rows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)

@@ -1595,7 +1595,7 @@ class Session:
                 tick.volumes.append((t, telemetry.volume_ml))
                 while tick.volumes and tick.volumes[0][0] < t - RATE_WINDOW_S:
                     tick.volumes.popleft()
-            planned_rate = plan.rate_at(plan.time_for_ml(out.delivered_ml))
+            planned_rate = plan.planned_rate_for_ml(out.delivered_ml)
             holds = tick.holds
             clear = holds.clear_since_s
             self._tick(
@@ -1733,7 +1733,7 @@ class Session:
                 self._acted(cmd, accepted=False, why="not slowed")
                 return
             tick.pace = PLAN
-            planned = tick.plan.rate_at(tick.plan.time_for_ml(out.delivered_ml))
+            planned = tick.plan.planned_rate_for_ml(out.delivered_ml)
             tick.rate_ml_h = planned
             loop.request_rate(planned, f"operator restored the plan's rate: {cmd.reason}".rstrip(": "))
             self._acted(cmd, accepted=True, detail=self._replan(tick, out, t))
@@ -1742,7 +1742,7 @@ class Session:
         self, loop: ControlLoop, tick: _InfusionTicks, cmd: OperatorCommand, out: _core.StepOutput, t: float
     ) -> None:
         """A slow-down: a new pace, through the kernel's rate path, and the rest of the dose re-planned."""
-        planned = tick.plan.rate_at(tick.plan.time_for_ml(out.delivered_ml))
+        planned = tick.plan.planned_rate_for_ml(out.delivered_ml)
         fraction, cap = cmd.args.get("to_fraction"), cmd.args.get("to_rate_ml_h")
         if cap is not None and cap >= planned:
             self._acted(

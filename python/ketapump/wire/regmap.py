@@ -19,8 +19,9 @@ import math
 import os
 import struct
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property, partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -134,17 +135,23 @@ class RegisterMap:
     #: The file the map was read from (empty for the shipped map).
     source: str = ""
 
-    def __getitem__(self, name: str) -> Register:
+    @cached_property
+    def _by_name(self) -> dict[str, Register]:
+        """The registers by name (the first of a name, as a search in order finds it): a driver looks
+        registers up by name at every control tick."""
+        by_name: dict[str, Register] = {}
         for register in self.registers:
-            if register.name == name:
-                return register
-        raise KeyError(name)
+            by_name.setdefault(register.name, register)
+        return by_name
+
+    def __getitem__(self, name: str) -> Register:
+        return self._by_name[name]
 
     def __contains__(self, name: object) -> bool:
-        return any(r.name == name for r in self.registers)
+        return isinstance(name, str) and name in self._by_name
 
     def get(self, name: str) -> Register | None:
-        return next((r for r in self.registers if r.name == name), None)
+        return self._by_name.get(name)
 
     def block(self, block: str) -> tuple[Register, ...]:
         return tuple(r for r in self.registers if r.block == block)
@@ -156,6 +163,20 @@ class RegisterMap:
     def decode(self, register: Register, words: list[int]) -> float:
         """The value in ``register``'s words as this map lays them out (see :func:`decode`)."""
         return decode(register, words, word_order=self.word_order, byte_order=self.byte_order)
+
+    def decoder(self, register: Register) -> Callable[[list[int]], float]:
+        """:meth:`decode` for ``register``, its layout worked out once: what a driver decodes at every
+        control tick. The Modbus layout (big-endian words and bytes) of the 16-bit unsigned and the float
+        registers is decoded directly, by the same arithmetic as :func:`decode` (the same float, tested);
+        anything else goes through :func:`decode`."""
+        gain, offset = register.gain, register.offset
+        if self.word_order == "big" and self.byte_order == "big":
+            if register.type == "u16":
+                return lambda words: float(words[0]) * gain + offset
+            if register.type == "f32":
+                pack_words, unpack_f32 = struct.Struct(">HH").pack, struct.Struct(">f").unpack
+                return lambda words: unpack_f32(pack_words(words[0], words[1]))[0] * gain + offset
+        return partial(self.decode, register)
 
     def missing_features(self) -> list[str]:
         """What a pump with this map cannot do, one line each, for the operator to read up front."""

@@ -69,6 +69,11 @@ class ReferencePumpDriver(PumpDriver):
         self.map: RegisterMap = regmap or transport.register_map or load_register_map()
         self._telemetry = [self.map[name] for name in TELEMETRY if name in self.map]
         self._runs = read_runs(self._telemetry, self.map)
+        #: Each telemetry register the map has: its decoder and the addresses of its words (every tick).
+        self._telemetry_words = {
+            r.name: (self.map.decoder(r), tuple(range(r.address, r.address + r.words)))
+            for r in self._telemetry
+        }
         self._beat = 0
         if "line_pressure_mmhg" not in self.map:
             self.lacks = frozenset({"pressure_mmhg"})
@@ -175,11 +180,14 @@ class ReferencePumpDriver(PumpDriver):
     def _telemetry_from(self, words: dict[int, int]) -> PumpTelemetry:
         """The telemetry sample in ``words`` (address → word), the map's missing registers defaulted."""
 
+        fields = self._telemetry_words
+
         def value(name: str, default: float = math.nan) -> float:
-            r = self.map.get(name)
-            if r is None:
+            field = fields.get(name)
+            if field is None:
                 return default
-            return self.map.decode(r, [words[r.address + i] for i in range(r.words)])
+            decode, addresses = field
+            return decode([words[a] for a in addresses])
 
         bits = int(value("alarm_bits"))
         infused = value("infused_ml")
