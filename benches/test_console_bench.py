@@ -28,10 +28,8 @@ from conftest import QUICK
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from consolehelpers import (
     clinic_file,
-    patient_ids,
     serving,
-    start_session,
-    wait_all_running,
+    start_all_chairs,
     wait_for,
 )
 
@@ -63,10 +61,7 @@ def test_serve_cpu_with_16_chairs_at_10_hz(benchmark: Any, tmp_path: Path) -> No
         clinic = clinic_file(tmp_path, chairs=CHAIRS, time_scale=1.0)
         with serving("--config", str(clinic)) as served, served.client() as client:
             # Sixteen different patients: ids one typo apart (p-10, p-11) need a new_patient reason.
-            for n, patient in enumerate(patient_ids(CHAIRS), start=1):
-                reply = start_session(client, f"chair-{n}", patient={"id": patient, "weight_kg": 70.0})
-                assert reply.status_code == 201, reply.text
-            wait_all_running(client)
+            start_all_chairs(client, CHAIRS)
             stop, counts = threading.Event(), {}
             follower = threading.Thread(target=_follow, args=(served.url, stop, counts), daemon=True)
             follower.start()

@@ -182,6 +182,15 @@ def wait_for(check: Any, *, timeout: float = 60.0, every: float = 0.2) -> Any:
         time.sleep(every)
 
 
+def start_all_chairs(client: httpx.Client, chairs: int) -> None:
+    """Starts a session on each of ``chairs`` chairs (``chair-1``…), each a different patient of 70 kg
+    (:func:`patient_ids`), and waits until every chair's pump runs."""
+    for n, patient in enumerate(patient_ids(chairs), start=1):
+        reply = start_session(client, f"chair-{n}", patient={"id": patient, "weight_kg": 70.0})
+        assert reply.status_code == 201, reply.text
+    wait_all_running(client)
+
+
 def wait_all_running(client: httpx.Client, *, timeout: float = 120.0) -> None:
     """Waits until every chair's pump runs; if one does not, fails naming each such chair with its phase
     and the questions it waits on."""

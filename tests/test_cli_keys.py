@@ -3,10 +3,12 @@ commands, and a real session on a pseudo-terminal where ``s``, a target and a re
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,23 @@ def test_l_answers_the_syringe_change_the_session_waits_on_and_nothing_else() ->
     assert keys.message == "no syringe change is waiting" and session.sent == []
 
 
+@contextlib.contextmanager
+def on_terminal(args: list[str]) -> Iterator[tuple[pexpect.spawn, io.StringIO]]:
+    """``python args`` on a pseudo-terminal (40×200): the child and what the terminal showed so far. A
+    failed expectation is an AssertionError that shows the screen; the child is closed however it ends."""
+    child = pexpect.spawn(sys.executable, args, dimensions=(40, 200), encoding="utf-8", timeout=120)
+    screen = io.StringIO()
+    child.logfile_read = screen  # what the terminal showed, for a failure's message
+    try:
+        yield child, screen
+    except pexpect.ExceptionPexpect as e:
+        raise AssertionError(
+            f"{e.__class__.__name__}; the terminal showed:\n{screen.getvalue()[-4000:]}"
+        ) from e
+    finally:
+        child.close(force=True)
+
+
 # ----- on a real terminal ----------------------------------------------------------------------------
 
 
@@ -143,10 +162,7 @@ def test_pressing_s_and_typing_a_reason_slows_the_running_pump_on_a_real_termina
         "--time-scale", "30", "--patient", "p-keys", "--weight-kg", "70", "--yes", "--operator", "nurse K",
         "--course-db", str(db), "--log", str(log), "--out", str(tmp_path / "out"),
     ]  # fmt: skip
-    child = pexpect.spawn(sys.executable, args, dimensions=(40, 200), encoding="utf-8", timeout=90)
-    screen = io.StringIO()
-    child.logfile_read = screen  # what the terminal showed, for a failure's message
-    try:
+    with on_terminal(args) as (child, screen):
         # The session's chair card: past the take-up, at the plan's rate.
         child.expect(r"[1-9]\.\d\d of 35\.00 mL\)")
         child.expect(r"52\.5 mL/h programmed")
@@ -162,12 +178,6 @@ def test_pressing_s_and_typing_a_reason_slows_the_running_pump_on_a_real_termina
         child.expect("STOP the infusion")
         child.send("enough for today\r")
         child.expect(pexpect.EOF, timeout=120)
-    except pexpect.ExceptionPexpect as e:
-        raise AssertionError(
-            f"{e.__class__.__name__}; the terminal showed:\n{screen.getvalue()[-4000:]}"
-        ) from e
-    finally:
-        child.close(force=True)
     assert child.exitstatus == EXIT_INTERLOCK, screen.getvalue()[-4000:]
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     (slowed,) = [r for r in records if r["event"] == "rate_changed" and "operator" in r["reason"]]
@@ -203,10 +213,7 @@ def test_a_dose_of_two_syringes_waits_at_the_change_for_the_l_key_on_a_real_term
         "--confirm", "syringe_fill_ml=two syringes drawn up", "--course-db", str(db), "--log", str(log),
         "--out", str(tmp_path / "out"),
     ]  # fmt: skip
-    child = pexpect.spawn(sys.executable, args, dimensions=(40, 200), encoding="utf-8", timeout=120)
-    screen = io.StringIO()
-    child.logfile_read = screen
-    try:
+    with on_terminal(args) as (child, screen):
         child.expect("syringe 2")  # the card shows the question; the pump is paused for the change
         time.sleep(1.0)  # it waits: a few pump seconds pass with nothing answered
         child.send("l")
@@ -216,12 +223,6 @@ def test_a_dose_of_two_syringes_waits_at_the_change_for_the_l_key_on_a_real_term
         child.expect("STOP the infusion")
         child.send("test over\r")
         child.expect(pexpect.EOF, timeout=120)
-    except pexpect.ExceptionPexpect as e:
-        raise AssertionError(
-            f"{e.__class__.__name__}; the terminal showed:\n{screen.getvalue()[-4000:]}"
-        ) from e
-    finally:
-        child.close(force=True)
     assert child.exitstatus == EXIT_INTERLOCK, screen.getvalue()[-4000:]
     records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     (answered,) = [

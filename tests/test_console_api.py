@@ -20,11 +20,10 @@ from consolehelpers import (
     audit_records,
     clinic_file,
     events,
-    patient_ids,
     serving,
+    start_all_chairs,
     start_serve,
     start_session,
-    wait_all_running,
     wait_for,
 )
 from ketapump.clinical import CourseHistory
@@ -353,10 +352,7 @@ def test_sixteen_simulated_chairs_all_reach_running(tmp_path: Path) -> None:
     chairs = 16
     clinic = clinic_file(tmp_path, chairs=chairs, time_scale=1.0)
     with serving("--config", str(clinic)) as served, served.client() as client:
-        for n, patient in enumerate(patient_ids(chairs), start=1):
-            reply = start_session(client, f"chair-{n}", patient={"id": patient, "weight_kg": 70.0})
-            assert reply.status_code == 201, reply.text
-        wait_all_running(client)
+        start_all_chairs(client, chairs)
 
 
 # ----- the token, the origin, CORS -------------------------------------------------------------------
