@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib import image
+from pypdf import PdfReader
 
 from cli_contract import assert_documented
 from fshelpers import ketapump_on_a_small_disk, ketapump_with_read_only
@@ -670,12 +671,35 @@ def test_the_sitter_is_given_by_name_and_phone_checked_before_anything_is_writte
         assert_documented(["session"], done.returncode, done.stderr)
         assert not out.exists() and not log.exists() and not db.exists(), args
     new_course_db(db)
+    # The same run writes its report in every form asked for, Markdown first.
     done = ketapump(
-        *common, "--sitter-name", "Ann Lee", "--sitter-phone", "+44 20 7946 0958", "--json", timeout=600
-    )
+        *common, "--sitter-name", "Ann Lee", "--sitter-phone", "+44 20 7946 0958", "--json",
+        "--report", "md", "--report", "html", "--report", "pdf", timeout=600,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["sitter"] == {"name": "Ann Lee", "phone": "+44 20 7946 0958"}
     assert summary["discharge_confirmed"] is True and summary["alarms"] == []
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "| Sitter | Ann Lee, phone +44 20 7946 0958 |" in report
+    assert summary["report"] == str(out / "report.md")
+    assert summary["reports"] == [str(out / f"report.{form}") for form in ("md", "html", "pdf")]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Ann Lee, phone +44 20 7946 0958" in html and html.count("data:image/png;base64,") == 4
+    pdf = PdfReader(out / "report.pdf", strict=True)
+    text = "".join(page.extract_text() for page in pdf.pages)
+    assert "p-s" in text and "Ann Lee" in text
+
+
+def test_a_report_form_not_offered_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    out, log, db = tmp_path / "out", tmp_path / "log.jsonl", new_course_db(tmp_path / "course.sqlite3")
+    for forms in (["docx"], ["md", "md"]):
+        done = ketapump(
+            "session", "--protocol", "ketamine-depression", "--patient", "p-r", "--weight-kg", "70", "--yes",
+            "--operator", "nurse T", "--out", str(out), "--log", str(log), "--course-db", str(db),
+            *(arg for form in forms for arg in ("--report", form)),
+        )  # fmt: skip
+        assert done.returncode == os.EX_DATAERR, (forms, done.stderr)
+        assert "md, html, pdf" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert_documented(["session"], done.returncode, done.stderr)
+        assert not out.exists() and not log.exists(), forms

@@ -274,6 +274,15 @@ def session(
         str | None, typer.Option(help="Who takes the patient home (with --sitter-phone), for the discharge.")
     ] = None,
     sitter_phone: Annotated[str | None, typer.Option(help="The sitter's phone number.")] = None,
+    report_forms: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--report",
+            metavar="FORM",
+            help="The report's form in --out: md (with the plots beside it), html (one file) or pdf; "
+            "repeatable (default: md).",
+        ),
+    ] = None,
 ) -> None:
     """Run a clinical session from a protocol on any pump, recorded in the audit log and course history.
 
@@ -311,6 +320,7 @@ def session(
             time_scale=time_scale,
             operator_name=name,
             sitter=sitter,
+            report_formats=report_forms or ["md"],
         )
     except OutputPathError as e:
         raise fail(str(e), os.EX_CANTCREAT) from e

@@ -25,10 +25,10 @@ import contextlib
 import datetime
 import json
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ketapump import _core
 from ketapump.bridge import (
@@ -137,6 +137,13 @@ class SessionSetup:
     source: Source = "cli"
     #: Who takes the patient home (``None``: not recorded; the discharge then is not confirmed).
     sitter: Sitter | None = None
+    #: The forms the report is written in, the first the one a summary names (see :data:`REPORT_FORMATS`).
+    report_formats: tuple[ReportFormat, ...] = ("md",)
+
+
+#: A report's forms: Markdown with the plots beside it, one self-contained HTML file, or a PDF.
+ReportFormat = Literal["md", "html", "pdf"]
+REPORT_FORMATS: tuple[ReportFormat, ...] = ("md", "html", "pdf")
 
 
 def vitals_feed(source: str) -> VitalsFeed:
@@ -166,13 +173,15 @@ def prepare_session(
     operator_name: str | None = None,
     jitter_real_s: float | None = None,
     sitter: Sitter | None = None,
+    report_formats: Sequence[str] = ("md",),
 ) -> SessionSetup:
     """Validates a session request (see the module docstring). ``time_scale`` runs a ``sim://`` pump at
     that many pump seconds per real second (``None``: virtual time) or follows a hw-sim started with it.
     ``operator_name`` is required unless the protocol allows anonymous QA runs. ``jitter_real_s`` is
     the scheduling jitter (real s) the pump's watchdog must also outlast, where it exceeds a lone
     session's (:data:`ketapump.bridge.JITTER_REAL_S`): one event loop running several sessions
-    (``serve``)."""
+    (``serve``). ``report_formats`` are the report's forms (:data:`REPORT_FORMATS`, each once)."""
+    formats = _report_formats(report_formats)
     try:
         patient = replace(patient, patient_id=normalise_patient_id(patient.patient_id))
     except CourseError as e:
@@ -216,7 +225,20 @@ def prepare_session(
         operator_name=operator_name,
         protocol_sha256=digest,
         sitter=sitter,
+        report_formats=formats,
     )
+
+
+def _report_formats(given: Sequence[str]) -> tuple[ReportFormat, ...]:
+    """``given`` checked: known forms, at least one, none twice (a ``ConfigurationError`` naming them)."""
+    unknown = [f for f in given if f not in REPORT_FORMATS]
+    if unknown or not given or len(set(given)) != len(given):
+        raise ConfigurationError(
+            "report",
+            f"{', '.join(map(repr, given)) or 'nothing'} is not a list of distinct report forms "
+            f"({', '.join(REPORT_FORMATS)})",
+        )
+    return tuple(f for f in given if f in REPORT_FORMATS)
 
 
 def _operator_name(name: str | None, protocol: Protocol) -> str | None:
@@ -511,6 +533,8 @@ class SessionOutcome:
     course_db: Path
     report: Path
     plots: list[Path]
+    #: Every form of the report written (``report`` is the first).
+    reports: list[Path] = field(default_factory=list)
     #: What ended the session, when it did not complete (a refusal, an aborted pre-check, an unreachable
     #: pump, an audit log or course history that could not be written); ``None`` otherwise.
     error: Exception | None = None
@@ -547,6 +571,7 @@ class SessionOutcome:
             "log_detail": self.log_detail,
             "course_db": str(self.course_db),
             "report": str(self.report),
+            "reports": [str(p) for p in self.reports or [self.report]],
             "plots": [str(p) for p in self.plots],
             **self._refusal(),
         }
@@ -678,7 +703,7 @@ class SessionRunner:
             log_path=setup.log_path,
             log_verified=verified.ok,
             course_db=self._course.path,
-            report=setup.out / "report.md",
+            report=setup.out / f"report.{setup.report_formats[0]}",
             plots=plots,
             error=error,
             log_detail=verified.reason,
@@ -694,9 +719,19 @@ class SessionRunner:
         )
         if error is not None:
             summary["ended_by"] = str(error)
-        outcome.report = report.write_report(
-            summary, result.points, result.events, setup.out, plots=plots, thresholds=result.thresholds
-        )
+        written = [
+            report.write_report(
+                summary,
+                result.points,
+                result.events,
+                setup.out,
+                fmt=fmt,
+                plots=plots,
+                thresholds=result.thresholds,
+            )
+            for fmt in setup.report_formats
+        ]
+        outcome.report, outcome.reports = written[0], written
         return outcome
 
     def _close_records(self) -> None:
