@@ -17,6 +17,9 @@ F64_MIN: Final = -sys.float_info.max
 TRACE_CAPACITY: Final = 64
 #: Checkpoints in the flow-deviation window (``kernel::FLOW_POINTS``).
 FLOW_POINTS: Final = 13
+#: The estimators (pressure filter, slope detector, flow window) run on a fresh sample at least this long
+#: after the one they last ran on (``kernel::ESTIMATOR_INTERVAL_S``).
+ESTIMATOR_INTERVAL_S: Final = 0.0095
 #: The longest an alarm may be silenced (``config::MAX_SILENCE_S``).
 MAX_SILENCE_S: Final = 120.0
 

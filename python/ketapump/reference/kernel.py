@@ -19,6 +19,7 @@ from ketapump.reference.config import (
 )
 from ketapump.reference.controller import ControlStatus, Gains, ReferenceController
 from ketapump.reference.f64 import (
+    ESTIMATOR_INTERVAL_S,
     F64_MIN,
     FLOW_POINTS,
     FORWARD,
@@ -204,7 +205,7 @@ class PressureTrack:
     rising_since_s: float | None = None
     #: Highest slope since ``rising_since_s`` (mmHg/s).
     rising_peak_mmhg_s: float = 0.0
-    #: Interval between the last two pressure samples (s).
+    #: Interval between the last two estimator runs (s).
     last_dt_s: float = 0.0
 
 
@@ -276,6 +277,10 @@ class ReferenceKernel:
         # The last large rate step: (when, the drive's compression C_d·p then in mL).
         self._rate_step: tuple[float, float] | None = None
         self._pressure = PressureTrack()
+        # Sample time the estimators last ran on (None before the first fresh sample), and whether they
+        # run on the fresh sample in hand (ESTIMATOR_INTERVAL_S).
+        self._estimated_at_s: float | None = None
+        self._estimate_now = False
         # Lowest filtered line pressure since the program was loaded (the line's pressure at rest).
         self._rest_mmhg: float | None = None
         # Set at dose completion: (encoder volume then, drive release predicted then), in mL.
@@ -702,8 +707,7 @@ class ReferenceKernel:
         if not (plausible and jump_ok):
             raised.insert("telemetry_invalid")
             return False
-        prev_t = self._last_sample_t_s
-        if prev_t == s.t_s:
+        if self._last_sample_t_s == s.t_s:
             return False  # the same sample again: not fresh
         changing = self._state.kind == "syringe_change"
         if self._origin_ml is None and self._program is not None and not changing:
@@ -711,17 +715,23 @@ class ReferenceKernel:
             self._rereference = False
         self._last_sample_t_s = s.t_s
         self._last_volume_ml = s.volume_ml
+        since_estimate = None if self._estimated_at_s is None else s.t_s - self._estimated_at_s
+        self._estimate_now = since_estimate is None or since_estimate >= ESTIMATOR_INTERVAL_S
+        if self._estimate_now:
+            self._estimated_at_s = s.t_s
         if self._cfg.raw.has_pressure_sensor:
-            self._track_pressure(s.pressure_mmhg, 0.0 if prev_t is None else s.t_s - prev_t)
+            self._pressure.last_raw_mmhg = s.pressure_mmhg
+            if self._estimate_now:
+                self._track_pressure(s.pressure_mmhg, 0.0 if since_estimate is None else since_estimate)
             if self._program is not None:
                 filtered = self._pressure.filtered_mmhg
                 self._rest_mmhg = filtered if self._rest_mmhg is None else _fmin(self._rest_mmhg, filtered)
         return True
 
     def _track_pressure(self, raw_mmhg: float, dt_s: float) -> None:
+        """One estimator run: the pressure filter and its slope over the ``dt_s`` since the last run."""
         r = self._cfg.raw
         p = self._pressure
-        p.last_raw_mmhg = raw_mmhg
         if not p.initialised:
             p.initialised = True
             p.filtered_mmhg = raw_mmhg
@@ -755,7 +765,8 @@ class ReferenceKernel:
         if r.has_pressure_sensor:
             if s.pressure_mmhg > r.occlusion_threshold_mmhg:
                 raised.insert("occlusion_pressure")
-            self._check_slope(raised)
+            if self._estimate_now:
+                self._check_slope(raised)
 
         program = self._program
         if program is not None:
@@ -771,7 +782,7 @@ class ReferenceKernel:
                 raised.insert("reverse_motion")
             infusing = self._state.is_infusing
             # Until the first motion after a start without take-up only the stall check watches.
-            if infusing and not self._awaiting_first_motion:
+            if infusing and not self._awaiting_first_motion and self._estimate_now:
                 self._check_flow(s, raised)
             self._check_stall(s.volume_ml, raised)
             # The cross-check needs the drive model: not with an uncharacterised drive (C_d = 0).

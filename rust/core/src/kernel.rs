@@ -71,6 +71,9 @@
 //!   drive model (`encoder_mismatch`); a start without take-up counts the first plunger motion as the
 //!   end of a take-up (controller, flow window and cross-check restart there).
 //! - Every transition, and every alarm raised while already in `Alarm`, is recorded in the trace ring.
+//! - The estimators (pressure filter, slope detector, flow window) run at most once per
+//!   [`ESTIMATOR_INTERVAL_S`] of sample time: on every sample of telemetry at 10 ms or slower, on every
+//!   tenth at 1 kHz; every other interlock reads every sample.
 //!
 //! Every forward (and back-off) rate passes [`clamp_rate`], the single choke point.
 
@@ -303,6 +306,18 @@ pub struct StepOutput {
 /// Number of checkpoints in the flow-deviation window (one every window/12).
 const FLOW_POINTS: usize = 13;
 
+/// The estimators — the pressure filter, the slope detector with its baseline, and the flow window —
+/// run on a fresh sample taken at least this long (s, sample time) after the one they last ran on;
+/// every other fresh sample only records the raw pressure and the volume. Their time constants are
+/// seconds (filter 5 s, sustain 30 s, baseline and flow window 120 s, a flow point every 10 s), so
+/// 100 Hz resolves them and an alarm they raise comes at most one interval later; the filter's
+/// coefficient follows the interval actually elapsed. Telemetry at 10 ms or slower (the bridge and the
+/// campaigns sample once per control period, ≥ 0.1 s) runs them on every sample exactly as before;
+/// KP-40MIN's 1 kHz runs them on every tenth. The 0.5 ms below 10 ms absorbs the sample clock's
+/// rounding (t = n·dt), so a 100 Hz feed is never thinned to 50 Hz. The raw pressure threshold, the
+/// back-off, the drive model, the stall, reverse-motion, encoder and dose checks read every sample.
+pub const ESTIMATOR_INTERVAL_S: f64 = 0.0095;
+
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct FlowPoint {
     t_s: f64,
@@ -329,7 +344,7 @@ struct PressureTrack {
     rising_since_s: Option<f64>,
     /// Highest slope since `rising_since_s` (mmHg/s).
     rising_peak_mmhg_s: f64,
-    /// Interval between the last two pressure samples (s).
+    /// Interval between the last two estimator runs (s).
     last_dt_s: f64,
 }
 
@@ -386,6 +401,10 @@ pub struct SafetyKernel {
     /// The last large rate step: when, and the drive's compression C_d·p then (mL).
     rate_step: Option<(f64, f64)>,
     pressure: PressureTrack,
+    /// Sample time the estimators last ran on (None before the first fresh sample).
+    estimated_at_s: Option<f64>,
+    /// The estimators run on the fresh sample in hand ([`ESTIMATOR_INTERVAL_S`]).
+    estimate_now: bool,
     /// Lowest filtered line pressure since the program was loaded: the pressure the line relaxes to
     /// with the motor stopped (the drive's spring settles back to it).
     rest_mmhg: Option<f64>,
@@ -442,6 +461,8 @@ impl SafetyKernel {
             flow_len: 0,
             rate_step: None,
             pressure: PressureTrack::default(),
+            estimated_at_s: None,
+            estimate_now: false,
             rest_mmhg: None,
             release: None,
             silenced_until_s: f64::NEG_INFINITY,
@@ -927,8 +948,7 @@ impl SafetyKernel {
             raised.insert(Alarm::TelemetryInvalid);
             return false;
         }
-        let prev_t = self.last_sample_t_s;
-        if prev_t == Some(s.t_s) {
+        if self.last_sample_t_s == Some(s.t_s) {
             return false; // the same sample again: not fresh
         }
         let changing = matches!(self.state, State::SyringeChange { .. });
@@ -938,8 +958,16 @@ impl SafetyKernel {
         }
         self.last_sample_t_s = Some(s.t_s);
         self.last_volume_ml = Some(s.volume_ml);
+        let since_estimate = self.estimated_at_s.map(|t| s.t_s - t);
+        self.estimate_now = since_estimate.is_none_or(|since| since >= ESTIMATOR_INTERVAL_S);
+        if self.estimate_now {
+            self.estimated_at_s = Some(s.t_s);
+        }
         if self.cfg.raw.has_pressure_sensor {
-            self.track_pressure(s.pressure_mmhg, prev_t.map_or(0.0, |p| s.t_s - p));
+            self.pressure.last_raw_mmhg = s.pressure_mmhg;
+            if self.estimate_now {
+                self.track_pressure(s.pressure_mmhg, since_estimate.unwrap_or(0.0));
+            }
             if self.program.is_some() {
                 let filtered = self.pressure.filtered_mmhg;
                 self.rest_mmhg = Some(self.rest_mmhg.map_or(filtered, |rest| rest.min(filtered)));
@@ -948,11 +976,11 @@ impl SafetyKernel {
         true
     }
 
+    /// One estimator run: the pressure filter and its slope over the `dt_s` since the last run.
     #[inline(always)]
     fn track_pressure(&mut self, raw_mmhg: f64, dt_s: f64) {
         let r = &self.cfg.raw;
         let p = &mut self.pressure;
-        p.last_raw_mmhg = raw_mmhg;
         if !p.initialised {
             *p = PressureTrack {
                 initialised: true,
@@ -997,7 +1025,9 @@ impl SafetyKernel {
             if s.pressure_mmhg > r.occlusion_threshold_mmhg {
                 raised.insert(Alarm::OcclusionPressure);
             }
-            self.check_slope(raised);
+            if self.estimate_now {
+                self.check_slope(raised);
+            }
         }
 
         if let Some(program) = self.program {
@@ -1018,7 +1048,7 @@ impl SafetyKernel {
             let infusing = matches!(self.state, State::Running(Phase::Infusing));
             // Until the first motion after a start without take-up, the stall check alone watches (its
             // allowance is the take-up bound): the flow window would read the slack as a deviation.
-            if infusing && !self.awaiting_first_motion {
+            if infusing && !self.awaiting_first_motion && self.estimate_now {
                 self.check_flow(s, raised);
             }
             self.check_stall(s.volume_ml, raised);

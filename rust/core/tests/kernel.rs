@@ -8,7 +8,7 @@
 use ketapump_core::kernel::{Backoff, Phase};
 use ketapump_core::{
     Alarm, AlarmSet, Cause, Command, ConfigError, ConfigProblem, Direction, KernelConfig, KernelError, MotorCommand,
-    Program, RawKernelConfig, SafetyKernel, State, StateKind, StepOutput, Telemetry, TraceEvent,
+    Program, RawKernelConfig, SafetyKernel, State, StateKind, StepOutput, Telemetry, TraceEvent, ESTIMATOR_INTERVAL_S,
 };
 use std::collections::VecDeque;
 
@@ -1075,6 +1075,26 @@ fn occlusion_slope_alarm() {
     assert!(p_threshold > sim.cfg.raw.occlusion_threshold_mmhg);
     assert!((t_threshold - t_threshold_model).abs() < 0.05 * t_threshold_model, "{t_threshold} vs {t_threshold_model}");
     assert!(t_slope < t_threshold / 4.0, "slope {t_slope} s, threshold {t_threshold} s");
+}
+
+/// The estimators (pressure filter, slope detector, flow window) run on a sample at least
+/// `ESTIMATOR_INTERVAL_S` after the one they last ran on: with 1 kHz telemetry the slope detector can
+/// only fire on every tenth sample (the first ran on the sample at t = 0), and it fires within two intervals of the
+/// same occlusion seen through 100 Hz telemetry, where every sample runs them.
+#[test]
+fn the_estimators_run_once_per_estimator_interval_of_fast_telemetry() {
+    let every = |period: f64| {
+        config_with(|r| {
+            r.control_period_s = period;
+            r.stale_after_s = 0.1;
+        })
+    };
+    let (t_1khz, _, out, mut sim) = occlude_and_wait(every(0.001), 30.0, 600.0);
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::OcclusionSlope);
+    assert_eq!(sim.n % 10, 0, "fired on tick {}", sim.n);
+    let (t_100hz, _, out, mut sim) = occlude_and_wait(every(0.01), 30.0, 600.0);
+    assert_raised_only(&mut sim, &out, StateKind::Running, Alarm::OcclusionSlope);
+    assert!((t_1khz - t_100hz).abs() <= 2.0 * ESTIMATOR_INTERVAL_S, "1 kHz {t_1khz} s, 100 Hz {t_100hz} s");
 }
 
 #[test]
