@@ -345,28 +345,6 @@ def test_ketapump_run_on_ketapump_sim_with_the_example_map(tmp_path: Path) -> No
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(
-    regtype=st.sampled_from(["u16", "i16", "u32", "i32", "f32"]),
-    word_order=st.sampled_from(["big", "little"]),
-    byte_order=st.sampled_from(["big", "little"]),
-    gain=st.sampled_from([1.0, 0.01, 0.1, 2.5]),
-    offset=st.sampled_from([0.0, -40.0, 273.15]),
-    words=st.lists(st.integers(0, 0xFFFF), min_size=2, max_size=2),
-)
-def test_a_registers_decoder_gives_the_float_decode_gives_to_the_bit(
-    *, regtype: str, word_order: str, byte_order: str, gain: float, offset: float, words: list[int]
-) -> None:
-    """The driver decodes its telemetry with :meth:`RegisterMap.decoder` (worked out once per register);
-    it must give exactly what :meth:`RegisterMap.decode` gives, NaN payloads and every layout included."""
-    shipped = load_register_map()
-    register = dataclasses.replace(shipped["plunger_volume_ml"], type=regtype, gain=gain, offset=offset)
-    regmap = dataclasses.replace(shipped, word_order=word_order, byte_order=byte_order)
-    expected = regmap.decode(register, words)
-    got = regmap.decoder(register)(words)
-    assert struct.pack(">d", got) == struct.pack(">d", expected)
-
-
 @st.composite
 def _block(draw: st.DrawFn) -> tuple[object, list[object], list[tuple[int, int]], list[int]]:
     """A map layout, registers of every type and scaling with gaps between them, the reads that cover

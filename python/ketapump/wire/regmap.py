@@ -168,20 +168,6 @@ class RegisterMap:
         """The value in ``register``'s words as this map lays them out (see :func:`decode`)."""
         return decode(register, words, word_order=self.word_order, byte_order=self.byte_order)
 
-    def decoder(self, register: Register) -> Callable[[list[int]], float]:
-        """:meth:`decode` for ``register``, its layout worked out once: what a driver decodes at every
-        control tick. The Modbus layout (big-endian words and bytes) of the 16-bit unsigned and the float
-        registers is decoded directly, by the same arithmetic as :func:`decode` (the same float, tested);
-        anything else goes through :func:`decode`."""
-        gain, offset = register.gain, register.offset
-        if self.word_order == "big" and self.byte_order == "big":
-            if register.type == "u16":
-                return lambda words: float(words[0]) * gain + offset
-            if register.type == "f32":
-                pack_words, unpack_f32 = struct.Struct(">HH").pack, struct.Struct(">f").unpack
-                return lambda words: unpack_f32(pack_words(words[0], words[1]))[0] * gain + offset
-        return partial(self.decode, register)
-
     def block_decoder(
         self, registers: Sequence[Register], reads: Sequence[tuple[int, int]]
     ) -> Callable[[Sequence[int]], tuple[float, ...]]:
