@@ -27,7 +27,11 @@ serial
 
 Targets (reported, not asserted — only correctness is asserted): 64 pumps × 100 Hz with ≥ 99.9 % of
 cycles on time with one transaction per pump per cycle; the bridge adds ≤ 10 % CPU per cycle over bare
-pymodbus doing the same transactions; RTU round trip ≤ 1.2× the wire floor.
+pymodbus doing the same transactions; RTU round trip ≤ 1.2× the wire floor, New Era ≤ 1.10×.
+
+Priority: on a machine shared with other work, run the benchmark with a raised priority so that it and
+the simulator process (which inherits it) preempt the rest: ``nice -n -15 python -m pytest …`` (root,
+or CAP_SYS_NICE). Each result records the niceness it ran at and the load average before and after.
 """
 
 from __future__ import annotations
@@ -65,14 +69,16 @@ TRANSACTIONS_PER_PUMP = {"read+write": 2, "one-transaction": 1}
 ROUND_S = 0.5 if QUICK else 2.0
 ROUNDS = 1 if QUICK else 3  # per side, interleaved
 
-TELEMETRY = (30, 19)  # encoder_counts .. heartbeat_age_ms
+#: The read the driver makes for one telemetry sample (plunger_volume_ml .. infused_ml): bare pymodbus
+#: reads the same registers, so both sides move the same bytes.
+(TELEMETRY,) = ReferencePumpDriver(cast(RegisterTransport, open_transport("modbus-tcp://127.0.0.1:1")))._runs
 RATE_REGISTER = 20  # f32, 2 words
 HEARTBEAT_REGISTER = 24
 BAUD = 19_200
 
 TARGET_ON_TIME = 0.999
 TARGET_CPU_RATIO = 1.10
-TARGET_RTU_FLOOR_RATIO = 1.2
+TARGET_FLOOR_RATIO = {"modbus-rtu": 1.2, "nesp": 1.10}
 
 # Runs in its own interpreter: N simulated pumps, Modbus TCP only; prints one JSON line with the N
 # endpoints, serves until SIGTERM.
@@ -183,9 +189,11 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     poll = [(name, r) for name, r in rows if r.get("group") == "poll-capacity"]
     serial = [(name, r) for name, r in rows if r.get("group") == "serial"]
     if poll:
+        loads = [r[key] for _, r in poll for key in ("loadavg_before", "loadavg_after")]
         lines.append(
             "poll capacity (Modbus TCP, loopback; servers in their own process"
-            f"{', pinned apart' if all(r.get('pinned') for _, r in poll) else ''}); "
+            f"{', pinned apart' if all(r.get('pinned') for _, r in poll) else ''}; "
+            f"niceness {poll[0][1]['niceness']}, load average {min(loads):.1f}–{max(loads):.1f}); "
             "bridge and bare rounds interleaved: median [min–max] over rounds"
         )
         header = (
@@ -333,6 +341,7 @@ def test_poll_capacity(
     kind: str,
 ) -> None:
     sim = sim_processes(n_pumps)
+    load_before = os.getloadavg()[0]
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     loop = asyncio.new_event_loop()
     bridge_rounds: list[dict[str, Any]] = []
@@ -433,6 +442,9 @@ def test_poll_capacity(
         "bare_cpu_us_per_pump_cycle": spread([r["cpu_us_per_pump_cycle"] for r in bare_rounds]),
         "cpu_ratio_bridge_over_bare": spread(ratios),
         "server_cpu_utilisation": server_util,
+        "niceness": os.nice(0),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg()[0],
         "target_on_time_fraction": TARGET_ON_TIME if (n_pumps, rate_hz) == (64, 100) else None,
         "target_cpu_ratio": TARGET_CPU_RATIO,
     }
@@ -545,6 +557,8 @@ def test_serial_round_trip(benchmark: Any, protocol: str) -> None:
         "reply_bytes": reply_bytes,
         "wire_floor_ms": floor_s * 1e3,
         "reply_sample": repr(replies[-1]),
+        "niceness": os.nice(0),
+        "loadavg": os.getloadavg()[0],
     }
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is not None:
@@ -552,8 +566,7 @@ def test_serial_round_trip(benchmark: Any, protocol: str) -> None:
         info["max_ms"] = stats.max * 1e3
         info["rounds"] = stats.rounds
         info["ratio_median_over_floor"] = stats.median / floor_s
-        if protocol == "modbus-rtu":
-            info["target_ratio"] = TARGET_RTU_FLOOR_RATIO
+        info["target_ratio"] = TARGET_FLOOR_RATIO[protocol]
     else:  # --benchmark-disable: one untimed call
         info["median_ms"] = info["max_ms"] = info["ratio_median_over_floor"] = None
     benchmark.extra_info.update(info)

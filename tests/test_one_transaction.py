@@ -188,7 +188,8 @@ def _same(a: float, b: float) -> bool:
 def test_the_drivers_telemetry_decodes_as_field_by_field(words: list[int]) -> None:
     """What one function 23 reply (or one read) of the block carries is decoded as the map says."""
     driver = ReferencePumpDriver(open_transport("sim://", clock=VirtualClock()))  # type: ignore[arg-type]
-    fast = driver._telemetry_from(dict(enumerate(words, start=TELEMETRY_ADDRESS)))
+    ((start, count),) = driver._runs  # the telemetry registers' words inside the block
+    fast = driver._telemetry_from(words[start - TELEMETRY_ADDRESS : start - TELEMETRY_ADDRESS + count])
     slow = _field_by_field(words)
     for name in ("volume_ml", "pressure_mmhg", "infused_ml"):
         assert _same(getattr(fast, name), getattr(slow, name)), name

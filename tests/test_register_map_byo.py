@@ -25,7 +25,13 @@ from hypothesis import strategies as st
 from ketapump import _core
 from ketapump.clock import ScaledClock
 from ketapump.sim import SimServer, serve_register_map
-from ketapump.wire import ReferencePumpDriver, RegisterMapError, load_register_map, open_transport
+from ketapump.wire import (
+    ReferencePumpDriver,
+    RegisterMap,
+    RegisterMapError,
+    load_register_map,
+    open_transport,
+)
 from ketapump.wire import parse_register_map as parse
 from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
 from simhelpers import ketapump, serving, sim_process, tcp_client
@@ -339,26 +345,94 @@ def test_ketapump_run_on_ketapump_sim_with_the_example_map(tmp_path: Path) -> No
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(
-    regtype=st.sampled_from(["u16", "i16", "u32", "i32", "f32"]),
-    word_order=st.sampled_from(["big", "little"]),
-    byte_order=st.sampled_from(["big", "little"]),
-    gain=st.sampled_from([1.0, 0.01, 0.1, 2.5]),
-    offset=st.sampled_from([0.0, -40.0, 273.15]),
-    words=st.lists(st.integers(0, 0xFFFF), min_size=2, max_size=2),
-)
-def test_a_registers_decoder_gives_the_float_decode_gives_to_the_bit(
-    *, regtype: str, word_order: str, byte_order: str, gain: float, offset: float, words: list[int]
-) -> None:
-    """The driver decodes its telemetry with :meth:`RegisterMap.decoder` (worked out once per register);
-    it must give exactly what :meth:`RegisterMap.decode` gives, NaN payloads and every layout included."""
+@st.composite
+def _block(draw: st.DrawFn) -> tuple[object, list[object], list[tuple[int, int]], list[int]]:
+    """A map layout, registers of every type and scaling with gaps between them, the reads that cover
+    them (1–3, split between registers), the registers in any order, and the words the reads return."""
     shipped = load_register_map()
-    register = dataclasses.replace(shipped["plunger_volume_ml"], type=regtype, gain=gain, offset=offset)
-    regmap = dataclasses.replace(shipped, word_order=word_order, byte_order=byte_order)
-    expected = regmap.decode(register, words)
-    got = regmap.decoder(register)(words)
-    assert struct.pack(">d", got) == struct.pack(">d", expected)
+    regmap = dataclasses.replace(
+        shipped,
+        word_order=draw(st.sampled_from(["big", "little"])),
+        byte_order=draw(st.sampled_from(["big", "little"])),
+    )
+    address = draw(st.integers(0, 100))
+    registers = []
+    for i in range(draw(st.integers(1, 8))):
+        address += draw(st.integers(0, 2))  # a gap of unread words inside a read
+        register = dataclasses.replace(
+            shipped["plunger_volume_ml"],
+            name=f"r{i}",
+            address=address,
+            type=draw(st.sampled_from(["u16", "i16", "u32", "i32", "f32"])),
+            gain=draw(st.sampled_from([1.0, 0.01, 0.1, 2.5, -1.0])),
+            offset=draw(st.sampled_from([0.0, -40.0, 273.15])),
+        )
+        registers.append(register)
+        address += register.words
+    cuts = sorted(draw(st.sets(st.integers(1, len(registers) - 1), max_size=2))) if len(registers) > 1 else []
+    reads: list[tuple[int, int]] = []
+    for group in (registers[a:b] for a, b in zip([0, *cuts], [*cuts, len(registers)], strict=True)):
+        free = group[0].address - (reads[-1][0] + reads[-1][1] if reads else 0)  # unread words before it
+        start = group[0].address - draw(st.integers(0, min(2, free)))
+        reads.append((start, group[-1].address + group[-1].words - start))
+    words = draw(
+        st.lists(st.integers(0, 0xFFFF), min_size=sum(c for _, c in reads), max_size=sum(c for _, c in reads))
+    )
+    return regmap, draw(st.permutations(registers)), reads, words
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(_block())
+def test_a_block_decoder_gives_what_decode_gives_register_by_register_to_the_bit(
+    block: tuple[object, list[object], list[tuple[int, int]], list[int]],
+) -> None:
+    """The driver decodes its telemetry block in one step (:meth:`RegisterMap.block_decoder`: one
+    ``struct`` format for the whole read); every register must come out exactly as :meth:`decode`
+    gives it from its own words: every type, scaling, word and byte order, gaps, several reads, any
+    order of the registers, NaN payloads and negative zeros included."""
+    regmap, registers, reads, words = block
+    assert isinstance(regmap, RegisterMap)
+    at = {}
+    for start, count in reads:
+        for offset in range(count):
+            at[start + offset] = len(at)
+    expected = [regmap.decode(r, [words[at[r.address + i]] for i in range(r.words)]) for r in registers]  # type: ignore[attr-defined]
+    got = regmap.block_decoder(registers, reads)(words)  # type: ignore[arg-type]
+    assert [struct.pack(">d", v) for v in got] == [struct.pack(">d", v) for v in expected]
+
+
+def test_a_block_decoder_refuses_a_register_outside_its_reads_and_a_wrong_length() -> None:
+    volume, pressure = SHIPPED["plunger_volume_ml"], SHIPPED["line_pressure_mmhg"]
+    with pytest.raises(ValueError, match="line_pressure_mmhg: not whole"):
+        SHIPPED.block_decoder([volume, pressure], [(32, 3)])  # pressure's second word unread
+    decode = SHIPPED.block_decoder([volume, pressure], [(32, 4)])
+    with pytest.raises(ValueError, match="3 words where the reads give 4"):
+        decode([0, 0, 0])
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(
+    name=st.sampled_from(["heartbeat", "rate_ml_h", "run_mode", "syringe_diameter_mm", "watchdog_ms"]),
+    value=st.one_of(
+        st.integers(-(2**40), 2**40),
+        st.integers(-2, 0x10001),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(min_value=-1e39, max_value=1e39),
+        st.booleans(),
+    ),
+)
+def test_a_registers_encoder_gives_what_encode_gives(name: str, value: float) -> None:
+    """The driver encodes the heartbeat and the rate with :meth:`RegisterMap.encoder` (worked out once);
+    it gives :meth:`encode`'s words, and refuses exactly what it refuses, with the same message."""
+    register = SHIPPED[name]
+
+    def outcome(encode: Callable[[float], list[int]]) -> object:
+        try:
+            return encode(value)
+        except (ValueError, OverflowError) as e:
+            return (type(e), str(e))
+
+    assert outcome(SHIPPED.encoder(register)) == outcome(lambda v: SHIPPED.encode(register, v))
 
 
 def test_a_map_file_is_data_not_code() -> None:

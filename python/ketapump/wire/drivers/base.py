@@ -36,6 +36,40 @@ class PumpTelemetry:
     #: Volume infused since the pump's counters were cleared (mL).
     infused_ml: float = 0.0
 
+    @classmethod
+    def of(
+        cls,
+        *,
+        volume_ml: float,
+        pressure_mmhg: float,
+        motor_running: bool,
+        air_in_line: bool,
+        syringe_present: bool,
+        end_of_travel: bool,
+        pump_alarms: frozenset[str],
+        infused_ml: float,
+    ) -> PumpTelemetry:
+        """The sample with every field given: what a driver builds for every pump at every
+        control cycle. The same object the constructor makes (equal, hashed and frozen alike), without
+        the frozen dataclass's ``object.__setattr__`` per field, which cost as much as decoding the
+        sample."""
+        sample = object.__new__(cls)
+        object.__setattr__(
+            sample,
+            "__dict__",
+            {
+                "volume_ml": volume_ml,
+                "pressure_mmhg": pressure_mmhg,
+                "motor_running": motor_running,
+                "air_in_line": air_in_line,
+                "syringe_present": syringe_present,
+                "end_of_travel": end_of_travel,
+                "pump_alarms": pump_alarms,
+                "infused_ml": infused_ml,
+            },
+        )
+        return sample
+
 
 class PumpDriver(ABC):
     """Operations on one pump. Drivers are async and own no control logic."""

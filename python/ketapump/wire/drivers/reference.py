@@ -10,6 +10,7 @@ carry requests, and which registers exist: a register the map lacks is a feature
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
 from ketapump.wire.regmap import Register, RegisterMap, load_register_map
@@ -29,6 +30,23 @@ TELEMETRY = (
     "motor_running",
     "alarm_bits",
     "infused_ml",
+)
+#: Where each field of a telemetry sample comes from, in PumpTelemetry's order: its register, and what
+#: it is when the map lacks that register (a value, or another register; NaN if that is missing too).
+SAMPLE_FIELDS: tuple[tuple[str, float | str], ...] = (
+    ("plunger_volume_ml", "infused_ml"),
+    ("line_pressure_mmhg", math.nan),
+    ("motor_running", math.nan),
+    ("air_in_line", 0.0),
+    ("syringe_present", 1.0),
+    ("end_of_travel", 0.0),
+    ("alarm_bits", math.nan),
+    ("infused_ml", math.nan),
+)
+#: The pump alarms each value of the alarm bits' low five bits names, worked out once.
+ALARM_SETS = tuple(
+    frozenset(name for bit, name in PUMP_ALARMS.items() if bits >> bit & 1)
+    for bits in range(1 << len(PUMP_ALARMS))
 )
 #: Most registers one Modbus read may ask for.
 MAX_READ_REGISTERS = 125
@@ -59,7 +77,7 @@ def read_runs(registers: list[Register], regmap: RegisterMap) -> list[tuple[int,
 
 class ReferencePumpDriver(PumpDriver):
     """Typed operations on a register-map pump. Telemetry is one read per run of adjacent registers
-    (one read, registers 30–48, on the reference pump)."""
+    (one read, registers 32–43, on the reference pump)."""
 
     def __init__(
         self, transport: RegisterTransport, *, watchdog_ms: int = 500, regmap: RegisterMap | None = None
@@ -69,11 +87,18 @@ class ReferencePumpDriver(PumpDriver):
         self.map: RegisterMap = regmap or transport.register_map or load_register_map()
         self._telemetry = [self.map[name] for name in TELEMETRY if name in self.map]
         self._runs = read_runs(self._telemetry, self.map)
-        #: Each telemetry register the map has: its decoder and the addresses of its words (every tick).
-        self._telemetry_words = {
-            r.name: (self.map.decoder(r), tuple(range(r.address, r.address + r.words)))
-            for r in self._telemetry
-        }
+        # Worked out once, used every tick: the telemetry registers the map has, decoded in one step
+        # from the words of the reads, then the fields' defaults; each field's index in that row.
+        self._decode_telemetry = self.map.block_decoder(self._telemetry, self._runs)
+        index = {r.name: i for i, r in enumerate(self._telemetry)}
+        self._defaults = tuple(math.nan if isinstance(d, str) else d for _, d in SAMPLE_FIELDS)
+        slots = []
+        for i, (name, default) in enumerate(SAMPLE_FIELDS):
+            source = name if name in index or not isinstance(default, str) else default
+            slots.append(index.get(source, len(index) + i))
+        self._slots = tuple(slots)
+        names = {r.name for r in self.map.registers}
+        self._encoders = {name: self.map.encoder(self.map[name]) for name in names}
         self._beat = 0
         if "line_pressure_mmhg" not in self.map:
             self.lacks = frozenset({"pressure_mmhg"})
@@ -87,13 +112,13 @@ class ReferencePumpDriver(PumpDriver):
         # refreshes every tick anyway.
         heartbeat = self.map.get("heartbeat")
         transport.sync_register = heartbeat.address if heartbeat is not None else None
+        self._heartbeat_address = heartbeat.address if heartbeat is not None else -1
         # Function 23 where the map lists it and the telemetry is one read: the heartbeat and the
         # telemetry in one transaction.
         self._one_transaction = 23 in codes and heartbeat is not None and len(self._runs) == 1
 
     async def _write(self, name: str, value: float) -> None:
-        register = self.map[name]
-        await self.transport.write_registers(register.address, self.map.encode(register, value))
+        await self.transport.write_registers(self.map[name].address, self._encoders[name](value))
 
     async def _read(self, name: str) -> float:
         register = self.map[name]
@@ -159,10 +184,12 @@ class ReferencePumpDriver(PumpDriver):
         return True
 
     async def read_telemetry(self) -> PumpTelemetry:
-        words: dict[int, int] = {}
+        if len(self._runs) == 1:
+            ((start, count),) = self._runs
+            return self._telemetry_from(await self.transport.read_registers(start, count))
+        words: list[int] = []
         for start, count in self._runs:
-            got = await self.transport.read_registers(start, count)
-            words.update(zip(range(start, start + count), got, strict=True))
+            words += await self.transport.read_registers(start, count)
         return self._telemetry_from(words)
 
     async def heartbeat_and_read_telemetry(self) -> PumpTelemetry:
@@ -170,36 +197,27 @@ class ReferencePumpDriver(PumpDriver):
         applies the write first), or two requests where the map does not allow it."""
         if not self._one_transaction:
             return await super().heartbeat_and_read_telemetry()
-        heartbeat = self.map["heartbeat"]
         ((start, count),) = self._runs
         got = await self.transport.write_and_read_registers(
-            heartbeat.address, self.map.encode(heartbeat, self._next_beat()), start, count
+            self._heartbeat_address, self._encoders["heartbeat"](self._next_beat()), start, count
         )
-        return self._telemetry_from(dict(zip(range(start, start + count), got, strict=True)))
+        return self._telemetry_from(got)
 
-    def _telemetry_from(self, words: dict[int, int]) -> PumpTelemetry:
-        """The telemetry sample in ``words`` (address → word), the map's missing registers defaulted."""
-
-        fields = self._telemetry_words
-
-        def value(name: str, default: float = math.nan) -> float:
-            field = fields.get(name)
-            if field is None:
-                return default
-            decode, addresses = field
-            return decode([words[a] for a in addresses])
-
-        bits = int(value("alarm_bits"))
-        infused = value("infused_ml")
-        return PumpTelemetry(
-            volume_ml=value("plunger_volume_ml", infused),
-            pressure_mmhg=value("line_pressure_mmhg"),
-            motor_running=value("motor_running") == 1,
-            air_in_line=value("air_in_line", 0) == 1,
-            syringe_present=value("syringe_present", 1) == 1,
-            end_of_travel=value("end_of_travel", 0) == 1,
-            pump_alarms=frozenset(name for bit, name in PUMP_ALARMS.items() if bits >> bit & 1),
-            infused_ml=infused,
+    def _telemetry_from(self, words: Sequence[int]) -> PumpTelemetry:
+        """The telemetry sample in ``words`` (those of the telemetry reads, one after the other), the
+        map's missing registers defaulted."""
+        values = (*self._decode_telemetry(words), *self._defaults)
+        volume, pressure, motor, air, syringe, end, bits, infused = self._slots
+        # int() of the alarm bits as before: a NaN (no register, or a float register holding NaN) raises.
+        return PumpTelemetry.of(
+            volume_ml=values[volume],
+            pressure_mmhg=values[pressure],
+            motor_running=values[motor] == 1,
+            air_in_line=values[air] == 1,
+            syringe_present=values[syringe] == 1,
+            end_of_travel=values[end] == 1,
+            pump_alarms=ALARM_SETS[int(values[bits]) & (len(ALARM_SETS) - 1)],
+            infused_ml=values[infused],
         )
 
     async def read_delivered_ml(self) -> float:
