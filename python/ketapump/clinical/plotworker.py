@@ -11,7 +11,7 @@ cannot be started, dies, hangs past :data:`HELPER_TIMEOUT_S`, or reports any fai
 drawn again in this process, so a plot that cannot be drawn (an unwritable directory, an empty
 series) raises here the error it always raised.
 
-The helper's protocol (``python -m ketapump.clinical.plotworker``): one pickled job on stdin —
+The helper's protocol (:data:`HELPER_CODE`, run with ``python -c``): one pickled job on stdin —
 ``(out_dir, points, events, drawing)`` — and one pickled answer on stdout, ``("ok", paths)`` or
 ``("failed", text)``. Both ends are this package; nothing else is ever read.
 """
@@ -38,6 +38,18 @@ _log = logging.getLogger("ketapump.plots")
 HALVES: tuple[tuple[str, ...], tuple[str, ...]] = (("vitals", "pressure"), ("dose", "rate"))
 #: How long the helper may take once it has the series (a loaded machine renders in 1–4 s).
 HELPER_TIMEOUT_S = 120.0
+#: The helper's program. It imports this module and the report with ``ketapump.clinical`` entered as a
+#: bare package: the package's ``__init__`` imports the session engine (a third of the helper's CPU),
+#: which drawing does not use, and the helper runs beside that very engine.
+HELPER_CODE = """\
+import importlib.util, sys, types
+spec = importlib.util.find_spec("ketapump.clinical")
+package = types.ModuleType("ketapump.clinical")
+package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec
+sys.modules["ketapump.clinical"] = package
+from ketapump.clinical.plotworker import main
+main()
+"""
 
 
 class PlotHelper:
@@ -58,7 +70,7 @@ class PlotHelper:
         try:
             # Its own process group: :meth:`close` ends the helper and the child it forks together.
             self._process = subprocess.Popen(
-                [sys.executable, "-m", __name__],
+                [sys.executable, "-c", HELPER_CODE],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
@@ -183,7 +195,3 @@ def main() -> None:
 
         pickle.dump(("failed", traceback.format_exc()), sys.stdout.buffer)
     sys.stdout.buffer.flush()
-
-
-if __name__ == "__main__":
-    main()
