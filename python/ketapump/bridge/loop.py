@@ -1,5 +1,5 @@
-"""The closed control loop: each tick read telemetry, let the Rust kernel decide, command the pump,
-refresh its heartbeat, and record everything in the audit log.
+"""The closed control loop: each tick refresh the pump's heartbeat and read its telemetry, let the Rust
+kernel decide, command the pump, and record everything in the audit log.
 
 Rules this module keeps:
 
