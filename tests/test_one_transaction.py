@@ -18,6 +18,7 @@ from ketapump import _core
 from ketapump.bridge.loop import LINK_LOST, ControlLoop, InfusionPlan, RunResult
 from ketapump.clock import VirtualClock
 from ketapump.config import kernel_config
+from ketapump.errors import TransportError
 from ketapump.sim.server import SimServer
 from ketapump.wire.drivers.base import PumpTelemetry
 from ketapump.wire.drivers.reference import PUMP_ALARMS, ReferencePumpDriver
@@ -321,3 +322,39 @@ def test_a_link_lost_mid_transaction_ends_the_run_as_on_two_requests(fault: str,
     # as on the two-request path; then the next tick's transaction.
     assert combined_ticks[-1] == ["write", "write", "write+read", "write+read"]
     assert separate_ticks[-1] == ["write", "write", "read", "read"]
+
+
+class _LosesEveryFifthTransaction(ReferencePumpDriver):
+    """The reference pump on sim:// whose combined request fails at every fifth tick before reaching the
+    pump (heartbeat lost with the sample); notes the pump's heartbeat age at each tick's start."""
+
+    ages_ms: list[float]
+    calls = 0
+
+    async def heartbeat_and_read_telemetry(self) -> PumpTelemetry:
+        pump = self.transport.pump  # type: ignore[attr-defined]
+        pump.advance_to(self.transport.clock.now())  # type: ignore[attr-defined]
+        self.ages_ms.append(pump.value("heartbeat_age_ms"))
+        self.calls += 1
+        if self.calls % 5 == 0:
+            raise TransportError(self.transport.url, "write 1 at 24 and read 12 at 32: no answer")
+        return await super().heartbeat_and_read_telemetry()
+
+
+def test_a_failed_transaction_still_refreshes_the_watchdog_within_the_tick() -> None:
+    """The beat a failed transaction lost is sent on its own in the same tick: at every tick's start the
+    pump last heard the bridge at most one control period before, as with two requests."""
+    clock = VirtualClock()
+    pump = _core.SimPump("bd-plastipak-50", seed=5, slack_taken_up=True)
+    transport = open_transport("sim://", clock=clock, pump=pump)
+    assert isinstance(transport, RegisterTransport)
+    driver = _LosesEveryFifthTransaction(transport)
+    driver.ages_ms = []
+    log = TickLog()
+    loop = ControlLoop(driver, kernel_config(), clock, log)
+    result = asyncio.run(loop.run(LOOP_PLAN))
+    assert result.state == "complete"
+    failed = log.names().count("telemetry_failed")
+    assert failed >= 10 and not log.names().count("command_failed")
+    ticks = driver.ages_ms[1:]  # the first is the set-up's, before any beat
+    assert len(ticks) > 50 and max(ticks) <= 1_000.0 * loop.period_s + 1.0
