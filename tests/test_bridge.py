@@ -597,13 +597,19 @@ def test_a_pump_reset_mid_run_ends_the_run() -> None:
 
 
 class _FailedPressureSensor(ReferencePumpDriver):
-    """The reference pump whose pressure sensor fails after a minute (reads NaN)."""
+    """The reference pump whose pressure sensor fails after a minute (reads NaN), however the loop
+    reads it (alone, or with the heartbeat in one transaction)."""
 
-    async def read_telemetry(self) -> Any:
-        t = await super().read_telemetry()
+    def _failed(self, t: Any) -> Any:
         if self.transport.pump.t_s > 60.0:  # type: ignore[attr-defined]
             return dataclasses.replace(t, pressure_mmhg=math.nan)
         return t
+
+    async def read_telemetry(self) -> Any:
+        return self._failed(await super().read_telemetry())
+
+    async def heartbeat_and_read_telemetry(self) -> Any:
+        return self._failed(await super().heartbeat_and_read_telemetry())
 
 
 def test_a_failed_pressure_sensor_is_a_telemetry_fault_not_zero_pressure() -> None:

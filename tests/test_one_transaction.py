@@ -8,19 +8,25 @@ import asyncio
 import math
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ketapump import _core
+from ketapump.bridge.loop import LINK_LOST, ControlLoop, InfusionPlan, RunResult
 from ketapump.clock import VirtualClock
+from ketapump.config import kernel_config
+from ketapump.errors import TransportError
+from ketapump.sim.server import SimServer
 from ketapump.wire.drivers.base import PumpTelemetry
 from ketapump.wire.drivers.reference import PUMP_ALARMS, ReferencePumpDriver
 from ketapump.wire.regmap import decode, load_register_map
 from ketapump.wire.transports import open_transport
 from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
 from ketapump.wire.transports.modbus import ModbusTcpTransport
+from simhelpers import serving
 from wirehelpers import ThreadedSim, check_pdu, mbap, read_n, read_pdu, split_mbap
 
 TELEMETRY_ADDRESS, TELEMETRY_COUNT, HEARTBEAT = 30, 19, 24
@@ -195,3 +201,161 @@ def test_the_drivers_telemetry_decodes_as_field_by_field(words: list[int]) -> No
         assert _same(getattr(fast, name), getattr(slow, name)), name
     for name in ("motor_running", "air_in_line", "syringe_present", "end_of_travel", "pump_alarms"):
         assert getattr(fast, name) == getattr(slow, name), name
+
+
+# ----- the control loop: one request per tick ------------------------------------------------------
+
+LOOP_PLAN = InfusionPlan(rate_ml_h=60.0, volume_ml=0.3, syringe_diameter_mm=26.59)
+
+
+class TickLog:
+    """The loop's audit calls, with a marker in the transport's exchanges at each tick's kernel step
+    (``on_tick``), so the exchanges between two markers are one tick's."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+    warning = error = info
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.events]
+
+
+async def _loop_over_tcp(
+    server: SimServer, *, one_transaction: bool, clock: VirtualClock, url_query: str = ""
+) -> tuple[RunResult, list[str], TickLog, ReferencePumpDriver]:
+    """A short infusion through the bridge's Modbus TCP transport on the simulator's real endpoint, on
+    the loop's virtual clock (the server follows it)."""
+    server.clock = clock
+    host, port = str(server.endpoints["modbus_tcp"]).rsplit(":", 1)
+    transport = CountingTcpTransport(
+        f"modbus-tcp://{host}:{port}{url_query}", host=host, port=int(port), unit=1, timeout_s=0.5, retries=1
+    )
+    transport.exchanges = []
+    driver = ReferencePumpDriver(transport, watchdog_ms=2000)
+    driver._one_transaction = one_transaction
+    log = TickLog()
+
+    def on_tick(_out: _core.StepOutput, _telemetry: PumpTelemetry | None) -> None:
+        transport.exchanges.append("|")
+
+    loop = ControlLoop(driver, kernel_config(), clock, log, on_tick=on_tick)
+    try:
+        result = await loop.run(LOOP_PLAN)
+    finally:
+        await driver.close()
+    return result, transport.exchanges, log, driver
+
+
+def _ticks(exchanges: list[str]) -> list[list[str]]:
+    """The exchanges from one tick's step to the next's: the command and beat of a tick, then the next
+    tick's read."""
+    ticks: list[list[str]] = [[]]
+    for exchange in exchanges:
+        if exchange == "|":
+            ticks.append([])
+        else:
+            ticks[-1].append(exchange)
+    return ticks[1:-1]  # the set-up before the first tick and the stop after the last are not ticks
+
+
+@pytest.mark.parametrize("one_transaction", [True, False])
+def test_the_control_loop_makes_one_request_per_tick_on_the_modbus_server(one_transaction: bool) -> None:
+    """With function 23 the loop's steady tick is ONE request (heartbeat and telemetry); without it, two
+    (read, heartbeat). A rate is written only in the ticks whose command changed."""
+
+    async def body() -> None:
+        pump = _core.SimPump("bd-plastipak-50", seed=5, slack_taken_up=True)
+        async with serving(pump, pace=False, modbus_rtu=False, nesp=False) as server:
+            result, exchanges, log, _driver = await _loop_over_tcp(
+                server, one_transaction=one_transaction, clock=VirtualClock()
+            )
+        assert result.state == "complete"
+        ticks = _ticks(exchanges)
+        assert len(ticks) > 100
+        steady = ["write+read"] if one_transaction else ["write", "read"]
+        commands = log.names().count("command")
+        # Every tick is its steady traffic, plus a write (rate, start or stop) per command it sent.
+        assert sum(t != steady for t in ticks) <= commands
+        assert sum(len(t) for t in ticks) <= len(steady) * len(ticks) + 2 * commands
+        assert all(t[-len(steady) :] == steady for t in ticks)
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(("fault", "value"), [("fault_comm_drop_pct", 100), ("fault_comm_silent", 1)])
+def test_a_link_lost_mid_transaction_ends_the_run_as_on_two_requests(fault: str, value: int) -> None:
+    """Replies lost from mid-run on: the one-transaction loop counts the same failures per tick, records
+    the same events and ends the same way (link lost, stop unconfirmed) as the two-request loop; its
+    heartbeat after a failed transaction is tried on its own."""
+
+    async def run(one_transaction: bool) -> tuple[RunResult, list[str], list[list[str]], float]:
+        pump = _core.SimPump("bd-plastipak-50", seed=5, slack_taken_up=True)
+        pump.schedule(8.0, fault, value)
+        clock = VirtualClock()
+        async with serving(pump, pace=False, modbus_rtu=False, nesp=False) as server:
+            result, exchanges, log, _driver = await _loop_over_tcp(
+                server, one_transaction=one_transaction, clock=clock
+            )
+        after = log.names()[log.names().index("telemetry_failed") :]
+        lost = [fields for name, fields in log.events if name == "transport_lost"]
+        assert lost and lost[0]["consecutive_failures"] == 4
+        return result, after, _ticks(exchanges)[-2:], clock.now()
+
+    def same(one: RunResult, two: RunResult) -> bool:
+        return (one.state, one.reason, one.alarms, one.pump_alarms, one.stop_confirmed, one.detail) == (
+            two.state, two.reason, two.alarms, two.pump_alarms, two.stop_confirmed, two.detail,
+        )  # fmt: skip
+
+    combined, combined_events, combined_ticks, combined_end = asyncio.run(run(True))
+    separate, separate_events, separate_ticks, separate_end = asyncio.run(run(False))
+    assert combined.state == LINK_LOST and combined.reason == "transport" and not combined.stop_confirmed
+    assert same(combined, separate)
+    assert combined_events == separate_events == [
+        "telemetry_failed", "command_failed", "telemetry_failed", "command_failed", "pump_stop_failed",
+        "transport_lost",
+    ]  # fmt: skip
+    assert combined_end == separate_end  # as many ticks: the link is given up on as soon
+    # After a failed transaction (both attempts) the beat is its own request, retried as any request,
+    # as on the two-request path; then the next tick's transaction.
+    assert combined_ticks[-1] == ["write", "write", "write+read", "write+read"]
+    assert separate_ticks[-1] == ["write", "write", "read", "read"]
+
+
+class _LosesEveryFifthTransaction(ReferencePumpDriver):
+    """The reference pump on sim:// whose combined request fails at every fifth tick before reaching the
+    pump (heartbeat lost with the sample); notes the pump's heartbeat age at each tick's start."""
+
+    ages_ms: list[float]
+    calls = 0
+
+    async def heartbeat_and_read_telemetry(self) -> PumpTelemetry:
+        pump = self.transport.pump  # type: ignore[attr-defined]
+        pump.advance_to(self.transport.clock.now())  # type: ignore[attr-defined]
+        self.ages_ms.append(pump.value("heartbeat_age_ms"))
+        self.calls += 1
+        if self.calls % 5 == 0:
+            raise TransportError(self.transport.url, "write 1 at 24 and read 12 at 32: no answer")
+        return await super().heartbeat_and_read_telemetry()
+
+
+def test_a_failed_transaction_still_refreshes_the_watchdog_within_the_tick() -> None:
+    """The beat a failed transaction lost is sent on its own in the same tick: at every tick's start the
+    pump last heard the bridge at most one control period before, as with two requests."""
+    clock = VirtualClock()
+    pump = _core.SimPump("bd-plastipak-50", seed=5, slack_taken_up=True)
+    transport = open_transport("sim://", clock=clock, pump=pump)
+    assert isinstance(transport, RegisterTransport)
+    driver = _LosesEveryFifthTransaction(transport)
+    driver.ages_ms = []
+    log = TickLog()
+    loop = ControlLoop(driver, kernel_config(), clock, log)
+    result = asyncio.run(loop.run(LOOP_PLAN))
+    assert result.state == "complete"
+    failed = log.names().count("telemetry_failed")
+    assert failed >= 10 and not log.names().count("command_failed")
+    ticks = driver.ages_ms[1:]  # the first is the set-up's, before any beat
+    assert len(ticks) > 50 and max(ticks) <= 1_000.0 * loop.period_s + 1.0

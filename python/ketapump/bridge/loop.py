@@ -1,5 +1,5 @@
-"""The closed control loop: each tick read telemetry, let the Rust kernel decide, command the pump,
-refresh its heartbeat, and record everything in the audit log.
+"""The closed control loop: each tick refresh the pump's heartbeat and read its telemetry, let the Rust
+kernel decide, command the pump, and record everything in the audit log.
 
 Rules this module keeps:
 
@@ -14,6 +14,12 @@ Rules this module keeps:
 - **Deadline scheduling on an injected clock.** Ticks are due at ``start + k × period``; the kernel
   is handed the measured time of each sample, never the scheduled one. If the loop itself stalls,
   the pump's own watchdog stops the motor (the loop refreshes it every tick).
+- **One transaction per tick** where the driver has one (:attr:`PumpDriver.beats_with_telemetry`:
+  Modbus function 23 on the reference pump): the heartbeat and the telemetry read together at the
+  tick's start, and a rate only when it changes. When that request fails, the tick goes on as the
+  two-request path does (New Era, Harvard): the sample is missing, and the heartbeat is sent on its own
+  after the command — so a dead link counts the same failures per tick, and the watchdog is refreshed
+  at least as often, as with two requests.
 - **An audit write that fails stops the pump** (:class:`~ketapump.errors.AuditWriteError` propagates
   after a best-effort stop).
 - **Recovery** after a crash is :mod:`ketapump.bridge.recovery`'s: the loop records the pump's infused
@@ -324,6 +330,9 @@ class ControlLoop:
         kernel.start()
         self._drain_trace()
         tick, next_summary = 0, t0
+        # One request per tick where the pump takes it: the heartbeat written and the telemetry read in
+        # one transaction at the tick's start; otherwise the read first and the beat after the command.
+        one_transaction = self.driver.beats_with_telemetry
         last: PumpTelemetry | None = telemetry
         failures = 0
         while True:
@@ -341,11 +350,18 @@ class ControlLoop:
                 if self._requests:
                     self._apply_requests()
                 fresh: PumpTelemetry | None
+                beaten = False
                 try:
-                    fresh = await self.driver.read_telemetry()
+                    if one_transaction:
+                        fresh = await self.driver.heartbeat_and_read_telemetry()
+                        beaten = True
+                    else:
+                        fresh = await self.driver.read_telemetry()
                     failures = 0
                     last = fresh
                 except TransportError as e:
+                    # A failed combined request may have lost the beat too: it is sent on its own after
+                    # the command, as on the two-request path, and counts its own failure there.
                     failures += 1
                     log.warning("telemetry_failed", error=str(e), consecutive=failures)
                     fresh = None
@@ -376,7 +392,8 @@ class ControlLoop:
                 try:
                     if command is not None:
                         await self._send(command)
-                    await self.driver.heartbeat()
+                    if not beaten:
+                        await self.driver.heartbeat()
                 except PumpRefusedError as e:
                     # A refusal is the pump's answer, not a lost link: retrying would not change it.
                     return await self._end_by_pump(

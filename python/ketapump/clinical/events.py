@@ -224,6 +224,12 @@ class EventStream:
         self._subscribers.append(subscriber)
         return lambda: self._unsubscribe(subscriber)
 
+    @property
+    def subscribed(self) -> bool:
+        """Whether anyone listens: an event nobody reads (a control tick's, ten a second) need not be
+        built."""
+        return bool(self._subscribers)
+
     def _unsubscribe(self, subscriber: Subscriber) -> None:
         if subscriber in self._subscribers:
             self._subscribers.remove(subscriber)

@@ -26,7 +26,7 @@ import html
 import math
 import os
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -312,13 +312,17 @@ def write_plots(
     points: Sequence[SeriesPoint],
     events: Sequence[SeriesEvent],
     out_dir: Path,
+    *,
+    only: Collection[str] | None = None,
     **drawing: Any,
 ) -> list[Path]:
     """:func:`draw_plots`' four figures as PNGs in ``out_dir`` (see :data:`PLOT_FILES`): dose, rate,
-    pressure and vitals, in that order."""
+    pressure and vitals, in that order; ``only``: those named (rendering a PNG is most of the work, so
+    two processes can share it)."""
     figures = draw_plots(points, events, **drawing)
+    names = [name for name in PLOT_FILES if only is None or name in only]
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [_save(figures[name], out_dir / file) for name, file in PLOT_FILES.items()]
+    return [_save(figures[name], out_dir / PLOT_FILES[name]) for name in names]
 
 
 def draw_plots(

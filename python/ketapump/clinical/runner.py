@@ -45,6 +45,7 @@ from ketapump.clinical import druglib, report
 from ketapump.clinical.commands import check_operator_name
 from ketapump.clinical.course import SCHEMA_VERSION, CourseHistory, normalise_patient_id
 from ketapump.clinical.events import Source
+from ketapump.clinical.plotworker import PlotHelper
 from ketapump.clinical.protocol import (
     DosePlan,
     Patient,
@@ -595,6 +596,7 @@ class SessionRunner:
         self.setup = setup
         self._writer = writer
         self._course = course
+        self._plots = PlotHelper()
         events = audit_logger(writer, session_id=setup.session_id, pump=setup.pump_url)
         # The history every limit is checked against, named in the log: a session's record says which.
         events.info(
@@ -664,18 +666,25 @@ class SessionRunner:
         is raised again; every other failure is the outcome's :attr:`~SessionOutcome.error`."""
         setup = self.setup
         error: Exception | None = None
-        started = _utc_now()
+        if isinstance(setup.clock, VirtualClock):
+            # A session in virtual time ends in seconds: the plots' helper gets ready beside it (in real
+            # time it would wait idle for the whole session, so it starts at the end).
+            self._plots.start()
         try:
-            result = await self.session.run()
-        except Exception as e:
-            error = e
-            result = self.session.result(setup.plan)
+            started = _utc_now()
+            try:
+                result = await self.session.run()
+            except Exception as e:
+                error = e
+                result = self.session.result(setup.plan)
+            finally:
+                self._close_records()
+            ended = _utc_now()
+            # Verifying the log and drawing the plots take a CPU second or more: off the event loop, where
+            # they would hold up every other session a process runs (``ketapump serve``'s chairs).
+            return await asyncio.to_thread(self._write_records, result, error, started, ended)
         finally:
-            self._close_records()
-        ended = _utc_now()
-        # Verifying the log and drawing the plots take a CPU second or more: off the event loop, where
-        # they would hold up every other session a process runs (``ketapump serve``'s chairs).
-        return await asyncio.to_thread(self._write_records, result, error, started, ended)
+            self._plots.close()
 
     def _write_records(
         self,
@@ -686,7 +695,7 @@ class SessionRunner:
     ) -> SessionOutcome:
         setup = self.setup
         verified = verify(setup.log_path)
-        plots = report.write_plots(
+        plots = self._plots.write_plots(
             result.points,
             result.events,
             setup.out,

@@ -1056,6 +1056,8 @@ class Session:
         self._event(RecordWritten, record=record, detail=detail)
 
     def _tick(self, **fields: Any) -> None:
+        if not self.stream.subscribed:
+            return
         self._event(
             Tick,
             phase=self.phases[-1][0] if self.phases else Phase.PRECHECK.value,
@@ -1598,22 +1600,24 @@ class Session:
             planned_rate = plan.planned_rate_for_ml(out.delivered_ml)
             holds = tick.holds
             clear = holds.clear_since_s
-            self._tick(
-                pump_state=out.state,
-                delivered_ml=out.delivered_ml,
-                planned_ml=plan.volume_ml,
-                delivered_mg=out.delivered_ml * plan.concentration_mg_per_ml,
-                programmed_mg=plan.planned_ml(max(t - tick.started_s, 0.0)) * plan.concentration_mg_per_ml,
-                commanded_rate_ml_h=out.rate_ml_h if out.direction == "forward" else 0.0,
-                measured_rate_ml_h=_measured_rate_ml_h(tick.volumes),
-                pressure_mmhg=telemetry.pressure_mmhg if telemetry is not None else math.nan,
-                occlusion_threshold_mmhg=occlusion_threshold,
-                alarms=tuple(out.alarms),
-                paused_by=holds.holders,
-                planned_rate_ml_h=planned_rate,
-                programmed_rate_ml_h=tick.rate_ml_h,
-                vitals_clear_s=t - clear if clear is not None and VITALS in holds.holders else None,
-            )
+            if self.stream.subscribed:  # the tick's event, built for its readers only
+                self._tick(
+                    pump_state=out.state,
+                    delivered_ml=out.delivered_ml,
+                    planned_ml=plan.volume_ml,
+                    delivered_mg=out.delivered_ml * plan.concentration_mg_per_ml,
+                    programmed_mg=plan.planned_ml(max(t - tick.started_s, 0.0))
+                    * plan.concentration_mg_per_ml,
+                    commanded_rate_ml_h=out.rate_ml_h if out.direction == "forward" else 0.0,
+                    measured_rate_ml_h=_measured_rate_ml_h(tick.volumes),
+                    pressure_mmhg=telemetry.pressure_mmhg if telemetry is not None else math.nan,
+                    occlusion_threshold_mmhg=occlusion_threshold,
+                    alarms=tuple(out.alarms),
+                    paused_by=holds.holders,
+                    planned_rate_ml_h=planned_rate,
+                    programmed_rate_ml_h=tick.rate_ml_h,
+                    vitals_clear_s=t - clear if clear is not None and VITALS in holds.holders else None,
+                )
             self._gate_infusion(loop, tick, out, t)
             for cmd in self._take_commands():
                 self._infusion_command(loop, tick, cmd, out, t)

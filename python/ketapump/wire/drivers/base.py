@@ -131,8 +131,14 @@ class PumpDriver(ABC):
         syringe physically (the bridge takes up its slack when the infusion resumes)."""
         return False
 
+    @property
+    def beats_with_telemetry(self) -> bool:
+        """Whether :meth:`heartbeat_and_read_telemetry` is one transaction with the pump (the control
+        loop then makes it its tick's only request); False: a heartbeat and a read, as two requests."""
+        return False
+
     async def heartbeat_and_read_telemetry(self) -> PumpTelemetry:
         """A control cycle's traffic: the heartbeat, then the telemetry. Drivers whose pump can do
-        both in one transaction override this."""
+        both in one transaction override this (and :attr:`beats_with_telemetry`)."""
         await self.heartbeat()
         return await self.read_telemetry()

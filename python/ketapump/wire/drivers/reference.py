@@ -192,6 +192,10 @@ class ReferencePumpDriver(PumpDriver):
             words += await self.transport.read_registers(start, count)
         return self._telemetry_from(words)
 
+    @property
+    def beats_with_telemetry(self) -> bool:
+        return self._one_transaction
+
     async def heartbeat_and_read_telemetry(self) -> PumpTelemetry:
         """The heartbeat written and the telemetry read in one function 23 transaction (the pump
         applies the write first), or two requests where the map does not allow it."""
