@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ketapump.clinical import report
-from ketapump.clinical.plotworker import PlotHelper
+from ketapump.clinical.plotworker import HALVES, PlotHelper
 from ketapump.clinical.report import PLOT_FILES, SeriesEvent, SeriesPoint
 from ketapump.errors import ConfigurationError
 
@@ -123,3 +123,33 @@ def test_a_helper_that_cannot_start_leaves_the_plots_to_this_process(
         paths = PlotHelper().write_plots(points, events, tmp_path / "out")
     assert [p.name for p in paths] == list(PLOT_FILES.values())
     assert any("did not start" in w for w in _warnings(caplog))
+
+
+def test_a_stuck_helper_is_given_up_after_its_timeout_and_the_plots_are_drawn_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    points, events = _series()
+    helper = PlotHelper(timeout_s=0.5)
+    helper.start()
+    assert helper._process is not None
+    os.killpg(helper._process.pid, signal.SIGSTOP)  # alive but never answering
+    with caplog.at_level(logging.WARNING, "ketapump.plots"):
+        paths = helper.write_plots(points, events, tmp_path)
+    here = report.write_plots(points, events, tmp_path / "here")
+    assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in here]
+    assert any("did not answer" in w and "0.5 seconds" in w for w in _warnings(caplog))
+    assert helper._process is None  # the stopped helper was killed, not left behind
+
+
+def test_only_the_named_plots_are_drawn_each_as_when_all_four_are(tmp_path: Path) -> None:
+    points, events = _series()
+    assert list(report.draw_plots(points, events, only=("rate",))) == ["rate"]
+    every = report.write_plots(points, events, tmp_path / "all", band_pct=15.0)
+    by_name = dict(zip(PLOT_FILES, every, strict=True))
+    for half in HALVES:
+        paths = report.write_plots(points, events, tmp_path / "-".join(half), only=half, band_pct=15.0)
+        assert [p.name for p in paths] == [file for name, file in PLOT_FILES.items() if name in half]
+        assert sorted(p.name for p in paths[0].parent.iterdir()) == sorted(p.name for p in paths)
+        assert all(p.read_bytes() == by_name[p.stem].read_bytes() for p in paths)
+    with pytest.raises(ConfigurationError, match="only names no plot: volume"):
+        report.draw_plots(points, events, only=("rate", "volume"))

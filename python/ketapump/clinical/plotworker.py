@@ -7,9 +7,9 @@ forks once, and the two processes render two plots each on two cores. The files 
 :func:`~ketapump.clinical.report.write_plots` writes, byte for byte: the helper runs that function.
 
 The helper is an accelerator, never a second implementation or a second source of errors: when it
-cannot be started, dies, hangs past :data:`HELPER_TIMEOUT_S`, or reports any failure, the plots are
-drawn again in this process, so a plot that cannot be drawn (an unwritable directory, an empty
-series) raises here the error it always raised.
+cannot be started, dies, takes longer than :data:`HELPER_TIMEOUT_S` once it has the series, or
+reports any failure, the plots are drawn again in this process, so a plot that cannot be drawn (an
+unwritable directory, an empty series) raises here the error it always raised.
 
 The helper's protocol (:data:`HELPER_CODE`, run with ``python -c``): one pickled job on stdin —
 ``(out_dir, points, events, drawing)`` — and one pickled answer on stdout, ``("ok", paths)`` or
@@ -36,8 +36,9 @@ _log = logging.getLogger("ketapump.plots")
 
 #: The two halves of the rendering, about equal in work (the vitals figure has three panels).
 HALVES: tuple[tuple[str, ...], tuple[str, ...]] = (("vitals", "pressure"), ("dose", "rate"))
-#: How long the helper may take once it has the series (a loaded machine renders in 1–4 s).
-HELPER_TIMEOUT_S = 120.0
+#: How long the helper may take once it has the series: a loaded machine renders in 1–4 s, so past
+#: this it is stuck, and drawing here (as long again at most) ends the session sooner than waiting on.
+HELPER_TIMEOUT_S = 30.0
 #: The helper's program. It imports this module and the report with ``ketapump.clinical`` entered as a
 #: bare package: the package's ``__init__`` imports the session engine (a third of the helper's CPU),
 #: which drawing does not use, and the helper runs beside that very engine.
@@ -54,9 +55,11 @@ main()
 
 class PlotHelper:
     """A helper process for one session's plots: :meth:`start` it early, :meth:`write_plots` at the
-    end, :meth:`close` always (it kills a helper still running)."""
+    end, :meth:`close` always (it kills a helper still running). ``timeout_s``: how long
+    :meth:`write_plots` waits for the helper's answer before drawing here."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = HELPER_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
@@ -103,7 +106,7 @@ class PlotHelper:
         if process is None:
             return None
         try:
-            out, _ = process.communicate(job, timeout=HELPER_TIMEOUT_S)
+            out, _ = process.communicate(job, timeout=self.timeout_s)
             answer = pickle.loads(out) if process.returncode == 0 and out else None
         except (OSError, ValueError, EOFError, pickle.UnpicklingError, subprocess.TimeoutExpired) as e:
             _log.warning("the plot helper did not answer (%s)", e)

@@ -26,10 +26,10 @@ import html
 import math
 import os
 import textwrap
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -316,19 +316,30 @@ def write_plots(
     only: Collection[str] | None = None,
     **drawing: Any,
 ) -> list[Path]:
-    """:func:`draw_plots`' four figures as PNGs in ``out_dir`` (see :data:`PLOT_FILES`): dose, rate,
-    pressure and vitals, in that order; ``only``: those named (rendering a PNG is most of the work, so
-    two processes can share it)."""
-    figures = draw_plots(points, events, **drawing)
-    names = [name for name in PLOT_FILES if only is None or name in only]
+    """:func:`draw_plots`' figures as PNGs in ``out_dir`` (see :data:`PLOT_FILES`): dose, rate,
+    pressure and vitals, in that order; ``only``: those named, the others neither drawn nor rendered
+    (so two processes can share the work)."""
+    figures = draw_plots(points, events, only=only, **drawing)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [_save(figures[name], out_dir / PLOT_FILES[name]) for name in names]
+    return [_save(figure, out_dir / PLOT_FILES[name]) for name, figure in figures.items()]
+
+
+class _Frame(NamedTuple):
+    """What the four figures share: the series, its events and the time axis with its marks."""
+
+    points: Sequence[SeriesPoint]
+    events: Sequence[SeriesEvent]
+    t_min: np.ndarray
+    spans: list[tuple[str, float, float]]
+    marks: list[tuple[float, str, str, bool]]
+    after_end: list[PlannedPoint]
 
 
 def draw_plots(
     points: Sequence[SeriesPoint],
     events: Sequence[SeriesEvent],
     *,
+    only: Collection[str] | None = None,
     thresholds: VitalsThresholds | None = None,
     actions: Sequence[Mapping[str, Any]] = (),
     observations: Sequence[Mapping[str, Any]] = (),
@@ -337,7 +348,8 @@ def draw_plots(
     baseline: Mapping[str, float] | None = None,
     band_pct: float | None = None,
 ) -> dict[str, Figure]:
-    """The four figures, by :data:`PLOT_FILES`' names: dose, rate, pressure and vitals.
+    """The four figures, by :data:`PLOT_FILES`' names: dose, rate, pressure and vitals; ``only``: those
+    named.
 
     ``thresholds`` are the vital-sign limits drawn (the shipped defaults if not given), each labelled at
     its right end. ``actions``, ``observations`` and ``medications`` (records with a time, as in the
@@ -349,15 +361,31 @@ def draw_plots(
     band around the baseline that ends the observation, over the observation. Legends sit beside the
     plots, never over them.
     """
+    unknown = sorted(set(only or ()) - PLOT_FILES.keys())
+    if unknown:
+        names = ", ".join(PLOT_FILES)
+        raise ConfigurationError("only", f"names no plot: {', '.join(unknown)} (the plots: {names})")
     if not points:
         raise ConfigurationError("points", "is empty: there is nothing to plot")
-    limits = thresholds or vitals_thresholds()
-    t_min = _column(points, "t_s") / 60.0
-    spans = phase_spans(points)
-    marks = _timeline(actions, observations, medications)
-    after_end = _after_infusion(points, planned)
-    figures: dict[str, Figure] = {}
+    frame = _Frame(
+        points,
+        events,
+        _column(points, "t_s") / 60.0,
+        phase_spans(points),
+        _timeline(actions, observations, medications),
+        _after_infusion(points, planned),
+    )
+    drawers: dict[str, Callable[[], Figure]] = {
+        "dose": lambda: _dose_figure(frame),
+        "rate": lambda: _rate_figure(frame, planned),
+        "pressure": lambda: _pressure_figure(frame),
+        "vitals": lambda: _vitals_figure(frame, thresholds or vitals_thresholds(), baseline, band_pct),
+    }
+    return {name: draw() for name, draw in drawers.items() if only is None or name in only}
 
+
+def _dose_figure(frame: _Frame) -> Figure:
+    points, events, t_min, spans, marks, after_end = frame
     fig, ax = _figure_with_timeline(marks)
     _decorate(ax, spans, events, legend=True)
     ax.plot(t_min, _column(points, "delivered_mg"), color=COLORS["delivered"], linewidth=3, label="delivered")
@@ -369,8 +397,11 @@ def draw_plots(
     ax.set_ylabel("cumulative dose (mg)")
     ax.set_title("Cumulative dose against the plan")
     _finish(ax)
-    figures["dose"] = fig
+    return fig
 
+
+def _rate_figure(frame: _Frame, planned: Sequence[PlannedPoint]) -> Figure:
+    points, events, t_min, spans, marks, after_end = frame
     fig, ax = _figure_with_timeline(marks)
     _decorate(ax, spans, events, legend=True)
     t_s = _column(points, "t_s")
@@ -409,8 +440,11 @@ def draw_plots(
     ax.set_ylabel("rate (mL/h)")
     ax.set_title("Commanded and measured rate against the plan")
     _finish(ax)
-    figures["rate"] = fig
+    return fig
 
+
+def _pressure_figure(frame: _Frame) -> Figure:
+    points, events, t_min, spans, _, _ = frame
     fig, (ax,) = _figure()
     _decorate(ax, spans, events, legend=True)
     ax.plot(t_min, _column(points, "pressure_mmhg"), color=COLORS["pressure"], linewidth=1.5,
@@ -420,8 +454,13 @@ def draw_plots(
     ax.set_ylabel("pressure (mmHg)")
     ax.set_title("Line pressure and the occlusion alarm threshold")
     _finish(ax)
-    figures["pressure"] = fig
+    return fig
 
+
+def _vitals_figure(
+    frame: _Frame, limits: VitalsThresholds, baseline: Mapping[str, float] | None, band_pct: float | None
+) -> Figure:
+    points, events, t_min, spans, _, _ = frame
     panels: list[tuple[tuple[Channel, ...], str]] = [
         (("sbp", "dbp"), "mmHg"),
         (("hr",), "bpm"),
@@ -470,8 +509,7 @@ def draw_plots(
         _legend(ax, fontsize="x-small")
     axes[0].set_title("Vital signs and their alarm limits")
     axes[-1].set_xlabel("time (min)")
-    figures["vitals"] = fig
-    return figures
+    return fig
 
 
 @dataclass(frozen=True, slots=True)
