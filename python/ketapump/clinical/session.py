@@ -1056,8 +1056,7 @@ class Session:
         self._event(RecordWritten, record=record, detail=detail)
 
     def _tick(self, **fields: Any) -> None:
-        if not self.stream.subscribed:
-            return
+        """The tick's event; its callers build ``fields`` only when ``self.stream.subscribed``."""
         self._event(
             Tick,
             phase=self.phases[-1][0] if self.phases else Phase.PRECHECK.value,
@@ -1068,6 +1067,8 @@ class Session:
 
     def _idle_tick(self, plan: DosePlan | None) -> None:
         """A tick while no pump runs: the pre-check's waits and the observation, once a second."""
+        if not self.stream.subscribed:
+            return
         delivered_ml = self._delivered_ml
         concentration = plan.concentration_mg_per_ml if plan else 0.0
         self._tick(
