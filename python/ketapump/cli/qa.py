@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -32,10 +32,13 @@ from ketapump.cli.common import (
     warn,
 )
 from ketapump.errors import ConfigurationError, TransportError
-from ketapump.qa import accuracy, campaign, occlusion, rig, trace
+from ketapump.qa import accuracy, occlusion, rig, trace
 from ketapump.qa import balance as balances
 from ketapump.validation import input_exit_code
 from ketapump.wire import split_url
+
+if TYPE_CHECKING:
+    from ketapump.qa import campaign
 
 qa_app = command_group(help="QA tools: IEC 60601-2-24 style tests.")
 
@@ -70,6 +73,9 @@ def qa_campaign(
     2 usage, 65 invalid spec or record, 66 spec not found, 69 Dask unavailable, 70 a campaign.replay differs
     from its record, 73 OUT cannot be written.
     """
+    # The campaign module (its spec models) loads for this command only, not at every command's start.
+    from ketapump.qa import campaign  # noqa: PLC0415
+
     if replay_from is not None and not replay_from.isdigit():
         _replay_file(Path(replay_from), spec, json_output)
         return
@@ -184,6 +190,8 @@ def _emit_replays(replays: list[campaign.Replay], json_output: bool) -> None:
 
 
 def _finish_replay(replays: list[campaign.Replay]) -> None:
+    from ketapump.qa import campaign  # noqa: PLC0415 (see qa_campaign)
+
     if not all(r.identical for r in replays):
         raise typer.Exit(campaign.EXIT_REPLAY_DIFFERS)
     if any(r.outcome["violations"] for r in replays):
@@ -193,12 +201,16 @@ def _finish_replay(replays: list[campaign.Replay]) -> None:
 def _replay_seed(
     spec: campaign.CampaignSpec, config: _core.KernelConfig, seed: int, json_output: bool
 ) -> None:
+    from ketapump.qa import campaign  # noqa: PLC0415 (see qa_campaign)
+
     replays = campaign.replay(spec, config, [seed])
     _emit_replays(replays, json_output)
     _finish_replay(replays)
 
 
 def _replay_file(path: Path, spec: str | None, json_output: bool) -> None:
+    from ketapump.qa import campaign  # noqa: PLC0415 (see qa_campaign)
+
     if spec is not None:
         message = "a campaign.replay file carries its own spec and kernel configuration: give no SPEC"
         raise fail(message, EXIT_USAGE)
