@@ -32,13 +32,12 @@ from ketapump.cli.common import (
     warn,
 )
 from ketapump.errors import ConfigurationError, TransportError
-from ketapump.qa import accuracy, occlusion, rig, trace
-from ketapump.qa import balance as balances
+from ketapump.qa import occlusion
 from ketapump.validation import input_exit_code
 from ketapump.wire import split_url
 
 if TYPE_CHECKING:
-    from ketapump.qa import campaign
+    from ketapump.qa import accuracy, campaign
 
 qa_app = command_group(help="QA tools: IEC 60601-2-24 style tests.")
 
@@ -73,7 +72,8 @@ def qa_campaign(
     2 usage, 65 invalid spec or record, 66 spec not found, 69 Dask unavailable, 70 a campaign.replay differs
     from its record, 73 OUT cannot be written.
     """
-    # The campaign module (its spec models) loads for this command only, not at every command's start.
+    # The QA modules load for their own command only, not at every command's start (occlusion's
+    # defaults are in its options' help, so it loads with this module).
     from ketapump.qa import campaign  # noqa: PLC0415
 
     if replay_from is not None and not replay_from.isdigit():
@@ -266,6 +266,9 @@ def qa_accuracy(
     69 pump or balance unreachable, 73 OUT cannot be written, 76 the balance answered with an error or
     garbled bytes.
     """
+    from ketapump.qa import accuracy  # noqa: PLC0415 (see qa_campaign)
+    from ketapump.qa import balance as balances  # noqa: PLC0415
+
     if not duration_min > 0:
         raise typer.BadParameter("must be more than 0", param_hint="--duration-min")
     changes: list[accuracy.SyringeChange] = []
@@ -385,6 +388,9 @@ def qa_occlusion(
     (e.g. an alarm before the line was closed, or the operator's input closed), 69 pump or balance
     unreachable, 73 OUT cannot be written, 76 balance reply error.
     """
+    from ketapump.qa import balance as balances  # noqa: PLC0415 (see qa_campaign)
+    from ketapump.qa import rig  # noqa: PLC0415
+
     try:
         scheme = split_url(pump)[0]
         if scheme == "sim":
@@ -479,6 +485,8 @@ def qa_trace(
     were not. Exit codes: 0 the chain is complete, 2 usage, 65 a broken link (each listed on stderr) or
     a register that is not valid TOML, 66 the register file not found or --root not a checkout.
     """
+    from ketapump.qa import trace  # noqa: PLC0415 (see qa_campaign)
+
     name = str(register) if register is not None else "hazards.toml (shipped)"
     try:
         data = trace.load(register)
