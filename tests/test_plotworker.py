@@ -3,17 +3,19 @@ every way it can fail ends in the plots drawn here, or in the error drawing them
 
 from __future__ import annotations
 
+import ast
 import logging
 import math
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from ketapump.clinical import report
-from ketapump.clinical.plotworker import HALVES, PlotHelper
+from ketapump.clinical.plotworker import HALVES, HELPER_CODE, PlotHelper
 from ketapump.clinical.report import PLOT_FILES, SeriesEvent, SeriesPoint
 from ketapump.errors import ConfigurationError
 
@@ -153,3 +155,23 @@ def test_only_the_named_plots_are_drawn_each_as_when_all_four_are(tmp_path: Path
         assert all(p.read_bytes() == by_name[p.stem].read_bytes() for p in paths)
     with pytest.raises(ConfigurationError, match="only names no plot: volume"):
         report.draw_plots(points, events, only=("rate", "volume"))
+
+
+def test_the_helpers_program_loads_the_drawing_and_not_the_session_engine() -> None:
+    """The helper runs beside the session: its imports (the program's own, run in a fresh interpreter
+    as the helper starts) load the report and matplotlib's user, never the session engine."""
+    program = ast.parse(HELPER_CODE)
+    imports = [node for node in program.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    assert imports, HELPER_CODE
+    probe = (
+        ast.unparse(imports)
+        + "\nimport sys\nprint(sorted(m for m in sys.modules if m.startswith('ketapump')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(ast.literal_eval(done.stdout.strip()))
+    assert {"ketapump.clinical.plotworker", "ketapump.clinical.report"} <= loaded
+    assert "ketapump.clinical.session" not in loaded
+    assert not any(m.startswith(("ketapump.bridge", "ketapump.wire")) for m in loaded), sorted(loaded)

@@ -67,7 +67,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar
 from pathlib import Path
 from types import TracebackType
@@ -302,8 +302,7 @@ class RecordGroup:
 _current_group: ContextVar[RecordGroup | None] = ContextVar("ketapump_audit_record_group", default=None)
 
 
-@contextlib.contextmanager
-def record_group() -> Iterator[RecordGroup]:
+def record_group() -> _RecordGroupBlock:
     """Group-commits the audit records written in this block (in this thread or asyncio task).
 
     Every :meth:`AuditWriter.write` inside the block chains its record at once (``seq``, ``prev`` and
@@ -312,15 +311,28 @@ def record_group() -> Iterator[RecordGroup]:
     group joins it. The caller decides what must be durable before it acts: the control loop commits
     before it commands the pump.
     """
-    outer = _current_group.get()
-    if outer is not None and outer.open:
-        yield outer
-        return
-    group = RecordGroup()
-    token = _current_group.set(group)
-    try:
-        yield group
-    finally:
+    return _RecordGroupBlock()
+
+
+class _RecordGroupBlock:
+    """:func:`record_group`'s ``with`` block: a plain context manager rather than a generator one, as
+    the control loop enters one at every tick."""
+
+    __slots__ = ("_group", "_token")
+
+    def __enter__(self) -> RecordGroup:
+        outer = _current_group.get()
+        if outer is not None and outer.open:
+            self._group, self._token = outer, None  # joined: the outer block commits
+            return outer
+        group = RecordGroup()
+        self._group, self._token = group, _current_group.set(group)
+        return group
+
+    def __exit__(self, *_exc: object) -> None:
+        token, group = self._token, self._group
+        if token is None:
+            return
         _current_group.reset(token)
         group.open = False
         group.commit()

@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -32,10 +32,12 @@ from ketapump.cli.common import (
     warn,
 )
 from ketapump.errors import ConfigurationError, TransportError
-from ketapump.qa import accuracy, campaign, occlusion, rig, trace
-from ketapump.qa import balance as balances
+from ketapump.qa import occlusion
 from ketapump.validation import input_exit_code
 from ketapump.wire import split_url
+
+if TYPE_CHECKING:
+    from ketapump.qa import accuracy, campaign
 
 qa_app = command_group(help="QA tools: IEC 60601-2-24 style tests.")
 
@@ -70,6 +72,10 @@ def qa_campaign(
     2 usage, 65 invalid spec or record, 66 spec not found, 69 Dask unavailable, 70 a campaign.replay differs
     from its record, 73 OUT cannot be written.
     """
+    # The QA modules load for their own command only, not at every command's start (occlusion's
+    # defaults are in its options' help, so it loads with this module).
+    from ketapump.qa import campaign  # noqa: PLC0415
+
     if replay_from is not None and not replay_from.isdigit():
         _replay_file(Path(replay_from), spec, json_output)
         return
@@ -184,6 +190,8 @@ def _emit_replays(replays: list[campaign.Replay], json_output: bool) -> None:
 
 
 def _finish_replay(replays: list[campaign.Replay]) -> None:
+    from ketapump.qa import campaign  # noqa: PLC0415 (see qa_campaign)
+
     if not all(r.identical for r in replays):
         raise typer.Exit(campaign.EXIT_REPLAY_DIFFERS)
     if any(r.outcome["violations"] for r in replays):
@@ -193,12 +201,16 @@ def _finish_replay(replays: list[campaign.Replay]) -> None:
 def _replay_seed(
     spec: campaign.CampaignSpec, config: _core.KernelConfig, seed: int, json_output: bool
 ) -> None:
+    from ketapump.qa import campaign  # noqa: PLC0415 (see qa_campaign)
+
     replays = campaign.replay(spec, config, [seed])
     _emit_replays(replays, json_output)
     _finish_replay(replays)
 
 
 def _replay_file(path: Path, spec: str | None, json_output: bool) -> None:
+    from ketapump.qa import campaign  # noqa: PLC0415 (see qa_campaign)
+
     if spec is not None:
         message = "a campaign.replay file carries its own spec and kernel configuration: give no SPEC"
         raise fail(message, EXIT_USAGE)
@@ -254,6 +266,9 @@ def qa_accuracy(
     69 pump or balance unreachable, 73 OUT cannot be written, 76 the balance answered with an error or
     garbled bytes.
     """
+    from ketapump.qa import accuracy  # noqa: PLC0415 (see qa_campaign)
+    from ketapump.qa import balance as balances  # noqa: PLC0415
+
     if not duration_min > 0:
         raise typer.BadParameter("must be more than 0", param_hint="--duration-min")
     changes: list[accuracy.SyringeChange] = []
@@ -373,6 +388,9 @@ def qa_occlusion(
     (e.g. an alarm before the line was closed, or the operator's input closed), 69 pump or balance
     unreachable, 73 OUT cannot be written, 76 balance reply error.
     """
+    from ketapump.qa import balance as balances  # noqa: PLC0415 (see qa_campaign)
+    from ketapump.qa import rig  # noqa: PLC0415
+
     try:
         scheme = split_url(pump)[0]
         if scheme == "sim":
@@ -467,6 +485,8 @@ def qa_trace(
     were not. Exit codes: 0 the chain is complete, 2 usage, 65 a broken link (each listed on stderr) or
     a register that is not valid TOML, 66 the register file not found or --root not a checkout.
     """
+    from ketapump.qa import trace  # noqa: PLC0415 (see qa_campaign)
+
     name = str(register) if register is not None else "hazards.toml (shipped)"
     try:
         data = trace.load(register)

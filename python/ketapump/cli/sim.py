@@ -18,7 +18,6 @@ from ketapump.bridge import configure_diagnostics
 from ketapump.cli.common import fail, set_diagnostic_levels
 from ketapump.clock import ScaledClock
 from ketapump.errors import ConfigurationError
-from ketapump.sim import Scenario, SimServer, load_scenario, serve_register_map
 from ketapump.validation import input_exit_code
 
 
@@ -56,6 +55,9 @@ def sim(
     scenario, register map or option, 66 scenario or register map not found, 69 cannot serve (e.g. the
     port is taken).
     """
+    # The simulator's servers (pymodbus) load only for this command, not for every command's start.
+    from ketapump.sim import Scenario, load_scenario, serve_register_map  # noqa: PLC0415
+
     try:
         plan = load_scenario(scenario) if scenario else Scenario(schema_version=1)
         overrides = {k: v for k, v in {"syringe": syringe, "seed": seed}.items() if v is not None}
@@ -90,6 +92,8 @@ async def _serve(
     harvard: bool,
     baud: int,
 ) -> None:
+    from ketapump.sim import SimServer  # noqa: PLC0415 (see sim())
+
     server = SimServer(pump, ScaledClock(time_scale), baud=baud)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -78,22 +78,26 @@ class Holds:
         self.resume = resume
         self.resume_after_s = resume_after_s
         self._held: set[Holder] = set()
+        #: :attr:`holders`, kept as the holds change (it is read at every control tick).
+        self._holders: tuple[Holder, ...] = ()
         #: Since when every vitals condition has been clear, while the vitals hold the pump.
         self.clear_since_s: float | None = None
 
     @property
     def holders(self) -> tuple[Holder, ...]:
         """Who holds the pump, in :data:`HOLDERS` order (empty: it may run)."""
-        return tuple(h for h in HOLDERS if h in self._held)
+        return self._holders
 
     def _add(self, holder: Holder) -> Change:
         was_free = not self._held
         self._held.add(holder)
+        self._holders = tuple(h for h in HOLDERS if h in self._held)
         return Change(True, added=holder, kernel="pause" if was_free else None, left=self.holders)
 
     def _release(self, holders: tuple[Holder, ...], why: str = "") -> Change:
         released = tuple(h for h in HOLDERS if h in holders and h in self._held)
         self._held -= set(released)
+        self._holders = tuple(h for h in HOLDERS if h in self._held)
         if VITALS in released:
             self.clear_since_s = None
         kernel: Literal["resume"] | None = "resume" if released and not self._held else None

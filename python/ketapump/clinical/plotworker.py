@@ -39,15 +39,9 @@ HALVES: tuple[tuple[str, ...], tuple[str, ...]] = (("vitals", "pressure"), ("dos
 #: How long the helper may take once it has the series: a loaded machine renders in 1–4 s, so past
 #: this it is stuck, and drawing here (as long again at most) ends the session sooner than waiting on.
 HELPER_TIMEOUT_S = 30.0
-#: The helper's program. It imports this module and the report with ``ketapump.clinical`` entered as a
-#: bare package: the package's ``__init__`` imports the session engine (a third of the helper's CPU),
-#: which drawing does not use, and the helper runs beside that very engine.
+#: The helper's program: this module and the report (``ketapump.clinical``'s door is lazy, so the
+#: session engine, which drawing does not use and which runs beside the helper, is not loaded).
 HELPER_CODE = """\
-import importlib.util, sys, types
-spec = importlib.util.find_spec("ketapump.clinical")
-package = types.ModuleType("ketapump.clinical")
-package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec
-sys.modules["ketapump.clinical"] = package
 from ketapump.clinical.plotworker import main
 main()
 """

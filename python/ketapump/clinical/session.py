@@ -1142,7 +1142,10 @@ class Session:
         """A BP crossing is re-measured rather than waited out: the cuff is asked for a reading at once
         and again every ``bp_recheck_s`` while the crossing lasts (where the feed can take one)."""
         assert self.gate is not None
-        crossing = [a for a in self.gate.active() if a.kind == "crossing" and a.channel in DISCRETE_CHANNELS]
+        active = self.gate.active()
+        if not active:  # the usual tick: nothing to follow up
+            return
+        crossing = [a for a in active if a.kind == "crossing" and a.channel in DISCRETE_CHANNELS]
         if not crossing:
             return
         t, cuff = self._t(), self._cuff
@@ -1950,9 +1953,9 @@ class Session:
         if out.state not in _INFUSING:
             return
         active = self.gate.active()
-        detail = "; ".join(a.detail for a in active)
         change = tick.holds.vitals(active=bool(active), now_s=t)
         if change.added == VITALS:
+            detail = "; ".join(a.detail for a in active)
             if change.kernel == "pause":
                 loop.request_pause(f"vitals: {detail}")
             else:

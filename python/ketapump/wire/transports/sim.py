@@ -36,24 +36,25 @@ class SimTransport(RegisterTransport):
 
     async def _read(self, address: int, count: int) -> list[int]:
         self.pump.advance_to(self.clock.now())
-        what = f"read {count} at {address}"
         # Checked as the wire's request handler orders them: the quantity (3), then the address (2).
         if not 1 <= count <= MAX_READ_REGISTERS:
-            raise modbus_refusal(self.url, what, 3)
-        if not 0 <= address <= 0xFFFF:
-            raise modbus_refusal(self.url, what, 2)
-        code, words = self.pump.read_registers(address, count)
-        if code:
-            raise modbus_refusal(self.url, what, code)
-        return words
+            code = 3
+        elif not 0 <= address <= 0xFFFF:
+            code = 2
+        else:
+            code, words = self.pump.read_registers(address, count)
+            if not code:
+                return words
+        raise modbus_refusal(self.url, f"read {count} at {address}", code)  # named only when refused
 
     async def _write(self, address: int, values: list[int]) -> None:
         self.pump.advance_to(self.clock.now())
-        what = f"write at {address}"
         if not (1 <= len(values) <= MAX_WRITE_REGISTERS and all(0 <= v <= 0xFFFF for v in values)):
-            raise modbus_refusal(self.url, what, 3)
-        if not 0 <= address <= 0xFFFF:
-            raise modbus_refusal(self.url, what, 2)
-        code = self.pump.write_registers(address, values)
-        if code:
-            raise modbus_refusal(self.url, what, code)
+            code = 3
+        elif not 0 <= address <= 0xFFFF:
+            code = 2
+        else:
+            code = self.pump.write_registers(address, values)
+            if not code:
+                return
+        raise modbus_refusal(self.url, f"write at {address}", code)  # named only when refused
