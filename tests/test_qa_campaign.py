@@ -168,7 +168,8 @@ def test_campaign_on_a_local_dask_cluster_matches_the_local_run(tmp_path: Path) 
 
 def test_worker_threads_and_one_thread_agree_seed_by_seed() -> None:
     spec, config = load_spec("default")
-    seeds = list(range(40, 80))
+    # More seeds than one batch holds, so the threads interleave batches as a long campaign's do.
+    seeds = list(range(40, 40 + 2 * PROGRESS_BATCH + 30))
     one = run_campaign(spec, config, seeds)
     two = run_campaign(spec, config, seeds, workers=2)
     assert [o["seed"] for o in two.outcomes] == seeds
