@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from ketapump.qa.campaign import (
+    PROGRESS_BATCH,
     CampaignSpecError,
     chunked,
     load_spec,
@@ -167,12 +168,32 @@ def test_campaign_on_a_local_dask_cluster_matches_the_local_run(tmp_path: Path) 
 
 def test_worker_threads_and_one_thread_agree_seed_by_seed() -> None:
     spec, config = load_spec("default")
-    seeds = list(range(40, 80))
+    # More seeds than one batch holds, so the threads interleave batches as a long campaign's do.
+    seeds = list(range(40, 40 + 2 * PROGRESS_BATCH + 30))
     one = run_campaign(spec, config, seeds)
     two = run_campaign(spec, config, seeds, workers=2)
     assert [o["seed"] for o in two.outcomes] == seeds
     assert two.outcomes == one.outcomes
     assert replay(spec, config, [57])[0].outcome == one.outcomes[17]
+
+
+def test_worker_threads_take_small_batches_so_neither_core_waits_long_at_the_end() -> None:
+    # Every program refused (over the cap) and nothing left to settle: 2 000 runs that cost almost
+    # nothing, split as a long campaign is. Two threads report progress after every batch of at most
+    # PROGRESS_BATCH runs (the most one thread can be left running alone at the end), in seed order
+    # and equal to one thread's outcomes.
+    text = default_text().replace("over_cap_probability = 0.05", "over_cap_probability = 1.0")
+    document = tomllib.loads(text.replace("settle_s = 180.0", "settle_s = 0.0"))
+    spec, config = validate_spec(document, "refused")
+    seeds = list(range(2_000))
+    done: list[int] = []
+    two = run_campaign(spec, config, seeds, workers=2, on_progress=done.append)
+    steps = [b - a for a, b in zip([0, *done], done, strict=False)]
+    assert done[-1] == len(seeds) and done == sorted(done)
+    assert max(steps) <= PROGRESS_BATCH and len(done) >= len(seeds) // PROGRESS_BATCH
+    assert all(o["refused"] is not None for o in two.outcomes)
+    assert [o["seed"] for o in two.outcomes] == seeds
+    assert two.outcomes == run_campaign(spec, config, seeds).outcomes
 
 
 def test_an_invalid_spec_lists_every_problem_with_its_dotted_path(tmp_path: Path) -> None:

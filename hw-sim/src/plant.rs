@@ -273,6 +273,12 @@ pub struct Plant {
     steps_per_mm: f64,
     drive_c: f64,
     fluid_c: f64,
+    /// The quotients of the constants above that every substep uses (`ml_per_mm / drive_c`, and the
+    /// fluid's and the spring's force slopes): divided once here rather than on every substep, the
+    /// same operands giving the same bits.
+    drive_k: f64,
+    fluid_slope: f64,
+    spring_slope: f64,
     stall_force_mmhg: f64,
     seal_min_mm: f64,
     seal_max_mm: f64,
@@ -287,6 +293,8 @@ pub struct Plant {
     origin_fraction: f64,
     motor_steps: i64,
     nut_steps: i64,
+    /// `nut_steps / steps_per_mm`, updated whenever `nut_steps` changes (read on every substep).
+    nut_mm: f64,
     // Mechanics.
     seal_mm: f64,
     contact_offset_mm: f64,
@@ -310,6 +318,8 @@ pub struct Plant {
     readings: Vec<BalanceReading>,
     // Memos of pure functions of their keys (the hot loop asks the same question every tick).
     max_sub_ns: u64,
+    /// `max_sub_ns` in seconds: the length of nearly every substep.
+    max_sub_s: f64,
     /// The last `dt` asked for (bits) and its length in whole nanoseconds.
     last_dt: (u64, u64),
     /// The last (substep bits, resistance bits) and the fluid's decay factor over that substep.
@@ -326,11 +336,15 @@ impl Plant {
         let fluid_c = cfg.fluid_compliance_ml_per_mmhg();
         let stall_force_mmhg = cfg.motor_stall_force_n / (cfg.syringe.area_mm2() * 1.0e-6) / PA_PER_MMHG;
         let period_ns = (cfg.balance_period_s * NS_PER_S).round() as u64;
+        let max_sub_ns = ((cfg.max_substep_s * NS_PER_S).round() as u64).max(1);
         let mut plant = Self {
             ml_per_mm,
             steps_per_mm: cfg.steps_per_mm(),
             drive_c,
             fluid_c,
+            drive_k: ml_per_mm / drive_c,
+            fluid_slope: -ml_per_mm / fluid_c,
+            spring_slope: -ml_per_mm / drive_c,
             stall_force_mmhg,
             seal_min_mm: -(cfg.syringe.capacity_ml - cfg.fill_ml) / ml_per_mm,
             seal_max_mm: cfg.fill_ml / ml_per_mm,
@@ -341,6 +355,7 @@ impl Plant {
             origin_fraction: 0.0,
             motor_steps: 0,
             nut_steps: 0,
+            nut_mm: 0.0,
             seal_mm: 0.0,
             contact_offset_mm: if cfg.slack_taken_up { 0.0 } else { cfg.slack_mm },
             motion: SealMotion::Stuck,
@@ -357,7 +372,8 @@ impl Plant {
             period_ns,
             next_sample_ns: 0,
             readings: Vec::new(),
-            max_sub_ns: ((cfg.max_substep_s * NS_PER_S).round() as u64).max(1),
+            max_sub_ns,
+            max_sub_s: max_sub_ns as f64 / NS_PER_S,
             // Seeds that are true answers (a dt of 0 is 0 ns) or can never be asked (NaN keys).
             last_dt: (0.0_f64.to_bits(), 0),
             last_decay: (u64::MAX, u64::MAX, f64::NAN),
@@ -491,7 +507,7 @@ impl Plant {
     }
 
     fn nut_mm(&self) -> f64 {
-        self.nut_steps as f64 / self.steps_per_mm
+        self.nut_mm
     }
 
     /// Plunger seal travel from the start position (mm, + towards empty).
@@ -581,9 +597,13 @@ impl Plant {
         let max_sub_ns = self.max_sub_ns;
         while self.t_ns < end_ns {
             let h_ns = (end_ns - self.t_ns).min(max_sub_ns).min(self.next_sample_ns - self.t_ns);
-            self.substep(self.t_ns + h_ns, h_ns as f64 / NS_PER_S);
+            let h_s = if h_ns == max_sub_ns { self.max_sub_s } else { h_ns as f64 / NS_PER_S };
+            self.substep(self.t_ns + h_ns, h_s);
             self.t_ns += h_ns;
-            self.sample_balance_if_due();
+            // Checked here, not behind a call: a balance sample is due once in thousands of substeps.
+            if self.t_ns >= self.next_sample_ns {
+                self.sample_balance_if_due();
+            }
         }
         Ok(())
     }
@@ -605,6 +625,11 @@ impl Plant {
     }
 
     fn advance_motor(&mut self, end_ns: u64) {
+        // A stopped motor issues nothing: its origin is where it stopped (`origin_steps` =
+        // `motor_steps`) with a fraction below one step, which truncates to none.
+        if self.rate_steps_per_s == 0.0 {
+            return;
+        }
         // `as` truncates toward zero (and saturates) exactly as `trunc()` then `as` would.
         let issued = self.origin_steps + self.steps_since_origin(end_ns) as i64;
         let steps = issued - self.motor_steps;
@@ -618,6 +643,7 @@ impl Plant {
             (steps > 0 && force >= self.stall_force_mmhg) || (steps < 0 && force <= -self.stall_force_mmhg);
         if !self.motor_stalled && !overloaded {
             self.nut_steps += steps;
+            self.nut_mm = self.nut_steps as f64 / self.steps_per_mm;
         }
     }
 
@@ -631,7 +657,7 @@ impl Plant {
         if self.unclamped {
             return 0.0;
         }
-        let k = self.ml_per_mm / self.drive_c;
+        let k = self.drive_k;
         if r > 0.0 {
             k * r
         } else if r < -self.cfg.slack_mm {
@@ -649,8 +675,8 @@ impl Plant {
     /// The seal displacement `ds` with `net_force_after(r, ds) == target`: exact, because the force
     /// is piecewise linear in `ds` with breakpoints where the spring enters/leaves the slack.
     fn solve_seal_move(&self, r: f64, target: f64) -> f64 {
-        let fluid_slope = -self.ml_per_mm / self.fluid_c;
-        let spring_slope = if self.unclamped { 0.0 } else { -self.ml_per_mm / self.drive_c };
+        let fluid_slope = self.fluid_slope;
+        let spring_slope = if self.unclamped { 0.0 } else { self.spring_slope };
         let (b1, b2) = (r, r + self.cfg.slack_mm);
         let (f1, f2) = (self.net_force_after(r, b1), self.net_force_after(r, b2));
         if target >= f1 {
@@ -665,7 +691,8 @@ impl Plant {
     /// Stick/slip of the massless seal, then the exact volume transfer into the fluid.
     fn move_seal(&mut self) {
         let r = self.spring_r_mm();
-        let net = self.net_force_after(r, 0.0);
+        // `net_force_after(r, 0.0)` without its division: a zero move adds exactly +0.0 of pressure.
+        let net = self.drive_mmhg(r) - (self.pressure_mmhg + 0.0);
         let running = self.cfg.syringe.running_friction_mmhg;
         let stiction = self.cfg.syringe.stiction_mmhg;
         let forward_threshold = if self.motion == SealMotion::Forward { running } else { stiction };
@@ -838,6 +865,33 @@ mod tests {
         p.set_motor_rate_steps_per_s(-2.0).unwrap();
         p.step(1.0).unwrap();
         assert_eq!(p.motor_position_steps(), 1);
+    }
+
+    #[test]
+    fn a_stopped_motor_issues_no_step_from_any_partial_step() {
+        // Stopped at every fraction of a microstep, forwards and backwards, then left for a day in
+        // steps of every size: not one more step (the substep loop skips a stopped motor on this).
+        for rate in [0.37, 1.5, 2.999, -0.61, -7.25] {
+            let mut p = plant50();
+            p.set_motor_rate_steps_per_s(rate).unwrap();
+            p.step(1.9).unwrap();
+            let stopped_at = p.motor_position_steps();
+            for stop in [0.0, -0.0] {
+                p.set_motor_rate_steps_per_s(stop).unwrap();
+                for dt in [1.0e-3, 0.01, 0.1, 0.7, 3_600.0] {
+                    p.step(dt).unwrap();
+                }
+                assert_eq!(p.motor_position_steps(), stopped_at, "rate {rate}, stopped at {stop}");
+                assert!(!p.motor_running());
+            }
+            // Started again, it counts on from the partial step it stopped at.
+            p.set_motor_rate_steps_per_s(rate).unwrap();
+            p.step(1.9).unwrap();
+            let mut straight = plant50();
+            straight.set_motor_rate_steps_per_s(rate).unwrap();
+            straight.step(3.8).unwrap();
+            assert_eq!(p.motor_position_steps(), straight.motor_position_steps(), "rate {rate}");
+        }
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub struct Outcome {
     pub violations: Vec<Violation>,
 }
 
+#[inline]
 fn motor_ml_h(out: &StepOutput) -> f64 {
     let r = out.command.rate_ml_s * 3_600.0;
     match out.command.direction {
@@ -76,6 +77,7 @@ fn hash_tick(hash: u64, n: u64, out: &StepOutput) -> u64 {
 }
 
 /// The pump runs what the kernel commands (a new rate only when it changes).
+#[inline]
 fn obey(plant: &mut Plant, out: &StepOutput, motor_ml_h_now: &mut f64, field: &str) -> Result<(), CampaignError> {
     let motor = motor_ml_h(out);
     if motor != *motor_ml_h_now {
@@ -86,6 +88,7 @@ fn obey(plant: &mut Plant, out: &StepOutput, motor_ml_h_now: &mut f64, field: &s
 }
 
 /// Hashes the tick every second and at every state change.
+#[inline]
 fn record(hash: &mut u64, last_state: &mut StateKind, n: u64, out: &StepOutput) {
     if n % 10 == 0 || out.state != *last_state {
         *hash = hash_tick(*hash, n, out);
