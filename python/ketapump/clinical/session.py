@@ -761,7 +761,13 @@ class Session:
 
     def _event(self, kind: type[SessionEvent], **fields: Any) -> None:
         """Emits an event of ``kind`` now."""
-        self.stream.emit(kind(session_id=self.session_id, t_s=self._t(), **fields))
+        self._emit(kind, fields, self._t())
+
+    def _emit(self, kind: type[SessionEvent], fields: dict[str, Any], t: float) -> None:
+        """Emits an event of ``kind`` with ``fields`` (a dict of the caller's own, completed here) at
+        session time ``t``."""
+        fields["session_id"], fields["t_s"] = self.session_id, t
+        self.stream.emit(kind.of(fields))
 
     def _take_commands(self) -> list[OperatorCommand]:
         taken = []
@@ -1057,13 +1063,11 @@ class Session:
 
     def _tick(self, **fields: Any) -> None:
         """The tick's event; its callers build ``fields`` only when ``self.stream.subscribed``."""
-        self._event(
-            Tick,
-            phase=self.phases[-1][0] if self.phases else Phase.PRECHECK.value,
-            phase_elapsed_s=self._t() - (self.phases[-1][1] if self.phases else 0.0),
-            vitals=dict(self._latest),
-            **fields,
-        )
+        t = self._t()
+        fields["phase"] = self.phases[-1][0] if self.phases else Phase.PRECHECK.value
+        fields["phase_elapsed_s"] = t - (self.phases[-1][1] if self.phases else 0.0)
+        fields["vitals"] = dict(self._latest)
+        self._emit(Tick, fields, t)
 
     def _idle_tick(self, plan: DosePlan | None) -> None:
         """A tick while no pump runs: the pre-check's waits and the observation, once a second."""
