@@ -28,7 +28,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from ketapump.clinical import report
 
@@ -184,7 +184,8 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     pickle.dump(("ok", [str(job[0] / file) for file in report.PLOT_FILES.values()]), stdout)
 
 
-def main() -> None:
+def main() -> NoReturn:
+    """The helper's program: serves one job, answers and exits."""
     try:
         _serve(sys.stdin.buffer, sys.stdout.buffer)
     except BaseException:  # the parent draws the plots again, and reports a real error
@@ -192,3 +193,7 @@ def main() -> None:
 
         pickle.dump(("failed", traceback.format_exc()), sys.stdout.buffer)
     sys.stdout.buffer.flush()
+    sys.stderr.flush()
+    # The answer is out and the PNGs are closed files. The interpreter's teardown (matplotlib's
+    # modules, 0.15-0.25 s) would only hold up the session's end, which reads until the pipe closes.
+    os._exit(0)
