@@ -3,8 +3,11 @@
 thread sleeping to absolute deadlines; on the machine as it is, then beside ``tools/busy 2``.
 
 Run (release build): ``python -m pytest benches/test_precise_loop_bench.py -p no:randomly -s``; on a
-machine shared with other work, ``nice -n -15 python -m pytest …`` (root, or CAP_SYS_NICE) lets the
-loops preempt it and come nearer to an idle core (each result records its niceness).
+machine shared with other work, ``tools/raised python -m pytest …`` (root, or CAP_SYS_NICE) lets the
+loops preempt it and come nearer to an idle core (each result records its niceness). Plain
+``nice -n -15`` is not enough where the scheduler groups processes by session
+(``/proc/sys/kernel/sched_autogroup_enabled`` = 1): it ranks the loops only against their own session's
+processes (see ``tools/raised``).
 Every loop is scheduled by absolute deadlines (``t0 + k × period``), so lateness does not accumulate;
 a tick's lateness is when it woke minus its deadline. Reported: p50, p99, max and the load average
 before the run. Target: p99 ≤ 0.3 ms at 1 kHz on an idle core. Nothing is asserted but that every

@@ -30,8 +30,11 @@ cycles on time with one transaction per pump per cycle; the bridge adds ≤ 10 %
 pymodbus doing the same transactions; RTU round trip ≤ 1.2× the wire floor, New Era ≤ 1.10×.
 
 Priority: on a machine shared with other work, run the benchmark with a raised priority so that it and
-the simulator process (which inherits it) preempt the rest: ``nice -n -15 python -m pytest …`` (root,
-or CAP_SYS_NICE). Each result records the niceness it ran at and the load average before and after.
+the simulator process (which inherits it) preempt the rest: ``tools/raised python -m pytest …`` (root,
+or CAP_SYS_NICE). Plain ``nice -n -15`` is not enough where the scheduler groups processes by session
+(``/proc/sys/kernel/sched_autogroup_enabled`` = 1): it ranks the benchmark only against its own
+session's processes (see ``tools/raised``). Each result records the niceness it ran at and the load
+average before and after.
 """
 
 from __future__ import annotations

@@ -266,9 +266,9 @@ def exit_codes_of(function: Callable[..., Any], seen: set[Any] | None = None) ->
     codes: set[int] = set()
     tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            owner = namespace.get(node.value.id)
-            if node.attr.startswith(("EX_", "EXIT_")) and owner is not None:
+        if isinstance(node, ast.Attribute) and node.attr.startswith(("EX_", "EXIT_")):
+            owner = resolve(node.value, namespace)  # os.EX_…, or a QA module's: qa.campaign.EXIT_…
+            if owner is not None:
                 codes.add(getattr(owner, node.attr))
         elif isinstance(node, ast.Name) and node.id.startswith("EXIT_"):
             codes.add(namespace[node.id])

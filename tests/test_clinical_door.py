@@ -1,6 +1,7 @@
 """``ketapump.clinical``'s lazy door: every name of ``__all__`` is there on first use, the very object
-its module holds; importing the door loads none of the layer's modules; the imports type checkers see
-name the same homes as the table the door resolves at run time."""
+its module holds; importing the door loads none of the layer's modules; the names type checkers see
+re-exported under ``TYPE_CHECKING`` have the same homes as the table the door resolves at run time (and
+``__all__`` is built from)."""
 
 from __future__ import annotations
 
@@ -18,25 +19,42 @@ DOOR_FILE = Path(door.__file__)
 
 
 def _type_checking_homes() -> dict[str, tuple[str, str]]:
-    """``name: (module, name in it)`` from the imports under ``if TYPE_CHECKING:`` in the door."""
+    """``name: (module, name in it)`` from the re-exports under ``if TYPE_CHECKING:`` in the door: an
+    import of a name as itself (``X as X``: type checkers and linters cannot read a built ``__all__``),
+    or, for a renamed one, ``NAME = module.NAME_IN_IT``."""
     homes: dict[str, tuple[str, str]] = {}
     for node in ast.parse(DOOR_FILE.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            for imp in node.body:
-                assert isinstance(imp, ast.ImportFrom), ast.unparse(imp)
-                for alias in imp.names:
-                    if imp.module == "ketapump.clinical":  # a module as a namespace
-                        homes[alias.asname or alias.name] = (alias.name, "")
+            for statement in node.body:
+                if isinstance(statement, ast.Assign):
+                    [target], value = statement.targets, statement.value
+                    assert isinstance(target, ast.Name), ast.unparse(statement)
+                    assert isinstance(value, ast.Attribute), ast.unparse(statement)
+                    assert isinstance(value.value, ast.Name), ast.unparse(statement)
+                    homes[target.id] = (value.value.id, value.attr)
+                    continue
+                assert isinstance(statement, ast.ImportFrom), ast.unparse(statement)
+                for alias in statement.names:
+                    assert alias.asname == alias.name, f"not re-exported: {ast.unparse(statement)}"
+                    if statement.module == "ketapump.clinical":  # a module as a namespace
+                        homes[alias.name] = (alias.name, "")
                     else:
-                        assert imp.module is not None and imp.module.startswith("ketapump.clinical.")
-                        homes[alias.asname or alias.name] = (imp.module.rsplit(".", 1)[1], alias.name)
+                        module = statement.module
+                        assert module is not None and module.startswith("ketapump.clinical.")
+                        homes[alias.name] = (module.rsplit(".", 1)[1], alias.name)
     return homes
 
 
-def test_the_type_checkers_imports_and_the_run_time_table_name_the_same_homes() -> None:
+def test_the_type_checkers_names_and_the_run_time_table_name_the_same_homes() -> None:
     assert _type_checking_homes() == door._HOMES
-    assert sorted(door._HOMES) == sorted(door.__all__)
-    assert len(set(door.__all__)) == len(door.__all__)
+    assert set(_type_checking_homes()) == set(door.__all__)
+
+
+def test_the_door_hands_out_only_names_their_modules_make_public() -> None:
+    for name, (module, attribute) in door._HOMES.items():
+        home = importlib.import_module(f"ketapump.clinical.{module}")
+        public = getattr(home, "__all__", [n for n in vars(home) if not n.startswith("_")])
+        assert not attribute or attribute in public, f"{name}: {module}.{attribute} is not public there"
 
 
 @pytest.mark.parametrize("name", door.__all__)

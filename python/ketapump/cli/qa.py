@@ -9,12 +9,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ketapump import _core
+# The QA modules load for their own command only, on first use (``qa.campaign``: the door loads a module
+# when it is first read), not at every command's start; occlusion's defaults are in its options' help,
+# so it loads with this module.
+from ketapump import _core, qa
 from ketapump.cli.common import (
     DEFAULT_PUMP,
     EXIT_USAGE,
@@ -32,12 +35,8 @@ from ketapump.cli.common import (
     warn,
 )
 from ketapump.errors import ConfigurationError, TransportError
-from ketapump.qa import occlusion
 from ketapump.validation import input_exit_code
 from ketapump.wire import split_url
-
-if TYPE_CHECKING:
-    from ketapump.qa import accuracy, campaign
 
 qa_app = command_group(help="QA tools: IEC 60601-2-24 style tests.")
 
@@ -72,19 +71,16 @@ def qa_campaign(
     2 usage, 65 invalid spec or record, 66 spec not found, 69 Dask unavailable, 70 a campaign.replay differs
     from its record, 73 OUT cannot be written.
     """
-    # The QA modules load for their own command only, not at every command's start (occlusion's
-    # defaults are in its options' help, so it loads with this module).
-    from ketapump.qa import campaign  # noqa: PLC0415
 
     if replay_from is not None and not replay_from.isdigit():
         _replay_file(Path(replay_from), spec, json_output)
         return
     if spec is None:
-        shipped = ", ".join(campaign.shipped_specs())
+        shipped = ", ".join(qa.campaign.shipped_specs())
         raise fail(f"SPEC is required (a file or a shipped name: {shipped})", EXIT_USAGE)
     try:
-        spec_, config = campaign.load_spec(spec)
-    except campaign.CampaignSpecError as e:
+        spec_, config = qa.campaign.load_spec(spec)
+    except qa.campaign.CampaignSpecError as e:
         raise fail(str(e), input_exit_code(e)) from e
     if replay_from is not None:
         _replay_seed(spec_, config, int(replay_from), json_output)
@@ -93,7 +89,7 @@ def qa_campaign(
     seeds = list(range(seed, seed + runs))
     try:
         with _campaign_progress(runs) as on_progress:
-            outcome = campaign.run_campaign(
+            outcome = qa.campaign.run_campaign(
                 spec_, config, seeds, workers=workers, dask_address=dask, on_progress=on_progress
             )
     except ImportError as e:
@@ -101,12 +97,14 @@ def qa_campaign(
         raise fail(message, os.EX_UNAVAILABLE) from e
     except (OSError, TimeoutError) as e:
         raise fail(f"cannot reach the Dask scheduler {dask}: {e}", os.EX_UNAVAILABLE) from e
-    report = campaign.summary(outcome, spec, seed)
+    report = qa.campaign.summary(outcome, spec, seed)
     failing_path = out / "failing-seeds.json"
     report["failing_seeds"] = str(failing_path) if outcome.violations else None
     try:
         if outcome.violations:
-            campaign.write_record(failing_path, campaign.replay_record(spec_, config, outcome.failing()))
+            qa.campaign.write_record(
+                failing_path, qa.campaign.replay_record(spec_, config, outcome.failing())
+            )
         (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     except OSError as e:
         raise fail(f"cannot write the campaign report in {out}: {e.strerror or e}", os.EX_CANTCREAT) from e
@@ -115,7 +113,7 @@ def qa_campaign(
     else:
         _print_summary(report, stale_record=failing_path.exists() and not outcome.violations)
     if outcome.violations:
-        raise typer.Exit(campaign.EXIT_VIOLATIONS)
+        raise typer.Exit(qa.campaign.EXIT_VIOLATIONS)
 
 
 @contextmanager
@@ -169,7 +167,7 @@ def _print_summary(report: dict[str, Any], *, stale_record: bool) -> None:
         warn("the failing-seeds.json in the output directory is from an earlier campaign (left as it was)")
 
 
-def _emit_replays(replays: list[campaign.Replay], json_output: bool) -> None:
+def _emit_replays(replays: list[qa.campaign.Replay], json_output: bool) -> None:
     if json_output:
         rows = [{"seed": r.seed, "identical": r.identical, "outcome": r.outcome} for r in replays]
         result_json({"replays": rows})
@@ -189,38 +187,32 @@ def _emit_replays(replays: list[campaign.Replay], json_output: bool) -> None:
             result(f"  VIOLATION {v['invariant']}: {v['detail']}")
 
 
-def _finish_replay(replays: list[campaign.Replay]) -> None:
-    from ketapump.qa import campaign  # noqa: PLC0415 (see qa_campaign)
-
+def _finish_replay(replays: list[qa.campaign.Replay]) -> None:
     if not all(r.identical for r in replays):
-        raise typer.Exit(campaign.EXIT_REPLAY_DIFFERS)
+        raise typer.Exit(qa.campaign.EXIT_REPLAY_DIFFERS)
     if any(r.outcome["violations"] for r in replays):
-        raise typer.Exit(campaign.EXIT_VIOLATIONS)
+        raise typer.Exit(qa.campaign.EXIT_VIOLATIONS)
 
 
 def _replay_seed(
-    spec: campaign.CampaignSpec, config: _core.KernelConfig, seed: int, json_output: bool
+    spec: qa.campaign.CampaignSpec, config: _core.KernelConfig, seed: int, json_output: bool
 ) -> None:
-    from ketapump.qa import campaign  # noqa: PLC0415 (see qa_campaign)
-
-    replays = campaign.replay(spec, config, [seed])
+    replays = qa.campaign.replay(spec, config, [seed])
     _emit_replays(replays, json_output)
     _finish_replay(replays)
 
 
 def _replay_file(path: Path, spec: str | None, json_output: bool) -> None:
-    from ketapump.qa import campaign  # noqa: PLC0415 (see qa_campaign)
-
     if spec is not None:
         message = "a campaign.replay file carries its own spec and kernel configuration: give no SPEC"
         raise fail(message, EXIT_USAGE)
     try:
-        spec_, config, failing = campaign.load_record(path)
-    except campaign.CampaignSpecError as e:
+        spec_, config, failing = qa.campaign.load_record(path)
+    except qa.campaign.CampaignSpecError as e:
         raise fail(str(e), os.EX_DATAERR) from e
     except OSError as e:
         raise fail(f"{path}: {e.strerror}", os.EX_NOINPUT) from e
-    replays = campaign.replay(spec_, config, [int(f["seed"]) for f in failing], failing)
+    replays = qa.campaign.replay(spec_, config, [int(f["seed"]) for f in failing], failing)
     _emit_replays(replays, json_output)
     _finish_replay(replays)
 
@@ -266,34 +258,31 @@ def qa_accuracy(
     69 pump or balance unreachable, 73 OUT cannot be written, 76 the balance answered with an error or
     garbled bytes.
     """
-    from ketapump.qa import accuracy  # noqa: PLC0415 (see qa_campaign)
-    from ketapump.qa import balance as balances  # noqa: PLC0415
-
     if not duration_min > 0:
         raise typer.BadParameter("must be more than 0", param_hint="--duration-min")
-    changes: list[accuracy.SyringeChange] = []
+    changes: list[qa.accuracy.SyringeChange] = []
     try:
-        accuracy.check_duration(duration_min)  # before any pump moves or any file is read
+        qa.accuracy.check_duration(duration_min)  # before any pump moves or any file is read
         if balance == "sim":
             pump = pump or DEFAULT_PUMP
             if split_url(pump)[0] != "sim":
                 raise ConfigurationError("balance", "'sim' weighs the simulator: it needs --pump sim://…")
             readings = asyncio.run(
-                accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, changes=changes)
+                qa.accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, changes=changes)
             )
         elif balance.startswith("sics:"):
             if pump is None:
                 # No default here: a real balance weighing the simulator by mistake would look like a
                 # pump that delivers nothing.
                 raise ConfigurationError("pump", "--balance sics:PORT needs the --pump on the balance")
-            scale = balances.SicsBalance.from_spec(balance.removeprefix("sics:"))
-            readings = asyncio.run(accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, scale))
+            scale = qa.balance.SicsBalance.from_spec(balance.removeprefix("sics:"))
+            readings = asyncio.run(qa.accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, scale))
         elif balance.startswith("csv:"):
-            readings = accuracy.readings_from_csv(Path(balance.removeprefix("csv:")))
+            readings = qa.accuracy.readings_from_csv(Path(balance.removeprefix("csv:")))
         else:
             raise ConfigurationError("balance", f"{balance!r} is not 'sim', 'csv:PATH' or 'sics:PORT'")
-        analysis = accuracy.analyse(readings, rate_ml_h=rate_ml_h, duration_min=duration_min)
-    except balances.BalanceReplyError as e:
+        analysis = qa.accuracy.analyse(readings, rate_ml_h=rate_ml_h, duration_min=duration_min)
+    except qa.balance.BalanceReplyError as e:
         raise fail(str(e), os.EX_PROTOCOL) from e
     except TransportError as e:
         raise fail(str(e), os.EX_UNAVAILABLE) from e
@@ -301,10 +290,10 @@ def qa_accuracy(
         raise fail(str(e), os.EX_DATAERR) from e
     except OSError as e:
         raise fail(str(e), os.EX_NOINPUT) from e
-    verdict = accuracy.verdict(analysis, rate_ml_h)
+    verdict = qa.accuracy.verdict(analysis, rate_ml_h)
     output_dir(out)
     try:
-        plots = accuracy.plot(analysis, rate_ml_h, out, duration_min / 2)
+        plots = qa.accuracy.plot(analysis, rate_ml_h, out, duration_min / 2)
         report = {
             "rate_ml_h": rate_ml_h,
             "duration_min": duration_min,
@@ -318,7 +307,7 @@ def qa_accuracy(
                 {
                     "paused_min": c.paused_s / 60.0,
                     "resumed_min": c.resumed_s / 60.0,
-                    "excluded_min": [k * accuracy.SAMPLE_MIN for k in c.cut_slots()],
+                    "excluded_min": [k * qa.accuracy.SAMPLE_MIN for k in c.cut_slots()],
                 }
                 for c in changes
             ],
@@ -360,16 +349,16 @@ def qa_occlusion(
         typer.Option(
             min=1e-6,
             help="Plant compliance C (mL/mmHg) of the S5 bound.",
-            show_default=f"{occlusion.SIM_COMPLIANCE_ML_PER_MMHG:g}, the simulator's nominal plant, for "
+            show_default=f"{qa.occlusion.SIM_COMPLIANCE_ML_PER_MMHG:g}, the simulator's nominal plant, for "
             "sim://; the kernel's worst-case setting otherwise",
         ),
     ] = None,
     settle_s: Annotated[
         float, typer.Option(min=0.0, help="Running time before the line is closed (s).")
-    ] = occlusion.SETTLE_S,
+    ] = qa.occlusion.SETTLE_S,
     release_s: Annotated[
         float, typer.Option(min=1.0, help="Free flow collected after opening, motor stopped (s).")
-    ] = occlusion.RELEASE_S,
+    ] = qa.occlusion.RELEASE_S,
     balance: Annotated[
         str | None,
         typer.Option(help="For a real pump: 'sics:PORT' weighs the bolus.", show_default="not measured"),
@@ -388,22 +377,19 @@ def qa_occlusion(
     (e.g. an alarm before the line was closed, or the operator's input closed), 69 pump or balance
     unreachable, 73 OUT cannot be written, 76 balance reply error.
     """
-    from ketapump.qa import balance as balances  # noqa: PLC0415 (see qa_campaign)
-    from ketapump.qa import rig  # noqa: PLC0415
-
     try:
         scheme = split_url(pump)[0]
         if scheme == "sim":
             if balance is not None:
                 raise ConfigurationError("balance", "sim:// measures the bolus itself")
             record = asyncio.run(
-                occlusion.run_simulated(
-                    rig.open_sim_pump(rig.sim_url_with_syringe(pump, syringe)),
+                qa.occlusion.run_simulated(
+                    qa.rig.open_sim_pump(qa.rig.sim_url_with_syringe(pump, syringe)),
                     rate_ml_h=rate_ml_h,
                     threshold_mmhg=threshold_mmhg,
                     slope_detector=slope,
                     syringe=syringe,
-                    compliance_ml_per_mmhg=compliance_ml_per_mmhg or occlusion.SIM_COMPLIANCE_ML_PER_MMHG,
+                    compliance_ml_per_mmhg=compliance_ml_per_mmhg or qa.occlusion.SIM_COMPLIANCE_ML_PER_MMHG,
                     settle_s=settle_s,
                     release_s=release_s,
                 )
@@ -411,9 +397,9 @@ def qa_occlusion(
         else:
             if balance and not balance.startswith("sics:"):
                 raise ConfigurationError("balance", f"{balance!r} is not 'sics:PORT'")
-            scale = balances.SicsBalance.from_spec(balance.removeprefix("sics:")) if balance else None
+            scale = qa.balance.SicsBalance.from_spec(balance.removeprefix("sics:")) if balance else None
             record = asyncio.run(
-                occlusion.run_on_pump(
+                qa.occlusion.run_on_pump(
                     pump,
                     rate=rate_ml_h,
                     threshold=threshold_mmhg,
@@ -426,10 +412,10 @@ def qa_occlusion(
                     time_scale=time_scale,
                 )
             )
-        analysis = occlusion.analyse(record)
-    except occlusion.OcclusionTestError as e:
+        analysis = qa.occlusion.analyse(record)
+    except qa.occlusion.OcclusionTestError as e:
         raise fail(f"the occlusion test cannot be judged: {e}", os.EX_DATAERR) from e
-    except balances.BalanceReplyError as e:
+    except qa.balance.BalanceReplyError as e:
         raise fail(str(e), os.EX_PROTOCOL) from e
     except TransportError as e:
         raise fail(str(e), os.EX_UNAVAILABLE) from e
@@ -437,8 +423,8 @@ def qa_occlusion(
         raise fail(str(e), os.EX_DATAERR) from e
     output_dir(out)
     try:
-        plot = occlusion.plot(record, analysis, out)
-        summary = occlusion.report(record, analysis) | {"plot": str(plot)}
+        plot = qa.occlusion.plot(record, analysis, out)
+        summary = qa.occlusion.report(record, analysis) | {"plot": str(plot)}
         (out / "occlusion.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     except OSError as e:
         raise fail(f"cannot write the report in {out}: {e.strerror or e}", os.EX_CANTCREAT) from e
@@ -456,8 +442,8 @@ def qa_occlusion(
     )
     bolus = "not measured" if analysis.bolus_ml is None else f"{analysis.bolus_ml:.3f} mL"
     result(
-        f"released bolus {bolus}: S6 (≤ {occlusion.S6_HARD_ML} mL) {met(analysis.s6_met)}, goal "
-        f"(≤ {occlusion.S6_GOAL_ML} mL) {met(analysis.s6_goal_met)}; report and plot in {out}"
+        f"released bolus {bolus}: S6 (≤ {qa.occlusion.S6_HARD_ML} mL) {met(analysis.s6_met)}, goal "
+        f"(≤ {qa.occlusion.S6_GOAL_ML} mL) {met(analysis.s6_goal_met)}; report and plot in {out}"
     )
 
 
@@ -485,22 +471,20 @@ def qa_trace(
     were not. Exit codes: 0 the chain is complete, 2 usage, 65 a broken link (each listed on stderr) or
     a register that is not valid TOML, 66 the register file not found or --root not a checkout.
     """
-    from ketapump.qa import trace  # noqa: PLC0415 (see qa_campaign)
-
     name = str(register) if register is not None else "hazards.toml (shipped)"
     try:
-        data = trace.load(register)
+        data = qa.trace.load(register)
     except OSError as e:
         raise fail(f"{register}: {e.strerror or e}", os.EX_NOINPUT) from e
     except ValueError as e:  # tomllib.TOMLDecodeError
         raise fail(f"{register}: is not valid TOML: {e}", os.EX_DATAERR) from e
     if root is None:
-        root = trace.default_root()
-    elif trace.repository_root([root]) is None:
+        root = qa.trace.default_root()
+    elif qa.trace.repository_root([root]) is None:
         raise fail(f"--root {root}: not a ketapump checkout (no pyproject.toml and tests/)", os.EX_NOINPUT)
-    for hazard, control, requirement, test in trace.matrix(data):
+    for hazard, control, requirement, test in qa.trace.matrix(data):
         result(f"{hazard:<18} {control:<24} {requirement:<11} {test}")
-    problems = trace.check(data, root)
+    problems = qa.trace.check(data, root)
     for problem in problems:
         typer.echo(f"{name}: {problem}", err=True)
     if root is None:

@@ -88,16 +88,20 @@ class Holds:
         """Who holds the pump, in :data:`HOLDERS` order (empty: it may run)."""
         return self._holders
 
+    def _set_holders(self) -> None:
+        """Recompute :attr:`holders` from the held set (after every change to it)."""
+        self._holders = tuple(h for h in HOLDERS if h in self._held)
+
     def _add(self, holder: Holder) -> Change:
         was_free = not self._held
         self._held.add(holder)
-        self._holders = tuple(h for h in HOLDERS if h in self._held)
+        self._set_holders()
         return Change(True, added=holder, kernel="pause" if was_free else None, left=self.holders)
 
     def _release(self, holders: tuple[Holder, ...], why: str = "") -> Change:
         released = tuple(h for h in HOLDERS if h in holders and h in self._held)
         self._held -= set(released)
-        self._holders = tuple(h for h in HOLDERS if h in self._held)
+        self._set_holders()
         if VITALS in released:
             self.clear_since_s = None
         kernel: Literal["resume"] | None = "resume" if released and not self._held else None
