@@ -26,6 +26,7 @@ from ketapump.wire.regmap import decode, load_register_map
 from ketapump.wire.transports import open_transport
 from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
 from ketapump.wire.transports.modbus import ModbusTcpTransport
+from ketapump.wire.transports.sim import _all_words
 from simhelpers import serving
 from wirehelpers import ThreadedSim, check_pdu, mbap, read_n, read_pdu, split_mbap
 
@@ -207,6 +208,13 @@ def test_the_simulators_write_then_read_is_the_general_paths(
             RegisterTransport._write_and_read(general, write_address, values, read_address, count)
         )
         assert _pump_registers(own) == _pump_registers(general)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.lists(st.integers(-2, 0x10001) | st.integers() | st.floats(), max_size=5))
+def test_the_simulators_word_check_is_the_generators(values: list[int]) -> None:
+    """sim://'s check of written values (a plain loop) answers as the generator expression it replaced."""
+    assert _all_words(values) == all(0 <= v <= 0xFFFF for v in values)
 
 
 def _field_by_field(words: list[int]) -> PumpTelemetry:
