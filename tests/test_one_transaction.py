@@ -26,6 +26,7 @@ from ketapump.wire.regmap import decode, load_register_map
 from ketapump.wire.transports import open_transport
 from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
 from ketapump.wire.transports.modbus import ModbusTcpTransport
+from ketapump.wire.transports.sim import _all_words
 from simhelpers import serving
 from wirehelpers import ThreadedSim, check_pdu, mbap, read_n, read_pdu, split_mbap
 
@@ -161,6 +162,59 @@ def test_a_refused_transaction_is_the_pumps_answer() -> None:
     with pytest.raises(PumpRefusedError) as e:
         asyncio.run(refused())
     assert e.value.code == 2
+
+
+_MAP = load_register_map()
+_ADDRESSES = sorted({r.address + i for r in _MAP.registers for i in range(r.words)})
+
+
+def _outcome(transaction: Any) -> tuple[str, object]:
+    """A request's result, or its error's type, text and code."""
+    try:
+        return "words", asyncio.run(transaction)
+    except (PumpRefusedError, TransportError) as e:
+        return type(e).__name__, (str(e), getattr(e, "code", None))
+
+
+def _pump_registers(transport: RegisterTransport) -> list[tuple[int, list[int]]]:
+    pump = transport.pump  # type: ignore[attr-defined]
+    return [pump.read_registers(r.address, r.words) for r in _MAP.registers if r.access != "wo"]
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([*_ADDRESSES, -1, 0x10000, 200]) | st.integers(-2, 0x10001),
+            st.lists(st.integers(-1, 0x10000), max_size=3)
+            | st.lists(st.integers(0, 3), min_size=121, max_size=124),
+            st.sampled_from([*_ADDRESSES, -1, 0x10000, 200]),
+            st.sampled_from([0, 1, 2, 12, 19, 125, 126]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_the_simulators_write_then_read_is_the_general_paths(
+    requests: list[tuple[int, list[int], int, int]],
+) -> None:
+    """sim:// does its write-then-read in one coroutine of its own: the same words, the same refusals
+    (type, text, code) and the same pump afterwards as the base class's write, then read."""
+    own = open_transport("sim://", clock=VirtualClock())
+    general = open_transport("sim://", clock=VirtualClock())
+    assert isinstance(own, RegisterTransport) and isinstance(general, RegisterTransport)
+    for write_address, values, read_address, count in requests:
+        assert _outcome(own._write_and_read(write_address, values, read_address, count)) == _outcome(
+            RegisterTransport._write_and_read(general, write_address, values, read_address, count)
+        )
+        assert _pump_registers(own) == _pump_registers(general)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.lists(st.integers(-2, 0x10001) | st.integers() | st.floats(), max_size=5))
+def test_the_simulators_word_check_is_the_generators(values: list[int]) -> None:
+    """sim://'s check of written values (a plain loop) answers as the generator expression it replaced."""
+    assert _all_words(values) == all(0 <= v <= 0xFFFF for v in values)
 
 
 def _field_by_field(words: list[int]) -> PumpTelemetry:

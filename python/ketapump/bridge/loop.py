@@ -236,9 +236,13 @@ class ControlLoop:
         sending (it holds its output between decisions), so every change it makes reaches the pump and
         the pump always runs the rate the kernel accounts for.
         """
-        command = _Commanded(out.direction, out.rate_ml_h)
-        if command == self._commanded:
+        # Compared as the dataclass compares, without building one every tick: most ticks command what
+        # the pump already runs.
+        direction, rate_ml_h = out.direction, out.rate_ml_h
+        last = self._commanded
+        if (direction, rate_ml_h) == (last.direction, last.rate_ml_h):
             return None
+        command = _Commanded(direction, rate_ml_h)
         self.log.info("command", direction=command.direction, rate_ml_h=command.rate_ml_h)
         return command
 
