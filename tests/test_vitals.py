@@ -517,6 +517,54 @@ def test_the_monitor_is_seeded_and_independent_of_how_often_it_is_polled() -> No
     assert often.poll(1800) == []
 
 
+class _AlwaysLookingMonitor(ScriptedMonitor):
+    """The monitor without its early return: every poll walks the streams and the requests."""
+
+    def poll(self, now_s: float) -> list[VitalsSample]:
+        self._next_due_s = -math.inf
+        return super().poll(now_s)
+
+
+#: A poll's step forward (s): the control tick, odd steps, long gaps, and none at all.
+_POLL_STEPS = st.one_of(
+    st.sampled_from([0.0, 0.1, 0.3, 0.7, 1.0, 2.5, 29.9, 30.0, 121.0]),
+    st.floats(min_value=0.0, max_value=200.0, allow_nan=False),
+)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    start_s=st.sampled_from([0.0, -300.0, 3.3, 1e6 + 0.1]),
+    intervals=st.tuples(*[st.sampled_from([0.1, 0.7, 1.0, 2.5, 5.0, 120.0])] * 5),
+    cuff_measure_s=st.sampled_from([0.0, 0.05, 7.0]),
+    steps=st.lists(st.tuples(_POLL_STEPS, st.booleans()), min_size=1, max_size=120),
+)
+def test_a_poll_between_readings_returns_what_walking_every_stream_returns(
+    start_s: float, intervals: tuple[float, ...], cuff_measure_s: float, steps: list[tuple[float, bool]]
+) -> None:
+    """``poll`` returns at once until its next reading is due (most control ticks): the same readings,
+    at the same calls, as a monitor that walks every stream and request on every poll, whatever the
+    streams' intervals, the start and the cuff requests between polls."""
+    bp, hr, spo2, rr, etco2 = intervals
+    monitor_settings = {
+        "bp_interval_s": bp, "hr_interval_s": hr, "spo2_interval_s": spo2, "rr_interval_s": rr,
+        "etco2_interval_s": etco2, "cuff_measure_s": cuff_measure_s,
+    }  # fmt: skip
+    dropout = {"kind": "dropout", "channel": "hr", "at_s": 20.0, "duration_s": 9.0}
+    script = with_events(
+        DEMO, dropout, monitor=monitor_settings, baseline={"rr_per_min": 14.0, "etco2_mmhg": 38.0}
+    )
+    fast = ScriptedMonitor(script, start_s=start_s)
+    general = _AlwaysLookingMonitor(script, start_s=start_s)
+    now = start_s
+    for step_s, ask_for_cuff in steps:
+        now += step_s
+        if ask_for_cuff:
+            assert fast.request_reading(("sbp", "dbp"), now) == general.request_reading(("sbp", "dbp"), now)
+        assert fast.poll(now) == general.poll(now)
+    assert fast.requests == general.requests
+
+
 def test_script_time_follows_the_infusion_start() -> None:
     event = {"kind": "crossing", "channel": "hr", "at_s": 60.0, "duration_s": 5.0, "value": 140.0}
     monitor = ScriptedMonitor(with_events(DEMO, event), start_s=0.0)

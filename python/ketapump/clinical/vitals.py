@@ -764,6 +764,9 @@ class ScriptedMonitor:
         self._next = dict.fromkeys(self._streams, 0)
         #: Times of the cuff readings asked for between its cycles, not yet taken.
         self._requested: list[float] = []
+        #: The earliest time a reading falls due (a stream's next or a requested one): ``poll`` is called
+        #: every control tick, most of them between readings, and then has nothing to do.
+        self._next_due_s = self._earliest_due_s()
         #: Every request, as (asked at, reading due at).
         self.requests: list[tuple[float, float]] = []
         self._noise: dict[Channel, _Noise] = {}
@@ -785,6 +788,7 @@ class ScriptedMonitor:
             due = now_s + self.script.monitor.cuff_measure_s
             bisect.insort(self._requested, due)
             self.requests.append((now_s, due))
+            self._next_due_s = min(self._next_due_s, due)
         return True
 
     def nominal(self, t_s: float, channel: Channel) -> float:
@@ -795,14 +799,16 @@ class ScriptedMonitor:
         return base + r.rise(channel) * r.fraction(t_s - self.infusion_start_s)
 
     def poll(self, now_s: float) -> list[VitalsSample]:
+        if now_s < self._next_due_s:
+            return []  # nothing is due before then (the loops below would find nothing)
         due: list[tuple[float, str]] = []
         for stream in self._streams:
-            interval = self._interval[stream]
-            while (t := self.start_s + self._next[stream] * interval) <= now_s:
+            while (t := self._stream_due_s(stream)) <= now_s:
                 self._next[stream] += 1
                 due.append((t, stream))
         while self._requested and self._requested[0] <= now_s:
             due.append((self._requested.pop(0), "bp"))
+        self._next_due_s = self._earliest_due_s()
         out: list[VitalsSample] = []
         for t, stream in sorted(due):  # noise is drawn in time order
             for channel in self._streams[stream]:
@@ -810,6 +816,15 @@ class ScriptedMonitor:
                 if value is not None:
                     out.append(VitalsSample(t, channel, value))
         return out
+
+    def _stream_due_s(self, stream: str) -> float:
+        """When ``stream``'s next reading falls due."""
+        return self.start_s + self._next[stream] * self._interval[stream]
+
+    def _earliest_due_s(self) -> float:
+        """When the next reading falls due: a stream's next one or the first requested one."""
+        times = [self._stream_due_s(stream) for stream in self._streams]
+        return min(times + self._requested[:1], default=math.inf)
 
     def _reading(self, t_s: float, channel: Channel) -> float | None:
         noise = self._noise[channel].next()  # drawn even when suppressed: the rest stays the same
