@@ -7,7 +7,9 @@ CSV replay and pushed readings with their error cases."""
 from __future__ import annotations
 
 import math
+import re
 import threading
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -628,6 +630,72 @@ def test_a_channel_never_read_goes_stale_from_the_first_update() -> None:
         feed.push_reading(now, sbp=120, dbp=80, hr=70)  # SpO₂ never reported
         raised += gate.update(now, feed.poll(now))
     assert [(a.channel, a.t_s) for a in raised] == [("spo2", 12.1)]
+
+
+class _AlwaysCheckingGate(VitalsGate):
+    """The gate without its early return: every update checks every channel for staleness."""
+
+    def update(self, now_s: float, samples: Iterable[VitalsSample]) -> list[VitalsAlarm]:
+        self._quiet_until_s = -math.inf
+        return super().update(now_s, samples)
+
+
+#: One update: the step forward (s), and readings as (channel, how long ago (s), value; None: from the
+#: future, refused).
+_UPDATES = st.tuples(
+    st.one_of(
+        st.sampled_from([0.0, 0.1, 0.1, 0.1, 0.2, 0.3, 1.0, 1.5, 2.0, 10.0]),
+        st.floats(min_value=0.0, max_value=30.0, allow_nan=False),
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from(CHANNELS),
+            st.sampled_from([0.0, 0.0, 0.1, 0.5, 3.0]),
+            st.sampled_from([60.0, 75.0, 97.0, 130.0, 85.0, 200.0, None]),
+        ),
+        max_size=3,
+    ),
+)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    start_s=st.sampled_from([0.0, 0.1, -50.0, 86400.3]),
+    stale_factor=st.sampled_from([1.0, 1.5, 2.0, 3.3]),
+    intervals=st.tuples(*[st.sampled_from([0.1, 0.3, 1.0, 5.0, 7.7])] * 3),
+    updates=st.lists(_UPDATES, min_size=1, max_size=150),
+)
+def test_a_quiet_update_raises_what_checking_every_channel_for_staleness_raises(
+    start_s: float,
+    stale_factor: float,
+    intervals: tuple[float, ...],
+    updates: list[tuple[float, list[tuple[Channel, float, float | None]]]],
+) -> None:
+    """``update`` returns at once when it brings no reading and no channel can have gone stale since the
+    last check (most control ticks): the same alarms, at the same updates, as a gate that checks every
+    channel each time, with stale times landing between ticks or on them, late readings and refused
+    ones."""
+    bp, hr, spo2 = intervals
+    rules = vitals_thresholds(
+        {"stale_factor": stale_factor, "bp_interval_s": bp, "hr_interval_s": hr, "spo2_interval_s": spo2,
+         "rr_monitored": True, "hr_alarm_delay_s": 1.0}
+    )  # fmt: skip
+    fast, general = VitalsGate(rules, BASELINE), _AlwaysCheckingGate(rules, BASELINE)
+    now = start_s
+    for step_s, readings in updates:
+        now += step_s
+        samples = [
+            VitalsSample(now + 1.0 if value is None else now - ago_s, channel, value or 97.0)
+            for channel, ago_s, value in readings
+        ]
+        try:
+            raised = fast.update(now, samples)
+        except VitalsDataError as refused:
+            with pytest.raises(VitalsDataError, match=re.escape(str(refused))):
+                general.update(now, samples)
+            continue
+        assert raised == general.update(now, samples)
+        assert fast.active() == general.active() and fast.pending() == general.pending()
 
 
 # ----- baseline and the end of observation -------------------------------------------------------

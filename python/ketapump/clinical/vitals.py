@@ -275,6 +275,10 @@ class VitalsThresholds(BaseModel):
         return _past(value, low, high)
 
 
+def _reading_time(sample: VitalsSample) -> float:
+    return sample.t_s
+
+
 def _past(value: float, low: float | None, high: float | None) -> bool:
     return (low is not None and value < low) or (high is not None and value >= high)
 
@@ -408,6 +412,9 @@ class VitalsGate:
         self._in_force = {channel: self._limits(channel) for channel in CHANNELS}
         self._delay_s = {channel: thresholds.alarm_delay_s(channel) for channel in CHANNELS}
         self._stale_after_s = {channel: thresholds.stale_after_s(channel) for channel in self.channels}
+        #: Up to when no channel can go stale without a new reading (see :meth:`_stale_alarms`): most
+        #: updates bring no reading and then have nothing to check.
+        self._quiet_until_s = -math.inf
 
     def limits(self, channel: Channel) -> tuple[float | None, float | None]:
         """The (low, high) limits in force: the absolute ones, the high one lowered to the baseline's
@@ -439,8 +446,12 @@ class VitalsGate:
         if self._started_s is None:
             self._started_s = now_s
         self._now_s = now_s
+        ordered = sorted(samples, key=_reading_time)
+        if not ordered and now_s <= self._quiet_until_s:
+            return []
+        self._quiet_until_s = -math.inf  # a reading may refresh a channel or end its stale alarm
         raised: list[VitalsAlarm] = []
-        for s in sorted(samples, key=lambda s: s.t_s):
+        for s in ordered:
             if s.t_s > now_s:
                 raise VitalsDataError(
                     "sample.t_s", f"of a {s.channel} reading ({s.t_s:g} s) is later than now ({now_s:g} s)"
@@ -450,14 +461,29 @@ class VitalsGate:
             alarm = self._reading(s)
             if alarm is not None:
                 raised.append(alarm)
+        raised += self._stale_alarms(now_s, self._started_s)
+        return raised
+
+    def _stale_alarms(self, now_s: float, started_s: float) -> list[VitalsAlarm]:
+        """The stale alarms newly raised at ``now_s``; works out :attr:`_quiet_until_s` again."""
+        raised: list[VitalsAlarm] = []
+        quiet_until_s = math.inf
         for channel, limit in self._stale_after_s.items():
             key = ("stale", channel)
+            if key in self._active:
+                continue  # raised already: only a reading clears it (and ends the quiet)
             latest = self._latest.get(channel)
-            age = now_s - (latest.t_s if latest is not None else self._started_s)
-            if age > limit and key not in self._active:
+            newest_s = latest.t_s if latest is not None else started_s
+            age = now_s - newest_s
+            if age > limit:
                 alarm = VitalsAlarm("stale", channel, now_s, limit, age_s=age)
                 self._active[key] = alarm
                 raised.append(alarm)
+                continue
+            # Not stale while now - newest ≤ limit, that is while now ≤ newest + limit: the float just
+            # below the rounded sum is at most the exact sum, so up to it the age rounds to ≤ limit.
+            quiet_until_s = min(quiet_until_s, math.nextafter(newest_s + limit, -math.inf))
+        self._quiet_until_s = quiet_until_s
         return raised
 
     def _reading(self, s: VitalsSample) -> VitalsAlarm | None:
