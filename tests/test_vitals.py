@@ -506,6 +506,14 @@ def test_the_ketamine_response_peaks_around_minute_forty_and_resolves() -> None:
     assert monitor.nominal(2400, "sbp") == 136 and monitor.nominal(5400, "sbp") == 122
 
 
+def test_each_channel_rises_by_its_own_setting_of_the_response() -> None:
+    changes = {"sbp": 1.0, "dbp": 2.0, "hr": 3.0, "spo2": -4.0, "rr": 5.0, "etco2": 6.0}
+    fields = ["sbp_rise_mmhg", "dbp_rise_mmhg", "hr_rise_bpm", "spo2_change_pct", "rr_change_per_min",
+              "etco2_change_mmhg"]  # fmt: skip
+    response = DEMO.response.model_copy(update=dict(zip(fields, changes.values(), strict=True)))
+    assert {c: response.rise(c) for c in CHANNELS} == changes
+
+
 def test_the_monitor_is_seeded_and_independent_of_how_often_it_is_polled() -> None:
     once = ScriptedMonitor(DEMO).poll(1800)
     often = ScriptedMonitor(DEMO)

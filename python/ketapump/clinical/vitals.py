@@ -650,14 +650,15 @@ class KetamineResponse(BaseModel):
         return 0.5 * (1.0 + math.cos(math.pi * (t - self.peak_s) / (self.resolved_s - self.peak_s)))
 
     def rise(self, channel: Channel) -> float:
-        return {
-            "sbp": self.sbp_rise_mmhg,
-            "dbp": self.dbp_rise_mmhg,
-            "hr": self.hr_rise_bpm,
-            "spo2": self.spo2_change_pct,
-            "rr": self.rr_change_per_min,
-            "etco2": self.etco2_change_mmhg,
-        }[channel]
+        rise: float = getattr(self, _RESPONSE_FIELDS[channel])
+        return rise
+
+
+#: The name of each channel's change in :class:`KetamineResponse`.
+_RESPONSE_FIELDS: dict[Channel, str] = {
+    "sbp": "sbp_rise_mmhg", "dbp": "dbp_rise_mmhg", "hr": "hr_rise_bpm", "spo2": "spo2_change_pct",
+    "rr": "rr_change_per_min", "etco2": "etco2_change_mmhg",
+}  # fmt: skip
 
 
 class CrossingEvent(BaseModel):
