@@ -3,17 +3,22 @@ arithmetic of clinical-protocol.md, weight bases, phases."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ketapump.clinical.druglib import load_library
 from ketapump.clinical.protocol import (
     Patient,
     ProtocolError,
+    Segment,
     Sitter,
+    _clamp,
     ideal_body_weight_kg,
     load_protocol,
     parse_protocol,
@@ -168,6 +173,79 @@ def test_the_planned_rate_by_delivered_volume_is_the_bisections_answer_to_the_bi
                 volumes += [v, math.nextafter(v, math.inf), math.nextafter(v, -math.inf)]
     for v in volumes:
         assert plan.planned_rate_for_ml(v) == plan.rate_at(plan.time_for_ml(v)), v
+
+
+_TIMES = st.one_of(
+    st.floats(min_value=-100.0, max_value=10_000.0, allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1e-300, math.inf, -math.inf]),
+)
+_SEGMENT_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from([0.1, 1.0, 60.0, 1e-9]),  # a gap (or an overlap) after the previous segment
+        st.sampled_from([1e-9, 0.3, 60.0, 600.0, 1234.5, 0.0]),  # duration (0: no duration)
+        st.sampled_from([0.0, 0.5, 17.5, 52.5, 1e-7, -3.0, math.inf]),
+        st.sampled_from([0.0, 0.5, 17.5, 52.5, 1e-7, -3.0, math.inf]),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(
+    rows=_SEGMENT_ROWS,
+    layout=st.sampled_from(["back to back", "back to back", "back to back", "gaps", "overlaps"]),
+    times=st.lists(_TIMES, min_size=1, max_size=30),
+)
+def test_the_planned_volume_is_the_sum_of_every_segments_volume_to_the_bit(
+    rows: list[tuple[float, float, float, float]], layout: str, times: list[float]
+) -> None:
+    """``planned_ml`` works out only the segment under way in a schedule of back-to-back segments: the
+    same float as adding up every segment's volume, at any time (before the start, on every boundary
+    and its neighbouring floats, past the end), and any other schedule (a gap, an overlap, a segment of
+    no duration, a rate that is not finite) is added up in full."""
+    segments, t = [], 0.0
+    for gap_s, duration_s, from_ml_h, to_ml_h in rows:
+        start = {"back to back": t, "gaps": t + gap_s, "overlaps": t - gap_s}[layout]
+        segments.append(Segment("hold", start, start + duration_s, from_ml_h, to_ml_h))
+        t = start + duration_s
+    base = plan_dose(parse_protocol(MINIMAL), Patient("p", 70.0))
+    plan = dataclasses.replace(base, segments=tuple(segments), volume_ml=sum(r[2] for r in rows) or 1.0)
+    for segment in segments:
+        for edge in (segment.start_s, segment.end_s):
+            times += [edge, math.nextafter(edge, math.inf), math.nextafter(edge, -math.inf)]
+    for t_s in times:
+        try:
+            expected: float | type[Exception] = plan._summed_planned_ml(t_s)
+        except ZeroDivisionError:  # a segment of no duration
+            expected = ZeroDivisionError
+        if expected is ZeroDivisionError:
+            with pytest.raises(ZeroDivisionError):
+                plan.planned_ml(t_s)
+        else:
+            assert str(plan.planned_ml(t_s)) == str(expected), t_s  # to the bit, signed zeros included
+
+
+@pytest.mark.parametrize(
+    "name", ["ketamine-depression", "ketamine-depression-60min", "ketamine-depression-tapered"]
+)
+def test_a_shipped_plans_volume_is_the_sum_of_every_segments_volume_every_tenth_of_a_second(
+    name: str,
+) -> None:
+    plan = plan_dose(load_protocol(name), Patient("p", 83.0, 180.0, "female"))
+    assert plan._whole_volumes is not None  # the shortcut is taken
+    for k in range(-10, round(plan.segments[-1].end_s * 10) + 100):
+        assert plan.planned_ml(k / 10) == plan._summed_planned_ml(k / 10), k
+
+
+@given(
+    x=st.floats() | st.sampled_from([0.0, -0.0]),
+    bounds=st.tuples(st.floats() | st.sampled_from([0.0, -0.0]), st.floats() | st.sampled_from([0.0, -0.0])),
+)
+@settings(max_examples=200, derandomize=True)
+def test_a_clamp_is_min_of_max_to_the_bit(x: float, bounds: tuple[float, float]) -> None:
+    low, high = bounds
+    assert str(_clamp(x, low, high)) == str(min(max(x, low), high))
 
 
 def test_a_rate_instead_of_a_duration_gives_the_duration() -> None:

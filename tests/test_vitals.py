@@ -7,7 +7,9 @@ CSV replay and pushed readings with their error cases."""
 from __future__ import annotations
 
 import math
+import re
 import threading
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -504,6 +506,14 @@ def test_the_ketamine_response_peaks_around_minute_forty_and_resolves() -> None:
     assert monitor.nominal(2400, "sbp") == 136 and monitor.nominal(5400, "sbp") == 122
 
 
+def test_each_channel_rises_by_its_own_setting_of_the_response() -> None:
+    changes = {"sbp": 1.0, "dbp": 2.0, "hr": 3.0, "spo2": -4.0, "rr": 5.0, "etco2": 6.0}
+    fields = ["sbp_rise_mmhg", "dbp_rise_mmhg", "hr_rise_bpm", "spo2_change_pct", "rr_change_per_min",
+              "etco2_change_mmhg"]  # fmt: skip
+    response = DEMO.response.model_copy(update=dict(zip(fields, changes.values(), strict=True)))
+    assert {c: response.rise(c) for c in CHANNELS} == changes
+
+
 def test_the_monitor_is_seeded_and_independent_of_how_often_it_is_polled() -> None:
     once = ScriptedMonitor(DEMO).poll(1800)
     often = ScriptedMonitor(DEMO)
@@ -515,6 +525,54 @@ def test_the_monitor_is_seeded_and_independent_of_how_often_it_is_polled() -> No
     assert [s.t_s for s in once if s.channel == "sbp"] == [0, 600, 1200, 1800]
     assert [s.t_s for s in once] == sorted(s.t_s for s in once)
     assert often.poll(1800) == []
+
+
+class _AlwaysLookingMonitor(ScriptedMonitor):
+    """The monitor without its early return: every poll walks the streams and the requests."""
+
+    def poll(self, now_s: float) -> list[VitalsSample]:
+        self._next_due_s = -math.inf
+        return super().poll(now_s)
+
+
+#: A poll's step forward (s): the control tick, odd steps, long gaps, and none at all.
+_POLL_STEPS = st.one_of(
+    st.sampled_from([0.0, 0.1, 0.3, 0.7, 1.0, 2.5, 29.9, 30.0, 121.0]),
+    st.floats(min_value=0.0, max_value=200.0, allow_nan=False),
+)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    start_s=st.sampled_from([0.0, -300.0, 3.3, 1e6 + 0.1]),
+    intervals=st.tuples(*[st.sampled_from([0.1, 0.7, 1.0, 2.5, 5.0, 120.0])] * 5),
+    cuff_measure_s=st.sampled_from([0.0, 0.05, 7.0]),
+    steps=st.lists(st.tuples(_POLL_STEPS, st.booleans()), min_size=1, max_size=120),
+)
+def test_a_poll_between_readings_returns_what_walking_every_stream_returns(
+    start_s: float, intervals: tuple[float, ...], cuff_measure_s: float, steps: list[tuple[float, bool]]
+) -> None:
+    """``poll`` returns at once until its next reading is due (most control ticks): the same readings,
+    at the same calls, as a monitor that walks every stream and request on every poll, whatever the
+    streams' intervals, the start and the cuff requests between polls."""
+    bp, hr, spo2, rr, etco2 = intervals
+    monitor_settings = {
+        "bp_interval_s": bp, "hr_interval_s": hr, "spo2_interval_s": spo2, "rr_interval_s": rr,
+        "etco2_interval_s": etco2, "cuff_measure_s": cuff_measure_s,
+    }  # fmt: skip
+    dropout = {"kind": "dropout", "channel": "hr", "at_s": 20.0, "duration_s": 9.0}
+    script = with_events(
+        DEMO, dropout, monitor=monitor_settings, baseline={"rr_per_min": 14.0, "etco2_mmhg": 38.0}
+    )
+    fast = ScriptedMonitor(script, start_s=start_s)
+    general = _AlwaysLookingMonitor(script, start_s=start_s)
+    now = start_s
+    for step_s, ask_for_cuff in steps:
+        now += step_s
+        if ask_for_cuff:
+            assert fast.request_reading(("sbp", "dbp"), now) == general.request_reading(("sbp", "dbp"), now)
+        assert fast.poll(now) == general.poll(now)
+    assert fast.requests == general.requests
 
 
 def test_script_time_follows_the_infusion_start() -> None:
@@ -580,6 +638,72 @@ def test_a_channel_never_read_goes_stale_from_the_first_update() -> None:
         feed.push_reading(now, sbp=120, dbp=80, hr=70)  # SpO₂ never reported
         raised += gate.update(now, feed.poll(now))
     assert [(a.channel, a.t_s) for a in raised] == [("spo2", 12.1)]
+
+
+class _AlwaysCheckingGate(VitalsGate):
+    """The gate without its early return: every update checks every channel for staleness."""
+
+    def update(self, now_s: float, samples: Iterable[VitalsSample]) -> list[VitalsAlarm]:
+        self._quiet_until_s = -math.inf
+        return super().update(now_s, samples)
+
+
+#: One update: the step forward (s), and readings as (channel, how long ago (s), value; None: from the
+#: future, refused).
+_UPDATES = st.tuples(
+    st.one_of(
+        st.sampled_from([0.0, 0.1, 0.1, 0.1, 0.2, 0.3, 1.0, 1.5, 2.0, 10.0]),
+        st.floats(min_value=0.0, max_value=30.0, allow_nan=False),
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from(CHANNELS),
+            st.sampled_from([0.0, 0.0, 0.1, 0.5, 3.0]),
+            st.sampled_from([60.0, 75.0, 97.0, 130.0, 85.0, 200.0, None]),
+        ),
+        max_size=3,
+    ),
+)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    start_s=st.sampled_from([0.0, 0.1, -50.0, 86400.3]),
+    stale_factor=st.sampled_from([1.0, 1.5, 2.0, 3.3]),
+    intervals=st.tuples(*[st.sampled_from([0.1, 0.3, 1.0, 5.0, 7.7])] * 3),
+    updates=st.lists(_UPDATES, min_size=1, max_size=150),
+)
+def test_a_quiet_update_raises_what_checking_every_channel_for_staleness_raises(
+    start_s: float,
+    stale_factor: float,
+    intervals: tuple[float, ...],
+    updates: list[tuple[float, list[tuple[Channel, float, float | None]]]],
+) -> None:
+    """``update`` returns at once when it brings no reading and no channel can have gone stale since the
+    last check (most control ticks): the same alarms, at the same updates, as a gate that checks every
+    channel each time, with stale times landing between ticks or on them, late readings and refused
+    ones."""
+    bp, hr, spo2 = intervals
+    rules = vitals_thresholds(
+        {"stale_factor": stale_factor, "bp_interval_s": bp, "hr_interval_s": hr, "spo2_interval_s": spo2,
+         "rr_monitored": True, "hr_alarm_delay_s": 1.0}
+    )  # fmt: skip
+    fast, general = VitalsGate(rules, BASELINE), _AlwaysCheckingGate(rules, BASELINE)
+    now = start_s
+    for step_s, readings in updates:
+        now += step_s
+        samples = [
+            VitalsSample(now + 1.0 if value is None else now - ago_s, channel, value or 97.0)
+            for channel, ago_s, value in readings
+        ]
+        try:
+            raised = fast.update(now, samples)
+        except VitalsDataError as refused:
+            with pytest.raises(VitalsDataError, match=re.escape(str(refused))):
+                general.update(now, samples)
+            continue
+        assert raised == general.update(now, samples)
+        assert fast.active() == general.active() and fast.pending() == general.pending()
 
 
 # ----- baseline and the end of observation -------------------------------------------------------

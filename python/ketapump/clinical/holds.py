@@ -40,6 +40,7 @@ Pure: no clock, no I/O; the session hands it ``now_s`` and relays the kernel com
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -65,6 +66,13 @@ class Change:
     released: tuple[Holder, ...] = ()
     kernel: Literal["pause", "resume"] | None = None
     left: tuple[Holder, ...] = ()
+
+
+@functools.cache
+def _unchanged(left: tuple[Holder, ...]) -> Change:
+    """An accepted change that changed nothing, the holders being ``left``: built once for each set of
+    holders (a change is frozen), as :meth:`Holds.vitals` gives one at nearly every control tick."""
+    return Change(True, left=left)
 
 
 class Holds:
@@ -139,14 +147,14 @@ class Holds:
         it."""
         if active:
             self.clear_since_s = None
-            return self._add(VITALS) if VITALS not in self._held else Change(True, left=self.holders)
+            return self._add(VITALS) if VITALS not in self._held else _unchanged(self.holders)
         if VITALS not in self._held:
-            return Change(True, left=self.holders)
+            return _unchanged(self.holders)
         if self.clear_since_s is None:
             self.clear_since_s = now_s
         if self.resume == "auto" and now_s - self.clear_since_s >= self.resume_after_s:
             return self._release((VITALS,))
-        return Change(True, left=self.holders)
+        return _unchanged(self.holders)
 
     def limit_hold(self) -> Change:
         """The maximum duration is reached: held until its question is answered."""

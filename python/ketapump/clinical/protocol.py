@@ -51,8 +51,10 @@ arithmetic here is plain arithmetic; whether the result is allowed is the drug l
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -340,12 +342,20 @@ class Segment:
 
     def rate_at(self, t_s: float) -> float:
         f = (t_s - self.start_s) / (self.end_s - self.start_s)
-        return self.from_ml_h + (self.to_ml_h - self.from_ml_h) * min(max(f, 0.0), 1.0)
+        return self.from_ml_h + (self.to_ml_h - self.from_ml_h) * _clamp(f, 0.0, 1.0)
 
     def volume_until(self, t_s: float) -> float:
         """Volume (mL) this segment has delivered by ``t_s``."""
-        t = min(max(t_s, self.start_s), self.end_s)
+        t = _clamp(t_s, self.start_s, self.end_s)
         return (self.from_ml_h + self.rate_at(t)) / 2.0 * (t - self.start_s) / 3600.0
+
+
+def _clamp(x: float, low: float, high: float) -> float:
+    """``min(max(x, low), high)``, the same float in every case (NaN and signed zeros included: each
+    builtin keeps its first argument unless the second is strictly beyond it), without the two calls
+    (the plan's volume is worked out at every control tick)."""
+    x = low if low > x else x
+    return high if high < x else x
 
 
 @dataclass(frozen=True)
@@ -410,8 +420,38 @@ class DosePlan:
         return self.segments[-1].to_ml_h
 
     def planned_ml(self, t_s: float) -> float:
-        """The planned cumulative volume (mL) by ``t_s``."""
+        """The planned cumulative volume (mL) by ``t_s``: every segment's volume by then, added up in
+        order. In a schedule of back-to-back segments only the one under way is partly given: those
+        before it have given their whole volume, those after it nothing, so that one segment's volume
+        is worked out and added to the whole ones (the same sum: a whole volume is the segment's
+        volume at any later time, and nothing added changes no sum)."""
+        table = self._whole_volumes
+        if table is None:
+            return self._summed_planned_ml(t_s)
+        ends, whole_before = table
+        # The segment under way: the first one not over by t_s (the last one once all are).
+        k = min(bisect.bisect_right(ends, t_s), len(ends) - 1)
+        return min(sum((*whole_before[k], self.segments[k].volume_until(t_s))), self.volume_ml)
+
+    def _summed_planned_ml(self, t_s: float) -> float:
+        """:meth:`planned_ml` by adding up every segment's volume (any schedule)."""
         return min(sum(s.volume_until(t_s) for s in self.segments), self.volume_ml)
+
+    @functools.cached_property
+    def _whole_volumes(self) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]] | None:
+        """For a schedule of back-to-back segments of finite times and rates: each segment's end,
+        and the whole volumes of the segments before each one. ``None`` for any other schedule (a
+        gap, an overlap, a segment of no duration, a time or rate that is not finite), which
+        :meth:`planned_ml` adds up in full."""
+        segments = self.segments
+        regular = bool(segments) and all(
+            s.end_s > s.start_s and all(map(math.isfinite, (s.start_s, s.end_s, s.from_ml_h, s.to_ml_h)))
+            for s in segments
+        )
+        if not regular or any(a.end_s != b.start_s for a, b in itertools.pairwise(segments)):
+            return None
+        wholes = [s.volume_until(s.end_s) for s in segments]
+        return tuple(s.end_s for s in segments), tuple(tuple(wholes[:k]) for k in range(len(segments)))
 
     def time_for_ml(self, volume_ml: float) -> float:
         """When the plan reaches ``volume_ml`` (s): the inverse of :meth:`planned_ml`, by bisection."""

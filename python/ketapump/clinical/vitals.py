@@ -275,6 +275,10 @@ class VitalsThresholds(BaseModel):
         return _past(value, low, high)
 
 
+def _reading_time(sample: VitalsSample) -> float:
+    return sample.t_s
+
+
 def _past(value: float, low: float | None, high: float | None) -> bool:
     return (low is not None and value < low) or (high is not None and value >= high)
 
@@ -408,6 +412,9 @@ class VitalsGate:
         self._in_force = {channel: self._limits(channel) for channel in CHANNELS}
         self._delay_s = {channel: thresholds.alarm_delay_s(channel) for channel in CHANNELS}
         self._stale_after_s = {channel: thresholds.stale_after_s(channel) for channel in self.channels}
+        #: Up to when no channel can go stale without a new reading (see :meth:`_stale_alarms`): most
+        #: updates bring no reading and then have nothing to check.
+        self._quiet_until_s = -math.inf
 
     def limits(self, channel: Channel) -> tuple[float | None, float | None]:
         """The (low, high) limits in force: the absolute ones, the high one lowered to the baseline's
@@ -439,8 +446,12 @@ class VitalsGate:
         if self._started_s is None:
             self._started_s = now_s
         self._now_s = now_s
+        ordered = sorted(samples, key=_reading_time)
+        if not ordered and now_s <= self._quiet_until_s:
+            return []
+        self._quiet_until_s = -math.inf  # a reading may refresh a channel or end its stale alarm
         raised: list[VitalsAlarm] = []
-        for s in sorted(samples, key=lambda s: s.t_s):
+        for s in ordered:
             if s.t_s > now_s:
                 raise VitalsDataError(
                     "sample.t_s", f"of a {s.channel} reading ({s.t_s:g} s) is later than now ({now_s:g} s)"
@@ -450,14 +461,29 @@ class VitalsGate:
             alarm = self._reading(s)
             if alarm is not None:
                 raised.append(alarm)
+        raised += self._stale_alarms(now_s, self._started_s)
+        return raised
+
+    def _stale_alarms(self, now_s: float, started_s: float) -> list[VitalsAlarm]:
+        """The stale alarms newly raised at ``now_s``; works out :attr:`_quiet_until_s` again."""
+        raised: list[VitalsAlarm] = []
+        quiet_until_s = math.inf
         for channel, limit in self._stale_after_s.items():
             key = ("stale", channel)
+            if key in self._active:
+                continue  # raised already: only a reading clears it (and ends the quiet)
             latest = self._latest.get(channel)
-            age = now_s - (latest.t_s if latest is not None else self._started_s)
-            if age > limit and key not in self._active:
+            newest_s = latest.t_s if latest is not None else started_s
+            age = now_s - newest_s
+            if age > limit:
                 alarm = VitalsAlarm("stale", channel, now_s, limit, age_s=age)
                 self._active[key] = alarm
                 raised.append(alarm)
+                continue
+            # Not stale while now - newest ≤ limit, that is while now ≤ newest + limit: the float just
+            # below the rounded sum is at most the exact sum, so up to it the age rounds to ≤ limit.
+            quiet_until_s = min(quiet_until_s, math.nextafter(newest_s + limit, -math.inf))
+        self._quiet_until_s = quiet_until_s
         return raised
 
     def _reading(self, s: VitalsSample) -> VitalsAlarm | None:
@@ -624,14 +650,15 @@ class KetamineResponse(BaseModel):
         return 0.5 * (1.0 + math.cos(math.pi * (t - self.peak_s) / (self.resolved_s - self.peak_s)))
 
     def rise(self, channel: Channel) -> float:
-        return {
-            "sbp": self.sbp_rise_mmhg,
-            "dbp": self.dbp_rise_mmhg,
-            "hr": self.hr_rise_bpm,
-            "spo2": self.spo2_change_pct,
-            "rr": self.rr_change_per_min,
-            "etco2": self.etco2_change_mmhg,
-        }[channel]
+        rise: float = getattr(self, _RESPONSE_FIELDS[channel])
+        return rise
+
+
+#: The name of each channel's change in :class:`KetamineResponse`.
+_RESPONSE_FIELDS: dict[Channel, str] = {
+    "sbp": "sbp_rise_mmhg", "dbp": "dbp_rise_mmhg", "hr": "hr_rise_bpm", "spo2": "spo2_change_pct",
+    "rr": "rr_change_per_min", "etco2": "etco2_change_mmhg",
+}  # fmt: skip
 
 
 class CrossingEvent(BaseModel):
@@ -764,6 +791,9 @@ class ScriptedMonitor:
         self._next = dict.fromkeys(self._streams, 0)
         #: Times of the cuff readings asked for between its cycles, not yet taken.
         self._requested: list[float] = []
+        #: The earliest time a reading falls due (a stream's next or a requested one): ``poll`` is called
+        #: every control tick, most of them between readings, and then has nothing to do.
+        self._next_due_s = self._earliest_due_s()
         #: Every request, as (asked at, reading due at).
         self.requests: list[tuple[float, float]] = []
         self._noise: dict[Channel, _Noise] = {}
@@ -785,6 +815,7 @@ class ScriptedMonitor:
             due = now_s + self.script.monitor.cuff_measure_s
             bisect.insort(self._requested, due)
             self.requests.append((now_s, due))
+            self._next_due_s = min(self._next_due_s, due)
         return True
 
     def nominal(self, t_s: float, channel: Channel) -> float:
@@ -795,14 +826,16 @@ class ScriptedMonitor:
         return base + r.rise(channel) * r.fraction(t_s - self.infusion_start_s)
 
     def poll(self, now_s: float) -> list[VitalsSample]:
+        if now_s < self._next_due_s:
+            return []  # nothing is due before then (the loops below would find nothing)
         due: list[tuple[float, str]] = []
         for stream in self._streams:
-            interval = self._interval[stream]
-            while (t := self.start_s + self._next[stream] * interval) <= now_s:
+            while (t := self._stream_due_s(stream)) <= now_s:
                 self._next[stream] += 1
                 due.append((t, stream))
         while self._requested and self._requested[0] <= now_s:
             due.append((self._requested.pop(0), "bp"))
+        self._next_due_s = self._earliest_due_s()
         out: list[VitalsSample] = []
         for t, stream in sorted(due):  # noise is drawn in time order
             for channel in self._streams[stream]:
@@ -810,6 +843,15 @@ class ScriptedMonitor:
                 if value is not None:
                     out.append(VitalsSample(t, channel, value))
         return out
+
+    def _stream_due_s(self, stream: str) -> float:
+        """When ``stream``'s next reading falls due."""
+        return self.start_s + self._next[stream] * self._interval[stream]
+
+    def _earliest_due_s(self) -> float:
+        """When the next reading falls due: a stream's next one or the first requested one."""
+        times = [self._stream_due_s(stream) for stream in self._streams]
+        return min(times + self._requested[:1], default=math.inf)
 
     def _reading(self, t_s: float, channel: Channel) -> float | None:
         noise = self._noise[channel].next()  # drawn even when suppressed: the rest stays the same
