@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple, Self
+from typing import Any, ClassVar, Literal, Self
 
 _log = logging.getLogger("ketapump.session")
 
@@ -49,21 +49,15 @@ class SessionEvent:
 
     @classmethod
     def of(cls, fields: dict[str, Any]) -> Self:
-        """The event ``cls(**fields)`` builds, built in one step. Why: a frozen dataclass's ``__init__``
-        sets each field through ``object.__setattr__``, which for a :class:`Tick` (twenty fields, ten a
-        second all session long) costs more than the rest of its event's work. ``fields`` with a name
-        the event lacks, or without one it needs, go to ``__init__``, which raises its usual error."""
-        shape = _shape(cls)
-        keys = fields.keys()
-        if not (shape.required <= keys <= shape.names):
+        """The event ``cls(**fields)`` builds. Given every field, it is built in one step. Why: a frozen
+        dataclass's ``__init__`` sets each field through ``object.__setattr__``, which for a
+        :class:`Tick` (twenty fields, ten a second all session long) costs more than the rest of its
+        event's work. Other ``fields`` (some left to their defaults, a name the event lacks) go to
+        ``__init__``, which fills the defaults or raises its usual error."""
+        if fields.keys() != _field_names(cls):
             return cls(**fields)
         event = object.__new__(cls)
-        values = event.__dict__
-        values.update(shape.defaults)
-        for name, make in shape.factories.items():
-            if name not in keys:
-                values[name] = make()
-        values.update(fields)
+        event.__dict__.update(fields)
         return event
 
 
@@ -229,34 +223,15 @@ class SessionEnded(SessionEvent):
     detail: str = ""
 
 
-class _Shape(NamedTuple):
-    """An event class's fields: every name, the names without a default, the plain defaults and the
-    defaults made anew for each event (``default_factory``)."""
-
-    names: frozenset[str]
-    required: frozenset[str]
-    defaults: dict[str, Any]
-    factories: dict[str, Callable[[], Any]]
+_FIELD_NAMES: dict[type[SessionEvent], frozenset[str]] = {}
 
 
-_SHAPES: dict[type[SessionEvent], _Shape] = {}
-
-
-def _shape(cls: type[SessionEvent]) -> _Shape:
-    """``cls``'s :class:`_Shape`, worked out on its first event."""
-    shape = _SHAPES.get(cls)
-    if shape is None:
-        required, defaults, factories = set(), {}, {}
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                defaults[f.name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                factories[f.name] = f.default_factory
-            else:
-                required.add(f.name)
-        names = frozenset(f.name for f in dataclasses.fields(cls))
-        shape = _SHAPES[cls] = _Shape(names, frozenset(required), defaults, factories)
-    return shape
+def _field_names(cls: type[SessionEvent]) -> frozenset[str]:
+    """The names of ``cls``'s fields."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 Subscriber = Callable[[SessionEvent], None]
