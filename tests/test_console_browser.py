@@ -144,11 +144,19 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         )
 
         # Chair 1: slow to half through the action's form (its values typed, its reason given) ...
+        _, stop_before = card_glance(browser, "chair-1")
         act_in_form(browser, wait, "chair-1", "slow", {"to_fraction": "0.5"}, reason="patient nauseous")
         wait.until(
             lambda d: "slowed" in d.find_element("css selector", "#card-chair-1 [data-f=badge]").text.lower()
         )
         assert "(slowed from" in browser.find_element("css selector", "#card-chair-1 [data-f=rate]").text
+        # ... its verdict shown on the card, the buttons where they were (read together, in one step) ...
+        verdict, stop_now = wait.until(
+            lambda d: (glance := card_glance(d, "chair-1"))[0] and glance, "no verdict"
+        )
+        assert verdict == "Slow: done" and stop_now == stop_before
+        # ... and kept there by the card's next render.
+        assert verdict_after_next_render(browser, wait, "chair-1") == "Slow: done"
         # ... and record what was seen, the kind chosen from the bedside vocabulary.
         act_in_form(browser, wait, "chair-1", "observation", {"kind": "nausea", "value": "1"}, reason="")
         wait.until(
@@ -264,6 +272,38 @@ def act_in_form(
     reason_field.send_keys(reason)
     driver.find_element("id", "prompt-ok").click()
     wait.until(lambda d: d.find_element("id", "prompt-dialog").get_attribute("open") is None)
+
+
+def card_glance(driver: Any, chair: str) -> tuple[str, dict[str, float]]:
+    """The verdict line of a chair's card and where its STOP button is on the page, read in one script."""
+    text, rect = driver.execute_script(
+        "const card = document.getElementById(arguments[0]);"
+        "const r = card.querySelector('button[data-action=stop]').getBoundingClientRect();"
+        "return [card.querySelector('[data-f=error]').textContent,"
+        " {x: r.x + scrollX, y: r.y + scrollY, width: r.width, height: r.height}];",
+        f"card-{chair}",
+    )
+    return text, rect
+
+
+def verdict_after_next_render(driver: Any, wait: Any, chair: str) -> str:
+    """The verdict line of a chair's card as the next render leaves it (every render rewrites the
+    delivered dose: a mutation observer on it reads the line right after)."""
+    driver.execute_script(
+        "const card = document.getElementById(arguments[0]);"
+        "window.verdictAfterRender = null;"
+        "new MutationObserver((_, observer) => {"
+        "  window.verdictAfterRender = card.querySelector('[data-f=error]').textContent;"
+        "  observer.disconnect();"
+        "}).observe(card.querySelector('[data-f=dose]'),"
+        " {childList: true, characterData: true, subtree: true});",
+        f"card-{chair}",
+    )
+    (after,) = wait.until(
+        lambda d: d.execute_script("const v = window.verdictAfterRender; return v === null ? null : [v];"),
+        "no render",
+    )
+    return str(after)
 
 
 def drawn_pixels(driver: Any, canvas_id: str) -> int:

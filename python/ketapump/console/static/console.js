@@ -249,8 +249,13 @@
   }
 
   // ----- the chair card ---------------------------------------------------------------------------------
+  // The actions come right under the one-line heading: the lines below them grow and shrink as the
+  // session goes, and a button must not move under the operator's finger. STOP keeps the top right
+  // corner however many lines the other actions wrap to.
   const CARD_HTML = `
     <h2><span data-f="name"></span><span class="badge" data-f="badge"></span><a data-f="detail">details</a></h2>
+    <div class="actions"><div class="moves" data-f="moves"></div><div data-f="halt"></div></div>
+    <div class="error" data-f="error"></div>
     <div class="who" data-f="who"></div>
     <div class="grid">
       <span class="k">phase</span><span data-f="phase"></span>
@@ -264,9 +269,7 @@
     <div data-f="questions"></div>
     <div class="bedside" data-f="bedside"></div>
     <div class="last" data-f="last"></div>
-    <div class="ended-line" data-f="ended"></div>
-    <div class="error" data-f="error"></div>
-    <div class="actions" data-f="actions"></div>`;
+    <div class="ended-line" data-f="ended"></div>`;
 
   function cardElement(card) {
     const root = el("article", "card");
@@ -280,14 +283,14 @@
     const start = el("button", "primary", "Start session");
     start.dataset.action = "start";
     start.addEventListener("click", () => openStart(card.chair));
-    f.actions.appendChild(start);
+    f.moves.appendChild(start);
     buttons.start = start;
     for (const spec of state.actions) {
       const b = el("button", spec.style === "danger" ? "stop" : "", spec.label);
       b.dataset.action = spec.name;
       b.title = spec.prompt;
       b.addEventListener("click", () => act(card.chair, spec));
-      f.actions.appendChild(b);
+      (spec.name === "stop" ? f.halt : f.moves).appendChild(b);
       buttons[spec.name] = b;
     }
     state.elements[card.chair] = { root, f, buttons, questionKey: "" };
@@ -381,7 +384,7 @@
       .sort((a, b) => a[0] - b[0]);
     f.bedside.replaceChildren(...bedside.slice(-4).map(([, text]) => el("div", "", text)));
     f.ended.textContent = card.ended ? `session ${card.ended.outcome}: ${num(card.ended.delivered_mg, 2)} of ${num(card.ended.programmed_mg, 2)} mg delivered` : "";
-    f.error.textContent = card.error || "";
+    showError(parts, card);
     const active = card.state === "active";
     buttons.start.hidden = active;
     for (const spec of state.actions) {
@@ -429,15 +432,24 @@
     );
   }
 
+  // An action's verdict stays on its card for six seconds: the renders in between keep it, not wipe it.
   function flash(chair, text, bad) {
     const parts = state.elements[chair];
     if (!parts) return window.alert(text);
-    parts.f.error.textContent = text;
-    parts.f.error.style.color = bad ? "" : "var(--dim)";
+    const shown = { text, bad };
+    parts.flash = shown;
+    showError(parts, state.cards[chair]);
     setTimeout(() => {
-      parts.f.error.textContent = (state.cards[chair] && state.cards[chair].error) || "";
-      parts.f.error.style.color = "";
+      if (parts.flash !== shown) return; // a newer verdict keeps its own six seconds
+      parts.flash = null;
+      showError(parts, state.cards[chair]);
     }, 6000);
+  }
+
+  function showError(parts, card) {
+    const shown = parts.flash;
+    parts.f.error.textContent = shown ? shown.text : (card && card.error) || "";
+    parts.f.error.style.color = shown && !shown.bad ? "var(--dim)" : "";
   }
 
   async function act(chair, spec) {
