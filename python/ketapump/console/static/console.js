@@ -384,7 +384,7 @@
       .sort((a, b) => a[0] - b[0]);
     f.bedside.replaceChildren(...bedside.slice(-4).map(([, text]) => el("div", "", text)));
     f.ended.textContent = card.ended ? `session ${card.ended.outcome}: ${num(card.ended.delivered_mg, 2)} of ${num(card.ended.programmed_mg, 2)} mg delivered` : "";
-    showError(parts, card);
+    showVerdictLine(parts, card);
     const active = card.state === "active";
     buttons.start.hidden = active;
     for (const spec of state.actions) {
@@ -438,15 +438,16 @@
     if (!parts) return window.alert(text);
     const shown = { text, bad };
     parts.flash = shown;
-    showError(parts, state.cards[chair]);
+    showVerdictLine(parts, state.cards[chair]);
     setTimeout(() => {
       if (parts.flash !== shown) return; // a newer verdict keeps its own six seconds
       parts.flash = null;
-      showError(parts, state.cards[chair]);
+      showVerdictLine(parts, state.cards[chair]);
     }, 6000);
   }
 
-  function showError(parts, card) {
+  // The line under the buttons: the latest verdict while it lasts, else the card's own error.
+  function showVerdictLine(parts, card) {
     const shown = parts.flash;
     parts.f.error.textContent = shown ? shown.text : (card && card.error) || "";
     parts.f.error.style.color = shown && !shown.bad ? "var(--dim)" : "";
