@@ -60,7 +60,7 @@ from ketapump.clinical import (
     prepare_demo,
     prepare_session,
 )
-from ketapump.clock import VirtualClock
+from ketapump.clock import VirtualClock, settled_heap
 from ketapump.console import LiveCard
 from ketapump.errors import (
     AuditWriteError,
@@ -408,7 +408,8 @@ def _execute(setup: SessionSetup, *, json_output: bool) -> None:
         except (OSError, ValueError) as e:
             raise fail(f"cannot open the audit log {setup.log_path}: {e}", os.EX_IOERR) from e
         signals.attach(runner.session)
-        outcome = asyncio.run(_run_live(runner, console, quiet=json_output))
+        with settled_heap():
+            outcome = asyncio.run(_run_live(runner, console, quiet=json_output))
         machine = outcome.summary()
         if json_output:
             result_json(machine)

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from ketapump.cli.common import Command, fail, progress_console, result_json, warn
+from ketapump.clock import settled_heap
 from ketapump.console import (
     DEMO_TIME_SCALE,
     WEB_PACKAGES,
@@ -120,7 +121,8 @@ def serve_command(
         for failed in info["failed_to_start"]:
             warn(f"{failed['chair']}: {failed['message']}")
 
-    asyncio.run(serve(Clinic(clinic_config), sock, token=token, starts=starts, on_ready=ready))
+    with settled_heap():
+        asyncio.run(serve(Clinic(clinic_config), sock, token=token, starts=starts, on_ready=ready))
 
 
 def _scaled(config: ClinicConfig, time_scale: float) -> ClinicConfig:

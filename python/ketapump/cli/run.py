@@ -55,7 +55,7 @@ from ketapump.cli.common import (
     result_json,
     set_diagnostic_levels,
 )
-from ketapump.clock import Clock, ScaledClock, VirtualClock
+from ketapump.clock import Clock, ScaledClock, VirtualClock, settled_heap
 from ketapump.config import default_kernel_settings
 from ketapump.errors import AuditWriteError, ConfigurationError, TransportError
 from ketapump.validation import OutputPathError, check_output_path
@@ -158,7 +158,9 @@ def run(
     if who is not None:
         events.info("run_operator", operator=who)
     try:
-        outcome = asyncio.run(_run(driver, config, clock, events, plan, recorded, console, json_output, who))
+        with settled_heap():
+            main = _run(driver, config, clock, events, plan, recorded, console, json_output, who)
+            outcome = asyncio.run(main)
     except ConfigurationError as e:
         raise fail(str(e), os.EX_DATAERR) from e
     except RecoveryError as e:

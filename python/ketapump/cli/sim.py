@@ -16,7 +16,7 @@ import typer
 from ketapump import _core
 from ketapump.bridge import configure_diagnostics
 from ketapump.cli.common import fail, set_diagnostic_levels
-from ketapump.clock import ScaledClock
+from ketapump.clock import ScaledClock, settled_heap
 from ketapump.errors import ConfigurationError
 from ketapump.validation import input_exit_code
 
@@ -78,7 +78,8 @@ def sim(
         raise fail(str(e), os.EX_DATAERR) from e
     configure_diagnostics(sys.stderr)
     set_diagnostic_levels(debug)
-    asyncio.run(_serve(pump, time_scale, modbus_tcp, tcp_port, bind, modbus_rtu, nesp, harvard, baud))
+    with settled_heap():
+        asyncio.run(_serve(pump, time_scale, modbus_tcp, tcp_port, bind, modbus_rtu, nesp, harvard, baud))
 
 
 async def _serve(
