@@ -71,7 +71,9 @@ def main(paths: list[str]) -> None:
             rows.append((label, info["p99_ms"], info["target_p99_ms"], False))
         if info.get("group") == "poll-capacity" and (info["pumps"], info["rate_hz"]) == (64, 100):
             cycle = info["cycle"]
-            on_time = info["on_time_fraction"]["median"]
+            # Over every round where the bench reports it (a round's median hides a miss).
+            pooled = info.get("on_time_all_rounds")
+            on_time = pooled["fraction"] if pooled else info["on_time_fraction"]["median"]
             rows.append((f"64 pumps × 100 Hz ({cycle}): cycles on time", on_time, 0.999, True))
             ratio = info["cpu_ratio_bridge_over_bare"]["median"]
             rows.append((f"bridge/bare pymodbus CPU per cycle ({cycle})", ratio, 1.1, False))
@@ -84,7 +86,7 @@ def main(paths: list[str]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("measured / target (left of the line: target met)")
     for y, (_label, measured, target, _higher) in enumerate(rows):
-        ax.text(max(score[y], 0.01) * 1.05, y, f"{measured:.3g} (target {target:g})", va="center", fontsize=8)
+        ax.text(max(score[y], 0.01) * 1.05, y, f"{measured:.4g} (target {target:g})", va="center", fontsize=8)
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(OUT, dpi=110)

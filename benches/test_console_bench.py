@@ -101,7 +101,8 @@ def test_telemetry_to_browser_latency(benchmark: Any, tmp_path: Path) -> None:
         try:
             with serving("--demo", "--time-scale", "5", "--out", str(tmp_path / "demo")) as served:
                 driver.get(served.url)
-                wait_for(lambda: len(driver.execute_script("return window.ketapumpLatencies")) > 10)
+                # Until the page's script has run the array does not exist: wait for it, do not fail.
+                wait_for(lambda: len(driver.execute_script("return window.ketapumpLatencies || []")) > 10)
                 driver.execute_script("window.ketapumpLatencies.length = 0")
                 time.sleep(WINDOW_S)
                 latencies = driver.execute_script("return window.ketapumpLatencies.slice()")
