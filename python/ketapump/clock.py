@@ -53,7 +53,7 @@ def settled_heap() -> Iterator[None]:
     A full collection walks every tracked object, and the event loop stands still meanwhile: with the
     bridge and pymodbus imported that is ~75 000 objects and ~20 ms on the project's machine, two whole
     periods at 100 Hz (``docs/benchmarks.md``: 64 pumps × 100 Hz went from 94 % of cycles on time to
-    all of them). What exists before a real-time loop starts (modules, classes, settings) lives as long
+    99.9–100 %). What exists before a real-time loop starts (modules, classes, settings) lives as long
     as the loop, so it is collected once here and frozen (``gc.freeze``); what the loop makes is still
     collected. On leaving the outermost block the frozen objects are handed back (``gc.unfreeze``), so
     a process that goes on (the test suite, a notebook) leaks nothing. Blocks may nest and overlap
