@@ -19,6 +19,8 @@ import ketapump.cli.clinical
 import ketapump.cli.console
 import ketapump.cli.run
 import ketapump.cli.sim
+import ketapump.qa.accuracy
+import ketapump.qa.occlusion
 from ketapump.cli import app
 from ketapump.clock import settled_heap
 
@@ -70,6 +72,7 @@ def test_a_cycle_that_dies_inside_the_block_is_collected_after_it() -> None:
 
 def test_garbage_left_before_the_block_is_collected_as_it_starts() -> None:
     gc.collect()
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
         alive = weakref.ref(cycle())  # garbage at once, not collected yet
@@ -77,7 +80,8 @@ def test_garbage_left_before_the_block_is_collected_as_it_starts() -> None:
         with settled_heap():
             assert alive() is None  # the block's own collection took it rather than freezing it
     finally:
-        gc.enable()
+        if was_enabled:
+            gc.enable()
 
 
 def test_nested_blocks_keep_the_heap_frozen_until_the_outermost_ends() -> None:
@@ -99,13 +103,30 @@ def test_blocks_overlapping_on_two_threads_unfreeze_when_the_last_ends() -> None
 
     thread = threading.Thread(target=other)
     thread.start()
-    assert entered.wait(10)
-    with settled_heap():
-        pass
-    assert gc.get_freeze_count() > 0  # the other thread's block is still open
-    release.set()
-    thread.join(10)
+    try:
+        assert entered.wait(10)
+        with settled_heap():
+            pass
+        assert gc.get_freeze_count() > 0  # the other thread's block is still open
+    finally:
+        release.set()  # whatever failed, the heap is not left frozen for the next test
+        thread.join(10)
     assert gc.get_freeze_count() == 0
+
+
+def test_a_process_that_froze_objects_of_its_own_keeps_them_frozen() -> None:
+    own = cycle()
+    gc.collect()
+    gc.freeze()  # as a process does before forking workers
+    try:
+        later = cycle()
+        with settled_heap():
+            pass
+        assert not walked(own)  # not thawed by the block
+        assert not walked(later)  # what the block froze stays frozen with them
+    finally:
+        gc.unfreeze()
+    assert walked(own)
 
 
 class LoopReachedError(Exception):
@@ -127,8 +148,10 @@ def probe(seen: list[int]) -> Callable[..., Any]:
         (ketapump.cli.clinical, "_run_live", ["demo"]),
         (ketapump.cli.console, "serve", ["serve", "--demo", "--port", "0"]),
         (ketapump.cli.sim, "_serve", ["sim"]),
+        (ketapump.qa.accuracy, "run_accuracy", ["qa", "accuracy", "--rate-ml-h", "5"]),
+        (ketapump.qa.occlusion, "run_simulated", ["qa", "occlusion", "--rate-ml-h", "5"]),
     ],
-    ids=["run", "demo", "serve", "sim-serve"],
+    ids=["run", "demo", "serve", "sim", "qa-accuracy", "qa-occlusion"],
 )
 def test_every_command_runs_its_loop_on_a_settled_heap(
     module: Any, loop: str, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

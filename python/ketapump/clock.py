@@ -35,11 +35,14 @@ PRECISE_WAIT_S = 0.010
 
 
 class _OpenBlocks:
-    """How many :func:`settled_heap` blocks are open: the heap stays frozen while any is."""
+    """How many :func:`settled_heap` blocks are open (the heap stays frozen while any is), and whether
+    the process had frozen objects of its own before the first opened."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.lock = threading.Lock()
+        self.host_froze = False
+        # Reentrant: the collection runs finalizers, which may close a block of this same thread.
+        self.lock = threading.RLock()
 
 
 _SETTLED = _OpenBlocks()
@@ -47,29 +50,32 @@ _SETTLED = _OpenBlocks()
 
 @contextlib.contextmanager
 def settled_heap() -> Iterator[None]:
-    """Runs the block with the objects that exist at its start left out of the cyclic garbage
-    collector's walks.
+    """Runs the block with the objects that exist when the outermost block opens left out of the cyclic
+    garbage collector's walks.
 
     A full collection walks every tracked object, and the event loop stands still meanwhile: with the
     bridge and pymodbus imported that is ~75 000 objects and ~20 ms on the project's machine, two whole
     periods at 100 Hz (``docs/benchmarks.md``: 64 pumps × 100 Hz went from 94 % of cycles on time to
-    99.9–100 %). What exists before a real-time loop starts (modules, classes, settings) lives as long
-    as the loop, so it is collected once here and frozen (``gc.freeze``); what the loop makes is still
-    collected. On leaving the outermost block the frozen objects are handed back (``gc.unfreeze``), so
-    a process that goes on (the test suite, a notebook) leaks nothing. Blocks may nest and overlap
-    across threads.
+    1 498–1 500 of 1 500). What exists before a real-time loop starts (modules, classes, settings)
+    lives as long as the loop, so it is collected once here and frozen (``gc.freeze``); what the loop
+    makes is still collected. On leaving the outermost block the frozen objects are handed back
+    (``gc.unfreeze``), so a process that goes on (the test suite, a notebook) leaks nothing — unless
+    it had frozen objects of its own before (say, before forking workers): those are not thawed, and
+    what the block froze stays frozen with them. Blocks may nest and overlap across threads; an inner
+    one freezes nothing more.
     """
     with _SETTLED.lock:
-        _SETTLED.count += 1
-        if _SETTLED.count == 1:
+        if _SETTLED.count == 0:
+            _SETTLED.host_froze = gc.get_freeze_count() > 0
             gc.collect()
             gc.freeze()
+        _SETTLED.count += 1
     try:
         yield
     finally:
         with _SETTLED.lock:
             _SETTLED.count -= 1
-            if _SETTLED.count == 0:
+            if _SETTLED.count == 0 and not _SETTLED.host_froze:
                 gc.unfreeze()
 
 

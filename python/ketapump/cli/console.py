@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -38,12 +39,16 @@ TOKEN_HELP = (
 
 
 def _web_stack() -> None:
+    """Imports the console's web packages, or fails naming the missing ones. Imported here rather than
+    when the server starts, so that ``serve`` settles its heap with them in it."""
     missing = [name for name in WEB_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         raise fail(
             f"the console needs {', '.join(missing)}: install it with pip install 'ketapump[console]'",
             os.EX_UNAVAILABLE,
         )
+    for name in WEB_PACKAGES:
+        importlib.import_module(name)
 
 
 def serve_command(

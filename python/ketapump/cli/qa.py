@@ -34,6 +34,7 @@ from ketapump.cli.common import (
     result_json,
     warn,
 )
+from ketapump.clock import settled_heap
 from ketapump.errors import ConfigurationError, TransportError
 from ketapump.validation import input_exit_code
 from ketapump.wire import split_url
@@ -267,16 +268,20 @@ def qa_accuracy(
             pump = pump or DEFAULT_PUMP
             if split_url(pump)[0] != "sim":
                 raise ConfigurationError("balance", "'sim' weighs the simulator: it needs --pump sim://…")
-            readings = asyncio.run(
-                qa.accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, changes=changes)
-            )
+            with settled_heap():
+                readings = asyncio.run(
+                    qa.accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, changes=changes)
+                )
         elif balance.startswith("sics:"):
             if pump is None:
                 # No default here: a real balance weighing the simulator by mistake would look like a
                 # pump that delivers nothing.
                 raise ConfigurationError("pump", "--balance sics:PORT needs the --pump on the balance")
             scale = qa.balance.SicsBalance.from_spec(balance.removeprefix("sics:"))
-            readings = asyncio.run(qa.accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, scale))
+            with settled_heap():
+                readings = asyncio.run(
+                    qa.accuracy.run_accuracy(pump, rate_ml_h, syringe, duration_min, scale)
+                )
         elif balance.startswith("csv:"):
             readings = qa.accuracy.readings_from_csv(Path(balance.removeprefix("csv:")))
         else:
@@ -382,36 +387,39 @@ def qa_occlusion(
         if scheme == "sim":
             if balance is not None:
                 raise ConfigurationError("balance", "sim:// measures the bolus itself")
-            record = asyncio.run(
-                qa.occlusion.run_simulated(
-                    qa.rig.open_sim_pump(qa.rig.sim_url_with_syringe(pump, syringe)),
-                    rate_ml_h=rate_ml_h,
-                    threshold_mmhg=threshold_mmhg,
-                    slope_detector=slope,
-                    syringe=syringe,
-                    compliance_ml_per_mmhg=compliance_ml_per_mmhg or qa.occlusion.SIM_COMPLIANCE_ML_PER_MMHG,
-                    settle_s=settle_s,
-                    release_s=release_s,
+            compliance = compliance_ml_per_mmhg or qa.occlusion.SIM_COMPLIANCE_ML_PER_MMHG
+            with settled_heap():
+                record = asyncio.run(
+                    qa.occlusion.run_simulated(
+                        qa.rig.open_sim_pump(qa.rig.sim_url_with_syringe(pump, syringe)),
+                        rate_ml_h=rate_ml_h,
+                        threshold_mmhg=threshold_mmhg,
+                        slope_detector=slope,
+                        syringe=syringe,
+                        compliance_ml_per_mmhg=compliance,
+                        settle_s=settle_s,
+                        release_s=release_s,
+                    )
                 )
-            )
         else:
             if balance and not balance.startswith("sics:"):
                 raise ConfigurationError("balance", f"{balance!r} is not 'sics:PORT'")
             scale = qa.balance.SicsBalance.from_spec(balance.removeprefix("sics:")) if balance else None
-            record = asyncio.run(
-                qa.occlusion.run_on_pump(
-                    pump,
-                    rate=rate_ml_h,
-                    threshold=threshold_mmhg,
-                    slope=slope,
-                    syringe=syringe,
-                    compliance=compliance_ml_per_mmhg,
-                    settle_s=settle_s,
-                    release_s=release_s,
-                    balance=scale,
-                    time_scale=time_scale,
+            with settled_heap():
+                record = asyncio.run(
+                    qa.occlusion.run_on_pump(
+                        pump,
+                        rate=rate_ml_h,
+                        threshold=threshold_mmhg,
+                        slope=slope,
+                        syringe=syringe,
+                        compliance=compliance_ml_per_mmhg,
+                        settle_s=settle_s,
+                        release_s=release_s,
+                        balance=scale,
+                        time_scale=time_scale,
+                    )
                 )
-            )
         analysis = qa.occlusion.analyse(record)
     except qa.occlusion.OcclusionTestError as e:
         raise fail(f"the occlusion test cannot be judged: {e}", os.EX_DATAERR) from e
