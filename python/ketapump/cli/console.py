@@ -39,16 +39,12 @@ TOKEN_HELP = (
 
 
 def _web_stack() -> None:
-    """Imports the console's web packages, or fails naming the missing ones. Imported here rather than
-    when the server starts, so that ``serve`` settles its heap with them in it."""
     missing = [name for name in WEB_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         raise fail(
             f"the console needs {', '.join(missing)}: install it with pip install 'ketapump[console]'",
             os.EX_UNAVAILABLE,
         )
-    for name in WEB_PACKAGES:
-        importlib.import_module(name)
 
 
 def serve_command(
@@ -126,6 +122,9 @@ def serve_command(
         for failed in info["failed_to_start"]:
             warn(f"{failed['chair']}: {failed['message']}")
 
+    # Imported now rather than when the server starts, so that they are settled with the rest.
+    for name in WEB_PACKAGES:
+        importlib.import_module(name)
     with settled_heap():
         asyncio.run(serve(Clinic(clinic_config), sock, token=token, starts=starts, on_ready=ready))
 
