@@ -26,11 +26,17 @@ from hypothesis import strategies as st
 from ketapump import _core
 from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.errors import KetapumpError
+from ketapump.reference.f64 import PRESSURE_MAX_MMHG, PRESSURE_MIN_MMHG, VOLUME_MAX_ML, VOLUME_MIN_ML
 
 DEFAULTS = default_kernel_settings()
 PERIOD = DEFAULTS["control_period_s"]
 MONITORED = {"armed", "running", "paused", "alarm", "stopped"}
-GARBAGE = [math.nan, math.inf, -math.inf, -1.0e9, 1.0e12, -5.0]
+# Values outside the kernel's plausibility bounds (a pressure of -5 mmHg is a reading: see `siphon`).
+GARBAGE_VOLUME = [math.nan, math.inf, -math.inf, -1.0e9, 1.0e12, VOLUME_MIN_ML - 1.0, VOLUME_MAX_ML + 1.0]
+GARBAGE_PRESSURE = [
+    *[math.nan, math.inf, -math.inf, -1.0e9, 1.0e12],
+    *[PRESSURE_MIN_MMHG - 1.0, PRESSURE_MAX_MMHG + 1.0],
+]
 
 OPERATOR = st.sampled_from(
     ["none"] * 60
@@ -39,7 +45,7 @@ OPERATOR = st.sampled_from(
 SAMPLE = st.sampled_from(
     ["good"] * 60
     + ["nan_volume", "inf_pressure", "garbage_volume", "garbage_pressure", "stale", "reordered", "repeat"]
-    + ["creep", "air", "no_syringe", "end_of_travel", "high_pressure", "future"]
+    + ["creep", "air", "no_syringe", "end_of_travel", "high_pressure", "siphon", "future"]
 )
 RATES = st.one_of(
     st.floats(min_value=0.1, max_value=120.0),
@@ -98,9 +104,9 @@ def make_sample(
     elif kind == "inf_pressure":
         pressure = math.inf
     elif kind == "garbage_volume":
-        volume = GARBAGE[int(now * 10) % len(GARBAGE)]
+        volume = GARBAGE_VOLUME[int(now * 10) % len(GARBAGE_VOLUME)]
     elif kind == "garbage_pressure":
-        pressure = GARBAGE[int(now * 10) % len(GARBAGE)]
+        pressure = GARBAGE_PRESSURE[int(now * 10) % len(GARBAGE_PRESSURE)]
     elif kind == "stale":
         t = now - 10.0
     elif kind == "reordered":
@@ -120,6 +126,8 @@ def make_sample(
         flags["end_of_travel"] = True
     elif kind == "high_pressure":
         pressure = 900.0
+    elif kind == "siphon":
+        pressure = -5.0  # the syringe below the patient: below zero, and plausible
     return t, volume, pressure, flags
 
 
@@ -127,7 +135,17 @@ def is_invalid(kind: str) -> bool:
     return kind in {"nan_volume", "inf_pressure", "garbage_volume", "garbage_pressure", "reordered", "future"}
 
 
+# Found by the random search: the oracle once took -5 mmHg for garbage (the kernel rightly accepted it).
+RAMP_THEN_AIR_THEN_GARBAGE = [
+    *[("none", "good", dt, 1.0) for dt in (0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.01, 0.01, 0.01)],
+    ("none", "air", 0.01, 1.0),
+    ("none", "garbage_pressure", 0.1, 1.0),
+]
+
+
 @settings(max_examples=150, deadline=None)
+@example(vtbi=1.0, take_up=False, script=RAMP_THEN_AIR_THEN_GARBAGE)
+@example(vtbi=1.0, take_up=False, script=[*RAMP_THEN_AIR_THEN_GARBAGE[:-1], ("none", "siphon", 0.1, 1.0)])
 @given(
     vtbi=st.floats(min_value=0.5, max_value=50.0),
     take_up=st.booleans(),
@@ -189,6 +207,32 @@ def test_invariants_hold_for_any_sequence(
             alarm_unacknowledged = True
         if alarm_unacknowledged:
             assert out.state in {"alarm"}, (action, kind, out)
+
+
+@settings(max_examples=200, deadline=None)
+@example(pressure=-5.0, volume=0.0, air=True)
+@example(pressure=PRESSURE_MIN_MMHG, volume=VOLUME_MIN_ML, air=False)
+@example(pressure=PRESSURE_MAX_MMHG, volume=VOLUME_MAX_ML, air=False)
+@example(pressure=math.nextafter(PRESSURE_MIN_MMHG, -math.inf), volume=0.0, air=False)
+@example(pressure=0.0, volume=math.nextafter(VOLUME_MAX_ML, math.inf), air=False)
+@given(
+    pressure=st.one_of(st.floats(min_value=PRESSURE_MIN_MMHG, max_value=PRESSURE_MAX_MMHG), st.floats()),
+    volume=st.one_of(st.floats(min_value=VOLUME_MIN_ML, max_value=VOLUME_MAX_ML), st.floats()),
+    air=st.booleans(),
+)
+def test_a_sample_is_invalid_exactly_when_a_reading_is_outside_the_plausible_bounds(
+    pressure: float, volume: float, air: bool
+) -> None:
+    """The first sample of a newly loaded syringe: no earlier position to jump from, so only the bounds
+    decide; an implausible sample's flags are not believed either."""
+    kernel = _core.SafetyKernel(kernel_config())
+    kernel.load(52.5, 35.0)
+    out = kernel.step(0.0, 0.0, volume, pressure, air_in_line=air)
+    plausible = (
+        PRESSURE_MIN_MMHG <= pressure <= PRESSURE_MAX_MMHG and VOLUME_MIN_ML <= volume <= VOLUME_MAX_ML
+    )
+    assert ("telemetry_invalid" in out.alarms) == (not plausible), out
+    assert ("air_in_line" in out.alarms) == (air and plausible), out
 
 
 @settings(max_examples=100, deadline=None)

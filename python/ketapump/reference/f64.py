@@ -52,7 +52,7 @@ ABOVE_MAXIMUM: Final = "is above the allowed maximum"
 MILLILITRES_MAX: Final = 1_000.0
 ML_PER_HOUR_MAX: Final = 2_000.0
 
-# Telemetry plausibility bounds (``SafetyKernel::accept_sample``).
+# Telemetry plausibility bounds, inclusive (``PLAUSIBLE_VOLUME_ML``, ``PLAUSIBLE_PRESSURE_MMHG``).
 VOLUME_MIN_ML: Final = -1_000.0
 VOLUME_MAX_ML: Final = 10_000.0
 PRESSURE_MIN_MMHG: Final = -300.0

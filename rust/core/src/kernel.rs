@@ -82,6 +82,7 @@ use crate::clamp::{clamp_rate, ClampReason, RateLimits};
 use crate::config::{validate_rate, ConfigError, KernelConfig, Program};
 use crate::controller::{ControlStatus, Gains, RateController};
 use crate::trace::{Cause, TraceRing};
+use core::ops::RangeInclusive;
 
 /// The state without its data: what the trace records and Python sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -317,6 +318,12 @@ const FLOW_POINTS: usize = 13;
 /// rounding (t = n·dt), so a 100 Hz feed is never thinned to 50 Hz. The raw pressure threshold, the
 /// back-off, the drive model, the stall, reverse-motion, encoder and dose checks read every sample.
 pub const ESTIMATOR_INTERVAL_S: f64 = 0.0095;
+
+/// A plunger position a sample may report (mL, inclusive); outside it the sample is `TelemetryInvalid`.
+pub const PLAUSIBLE_VOLUME_ML: RangeInclusive<f64> = -1_000.0..=10_000.0;
+/// A line pressure a sample may report (mmHg gauge, inclusive). Below zero is real: a syringe below the
+/// patient siphons, and sensors read a few mmHg under zero at rest.
+pub const PLAUSIBLE_PRESSURE_MMHG: RangeInclusive<f64> = -300.0..=5_000.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct FlowPoint {
@@ -928,10 +935,10 @@ impl SafetyKernel {
     #[inline(always)]
     fn accept_sample(&mut self, now_s: f64, s: &Telemetry, raised: &mut AlarmSet) -> bool {
         let pressure_ok = !self.cfg.raw.has_pressure_sensor
-            || (s.pressure_mmhg.is_finite() && (-300.0..=5_000.0).contains(&s.pressure_mmhg));
+            || (s.pressure_mmhg.is_finite() && PLAUSIBLE_PRESSURE_MMHG.contains(&s.pressure_mmhg));
         let plausible = s.t_s.is_finite()
             && s.volume_ml.is_finite()
-            && (-1_000.0..=10_000.0).contains(&s.volume_ml)
+            && PLAUSIBLE_VOLUME_ML.contains(&s.volume_ml)
             && pressure_ok
             && s.t_s <= now_s
             && self.last_sample_t_s.is_none_or(|prev| s.t_s >= prev);

@@ -28,7 +28,7 @@ pub use config::{ConfigError, ConfigProblem, KernelConfig, Program, RawKernelCon
 pub use controller::{ControlError, ControlStatus, Gains, RateController};
 pub use kernel::{
     Command, Direction, KernelError, MotorCommand, SafetyKernel, State, StateKind, StepOutput, Telemetry,
-    ESTIMATOR_INTERVAL_S,
+    ESTIMATOR_INTERVAL_S, PLAUSIBLE_PRESSURE_MMHG, PLAUSIBLE_VOLUME_ML,
 };
 pub use trace::{Cause, TraceEvent, TraceRing};
 pub use units::S_PER_H;

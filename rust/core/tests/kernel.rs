@@ -9,6 +9,7 @@ use ketapump_core::kernel::{Backoff, Phase};
 use ketapump_core::{
     Alarm, AlarmSet, Cause, Command, ConfigError, ConfigProblem, Direction, KernelConfig, KernelError, MotorCommand,
     Program, RawKernelConfig, SafetyKernel, State, StateKind, StepOutput, Telemetry, TraceEvent, ESTIMATOR_INTERVAL_S,
+    PLAUSIBLE_PRESSURE_MMHG, PLAUSIBLE_VOLUME_ML,
 };
 use std::collections::VecDeque;
 
@@ -1015,6 +1016,33 @@ fn telemetry_invalid_alarm() {
     let delivered = sim.k.delivered_ml();
     sim.tick_with(|s| s.volume_ml += 2.0);
     assert_eq!(sim.k.delivered_ml(), delivered);
+}
+
+#[test]
+fn telemetry_plausibility_bounds_are_inclusive() {
+    let (p_min, p_max) = (*PLAUSIBLE_PRESSURE_MMHG.start(), *PLAUSIBLE_PRESSURE_MMHG.end());
+    // Inside the bounds a pressure is a reading, not garbage: a siphoning line reads below zero.
+    for pressure in [p_min, -5.0, -0.0, p_max] {
+        let mut sim = running();
+        let out = sim.tick_with(|s| s.pressure_mmhg = pressure);
+        assert!(!out.raised.contains(Alarm::TelemetryInvalid), "{pressure}: {:?}", out.raised);
+    }
+    let mut sim = running();
+    let out = sim.tick_with(|s| s.pressure_mmhg = -5.0);
+    assert!(out.raised.is_empty() && sim.state() == StateKind::Running, "{:?}", out.raised);
+    for pressure in [p_min.next_down(), p_max.next_up(), -1.0e9, f64::NEG_INFINITY] {
+        let mut sim = running();
+        let out = sim.tick_with(|s| s.pressure_mmhg = pressure);
+        assert_eq!(out.raised, set(&[Alarm::TelemetryInvalid]), "{pressure}");
+    }
+    // A new syringe's first position is a new reference, anywhere inside the bounds and nowhere outside.
+    let (v_min, v_max) = (*PLAUSIBLE_VOLUME_ML.start(), *PLAUSIBLE_VOLUME_ML.end());
+    for (volume, valid) in [(v_min, true), (v_max, true), (v_min.next_down(), false), (v_max.next_up(), false)] {
+        let mut k = SafetyKernel::new(config());
+        k.load(60.0, 10.0, false).unwrap();
+        let out = k.step(0.0, &telemetry(0.0, volume, BASELINE_MMHG));
+        assert_eq!(out.raised.contains(Alarm::TelemetryInvalid), !valid, "{volume}");
+    }
 }
 
 #[test]
