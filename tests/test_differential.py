@@ -60,7 +60,7 @@ CONTROL_FIELDS_CLOSE = (
 )
 ERROR_ATTRIBUTES: dict[type[KetapumpError], tuple[str, ...]] = {
     ConfigurationError: ("field", "problem"),
-    StateTransitionError: ("state", "command"),
+    StateTransitionError: ("state", "command", "why"),
     InterlockError: ("alarm", "detail"),
 }
 
@@ -121,6 +121,8 @@ class KernelPair:
         )
         if rust_error is not None:
             self.seen_flags.add(f"{name} -> {type(rust_error).__name__}")
+            if getattr(rust_error, "why", ""):
+                self.seen_flags.add(f"{name} -> position unknown")
         self.compare_views()
         return rust_error is None
 
@@ -367,6 +369,8 @@ class Tick:
     pressure: str = "true"
     event: str = "none"
     command: str = "none"
+    #: A second command in the same tick, right after ``command`` (a resume with the syringe loaded).
+    then: str = "none"
     amount: float = 0.5
     rate: float = 30.0
     vtbi: float = 0.5
@@ -382,6 +386,8 @@ PLANT_TICKS = st.builds(Tick, event=st.sampled_from(PLANT_EVENTS), amount=AMOUNT
 COMMAND_TICKS = st.builds(
     Tick,
     command=st.sampled_from(COMMANDS),
+    # Now and then the syringe is swapped under the operator's commands (declared or not).
+    event=st.sampled_from(["none"] * 9 + ["swap_syringe"]),
     rate=RATES,
     vtbi=VTBIS,
     take_up=st.booleans(),
@@ -421,6 +427,8 @@ class Scenario:
     load_before_first_step: bool
     #: Start right after loading (otherwise the kernel stays armed until a random start command).
     auto_start: bool
+    #: Loaded before the first step, also try a start before it (refused: no position yet).
+    start_before_first_step: bool
     slack_ml: float
     baseline_mmhg: float
     start_time_s: float
@@ -471,10 +479,17 @@ def scenarios(draw: st.DrawFn, kind: str) -> Scenario:
             perturbations[at] = Tick(command="pause")
             perturbations[at + 1] = Tick(command="change_syringe")
             perturbations[at + 2] = Tick(event=draw(st.sampled_from(["no_syringe", "end_of_travel"])))
+            go = draw(st.sampled_from(["resume", "stop", "start"]))
+            # Sometimes the operator resumes (or starts) in the same tick, before the new plunger's sample.
+            at_once = draw(st.booleans())
             perturbations[at + 3] = Tick(
-                command="syringe_loaded", event="swap_syringe", vtbi=fill_ml, amount=amount
+                command="syringe_loaded",
+                then=go if at_once else "none",
+                event="swap_syringe",
+                vtbi=fill_ml,
+                amount=amount,
             )
-            perturbations[at + 4] = Tick(command=draw(st.sampled_from(["resume", "stop", "start"])))
+            perturbations[at + 4] = Tick(command=go)
     else:
         follow_up = st.builds(Tick, command=st.sampled_from(["acknowledge", "start", "silence", "stop"]))
         perturbations = draw(st.dictionaries(ticks, follow_up, max_size=6))
@@ -488,6 +503,7 @@ def scenarios(draw: st.DrawFn, kind: str) -> Scenario:
         take_up=draw(st.booleans()),
         load_before_first_step=draw(st.booleans()),
         auto_start=draw(st.sampled_from([True, True, True, False])),
+        start_before_first_step=draw(st.sampled_from([False, False, False, True])),
         slack_ml=draw(st.sampled_from([0.0, 0.0, 0.002, 0.05, 0.2, 0.7])),
         baseline_mmhg=draw(st.floats(-20.0, 60.0)),
         start_time_s=draw(st.sampled_from([0.0, 0.0, -50.0, 1.0e6, 12_345.678])),
@@ -500,6 +516,21 @@ def scenarios(draw: st.DrawFn, kind: str) -> Scenario:
 
 
 # ----- the scenario runner -------------------------------------------------------------------------------
+
+
+def operate(pair: KernelPair, command: str, tick: Tick) -> None:
+    """Issues ``command`` to both kernels with the tick's arguments."""
+    match command:
+        case "none":
+            pass
+        case "load":
+            pair.command("load", tick.rate, tick.vtbi, tick.take_up, tick.syringes)
+        case "syringe_loaded":
+            pair.command("syringe_loaded", tick.vtbi)
+        case "set_rate":
+            pair.command("set_rate", tick.rate)
+        case name:
+            pair.command(name)
 
 
 def run_scenario(scenario: Scenario) -> KernelPair:
@@ -519,10 +550,13 @@ def run_scenario(scenario: Scenario) -> KernelPair:
     last_t = clock
     program = (scenario.rate, scenario.vtbi, scenario.take_up, scenario.syringes)
 
-    if scenario.load_before_first_step and pair.command("load", *program) and scenario.auto_start:
+    loaded = scenario.load_before_first_step and pair.command("load", *program)
+    if loaded and scenario.start_before_first_step:
         pair.command("start")
     out = pair.step(clock, clock, plant.encoder_ml(), plant.pressure_mmhg)
-    if not scenario.load_before_first_step and pair.command("load", *program) and scenario.auto_start:
+    if not scenario.load_before_first_step:
+        loaded = pair.command("load", *program)
+    if loaded and scenario.auto_start:
         pair.command("start")
     pair.compare_traces()
 
@@ -594,17 +628,8 @@ def run_scenario(scenario: Scenario) -> KernelPair:
         }
         out = pair.step(now, t_s, volume, pressure, **flags)
 
-        match tick.command:
-            case "none":
-                pass
-            case "load":
-                pair.command("load", tick.rate, tick.vtbi, tick.take_up, tick.syringes)
-            case "syringe_loaded":
-                pair.command("syringe_loaded", tick.vtbi)
-            case "set_rate":
-                pair.command("set_rate", tick.rate)
-            case name:
-                pair.command(name)
+        operate(pair, tick.command, tick)
+        operate(pair, tick.then, tick)
         if i % scenario.drain_every == 0:
             pair.compare_traces()
     pair.compare_traces()
@@ -669,6 +694,7 @@ def fixed_scenario(
         take_up=take_up,
         load_before_first_step=False,
         auto_start=True,
+        start_before_first_step=False,
         slack_ml=slack_ml,
         baseline_mmhg=10.0,
         start_time_s=0.0,
@@ -902,3 +928,49 @@ def test_a_dose_of_two_syringes_matches_and_completes() -> None:
     assert "syringe_change" in pair.seen_states
     assert pair.rust.state == "complete"
     assert math.isclose(pair.rust.delivered_ml, 1.5, abs_tol=2 * pair.config.volume_quantum_ml)
+
+
+def test_motion_waits_for_the_plungers_position_in_both() -> None:
+    """A start before the first sample, a resume in the same tick as the new syringe, and a syringe
+    swapped undeclared (the jump stays invalid) then unloaded and loaded again: the same refusals, the
+    same references, the same alarms."""
+    swap = {
+        100: Tick(command="pause"),
+        101: Tick(command="change_syringe"),
+        103: Tick(command="syringe_loaded", then="resume", event="swap_syringe", amount=0.03, vtbi=1.0),
+        104: Tick(command="resume"),
+        200: Tick(command="stop"),
+        202: Tick(event="swap_syringe", amount=0.9),  # undeclared: the plunger jumps
+        500: Tick(command="acknowledge", then="unload"),
+        502: Tick(command="load", rate=120.0, vtbi=0.5, take_up=False),
+        503: Tick(command="start"),
+    }
+    scenario = fixed_scenario(800, swap, vtbi=1.5, take_up=True, slack_ml=0.01, syringe_fill_ml=1.0)
+    pair = run_scenario(
+        replace(scenario, syringes=2, load_before_first_step=True, start_before_first_step=True)
+    )
+    assert {"start -> position unknown", "resume -> position unknown"} <= pair.seen_flags
+    assert {"syringe_loaded", "unload", "dose_complete"} <= pair.seen_causes
+    assert "telemetry_invalid" in pair.seen_causes
+    assert pair.rust.state == "complete"
+
+
+def test_a_syringe_swapped_between_programs_is_referenced_alike() -> None:
+    """Unloaded, a new syringe sampled while idle and a start right after the load; then unloaded and
+    loaded again in one go, the swap seen only by the armed kernel's first sample: both kernels take
+    the new plunger as the reference (no jump, no refusal) and both programs complete."""
+    swaps = {
+        150: Tick(command="unload"),
+        152: Tick(event="swap_syringe", amount=0.5),  # seen while idle
+        154: Tick(command="load", then="start", rate=120.0, vtbi=0.2, take_up=False),
+        300: Tick(command="unload", then="load", rate=120.0, vtbi=0.2, take_up=False),
+        301: Tick(event="swap_syringe", amount=0.1),  # seen first by the armed kernel
+        302: Tick(command="start"),
+    }
+    pair = run_scenario(fixed_scenario(450, swaps, vtbi=0.3))
+    assert not any(flag.endswith("position unknown") for flag in pair.seen_flags), pair.seen_flags
+    assert "telemetry_invalid" not in pair.seen_causes
+    assert {"unload", "dose_complete"} <= pair.seen_causes
+    assert pair.rust.state == "complete"
+    # The last program measured from its own syringe's plunger, not the one before it.
+    assert math.isclose(pair.rust.delivered_ml, 0.2, abs_tol=2 * pair.config.volume_quantum_ml)

@@ -256,6 +256,7 @@ def test_arbitrary_floats_never_crash_and_never_exceed_the_ceiling(
     cfg = kernel_config()
     kernel = _core.SafetyKernel(cfg)
     kernel.load(52.5, 35.0)
+    kernel.step(0.0, 0.0, 0.0, 20.0)  # the plunger's position: a start needs it
     kernel.start()
     now = 0.0
     for dt, t, volume, pressure in steps:

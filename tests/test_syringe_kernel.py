@@ -130,6 +130,11 @@ def test_delivery_never_passes_the_whole_dose_across_any_syringe_changes(  # noq
                 pending.append((tick + 2, "loaded", change))
             elif what == "loaded":
                 kernel.syringe_loaded(pump.fill_ml)
+                # Not from the old syringe's position: motion waits for the new one's first sample.
+                with pytest.raises(StateTransitionError, match="position"):
+                    (kernel.start if change.stop else kernel.resume)()
+                pending.append((tick + 1, "go", change))
+            elif what == "go":
                 (kernel.start if change.stop else kernel.resume)()
         if out.state in {"complete", "alarm"}:
             # An alarm (the flow window sees a syringe run dry that was not changed in time) holds the

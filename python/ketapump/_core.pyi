@@ -304,17 +304,21 @@ class SafetyKernel:
         """End the change (→ the paused or stopped state it began in): a new syringe holding
         ``fill_ml`` (at most the configured capacity, else ConfigurationError, nothing changed)."""
     def start(self) -> None:
-        """Start delivery (armed, with take-up if requested; or stopped)."""
+        """Start delivery (armed, with take-up if requested; or stopped). Refused (StateTransitionError
+        with ``why``) until a sample has given the plunger's position: a new kernel, a new syringe after
+        ``syringe_loaded`` or ``unload``."""
     def pause(self) -> None: ...
     def resume(self) -> None:
-        """Resume from paused, tracking from the current volume (no catch-up bolus)."""
+        """Resume from paused, tracking from the current volume (no catch-up bolus). Refused, as
+        ``start``, until a sample has given a new syringe's position."""
     def stop(self) -> None: ...
     def acknowledge(self) -> None:
         """Clear latched alarms (alarm → stopped). A persisting condition re-raises on the next tick."""
     def silence(self) -> None:
         """Mute annunciation for ``silence_s`` (at most 2 min); alarms stay latched."""
     def unload(self) -> None:
-        """Close the program (armed, stopped or complete → idle)."""
+        """Close the program (armed, stopped or complete → idle). Any syringe may go in then: the next
+        sample is a new reference, not a jump."""
     def set_rate(self, rate_ml_h: float) -> None:
         """Change the programmed rate. An invalid rate raises InterlockError and latches an alarm."""
     def step(

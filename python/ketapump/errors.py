@@ -116,12 +116,14 @@ class ConfirmationRequired(LimitError):  # noqa: N818 (ditto)
 
 
 class StateTransitionError(KetapumpError, RuntimeError):
-    """An operator command is not valid in the kernel's current state; nothing changed."""
+    """An operator command is not valid in the kernel's current state (``why``, when the state alone
+    does not say: a start before the plunger's position is known); nothing changed."""
 
-    def __init__(self, state: str, command: str) -> None:
-        super().__init__(f"cannot {command} while {state}")
+    def __init__(self, state: str, command: str, why: str = "") -> None:
+        super().__init__(f"cannot {command} while {state}" + (f": {why}" if why else ""))
         self.state = state
         self.command = command
+        self.why = why
 
 
 class InterlockError(KetapumpError, RuntimeError):

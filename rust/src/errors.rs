@@ -77,6 +77,11 @@ impl From<CoreError> for PyErr {
             CoreError::Kernel(KernelError::InvalidTransition { from, command }) => {
                 StateTransitionError::new_err((from.as_str(), command.as_str()))
             }
+            CoreError::Kernel(KernelError::PositionUnknown { from, command }) => StateTransitionError::new_err((
+                from.as_str(),
+                command.as_str(),
+                "no sample has given the plunger's position yet",
+            )),
             CoreError::Kernel(KernelError::Interlock { alarm, cause }) => {
                 InterlockError::new_err((alarm.as_str(), format!("{} {}", cause.field, problem_text(cause.problem))))
             }

@@ -95,6 +95,8 @@ COMPLETE: Final = State("complete")
 RUNNING_INFUSING: Final = State("running", phase=Infusing())
 SYRINGE_CHANGE_PAUSED: Final = State("syringe_change")
 SYRINGE_CHANGE_STOPPED: Final = State("syringe_change", from_stopped=True)
+# Why a start or resume is refused before a sample has given the position (``rust/src/errors.rs``).
+POSITION_UNKNOWN: Final = "no sample has given the plunger's position yet"
 
 
 #: Alarms that may start (or leave running) the back-off (``Alarm::permits_backoff``): every check that
@@ -240,6 +242,9 @@ class ReferenceKernel:
         # Kernel time from which staleness is counted when no sample has arrived yet.
         self._monitored_since_s: float | None = None
         self._last_sample_t_s: float | None = None
+        # Time of the last plausible sample, accepted or rejected as a jump: the jump bound runs from it,
+        # so a jump stays rejected however long it persists (only a new reference ends it).
+        self._last_plausible_t_s: float | None = None
         self._last_volume_ml: float | None = None
         # Encoder volume at the start of the current program.
         self._origin_ml: float | None = None
@@ -384,6 +389,11 @@ class ReferenceKernel:
     def _refuse(self, command: str) -> StateTransitionError:
         return StateTransitionError(self._state.kind, command)
 
+    def _position_known(self, command: str) -> None:
+        """Motion starts from the plunger's position: refused until a sample has given it."""
+        if self._rereference or self._last_volume_ml is None:
+            raise StateTransitionError(self._state.kind, command, POSITION_UNKNOWN)
+
     def _transition(self, to: State, cause: str) -> None:
         from_kind = self._state.kind
         self._state = to
@@ -412,7 +422,8 @@ class ReferenceKernel:
         self._completed_mg = completed_mg
         self._carried_ml = 0.0
         self._program = program
-        self._origin_ml = self._last_volume_ml
+        # A syringe whose position is not known yet is referenced by its first sample.
+        self._origin_ml = None if self._rereference else self._last_volume_ml
         self._release = None
         self._rest_mmhg = self._pressure.filtered_mmhg if self._pressure.initialised else None
         self._commanded_ml = 0.0
@@ -433,6 +444,7 @@ class ReferenceKernel:
             phase = Infusing()
         else:
             raise self._refuse("start")
+        self._position_known("start")
         self._begin_motion()
         # Without take-up a freshly loaded syringe may still have its slack to cross.
         self._awaiting_first_motion = (self._state == ARMED or pending) and isinstance(phase, Infusing)
@@ -453,6 +465,7 @@ class ReferenceKernel:
         """``paused`` → ``running`` at the programmed rate, tracking from the current volume."""
         if self._state != PAUSED:
             raise self._refuse("resume")
+        self._position_known("resume")
         # After a syringe change the new syringe's slack is taken up first.
         pending = self._take_up_pending
         phase: TakeUp | Infusing = (
@@ -522,6 +535,8 @@ class ReferenceKernel:
         self._carried_ml = 0.0
         self._program = None
         self._origin_ml = None
+        # The syringe may be swapped before the next program: its position comes from the next sample.
+        self._rereference = True
         self._hold_origin_ml = None
         self._release = None
         self._rest_mmhg = None
@@ -696,21 +711,27 @@ class ReferenceKernel:
             and s.t_s <= now_s
             and (self._last_sample_t_s is None or s.t_s >= self._last_sample_t_s)
         )
-        v, t = self._last_volume_ml, self._last_sample_t_s
-        if self._rereference:
-            jump_ok = True  # a new syringe's plunger may read anywhere: a new reference, not a jump
+        v, t = self._last_volume_ml, self._last_plausible_t_s
+        if self._rereference or self._program is None:
+            # A new syringe's plunger may read anywhere (without a program any syringe may go in).
+            jump_ok = True
         elif v is not None and t is not None:
             bound = 2.0 * self._cfg.raw.pump_max_rate_ml_h / S_PER_H * _fmax(s.t_s - t, 0.0) + 1.0
             jump_ok = abs(s.volume_ml - v) <= bound
         else:
             jump_ok = True
+        if plausible:
+            seen = self._last_plausible_t_s
+            self._last_plausible_t_s = s.t_s if seen is None else _fmax(seen, s.t_s)
         if not (plausible and jump_ok):
             raised.insert("telemetry_invalid")
             return False
         if self._last_sample_t_s == s.t_s:
             return False  # the same sample again: not fresh
         changing = self._state.kind == "syringe_change"
-        if self._origin_ml is None and self._program is not None and not changing:
+        if self._program is None:
+            self._rereference = False
+        elif self._origin_ml is None and not changing:
             self._origin_ml = s.volume_ml
             self._rereference = False
         self._last_sample_t_s = s.t_s

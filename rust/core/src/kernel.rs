@@ -61,6 +61,11 @@
 //! - `Running → Complete` ("dose delivered") when the encoder volume plus what the compressed drive
 //!   will still push the plunger on by once the motor stops ([`SafetyKernel::drive_release_ml`])
 //!   reaches the programmed volume; that release counts as delivered from then on.
+//! - `start` and `resume` need the plunger's position: until a sample has given it (a new kernel, a
+//!   new syringe after `syringe_loaded`, a syringe that may have been swapped after `unload`) they are
+//!   refused ([`KernelError::PositionUnknown`]), never run from a guessed or the old syringe's position.
+//!   Without a program every sample is a new reference (any syringe may go in); with one, the first
+//!   sample after a change or an unload is, and from then on a jump is `telemetry_invalid`.
 //! - `Idle` is not monitored (no program is loaded); `Complete` is *watched*: only for uncommanded
 //!   delivery (a siphon pulling the plunger on after the dose), never for staleness or the syringe;
 //!   every other state is monitored.
@@ -275,6 +280,8 @@ impl Command {
 pub enum KernelError {
     /// The command is not valid in the current state; nothing changed.
     InvalidTransition { from: StateKind, command: Command },
+    /// `start` or `resume` before a sample has given the plunger's position; nothing changed.
+    PositionUnknown { from: StateKind, command: Command },
     /// The program or rate was refused; nothing changed (`load`).
     Config(ConfigError),
     /// The command was refused and latched an alarm (`set_rate` with an invalid rate while a program
@@ -369,6 +376,9 @@ pub struct SafetyKernel {
     /// Kernel time from which staleness is counted when no sample has arrived yet.
     monitored_since_s: Option<f64>,
     last_sample_t_s: Option<f64>,
+    /// Time of the last plausible sample, accepted or rejected as a jump: the jump bound runs from it,
+    /// so a jump stays rejected however long it persists (only a new reference ends it).
+    last_plausible_t_s: Option<f64>,
     last_volume_ml: Option<f64>,
     /// Encoder volume at the start of the current program.
     origin_ml: Option<f64>,
@@ -384,7 +394,8 @@ pub struct SafetyKernel {
     syringe_fill_ml: f64,
     /// A new syringe is in: its slack is taken up at the next start or resume.
     take_up_pending: bool,
-    /// The plunger reference is re-taken from the next sample (a new syringe): no jump check on it.
+    /// The plunger's position is not known (a syringe changed, or unloaded and perhaps swapped): the next
+    /// sample is a new reference, not a jump, and start and resume wait for it.
     rereference: bool,
     /// Forward motor volume commanded while infusing (integral of the held command).
     commanded_ml: f64,
@@ -446,6 +457,7 @@ impl SafetyKernel {
             now_s: None,
             monitored_since_s: None,
             last_sample_t_s: None,
+            last_plausible_t_s: None,
             last_volume_ml: None,
             origin_ml: None,
             completed_ml: 0.0,
@@ -560,6 +572,15 @@ impl SafetyKernel {
         KernelError::InvalidTransition { from: self.state.kind(), command }
     }
 
+    /// Motion starts from the plunger's position: refused until a sample has given it (a new kernel,
+    /// a new syringe, one unloaded) rather than started from a guess.
+    fn position_known(&self, command: Command) -> Result<(), KernelError> {
+        if self.rereference || self.last_volume_ml.is_none() {
+            return Err(KernelError::PositionUnknown { from: self.state.kind(), command });
+        }
+        Ok(())
+    }
+
     fn transition(&mut self, to: State, cause: Cause) {
         let from = self.state.kind();
         self.state = to;
@@ -605,7 +626,8 @@ impl SafetyKernel {
         self.completed_mg = completed_mg;
         self.carried_ml = 0.0;
         self.program = Some(program);
-        self.origin_ml = self.last_volume_ml;
+        // A syringe whose position is not known yet is referenced by its first sample.
+        self.origin_ml = if self.rereference { None } else { self.last_volume_ml };
         self.release = None;
         self.rest_mmhg = self.pressure.initialised.then_some(self.pressure.filtered_mmhg);
         self.commanded_ml = 0.0;
@@ -625,6 +647,7 @@ impl SafetyKernel {
             (State::Armed | State::Stopped, Some(_)) => Phase::Infusing,
             _ => return Err(self.refuse(Command::Start)),
         };
+        self.position_known(Command::Start)?;
         self.begin_motion();
         // Without take-up a freshly loaded syringe may still have its slack to cross.
         self.awaiting_first_motion = (self.state == State::Armed || self.take_up_pending) && phase == Phase::Infusing;
@@ -647,6 +670,7 @@ impl SafetyKernel {
         if self.state != State::Paused {
             return Err(self.refuse(Command::Resume));
         }
+        self.position_known(Command::Resume)?;
         // After a syringe change the new syringe's slack is taken up first.
         let phase = if self.take_up_pending && self.cfg.raw.take_up_max_ml > 0.0 {
             self.take_up_phase()
@@ -747,6 +771,8 @@ impl SafetyKernel {
         self.carried_ml = 0.0;
         self.program = None;
         self.origin_ml = None;
+        // The syringe may be swapped before the next program: its position comes from the next sample.
+        self.rereference = true;
         self.hold_origin_ml = None;
         self.release = None;
         self.rest_mmhg = None;
@@ -943,14 +969,18 @@ impl SafetyKernel {
             && s.t_s <= now_s
             && self.last_sample_t_s.is_none_or(|prev| s.t_s >= prev);
         // A new syringe's plunger may read anywhere: its first position is a new reference, not a jump.
-        let jump_ok = match (self.last_volume_ml, self.last_sample_t_s) {
-            _ if self.rereference => true,
+        let jump_ok = match (self.last_volume_ml, self.last_plausible_t_s) {
+            // Without a program any syringe may go in: every position is a new reference.
+            _ if self.rereference || self.program.is_none() => true,
             (Some(v), Some(t)) => {
                 let bound = 2.0 * self.cfg.raw.pump_max_rate_ml_h / crate::units::S_PER_H * (s.t_s - t).max(0.0) + 1.0;
                 (s.volume_ml - v).abs() <= bound
             }
             _ => true,
         };
+        if plausible {
+            self.last_plausible_t_s = Some(self.last_plausible_t_s.map_or(s.t_s, |t| t.max(s.t_s)));
+        }
         if !(plausible && jump_ok) {
             raised.insert(Alarm::TelemetryInvalid);
             return false;
@@ -959,7 +989,9 @@ impl SafetyKernel {
             return false; // the same sample again: not fresh
         }
         let changing = matches!(self.state, State::SyringeChange { .. });
-        if self.origin_ml.is_none() && self.program.is_some() && !changing {
+        if self.program.is_none() {
+            self.rereference = false;
+        } else if self.origin_ml.is_none() && !changing {
             self.origin_ml = Some(s.volume_ml);
             self.rereference = false;
         }

@@ -830,7 +830,7 @@ fn apply(sim: &mut Sim, action: Action) -> bool {
             Ok(())
         }
     };
-    !matches!(result, Err(KernelError::InvalidTransition { .. }))
+    !matches!(result, Err(KernelError::InvalidTransition { .. } | KernelError::PositionUnknown { .. }))
 }
 
 /// Breadth-first over kernel clones; calls `visit` on every node reached (after each action).
@@ -2643,4 +2643,145 @@ fn start_after_a_change_takes_up_the_new_slack() {
     sim.tick();
     sim.k.start().unwrap();
     assert!(matches!(sim.k.state(), State::Running(Phase::TakeUp { .. })));
+}
+
+// ----- the plunger's position before motion ---------------------------------------------------------
+
+fn assert_position_unknown(result: Result<(), KernelError>, from: StateKind, command: Command) {
+    assert_eq!(result, Err(KernelError::PositionUnknown { from, command }));
+}
+
+/// A new kernel has no position until its first sample: a start before it is refused, changing nothing.
+#[test]
+fn armed_start_before_any_sample_is_refused() {
+    let mut k = SafetyKernel::new(config());
+    k.load(60.0, 10.0, false).unwrap();
+    while k.trace_mut().pop().is_some() {}
+    assert_position_unknown(k.start(), StateKind::Armed, Command::Start);
+    assert_eq!(k.state_kind(), StateKind::Armed);
+    assert!(k.trace_mut().pop().is_none());
+    // A plunger reading below zero is a position like any other: no reverse motion from a guessed 0.
+    assert!(k.step(0.0, &telemetry(0.0, -5.0, BASELINE_MMHG)).raised.is_empty());
+    k.start().unwrap();
+    let out = k.step(0.1, &telemetry(0.1, -5.0, BASELINE_MMHG));
+    assert!(out.raised.is_empty() && out.state == StateKind::Running, "{out:?}");
+}
+
+/// After `syringe_loaded`, resume (from Paused) and start (from Stopped) wait for the new plunger's first
+/// sample; then the new syringe runs, reading lower than the old one without a reverse-motion alarm.
+#[test]
+fn resume_or_start_after_a_change_waits_for_the_new_syringes_position() {
+    for (from_stopped, to, command) in
+        [(false, StateKind::Paused, Command::Resume), (true, StateKind::Stopped, Command::Start)]
+    {
+        let mut sim = changing(from_stopped);
+        swap_syringe(&mut sim, 1.0, 0.0);
+        sim.k.syringe_loaded(50.0).unwrap();
+        sim.drain();
+        let go = |k: &mut SafetyKernel| if from_stopped { k.start() } else { k.resume() };
+        assert_position_unknown(go(&mut sim.k), to, command);
+        assert_eq!(sim.state(), to);
+        assert!(sim.drain().is_empty());
+        sim.tick();
+        go(&mut sim.k).unwrap();
+        let outs = sim.run(5.0);
+        assert!(outs.iter().all(|o| o.alarms.is_empty()), "{command:?}: {:?}", outs.last());
+        assert!(sim.pos_ml > 1.0, "{command:?}: the new syringe delivers");
+    }
+}
+
+/// After `unload` any syringe may go in: idle samples take each position as it comes, the next program
+/// is measured from the new syringe's, and a jump while it runs is `telemetry_invalid` again.
+#[test]
+fn unload_takes_the_next_syringes_position_as_a_new_reference() {
+    let mut sim = stopped();
+    sim.k.unload().unwrap();
+    sim.tick();
+    swap_syringe(&mut sim, 40.0, 0.0); // a fuller syringe: the plunger reads 35 mL further on
+    sim.tick();
+    sim.k.load(60.0, 1.0, false).unwrap();
+    let out = sim.tick();
+    assert!(out.alarms.is_empty(), "{out:?}");
+    sim.k.start().unwrap();
+    let outs = sim.run(30.0);
+    assert!(outs.iter().all(|o| o.alarms.is_empty()), "{:?}", outs.last());
+    // Measured from the new syringe's position: half a millilitre in 30 s at 60 mL/h.
+    assert!((sim.k.delivered_ml() - 0.5).abs() < 0.02, "{}", sim.k.delivered_ml());
+    let out = sim.tick_with(|s| s.volume_ml += 2.0);
+    assert!(out.raised.contains(Alarm::TelemetryInvalid), "{out:?}");
+}
+
+/// Unloaded, swapped and loaded with no sample in between: the first sample is the reference (not a
+/// jump), a start before it is refused, and the reference is taken once.
+#[test]
+fn unload_then_load_before_a_sample_waits_for_the_new_syringes_position() {
+    let mut sim = stopped();
+    sim.k.unload().unwrap();
+    swap_syringe(&mut sim, 0.0, 0.0);
+    sim.k.load(60.0, 1.0, false).unwrap();
+    assert_position_unknown(sim.k.start(), StateKind::Armed, Command::Start);
+    let out = sim.tick();
+    assert!(out.alarms.is_empty(), "{out:?}");
+    sim.k.start().unwrap();
+    let outs = sim.run(5.0);
+    assert!(outs.iter().all(|o| o.alarms.is_empty()), "{:?}", outs.last());
+    let out = sim.tick_with(|s| s.volume_ml += 2.0);
+    assert!(out.raised.contains(Alarm::TelemetryInvalid), "{out:?}");
+}
+
+/// A change abandoned by `stop` and a new program loaded: the first sample is the reference and the jump
+/// check is back on after it (before, the pending reference was never taken and jumps went unchecked).
+#[test]
+fn a_program_loaded_after_an_abandoned_change_checks_jumps_again() {
+    let mut sim = changing(false);
+    sim.k.stop().unwrap();
+    sim.k.load(60.0, 1.0, false).unwrap();
+    swap_syringe(&mut sim, 2.0, 0.0);
+    assert!(sim.tick().alarms.is_empty());
+    let out = sim.tick_with(|s| s.volume_ml += 2.0);
+    assert_eq!(out.raised, set(&[Alarm::TelemetryInvalid]), "{out:?}");
+}
+
+/// A syringe swapped without a syringe change: the jump is `telemetry_invalid` however long it persists
+/// (before, the jump bound grew with the time since the last accepted sample and the new plunger was
+/// taken as motion after ~20 s, measured from the old syringe's origin: a start would then have run
+/// some 10 mL over the dose). The way out is a declared change.
+#[test]
+fn a_plunger_jump_stays_invalid_however_long_it_persists() {
+    let mut sim = stopped();
+    let delivered = sim.k.delivered_ml();
+    let fuller = sim.pos_ml - 4.0; // a fuller syringe: the plunger reads 4 mL lower
+    swap_syringe(&mut sim, fuller, 0.0);
+    assert!(sim.tick().raised.contains(Alarm::TelemetryInvalid));
+    let outs = sim.run(60.0);
+    assert!(outs.iter().all(|o| o.alarms.contains(Alarm::TelemetryInvalid) && o.command == MotorCommand::HOLD));
+    assert_eq!(sim.k.delivered_ml(), delivered);
+    // Acknowledged, the persisting jump is raised again at the next tick: nothing runs.
+    sim.k.acknowledge().unwrap();
+    let out = sim.tick();
+    assert!(out.raised.contains(Alarm::TelemetryInvalid) && out.command == MotorCommand::HOLD, "{out:?}");
+    assert_eq!(sim.k.delivered_ml(), delivered);
+    // Declared as a change, the new syringe is a new reference and the dose runs on from what was given.
+    sim.k.acknowledge().unwrap();
+    sim.k.change_syringe().unwrap();
+    sim.k.syringe_loaded(50.0).unwrap();
+    assert!(sim.tick().raised.is_empty());
+    sim.k.start().unwrap();
+    let outs = sim.run(10.0);
+    assert!(outs.iter().all(|o| o.alarms.is_empty()), "{:?}", outs.last());
+    assert!(sim.k.delivered_ml() > delivered, "{} after {delivered}", sim.k.delivered_ml());
+}
+
+/// Unloaded, a sample, loaded: the sample gave the position, so a start right after the load runs.
+#[test]
+fn a_sample_while_idle_gives_the_position_for_the_next_program() {
+    let mut sim = stopped();
+    sim.k.unload().unwrap();
+    swap_syringe(&mut sim, 20.0, 0.0);
+    sim.tick();
+    sim.k.load(60.0, 1.0, false).unwrap();
+    sim.k.start().unwrap();
+    let outs = sim.run(5.0);
+    assert!(outs.iter().all(|o| o.alarms.is_empty()), "{:?}", outs.last());
+    assert!(sim.k.delivered_ml() > 0.0);
 }
