@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
+
+import pytest
 
 from ketapump import _core
 from ketapump.bridge.loop import ControlLoop, InfusionPlan, RunResult
 from ketapump.clock import VirtualClock
-from ketapump.config import kernel_config
+from ketapump.config import default_kernel_settings, kernel_config
+from ketapump.errors import TransportError
 from ketapump.wire.drivers.reference import ReferencePumpDriver
 from ketapump.wire.transports import open_transport
 from ketapump.wire.transports.sim import SimTransport
@@ -194,3 +198,58 @@ def test_a_two_minute_pause_at_90_ml_h_on_a_high_resistance_line_raises_no_alarm
     result, seen = pause_at_90_ml_h(HIGH_RESISTANCE_MMHG_S_PER_ML, occlusion_threshold_mmhg=500.0)
     assert seen["pressure_at_pause_mmhg"] > 350.0
     assert result.state == "complete" and not result.alarms, result
+
+
+@pytest.mark.parametrize("failed_reads", [0, 1, 3])
+def test_a_resume_asked_with_the_new_syringe_waits_for_its_first_sample(failed_reads: int) -> None:
+    """The operator loads the new syringe and resumes at once (both in one tick): the resume reaches
+    the kernel once a sample has given the new plunger's position — the next tick, or after the reads
+    that failed on the way — and the dose completes over the two syringes without a refusal or an
+    alarm."""
+    events = Events()
+    loop, transport, clock = make_loop(events)
+    stage: list[str] = []
+    applied: dict[str, float] = {}
+    failing = [0]
+    for name in ("read_telemetry", "heartbeat_and_read_telemetry"):
+        read = getattr(loop.driver, name)
+
+        async def flaky(read: Any = read) -> Any:
+            if failing[0] > 0:
+                failing[0] -= 1
+                raise TransportError("sim", "test: the read after loading failed")
+            return await read()
+
+        setattr(loop.driver, name, flaky)
+
+    def on_tick(out, telemetry) -> None:  # type: ignore[no-untyped-def]
+        if not stage and out.delivered_ml >= VOLUME / 2 and out.state == "running":
+            loop.request_pause("test: syringe spent")
+            stage.append("pausing")
+        elif stage == ["pausing"] and out.state == "paused" and out.direction == "hold":
+            loop.request_syringe_change("test: syringe spent")
+            stage.append("changing")
+        elif stage[-1:] == ["changing"] and out.state == "syringe_change":
+            transport.pump.inject("fault_load_syringe", 1)
+            loop.request_syringe_loaded(default_kernel_settings()["syringe_fill_ml"], "test: loaded")
+            loop.request_resume("test: resumed with it")
+            failing[0] = failed_reads
+            applied["asked_at"] = clock.now()
+            stage.append("asked")
+        elif stage[-1:] == ["asked"] and out.state == "running":
+            applied["running_at"] = clock.now()
+            stage.append("running")
+        elif clock.now() > 3 * VOLUME / RATE * 3600.0:
+            loop.request_stop(by="protocol")  # never resumed: end the run
+
+    loop.on_tick = on_tick
+    result = asyncio.run(loop.run(InfusionPlan(RATE, VOLUME, 26.59, syringes=2)))
+    assert result.state == "complete", result
+    assert not events.named("request_refused")
+    assert not events.named("alarm")
+    assert [f["reason"] for f in events.named("resumed")] == ["test: resumed with it"]
+    # Loaded at the tick after the request, resumed at the one after the first fresh sample.
+    waited = 0.2 + 0.1 * failed_reads
+    assert math.isclose(applied["running_at"] - applied["asked_at"], waited, abs_tol=1e-9), applied
+    assert len(events.named("request_waits")) == failed_reads  # one per tick it waited
+    assert math.isclose(result.delivered_ml, VOLUME, rel_tol=0.02)

@@ -185,10 +185,14 @@ class ControlLoop:
 
     def _apply_requests(self) -> None:
         """Hands the queued operator requests to the kernel, in order. A request the kernel's state does
-        not allow (a pause while already paused or in alarm) is logged and dropped, never forced."""
+        not allow (a pause while already paused or in alarm) is logged and dropped, never forced. After
+        a syringe is loaded the rest wait for the next tick: its sample gives the new plunger's position,
+        which a resume needs; a resume the kernel refuses for want of that position (the read failed)
+        waits, with what came after it, until a fresh sample gives it. The wait ends there, or when the
+        kernel's staleness alarm or a stop makes the resume one the state does not allow."""
         requests, self._requests = self._requests, []
         kernel = self.kernel
-        for kind, arg in requests:
+        for i, (kind, arg) in enumerate(requests):
             try:
                 if kind == "pause":
                     kernel.pause()
@@ -203,11 +207,17 @@ class ControlLoop:
                     fill_ml, reason = arg
                     kernel.syringe_loaded(fill_ml)
                     self.log.info("syringe_loaded", fill_ml=fill_ml, reason=reason)
+                    self._requests[:0] = requests[i + 1 :]
+                    return
                 else:
                     rate, reason = arg
                     kernel.set_rate(rate)
                     self.log.info("rate_changed", rate_ml_h=rate, reason=reason)
             except StateTransitionError as e:
+                if e.why and kind == "resume":
+                    self._requests[:0] = requests[i:]
+                    self.log.info("request_waits", request=kind, state=e.state, why=e.why)
+                    return
                 self.log.warning("request_refused", request=kind, state=e.state)
             except InterlockError as e:
                 # The kernel latched the alarm itself; the next step reports it and the loop stops.
