@@ -2,28 +2,8 @@
 
 mod common;
 
-use common::raw;
-use ketapump_core::{KernelConfig, RawKernelConfig};
+use common::kp40min_config as config;
 use ketapump_scenario::{run_kp40min, run_kp40min_lanes, Kp40Min};
-
-fn config() -> KernelConfig {
-    KernelConfig::from_raw(RawKernelConfig {
-        syringe_diameter_mm: 26.5995,
-        encoder_counts_per_mm: 3200.0,
-        control_period_s: 0.001,
-        stale_after_s: 0.1,
-        kp_per_s: 2.0,
-        ki_per_s2: 0.5,
-        integral_limit_ml_s: 0.01,
-        control_deadband_counts: 0.0,
-        control_hold_s: 0.0,
-        max_rate_ml_h: 1188.0,
-        hard_max_rate_ml_h: 1200.0,
-        occlusion_threshold_mmhg: 300.0,
-        ..raw()
-    })
-    .expect("the KP-40MIN configuration is valid")
-}
 
 /// KP-40MIN shortened (the occlusion and the schedule moved in), shifted by `lane` so every lane of a
 /// group runs a different scenario of a different length.

@@ -1,6 +1,6 @@
 //! What the scenario crate's integration tests share.
 
-use ketapump_core::RawKernelConfig;
+use ketapump_core::{KernelConfig, RawKernelConfig};
 
 /// The shipped kernel defaults (python/ketapump/data/kernel_defaults.toml).
 pub fn raw() -> RawKernelConfig {
@@ -56,4 +56,25 @@ pub fn raw() -> RawKernelConfig {
         control_hold_s: 10.0,
         silence_s: 120.0,
     }
+}
+
+/// KP-40MIN's kernel: the defaults with its plant's syringe, 1 kHz control and the per-tick PI.
+#[allow(dead_code)] // not every test crate that includes this module runs KP-40MIN
+pub fn kp40min_config() -> KernelConfig {
+    KernelConfig::from_raw(RawKernelConfig {
+        syringe_diameter_mm: 26.5995,
+        encoder_counts_per_mm: 3200.0,
+        control_period_s: 0.001,
+        stale_after_s: 0.1,
+        kp_per_s: 2.0,
+        ki_per_s2: 0.5,
+        integral_limit_ml_s: 0.01,
+        control_deadband_counts: 0.0,
+        control_hold_s: 0.0,
+        max_rate_ml_h: 1188.0,
+        hard_max_rate_ml_h: 1200.0,
+        occlusion_threshold_mmhg: 300.0,
+        ..raw()
+    })
+    .expect("the KP-40MIN configuration is valid")
 }
