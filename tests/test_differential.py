@@ -974,3 +974,13 @@ def test_a_syringe_swapped_between_programs_is_referenced_alike() -> None:
     assert pair.rust.state == "complete"
     # The last program measured from its own syringe's plunger, not the one before it.
     assert math.isclose(pair.rust.delivered_ml, 0.2, abs_tol=2 * pair.config.volume_quantum_ml)
+
+
+def test_a_plunger_jumping_on_after_the_end_alarms_in_both() -> None:
+    """Complete, then the plunger reading jumps forward 1.5 mL in one tick: rejected as a sample and
+    alarmed as uncommanded delivery (held), alike; the same jump backward alarms in neither."""
+    for event, alarmed in (("slip_forward", True), ("slip_back", False)):
+        pair = run_scenario(fixed_scenario(200, {100: Tick(event=event, amount=1.0)}, vtbi=0.1))
+        assert "dose_complete" in pair.seen_causes
+        assert ("uncommanded_delivery" in pair.rust.alarms) is alarmed, (event, pair.rust.alarms)
+        assert pair.rust.state == ("alarm" if alarmed else "complete")

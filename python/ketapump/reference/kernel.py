@@ -690,10 +690,13 @@ class ReferenceKernel:
             if fresh:
                 self._check_sample(sample, raised)
             self._raise(raised)
-        elif fresh and self._state == COMPLETE:
-            # Watch after the end: the program is done, but the plunger must not move on by itself.
-            self._check_uncommanded(sample.volume_ml, raised)
-            self._raise(raised)
+        elif self._state == COMPLETE:
+            # Watch after the end: the program is done, but the plunger must not move on by itself, nor
+            # jump on (``_accept_sample``): invalid telemetry alone is not this watch's alarm.
+            if fresh:
+                self._check_uncommanded(sample.volume_ml, raised)
+            if raised.contains("uncommanded_delivery"):
+                self._raise(raised)
 
         command, clamp, control = self._command(now_s, dt_s)
         return self._finish(command, clamp, control, latched_before)
@@ -725,6 +728,9 @@ class ReferenceKernel:
             self._last_plausible_t_s = s.t_s if seen is None else _fmax(seen, s.t_s)
         if not (plausible and jump_ok):
             raised.insert("telemetry_invalid")
+            # After the end a plunger jumping forward is delivery nothing commanded (see the Rust).
+            if plausible and self._state == COMPLETE and v is not None and s.volume_ml > v:
+                raised.insert("uncommanded_delivery")
             return False
         if self._last_sample_t_s == s.t_s:
             return False  # the same sample again: not fresh

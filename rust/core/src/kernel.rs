@@ -67,8 +67,9 @@
 //!   Without a program every sample is a new reference (any syringe may go in); with one, the first
 //!   sample after a change or an unload is, and from then on a jump is `telemetry_invalid`.
 //! - `Idle` is not monitored (no program is loaded); `Complete` is *watched*: only for uncommanded
-//!   delivery (a siphon pulling the plunger on after the dose), never for staleness or the syringe;
-//!   every other state is monitored.
+//!   delivery (a siphon pulling the plunger on after the dose, or the plunger jumping on, which comes
+//!   with `telemetry_invalid` and holds), never for staleness or the syringe; every other state is
+//!   monitored.
 //! - A held plunger's `uncommanded_delivery` alone (from `Armed`, `Paused`, `Stopped` or `Complete`)
 //!   plans a *catch*: the nut retracts until the plunger is pulled back two counts (the clamp behind
 //!   the flange holds it), at most `take_up_max_ml` (`catch_plan`).
@@ -947,10 +948,15 @@ impl SafetyKernel {
                 self.check_sample(sample, &mut raised);
             }
             self.raise(raised);
-        } else if fresh && self.state == State::Complete {
-            // Watch after the end: the program is done, but the plunger must not move on by itself.
-            self.check_uncommanded(sample.volume_ml, &mut raised);
-            self.raise(raised);
+        } else if self.state == State::Complete {
+            // Watch after the end: the program is done, but the plunger must not move on by itself, nor
+            // jump on (`accept_sample`): invalid telemetry alone is not this watch's alarm.
+            if fresh {
+                self.check_uncommanded(sample.volume_ml, &mut raised);
+            }
+            if raised.contains(Alarm::UncommandedDelivery) {
+                self.raise(raised);
+            }
         }
 
         let (command, clamp, control) = self.command(now_s, dt_s);
@@ -983,6 +989,12 @@ impl SafetyKernel {
         }
         if !(plausible && jump_ok) {
             raised.insert(Alarm::TelemetryInvalid);
+            // After the end a plunger jumping forward is delivery nothing commanded; the jump stays
+            // rejected, so the watch would otherwise never see the plunger again. Raised with the
+            // invalid sample, it holds the motor (no catch is driven by a reading not trusted).
+            if plausible && self.state == State::Complete && self.last_volume_ml.is_some_and(|v| s.volume_ml > v) {
+                raised.insert(Alarm::UncommandedDelivery);
+            }
             return false;
         }
         if self.last_sample_t_s == Some(s.t_s) {

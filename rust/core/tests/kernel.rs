@@ -2785,3 +2785,23 @@ fn a_sample_while_idle_gives_the_position_for_the_next_program() {
     assert!(outs.iter().all(|o| o.alarms.is_empty()), "{:?}", outs.last());
     assert!(sim.k.delivered_ml() > 0.0);
 }
+
+/// After the end the plunger jumps forward (a hand on it, an unclamped plunger snapping on): the jump
+/// is rejected as a sample, and it is the watch's alarm at once, held (no catch on an untrusted
+/// reading). A jump backward (the syringe taken out) is not delivery: no alarm.
+#[test]
+fn complete_a_forward_jump_is_uncommanded_delivery() {
+    let mut sim = complete();
+    sim.pos_ml += 3.0;
+    let out = sim.tick();
+    assert_eq!(out.raised, set(&[Alarm::TelemetryInvalid, Alarm::UncommandedDelivery]), "{out:?}");
+    assert_eq!(out.command, MotorCommand::HOLD);
+    assert_has_event(&sim.drain(), StateKind::Complete, StateKind::Alarm, Cause::Alarm(Alarm::TelemetryInvalid));
+    let outs = sim.run(2.0);
+    assert!(outs.iter().all(|o| o.command == MotorCommand::HOLD && o.state == StateKind::Alarm));
+
+    let mut sim = complete();
+    sim.pos_ml -= 3.0;
+    let outs = sim.run(5.0);
+    assert!(outs.iter().all(|o| o.alarms.is_empty() && o.state == StateKind::Complete), "{:?}", outs.last());
+}
