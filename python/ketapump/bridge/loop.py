@@ -188,8 +188,10 @@ class ControlLoop:
         not allow (a pause while already paused or in alarm) is logged and dropped, never forced. After
         a syringe is loaded the rest wait for the next tick: its sample gives the new plunger's position,
         which a resume needs; a resume the kernel refuses for want of that position (the read failed)
-        waits, with what came after it, until a fresh sample gives it. The wait ends there, or when the
-        kernel's staleness alarm or a stop makes the resume one the state does not allow."""
+        waits, with what came after it, until a fresh sample gives it. The wait ends there, when a stop
+        or the kernel's staleness alarm makes the resume one the state does not allow, or when more
+        than ``max_transport_failures`` reads in a row fail and the run ends as ``transport_lost``,
+        whichever comes first."""
         requests, self._requests = self._requests, []
         kernel = self.kernel
         for i, (kind, arg) in enumerate(requests):
