@@ -4,68 +4,18 @@
 
 mod common;
 
-use common::raw;
+use common::{raw, spec, LIMITS};
 use ketapump_core::{
     Alarm, AlarmSet, ClampReason, ControlStatus, Direction, KernelConfig, MotorCommand, RawKernelConfig, StateKind,
     StepOutput,
 };
 use ketapump_scenario::campaign::{
-    check_accuracy, check_cumulative_cap, check_occlusion, check_overdose, derive_scenario, run, CampaignSpec, Chance,
-    EncoderSlipSpec, Fault, HeadHeightSpec, InfusionSpec, Invariant, LatchMonitor, Limits, OcclusionRecord,
-    OcclusionSpec, PlantSpec, Range, RestartSpec, RunSpec,
+    check_accuracy, check_cumulative_cap, check_occlusion, check_overdose, derive_scenario, run, CampaignSpec, Fault,
+    Invariant, LatchMonitor, OcclusionRecord, OcclusionSpec, Range,
 };
 
 fn config() -> KernelConfig {
     KernelConfig::from_raw(raw()).expect("the default configuration is valid")
-}
-
-const LIMITS: Limits = Limits {
-    occlusion_threshold_mmhg: 300.0,
-    occlusion_latency_s: 5.0,
-    dose_tolerance: 0.02,
-    accuracy_tolerance: 0.02,
-    hard_cap_mg: 120.0,
-    concentration_mg_per_ml: 1.0,
-};
-
-/// The shipped default campaign (python/ketapump/data/campaigns/default.toml).
-fn spec() -> CampaignSpec {
-    CampaignSpec {
-        limits: LIMITS,
-        infusion: InfusionSpec {
-            syringes: ["bd-plastipak-20", "bd-plastipak-30", "bd-plastipak-50", "bd-plastipak-60"]
-                .map(String::from)
-                .to_vec(),
-            rate_ml_h: Range::new(4.0, 60.0),
-            duration_min: Range::new(30.0, 60.0),
-            fill_fraction: Range::new(0.6, 1.0),
-            take_up_probability: 1.0,
-            rate_change_probability: 0.2,
-            rate_change_factor: Range::new(0.75, 1.33),
-            over_cap_probability: 0.05,
-            over_cap_headroom: Range::new(0.2, 0.9),
-        },
-        plant: PlantSpec {
-            compliance_ml_per_mmhg: Range::new(0.0012, 0.0028),
-            resistance_mmhg_s_per_ml: Range::new(3_600.0, 9_000.0),
-            patient_pressure_mmhg: Range::new(5.0, 15.0),
-            slack_taken_up_probability: 0.5,
-            pressure_noise_sd_mmhg: Range::new(0.0, 2.0),
-        },
-        run: RunSpec { fault_window: Range::new(0.1, 0.9), observe_after_alarm_s: 30.0, settle_s: 180.0 },
-        restart: RestartSpec { probability: 0.2, gap_s: Range::new(0.5, 5.0), watchdog_s: 0.5 },
-        occlusion: OcclusionSpec {
-            probability: 0.3,
-            factor: Range::new(1.0e3, 1.0e6),
-            clear_probability: 0.3,
-            clear_after_s: Range::new(10.0, 300.0),
-        },
-        air: Chance { probability: 0.05 },
-        head_height: HeadHeightSpec { probability: 0.1, height_cm: Range::new(-50.0, 25.0) },
-        stuck_encoder: Chance { probability: 0.05 },
-        encoder_slip: EncoderSlipSpec { probability: 0.05, fraction: Range::new(0.2, 0.9) },
-        drive_stall: Chance { probability: 0.05 },
-    }
 }
 
 fn config_with(change: impl FnOnce(&mut RawKernelConfig)) -> KernelConfig {
