@@ -4,6 +4,8 @@
 //! Layered limits: the ceiling is already min(configured, hard, pump); the dose headroom is the volume
 //! that may still be delivered. A missing (non-finite or non-positive) limit means the safe value, zero.
 
+use crate::units::is_positive_finite;
+
 /// Which branch decided the clamped rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClampReason {
@@ -60,8 +62,7 @@ pub fn clamp_rate(requested_ml_s: f64, limits: RateLimits) -> (f64, ClampReason)
         return (0.0, ClampReason::Negative);
     }
     let RateLimits { max_ml_s, headroom_ml, period_s } = limits;
-    let limits_valid =
-        max_ml_s.is_finite() && max_ml_s > 0.0 && !headroom_ml.is_nan() && period_s.is_finite() && period_s > 0.0;
+    let limits_valid = is_positive_finite(max_ml_s) && !headroom_ml.is_nan() && is_positive_finite(period_s);
     if !limits_valid {
         return (0.0, ClampReason::NoLimit);
     }

@@ -149,10 +149,10 @@ impl RateController {
             (self.trim_ml_s, self.trim_proportional_ml_s, self.trim_integral_ml_s);
         let mut integrating = false;
         if deciding {
-            let resolved = error - error.clamp(-g.deadband_ml, g.deadband_ml);
+            let resolved = error - within(error, -g.deadband_ml, g.deadband_ml);
             let wanted_proportional = g.kp_per_s * resolved;
             let candidate =
-                (self.integral_ml_s + resolved * elapsed).clamp(-g.integral_limit_ml_s, g.integral_limit_ml_s);
+                within(self.integral_ml_s + resolved * elapsed, -g.integral_limit_ml_s, g.integral_limit_ml_s);
             let unsaturated = setpoint_ml_s + wanted_proportional + g.ki_per_s2 * candidate;
             // Anti-windup: hold the integral when saturated and the error pushes further out.
             let winding_up = (unsaturated > g.max_ml_s && resolved > 0.0) || (unsaturated < 0.0 && resolved < 0.0);
@@ -168,11 +168,13 @@ impl RateController {
             }
         }
         let sum = setpoint_ml_s + trim;
-        let saturated_output = sum.clamp(0.0, g.max_ml_s);
+        let saturated_output = within(sum, 0.0, g.max_ml_s);
         let step_limit = g.slew_ml_s_per_s * dt_s;
-        let slewed = saturated_output
-            .clamp(self.last_output_ml_s - step_limit, self.last_output_ml_s + step_limit)
-            .clamp(0.0, g.max_ml_s);
+        let slewed = within(
+            within(saturated_output, self.last_output_ml_s - step_limit, self.last_output_ml_s + step_limit),
+            0.0,
+            g.max_ml_s,
+        );
 
         // Finite inputs can still overflow (a huge dt or volume): refuse rather than poison the state.
         if !(target.is_finite()
@@ -203,9 +205,38 @@ impl RateController {
     }
 }
 
+/// `x.clamp(lo, hi)` (NaN stays NaN) without its panic when `lo > hi` (then `hi`): inlined into the
+/// tick, where the library's clamp is a call, and no panic path in the kernel.
+#[inline(always)]
+fn within(x: f64, lo: f64, hi: f64) -> f64 {
+    let x = if x < lo { lo } else { x };
+    if x > hi {
+        hi
+    } else {
+        x
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn within_is_the_library_clamp_without_its_panic() {
+        let values = [f64::NEG_INFINITY, -2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0, f64::INFINITY, f64::NAN];
+        for x in values {
+            for lo in values {
+                for hi in values {
+                    if lo <= hi {
+                        let (ours, library) = (within(x, lo, hi), x.clamp(lo, hi));
+                        assert_eq!(ours.to_bits(), library.to_bits(), "within({x}, {lo}, {hi})");
+                    }
+                }
+            }
+        }
+        assert_eq!(within(0.5, 1.0, 0.0), 0.0); // lo > hi: the library panics, ours gives hi
+        assert!(within(f64::NAN, 1.0, 0.0).is_nan());
+    }
 
     /// Per-step PI (no deadband, no hold): the classic controller the quiet one reduces to.
     const GAINS: Gains = Gains {

@@ -88,6 +88,7 @@ use crate::clamp::{clamp_rate, ClampReason, RateLimits};
 use crate::config::{validate_rate, ConfigError, KernelConfig, Program};
 use crate::controller::{ControlStatus, Gains, RateController};
 use crate::trace::{Cause, TraceRing};
+use crate::units::is_positive_finite;
 use core::ops::RangeInclusive;
 
 /// The state without its data: what the trace records and Python sees.
@@ -553,18 +554,31 @@ impl SafetyKernel {
     /// Drug delivered over the kernel's life plus what was delivered before it (mg).
     #[inline(always)]
     pub fn cumulative_mg(&self) -> f64 {
-        self.cfg.raw.prior_delivered_mg + self.completed_mg + self.delivered_ml() * self.cfg.mg_per_ml()
-    }
-
-    #[inline(always)]
-    fn remaining_ml(&self) -> f64 {
-        self.program.map_or(0.0, |p| (p.vtbi_ml - self.delivered_ml()).max(0.0))
+        self.cumulative_mg_with(self.delivered_ml())
     }
 
     /// What the syringe in the pump still holds (mL).
     #[inline(always)]
     pub fn syringe_left_ml(&self) -> f64 {
-        self.syringe_fill_ml - (self.completed_ml + self.delivered_ml() - self.syringe_start_ml)
+        self.syringe_left_ml_with(self.delivered_ml())
+    }
+
+    // A tick's figures from one `delivered_ml()`, worked out once per check rather than once per figure
+    // (the same arithmetic: `cumulative_mg` and `syringe_left_ml` call these too).
+
+    #[inline(always)]
+    fn cumulative_mg_with(&self, delivered_ml: f64) -> f64 {
+        self.cfg.raw.prior_delivered_mg + self.completed_mg + delivered_ml * self.cfg.mg_per_ml()
+    }
+
+    #[inline(always)]
+    fn syringe_left_ml_with(&self, delivered_ml: f64) -> f64 {
+        self.syringe_fill_ml - (self.completed_ml + delivered_ml - self.syringe_start_ml)
+    }
+
+    #[inline(always)]
+    fn remaining_ml_with(&self, delivered_ml: f64) -> f64 {
+        self.program.map_or(0.0, |p| (p.vtbi_ml - delivered_ml).max(0.0))
     }
 
     // ----- operator commands -----------------------------------------------------------------
@@ -966,10 +980,9 @@ impl SafetyKernel {
     /// Validates the sample; records it and returns true when it is valid and fresh.
     #[inline(always)]
     fn accept_sample(&mut self, now_s: f64, s: &Telemetry, raised: &mut AlarmSet) -> bool {
-        let pressure_ok = !self.cfg.raw.has_pressure_sensor
-            || (s.pressure_mmhg.is_finite() && PLAUSIBLE_PRESSURE_MMHG.contains(&s.pressure_mmhg));
+        // The plausible ranges are finite, so `contains` also refuses NaN and ±∞.
+        let pressure_ok = !self.cfg.raw.has_pressure_sensor || PLAUSIBLE_PRESSURE_MMHG.contains(&s.pressure_mmhg);
         let plausible = s.t_s.is_finite()
-            && s.volume_ml.is_finite()
             && PLAUSIBLE_VOLUME_ML.contains(&s.volume_ml)
             && pressure_ok
             && s.t_s <= now_s
@@ -1042,7 +1055,7 @@ impl SafetyKernel {
             };
             return;
         }
-        if !(dt_s > 0.0 && dt_s.is_finite()) {
+        if !is_positive_finite(dt_s) {
             return;
         }
         p.last_dt_s = dt_s;
@@ -1086,7 +1099,7 @@ impl SafetyKernel {
             if delivered > program.vtbi_ml * (1.0 + r.dose_tolerance) + q {
                 raised.insert(Alarm::Overdose);
             }
-            if self.cumulative_mg() > r.hard_cap_mg + q * self.cfg.mg_per_ml() {
+            if self.cumulative_mg_with(delivered) > r.hard_cap_mg + q * self.cfg.mg_per_ml() {
                 raised.insert(Alarm::CumulativeCap);
             }
         }
@@ -1296,10 +1309,11 @@ impl SafetyKernel {
                     return (MotorCommand::HOLD, ClampReason::DoseExhausted, ControlStatus::default());
                 }
                 let volume = self.last_volume_ml.unwrap_or(0.0);
-                let cap_ml = (self.cfg.raw.hard_cap_mg - self.cumulative_mg()) / self.cfg.mg_per_ml();
+                let cap_ml = (self.cfg.raw.hard_cap_mg - self.cumulative_mg_with(delivered)) / self.cfg.mg_per_ml();
                 // Never past what the syringe in the pump holds: a dose of several syringes pauses for
                 // the change before the plunger reaches its end stop.
-                let dose_headroom = (program.vtbi_ml - release - delivered).min(cap_ml).min(self.syringe_left_ml());
+                let dose_headroom =
+                    (program.vtbi_ml - release - delivered).min(cap_ml).min(self.syringe_left_ml_with(delivered));
                 match phase {
                     Phase::TakeUp { commanded_ml, origin_ml } => {
                         let take_up_left = self.cfg.raw.take_up_max_ml - commanded_ml;
@@ -1400,8 +1414,9 @@ impl SafetyKernel {
         }
         self.last_command = command;
         let now = self.now_s.unwrap_or(0.0);
+        let delivered = self.delivered_ml();
         let near_empty = self.program.is_some() && self.state.kind().is_monitored() && {
-            let left = self.syringe_left_ml();
+            let left = self.syringe_left_ml_with(delivered);
             let rate = self.program.map_or(0.0, |p| p.rate_ml_s);
             left <= self.cfg.raw.near_empty_ml || (rate > 0.0 && left / rate <= self.cfg.raw.near_empty_s)
         };
@@ -1412,8 +1427,8 @@ impl SafetyKernel {
             raised: self.latched.difference(latched_before),
             near_empty,
             annunciate: !self.latched.is_empty() && now >= self.silenced_until_s,
-            delivered_ml: self.delivered_ml(),
-            remaining_ml: self.remaining_ml(),
+            delivered_ml: delivered,
+            remaining_ml: self.remaining_ml_with(delivered),
             clamp,
             control,
         }
