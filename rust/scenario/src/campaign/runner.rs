@@ -77,7 +77,7 @@ fn hash_tick(hash: u64, n: u64, out: &StepOutput) -> u64 {
 }
 
 /// The pump runs what the kernel commands (a new rate only when it changes).
-#[inline]
+#[inline(always)]
 fn obey(plant: &mut Plant, out: &StepOutput, motor_ml_h_now: &mut f64, field: &str) -> Result<(), CampaignError> {
     let motor = motor_ml_h(out);
     if motor != *motor_ml_h_now {
