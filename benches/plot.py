@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -19,8 +20,9 @@ import matplotlib.pyplot as plt
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.png"
 
 
-def medians(paths: list[str]) -> dict[str, dict[str, float]]:
-    found: dict[str, dict[str, float]] = {}
+def medians(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """Each benchmark's median and its extra_info (numbers, strings and nested tables), by name."""
+    found: dict[str, dict[str, Any]] = {}
     for path in paths:
         for bench in json.loads(Path(path).read_text())["benchmarks"]:
             found[bench["name"]] = {"median": bench["stats"]["median"], **bench.get("extra_info", {})}
@@ -94,4 +96,12 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    problems = [f"{path}: not a file" for path in args if not Path(path).is_file()]
+    if not args or problems:
+        print("usage: " + __doc__.strip().splitlines()[2], *problems, sep="\n", file=sys.stderr)
+        sys.exit(2)
+    try:
+        main(args)
+    except (ValueError, KeyError) as e:  # not pytest-benchmark JSON
+        sys.exit(f"plot.py: cannot read the benchmark JSON: {e!r}")

@@ -62,7 +62,7 @@ def test_serve_cpu_with_16_chairs_at_10_hz(benchmark: Any, tmp_path: Path) -> No
         with serving("--config", str(clinic)) as served, served.client() as client:
             # Sixteen different patients: ids one typo apart (p-10, p-11) need a new_patient reason.
             start_all_chairs(client, CHAIRS)
-            stop, counts = threading.Event(), {}
+            stop, counts = threading.Event(), dict[str, int]()
             follower = threading.Thread(target=_follow, args=(served.url, stop, counts), daemon=True)
             follower.start()
             time.sleep(1.0)

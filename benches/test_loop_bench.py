@@ -68,7 +68,7 @@ def forty_minute_session(rate_ml_h: float) -> dict[str, Any]:
         writes.append(rate)
         await send(rate)
 
-    driver.set_rate_ml_h = counted  # type: ignore[method-assign]
+    driver.set_rate_ml_h = counted  # type: ignore[method-assign,assignment]
     config = kernel_config(
         syringe_diameter_mm=diameter, syringe_capacity_ml=capacity, syringe_fill_ml=capacity
     )
