@@ -30,7 +30,10 @@ def medians(paths: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def main(paths: list[str]) -> None:
-    m = medians(paths)
+    try:
+        m = medians(paths)
+    except (ValueError, KeyError, TypeError) as e:  # not pytest-benchmark JSON
+        sys.exit(f"plot.py: cannot read the benchmark JSON: {e!r}")
     rows: list[tuple[str, float, float, bool]] = []  # label, measured, target, higher is better
     if {"test_kp40min_rust", "test_kp40min_python_reference"} <= m.keys():
         ratio = m["test_kp40min_python_reference"]["median"] / m["test_kp40min_rust"]["median"]
@@ -101,7 +104,4 @@ if __name__ == "__main__":
     if not args or problems:
         print("usage: " + __doc__.strip().splitlines()[2], *problems, sep="\n", file=sys.stderr)
         sys.exit(2)
-    try:
-        main(args)
-    except (ValueError, KeyError) as e:  # not pytest-benchmark JSON
-        sys.exit(f"plot.py: cannot read the benchmark JSON: {e!r}")
+    main(args)

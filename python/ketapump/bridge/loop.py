@@ -189,9 +189,8 @@ class ControlLoop:
         a syringe is loaded the rest wait for the next tick: its sample gives the new plunger's position,
         which a resume needs; a resume the kernel refuses for want of that position (the read failed)
         waits, with what came after it, until a fresh sample gives it. The wait ends there, when a stop
-        or the kernel's staleness alarm makes the resume one the state does not allow, or when more
-        than ``max_transport_failures`` reads in a row fail and the run ends as ``transport_lost``,
-        whichever comes first."""
+        or the kernel's staleness alarm makes the resume one the state does not allow, or when the run
+        ends for another reason (the link lost as ``transport_lost``, a pump alarm, a refusal)."""
         requests, self._requests = self._requests, []
         kernel = self.kernel
         for i, (kind, arg) in enumerate(requests):

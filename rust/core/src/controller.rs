@@ -205,8 +205,10 @@ impl RateController {
     }
 }
 
-/// `x.clamp(lo, hi)` (NaN stays NaN) without its panic when `lo > hi` (then `hi`): inlined into the
-/// tick, where the library's clamp is a call, and no panic path in the kernel.
+/// `x.clamp(lo, hi)` (NaN stays NaN), inlined into the tick where the library's clamp is a call. Where
+/// the library panics (`lo > hi`, a NaN bound) this gives `hi`, or ignores the NaN bound: no panic path
+/// in the kernel. The step's bounds never get there: gains are validated (finite, ≥ 0) and `dt` and the
+/// last output are finite.
 #[inline(always)]
 fn within(x: f64, lo: f64, hi: f64) -> f64 {
     let x = if x < lo { lo } else { x };

@@ -334,6 +334,14 @@ pub const PLAUSIBLE_VOLUME_ML: RangeInclusive<f64> = -1_000.0..=10_000.0;
 /// patient siphons, and sensors read a few mmHg under zero at rest.
 pub const PLAUSIBLE_PRESSURE_MMHG: RangeInclusive<f64> = -300.0..=5_000.0;
 
+// `accept_sample` relies on finite bounds: `contains` then refuses NaN and ±∞ by itself.
+const _: () = assert!(
+    PLAUSIBLE_VOLUME_ML.start().is_finite()
+        && PLAUSIBLE_VOLUME_ML.end().is_finite()
+        && PLAUSIBLE_PRESSURE_MMHG.start().is_finite()
+        && PLAUSIBLE_PRESSURE_MMHG.end().is_finite()
+);
+
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct FlowPoint {
     t_s: f64,

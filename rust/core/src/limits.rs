@@ -24,6 +24,8 @@
 //! soft min, soft max. Totals over the rolling windows are in mg/kg of the dosing weight and include
 //! this order; the caller supplies them from the course history.
 
+use crate::units::is_positive_finite;
+
 /// What is limited. The stable names are the drug-library table names and the Python kind names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
@@ -524,8 +526,7 @@ pub fn kernel_limits(limits: &DrugLimits, order: &Order, device_max_rate_ml_h: f
         }
     }
     let settings = KernelLimits { concentration_mg_per_ml: concentration, max_rate_ml_h, hard_cap_mg };
-    let sane = |v: f64| v.is_finite() && v > 0.0;
-    (sane(max_rate_ml_h) && sane(hard_cap_mg)).then_some(settings)
+    (is_positive_finite(max_rate_ml_h) && is_positive_finite(hard_cap_mg)).then_some(settings)
 }
 
 #[cfg(test)]

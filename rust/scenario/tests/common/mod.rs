@@ -1,4 +1,5 @@
-//! What the scenario crate's integration tests share.
+//! What the scenario crate's integration tests and examples share: the shipped kernel defaults, KP-40MIN's
+//! kernel and the shipped default campaign.
 
 use ketapump_core::{KernelConfig, RawKernelConfig};
 #[allow(unused_imports)] // not every crate that includes this module runs campaigns
