@@ -85,7 +85,8 @@ pub fn kp40min_config() -> KernelConfig {
     .expect("the KP-40MIN configuration is valid")
 }
 
-#[allow(dead_code)]
+/// The default campaign's clinical limits.
+#[allow(dead_code)] // not every crate that includes this module runs campaigns
 pub const LIMITS: Limits = Limits {
     occlusion_threshold_mmhg: 300.0,
     occlusion_latency_s: 5.0,
@@ -96,7 +97,7 @@ pub const LIMITS: Limits = Limits {
 };
 
 /// The shipped default campaign (python/ketapump/data/campaigns/default.toml).
-#[allow(dead_code)]
+#[allow(dead_code)] // not every crate that includes this module runs campaigns
 pub fn spec() -> CampaignSpec {
     CampaignSpec {
         limits: LIMITS,
