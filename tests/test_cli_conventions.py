@@ -35,7 +35,8 @@ from cli_contract import (
     documented_exit_codes,
 )
 from ketapump import _core
-from ketapump.cli import app
+from ketapump.cli import COMMAND_MODULES, app
+from ketapump.cli.common import lazy_group, module_commands
 from simhelpers import ketapump as run_cli
 from simhelpers import new_course_db
 
@@ -80,6 +81,58 @@ def test_python_dash_m_is_the_same_command_line() -> None:
     assert "Usage: python -m ketapump" in done.stdout
     sub = run_cli("qa", "--help")
     assert sub.returncode == 0 and "accuracy" in sub.stdout and "campaign" in sub.stdout
+
+
+# ----- start-up: a command imports its own module, not the others' -------------------------------------
+
+HOMES = sorted(set(COMMAND_MODULES.values()))
+
+
+def _cli_modules_loaded(tmp_path: Path, *args: str) -> set[str]:
+    """The command modules (``COMMAND_MODULES``' values) a fresh interpreter has imported once
+    ``ketapump ARGS`` has finished."""
+    found = tmp_path / "modules.txt"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from ketapump.cli import main
+        sys.argv = ["ketapump", *{list(args)!r}]
+        try:
+            main()
+        except SystemExit:
+            pass
+        open({str(found)!r}, "w").write("\\n".join(sys.modules))
+        """
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert found.exists(), done.stderr
+    return set(found.read_text().split("\n")) & set(HOMES)
+
+
+@pytest.mark.parametrize("home", HOMES)
+def test_a_command_loads_only_its_own_module(tmp_path: Path, home: str) -> None:
+    name = next(n for n, h in COMMAND_MODULES.items() if h == home)
+    assert _cli_modules_loaded(tmp_path, name, "--help") == {home}
+
+
+def test_the_version_loads_no_command_and_the_help_loads_every_one(tmp_path: Path) -> None:
+    assert _cli_modules_loaded(tmp_path, "--version") == set()
+    assert _cli_modules_loaded(tmp_path, "--help") == set(HOMES)
+
+
+def test_each_command_module_registers_exactly_the_commands_the_table_gives_it() -> None:
+    for home in HOMES:
+        listed = {name for name, h in COMMAND_MODULES.items() if h == home}
+        assert set(module_commands(home)) == listed, home
+
+
+def test_a_command_its_module_does_not_register_is_a_loud_error_and_an_unknown_one_none() -> None:
+    group = lazy_group({"verify-all": "ketapump.cli.log"})(name="t")
+    assert list(group.commands) == ["verify-all"]
+    with pytest.raises(RuntimeError, match=re.escape("ketapump.cli.log registers no command 'verify-all'")):
+        group.commands["verify-all"]
+    assert group.commands.get("nosuch") is None
 
 
 # ----- one name per idea, the old spellings kept ------------------------------------------------------

@@ -12,16 +12,31 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 
 from ketapump import _core
-from ketapump.cli import clinical, console, course, log, qa, run, sim
-from ketapump.cli.common import Command, command_group, result
+from ketapump.cli.common import command_group, lazy_group, result
+
+#: Each command and the module that registers it (``register_cli``), in the help's order: a module is
+#: imported only when one of its commands runs or the help lists them.
+COMMAND_MODULES: Final = {
+    "sim": "ketapump.cli.sim",
+    "run": "ketapump.cli.run",
+    "dose": "ketapump.cli.clinical",
+    "demo": "ketapump.cli.clinical",
+    "session": "ketapump.cli.clinical",
+    "serve": "ketapump.cli.console",
+    "console": "ketapump.cli.console",
+    "log": "ketapump.cli.log",
+    "course": "ketapump.cli.course",
+    "qa": "ketapump.cli.qa",
+}
 
 app = command_group(
     "ketapump",
+    cls=lazy_group(COMMAND_MODULES),
     pretty_exceptions_show_locals=False,
     help="Infusion-pump control bridge (engineering software, not a certified medical device).",
 )
@@ -63,17 +78,8 @@ def _root(
     """Infusion-pump control bridge (engineering software, not a certified medical device)."""
 
 
-app.command(cls=Command)(sim.sim)
-app.command(cls=Command)(run.run)
-app.add_typer(log.log_app, name="log")
-app.add_typer(course.course_app, name="course")
-clinical.register_cli(app)
-console.register_cli(app)
-app.add_typer(qa.qa_app, name="qa")
-
-
 def main() -> None:
     app()
 
 
-__all__ = ["app", "main"]
+__all__ = ["COMMAND_MODULES", "app", "main"]

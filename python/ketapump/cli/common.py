@@ -8,15 +8,18 @@ fails, its exit codes, how its help shows flags, and the old spellings of rename
   sysexits codes (``os.EX_DATAERR`` 65, ``os.EX_NOINPUT`` 66, …); usage errors exit 2 (typer's).
 - A renamed option keeps its old spelling as a hidden alias that still works and warns once
   (:class:`Renamed`, :func:`command_class`).
+- A command's module is imported when the command is looked up, not at start-up (:func:`lazy_group`):
+  each module registers its commands with ``register_cli(app)``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -25,7 +28,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from ketapump.clinical import check_operator_name
+from ketapump import clinical
 
 #: Outcomes of the commands that run a pump (``run``, ``session``, ``demo``).
 EXIT_COMPLETE: Final = 0
@@ -60,7 +63,7 @@ def operator_name(value: str | None, *, required: bool = True) -> str | None:
             raise fail(f"--operator NAME (or ${OPERATOR_ENV}) is required", EXIT_USAGE)
         return None
     try:
-        return check_operator_name(value)
+        return clinical.check_operator_name(value)
     except ValueError as e:
         raise fail(f"--operator: {e}", EXIT_USAGE) from None
 
@@ -202,10 +205,69 @@ class Group(TyperGroup):
         return _flags_as_flags(super().get_params(ctx))
 
 
-def command_group(name: str | None = None, **settings: Any) -> typer.Typer:
+def command_group(name: str | None = None, *, cls: type[Group] = Group, **settings: Any) -> typer.Typer:
     """A ``ketapump`` command group: help without arguments, flags shown as flags, and help texts
     reflowed as Markdown (the docstrings' line breaks are not the terminal's)."""
-    return typer.Typer(name=name, cls=Group, no_args_is_help=True, rich_markup_mode="markdown", **settings)
+    return typer.Typer(name=name, cls=cls, no_args_is_help=True, rich_markup_mode="markdown", **settings)
+
+
+def module_commands(module_name: str) -> dict[str, Any]:
+    """The click commands (and groups) the CLI module ``module_name`` registers with its
+    ``register_cli(app)``, by name, built by typer as on any ``ketapump`` group."""
+    module = importlib.import_module(module_name)
+    carrier = command_group()
+    carrier.callback()(lambda: None)  # a group even when the module registers a single command
+    module.register_cli(carrier)
+    group = typer.main.get_command(carrier)
+    assert isinstance(group, TyperGroup)
+    return dict(group.commands)
+
+
+class _CommandsOnDemand(MutableMapping[str, Any]):
+    """A group's commands by name, in ``homes``' order, each module's imported on the first look-up of
+    one of its commands (the mapping typer's group keeps, so listing names loads nothing)."""
+
+    def __init__(self, homes: Mapping[str, str], loaded: Mapping[str, Any]) -> None:
+        self._names = list(loaded) + [name for name in homes if name not in loaded]
+        self._homes = homes
+        self._loaded = dict(loaded)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._loaded and name in self._homes:
+            home = self._homes[name]
+            self._loaded.update(module_commands(home))
+            if name not in self._loaded:  # a mistake in ``homes``, not a user's unknown command
+                raise RuntimeError(f"{home} registers no command {name!r}")
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        if name not in self._names:
+            self._names.append(name)
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        self._names.remove(name)
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def lazy_group(homes: Mapping[str, str]) -> type[Group]:
+    """The class of a group whose commands live in the modules ``homes`` names (command → module, in
+    the help's order): a module is imported when one of its commands runs or the help lists them, so
+    a command does not pay for the others' imports at start-up (``qa campaign`` loads neither the
+    session engine nor the console)."""
+
+    class LazyGroup(Group):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.commands = _CommandsOnDemand(homes, self.commands)
+
+    return LazyGroup
 
 
 def set_diagnostic_levels(debug: bool) -> None:

@@ -393,3 +393,10 @@ def allow_command(
     except (CourseError, sqlite3.Error) as e:
         raise _course_error(path, e) from None
     result(f"standing override for patient {patient}: {o.kind} until {_short(o.expires_at)} by {o.who}")
+
+
+def register_cli(app: typer.Typer) -> None:
+    app.add_typer(course_app, name="course")
+
+
+__all__ = ["register_cli"]

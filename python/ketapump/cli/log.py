@@ -93,3 +93,10 @@ def _seal_for(file: Path, course_db: Path | None) -> tuple[Seal | None, str]:
     if sealed is None:
         return None, f"; {where} holds no seal of session {session}"
     return Seal(sealed.records, sealed.head, f"the course history {where}"), f"; its end matches {where}"
+
+
+def register_cli(app: typer.Typer) -> None:
+    app.add_typer(log_app, name="log")
+
+
+__all__ = ["register_cli"]

@@ -502,3 +502,10 @@ def qa_trace(
         )
     if problems:
         raise typer.Exit(os.EX_DATAERR)
+
+
+def register_cli(app: typer.Typer) -> None:
+    app.add_typer(qa_app, name="qa")
+
+
+__all__ = ["register_cli"]

@@ -48,6 +48,7 @@ from ketapump.cli.common import (
     OPERATOR_ENV,
     OPERATOR_HELP,
     PUMP_HELP,
+    Command,
     fail,
     operator_name,
     progress_console,
@@ -240,3 +241,10 @@ async def _run(
             for sig in signals:
                 aio.remove_signal_handler(sig)
             await driver.close()
+
+
+def register_cli(app: typer.Typer) -> None:
+    app.command(cls=Command)(run)
+
+
+__all__ = ["register_cli"]

@@ -15,7 +15,7 @@ import typer
 
 from ketapump import _core
 from ketapump.bridge import configure_diagnostics
-from ketapump.cli.common import fail, set_diagnostic_levels
+from ketapump.cli.common import Command, fail, set_diagnostic_levels
 from ketapump.clock import ScaledClock, settled_heap
 from ketapump.errors import ConfigurationError
 from ketapump.validation import input_exit_code
@@ -113,3 +113,10 @@ async def _serve(
         await stop.wait()
     finally:
         await server.stop()
+
+
+def register_cli(app: typer.Typer) -> None:
+    app.command(cls=Command)(sim)
+
+
+__all__ = ["register_cli"]
