@@ -101,7 +101,8 @@ def _cli_modules_loaded(tmp_path: Path, *args: str) -> set[str]:
             main()
         except SystemExit:
             pass
-        open({str(found)!r}, "w").write("\\n".join(sys.modules))
+        with open({str(found)!r}, "w") as found:
+            found.write("\\n".join(sys.modules))
         """
     )
     command = [sys.executable, "-c", script]
@@ -110,10 +111,42 @@ def _cli_modules_loaded(tmp_path: Path, *args: str) -> set[str]:
     return set(found.read_text().split("\n")) & set(HOMES)
 
 
-@pytest.mark.parametrize("home", HOMES)
-def test_a_command_loads_only_its_own_module(tmp_path: Path, home: str) -> None:
-    name = next(n for n, h in COMMAND_MODULES.items() if h == home)
-    assert _cli_modules_loaded(tmp_path, name, "--help") == {home}
+@pytest.mark.parametrize("name", list(COMMAND_MODULES))
+def test_a_command_loads_only_its_own_module(tmp_path: Path, name: str) -> None:
+    assert _cli_modules_loaded(tmp_path, name, "--help") == {COMMAND_MODULES[name]}
+
+
+def test_a_nested_command_and_a_usage_error_load_only_their_own_module(tmp_path: Path) -> None:
+    assert _cli_modules_loaded(tmp_path, "qa", "campaign", "--help") == {"ketapump.cli.qa"}
+    assert _cli_modules_loaded(tmp_path, "demo", "--bogus") == {"ketapump.cli.clinical"}
+    assert _cli_modules_loaded(tmp_path, "nosuch") == set()
+
+
+def test_the_help_lists_every_command_in_the_tables_order() -> None:
+    done = run_cli("--help")
+    assert done.returncode == 0, done.stderr
+    listed = re.findall(r"^│ ([a-z]+) ", done.stdout, flags=re.MULTILINE)
+    assert listed[-len(COMMAND_MODULES) :] == list(COMMAND_MODULES)
+
+
+@pytest.mark.parametrize(
+    ("args", "unknown", "meant"),
+    [(("demp",), "demp", "demo"), (("qa", "campain"), "campain", "campaign"), (("nosuch",), "nosuch", None)],
+)
+def test_an_unknown_command_is_a_usage_error_with_a_suggestion(
+    args: tuple[str, ...], unknown: str, meant: str | None
+) -> None:
+    done = run_cli(*args)
+    assert done.returncode == 2
+    assert f"No such command '{unknown}'." in done.stderr
+    assert (f"Did you mean '{meant}'?" in done.stderr) == (meant is not None)
+
+
+def test_no_command_shows_the_help() -> None:
+    done = run_cli()
+    assert done.returncode == 2
+    assert "Usage: python -m ketapump [OPTIONS] COMMAND [ARGS]..." in done.stdout + done.stderr
+    assert "│ qa " in done.stdout + done.stderr
 
 
 def test_the_version_loads_no_command_and_the_help_loads_every_one(tmp_path: Path) -> None:
@@ -133,6 +166,22 @@ def test_a_command_its_module_does_not_register_is_a_loud_error_and_an_unknown_o
     with pytest.raises(RuntimeError, match=re.escape("ketapump.cli.log registers no command 'verify-all'")):
         group.commands["verify-all"]
     assert group.commands.get("nosuch") is None
+    assert "verify-all" in group.commands and "nosuch" not in group.commands
+    with pytest.raises(KeyError):
+        del group.commands["nosuch"]
+    del group.commands["verify-all"]
+    assert group.commands.get("verify-all") is None and list(group.commands) == []
+
+
+def test_a_key_error_while_importing_a_command_module_is_not_taken_for_an_unknown_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_command_module.py").write_text("import os\nos.environ['KETAPUMP_NO_SUCH_VARIABLE']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("KETAPUMP_NO_SUCH_VARIABLE", raising=False)
+    group = lazy_group({"hello": "broken_command_module"})(name="t")
+    with pytest.raises(RuntimeError, match="importing broken_command_module for 'hello' failed"):
+        group.commands.get("hello")  # what typer's get_command calls: not None, an error
 
 
 # ----- one name per idea, the old spellings kept ------------------------------------------------------

@@ -369,7 +369,11 @@ def test_the_architecture_page_names_every_layer_and_only_files_that_exist() -> 
 def test_the_command_line_loads_no_plotting_library_until_a_plot_is_drawn() -> None:
     """matplotlib is most of a command's start-up and most commands draw nothing: the report and the
     course outcomes import it where they draw (in a fresh interpreter, as ``ketapump`` starts)."""
-    probe = "import sys, ketapump.cli; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+    probe = (
+        "import importlib, sys; from ketapump.cli import COMMAND_MODULES\n"
+        "for home in set(COMMAND_MODULES.values()): importlib.import_module(home)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
     )

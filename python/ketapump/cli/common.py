@@ -213,19 +213,18 @@ def command_group(name: str | None = None, *, cls: type[Group] = Group, **settin
 
 def module_commands(module_name: str) -> dict[str, Any]:
     """The click commands (and groups) the CLI module ``module_name`` registers with its
-    ``register_cli(app)``, by name, built by typer as on any ``ketapump`` group."""
+    ``register_cli(app)``, by name. typer builds them on a group made like the root one
+    (:func:`command_group`: the same help rendering and error settings), so they are what
+    registering them on the root would have made."""
     module = importlib.import_module(module_name)
     carrier = command_group()
-    carrier.callback()(lambda: None)  # a group even when the module registers a single command
     module.register_cli(carrier)
-    group = typer.main.get_command(carrier)
-    assert isinstance(group, TyperGroup)
-    return dict(group.commands)
+    return dict(typer.main.get_group(carrier).commands)
 
 
 class _CommandsOnDemand(MutableMapping[str, Any]):
     """A group's commands by name, in ``homes``' order, each module's imported on the first look-up of
-    one of its commands (the mapping typer's group keeps, so listing names loads nothing)."""
+    one of its commands (the mapping typer's group keeps, so listing or testing names loads nothing)."""
 
     def __init__(self, homes: Mapping[str, str], loaded: Mapping[str, Any]) -> None:
         self._names = list(loaded) + [name for name in homes if name not in loaded]
@@ -233,12 +232,20 @@ class _CommandsOnDemand(MutableMapping[str, Any]):
         self._loaded = dict(loaded)
 
     def __getitem__(self, name: str) -> Any:
-        if name not in self._loaded and name in self._homes:
+        if name not in self._names:
+            raise KeyError(name)  # a user's unknown command: typer says "No such command"
+        if name not in self._loaded:
             home = self._homes[name]
-            self._loaded.update(module_commands(home))
-            if name not in self._loaded:  # a mistake in ``homes``, not a user's unknown command
+            try:
+                self._loaded.update(module_commands(home))
+            except KeyError as e:  # would pass for an unknown command in the group's ``get``
+                raise RuntimeError(f"importing {home} for {name!r} failed: {e!r}") from e
+            if name not in self._loaded:  # a mistake in ``homes``
                 raise RuntimeError(f"{home} registers no command {name!r}")
         return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
 
     def __setitem__(self, name: str, command: Any) -> None:
         if name not in self._names:
@@ -246,6 +253,8 @@ class _CommandsOnDemand(MutableMapping[str, Any]):
         self._loaded[name] = command
 
     def __delitem__(self, name: str) -> None:
+        if name not in self._names:
+            raise KeyError(name)
         self._names.remove(name)
         self._loaded.pop(name, None)
 
@@ -266,6 +275,11 @@ def lazy_group(homes: Mapping[str, str]) -> type[Group]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.commands = _CommandsOnDemand(homes, self.commands)
+
+        def list_commands(self, ctx: Any) -> list[str]:
+            # typer's lists ``commands.items()``, which would import every module (e.g. to complete
+            # ``ketapump q<TAB>``); the names alone are enough for a list.
+            return list(self.commands)
 
     return LazyGroup
 
