@@ -92,7 +92,11 @@ def test_the_demo_in_a_browser_pause_chair_2_and_see_it_everywhere(browser: Any,
         # Each vital: its value, trend, alarm limits in force, baseline and the observation's band.
         with served.client() as client:
             sbp = client.get("/api/chairs/chair-1").json()["vitals"]["sbp"]
-        row = browser.find_element("css selector", "#card-chair-1 tr[data-channel=sbp]").text
+        # Read in one script call: the card redraws its vitals rows on every update, so a row found by
+        # one WebDriver call can be gone by the next (a stale element).
+        row = browser.execute_script(
+            "return document.querySelector('#card-chair-1 tr[data-channel=sbp]').innerText"
+        )
         band = f"band ±20 % {tenth(sbp['band_low'])}–{tenth(sbp['band_high'])}"
         assert f"baseline {tenth(sbp['baseline'])} · {band}" in row, row
         assert "alarm < 90 or ≥ 180 mmHg" in row and any(arrow in row for arrow in "↑↓→"), row
