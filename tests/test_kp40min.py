@@ -10,6 +10,19 @@ from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.errors import ConfigurationError
 from ketapump.reference import KP40MIN_OVERRIDES, run_kp40min
 
+# The reference model's whole run (~40 s of Python: the benchmark's; recorded from it): the rate changes,
+# the occlusion alarm at 25:11.75 and the ~15 minutes of the stopped drive after it.
+WHOLE_RUN_OF_THE_REFERENCE_MODEL = {
+    "ticks": 2_400_000,
+    "state": "alarm",
+    "alarms": ["occlusion_slope"],
+    "first_alarm_tick": 1_511_750,
+    "delivered_ml": 6.6826398125,
+    "plunger_ml": 6.682696796866524,
+    "pressure_mmhg": 4.8894007273261955e-46,
+    "trace_hash": 6753773047801339346,
+}
+
 # A prefix: the take-off transient and 40 folds of the trace hash (the whole scenario, with its rate
 # changes and occlusion alarm, is the benchmark's: the reference model takes ~20 µs a tick).
 TICKS = 40_000
@@ -35,3 +48,10 @@ def test_every_lane_ends_as_the_reference_model(reference: dict[str, object], la
 def test_a_lane_count_without_a_group_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="lanes"):
         _core.run_kp40min_lanes(kernel_config(**KP40MIN_OVERRIDES), 4, 3, 10)
+
+
+def test_the_whole_run_ends_as_the_reference_models_whole_run() -> None:
+    """Past the prefix: the rate changes, the alarm, and the stopped drive whose flow the plant sets to
+    zero once it is subnormal (rust/scenario: why), all to the bit."""
+    rust = _core.run_kp40min(kernel_config(**KP40MIN_OVERRIDES))
+    assert rust == WHOLE_RUN_OF_THE_REFERENCE_MODEL

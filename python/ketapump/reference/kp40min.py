@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import struct
+import sys
 from collections.abc import Mapping
 from typing import Final
 
@@ -54,6 +55,7 @@ def run_kp40min(settings: Mapping[str, float | bool], ticks: int = 2_400_000) ->
     occlusion_start, occlusion_end = 1_500_000, 1_620_000
     schedule = ((600_000, 20.0), (1_800_000, 10.0))
     lag = dt / lag_tau
+    smallest_normal = sys.float_info.min
     dt_over_c = dt / c
     inv_r_open = 1.0 / r
     inv_r_occluded = 1.0 / (r * occlusion)
@@ -72,6 +74,8 @@ def run_kp40min(settings: Mapping[str, float | bool], ticks: int = 2_400_000) ->
         n += 1
         u = rate_ml_s if direction == FORWARD else -rate_ml_s if direction == RETRACT else 0.0
         q += (u - q) * lag
+        if 0.0 < abs(q) < smallest_normal:  # subnormal: zero, as the Rust plant sets it (why: there)
+            q = 0.0
         x += q * dt
         inv_r = inv_r_occluded if occlusion_start <= n < occlusion_end else inv_r_open
         p += (q - p * inv_r) * dt_over_c

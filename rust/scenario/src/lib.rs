@@ -7,8 +7,8 @@
 //! A 40-minute infusion at 1 kHz (dt = 1 ms, 2 400 000 ticks), deterministic:
 //! - 50 mL syringe, 0.5557 mL/mm bore; plunger encoder 3 200 counts/mm (quantised measured volume);
 //! - rate schedule 10 mL/h for 0–10 min, 20 mL/h for 10–30 min, 10 mL/h after;
-//! - plant: the drive flow follows the command through a first-order lag (τ = 50 ms); the plunger
-//!   volume integrates the flow; line pressure dp/dt = (q − p/R)/C with C = 1e-3 mL/mmHg,
+//! - plant: the drive flow follows the command through a first-order lag (τ = 50 ms), a subnormal
+//!   flow being zero (see [`Kp40MinRun::tick`]); the plunger volume integrates the flow; line pressure dp/dt = (q − p/R)/C with C = 1e-3 mL/mmHg,
 //!   R = 7 200 mmHg·s/mL; an occlusion from 25:00 to 27:00 multiplies R by 1 000;
 //! - the kernel's configuration (gains, limits, threshold) comes from the caller.
 //!
@@ -169,6 +169,13 @@ impl Kp40MinRun {
         self.n += 1;
         let n = self.n;
         self.q += (self.drive_ml_s - self.q) * self.lag;
+        // Once the drive stops, the lag's decay reaches subnormal numbers and then stays on the
+        // smallest one (0.98 of it rounds back to it). An x86 core works through subnormal operands
+        // in microcode assists, ~100 cycles each: they doubled the tick after KP-40MIN's alarm. A
+        // flow below the smallest normal f64 moves nothing: plunger and pressure keep their bits.
+        if self.q.is_subnormal() {
+            self.q = 0.0;
+        }
         self.x += self.q * s.dt_s;
         let occluded = n >= s.occlusion_start_tick && n < s.occlusion_end_tick;
         let inv_r = if occluded { self.inv_r_occluded } else { self.inv_r_open };
@@ -196,6 +203,16 @@ impl Kp40MinRun {
             self.hash = fnv1a(hash, out.command.rate_ml_s.to_bits());
             self.last_state = out.state;
         }
+    }
+
+    /// The command the plant follows until the next tick (signed, mL/s).
+    pub fn commanded_ml_s(&self) -> f64 {
+        self.drive_ml_s
+    }
+
+    /// The plant's drive flow now (mL/s): the command seen through the lag.
+    pub fn drive_flow_ml_s(&self) -> f64 {
+        self.q
     }
 
     /// How the run stands now.

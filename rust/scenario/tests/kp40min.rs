@@ -3,7 +3,8 @@
 mod common;
 
 use common::kp40min_config as config;
-use ketapump_scenario::{run_kp40min, run_kp40min_lanes, Kp40Min};
+use ketapump_core::StateKind;
+use ketapump_scenario::{run_kp40min, run_kp40min_lanes, Kp40Min, Kp40MinRun};
 
 /// KP-40MIN shortened (the occlusion and the schedule moved in), shifted by `lane` so every lane of a
 /// group runs a different scenario of a different length.
@@ -41,4 +42,33 @@ fn a_tick_limit_applies_to_every_lane() {
     assert!(lanes.iter().all(|o| o.ticks == 7_000));
     assert_eq!(lanes[1], run_kp40min(cfg, &scenarios[1], 7_000));
     assert_eq!(run_kp40min_lanes(cfg, &[], 7_000, 4), vec![]);
+}
+
+/// Once the drive stops, its flow comes to exactly zero instead of decaying into subnormal numbers
+/// (slow on x86), and that changes nothing the run shows: tick by tick, the plunger volume and line
+/// pressure have the bits of a plant that keeps the subnormal flow.
+#[test]
+fn a_stopped_drive_comes_to_zero_and_the_plant_keeps_its_bits() {
+    // The infusion completes after ~3.6 s; the flow then decays below the smallest normal f64 ~35 s on.
+    let s = Kp40Min { ticks: 45_000, vtbi_ml: 0.01, ..Kp40Min::STANDARD };
+    assert!(s.occlusion_start_tick > s.ticks);
+    let mut run = Kp40MinRun::new(config(), &s);
+    let (lag, dt_over_c, inv_r) =
+        (s.dt_s / s.lag_tau_s, s.dt_s / s.compliance_ml_per_mmhg, 1.0 / s.resistance_mmhg_s_per_ml);
+    let (mut q, mut x, mut p) = (0.0_f64, 0.0_f64, 0.0_f64);
+    let mut kept_flow_went_subnormal = false;
+    for n in 1..=s.ticks {
+        let u = run.commanded_ml_s();
+        run.tick();
+        q += (u - q) * lag;
+        x += q * s.dt_s;
+        p += (q - p * inv_r) * dt_over_c;
+        kept_flow_went_subnormal |= q.is_subnormal();
+        assert!(!run.drive_flow_ml_s().is_subnormal(), "tick {n}");
+        let o = run.outcome();
+        assert_eq!((o.plunger_ml.to_bits(), o.pressure_mmhg.to_bits()), (x.to_bits(), p.to_bits()), "tick {n}");
+    }
+    assert!(kept_flow_went_subnormal, "the scenario must reach the subnormal range");
+    assert_eq!(run.outcome().state, StateKind::Complete);
+    assert_eq!(run.drive_flow_ml_s().to_bits(), 0.0_f64.to_bits());
 }
