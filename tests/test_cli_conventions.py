@@ -101,8 +101,8 @@ def _cli_modules_loaded(tmp_path: Path, *args: str) -> set[str]:
             main()
         except SystemExit:
             pass
-        with open({str(found)!r}, "w") as found:
-            found.write("\\n".join(sys.modules))
+        with open({str(found)!r}, "w") as out:
+            out.write("\\n".join(sys.modules))
         """
     )
     command = [sys.executable, "-c", script]
