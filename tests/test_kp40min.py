@@ -10,7 +10,8 @@ from ketapump.config import default_kernel_settings, kernel_config
 from ketapump.errors import ConfigurationError
 from ketapump.reference import KP40MIN_OVERRIDES, run_kp40min
 
-# The reference model's whole run (~40 s of Python: the benchmark's; recorded from it): the rate changes,
+# The reference model's whole run, recorded (it takes ~40–60 s of Python; to record it again:
+# `run_kp40min(default_kernel_settings() | KP40MIN_OVERRIDES)`, as the benchmark does): the rate changes,
 # the occlusion alarm at 25:11.75 and the ~15 minutes of the stopped drive after it.
 WHOLE_RUN_OF_THE_REFERENCE_MODEL = {
     "ticks": 2_400_000,
@@ -23,8 +24,8 @@ WHOLE_RUN_OF_THE_REFERENCE_MODEL = {
     "trace_hash": 6753773047801339346,
 }
 
-# A prefix: the take-off transient and 40 folds of the trace hash (the whole scenario, with its rate
-# changes and occlusion alarm, is the benchmark's: the reference model takes ~20 µs a tick).
+# A prefix, run on both models here: the take-off transient and 40 folds of the trace hash (the whole
+# run is compared with the record above; the benchmark runs both models on it).
 TICKS = 40_000
 
 

@@ -8,8 +8,9 @@
 //! - 50 mL syringe, 0.5557 mL/mm bore; plunger encoder 3 200 counts/mm (quantised measured volume);
 //! - rate schedule 10 mL/h for 0–10 min, 20 mL/h for 10–30 min, 10 mL/h after;
 //! - plant: the drive flow follows the command through a first-order lag (τ = 50 ms), a subnormal
-//!   flow being zero (see [`Kp40MinRun::tick`]); the plunger volume integrates the flow; line pressure dp/dt = (q − p/R)/C with C = 1e-3 mL/mmHg,
-//!   R = 7 200 mmHg·s/mL; an occlusion from 25:00 to 27:00 multiplies R by 1 000;
+//!   flow being zero (see [`Kp40MinRun::tick`]); the plunger volume integrates the flow; line
+//!   pressure dp/dt = (q − p/R)/C with C = 1e-3 mL/mmHg, R = 7 200 mmHg·s/mL; an occlusion from
+//!   25:00 to 27:00 multiplies R by 1 000;
 //! - the kernel's configuration (gains, limits, threshold) comes from the caller.
 //!
 //! The pure-Python reference model runs the same scenario statement by statement
@@ -169,10 +170,11 @@ impl Kp40MinRun {
         self.n += 1;
         let n = self.n;
         self.q += (self.drive_ml_s - self.q) * self.lag;
-        // Once the drive stops, the lag's decay reaches subnormal numbers and then stays on the
-        // smallest one (0.98 of it rounds back to it). An x86 core works through subnormal operands
-        // in microcode assists, ~100 cycles each: they doubled the tick after KP-40MIN's alarm. A
-        // flow below the smallest normal f64 moves nothing: plunger and pressure keep their bits.
+        // Once the drive stops, the lag's decay reaches subnormal numbers and then stops on one
+        // (~1.2e-322, where the step (u − q)·lag rounds to zero). An x86 core works through subnormal
+        // operands in microcode assists, ~100 cycles each: they made every tick after KP-40MIN's alarm
+        // ~4× as slow. A flow below the smallest normal f64 moves nothing: plunger and pressure keep
+        // their bits (tested).
         if self.q.is_subnormal() {
             self.q = 0.0;
         }
