@@ -121,8 +121,8 @@ def test_rtu_without_a_sync_register_drains_a_reply_late_by_less_than_half_an_at
 
 
 def test_tcp_replies_around_the_timeout_give_the_right_data_or_a_timeout() -> None:
-    """Modbus TCP's transaction id (checked by pymodbus) and the reconnect after a failed attempt keep
-    late replies out."""
+    """Modbus TCP's transaction id (checked by the bridge's master) and the reconnect after a failed
+    attempt keep late replies out."""
 
     async def body() -> Counter[str]:
         pump = _pump()

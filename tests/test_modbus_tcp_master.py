@@ -1,0 +1,322 @@
+"""The bridge's Modbus TCP master against a scripted server on a real loopback socket: every reply must
+answer its own request (transaction id, unit, function, byte count, echo), anything else fails the
+attempt with a clear error and is never used; a refusal is an answer, not retried; a stream that is
+not Modbus TCP drops the connection; a request the protocol cannot carry is refused before it is
+sent. The simulator's pymodbus server (tests/test_contract.py, tests/test_one_transaction.py) checks
+the same master on well-formed traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ketapump.errors import PumpTimeoutError, TransportError
+from ketapump.wire.transports import open_transport
+from ketapump.wire.transports.base import PumpRefusedError
+from ketapump.wire.transports.modbus import ModbusTcpTransport, _Connection
+from wirehelpers import mbap
+
+Frame = tuple[int, int, bytes]  # transaction, unit, PDU
+#: What the scripted server sends for a request: chunks written one after another (None: hang up).
+Answer = Callable[[Frame], list[bytes] | None]
+
+
+def register(address: int) -> int:
+    return (address * 7 + 3) % 0x10000
+
+
+def normal(frame: Frame) -> list[bytes]:
+    """A well-formed reply: register n holds ``register(n)``; writes are echoed."""
+    transaction, unit, pdu = frame
+    function = pdu[0]
+    if function in (3, 4, 23):
+        address, count = struct.unpack_from(">HH", pdu, 1)
+        words = [register(address + i) for i in range(count)]
+        return [mbap(transaction, unit, struct.pack(f">BB{count}H", function, 2 * count, *words))]
+    return [mbap(transaction, unit, pdu[:5])]
+
+
+class ScriptedPump:
+    """A Modbus TCP server on 127.0.0.1 that answers each request with ``answer(frame)``."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.requests: list[Frame] = []
+        self.hung_up_on = asyncio.Event()  # the master closed a connection
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                transaction, protocol, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                assert protocol == 0
+                frame = (transaction, unit, await reader.readexactly(length - 1))
+                self.requests.append(frame)
+                chunks = self.answer(frame)
+                if chunks is None:
+                    writer.close()
+                    return
+                for chunk in chunks:
+                    writer.write(chunk)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.hung_up_on.set()
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def scripted(
+    answer: Answer, *, retries: int = 0, timeout: float = 5.0
+) -> AsyncIterator[tuple[ScriptedPump, ModbusTcpTransport]]:
+    pump = ScriptedPump(answer)
+    server = await asyncio.start_server(pump._serve, "127.0.0.1", 0)
+    pump.port = server.sockets[0].getsockname()[1]
+    transport = open_transport(f"modbus-tcp://127.0.0.1:{pump.port}?timeout={timeout}&retries={retries}")
+    assert isinstance(transport, ModbusTcpTransport)
+    try:
+        await transport.connect()
+        yield pump, transport
+    finally:
+        await transport.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_reads_writes_and_function_23_on_well_formed_replies() -> None:
+    async def body() -> None:
+        async with scripted(normal) as (pump, transport):
+            assert await transport.read_registers(30, 3) == [register(30), register(31), register(32)]
+            await transport.write_registers(24, [9])
+            await transport.write_registers(20, [1, 2])
+            assert await transport.write_and_read_registers(24, [5], 100, 2) == [register(100), register(101)]
+            pdus = [pdu for _, _, pdu in pump.requests]
+            assert pdus == [
+                struct.pack(">BHH", 3, 30, 3),
+                struct.pack(">BHH", 6, 24, 9),
+                struct.pack(">BHHBHH", 16, 20, 2, 4, 1, 2),
+                struct.pack(">BHHHHBH", 23, 100, 2, 24, 1, 2, 5),
+            ]
+            transactions = [t for t, _, _ in pump.requests]
+            assert len(set(transactions)) == 4 and all(u == 1 for _, u, _ in pump.requests)
+
+    asyncio.run(body())
+
+
+def test_a_reply_read_byte_by_byte_and_two_replies_in_one_segment() -> None:
+    held: list[Frame] = []
+
+    def answer(frame: Frame) -> list[bytes]:
+        if struct.unpack_from(">H", frame[2], 1)[0] == 40:
+            # Two concurrent reads at 40: both replies in one write, the later request's first.
+            held.append(frame)
+            if len(held) < 2:
+                return []
+            return [b"".join(reversed([normal(f)[0] for f in held]))]
+        reply = normal(frame)[0]
+        return [reply[i : i + 1] for i in range(len(reply))]
+
+    async def body() -> None:
+        async with scripted(answer) as (_, transport):
+            assert await transport.read_registers(7, 2) == [register(7), register(8)]
+            a, b = await asyncio.gather(transport.read_registers(40, 1), transport.read_registers(40, 3))
+            assert a == [register(40)] and b == [register(40), register(41), register(42)]
+
+    asyncio.run(body())
+
+
+def test_a_reply_no_request_waits_for_is_discarded_and_never_used() -> None:
+    def answer(frame: Frame) -> list[bytes]:
+        transaction, unit, pdu = frame
+        stale = struct.pack(">BBHH", pdu[0], 4, 0xDEAD, 0xBEEF)  # a late answer to an earlier read
+        return [mbap((transaction - 1) % 0x10000, unit, stale), *normal(frame)]
+
+    async def body() -> None:
+        async with scripted(answer) as (_, transport):
+            assert await transport.read_registers(10, 2) == [register(10), register(11)]
+            assert transport.discarded == 1
+            assert await transport.read_registers(10, 2) == [register(10), register(11)]
+            assert transport.discarded == 2
+
+    asyncio.run(body())
+
+
+def reply_pdu(pdu: bytes) -> Answer:
+    return lambda frame: [mbap(frame[0], frame[1], pdu)]
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (lambda f: [mbap(f[0], 2, normal(f)[0][7:])], "the reply came from unit 2, not 1"),
+        (reply_pdu(struct.pack(">BBH", 4, 2, 1)), "not its reply: 04 02 00 01"),
+        (reply_pdu(struct.pack(">BBH", 3, 4, 1)), "2 registers asked, the reply: 03 04 00 01"),
+        (reply_pdu(struct.pack(">BBHHH", 3, 4, 1, 2, 3)), "2 registers asked"),
+        (reply_pdu(struct.pack(">BBHH", 3, 5, 1, 2)), "2 registers asked, the reply: 03 05 00 01 00 02"),
+        (reply_pdu(bytes([0x83, 2, 0])), "not its reply: 83 02 00"),
+        (reply_pdu(bytes([0x83])), "not its reply: 83"),
+    ],
+    ids=["other-unit", "other-function", "short", "long", "byte-count", "long-exception", "short-exception"],
+)
+def test_a_read_reply_that_does_not_answer_the_request_fails_the_attempt(answer: Answer, why: str) -> None:
+    async def body() -> None:
+        async with scripted(answer, retries=1) as (pump, transport):
+            with pytest.raises(TransportError, match="failed after 2 attempts") as failed:
+                await transport.read_registers(10, 2)
+            assert why in str(failed.value) and "127.0.0.1" in str(failed.value)
+            assert not isinstance(failed.value, PumpRefusedError | PumpTimeoutError)
+            assert len(pump.requests) == 2  # retried, on a new connection
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("values", "echo"),
+    [([9], struct.pack(">BHH", 6, 24, 8)), ([1, 2], struct.pack(">BHH", 16, 24, 3))],
+    ids=["function-6-other-value", "function-16-other-quantity"],
+)
+def test_a_write_whose_echo_differs_fails(values: list[int], echo: bytes) -> None:
+    async def body() -> None:
+        async with scripted(reply_pdu(echo)) as (_, transport):
+            with pytest.raises(TransportError, match="the reply does not echo the write"):
+                await transport.write_registers(24, values)
+
+    asyncio.run(body())
+
+
+def test_an_exception_reply_is_a_refusal_answered_once() -> None:
+    async def body() -> None:
+        async with scripted(reply_pdu(bytes([0x97, 2])), retries=2) as (pump, transport):
+            with pytest.raises(
+                PumpRefusedError, match=r"Modbus exception 2 \(illegal data address\)"
+            ) as refused:
+                await transport.write_and_read_registers(24, [1], 0xFF00, 1)
+            assert refused.value.code == 2
+            assert len(pump.requests) == 1
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        lambda t: struct.pack(">HHHB", t, 1, 5, 1),  # protocol id 1
+        lambda t: struct.pack(">HHHB", t, 0, 1, 1),  # length 1: no PDU
+        lambda t: struct.pack(">HHHB", t, 0, 255, 1),  # length beyond 254
+    ],
+    ids=["protocol-id", "length-1", "length-255"],
+)
+def test_a_stream_that_is_not_modbus_tcp_drops_the_connection(header: Callable[[int], bytes]) -> None:
+    async def body() -> None:
+        async with scripted(lambda f: [header(f[0]) + b"\x03\x04\x00\x01\x00\x02"]) as (pump, transport):
+            with pytest.raises(TransportError, match="not a Modbus TCP frame") as failed:
+                await transport.read_registers(10, 2)
+            assert not isinstance(failed.value, PumpTimeoutError)
+            await asyncio.wait_for(pump.hung_up_on.wait(), 5.0)
+
+    asyncio.run(body())
+
+
+def test_a_pump_that_hangs_up_fails_the_request_at_once_not_at_the_timeout() -> None:
+    async def body() -> None:
+        async with scripted(lambda _: None, timeout=30.0) as (_, transport):
+            with pytest.raises(TransportError, match="connection closed by the pump") as failed:
+                await asyncio.wait_for(transport.read_registers(10, 2), 10.0)
+            assert not isinstance(failed.value, PumpTimeoutError)
+
+    asyncio.run(body())
+
+
+def test_no_reply_is_a_timeout_naming_the_endpoint() -> None:
+    async def body() -> None:
+        async with scripted(lambda _: [], timeout=0.05, retries=1) as (pump, transport):
+            with pytest.raises(
+                PumpTimeoutError, match=r"read 2 at 10: no answer within 0.05 s after 2 attempts"
+            ):
+                await transport.read_registers(10, 2)
+            assert len(pump.requests) == 2
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("call", "why"),
+    [
+        (lambda t: t.read_registers(0, 0), "Modbus carries 1 to 125 registers, not 0"),
+        (lambda t: t.read_registers(0, 126), "Modbus carries 1 to 125 registers, not 126"),
+        (lambda t: t.read_registers(65535, 2), "registers 65535..65536 are not all in 0..65535"),
+        (lambda t: t.write_registers(0, list(range(124))), "Modbus carries 1 to 123 registers, not 124"),
+        (lambda t: t.write_registers(0, [0x10000]), "a register holds 0..65535"),
+        (lambda t: t.write_registers(0, [-1]), "a register holds 0..65535"),
+        (lambda t: t.write_registers(0, []), "Modbus carries 1 to 123 registers, not 0"),
+        (lambda t: t.write_and_read_registers(0, list(range(122)), 0, 1), "1 to 121 registers, not 122"),
+        (lambda t: t.write_and_read_registers(0, [1], 0, 126), "1 to 125 registers, not 126"),
+    ],
+)
+def test_a_request_the_protocol_cannot_carry_is_refused_before_it_is_sent(
+    call: Callable[[ModbusTcpTransport], object], why: str
+) -> None:
+    async def body() -> None:
+        async with scripted(normal) as (pump, transport):
+            with pytest.raises(TransportError, match=r"127\.0\.0\.1") as failed:
+                await call(transport)  # type: ignore[misc]
+            assert why in str(failed.value)
+            assert pump.requests == []
+
+    asyncio.run(body())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    counts=st.lists(st.integers(1, 125), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(0, 400), max_size=12),
+    stray=st.booleans(),
+)
+def test_any_split_of_the_stream_hands_each_reply_to_its_own_request(
+    counts: list[int], cuts: list[int], stray: bool
+) -> None:
+    """However TCP segments the replies (and with a reply no request waits for among them), each
+    waiting request gets exactly its own reply, in any order of arrival."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        connection = _Connection("modbus-tcp://test")
+        futures = {t: loop.create_future() for t in range(1, len(counts) + 1)}
+        connection.waiting.update(futures)
+        replies = {
+            t: struct.pack(f">BB{n}H", 3, 2 * n, *range(t, t + n))
+            for t, n in zip(futures, counts, strict=True)
+        }
+        stream = b"".join(mbap(t, 1, replies[t]) for t in reversed(futures))
+        if stray:
+            stream = mbap(999, 1, replies[1]) + stream
+        positions = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+        for a, b in itertools.pairwise(positions):
+            connection.data_received(stream[a:b])
+        assert {t: f.result() for t, f in futures.items()} == {t: (1, r) for t, r in replies.items()}
+        assert connection.waiting == {} and connection.discarded == int(stray)
+        assert connection.failed is None
+
+    asyncio.run(body())
+
+
+def test_a_reply_to_a_request_cancelled_a_moment_before_is_discarded() -> None:
+    """A request cancelled by its deadline leaves its future in the table until its task runs again;
+    a reply arriving in between is discarded, not set on the cancelled future."""
+
+    async def body() -> None:
+        connection = _Connection("modbus-tcp://test")
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        connection.waiting[5] = future
+        future.cancel()
+        connection.data_received(mbap(5, 1, struct.pack(">BBH", 3, 2, 1)))
+        assert connection.discarded == 1 and connection.waiting == {} and connection.failed is None
+
+    asyncio.run(body())
