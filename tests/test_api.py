@@ -136,8 +136,9 @@ def test_the_handle_keeps_the_watchdog_in_real_time_over_modbus_tcp() -> None:
 def test_close_ends_the_keep_alive_and_stops_the_motor_wherever_a_heartbeat_is_in_flight() -> None:
     """The close lands at each event-loop step of a heartbeat in flight (a heartbeat takes a few steps on
     loopback; twelve cover it with room). Where the cancellation meets the reply arriving, Python 3.11's
-    ``asyncio.wait_for`` inside pymodbus drops it: the keep-alive must still end, and the close must still
-    stop the motor within its own deadline (it once waited on that keep-alive forever)."""
+    ``asyncio.wait_for`` (inside pymodbus's client, which this link once used) drops it: the keep-alive
+    must still end, and the close must still stop the motor within its own deadline (it once waited on
+    that keep-alive forever)."""
 
     async def body() -> None:
         sim = _core.SimPump("bd-plastipak-50", seed=1, slack_taken_up=True)

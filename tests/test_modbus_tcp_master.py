@@ -2,24 +2,26 @@
 answer its own request (transaction id, unit, function, byte count, echo), anything else fails the
 attempt with a clear error and is never used; a refusal is an answer, not retried; a stream that is
 not Modbus TCP drops the connection; a request the protocol cannot carry is refused before it is
-sent. The simulator's pymodbus server (tests/test_contract.py, tests/test_one_transaction.py) checks
-the same master on well-formed traffic."""
+sent. The contract suite (tests/test_contract.py) and tests/test_one_transaction.py run the same
+master against the simulator's server on well-formed traffic."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ketapump import _core
+from ketapump.clock import ScaledClock
 from ketapump.errors import PumpTimeoutError, TransportError
 from ketapump.wire.transports import open_transport
-from ketapump.wire.transports.base import PumpRefusedError
+from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
 from ketapump.wire.transports.modbus import ModbusTcpTransport, _Connection
 from wirehelpers import mbap
 
@@ -49,10 +51,11 @@ class ScriptedPump:
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.requests: list[Frame] = []
-        self.hung_up_on = asyncio.Event()  # the master closed a connection
+        self.connections = 0
         self.port = 0
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 transaction, protocol, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
@@ -67,7 +70,7 @@ class ScriptedPump:
                     writer.write(chunk)
                     await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
-            self.hung_up_on.set()
+            pass  # the master hung up
         finally:
             writer.close()
 
@@ -172,15 +175,25 @@ def test_a_read_reply_that_does_not_answer_the_request_fails_the_attempt(answer:
                 await transport.read_registers(10, 2)
             assert why in str(failed.value) and "127.0.0.1" in str(failed.value)
             assert not isinstance(failed.value, PumpRefusedError | PumpTimeoutError)
-            assert len(pump.requests) == 2  # retried, on a new connection
+            assert len(pump.requests) == 2 and pump.connections == 2  # retried, on a new connection
 
     asyncio.run(body())
 
 
 @pytest.mark.parametrize(
     ("values", "echo"),
-    [([9], struct.pack(">BHH", 6, 24, 8)), ([1, 2], struct.pack(">BHH", 16, 24, 3))],
-    ids=["function-6-other-value", "function-16-other-quantity"],
+    [
+        ([9], struct.pack(">BHH", 6, 24, 8)),
+        ([9], struct.pack(">BHH", 6, 25, 9)),
+        ([1, 2], struct.pack(">BHH", 16, 24, 3)),
+        ([1, 2], struct.pack(">BHH", 16, 23, 2)),
+    ],
+    ids=[
+        "function-6-other-value",
+        "function-6-other-address",
+        "function-16-other-quantity",
+        "function-16-other-address",
+    ],
 )
 def test_a_write_whose_echo_differs_fails(values: list[int], echo: bytes) -> None:
     async def body() -> None:
@@ -191,15 +204,37 @@ def test_a_write_whose_echo_differs_fails(values: list[int], echo: bytes) -> Non
     asyncio.run(body())
 
 
-def test_an_exception_reply_is_a_refusal_answered_once() -> None:
+@pytest.mark.parametrize(
+    ("call", "function"),
+    [
+        (lambda t: t.read_registers(0xFF00, 1), 3),
+        (lambda t: t.write_registers(0xFF00, [1]), 6),
+        (lambda t: t.write_registers(0xFF00, [1, 2]), 16),
+        (lambda t: t.write_and_read_registers(24, [1], 0xFF00, 1), 23),
+    ],
+    ids=["function-3", "function-6", "function-16", "function-23"],
+)
+def test_an_exception_reply_is_a_refusal_answered_once(
+    call: Callable[[ModbusTcpTransport], Awaitable[object]], function: int
+) -> None:
     async def body() -> None:
-        async with scripted(reply_pdu(bytes([0x97, 2])), retries=2) as (pump, transport):
+        async with scripted(reply_pdu(bytes([0x80 | function, 2])), retries=2) as (pump, transport):
             with pytest.raises(
                 PumpRefusedError, match=r"Modbus exception 2 \(illegal data address\)"
             ) as refused:
-                await transport.write_and_read_registers(24, [1], 0xFF00, 1)
+                await call(transport)
             assert refused.value.code == 2
-            assert len(pump.requests) == 1
+            assert len(pump.requests) == 1 and pump.requests[0][2][0] == function
+
+    asyncio.run(body())
+
+
+def test_an_exception_reply_from_another_unit_is_not_a_refusal() -> None:
+    async def body() -> None:
+        async with scripted(lambda f: [mbap(f[0], 9, bytes([0x83, 2]))]) as (_, transport):
+            with pytest.raises(TransportError, match="the reply came from unit 9, not 1") as failed:
+                await transport.read_registers(10, 2)
+            assert not isinstance(failed.value, PumpRefusedError)
 
     asyncio.run(body())
 
@@ -213,23 +248,68 @@ def test_an_exception_reply_is_a_refusal_answered_once() -> None:
     ],
     ids=["protocol-id", "length-1", "length-255"],
 )
-def test_a_stream_that_is_not_modbus_tcp_drops_the_connection(header: Callable[[int], bytes]) -> None:
+def test_a_stream_that_is_not_modbus_tcp_fails_the_request(header: Callable[[int], bytes]) -> None:
     async def body() -> None:
-        async with scripted(lambda f: [header(f[0]) + b"\x03\x04\x00\x01\x00\x02"]) as (pump, transport):
+        async with scripted(lambda f: [header(f[0]) + b"\x03\x04\x00\x01\x00\x02"]) as (_, transport):
             with pytest.raises(TransportError, match="not a Modbus TCP frame") as failed:
                 await transport.read_registers(10, 2)
             assert not isinstance(failed.value, PumpTimeoutError)
-            await asyncio.wait_for(pump.hung_up_on.wait(), 5.0)
 
     asyncio.run(body())
 
 
-def test_a_pump_that_hangs_up_fails_the_request_at_once_not_at_the_timeout() -> None:
+def test_a_bad_header_fails_every_waiting_request_and_the_rest_of_the_stream_is_ignored() -> None:
+    """Once a header cannot be Modbus TCP, no later byte can be trusted to start a frame: the valid
+    reply behind it is not handed over, every waiting request fails, and so does the connection."""
+
     async def body() -> None:
-        async with scripted(lambda _: None, timeout=30.0) as (_, transport):
-            with pytest.raises(TransportError, match="connection closed by the pump") as failed:
-                await asyncio.wait_for(transport.read_registers(10, 2), 10.0)
+        loop = asyncio.get_running_loop()
+        connection = _Connection("modbus-tcp://test")
+        waiting = {t: loop.create_future() for t in (1, 2)}
+        connection.waiting.update(waiting)
+        reply = struct.pack(">BBH", 3, 2, 7)
+        connection.data_received(struct.pack(">HHHB", 1, 1, 5, 1) + reply + mbap(2, 1, reply))
+        connection.data_received(mbap(1, 1, reply))
+        for future in waiting.values():
+            with pytest.raises(
+                TransportError, match="modbus-tcp://test: not a Modbus TCP frame: 00 01 00 01"
+            ):
+                future.result()
+        assert connection.waiting == {} and connection.discarded == 0
+        assert connection.failed is not None and connection.failed.startswith("not a Modbus TCP frame")
+
+    asyncio.run(body())
+
+
+def test_a_pump_that_hangs_up_fails_every_waiting_request_at_once_not_at_the_timeout() -> None:
+    def answer(frame: Frame) -> list[bytes] | None:
+        return [] if frame[2] == struct.pack(">BHH", 3, 10, 2) else None  # hangs up at the second
+
+    async def body() -> None:
+        async with scripted(answer, timeout=30.0) as (pump, transport):
+            both = asyncio.gather(
+                transport.read_registers(10, 2), transport.read_registers(11, 2), return_exceptions=True
+            )
+            results = await asyncio.wait_for(both, 10.0)
+            assert len(pump.requests) == 2
+            for failed in results:
+                assert isinstance(failed, TransportError) and not isinstance(failed, PumpTimeoutError)
+                assert "connection closed by the pump" in str(failed)
+
+    asyncio.run(body())
+
+
+def test_closing_the_link_fails_a_request_in_flight_at_once() -> None:
+    async def body() -> None:
+        async with scripted(lambda _: [], timeout=30.0) as (pump, transport):
+            request = asyncio.ensure_future(transport.read_registers(10, 2))
+            while not pump.requests:
+                await asyncio.sleep(0.001)
+            await transport.close()
+            with pytest.raises(TransportError, match="connection closed") as failed:
+                await asyncio.wait_for(request, 10.0)
             assert not isinstance(failed.value, PumpTimeoutError)
+            assert not transport.connected
 
     asyncio.run(body())
 
@@ -239,9 +319,71 @@ def test_no_reply_is_a_timeout_naming_the_endpoint() -> None:
         async with scripted(lambda _: [], timeout=0.05, retries=1) as (pump, transport):
             with pytest.raises(
                 PumpTimeoutError, match=r"read 2 at 10: no answer within 0.05 s after 2 attempts"
-            ):
+            ) as e:
                 await transport.read_registers(10, 2)
-            assert len(pump.requests) == 2
+            assert f"modbus-tcp://127.0.0.1:{pump.port}" in str(e.value)
+            assert len(pump.requests) == 2 and pump.connections == 2
+
+    asyncio.run(body())
+
+
+def test_a_refused_connection_says_cannot_connect() -> None:
+    async def body() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        transport = open_transport(f"modbus-tcp://127.0.0.1:{port}?timeout=2")
+        with pytest.raises(TransportError, match=rf"modbus-tcp://127\.0\.0\.1:{port}.*cannot connect"):
+            await transport.connect()
+        assert not transport.connected
+        await transport.close()
+
+    asyncio.run(body())
+
+
+def test_transaction_ids_wrap_from_65535_to_1_never_0() -> None:
+    async def body() -> None:
+        async with scripted(normal) as (pump, transport):
+            transport._transaction = 0xFFFE  # as after 65 534 requests
+            for _ in range(3):
+                assert await transport.read_registers(10, 1) == [register(10)]
+            assert [t for t, _, _ in pump.requests] == [0xFFFF, 1, 2]
+
+    asyncio.run(body())
+
+
+def test_the_discarded_count_outlives_a_reconnection() -> None:
+    stale_first = [True]
+
+    def answer(frame: Frame) -> list[bytes]:
+        own = normal(frame)
+        if stale_first[0]:
+            stale_first[0] = False
+            return [mbap(frame[0] ^ 0x100, 1, own[0][7:]), *own]  # a stray reply, then its own
+        return [mbap(frame[0], 5, own[0][7:])]  # another unit's
+
+    async def body() -> None:
+        async with scripted(answer, retries=1) as (pump, transport):
+            assert await transport.read_registers(10, 1) == [register(10)]
+            assert transport.discarded == 1
+            with pytest.raises(TransportError, match="from unit 5"):
+                await transport.read_registers(10, 1)
+            assert pump.connections == 2 and transport.discarded == 1  # counted before the reconnection
+
+    asyncio.run(body())
+
+
+def test_function_4_and_function_16_for_one_register_where_the_map_asks_for_them() -> None:
+    async def body() -> None:
+        async with scripted(normal) as (pump, transport):
+            transport.read_function, transport.write_single = 4, False
+            assert await transport.read_registers(30, 2) == [register(30), register(31)]
+            await transport.write_registers(24, [9])
+            assert [pdu for _, _, pdu in pump.requests] == [
+                struct.pack(">BHH", 4, 30, 2),
+                struct.pack(">BHHBH", 16, 24, 1, 2, 9),
+            ]
 
     asyncio.run(body())
 
@@ -318,5 +460,68 @@ def test_a_reply_to_a_request_cancelled_a_moment_before_is_discarded() -> None:
         future.cancel()
         connection.data_received(mbap(5, 1, struct.pack(">BBH", 3, 2, 1)))
         assert connection.discarded == 1 and connection.waiting == {} and connection.failed is None
+
+    asyncio.run(body())
+
+
+def test_a_reply_that_arrives_in_the_step_its_request_is_cancelled_is_counted_as_discarded() -> None:
+    async def body() -> None:
+        async with scripted(lambda _: []) as (pump, transport):
+            request = asyncio.ensure_future(transport.read_registers(10, 1))
+            while not pump.requests:
+                await asyncio.sleep(0.001)
+            connection = transport._connection  # the reply and the cancellation in one step, by hand
+            assert connection is not None
+            connection.data_received(normal(pump.requests[0])[0])
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            assert transport.discarded == 1
+
+    asyncio.run(body())
+
+
+def test_a_connection_closed_while_it_is_being_made_is_aborted_once_made() -> None:
+    async def body() -> None:
+        async with scripted(normal) as (pump, transport):
+            await transport.close()
+            connecting = asyncio.ensure_future(transport._connect())
+            await asyncio.sleep(0)  # the connection exists; its socket is connecting
+            connection = transport._connection
+            assert connection is not None and connection.transport is None
+            await transport._close()
+            await connecting
+            assert connection.transport is not None and connection.transport.is_closing()
+            assert pump.connections >= 1
+
+    asyncio.run(body())
+
+
+def test_a_second_connect_closes_the_first_connection() -> None:
+    async def body() -> None:
+        async with scripted(normal) as (pump, transport):
+            first = transport._connection
+            await transport._connect()  # as two requests reconnecting at once would
+            assert first is not None and first.transport is not None and first.transport.is_closing()
+            assert transport._connection is not first and pump.connections == 2
+            assert await transport.read_registers(10, 1) == [register(10)]
+
+    asyncio.run(body())
+
+
+def test_the_in_process_simulators_link_refuses_the_same_requests() -> None:
+    """The limits are the base class's: every register link refuses what Modbus cannot carry."""
+
+    async def body() -> None:
+        transport = open_transport(
+            "sim://", clock=ScaledClock(1.0), pump=_core.SimPump("bd-plastipak-50", seed=1)
+        )
+        assert isinstance(transport, RegisterTransport)
+        await transport.connect()
+        with pytest.raises(TransportError, match="read 126 at 0: Modbus carries 1 to 125 registers, not 126"):
+            await transport.read_registers(0, 126)
+        with pytest.raises(TransportError, match=r"write 1 at 24: a register holds 0\.\.65535, not \[65536"):
+            await transport.write_registers(24, [65536])
+        await transport.close()
 
     asyncio.run(body())

@@ -252,8 +252,17 @@ def _reason(error: BaseException | None, timeout_s: float) -> str:
     return str(error) or type(error).__name__
 
 
+#: What one Modbus request can carry (Modbus application protocol v1.1b3, 6.3, 6.4, 6.12, 6.17): registers
+#: read; written (function 16); written by function 23.
+MAX_READ, MAX_WRITE, MAX_FC23_WRITE = 125, 123, 121
+
+
 class RegisterTransport(Transport):
-    """A link that reads and writes 16-bit holding registers (Modbus, or the in-process simulator)."""
+    """A link that reads and writes 16-bit holding registers (Modbus, or the in-process simulator).
+
+    A request no Modbus frame can carry (a quantity out of range, a register past 65535, a value that
+    is not 16 bits) is refused with TransportError when it is made: it is never sent, retried, or
+    allowed to cost the link its connection."""
 
     #: A read-write register that reads back what is written and that a write to never harms (the
     #: reference pump's ``heartbeat``, set by its driver). A transport whose replies carry no request
@@ -270,10 +279,18 @@ class RegisterTransport(Transport):
     # one coroutine less per request, at every control tick of every pump.
 
     def read_registers(self, address: int, count: int) -> Awaitable[list[int]]:
-        return self.request(lambda: f"read {count} at {address}", lambda: self._read(address, count))
+        def what() -> str:
+            return f"read {count} at {address}"
+
+        self._carried(what, address, count, MAX_READ)
+        return self.request(what, lambda: self._read(address, count))
 
     def write_registers(self, address: int, values: list[int]) -> Awaitable[None]:
-        return self.request(lambda: f"write {len(values)} at {address}", lambda: self._write(address, values))
+        def what() -> str:
+            return f"write {len(values)} at {address}"
+
+        self._carried(what, address, len(values), MAX_WRITE, values)
+        return self.request(what, lambda: self._write(address, values))
 
     def write_and_read_registers(
         self, write_address: int, values: list[int], read_address: int, count: int
@@ -282,10 +299,26 @@ class RegisterTransport(Transport):
         under one timeout: one Modbus function 23 transaction where the link has it (the pump applies
         the write, then answers the read; it refuses both or neither), else the write and the read one
         after the other."""
-        return self.request(
-            lambda: f"write {len(values)} at {write_address} and read {count} at {read_address}",
-            lambda: self._write_and_read(write_address, values, read_address, count),
-        )
+
+        def what() -> str:
+            return f"write {len(values)} at {write_address} and read {count} at {read_address}"
+
+        self._carried(what, read_address, count, MAX_READ)
+        self._carried(what, write_address, len(values), MAX_FC23_WRITE, values)
+        return self.request(what, lambda: self._write_and_read(write_address, values, read_address, count))
+
+    def _carried(
+        self, what: Callable[[], str], address: int, count: int, most: int, values: list[int] | None = None
+    ) -> None:
+        """Returns if one Modbus request can carry these registers; else raises TransportError naming
+        what is wrong."""
+        if not 1 <= count <= most:
+            raise TransportError(self.url, f"{what()}: Modbus carries 1 to {most} registers, not {count}")
+        if not (address >= 0 and address + count <= 0x10000):
+            last = address + count - 1
+            raise TransportError(self.url, f"{what()}: registers {address}..{last} are not all in 0..65535")
+        if values is not None and not (min(values) >= 0 and max(values) <= 0xFFFF):
+            raise TransportError(self.url, f"{what()}: a register holds 0..65535, not {values}")
 
     @abstractmethod
     def _read(self, address: int, count: int) -> Awaitable[list[int]]:
