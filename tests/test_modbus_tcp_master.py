@@ -400,6 +400,9 @@ def test_function_4_and_function_16_for_one_register_where_the_map_asks_for_them
         (lambda t: t.write_registers(0, []), "Modbus carries 1 to 123 registers, not 0"),
         (lambda t: t.write_and_read_registers(0, list(range(122)), 0, 1), "1 to 121 registers, not 122"),
         (lambda t: t.write_and_read_registers(0, [1], 0, 126), "1 to 125 registers, not 126"),
+        (lambda t: t.write_and_read_registers(24, [0x10000], 30, 1), "a register holds 0..65535"),
+        (lambda t: t.write_and_read_registers(65535, [1, 2], 30, 1), "registers 65535..65536 are not all"),
+        (lambda t: t.write_registers(65534, [1, 2, 3]), "registers 65534..65536 are not all in 0..65535"),
     ],
 )
 def test_a_request_the_protocol_cannot_carry_is_refused_before_it_is_sent(
@@ -411,6 +414,9 @@ def test_a_request_the_protocol_cannot_carry_is_refused_before_it_is_sent(
                 await call(transport)  # type: ignore[misc]
             assert why in str(failed.value)
             assert pump.requests == []
+            # Nothing was sent, retried or lost: the same connection serves the next request.
+            assert await transport.read_registers(10, 1) == [register(10)]
+            assert pump.connections == 1 and len(pump.requests) == 1
 
     asyncio.run(body())
 
@@ -481,30 +487,57 @@ def test_a_reply_that_arrives_in_the_step_its_request_is_cancelled_is_counted_as
     asyncio.run(body())
 
 
-def test_a_connection_closed_while_it_is_being_made_is_aborted_once_made() -> None:
+def test_a_link_closed_while_it_connects_is_not_connected_and_its_socket_is_aborted() -> None:
     async def body() -> None:
-        async with scripted(normal) as (pump, transport):
+        async with scripted(normal) as (_, transport):
             await transport.close()
-            connecting = asyncio.ensure_future(transport._connect())
-            await asyncio.sleep(0)  # the connection exists; its socket is connecting
+            connecting = asyncio.ensure_future(transport.connect())
+            while transport._connection is None:  # the connection exists; its socket is connecting
+                await asyncio.sleep(0)
             connection = transport._connection
-            assert connection is not None and connection.transport is None
-            await transport._close()
-            await connecting
+            assert connection.transport is None
+            await transport.close()
+            with pytest.raises(TransportError, match="the link was closed while connecting"):
+                await connecting
+            assert not transport.connected
             assert connection.transport is not None and connection.transport.is_closing()
-            assert pump.connections >= 1
 
     asyncio.run(body())
 
 
-def test_a_second_connect_closes_the_first_connection() -> None:
+def test_two_requests_reconnecting_at_once_share_one_new_connection() -> None:
+    async def body() -> None:
+        async with scripted(normal, retries=0) as (pump, transport):
+            await transport.close()
+            a, b = await asyncio.gather(transport.read_registers(10, 1), transport.read_registers(11, 1))
+            assert (a, b) == ([register(10)], [register(11)])
+            assert pump.connections == 2  # the fixture's, then one for both
+
+    asyncio.run(body())
+
+
+def test_a_connect_on_a_failed_connection_closes_it_before_making_the_next() -> None:
     async def body() -> None:
         async with scripted(normal) as (pump, transport):
             first = transport._connection
-            await transport._connect()  # as two requests reconnecting at once would
-            assert first is not None and first.transport is not None and first.transport.is_closing()
-            assert transport._connection is not first and pump.connections == 2
+            assert first is not None and first.transport is not None
+            await transport._connect()  # a live connection: kept
+            assert transport._connection is first and not first.transport.is_closing()
+            first.failed = "failed by hand"
+            await transport._connect()
+            assert transport._connection is not first and first.transport.is_closing()
             assert await transport.read_registers(10, 1) == [register(10)]
+            assert pump.connections == 2
+
+    asyncio.run(body())
+
+
+def test_a_host_name_no_resolver_takes_is_a_transport_error() -> None:
+    async def body() -> None:
+        transport = open_transport("modbus-tcp://a..b:502?timeout=2")
+        with pytest.raises(TransportError, match=r"modbus-tcp://a\.\.b:502.*cannot connect"):
+            await transport.connect()
+        assert not transport.connected
 
     asyncio.run(body())
 
@@ -523,5 +556,41 @@ def test_the_in_process_simulators_link_refuses_the_same_requests() -> None:
         with pytest.raises(TransportError, match=r"write 1 at 24: a register holds 0\.\.65535, not \[65536"):
             await transport.write_registers(24, [65536])
         await transport.close()
+
+    asyncio.run(body())
+
+
+def test_a_failure_in_the_step_its_request_is_cancelled_is_not_counted_as_a_reply() -> None:
+    async def body() -> None:
+        async with scripted(lambda _: []) as (pump, transport):
+            request = asyncio.ensure_future(transport.read_registers(10, 1))
+            while not pump.requests:
+                await asyncio.sleep(0.001)
+            connection = transport._connection
+            assert connection is not None
+            connection.fail("the pump hung up")  # and the deadline's cancellation in the same step
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            assert transport.discarded == 0
+
+    asyncio.run(body())
+
+
+def test_a_reply_discarded_by_its_cancellation_after_a_close_is_still_counted() -> None:
+    async def body() -> None:
+        async with scripted(lambda _: []) as (pump, transport):
+            request = asyncio.ensure_future(transport.read_registers(10, 1))
+            while not pump.requests:
+                await asyncio.sleep(0.001)
+            connection = transport._connection
+            assert connection is not None
+            closing = asyncio.ensure_future(transport.close())  # runs before the request resumes
+            connection.data_received(normal(pump.requests[0])[0])
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            await closing
+            assert transport.discarded == 1
 
     asyncio.run(body())

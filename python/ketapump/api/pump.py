@@ -132,10 +132,9 @@ class AsyncPump:
     async def _end_keep_alive(self) -> None:
         """Ends the keep-alive before the stop, so the stop has the link and its whole deadline.
 
-        Cancelling alone may not be enough: a transport that waits with Python 3.11's
-        ``asyncio.wait_for`` (pymodbus's client did; a bring-your-own transport may) drops a cancellation
-        that lands as its reply arrives, so the task also ends on ``_closed`` after the heartbeat in
-        flight.
+        Cancelling alone may not be enough: Python 3.11's ``asyncio.wait_for`` drops a cancellation that
+        lands as the awaited reply arrives (pymodbus's client, which the Modbus TCP link once used, waits
+        with it), so the task also ends on ``_closed`` after the heartbeat in flight.
         ``asyncio.wait`` bounds the wait by that heartbeat's own deadline and, unlike awaiting the task,
         neither passes this coroutine's cancellation on nor swallows it."""
         task = self._keepalive

@@ -285,9 +285,10 @@ def lazy_group(homes: Mapping[str, str]) -> type[Group]:
 
 
 def set_diagnostic_levels(debug: bool) -> None:
-    """Levels of the diagnostics stream's loggers: pymodbus's own logger stays quiet unless ``--debug``
-    (the transports report every failure themselves, naming the endpoint, and its raw dumps would
-    only repeat them), and ``--debug`` lets the transports and the simulator trace every frame."""
+    """Levels of the diagnostics stream's loggers: ``--debug`` lets the transports and the simulator
+    trace every frame. pymodbus's logger (no transport of ours uses pymodbus; a script beside the
+    bridge may) stays quiet unless ``--debug``: the transports report every failure themselves,
+    naming the endpoint."""
     logging.getLogger("pymodbus").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     for name in ("ketapump.transport", "ketapump.sim"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)

@@ -97,7 +97,7 @@ def run(
     ] = None,
     debug: Annotated[
         bool,
-        typer.Option("--debug", help="Trace the transports (and pymodbus's own logging) in diagnostics."),
+        typer.Option("--debug", help="Trace every frame the transports send and receive in diagnostics."),
     ] = False,
     operator: Annotated[
         str | None,

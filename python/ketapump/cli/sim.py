@@ -55,7 +55,7 @@ def sim(
     scenario, register map or option, 66 scenario or register map not found, 69 cannot serve (e.g. the
     port is taken).
     """
-    # The simulator's servers (pymodbus) load only for this command, not for every command's start.
+    # The simulator's servers load only for this command, not for every command's start.
     from ketapump.sim import Scenario, load_scenario, serve_register_map  # noqa: PLC0415
 
     try:

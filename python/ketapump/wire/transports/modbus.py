@@ -1,7 +1,7 @@
 """``modbus-tcp://HOST:PORT?unit=1``: a Modbus TCP master on an asyncio protocol.
 
 The bridge's own master, not pymodbus's client: on the poll path the client's CPU is the bridge's.
-Over pymodbus's client the bridge spent 1.2–1.5× the CPU of bare pymodbus doing the same
+Over pymodbus's client the bridge spent 1.1–1.5× the CPU of bare pymodbus doing the same
 transactions; on this master 0.6–0.8× ("A Modbus TCP master of our own" in docs/benchmarks.md).
 pymodbus stays what the tests and benchmarks check this master against, as a client of the same
 simulator.
@@ -80,6 +80,8 @@ class _Connection(asyncio.Protocol):
             frame_end = start + 6 + length
             if frame_end > end:
                 break
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: rx %s", self.url, data[start:frame_end].hex(" "))
             self._deliver(transaction, unit, data[start + MBAP.size : frame_end])
             start = frame_end
         if start < end and self.failed is None:
@@ -118,6 +120,7 @@ class ModbusTcpTransport(RegisterTransport):
         super().__init__(url, timeout_s=timeout_s, retries=retries)
         self.host, self.port, self.unit = host, port, unit
         self._connection: _Connection | None = None
+        self._connecting = asyncio.Lock()
         self._transaction = 0
         self._discarded_before = 0
 
@@ -129,11 +132,21 @@ class ModbusTcpTransport(RegisterTransport):
         return self._discarded_before + current
 
     async def _connect(self) -> None:
-        if self._connection is not None:  # two requests reconnecting at once: one connection at a time
-            await self._close()
-        # Held before awaiting, so a connection closed while connecting aborts as soon as it is made.
-        self._connection = connection = _Connection(self.url)
-        await asyncio.get_running_loop().create_connection(lambda: connection, self.host, self.port)
+        # One connection at a time: a request that reconnects while another does waits, then uses it.
+        async with self._connecting:
+            current = self._connection
+            if current is not None and current.failed is None and current.transport is not None:
+                return
+            if current is not None:
+                await self._close()
+            # Held before awaiting, so a connection closed while connecting aborts as soon as it is made.
+            self._connection = connection = _Connection(self.url)
+            try:
+                await asyncio.get_running_loop().create_connection(lambda: connection, self.host, self.port)
+            except ValueError as e:  # a host name no resolver takes (UnicodeError)
+                raise TransportError(self.url, f"cannot connect: {e}") from e
+            if connection.failed is not None:
+                raise TransportError(self.url, "cannot connect: the link was closed while connecting")
 
     async def _close(self) -> None:
         connection, self._connection = self._connection, None
@@ -161,8 +174,12 @@ class ModbusTcpTransport(RegisterTransport):
         try:
             unit, reply = await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():  # its reply came in the step before
-                connection.discarded += 1
+            # Its reply came in the step before (a failure set there is not a reply).
+            if future.done() and not future.cancelled() and future.exception() is None:
+                if connection is self._connection:
+                    connection.discarded += 1
+                else:  # already closed: its count was taken
+                    self._discarded_before += 1
                 log.warning(
                     "%s: discarded the reply to a cancelled request (transaction %d)", self.url, transaction
                 )
@@ -170,8 +187,6 @@ class ModbusTcpTransport(RegisterTransport):
         finally:
             if connection.waiting.get(transaction) is future:
                 del connection.waiting[transaction]
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: rx unit %d %s", self.url, unit, reply.hex(" "))
         function = pdu[0]
         if unit != self.unit:
             raise TransportError(self.url, f"{what()}: the reply came from unit {unit}, not {self.unit}")
