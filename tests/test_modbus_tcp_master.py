@@ -93,6 +93,17 @@ async def scripted(
         await server.wait_closed()
 
 
+async def in_flight(
+    pump: ScriptedPump, transport: ModbusTcpTransport
+) -> tuple[asyncio.Future[list[int]], _Connection]:
+    """A read sent and waiting for its reply (the pump holds it), and the connection it waits on."""
+    request = asyncio.ensure_future(transport.read_registers(10, 1))
+    while not pump.requests:
+        await asyncio.sleep(0.001)
+    assert transport._connection is not None
+    return request, transport._connection
+
+
 def test_reads_writes_and_function_23_on_well_formed_replies() -> None:
     async def body() -> None:
         async with scripted(normal) as (pump, transport):
@@ -473,11 +484,8 @@ def test_a_reply_to_a_request_cancelled_a_moment_before_is_discarded() -> None:
 def test_a_reply_that_arrives_in_the_step_its_request_is_cancelled_is_counted_as_discarded() -> None:
     async def body() -> None:
         async with scripted(lambda _: []) as (pump, transport):
-            request = asyncio.ensure_future(transport.read_registers(10, 1))
-            while not pump.requests:
-                await asyncio.sleep(0.001)
-            connection = transport._connection  # the reply and the cancellation in one step, by hand
-            assert connection is not None
+            request, connection = await in_flight(pump, transport)
+            # The reply and the cancellation in one step, by hand.
             connection.data_received(normal(pump.requests[0])[0])
             request.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -563,11 +571,7 @@ def test_the_in_process_simulators_link_refuses_the_same_requests() -> None:
 def test_a_failure_in_the_step_its_request_is_cancelled_is_not_counted_as_a_reply() -> None:
     async def body() -> None:
         async with scripted(lambda _: []) as (pump, transport):
-            request = asyncio.ensure_future(transport.read_registers(10, 1))
-            while not pump.requests:
-                await asyncio.sleep(0.001)
-            connection = transport._connection
-            assert connection is not None
+            request, connection = await in_flight(pump, transport)
             connection.fail("the pump hung up")  # and the deadline's cancellation in the same step
             request.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -580,11 +584,7 @@ def test_a_failure_in_the_step_its_request_is_cancelled_is_not_counted_as_a_repl
 def test_a_reply_discarded_by_its_cancellation_after_a_close_is_still_counted() -> None:
     async def body() -> None:
         async with scripted(lambda _: []) as (pump, transport):
-            request = asyncio.ensure_future(transport.read_registers(10, 1))
-            while not pump.requests:
-                await asyncio.sleep(0.001)
-            connection = transport._connection
-            assert connection is not None
+            request, connection = await in_flight(pump, transport)
             closing = asyncio.ensure_future(transport.close())  # runs before the request resumes
             connection.data_received(normal(pump.requests[0])[0])
             request.cancel()
