@@ -647,7 +647,7 @@ class _RefusesRateChanges(ReferencePumpDriver):
 
     async def set_rate_ml_h(self, rate_ml_h: float) -> None:
         if self.transport.pump.t_s > 10.0:  # type: ignore[attr-defined]
-            raise PumpRefusedError(self.transport.url, "write at 20 refused: Modbus exception 3", 3)
+            raise PumpRefusedError(self.transport.url, "write 2 at 20 refused: Modbus exception 3", 3)
         await super().set_rate_ml_h(rate_ml_h)
 
 

@@ -140,6 +140,45 @@ def test_a_refused_rate_is_an_answer_not_a_retry(kind: str) -> None:
     asyncio.run(body())
 
 
+@pytest.mark.parametrize("kind", ["sim", "modbus-tcp", "modbus-rtu"])
+def test_a_refusal_names_the_request_alike_on_every_register_link(kind: str) -> None:
+    """The same refused request carries the same name on every register link. A write-then-read is
+    one function 23 transaction over Modbus TCP, refused whole and named whole; elsewhere it is a write
+    and a read, and the refusal names the half refused, which tells whether the write was applied."""
+    unmapped, watchdog_ms = 999, 25
+
+    async def body() -> None:
+        async with pump_under_test(kind) as driver:
+            assert isinstance(driver, ReferencePumpDriver)
+            link = driver.transport
+            await driver.connect()
+            refused = f"{link.url}: %s refused: Modbus exception 2 (illegal data address)"
+            one_transaction = kind == "modbus-tcp"
+            [watchdog_before] = await link.read_registers(watchdog_ms, 1)
+            cases = [
+                (lambda: link.read_registers(unmapped, 2), "read 2 at 999"),
+                (lambda: link.write_registers(unmapped, [1, 2]), "write 2 at 999"),
+                (
+                    lambda: link.write_and_read_registers(unmapped, [1], 32, 2),
+                    "write 1 at 999 and read 2 at 32" if one_transaction else "write 1 at 999",
+                ),
+                (
+                    lambda: link.write_and_read_registers(watchdog_ms, [watchdog_before + 100], unmapped, 2),
+                    "write 1 at 25 and read 2 at 999" if one_transaction else "read 2 at 999",
+                ),
+            ]
+            for request, name in cases:
+                with pytest.raises(PumpRefusedError) as info:
+                    await request()
+                assert (str(info.value), info.value.code) == (refused % name, 2)
+            # A transaction refused whole left the register alone; a write on its own was applied.
+            applied = 0 if one_transaction else 100
+            assert await link.read_registers(watchdog_ms, 1) == [watchdog_before + applied]
+            await driver.close()
+
+    asyncio.run(body())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_missing_telemetry_is_declared(kind: str) -> None:
     async def body() -> None:

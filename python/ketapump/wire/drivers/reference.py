@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
 from ketapump.wire.regmap import Register, RegisterMap, load_register_map
-from ketapump.wire.transports.base import RegisterTransport
+from ketapump.wire.transports.base import MAX_READ, RegisterTransport
 from ketapump.wire.transports.sim import SimTransport
 
 #: Pump-side alarm bits (register ``alarm_bits``).
@@ -48,8 +48,6 @@ ALARM_SETS = tuple(
     frozenset(name for bit, name in PUMP_ALARMS.items() if bits >> bit & 1)
     for bits in range(1 << len(PUMP_ALARMS))
 )
-#: Most registers one Modbus read may ask for.
-MAX_READ_REGISTERS = 125
 
 
 def read_runs(registers: list[Register], regmap: RegisterMap) -> list[tuple[int, int]]:
@@ -64,11 +62,7 @@ def read_runs(registers: list[Register], regmap: RegisterMap) -> list[tuple[int,
             start, count = runs[-1]
             end = start + count
             joined = r.address + r.words - start
-            if (
-                end <= r.address
-                and joined <= MAX_READ_REGISTERS
-                and readable.issuperset(range(end, r.address))
-            ):
+            if end <= r.address and joined <= MAX_READ and readable.issuperset(range(end, r.address)):
                 runs[-1] = (start, joined)
                 continue
         runs.append((r.address, r.words))

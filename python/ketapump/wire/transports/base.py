@@ -279,18 +279,14 @@ class RegisterTransport(Transport):
     # one coroutine less per request, at every control tick of every pump.
 
     def read_registers(self, address: int, count: int) -> Awaitable[list[int]]:
-        def what() -> str:
-            return f"read {count} at {address}"
-
+        what = describe_read(address, count)
         self._carried(what, address, count, MAX_READ)
-        return self.request(what, lambda: self._read(address, count))
+        return self.request(what, lambda: self._read(address, count, what))
 
     def write_registers(self, address: int, values: list[int]) -> Awaitable[None]:
-        def what() -> str:
-            return f"write {len(values)} at {address}"
-
+        what = describe_write(address, values)
         self._carried(what, address, len(values), MAX_WRITE, values)
-        return self.request(what, lambda: self._write(address, values))
+        return self.request(what, lambda: self._write(address, values, what))
 
     def write_and_read_registers(
         self, write_address: int, values: list[int], read_address: int, count: int
@@ -301,11 +297,13 @@ class RegisterTransport(Transport):
         after the other."""
 
         def what() -> str:
-            return f"write {len(values)} at {write_address} and read {count} at {read_address}"
+            return f"{describe_write(write_address, values)()} and {describe_read(read_address, count)()}"
 
         self._carried(what, read_address, count, MAX_READ)
         self._carried(what, write_address, len(values), MAX_FC23_WRITE, values)
-        return self.request(what, lambda: self._write_and_read(write_address, values, read_address, count))
+        return self.request(
+            what, lambda: self._write_and_read(write_address, values, read_address, count, what)
+        )
 
     def _carried(
         self, what: Callable[[], str], address: int, count: int, most: int, values: list[int] | None = None
@@ -320,24 +318,38 @@ class RegisterTransport(Transport):
         if values is not None and not (min(values) >= 0 and max(values) <= 0xFFFF):
             raise TransportError(self.url, f"{what()}: a register holds 0..65535, not {values}")
 
+    # The request hooks get the request's name (``what``, called only when an error needs it) from the
+    # public method, so every link names a request alike.
+
     @abstractmethod
-    def _read(self, address: int, count: int) -> Awaitable[list[int]]:
+    def _read(self, address: int, count: int, what: Callable[[], str]) -> Awaitable[list[int]]:
         """MUST raise PumpRefusedError for a Modbus exception answer."""
 
     @abstractmethod
-    async def _write(self, address: int, values: list[int]) -> None:
+    async def _write(self, address: int, values: list[int], what: Callable[[], str]) -> None:
         """MUST raise PumpRefusedError for a Modbus exception answer."""
 
     def _write_and_read(
-        self, write_address: int, values: list[int], read_address: int, count: int
+        self, write_address: int, values: list[int], read_address: int, count: int, what: Callable[[], str]
     ) -> Awaitable[list[int]]:
-        """Two exchanges; a transport that speaks function 23 makes it one."""
+        """Two exchanges, each named for itself (which one failed tells whether the write was applied);
+        a transport that speaks function 23 makes it one, named ``what``."""
 
         async def write_then_read() -> list[int]:
-            await self._write(write_address, values)
-            return await self._read(read_address, count)
+            await self._write(write_address, values, describe_write(write_address, values))
+            return await self._read(read_address, count, describe_read(read_address, count))
 
         return write_then_read()
+
+
+def describe_read(address: int, count: int) -> Callable[[], str]:
+    """The name of a register read in errors and logs, formatted only when one needs it."""
+    return lambda: f"read {count} at {address}"
+
+
+def describe_write(address: int, values: list[int]) -> Callable[[], str]:
+    """The name of a register write in errors and logs, formatted only when one needs it."""
+    return lambda: f"write {len(values)} at {address}"
 
 
 class CommandTransport(Transport):

@@ -206,16 +206,10 @@ class ModbusTcpTransport(RegisterTransport):
 
     # _read and _write_and_read return _registers' coroutine (one coroutine less per request).
 
-    def _read(self, address: int, count: int) -> Awaitable[list[int]]:
-        def what() -> str:
-            return f"read {count} at {address}"
-
+    def _read(self, address: int, count: int, what: Callable[[], str]) -> Awaitable[list[int]]:
         return self._registers(ADDRESS_AND_QUANTITY.pack(self.read_function, address, count), count, what)
 
-    async def _write(self, address: int, values: list[int]) -> None:
-        def what() -> str:
-            return f"write {len(values)} at {address}"
-
+    async def _write(self, address: int, values: list[int], what: Callable[[], str]) -> None:
         if len(values) == 1 and self.write_single:
             pdu = ADDRESS_AND_QUANTITY.pack(6, address, values[0])
             echo = pdu
@@ -227,11 +221,8 @@ class ModbusTcpTransport(RegisterTransport):
             raise TransportError(self.url, f"{what()}: the reply does not echo the write: {reply.hex(' ')}")
 
     def _write_and_read(
-        self, write_address: int, values: list[int], read_address: int, count: int
+        self, write_address: int, values: list[int], read_address: int, count: int, what: Callable[[], str]
     ) -> Awaitable[list[int]]:
-        def what() -> str:
-            return f"write {len(values)} at {write_address} and read {count} at {read_address}"
-
         n = len(values)
         pdu = READ_WRITE.pack(23, read_address, count, write_address, n, 2 * n) + WORDS[n].pack(*values)
         return self._registers(pdu, count, what)

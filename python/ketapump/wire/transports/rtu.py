@@ -28,6 +28,7 @@ import logging
 import secrets
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -162,20 +163,20 @@ class ModbusRtuTransport(RegisterTransport):
 
     # -- requests ---------------------------------------------------------------------------------
 
-    async def _read(self, address: int, count: int) -> list[int]:
+    async def _read(self, address: int, count: int, what: Callable[[], str]) -> list[int]:
         request, expected = read_request(self.unit, address, count, self.read_function)
-        reply = await self._exchange(request, expected, f"read {count} at {address}")
+        reply = await self._exchange(request, expected, what)
         return list(struct.unpack(f">{count}H", reply[3 : 3 + 2 * count]))
 
-    async def _write(self, address: int, values: list[int]) -> None:
+    async def _write(self, address: int, values: list[int], what: Callable[[], str]) -> None:
         request, expected = write_request(self.unit, address, values, single=self.write_single)
-        await self._exchange(request, expected, f"write at {address}")
+        await self._exchange(request, expected, what)
 
-    async def _exchange(self, request: bytes, expected: Expected, what: str) -> bytes:
+    async def _exchange(self, request: bytes, expected: Expected, what: Callable[[], str]) -> bytes:
         budget_s = self.timeout_s * WORKER_SHARE
         reply = await self.link.run(lambda port: self._transact_sync(port, request, expected, budget_s))
         if reply[1] & 0x80:
-            raise modbus_refusal(self.url, what, reply[2])
+            raise modbus_refusal(self.url, what(), reply[2])
         return reply
 
     # -- the worker -------------------------------------------------------------------------------

@@ -11,13 +11,18 @@ event-loop rounds of a tick, each a poll of the operating system, for nothing to
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ketapump import _core
 from ketapump.clock import Clock
-from ketapump.wire.transports.base import RegisterTransport, modbus_refusal
-
-#: The Modbus limits on one request (as the simulator's request handler applies them).
-MAX_READ_REGISTERS = 125
-MAX_WRITE_REGISTERS = 123
+from ketapump.wire.transports.base import (
+    MAX_READ,
+    MAX_WRITE,
+    RegisterTransport,
+    describe_read,
+    describe_write,
+    modbus_refusal,
+)
 
 
 class SimTransport(RegisterTransport):
@@ -38,23 +43,23 @@ class SimTransport(RegisterTransport):
     # write-then-read is then one coroutine rather than three (the general path's, and one each for
     # the write and the read), at every control tick.
 
-    async def _read(self, address: int, count: int) -> list[int]:
-        return self._read_now(address, count)
+    async def _read(self, address: int, count: int, what: Callable[[], str]) -> list[int]:
+        return self._read_now(address, count, what)
 
-    async def _write(self, address: int, values: list[int]) -> None:
-        self._write_now(address, values)
+    async def _write(self, address: int, values: list[int], what: Callable[[], str]) -> None:
+        self._write_now(address, values, what)
 
     async def _write_and_read(
-        self, write_address: int, values: list[int], read_address: int, count: int
+        self, write_address: int, values: list[int], read_address: int, count: int, what: Callable[[], str]
     ) -> list[int]:
-        """The write, then the read, as two exchanges (the general path's order and refusals)."""
-        self._write_now(write_address, values)
-        return self._read_now(read_address, count)
+        """The write, then the read, as two exchanges (the general path's order, refusals and names)."""
+        self._write_now(write_address, values, describe_write(write_address, values))
+        return self._read_now(read_address, count, describe_read(read_address, count))
 
-    def _read_now(self, address: int, count: int) -> list[int]:
+    def _read_now(self, address: int, count: int, what: Callable[[], str]) -> list[int]:
         self.pump.advance_to(self.clock.now())
         # Checked as the wire's request handler orders them: the quantity (3), then the address (2).
-        if not 1 <= count <= MAX_READ_REGISTERS:
+        if not 1 <= count <= MAX_READ:
             code = 3
         elif not 0 <= address <= 0xFFFF:
             code = 2
@@ -62,11 +67,11 @@ class SimTransport(RegisterTransport):
             code, words = self.pump.read_registers(address, count)
             if not code:
                 return words
-        raise modbus_refusal(self.url, f"read {count} at {address}", code)  # named only when refused
+        raise modbus_refusal(self.url, what(), code)
 
-    def _write_now(self, address: int, values: list[int]) -> None:
+    def _write_now(self, address: int, values: list[int], what: Callable[[], str]) -> None:
         self.pump.advance_to(self.clock.now())
-        if not (1 <= len(values) <= MAX_WRITE_REGISTERS and _all_words(values)):
+        if not (1 <= len(values) <= MAX_WRITE and _all_words(values)):
             code = 3
         elif not 0 <= address <= 0xFFFF:
             code = 2
@@ -74,7 +79,7 @@ class SimTransport(RegisterTransport):
             code = self.pump.write_registers(address, values)
             if not code:
                 return
-        raise modbus_refusal(self.url, f"write at {address}", code)  # named only when refused
+        raise modbus_refusal(self.url, what(), code)
 
 
 def _all_words(values: list[int]) -> bool:
