@@ -53,9 +53,17 @@ class ScriptedPump:
         self.requests: list[Frame] = []
         self.connections = 0
         self.port = 0
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def hang_up(self) -> None:
+        """Closes every connection between requests, as a pump or gateway closing idle links does."""
+        for writer in self._writers:
+            writer.close()
+            await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.append(writer)
         try:
             while True:
                 transaction, protocol, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
@@ -102,6 +110,12 @@ async def in_flight(
         await asyncio.sleep(0.001)
     assert transport._connection is not None
     return request, transport._connection
+
+
+async def until_disconnected(transport: ModbusTcpTransport) -> None:
+    """Returns once the master has seen its connection end (the pump's FIN is in)."""
+    while transport.connected:
+        await asyncio.sleep(0.001)
 
 
 def test_reads_writes_and_function_23_on_well_formed_replies() -> None:
@@ -306,6 +320,36 @@ def test_a_pump_that_hangs_up_fails_every_waiting_request_at_once_not_at_the_tim
             for failed in results:
                 assert isinstance(failed, TransportError) and not isinstance(failed, PumpTimeoutError)
                 assert "connection closed by the pump" in str(failed)
+
+    asyncio.run(body())
+
+
+def test_a_link_the_pump_closed_while_idle_is_not_connected_and_the_next_request_reconnects() -> None:
+    """With no retries, the first request after the pump closed an idle connection still succeeds: the
+    master knows the connection is gone, so the request reconnects first instead of failing on it."""
+
+    async def body() -> None:
+        async with scripted(normal, retries=0) as (pump, transport):
+            assert await transport.read_registers(10, 1) == [register(10)]
+            assert transport.connected
+            await pump.hang_up()
+            await asyncio.wait_for(until_disconnected(transport), 10.0)
+            assert await transport.read_registers(11, 1) == [register(11)]
+            assert transport.connected and pump.connections == 2
+            await transport.connect()  # connected again: nothing to do
+            assert pump.connections == 2
+
+    asyncio.run(body())
+
+
+def test_connect_replaces_a_link_the_pump_closed() -> None:
+    async def body() -> None:
+        async with scripted(normal) as (pump, transport):
+            await pump.hang_up()
+            await asyncio.wait_for(until_disconnected(transport), 10.0)
+            await asyncio.wait_for(transport.connect(), 10.0)
+            assert transport.connected and pump.connections == 2
+            assert await transport.read_registers(12, 1) == [register(12)]
 
     asyncio.run(body())
 

@@ -162,13 +162,19 @@ class Transport(ABC):
 
     @property
     def connected(self) -> bool:
-        """Whether the link is open (it may still fail on the next request)."""
-        return self._connected
+        """Whether the link is open and not known to have failed since (it may still fail on the next
+        request)."""
+        return self._connected and not self._link_lost()
+
+    def _link_lost(self) -> bool:
+        """Whether the open link is known to carry no more requests (the pump hung up): the next
+        request reconnects first rather than failing on it. A link that cannot tell says False."""
+        return False
 
     async def connect(self) -> None:
         """Opens the link (once; a connected transport returns at once); raises TransportError or
         PumpTimeoutError naming the endpoint."""
-        if self._connected:
+        if self.connected:
             return
         try:
             await asyncio.wait_for(self._connect(), self.timeout_s)
@@ -211,7 +217,7 @@ class Transport(ABC):
                 # The deadline bounds the attempt inside this task (wait_for would wrap it in a new
                 # one); a reconnection is part of the attempt, never time on top of it.
                 with self._deadline.bound(self.timeout_s):
-                    if not self._connected:
+                    if not self._connected or self._link_lost():
                         await self._reconnect()
                     return await attempt()
             except PumpRefusedError:

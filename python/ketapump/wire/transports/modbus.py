@@ -131,6 +131,10 @@ class ModbusTcpTransport(RegisterTransport):
         current = self._connection.discarded if self._connection is not None else 0
         return self._discarded_before + current
 
+    def _link_lost(self) -> bool:
+        connection = self._connection
+        return connection is not None and connection.failed is not None
+
     async def _connect(self) -> None:
         # One connection at a time: a request that reconnects while another does waits, then uses it.
         async with self._connecting:
