@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,14 +21,24 @@ from hypothesis import strategies as st
 from ketapump import _core
 from ketapump.clock import ScaledClock
 from ketapump.errors import PumpTimeoutError, TransportError
+from ketapump.wire.budget import LogBudget
 from ketapump.wire.transports import open_transport
-from ketapump.wire.transports.base import PumpRefusedError, RegisterTransport
+from ketapump.wire.transports.base import (
+    DISCARD_LOG_BURST,
+    DISCARD_LOG_PER_S,
+    PumpRefusedError,
+    RegisterTransport,
+)
 from ketapump.wire.transports.modbus import ModbusTcpTransport, _Connection
 from wirehelpers import mbap
 
 Frame = tuple[int, int, bytes]  # transaction, unit, PDU
 #: What the scripted server sends for a request: chunks written one after another (None: hang up).
 Answer = Callable[[Frame], list[bytes] | None]
+
+
+def no_warnings(message: str, *args: object) -> None:
+    """A connection's discard warnings, where a test checks only the count."""
 
 
 def register(address: int) -> int:
@@ -176,6 +187,39 @@ def test_a_reply_no_request_waits_for_is_discarded_and_never_used() -> None:
     asyncio.run(body())
 
 
+def test_a_flood_of_stray_replies_is_counted_whole_and_logged_within_a_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A device answering at random cannot flood the log: a burst of warnings, then at most one a
+    second, each discard still counted, and the next warning logged says how many were left out."""
+    clock = [0.0]
+
+    def strays_then_the_reply(frame: Frame) -> list[bytes]:
+        transaction, unit, _ = frame
+        strays = [
+            mbap((transaction + 1000 + i) % 0x10000, unit, struct.pack(">BBH", 3, 2, i)) for i in range(100)
+        ]
+        return [b"".join(strays), *normal(frame)]
+
+    async def body() -> None:
+        async with scripted(strays_then_the_reply) as (_, transport):
+            transport._discard_log = LogBudget(DISCARD_LOG_BURST, DISCARD_LOG_PER_S, lambda: clock[0])
+            caplog.set_level(logging.WARNING, logger="ketapump.transport")
+            assert await transport.read_registers(10, 1) == [register(10)]
+            assert transport.discarded == 100
+            warnings = [r.getMessage() for r in caplog.records if "discarded a reply" in r.getMessage()]
+            assert len(warnings) == DISCARD_LOG_BURST
+            assert not any("not logged" in w for w in warnings)
+            caplog.clear()
+            clock[0] += 1.0 / DISCARD_LOG_PER_S  # one more warning's worth
+            assert await transport.read_registers(10, 1) == [register(10)]
+            assert transport.discarded == 200
+            [warning] = [r.getMessage() for r in caplog.records if "discarded a reply" in r.getMessage()]
+            assert warning.endswith(f"({100 - DISCARD_LOG_BURST} more discards not logged)")
+
+    asyncio.run(body())
+
+
 def reply_pdu(pdu: bytes) -> Answer:
     return lambda frame: [mbap(frame[0], frame[1], pdu)]
 
@@ -289,7 +333,7 @@ def test_a_bad_header_fails_every_waiting_request_and_the_rest_of_the_stream_is_
 
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        connection = _Connection("modbus-tcp://test")
+        connection = _Connection("modbus-tcp://test", no_warnings)
         waiting = {t: loop.create_future() for t in (1, 2)}
         connection.waiting.update(waiting)
         reply = struct.pack(">BBH", 3, 2, 7)
@@ -490,7 +534,7 @@ def test_any_split_of_the_stream_hands_each_reply_to_its_own_request(
 
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        connection = _Connection("modbus-tcp://test")
+        connection = _Connection("modbus-tcp://test", no_warnings)
         futures = {t: loop.create_future() for t in range(1, len(counts) + 1)}
         connection.waiting.update(futures)
         replies = {
@@ -515,7 +559,7 @@ def test_a_reply_to_a_request_cancelled_a_moment_before_is_discarded() -> None:
     a reply arriving in between is discarded, not set on the cancelled future."""
 
     async def body() -> None:
-        connection = _Connection("modbus-tcp://test")
+        connection = _Connection("modbus-tcp://test", no_warnings)
         future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         connection.waiting[5] = future
         future.cancel()

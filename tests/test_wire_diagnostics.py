@@ -14,6 +14,8 @@ import time
 import pytest
 
 from ketapump.sim.server import WireDiagnostics
+from ketapump.wire import HarvardTransport, ModbusRtuTransport, ModbusTcpTransport, NespTransport, Transport
+from ketapump.wire.budget import LogBudget
 from simhelpers import sim_process
 from wirehelpers import ThreadedSim, crc16, mbap, read_pdu, read_until_quiet, rtu
 
@@ -28,6 +30,29 @@ class FakeClock:
 
 def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
     return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == name]
+
+
+def test_a_log_budget_allows_a_burst_then_a_steady_rate_and_counts_the_rest() -> None:
+    clock = FakeClock()
+    budget = LogBudget(3, 2.0, clock)
+    assert [budget.allow() for _ in range(5)] == [True, True, True, False, False]
+    assert budget.suppressed == 2
+    budget.left_out(4)  # counted elsewhere (a codec's rejects not kept)
+    assert budget.take_suppressed() == 6 and budget.suppressed == 0 and budget.take_suppressed() == 0
+    clock.t = 0.25  # half a token: still none
+    assert not budget.allow()
+    clock.t = 0.5  # 2 a second: one token since the start
+    assert budget.allow() and not budget.allow()
+    clock.t = 100.0  # refilled to the burst, never past it
+    assert [budget.allow() for _ in range(4)] == [True, True, True, False]
+    assert budget.take_suppressed() == 3
+
+
+def test_every_link_logs_its_discards_through_the_budget() -> None:
+    """The serial transports mix in their line handling before the base class: nothing there may
+    shadow the budgeted warning (tests/test_modbus_tcp_master.py floods one)."""
+    for link in (NespTransport, HarvardTransport, ModbusRtuTransport, ModbusTcpTransport):
+        assert link._warn_discarded is Transport._warn_discarded
 
 
 def test_rejections_are_rate_limited_and_the_left_out_are_counted(caplog: pytest.LogCaptureFixture) -> None:

@@ -43,6 +43,7 @@ from ketapump.sim.harvard import HarvardPort
 from ketapump.wire import (
     TCP_IDLE_TIMEOUT_S,
     TCP_MAX_UNREAD_BYTES,
+    LogBudget,
     RegisterMap,
     RegisterMapError,
     load_register_map,
@@ -99,33 +100,25 @@ class WireDiagnostics:
     def __init__(self, endpoint: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint = endpoint
         self._log = _wire_logger()
-        self._clock = clock
-        self._tokens = float(self.BURST)
-        self._refilled = clock()
-        self.suppressed = 0
+        self._budget = LogBudget(self.BURST, self.PER_S, clock)
 
-    def _allow(self) -> bool:
-        now = self._clock()
-        self._tokens = min(float(self.BURST), self._tokens + (now - self._refilled) * self.PER_S)
-        self._refilled = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        self.suppressed += 1
-        return False
+    @property
+    def suppressed(self) -> int:
+        """Events left out since the last one logged."""
+        return self._budget.suppressed
 
     def _emit(self, level: int, event: str, **fields: object) -> None:
-        if self.suppressed:
-            fields["suppressed"] = self.suppressed
-            self.suppressed = 0
+        suppressed = self._budget.take_suppressed()
+        if suppressed:
+            fields["suppressed"] = suppressed
         self._log.log(level, event, endpoint=self.endpoint, **fields)
 
     def rejected(self, peer: str, rejects: Rejects) -> None:
         """Reports what a codec rejected (its ``take_rejects()``)."""
         rows, not_kept = rejects
-        self.suppressed += not_kept
+        self._budget.left_out(not_kept)
         for reason, head, length in rows:
-            if self._allow():
+            if self._budget.allow():
                 self._emit(
                     logging.WARNING,
                     "frame_rejected",
@@ -137,12 +130,12 @@ class WireDiagnostics:
 
     def closed(self, peer: str, reason: str) -> None:
         """Reports a connection the endpoint closed itself (idle, not reading, lost framing)."""
-        if self._allow():
+        if self._budget.allow():
             self._emit(logging.INFO, "connection_closed", peer=peer, reason=reason)
 
     def dropped(self, peer: str, n_bytes: int) -> None:
         """Reports reply bytes a serial line dropped because its client does not read them."""
-        if self._allow():
+        if self._budget.allow():
             self._emit(
                 logging.WARNING,
                 "replies_dropped",

@@ -7,6 +7,7 @@ the simulator and the reference driver read. It may import only the floor (``ket
 ``errors``, ``config``, ``validation``, ``clock``). Other layers import it through this module.
 """
 
+from ketapump.wire.budget import LogBudget
 from ketapump.wire.drivers.base import PumpDriver, PumpTelemetry
 from ketapump.wire.drivers.harvard import HarvardDriver
 from ketapump.wire.drivers.nesp import NewEraDriver
@@ -44,6 +45,7 @@ __all__ = [
     "CommandTransport",
     "HarvardDriver",
     "HarvardTransport",
+    "LogBudget",
     "ModbusRtuTransport",
     "ModbusTcpTransport",
     "NespTransport",

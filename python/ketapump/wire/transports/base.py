@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ketapump.errors import PumpTimeoutError, TransportError
+from ketapump.wire.budget import LogBudget
 from ketapump.wire.regmap import RegisterMap
 
 log = logging.getLogger("ketapump.transport")
@@ -35,6 +36,8 @@ T = TypeVar("T")
 #: one retried request (2 × 0.2 s) then fits well inside the pump's watchdog.
 DEFAULT_TIMEOUT_S = 0.2
 DEFAULT_RETRIES = 1
+#: Warnings about discarded input a link logs at once, then a second (the rest are counted).
+DISCARD_LOG_BURST, DISCARD_LOG_PER_S = 20, 1.0
 
 
 class PumpRefusedError(TransportError):
@@ -159,6 +162,7 @@ class Transport(ABC):
         self.retries = retries
         self._connected = False
         self._deadline = AttemptDeadline()
+        self._discard_log = LogBudget(DISCARD_LOG_BURST, DISCARD_LOG_PER_S)
 
     @property
     def connected(self) -> bool:
@@ -199,6 +203,15 @@ class Transport(ABC):
     async def close(self) -> None:
         self._connected = False
         await self._close()
+
+    def _warn_discarded(self, message: str, *args: object) -> None:
+        """Logs a warning about input the link threw away, within a budget: a noisy line or a device
+        answering at random cannot flood the log. The count left out rides on the next one logged."""
+        if self._discard_log.allow():
+            left_out = self._discard_log.take_suppressed()
+            if left_out:
+                message += f" ({left_out} more discards not logged)"
+            log.warning(message, *args)
 
     async def __aenter__(self) -> Transport:
         await self.connect()

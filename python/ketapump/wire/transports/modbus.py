@@ -51,8 +51,9 @@ class _Connection(asyncio.Protocol):
     """One TCP connection: frames the byte stream and hands each reply to the request waiting for its
     transaction id."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, warn_discarded: Callable[..., None]) -> None:
         self.url = url
+        self._warn_discarded = warn_discarded
         self.transport: asyncio.Transport | None = None
         self.waiting: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
         #: Why the connection can carry no more requests; None while it can.
@@ -91,7 +92,7 @@ class _Connection(asyncio.Protocol):
         future = self.waiting.pop(transaction, None)
         if future is None or future.done():
             self.discarded += 1
-            log.warning(
+            self._warn_discarded(
                 "%s: discarded a reply no request waits for (transaction %d): %s",
                 self.url, transaction, pdu[:32].hex(" "),
             )  # fmt: skip
@@ -144,7 +145,7 @@ class ModbusTcpTransport(RegisterTransport):
             if current is not None:
                 await self._close()
             # Held before awaiting, so a connection closed while connecting aborts as soon as it is made.
-            self._connection = connection = _Connection(self.url)
+            self._connection = connection = _Connection(self.url, self._warn_discarded)
             try:
                 await asyncio.get_running_loop().create_connection(lambda: connection, self.host, self.port)
             except ValueError as e:  # a host name no resolver takes (UnicodeError)
@@ -184,7 +185,7 @@ class ModbusTcpTransport(RegisterTransport):
                     connection.discarded += 1
                 else:  # already closed: its count was taken
                     self._discarded_before += 1
-                log.warning(
+                self._warn_discarded(
                     "%s: discarded the reply to a cancelled request (transaction %d)", self.url, transaction
                 )
             raise

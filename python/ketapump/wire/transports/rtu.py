@@ -295,7 +295,7 @@ class ModbusRtuTransport(RegisterTransport):
     def _discard(self, data: bytes | bytearray, why: str) -> None:
         self.discarded += 1
         self._in_step = False
-        log.warning("%s: discarded %s: %s", self.url, why, bytes(data[:32]).hex(" "))
+        self._warn_discarded("%s: discarded %s: %s", self.url, why, bytes(data[:32]).hex(" "))
 
 
 __all__ = ["Expected", "ModbusRtuTransport", "Verdict", "classify", "crc16_modbus", "frame_gap_s"]

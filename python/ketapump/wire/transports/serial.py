@@ -123,6 +123,7 @@ class LineInStep:
 
     url: str
     timeout_s: float
+    _warn_discarded: Callable[..., None]  # the transport's (base class)
 
     def _open_line(self, url: str, path: str, *, baud: int, timeout_s: float) -> None:
         self.link = SerialLink(url, path, baud=baud, timeout_s=timeout_s)
@@ -142,7 +143,7 @@ class LineInStep:
     def _discard(self, data: bytes | bytearray, why: str) -> None:
         self.discarded += 1
         self._in_step = False
-        log.warning("%s: discarded %s: %r", self.url, why, bytes(data[:32]))
+        self._warn_discarded("%s: discarded %s: %r", self.url, why, bytes(data[:32]))
 
     def _read_one(
         self, port: Any, buf: bytearray, deadline: float, take: Callable[[bytearray], T | None]
