@@ -209,6 +209,7 @@ def test_a_flood_of_stray_replies_is_counted_whole_and_logged_within_a_budget(
             assert transport.discarded == 100
             warnings = [r.getMessage() for r in caplog.records if "discarded a reply" in r.getMessage()]
             assert len(warnings) == DISCARD_LOG_BURST
+            assert all(r.pathname.endswith("modbus.py") for r in caplog.records)  # the master's own line
             assert not any("not logged" in w for w in warnings)
             caplog.clear()
             clock[0] += 1.0 / DISCARD_LOG_PER_S  # one more warning's worth
@@ -382,6 +383,36 @@ def test_a_link_the_pump_closed_while_idle_is_not_connected_and_the_next_request
             assert transport.connected and pump.connections == 2
             await transport.connect()  # connected again: nothing to do
             assert pump.connections == 2
+
+    asyncio.run(body())
+
+
+def test_requests_at_once_after_the_pump_closed_an_idle_link_share_one_new_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Requests (and a connect) made together after an idle close all wait for the one new
+    connection: none goes out on the half-made one, none fails, and the reconnection says why."""
+
+    async def body() -> None:
+        async with scripted(normal, retries=0) as (pump, transport):
+            await pump.hang_up()
+            await asyncio.wait_for(until_disconnected(transport), 10.0)
+            caplog.set_level(logging.INFO, logger="ketapump.transport")
+            together = asyncio.gather(
+                transport.read_registers(1, 1),
+                transport.read_registers(2, 1),
+                transport.connect(),
+                transport.read_registers(3, 1),
+            )
+            assert await asyncio.wait_for(together, 10.0) == [
+                [register(1)],
+                [register(2)],
+                None,
+                [register(3)],
+            ]
+            assert transport.connected and pump.connections == 2
+            logged = [(r.levelno, r.getMessage()) for r in caplog.records]
+            assert logged == [(logging.INFO, f"{transport.url}: reconnecting: connection closed by the pump")]
 
     asyncio.run(body())
 

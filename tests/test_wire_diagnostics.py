@@ -14,8 +14,9 @@ import time
 import pytest
 
 from ketapump.sim.server import WireDiagnostics
-from ketapump.wire import HarvardTransport, ModbusRtuTransport, ModbusTcpTransport, NespTransport, Transport
+from ketapump.wire import open_transport
 from ketapump.wire.budget import LogBudget
+from ketapump.wire.transports.base import DISCARD_LOG_BURST, DISCARD_LOG_PER_S
 from simhelpers import sim_process
 from wirehelpers import ThreadedSim, crc16, mbap, read_pdu, read_until_quiet, rtu
 
@@ -48,11 +49,36 @@ def test_a_log_budget_allows_a_burst_then_a_steady_rate_and_counts_the_rest() ->
     assert budget.take_suppressed() == 3
 
 
-def test_every_link_logs_its_discards_through_the_budget() -> None:
-    """The serial transports mix in their line handling before the base class: nothing there may
-    shadow the budgeted warning (tests/test_modbus_tcp_master.py floods one)."""
-    for link in (NespTransport, HarvardTransport, ModbusRtuTransport, ModbusTcpTransport):
-        assert link._warn_discarded is Transport._warn_discarded
+@pytest.mark.parametrize(
+    ("url", "source"),
+    [
+        ("modbus-rtu:///dev/no-such-pty?baud=19200&unit=1", "rtu.py"),
+        ("nesp:///dev/no-such-pty?address=0&baud=19200", "serial.py"),
+        ("harvard:///dev/no-such-pty?address=0&baud=115200", "serial.py"),
+    ],
+)
+def test_a_serial_links_discards_are_counted_whole_and_logged_within_a_budget(
+    caplog: pytest.LogCaptureFixture, url: str, source: str
+) -> None:
+    """Garbage on a serial line (tests/test_modbus_tcp_master.py floods Modbus TCP the same way): each
+    discard counted, a burst of warnings naming the link's own code, then one a second, the next one
+    logged saying how many were left out."""
+    link = open_transport(url)
+    clock = FakeClock()
+    link._discard_log = LogBudget(DISCARD_LOG_BURST, DISCARD_LOG_PER_S, clock)
+    caplog.set_level(logging.WARNING, logger="ketapump.transport")
+    for _ in range(DISCARD_LOG_BURST + 5):
+        link._discard(b"\x00\xff garbage", "bytes that are no reply")  # type: ignore[attr-defined]
+    assert link.discarded == DISCARD_LOG_BURST + 5  # type: ignore[attr-defined]
+    records = [r for r in caplog.records if "discarded bytes that are no reply" in r.getMessage()]
+    assert len(records) == DISCARD_LOG_BURST
+    assert all(r.pathname.endswith(source) for r in records)
+    assert not any("not logged" in r.getMessage() for r in records)
+    caplog.clear()
+    clock.t = 1.0 / DISCARD_LOG_PER_S
+    link._discard(b"more", "bytes that are no reply")  # type: ignore[attr-defined]
+    [record] = caplog.records
+    assert record.getMessage().endswith("(5 more discards not logged)")
 
 
 def test_rejections_are_rate_limited_and_the_left_out_are_counted(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,8 +1,8 @@
 """The transport contract: one small interface per kind of link, behind a base class that owns
 timeouts, retries, reconnection, logging and error mapping.
 
-Backends implement the hooks (``_connect``, ``_close`` and their request hooks); callers use the
-public methods, which:
+Backends implement the hooks (``_connect``, ``_close``, their request hooks, and ``_link_lost`` where
+the link can tell it has ended between requests); callers use the public methods, which:
 
 - MUST finish within ``timeout_s`` × (``retries`` + 1) plus reconnection time, or raise
   :class:`~ketapump.errors.PumpTimeoutError` naming the endpoint — never hang;
@@ -211,7 +211,7 @@ class Transport(ABC):
             left_out = self._discard_log.take_suppressed()
             if left_out:
                 message += f" ({left_out} more discards not logged)"
-            log.warning(message, *args)
+            log.warning(message, *args, stacklevel=2)  # the record names the link's code, not this
 
     async def __aenter__(self) -> Transport:
         await self.connect()
@@ -230,7 +230,7 @@ class Transport(ABC):
                 # The deadline bounds the attempt inside this task (wait_for would wrap it in a new
                 # one); a reconnection is part of the attempt, never time on top of it.
                 with self._deadline.bound(self.timeout_s):
-                    if not self._connected or self._link_lost():
+                    if not self.connected:
                         await self._reconnect()
                     return await attempt()
             except PumpRefusedError:

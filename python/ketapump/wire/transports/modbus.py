@@ -10,7 +10,8 @@ Every reply must answer its own request, or the attempt fails (and the base clas
 drops the connection first, so nothing of that exchange can reach a later request):
 
 - its transaction id is the id of a request still waiting: any other reply (one whose request was
-  cancelled, a stray frame) is discarded, counted in :attr:`ModbusTcpTransport.discarded` and logged;
+  cancelled, a stray frame) is discarded, counted in :attr:`ModbusTcpTransport.discarded` and logged
+  (within the base class's budget for such warnings);
 - its unit id is the request's, its function code the request's (or with the top bit set and one
   exception code: a refusal, :class:`~ketapump.wire.transports.base.PumpRefusedError`);
 - a read (functions 3, 4 and 23) carries a byte count of 2 × the registers asked for and exactly
@@ -18,7 +19,9 @@ drops the connection first, so nothing of that exchange can reach a later reques
 
 A header that cannot start a Modbus TCP frame (protocol id not 0, a length out of 2..254) leaves no
 way to find the next frame in the byte stream: the connection is dropped and every waiting request
-fails. The base class owns timeouts, retries, reconnection and the requests' limits. ``--debug``
+fails. A connection that ended between requests (the pump closed it while idle) is replaced by the
+next request before it is sent. The base class owns timeouts, retries, reconnection and the requests'
+limits. ``--debug``
 traces every frame sent and received to the diagnostics logger ``ketapump.transport``.
 """
 
@@ -133,8 +136,10 @@ class ModbusTcpTransport(RegisterTransport):
         return self._discarded_before + current
 
     def _link_lost(self) -> bool:
+        # Failed (the pump hung up), or still being made for another request: either way a request
+        # goes through _connect, which waits for the connection being made or makes a new one.
         connection = self._connection
-        return connection is not None and connection.failed is not None
+        return connection is None or connection.failed is not None or connection.transport is None
 
     async def _connect(self) -> None:
         # One connection at a time: a request that reconnects while another does waits, then uses it.
@@ -143,6 +148,8 @@ class ModbusTcpTransport(RegisterTransport):
             if current is not None and current.failed is None and current.transport is not None:
                 return
             if current is not None:
+                if current.failed is not None:  # lost between requests: no request failed to say so
+                    log.info("%s: reconnecting: %s", self.url, current.failed)
                 await self._close()
             # Held before awaiting, so a connection closed while connecting aborts as soon as it is made.
             self._connection = connection = _Connection(self.url, self._warn_discarded)
