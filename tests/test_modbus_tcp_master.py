@@ -29,7 +29,12 @@ from ketapump.wire.transports.base import (
     PumpRefusedError,
     RegisterTransport,
 )
-from ketapump.wire.transports.modbus import ModbusTcpTransport, _Connection
+from ketapump.wire.transports.modbus import (
+    RECONNECT_LOG_BURST,
+    RECONNECT_LOG_PER_S,
+    ModbusTcpTransport,
+    _Connection,
+)
 from wirehelpers import mbap
 
 Frame = tuple[int, int, bytes]  # transaction, unit, PDU
@@ -413,6 +418,87 @@ def test_requests_at_once_after_the_pump_closed_an_idle_link_share_one_new_conne
             assert transport.connected and pump.connections == 2
             logged = [(r.levelno, r.getMessage()) for r in caplog.records]
             assert logged == [(logging.INFO, f"{transport.url}: reconnecting: connection closed by the pump")]
+
+    asyncio.run(body())
+
+
+def test_requests_failed_together_each_retry_on_one_new_connection() -> None:
+    """The pump hangs up with two requests waiting: both fail at once, and each retry uses the one new
+    connection. A failed attempt ends only the connection it used, never the one another request's
+    retry is making (the second failure closed the first retry's half-made connection before)."""
+    hung_up = [False]
+
+    def answer(frame: Frame) -> list[bytes] | None:
+        if hung_up[0]:
+            return normal(frame)
+        if frame[2] == struct.pack(">BHH", 3, 11, 1):
+            hung_up[0] = True
+            return None  # hangs up at the second request, the first still waiting
+        return []
+
+    async def body() -> None:
+        async with scripted(answer, retries=1) as (pump, transport):
+            both = asyncio.gather(transport.read_registers(10, 1), transport.read_registers(11, 1))
+            assert await asyncio.wait_for(both, 10.0) == [[register(10)], [register(11)]]
+            assert pump.connections == 2 and transport.connected
+
+    asyncio.run(body())
+
+
+def test_a_failed_attempt_ends_only_a_connection_of_its_own() -> None:
+    """Each branch of ``_drop``: an attempt that failed on a connection another request has since
+    replaced, or before it had one while another request connects or has connected, leaves that
+    connection alone; one that failed on the current connection, or left a half-made orphan, ends it."""
+
+    async def body() -> None:
+        async with scripted(normal) as (_, transport):
+            live = transport._connection
+            assert live is not None and live.transport is not None
+            old = _Connection(transport.url, no_warnings)
+            await transport._drop(old)  # failed on a connection already replaced
+            await transport._drop(None)  # failed before it had one; another request's is live
+            assert transport._connection is live and live.failed is None
+            await transport._drop(live)  # failed on the current one
+            assert transport._connection is None and live.failed == "connection closed"
+
+            half_made = transport._connection = _Connection(transport.url, no_warnings)
+            async with transport._connecting:  # another request is making it
+                await transport._drop(None)
+            assert transport._connection is half_made and half_made.failed is None
+            await transport._drop(None)  # nobody is: this attempt's own orphan
+            assert transport._connection is None and half_made.failed == "connection closed"
+
+    asyncio.run(body())
+
+
+def test_a_link_closed_after_every_reply_logs_its_reconnections_within_a_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gateway whose idle timeout is shorter than the poll period: every request reconnects, and
+    the log gets a few lines, then one a minute saying how many were left out."""
+    clock = [0.0]
+
+    async def body() -> None:
+        async with scripted(normal) as (pump, transport):
+            transport._reconnect_log = LogBudget(RECONNECT_LOG_BURST, RECONNECT_LOG_PER_S, lambda: clock[0])
+            caplog.set_level(logging.INFO, logger="ketapump.transport")
+            for address in range(RECONNECT_LOG_BURST + 3):
+                await pump.hang_up()
+                await asyncio.wait_for(until_disconnected(transport), 10.0)
+                assert await transport.read_registers(address, 1) == [register(address)]
+            lines = [r.getMessage() for r in caplog.records]
+            assert (
+                lines
+                == [f"{transport.url}: reconnecting: connection closed by the pump"] * RECONNECT_LOG_BURST
+            )
+            caplog.clear()
+            clock[0] += 1 / RECONNECT_LOG_PER_S
+            await pump.hang_up()
+            await asyncio.wait_for(until_disconnected(transport), 10.0)
+            assert await transport.read_registers(99, 1) == [register(99)]
+            [line] = [r.getMessage() for r in caplog.records]
+            assert line.endswith("connection closed by the pump (3 more reconnections not logged)")
+            assert pump.connections == RECONNECT_LOG_BURST + 5
 
     asyncio.run(body())
 

@@ -30,6 +30,14 @@ class LogBudget:
         self.suppressed += 1
         return False
 
+    def admit(self, left_out_text: str) -> str | None:
+        """None when the event is not to be logged (it is counted as left out); else what to append
+        to it: nothing, or how many were left out before it (`` (N <left_out_text>)``)."""
+        if not self.allow():
+            return None
+        left_out = self.take_suppressed()
+        return f" ({left_out} {left_out_text})" if left_out else ""
+
     def left_out(self, count: int) -> None:
         """Counts events left out before they could ask (a codec that kept only its first rejects)."""
         self.suppressed += count

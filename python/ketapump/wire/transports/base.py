@@ -166,13 +166,14 @@ class Transport(ABC):
 
     @property
     def connected(self) -> bool:
-        """Whether the link is open and not known to have failed since (it may still fail on the next
-        request)."""
+        """Whether the link is open: not known to have failed since, nor still being made (it may still
+        fail on the next request)."""
         return self._connected and not self._link_lost()
 
     def _link_lost(self) -> bool:
-        """Whether the open link is known to carry no more requests (the pump hung up): the next
-        request reconnects first rather than failing on it. A link that cannot tell says False."""
+        """Whether the open link is known to carry no more requests (the pump hung up), or is still
+        being made for another request: the next request goes through ``_connect`` first rather than
+        failing on it. A link that cannot tell says False."""
         return False
 
     async def connect(self) -> None:
@@ -207,11 +208,9 @@ class Transport(ABC):
     def _warn_discarded(self, message: str, *args: object) -> None:
         """Logs a warning about input the link threw away, within a budget: a noisy line or a device
         answering at random cannot flood the log. The count left out rides on the next one logged."""
-        if self._discard_log.allow():
-            left_out = self._discard_log.take_suppressed()
-            if left_out:
-                message += f" ({left_out} more discards not logged)"
-            log.warning(message, *args, stacklevel=2)  # the record names the link's code, not this
+        suffix = self._discard_log.admit("more discards not logged")
+        if suffix is not None:
+            log.warning(message + suffix, *args, stacklevel=2)  # the record names the link's code
 
     async def __aenter__(self) -> Transport:
         await self.connect()
@@ -226,12 +225,14 @@ class Transport(ABC):
         ``what`` names the request in errors and logs (a callable is called only if one is needed)."""
         last: Exception | None = None
         for n in range(self.retries + 1):
+            link: object = None
             try:
                 # The deadline bounds the attempt inside this task (wait_for would wrap it in a new
                 # one); a reconnection is part of the attempt, never time on top of it.
                 with self._deadline.bound(self.timeout_s):
                     if not self.connected:
                         await self._reconnect()
+                    link = self._link()
                     return await attempt()
             except PumpRefusedError:
                 raise
@@ -242,7 +243,7 @@ class Transport(ABC):
                     self.url, _name(what), n + 1, self.retries + 1, _reason(e, self.timeout_s),
                 )  # fmt: skip
                 self._connected = False
-                await self._close()
+                await self._drop(link)
         if isinstance(last, TimeoutError | PumpTimeoutError):
             raise PumpTimeoutError(
                 self.url,
@@ -252,6 +253,16 @@ class Transport(ABC):
             self.url,
             f"{_name(what)} failed after {self.retries + 1} attempts: {_reason(last, self.timeout_s)}",
         ) from last
+
+    def _link(self) -> object:
+        """The link an attempt is about to use, for :meth:`_drop` if the attempt fails (None: a
+        transport with one link at a time)."""
+        return None
+
+    async def _drop(self, link: object) -> None:
+        """Ends the link an attempt failed on (``link``, from :meth:`_link`; None if it failed before
+        it had one), so nothing of its exchange can reach a later request."""
+        await self._close()
 
     @abstractmethod
     async def _connect(self) -> None: ...

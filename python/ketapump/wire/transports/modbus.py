@@ -20,9 +20,10 @@ drops the connection first, so nothing of that exchange can reach a later reques
 A header that cannot start a Modbus TCP frame (protocol id not 0, a length out of 2..254) leaves no
 way to find the next frame in the byte stream: the connection is dropped and every waiting request
 fails. A connection that ended between requests (the pump closed it while idle) is replaced by the
-next request before it is sent. The base class owns timeouts, retries, reconnection and the requests'
-limits. ``--debug``
-traces every frame sent and received to the diagnostics logger ``ketapump.transport``.
+next request before it is sent; requests made together share the one new connection, and a failed
+attempt ends only the connection it used. The base class owns timeouts, retries, reconnection and the
+requests' limits. ``--debug`` traces every frame sent and received to the diagnostics logger
+``ketapump.transport``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import struct
 from collections.abc import Awaitable, Callable
 
 from ketapump.errors import TransportError
+from ketapump.wire.budget import LogBudget
 from ketapump.wire.transports.base import MAX_READ, RegisterTransport, modbus_refusal
 
 log = logging.getLogger("ketapump.transport")
@@ -45,6 +47,9 @@ ADDRESS_AND_QUANTITY = struct.Struct(">BHH")
 READ_WRITE = struct.Struct(">BHHHHB")
 #: The MBAP length field counts the unit id and a PDU of 1..253 bytes.
 LENGTHS = range(2, 255)
+
+#: "reconnecting" lines a transport logs at once, then a second: one a minute (the rest are counted).
+RECONNECT_LOG_BURST, RECONNECT_LOG_PER_S = 5, 1 / 60
 
 #: ``>nH`` for every number of registers a request or a reply may carry (the base class checks it).
 WORDS = [struct.Struct(f">{n}H") for n in range(MAX_READ + 1)]
@@ -127,6 +132,8 @@ class ModbusTcpTransport(RegisterTransport):
         self._connecting = asyncio.Lock()
         self._transaction = 0
         self._discarded_before = 0
+        # A gateway that closes idle connections sooner than the poll period reconnects every request.
+        self._reconnect_log = LogBudget(RECONNECT_LOG_BURST, RECONNECT_LOG_PER_S)
 
     @property
     def discarded(self) -> int:
@@ -148,8 +155,10 @@ class ModbusTcpTransport(RegisterTransport):
             if current is not None and current.failed is None and current.transport is not None:
                 return
             if current is not None:
-                if current.failed is not None:  # lost between requests: no request failed to say so
-                    log.info("%s: reconnecting: %s", self.url, current.failed)
+                if current.failed is not None:  # ended between requests: no request failed to say so
+                    suffix = self._reconnect_log.admit("more reconnections not logged")
+                    if suffix is not None:
+                        log.info("%s: reconnecting: %s%s", self.url, current.failed, suffix)
                 await self._close()
             # Held before awaiting, so a connection closed while connecting aborts as soon as it is made.
             self._connection = connection = _Connection(self.url, self._warn_discarded)
@@ -159,6 +168,21 @@ class ModbusTcpTransport(RegisterTransport):
                 raise TransportError(self.url, f"cannot connect: {e}") from e
             if connection.failed is not None:
                 raise TransportError(self.url, "cannot connect: the link was closed while connecting")
+
+    def _link(self) -> object:
+        return self._connection
+
+    async def _drop(self, link: object) -> None:
+        current = self._connection
+        if link is None:
+            # Failed while connecting or waiting to: a connection being made under the lock is another
+            # request's, and a live one another request made; only an orphan of this one is closed.
+            live = current is not None and current.failed is None and current.transport is not None
+            if not (self._connecting.locked() or live):
+                await self._close()
+        elif link is current:
+            await self._close()
+        # else: already replaced (and ended) by another request's reconnection, which this leaves alone
 
     async def _close(self) -> None:
         connection, self._connection = self._connection, None
