@@ -151,9 +151,9 @@ class ModbusTcpTransport(RegisterTransport):
     async def _connect(self) -> None:
         # One connection at a time: a request that reconnects while another does waits, then uses it.
         async with self._connecting:
-            current = self._connection
-            if current is not None and current.failed is None and current.transport is not None:
+            if not self._link_lost():
                 return
+            current = self._connection
             if current is not None:
                 if current.failed is not None:  # ended between requests: no request failed to say so
                     suffix = self._reconnect_log.admit("more reconnections not logged")
@@ -173,14 +173,12 @@ class ModbusTcpTransport(RegisterTransport):
         return self._connection
 
     async def _drop(self, link: object) -> None:
-        current = self._connection
         if link is None:
             # Failed while connecting or waiting to: a connection being made under the lock is another
             # request's, and a live one another request made; only an orphan of this one is closed.
-            live = current is not None and current.failed is None and current.transport is not None
-            if not (self._connecting.locked() or live):
+            if not self._connecting.locked() and self._link_lost():
                 await self._close()
-        elif link is current:
+        elif link is self._connection:
             await self._close()
         # else: already replaced (and ended) by another request's reconnection, which this leaves alone
 
